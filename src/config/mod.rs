@@ -1,0 +1,434 @@
+//! The main configuration file (TOML), validated into an immutable [`Config`].
+//!
+//! Loading never half-succeeds: either every key is valid and a `Config` comes back, or a
+//! [`ConfigError`] lists every problem found, each naming the file, the key and what was
+//! expected. Paths inside the file are relative to the file's own directory. Every key is
+//! documented in CONFIG.md; keep the two in step.
+
+mod duration;
+pub mod url;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::protocol::postgres::scram::Verifier;
+pub use duration::parse_duration;
+pub use url::{DbUrl, RootCert, SslMode};
+
+/// The validated configuration of one capgate process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages and for resolving relative paths).
+    pub file: PathBuf,
+    /// This site's name: the origin recorded with replicated writes.
+    pub site: String,
+    /// Where applications connect.
+    pub listen: SocketAddr,
+    /// The admin HTTP listener, if any.
+    pub admin: Option<SocketAddr>,
+    /// The per-table policy file, resolved against the config file's directory.
+    pub policy: Option<PathBuf>,
+    /// Client sessions served at once; one more gets SQLSTATE 53300.
+    pub max_connections: usize,
+    /// How long a shutdown waits for sessions to finish their transactions.
+    pub shutdown_timeout: Duration,
+    /// How long a client may take from connecting to being authenticated.
+    pub authentication_timeout: Duration,
+    /// The largest frame a client may send, in bytes (PostgreSQL's own limit is 1 GB).
+    pub max_message_size: u32,
+    pub primary: Primary,
+    pub replicas: Vec<Replica>,
+    pub tls: Option<TlsConfig>,
+    pub users: Vec<User>,
+}
+
+/// The site's own database: every session is relayed to it.
+#[derive(Debug, Clone)]
+pub struct Primary {
+    pub url: DbUrl,
+}
+
+/// A remote site's database that replicated writes are sent to.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub name: String,
+    pub url: DbUrl,
+    /// A round trip slower than this counts as a partition ("latency is a form of partition").
+    pub partition_latency: Duration,
+}
+
+/// TLS towards applications.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub mode: TlsMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// TLS when the client asks for it.
+    Prefer,
+    /// Clients that do not use TLS are refused (SQLSTATE 28000).
+    Require,
+}
+
+/// A user the proxy authenticates itself; it then logs in upstream with the primary URL's
+/// credentials.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub verifier: Verifier,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+/// One problem: the key (dotted path, or a line/column for syntax errors) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}: {}", self.file.display(), p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    site: String,
+    #[serde(default = "default_listen")]
+    listen: String,
+    admin: Option<String>,
+    policy: Option<String>,
+    #[serde(default = "default_max_connections")]
+    max_connections: i64,
+    #[serde(default = "default_shutdown_timeout")]
+    shutdown_timeout: String,
+    #[serde(default = "default_authentication_timeout")]
+    authentication_timeout: String,
+    #[serde(default = "default_max_message_size")]
+    max_message_size: i64,
+    primary: RawPrimary,
+    #[serde(default)]
+    replicas: Vec<RawReplica>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrimary {
+    url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplica {
+    name: String,
+    url: String,
+    #[serde(default = "default_partition_latency")]
+    partition_latency: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+    #[serde(default = "default_tls_mode")]
+    mode: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: Option<String>,
+    scram_verifier: Option<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6432".into()
+}
+fn default_max_connections() -> i64 {
+    1000
+}
+fn default_shutdown_timeout() -> String {
+    "30s".into()
+}
+fn default_authentication_timeout() -> String {
+    "60s".into()
+}
+fn default_max_message_size() -> i64 {
+    1 << 30
+}
+fn default_partition_latency() -> String {
+    "1s".into()
+}
+fn default_tls_mode() -> String {
+    "prefer".into()
+}
+
+impl Config {
+    /// Read and validate `file`.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            problems: vec![Problem { key: "(file)".into(), message: format!("cannot read: {e}") }],
+        })?;
+        Config::parse(&text, file)
+    }
+
+    /// Validate `text` as if read from `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError { file: file.to_owned(), problems };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![syntax_problem(text, &e)]))?;
+        let base = file.parent().map(Path::to_owned).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let mut v = Validator { base: &base, problems: Vec::new() };
+        let config = v.config(raw, file);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(v.problems))
+        }
+    }
+}
+
+/// A TOML or serde error as a problem with line and column.
+fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let key = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            format!("line {line}, column {col}")
+        }
+        None => "(file)".into(),
+    };
+    Problem { key, message: e.message().to_owned() }
+}
+
+/// Turns the raw file into a `Config`, collecting every problem instead of stopping at the
+/// first.
+struct Validator<'a> {
+    base: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { key: key.into(), message: message.into() });
+    }
+
+    fn config(&mut self, raw: RawConfig, file: &Path) -> Config {
+        if raw.site.trim().is_empty() {
+            self.problem("site", "expected a non-empty site name");
+        }
+        let listen = self.addr("listen", &raw.listen).unwrap_or_else(|| ([127, 0, 0, 1], 6432).into());
+        let admin = raw.admin.as_deref().and_then(|a| self.addr("admin", a));
+        let max_connections = if (1..=1_000_000).contains(&raw.max_connections) {
+            raw.max_connections as usize
+        } else {
+            self.problem("max_connections", format!("expected a number from 1 to 1000000, found {}", raw.max_connections));
+            1
+        };
+        let max_message_size = if (1024..=(1 << 30)).contains(&raw.max_message_size) {
+            raw.max_message_size as u32
+        } else {
+            self.problem("max_message_size", format!("expected bytes from 1024 to 1073741824, found {}", raw.max_message_size));
+            1 << 30
+        };
+        let shutdown_timeout = self.duration("shutdown_timeout", &raw.shutdown_timeout);
+        let authentication_timeout = self.duration("authentication_timeout", &raw.authentication_timeout);
+        let primary = Primary { url: self.url("primary.url", &raw.primary.url) };
+        let mut replicas = Vec::new();
+        for (i, r) in raw.replicas.into_iter().enumerate() {
+            let key = format!("replicas[{i}]");
+            if r.name.trim().is_empty() {
+                self.problem(format!("{key}.name"), "expected a non-empty name");
+            }
+            if replicas.iter().any(|o: &Replica| o.name == r.name) {
+                self.problem(format!("{key}.name"), format!("replica name `{}` is used twice", r.name));
+            }
+            replicas.push(Replica {
+                url: self.url(&format!("{key}.url"), &r.url),
+                partition_latency: self.duration(&format!("{key}.partition_latency"), &r.partition_latency),
+                name: r.name,
+            });
+        }
+        let tls = raw.tls.map(|t| {
+            let mode = match t.mode.as_str() {
+                "prefer" => TlsMode::Prefer,
+                "require" => TlsMode::Require,
+                other => {
+                    self.problem("tls.mode", format!("expected `prefer` or `require`, found `{other}`"));
+                    TlsMode::Prefer
+                }
+            };
+            TlsConfig { cert: self.file("tls.cert", &t.cert), key: self.file("tls.key", &t.key), mode }
+        });
+        let mut users = Vec::new();
+        for (i, u) in raw.users.into_iter().enumerate() {
+            let key = format!("users[{i}]");
+            let verifier = match (&u.password, &u.scram_verifier) {
+                (Some(p), None) => Some(Verifier::from_password(p)),
+                (None, Some(v)) => match Verifier::parse(v) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        self.problem(format!("{key}.scram_verifier"), e.to_string());
+                        None
+                    }
+                },
+                _ => {
+                    self.problem(key.clone(), "expected exactly one of `password` or `scram_verifier`");
+                    None
+                }
+            };
+            if u.name.is_empty() {
+                self.problem(format!("{key}.name"), "expected a non-empty user name");
+            }
+            if let Some(verifier) = verifier {
+                users.push(User { name: u.name, verifier });
+            }
+        }
+        if !users.is_empty() && primary.url.user.is_none() {
+            self.problem("primary.url", "[[users]] log in upstream with the primary URL's user: give one (postgres://USER:PASSWORD@host/db)");
+        }
+        Config {
+            file: file.to_owned(),
+            site: raw.site,
+            listen,
+            admin,
+            policy: raw.policy.map(|p| self.base.join(p)),
+            max_connections,
+            shutdown_timeout,
+            authentication_timeout,
+            max_message_size,
+            primary,
+            replicas,
+            tls,
+            users,
+        }
+    }
+
+    fn addr(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(key, format!("expected an address like 127.0.0.1:6432, found `{value}`"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: &str) -> Duration {
+        parse_duration(value).unwrap_or_else(|e| {
+            self.problem(key, e);
+            Duration::from_secs(1)
+        })
+    }
+
+    fn url(&mut self, key: &str, value: &str) -> DbUrl {
+        match DbUrl::parse(value, self.base) {
+            Ok(u) => {
+                for path in [
+                    u.sslcert.clone(),
+                    u.sslkey.clone(),
+                    match &u.sslrootcert {
+                        Some(RootCert::File(f)) => Some(f.clone()),
+                        _ => None,
+                    },
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if !path.is_file() {
+                        self.problem(key, format!("file `{}` does not exist", path.display()));
+                    }
+                }
+                u
+            }
+            Err(e) => {
+                self.problem(key, e);
+                DbUrl::parse("postgres://invalid/", self.base).expect("placeholder URL parses")
+            }
+        }
+    }
+
+    fn file(&mut self, key: &str, value: &str) -> PathBuf {
+        let path = self.base.join(value);
+        if !path.is_file() {
+            self.problem(key, format!("expected a readable file, `{}` does not exist", path.display()));
+        }
+        path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "site = \"seattle\"\n[primary]\nurl = \"postgres://app@127.0.0.1:5432/app\"\n";
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/capgate/capgate.toml")).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:6432".parse().unwrap());
+        assert_eq!(c.max_connections, 1000);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert!(c.replicas.is_empty() && c.tls.is_none() && c.users.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = "site = \"\"\nlisten = \"nowhere\"\nmax_connections = 0\n[primary]\nurl = \"http://x\"\n\
+                    [[replicas]]\nname = \"b\"\nurl = \"postgres://h/db\"\npartition_latency = \"soon\"\n\
+                    [tls]\ncert = \"missing.crt\"\nkey = \"missing.key\"\nmode = \"always\"\n";
+        let err = Config::parse(text, Path::new("/nonexistent/c.toml")).unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        for k in ["site", "listen", "max_connections", "primary.url", "replicas[0].partition_latency", "tls.cert", "tls.key", "tls.mode"] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        assert!(err.to_string().starts_with("/nonexistent/c.toml: "));
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_name_the_line() {
+        let err = Config::parse("site = \"a\"\nlisten_port = 5\n[primary]\nurl = \"postgres://h/d\"\n", Path::new("c.toml")).unwrap_err();
+        assert_eq!(err.problems[0].key, "line 2, column 1");
+        assert!(err.problems[0].message.contains("listen_port"));
+        let err = Config::parse("site = \"a\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.problems[0].message.contains("primary"));
+    }
+
+    #[test]
+    fn users_need_a_password_or_verifier() {
+        let text = format!("{MINIMAL}[[users]]\nname = \"alice\"\n");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err();
+        assert_eq!(err.problems[0].key, "users[0]");
+        let ok = format!("{MINIMAL}[[users]]\nname = \"alice\"\npassword = \"pw\"\n");
+        assert_eq!(Config::parse(&ok, Path::new("c.toml")).unwrap().users[0].name, "alice");
+    }
+}

@@ -1,0 +1,4 @@
+//! Front ends: where applications connect. Each speaks one wire protocol to clients and
+//! relays their sessions to the site's primary.
+
+pub mod postgres;

@@ -1,0 +1,184 @@
+//! The PostgreSQL front end: accepts application connections and relays each one to the
+//! site's primary with full fidelity.
+//!
+//! - [`session`]: one connection from accept to close;
+//! - [`auth`]: pass-through or proxy-side authentication;
+//! - [`relay`]: the two-direction frame pump;
+//! - [`cancel`]: the proxy's cancel keys mapped to the primary's;
+//! - [`upstream`]: connections to the primary;
+//! - [`conn`]: a buffered connection for the message-at-a-time startup phase.
+//!
+//! Nothing here may decide replication: that belongs to the protocol-neutral layers above.
+
+pub mod auth;
+pub mod cancel;
+pub mod conn;
+pub mod relay;
+pub mod session;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::net::tls;
+use crate::protocol::postgres::message::ErrorMessage;
+use crate::protocol::postgres::FrameError;
+pub use cancel::CancelRegistry;
+pub use upstream::{Upstream, UpstreamError};
+
+/// How many over-the-limit connections may be in the middle of being told "too many
+/// clients" at once; beyond that they are closed without a word.
+const MAX_REJECTING: usize = 64;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("protocol violation: {0}")]
+    Protocol(FrameError),
+    #[error("the primary broke the protocol: {0}")]
+    UpstreamProtocol(&'static str),
+    #[error("cannot reach the primary: {0}")]
+    Upstream(UpstreamError),
+    #[error("authentication timed out")]
+    AuthTimeout,
+    /// The proxy refused the session with this error.
+    #[error("{}", .0.message)]
+    Refused(ErrorMessage),
+    /// The primary's own error was forwarded to the client; nothing more to say.
+    #[error("the primary ended the session with an error")]
+    Forwarded,
+}
+
+impl SessionError {
+    /// The error the client is told, if any.
+    pub fn client_message(&self, site: &str, primary: &str) -> Option<ErrorMessage> {
+        Some(match self {
+            SessionError::Closed | SessionError::Io(_) | SessionError::Forwarded => return None,
+            SessionError::Protocol(e) => ErrorMessage::fatal("08P01", format!("invalid frontend message: {e}")),
+            SessionError::UpstreamProtocol(what) => {
+                ErrorMessage::fatal("08P01", format!("capgate: the primary of site \"{site}\" at {primary} broke the protocol: {what}"))
+            }
+            SessionError::Upstream(e) => ErrorMessage::fatal(
+                "08006",
+                format!("capgate: cannot connect to the primary of site \"{site}\" at {primary}: {e}"),
+            )
+            .with_hint("check that the primary is running and that [primary].url in the capgate configuration is right"),
+            SessionError::AuthTimeout => ErrorMessage::fatal("57014", "canceling authentication due to timeout"),
+            SessionError::Refused(m) => m.clone(),
+        })
+    }
+}
+
+/// Errors that stop the listener from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("[tls]: {0}")]
+    Tls(tls::TlsError),
+    #[error("[primary].url: {0}")]
+    PrimaryTls(tls::TlsError),
+}
+
+/// What every session of one listener shares. Immutable except the cancel registry.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub primary: Upstream,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub cancels: CancelRegistry,
+}
+
+/// A bound listener, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Bind the configured `listen` address and prepare TLS. Binding port 0 picks a free port
+    /// (see [`Server::local_addr`]).
+    pub async fn bind(config: Arc<Config>) -> Result<Server, StartError> {
+        let tls = match &config.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(&t.cert, &t.key).map_err(StartError::Tls)?)),
+            None => None,
+        };
+        let primary = Upstream::new(config.primary.url.clone()).map_err(StartError::PrimaryTls)?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let shared = Arc::new(Shared { config, primary, tls, cancels: CancelRegistry::default() });
+        Ok(Server { listener, shared })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.shared.config.listen)
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting, close idle sessions, let the
+    /// others finish their transactions for up to `shutdown_timeout`, and return. `force`
+    /// (a second signal) returns at once.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, force: impl Future<Output = ()>) {
+        let config = self.shared.config.clone();
+        let sessions = Arc::new(Semaphore::new(config.max_connections));
+        let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, "capgate is accepting connections");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (tcp, _) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off rather than spin.
+                            warn!("accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let shared = self.shared.clone();
+                    let stop = stop_rx.clone();
+                    match sessions.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tokio::spawn(async move {
+                                session::serve(shared, tcp, false, stop).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            if let Ok(permit) = rejecting.clone().try_acquire_owned() {
+                                tokio::spawn(async move {
+                                    session::serve(shared, tcp, true, stop).await;
+                                    drop(permit);
+                                });
+                            }
+                        }
+                    }
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(self.listener);
+        let active = config.max_connections - sessions.available_permits();
+        info!(active, timeout = ?config.shutdown_timeout, "shutting down: no new connections; idle sessions close now, others at the end of their transaction");
+        let _ = stop_tx.send(true);
+        let drained = sessions.acquire_many(config.max_connections as u32);
+        tokio::select! {
+            _ = drained => info!("all sessions finished"),
+            _ = tokio::time::sleep(config.shutdown_timeout) => warn!("shutdown_timeout reached; closing the remaining sessions"),
+            _ = force => warn!("second signal: exiting at once"),
+        }
+    }
+}

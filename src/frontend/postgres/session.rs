@@ -1,0 +1,249 @@
+//! One client session from accept to close: TLS and startup negotiation, the primary
+//! connection, authentication, then the relay.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::auth;
+use super::conn::Conn;
+use super::relay::{self, End, Pump, SessionState};
+use super::{SessionError, Shared};
+use crate::config::TlsMode;
+use crate::net::Stream;
+use crate::protocol::postgres::message::ErrorMessage;
+use crate::protocol::postgres::startup::{StartupMessage, StartupPacket};
+
+/// The first byte of a TLS handshake record: a client using PostgreSQL 17's direct TLS
+/// negotiation starts with it instead of an SSLRequest.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What the startup phase produced.
+enum Opening {
+    /// A CancelRequest was handled; the connection is done.
+    Cancelled,
+    Startup { conn: Conn, message: StartupMessage, raw: bytes::Bytes },
+}
+
+/// Serve one accepted connection until it ends. `over_limit` sessions only get their startup
+/// read so they can be told 53300 properly (cancel requests are still honoured).
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, over_limit: bool, shutdown: watch::Receiver<bool>) {
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let _ = tcp.set_nodelay(true);
+    let mut client: Option<Conn> = None;
+    let result = run(&shared, tcp, over_limit, shutdown, &mut client).await;
+    match result {
+        Ok(()) => debug!(%peer, "session ended"),
+        Err(e) => {
+            match &e {
+                SessionError::Closed | SessionError::Forwarded => debug!(%peer, "session ended: {e}"),
+                SessionError::Io(_) => debug!(%peer, "session ended: {e}"),
+                _ => warn!(%peer, "session ended: {e}"),
+            }
+            if let (Some(conn), Some(msg)) = (client.as_mut(), e.client_message(&shared.config.site, &shared.primary.url.address())) {
+                let _ = conn.send(&msg.to_bytes()).await;
+            }
+        }
+    }
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    over_limit: bool,
+    shutdown: watch::Receiver<bool>,
+    slot: &mut Option<Conn>,
+) -> Result<(), SessionError> {
+    let timeout = shared.config.authentication_timeout;
+    let opened = tokio::time::timeout(timeout, open(shared, tcp, slot)).await.map_err(|_| SessionError::AuthTimeout)??;
+    let Opening::Startup { conn, message, raw } = opened else { return Ok(()) };
+    *slot = Some(conn);
+    let client = slot.as_mut().expect("just set");
+    if over_limit {
+        return Err(SessionError::Refused(
+            ErrorMessage::fatal("53300", "sorry, too many clients already")
+                .with_detail(format!("capgate serves at most {} sessions (max_connections)", shared.config.max_connections)),
+        ));
+    }
+    if shared.config.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) && !client.stream.is_tls() {
+        return Err(SessionError::Refused(
+            ErrorMessage::fatal("28000", "capgate requires TLS: connect with sslmode=require or stricter")
+                .with_hint("the [tls] mode of this capgate is `require`"),
+        ));
+    }
+    if message.get("user").is_none_or(str::is_empty) {
+        return Err(SessionError::Refused(ErrorMessage::fatal("28000", "no PostgreSQL user name specified in startup packet")));
+    }
+    let user = message.get("user").unwrap_or_default().to_owned();
+
+    let (server, key) = tokio::time::timeout(timeout, async {
+        let proxy_user = shared.config.users.iter().find(|u| u.name == user);
+        if let Some(u) = proxy_user {
+            auth::proxy(client, u).await?;
+        }
+        let mut server = Conn::new(shared.primary.connect().await.map_err(SessionError::Upstream)?);
+        match proxy_user {
+            Some(_) => {
+                auth::login_upstream(&mut server, &shared.primary.url, &message).await?;
+                let mut ok = BytesMut::new();
+                crate::protocol::postgres::message::auth_ok(&mut ok);
+                client.send(&ok).await?;
+            }
+            None => auth::passthrough(client, &mut server, &raw).await?,
+        }
+        let key = auth::finish_startup(client, &mut server, &shared.cancels).await?;
+        Ok::<_, SessionError>((server, key))
+    })
+    .await
+    .map_err(|_| SessionError::AuthTimeout)??;
+    info!(%user, database = message.get("database").unwrap_or(&user), tls = client.stream.is_tls(), "session started");
+
+    let client = slot.take().expect("set above");
+    let result = relay(shared, client, server, shutdown).await;
+    drop(key);
+    result
+}
+
+/// TLS negotiation and the startup packet (or a cancel request).
+async fn open(shared: &Shared, tcp: TcpStream, slot: &mut Option<Conn>) -> Result<Opening, SessionError> {
+    let mut tcp = Some(tcp);
+    let mut conn: Option<Conn> = None;
+    // Direct TLS (PostgreSQL 17+): the client starts the handshake without asking.
+    if let (Some(acceptor), Some(t)) = (&shared.tls, &tcp) {
+        let mut first = [0u8; 1];
+        if t.peek(&mut first).await.map_err(SessionError::Io)? == 1 && first[0] == TLS_HANDSHAKE {
+            let stream = acceptor.accept(tcp.take().expect("present")).await.map_err(SessionError::Io)?;
+            conn = Some(Conn::new(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(stream)))));
+        }
+    }
+    let mut conn = match conn {
+        Some(c) => c,
+        None => Conn::new(Stream::Plain(tcp.take().expect("present"))),
+    };
+    loop {
+        let (packet, raw) = match conn.read_startup().await {
+            Ok(p) => p,
+            Err(e) => {
+                *slot = Some(conn);
+                return Err(e);
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if conn.has_buffered() => {
+                // Bytes sent before the answer would be read as if encrypted (CVE-2021-23214).
+                *slot = Some(conn);
+                return Err(SessionError::Refused(ErrorMessage::fatal("08P01", "received unencrypted data after SSL request")));
+            }
+            StartupPacket::SslRequest => match (&shared.tls, conn.stream) {
+                (Some(acceptor), Stream::Plain(t)) => {
+                    let mut t = t;
+                    tokio::io::AsyncWriteExt::write_all(&mut t, b"S").await.map_err(SessionError::Io)?;
+                    let stream = acceptor.accept(t).await.map_err(SessionError::Io)?;
+                    conn = Conn::new(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))));
+                }
+                (_, stream) => {
+                    conn = Conn::new(stream);
+                    conn.send(b"N").await?;
+                }
+            },
+            // GSSAPI encryption is not offered; the client falls back to TLS or plain text.
+            StartupPacket::GssEncRequest => conn.send(b"N").await?,
+            StartupPacket::Cancel { pid, secret } => {
+                if let Some(key) = shared.cancels.lookup(pid, &secret) {
+                    if let Err(e) = shared.primary.cancel(key.pid, &key.secret).await {
+                        warn!("cancel request could not reach the primary: {e}");
+                    }
+                } else {
+                    debug!("cancel request for an unknown session ignored");
+                }
+                return Ok(Opening::Cancelled);
+            }
+            StartupPacket::Startup(message) => {
+                if message.major != 3 {
+                    *slot = Some(conn);
+                    return Err(SessionError::Refused(ErrorMessage::fatal(
+                        "0A000",
+                        format!("unsupported frontend protocol {}.{}: server supports 3.0 to 3.2", message.major, message.minor),
+                    )));
+                }
+                return Ok(Opening::Startup { conn, message, raw });
+            }
+        }
+    }
+}
+
+/// Relay until either side ends, the client breaks the protocol, or a shutdown finds the
+/// session idle.
+async fn relay(shared: &Shared, client: Conn, server: Conn, mut shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
+    let max = shared.config.max_message_size;
+    let (client_stream, client_left) = client.into_parts();
+    let (server_stream, server_left) = server.into_parts();
+    let (mut client_rd, mut client_wr) = client_stream.split();
+    let (mut server_rd, mut server_wr) = server_stream.split();
+    let mut up = Pump::new(client_left, max);
+    // The primary is trusted with any frame size it sends.
+    let mut down = Pump::new(server_left, u32::MAX);
+    let state = SessionState::new();
+    let stopping = shutdown.clone();
+    let stop_when_idle = move || *stopping.borrow();
+
+    let outcome = tokio::select! {
+        r = up.run(&mut client_rd, &mut server_wr, relay::client_inspect, |tag, _| relay::client_frame(&state, tag)) => Side::Client(r),
+        r = down.run(&mut server_rd, &mut client_wr, relay::server_inspect, |tag, frame| relay::server_frame(&state, tag, frame, &stop_when_idle)) => Side::Server(r),
+        _ = wait_idle_shutdown(&mut shutdown, &state) => Side::Shutdown,
+    };
+    let goodbye = |msg: ErrorMessage| async move {
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut client_wr, &msg.to_bytes()).await;
+        let _ = tokio::io::AsyncWriteExt::flush(&mut client_wr).await;
+    };
+    match outcome {
+        Side::Client(Ok(_)) => Ok(()),
+        Side::Client(Err(relay::PumpError::Frame(e))) => {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut server_wr, &TERMINATE).await;
+            if down.clean() {
+                goodbye(ErrorMessage::fatal("08P01", format!("invalid frontend message: {e}"))).await;
+            }
+            Err(SessionError::Protocol(e))
+        }
+        Side::Client(Err(relay::PumpError::Io(e))) => Err(SessionError::Io(e)),
+        Side::Server(Ok(End::Stopped)) | Side::Shutdown => {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut server_wr, &TERMINATE).await;
+            goodbye(
+                ErrorMessage::fatal("57P01", "terminating connection due to administrator command")
+                    .with_detail("capgate is shutting down"),
+            )
+            .await;
+            Ok(())
+        }
+        Side::Server(Ok(End::Eof)) => Ok(()),
+        Side::Server(Err(e)) => {
+            debug!("primary connection failed: {e}");
+            Err(SessionError::Closed)
+        }
+    }
+}
+
+/// Terminate ('X'), sent to the primary when the proxy ends a session itself.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+
+enum Side<T> {
+    Client(T),
+    Server(T),
+    Shutdown,
+}
+
+/// Resolves once a shutdown has been requested while the session is idle. A session in a
+/// transaction is stopped by the server pump instead, at its next idle ReadyForQuery.
+async fn wait_idle_shutdown(shutdown: &mut watch::Receiver<bool>, state: &SessionState) {
+    loop {
+        if *shutdown.borrow_and_update() && state.is_idle() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Connections from the proxy to the primary: TCP, then TLS when the URL asks for it.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{DbUrl, SslMode};
+use crate::net::{tls, Stream};
+use crate::protocol::postgres::startup::{CANCEL_REQUEST_CODE, SSL_REQUEST_CODE};
+
+/// Why the primary could not be reached. Reported to the client as SQLSTATE 08006 with the
+/// primary's address, and logged.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the server does not accept TLS, but the URL says sslmode=require or stricter")]
+    TlsRefused,
+    #[error("unexpected answer {0:#04x} to the TLS request")]
+    BadTlsAnswer(u8),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// What the proxy needs to reach one database.
+#[derive(Clone)]
+pub struct Upstream {
+    pub url: DbUrl,
+    /// `None` for sslmode=disable.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Upstream {
+    pub fn new(url: DbUrl) -> Result<Upstream, tls::TlsError> {
+        let tls = tls::client_config(&url)?;
+        Ok(Upstream { url, tls })
+    }
+
+    async fn tcp(&self) -> Result<TcpStream, UpstreamError> {
+        let timeout = self.url.connect_timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(self.url.address()))
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))??;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+
+    /// Open a connection, negotiating TLS as the URL's sslmode says.
+    pub async fn connect(&self) -> Result<Stream, UpstreamError> {
+        let mut tcp = self.tcp().await?;
+        let Some(config) = &self.tls else { return Ok(Stream::Plain(tcp)) };
+        let mut request = [0u8; 8];
+        request[..4].copy_from_slice(&8u32.to_be_bytes());
+        request[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+        tcp.write_all(&request).await?;
+        let answer = tcp.read_u8().await?;
+        match answer {
+            b'S' => {
+                let name = tls::server_name(&self.url.host)?;
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let stream = connector.connect(name, tcp).await?;
+                Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(stream))))
+            }
+            b'N' if self.url.sslmode == SslMode::Prefer => Ok(Stream::Plain(tcp)),
+            b'N' => Err(UpstreamError::TlsRefused),
+            other => Err(UpstreamError::BadTlsAnswer(other)),
+        }
+    }
+
+    /// Send a CancelRequest for the backend `pid`/`secret`. Like libpq, over plain TCP; the
+    /// server never answers it.
+    pub async fn cancel(&self, pid: i32, secret: &[u8]) -> Result<(), UpstreamError> {
+        let mut tcp = self.tcp().await?;
+        let mut packet = Vec::with_capacity(12 + secret.len());
+        packet.extend_from_slice(&(12 + secret.len() as u32).to_be_bytes());
+        packet.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
+        packet.extend_from_slice(&pid.to_be_bytes());
+        packet.extend_from_slice(secret);
+        tcp.write_all(&packet).await?;
+        // Wait for the server to close: the cancel has then been delivered.
+        let mut sink = [0u8; 1];
+        let _ = tokio::time::timeout(self.url.connect_timeout, tcp.read(&mut sink)).await;
+        Ok(())
+    }
+}

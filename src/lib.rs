@@ -1,0 +1,21 @@
+//! capgate: a wire-protocol proxy that lets an unchanged application run across several
+//! data centres with a per-table choice between consistency and availability.
+//!
+//! The folder names are the architecture:
+//! - [`protocol`]: wire formats without I/O (framing, message views and builders, SCRAM),
+//!   testable on byte slices;
+//! - [`frontend`]: accepting application connections and relaying them to the site's primary;
+//! - [`config`]: the main TOML configuration, validated into an immutable snapshot;
+//! - [`net`]: sockets and TLS shared by every front end and by replica links;
+//! - [`cli`]: the `capgate` command;
+//! - [`testbed`]: throwaway real database servers for tests, benchmarks and scripts.
+//!
+//! Replication (`classify`, `policy`, `replicate`, `sites`, `verify`, `admin`) is added on top
+//! of these and must stay free of PostgreSQL types so the MySQL front end can plug into it.
+
+pub mod cli;
+pub mod config;
+pub mod frontend;
+pub mod net;
+pub mod protocol;
+pub mod testbed;
