@@ -243,6 +243,10 @@ fi
 TARGETS+=(pgbouncer)
 
 # ------------------------------------------------------------ benchmark --
+read -r LOAD1 _ </proc/loadavg
+if awk -v l="$LOAD1" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+    log "warning: load average $LOAD1 on $(nproc) CPUs before starting; other work will skew the figures"
+fi
 RAW="$TMP/runs.tsv"
 : >"$RAW"
 FAILED=0

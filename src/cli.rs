@@ -58,7 +58,15 @@ pub fn main(cli: Cli) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let threads: usize = std::env::var("CAPGATE_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+            let runtime = if threads == 1 {
+                tokio::runtime::Builder::new_current_thread().enable_all().build()
+            } else if threads > 1 {
+                tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread().enable_all().build()
+            };
+            let runtime = match runtime {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");

@@ -1,6 +1,8 @@
-//! Cancel keys: the proxy hands each client its own BackendKeyData and maps it to the
-//! primary's, so a CancelRequest (which arrives on a new connection) reaches the right
-//! backend, and a client can never cancel another session by guessing the primary's keys.
+//! Cancel keys: the proxy hands each client a BackendKeyData with the primary's process id
+//! (so `pg_backend_pid()`, notifications and driver-reported pids agree, as on a direct
+//! connection) and a secret of its own, mapped to the primary's secret. A CancelRequest, which
+//! arrives on a new connection, reaches the right backend only with the proxy's secret.
+//! Process ids are unique among the live sessions of one primary, so they key the map.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,24 +35,24 @@ pub struct CancelKey {
 impl Drop for CancelKey {
     fn drop(&mut self) {
         if let Ok(mut map) = self.registry.map.lock() {
-            map.remove(&self.pid);
+            // Only this session's entry: the primary may already have reused the pid for a
+            // newer session that registered after this one ended upstream.
+            if map.get(&self.pid).is_some_and(|e| e.secret == self.secret) {
+                map.remove(&self.pid);
+            }
         }
     }
 }
 
 impl CancelRegistry {
-    /// Allocate a fresh key for a session whose primary key is `upstream`. The secret has the
-    /// primary's length (4 bytes in protocol 3.0, longer in 3.2).
+    /// Allocate a fresh key for a session whose primary key is `upstream`: the primary's
+    /// process id and a new random secret of the primary's length (4 bytes in protocol 3.0,
+    /// longer in 3.2). A stale entry for a reused process id is replaced.
     pub fn register(&self, upstream: UpstreamKey) -> CancelKey {
         let mut secret = vec![0u8; upstream.secret.len()];
         rand::fill(&mut secret[..]);
+        let pid = upstream.pid;
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = loop {
-            let pid = rand::random::<i32>() & 0x7fff_ffff;
-            if pid != 0 && !map.contains_key(&pid) {
-                break pid;
-            }
-        };
         map.insert(pid, Entry { secret: secret.clone(), upstream });
         CancelKey { pid, secret, registry: self.clone() }
     }

@@ -1,0 +1,12 @@
+//! Integration tests: real PostgreSQL servers, the real proxy, real clients (tokio-postgres,
+//! psql, pgbench, psycopg). One test binary, so the servers are started once.
+
+mod support;
+
+mod bad_input;
+mod cli;
+mod driver;
+mod lifecycle;
+mod psql;
+mod python;
+mod tls;
