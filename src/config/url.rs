@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How the proxy secures its own connection to a database, with libpq's meanings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SslMode {
     /// Never TLS.
     Disable,
@@ -95,7 +95,7 @@ impl DbUrl {
         }
         let (host, port) = split_host_port(hostport)?;
         if host.is_empty() {
-            return Err("the URL has no host (unix sockets are not supported; use 127.0.0.1)".into());
+            return Err("the URL has no host: give HOST:PORT, or a Unix socket directory as %2Fvar%2Frun%2Fpostgresql".into());
         }
         let dbname = path.filter(|p| !p.is_empty()).map(decode).transpose()?;
         let mut url = DbUrl {
@@ -123,6 +123,7 @@ impl DbUrl {
                 "sslrootcert" => url.sslrootcert = Some(RootCert::File(base.join(v))),
                 "sslcert" => url.sslcert = Some(base.join(v)),
                 "sslkey" => url.sslkey = Some(base.join(v)),
+                "host" if v.starts_with('/') => url.host = v,
                 "connect_timeout" => {
                     let secs: u64 = v
                         .parse()
@@ -131,10 +132,13 @@ impl DbUrl {
                 }
                 other => {
                     return Err(format!(
-                        "unknown URL parameter `{other}` (supported: sslmode, sslrootcert, sslcert, sslkey, connect_timeout)"
+                        "unknown URL parameter `{other}` (supported: sslmode, sslrootcert, sslcert, sslkey, connect_timeout, host=/socket/dir)"
                     ))
                 }
             }
+        }
+        if url.unix_socket().is_some() && url.sslmode > SslMode::Prefer {
+            return Err("TLS over a Unix socket is not supported: use sslmode=disable or prefer with a socket directory".into());
         }
         if url.sslmode.verifies() && url.sslrootcert.is_none() {
             return Err("sslmode=verify-ca/verify-full needs sslrootcert=FILE (or sslrootcert=system)".into());
@@ -145,9 +149,17 @@ impl DbUrl {
         Ok(url)
     }
 
-    /// `host:port`, for connecting and for messages.
+    /// The Unix socket path when the host is a directory (libpq's convention: a host that
+    /// starts with `/`), e.g. `/var/run/postgresql/.s.PGSQL.5432`.
+    pub fn unix_socket(&self) -> Option<PathBuf> {
+        self.host.starts_with('/').then(|| Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
+
+    /// `host:port` (or the socket path), for connecting and for messages.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
+        if let Some(path) = self.unix_socket() {
+            path.display().to_string()
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -238,5 +250,9 @@ mod tests {
         assert!(DbUrl::parse("postgres://h/db?sslmode=verify-full", Path::new(".")).unwrap_err().contains("sslrootcert"));
         assert!(DbUrl::parse("postgres://h/db?bogus=1", Path::new(".")).unwrap_err().contains("bogus"));
         assert!(DbUrl::parse("postgres://h:99999/db", Path::new(".")).is_err());
+        let u = DbUrl::parse("postgres://app@%2Fvar%2Frun%2Fpostgresql:5433/db", Path::new(".")).unwrap();
+        assert_eq!(u.unix_socket(), Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5433")));
+        let u = DbUrl::parse("postgres://app@localhost/db?host=/tmp", Path::new(".")).unwrap();
+        assert_eq!(u.address(), "/tmp/.s.PGSQL.5432");
     }
 }

@@ -6,8 +6,10 @@
 //! drops to the `mysql` user itself (`--user=mysql`). Tests log in over TCP as `capgate`
 //! (no password, all privileges); the harness itself uses `root` over the unix socket.
 
-use super::process::{Supervised, Watchdog};
-use super::{copy_dir, log_since, new_instance_dir, run, tcp_connect, template, Launch, OsUser, TestbedError, READY_TIMEOUT};
+use super::process::Supervised;
+use super::{
+    copy_dir, log_since, new_instance, run, tcp_connect, template, Launch, OsUser, TestbedError, READY_TIMEOUT,
+};
 use std::fs::{self, OpenOptions};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -52,14 +54,7 @@ impl MariaDb {
         let user = OsUser::get("mysql")?;
         let version = version()?;
         let template = template(&format!("mariadb-{version}-template"), install_db)?;
-        let dir = new_instance_dir("mariadb", user)?;
-        let watchdog = match Watchdog::spawn(&dir, "KILL") {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
+        let (dir, watchdog) = new_instance("mariadb", user, "KILL")?;
         // From here on, dropping `db` removes everything again.
         let mut db = MariaDb {
             data_dir: dir.join("data"),
@@ -79,7 +74,9 @@ impl MariaDb {
             match db.launch(&mut db.lock())? {
                 Launch::Ready => break,
                 Launch::PortTaken if attempt < 5 => continue,
-                Launch::PortTaken => return Err(TestbedError::with_log("mariadbd: no free port after 5 tries", &db.log)),
+                Launch::PortTaken => {
+                    return Err(TestbedError::with_log("mariadbd: no free port after 5 tries", &db.log))
+                }
             }
         }
         Ok(db)
@@ -89,7 +86,9 @@ impl MariaDb {
     /// watchdog removes it when the process exits. Panics if it cannot start.
     pub fn shared() -> &'static MariaDb {
         static SHARED: OnceLock<MariaDb> = OnceLock::new();
-        SHARED.get_or_init(|| MariaDb::start(MariaDbOptions::default()).unwrap_or_else(|e| panic!("shared MariaDB server: {e}")))
+        SHARED.get_or_init(|| {
+            MariaDb::start(MariaDbOptions::default()).unwrap_or_else(|e| panic!("shared MariaDB server: {e}"))
+        })
     }
 
     pub fn host(&self) -> &str {
@@ -113,7 +112,7 @@ impl MariaDb {
             .arg("--user=root")
             .arg(format!("--socket={}", self.socket.display()))
             .args(["-N", "-B", "-e", sql]))
-        .map_err(|e| TestbedError::new(format!("mariadb client on port {}: {e}", self.port)))?;
+        .map_err(|e| TestbedError::with_log(format!("mariadb client on port {}: {e}", self.port), &self.log))?;
         Ok(out.strip_suffix('\n').unwrap_or(&out).to_string())
     }
 
@@ -166,18 +165,24 @@ impl MariaDb {
         let stderr = log.try_clone().map_err(|e| TestbedError::new(format!("dup log fd: {e}")))?;
         let path = |flag: &str, p: &Path| format!("--{flag}={}", p.display());
         let mut cmd = Command::new("mariadbd");
-        cmd.args(["--no-defaults", "--user=mysql", "--bind-address=127.0.0.1", "--skip-name-resolve", INNODB_LOG_FILE_SIZE])
-            .arg(path("datadir", &self.data_dir))
-            .arg(format!("--port={}", self.port))
-            .arg(path("socket", &self.socket))
-            .arg(path("pid-file", &self.dir.join("mysqld.pid")))
-            .arg(path("log-error", &self.log))
-            .args(self.opts.conf.iter().map(|(k, v)| format!("--{k}={v}")))
-            .process_group(0)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr);
+        cmd.args([
+            "--no-defaults",
+            "--user=mysql",
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            INNODB_LOG_FILE_SIZE,
+        ])
+        .arg(path("datadir", &self.data_dir))
+        .arg(format!("--port={}", self.port))
+        .arg(path("socket", &self.socket))
+        .arg(path("pid-file", &self.dir.join("mysqld.pid")))
+        .arg(path("log-error", &self.log))
+        .args(self.opts.conf.iter().map(|(k, v)| format!("--{k}={v}")))
+        .process_group(0)
+        .current_dir(&self.dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(stderr);
         let child = cmd.spawn().map_err(|e| TestbedError::new(format!("spawning mariadbd: {e}")))?;
         proc.attach(child);
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -186,19 +191,27 @@ impl MariaDb {
                 if log_since(&self.log, offset).contains("Address already in use") {
                     return Ok(Launch::PortTaken);
                 }
-                return Err(TestbedError::with_log(format!("mariadbd on port {} exited during startup", self.port), &self.log));
+                return Err(TestbedError::with_log(
+                    format!("mariadbd on port {} exited during startup", self.port),
+                    &self.log,
+                ));
             }
             if greets(self.port) {
                 break;
             }
             if Instant::now() >= deadline {
                 let _ = proc.terminate(libc::SIGKILL, Duration::ZERO);
-                return Err(TestbedError::with_log(format!("mariadbd on port {} not ready after {READY_TIMEOUT:?}", self.port), &self.log));
+                return Err(TestbedError::with_log(
+                    format!("mariadbd on port {} not ready after {READY_TIMEOUT:?}", self.port),
+                    &self.log,
+                ));
             }
             sleep(Duration::from_millis(20));
         }
-        self.sql("CREATE USER IF NOT EXISTS 'capgate'@'%'; GRANT ALL PRIVILEGES ON *.* TO 'capgate'@'%' WITH GRANT OPTION")
-            .map_err(|e| TestbedError::with_log(format!("creating user capgate: {e}"), &self.log))?;
+        self.sql(
+            "CREATE USER IF NOT EXISTS 'capgate'@'%'; GRANT ALL PRIVILEGES ON *.* TO 'capgate'@'%' WITH GRANT OPTION",
+        )
+        .map_err(|e| TestbedError::new(format!("creating user capgate: {e}")))?;
         Ok(Launch::Ready)
     }
 }
@@ -243,6 +256,7 @@ fn install_db(dir: &Path) -> Result<(), TestbedError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::process::alive;
     use super::*;
 
     /// The mariadb client as `capgate` over TCP, the way tests and the proxy connect.
@@ -264,12 +278,16 @@ mod tests {
         assert_eq!(sql_over_tcp(&db, "select current_user()").unwrap(), "capgate@%");
         assert_eq!(db.sql("select @@max_connections").unwrap(), "77");
         assert_eq!(db.url("app", "shop"), format!("mysql://app@127.0.0.1:{}/shop", db.port()));
-        sql_over_tcp(&db, "create database shop; create table shop.t (x int) engine=InnoDB; insert into shop.t values (7)").unwrap();
+        sql_over_tcp(
+            &db,
+            "create database shop; create table shop.t (x int) engine=InnoDB; insert into shop.t values (7)",
+        )
+        .unwrap();
 
         let (port, pid) = (db.port(), db.pid().unwrap());
         db.stop().unwrap();
         assert!(!db.is_running());
-        assert!(!super::super::process::alive(pid));
+        assert!(!alive(pid));
         assert!(!greets(port));
         let t = Instant::now();
         db.restart().unwrap();

@@ -22,7 +22,8 @@ mod process;
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use pg::{PgOptions, PgServer};
 
-use std::collections::HashSet;
+use process::Watchdog;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -68,21 +69,21 @@ impl std::error::Error for TestbedError {}
 /// listener. Never returns the same port twice in one process. Servers retry on a clash,
 /// since another process may still grab the port in between.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
-    for attempt in 0u32..100 {
+    let seed = u64::from(std::process::id());
+    for attempt in 0u64.. {
         let port = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
             Ok(addr) => addr.port(),
             // Binding port 0 on loopback practically never fails; if it does, guess a port
             // and let the server's clash retry sort it out.
-            Err(_) => 20000 + ((std::process::id() * 7919 + attempt * 104_729) % 40000) as u16,
+            Err(_) => 20000 + ((seed * 7919 + attempt * 104_729) % 40000) as u16,
         };
-        if given.insert(port) {
+        if given.insert(port) || attempt > 1000 {
             return port;
         }
     }
-    20000 + (std::process::id() % 40000) as u16
+    unreachable!("the loop above always returns")
 }
 
 /// Uid and gid of the unprivileged OS user a server runs as.
@@ -105,7 +106,8 @@ impl OsUser {
     }
 
     fn lookup(name: &str) -> Result<Option<OsUser>, TestbedError> {
-        let passwd = fs::read_to_string("/etc/passwd").map_err(|e| TestbedError::new(format!("reading /etc/passwd: {e}")))?;
+        let passwd =
+            fs::read_to_string("/etc/passwd").map_err(|e| TestbedError::new(format!("reading /etc/passwd: {e}")))?;
         Ok(passwd.lines().find_map(|line| {
             let f: Vec<&str> = line.split(':').collect();
             if f.len() < 4 || f[0] != name {
@@ -120,7 +122,8 @@ impl OsUser {
         std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
             .map_err(|e| TestbedError::new(format!("chown {}: {e}", path.display())))?;
         if fs::symlink_metadata(path).map(|m| m.is_dir()).unwrap_or(false) {
-            let entries = fs::read_dir(path).map_err(|e| TestbedError::new(format!("listing {}: {e}", path.display())))?;
+            let entries =
+                fs::read_dir(path).map_err(|e| TestbedError::new(format!("listing {}: {e}", path.display())))?;
             for entry in entries.flatten() {
                 self.chown_tree(&entry.path())?;
             }
@@ -138,20 +141,26 @@ fn base_dir() -> Result<PathBuf, TestbedError> {
     Ok(base)
 }
 
-/// A fresh, private (0700) directory named `<kind>-<pid>-<n>` owned by `owner`.
-pub(crate) fn new_instance_dir(kind: &str, owner: OsUser) -> Result<PathBuf, TestbedError> {
+/// A fresh, private (0700) instance directory `<kind>-<pid>-<n>` owned by `owner`, and the
+/// watchdog that removes it (after sending the server `sig`) should this process die.
+pub(crate) fn new_instance(kind: &str, owner: OsUser, sig: &str) -> Result<(PathBuf, Watchdog), TestbedError> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base = base_dir()?;
     loop {
         let dir = base.join(format!("{kind}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         match fs::create_dir(&dir) {
             Ok(()) => {
-                let made = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string());
-                if let Err(e) = made.map_err(TestbedError::new).and_then(|_| owner.chown_tree(&dir)) {
-                    let _ = fs::remove_dir_all(&dir);
-                    return Err(e);
-                }
-                return Ok(dir);
+                let made = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| TestbedError::new(format!("chmod {}: {e}", dir.display())))
+                    .and_then(|_| owner.chown_tree(&dir))
+                    .and_then(|_| Watchdog::spawn(&dir, sig));
+                return match made {
+                    Ok(watchdog) => Ok((dir, watchdog)),
+                    Err(e) => {
+                        let _ = fs::remove_dir_all(&dir);
+                        Err(e)
+                    }
+                };
             }
             // Left over by an earlier process that had our pid: pick the next number.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -163,7 +172,10 @@ pub(crate) fn new_instance_dir(kind: &str, owner: OsUser) -> Result<PathBuf, Tes
 /// Returns `BASE_DIR/<name>`, building it first with `build(tmp_dir)` if it does not exist.
 /// The build happens in a temporary directory that is renamed into place, so concurrent
 /// test processes never see a half-built template (the loser of a race discards its copy).
-pub(crate) fn template(name: &str, build: impl FnOnce(&Path) -> Result<(), TestbedError>) -> Result<PathBuf, TestbedError> {
+pub(crate) fn template(
+    name: &str,
+    build: impl FnOnce(&Path) -> Result<(), TestbedError>,
+) -> Result<PathBuf, TestbedError> {
     static BUILDING: Mutex<()> = Mutex::new(());
     let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let base = base_dir()?;
@@ -171,7 +183,15 @@ pub(crate) fn template(name: &str, build: impl FnOnce(&Path) -> Result<(), Testb
     if path.is_dir() {
         return Ok(path);
     }
-    let tmp = base.join(format!("{name}.tmp-{}", std::process::id()));
+    // Builds abandoned by dead processes would otherwise pile up.
+    let prefix = format!("{name}.tmp-");
+    for entry in fs::read_dir(&base).into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)?.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !process::alive(pid)) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    let tmp = base.join(format!("{prefix}{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp).map_err(|e| TestbedError::new(format!("creating {}: {e}", tmp.display())))?;
     if let Err(e) = build(&tmp) {
@@ -228,7 +248,6 @@ pub(crate) fn log_since(path: &Path, offset: u64) -> String {
 pub(crate) fn tcp_connect(port: u16) -> Option<TcpStream> {
     TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(1)).ok()
 }
-
 
 /// Outcome of one attempt to start a server process.
 pub(crate) enum Launch {

@@ -6,8 +6,10 @@
 //! `pg_ctl`) so we know the postmaster's pid and can stop, crash and restart it at will.
 //! PostgreSQL refuses to run as root, so initdb and postgres run as the `postgres` user.
 
-use super::process::{Supervised, Watchdog};
-use super::{copy_dir, log_since, new_instance_dir, run, tcp_connect, template, Launch, OsUser, TestbedError, READY_TIMEOUT};
+use super::process::Supervised;
+use super::{
+    copy_dir, log_since, new_instance, run, tcp_connect, template, Launch, OsUser, TestbedError, READY_TIMEOUT,
+};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -57,14 +59,7 @@ impl PgServer {
         let user = OsUser::get("postgres")?;
         let major = major_version(&bin_dir)?;
         let template = template(&format!("pg{major}-template"), |tmp| initdb(&bin_dir, user, tmp))?;
-        let dir = new_instance_dir("pg", user)?;
-        let watchdog = match Watchdog::spawn(&dir, "QUIT") {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
+        let (dir, watchdog) = new_instance("pg", user, "QUIT")?;
         // From here on, dropping `srv` removes everything again.
         let mut srv = PgServer {
             data_dir: dir.join("data"),
@@ -87,7 +82,9 @@ impl PgServer {
             match srv.launch(&mut srv.lock())? {
                 Launch::Ready => break,
                 Launch::PortTaken if attempt < 5 => continue,
-                Launch::PortTaken => return Err(TestbedError::with_log("postgres: no free port after 5 tries", &srv.log)),
+                Launch::PortTaken => {
+                    return Err(TestbedError::with_log("postgres: no free port after 5 tries", &srv.log))
+                }
             }
         }
         Ok(srv)
@@ -97,7 +94,9 @@ impl PgServer {
     /// watchdog removes it when the process exits. Panics if it cannot start.
     pub fn shared() -> &'static PgServer {
         static SHARED: OnceLock<PgServer> = OnceLock::new();
-        SHARED.get_or_init(|| PgServer::start(PgOptions::default()).unwrap_or_else(|e| panic!("shared PostgreSQL server: {e}")))
+        SHARED.get_or_init(|| {
+            PgServer::start(PgOptions::default()).unwrap_or_else(|e| panic!("shared PostgreSQL server: {e}"))
+        })
     }
 
     pub fn host(&self) -> &str {
@@ -127,12 +126,20 @@ impl PgServer {
         self.bin_dir.join(name)
     }
 
-    /// Runs `sql` with `psql -X -v ON_ERROR_STOP=1 -tA` as postgres over TCP; returns its
-    /// stdout without the final newline.
+    /// Runs `sql` with `psql -X -w -v ON_ERROR_STOP=1 -tA` as postgres over TCP; returns
+    /// its stdout without the final newline. Several statements may be separated by `;`.
     pub fn psql(&self, sql: &str) -> Result<String, TestbedError> {
-        let conninfo = format!("host={} port={} user=postgres dbname=postgres connect_timeout=10", self.host(), self.port);
-        let out = run(Command::new(self.bin("psql")).args(["-X", "-v", "ON_ERROR_STOP=1", "-tA", "-d", &conninfo, "-c", sql]))
-            .map_err(|e| TestbedError::new(format!("psql on port {}: {e}", self.port)))?;
+        self.psql_with("", sql)
+    }
+
+    /// `psql()` with extra conninfo (`sslmode=require`, `dbname=x`...; later keys win).
+    fn psql_with(&self, conninfo: &str, sql: &str) -> Result<String, TestbedError> {
+        let conninfo =
+            format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=10 {conninfo}", self.port);
+        let mut cmd = Command::new(self.bin("psql"));
+        cmd.args(["-X", "-w", "-v", "ON_ERROR_STOP=1", "-tA", "-d", &conninfo, "-c", sql]);
+        let out =
+            run(&mut cmd).map_err(|e| TestbedError::with_log(format!("psql on port {}: {e}", self.port), &self.log))?;
         Ok(out.strip_suffix('\n').unwrap_or(&out).to_string())
     }
 
@@ -188,16 +195,14 @@ impl PgServer {
             Some(extra) => format!("127.0.0.1,{extra}"),
             None => "127.0.0.1".to_string(),
         };
+        let fixed = [("max_prepared_transactions", "100"), ("max_connections", "200"), ("wal_level", "logical")];
+        let fixed = fixed.into_iter().chain([("fsync", "on"), ("logging_collector", "off")]);
         let mut conf: Vec<(String, String)> = vec![
             ("listen_addresses".into(), listen),
             ("port".into(), self.port.to_string()),
             ("unix_socket_directories".into(), self.dir.display().to_string()),
-            ("max_prepared_transactions".into(), "100".into()),
-            ("max_connections".into(), "200".into()),
-            ("wal_level".into(), "logical".into()),
-            ("fsync".into(), "on".into()),
-            ("logging_collector".into(), "off".into()),
         ];
+        conf.extend(fixed.map(|(k, v)| (k.to_string(), v.to_string())));
         if opts.ssl.is_some() {
             conf.push(("ssl".into(), "on".into()));
             conf.push(("ssl_cert_file".into(), "server.crt".into()));
@@ -255,14 +260,20 @@ impl PgServer {
                 if log_since(&self.log, offset).contains("Address already in use") {
                     return Ok(Launch::PortTaken);
                 }
-                return Err(TestbedError::with_log(format!("postgres on port {} exited during startup", self.port), &self.log));
+                return Err(TestbedError::with_log(
+                    format!("postgres on port {} exited during startup", self.port),
+                    &self.log,
+                ));
             }
             if self.pid_file_says_ready(pid) && tcp_connect(self.port).is_some() {
                 return Ok(Launch::Ready);
             }
             if Instant::now() >= deadline {
                 let _ = proc.terminate(libc::SIGQUIT, Duration::from_secs(5));
-                return Err(TestbedError::with_log(format!("postgres on port {} not ready after {READY_TIMEOUT:?}", self.port), &self.log));
+                return Err(TestbedError::with_log(
+                    format!("postgres on port {} not ready after {READY_TIMEOUT:?}", self.port),
+                    &self.log,
+                ));
             }
             sleep(Duration::from_millis(20));
         }
@@ -272,7 +283,8 @@ impl PgServer {
     fn pid_file_says_ready(&self, pid: u32) -> bool {
         let Ok(text) = fs::read_to_string(self.data_dir.join("postmaster.pid")) else { return false };
         let lines: Vec<&str> = text.lines().collect();
-        lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str()) && lines.get(7).map(|l| l.trim()) == Some("ready")
+        lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str())
+            && lines.get(7).map(|l| l.trim()) == Some("ready")
     }
 }
 
@@ -326,7 +338,8 @@ fn major_version(bin_dir: &Path) -> Result<String, TestbedError> {
 
 /// Runs initdb as the postgres user into `dir` (an empty directory).
 fn initdb(bin_dir: &Path, user: OsUser, dir: &Path) -> Result<(), TestbedError> {
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| TestbedError::new(format!("chmod {}: {e}", dir.display())))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| TestbedError::new(format!("chmod {}: {e}", dir.display())))?;
     user.chown_tree(dir)?;
     let mut cmd = Command::new(bin_dir.join("initdb"));
     cmd.args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync", "-D"]).arg(dir);
@@ -335,14 +348,8 @@ fn initdb(bin_dir: &Path, user: OsUser, dir: &Path) -> Result<(), TestbedError> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::process::alive;
     use super::*;
-
-    /// psql against `srv` with extra conninfo, returning stdout or the error text.
-    fn psql_with(srv: &PgServer, conninfo: &str, sql: &str) -> Result<String, TestbedError> {
-        let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres {conninfo}", srv.port());
-        run(Command::new(srv.bin("psql")).args(["-X", "-v", "ON_ERROR_STOP=1", "-tA", "-d", &conninfo, "-c", sql]))
-            .map(|out| out.trim_end().to_string())
-    }
 
     #[test]
     fn two_servers_start_concurrently_on_distinct_ports() {
@@ -353,18 +360,16 @@ mod tests {
         assert_ne!(servers[0].port(), servers[1].port());
         for srv in &servers {
             assert!(srv.is_running());
-            assert_eq!(srv.psql("select 1").unwrap(), "1");
-            assert_eq!(srv.psql("show wal_level").unwrap(), "logical");
-            assert_eq!(srv.psql("show max_prepared_transactions").unwrap(), "100");
-            assert_eq!(srv.psql("show max_connections").unwrap(), "200");
-            assert_eq!(srv.psql("show fsync").unwrap(), "on");
+            let settings = "select 1, current_setting('wal_level'), current_setting('max_prepared_transactions'), \
+                            current_setting('max_connections'), current_setting('fsync')";
+            assert_eq!(srv.psql(settings).unwrap(), "1|logical|100|200|on");
             assert_eq!(srv.url("app", "db"), format!("postgres://app@127.0.0.1:{}/db", srv.port()));
             assert!(srv.bin("pgbench").is_file());
         }
         let t = Instant::now();
         servers[0].create_database("app \"db\"").unwrap();
         eprintln!("create_database took {:?}", t.elapsed());
-        assert_eq!(psql_with(&servers[0], "dbname='app \"db\"'", "select current_database()").unwrap(), "app \"db\"");
+        assert_eq!(servers[0].psql_with("dbname='app \"db\"'", "select current_database()").unwrap(), "app \"db\"");
         let err = servers[0].psql("select * from no_such_table").unwrap_err().to_string();
         assert!(err.contains("no_such_table"), "{err}");
         let dirs: Vec<PathBuf> = servers.iter().map(|s| s.dir.clone()).collect();
@@ -372,7 +377,7 @@ mod tests {
         drop(servers);
         for (dir, pid) in dirs.iter().zip(pids) {
             assert!(!dir.exists(), "{} left behind", dir.display());
-            assert!(!super::super::process::alive(pid));
+            assert!(!alive(pid));
         }
     }
 
@@ -396,14 +401,13 @@ mod tests {
         .unwrap();
         fs::remove_dir_all(&certs).unwrap();
         let ssl = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
-        assert_eq!(psql_with(&srv, "sslmode=require", ssl).unwrap(), "t");
-        let err = psql_with(&srv, "sslmode=disable", "select 1").unwrap_err().to_string();
+        assert_eq!(srv.psql_with("sslmode=require", ssl).unwrap(), "t");
+        let err = srv.psql_with("sslmode=disable", "select 1").unwrap_err().to_string();
         assert!(err.contains("pg_hba.conf"), "{err}");
         assert_eq!(srv.psql("show max_connections").unwrap(), "50");
         assert_eq!(srv.psql("show cluster_name").unwrap(), "it's");
-        let extra = format!("host=127.0.0.2 port={} user=postgres dbname=postgres sslmode=require", srv.port());
-        let out = run(Command::new(srv.bin("psql")).args(["-X", "-tA", "-d", &extra, "-c", "select inet_server_addr()"])).unwrap();
-        assert_eq!(out.trim(), "127.0.0.2");
+        let extra = srv.psql_with("host=127.0.0.2 sslmode=require", "select inet_server_addr()").unwrap();
+        assert_eq!(extra, "127.0.0.2");
     }
 
     #[test]
@@ -414,11 +418,11 @@ mod tests {
         let pid = srv.pid().unwrap();
         srv.stop().unwrap();
         assert!(!srv.is_running());
-        assert!(!super::super::process::alive(pid));
+        assert!(!alive(pid));
         assert!(tcp_connect(port).is_none());
         assert!(srv.psql("select 1").is_err());
         srv.stop().unwrap(); // stopping a stopped server is fine
-        // Someone else holds our port for a while: restart waits for it.
+                             // Someone else holds our port for a while: restart waits for it.
         let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let release = std::thread::spawn(move || {
             sleep(Duration::from_millis(600));
@@ -443,7 +447,7 @@ mod tests {
         let pid = srv.pid().unwrap();
         srv.kill().unwrap();
         assert!(!srv.is_running());
-        assert!(!super::super::process::alive(pid));
+        assert!(!alive(pid));
         srv.restart().unwrap();
         assert_eq!(srv.psql("select count(*) from t").unwrap(), "1000");
         let log = fs::read_to_string(&srv.log).unwrap();
@@ -453,8 +457,7 @@ mod tests {
     #[test]
     fn shared_server_is_one_per_process() {
         let a = PgServer::shared();
-        let b = PgServer::shared();
-        assert!(std::ptr::eq(a, b));
+        assert!(std::ptr::eq(a, PgServer::shared()));
         assert_eq!(a.psql("select current_user").unwrap(), "postgres");
         assert_eq!(a.superuser_url(), format!("postgres://postgres@127.0.0.1:{}/postgres", a.port()));
     }

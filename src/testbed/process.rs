@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub(crate) fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Format: `pid (comm) state ...`; comm may contain spaces, so split after the last ')'.
-        Ok(stat) => stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next() != Some('Z')).unwrap_or(false),
+        Ok(stat) => stat.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -139,6 +139,7 @@ impl Supervised {
         self.child = Some(child);
     }
 
+    #[cfg(test)]
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -208,7 +209,11 @@ mod tests {
             (srv.port(), srv.pid().unwrap(), srv.data_dir().parent().unwrap().to_path_buf())
         } else {
             let db = MariaDb::shared();
-            (db.port(), db.pid().unwrap(), PathBuf::from(format!("/proc/{}/cwd", db.pid().unwrap())).read_link().unwrap())
+            (
+                db.port(),
+                db.pid().unwrap(),
+                PathBuf::from(format!("/proc/{}/cwd", db.pid().unwrap())).read_link().unwrap(),
+            )
         };
         println!("READY {port} {pid} {}", dir.display());
         loop {
@@ -228,9 +233,11 @@ mod tests {
             .unwrap();
         let mut lines = BufReader::new(helper.stdout.take().unwrap()).lines();
         // libtest prints "test <name> ... " without a newline before our line.
-        let ready = lines.find_map(|l| Some(l.unwrap().split_once("READY ")?.1.to_string())).expect("helper died before READY");
+        let ready =
+            lines.find_map(|l| Some(l.unwrap().split_once("READY ")?.1.to_string())).expect("helper died before READY");
         let fields: Vec<&str> = ready.split(' ').collect();
-        let (port, pid, dir): (u16, u32, PathBuf) = (fields[0].parse().unwrap(), fields[1].parse().unwrap(), fields[2].into());
+        let (port, pid, dir): (u16, u32, PathBuf) =
+            (fields[0].parse().unwrap(), fields[1].parse().unwrap(), fields[2].into());
         assert!(dir.is_dir() && alive(pid) && tcp_connect(port).is_some());
 
         signal(helper.id(), libc::SIGKILL);
@@ -242,7 +249,8 @@ mod tests {
         eprintln!("{kind}: watchdog cleaned up {:?} after the owner was killed", killed.elapsed());
         assert!(!alive(pid), "{kind} server pid {pid} still alive");
         assert!(!dir.exists(), "{} still exists", dir.display());
-        assert!(tcp_connect(port).is_none(), "port {port} still accepts");
+        // The port itself is not checked: once freed, a server started concurrently by another
+        // test may already have taken it.
     }
 
     #[test]

@@ -54,7 +54,6 @@ pub fn scratch(name: &str) -> PathBuf {
 /// blocking tests (psql, pgbench) and async tests can use it alike.
 pub struct Proxy {
     pub addr: SocketAddr,
-    pub config: Arc<Config>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -76,17 +75,16 @@ impl Proxy {
     pub fn start_config(text: &str, dir: &Path) -> Proxy {
         let config = Arc::new(Config::parse(text, &dir.join("capgate.toml")).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}")));
         // Built on a plain thread: async tests call this from inside their own runtime.
-        let cfg = config.clone();
         let (runtime, addr) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-            let server = runtime.block_on(Server::bind(cfg)).expect("bind proxy");
+            let server = runtime.block_on(Server::bind(config)).expect("bind proxy");
             let addr = server.local_addr();
             runtime.spawn(server.run(std::future::pending(), std::future::pending()));
             (runtime, addr)
         })
         .join()
         .expect("proxy start thread");
-        Proxy { addr, config, runtime: Some(runtime) }
+        Proxy { addr, runtime: Some(runtime) }
     }
 
     /// A libpq URL to the proxy.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::{DbUrl, SslMode};
 use crate::net::{tls, Stream};
@@ -48,8 +48,17 @@ impl Upstream {
         Ok(tcp)
     }
 
-    /// Open a connection, negotiating TLS as the URL's sslmode says.
+    async fn unix(&self, path: &std::path::Path) -> Result<UnixStream, UpstreamError> {
+        let timeout = self.url.connect_timeout;
+        Ok(tokio::time::timeout(timeout, UnixStream::connect(path)).await.map_err(|_| UpstreamError::Timeout(timeout))??)
+    }
+
+    /// Open a connection, negotiating TLS as the URL's sslmode says (never over a Unix
+    /// socket, as libpq).
     pub async fn connect(&self) -> Result<Stream, UpstreamError> {
+        if let Some(path) = self.url.unix_socket() {
+            return Ok(Stream::Unix(self.unix(&path).await?));
+        }
         let mut tcp = self.tcp().await?;
         let Some(config) = &self.tls else { return Ok(Stream::Plain(tcp)) };
         let mut request = [0u8; 8];
@@ -73,16 +82,19 @@ impl Upstream {
     /// Send a CancelRequest for the backend `pid`/`secret`. Like libpq, over plain TCP; the
     /// server never answers it.
     pub async fn cancel(&self, pid: i32, secret: &[u8]) -> Result<(), UpstreamError> {
-        let mut tcp = self.tcp().await?;
         let mut packet = Vec::with_capacity(12 + secret.len());
         packet.extend_from_slice(&(12 + secret.len() as u32).to_be_bytes());
         packet.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
         packet.extend_from_slice(&pid.to_be_bytes());
         packet.extend_from_slice(secret);
-        tcp.write_all(&packet).await?;
+        let mut stream = match self.url.unix_socket() {
+            Some(path) => Stream::Unix(self.unix(&path).await?),
+            None => Stream::Plain(self.tcp().await?),
+        };
+        stream.write_all(&packet).await?;
         // Wait for the server to close: the cancel has then been delivered.
         let mut sink = [0u8; 1];
-        let _ = tokio::time::timeout(self.url.connect_timeout, tcp.read(&mut sink)).await;
+        let _ = tokio::time::timeout(self.url.connect_timeout, stream.read(&mut sink)).await;
         Ok(())
     }
 }
