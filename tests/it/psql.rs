@@ -9,6 +9,8 @@ use crate::support::{pg_bin, Proxy};
 fn run_script(url: &str) -> String {
     let out = Command::new(pg_bin("psql"))
         .args(["-X", "-q", "-f", "tests/sql/compat.sql", url])
+        .env("CAPGATE_PSQL", pg_bin("psql"))
+        .env("CAPGATE_NOTIFY_URL", url)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run psql");
@@ -43,6 +45,7 @@ fn psql_script_output_equals_direct() {
         "row 120",
         "NOTICE:  notice from plpgsql",
         "Asynchronous notification \"compat_channel\" with payload \"self-notification\" received from server process with PID N.",
+        "Asynchronous notification \"compat_channel\" with payload \"from another session\" received from server process with PID N.",
         "100000 | 14ee22eaba297944c96afdbe5b16c65b",
         "2026-06-01 08:00:00-04",
     ] {

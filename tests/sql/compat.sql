@@ -46,6 +46,9 @@ DO $$ BEGIN RAISE NOTICE 'notice from %', 'plpgsql'; END $$;
 LISTEN compat_channel;
 NOTIFY compat_channel, 'self-notification';
 SELECT 'after notify';
+-- another session notifies while this one listens (\! waits for it to finish)
+\! "$CAPGATE_PSQL" -X -q -c "NOTIFY compat_channel, 'from another session'" "$CAPGATE_NOTIFY_URL"
+SELECT 'after the other session';
 
 -- a result of 100,000 rows
 SELECT g, md5(g::text) FROM generate_series(1, 100000) AS g;
