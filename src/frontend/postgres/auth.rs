@@ -50,6 +50,10 @@ pub async fn passthrough(client: &mut Conn, server: &mut Conn, startup: &[u8]) -
                     // by one password-type message from the client.
                     _ => {
                         let answer = client.read_frame(MAX_STARTUP_FRAME).await?;
+                        // libpq hangs up this way when it must first prompt for a password.
+                        if answer.tag == b'X' {
+                            return Err(SessionError::Closed);
+                        }
                         if answer.tag != b'p' {
                             return Err(SessionError::Refused(ErrorMessage::fatal(
                                 "08P01",
