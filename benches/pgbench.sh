@@ -50,6 +50,9 @@
 #     OUT=target/bench/pgbench.json
 #     PGBIN=/usr/lib/postgresql/15/bin
 #     KEEP_TMP=1              keep the temp dir (logs) after exit
+#     UPSTREAM=tcp            how capgate and PgBouncer reach the server: tcp
+#                             (127.0.0.1) or unix (the server's socket directory);
+#                             pgbench itself always connects over TCP
 #
 # Exit status: 0 if every pgbench run succeeded, 1 if any run failed (failed
 # runs show as FAIL in the table and null in the JSON), 2 on setup errors.
@@ -141,6 +144,11 @@ fi
 
 # ------------------------------------------------------------ temp + ports --
 TMP="$(mktemp -d /tmp/capgate-pgbench.XXXXXX)"
+case "${UPSTREAM:-tcp}" in
+    tcp) UPSTREAM_HOST=127.0.0.1; UPSTREAM_URL_HOST=127.0.0.1 ;;
+    unix) UPSTREAM_HOST="$TMP"; UPSTREAM_URL_HOST="${TMP//\//%2F}" ;;
+    *) echo "UPSTREAM must be tcp or unix" >&2; exit 2 ;;
+esac
 chmod 755 "$TMP"
 chown postgres: "$TMP"
 # Three distinct free loopback ports: all sockets are held open at once.
@@ -180,7 +188,7 @@ pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U postgres postgres >"$TMP/
 POOL_SIZE=$(( CLIENTS + 10 ))
 cat >"$TMP/pgbouncer.ini" <<EOF
 [databases]
-postgres = host=127.0.0.1 port=$PGPORT dbname=postgres user=postgres
+postgres = host=$UPSTREAM_HOST port=$PGPORT dbname=postgres user=postgres
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -230,7 +238,7 @@ site = "bench"
 listen = "127.0.0.1:$CGPORT"
 max_connections = 2000
 [primary]
-url = "postgres://postgres@127.0.0.1:$PGPORT/postgres?sslmode=disable"
+url = "postgres://postgres@$UPSTREAM_URL_HOST:$PGPORT/postgres?sslmode=disable"
 EOF
     log "capgate on port $CGPORT ($CAPGATE_BIN)"
     "$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &

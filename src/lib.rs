@@ -5,6 +5,8 @@
 //! - [`protocol`]: wire formats without I/O (framing, message views and builders, SCRAM),
 //!   testable on byte slices;
 //! - [`frontend`]: accepting application connections and relaying them to the site's primary;
+//! - [`backend`]: capgate's own connections to database servers (primary, replicas);
+//! - [`verify`]: comparing a primary with its replicas, chunk by chunk;
 //! - [`config`]: the main TOML configuration, validated into an immutable snapshot;
 //! - [`net`]: sockets and TLS shared by every front end and by replica links;
 //! - [`cli`]: the `capgate` command;
@@ -13,9 +15,11 @@
 //! Replication (`classify`, `policy`, `replicate`, `sites`, `verify`, `admin`) is added on top
 //! of these and must stay free of PostgreSQL types so the MySQL front end can plug into it.
 
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod frontend;
 pub mod net;
 pub mod protocol;
 pub mod testbed;
+pub mod verify;

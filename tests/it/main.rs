@@ -10,3 +10,4 @@ mod lifecycle;
 mod psql;
 mod python;
 mod tls;
+mod verify;

@@ -5,7 +5,6 @@
 //! - [`auth`]: pass-through or proxy-side authentication;
 //! - [`relay`]: the two-direction frame pump;
 //! - [`cancel`]: the proxy's cancel keys mapped to the primary's;
-//! - [`upstream`]: connections to the primary;
 //! - [`conn`]: a buffered connection for the message-at-a-time startup phase.
 //!
 //! Nothing here may decide replication: that belongs to the protocol-neutral layers above.
@@ -15,7 +14,6 @@ pub mod cancel;
 pub mod conn;
 pub mod relay;
 pub mod session;
-pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,7 +28,7 @@ use crate::net::tls;
 use crate::protocol::postgres::message::ErrorMessage;
 use crate::protocol::postgres::FrameError;
 pub use cancel::CancelRegistry;
-pub use upstream::{Upstream, UpstreamError};
+pub use crate::backend::postgres::{Upstream, UpstreamError};
 
 /// How many over-the-limit connections may be in the middle of being told "too many
 /// clients" at once; beyond that they are closed without a word.

@@ -1,4 +1,7 @@
-//! Connections from the proxy to the primary: TCP, then TLS when the URL asks for it.
+//! Connections from capgate to a PostgreSQL server (the primary, a replica): TCP or a Unix
+//! socket, then TLS when the URL asks for it. The relay uses the raw [`Stream`]; capgate's own
+//! work on a server (verify, replication) uses a tokio-postgres client over the same stream
+//! ([`Upstream::client`]), so TLS is configured in one place.
 
 use std::sync::Arc;
 
@@ -23,6 +26,8 @@ pub enum UpstreamError {
     BadTlsAnswer(u8),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
 }
 
 /// What the proxy needs to reach one database.
@@ -77,6 +82,28 @@ impl Upstream {
             b'N' => Err(UpstreamError::TlsRefused),
             other => Err(UpstreamError::BadTlsAnswer(other)),
         }
+    }
+
+    /// A tokio-postgres client logged in with the URL's credentials, over a stream opened by
+    /// [`Upstream::connect`]. The connection task is spawned; it ends when the client drops.
+    pub async fn client(&self, application_name: &str) -> Result<tokio_postgres::Client, UpstreamError> {
+        let stream = self.connect().await?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user(self.url.user.as_deref().unwrap_or("postgres"))
+            .dbname(self.url.dbname.as_deref().or(self.url.user.as_deref()).unwrap_or("postgres"))
+            .application_name(application_name)
+            .ssl_mode(tokio_postgres::config::SslMode::Disable);
+        if let Some(p) = &self.url.password {
+            config.password(p);
+        }
+        let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+        Ok(client)
     }
 
     /// Send a CancelRequest for the backend `pid`/`secret`. Like libpq, over plain TCP; the

@@ -1,0 +1,4 @@
+//! capgate's connections to database servers: the primary each session is relayed to, and the
+//! replicas of other sites. One module per protocol.
+
+pub mod postgres;
