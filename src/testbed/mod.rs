@@ -7,7 +7,9 @@
 //!
 //! - [`pg`]: PostgreSQL instances copied from a once-per-machine `initdb` template;
 //! - [`mariadb`]: MariaDB instances copied from a once-per-machine `mariadb-install-db` template;
-//! - `process`: stopping server processes, and the watchdogs described below.
+//! - `process`: stopping server processes, and the watchdogs described below;
+//! - [`link`]: a fault-injecting TCP relay (latency, bandwidth, blackhole, reset, refuse);
+//! - [`sites`]: two sites (primary + remote replica) joined by a link or by network namespaces.
 //!
 //! Cleanup must happen even when a test panics, aborts or is SIGKILLed, and statics (the
 //! `shared()` servers) are never dropped. So every instance has a *watchdog*: a tiny `sh`
@@ -15,9 +17,11 @@
 //! test process goes away the pipe closes and the watchdog signals the server and removes
 //! the instance directory. A normal `Drop` does the same work itself and disarms it.
 
+pub mod link;
 pub mod mariadb;
 pub mod pg;
 mod process;
+pub mod sites;
 
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use pg::{PgOptions, PgServer};

@@ -32,6 +32,10 @@ pub struct PgOptions {
     pub ssl: Option<(PathBuf, PathBuf)>,
     /// One more address to listen on besides 127.0.0.1 (e.g. inside a network namespace).
     pub listen_extra: Option<String>,
+    /// Run the server (and `psql()`) inside this network namespace, through `ip netns exec`
+    /// (needs root). 127.0.0.1 then is the namespace's own loopback, unreachable from
+    /// outside it: other processes reach the server on `listen_extra`.
+    pub netns: Option<String>,
 }
 
 /// A private PostgreSQL server; stopped and deleted on drop (or by its watchdog).
@@ -48,6 +52,8 @@ pub struct PgServer {
     port: u16,
     /// The OS user postgres runs as.
     user: OsUser,
+    /// The network namespace the server and `psql()` run in (see [`PgOptions::netns`]).
+    netns: Option<String>,
     /// The postmaster process and its watchdog; a Mutex because servers are shared.
     proc: Mutex<Supervised>,
 }
@@ -68,6 +74,7 @@ impl PgServer {
             bin_dir,
             port: 0,
             user,
+            netns: opts.netns.clone(),
             proc: Mutex::new(Supervised::new(watchdog)),
         };
         copy_dir(&template, &srv.data_dir)?;
@@ -136,7 +143,7 @@ impl PgServer {
     fn psql_with(&self, conninfo: &str, sql: &str) -> Result<String, TestbedError> {
         let conninfo =
             format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=10 {conninfo}", self.port);
-        let mut cmd = Command::new(self.bin("psql"));
+        let mut cmd = self.command_in_netns(self.bin("psql"));
         cmd.args(["-X", "-w", "-v", "ON_ERROR_STOP=1", "-tA", "-d", &conninfo, "-c", sql]);
         let out =
             run(&mut cmd).map_err(|e| TestbedError::with_log(format!("psql on port {}: {e}", self.port), &self.log))?;
@@ -240,11 +247,24 @@ impl PgServer {
         let log = log.map_err(|e| TestbedError::new(format!("opening {}: {e}", self.log.display())))?;
         let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
         let stderr = log.try_clone().map_err(|e| TestbedError::new(format!("dup log fd: {e}")))?;
-        let child = Command::new(self.bin("postgres"))
+        let mut cmd = match &self.netns {
+            // `ip` needs root to enter the namespace; setpriv then drops to the postgres
+            // user. Both exec, so the pid we get is the postmaster's.
+            Some(_) => {
+                let mut cmd = self.command_in_netns("setpriv");
+                cmd.arg(format!("--reuid={}", self.user.uid)).arg(format!("--regid={}", self.user.gid));
+                cmd.arg("--clear-groups").arg(self.bin("postgres"));
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(self.bin("postgres"));
+                cmd.uid(self.user.uid).gid(self.user.gid);
+                cmd
+            }
+        };
+        let child = cmd
             .arg("-D")
             .arg(&self.data_dir)
-            .uid(self.user.uid)
-            .gid(self.user.gid)
             .process_group(0)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
@@ -265,7 +285,8 @@ impl PgServer {
                     &self.log,
                 ));
             }
-            if self.pid_file_says_ready(pid) && tcp_connect(self.port).is_some() {
+            // Inside a namespace our 127.0.0.1 is not the server's: the pid file has to do.
+            if self.pid_file_says_ready(pid) && (self.netns.is_some() || tcp_connect(self.port).is_some()) {
                 return Ok(Launch::Ready);
             }
             if Instant::now() >= deadline {
@@ -276,6 +297,18 @@ impl PgServer {
                 ));
             }
             sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `program`, prefixed with `ip netns exec NAME` when the server lives in a namespace.
+    fn command_in_netns(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
         }
     }
 
@@ -397,6 +430,7 @@ mod tests {
             hba: Some(vec!["local all all trust".into(), "hostssl all all 127.0.0.0/8 trust".into()]),
             ssl: Some((cert, key)),
             listen_extra: Some("127.0.0.2".into()),
+            netns: None,
         })
         .unwrap();
         fs::remove_dir_all(&certs).unwrap();

@@ -88,8 +88,15 @@ impl Watchdog {
     /// Starts a watchdog that, once its owner is gone, sends `sig` (e.g. "QUIT") to the
     /// watched server and removes `dir`.
     pub(crate) fn spawn(dir: &Path, sig: &str) -> Result<Watchdog, TestbedError> {
+        Watchdog::spawn_script(WATCHDOG_SH, &[sig.as_ref(), dir.as_os_str()])
+    }
+
+    /// Starts a watchdog running the `sh` script `script` with `args` ($1...). The script
+    /// reads commands from stdin (at least `disarm`, which must make it exit doing nothing)
+    /// and does its cleanup when stdin reaches EOF, i.e. when this process is gone.
+    pub(crate) fn spawn_script(script: &str, args: &[&std::ffi::OsStr]) -> Result<Watchdog, TestbedError> {
         let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(WATCHDOG_SH).arg("capgate-watchdog").arg(sig).arg(dir);
+        cmd.arg("-c").arg(script).arg("capgate-watchdog").args(args);
         cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).current_dir("/");
         // SAFETY: setsid is async-signal-safe; its own session keeps the watchdog out of
         // reach of terminal signals (Ctrl-C) aimed at the test process group.
@@ -112,7 +119,7 @@ impl Watchdog {
     }
 
     /// Stops the watchdog without letting it do anything (the owner cleaned up itself).
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = writeln!(stdin, "disarm");
         }
