@@ -1,12 +1,14 @@
 //! The `capgate` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::classify::{Classifier, Dialect, Kind, SearchPath};
 use crate::config::Config;
+use crate::policy::{Policy, UnknownAction};
 use crate::frontend::postgres::Server;
 
 #[derive(Parser, Debug)]
@@ -23,16 +25,40 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration file; exits 1 and lists every problem if it is invalid.
+    /// Validate a configuration file and the policy file it names; exits 1 and lists every
+    /// problem if either is invalid.
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Show how statements are classified and what the policy decides for each written table.
+    Explain {
+        /// The main configuration (for its `policy` file and primary URL).
+        #[arg(long, short, required_unless_present = "policy")]
+        config: Option<PathBuf>,
+        /// A policy file to try (overrides the configuration's `policy`).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// postgres or mysql (default: from the primary URL; postgres without a configuration).
+        #[arg(long)]
+        dialect: Option<String>,
+        /// Schemas for unqualified names, comma-separated, in lookup order.
+        #[arg(long, default_value = "public")]
+        search_path: String,
+        /// Print JSON: {"statements":[{"kind","writes","reads","nondeterministic","decisions"}]}.
+        #[arg(long)]
+        json: bool,
+        /// The SQL text (one or more statements).
+        sql: String,
     },
 }
 
 /// Run the command; the exit code follows the usual convention (0 ok, 1 failure, 2 usage).
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Explain { config, policy, dialect, search_path, json, sql } => {
+            explain(config.as_deref(), policy.as_deref(), dialect.as_deref(), &search_path, json, &sql)
+        }
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(
@@ -43,7 +69,24 @@ pub fn main(cli: Cli) -> ExitCode {
                     c.primary.url,
                     c.replicas.len()
                 );
-                ExitCode::SUCCESS
+                let Some(policy) = &c.policy else { return ExitCode::SUCCESS };
+                match Policy::load(policy) {
+                    Ok(p) => {
+                        println!(
+                            "{}: ok (default {}, unknown {}, {} rule(s), {} function(s))",
+                            policy.display(),
+                            p.default.name(),
+                            if p.unknown == UnknownAction::Relay { "relay" } else { "refuse" },
+                            p.rules.len(),
+                            p.functions.len()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -116,4 +159,124 @@ fn signals() -> (impl std::future::Future<Output = ()>, impl std::future::Future
         }
     };
     (wait_for(1), wait_for(2))
+}
+
+/// `capgate explain`: classify `sql` and decide each written table under the policy.
+fn explain(config: Option<&Path>, policy: Option<&Path>, dialect: Option<&str>, search_path: &str, json: bool, sql: &str) -> ExitCode {
+    let config = match config.map(Config::load).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let policy_file = policy.map(Path::to_path_buf).or_else(|| config.as_ref().and_then(|c| c.policy.clone()));
+    let policy = match &policy_file {
+        Some(f) => match Policy::load(f) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Policy::default(),
+    };
+    // The primary URL is postgres:// today; the MySQL front end will add its scheme here.
+    let dialect = match dialect.map(|d| Dialect::parse(d).ok_or(d)).transpose() {
+        Ok(d) => d.unwrap_or(Dialect::Postgres),
+        Err(d) => {
+            eprintln!("--dialect: expected postgres or mysql, found `{d}`");
+            return ExitCode::from(2);
+        }
+    };
+    let path = SearchPath::new(search_path.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()));
+    let classification = Classifier::new(dialect, 0).classify(sql, &path, &policy.catalog());
+    if json {
+        let statements: Vec<ExplainedStatement> = classification
+            .statements
+            .iter()
+            .map(|s| {
+                let names = |ts: &[crate::classify::TableName]| ts.iter().map(ToString::to_string).collect::<Vec<_>>();
+                ExplainedStatement {
+                    kind: s.kind.name(),
+                    reason: match &s.kind {
+                        Kind::Unknown(r) => Some(r.clone()),
+                        _ => None,
+                    },
+                    writes: names(&s.writes),
+                    reads: names(&s.reads),
+                    nondeterministic: s.nondeterministic.clone(),
+                    decisions: policy
+                        .decide_statement(s)
+                        .iter()
+                        .map(|d| ExplainedDecision { table: d.table.to_string(), mode: d.mode.name(), rule: d.rule.to_string() })
+                        .collect(),
+                }
+            })
+            .collect();
+        match serde_json::to_string(&Explained { statements }) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("cannot print JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Some(f) = &policy_file {
+        println!("policy {} ({} rule(s), default {})", f.display(), policy.rules.len(), policy.default.name());
+    } else {
+        println!("no policy file: every table is local");
+    }
+    let list = |ts: &[crate::classify::TableName]| {
+        if ts.is_empty() { "-".to_owned() } else { ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") }
+    };
+    for (i, s) in classification.statements.iter().enumerate() {
+        match &s.kind {
+            Kind::Unknown(reason) => {
+                let action = if policy.unknown == UnknownAction::Relay { "relay" } else { "refuse" };
+                println!("statement {}: unknown: {reason}\n  policy: unknown = \"{action}\"", i + 1);
+            }
+            k => println!("statement {}: {}", i + 1, k.name()),
+        }
+        println!("  writes: {}\n  reads: {}", list(&s.writes), list(&s.reads));
+        if !s.locks.is_empty() {
+            println!("  locks: {}", list(&s.locks));
+        }
+        if !s.nondeterministic.is_empty() {
+            println!("  nondeterministic: {}", s.nondeterministic.join(", "));
+        }
+        for d in policy.decide_statement(s) {
+            match &d.rule {
+                crate::policy::RuleRef::Rule { line, .. } => println!("  {} -> {} (rule \"{}\", line {line})", d.table, d.mode.name(), d.rule),
+                crate::policy::RuleRef::Default => println!("  {} -> {} (default)", d.table, d.mode.name()),
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `capgate explain --json`: outside tools rely on these field names and their order.
+#[derive(serde::Serialize)]
+struct Explained {
+    statements: Vec<ExplainedStatement>,
+}
+
+#[derive(serde::Serialize)]
+struct ExplainedStatement {
+    kind: &'static str,
+    /// Only for `unknown`: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    writes: Vec<String>,
+    reads: Vec<String>,
+    nondeterministic: Vec<String>,
+    decisions: Vec<ExplainedDecision>,
+}
+
+#[derive(serde::Serialize)]
+struct ExplainedDecision {
+    table: String,
+    mode: &'static str,
+    rule: String,
 }

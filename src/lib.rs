@@ -16,10 +16,12 @@
 //! of these and must stay free of PostgreSQL types so the MySQL front end can plug into it.
 
 pub mod backend;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod frontend;
 pub mod net;
+pub mod policy;
 pub mod protocol;
 pub mod testbed;
 pub mod verify;

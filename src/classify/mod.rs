@@ -1,0 +1,259 @@
+//! Statement classification: what a query string does, statement by statement — its kind,
+//! the tables it writes and reads (schema-qualified), its non-deterministic parts — so the
+//! policy can decide per written table how to replicate.
+//!
+//! Protocol-neutral: it takes SQL text, a [`Dialect`], the session's [`SearchPath`] and a
+//! [`Catalog`] snapshot, and knows nothing of wire messages, sessions or connections. It must
+//! never guess: a statement whose effect it cannot determine is [`Kind::Unknown`] with the
+//! reason, never a silent read.
+//!
+//! ```
+//! use capgate::classify::{Catalog, Classifier, Dialect, SearchPath};
+//! let classifier = Classifier::new(Dialect::Postgres, 10_000);
+//! let c = classifier.classify("UPDATE Orders SET paid = now() WHERE id = 1", &SearchPath::default(), &Catalog::new());
+//! assert_eq!(c.statements[0].kind.name(), "write");
+//! assert_eq!(c.statements[0].writes[0].to_string(), "public.orders");
+//! assert_eq!(c.statements[0].nondeterministic, ["now()"]);
+//! ```
+
+mod cache;
+mod catalog;
+mod fallback;
+mod functions;
+mod names;
+mod statement;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use sqlparser::parser::Parser;
+
+pub use catalog::{Catalog, ColumnDefault, DefaultKind, FunctionInfo, Volatility};
+pub use names::{SearchPath, TableName};
+
+/// The SQL dialect: how text is parsed and how unquoted identifiers are folded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// PostgreSQL: unquoted identifiers fold to lower case; `"…"` quotes.
+    Postgres,
+    /// MySQL / MariaDB: identifiers keep their case; `` `…` `` quotes; the "schema" of a table
+    /// is its database.
+    MySql,
+}
+
+impl Dialect {
+    /// `postgres` or `mysql` (as on the command line).
+    pub fn parse(s: &str) -> Option<Dialect> {
+        match s.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" | "pg" => Some(Dialect::Postgres),
+            "mysql" | "mariadb" => Some(Dialect::MySql),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn parser_dialect(self) -> Box<dyn sqlparser::dialect::Dialect> {
+        match self {
+            Dialect::Postgres => Box::new(sqlparser::dialect::PostgreSqlDialect {}),
+            Dialect::MySql => Box::new(sqlparser::dialect::MySqlDialect {}),
+        }
+    }
+}
+
+/// What kind of statement this is, as replication cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Reads only (SELECT, also SELECT … FOR UPDATE: a lock is not a write).
+    Read,
+    /// Changes rows: INSERT, UPDATE, DELETE, MERGE, COPY FROM, TRUNCATE, a SELECT with a
+    /// data-modifying CTE or a call to a function that writes, `nextval`.
+    Write,
+    /// Changes definitions: CREATE, ALTER, DROP, COMMENT, GRANT … (`writes` lists the tables
+    /// whose definition changes).
+    Ddl,
+    /// BEGIN, COMMIT, ROLLBACK, savepoints, two-phase commit.
+    Transaction(TxControl),
+    /// SET, RESET, DISCARD, USE.
+    Session(SessionChange),
+    /// Changes no rows: EXPLAIN, SHOW, LISTEN/NOTIFY, VACUUM, ANALYZE, LOCK, PREPARE, cursors.
+    Utility,
+    /// The effect cannot be determined; the policy's `unknown` decides. The reason names what
+    /// was not understood.
+    Unknown(String),
+}
+
+impl Kind {
+    /// The name used in `capgate explain` and its JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Read => "read",
+            Kind::Write => "write",
+            Kind::Ddl => "ddl",
+            Kind::Transaction(_) => "transaction",
+            Kind::Session(_) => "session",
+            Kind::Utility => "utility",
+            Kind::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// Which transaction-control statement; the front end tracks transaction state with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxControl {
+    Begin,
+    Commit,
+    Rollback,
+    /// SAVEPOINT name
+    Savepoint(String),
+    /// RELEASE [SAVEPOINT] name
+    Release(String),
+    /// ROLLBACK TO [SAVEPOINT] name
+    RollbackTo(String),
+    /// PREPARE TRANSACTION 'gid'
+    PrepareTransaction(String),
+    /// COMMIT PREPARED 'gid'
+    CommitPrepared(String),
+    /// ROLLBACK PREPARED 'gid'
+    RollbackPrepared(String),
+}
+
+/// What a session statement changes that classification depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// SET [LOCAL] search_path TO … (MySQL: USE db). Schemas as stored: identifiers folded,
+    /// string literals exact, `$user` kept for the front end to substitute.
+    SearchPath { schemas: Vec<String>, local: bool },
+    /// RESET search_path, SET search_path TO DEFAULT.
+    ResetSearchPath,
+    /// RESET ALL.
+    ResetAll,
+    /// DISCARD … (ALL resets the search_path too).
+    Discard,
+    /// Any other setting.
+    Other,
+}
+
+/// The classification of one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementClass {
+    pub kind: Kind,
+    /// Tables (and sequences) whose rows — or, for DDL, definitions — the statement changes.
+    pub writes: Vec<TableName>,
+    /// Tables it reads (CTE names excluded; write targets excluded unless read elsewhere).
+    pub reads: Vec<TableName>,
+    /// Tables it locks: reads of a statement with FOR UPDATE/SHARE (all of them), LOCK TABLE.
+    pub locks: Vec<TableName>,
+    /// What makes it give different results on another site: `now()`, `current_timestamp`,
+    /// `random()`, `nextval()`, `public.f()` (a volatile user function), `LIMIT without
+    /// ORDER BY`, `<default expr> (default of schema.table.column)`.
+    pub nondeterministic: Vec<String>,
+}
+
+impl StatementClass {
+    pub(crate) fn of_kind(kind: Kind) -> StatementClass {
+        StatementClass {
+            kind,
+            writes: Vec::new(),
+            reads: Vec::new(),
+            locks: Vec::new(),
+            nondeterministic: Vec::new(),
+        }
+    }
+}
+
+/// The classification of a whole query string (one simple-protocol Query message may hold
+/// several statements; an extended-protocol Parse holds one).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Classification {
+    pub statements: Vec<StatementClass>,
+}
+
+impl Classification {
+    /// Every table any statement writes, each once, in order of first appearance.
+    pub fn writes(&self) -> Vec<&TableName> {
+        let mut out: Vec<&TableName> = Vec::new();
+        for t in self.statements.iter().flat_map(|s| &s.writes) {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out
+    }
+
+    /// The first `unknown` statement's reason, if any.
+    pub fn unknown_reason(&self) -> Option<&str> {
+        self.statements.iter().find_map(|s| match &s.kind {
+            Kind::Unknown(r) => Some(r.as_str()),
+            _ => None,
+        })
+    }
+}
+
+/// Classify `sql` without the cache.
+pub fn classify(
+    dialect: Dialect,
+    sql: &str,
+    path: &SearchPath,
+    catalog: &Catalog,
+) -> Classification {
+    let ctx = walk::Ctx {
+        dialect,
+        path,
+        catalog,
+    };
+    let parser_dialect = dialect.parser_dialect();
+    let statements = match Parser::parse_sql(parser_dialect.as_ref(), sql) {
+        Ok(stmts) => stmts.iter().map(|s| statement::classify(&ctx, s)).collect(),
+        Err(e) => fallback::classify_pieces(&ctx, sql, &e.to_string()),
+    };
+    Classification { statements }
+}
+
+/// A classifier with a bounded cache, shared by every session of a front end
+/// (`Arc<Classifier>` or a `static`). Cheap on a hit: one hash of the text, one short lock.
+pub struct Classifier {
+    /// Fixed for the classifier's life: one front end speaks one dialect.
+    dialect: Dialect,
+    /// Results by (dialect, catalog generation, search_path, text).
+    cache: cache::Cache,
+}
+
+impl Classifier {
+    /// `capacity` bounds the number of cached classifications (0 disables the cache).
+    pub fn new(dialect: Dialect, capacity: usize) -> Classifier {
+        Classifier {
+            dialect,
+            cache: cache::Cache::new(capacity),
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Classify `sql` as run with `path` against `catalog`; repeated texts come from the
+    /// cache. Statements longer than 64 KiB are classified but not cached.
+    pub fn classify(&self, sql: &str, path: &SearchPath, catalog: &Catalog) -> Arc<Classification> {
+        let key = cache::KeyRef {
+            dialect: self.dialect,
+            generation: catalog.generation(),
+            path,
+            sql,
+        };
+        if let Some(hit) = self.cache.get(&key) {
+            return hit;
+        }
+        let result = Arc::new(classify(self.dialect, sql, path, catalog));
+        if sql.len() <= 64 * 1024 {
+            self.cache.insert(&key, result.clone());
+        }
+        result
+    }
+
+    /// How many classifications are cached.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}

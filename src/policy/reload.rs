@@ -1,0 +1,153 @@
+//! Publishing the current policy and reloading it: on SIGHUP and when the file changes
+//! (its modification time or length, polled once a second — simple, portable, no inotify).
+//!
+//! A bad file never replaces a good policy: the error is logged and the old policy stays,
+//! with its version. Readers take an `Arc<Policy>` and keep it as long as they like (a
+//! transaction keeps the policy it started with).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use super::{Policy, PolicyError};
+
+/// What identifies a version of the file on disk, cheaply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    })
+}
+
+/// The current policy of a process, shared by every session.
+#[derive(Debug)]
+pub struct PolicyHandle {
+    /// The policy file; `None` for a fixed policy (tests, no `policy` key).
+    path: Option<PathBuf>,
+    /// The published snapshot. A read lock is held only for an `Arc` clone.
+    current: RwLock<Arc<Policy>>,
+    /// The file's stamp when it was last read, good or bad (so a bad file is reported once,
+    /// not every second).
+    seen: Mutex<Option<Stamp>>,
+}
+
+impl PolicyHandle {
+    /// Load `path` as version 1.
+    pub fn load(path: &Path) -> Result<PolicyHandle, PolicyError> {
+        let seen = stamp(path);
+        let mut policy = Policy::load(path)?;
+        policy.version = 1;
+        Ok(PolicyHandle {
+            path: Some(path.to_owned()),
+            current: RwLock::new(Arc::new(policy)),
+            seen: Mutex::new(seen),
+        })
+    }
+
+    /// A handle that always serves `policy` (no file, reloads do nothing).
+    pub fn fixed(policy: Policy) -> PolicyHandle {
+        PolicyHandle {
+            path: None,
+            current: RwLock::new(Arc::new(policy)),
+            seen: Mutex::new(None),
+        }
+    }
+
+    /// The policy in force now.
+    pub fn current(&self) -> Arc<Policy> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-read the file. On success the new policy is published with the next version,
+    /// which is returned; on failure the old policy stays and the problems are returned.
+    pub fn reload(&self) -> Result<u64, PolicyError> {
+        let Some(path) = &self.path else {
+            return Ok(self.current().version);
+        };
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(path);
+        let mut policy = Policy::load(path)?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        policy.version = current.version + 1;
+        let version = policy.version;
+        *current = Arc::new(policy);
+        Ok(version)
+    }
+
+    /// Reload if the file's stamp changed since it was last read; `None` if it did not.
+    pub fn reload_if_changed(&self) -> Option<Result<u64, PolicyError>> {
+        let path = self.path.as_ref()?;
+        let now = stamp(path);
+        if now == *self.seen.lock().unwrap_or_else(|p| p.into_inner()) {
+            return None;
+        }
+        Some(self.reload())
+    }
+
+    /// Reload, logging the outcome (the watcher's way; also for an admin command).
+    pub fn reload_and_log(&self, why: &str) {
+        let result = self.reload();
+        self.log(why, result);
+    }
+
+    fn log(&self, why: &str, result: Result<u64, PolicyError>) {
+        let file = self
+            .path
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        match result {
+            Ok(v) => tracing::info!(file, version = v, "policy reloaded ({why})"),
+            Err(e) => tracing::error!(
+                file,
+                version = self.current().version,
+                "policy not reloaded ({why}), keeping the current version:\n{e}"
+            ),
+        }
+    }
+
+    /// Watch for SIGHUP and for file changes (polled every second) until the runtime stops.
+    /// Must be called inside a tokio runtime.
+    pub fn spawn_reload_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        self.spawn_reload_watcher_every(Duration::from_secs(1))
+    }
+
+    /// As [`PolicyHandle::spawn_reload_watcher`], with another polling period (tests).
+    pub fn spawn_reload_watcher_every(
+        self: &Arc<Self>,
+        period: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let handle = Arc::clone(self);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hup = signal(SignalKind::hangup()).ok();
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let hangup = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = hangup => handle.reload_and_log("SIGHUP"),
+                    _ = tick.tick() => {
+                        if let Some(result) = handle.reload_if_changed() {
+                            handle.log("file changed", result);
+                        }
+                    }
+                }
+            }
+        })
+    }
+}

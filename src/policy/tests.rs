@@ -1,0 +1,277 @@
+//! Policy tests: validation errors name line, key and expectation; first match wins; reload
+//! keeps the old policy on a bad file.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::classify::{classify, Dialect, SearchPath};
+
+fn parse(text: &str) -> Result<Policy, PolicyError> {
+    Policy::parse(text, Path::new("policy.toml"))
+}
+
+fn problems(text: &str) -> String {
+    match parse(text) {
+        Ok(p) => panic!("accepted: {p:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const EXAMPLE: &str = r#"default = "local"
+unknown = "relay"
+[[table]]
+match = "public.orders"
+mode = "sync"
+on_partition = "fail"
+[[table]]
+match = "public.cart_*"
+mode = "bounded"
+max_lag = "30s"
+on_conflict = "skip"
+[[table]]
+match = "public.*"
+mode = "async"
+[[function]]
+name = "public.transfer"
+writes = ["public.accounts"]
+"#;
+
+#[test]
+fn the_issue_example_loads_and_decides_first_match() {
+    let p = parse(EXAMPLE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.rules.len(), 3);
+    let d = p.decide_table(&TableName::new("public", "orders"));
+    assert_eq!(
+        d.mode,
+        Mode::Sync {
+            on_partition: OnPartition::Fail
+        }
+    );
+    assert_eq!(
+        d.rule,
+        RuleRef::Rule {
+            index: 0,
+            pattern: "public.orders".into(),
+            line: 3
+        }
+    );
+    let d = p.decide_table(&TableName::new("public", "cart_items"));
+    assert_eq!(
+        d.mode,
+        Mode::Bounded {
+            max_lag: Duration::from_secs(30),
+            on_partition: OnPartition::Fail,
+            on_conflict: OnConflict::Skip
+        }
+    );
+    assert_eq!(
+        p.decide_table(&TableName::new("public", "users"))
+            .mode
+            .name(),
+        "async"
+    );
+    let d = p.decide_table(&TableName::new("audit", "log"));
+    assert_eq!(
+        (d.mode, d.rule.to_string()),
+        (Mode::Local, "default".to_owned())
+    );
+    // A transaction's tables are each decided; the function writes accounts.
+    let cat = p.catalog();
+    let c = classify(
+        Dialect::Postgres,
+        "UPDATE orders SET x = 1; SELECT transfer(1, 2, 3); INSERT INTO cart_x VALUES (1)",
+        &SearchPath::default(),
+        &cat,
+    );
+    let decided: Vec<(String, &str)> = p
+        .decide(&c)
+        .iter()
+        .map(|d| (d.table.to_string(), d.mode.name()))
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            ("public.orders".to_owned(), "sync"),
+            ("public.accounts".to_owned(), "async"),
+            ("public.cart_x".to_owned(), "bounded")
+        ]
+    );
+}
+
+#[test]
+fn empty_file_is_all_local() {
+    let p = parse("").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((p.default, p.unknown), (Mode::Local, UnknownAction::Relay));
+    assert!(!p.replicates_anything());
+}
+
+#[test]
+fn every_problem_names_line_key_and_expectation() {
+    let text = r#"default = "fast"
+unknown = "ignore"
+colour = "blue"
+[[table]]
+match = "orders"
+mode = "sync"
+[[table]]
+match = "public.a"
+mode = "async"
+max_lag = "10s"
+on_partition = "block"
+[[table]]
+match = "public.b"
+mode = "bounded"
+max_lag = "soon"
+on_conflict = "merge"
+[[table]]
+mode = "sync"
+mach = "public.c"
+[[table]]
+match = "public.d"
+mode = "sync"
+on_partition = "fail"
+partition_timeout = "5s"
+[[function]]
+name = "transfer"
+writes = ["public.*"]
+"#;
+    let e = problems(text);
+    for expected in [
+        "policy.toml:1: default: expected one of local | async | sync | bounded, found `fast`",
+        "policy.toml:2: unknown: expected one of relay | refuse, found `ignore`",
+        "policy.toml:3: colour: unknown key",
+        "policy.toml:5: table[1].match: expected schema.table",
+        "policy.toml:10: table[2].max_lag: does not apply to mode \"async\"",
+        "policy.toml:11: table[2].on_partition: does not apply to mode \"async\"",
+        "policy.toml:15: table[3].max_lag: expected a duration",
+        "policy.toml:16: table[3].on_conflict: expected one of skip | halt | overwrite, found `merge`",
+        "table[4].match: missing",
+        "policy.toml:19: table[4].mach: unknown key",
+        "policy.toml:24: table[5].partition_timeout: applies only with on_partition = \"block\"",
+        "policy.toml:26: function[1].name: expected a schema-qualified function name",
+        "policy.toml:27: function[1].writes: expected a schema-qualified table name without wildcards",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn shadowed_rules_are_rejected() {
+    let e = problems("[[table]]\nmatch = \"public.*\"\nmode = \"async\"\n[[table]]\nmatch = \"public.orders\"\nmode = \"sync\"\n");
+    assert!(
+        e.contains("policy.toml:4: table[2].match: rule \"public.orders\" can never match"),
+        "{e}"
+    );
+    assert!(e.contains("table[1] \"public.*\" (line 1)"), "{e}");
+    let e = problems("[[table]]\nmatch = \"*.*\"\nmode = \"local\"\n[[table]]\nmatch = \"s.t?\"\nmode = \"sync\"\n");
+    assert!(e.contains("can never match"), "{e}");
+    // The other order is fine.
+    assert!(parse("[[table]]\nmatch = \"public.orders\"\nmode = \"sync\"\n[[table]]\nmatch = \"public.*\"\nmode = \"async\"\n").is_ok());
+}
+
+#[test]
+fn syntax_errors_and_wrong_shapes() {
+    let e = problems("default = \"local\"\n[[table]\nmatch = 1\n");
+    assert!(e.contains("policy.toml:2: (syntax)"), "{e}");
+    let e = problems("[table]\nmatch = \"public.a\"\n");
+    assert!(
+        e.contains("policy.toml:1: table: expected [[table]] entries"),
+        "{e}"
+    );
+    let e = problems("[[table]]\nmatch = 5\nmode = \"sync\"\n");
+    assert!(
+        e.contains("policy.toml:2: table[1].match: expected a string"),
+        "{e}"
+    );
+    let e = problems("[[table]]\nmatch = \"public.a\"\nmode = \"bounded\"\nmax_lag = \"0s\"\n");
+    assert!(e.contains("table[1].max_lag: must be more than 0"), "{e}");
+    let e = problems("[[function]]\nname = \"public.f\"\n[[function]]\nname = \"public.f\"\n");
+    assert!(
+        e.contains("function[2].name: public.f is named twice"),
+        "{e}"
+    );
+}
+
+#[test]
+fn block_takes_its_timeout_and_defaults_apply() {
+    let p = parse("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\non_partition = \"block\"\npartition_timeout = \"250ms\"\n[[table]]\nmatch = \"public.b\"\nmode = \"bounded\"\non_partition = \"block\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.rules[0].mode,
+        Mode::Sync {
+            on_partition: OnPartition::Block {
+                timeout: Duration::from_millis(250)
+            }
+        }
+    );
+    assert_eq!(
+        p.rules[1].mode,
+        Mode::Bounded {
+            max_lag: DEFAULT_MAX_LAG,
+            on_partition: OnPartition::Block {
+                timeout: DEFAULT_PARTITION_TIMEOUT
+            },
+            on_conflict: DEFAULT_ON_CONFLICT
+        }
+    );
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("capgate-policy-{}-{name}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join("policy.toml")
+}
+
+#[test]
+fn reload_keeps_the_old_policy_on_a_bad_file() {
+    let file = scratch("reload");
+    std::fs::write(&file, "default = \"async\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let handle = PolicyHandle::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let first = handle.current();
+    assert_eq!((first.version, first.default.name()), (1, "async"));
+    assert!(
+        handle.reload_if_changed().is_none(),
+        "unchanged file: no reload"
+    );
+
+    std::fs::write(&file, "default = \"sync\"\nbogus = 1\n").unwrap_or_else(|e| panic!("{e}"));
+    let err = handle
+        .reload()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains(":2: bogus: unknown key"), "{err}");
+    assert_eq!(handle.current().version, 1, "the old policy stays");
+    assert_eq!(handle.current().default.name(), "async");
+
+    std::fs::write(&file, "default = \"sync\"\n# now good, and longer\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(handle.reload_if_changed(), Some(Ok(2))));
+    assert_eq!(handle.current().default.name(), "sync");
+    // A holder of the first snapshot still sees it (a running transaction keeps its policy).
+    assert_eq!(first.default.name(), "async");
+}
+
+#[tokio::test]
+async fn watcher_picks_up_file_changes() {
+    let file = scratch("watch");
+    std::fs::write(&file, "default = \"local\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let handle = Arc::new(PolicyHandle::load(&file).unwrap_or_else(|e| panic!("{e}")));
+    let task = handle.spawn_reload_watcher_every(Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    std::fs::write(&file, "default = \"async\"\nunknown = \"refuse\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut waited = 0;
+    while handle.current().version < 2 && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    task.abort();
+    let p = handle.current();
+    assert_eq!(
+        (p.version, p.default.name(), p.unknown),
+        (2, "async", UnknownAction::Refuse)
+    );
+}
