@@ -8,8 +8,9 @@ use clap::{Parser, Subcommand};
 
 use crate::classify::{Classifier, Dialect, Kind, SearchPath};
 use crate::config::Config;
-use crate::policy::{Policy, UnknownAction};
 use crate::frontend::postgres::Server;
+use crate::policy::{Mode, Policy, PolicyHandle, UnknownAction};
+use crate::verify::{self, Limits, Selection, TableName};
 
 #[derive(Parser, Debug)]
 #[command(name = "capgate", version, about = "Per-table consistency or availability across data centres: a PostgreSQL wire-protocol proxy")]
@@ -51,6 +52,22 @@ pub enum Command {
         /// The SQL text (one or more statements).
         sql: String,
     },
+    /// Compare the primary with each replica, table by table; exits 0 when equal, 1 when a
+    /// table diverged, 2 on error.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Compare this table (`schema.table`, or `table` in `public`; quote parts with
+        /// double quotes). Repeatable. Default: every table the policy replicates.
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Rows per checksum chunk.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        chunk_rows: u32,
+    },
 }
 
 /// Run the command; the exit code follows the usual convention (0 ok, 1 failure, 2 usage).
@@ -59,6 +76,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Explain { config, policy, dialect, search_path, json, sql } => {
             explain(config.as_deref(), policy.as_deref(), dialect.as_deref(), &search_path, json, &sql)
         }
+        Command::Verify { config, tables, json, chunk_rows } => verify(&config, &tables, json, chunk_rows as usize),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(
@@ -279,4 +297,64 @@ struct ExplainedDecision {
     table: String,
     mode: &'static str,
     rule: String,
+}
+
+/// `capgate verify`: exit 0 equal, 1 diverged, 2 when verify could not do its job (bad
+/// configuration or policy, bad `--table`, a server out of reach, a comparison that failed).
+fn verify(config: &Path, tables: &[String], json: bool, chunk_rows: usize) -> ExitCode {
+    let fail = |message: String| {
+        if json {
+            println!("{}", serde_json::json!({ "error": message }));
+        }
+        eprintln!("capgate verify: {message}");
+        ExitCode::from(2)
+    };
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let (selection, note) = if !tables.is_empty() {
+        let mut named = Vec::new();
+        for t in tables {
+            match verify::parse_table_name(t) {
+                Ok(name) => named.push(name),
+                Err(e) => return fail(format!("--table: {e}")),
+            }
+        }
+        (Selection::Named(named), None)
+    } else if let Some(file) = &config.policy {
+        let policy = match PolicyHandle::load(file) {
+            Ok(h) => h.current(),
+            Err(e) => return fail(e.to_string()),
+        };
+        let note = (!policy.replicates_anything())
+            .then(|| format!("the policy {} marks every table local: nothing to compare (name tables with --table to compare them anyway)", file.display()));
+        let replicated = move |t: &TableName| policy.decide_table(t).mode != Mode::Local;
+        (Selection::Replicated(Box::new(replicated)), note)
+    } else {
+        let note = format!(
+            "{} names no policy file, so every table is local and nothing is replicated: nothing to compare (name tables with --table to compare them anyway)",
+            config.file.display()
+        );
+        (Selection::Replicated(Box::new(|_: &TableName| false)), Some(note))
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    let limits = Limits { chunk_rows, ..Limits::default() };
+    let mut report = match runtime.block_on(verify::run(&config, &selection, limits)) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    report.note = note;
+    if json {
+        match serde_json::to_string(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => return fail(format!("cannot print JSON: {e}")),
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    ExitCode::from(report.exit_code())
 }

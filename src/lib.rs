@@ -23,5 +23,7 @@ pub mod frontend;
 pub mod net;
 pub mod policy;
 pub mod protocol;
+pub mod replicate;
+pub mod sites;
 pub mod testbed;
 pub mod verify;

@@ -2,3 +2,4 @@
 //! replicas of other sites. One module per protocol.
 
 pub mod postgres;
+pub mod postgres_catalog;

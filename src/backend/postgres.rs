@@ -87,6 +87,16 @@ impl Upstream {
     /// A tokio-postgres client logged in with the URL's credentials, over a stream opened by
     /// [`Upstream::connect`]. The connection task is spawned; it ends when the client drops.
     pub async fn client(&self, application_name: &str) -> Result<tokio_postgres::Client, UpstreamError> {
+        Ok(self.client_with_task(application_name).await?.0)
+    }
+
+    /// As [`Upstream::client`], also returning the connection task, for callers that must
+    /// end it themselves: a client dropped while a query hangs on a silent partition
+    /// leaves its task (and socket) waiting for that reply, possibly for minutes.
+    pub async fn client_with_task(
+        &self,
+        application_name: &str,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), UpstreamError> {
         let stream = self.connect().await?;
         let mut config = tokio_postgres::Config::new();
         config
@@ -98,12 +108,12 @@ impl Upstream {
             config.password(p);
         }
         let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("connection ended: {e}");
             }
         });
-        Ok(client)
+        Ok((client, task))
     }
 
     /// Send a CancelRequest for the backend `pid`/`secret`. Like libpq, over plain TCP; the

@@ -58,6 +58,17 @@ pub struct Replica {
     pub url: DbUrl,
     /// A round trip slower than this counts as a partition ("latency is a form of partition").
     pub partition_latency: Duration,
+    /// Time between two heartbeats on the health connection.
+    pub heartbeat_interval: Duration,
+    /// A heartbeat not answered within this is missed (default: twice `partition_latency`).
+    pub heartbeat_timeout: Duration,
+    /// Bad heartbeats in a row (missed or slower than `partition_latency`) that make a
+    /// suspect replica partitioned.
+    pub partition_after: u32,
+    /// Good heartbeats in a row that make a partitioned replica healthy again.
+    pub heal_after: u32,
+    /// Most connections to the replica for replication work, open at once.
+    pub pool_size: usize,
 }
 
 /// TLS towards applications.
@@ -149,6 +160,15 @@ struct RawReplica {
     url: String,
     #[serde(default = "default_partition_latency")]
     partition_latency: String,
+    #[serde(default = "default_heartbeat_interval")]
+    heartbeat_interval: String,
+    heartbeat_timeout: Option<String>,
+    #[serde(default = "default_partition_after")]
+    partition_after: i64,
+    #[serde(default = "default_heal_after")]
+    heal_after: i64,
+    #[serde(default = "default_pool_size")]
+    pool_size: i64,
 }
 
 #[derive(Deserialize)]
@@ -185,6 +205,18 @@ fn default_max_message_size() -> i64 {
 }
 fn default_partition_latency() -> String {
     "1s".into()
+}
+fn default_heartbeat_interval() -> String {
+    "250ms".into()
+}
+fn default_partition_after() -> i64 {
+    3
+}
+fn default_heal_after() -> i64 {
+    4
+}
+fn default_pool_size() -> i64 {
+    16
 }
 fn default_tls_mode() -> String {
     "prefer".into()
@@ -272,9 +304,29 @@ impl Validator<'_> {
             if replicas.iter().any(|o: &Replica| o.name == r.name) {
                 self.problem(format!("{key}.name"), format!("replica name `{}` is used twice", r.name));
             }
+            let partition_latency = self.duration(&format!("{key}.partition_latency"), &r.partition_latency);
+            if partition_latency.is_zero() {
+                self.problem(format!("{key}.partition_latency"), "expected a duration above 0");
+            }
+            let heartbeat_interval = self.duration(&format!("{key}.heartbeat_interval"), &r.heartbeat_interval);
+            if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&heartbeat_interval) {
+                self.problem(format!("{key}.heartbeat_interval"), "expected a duration from 10ms to 1m");
+            }
+            let heartbeat_timeout = match &r.heartbeat_timeout {
+                Some(t) => self.duration(&format!("{key}.heartbeat_timeout"), t),
+                None => partition_latency * 2,
+            };
+            if heartbeat_timeout.is_zero() {
+                self.problem(format!("{key}.heartbeat_timeout"), "expected a duration above 0");
+            }
             replicas.push(Replica {
                 url: self.url(&format!("{key}.url"), &r.url),
-                partition_latency: self.duration(&format!("{key}.partition_latency"), &r.partition_latency),
+                partition_latency,
+                heartbeat_interval,
+                heartbeat_timeout,
+                partition_after: self.count(&format!("{key}.partition_after"), r.partition_after, 1000) as u32,
+                heal_after: self.count(&format!("{key}.heal_after"), r.heal_after, 1000) as u32,
+                pool_size: self.count(&format!("{key}.pool_size"), r.pool_size, 10_000) as usize,
                 name: r.name,
             });
         }
@@ -340,6 +392,16 @@ impl Validator<'_> {
                 self.problem(key, format!("expected an address like 127.0.0.1:6432, found `{value}`"));
                 None
             }
+        }
+    }
+
+    /// A whole number from 1 to `max` (1 after reporting a problem).
+    fn count(&mut self, key: &str, value: i64, max: i64) -> i64 {
+        if (1..=max).contains(&value) {
+            value
+        } else {
+            self.problem(key, format!("expected a number from 1 to {max}, found {value}"));
+            1
         }
     }
 
@@ -421,6 +483,30 @@ mod tests {
         assert!(err.problems[0].message.contains("listen_port"));
         let err = Config::parse("site = \"a\"\n", Path::new("c.toml")).unwrap_err();
         assert!(err.problems[0].message.contains("primary"));
+    }
+
+    #[test]
+    fn replica_health_keys_have_defaults_and_limits() {
+        let replica = "[[replicas]]\nname = \"b\"\nurl = \"postgres://h/db\"\n";
+        let c = Config::parse(&format!("{MINIMAL}{replica}"), Path::new("c.toml")).unwrap();
+        let r = &c.replicas[0];
+        assert_eq!(r.partition_latency, Duration::from_secs(1));
+        assert_eq!(r.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(r.heartbeat_timeout, Duration::from_secs(2), "twice partition_latency");
+        assert_eq!((r.partition_after, r.heal_after, r.pool_size), (3, 4, 16));
+        let set = "partition_latency = \"300ms\"\nheartbeat_interval = \"50ms\"\nheartbeat_timeout = \"1s\"\n\
+                   partition_after = 5\nheal_after = 2\npool_size = 4\n";
+        let c = Config::parse(&format!("{MINIMAL}{replica}{set}"), Path::new("c.toml")).unwrap();
+        let r = &c.replicas[0];
+        assert_eq!(r.heartbeat_timeout, Duration::from_secs(1));
+        assert_eq!((r.partition_after, r.heal_after, r.pool_size), (5, 2, 4));
+        let bad = "partition_latency = \"0ms\"\nheartbeat_interval = \"1ms\"\nheartbeat_timeout = \"0s\"\n\
+                   partition_after = 0\nheal_after = -1\npool_size = 0\n";
+        let err = Config::parse(&format!("{MINIMAL}{replica}{bad}"), Path::new("c.toml")).unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        for k in ["partition_latency", "heartbeat_interval", "heartbeat_timeout", "partition_after", "heal_after", "pool_size"] {
+            assert!(keys.contains(&format!("replicas[0].{k}").as_str()), "{k} missing from {keys:?}");
+        }
     }
 
     #[test]

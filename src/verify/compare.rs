@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use futures_util::TryStreamExt;
 use tokio_postgres::Client;
 
-use super::sql::{self, Shape, TableName};
+use super::sql::{self, Shape};
+use crate::classify::TableName;
 
 /// How one table compared.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -60,7 +61,7 @@ impl Default for Limits {
 
 /// Compare `table` between `primary` and `replica`.
 pub async fn compare_table(primary: &Client, replica: &Client, table: &TableName, limits: Limits) -> Result<TableResult, tokio_postgres::Error> {
-    let quoted = table.quoted();
+    let quoted = sql::quoted(table);
     let exists: Option<String> = replica.query_one("SELECT to_regclass($1)::text", &[&quoted]).await?.get(0);
     if exists.is_none() {
         return Ok(TableResult::MissingOnReplica);

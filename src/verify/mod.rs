@@ -13,6 +13,7 @@
 //! Verify only reads: its sessions are `default_transaction_read_only`.
 
 pub mod compare;
+mod report;
 pub mod sql;
 
 use std::time::Instant;
@@ -20,11 +21,13 @@ use std::time::Instant;
 use tokio_postgres::Client;
 
 use crate::backend::postgres::{Upstream, UpstreamError};
+pub use crate::classify::TableName;
 use crate::config::Config;
 pub use compare::{compare_table, Limits, RowDifference, TableResult};
-pub use sql::TableName;
+pub use report::{Report, ReplicaReport, TableReport};
+pub use sql::parse_table_name;
 
-/// Why verify could not run at all (exit code 2).
+/// Why verify could not run at all (exit code 2). Each message names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("cannot connect to {what}: {source}")]
@@ -33,93 +36,9 @@ pub enum VerifyError {
     Query { what: String, source: tokio_postgres::Error },
     #[error("{0}")]
     Config(String),
-}
-
-/// The outcome for one table on one replica.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TableReport {
-    pub table: String,
-    #[serde(flatten)]
-    pub result: TableResult,
-}
-
-/// The outcome for one replica.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ReplicaReport {
-    pub replica: String,
-    pub address: String,
-    /// How the consistent point was chosen.
-    pub consistent_point: String,
-    pub tables: Vec<TableReport>,
-    pub seconds: f64,
-}
-
-/// The whole report.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Report {
-    pub site: String,
-    pub primary: String,
-    pub replicas: Vec<ReplicaReport>,
-    pub diverged: bool,
-}
-
-impl Report {
-    /// 0 when every table is equal everywhere, 1 when anything diverged.
-    pub fn exit_code(&self) -> u8 {
-        u8::from(self.diverged)
-    }
-
-    /// The human summary.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for r in &self.replicas {
-            out.push_str(&format!(
-                "verify: site {} primary {} vs replica {} ({}); {}\n",
-                self.site, self.primary, r.replica, r.address, r.consistent_point
-            ));
-            if r.tables.is_empty() {
-                out.push_str("  no replicated tables to compare (the policy marks none, or --table named none)\n");
-            }
-            for t in &r.tables {
-                out.push_str(&format!("  {:<40} ", t.table));
-                match &t.result {
-                    TableResult::Equal { rows, chunks } => out.push_str(&format!("equal      {rows} rows in {chunks} chunk(s)\n")),
-                    TableResult::Diverged { rows_primary, rows_replica, chunks, chunks_diverged, rows_differing, differences } => {
-                        out.push_str(&format!(
-                            "DIVERGED   {rows_differing} row(s) differ in {chunks_diverged} of {chunks} chunk(s); primary {rows_primary} rows, replica {rows_replica}\n"
-                        ));
-                        for d in differences {
-                            let key = d.key.join(", ");
-                            match (&d.primary, &d.replica) {
-                                (Some(p), Some(q)) => out.push_str(&format!("      key ({key}): primary {p} | replica {q}\n")),
-                                (Some(p), None) => out.push_str(&format!("      key ({key}): missing on the replica; primary {p}\n")),
-                                (None, Some(q)) => out.push_str(&format!("      key ({key}): only on the replica: {q}\n")),
-                                (None, None) => {}
-                            }
-                        }
-                        if *rows_differing > differences.len() as u64 {
-                            out.push_str(&format!("      … and {} more\n", rows_differing - differences.len() as u64));
-                        }
-                    }
-                    TableResult::NoPrimaryKey { equal: true, rows_primary, .. } => {
-                        out.push_str(&format!("equal      {rows_primary} rows (no primary key: whole-table checksum)\n"))
-                    }
-                    TableResult::NoPrimaryKey { equal: false, rows_primary, rows_replica } => out.push_str(&format!(
-                        "DIVERGED   whole-table checksums differ (primary {rows_primary} rows, replica {rows_replica}); no primary key, so rows cannot be pinpointed\n"
-                    )),
-                    TableResult::MissingOnReplica => out.push_str("DIVERGED   the table does not exist on the replica\n"),
-                    TableResult::Error { message } => out.push_str(&format!("ERROR      {message}\n")),
-                }
-            }
-        }
-        let tables: usize = self.replicas.iter().map(|r| r.tables.len()).sum();
-        let bad: usize = self.replicas.iter().flat_map(|r| &r.tables).filter(|t| t.result.diverged()).count();
-        out.push_str(&format!(
-            "summary: {tables} table comparison(s), {} equal, {bad} diverged\n",
-            tables - bad - self.replicas.iter().flat_map(|r| &r.tables).filter(|t| matches!(t.result, TableResult::Error { .. })).count()
-        ));
-        out
-    }
+    /// A table named with `--table` that the primary does not have.
+    #[error("table {table} (from --table) does not exist on the primary {primary}")]
+    NoSuchTable { table: String, primary: String },
 }
 
 /// Which tables to compare.
@@ -132,9 +51,22 @@ pub enum Selection {
 
 /// Compare the primary of `config` with each of its replicas.
 pub async fn run(config: &Config, selection: &Selection, limits: Limits) -> Result<Report, VerifyError> {
-    let primary = session(&Upstream::new(config.primary.url.clone()).map_err(|e| VerifyError::Config(e.to_string()))?, "the primary").await?;
+    let upstream = Upstream::new(config.primary.url.clone()).map_err(|e| VerifyError::Config(format!("the primary: {e}")))?;
+    let primary = session(&upstream, "the primary").await?;
     let tables = match selection {
-        Selection::Named(t) => t.clone(),
+        Selection::Named(tables) => {
+            for t in tables {
+                let found: Option<String> = primary
+                    .query_one("SELECT to_regclass($1)::text", &[&sql::quoted(t)])
+                    .await
+                    .map_err(|source| VerifyError::Query { what: format!("looking up {t} on the primary"), source })?
+                    .get(0);
+                if found.is_none() {
+                    return Err(VerifyError::NoSuchTable { table: t.to_string(), primary: config.primary.url.address() });
+                }
+            }
+            tables.clone()
+        }
         Selection::Replicated(replicated) => primary
             .query(sql::USER_TABLES, &[])
             .await
@@ -166,7 +98,8 @@ pub async fn run(config: &Config, selection: &Selection, limits: Limits) -> Resu
         });
     }
     let diverged = replicas.iter().flat_map(|r| &r.tables).any(|t| t.result.diverged());
-    Ok(Report { site: config.site.clone(), primary: config.primary.url.address(), replicas, diverged })
+    let failed = replicas.iter().flat_map(|r| &r.tables).any(|t| matches!(t.result, TableResult::Error { .. }));
+    Ok(Report { site: config.site.clone(), primary: config.primary.url.address(), replicas, diverged, failed, note: None })
 }
 
 async fn session(upstream: &Upstream, what: &str) -> Result<Client, VerifyError> {

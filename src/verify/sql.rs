@@ -2,67 +2,51 @@
 //! chunk queries. Table and column names come from the catalog as separate parts, never
 //! from splitting a dotted string.
 
-use std::fmt;
+use crate::classify::TableName;
 
-/// A table as the catalog names it: schema and relation, unquoted.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
+/// `"schema"."name"`, safe to put in SQL. Every part is quoted, unlike [`TableName`]'s
+/// `Display` (which quotes only where needed, for people to read).
+pub fn quoted(table: &TableName) -> String {
+    format!("{}.{}", ident(&table.schema), ident(&table.name))
 }
 
-impl TableName {
-    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> TableName {
-        TableName { schema: schema.into(), name: name.into() }
-    }
-
-    /// `"schema"."name"`, safe to put in SQL.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", ident(&self.schema), ident(&self.name))
-    }
-
-    /// Parse what a user typed on the command line: `schema.table`, `table` (schema `public`),
-    /// with double-quoted parts kept exact and unquoted parts folded to lower case.
-    pub fn parse(s: &str) -> Result<TableName, String> {
-        let mut parts = Vec::new();
-        let mut cur = String::new();
-        let mut chars = s.chars().peekable();
-        let mut quoted = false;
-        let mut was_quoted = false;
-        while let Some(c) = chars.next() {
-            match (c, quoted) {
-                ('"', false) => {
-                    quoted = true;
-                    was_quoted = true;
-                }
-                ('"', true) if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    cur.push('"');
-                }
-                ('"', true) => quoted = false,
-                ('.', false) => {
-                    parts.push(std::mem::take(&mut cur));
-                    was_quoted = false;
-                }
-                (c, true) => cur.push(c),
-                (c, false) => cur.push(if was_quoted { c } else { c.to_ascii_lowercase() }),
+/// Parse a table name as a user types it on the command line (`--table`): `schema.table`,
+/// or `table` (schema `public`), with double-quoted parts kept exact (`""` for a quote) and
+/// unquoted parts folded to lower case, as PostgreSQL reads them. The error says what is
+/// wrong with the text.
+pub fn parse_table_name(s: &str) -> Result<TableName, String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                was_quoted = true;
             }
-        }
-        if quoted {
-            return Err(format!("unterminated quote in table name `{s}`"));
-        }
-        parts.push(cur);
-        match parts.as_slice() {
-            [t] if !t.is_empty() => Ok(TableName::new("public", t.clone())),
-            [sch, t] if !sch.is_empty() && !t.is_empty() => Ok(TableName::new(sch.clone(), t.clone())),
-            _ => Err(format!("expected a table name as schema.table, found `{s}`")),
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            ('"', true) => quoted = false,
+            ('.', false) => {
+                parts.push(std::mem::take(&mut cur));
+                was_quoted = false;
+            }
+            (c, true) => cur.push(c),
+            (c, false) => cur.push(if was_quoted { c } else { c.to_ascii_lowercase() }),
         }
     }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
+    if quoted {
+        return Err(format!("unterminated quote in table name `{s}`"));
+    }
+    parts.push(cur);
+    match parts.as_slice() {
+        [t] if !t.is_empty() => Ok(TableName::new("public", t.clone())),
+        [sch, t] if !sch.is_empty() && !t.is_empty() => Ok(TableName::new(sch.clone(), t.clone())),
+        _ => Err(format!("expected a table name as schema.table, found `{s}`")),
     }
 }
 
@@ -124,7 +108,7 @@ impl Shape {
         format!(
             "SELECT {} FROM {} AS capgate_t WHERE {} ORDER BY {} LIMIT 1 OFFSET {}",
             self.key.iter().map(|c| format!("capgate_t.{}::text", ident(c))).collect::<Vec<_>>().join(", "),
-            self.table.quoted(),
+            quoted(&self.table),
             self.range(lower, None),
             self.key.iter().map(|c| format!("capgate_t.{}", ident(c))).collect::<Vec<_>>().join(", "),
             rows.saturating_sub(1)
@@ -137,7 +121,7 @@ impl Shape {
         format!(
             "SELECT count(*), coalesce(sum(hashtextextended({}, 0)::numeric), 0)::text FROM {} WHERE {}",
             self.all_row(),
-            self.table.quoted(),
+            quoted(&self.table),
             range
         )
     }
@@ -148,7 +132,7 @@ impl Shape {
             "SELECT ARRAY[{}]::text[], {} FROM {} WHERE {}",
             self.key.iter().map(|c| format!("{}::text", ident(c))).collect::<Vec<_>>().join(", "),
             self.all_row(),
-            self.table.quoted(),
+            quoted(&self.table),
             range
         )
     }
@@ -182,16 +166,20 @@ mod tests {
 
     #[test]
     fn parse_table_names_like_postgres() {
-        assert_eq!(TableName::parse("Orders").unwrap(), TableName::new("public", "orders"));
-        assert_eq!(TableName::parse("Shop.\"Cart.Items\"").unwrap(), TableName::new("shop", "Cart.Items"));
-        assert_eq!(TableName::parse("\"a\"\"b\".c").unwrap(), TableName::new("a\"b", "c"));
-        assert!(TableName::parse("a.b.c").is_err());
-        assert!(TableName::parse("\"open").is_err());
+        assert_eq!(parse_table_name("Orders").unwrap(), TableName::new("public", "orders"));
+        assert_eq!(parse_table_name("Shop.\"Cart.Items\"").unwrap(), TableName::new("shop", "Cart.Items"));
+        assert_eq!(parse_table_name("\"a\"\"b\".c").unwrap(), TableName::new("a\"b", "c"));
+        assert!(parse_table_name("a.b.c").is_err());
+        assert!(parse_table_name("\"open").is_err());
+        assert!(parse_table_name("").is_err());
+        assert!(parse_table_name(".t").is_err());
+        // What is parsed prints back the way it was typed (where the case matters, quoted).
+        assert_eq!(parse_table_name("Shop.\"Cart.Items\"").unwrap().to_string(), "shop.\"Cart.Items\"");
     }
 
     #[test]
     fn quoting() {
-        assert_eq!(TableName::new("s", "we\"ird").quoted(), "\"s\".\"we\"\"ird\"");
+        assert_eq!(quoted(&TableName::new("s", "we\"ird")), "\"s\".\"we\"\"ird\"");
         assert_eq!(literal("it's"), "'it''s'");
         let shape = Shape { table: TableName::new("public", "t"), key: vec!["a".into(), "b".into()], columns: vec!["a".into()] };
         assert_eq!(

@@ -33,3 +33,85 @@ fn check_config_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 4") && err.contains("sslmode"), "{err}");
 }
+
+/// A policy with one rule per mode, as a DBA would write it.
+const POLICY: &str = "default = \"local\"\n\n[[table]]\nmatch = \"public.orders\"\nmode = \"sync\"\n\n\
+    [[table]]\nmatch = \"public.cart_*\"\nmode = \"bounded\"\nmax_lag = \"30s\"\n\n[[table]]\nmatch = \"public.*\"\nmode = \"async\"\n";
+
+/// A config naming `policy.toml` in `dir` (the primary is never contacted by explain).
+fn config_with_policy(dir: &std::path::Path, policy: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
+    let file = dir.join("capgate.toml");
+    std::fs::write(&file, "site = \"a\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"postgres://app@127.0.0.1:5432/app\"\n").unwrap();
+    file
+}
+
+#[test]
+fn explain_prints_kinds_tables_and_decisions_as_text_and_json() {
+    let dir = scratch("explain");
+    let cfg = config_with_policy(&dir, POLICY);
+    let cfg = cfg.to_str().unwrap();
+
+    // The JSON shape outside tools rely on, exactly.
+    let out = capgate(&["explain", "--config", cfg, "--json", "UPDATE orders SET paid = now() WHERE id = 1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"statements":[{"kind":"write","writes":["public.orders"],"reads":[],"nondeterministic":["now()"],"decisions":[{"table":"public.orders","mode":"sync","rule":"public.orders"}]}]}"#
+    );
+
+    // Several statements: first match wins, reads decide nothing, unknown says why.
+    let sql = "INSERT INTO Cart_Items (id) VALUES (1); SELECT * FROM orders; UPDATE audit.log SET n = 1; DO $$ BEGIN END $$";
+    let out = capgate(&["explain", "--config", cfg, "--json", sql]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &json["statements"];
+    assert_eq!(s[0]["decisions"], serde_json::json!([{"table": "public.cart_items", "mode": "bounded", "rule": "public.cart_*"}]));
+    assert_eq!((s[1]["kind"].as_str(), s[1]["reads"].clone()), (Some("read"), serde_json::json!(["public.orders"])));
+    assert_eq!(s[1]["decisions"], serde_json::json!([]));
+    assert_eq!(s[2]["decisions"], serde_json::json!([{"table": "audit.log", "mode": "local", "rule": "default"}]));
+    assert_eq!(s[3]["kind"], "unknown");
+    assert!(s[3]["reason"].as_str().is_some_and(|r| r.contains("DO")), "{json}");
+    assert!(s[0].get("reason").is_none(), "reason only for unknown: {json}");
+
+    // The text form names the rule and its line.
+    let out = capgate(&["explain", "--config", cfg, "UPDATE orders SET paid = now() WHERE id = 1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("statement 1: write"), "{text}");
+    assert!(text.contains("public.orders -> sync (rule \"public.orders\", line 3)"), "{text}");
+    assert!(text.contains("nondeterministic: now()"), "{text}");
+
+    // --policy alone, and a config without a policy (everything local).
+    let policy = dir.join("policy.toml");
+    let out = capgate(&["explain", "--policy", policy.to_str().unwrap(), "--json", "DELETE FROM shop_things"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["statements"][0]["decisions"][0]["mode"], "async");
+    let bare = dir.join("bare.toml");
+    std::fs::write(&bare, "site = \"a\"\n[primary]\nurl = \"postgres://app@127.0.0.1:5432/app\"\n").unwrap();
+    let out = capgate(&["explain", "--config", bare.to_str().unwrap(), "DELETE FROM orders"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("every table is local") && text.contains("public.orders -> local (default)"), "{text}");
+}
+
+#[test]
+fn check_config_rejects_a_bad_policy_naming_file_line_and_key() {
+    let dir = scratch("check-config-policy");
+    let good = config_with_policy(&dir, POLICY);
+    let out = capgate(&["check-config", "--config", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 rule(s)"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Line 6: an option of another mode; line 11: an unknown key; line 8: a shadowed rule.
+    let bad = "default = \"local\"\n\n[[table]]\nmatch = \"public.*\"\nmode = \"async\"\nmax_lag = \"5s\"\n\n\
+        [[table]]\nmatch = \"public.orders\"\nmode = \"sync\"\ncolour = \"blue\"\n";
+    let cfg = config_with_policy(&dir, bad);
+    let out = capgate(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = dir.join("policy.toml");
+    for (line, key) in [(6, "table[1].max_lag"), (11, "table[2].colour"), (8, "table[2].match")] {
+        assert!(err.contains(&format!("{}:{line}: {key}: ", file.display())), "no {key} at line {line} in:\n{err}");
+    }
+    assert!(err.contains("it is an option of mode bounded"), "{err}");
+    assert!(err.contains("can never match"), "{err}");
+}

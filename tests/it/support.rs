@@ -42,6 +42,13 @@ pub fn primary() -> &'static PgServer {
     })
 }
 
+/// A second server, for tests that need a replica next to the primary (verify). Trusts
+/// every local user. Tests that share it use their own database names.
+pub fn replica() -> &'static PgServer {
+    static REPLICA: OnceLock<PgServer> = OnceLock::new();
+    REPLICA.get_or_init(|| PgServer::start(PgOptions::default()).unwrap_or_else(|e| panic!("cannot start the test replica: {e}")))
+}
+
 /// A scratch directory for config files and certificates, removed with the process's
 /// temp files.
 pub fn scratch(name: &str) -> PathBuf {

@@ -14,6 +14,7 @@ pub mod cancel;
 pub mod conn;
 pub mod relay;
 pub mod session;
+pub mod statements;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +24,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
+use crate::classify::{Catalog, Dialect};
 use crate::config::Config;
+use crate::policy::{Policy, PolicyHandle};
+use crate::replicate::Router;
 use crate::net::tls;
 use crate::protocol::postgres::message::ErrorMessage;
 use crate::protocol::postgres::FrameError;
@@ -86,11 +90,15 @@ pub enum StartError {
     Tls(tls::TlsError),
     #[error("[primary].url: {0}")]
     PrimaryTls(tls::TlsError),
+    #[error("{0}")]
+    Policy(crate::policy::PolicyError),
 }
 
 /// What every session of one listener shares. Immutable except the cancel registry.
 pub struct Shared {
     pub config: Arc<Config>,
+    /// Classification and policy decisions for every statement.
+    pub router: Arc<Router>,
     pub primary: Upstream,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub cancels: CancelRegistry,
@@ -111,8 +119,13 @@ impl Server {
             None => None,
         };
         let primary = Upstream::new(config.primary.url.clone()).map_err(StartError::PrimaryTls)?;
+        let policy = match &config.policy {
+            Some(path) => PolicyHandle::load(path).map_err(StartError::Policy)?,
+            None => PolicyHandle::fixed(Policy::default()),
+        };
+        let router = Arc::new(Router::new(Dialect::Postgres, Arc::new(policy), Catalog::new()));
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
-        let shared = Arc::new(Shared { config, primary, tls, cancels: CancelRegistry::default() });
+        let shared = Arc::new(Shared { config, router, primary, tls, cancels: CancelRegistry::default() });
         Ok(Server { listener, shared })
     }
 
@@ -132,6 +145,8 @@ impl Server {
         let sessions = Arc::new(Semaphore::new(config.max_connections));
         let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let _policy_watcher = AbortOnDrop(self.shared.router.policy().spawn_reload_watcher());
+        let _catalog = AbortOnDrop(tokio::spawn(maintain_catalog(self.shared.clone())));
         info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, "capgate is accepting connections");
         tokio::pin!(shutdown);
         loop {
@@ -177,6 +192,50 @@ impl Server {
             _ = drained => info!("all sessions finished"),
             _ = tokio::time::sleep(config.shutdown_timeout) => warn!("shutdown_timeout reached; closing the remaining sessions"),
             _ = force => warn!("second signal: exiting at once"),
+        }
+    }
+}
+
+/// Aborts a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keep the router's catalog in step with the primary: load it at start (retrying while the
+/// primary cannot be reached or the URL's credentials are refused), and again after DDL.
+/// Until the first load succeeds the catalog is incomplete: functions that are not known
+/// built-ins make statements `unknown`, which the policy's `unknown` setting governs.
+async fn maintain_catalog(shared: Arc<Shared>) {
+    let mut failures = 0u32;
+    loop {
+        let loaded = async {
+            let client = shared.primary.client("capgate catalog").await.map_err(|e| e.to_string())?;
+            crate::backend::postgres_catalog::load(&client).await.map_err(|e| e.to_string())
+        }
+        .await;
+        match loaded {
+            Ok(catalog) => {
+                failures = 0;
+                shared.router.set_catalog(catalog);
+                tracing::debug!("catalog loaded from the primary");
+                shared.router.stale().await;
+                // Let a burst of DDL finish before reading the catalog again.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                if failures == 0 {
+                    warn!(
+                        "cannot read the primary's catalog with the [primary].url credentials ({e}); \
+                         classification treats user functions as unknown until it can"
+                    );
+                }
+                failures += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(5.min(failures as u64))).await;
+            }
         }
     }
 }

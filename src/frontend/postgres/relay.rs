@@ -6,8 +6,9 @@
 //! pump reads what is available, walks it with a [`FrameCursor`] (only a few small frames
 //! are looked at whole), and writes the batch out with one write. Nothing is re-encoded.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -19,18 +20,99 @@ use crate::protocol::postgres::frame::{FrameCursor, FrameError, Step};
 const READ_CHUNK: usize = 8 * 1024;
 
 /// What the session knows about its state, shared by both pumps and the session loop.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SessionState {
     /// The last ReadyForQuery status: `I` idle, `T` in a transaction, `E` in a failed one.
     pub tx_status: AtomicU8,
+    /// How many times the session has returned to idle (ReadyForQuery `I`): a change tells the
+    /// client side that the transaction it was tracking has ended.
+    pub idle_count: AtomicU64,
     /// Messages sent by the client that will each be answered by one ReadyForQuery (Query,
     /// Sync, FunctionCall) and have not been yet.
     pub pending: AtomicI64,
+    /// Replies to messages the proxy itself inserted, which the client must not see.
+    pub hidden: Mutex<Hidden>,
+}
+
+/// Finds, in the primary's replies, the ParseComplete and BindComplete that answer Parse and
+/// Bind messages the proxy inserted (to make the primary raise a refusal in the right place)
+/// so they can be dropped.
+///
+/// Replies come in the order of the messages, one ParseComplete per Parse and one
+/// BindComplete per Bind — except that after an error the primary skips every message up to
+/// the next Sync. So the counts are re-synchronised at every ReadyForQuery with the counts
+/// recorded when the message it answers (Sync, Query, FunctionCall) was forwarded.
+#[derive(Debug, Default)]
+pub struct Hidden {
+    parses_sent: u64,
+    binds_sent: u64,
+    parses_seen: u64,
+    binds_seen: u64,
+    /// Ordinals (1-based) of the proxy's own Parse and Bind messages.
+    parses: Vec<u64>,
+    binds: Vec<u64>,
+    /// `(parses_sent, binds_sent)` when each ReadyForQuery-answered message was forwarded.
+    marks: VecDeque<(u64, u64)>,
+}
+
+impl Hidden {
+    /// A client frame is being forwarded.
+    fn client(&mut self, tag: u8) {
+        match tag {
+            b'P' => self.parses_sent += 1,
+            b'B' => self.binds_sent += 1,
+            b'S' | b'Q' | b'F' => self.marks.push_back((self.parses_sent, self.binds_sent)),
+            _ => {}
+        }
+    }
+
+    /// The client's last Parse (already counted) is replaced by a Parse and a Bind of the
+    /// proxy's own, whose completions are hidden.
+    pub fn own_parse_and_bind_replacing_parse(&mut self) {
+        self.binds_sent += 1;
+        self.parses.push(self.parses_sent);
+        self.binds.push(self.binds_sent);
+    }
+
+    /// A reply from the primary; true when the client must not see it.
+    fn server(&mut self, tag: u8) -> bool {
+        match tag {
+            b'1' => {
+                self.parses_seen += 1;
+                take(&mut self.parses, self.parses_seen)
+            }
+            b'2' => {
+                self.binds_seen += 1;
+                take(&mut self.binds, self.binds_seen)
+            }
+            b'Z' => {
+                if let Some((p, b)) = self.marks.pop_front() {
+                    self.parses_seen = p;
+                    self.binds_seen = b;
+                    // Messages skipped after an error never get their completions.
+                    self.parses.retain(|&o| o > p);
+                    self.binds.retain(|&o| o > b);
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+}
+
+fn take(list: &mut Vec<u64>, ordinal: u64) -> bool {
+    match list.iter().position(|&o| o == ordinal) {
+        Some(i) => {
+            list.swap_remove(i);
+            true
+        }
+        None => false,
+    }
 }
 
 impl SessionState {
     pub fn new() -> SessionState {
-        SessionState { tx_status: AtomicU8::new(b'I'), pending: AtomicI64::new(0) }
+        SessionState { tx_status: AtomicU8::new(b'I'), idle_count: AtomicU64::new(0), pending: AtomicI64::new(0), hidden: Mutex::default() }
     }
 
     /// Idle between transactions with nothing in flight: the session can be closed without
@@ -41,11 +123,13 @@ impl SessionState {
 }
 
 /// Whether a pump goes on after a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flow {
     Continue,
     /// Forward everything up to and including this frame, then stop.
     Stop,
+    /// Send these bytes instead of this (whole, inspected) frame, then go on.
+    Replace(BytesMut),
 }
 
 /// How a pump ended.
@@ -88,6 +172,18 @@ impl Pump {
         !self.mid_write && self.cursor.at_boundary()
     }
 
+    /// Write the first `n` buffered bytes and drop them from the buffer.
+    async fn write<W: AsyncWrite + Unpin + ?Sized>(&mut self, writer: &mut W, n: usize) -> Result<(), PumpError> {
+        if n > 0 {
+            self.mid_write = true;
+            writer.write_all(&self.buf[..n]).await?;
+            writer.flush().await?;
+            self.mid_write = false;
+            self.buf.advance(n);
+        }
+        Ok(())
+    }
+
     /// Relay from `reader` to `writer` until EOF, an error, or `on_frame` says stop.
     /// `inspect(tag)` selects the frames `on_frame` gets whole (`Some(frame)`); for every other
     /// frame it is called once at its first byte with `None`.
@@ -113,10 +209,23 @@ impl Pump {
                         }
                         forward += n;
                     }
-                    Step::Whole { tag, len } => {
-                        stop = on_frame(tag, Some(&self.buf[forward..forward + len])) == Flow::Stop;
-                        forward += len;
-                    }
+                    Step::Whole { tag, len } => match on_frame(tag, Some(&self.buf[forward..forward + len])) {
+                        Flow::Continue => forward += len,
+                        Flow::Stop => {
+                            forward += len;
+                            stop = true;
+                        }
+                        Flow::Replace(bytes) => {
+                            // What came before the frame goes first, then the replacement.
+                            self.write(writer, forward).await?;
+                            self.buf.advance(len);
+                            forward = 0;
+                            self.mid_write = true;
+                            writer.write_all(&bytes).await?;
+                            writer.flush().await?;
+                            self.mid_write = false;
+                        }
+                    },
                     Step::NeedMore { total } => {
                         let have = self.buf.len() - forward;
                         self.buf.reserve(total.saturating_sub(have));
@@ -124,13 +233,7 @@ impl Pump {
                     }
                 }
             }
-            if forward > 0 {
-                self.mid_write = true;
-                writer.write_all(&self.buf[..forward]).await?;
-                writer.flush().await?;
-                self.mid_write = false;
-                self.buf.advance(forward);
-            }
+            self.write(writer, forward).await?;
             if stop {
                 return Ok(End::Stopped);
             }
@@ -144,13 +247,16 @@ impl Pump {
     }
 }
 
-/// Client → primary: counts the messages that will be answered by a ReadyForQuery, and
-/// stops after Terminate.
+/// Client → primary: Query, Parse and Close are read whole to classify statements;
+/// Terminate to stop. Every other frame (Bind, Execute, COPY data …) streams through.
 pub fn client_inspect(tag: u8) -> bool {
-    tag == b'X'
+    matches!(tag, b'Q' | b'P' | b'C' | b'X')
 }
 
 pub fn client_frame(state: &SessionState, tag: u8) -> Flow {
+    if matches!(tag, b'P' | b'B' | b'S' | b'Q' | b'F') {
+        state.hidden.lock().unwrap_or_else(|p| p.into_inner()).client(tag);
+    }
     match tag {
         b'Q' | b'S' | b'F' => {
             state.pending.fetch_add(1, Ordering::AcqRel);
@@ -161,15 +267,22 @@ pub fn client_frame(state: &SessionState, tag: u8) -> Flow {
     }
 }
 
-/// Primary → client: follows ReadyForQuery to know the transaction state.
+/// Primary → client: follows ReadyForQuery to know the transaction state; ParseComplete and
+/// BindComplete (5 bytes each) to hide the replies to the proxy's own messages.
 pub fn server_inspect(tag: u8) -> bool {
-    tag == b'Z'
+    matches!(tag, b'Z' | b'1' | b'2')
 }
 
 pub fn server_frame(state: &SessionState, tag: u8, frame: Option<&[u8]>, stop_when_idle: &dyn Fn() -> bool) -> Flow {
+    if matches!(tag, b'1' | b'2' | b'Z') && state.hidden.lock().unwrap_or_else(|p| p.into_inner()).server(tag) {
+        return Flow::Replace(BytesMut::new());
+    }
     if let (b'Z', Some(frame)) = (tag, frame) {
         if let Some(&status) = frame.get(5) {
             state.tx_status.store(status, Ordering::Release);
+            if status == b'I' {
+                state.idle_count.fetch_add(1, Ordering::AcqRel);
+            }
         }
         state.pending.fetch_sub(1, Ordering::AcqRel);
         if stop_when_idle() && state.is_idle() {

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use super::auth;
 use super::conn::Conn;
 use super::relay::{self, End, Pump, SessionState};
+use super::statements::Statements;
 use super::{SessionError, Shared};
 use crate::config::TlsMode;
 use crate::net::Stream;
@@ -102,7 +103,7 @@ async fn run(
     info!(%user, database = message.get("database").unwrap_or(&user), tls = client.stream.is_tls(), "session started");
 
     let client = slot.take().expect("set above");
-    let result = relay(shared, client, server, shutdown).await;
+    let result = relay(shared, client, server, &message, shutdown).await;
     drop(key);
     result
 }
@@ -177,7 +178,13 @@ async fn open(shared: &Shared, tcp: TcpStream, slot: &mut Option<Conn>) -> Resul
 
 /// Relay until either side ends, the client breaks the protocol, or a shutdown finds the
 /// session idle.
-async fn relay(shared: &Shared, client: Conn, server: Conn, mut shutdown: watch::Receiver<bool>) -> Result<(), SessionError> {
+async fn relay(
+    shared: &Shared,
+    client: Conn,
+    server: Conn,
+    startup: &StartupMessage,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
     let max = shared.config.max_message_size;
     let (client_stream, client_left) = client.into_parts();
     let (server_stream, server_left) = server.into_parts();
@@ -187,11 +194,19 @@ async fn relay(shared: &Shared, client: Conn, server: Conn, mut shutdown: watch:
     // The primary is trusted with any frame size it sends.
     let mut down = Pump::new(server_left, u32::MAX);
     let state = SessionState::new();
+    let mut statements = Statements::new(shared.router.clone(), startup);
+    let mut on_client_frame = |tag: u8, frame: Option<&[u8]>| {
+        let counted = relay::client_frame(&state, tag);
+        match frame {
+            Some(frame) if matches!(tag, b'Q' | b'P' | b'C') => statements.on_frame(&state, tag, frame),
+            _ => counted,
+        }
+    };
     let stopping = shutdown.clone();
     let stop_when_idle = move || *stopping.borrow();
 
     let outcome = tokio::select! {
-        r = up.run(&mut client_rd, &mut server_wr, relay::client_inspect, |tag, _| relay::client_frame(&state, tag)) => Side::Client(r),
+        r = up.run(&mut client_rd, &mut server_wr, relay::client_inspect, &mut on_client_frame) => Side::Client(r),
         r = down.run(&mut server_rd, &mut client_wr, relay::server_inspect, |tag, frame| relay::server_frame(&state, tag, frame, &stop_when_idle)) => Side::Server(r),
         _ = wait_idle_shutdown(&mut shutdown, &state) => Side::Shutdown,
     };

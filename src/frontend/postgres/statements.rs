@@ -1,0 +1,276 @@
+//! What the session's statements write, as they pass from the client to the primary.
+//!
+//! Query ('Q') and Parse ('P') messages are classified (a prepared statement once, at
+//! Parse) and decided by the policy the current transaction started with; the session's
+//! search_path is followed through the startup parameters and SET/RESET statements so that
+//! unqualified names resolve as the server will resolve them. A statement the policy refuses
+//! is replaced by one that makes the primary raise the refusal: the error then reaches the
+//! client in its place in the stream, with PostgreSQL's own transaction semantics (it aborts
+//! the transaction like any error), even when the client pipelines.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+
+use super::relay::{Flow, SessionState};
+use crate::classify::{Classification, Kind, SearchPath, SessionChange};
+use crate::policy::{Decision, Policy};
+use crate::protocol::postgres::message::write_frame;
+use crate::protocol::postgres::startup::StartupMessage;
+use crate::replicate::{Refusal, Router};
+
+/// A session's statement tracking, owned by the client-to-primary pump.
+pub struct Statements {
+    router: Arc<Router>,
+    /// The session user, substituted for `$user` in search paths.
+    user: String,
+    /// The search_path the session started with (RESET goes back to it).
+    initial_path: SearchPath,
+    /// The session-level search_path.
+    path: SearchPath,
+    /// A `SET LOCAL search_path` in force until the transaction ends.
+    local_path: Option<SearchPath>,
+    /// `SessionState::idle_count` when this transaction began: a change means it ended.
+    tx_idle_count: u64,
+    /// The policy the current transaction started with.
+    tx_policy: Option<Arc<Policy>>,
+    /// Writes to replicated tables in the current transaction, for the replication modes.
+    pub tx_decisions: Vec<Decision>,
+    /// Classifications of named prepared statements ("" is the unnamed one).
+    prepared: HashMap<String, Arc<Classification>>,
+}
+
+impl Statements {
+    pub fn new(router: Arc<Router>, startup: &StartupMessage) -> Statements {
+        let user = startup.get("user").unwrap_or_default().to_owned();
+        let configured = startup
+            .get("search_path")
+            .map(str::to_owned)
+            .or_else(|| startup.get("options").and_then(search_path_option));
+        let initial_path = parse_search_path(configured.as_deref().unwrap_or("\"$user\", public"), &user);
+        Statements {
+            router,
+            user,
+            path: initial_path.clone(),
+            initial_path,
+            local_path: None,
+            tx_idle_count: 0,
+            tx_policy: None,
+            tx_decisions: Vec::new(),
+            prepared: HashMap::new(),
+        }
+    }
+
+    /// The search_path statements are resolved against now.
+    pub fn search_path(&self) -> &SearchPath {
+        self.local_path.as_ref().unwrap_or(&self.path)
+    }
+
+    /// Handle one whole client frame (`Q`, `P` or `C`, header included).
+    pub fn on_frame(&mut self, state: &SessionState, tag: u8, frame: &[u8]) -> Flow {
+        self.follow_transaction(state);
+        let body = &frame[5..];
+        match tag {
+            b'Q' => {
+                let sql = cstr(body).unwrap_or_default();
+                match self.route(sql) {
+                    Some(refusal) => Flow::Replace(refusal_query(&refusal)),
+                    None => Flow::Continue,
+                }
+            }
+            b'P' => {
+                let Some((name, rest)) = split_cstr(body) else { return Flow::Continue };
+                let Some(sql) = cstr(rest) else { return Flow::Continue };
+                match self.route_prepared(name, sql) {
+                    Some(refusal) => {
+                        // client_frame already counted the client's Parse, which is not sent:
+                        // ours takes its place, plus our Bind.
+                        state.hidden.lock().unwrap_or_else(|p| p.into_inner()).own_parse_and_bind_replacing_parse();
+                        Flow::Replace(refusal_parse(&refusal))
+                    }
+                    None => Flow::Continue,
+                }
+            }
+            b'C' => {
+                if body.first() == Some(&b'S') {
+                    if let Some(name) = body.get(1..).and_then(cstr) {
+                        self.prepared.remove(name);
+                    }
+                }
+                Flow::Continue
+            }
+            _ => Flow::Continue,
+        }
+    }
+
+    /// A new transaction begins after every return to idle: it takes the policy in force
+    /// then, and SET LOCAL ends.
+    fn follow_transaction(&mut self, state: &SessionState) {
+        let idle = state.idle_count.load(Ordering::Acquire);
+        if idle != self.tx_idle_count {
+            self.tx_idle_count = idle;
+            self.tx_policy = None;
+            self.tx_decisions.clear();
+            self.local_path = None;
+        }
+    }
+
+    fn policy(&mut self) -> Arc<Policy> {
+        self.tx_policy.get_or_insert_with(|| self.router.policy().current()).clone()
+    }
+
+    /// Classify and decide a simple-protocol query; `Some` when it must be refused.
+    fn route(&mut self, sql: &str) -> Option<Refusal> {
+        let policy = self.policy();
+        let route = self.router.route(sql, self.search_path(), &policy);
+        self.after(&route.classification, &route.decisions);
+        route.refusal
+    }
+
+    /// The same at Parse, remembering the classification under the statement's name.
+    fn route_prepared(&mut self, name: &str, sql: &str) -> Option<Refusal> {
+        let policy = self.policy();
+        let route = self.router.route(sql, self.search_path(), &policy);
+        self.prepared.insert(name.to_owned(), route.classification.clone());
+        if route.refusal.is_none() {
+            // Session changes take effect when the statement runs; a prepared SET is rare
+            // enough to follow at Parse.
+            self.after(&route.classification, &[]);
+        }
+        route.refusal
+    }
+
+    /// Follow search_path changes and remember the transaction's replicated writes.
+    fn after(&mut self, classification: &Classification, decisions: &[Decision]) {
+        for statement in &classification.statements {
+            if let Kind::Session(change) = &statement.kind {
+                match change {
+                    SessionChange::SearchPath { schemas, local: false } => {
+                        self.path = substitute_user(schemas, &self.user);
+                        self.local_path = None;
+                    }
+                    SessionChange::SearchPath { schemas, local: true } => self.local_path = Some(substitute_user(schemas, &self.user)),
+                    SessionChange::ResetSearchPath | SessionChange::ResetAll | SessionChange::Discard => {
+                        self.path = self.initial_path.clone();
+                        self.local_path = None;
+                    }
+                    SessionChange::Other => {}
+                }
+            }
+        }
+        self.tx_decisions.extend(decisions.iter().filter(|d| d.mode != crate::policy::Mode::Local).cloned());
+    }
+}
+
+fn substitute_user(schemas: &[String], user: &str) -> SearchPath {
+    SearchPath::new(schemas.iter().map(|s| if s == "$user" { user.to_owned() } else { s.clone() }))
+}
+
+/// A search_path setting as PostgreSQL reads it: comma-separated, `"quoted"` names exact,
+/// unquoted ones folded to lower case.
+pub fn parse_search_path(value: &str, user: &str) -> SearchPath {
+    let schemas: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+            Some(q) => q.replace("\"\"", "\""),
+            None => s.to_lowercase(),
+        })
+        .collect();
+    substitute_user(&schemas, user)
+}
+
+/// `search_path` from a startup `options` value (`-c search_path=a,b` or `--search_path=a,b`).
+fn search_path_option(options: &str) -> Option<String> {
+    let mut words = options.split_whitespace().peekable();
+    let mut found = None;
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" { words.next() } else { w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) };
+        if let Some(v) = setting.and_then(|s| s.strip_prefix("search_path=")) {
+            found = Some(v.replace("\\ ", " "));
+        }
+    }
+    found
+}
+
+/// The text of a NUL-terminated string at the front of `b`.
+fn cstr(b: &[u8]) -> Option<&str> {
+    split_cstr(b).map(|(s, _)| s)
+}
+
+fn split_cstr(b: &[u8]) -> Option<(&str, &[u8])> {
+    let end = b.iter().position(|&c| c == 0)?;
+    Some((std::str::from_utf8(&b[..end]).ok()?, &b[end + 1..]))
+}
+
+/// A statement that makes the primary raise `refusal` as an ERROR.
+fn raise_statement(refusal: &Refusal) -> String {
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''").replace('$', ""));
+    format!(
+        "DO $capgate$ BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}, HINT = {}; END $capgate$",
+        lit(refusal.code),
+        lit(&refusal.message),
+        lit(&refusal.hint)
+    )
+}
+
+/// A Query frame raising the refusal.
+fn refusal_query(refusal: &Refusal) -> BytesMut {
+    let mut out = BytesMut::new();
+    write_frame(&mut out, b'Q', |b| {
+        b.put_slice(raise_statement(refusal).as_bytes());
+        b.put_u8(0);
+    });
+    out
+}
+
+/// What replaces a refused Parse: Parse, Bind and Execute of an unnamed statement that
+/// raises the refusal. The primary answers with the ErrorResponse where the client expects
+/// its ParseComplete, then — as after any extended-protocol error — ignores the client's
+/// following messages (its Bind, Describe, Execute of the refused statement) up to Sync. The
+/// error thus arrives in order, the named statement is not created (as when a Parse fails),
+/// and an open transaction is aborted, all exactly as PostgreSQL does for a failing Parse.
+fn refusal_parse(refusal: &Refusal) -> BytesMut {
+    let mut out = BytesMut::new();
+    write_frame(&mut out, b'P', |b| {
+        b.put_u8(0);
+        b.put_slice(raise_statement(refusal).as_bytes());
+        b.put_u8(0);
+        b.put_u16(0);
+    });
+    write_frame(&mut out, b'B', |b| {
+        b.put_u8(0); // unnamed portal
+        b.put_u8(0); // unnamed statement
+        b.put_u16(0); // no parameter formats
+        b.put_u16(0); // no parameters
+        b.put_u16(0); // no result formats
+    });
+    write_frame(&mut out, b'E', |b| {
+        b.put_u8(0);
+        b.put_u32(0);
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_paths_fold_and_substitute() {
+        assert_eq!(parse_search_path("\"$user\", Public, \"Mixed\"", "alice").schemas(), ["alice", "public", "Mixed"]);
+        assert_eq!(search_path_option("-c search_path=app,public -c work_mem=4MB").as_deref(), Some("app,public"));
+        assert_eq!(search_path_option("--search_path=x").as_deref(), Some("x"));
+        assert_eq!(search_path_option("-cstatement_timeout=5"), None);
+    }
+
+    #[test]
+    fn refusal_statement_is_one_safe_literal() {
+        let r = Refusal { code: "0A000", message: "it's $$ bad".into(), hint: "fix".into() };
+        let s = raise_statement(&r);
+        assert!(s.contains("MESSAGE = 'it''s  bad'"), "{s}");
+    }
+}

@@ -1,0 +1,207 @@
+//! Replication decisions, protocol-neutral: for each statement a front end relays, what it
+//! writes (from [`crate::classify`]) and what the policy says about each written table (from
+//! [`crate::policy`]). The sync coordinator and the outbox act on these decisions; until they
+//! exist, writes to non-local tables are relayed as local writes and logged.
+//!
+//! Nothing here may know a wire protocol: the PostgreSQL and MySQL front ends both call
+//! [`Router::route`] with SQL text and the session's search path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::classify::{Catalog, Classification, Classifier, Dialect, Kind, SearchPath};
+use crate::policy::{Decision, Mode, Policy, PolicyHandle, UnknownAction};
+
+/// How many classifications the shared cache keeps.
+const CACHE_CAPACITY: usize = 20_000;
+
+/// The verdict on one query string.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub classification: Arc<Classification>,
+    /// One per table written, each with its mode and the rule that chose it.
+    pub decisions: Vec<Decision>,
+    /// Set when the statement must not be relayed (policy `unknown = "refuse"`).
+    pub refusal: Option<Refusal>,
+}
+
+impl Route {
+    /// The written tables whose mode is not `local`.
+    pub fn replicated(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions.iter().filter(|d| d.mode != Mode::Local)
+    }
+}
+
+/// Why a statement is refused, in words a DBA and an application developer can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// SQLSTATE-like code; the front end maps it to its protocol.
+    pub code: &'static str,
+    pub message: String,
+    pub hint: String,
+}
+
+/// Counters a front end exposes (later: as metrics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Statements whose written tables could not be determined, relayed anyway.
+    pub unknown_relayed: AtomicU64,
+    /// The same, refused by policy.
+    pub unknown_refused: AtomicU64,
+    /// Writes to non-local tables relayed as local writes (replication modes not built yet).
+    pub replicated_writes_relayed_locally: AtomicU64,
+}
+
+/// Classification plus policy, shared by every session of a front end.
+pub struct Router {
+    classifier: Classifier,
+    policy: Arc<PolicyHandle>,
+    /// The database's own facts (functions, tables, defaults), replaced when reloaded.
+    base: RwLock<Arc<Catalog>>,
+    /// `base` plus the policy's `[[function]]` entries, for the policy version it was built
+    /// with.
+    merged: RwLock<(u64, u64, Arc<Catalog>)>,
+    /// Woken after DDL, so whoever maintains the catalog reloads it.
+    stale: tokio::sync::Notify,
+    pub counters: Counters,
+}
+
+impl Router {
+    pub fn new(dialect: Dialect, policy: Arc<PolicyHandle>, base: Catalog) -> Router {
+        let base = Arc::new(base);
+        let merged = Router::merge(&base, &policy.current());
+        Router {
+            classifier: Classifier::new(dialect, CACHE_CAPACITY),
+            merged: RwLock::new((policy.current().version, base.generation(), Arc::new(merged))),
+            base: RwLock::new(base),
+            policy,
+            stale: tokio::sync::Notify::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Say that the database's schema may have changed (a DDL statement went through).
+    pub fn mark_stale(&self) {
+        self.stale.notify_one();
+    }
+
+    /// Wait until [`Router::mark_stale`] is called.
+    pub async fn stale(&self) {
+        self.stale.notified().await
+    }
+
+    fn merge(base: &Catalog, policy: &Policy) -> Catalog {
+        let mut c = base.clone();
+        policy.add_functions_to(&mut c);
+        c
+    }
+
+    pub fn policy(&self) -> &Arc<PolicyHandle> {
+        &self.policy
+    }
+
+    /// Replace the database facts (after DDL, or when the first load completes).
+    pub fn set_catalog(&self, catalog: Catalog) {
+        *self.base.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+    }
+
+    /// The catalog for `policy`: the database's facts plus the policy's functions.
+    pub fn catalog(&self, policy: &Policy) -> Arc<Catalog> {
+        let base = self.base.read().unwrap_or_else(|p| p.into_inner()).clone();
+        {
+            let merged = self.merged.read().unwrap_or_else(|p| p.into_inner());
+            if merged.0 == policy.version && merged.1 == base.generation() {
+                return merged.2.clone();
+            }
+        }
+        let fresh = Arc::new(Router::merge(&base, policy));
+        *self.merged.write().unwrap_or_else(|p| p.into_inner()) = (policy.version, base.generation(), fresh.clone());
+        fresh
+    }
+
+    /// Classify `sql` as the session would run it and decide each written table under
+    /// `policy` (the one the session's transaction started with).
+    pub fn route(&self, sql: &str, path: &SearchPath, policy: &Policy) -> Route {
+        let catalog = self.catalog(policy);
+        let classification = self.classifier.classify(sql, path, &catalog);
+        let decisions = policy.decide(&classification);
+        let refusal = classification.unknown_reason().and_then(|reason| match policy.unknown {
+            UnknownAction::Relay => {
+                self.counters.unknown_relayed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(reason, statement = %abbreviate(sql), "cannot tell which tables this statement writes; relaying it (policy unknown = \"relay\")");
+                None
+            }
+            UnknownAction::Refuse => {
+                self.counters.unknown_refused.fetch_add(1, Ordering::Relaxed);
+                Some(Refusal {
+                    code: "0A000",
+                    message: format!(
+                        "capgate refused this statement: cannot tell which tables it writes ({reason}); the policy (version {}) says unknown = \"refuse\"",
+                        policy.version
+                    ),
+                    hint: "name what the function writes in a [[function]] entry of the policy, rewrite the statement, or set unknown = \"relay\"".into(),
+                })
+            }
+        });
+        if classification.statements.iter().any(|s| matches!(s.kind, Kind::Ddl)) {
+            self.mark_stale();
+        }
+        let route = Route { classification, decisions, refusal };
+        for d in route.replicated() {
+            self.counters.replicated_writes_relayed_locally.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(table = %d.table, mode = d.mode.name(), rule = %d.rule, "write to a replicated table relayed as a local write (replication modes are not built yet)");
+        }
+        route
+    }
+}
+
+/// The first 200 characters of a statement, for log lines.
+pub fn abbreviate(sql: &str) -> String {
+    let trimmed = sql.trim();
+    match trimmed.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &trimmed[..i]),
+        None => trimmed.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn router(policy: &str) -> Router {
+        let policy = Policy::parse(policy, Path::new("policy.toml")).unwrap();
+        Router::new(Dialect::Postgres, Arc::new(PolicyHandle::fixed(policy)), Catalog::new())
+    }
+
+    #[test]
+    fn decisions_follow_the_policy() {
+        let r = router("default = \"local\"\n[[table]]\nmatch = \"public.orders\"\nmode = \"sync\"\n");
+        let p = r.policy().current();
+        let route = r.route("UPDATE orders SET paid = true; INSERT INTO audit VALUES (1)", &SearchPath::default(), &p);
+        let modes: Vec<_> = route.decisions.iter().map(|d| (d.table.to_string(), d.mode.name())).collect();
+        assert_eq!(modes, vec![("public.orders".to_owned(), "sync"), ("public.audit".to_owned(), "local")]);
+        assert_eq!(route.replicated().count(), 1);
+        assert!(route.refusal.is_none());
+    }
+
+    #[test]
+    fn unknown_statements_are_refused_only_when_the_policy_says_so() {
+        let sql = "SELECT my_volatile_fn()";
+        let relay = router("unknown = \"relay\"\n");
+        assert!(relay.route(sql, &SearchPath::default(), &relay.policy().current()).refusal.is_none());
+        assert_eq!(relay.counters.unknown_relayed.load(Ordering::Relaxed), 1);
+        let refuse = router("unknown = \"refuse\"\n");
+        let refusal = refuse.route(sql, &SearchPath::default(), &refuse.policy().current()).refusal.unwrap();
+        assert!(refusal.message.contains("my_volatile_fn"), "{}", refusal.message);
+    }
+
+    #[test]
+    fn policy_functions_reach_the_catalog() {
+        let r = router("[[table]]\nmatch = \"public.accounts\"\nmode = \"sync\"\n[[function]]\nname = \"public.transfer\"\nwrites = [\"public.accounts\"]\n");
+        let route = r.route("SELECT public.transfer(1, 2, 10)", &SearchPath::default(), &r.policy().current());
+        assert!(route.refusal.is_none());
+        assert_eq!(route.decisions[0].table.to_string(), "public.accounts");
+        assert_eq!(route.decisions[0].mode.name(), "sync");
+    }
+}

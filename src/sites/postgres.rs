@@ -1,0 +1,75 @@
+//! PostgreSQL replicas: the [`Connector`] the health loop and the pool use, over
+//! [`Upstream`] (TCP or Unix socket, TLS as the URL says) and tokio-postgres.
+
+use std::ops::Deref;
+
+use crate::backend::postgres::Upstream;
+use crate::config::Config;
+
+use super::error::{BoxError, SiteError};
+use super::{AbortOnDrop, Connector, Settings, Site, Sites};
+
+/// The `application_name` capgate's replica connections carry, so a DBA can tell them
+/// apart in `pg_stat_activity` on the replica.
+const APPLICATION_NAME: &str = "capgate";
+
+/// How to reach one PostgreSQL replica.
+pub struct PgConnector {
+    upstream: Upstream,
+}
+
+impl PgConnector {
+    pub fn new(upstream: Upstream) -> PgConnector {
+        PgConnector { upstream }
+    }
+}
+
+/// A logged-in tokio-postgres client whose connection task ends when it is dropped (even
+/// with a query still waiting on a silent partition). Derefs to the client.
+pub struct PgConn {
+    client: tokio_postgres::Client,
+    _task: AbortOnDrop<()>,
+}
+
+impl Deref for PgConn {
+    type Target = tokio_postgres::Client;
+
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
+impl Connector for PgConnector {
+    type Conn = PgConn;
+
+    async fn connect(&self) -> Result<PgConn, BoxError> {
+        let (client, task) = self.upstream.client_with_task(APPLICATION_NAME).await?;
+        Ok(PgConn { client, _task: AbortOnDrop(task) })
+    }
+
+    /// `SELECT 1` in the simple protocol: one round trip, no statement to prepare.
+    async fn heartbeat(&self, conn: &PgConn) -> Result<(), BoxError> {
+        conn.client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    fn is_closed(conn: &PgConn) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+/// A PostgreSQL replica site.
+pub type PgSite = Site<PgConnector>;
+
+/// Starts a [`Site`] for every `[[replicas]]` entry of `config` (on the current tokio
+/// runtime). Fails only when a replica's TLS settings cannot be loaded; an unreachable
+/// replica starts and reports itself partitioned.
+pub fn start(config: &Config) -> Result<Sites<PgConnector>, SiteError> {
+    let mut sites = Vec::with_capacity(config.replicas.len());
+    for replica in &config.replicas {
+        let upstream = Upstream::new(replica.url.clone())
+            .map_err(|e| SiteError::failed(&replica.name, "loading the TLS settings of its URL", e))?;
+        sites.push(Site::start(&replica.name, PgConnector::new(upstream), Settings::from_replica(replica)));
+    }
+    Ok(Sites::new(sites))
+}

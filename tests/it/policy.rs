@@ -1,0 +1,155 @@
+//! The policy in the relay: statements whose written tables cannot be determined are
+//! relayed or refused as the policy says, the catalog is read from the primary, the
+//! session's search_path is followed, and a reloaded policy applies to new transactions only.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{connect, scratch, sqlstate, Proxy};
+
+/// Functions on the primary: a volatile one that may write anything, a stable one, and the
+/// same name in two schemas with different volatility.
+fn functions() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(create_functions);
+}
+
+fn create_functions() {
+    crate::support::psql_at(
+        &crate::support::primary().url("postgres", "postgres"),
+        "CREATE OR REPLACE FUNCTION public.pol_touch() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1';
+         CREATE OR REPLACE FUNCTION public.pol_peek() RETURNS int LANGUAGE sql STABLE AS 'SELECT 2';
+         CREATE SCHEMA IF NOT EXISTS pol_app;
+         CREATE OR REPLACE FUNCTION pol_app.pol_peek() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 3';
+         CREATE TABLE IF NOT EXISTS public.pol_accounts (id int primary key, balance int);
+         CREATE OR REPLACE FUNCTION public.pol_transfer() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 4';",
+    );
+}
+
+fn proxy_with_policy(name: &str, policy: &str) -> (Proxy, std::path::PathBuf) {
+    let dir = scratch(name);
+    let file = dir.join("policy.toml");
+    std::fs::write(&file, policy).unwrap();
+    let text = format!(
+        "site = \"test\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"{}\"\n",
+        crate::support::primary().url("postgres", "postgres")
+    );
+    (Proxy::start_config(&text, &dir), file)
+}
+
+/// Wait until `sql` succeeds through `client` (the catalog loads in the background).
+async fn until_ok(client: &tokio_postgres::Client, sql: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = client.simple_query(sql).await {
+        assert!(Instant::now() < deadline, "`{sql}` still fails: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn refuse_answers_with_the_reason_in_both_protocols() {
+    tokio::task::spawn_blocking(functions).await.unwrap();
+    let (proxy, _) = proxy_with_policy(
+        "policy-refuse",
+        "unknown = \"refuse\"\n[[table]]\nmatch = \"public.pol_accounts\"\nmode = \"sync\"\n\
+         [[function]]\nname = \"public.pol_transfer\"\nwrites = [\"public.pol_accounts\"]\n",
+    );
+    let c = connect(&proxy.url("postgres", "postgres")).await;
+    // The stable function is fine once the catalog is read from the primary.
+    until_ok(&c, "SELECT pol_peek()").await;
+
+    let e = c.simple_query("SELECT pol_touch()").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    let db = e.as_db_error().unwrap();
+    assert!(db.message().contains("cannot tell which tables it writes"), "{}", db.message());
+    assert!(db.message().contains("pol_touch"), "{}", db.message());
+    assert!(db.hint().unwrap_or_default().contains("[[function]]"), "{:?}", db.hint());
+
+    // Extended protocol, with a parameter the client did not type.
+    let e = c.query("SELECT pol_touch() + $1::int", &[&1i32]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+
+    // Inside a transaction the refusal aborts it, like any error.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert!(c.simple_query("SELECT pol_touch()").await.is_err());
+    assert_eq!(sqlstate(&c.simple_query("SELECT 1").await.unwrap_err()), "25P02");
+    c.batch_execute("ROLLBACK").await.unwrap();
+
+    // A function the policy describes is not unknown.
+    c.simple_query("SELECT pol_transfer()").await.unwrap();
+    // The session is still healthy.
+    assert_eq!(c.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0), 5);
+}
+
+#[tokio::test]
+async fn the_search_path_decides_which_function_is_called() {
+    tokio::task::spawn_blocking(functions).await.unwrap();
+    let (proxy, _) = proxy_with_policy("policy-path", "unknown = \"refuse\"\n");
+    let c = connect(&proxy.url("postgres", "postgres")).await;
+    until_ok(&c, "SELECT pol_peek()").await;
+    // pol_app.pol_peek is volatile: with pol_app first on the path the same text is refused.
+    c.batch_execute("SET search_path = pol_app, public").await.unwrap();
+    let e = c.simple_query("SELECT pol_peek()").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    c.batch_execute("RESET search_path").await.unwrap();
+    c.simple_query("SELECT pol_peek()").await.unwrap();
+    // A path given at startup counts from the first statement.
+    let url = format!("{}?options=-c%20search_path%3Dpol_app,public", proxy.url("postgres", "postgres"));
+    let c2 = connect(&url).await;
+    assert_eq!(sqlstate(&c2.simple_query("SELECT pol_peek()").await.unwrap_err()), "0A000");
+}
+
+#[tokio::test]
+async fn relay_is_the_default_and_a_reload_applies_to_new_transactions() {
+    tokio::task::spawn_blocking(functions).await.unwrap();
+    let (proxy, file) = proxy_with_policy("policy-reload", "unknown = \"relay\"\n");
+    let c = connect(&proxy.url("postgres", "postgres")).await;
+    assert_eq!(c.query_one("SELECT pol_touch()", &[]).await.unwrap().get::<_, i32>(0), 1);
+
+    let open = connect(&proxy.url("postgres", "postgres")).await;
+    open.batch_execute("BEGIN").await.unwrap();
+    open.simple_query("SELECT pol_touch()").await.unwrap();
+
+    // A broken file is rejected and the old policy stays.
+    std::fs::write(&file, "unknown = \"sometimes\"\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.simple_query("SELECT pol_touch()").await.unwrap();
+
+    std::fs::write(&file, "unknown = \"refuse\"\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.simple_query("SELECT pol_touch()").await.is_ok() {
+        assert!(Instant::now() < deadline, "the new policy was never loaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The transaction that was already open keeps the policy it started with.
+    open.simple_query("SELECT pol_touch()").await.unwrap();
+    open.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(sqlstate(&open.simple_query("SELECT pol_touch()").await.unwrap_err()), "0A000");
+}
+
+#[tokio::test]
+async fn refusals_keep_their_place_among_pipelined_statements() {
+    tokio::task::spawn_blocking(functions).await.unwrap();
+    let (proxy, _) = proxy_with_policy("policy-pipeline", "unknown = \"refuse\"\n");
+    let c = connect(&proxy.url("postgres", "postgres")).await;
+    until_ok(&c, "SELECT pol_peek()").await;
+    let ok = c.prepare("SELECT $1::int + 1").await.unwrap();
+    // 60 executions written before any answer is read; every third one is refused.
+    let futures = (0..60i32).map(|i| {
+        let (c, ok) = (&c, &ok);
+        async move {
+            if i % 3 == 0 {
+                c.query_one("SELECT pol_touch() + $1::int", &[&i]).await.map(|r| r.get::<_, i32>(0))
+            } else {
+                c.query_one(ok, &[&i]).await.map(|r| r.get::<_, i32>(0))
+            }
+        }
+    });
+    let results = futures_util::future::join_all(futures).await;
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) => assert!(i % 3 != 0 && *v == i as i32 + 1, "#{i}: {v}"),
+            Err(e) => assert!(i % 3 == 0 && sqlstate(e) == "0A000", "#{i}: {e}"),
+        }
+    }
+    assert_eq!(c.query_one(&ok, &[&41i32]).await.unwrap().get::<_, i32>(0), 42);
+}
