@@ -107,10 +107,8 @@ async fn blackhole_partitions_within_a_few_heartbeats_and_restore_heals() {
     let s = wait(view, State::Partitioned).await;
     eprintln!("blackhole detected after {:?}: {:?}", t.elapsed(), s.last_error);
     let error = s.last_error.as_deref().unwrap_or("");
-    assert!(
-        error.contains("replica `b`") && error.contains("did not finish") || error.contains("has not finished"),
-        "{s:?}"
-    );
+    let deadline_missed = error.contains("did not finish") || error.contains("has not finished");
+    assert!(error.starts_with("replica `b`: ") && deadline_missed, "{s:?}");
     // A waiter (on_partition = "block") is released by healing.
     let waiter = {
         let view = view.clone();

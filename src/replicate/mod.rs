@@ -6,6 +6,9 @@
 //! Nothing here may know a wire protocol: the PostgreSQL and MySQL front ends both call
 //! [`Router::route`] with SQL text and the session's search path.
 
+pub mod determinism;
+pub mod outbox;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -127,8 +130,11 @@ impl Router {
         let decisions = policy.decide(&classification);
         let refusal = classification.unknown_reason().and_then(|reason| match policy.unknown {
             UnknownAction::Relay => {
-                self.counters.unknown_relayed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(reason, statement = %abbreviate(sql), "cannot tell which tables this statement writes; relaying it (policy unknown = \"relay\")");
+                let n = self.counters.unknown_relayed.fetch_add(1, Ordering::Relaxed) + 1;
+                // The first ten, then one in a thousand: a hot statement must not flood the log.
+                if n <= 10 || n % 1000 == 0 {
+                    tracing::warn!(reason, statement = %abbreviate(sql), count = n, "cannot tell which tables this statement writes; relaying it (policy unknown = \"relay\")");
+                }
                 None
             }
             UnknownAction::Refuse => {
