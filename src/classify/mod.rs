@@ -32,7 +32,7 @@ use std::sync::Arc;
 use sqlparser::parser::Parser;
 
 pub use catalog::{Catalog, ColumnDefault, DefaultKind, FunctionInfo, Volatility};
-pub use names::{SearchPath, TableName};
+pub use names::{fold, parts, resolve, SearchPath, TableName};
 
 /// The SQL dialect: how text is parsed and how unquoted identifiers are folded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use toml_edit::{ImDocument, Item, Table, Value};
 
 use super::glob::Pattern;
-use super::{FunctionRule, Mode, OnConflict, OnPartition, Policy, Rule, UnknownAction};
+use super::{FunctionRule, Mode, Nondeterministic, OnConflict, OnPartition, Policy, Rule, UnknownAction};
 use super::{DEFAULT_MAX_LAG, DEFAULT_ON_CONFLICT, DEFAULT_PARTITION_TIMEOUT};
 use crate::classify::TableName;
 use crate::config::parse_duration;
@@ -108,7 +108,8 @@ struct Validator<'t> {
 }
 
 const TOP_KEYS: &str = "default, unknown, [[table]], [[function]]";
-const TABLE_KEYS: &str = "match, mode, on_partition, partition_timeout, max_lag, on_conflict";
+const TABLE_KEYS: &str =
+    "match, mode, on_partition, partition_timeout, max_lag, on_conflict, nondeterministic";
 const FUNCTION_KEYS: &str = "name, writes";
 
 impl Validator<'_> {
@@ -283,6 +284,7 @@ impl Validator<'_> {
                 "partition_timeout",
                 "max_lag",
                 "on_conflict",
+                "nondeterministic",
             ],
             TABLE_KEYS,
         );
@@ -333,6 +335,7 @@ impl Validator<'_> {
                 ("partition_timeout", &["sync", "bounded"]),
                 ("max_lag", &["bounded"]),
                 ("on_conflict", &["async", "bounded"]),
+                ("nondeterministic", &["sync", "async", "bounded"]),
             ];
             for (key, modes) in belongs {
                 if t.get(key).is_some() && !modes.contains(&m) {
@@ -341,7 +344,10 @@ impl Validator<'_> {
                         format!("{p}{key}"),
                         format!(
                             "does not apply to mode \"{m}\"; it is an option of mode {}",
-                            modes.join(" and ")
+                            match modes.split_last() {
+                                Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+                                _ => modes.join(""),
+                            }
                         ),
                     );
                 }
@@ -399,6 +405,17 @@ impl Validator<'_> {
                 ],
             )
             .unwrap_or(DEFAULT_ON_CONFLICT);
+        let nondeterministic = self
+            .choice(
+                t,
+                "nondeterministic",
+                &format!("{p}nondeterministic"),
+                &[
+                    ("refuse", Nondeterministic::Refuse),
+                    ("allow", Nondeterministic::Allow),
+                ],
+            )
+            .unwrap_or_default();
         let mode = match mode_name? {
             "sync" => Mode::Sync { on_partition },
             "async" => Mode::Async { on_conflict },
@@ -414,6 +431,7 @@ impl Validator<'_> {
             pattern_text,
             pattern,
             mode,
+            nondeterministic,
             line,
         })
     }

@@ -81,6 +81,18 @@ pub enum UnknownAction {
     Refuse,
 }
 
+/// What a write to a replicated table does with a construct capgate cannot make
+/// deterministic (`random()`, a volatile function, LIMIT without ORDER BY …; see
+/// [`crate::replicate::determinism`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Nondeterministic {
+    /// Refuse the statement with an error naming the function and the table.
+    #[default]
+    Refuse,
+    /// Replicate it as written, knowing the replicas may get other values; each use is logged.
+    Allow,
+}
+
 /// One `[[table]]` rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
@@ -89,6 +101,8 @@ pub struct Rule {
     /// The parsed glob.
     pub pattern: Pattern,
     pub mode: Mode,
+    /// `nondeterministic = "allow" | "refuse"` (sync, async and bounded rules only).
+    pub nondeterministic: Nondeterministic,
     /// Line of the rule in the file, for messages (0 when built in code).
     pub line: usize,
 }
@@ -225,6 +239,16 @@ impl Policy {
         let mut c = Catalog::new();
         self.add_functions_to(&mut c);
         c
+    }
+
+    /// Whether a write to `table` may keep a non-deterministic construct: a local table
+    /// (nothing is replayed) or one whose rule says `nondeterministic = "allow"`. Tables
+    /// decided by the `default` mode refuse.
+    pub fn allows_nondeterministic(&self, table: &TableName) -> bool {
+        match self.rules.iter().find(|r| r.pattern.matches(&table.schema, &table.name)) {
+            Some(rule) => rule.mode == Mode::Local || rule.nondeterministic == Nondeterministic::Allow,
+            None => self.default == Mode::Local,
+        }
     }
 
     /// Whether any table can be replicated under this policy (e.g. to decide how loudly to
