@@ -15,6 +15,7 @@
 //! Replication (`classify`, `policy`, `replicate`, `sites`, `verify`, `admin`) is added on top
 //! of these and must stay free of PostgreSQL types so the MySQL front end can plug into it.
 
+pub mod admin;
 pub mod backend;
 pub mod classify;
 pub mod cli;

@@ -29,6 +29,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The admin HTTP listener, if any.
     pub admin: Option<SocketAddr>,
+    /// Bearer token the admin endpoints require; mandatory when `admin` is not loopback.
+    pub admin_token: Option<String>,
     /// The per-table policy file, resolved against the config file's directory.
     pub policy: Option<PathBuf>,
     /// Client sessions served at once; one more gets SQLSTATE 53300.
@@ -130,6 +132,7 @@ struct RawConfig {
     #[serde(default = "default_listen")]
     listen: String,
     admin: Option<String>,
+    admin_token: Option<String>,
     policy: Option<String>,
     #[serde(default = "default_max_connections")]
     max_connections: i64,
@@ -280,6 +283,9 @@ impl Validator<'_> {
         }
         let listen = self.addr("listen", &raw.listen).unwrap_or_else(|| ([127, 0, 0, 1], 6432).into());
         let admin = raw.admin.as_deref().and_then(|a| self.addr("admin", a));
+        if admin.is_some_and(|a| !a.ip().is_loopback()) && raw.admin_token.as_deref().is_none_or(str::is_empty) {
+            self.problem("admin_token", "the admin listener is not on loopback: set admin_token (requests must then send Authorization: Bearer <token>)");
+        }
         let max_connections = if (1..=1_000_000).contains(&raw.max_connections) {
             raw.max_connections as usize
         } else {
@@ -373,6 +379,7 @@ impl Validator<'_> {
             site: raw.site,
             listen,
             admin,
+            admin_token: raw.admin_token.filter(|t| !t.is_empty()),
             policy: raw.policy.map(|p| self.base.join(p)),
             max_connections,
             shutdown_timeout,
@@ -507,6 +514,17 @@ mod tests {
         for k in ["partition_latency", "heartbeat_interval", "heartbeat_timeout", "partition_after", "heal_after", "pool_size"] {
             assert!(keys.contains(&format!("replicas[0].{k}").as_str()), "{k} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let text = format!("admin = \"0.0.0.0:9930\"\n{MINIMAL}");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err();
+        assert_eq!(err.problems[0].key, "admin_token");
+        let text = format!("admin = \"0.0.0.0:9930\"\nadmin_token = \"t\"\n{MINIMAL}");
+        assert_eq!(Config::parse(&text, Path::new("c.toml")).unwrap().admin_token.as_deref(), Some("t"));
+        let text = format!("admin = \"127.0.0.1:9930\"\n{MINIMAL}");
+        assert!(Config::parse(&text, Path::new("c.toml")).unwrap().admin_token.is_none());
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub fn scratch(name: &str) -> PathBuf {
 /// blocking tests (psql, pgbench) and async tests can use it alike.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The admin listener, when the configuration has `admin`.
+    pub admin: Option<SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -82,16 +84,17 @@ impl Proxy {
     pub fn start_config(text: &str, dir: &Path) -> Proxy {
         let config = Arc::new(Config::parse(text, &dir.join("capgate.toml")).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}")));
         // Built on a plain thread: async tests call this from inside their own runtime.
-        let (runtime, addr) = std::thread::spawn(move || {
+        let (runtime, addr, admin) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             let server = runtime.block_on(Server::bind(config)).expect("bind proxy");
             let addr = server.local_addr();
+            let admin = server.admin_addr();
             runtime.spawn(server.run(std::future::pending(), std::future::pending()));
-            (runtime, addr)
+            (runtime, addr, admin)
         })
         .join()
         .expect("proxy start thread");
-        Proxy { addr, runtime: Some(runtime) }
+        Proxy { addr, admin, runtime: Some(runtime) }
     }
 
     /// A libpq URL to the proxy.

@@ -97,6 +97,8 @@ pub enum StartError {
 /// What every session of one listener shares. Immutable except the cancel registry.
 pub struct Shared {
     pub config: Arc<Config>,
+    /// One permit per client session; `max_connections` permits.
+    pub sessions: Arc<Semaphore>,
     /// Classification and policy decisions for every statement.
     pub router: Arc<Router>,
     pub primary: Upstream,
@@ -107,6 +109,8 @@ pub struct Shared {
 /// A bound listener, ready to serve.
 pub struct Server {
     listener: TcpListener,
+    /// The admin HTTP listener, when `admin` is configured.
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -125,12 +129,22 @@ impl Server {
         };
         let router = Arc::new(Router::new(Dialect::Postgres, Arc::new(policy), Catalog::new()));
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
-        let shared = Arc::new(Shared { config, router, primary, tls, cancels: CancelRegistry::default() });
-        Ok(Server { listener, shared })
+        let admin = match config.admin {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?),
+            None => None,
+        };
+        let sessions = Arc::new(Semaphore::new(config.max_connections));
+        let shared = Arc::new(Shared { config, sessions, router, primary, tls, cancels: CancelRegistry::default() });
+        Ok(Server { listener, admin, shared })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.shared.config.listen)
+    }
+
+    /// Where the admin endpoints listen, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -140,13 +154,35 @@ impl Server {
     /// Serve until `shutdown` resolves; then stop accepting, close idle sessions, let the
     /// others finish their transactions for up to `shutdown_timeout`, and return. `force`
     /// (a second signal) returns at once.
-    pub async fn run(self, shutdown: impl Future<Output = ()>, force: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>, force: impl Future<Output = ()>) {
         let config = self.shared.config.clone();
-        let sessions = Arc::new(Semaphore::new(config.max_connections));
+        let sessions = self.shared.sessions.clone();
         let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
         let (stop_tx, stop_rx) = watch::channel(false);
         let _policy_watcher = AbortOnDrop(self.shared.router.policy().spawn_reload_watcher());
         let _catalog = AbortOnDrop(tokio::spawn(maintain_catalog(self.shared.clone())));
+        // Replica health loops run for the life of the server (dropping them stops them).
+        let sites = match crate::sites::postgres::start(&config) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("replica health monitoring not started: {e}");
+                None
+            }
+        };
+        let _admin = self.admin.take().map(|listener| {
+            let views = sites.iter().flat_map(|s| s.iter()).map(|site| site.health().clone()).collect();
+            let sem = sessions.clone();
+            let max = config.max_connections;
+            let state = crate::admin::AdminState::new(
+                config.site.clone(),
+                self.shared.router.policy().clone(),
+                self.shared.router.clone(),
+                views,
+                Box::new(move || max - sem.available_permits()),
+                config.admin_token.clone(),
+            );
+            AbortOnDrop(tokio::spawn(crate::admin::serve(listener, Arc::new(state))))
+        });
         info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, "capgate is accepting connections");
         tokio::pin!(shutdown);
         loop {
