@@ -221,3 +221,15 @@ async fn connections_over_max_connections_get_53300() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_like_postgres_while_others_are_served() {
+    let proxy = Proxy::start("");
+    let other = bystander(&proxy).await;
+    for _ in 0..3 {
+        let url = format!("postgres://scram_user:not-the-password@{}/postgres", proxy.addr);
+        let e = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.err().expect("wrong password accepted");
+        assert_eq!(crate::support::sqlstate(&e), "28P01");
+        still_served(&other).await;
+    }
+}
