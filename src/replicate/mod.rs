@@ -7,6 +7,7 @@
 //! [`Router::route`] with SQL text and the session's search path.
 
 pub mod determinism;
+pub mod outbox;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
