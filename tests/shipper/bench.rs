@@ -1,4 +1,4 @@
-//! The commit-order cost measurement behind docs/decisions/0006 (ignored: run by hand).
+//! The commit-order cost measurement behind docs/decisions/0007 (ignored: run by hand).
 
 use super::*;
 
