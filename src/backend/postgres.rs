@@ -59,8 +59,15 @@ impl Upstream {
     }
 
     /// Open a connection, negotiating TLS as the URL's sslmode says (never over a Unix
-    /// socket, as libpq).
+    /// socket, as libpq). The whole of it — TCP, the TLS request and handshake — is bounded
+    /// by the URL's `connect_timeout`: a server that accepts and then says nothing must not
+    /// hang the caller.
     pub async fn connect(&self) -> Result<Stream, UpstreamError> {
+        let timeout = self.url.connect_timeout;
+        tokio::time::timeout(timeout, self.connect_unbounded()).await.map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+
+    async fn connect_unbounded(&self) -> Result<Stream, UpstreamError> {
         if let Some(path) = self.url.unix_socket() {
             return Ok(Stream::Unix(self.unix(&path).await?));
         }
@@ -107,7 +114,10 @@ impl Upstream {
         if let Some(p) = &self.url.password {
             config.password(p);
         }
-        let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
+        let timeout = self.url.connect_timeout;
+        let (client, connection) = tokio::time::timeout(timeout, config.connect_raw(stream, tokio_postgres::NoTls))
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))??;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("connection ended: {e}");

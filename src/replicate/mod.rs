@@ -128,13 +128,32 @@ impl Router {
         let catalog = self.catalog(policy);
         let classification = self.classifier.classify(sql, path, &catalog);
         let decisions = policy.decide(&classification);
-        let refusal = classification.unknown_reason().and_then(|reason| match policy.unknown {
+        let refusal = classification.unknown_reason().and_then(|reason| self.unknown(reason, sql, policy));
+        if classification.statements.iter().any(|s| matches!(s.kind, Kind::Ddl)) {
+            self.mark_stale();
+        }
+        let route = Route { classification, decisions, refusal };
+        for d in route.replicated() {
+            self.counters.replicated_writes_relayed_locally.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(table = %d.table, mode = d.mode.name(), rule = %d.rule, "write to a replicated table relayed as a local write (replication modes are not built yet)");
+        }
+        route
+    }
+}
+
+impl Router {
+    /// Apply the policy's `unknown` action to a statement whose written tables cannot be
+    /// determined (`reason` says why): count it, log it, and say whether to refuse it.
+    pub fn unknown(&self, reason: &str, sql: &str, policy: &Policy) -> Option<Refusal> {
+        match policy.unknown {
             UnknownAction::Relay => {
                 let n = self.counters.unknown_relayed.fetch_add(1, Ordering::Relaxed) + 1;
-                // The first ten, then one in a thousand: a hot statement must not flood the log.
+                // The first ten, then one in a thousand: a hot statement must not flood the
+                // log. The text itself only at debug level: it may hold secrets.
                 if n <= 10 || n % 1000 == 0 {
-                    tracing::warn!(reason, statement = %abbreviate(sql), count = n, "cannot tell which tables this statement writes; relaying it (policy unknown = \"relay\")");
+                    tracing::warn!(reason, count = n, "cannot tell which tables a statement writes; relaying it (policy unknown = \"relay\")");
                 }
+                tracing::debug!(reason, statement = %abbreviate(sql), "unknown statement relayed");
                 None
             }
             UnknownAction::Refuse => {
@@ -148,16 +167,7 @@ impl Router {
                     hint: "name what the function writes in a [[function]] entry of the policy, rewrite the statement, or set unknown = \"relay\"".into(),
                 })
             }
-        });
-        if classification.statements.iter().any(|s| matches!(s.kind, Kind::Ddl)) {
-            self.mark_stale();
         }
-        let route = Route { classification, decisions, refusal };
-        for d in route.replicated() {
-            self.counters.replicated_writes_relayed_locally.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(table = %d.table, mode = d.mode.name(), rule = %d.rule, "write to a replicated table relayed as a local write (replication modes are not built yet)");
-        }
-        route
     }
 }
 

@@ -233,3 +233,23 @@ async fn a_wrong_password_is_refused_like_postgres_while_others_are_served() {
         still_served(&other).await;
     }
 }
+
+#[tokio::test]
+async fn valid_messages_sent_before_a_broken_one_still_run() {
+    let proxy = Proxy::start("");
+    let other = bystander(&proxy).await;
+    other.batch_execute("DROP TABLE IF EXISTS before_bad; CREATE TABLE before_bad (k int)").await.unwrap();
+    let addr = proxy.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut raw = Raw::login(addr, "postgres");
+        // One write: a complete INSERT, then a frame with an impossible length.
+        let mut bytes = query("INSERT INTO before_bad VALUES (1)");
+        bytes.extend_from_slice(&[b'B', 0, 0, 0, 2]);
+        raw.send(&bytes);
+        while raw.recv().is_some() {}
+    })
+    .await
+    .unwrap();
+    let n: i64 = other.query_one("SELECT count(*) FROM before_bad", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "the INSERT before the broken frame reached the primary, as it would directly");
+}

@@ -153,3 +153,58 @@ async fn refusals_keep_their_place_among_pipelined_statements() {
     }
     assert_eq!(c.query_one(&ok, &[&41i32]).await.unwrap().get::<_, i32>(0), 42);
 }
+
+#[tokio::test]
+async fn copy_in_through_the_extended_protocol_keeps_replies_in_step() {
+    tokio::task::spawn_blocking(functions).await.unwrap();
+    let (proxy, _) = proxy_with_policy("policy-copy", "unknown = \"refuse\"\n");
+    let c = connect(&proxy.url("postgres", "postgres")).await;
+    until_ok(&c, "SELECT pol_peek()").await;
+    c.batch_execute("DROP TABLE IF EXISTS pol_copy; CREATE TABLE pol_copy (k int)").await.unwrap();
+    for round in 0..3 {
+        // tokio-postgres sends COPY FROM STDIN as Parse/Bind/Execute/Sync, then the data,
+        // CopyDone and another Sync: PostgreSQL ignores the first Sync in copy-in mode.
+        let sink = c.copy_in("COPY pol_copy FROM STDIN").await.unwrap();
+        let mut sink = std::pin::pin!(sink);
+        futures_util::SinkExt::send(&mut sink, bytes::Bytes::from(format!("{round}\n"))).await.unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 1);
+        // A refusal right after must still be answered in its place, and what follows too.
+        let e = c.query("SELECT pol_touch() + $1::int", &[&1i32]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{e}");
+        assert_eq!(c.query_one("SELECT count(*)::int FROM pol_copy", &[]).await.unwrap().get::<_, i32>(0), round + 1);
+    }
+}
+
+#[test]
+fn undecodable_text_and_fast_path_calls_follow_the_unknown_policy() {
+    use crate::support::{frame, query, startup, Raw};
+    functions();
+    let (proxy, _) = proxy_with_policy("policy-latin1", "unknown = \"refuse\"\n");
+    let mut raw = Raw::connect(proxy.addr);
+    raw.send(&startup(&[("user", "postgres"), ("database", "postgres"), ("client_encoding", "LATIN1")]));
+    raw.until_ready();
+    // "caf\xe9" in LATIN1: not UTF-8, so the proxy cannot read the statement.
+    let mut sql = b"SELECT 1 -- caf".to_vec();
+    sql.push(0xe9);
+    sql.push(0);
+    raw.send(&frame(b'Q', &sql));
+    let replies = raw.until_ready();
+    let err = replies.iter().find(|m| m.tag == b'E').expect("refused");
+    assert_eq!(err.field(b'C').as_deref(), Some("0A000"));
+    assert!(err.field(b'M').unwrap_or_default().contains("not valid UTF-8"));
+    // FunctionCall int4pl(40, 2) by OID.
+    let mut body = 177u32.to_be_bytes().to_vec();
+    body.extend_from_slice(&[0, 1, 0, 1, 0, 2]);
+    for v in [40i32, 2] {
+        body.extend_from_slice(&4i32.to_be_bytes());
+        body.extend_from_slice(&v.to_be_bytes());
+    }
+    body.extend_from_slice(&[0, 1]);
+    raw.send(&frame(b'F', &body));
+    let replies = raw.until_ready();
+    let err = replies.iter().find(|m| m.tag == b'E').expect("fast-path call refused");
+    assert_eq!(err.field(b'C').as_deref(), Some("0A000"));
+    // The session goes on.
+    raw.send(&query("SELECT 1"));
+    assert!(raw.until_ready().iter().any(|m| m.tag == b'D'));
+}

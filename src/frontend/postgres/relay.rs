@@ -6,7 +6,7 @@
 //! pump reads what is available, walks it with a [`FrameCursor`] (only a few small frames
 //! are looked at whole), and writes the batch out with one write. Nothing is re-encoded.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +18,9 @@ use crate::protocol::postgres::frame::{FrameCursor, FrameError, Step};
 /// Receive buffer size for each direction. Large enough that a pgbench round trip is one
 /// read; an idle session's memory is dominated by these two buffers.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// The most a pump reserves at once while a frame it must see whole arrives.
+const MAX_RESERVE: usize = 1 << 20;
 
 /// What the session knows about its state, shared by both pumps and the session loop.
 #[derive(Debug)]
@@ -32,6 +35,9 @@ pub struct SessionState {
     pub pending: AtomicI64,
     /// Replies to messages the proxy itself inserted, which the client must not see.
     pub hidden: Mutex<Hidden>,
+    /// Extended-protocol messages were sent since the last Sync: work may be in flight even
+    /// with no ReadyForQuery owed (a client using Flush).
+    pub extended_open: AtomicBool,
 }
 
 /// Finds, in the primary's replies, the ParseComplete and BindComplete that answer Parse and
@@ -53,17 +59,47 @@ pub struct Hidden {
     binds: Vec<u64>,
     /// `(parses_sent, binds_sent)` when each ReadyForQuery-answered message was forwarded.
     marks: VecDeque<(u64, u64)>,
+    /// Syncs forwarded since the last Execute. If COPY data follows, that Execute started a
+    /// COPY FROM STDIN, and PostgreSQL ignores Syncs in copy-in mode: they get no
+    /// ReadyForQuery, so they must not be counted.
+    syncs_since_execute: u32,
+    /// Copy data has been seen since the last Execute (the uncounting is done once).
+    copying: bool,
 }
 
 impl Hidden {
-    /// A client frame is being forwarded.
-    fn client(&mut self, tag: u8) {
+    /// A client frame is being forwarded. Returns how many Syncs counted earlier turned out
+    /// to be ignored by the server (sent in copy-in mode), and whether this frame is such a
+    /// Sync, so the caller's ReadyForQuery count follows.
+    fn client(&mut self, tag: u8) -> (u32, bool) {
         match tag {
             b'P' => self.parses_sent += 1,
             b'B' => self.binds_sent += 1,
-            b'S' | b'Q' | b'F' => self.marks.push_back((self.parses_sent, self.binds_sent)),
+            b'E' => {
+                self.syncs_since_execute = 0;
+                self.copying = false;
+            }
+            b'S' if self.copying => return (0, true),
+            b'S' => {
+                self.syncs_since_execute += 1;
+                self.marks.push_back((self.parses_sent, self.binds_sent));
+            }
+            b'Q' | b'F' => {
+                self.syncs_since_execute = 0;
+                self.marks.push_back((self.parses_sent, self.binds_sent));
+            }
+            b'd' | b'c' | b'f' if !self.copying => {
+                self.copying = tag == b'd';
+                let ignored = std::mem::take(&mut self.syncs_since_execute);
+                for _ in 0..ignored {
+                    self.marks.pop_back();
+                }
+                return (ignored, false);
+            }
+            b'c' | b'f' => self.copying = false,
             _ => {}
         }
+        (0, false)
     }
 
     /// The client's last Parse (already counted) is replaced by a Parse and a Bind of the
@@ -112,13 +148,15 @@ fn take(list: &mut Vec<u64>, ordinal: u64) -> bool {
 
 impl SessionState {
     pub fn new() -> SessionState {
-        SessionState { tx_status: AtomicU8::new(b'I'), idle_count: AtomicU64::new(0), pending: AtomicI64::new(0), hidden: Mutex::default() }
+        SessionState { tx_status: AtomicU8::new(b'I'), idle_count: AtomicU64::new(0), pending: AtomicI64::new(0), hidden: Mutex::default(), extended_open: AtomicBool::new(false) }
     }
 
     /// Idle between transactions with nothing in flight: the session can be closed without
     /// interrupting anything.
     pub fn is_idle(&self) -> bool {
-        self.tx_status.load(Ordering::Acquire) == b'I' && self.pending.load(Ordering::Acquire) <= 0
+        self.tx_status.load(Ordering::Acquire) == b'I'
+            && self.pending.load(Ordering::Acquire) <= 0
+            && !self.extended_open.load(Ordering::Acquire)
     }
 }
 
@@ -202,7 +240,16 @@ impl Pump {
             let mut forward = 0;
             let mut stop = false;
             while forward < self.buf.len() && !stop {
-                match self.cursor.step(&self.buf[forward..], &inspect)? {
+                let step = match self.cursor.step(&self.buf[forward..], &inspect) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        // Whole, valid frames before the bad one still reach the peer, as
+                        // they would reach PostgreSQL before it read the bad one.
+                        self.write(writer, forward).await?;
+                        return Err(e.into());
+                    }
+                };
+                match step {
                     Step::Pass { n, tag } => {
                         if let Some(tag) = tag {
                             stop = on_frame(tag, None) == Flow::Stop;
@@ -227,8 +274,10 @@ impl Pump {
                         }
                     },
                     Step::NeedMore { total } => {
+                        // Grow with the bytes that actually arrive: a header claiming 1 GB
+                        // must not reserve 1 GB before a single body byte is sent.
                         let have = self.buf.len() - forward;
-                        self.buf.reserve(total.saturating_sub(have));
+                        self.buf.reserve(total.saturating_sub(have).min(MAX_RESERVE));
                         break;
                     }
                 }
@@ -247,17 +296,27 @@ impl Pump {
     }
 }
 
-/// Client → primary: Query, Parse and Close are read whole to classify statements;
+/// Client → primary: Query, Parse, Close and FunctionCall are read whole to classify them;
 /// Terminate to stop. Every other frame (Bind, Execute, COPY data …) streams through.
 pub fn client_inspect(tag: u8) -> bool {
-    matches!(tag, b'Q' | b'P' | b'C' | b'X')
+    matches!(tag, b'Q' | b'P' | b'C' | b'F' | b'X')
 }
 
 pub fn client_frame(state: &SessionState, tag: u8) -> Flow {
-    if matches!(tag, b'P' | b'B' | b'S' | b'Q' | b'F') {
-        state.hidden.lock().unwrap_or_else(|p| p.into_inner()).client(tag);
+    let (mut uncount, mut ignored_sync) = (0, false);
+    if matches!(tag, b'P' | b'B' | b'E' | b'S' | b'Q' | b'F' | b'd' | b'c' | b'f') {
+        (uncount, ignored_sync) = state.hidden.lock().unwrap_or_else(|p| p.into_inner()).client(tag);
+    }
+    if uncount > 0 {
+        state.pending.fetch_sub(uncount as i64, Ordering::AcqRel);
     }
     match tag {
+        b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => state.extended_open.store(true, Ordering::Release),
+        b'S' => state.extended_open.store(false, Ordering::Release),
+        _ => {}
+    }
+    match tag {
+        b'S' if ignored_sync => Flow::Continue,
         b'Q' | b'S' | b'F' => {
             state.pending.fetch_add(1, Ordering::AcqRel);
             Flow::Continue

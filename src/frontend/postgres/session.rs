@@ -58,8 +58,9 @@ async fn run(
     shutdown: watch::Receiver<bool>,
     slot: &mut Option<Conn>,
 ) -> Result<(), SessionError> {
-    let timeout = shared.config.authentication_timeout;
-    let opened = tokio::time::timeout(timeout, open(shared, tcp, slot)).await.map_err(|_| SessionError::AuthTimeout)??;
+    // One deadline for everything from accept to ReadyForQuery.
+    let deadline = tokio::time::Instant::now() + shared.config.authentication_timeout;
+    let opened = tokio::time::timeout_at(deadline, open(shared, tcp, slot)).await.map_err(|_| SessionError::AuthTimeout)??;
     let Opening::Startup { conn, message, raw } = opened else { return Ok(()) };
     *slot = Some(conn);
     let client = slot.as_mut().expect("just set");
@@ -80,7 +81,7 @@ async fn run(
     }
     let user = message.get("user").unwrap_or_default().to_owned();
 
-    let (server, key) = tokio::time::timeout(timeout, async {
+    let (server, key) = tokio::time::timeout_at(deadline, async {
         let proxy_user = shared.config.users.iter().find(|u| u.name == user);
         if let Some(u) = proxy_user {
             auth::proxy(client, u).await?;
@@ -198,7 +199,7 @@ async fn relay(
     let mut on_client_frame = |tag: u8, frame: Option<&[u8]>| {
         let counted = relay::client_frame(&state, tag);
         match frame {
-            Some(frame) if matches!(tag, b'Q' | b'P' | b'C') => statements.on_frame(&state, tag, frame),
+            Some(frame) if matches!(tag, b'Q' | b'P' | b'C' | b'F') => statements.on_frame(&state, tag, frame),
             _ => counted,
         }
     };
@@ -226,6 +227,9 @@ async fn relay(
         Side::Client(Err(relay::PumpError::Io(e))) => Err(SessionError::Io(e)),
         Side::Server(Ok(End::Stopped)) | Side::Shutdown => {
             let _ = tokio::io::AsyncWriteExt::write_all(&mut server_wr, &TERMINATE).await;
+            if !down.clean() {
+                return Ok(());
+            }
             goodbye(
                 ErrorMessage::fatal("57P01", "terminating connection due to administrator command")
                     .with_detail("capgate is shutting down"),

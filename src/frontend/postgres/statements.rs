@@ -74,15 +74,32 @@ impl Statements {
         let body = &frame[5..];
         match tag {
             b'Q' => {
-                let sql = cstr(body).unwrap_or_default();
-                match self.route(sql) {
+                let refusal = match cstr(body) {
+                    Some(sql) => self.route(sql),
+                    None => self.undecidable("the query text is not valid UTF-8 (client_encoding other than UTF8)"),
+                };
+                match refusal {
                     Some(refusal) => Flow::Replace(refusal_query(&refusal)),
                     None => Flow::Continue,
                 }
             }
+            // A fast-path function call names its function by OID and carries no SQL: what it
+            // writes cannot be told.
+            b'F' => match self.undecidable("a fast-path function call (FunctionCall message) cannot be classified") {
+                Some(refusal) => Flow::Replace(refusal_query(&refusal)),
+                None => Flow::Continue,
+            },
             b'P' => {
                 let Some((name, rest)) = split_cstr(body) else { return Flow::Continue };
-                let Some(sql) = cstr(rest) else { return Flow::Continue };
+                let Some(sql) = cstr(rest) else {
+                    return match self.undecidable("the statement text is not valid UTF-8 (client_encoding other than UTF8)") {
+                        Some(refusal) => {
+                            state.hidden.lock().unwrap_or_else(|p| p.into_inner()).own_parse_and_bind_replacing_parse();
+                            Flow::Replace(refusal_parse(&refusal))
+                        }
+                        None => Flow::Continue,
+                    };
+                };
                 match self.route_prepared(name, sql) {
                     Some(refusal) => {
                         // client_frame already counted the client's Parse, which is not sent:
@@ -119,6 +136,16 @@ impl Statements {
 
     fn policy(&mut self) -> Arc<Policy> {
         self.tx_policy.get_or_insert_with(|| self.router.policy().current()).clone()
+    }
+
+    /// A message whose effect cannot be determined at all: the policy's `unknown` action
+    /// applies when the policy could act on it.
+    fn undecidable(&mut self, reason: &str) -> Option<Refusal> {
+        let policy = self.policy();
+        if !policy.replicates_anything() && policy.unknown == crate::policy::UnknownAction::Relay {
+            return None;
+        }
+        self.router.unknown(reason, "", &policy)
     }
 
     /// Classify and decide a simple-protocol query; `Some` when it must be refused.
