@@ -132,14 +132,7 @@ impl MariaDb {
     pub fn restart(&self) -> Result<(), TestbedError> {
         let mut proc = self.lock();
         proc.terminate(libc::SIGTERM, Duration::from_secs(60))?;
-        // Our port may be briefly taken by someone else's ephemeral connection: retry.
-        for _ in 0..20 {
-            if let Launch::Ready = self.launch(&mut proc)? {
-                return Ok(());
-            }
-            sleep(Duration::from_millis(250));
-        }
-        Err(TestbedError::with_log(format!("mariadbd restart: port {} stays taken", self.port), &self.log))
+        super::relaunch_on_same_port("mariadbd", self.port, &self.log, || self.launch(&mut proc))
     }
 
     pub fn is_running(&self) -> bool {

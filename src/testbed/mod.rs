@@ -260,3 +260,20 @@ pub(crate) enum Launch {
     /// Exited because another process holds the port; the caller picks another and retries.
     PortTaken,
 }
+
+/// Start a server again on its own port, retrying for about 5 s while the port is briefly
+/// taken (e.g. by someone's ephemeral connection); `what` names the server in the error.
+pub(crate) fn relaunch_on_same_port(
+    what: &str,
+    port: u16,
+    log: &Path,
+    mut launch: impl FnMut() -> Result<Launch, TestbedError>,
+) -> Result<(), TestbedError> {
+    for _ in 0..20 {
+        if let Launch::Ready = launch()? {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    Err(TestbedError::with_log(format!("{what} restart: port {port} stays taken"), log))
+}

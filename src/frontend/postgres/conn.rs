@@ -4,7 +4,7 @@
 //! the relay takes the stream and whatever is left in the buffer (a client may pipeline its
 //! first query behind the startup packet) with [`Conn::into_parts`].
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::SessionError;
@@ -92,10 +92,5 @@ impl Conn {
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
         self.stream.write_all(bytes).await.map_err(SessionError::Io)?;
         self.stream.flush().await.map_err(SessionError::Io)
-    }
-
-    /// Discard `n` bytes from the front of the buffer (used after peeking).
-    pub fn consume(&mut self, n: usize) {
-        self.buf.advance(n.min(self.buf.len()));
     }
 }

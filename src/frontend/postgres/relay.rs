@@ -146,6 +146,12 @@ fn take(list: &mut Vec<u64>, ordinal: u64) -> bool {
     }
 }
 
+impl Default for SessionState {
+    fn default() -> SessionState {
+        SessionState::new()
+    }
+}
+
 impl SessionState {
     pub fn new() -> SessionState {
         SessionState { tx_status: AtomicU8::new(b'I'), idle_count: AtomicU64::new(0), pending: AtomicI64::new(0), hidden: Mutex::default(), extended_open: AtomicBool::new(false) }
