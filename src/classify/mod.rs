@@ -129,7 +129,8 @@ pub enum SessionChange {
     ResetSearchPath,
     /// RESET ALL.
     ResetAll,
-    /// DISCARD … (ALL resets the search_path too).
+    /// DISCARD ALL (resets the search_path and deallocates prepared statements); the other
+    /// DISCARD forms are `Other`.
     Discard,
     /// Any other setting.
     Other,

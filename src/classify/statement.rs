@@ -164,7 +164,10 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
             }
             _ => SessionChange::Other,
         }),
-        Statement::Discard { .. } => Kind::Session(SessionChange::Discard),
+        Statement::Discard { object_type } => Kind::Session(match object_type {
+            sqlparser::ast::DiscardObject::ALL => SessionChange::Discard,
+            _ => SessionChange::Other,
+        }),
         Statement::Use(u) => match u {
             Use::Schema(n) | Use::Database(n) | Use::Object(n) => {
                 match names::parts(ctx.dialect, n) {

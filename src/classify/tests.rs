@@ -105,6 +105,10 @@ fn session_and_transaction_details() {
         Kind::Session(SessionChange::Discard)
     );
     assert_eq!(
+        one("DISCARD TEMP").kind,
+        Kind::Session(SessionChange::Other)
+    );
+    assert_eq!(
         one("PREPARE TRANSACTION 'g1'").kind,
         Kind::Transaction(TxControl::PrepareTransaction("g1".into()))
     );

@@ -186,9 +186,15 @@ impl Statements {
                         self.local_path = None;
                     }
                     SessionChange::SearchPath { schemas, local: true } => self.local_path = Some(substitute_user(schemas, &self.user)),
-                    SessionChange::ResetSearchPath | SessionChange::ResetAll | SessionChange::Discard => {
+                    SessionChange::ResetSearchPath | SessionChange::ResetAll => {
                         self.path = self.initial_path.clone();
                         self.local_path = None;
+                    }
+                    SessionChange::Discard => {
+                        // DISCARD ALL also deallocates every prepared statement.
+                        self.path = self.initial_path.clone();
+                        self.local_path = None;
+                        self.prepared.clear();
                     }
                     SessionChange::Other => {}
                 }
