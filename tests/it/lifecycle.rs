@@ -1,5 +1,5 @@
 //! The capgate process: shutdown on SIGTERM lets transactions finish, a second signal exits
-//! at once.
+//! at once; SIGHUP reloads the policy.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,13 +13,18 @@ struct Running {
 
 impl Running {
     fn start(name: &str, shutdown_timeout: &str) -> Running {
+        Running::start_with(name, shutdown_timeout, "")
+    }
+
+    /// Start the binary; `extra` is added to the top of the configuration (e.g. `policy = …`).
+    fn start_with(name: &str, shutdown_timeout: &str, extra: &str) -> Running {
         let port = capgate::testbed::free_port();
         let dir = scratch(name);
         let config = dir.join("capgate.toml");
         std::fs::write(
             &config,
             format!(
-                "site = \"test\"\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = \"{shutdown_timeout}\"\n[primary]\nurl = \"{}\"\n",
+                "site = \"test\"\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = \"{shutdown_timeout}\"\n{extra}\n[primary]\nurl = \"{}\"\n",
                 crate::support::primary().url("postgres", "postgres")
             ),
         )
@@ -106,4 +111,45 @@ async fn a_second_signal_exits_at_once() {
     let status = capgate.exit_within(Duration::from_secs(30)).await;
     assert!(status.is_some(), "capgate did not exit on the second signal");
     assert!(busy.batch_execute("SELECT 3").await.is_err(), "the session ended with the process");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_policy() {
+    crate::support::psql_at(
+        &crate::support::primary().url("postgres", "postgres"),
+        "CREATE OR REPLACE FUNCTION public.lc_touch() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1'",
+    );
+    let dir = scratch("sighup");
+    let policy = dir.join("policy.toml");
+    // Two policies of the same length: with the modification time put back, the file watcher
+    // cannot see the change — only SIGHUP can.
+    let relay = "unknown = \"relay\" \n";
+    let refuse = "unknown = \"refuse\"\n";
+    assert_eq!(relay.len(), refuse.len());
+    std::fs::write(&policy, relay).unwrap();
+    let capgate = Running::start_with("sighup", "5s", &format!("policy = \"{}\"", policy.display()));
+    let c = connect(&capgate.url()).await;
+    c.simple_query("SELECT lc_touch()").await.unwrap();
+
+    let modified = std::fs::metadata(&policy).unwrap().modified().unwrap();
+    // Prepared aside and renamed into place, so the watcher never sees a new stamp.
+    let staged = dir.join("policy.toml.new");
+    std::fs::write(&staged, refuse).unwrap();
+    std::fs::File::options().write(true).open(&staged).unwrap().set_modified(modified).unwrap();
+    std::fs::rename(&staged, &policy).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.simple_query("SELECT lc_touch()").await.expect("no reload without SIGHUP");
+
+    capgate.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.simple_query("SELECT lc_touch()").await {
+            Err(e) => {
+                assert_eq!(crate::support::sqlstate(&e), "0A000");
+                break;
+            }
+            Ok(_) => assert!(Instant::now() < deadline, "SIGHUP did not reload the policy"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
