@@ -23,6 +23,7 @@ const AUTH_MD5: i32 = 5;
 const AUTH_SASL: i32 = 10;
 const AUTH_SASL_CONTINUE: i32 = 11;
 const AUTH_SASL_FINAL: i32 = 12;
+const AUTH_GSS_CONTINUE: i32 = 8;
 
 /// Relay the client's own authentication exchange with the primary. The primary judges the
 /// credentials; the proxy only removes SASL mechanisms with channel binding (`-PLUS`), which
@@ -30,8 +31,13 @@ const AUTH_SASL_FINAL: i32 = 12;
 /// the primary to its own.
 pub async fn passthrough(client: &mut Conn, server: &mut Conn, startup: &[u8]) -> Result<(), SessionError> {
     server.send(startup).await?;
+    // A server message read while waiting on both sides (GSS), to be handled next.
+    let mut next = None;
     loop {
-        let frame = server.read_frame(MAX_STARTUP_FRAME).await?;
+        let frame = match next.take() {
+            Some(f) => f,
+            None => server.read_frame(MAX_STARTUP_FRAME).await?,
+        };
         match frame.tag {
             b'R' => {
                 let (code, rest) = message::auth_code(frame.body()).ok_or(SessionError::UpstreamProtocol("short authentication message"))?;
@@ -46,6 +52,22 @@ pub async fn passthrough(client: &mut Conn, server: &mut Conn, startup: &[u8]) -
                 match code {
                     AUTH_OK => return Ok(()),
                     AUTH_SASL_FINAL => {}
+                    // A GSS continuation may be the server's last word (mutual
+                    // authentication ends with one, then AuthenticationOk without waiting):
+                    // take whichever side speaks first. Both reads keep partial bytes in
+                    // their buffers, so the one that loses the race loses nothing.
+                    AUTH_GSS_CONTINUE => {
+                        tokio::select! {
+                            answer = client.read_frame(MAX_STARTUP_FRAME) => {
+                                let answer = answer?;
+                                if answer.tag != b'p' {
+                                    return Err(SessionError::Closed);
+                                }
+                                server.send(&answer.raw).await?;
+                            }
+                            frame = server.read_frame(MAX_STARTUP_FRAME) => next = Some(frame?),
+                        }
+                    }
                     // Every other request (cleartext, md5, SASL steps, GSS/SSPI) is answered
                     // by one password-type message from the client.
                     _ => {
