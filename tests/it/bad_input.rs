@@ -250,6 +250,15 @@ async fn valid_messages_sent_before_a_broken_one_still_run() {
     })
     .await
     .unwrap();
-    let n: i64 = other.query_one("SELECT count(*) FROM before_bad", &[]).await.unwrap().get(0);
+    // The proxy closes the client as soon as it sees the broken frame; the primary may still
+    // be running the INSERT then, so wait for it (bounded) rather than race it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let n = loop {
+        let n: i64 = other.query_one("SELECT count(*) FROM before_bad", &[]).await.unwrap().get(0);
+        if n == 1 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(n, 1, "the INSERT before the broken frame reached the primary, as it would directly");
 }
