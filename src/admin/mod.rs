@@ -144,8 +144,7 @@ fn metrics_text(state: &AdminState) -> String {
 fn authorized(state: &AdminState, headers: &HeaderMap) -> bool {
     let Some(token) = &state.token else { return true };
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    // Constant-time comparison: the caller controls the header.
-    given.is_some_and(|g| g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0)
+    given.is_some_and(|g| crate::protocol::constant_time_eq(g.as_bytes(), token.as_bytes()))
 }
 
 fn unauthorized() -> Response {

@@ -169,13 +169,21 @@ impl<'a> Walker<'a> {
     }
 }
 
-fn limited_without_order(q: &Query) -> bool {
+/// A query with LIMIT/FETCH and no ORDER BY: which rows it picks is up to each server.
+/// Shared with the determinism rewriter, which refuses the same construct.
+pub(crate) fn limited_without_order(q: &Query) -> bool {
     let limited = match &q.limit_clause {
         Some(LimitClause::LimitOffset { limit, .. }) => limit.is_some(),
         Some(LimitClause::OffsetCommaLimit { .. }) => true,
         None => false,
     };
     (limited || q.fetch.is_some()) && q.order_by.is_none()
+}
+
+/// INSERT, UPDATE, DELETE or MERGE: the statements inside which a LIMIT without ORDER BY
+/// decides which rows are written.
+pub(crate) fn is_dml(stmt: &Statement) -> bool {
+    matches!(stmt, Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_))
 }
 
 /// `TABLE name` (SetExpr::Table) names its table as strings, not an ObjectName.
@@ -253,13 +261,7 @@ impl Visitor for Walker<'_> {
     }
 
     fn post_visit_statement(&mut self, stmt: &Statement) -> ControlFlow<()> {
-        if matches!(
-            stmt,
-            Statement::Insert(_)
-                | Statement::Update(_)
-                | Statement::Delete(_)
-                | Statement::Merge(_)
-        ) {
+        if is_dml(stmt) {
             self.dml_depth = self.dml_depth.saturating_sub(1);
         }
         ControlFlow::Continue(())

@@ -251,6 +251,13 @@ impl Policy {
         }
     }
 
+    /// Whether a decision of this policy can change what happens to a statement: some table
+    /// is replicated, or unknown statements are refused. When not, front ends need not
+    /// classify (beyond following the session's search_path).
+    pub fn can_decide(&self) -> bool {
+        self.replicates_anything() || self.unknown != UnknownAction::Relay
+    }
+
     /// Whether any table can be replicated under this policy (e.g. to decide how loudly to
     /// treat `unknown` statements).
     pub fn replicates_anything(&self) -> bool {

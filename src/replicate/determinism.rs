@@ -64,11 +64,11 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::time::SystemTime;
 
-use sqlparser::ast::{Expr, LimitClause, Query, Statement, VisitMut, VisitorMut};
+use sqlparser::ast::{Expr, Query, Statement, VisitMut, VisitorMut};
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use crate::classify::{classify, Catalog, DefaultKind, Dialect, Kind, SearchPath, TableName};
+use crate::classify::{classify, is_dml, limited_without_order, Catalog, DefaultKind, Dialect, Kind, SearchPath, TableName};
 
 pub use functions::{timestamptz_literal, unix_seconds};
 
@@ -446,15 +446,6 @@ impl VisitorMut for ExprOnly<'_, '_, '_, '_> {
     }
 }
 
-fn limited_without_order(q: &Query) -> bool {
-    let limited = match &q.limit_clause {
-        Some(LimitClause::LimitOffset { limit, .. }) => limit.is_some(),
-        Some(LimitClause::OffsetCommaLimit { .. }) => true,
-        None => false,
-    };
-    (limited || q.fetch.is_some()) && q.order_by.is_none()
-}
-
 impl VisitorMut for Rewriter<'_, '_, '_> {
     type Break = ();
 
@@ -487,13 +478,7 @@ impl VisitorMut for Rewriter<'_, '_, '_> {
     }
 
     fn post_visit_statement(&mut self, stmt: &mut Statement) -> ControlFlow<()> {
-        if matches!(
-            stmt,
-            Statement::Insert(_)
-                | Statement::Update(_)
-                | Statement::Delete(_)
-                | Statement::Merge(_)
-        ) {
+        if is_dml(stmt) {
             self.dml_depth = self.dml_depth.saturating_sub(1);
         }
         ControlFlow::Continue(())

@@ -171,6 +171,25 @@ impl Router {
     }
 }
 
+/// Whether a statement must be classified. Under a policy that cannot decide anything (see
+/// [`Policy::can_decide`]), only statements that change the session's search_path are
+/// followed (cheaply recognised by their first word: SET, RESET, DISCARD),
+/// so that a policy loaded later resolves names right. This keeps parsing off the hot path of
+/// deployments that do not replicate yet — and of simple-protocol workloads, whose texts differ
+/// by their literals and so miss the classification cache.
+pub fn needs_classification(policy: &Policy, sql: &str) -> bool {
+    if policy.can_decide() {
+        return true;
+    }
+    let first: String = sql
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .take(8)
+        .collect();
+    matches!(first.to_ascii_lowercase().as_str(), "set" | "reset" | "discard")
+}
+
 /// The first 200 characters of a statement, for log lines.
 pub fn abbreviate(sql: &str) -> String {
     let trimmed = sql.trim();
@@ -188,6 +207,16 @@ mod tests {
     fn router(policy: &str) -> Router {
         let policy = Policy::parse(policy, Path::new("policy.toml")).unwrap();
         Router::new(Dialect::Postgres, Arc::new(PolicyHandle::fixed(policy)), Catalog::new())
+    }
+
+    #[test]
+    fn only_session_statements_are_classified_when_nothing_can_be_decided() {
+        let idle = Policy::default();
+        assert!(!needs_classification(&idle, "SELECT abalance FROM pgbench_accounts WHERE aid = 1"));
+        assert!(needs_classification(&idle, "  set search_path = app"));
+        assert!(needs_classification(&idle, "RESET ALL"));
+        let refuse = Policy { unknown: UnknownAction::Refuse, ..Policy::default() };
+        assert!(needs_classification(&refuse, "SELECT 1"));
     }
 
     #[test]

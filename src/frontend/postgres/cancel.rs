@@ -62,9 +62,7 @@ impl CancelRegistry {
     pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<UpstreamKey> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let entry = map.get(&pid)?;
-        let same = entry.secret.len() == secret.len()
-            && entry.secret.iter().zip(secret).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        same.then(|| entry.upstream.clone())
+        crate::protocol::constant_time_eq(&entry.secret, secret).then(|| entry.upstream.clone())
     }
 
     pub fn len(&self) -> usize {

@@ -142,7 +142,7 @@ impl Statements {
     /// applies when the policy could act on it.
     fn undecidable(&mut self, reason: &str) -> Option<Refusal> {
         let policy = self.policy();
-        if !policy.replicates_anything() && policy.unknown == crate::policy::UnknownAction::Relay {
+        if !policy.can_decide() {
             return None;
         }
         self.router.unknown(reason, "", &policy)
@@ -151,7 +151,7 @@ impl Statements {
     /// Classify and decide a simple-protocol query; `Some` when it must be refused.
     fn route(&mut self, sql: &str) -> Option<Refusal> {
         let policy = self.policy();
-        if !needs_classification(&policy, sql) {
+        if !crate::replicate::needs_classification(&policy, sql) {
             return None;
         }
         let route = self.router.route(sql, self.search_path(), &policy);
@@ -162,7 +162,7 @@ impl Statements {
     /// The same at Parse, remembering the classification under the statement's name.
     fn route_prepared(&mut self, name: &str, sql: &str) -> Option<Refusal> {
         let policy = self.policy();
-        if !needs_classification(&policy, sql) {
+        if !crate::replicate::needs_classification(&policy, sql) {
             self.prepared.remove(name);
             return None;
         }
@@ -202,25 +202,6 @@ impl Statements {
         }
         self.tx_decisions.extend(decisions.iter().filter(|d| d.mode != crate::policy::Mode::Local).cloned());
     }
-}
-
-/// Whether a statement must be classified. Under a policy that replicates nothing and
-/// relays unknown statements, no decision can change what happens to it: only statements that
-/// change the session's search_path are followed (cheaply recognised by their first word), so
-/// that a policy loaded later resolves names right. This keeps parsing off the hot path of
-/// deployments that do not replicate yet — and of `-M simple` workloads, whose texts differ
-/// by their literals and so miss the classification cache.
-fn needs_classification(policy: &Policy, sql: &str) -> bool {
-    if policy.replicates_anything() || policy.unknown != crate::policy::UnknownAction::Relay {
-        return true;
-    }
-    let first: String = sql
-        .trim_start_matches(|c: char| c.is_whitespace() || c == '(' || c == ';')
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .take(8)
-        .collect();
-    matches!(first.to_ascii_lowercase().as_str(), "set" | "reset" | "discard")
 }
 
 fn substitute_user(schemas: &[String], user: &str) -> SearchPath {
@@ -324,16 +305,6 @@ mod tests {
         assert_eq!(search_path_option("-c search_path=app,public -c work_mem=4MB").as_deref(), Some("app,public"));
         assert_eq!(search_path_option("--search_path=x").as_deref(), Some("x"));
         assert_eq!(search_path_option("-cstatement_timeout=5"), None);
-    }
-
-    #[test]
-    fn only_session_statements_are_classified_when_nothing_can_be_decided() {
-        let idle = Policy::default();
-        assert!(!needs_classification(&idle, "SELECT abalance FROM pgbench_accounts WHERE aid = 1"));
-        assert!(needs_classification(&idle, "  set search_path = app"));
-        assert!(needs_classification(&idle, "RESET ALL"));
-        let refuse = Policy { unknown: crate::policy::UnknownAction::Refuse, ..Policy::default() };
-        assert!(needs_classification(&refuse, "SELECT 1"));
     }
 
     #[test]

@@ -147,9 +147,8 @@ impl ScramServer {
         let client_signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
         let client_key: Vec<u8> = proof.iter().zip(&client_signature).map(|(p, s)| p ^ s).collect();
         let stored = Sha256::digest(&client_key);
-        // Constant-time comparison: the attacker controls the proof.
-        let diff = stored.iter().zip(&self.verifier.stored_key).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
+        // The attacker controls the proof.
+        if !crate::protocol::constant_time_eq(&stored, &self.verifier.stored_key) {
             return Err(ScramError::InvalidProof);
         }
         let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
