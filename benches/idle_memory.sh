@@ -66,6 +66,8 @@ export PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10
 
 log() { printf '[idle_memory.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 
 for tool in "$PGBIN/initdb" "$PGBIN/pg_ctl" psql python3 runuser; do
     command -v "$tool" >/dev/null || die "missing $tool"
@@ -80,15 +82,7 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    if [[ -n "$CAPGATE_PID" ]] && kill -0 "$CAPGATE_PID" 2>/dev/null; then
-        kill -TERM "$CAPGATE_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$CAPGATE_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$CAPGATE_PID" 2>/dev/null
-        wait "$CAPGATE_PID" 2>/dev/null
-    fi
-    if [[ -n "$TMP" && -f "$TMP/pgdata/postmaster.pid" ]]; then
-        runuser -u postgres -- "$PGBIN/pg_ctl" -D "$TMP/pgdata" -m immediate -w stop >/dev/null 2>&1
-    fi
+    stop_capgate_and_postgres
     if [[ -n "$TMP" && -d "$TMP" ]]; then
         if [[ "$KEEP_TMP" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     fi
@@ -98,12 +92,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [[ ! -x "$CAPGATE_BIN" ]]; then
-    [[ "$CAPGATE_DEFAULT_BIN" == 1 ]] || die "CAPGATE_BIN=$CAPGATE_BIN is not an executable"
-    log "building capgate (cargo build --release)"
-    (cd "$REPO_ROOT" && cargo build --release) >&2 || die "cargo build failed"
-    [[ -x "$CAPGATE_BIN" ]] || die "cargo build did not produce $CAPGATE_BIN"
-fi
+ensure_capgate_bin
 
 # N client sockets in this shell's children, N more in capgate: lift the
 # soft fd limit to the hard limit (inherited by capgate and python).
@@ -116,50 +105,14 @@ fi
 TMP="$(mktemp -d /tmp/capgate-idlemem.XXXXXX)"
 chmod 755 "$TMP"
 chown postgres: "$TMP"
-read -r PGPORT CGPORT < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(2)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in ss))
-for s in ss: s.close()')
+read -r PGPORT CGPORT < <(free_ports 2)
 
 # -------------------------------------------------------------- postgres --
 log "initdb in $TMP/pgdata (port $PGPORT, max_connections $PG_MAX_CONN)"
-runuser -u postgres -- "$PGBIN/initdb" -D "$TMP/pgdata" -U postgres -A trust \
-    --encoding UTF8 --locale C --no-sync >"$TMP/initdb.log" 2>&1 || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-cat >>"$TMP/pgdata/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$TMP'
-max_connections = $PG_MAX_CONN
-shared_buffers = 128MB
-logging_collector = off
-EOF
-cat >"$TMP/pgdata/pg_hba.conf" <<EOF
-local all all trust
-host  all all 127.0.0.1/32 trust
-EOF
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$TMP/pgdata" -l "$TMP/postgres.log" -w -t 60 start >/dev/null \
-    || { tail -20 "$TMP/postgres.log" >&2; die "postgres did not start"; }
+start_postgres "$PGPORT" "max_connections = $PG_MAX_CONN" "shared_buffers = 128MB"
 
 # --------------------------------------------------------------- capgate --
-cat >"$TMP/capgate.toml" <<EOF
-site = "bench"
-listen = "127.0.0.1:$CGPORT"
-max_connections = 2000
-[primary]
-url = "postgres://postgres@127.0.0.1:$PGPORT/postgres?sslmode=disable"
-EOF
-log "capgate on port $CGPORT ($CAPGATE_BIN)"
-"$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
-CAPGATE_PID=$!
-ok=0
-for _ in $(seq 300); do
-    if psql -XAtq -h 127.0.0.1 -p "$CGPORT" -U postgres -d postgres -c 'select 1' >/dev/null 2>&1; then ok=1; break; fi
-    kill -0 "$CAPGATE_PID" 2>/dev/null || break
-    sleep 0.1
-done
-[[ "$ok" == 1 ]] || { tail -30 "$TMP/capgate.log" >&2; die "capgate does not accept connections"; }
+start_capgate "$CGPORT" 127.0.0.1 "$PGPORT"
 
 # ----------------------------------------------------------- measurement --
 mkdir -p "$(dirname "$OUT")"

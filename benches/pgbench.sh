@@ -93,6 +93,8 @@ export PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10
 
 log() { printf '[pgbench.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 
 for tool in "$PGBIN/initdb" "$PGBIN/pg_ctl" pgbench psql python3 runuser; do
     command -v "$tool" >/dev/null || die "missing $tool"
@@ -107,12 +109,6 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    if [[ -n "$CAPGATE_PID" ]] && kill -0 "$CAPGATE_PID" 2>/dev/null; then
-        kill -TERM "$CAPGATE_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$CAPGATE_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$CAPGATE_PID" 2>/dev/null
-        wait "$CAPGATE_PID" 2>/dev/null
-    fi
     if [[ -n "$TMP" && -s "$TMP/pgbouncer.pid" ]]; then
         local bpid
         bpid="$(cat "$TMP/pgbouncer.pid")"
@@ -120,9 +116,7 @@ cleanup() {
         for _ in $(seq 50); do kill -0 "$bpid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$bpid" 2>/dev/null
     fi
-    if [[ -n "$TMP" && -f "$TMP/pgdata/postmaster.pid" ]]; then
-        runuser -u postgres -- "$PGBIN/pg_ctl" -D "$TMP/pgdata" -m immediate -w stop >/dev/null 2>&1
-    fi
+    stop_capgate_and_postgres
     if [[ -n "$TMP" && -d "$TMP" ]]; then
         if [[ "$KEEP_TMP" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     fi
@@ -133,14 +127,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ----------------------------------------------------------------- capgate --
-if [[ "$CAPGATE_BIN" != none ]]; then
-    if [[ ! -x "$CAPGATE_BIN" ]]; then
-        [[ "$CAPGATE_DEFAULT_BIN" == 1 ]] || die "CAPGATE_BIN=$CAPGATE_BIN is not an executable"
-        log "building capgate (cargo build --release)"
-        (cd "$REPO_ROOT" && cargo build --release) >&2 || die "cargo build failed"
-        [[ -x "$CAPGATE_BIN" ]] || die "cargo build did not produce $CAPGATE_BIN"
-    fi
-fi
+[[ "$CAPGATE_BIN" == none ]] || ensure_capgate_bin
 
 # ------------------------------------------------------------ temp + ports --
 TMP="$(mktemp -d /tmp/capgate-pgbench.XXXXXX)"
@@ -152,32 +139,11 @@ esac
 chmod 755 "$TMP"
 chown postgres: "$TMP"
 # Three distinct free loopback ports: all sockets are held open at once.
-read -r PGPORT CGPORT PBPORT < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(3)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in ss))
-for s in ss: s.close()')
+read -r PGPORT CGPORT PBPORT < <(free_ports 3)
 
 # -------------------------------------------------------------- postgres --
 log "initdb in $TMP/pgdata (port $PGPORT)"
-runuser -u postgres -- "$PGBIN/initdb" -D "$TMP/pgdata" -U postgres -A trust \
-    --encoding UTF8 --locale C --no-sync >"$TMP/initdb.log" 2>&1 || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-cat >>"$TMP/pgdata/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$TMP'
-max_connections = 300
-shared_buffers = 256MB
-synchronous_commit = off
-logging_collector = off
-EOF
-cat >"$TMP/pgdata/pg_hba.conf" <<EOF
-local all all trust
-host  all all 127.0.0.1/32 trust
-EOF
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$TMP/pgdata" -l "$TMP/postgres.log" -w -t 60 start >/dev/null \
-    || { tail -20 "$TMP/postgres.log" >&2; die "postgres did not start"; }
+start_postgres "$PGPORT" "max_connections = 300" "shared_buffers = 256MB" "synchronous_commit = off"
 PGVERSION="$(psql -XAtq -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c 'show server_version')"
 
 log "pgbench -i -s $SCALE"
@@ -214,37 +180,13 @@ runuser -u postgres -- pgbouncer -d "$TMP/pgbouncer.ini" >"$TMP/pgbouncer.out" 2
     || { cat "$TMP/pgbouncer.out" "$TMP/pgbouncer.log" >&2 2>/dev/null; die "pgbouncer did not start"; }
 PGBOUNCER_VERSION="$(pgbouncer --version | head -1)"
 
-wait_accepting() { # name port [pid]
-    local name=$1 port=$2 pid=${3:-}
-    for _ in $(seq 300); do
-        if psql -XAtq -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'select 1' >/dev/null 2>&1; then
-            return 0
-        fi
-        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
-            return 1
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 wait_accepting pgbouncer "$PBPORT" || { tail -20 "$TMP/pgbouncer.log" >&2; die "pgbouncer does not accept connections"; }
 
 # --------------------------------------------------------------- capgate --
 TARGETS=(direct)
 declare -A PORT=([direct]=$PGPORT [pgbouncer]=$PBPORT)
 if [[ "$CAPGATE_BIN" != none ]]; then
-    cat >"$TMP/capgate.toml" <<EOF
-site = "bench"
-listen = "127.0.0.1:$CGPORT"
-max_connections = 2000
-[primary]
-url = "postgres://postgres@$UPSTREAM_URL_HOST:$PGPORT/postgres?sslmode=disable"
-EOF
-    log "capgate on port $CGPORT ($CAPGATE_BIN)"
-    "$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
-    CAPGATE_PID=$!
-    wait_accepting capgate "$CGPORT" "$CAPGATE_PID" \
-        || { tail -30 "$TMP/capgate.log" >&2; die "capgate does not accept connections"; }
+    start_capgate "$CGPORT" "$UPSTREAM_URL_HOST" "$PGPORT"
     TARGETS+=(capgate)
     PORT[capgate]=$CGPORT
 fi
