@@ -276,6 +276,11 @@ async fn conflicts_are_recorded_and_skip_goes_on() {
         .get(0);
     assert_eq!(v, "local", "the conflicting statement was not applied");
     assert_eq!(shipper.stats().conflicts.load(Ordering::Relaxed), 2);
+    let by: Vec<_> = shipper.stats().conflicts_by_table().into_iter().collect();
+    assert_eq!(
+        by,
+        vec![((env.table.clone(), "error".to_owned()), 1), ((env.table.clone(), "row_count".to_owned()), 1)]
+    );
     let lines = std::fs::read_to_string(&log).expect("conflict log");
     assert_eq!(lines.lines().count(), 2, "{lines}");
     assert!(

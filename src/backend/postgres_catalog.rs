@@ -37,6 +37,9 @@ pub async fn load(client: &tokio_postgres::Client) -> Result<Catalog, tokio_post
         };
         catalog.add_function(row.get(0), row.get(1), FunctionInfo { volatility, writes: None });
     }
+    for row in client.query("SELECT nspname::text FROM pg_namespace", &[]).await? {
+        catalog.add_schema(row.get::<_, &str>(0));
+    }
     for row in client.query(RELATIONS, &[]).await? {
         catalog.add_table(&TableName::new(row.get::<_, String>(0), row.get::<_, String>(1)));
     }

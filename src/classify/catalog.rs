@@ -69,6 +69,9 @@ pub struct Catalog {
     functions: HashMap<(String, String), FunctionInfo>,
     /// Tables known to exist, for resolving unqualified names along the search_path.
     tables: HashSet<(String, String)>,
+    /// Schemas known to exist: an unqualified name of an unknown table resolves to the first
+    /// search_path schema that exists (as PostgreSQL creates it there), not to `$user`.
+    schemas: HashSet<String>,
     /// Columns with non-deterministic defaults, per table.
     defaults: HashMap<TableName, Vec<ColumnDefault>>,
 }
@@ -88,6 +91,7 @@ impl Catalog {
             complete: false,
             functions: HashMap::new(),
             tables: HashSet::new(),
+            schemas: HashSet::new(),
             defaults: HashMap::new(),
         }
     }
@@ -128,6 +132,17 @@ impl Catalog {
         self.tables
             .insert((table.schema.clone(), table.name.clone()));
         self.touch();
+    }
+
+    /// Record that a schema exists.
+    pub fn add_schema(&mut self, schema: &str) {
+        self.schemas.insert(schema.to_owned());
+        self.touch();
+    }
+
+    /// Whether `schema` exists; `None` when the catalog knows no schemas at all.
+    pub fn has_schema(&self, schema: &str) -> Option<bool> {
+        (!self.schemas.is_empty()).then(|| self.schemas.contains(schema))
     }
 
     pub fn has_table(&self, schema: &str, name: &str) -> bool {

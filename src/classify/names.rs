@@ -33,6 +33,50 @@ impl TableName {
             name: name.into(),
         }
     }
+
+    /// `schema.table` with either part possibly double-quoted (`""` inside quotes), the form
+    /// its Display writes; None for anything else.
+    pub fn parse(text: &str) -> Option<TableName> {
+        let mut parts = Vec::new();
+        let mut chars = text.chars().peekable();
+        loop {
+            let mut part = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                loop {
+                    match chars.next()? {
+                        '"' if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            part.push('"');
+                        }
+                        '"' => break,
+                        c => part.push(c),
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c == '.' {
+                        break;
+                    }
+                    part.push(c);
+                    chars.next();
+                }
+            }
+            if part.is_empty() {
+                return None;
+            }
+            parts.push(part);
+            match chars.next() {
+                None => break,
+                Some('.') => continue,
+                Some(_) => return None,
+            }
+        }
+        match <[String; 2]>::try_from(parts) {
+            Ok([schema, name]) => Some(TableName::new(schema, name)),
+            Err(_) => None,
+        }
+    }
 }
 
 /// `schema.table`, each part double-quoted only when it would not read back as itself
@@ -170,9 +214,13 @@ pub fn resolve_unqualified(name: String, path: &SearchPath, catalog: &Catalog) -
             name,
         };
     }
+    // Not a known table: where PostgreSQL would look first, i.e. the first schema of the
+    // path that exists (`$user` usually does not).
     let schema = path
         .schemas()
-        .first()
+        .iter()
+        .find(|s| catalog.has_schema(s) != Some(false))
+        .or_else(|| path.schemas().first())
         .cloned()
         .unwrap_or_else(|| "public".to_owned());
     TableName { schema, name }

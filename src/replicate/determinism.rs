@@ -21,7 +21,8 @@
 //!   whose expression only involves time functions) are added to the INSERT with the pinned
 //!   expression — also under INSERT … SELECT, DEFAULT VALUES and an explicit `DEFAULT`.
 //! - Columns an INSERT leaves to a sequence or identity default are reported in
-//!   [`Deterministic::generated_keys`]; the statement is not changed for them.
+//!   [`Deterministic::generated_keys`]; the statement is not changed for them (see
+//!   "Generated keys" below for what the caller does with them).
 //! - PostgreSQL's special inputs `'now'`, `'today'`, `'tomorrow'`, `'yesterday'` are pinned
 //!   where their type is written (`'now'::timestamptz`, `date 'today'`); an untyped `'now'`
 //!   given to a timestamp column is NOT seen (that needs column types in the catalog).
@@ -37,16 +38,35 @@
 //! function, an INSERT without a column list into a table with a time-dependent default
 //! (the omitted columns cannot be known), MERGE into a table with such defaults.
 //!
-//! Generated keys — the intended protocol (implemented by the sync coordinator and the
-//! outbox, not here): for each [`GeneratedKey`] the coordinator makes the primary's values
-//! reach the replica. With `rows = Some(n)` (INSERT … VALUES, n rows) it pre-allocates on
-//! the primary — `SELECT nextval('<sequence>') FROM generate_series(1, n)` (identity columns:
-//! `pg_get_serial_sequence`) — and sends to BOTH sides the statement with the column added
-//! and row i given the i-th value (identity columns need `OVERRIDING SYSTEM VALUE`). With
-//! `rows = None` (INSERT … SELECT) it runs the statement on the primary with
-//! `RETURNING <column>` added and replays on the replica as an INSERT … VALUES of the returned
-//! rows. In both cases the replica's sequence is then advanced with `setval` to the primary's
-//! value, so a failover continues without collisions.
+//! Generated keys (functions in `determinism/keys.rs`; pure text, the coordinator and the
+//! outbox run them): for each [`GeneratedKey`] the primary's values must reach the replica.
+//! - [`preallocate_sql`]: with `rows = Some(n)` (INSERT … VALUES, n rows; DEFAULT VALUES is
+//!   one) the coordinator runs, on the primary inside the client's transaction,
+//!   `SELECT pg_catalog.nextval(<seq>) FROM pg_catalog.generate_series(1, n) AS capgate_g(i)
+//!   ORDER BY capgate_g.i` — one column, n values in allocation order. `<seq>` is the
+//!   `'…'::regclass` literal of the `nextval(…)` default (a default that is not a plain
+//!   `nextval` call is refused), or for identity columns
+//!   `pg_get_serial_sequence('"schema"."table"', 'column')`.
+//! - [`with_generated_keys`] (one statement, the text [`statement_text`] picks for
+//!   [`GeneratedKey::statement`]) or [`apply_generated_keys`] (the whole text, others kept byte
+//!   for byte): what is sent to BOTH sides — each key column added to the column list with
+//!   row i given the i-th value as a literal, or its `DEFAULT` cells replaced when it is
+//!   listed; `DEFAULT VALUES` becomes a VALUES row; identity columns get
+//!   `OVERRIDING SYSTEM VALUE` (an `OVERRIDING USER VALUE`, whose given identity values the
+//!   primary would ignore, is reported as a key for every row and becomes it). ON CONFLICT,
+//!   RETURNING and placeholders are kept; an INSERT in a data-modifying CTE is found.
+//! - [`advance_sequence_sql`]: run on the replica after applying; moves the replica's
+//!   sequence past the furthest value the primary handed out and never back (compares with
+//!   `pg_sequence_last_value`, or the start of a sequence never used; descending sequences
+//!   too), so a failover continues without collisions.
+//!
+//! Not done here: `rows = None` (INSERT … SELECT) is refused by [`preallocate_sql`] and
+//! [`with_generated_keys`]; carrying those rows needs the primary to run the statement with
+//! `RETURNING <column>` and the replica to get an INSERT … VALUES of the returned rows. An
+//! INSERT without a column list cannot be given its keys (the column's position is not
+//! known) and is refused. The sequence names of `nextval('…'::regclass)` defaults are as the
+//! catalog loader's session printed them: an unqualified one is resolved along the
+//! search_path of the session that runs the SQL.
 //!
 //! Statements with nothing to rewrite come back byte-identical (borrowed, not re-printed);
 //! in a text with several statements only the rewritten ones are re-printed (sqlparser's
@@ -55,6 +75,7 @@
 
 mod functions;
 mod insert;
+mod keys;
 
 #[cfg(test)]
 mod tests;
@@ -68,9 +89,16 @@ use sqlparser::ast::{Expr, Query, Statement, VisitMut, VisitorMut};
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use crate::classify::{classify, is_dml, limited_without_order, Catalog, DefaultKind, Dialect, Kind, SearchPath, TableName};
+use crate::classify::{
+    classify, is_dml, limited_without_order, Catalog, DefaultKind, Dialect, Kind, SearchPath,
+    TableName,
+};
 
 pub use functions::{timestamptz_literal, unix_seconds};
+pub use keys::{
+    advance_sequence_sql, apply_generated_keys, preallocate_sql, statement_text,
+    with_generated_keys,
+};
 
 /// SQLSTATE of a refusal: feature_not_supported.
 pub const SQLSTATE: &str = "0A000";

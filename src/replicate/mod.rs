@@ -1,13 +1,14 @@
 //! Replication decisions, protocol-neutral: for each statement a front end relays, what it
 //! writes (from [`crate::classify`]) and what the policy says about each written table (from
-//! [`crate::policy`]). The sync coordinator and the outbox act on these decisions; until they
-//! exist, writes to non-local tables are relayed as local writes and logged.
+//! [`crate::policy`]). The front ends' coordinators act on these decisions: two-phase commit
+//! for `sync` tables, the outbox for `async` and `bounded` ones.
 //!
 //! Nothing here may know a wire protocol: the PostgreSQL and MySQL front ends both call
 //! [`Router::route`] with SQL text and the session's search path.
 
 pub mod determinism;
 pub mod outbox;
+pub mod recovery;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -51,8 +52,6 @@ pub struct Counters {
     pub unknown_relayed: AtomicU64,
     /// The same, refused by policy.
     pub unknown_refused: AtomicU64,
-    /// Writes to non-local tables relayed as local writes (replication modes not built yet).
-    pub replicated_writes_relayed_locally: AtomicU64,
 }
 
 /// Classification plus policy, shared by every session of a front end.
@@ -132,12 +131,7 @@ impl Router {
         if classification.statements.iter().any(|s| matches!(s.kind, Kind::Ddl)) {
             self.mark_stale();
         }
-        let route = Route { classification, decisions, refusal };
-        for d in route.replicated() {
-            self.counters.replicated_writes_relayed_locally.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(table = %d.table, mode = d.mode.name(), rule = %d.rule, "write to a replicated table relayed as a local write (replication modes are not built yet)");
-        }
-        route
+        Route { classification, decisions, refusal }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The admin endpoints: `/status` and `/metrics` show the site, the policy version, the
-//! client connections and each replica's health, and a configured token is enforced.
+//! client connections, each replica's health and its outbox shipper's figures, and a
+//! configured token is enforced.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -20,44 +21,59 @@ fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     (code, body)
 }
 
-fn start(token: &str) -> Proxy {
+/// A proxy for site `site` (each test its own: shippers of one site and replica share a
+/// lock across processes) replicating to `virginia` (the test replica) and `oregon` (a port
+/// nothing listens on), with `top` added to the top-level keys.
+fn start(site: &str, top: &str) -> Proxy {
+    start_in(site, top, &scratch("admin"))
+}
+
+fn start_in(site: &str, token: &str, dir: &std::path::Path) -> Proxy {
     let dead = capgate::testbed::free_port();
     let text = format!(
-        "site = \"seattle\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{token}\n[primary]\nurl = \"{}\"\n\
+        "site = \"{site}\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{token}\n[primary]\nurl = \"{}\"\n\
          [[replicas]]\nname = \"virginia\"\nurl = \"{}?sslmode=disable\"\nheartbeat_interval = \"50ms\"\n\
          [[replicas]]\nname = \"oregon\"\nurl = \"postgres://postgres@127.0.0.1:{dead}/postgres?sslmode=disable&connect_timeout=1\"\nheartbeat_interval = \"50ms\"\n",
         primary().url("postgres", "postgres"),
         replica().url("postgres", "postgres"),
     );
-    Proxy::start_config(&text, &scratch("admin"))
+    Proxy::start_config(&text, dir)
+}
+
+async fn status_of(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = tokio::task::spawn_blocking(move || get(admin, "/status", None)).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 #[tokio::test]
 async fn status_and_metrics_show_the_site_and_its_replicas() {
-    let proxy = start("");
+    let proxy = start("seattle_admin", "");
     let admin = proxy.admin.expect("admin listener");
     let _a = connect(&proxy.url("postgres", "postgres")).await;
     let _b = connect(&proxy.url("postgres", "postgres")).await;
 
     // Wait for the health loops to settle: virginia answers, oregon does not exist.
     let deadline = Instant::now() + Duration::from_secs(30);
+    // The shippers start with the server: virginia's ships, oregon's keeps trying.
     let status = loop {
-        let (code, body) = tokio::task::spawn_blocking(move || get(admin, "/status", None)).await.unwrap();
-        assert_eq!(code, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let v = status_of(admin).await;
         let states: Vec<_> = v["replicas"].as_array().unwrap().iter().map(|r| r["state"].as_str().unwrap().to_owned()).collect();
-        if states == ["healthy", "partitioned"] {
+        if states == ["healthy", "partitioned"] && v["replicas"][0]["shipping"] == "running" {
             break v;
         }
-        assert!(Instant::now() < deadline, "replica states never settled: {states:?}");
+        assert!(Instant::now() < deadline, "replica states or shipping never settled: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(status["site"], "seattle");
+    assert_eq!(status["site"], "seattle_admin");
     assert_eq!(status["policy_version"], 0, "no policy file: the built-in policy");
     assert_eq!(status["client_connections"], 2);
     assert_eq!(status["replicas"][0]["name"], "virginia");
     assert!(status["replicas"][0]["rtt_ms"].as_f64().unwrap() > 0.0);
-    assert!(status["replicas"][0]["lag_seconds"].is_null(), "no async replication yet: no made-up lag");
+    assert_eq!(status["replicas"][0]["lag_seconds"], 0.0, "{status}");
+    assert_eq!(status["replicas"][0]["pending_rows"], 0, "{status}");
+    assert_eq!(status["replicas"][0]["conflicts"], 0, "{status}");
+    assert!(status["replicas"][1]["shipping"].as_str().unwrap().starts_with("connecting"), "{status}");
     assert!(status["replicas"][1]["last_error"].as_str().unwrap_or_default().contains("connect"), "{status}");
 
     let (code, metrics) = tokio::task::spawn_blocking(move || get(admin, "/metrics", None)).await.unwrap();
@@ -67,6 +83,9 @@ async fn status_and_metrics_show_the_site_and_its_replicas() {
         "capgate_replica_up{replica=\"virginia\"} 1",
         "capgate_replica_up{replica=\"oregon\"} 0",
         "capgate_replica_state{replica=\"oregon\",state=\"partitioned\"} 1",
+        "capgate_shipper_running{replica=\"virginia\"} 1",
+        "capgate_shipper_running{replica=\"oregon\"} 0",
+        "capgate_outbox_pending_rows{replica=\"virginia\"} 0",
     ] {
         assert!(metrics.lines().any(|l| l == line), "missing `{line}` in:\n{metrics}");
     }
@@ -75,7 +94,7 @@ async fn status_and_metrics_show_the_site_and_its_replicas() {
 
 #[tokio::test]
 async fn a_configured_token_is_required() {
-    let proxy = start("admin_token = \"s3cret-token\"");
+    let proxy = start("seattle_token", "admin_token = \"s3cret-token\"");
     let admin = proxy.admin.expect("admin listener");
     let (no, wrong, right) = tokio::task::spawn_blocking(move || {
         (get(admin, "/status", None).0, get(admin, "/metrics", Some("guess")).0, get(admin, "/status", Some("s3cret-token")).0)
@@ -83,4 +102,70 @@ async fn a_configured_token_is_required() {
     .await
     .unwrap();
     assert_eq!((no, wrong, right), (401, 401, 200));
+}
+
+/// An outbox row committed on the primary (as the relay captures a write) reaches the
+/// replica through the shipper `capgate run` started, and `/status` names the policy's
+/// tables with their figures.
+#[tokio::test]
+async fn the_shipper_runs_inside_the_server_and_status_shows_its_tables() {
+    use capgate::replicate::outbox::capture::{commit_captured, Capture};
+    let site = "seattle_ship";
+    let table = "public.admin_shipped";
+    let dir = scratch("admin_ship");
+    std::fs::write(
+        dir.join("policy.toml"),
+        format!("default = \"local\"\n[[table]]\nmatch = \"{table}\"\nmode = \"async\"\non_conflict = \"skip\"\n[[table]]\nmatch = \"public.admin_glob_*\"\nmode = \"async\"\n"),
+    )
+    .unwrap();
+    let proxy = start_in(site, "policy = \"policy.toml\"", &dir);
+    let admin = proxy.admin.expect("admin listener");
+    let primary = connect(&primary().url("postgres", "postgres")).await;
+    let replica = connect(&replica().url("postgres", "postgres")).await;
+    for c in [&primary, &replica] {
+        c.batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int PRIMARY KEY)")).await.unwrap();
+    }
+    // The shipper installs the outbox; wait for it rather than race it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of(admin).await["replicas"][0]["shipping"] != "running" {
+        assert!(Instant::now() < deadline, "virginia's shipper never ran: {}", status_of(admin).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let capture = Capture {
+        origin: site.to_owned(),
+        statement: format!("INSERT INTO {table} (k) VALUES (7)"),
+        params: vec![],
+        settings: vec![],
+        tables: vec![table.to_owned()],
+        row_count: Some(1),
+    };
+    commit_captured(&primary, &format!("INSERT INTO {table} (k) VALUES (7)"), &[capture]).await.expect("captured write");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = replica.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the write never reached the replica: {}", status_of(admin).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let v = status_of(admin).await;
+        if v["replicas"][0]["applied_seq"].as_u64().unwrap_or(0) >= 1 && v["replicas"][0]["pending_rows"] == 0 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the status never caught up: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tables = status["replicas"][0]["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 1, "only exact rules are listed when nothing is pending: {status}");
+    assert_eq!(tables[0]["table"], table);
+    assert_eq!(tables[0]["mode"], "async");
+    assert_eq!(tables[0]["pending_rows"], 0);
+    assert_eq!(tables[0]["lag_seconds"], 0.0);
+    let (_, metrics) = tokio::task::spawn_blocking(move || get(admin, "/metrics", None)).await.unwrap();
+    let line = format!("capgate_replica_pending_rows{{replica=\"virginia\",table=\"{table}\"}} 0");
+    assert!(metrics.lines().any(|l| l == line), "missing `{line}` in:\n{metrics}");
+    assert!(metrics.lines().any(|l| l == "capgate_shipped_statements_total{replica=\"virginia\"} 1"), "{metrics}");
 }

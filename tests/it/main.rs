@@ -11,6 +11,7 @@ mod lifecycle;
 mod policy;
 mod psql;
 mod python;
+mod replication;
 mod tls;
 mod verify;
 mod verify_cli;

@@ -12,7 +12,9 @@
 pub mod auth;
 pub mod cancel;
 pub mod conn;
+pub mod coordinator;
 pub mod relay;
+pub mod replication;
 pub mod session;
 pub mod statements;
 
@@ -92,6 +94,8 @@ pub enum StartError {
     PrimaryTls(tls::TlsError),
     #[error("{0}")]
     Policy(crate::policy::PolicyError),
+    #[error("{0}")]
+    Replica(crate::sites::SiteError),
 }
 
 /// What every session of one listener shares. Immutable except the cancel registry.
@@ -104,6 +108,8 @@ pub struct Shared {
     pub primary: Upstream,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub cancels: CancelRegistry,
+    /// Replica sites, shippers and two-phase commit ids.
+    pub replication: Arc<replication::Replication>,
 }
 
 /// A bound listener, ready to serve.
@@ -128,13 +134,29 @@ impl Server {
             None => PolicyHandle::fixed(Policy::default()),
         };
         let router = Arc::new(Router::new(Dialect::Postgres, Arc::new(policy), Catalog::new()));
+        // The first statements must already resolve names as the primary does: an unknown
+        // table would fall to the wrong schema, and a replicated write could pass as local.
+        // A primary that cannot be read in time is retried in the background (run).
+        let first_load = async {
+            let client = primary.client("capgate catalog").await.map_err(|e| e.to_string())?;
+            crate::backend::postgres_catalog::load(&client).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), first_load).await {
+            Ok(Ok(catalog)) => router.set_catalog(catalog),
+            Ok(Err(e)) => warn!("cannot read the primary's catalog yet ({e}); retrying in the background"),
+            Err(_) => warn!("reading the primary's catalog took more than 10 s; retrying in the background"),
+        }
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let admin = match config.admin {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?),
             None => None,
         };
         let sessions = Arc::new(Semaphore::new(config.max_connections));
-        let shared = Arc::new(Shared { config, sessions, router, primary, tls, cancels: CancelRegistry::default() });
+        // Replica health loops, shippers and the recovery loop run for the life of the
+        // server (dropping them stops them); none of them waits for a database here.
+        let sites = crate::sites::postgres::start(&config).map_err(StartError::Replica)?;
+        let replication = replication::Replication::start(&config, router.policy().clone(), sites).map_err(StartError::Replica)?;
+        let shared = Arc::new(Shared { config, sessions, router, primary, tls, cancels: CancelRegistry::default(), replication });
         Ok(Server { listener, admin, shared })
     }
 
@@ -161,16 +183,16 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let _policy_watcher = AbortOnDrop(self.shared.router.policy().spawn_reload_watcher());
         let _catalog = AbortOnDrop(tokio::spawn(maintain_catalog(self.shared.clone())));
-        // Replica health loops run for the life of the server (dropping them stops them).
-        let sites = match crate::sites::postgres::start(&config) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!("replica health monitoring not started: {e}");
-                None
-            }
-        };
         let _admin = self.admin.take().map(|listener| {
-            let views = sites.iter().flat_map(|s| s.iter()).map(|site| site.health().clone()).collect();
+            let replication = &self.shared.replication;
+            let views = replication
+                .sites
+                .iter()
+                .map(|site| {
+                    let shipper = replication.shippers.get(site.name()).map(|s| crate::admin::ShipperView { stats: s.stats().clone(), lag: s.lag() });
+                    crate::admin::ReplicaSource::new(site.health().clone(), shipper)
+                })
+                .collect();
             let sem = sessions.clone();
             let max = config.max_connections;
             let state = crate::admin::AdminState::new(
@@ -258,7 +280,9 @@ async fn maintain_catalog(shared: Arc<Shared>) {
                 failures = 0;
                 shared.router.set_catalog(catalog);
                 tracing::debug!("catalog loaded from the primary");
-                shared.router.stale().await;
+                // After DDL through capgate at once; DDL through other connections is seen
+                // within a minute.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(60), shared.router.stale()).await;
                 // Let a burst of DDL finish before reading the catalog again.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }

@@ -38,6 +38,11 @@ pub struct SessionState {
     /// Extended-protocol messages were sent since the last Sync: work may be in flight even
     /// with no ReadyForQuery owed (a client using Flush).
     pub extended_open: AtomicBool,
+    /// The client pump held a frame for the coordinator: the server pump stops once every
+    /// reply owed has been delivered.
+    pub holding: AtomicBool,
+    /// Wakes the server pump out of its read when `holding` is set.
+    pub interrupt: tokio::sync::Notify,
 }
 
 /// Finds, in the primary's replies, the ParseComplete and BindComplete that answer Parse and
@@ -65,6 +70,10 @@ pub struct Hidden {
     syncs_since_execute: u32,
     /// Copy data has been seen since the last Execute (the uncounting is done once).
     copying: bool,
+    /// Client messages whose replies have not all arrived, in order: `P B D E C` (extended
+    /// messages, one reply unit each), `S` (a Sync) and `Q` (a Query or FunctionCall: all
+    /// until its ReadyForQuery). The coordinator takes over only when this is empty.
+    units: VecDeque<u8>,
 }
 
 impl Hidden {
@@ -72,6 +81,12 @@ impl Hidden {
     /// to be ignored by the server (sent in copy-in mode), and whether this frame is such a
     /// Sync, so the caller's ReadyForQuery count follows.
     fn client(&mut self, tag: u8) -> (u32, bool) {
+        match tag {
+            b'P' | b'B' | b'D' | b'E' | b'C' => self.units.push_back(tag),
+            b'S' if !self.copying => self.units.push_back(b'S'),
+            b'Q' | b'F' => self.units.push_back(b'Q'),
+            _ => {}
+        }
         match tag {
             b'P' => self.parses_sent += 1,
             b'B' => self.binds_sent += 1,
@@ -93,6 +108,9 @@ impl Hidden {
                 let ignored = std::mem::take(&mut self.syncs_since_execute);
                 for _ in 0..ignored {
                     self.marks.pop_back();
+                    if self.units.back() == Some(&b'S') {
+                        self.units.pop_back();
+                    }
                 }
                 return (ignored, false);
             }
@@ -110,8 +128,44 @@ impl Hidden {
         self.binds.push(self.binds_sent);
     }
 
+    /// Whether the oldest message still owed a reply is an extended-protocol one (an error
+    /// reply then makes the server skip to the next Sync).
+    pub fn front_is_extended(&self) -> bool {
+        self.units.front().is_some_and(|&u| u != b'S' && u != b'Q')
+    }
+
+    /// Whether replies to messages already forwarded are still to come.
+    pub fn owed(&self) -> bool {
+        !self.units.is_empty()
+    }
+
+    /// Follow a reply from the primary through [`Hidden::units`].
+    fn answered(&mut self, tag: u8) {
+        let front = self.units.front().copied();
+        match (tag, front) {
+            (b'Z', _) => {
+                while let Some(u) = self.units.pop_front() {
+                    if u == b'S' || u == b'Q' {
+                        break;
+                    }
+                }
+            }
+            // An error inside an extended-protocol group: the server skips to the Sync.
+            (b'E', Some(f)) if f != b'Q' => {
+                while self.units.front().is_some_and(|&u| u != b'S' && u != b'Q') {
+                    self.units.pop_front();
+                }
+            }
+            (b'1', Some(b'P')) | (b'2', Some(b'B')) | (b'3', Some(b'C')) | (b'C' | b'I' | b's', Some(b'E')) | (b'T' | b'n', Some(b'D')) => {
+                self.units.pop_front();
+            }
+            _ => {}
+        }
+    }
+
     /// A reply from the primary; true when the client must not see it.
     fn server(&mut self, tag: u8) -> bool {
+        self.answered(tag);
         match tag {
             b'1' => {
                 self.parses_seen += 1;
@@ -154,7 +208,12 @@ impl Default for SessionState {
 
 impl SessionState {
     pub fn new() -> SessionState {
-        SessionState { tx_status: AtomicU8::new(b'I'), idle_count: AtomicU64::new(0), pending: AtomicI64::new(0), hidden: Mutex::default(), extended_open: AtomicBool::new(false) }
+        SessionState { tx_status: AtomicU8::new(b'I'), idle_count: AtomicU64::new(0), pending: AtomicI64::new(0), hidden: Mutex::default(), extended_open: AtomicBool::new(false), holding: AtomicBool::new(false), interrupt: tokio::sync::Notify::new() }
+    }
+
+    /// Replies to forwarded messages are still to come.
+    pub fn owed(&self) -> bool {
+        self.hidden.lock().unwrap_or_else(|p| p.into_inner()).owed()
     }
 
     /// Idle between transactions with nothing in flight: the session can be closed without
@@ -174,6 +233,10 @@ pub enum Flow {
     Stop,
     /// Send these bytes instead of this (whole, inspected) frame, then go on.
     Replace(BytesMut),
+    /// Forward everything before this (whole, inspected) frame, then these bytes (e.g. a
+    /// Flush, so the replies owed arrive), then stop with the frame still at the front of
+    /// the buffer: the coordinator takes over from it.
+    Hold(BytesMut),
 }
 
 /// How a pump ended.
@@ -183,6 +246,11 @@ pub enum End {
     Eof,
     /// The frame callback asked to stop.
     Stopped,
+    /// The frame callback asked to hold a frame (it is at the front of [`Pump::buffer`]).
+    Held,
+    /// The interrupt was notified while nothing was owed: stopped at a frame boundary with
+    /// everything stepped written out.
+    Interrupted,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +276,12 @@ impl Pump {
         let mut buf = leftover;
         buf.reserve(READ_CHUNK);
         Pump { buf, cursor: FrameCursor::new(max_frame), mid_write: false }
+    }
+
+    /// Bytes received and not yet forwarded; after [`End::Held`] or [`End::Interrupted`] they
+    /// start at a frame boundary.
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
     }
 
     /// True when the destination has received only whole frames, so the proxy may add one of
@@ -237,6 +311,7 @@ impl Pump {
         writer: &mut W,
         inspect: impl Fn(u8) -> bool,
         mut on_frame: impl FnMut(u8, Option<&[u8]>) -> Flow,
+        interrupt: Option<(&tokio::sync::Notify, &(dyn Fn() -> bool + Sync))>,
     ) -> Result<End, PumpError>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -245,6 +320,7 @@ impl Pump {
         loop {
             let mut forward = 0;
             let mut stop = false;
+            let mut held: Option<BytesMut> = None;
             while forward < self.buf.len() && !stop {
                 let step = match self.cursor.step(&self.buf[forward..], &inspect) {
                     Ok(step) => step,
@@ -268,6 +344,10 @@ impl Pump {
                             forward += len;
                             stop = true;
                         }
+                        Flow::Hold(extra) => {
+                            held = Some(extra);
+                            stop = true;
+                        }
                         Flow::Replace(bytes) => {
                             // What came before the frame goes first, then the replacement.
                             self.write(writer, forward).await?;
@@ -289,23 +369,47 @@ impl Pump {
                 }
             }
             self.write(writer, forward).await?;
+            if let Some(extra) = held {
+                if !extra.is_empty() {
+                    self.mid_write = true;
+                    writer.write_all(&extra).await?;
+                    writer.flush().await?;
+                    self.mid_write = false;
+                }
+                return Ok(End::Held);
+            }
             if stop {
                 return Ok(End::Stopped);
             }
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(READ_CHUNK);
             }
-            if reader.read_buf(&mut self.buf).await? == 0 {
+            // Everything stepped is written: the only safe place to be stopped from outside.
+            let read = match interrupt {
+                Some((notify, owed)) if self.cursor.at_boundary() => loop {
+                    tokio::select! {
+                        r = reader.read_buf(&mut self.buf) => break r?,
+                        _ = notify.notified() => {
+                            if !owed() {
+                                return Ok(End::Interrupted);
+                            }
+                        }
+                    }
+                },
+                _ => reader.read_buf(&mut self.buf).await?,
+            };
+            if read == 0 {
                 return Ok(End::Eof);
             }
         }
     }
 }
 
-/// Client → primary: Query, Parse, Close and FunctionCall are read whole to classify them;
+/// Client → primary: Query, Parse, Bind, Close and FunctionCall are read whole to classify
+/// them (a Bind says which prepared statement runs next);
 /// Terminate to stop. Every other frame (Bind, Execute, COPY data …) streams through.
 pub fn client_inspect(tag: u8) -> bool {
-    matches!(tag, b'Q' | b'P' | b'C' | b'F' | b'X')
+    matches!(tag, b'Q' | b'P' | b'B' | b'C' | b'F' | b'X')
 }
 
 pub fn client_frame(state: &SessionState, tag: u8) -> Flow {
@@ -333,28 +437,57 @@ pub fn client_frame(state: &SessionState, tag: u8) -> Flow {
 }
 
 /// Primary → client: follows ReadyForQuery to know the transaction state; ParseComplete and
-/// BindComplete (5 bytes each) to hide the replies to the proxy's own messages.
+/// BindComplete (5 bytes each) to hide the replies to the proxy's own messages; the other
+/// small frames that complete a client message, so the coordinator can take over at a frame
+/// boundary once every reply owed has been delivered.
 pub fn server_inspect(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'1' | b'2')
+    matches!(tag, b'Z' | b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' | b'E')
 }
 
 pub fn server_frame(state: &SessionState, tag: u8, frame: Option<&[u8]>, stop_when_idle: &dyn Fn() -> bool) -> Flow {
-    if matches!(tag, b'1' | b'2' | b'Z') && state.hidden.lock().unwrap_or_else(|p| p.into_inner()).server(tag) {
-        return Flow::Replace(BytesMut::new());
+    if matches!(tag, b'1' | b'2' | b'Z' | b'3' | b'E' | b'C' | b'I' | b's' | b'T' | b'n') {
+        let mut hidden = state.hidden.lock().unwrap_or_else(|p| p.into_inner());
+        let hide = hidden.server(tag);
+        let settled = !hidden.owed();
+        drop(hidden);
+        if hide {
+            return Flow::Replace(BytesMut::new());
+        }
+        // The coordinator waits for this pump to deliver every reply owed, then takes over.
+        if settled && tag != b'Z' && state.holding.load(Ordering::Acquire) {
+            return Flow::Stop;
+        }
     }
     if let (b'Z', Some(frame)) = (tag, frame) {
         if let Some(&status) = frame.get(5) {
-            state.tx_status.store(status, Ordering::Release);
-            if status == b'I' {
-                state.idle_count.fetch_add(1, Ordering::AcqRel);
-            }
+            set_status(state, status);
         }
         state.pending.fetch_sub(1, Ordering::AcqRel);
         if stop_when_idle() && state.is_idle() {
             return Flow::Stop;
         }
+        if state.holding.load(Ordering::Acquire) && !state.owed() {
+            return Flow::Stop;
+        }
     }
     Flow::Continue
+}
+
+/// Record a transaction status from a ReadyForQuery.
+pub fn set_status(state: &SessionState, status: u8) {
+    state.tx_status.store(status, Ordering::Release);
+    if status == b'I' {
+        state.idle_count.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The bookkeeping of a ReadyForQuery that the coordinator consumed itself (it may show the
+/// client a different status than the primary's, e.g. after committing a transaction it
+/// opened around an autocommit statement).
+pub fn ready_for_query(state: &SessionState, status: u8) {
+    state.hidden.lock().unwrap_or_else(|p| p.into_inner()).server(b'Z');
+    set_status(state, status);
+    state.pending.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Shared session state handle.

@@ -1,6 +1,7 @@
 //! One client session from accept to close: TLS and startup negotiation, the primary
 //! connection, authentication, then the relay.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -10,7 +11,8 @@ use tracing::{debug, info, warn};
 
 use super::auth;
 use super::conn::Conn;
-use super::relay::{self, End, Pump, SessionState};
+use super::coordinator::{Coordinator, Exit};
+use super::relay::{self, End, Flow, Pump, SessionState};
 use super::statements::Statements;
 use super::{SessionError, Shared};
 use crate::config::TlsMode;
@@ -196,20 +198,78 @@ async fn relay(
     let mut down = Pump::new(server_left, u32::MAX);
     let state = SessionState::new();
     let mut statements = Statements::new(shared.router.clone(), startup);
-    let mut on_client_frame = |tag: u8, frame: Option<&[u8]>| {
-        let counted = relay::client_frame(&state, tag);
-        match frame {
-            Some(frame) if matches!(tag, b'Q' | b'P' | b'C' | b'F') => statements.on_frame(&state, tag, frame),
-            _ => counted,
-        }
-    };
     let stopping = shutdown.clone();
     let stop_when_idle = move || *stopping.borrow();
 
-    let outcome = tokio::select! {
-        r = up.run(&mut client_rd, &mut server_wr, relay::client_inspect, &mut on_client_frame) => Side::Client(r),
-        r = down.run(&mut server_rd, &mut client_wr, relay::server_inspect, |tag, frame| relay::server_frame(&state, tag, frame, &stop_when_idle)) => Side::Server(r),
-        _ = wait_idle_shutdown(&mut shutdown, &state) => Side::Shutdown,
+    let outcome = loop {
+        let side = {
+            let mut on_client_frame = |tag: u8, frame: Option<&[u8]>| {
+                if let Some(frame) = frame {
+                    if matches!(tag, b'Q' | b'B') && statements.wants_coordinator(&state, tag, frame) {
+                        // Replies owed to extended messages come only after a Flush.
+                        let mut extra = BytesMut::new();
+                        if state.hidden.lock().unwrap_or_else(|p| p.into_inner()).front_is_extended() {
+                            extra.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+                        }
+                        return Flow::Hold(extra);
+                    }
+                }
+                let counted = relay::client_frame(&state, tag);
+                match frame {
+                    Some(frame) if matches!(tag, b'Q' | b'P' | b'C' | b'F') => statements.on_frame(&state, tag, frame),
+                    _ => counted,
+                }
+            };
+            // The server pump may be stopped in its read only while the coordinator waits
+            // for it and nothing is owed.
+            let keep_reading = || !state.holding.load(Ordering::Acquire) || state.owed();
+            let client_fut = up.run(&mut client_rd, &mut server_wr, relay::client_inspect, &mut on_client_frame, None);
+            let server_fut = down.run(
+                &mut server_rd,
+                &mut client_wr,
+                relay::server_inspect,
+                |tag, frame| relay::server_frame(&state, tag, frame, &stop_when_idle),
+                Some((&state.interrupt, &keep_reading)),
+            );
+            tokio::pin!(client_fut, server_fut);
+            let first = tokio::select! {
+                r = &mut client_fut => Side::Client(r),
+                r = &mut server_fut => Side::Server(r),
+                _ = wait_idle_shutdown(&mut shutdown, &state) => Side::Shutdown,
+            };
+            match first {
+                Side::Client(Ok(End::Held)) => {
+                    // Let the server pump deliver every reply owed, then take over.
+                    state.holding.store(true, Ordering::Release);
+                    state.interrupt.notify_one();
+                    let r = server_fut.await;
+                    state.holding.store(false, Ordering::Release);
+                    match r {
+                        Ok(End::Stopped | End::Interrupted | End::Held) => Side::Client(Ok(End::Held)),
+                        other => Side::Server(other),
+                    }
+                }
+                other => other,
+            }
+        };
+        if let Side::Client(Ok(End::Held)) = side {
+            let coordinator = Coordinator::new(
+                shared,
+                &state,
+                &mut statements,
+                (&mut client_rd, &mut client_wr, up.buffer()),
+                (&mut server_rd, &mut server_wr, down.buffer()),
+            );
+            match coordinator.run().await {
+                Ok(Exit::Resume) => continue,
+                Ok(Exit::Closed) => return Ok(()),
+                Err(e) => {
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut server_wr, &TERMINATE).await;
+                    return Err(e);
+                }
+            }
+        }
+        break side;
     };
     let goodbye = |msg: ErrorMessage| async move {
         let _ = tokio::io::AsyncWriteExt::write_all(&mut client_wr, &msg.to_bytes()).await;
@@ -225,7 +285,7 @@ async fn relay(
             Err(SessionError::Protocol(e))
         }
         Side::Client(Err(relay::PumpError::Io(e))) => Err(SessionError::Io(e)),
-        Side::Server(Ok(End::Stopped)) | Side::Shutdown => {
+        Side::Server(Ok(End::Stopped | End::Held | End::Interrupted)) | Side::Shutdown => {
             let _ = tokio::io::AsyncWriteExt::write_all(&mut server_wr, &TERMINATE).await;
             if !down.clean() {
                 return Ok(());

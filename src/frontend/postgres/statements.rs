@@ -38,8 +38,18 @@ pub struct Statements {
     tx_policy: Option<Arc<Policy>>,
     /// Writes to replicated tables in the current transaction, for the replication modes.
     pub tx_decisions: Vec<Decision>,
-    /// Classifications of named prepared statements ("" is the unnamed one).
-    prepared: HashMap<String, Arc<Classification>>,
+    /// Named prepared statements that need classifying ("" is the unnamed one).
+    prepared: HashMap<String, Prepared>,
+}
+
+/// What the coordinator needs of a prepared statement when a Bind runs it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub sql: Arc<str>,
+    pub classification: Arc<Classification>,
+    /// Parameter types from the Parse (0 = left to the server); completed from a
+    /// ParameterDescription when the coordinator needs them.
+    pub param_types: Vec<u32>,
 }
 
 impl Statements {
@@ -61,6 +71,79 @@ impl Statements {
             tx_decisions: Vec::new(),
             prepared: HashMap::new(),
         }
+    }
+
+    /// Whether the coordinator must take over at this whole client frame, before it is
+    /// forwarded: a Query that writes a replicated table, or a Bind of a prepared statement
+    /// that does. Nothing is recorded: the coordinator routes the frame again.
+    pub fn wants_coordinator(&mut self, state: &SessionState, tag: u8, frame: &[u8]) -> bool {
+        self.follow_transaction(state);
+        let body = &frame[5..];
+        match tag {
+            b'Q' => {
+                let Some(sql) = cstr(body) else { return false };
+                let policy = self.policy();
+                if !policy.replicates_anything() || !crate::replicate::needs_classification(&policy, sql) {
+                    return false;
+                }
+                let route = self.router.route(sql, self.search_path(), &policy);
+                route.refusal.is_none() && route.replicated().next().is_some()
+            }
+            b'B' => {
+                let Some((_portal, rest)) = split_cstr(body) else { return false };
+                let Some(name) = cstr(rest) else { return false };
+                let Some(p) = self.prepared.get(name) else { return false };
+                if p.classification.writes().is_empty() {
+                    return false;
+                }
+                let classification = p.classification.clone();
+                let policy = self.policy();
+                policy.decide(&classification).iter().any(|d| d.mode != crate::policy::Mode::Local)
+            }
+            _ => false,
+        }
+    }
+
+    /// A prepared statement by name.
+    pub fn prepared(&self, name: &str) -> Option<&Prepared> {
+        self.prepared.get(name)
+    }
+
+    /// Record the parameter types the server reported for a prepared statement.
+    pub fn set_param_types(&mut self, name: &str, types: Vec<u32>) {
+        if let Some(p) = self.prepared.get_mut(name) {
+            p.param_types = types;
+        }
+    }
+
+    /// Route a Query's text as [`Statements::on_frame`] does, returning the whole verdict
+    /// (the coordinator acts on the decisions).
+    pub fn route_query(&mut self, state: &SessionState, sql: &str) -> crate::replicate::Route {
+        self.follow_transaction(state);
+        let policy = self.policy();
+        let route = self.router.route(sql, self.search_path(), &policy);
+        self.after(&route.classification, &route.decisions);
+        route
+    }
+
+    /// The decisions for a prepared statement's writes under the transaction's policy.
+    pub fn decide_prepared(&mut self, state: &SessionState, name: &str) -> Option<(Prepared, Vec<Decision>)> {
+        self.follow_transaction(state);
+        let p = self.prepared.get(name)?.clone();
+        let policy = self.policy();
+        let decisions = policy.decide(&p.classification);
+        Some((p, decisions))
+    }
+
+    /// The policy the current transaction runs under.
+    pub fn tx_policy(&mut self, state: &SessionState) -> Arc<Policy> {
+        self.follow_transaction(state);
+        self.policy()
+    }
+
+    /// The router (catalog, counters).
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
     }
 
     /// The search_path statements are resolved against now.
@@ -100,7 +183,7 @@ impl Statements {
                         None => Flow::Continue,
                     };
                 };
-                match self.route_prepared(name, sql) {
+                match self.route_prepared(name, sql, param_types(rest)) {
                     Some(refusal) => {
                         // client_frame already counted the client's Parse, which is not sent:
                         // ours takes its place, plus our Bind.
@@ -160,14 +243,14 @@ impl Statements {
     }
 
     /// The same at Parse, remembering the classification under the statement's name.
-    fn route_prepared(&mut self, name: &str, sql: &str) -> Option<Refusal> {
+    fn route_prepared(&mut self, name: &str, sql: &str, param_types: Vec<u32>) -> Option<Refusal> {
         let policy = self.policy();
         if !crate::replicate::needs_classification(&policy, sql) {
             self.prepared.remove(name);
             return None;
         }
         let route = self.router.route(sql, self.search_path(), &policy);
-        self.prepared.insert(name.to_owned(), route.classification.clone());
+        self.prepared.insert(name.to_owned(), Prepared { sql: sql.into(), classification: route.classification.clone(), param_types });
         if route.refusal.is_none() {
             // Session changes take effect when the statement runs; a prepared SET is rare
             // enough to follow at Parse.
@@ -236,19 +319,31 @@ fn search_path_option(options: &str) -> Option<String> {
     found
 }
 
+/// The parameter type OIDs of a Parse message, from what follows its query string.
+fn param_types(rest: &[u8]) -> Vec<u32> {
+    let Some(end) = rest.iter().position(|&c| c == 0) else { return Vec::new() };
+    let r = &rest[end + 1..];
+    if r.len() < 2 {
+        return Vec::new();
+    }
+    let n = u16::from_be_bytes([r[0], r[1]]) as usize;
+    (0..n).filter_map(|i| r.get(2 + 4 * i..6 + 4 * i)).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
 /// The text of a NUL-terminated string at the front of `b`.
-fn cstr(b: &[u8]) -> Option<&str> {
+pub(crate) fn cstr(b: &[u8]) -> Option<&str> {
     split_cstr(b).map(|(s, _)| s)
 }
 
-fn split_cstr(b: &[u8]) -> Option<(&str, &[u8])> {
+pub(crate) fn split_cstr(b: &[u8]) -> Option<(&str, &[u8])> {
     let end = b.iter().position(|&c| c == 0)?;
     Some((std::str::from_utf8(&b[..end]).ok()?, &b[end + 1..]))
 }
 
 /// A statement that makes the primary raise `refusal` as an ERROR.
-fn raise_statement(refusal: &Refusal) -> String {
-    let lit = |s: &str| format!("'{}'", s.replace('\'', "''").replace('$', ""));
+pub(crate) fn raise_statement(refusal: &Refusal) -> String {
+    // Inside the $capgate$-quoted body only that exact tag could end it early.
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''").replace("$capgate$", "$ capgate$"));
     format!(
         "DO $capgate$ BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}, HINT = {}; END $capgate$",
         lit(refusal.code),
@@ -258,7 +353,7 @@ fn raise_statement(refusal: &Refusal) -> String {
 }
 
 /// A Query frame raising the refusal.
-fn refusal_query(refusal: &Refusal) -> BytesMut {
+pub(crate) fn refusal_query(refusal: &Refusal) -> BytesMut {
     let mut out = BytesMut::new();
     write_frame(&mut out, b'Q', |b| {
         b.put_slice(raise_statement(refusal).as_bytes());
@@ -273,7 +368,7 @@ fn refusal_query(refusal: &Refusal) -> BytesMut {
 /// following messages (its Bind, Describe, Execute of the refused statement) up to Sync. The
 /// error thus arrives in order, the named statement is not created (as when a Parse fails),
 /// and an open transaction is aborted, all exactly as PostgreSQL does for a failing Parse.
-fn refusal_parse(refusal: &Refusal) -> BytesMut {
+pub(crate) fn refusal_parse(refusal: &Refusal) -> BytesMut {
     let mut out = BytesMut::new();
     write_frame(&mut out, b'P', |b| {
         b.put_u8(0);
@@ -309,8 +404,8 @@ mod tests {
 
     #[test]
     fn refusal_statement_is_one_safe_literal() {
-        let r = Refusal { code: "0A000", message: "it's $$ bad".into(), hint: "fix".into() };
+        let r = Refusal { code: "0A000", message: "it's $capgate$ bad, pass $1".into(), hint: "fix".into() };
         let s = raise_statement(&r);
-        assert!(s.contains("MESSAGE = 'it''s  bad'"), "{s}");
+        assert!(s.contains("MESSAGE = 'it''s $ capgate$ bad, pass $1'"), "{s}");
     }
 }

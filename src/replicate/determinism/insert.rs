@@ -9,8 +9,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Ident, Insert, Merge, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr,
-    TableFactor, TableObject, Update,
+    Expr, Ident, Insert, InsertOverriding, Merge, ObjectName, ObjectNamePart, Query, SelectItem,
+    SetExpr, TableFactor, TableObject, Update,
 };
 use sqlparser::parser::Parser;
 
@@ -81,11 +81,17 @@ impl Rewriter<'_, '_, '_> {
             let at = given
                 .iter()
                 .position(|g| g.as_deref() == Some(d.column.as_str()));
-            let explicit = at.is_some_and(|i| {
-                values_rows(insert)
-                    .iter()
-                    .any(|r| r.get(i).is_some_and(is_default))
-            });
+            // OVERRIDING USER VALUE: the identity's given values are ignored, every row
+            // takes the sequence's.
+            let overridden = at.is_some()
+                && d.kind == DefaultKind::Identity
+                && insert.overriding == Some(InsertOverriding::User);
+            let explicit = overridden
+                || at.is_some_and(|i| {
+                    values_rows(insert)
+                        .iter()
+                        .any(|r| r.get(i).is_some_and(is_default))
+                });
             let omitted = at.is_none() && !no_column_list;
             if !(omitted || explicit || no_column_list) {
                 continue;

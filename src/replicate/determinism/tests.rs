@@ -1,6 +1,7 @@
 //! Determinism tests: each time function pinned, defaults added, generated keys reported,
 //! every refusal with its message, and untouched text returned byte for byte.
 
+mod keys;
 mod refusals;
 
 use std::time::{Duration, UNIX_EPOCH};

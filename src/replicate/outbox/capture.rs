@@ -102,6 +102,19 @@ impl Capture {
         )
     }
 
+    /// [`Capture::insert_sql`] with the settings read on the primary, in the capturing
+    /// session, by the insert itself (`settings` is ignored): the values are the session's
+    /// own, at no extra round trip.
+    pub fn insert_sql_with_session_settings(&self) -> String {
+        let names: Vec<String> = super::schema::MEANINGFUL_SETTINGS.iter().map(|s| quote(s)).collect();
+        let live = format!(
+            "(SELECT pg_catalog.jsonb_object_agg(n, pg_catalog.current_setting(n)) FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS n)",
+            names.join(",")
+        );
+        let fixed = format!("{}::jsonb", quote(&self.settings_json()));
+        self.insert_sql().replacen(&fixed, &live, 1)
+    }
+
     /// The settings as the JSON object stored in `outbox.settings`.
     pub fn settings_json(&self) -> String {
         let map: serde_json::Map<String, serde_json::Value> = self

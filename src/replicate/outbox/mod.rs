@@ -24,4 +24,4 @@ pub mod shipper;
 
 pub use capture::{Capture, Param, ParamFormat};
 pub use lag::{Lag, TableLag};
-pub use shipper::{ConflictPolicy, Shipper, ShipperConfig, ShipperStats};
+pub use shipper::{ConflictPolicy, Phase, Shipper, ShipperConfig, ShipperStats};

@@ -23,7 +23,21 @@ pub const MEANINGFUL_SETTINGS: &[&str] = &[
     "lc_numeric",
 ];
 
-/// The outbox (see docs/decisions/0007-outbox-commit-order.md).
+/// The version of the primary's `capgate` schema this build installs (recorded in
+/// `capgate.schema_version`).
+pub const PRIMARY_SCHEMA_VERSION: i32 = PRIMARY_MIGRATIONS.len() as i32;
+
+/// The primary's schema, one step per version: step `i` takes the schema from version `i`
+/// to `i + 1`. Append, never edit a released step. Steps must also be idempotent: version 1
+/// is what capgate installed before the version was recorded, so it runs again on such a
+/// database.
+///
+/// 1. the outbox, its commit counter and the shipped-seq record;
+/// 2. `capgate.decisions`: one row per two-phase commit whose primary transaction committed,
+///    written by the sync coordinator inside that transaction just before COMMIT; recovery
+///    commits a replica's prepared transaction only when its gid is here (presumed abort).
+///
+/// The outbox (see docs/decisions/0007-outbox-commit-order.md):
 ///
 /// - `id`: insertion order inside a transaction (a sequence, so NOT commit order);
 /// - `xid`: the capturing transaction, how the ordering step finds its rows;
@@ -34,11 +48,8 @@ pub const MEANINGFUL_SETTINGS: &[&str] = &[
 ///   (format 0 = text, 1 = binary; NULL element = SQL NULL);
 /// - `settings`: `{"search_path": "...", "timezone": "..."}`, see [`MEANINGFUL_SETTINGS`];
 /// - `row_count`: what the primary reported for the statement (NULL = not comparable).
-const PRIMARY_SQL: &str = r#"
-BEGIN;
-SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('capgate schema install', 0));
-CREATE SCHEMA IF NOT EXISTS capgate;
-CREATE TABLE IF NOT EXISTS capgate.outbox_seq (
+const PRIMARY_MIGRATIONS: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS capgate.outbox_seq (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     seq bigint NOT NULL
 );
@@ -66,8 +77,16 @@ CREATE TABLE IF NOT EXISTS capgate.shipped (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (origin, replica)
 );
-COMMIT;
-"#;
+"#,
+    r#"
+CREATE TABLE IF NOT EXISTS capgate.decisions (
+    gid text PRIMARY KEY,
+    origin text NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS decisions_decided_at ON capgate.decisions (origin, decided_at);
+"#,
+];
 
 /// The replica side. `capgate.advance` moves the watermark only from the value the shipper
 /// read (so a second, stale shipper fails instead of applying twice); `capgate.apply` runs
@@ -163,9 +182,58 @@ $fn$;
 COMMIT;
 "#;
 
-/// Installs (or confirms) the outbox on the primary.
+/// Installs (or confirms) the outbox and the decision record on the primary: migrates the
+/// `capgate` schema from the version recorded in `capgate.schema_version` (0 when absent)
+/// to [`PRIMARY_SCHEMA_VERSION`], in one transaction. A database already at a newer version
+/// (a newer capgate installed it) is left as it is.
 pub async fn install_primary(client: &Client) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(PRIMARY_SQL).await
+    let result = client.batch_execute(&primary_sql()).await;
+    if result.is_err() {
+        // The script's own transaction may be left open and aborted: end it, so the caller
+        // may keep using the connection. Best effort: the first error is the one to report.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// The version the primary's `capgate` schema is at (0: not installed).
+pub async fn primary_schema_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    let exists = client
+        .query_one("SELECT pg_catalog.to_regclass('capgate.schema_version') IS NOT NULL", &[])
+        .await?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(0);
+    }
+    let row = client
+        .query_one("SELECT coalesce(max(version), 0) FROM capgate.schema_version", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The install script: lock, version table, then each step not yet applied in a DO block
+/// that checks the recorded version, runs the step and records the new version.
+fn primary_sql() -> String {
+    let mut sql = String::from(
+        "BEGIN;\n\
+         SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('capgate schema install', 0));\n\
+         CREATE SCHEMA IF NOT EXISTS capgate;\n\
+         CREATE TABLE IF NOT EXISTS capgate.schema_version (\n    \
+             one boolean PRIMARY KEY DEFAULT true CHECK (one),\n    \
+             version integer NOT NULL,\n    \
+             updated_at timestamptz NOT NULL DEFAULT now()\n);\n\
+         INSERT INTO capgate.schema_version (version) VALUES (0) ON CONFLICT DO NOTHING;\n",
+    );
+    for (i, step) in PRIMARY_MIGRATIONS.iter().enumerate() {
+        let version = i + 1;
+        sql.push_str(&format!(
+            "DO $migrate$\nBEGIN\n    IF (SELECT version FROM capgate.schema_version) < {version} THEN\n        \
+             EXECUTE $step${step}$step$;\n        \
+             UPDATE capgate.schema_version SET version = {version}, updated_at = now();\n    \
+             END IF;\nEND\n$migrate$;\n"
+        ));
+    }
+    sql.push_str("COMMIT;\n");
+    sql
 }
 
 /// Installs (or confirms) the watermark, the conflict table and the apply functions on a
@@ -184,6 +252,17 @@ fn replica_sql() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_migration_step_is_wrapped_once() {
+        let sql = super::primary_sql();
+        for step in super::PRIMARY_MIGRATIONS {
+            assert!(!step.contains("$step$") && !step.contains("$migrate$"));
+        }
+        assert_eq!(sql.matches("DO $migrate$").count(), super::PRIMARY_SCHEMA_VERSION as usize);
+        assert!(sql.contains("capgate.decisions"));
+        assert!(sql.starts_with("BEGIN;") && sql.trim_end().ends_with("COMMIT;"));
+    }
+
     #[test]
     fn settings_are_spliced_into_the_apply_function() {
         let sql = super::replica_sql();

@@ -19,9 +19,10 @@
 //!   is dropped, whatever it was doing) and a new one starts after a backoff; a failure on the
 //!   primary ends the leadership too. Every wait has a deadline.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -142,6 +143,40 @@ pub struct ShipperStats {
     /// Set when a `halt` conflict stopped shipping: what happened.
     pub halted: Mutex<Option<String>>,
     pub last_error: Mutex<Option<String>>,
+    /// What the shipper is doing now (a [`Phase`]; read it with [`ShipperStats::phase`]).
+    pub phase: AtomicU8,
+    /// Conflicts by (table, kind): kind is `row_count` (the replica affected a different
+    /// number of rows) or `error` (the statement failed on the replica). A statement writing
+    /// two tables counts under both.
+    pub conflicts_by_table: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+/// What a shipper is doing, for status pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Connecting to the primary (or installing the outbox there).
+    Connecting = 0,
+    /// Connected; another shipper (another capgate process) holds the lock.
+    Standby = 1,
+    /// Holds the lock; connecting to the replica.
+    ConnectingReplica = 2,
+    /// Shipping (or idle and caught up).
+    Running = 3,
+    /// A `halt` conflict stopped it.
+    Halted = 4,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Standby => "standby",
+            Phase::ConnectingReplica => "connecting to the replica",
+            Phase::Running => "running",
+            Phase::Halted => "halted",
+        }
+    }
 }
 
 impl ShipperStats {
@@ -154,6 +189,28 @@ impl ShipperStats {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            1 => Phase::Standby,
+            2 => Phase::ConnectingReplica,
+            3 => Phase::Running,
+            4 => Phase::Halted,
+            _ => Phase::Connecting,
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// Conflicts by (table, kind) so far.
+    pub fn conflicts_by_table(&self) -> BTreeMap<(String, String), u64> {
+        self.conflicts_by_table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -283,6 +340,7 @@ impl Run {
 
     /// One leadership: connect to the primary, take the lock, ship until something fails.
     async fn lead(&self) -> Fail {
+        self.stats.set_phase(Phase::Connecting);
         let primary = match self
             .connect(&self.config.primary, "connecting to the primary")
             .await
@@ -316,17 +374,22 @@ impl Run {
                 .and_then(|r| r.try_get::<_, bool>(0).map_err(|e| e.to_string()));
             match locked {
                 Ok(true) => break,
-                Ok(false) => tokio::time::sleep(self.config.lock_poll).await,
+                Ok(false) => {
+                    self.stats.set_phase(Phase::Standby);
+                    tokio::time::sleep(self.config.lock_poll).await
+                }
                 Err(e) => return Fail::Primary(e),
             }
         }
         self.stats.leader.store(true, Ordering::Relaxed);
+        self.stats.set_phase(Phase::ConnectingReplica);
         tracing::info!(replica = %self.config.replica_name, origin = %self.config.origin, "shipper: holds the lock, shipping");
         let mut failures = 0u32;
         loop {
             match self.ship(&primary.client).await {
                 Fail::Primary(e) => return Fail::Primary(e),
                 Fail::Replica(e) => {
+                    self.stats.set_phase(Phase::ConnectingReplica);
                     self.failed(&e);
                     failures = failures.saturating_add(1);
                     if let Err(e) = self.measure_lag(&primary.client).await {
@@ -374,6 +437,7 @@ impl Run {
         if self.stats.halted().is_some() {
             return self.idle_halted(primary).await;
         }
+        self.stats.set_phase(Phase::Running);
         let mut names = TypeNames::default();
         let mut last_lag = Instant::now() - cfg.lag_interval;
         let mut last_prune = Instant::now();
@@ -481,6 +545,7 @@ impl Run {
 
     /// Halted: keep the lock, keep the lag current, ship nothing.
     async fn idle_halted(&self, primary: &Client) -> Fail {
+        self.stats.set_phase(Phase::Halted);
         loop {
             if let Err(e) = self.measure_lag(primary).await {
                 return Fail::Primary(e);
@@ -492,6 +557,25 @@ impl Run {
     /// Counts, logs and appends one conflict record.
     fn conflict(&self, mut record: serde_json::Value) {
         self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+        {
+            let kind = match record.get("sqlstate").and_then(|v| v.as_str()) {
+                Some("CGR01") => "row_count",
+                _ => "error",
+            };
+            let tables: Vec<String> = record
+                .get("tables")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            let mut by = self
+                .stats
+                .conflicts_by_table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for table in if tables.is_empty() { vec![String::new()] } else { tables } {
+                *by.entry((table, kind.to_owned())).or_insert(0) += 1;
+            }
+        }
         if let Some(obj) = record.as_object_mut() {
             obj.insert("replica".into(), self.config.replica_name.clone().into());
             obj.insert("at".into(), chrono_free_now().into());

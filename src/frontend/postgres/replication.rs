@@ -1,0 +1,333 @@
+//! What the sessions of one PostgreSQL listener share to replicate: the replica sites
+//! (health + pooled connections, for sync mode), the outbox shippers (async and bounded
+//! modes), the transaction ids of the two-phase commits, and the background recovery.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use crate::backend::postgres::Upstream;
+use crate::classify::TableName;
+use crate::config::Config;
+use crate::policy::{Mode, OnConflict, Policy, PolicyHandle, DEFAULT_ON_CONFLICT};
+use crate::replicate::outbox::{schema, Lag, Shipper, ShipperConfig};
+use crate::replicate::recovery;
+use crate::sites::postgres::PgConnector;
+use crate::sites::{AbortOnDrop, SiteError, Sites};
+
+/// The prefix of every prepared transaction capgate creates on a replica:
+/// `capgate:<site>:<instance>:<n>`.
+pub use crate::replicate::recovery::GID_PREFIX;
+
+/// How long a prepared transaction without a decision is left alone before recovery rolls
+/// it back: a live coordinator must get from PREPARE to its primary COMMIT within this.
+pub const RECOVERY_GRACE: Duration = Duration::from_secs(30);
+
+/// Time between two recovery rounds.
+pub const RECOVERY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Decision records older than this are pruned once prepared on no replica.
+pub const DECISION_RETENTION: Duration = Duration::from_secs(3600);
+
+/// The `application_name` of the recovery's primary connection.
+const RECOVERY_APPLICATION_NAME: &str = "capgate recovery";
+
+/// Replication state shared by the sessions.
+pub struct Replication {
+    /// This site's name (the config's `site`).
+    pub site: String,
+    /// Random per process: gids of this process are told apart from a crashed one's.
+    pub instance: String,
+    /// One entry per `[[replicas]]`.
+    pub sites: Sites<PgConnector>,
+    /// One shipper per replica, by replica name (empty until started).
+    pub shippers: HashMap<String, Shipper>,
+    /// Upper bound on any one replica operation on a client's critical path.
+    pub deadline: Duration,
+    gids: AtomicU64,
+    /// (replica, table) pairs of bounded tables currently refused for lag.
+    refusing: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// The recovery loop (see [`Replication::start`]); ends when this value is dropped.
+    recovery: Mutex<Option<AbortOnDrop<()>>>,
+}
+
+impl Replication {
+    /// Sites only (health loops and pools); no shipper, no recovery.
+    pub fn with_sites(config: &Config, sites: Sites<PgConnector>) -> Replication {
+        let instance = format!("{:08x}", rand::random::<u32>());
+        let deadline = config.replicas.iter().map(|r| r.partition_latency.max(r.heartbeat_timeout)).max().unwrap_or(Duration::from_secs(1));
+        Replication {
+            site: config.site.clone(),
+            instance,
+            sites,
+            shippers: HashMap::new(),
+            deadline: deadline * 5,
+            gids: AtomicU64::new(0),
+            refusing: Default::default(),
+            recovery: Mutex::new(None),
+        }
+    }
+
+    /// Everything running (on the current runtime): the sites, one shipper per replica (each
+    /// installs the `capgate` schema on the primary and on its replica, retrying with
+    /// backoff; idle while the outbox is empty), and the two-phase commit recovery loop.
+    /// Nothing here waits on a database: unreachable replicas (or primary) are retried in
+    /// the background while the listener serves. `on_conflict` of each shipped statement is
+    /// the strictest of its tables' settings in the policy current at that moment.
+    pub fn start(config: &Config, policy: Arc<PolicyHandle>, sites: Sites<PgConnector>) -> Result<Arc<Replication>, SiteError> {
+        let mut replication = Replication::with_sites(config, sites);
+        if config.replicas.is_empty() {
+            return Ok(Arc::new(replication));
+        }
+        for replica in &config.replicas {
+            let mut shipper = ShipperConfig::for_replica(config, replica)
+                .map_err(|e| SiteError::failed(&replica.name, "loading the TLS settings of its URL", e))?;
+            let policy = policy.clone();
+            shipper.on_conflict = Arc::new(move |tables: &[String]| strictest_on_conflict(&policy.current(), tables));
+            replication.shippers.insert(replica.name.clone(), Shipper::start(shipper));
+        }
+        let primary = Upstream::new(config.primary.url.clone())
+            .map_err(|e| SiteError::failed("primary", "loading the TLS settings of [primary].url", e))?;
+        let replication = Arc::new(replication);
+        let task = tokio::spawn(recovery_loop(Arc::downgrade(&replication), primary, RECOVERY_GRACE, RECOVERY_INTERVAL));
+        *replication.recovery.lock().unwrap_or_else(|e| e.into_inner()) = Some(AbortOnDrop(task));
+        Ok(replication)
+    }
+
+    /// A new global transaction id for one two-phase commit.
+    pub fn next_gid(&self) -> String {
+        let n = self.gids.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{GID_PREFIX}:{}:{}:{n}", self.site, self.instance)
+    }
+
+    /// The latest lag of `replica`'s shipper (None when it has no shipper).
+    pub fn lag(&self, replica: &str) -> Option<Lag> {
+        self.shippers.get(replica).map(|s| s.lag().borrow().clone())
+    }
+
+    /// Bounded mode: `Some(lag seconds)` when writes to `table` must be refused because
+    /// `replica` is over `max_lag`. Hysteresis: once over, a table stays refused until the
+    /// lag is back under three quarters of the budget, so it does not flap at the edge.
+    /// A replica without a shipper (lag unknown) counts as over.
+    pub fn over_budget(&self, replica: &str, table: &str, max_lag: Duration) -> Option<f64> {
+        let Some(lag) = self.lag(replica) else { return Some(f64::INFINITY) };
+        let seconds = lag.seconds();
+        let key = (replica.to_owned(), table.to_owned());
+        let mut refusing = self.refusing.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = max_lag.as_secs_f64();
+        let over = if refusing.contains(&key) { seconds >= budget * 0.75 } else { seconds > budget };
+        if over {
+            refusing.insert(key);
+            Some(seconds)
+        } else {
+            refusing.remove(&key);
+            None
+        }
+    }
+
+    /// Tell every shipper that new outbox rows committed.
+    pub fn wake_shippers(&self) {
+        for s in self.shippers.values() {
+            s.wake();
+        }
+    }
+
+    /// One recovery round over every replica (see [`crate::replicate::recovery`]): resolves
+    /// this site's prepared transactions, then prunes old decisions if every replica could
+    /// be looked at. Each step is bounded by [`Replication::deadline`]. Returns whether the
+    /// round reached the primary and every replica.
+    pub async fn recover_once(&self, primary: &tokio_postgres::Client, grace: Duration, failing: &mut HashMap<String, bool>) -> bool {
+        let mut complete = true;
+        let mut still_prepared = Vec::new();
+        for site in self.sites.iter() {
+            let name = site.name().to_owned();
+            let round = async {
+                let conn = site.pool().checkout(self.deadline).await?;
+                conn.run("recovering prepared transactions", self.deadline, recovery::recover(primary, &conn, &self.site, grace)).await
+            };
+            let was_failing = failing.get(&name).copied().unwrap_or(false);
+            match round.await {
+                Ok(report) => {
+                    failing.insert(name.clone(), false);
+                    if report.acted() {
+                        info!(
+                            replica = %name,
+                            committed = ?report.committed,
+                            rolled_back = ?report.rolled_back,
+                            left = report.left.len(),
+                            "recovery: resolved prepared transactions (committed: decided on the primary; rolled back: undecided for over {grace:?})"
+                        );
+                    } else if !report.left.is_empty() {
+                        debug!(replica = %name, left = ?report.left, "recovery: prepared transactions still within their grace");
+                    }
+                    if was_failing {
+                        info!(replica = %name, "recovery: the replica is reachable again");
+                    }
+                    still_prepared.extend(report.left);
+                }
+                Err(e) => {
+                    complete = false;
+                    failing.insert(name.clone(), true);
+                    if was_failing {
+                        debug!(replica = %name, "recovery: {e}");
+                    } else {
+                        warn!(replica = %name, "recovery: {e}; retrying every {RECOVERY_INTERVAL:?}");
+                    }
+                }
+            }
+        }
+        if complete {
+            let pruned = tokio::time::timeout(self.deadline, recovery::prune_decisions(primary, &self.site, &still_prepared, DECISION_RETENTION)).await;
+            match pruned {
+                Ok(Ok(n)) if n > 0 => debug!("recovery: pruned {n} decision records"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!("recovery: pruning decision records: {e}");
+                    complete = false;
+                }
+                Err(_) => {
+                    warn!("recovery: pruning decision records did not finish within {:?}", self.deadline);
+                    complete = false;
+                }
+            }
+        }
+        complete
+    }
+}
+
+/// At start and every `interval`: a primary connection (kept while it works), the primary
+/// schema installed once, then [`Replication::recover_once`]. Ends when the replication is
+/// dropped.
+async fn recovery_loop(replication: Weak<Replication>, primary: Upstream, grace: Duration, interval: Duration) {
+    let mut conn: Option<(tokio_postgres::Client, AbortOnDrop<()>)> = None;
+    let mut installed = false;
+    let mut primary_failing = false;
+    let mut failing = HashMap::new();
+    loop {
+        let Some(rep) = replication.upgrade() else { return };
+        let deadline = rep.deadline;
+        if conn.as_ref().is_some_and(|(c, _)| c.is_closed()) {
+            conn = None;
+        }
+        if conn.is_none() {
+            match tokio::time::timeout(deadline, primary.client_with_task(RECOVERY_APPLICATION_NAME)).await {
+                Ok(Ok((client, task))) => conn = Some((client, AbortOnDrop(task))),
+                Ok(Err(e)) => primary_fail(&mut primary_failing, format!("cannot connect to the primary: {e}")),
+                Err(_) => primary_fail(&mut primary_failing, format!("connecting to the primary did not finish within {deadline:?}")),
+            }
+        }
+        if let Some((client, _)) = &conn {
+            if !installed {
+                match tokio::time::timeout(deadline, schema::install_primary(client)).await {
+                    Ok(Ok(())) => installed = true,
+                    Ok(Err(e)) => primary_fail(&mut primary_failing, format!("installing the capgate schema on the primary: {e}")),
+                    Err(_) => primary_fail(&mut primary_failing, format!("installing the capgate schema on the primary did not finish within {deadline:?}")),
+                }
+                if !installed {
+                    conn = None;
+                }
+            }
+        }
+        if let (true, Some((client, _))) = (installed, &conn) {
+            if primary_failing {
+                info!("recovery: the primary is reachable again");
+                primary_failing = false;
+            }
+            if !rep.recover_once(client, grace, &mut failing).await && client.is_closed() {
+                conn = None;
+            }
+        }
+        drop(rep);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn primary_fail(failing: &mut bool, e: String) {
+    if *failing {
+        debug!("recovery: {e}");
+    } else {
+        warn!("recovery: {e}; retrying every {RECOVERY_INTERVAL:?}");
+        *failing = true;
+    }
+}
+
+/// How strict an `on_conflict` is: halt > overwrite > skip.
+fn rank(c: OnConflict) -> u8 {
+    match c {
+        OnConflict::Skip => 0,
+        OnConflict::Overwrite => 1,
+        OnConflict::Halt => 2,
+    }
+}
+
+/// The strictest `on_conflict` of the async / bounded tables among `tables` (`schema.table`
+/// as [`TableName`] displays them) under `policy`; the default when none is (a table whose
+/// name cannot be read counts as the default too).
+pub fn strictest_on_conflict(policy: &Policy, tables: &[String]) -> OnConflict {
+    let mut strictest: Option<OnConflict> = None;
+    for table in tables {
+        let found = match TableName::parse(table) {
+            Some(name) => match policy.decide_table(&name).mode {
+                Mode::Async { on_conflict } | Mode::Bounded { on_conflict, .. } => Some(on_conflict),
+                Mode::Local | Mode::Sync { .. } => None,
+            },
+            None => Some(DEFAULT_ON_CONFLICT),
+        };
+        if let Some(c) = found {
+            if strictest.is_none_or(|s| rank(c) > rank(s)) {
+                strictest = Some(c);
+            }
+        }
+    }
+    strictest.unwrap_or(DEFAULT_ON_CONFLICT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_read_back_as_displayed() {
+        for (schema, name) in [("public", "orders"), ("public", "Order Items"), ("we.ird", "a\"b"), ("s", "t$1")] {
+            let t = TableName::new(schema, name);
+            assert_eq!(TableName::parse(&t.to_string()), Some(t));
+        }
+        assert_eq!(TableName::parse("orders"), None);
+        assert_eq!(TableName::parse("a.b.c"), None);
+        assert_eq!(TableName::parse("\"open"), None);
+    }
+
+    #[test]
+    fn the_strictest_on_conflict_of_the_async_tables_wins() {
+        let text = r#"
+default = "local"
+[[table]]
+match = "public.skip_*"
+mode = "async"
+on_conflict = "skip"
+[[table]]
+match = "public.over"
+mode = "bounded"
+max_lag = "5s"
+on_conflict = "overwrite"
+[[table]]
+match = "public.halt"
+mode = "async"
+on_conflict = "halt"
+[[table]]
+match = "public.synced"
+mode = "sync"
+"#;
+        let policy = crate::policy::Policy::parse(text, std::path::Path::new("policy.toml")).expect("policy");
+        let t = |names: &[&str]| strictest_on_conflict(&policy, &names.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(t(&["public.skip_a"]), OnConflict::Skip);
+        assert_eq!(t(&["public.skip_a", "public.over"]), OnConflict::Overwrite);
+        assert_eq!(t(&["public.over", "public.halt", "public.skip_b"]), OnConflict::Halt);
+        assert_eq!(t(&["public.skip_a", "public.synced", "public.local"]), OnConflict::Skip);
+        assert_eq!(t(&["public.local"]), DEFAULT_ON_CONFLICT, "nothing async: the default");
+        assert_eq!(t(&["not a table", "public.skip_a"]), DEFAULT_ON_CONFLICT);
+    }
+}
