@@ -12,6 +12,7 @@ mod policy;
 mod psql;
 mod python;
 mod replication;
+mod sync_values;
 mod tls;
 mod verify;
 mod verify_cli;

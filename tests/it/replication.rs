@@ -15,13 +15,13 @@ use capgate::verify::{self, Limits, Selection, TableName};
 use crate::support::{connect, scratch, sqlstate, Proxy};
 
 /// One two-site bed for every test of this module.
-fn bed() -> &'static TwoSites {
+pub(crate) fn bed() -> &'static TwoSites {
     static BED: OnceLock<TwoSites> = OnceLock::new();
     BED.get_or_init(|| TwoSites::start().unwrap_or_else(|e| panic!("two-site bed: {e}")))
 }
 
 /// The same DDL on both sites (a DBA creates tables on every site; capgate replicates rows).
-async fn on_both(sql: &str) {
+pub(crate) async fn on_both(sql: &str) {
     let b = bed();
     for url in [b.a_primary_url(), b.b_replica_url_direct()] {
         connect(&url).await.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -29,13 +29,13 @@ async fn on_both(sql: &str) {
 }
 
 /// A link of the test's own in front of the bed's replica, so tests cut their own.
-fn own_link() -> Link {
+pub(crate) fn own_link() -> Link {
     Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, bed().b_replica().port()))).expect("start link")
 }
 
 /// A proxy for site A with `policy` (TOML), replicating to site B through `link`; the
 /// capgate schema is installed on the primary first.
-async fn proxy(name: &str, policy: &str, link: &Link, replica_extra: &str) -> Proxy {
+pub(crate) async fn proxy(name: &str, policy: &str, link: &Link, replica_extra: &str) -> Proxy {
     let client = connect(&bed().a_primary_url()).await;
     capgate::replicate::outbox::schema::install_primary(&client).await.unwrap();
     let dir = scratch(name);
@@ -52,7 +52,7 @@ async fn proxy(name: &str, policy: &str, link: &Link, replica_extra: &str) -> Pr
 }
 
 /// Rows of `sql` as text, on one site.
-async fn rows(url: &str, sql: &str) -> Vec<String> {
+pub(crate) async fn rows(url: &str, sql: &str) -> Vec<String> {
     let client = connect(url).await;
     client
         .simple_query(sql)
@@ -66,18 +66,18 @@ async fn rows(url: &str, sql: &str) -> Vec<String> {
         .collect()
 }
 
-async fn primary_rows(sql: &str) -> Vec<String> {
+pub(crate) async fn primary_rows(sql: &str) -> Vec<String> {
     rows(&bed().a_primary_url(), sql).await
 }
 
-async fn replica_rows(sql: &str) -> Vec<String> {
+pub(crate) async fn replica_rows(sql: &str) -> Vec<String> {
     rows(&bed().b_replica_url_direct(), sql).await
 }
 
 /// `capgate verify` on `tables`: panics with the report unless they are identical. First
 /// waits (bounded) for the replica to settle: COMMIT PREPARED runs after the client's COMMIT
 /// returned, or, after a fault, from capgate's recovery.
-async fn verify_equal(tables: &[&str]) {
+pub(crate) async fn verify_equal(tables: &[&str]) {
     wait_until("prepared transactions to be resolved on the replica", Duration::from_secs(60), async || {
         replica_rows("SELECT count(*) FROM pg_prepared_xacts").await == vec!["0"]
     })
@@ -96,7 +96,7 @@ async fn verify_equal(tables: &[&str]) {
 }
 
 /// Wait (bounded) until the replica's health, as capgate sees it, is `state`.
-async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !check().await {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
@@ -104,7 +104,7 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() 
     }
 }
 
-const SYNC_POLICY: &str = "default = \"local\"\n[[table]]\nmatch = \"public.sy_*\"\nmode = \"sync\"\non_partition = \"fail\"\n";
+pub(crate) const SYNC_POLICY: &str = "default = \"local\"\n[[table]]\nmatch = \"public.sy_*\"\nmode = \"sync\"\non_partition = \"fail\"\n";
 
 #[tokio::test]
 async fn sync_writes_commit_on_both_sites_or_nowhere() {

@@ -98,6 +98,8 @@ impl Txn {
 struct Portal {
     statement: String,
     params: Vec<Param>,
+    /// The result format codes the client asked for.
+    result_formats: Vec<u16>,
 }
 
 /// Which message carries the statement being coordinated.
@@ -105,7 +107,7 @@ enum Carrier {
     /// A Query message with this text.
     Simple(String),
     /// An Execute message (whole frame) of a portal of this prepared statement.
-    Extended { execute: BytesMut, prepared: Prepared, params: Vec<Param> },
+    Extended { execute: BytesMut, prepared: Prepared, params: Vec<Param>, result_formats: Vec<u16> },
 }
 
 impl Carrier {
@@ -335,8 +337,8 @@ where
         };
         let types = p.param_types.clone();
         match parse_bind_params(rest, &types) {
-            Some(params) => {
-                self.portals.insert(portal.to_owned(), Portal { statement: statement.to_owned(), params });
+            Some((params, result_formats)) => {
+                self.portals.insert(portal.to_owned(), Portal { statement: statement.to_owned(), params, result_formats });
             }
             None => {
                 self.portals.remove(portal);
@@ -397,8 +399,8 @@ where
 
     async fn execute(&mut self, frame: BytesMut) -> Result<(), SessionError> {
         let portal = cstr(&frame[5..]).unwrap_or_default().to_owned();
-        let found = self.portals.get(&portal).map(|p| (p.statement.clone(), p.params.clone()));
-        let Some((statement, params)) = found else {
+        let found = self.portals.get(&portal).map(|p| (p.statement.clone(), p.params.clone(), p.result_formats.clone()));
+        let Some((statement, params, result_formats)) = found else {
             return self.forward_client(b'E', &frame).await;
         };
         let Some((prepared, decisions)) = self.statements.decide_prepared(self.state, &statement) else {
@@ -415,7 +417,7 @@ where
             return self.forward_client(b'E', &frame).await;
         }
         if let (Some(control), true) = (control, self.txn.is_some()) {
-            return self.control(Carrier::Extended { execute: frame, prepared, params }, control).await;
+            return self.control(Carrier::Extended { execute: frame, prepared, params, result_formats }, control).await;
         }
         let replicated: Vec<Decision> = decisions.into_iter().filter(|d| d.mode != Mode::Local).collect();
         if replicated.is_empty() || self.status() == b'E' {
@@ -440,7 +442,7 @@ where
                 p.type_oid = prepared.param_types.get(i).copied().unwrap_or(0);
             }
         }
-        self.write(Carrier::Extended { execute: frame, prepared, params }, replicated).await
+        self.write(Carrier::Extended { execute: frame, prepared, params, result_formats }, replicated).await
     }
 
     async fn sync(&mut self, frame: BytesMut) -> Result<(), SessionError> {
@@ -553,30 +555,38 @@ where
                 let refusal = Refusal { code: determinism::SQLSTATE, message: nd.to_string(), hint: nd.hint() };
                 return self.refuse(&carrier, refusal).await;
             }
-            Ok((sql, keys, rewritten)) => {
-                if let Some(key) = keys.first() {
-                    let refusal = Refusal {
-                        code: determinism::SQLSTATE,
-                        message: format!(
-                            "capgate refused this write to {}: column {} takes its value from {} on the primary, and carrying generated keys to the replicas is not supported yet",
-                            key.table, key.column, key.default
-                        ),
-                        hint: format!("give {} explicitly (e.g. from SELECT nextval(...) in a statement before), or make {} local in the policy", key.column, key.table),
-                    };
-                    return self.refuse(&carrier, refusal).await;
+            Ok((sql, keys, rewritten)) => (sql, keys, rewritten),
+        };
+        let (sql, keys, mut rewritten) = sql;
+        // Generated keys: the primary allocates them now; both sides get them as literals.
+        let mut advance = Vec::new();
+        let sql = if keys.is_empty() {
+            sql
+        } else {
+            let mut assigned = Vec::new();
+            for key in &keys {
+                let values = match determinism::preallocate_sql(key) {
+                    Ok(q) => match self.own_values(&q, matches!(carrier, Carrier::Extended { .. })).await? {
+                        Ok(v) if !v.is_empty() => v,
+                        Ok(_) => {
+                            let refusal = Refusal { code: determinism::SQLSTATE, message: format!("capgate refused this write to {}: no sequence found for column {}", key.table, key.column), hint: "check the column's default".into() };
+                            return self.refuse(&carrier, refusal).await;
+                        }
+                        Err(e) => return self.refuse(&carrier, Refusal { code: UNAVAILABLE, message: e.message, hint: String::new() }).await,
+                    },
+                    Err(nd) => return self.refuse(&carrier, Refusal { code: determinism::SQLSTATE, message: nd.to_string(), hint: nd.hint() }).await,
+                };
+                if let Some(max) = values.iter().max() {
+                    advance.push(determinism::advance_sequence_sql(key, *max));
                 }
-                if rewritten && matches!(carrier, Carrier::Extended { .. }) {
-                    let refusal = Refusal {
-                        code: determinism::SQLSTATE,
-                        message: format!(
-                            "capgate refused this prepared write to {}: it calls a time function (now(), current_timestamp …) or relies on a time default, which capgate pins to one value only in simple-protocol statements",
-                            names(&decisions)
-                        ),
-                        hint: "pass the time as a parameter ($n) computed by the application, or send the statement with the simple protocol".into(),
-                    };
-                    return self.refuse(&carrier, refusal).await;
+                assigned.push((key.clone(), values));
+            }
+            match determinism::apply_generated_keys(&sql, &assigned, Dialect::Postgres) {
+                Ok(text) => {
+                    rewritten = true;
+                    text
                 }
-                sql
+                Err(nd) => return self.refuse(&carrier, Refusal { code: determinism::SQLSTATE, message: nd.to_string(), hint: nd.hint() }).await,
             }
         };
         // The text the replicas run and the outbox keeps: parameters inlined as literals.
@@ -632,11 +642,21 @@ where
                 if self.group_failed {
                     return self.forward_client(b'E', execute).await;
                 }
-                relay::client_frame(self.state, b'E');
-                let mut bytes = BytesMut::from(&execute[..]);
-                bytes.extend_from_slice(&flush());
-                self.send_server(&bytes).await?;
-                self.collect_execute().await?
+                if rewritten {
+                    // The text differs from what the client prepared (pinned time, generated
+                    // keys): run capgate's own statement with the client's parameters and
+                    // result formats in the Execute's place.
+                    let Carrier::Extended { params, result_formats, .. } = &carrier else { unreachable!() };
+                    let bytes = substitute_execute(&sql, params, result_formats);
+                    self.send_server(&bytes).await?;
+                    self.collect_substitute().await?
+                } else {
+                    relay::client_frame(self.state, b'E');
+                    let mut bytes = BytesMut::from(&execute[..]);
+                    bytes.extend_from_slice(&flush());
+                    self.send_server(&bytes).await?;
+                    self.collect_execute().await?
+                }
             }
         };
         let primary_error = replies.iter().any(|(t, _)| *t == b'E');
@@ -655,7 +675,12 @@ where
                 }
             }
             let gid = self.shared.replication.next_gid();
-            let result = self.replicate(&mut txn, &replica_sql, rows, if autocommit_simple { Some(&gid) } else { None }, &tables).await;
+            let mut text = replica_sql.clone();
+            for a in &advance {
+                text.push_str(";\n");
+                text.push_str(a);
+            }
+            let result = self.replicate(&mut txn, &text, rows, if autocommit_simple { Some(&gid) } else { None }, &tables).await;
             self.txn = Some(txn);
             if let Err(msg) = result {
                 return self.undo(&carrier, wrap, msg).await;
@@ -1127,6 +1152,77 @@ where
 
     // ----- primary I/O -----------------------------------------------------------------
 
+    /// Run capgate's own query (a Query, or inside an extended group its own statement) and
+    /// return the first column of its rows.
+    async fn own_values(&mut self, sql: &str, extended: bool) -> Result<Result<Vec<i64>, ErrorMessage>, SessionError> {
+        if extended {
+            let mut bytes = own_execute(sql);
+            bytes.extend_from_slice(&flush());
+            self.send_server(&bytes).await?;
+        } else {
+            self.send_server(&query_bytes(sql)).await?;
+        }
+        let mut values = Vec::new();
+        let mut error = None;
+        let mut units = 0;
+        loop {
+            let (tag, frame) = self.server_frame().await?;
+            if extended && matches!(tag, b'1' | b'2' | b'3' | b'C') {
+                units += 1;
+                if units == 5 {
+                    return Ok(Ok(values));
+                }
+                continue;
+            }
+            if extended && tag == b'E' {
+                self.group_failed = true;
+                return Ok(Err(error_from(&frame)));
+            }
+            match tag {
+                b'D' => {
+                    let body = &frame[5..];
+                    if body.len() >= 6 {
+                        let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+                        if len > 0 {
+                            if let Some(v) = body.get(6..6 + len as usize).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| t.parse().ok()) {
+                                values.push(v);
+                            }
+                        }
+                    }
+                }
+                b'E' => error = Some(error_from(&frame)),
+                b'Z' => return Ok(error.map_or(Ok(values), Err)),
+                b'A' | b'S' => self.out.extend_from_slice(&frame),
+                _ => {}
+            }
+        }
+    }
+
+    /// Replies to a substitute execution: its own Close/Parse/Bind completions hidden, the
+    /// rows and the CommandComplete (or the error) kept for the client.
+    async fn collect_substitute(&mut self) -> Result<Vec<Frame>, SessionError> {
+        let mut replies = Vec::new();
+        let mut closes = 0;
+        loop {
+            let (tag, frame) = self.server_frame().await?;
+            match tag {
+                b'1' | b'2' => {}
+                b'3' => {
+                    closes += 1;
+                    if closes == 2 {
+                        return Ok(replies);
+                    }
+                }
+                b'E' => {
+                    self.group_failed = true;
+                    replies.push((tag, frame));
+                    return Ok(replies);
+                }
+                _ => replies.push((tag, frame)),
+            }
+        }
+    }
+
     /// The parameter types of a prepared statement, from the primary (Describe, hidden).
     async fn describe_params(&mut self, statement: &str) -> Result<Option<Vec<u32>>, SessionError> {
         let mut bytes = BytesMut::new();
@@ -1453,8 +1549,65 @@ fn own_execute(sql: &str) -> BytesMut {
     out
 }
 
-/// The parameters of a Bind (after its portal and statement names).
-fn parse_bind_params(mut b: &[u8], types: &[u32]) -> Option<Vec<Param>> {
+/// capgate's own statement `sql` run with the client's parameters and result formats (Close,
+/// Parse, Bind, Execute, Close, Flush).
+fn substitute_execute(sql: &str, params: &[Param], result_formats: &[u16]) -> BytesMut {
+    let mut out = BytesMut::new();
+    write_frame(&mut out, b'C', |b| {
+        b.put_u8(b'S');
+        b.put_slice(OWN.as_bytes());
+        b.put_u8(0);
+    });
+    write_frame(&mut out, b'P', |b| {
+        b.put_slice(OWN.as_bytes());
+        b.put_u8(0);
+        b.put_slice(sql.as_bytes());
+        b.put_u8(0);
+        b.put_u16(params.len() as u16);
+        for p in params {
+            b.put_u32(p.type_oid);
+        }
+    });
+    write_frame(&mut out, b'B', |b| {
+        b.put_slice(OWN.as_bytes());
+        b.put_u8(0);
+        b.put_slice(OWN.as_bytes());
+        b.put_u8(0);
+        b.put_u16(params.len() as u16);
+        for p in params {
+            b.put_u16(p.format.code() as u16);
+        }
+        b.put_u16(params.len() as u16);
+        for p in params {
+            match &p.value {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        b.put_u16(result_formats.len() as u16);
+        for f in result_formats {
+            b.put_u16(*f);
+        }
+    });
+    write_frame(&mut out, b'E', |b| {
+        b.put_slice(OWN.as_bytes());
+        b.put_u8(0);
+        b.put_u32(0);
+    });
+    write_frame(&mut out, b'C', |b| {
+        b.put_u8(b'P');
+        b.put_slice(OWN.as_bytes());
+        b.put_u8(0);
+    });
+    out.extend_from_slice(&flush());
+    out
+}
+
+/// The parameters and result formats of a Bind (after its portal and statement names).
+fn parse_bind_params(mut b: &[u8], types: &[u32]) -> Option<(Vec<Param>, Vec<u16>)> {
     let nf = read_u16(&mut b)? as usize;
     let mut formats = Vec::with_capacity(nf);
     for _ in 0..nf {
@@ -1486,7 +1639,12 @@ fn parse_bind_params(mut b: &[u8], types: &[u32]) -> Option<Vec<Param>> {
         };
         params.push(Param { type_oid: types.get(i).copied().unwrap_or(0), format: if format == 1 { ParamFormat::Binary } else { ParamFormat::Text }, value });
     }
-    Some(params)
+    let nr = read_u16(&mut b)? as usize;
+    let mut results = Vec::with_capacity(nr);
+    for _ in 0..nr {
+        results.push(read_u16(&mut b)?);
+    }
+    Some((params, results))
 }
 
 fn read_u16(b: &mut &[u8]) -> Option<u16> {
