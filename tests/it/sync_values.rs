@@ -60,3 +60,23 @@ async fn random_values_are_refused_by_name() {
     assert_eq!(primary_rows("SELECT count(*) FROM sv_rand").await, vec!["0"]);
     verify_equal(&["public.sv_rand"]).await;
 }
+
+#[tokio::test]
+async fn ddl_on_sync_tables_runs_on_both_sites() {
+    on_both("DROP TABLE IF EXISTS sv_ddl, sv_created").await;
+    on_both("CREATE TABLE sv_ddl (id int PRIMARY KEY)").await;
+    let link = own_link();
+    let p = proxy("sync-ddl", POLICY, &link, "").await;
+    let app = connect(&p.url("postgres", "postgres")).await;
+    app.batch_execute("ALTER TABLE sv_ddl ADD COLUMN note text DEFAULT 'x'").await.unwrap();
+    app.batch_execute("INSERT INTO sv_ddl (id) VALUES (1)").await.unwrap();
+    // A new table matching a sync rule is created on both sites, atomically.
+    app.batch_execute("CREATE TABLE sv_created (k text PRIMARY KEY, v int)").await.unwrap();
+    app.execute("INSERT INTO sv_created VALUES ($1, $2)", &[&"a", &1i32]).await.unwrap();
+    // What PostgreSQL cannot run inside a transaction block is refused by the primary itself
+    // (capgate wraps the statement in one): nothing happens on either site.
+    let e = app.batch_execute("CREATE INDEX CONCURRENTLY sv_ddl_note ON sv_ddl (note)").await.unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("25001"), "{e}");
+    assert_eq!(replica_rows("SELECT note FROM sv_ddl").await, vec!["x"]);
+    verify_equal(&["public.sv_ddl", "public.sv_created"]).await;
+}
