@@ -37,6 +37,9 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a shutdown waits for sessions to finish their transactions.
     pub shutdown_timeout: Duration,
+    /// How long a prepared transaction on a replica without a decision record is left alone
+    /// before recovery rolls it back (presumed abort).
+    pub recovery_grace: Duration,
     /// How long a client may take from connecting to being authenticated.
     pub authentication_timeout: Duration,
     /// The largest frame a client may send, in bytes (PostgreSQL's own limit is 1 GB).
@@ -138,6 +141,8 @@ struct RawConfig {
     max_connections: i64,
     #[serde(default = "default_shutdown_timeout")]
     shutdown_timeout: String,
+    #[serde(default = "default_recovery_grace")]
+    recovery_grace: String,
     #[serde(default = "default_authentication_timeout")]
     authentication_timeout: String,
     #[serde(default = "default_max_message_size")]
@@ -196,6 +201,9 @@ fn default_listen() -> String {
 }
 fn default_max_connections() -> i64 {
     1000
+}
+fn default_recovery_grace() -> String {
+    "30s".into()
 }
 fn default_shutdown_timeout() -> String {
     "30s".into()
@@ -299,6 +307,10 @@ impl Validator<'_> {
             1 << 30
         };
         let shutdown_timeout = self.duration("shutdown_timeout", &raw.shutdown_timeout);
+        let recovery_grace = self.duration("recovery_grace", &raw.recovery_grace);
+        if recovery_grace < Duration::from_secs(1) {
+            self.problem("recovery_grace", "expected at least 1s: a live coordinator needs the time between PREPARE TRANSACTION and its COMMIT");
+        }
         let authentication_timeout = self.duration("authentication_timeout", &raw.authentication_timeout);
         let primary = Primary { url: self.url("primary.url", &raw.primary.url) };
         let mut replicas = Vec::new();
@@ -383,6 +395,7 @@ impl Validator<'_> {
             policy: raw.policy.map(|p| self.base.join(p)),
             max_connections,
             shutdown_timeout,
+            recovery_grace,
             authentication_timeout,
             max_message_size,
             primary,

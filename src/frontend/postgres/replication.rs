@@ -22,8 +22,9 @@ use crate::sites::{AbortOnDrop, SiteError, Sites};
 /// `capgate:<site>:<instance>:<n>`.
 pub use crate::replicate::recovery::GID_PREFIX;
 
-/// How long a prepared transaction without a decision is left alone before recovery rolls
-/// it back: a live coordinator must get from PREPARE to its primary COMMIT within this.
+/// The default of `recovery_grace`: how long a prepared transaction without a decision is left
+/// alone before recovery rolls it back; a live coordinator must get from PREPARE to its primary
+/// COMMIT within this.
 pub const RECOVERY_GRACE: Duration = Duration::from_secs(30);
 
 /// Time between two recovery rounds.
@@ -92,7 +93,9 @@ impl Replication {
         let primary = Upstream::new(config.primary.url.clone())
             .map_err(|e| SiteError::failed("primary", "loading the TLS settings of [primary].url", e))?;
         let replication = Arc::new(replication);
-        let task = tokio::spawn(recovery_loop(Arc::downgrade(&replication), primary, RECOVERY_GRACE, RECOVERY_INTERVAL));
+        let grace = config.recovery_grace;
+        let interval = RECOVERY_INTERVAL.min((grace / 2).max(Duration::from_secs(1)));
+        let task = tokio::spawn(recovery_loop(Arc::downgrade(&replication), primary, grace, interval));
         *replication.recovery.lock().unwrap_or_else(|e| e.into_inner()) = Some(AbortOnDrop(task));
         Ok(replication)
     }

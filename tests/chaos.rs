@@ -1,0 +1,584 @@
+//! The chaos suite: concurrent clients write tables of every mode through a capgate process
+//! while a nemesis injects faults at random (seeded); afterwards, with everything healed and
+//! the queues drained, a checker holds the history the clients saw against the guarantees.
+//!
+//! - `short_run_fixed_seed` and `short_run_random_seed` run in CI (`CHAOS_SECONDS`, default 45
+//!   each); the random seed is printed so a failing run can be replayed with `CHAOS_SEED`.
+//! - The long run: `CHAOS_SECONDS=1800 cargo test --release --test chaos long_run -- --ignored --nocapture`.
+//!
+//! See docs/guarantees.md for the fault model and what each check means.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use capgate::config::Config;
+use capgate::testbed::link::Link;
+use capgate::testbed::sites::TwoSites;
+use capgate::verify::{self, Limits, Selection, TableName};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// The tables, one per mode; each has two hot rows (ids 1 and 2) every client increments.
+const TABLES: &[(&str, Kind)] = &[
+    ("ch_sync_fail", Kind::Sync),
+    ("ch_sync_block", Kind::Sync),
+    ("ch_async", Kind::Async),
+    ("ch_bounded", Kind::Bounded),
+    ("ch_local", Kind::Local),
+];
+
+/// `max_lag` of the bounded table, and the tolerance of the bounded checks (the lag is
+/// sampled from /status every 200 ms and refreshed by the shipper every 250 ms).
+const MAX_LAG: f64 = 2.0;
+const LAG_TOLERANCE: f64 = 1.5;
+
+const POLICY: &str = "default = \"local\"\n\
+[[table]]\nmatch = \"public.ch_sync_fail\"\nmode = \"sync\"\non_partition = \"fail\"\n\
+[[table]]\nmatch = \"public.ch_sync_block\"\nmode = \"sync\"\non_partition = \"block\"\npartition_timeout = \"2s\"\n\
+[[table]]\nmatch = \"public.ch_async\"\nmode = \"async\"\non_conflict = \"skip\"\n\
+[[table]]\nmatch = \"public.ch_bounded\"\nmode = \"bounded\"\nmax_lag = \"2s\"\non_partition = \"fail\"\non_conflict = \"skip\"\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Sync,
+    Async,
+    Bounded,
+    Local,
+}
+
+/// What the client was told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Error(String),
+    /// The connection broke (or the client gave up) before an answer.
+    Unknown,
+}
+
+/// One operation as the client saw it.
+#[derive(Clone, Debug)]
+struct Op {
+    table: &'static str,
+    /// Rows inserted with unique keys.
+    inserted: Vec<i64>,
+    /// Hot row incremented by one.
+    hot: Option<i64>,
+    rolled_back_on_purpose: bool,
+    outcome: Outcome,
+    start: f64,
+    end: f64,
+}
+
+fn bed() -> &'static TwoSites {
+    static BED: OnceLock<TwoSites> = OnceLock::new();
+    BED.get_or_init(|| TwoSites::start().unwrap_or_else(|e| panic!("two-site bed: {e}")))
+}
+
+fn seconds() -> u64 {
+    std::env::var("CHAOS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(45)
+}
+
+/// capgate as a process the nemesis can kill.
+struct Capgate {
+    child: Option<Child>,
+    config: PathBuf,
+    policy: PathBuf,
+    port: u16,
+    admin: u16,
+}
+
+impl Capgate {
+    fn start(dir: &std::path::Path, link: &Link) -> Capgate {
+        let port = capgate::testbed::free_port();
+        let admin = capgate::testbed::free_port();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, POLICY).unwrap();
+        let config = dir.join("capgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "site = \"a\"\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\npolicy = \"{}\"\nrecovery_grace = \"3s\"\n\n\
+                 [primary]\nurl = \"{}?sslmode=disable\"\n\n[[replicas]]\nname = \"b\"\n\
+                 url = \"postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable&connect_timeout=2\"\n\
+                 heartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\npool_size = 32\n",
+                policy.display(),
+                bed().a_primary_url(),
+                link.addr().port()
+            ),
+        )
+        .unwrap();
+        let mut c = Capgate { child: None, config, policy, port, admin };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.config.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_capgate"))
+            .args(["run", "--config", self.config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start capgate");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "capgate never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres?connect_timeout=5", self.port)
+    }
+
+    fn reload_policy(&self) {
+        let text = format!("{POLICY}# reloaded at {:?}\n", Instant::now());
+        std::fs::write(&self.policy, text).unwrap();
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGHUP) };
+        }
+    }
+
+    /// `/status` as JSON, or None when capgate does not answer.
+    fn status(&self) -> Option<serde_json::Value> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()
+    }
+}
+
+impl Drop for Capgate {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn connect(url: &str) -> Option<tokio_postgres::Client> {
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, tokio_postgres::NoTls)).await.ok()?.ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(client)
+}
+
+async fn exec(url: &str, sql: &str) {
+    let c = connect(url).await.unwrap_or_else(|| panic!("connect {url}"));
+    c.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The outcome of a client call that ran under a deadline.
+fn outcome<T>(r: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>) -> Outcome {
+    match r {
+        Ok(Ok(_)) => Outcome::Ok,
+        Ok(Err(e)) => match e.as_db_error() {
+            Some(db) => Outcome::Error(db.code().code().to_owned()),
+            None => Outcome::Unknown,
+        },
+        Err(_) => Outcome::Unknown,
+    }
+}
+
+/// One client: its own keys, the shared hot rows, both protocols, transactions (some rolled
+/// back on purpose); reconnects after a broken connection.
+async fn client(n: i64, url: String, seed: u64, stop: Arc<AtomicBool>, t0: Instant, history: Arc<Mutex<Vec<Op>>>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (n as u64).wrapping_mul(0x9e37_79b9));
+    let mut next = n * 1_000_000_000 + 100;
+    let mut conn: Option<tokio_postgres::Client> = None;
+    let deadline = Duration::from_secs(20);
+    while !stop.load(Ordering::Relaxed) {
+        let c = match &conn {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                conn = connect(&url).await;
+                if conn.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        let table = TABLES[rng.random_range(0..TABLES.len())].0;
+        let start = t0.elapsed().as_secs_f64();
+        let shape = rng.random_range(0..10);
+        let extended = rng.random_bool(0.5);
+        let mut op = Op { table, inserted: Vec::new(), hot: None, rolled_back_on_purpose: false, outcome: Outcome::Unknown, start, end: 0.0 };
+        if shape < 6 {
+            next += 1;
+            op.inserted.push(next);
+            op.outcome = if extended {
+                outcome(tokio::time::timeout(deadline, c.execute(&format!("INSERT INTO {table} (id, client) VALUES ($1, $2)"), &[&next, &(n as i32)])).await)
+            } else {
+                outcome(tokio::time::timeout(deadline, c.batch_execute(&format!("INSERT INTO {table} (id, client) VALUES ({next}, {n})"))).await)
+            };
+        } else if shape < 8 {
+            let hot = rng.random_range(1..=2i64);
+            op.hot = Some(hot);
+            op.outcome = if extended {
+                outcome(tokio::time::timeout(deadline, c.execute(&format!("UPDATE {table} SET v = v + 1 WHERE id = $1"), &[&hot])).await)
+            } else {
+                outcome(tokio::time::timeout(deadline, c.batch_execute(&format!("UPDATE {table} SET v = v + 1 WHERE id = {hot}"))).await)
+            };
+        } else {
+            let hot = rng.random_range(1..=2i64);
+            let (a, b) = (next + 1, next + 2);
+            next += 2;
+            op.inserted = vec![a, b];
+            op.hot = Some(hot);
+            op.rolled_back_on_purpose = rng.random_bool(0.25);
+            let end = if op.rolled_back_on_purpose { "ROLLBACK" } else { "COMMIT" };
+            let r = tokio::time::timeout(deadline, async {
+                c.batch_execute("BEGIN").await?;
+                if extended {
+                    c.execute(&format!("INSERT INTO {table} (id, client) VALUES ($1, $2)"), &[&a, &(n as i32)]).await?;
+                    c.execute(&format!("UPDATE {table} SET v = v + 1 WHERE id = $1"), &[&hot]).await?;
+                } else {
+                    c.batch_execute(&format!("INSERT INTO {table} (id, client) VALUES ({a}, {n})")).await?;
+                    c.batch_execute(&format!("UPDATE {table} SET v = v + 1 WHERE id = {hot}")).await?;
+                }
+                c.batch_execute(&format!("INSERT INTO {table} (id, client) VALUES ({b}, {n})")).await?;
+                c.batch_execute(end).await
+            })
+            .await;
+            op.outcome = outcome(r);
+            if let Outcome::Error(_) = op.outcome {
+                // Leave the session clean for the next operation.
+                let _ = tokio::time::timeout(deadline, c.batch_execute("ROLLBACK")).await;
+            }
+        }
+        if op.outcome == Outcome::Unknown {
+            conn = None;
+        }
+        op.end = t0.elapsed().as_secs_f64();
+        history.lock().unwrap().push(op);
+    }
+}
+
+/// Faults injected, by kind.
+type Faults = BTreeMap<&'static str, u32>;
+
+async fn nemesis(seed: u64, until: Instant, link: &Link, capgate: &Mutex<Capgate>) -> Faults {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut faults = Faults::new();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        let hold = Duration::from_millis(rng.random_range(500..3000));
+        let kind = match rng.random_range(0..8) {
+            0 => {
+                link.set_latency(Duration::from_millis(400));
+                tokio::time::sleep(hold).await;
+                link.set_latency(Duration::ZERO);
+                "latency above partition_latency"
+            }
+            1 => {
+                link.set_latency(Duration::from_millis(50));
+                tokio::time::sleep(hold).await;
+                link.set_latency(Duration::ZERO);
+                "latency below partition_latency"
+            }
+            2 | 3 => {
+                link.blackhole();
+                tokio::time::sleep(hold).await;
+                link.restore();
+                "silent partition (blackhole)"
+            }
+            4 => {
+                link.reset();
+                "fast partition (reset)"
+            }
+            5 => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = bed().b_replica().stop();
+                    std::thread::sleep(Duration::from_millis(500));
+                    bed().b_replica().restart()
+                })
+                .await;
+                "replica server stopped and started"
+            }
+            6 => {
+                capgate.lock().unwrap().kill();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
+                "capgate killed (SIGKILL) and restarted"
+            }
+            _ => {
+                capgate.lock().unwrap().reload_policy();
+                "policy reload"
+            }
+        };
+        *faults.entry(kind).or_default() += 1;
+    }
+    faults
+}
+
+/// Rows of `sql` (first column as i64) on one site.
+async fn ids(url: &str, sql: &str) -> HashSet<i64> {
+    let c = connect(url).await.expect("connect");
+    c.query(sql, &[]).await.unwrap().iter().map(|r| r.get::<_, i64>(0)).collect()
+}
+
+async fn scalar(url: &str, sql: &str) -> i64 {
+    let c = connect(url).await.expect("connect");
+    c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
+}
+
+/// Keep the first counter-example only.
+fn first(slot: &mut Option<String>, found: Option<String>) {
+    if slot.is_none() {
+        *slot = found;
+    }
+}
+
+/// A guarantee and its first counter-example.
+struct Check {
+    name: &'static str,
+    violation: Option<String>,
+}
+
+async fn run(seed: u64, secs: u64) {
+    eprintln!("chaos: seed {seed}, {secs} s (replay with CHAOS_SEED={seed} CHAOS_SECONDS={secs})");
+    let b = bed();
+    let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, b.b_replica().port()))).unwrap();
+    let mut ddl = String::new();
+    for (t, _) in TABLES {
+        ddl.push_str(&format!(
+            "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id bigint PRIMARY KEY, client int NOT NULL, v bigint NOT NULL DEFAULT 0); \
+             INSERT INTO {t} (id, client) VALUES (1, 0), (2, 0);"
+        ));
+    }
+    for url in [b.a_primary_url(), b.b_replica_url_direct()] {
+        exec(&url, &ddl).await;
+        exec(&url, "DROP SCHEMA IF EXISTS capgate CASCADE").await;
+    }
+    let dir = std::env::temp_dir().join(format!("capgate-chaos-{}-{seed}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let capgate = Arc::new(Mutex::new(Capgate::start(&dir, &link)));
+    let url = capgate.lock().unwrap().url();
+    // The schema is installed by capgate; wait for the outbox before writing.
+    let primary = b.a_primary_url();
+    let t = Instant::now();
+    while connect(&primary).await.unwrap().query_opt("SELECT 1 FROM capgate.decisions LIMIT 1", &[]).await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(30), "capgate never installed its schema");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(Vec::new()));
+    // Lag samples of the bounded table's replica, from /status.
+    let samples: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
+    let sampler = {
+        let (stop, samples, capgate) = (stop.clone(), samples.clone(), capgate.clone());
+        tokio::task::spawn_blocking(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let status = capgate.lock().unwrap().status_snapshot();
+                if let Some(lag) = status.as_ref().and_then(|s| s["replicas"][0]["lag_seconds"].as_f64()) {
+                    samples.lock().unwrap().push((t0.elapsed().as_secs_f64(), lag));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let mut clients = Vec::new();
+    for n in 1..=4 {
+        clients.push(tokio::spawn(client(n, url.clone(), seed, stop.clone(), t0, history.clone())));
+    }
+    let faults = nemesis(seed, Instant::now() + Duration::from_secs(secs), &link, &capgate).await;
+
+    // Heal everything, stop the clients, drain.
+    link.restore();
+    if !b.b_replica().is_running() {
+        let _ = tokio::task::spawn_blocking(|| bed().b_replica().restart()).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    let _ = sampler.await;
+    let replica = b.b_replica_url_direct();
+    let t = Instant::now();
+    loop {
+        let prepared = scalar(&replica, "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'capgate:%'").await;
+        let committed = scalar(&primary, "SELECT coalesce(max(seq), 0) FROM capgate.outbox WHERE seq IS NOT NULL").await;
+        let applied = connect(&replica).await.unwrap().query_opt("SELECT seq FROM capgate.applied WHERE origin = 'a'", &[]).await.ok().flatten().map_or(0, |r| r.get::<_, i64>(0));
+        if prepared == 0 && applied >= committed {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "never drained: {prepared} prepared, applied {applied} of {committed}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The checker.
+    let history = history.lock().unwrap().clone();
+    let samples = samples.lock().unwrap().clone();
+    let mut checks: Vec<Check> = Vec::new();
+    let mut by_outcome: BTreeMap<String, u32> = BTreeMap::new();
+    for op in &history {
+        let key = match &op.outcome {
+            Outcome::Ok if op.rolled_back_on_purpose => "ok (rolled back on purpose)".to_owned(),
+            Outcome::Ok => "ok".to_owned(),
+            Outcome::Error(code) => format!("error {code}"),
+            Outcome::Unknown => "unknown".to_owned(),
+        };
+        *by_outcome.entry(key).or_default() += 1;
+    }
+    let mut present: HashMap<(&str, bool), HashSet<i64>> = HashMap::new();
+    for (t, _) in TABLES {
+        present.insert((t, true), ids(&primary, &format!("SELECT id FROM {t} WHERE id > 2")).await);
+        present.insert((t, false), ids(&replica, &format!("SELECT id FROM {t} WHERE id > 2")).await);
+    }
+    let mut acked = None;
+    let mut refused = None;
+    let mut unknown = None;
+    let mut local = None;
+    for op in &history {
+        let kind = TABLES.iter().find(|(t, _)| *t == op.table).unwrap().1;
+        let committed = op.outcome == Outcome::Ok && !op.rolled_back_on_purpose;
+        for id in &op.inserted {
+            let on_primary = present[&(op.table, true)].contains(id);
+            let on_replica = present[&(op.table, false)].contains(id);
+            let replicated = kind != Kind::Local;
+            match &op.outcome {
+                _ if committed => {
+                    if !on_primary || (replicated && !on_replica) {
+                        first(&mut acked, Some(format!("{} id {id} acknowledged at {:.1}s: primary {on_primary}, replica {on_replica}", op.table, op.end)));
+                    }
+                    if !replicated && on_replica {
+                        first(&mut local, Some(format!("{} id {id} reached the replica", op.table)));
+                    }
+                }
+                Outcome::Unknown => {
+                    if replicated && on_primary != on_replica {
+                        first(&mut unknown, Some(format!("{} id {id} (unknown outcome): primary {on_primary}, replica {on_replica}", op.table)));
+                    }
+                }
+                _ => {
+                    if on_primary || on_replica {
+                        first(&mut refused, Some(format!("{} id {id} ({:?}, rolled back on purpose: {}) is present: primary {on_primary}, replica {on_replica}", op.table, op.outcome, op.rolled_back_on_purpose)));
+                    }
+                }
+            }
+        }
+    }
+    // Hot rows: acknowledged increments never lost, refused ones never applied, both sites equal.
+    let mut hot = None;
+    for (t, kind) in TABLES {
+        for id in 1..=2i64 {
+            let ok = history.iter().filter(|o| o.table == *t && o.hot == Some(id) && o.outcome == Outcome::Ok && !o.rolled_back_on_purpose).count() as i64;
+            let maybe = history.iter().filter(|o| o.table == *t && o.hot == Some(id) && o.outcome == Outcome::Unknown).count() as i64;
+            let vp = scalar(&primary, &format!("SELECT v FROM {t} WHERE id = {id}")).await;
+            let vr = scalar(&replica, &format!("SELECT v FROM {t} WHERE id = {id}")).await;
+            if vp < ok || vp > ok + maybe {
+                first(&mut hot, Some(format!("{t} hot row {id}: {vp} on the primary, {ok} acknowledged increments and {maybe} unknown")));
+            }
+            if *kind != Kind::Local && vp != vr {
+                first(&mut hot, Some(format!("{t} hot row {id}: {vp} on the primary, {vr} on the replica")));
+            }
+        }
+    }
+    // Bounded: refusals only over the budget, acceptances never far over it.
+    let lag_near = |from: f64, to: f64| -> Vec<f64> { samples.iter().filter(|(t, _)| *t >= from - 0.5 && *t <= to + 0.5).map(|(_, l)| *l).collect() };
+    let mut bounded = None;
+    for op in history.iter().filter(|o| o.table == "ch_bounded") {
+        let lags = lag_near(op.start, op.end);
+        if lags.is_empty() {
+            continue;
+        }
+        let max = lags.iter().cloned().fold(0.0, f64::max);
+        let min = lags.iter().cloned().fold(f64::INFINITY, f64::min);
+        match &op.outcome {
+            Outcome::Error(code) if code == "55000" && max < MAX_LAG * 0.75 - LAG_TOLERANCE => {
+                first(&mut bounded, Some(format!("refused at {:.1}s while the lag was at most {max:.2}s (budget {MAX_LAG}s)", op.start)));
+            }
+            Outcome::Ok if min > MAX_LAG + LAG_TOLERANCE => {
+                first(&mut bounded, Some(format!("accepted at {:.1}s while the lag was at least {min:.2}s (budget {MAX_LAG}s + {LAG_TOLERANCE}s)", op.start)));
+            }
+            _ => {}
+        }
+    }
+    let conflicts = scalar(&replica, "SELECT count(*) FROM capgate.conflicts").await;
+    let text = format!(
+        "site = \"a\"\n[primary]\nurl = \"{primary}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"{replica}?sslmode=disable\"\n"
+    );
+    let config = Config::parse(&text, std::path::Path::new("/tmp/chaos-verify.toml")).unwrap();
+    let selection = Selection::Replicated(Box::new(|t: &TableName| t.name.starts_with("ch_") && t.name != "ch_local"));
+    let report = verify::run(&config, &selection, Limits { chunk_rows: 1000, max_differences: 5 }).await.unwrap();
+
+    checks.push(Check { name: "every acknowledged write is on every site it should be", violation: acked });
+    checks.push(Check { name: "nothing refused or rolled back is anywhere", violation: refused });
+    checks.push(Check { name: "unknown outcomes are the same on both sites", violation: unknown });
+    checks.push(Check { name: "local tables stay local", violation: local });
+    checks.push(Check { name: "hot rows: no acknowledged increment lost, sites equal", violation: hot });
+    checks.push(Check { name: "bounded: refused only over budget, never accepted far over it", violation: bounded });
+    checks.push(Check { name: "no conflict without outside interference", violation: (conflicts > 0).then(|| format!("{conflicts} conflict(s) in capgate.conflicts")) });
+    checks.push(Check { name: "replicated tables identical (capgate verify)", violation: (report.exit_code() != 0).then(|| report.render()) });
+
+    let mut summary = format!("\n=== chaos run, seed {seed}, {secs} s ===\noperations: {}\n", history.len());
+    for (k, v) in &by_outcome {
+        summary.push_str(&format!("  {k:<30} {v}\n"));
+    }
+    summary.push_str("faults injected:\n");
+    for (k, v) in &faults {
+        summary.push_str(&format!("  {k:<40} {v}\n"));
+    }
+    summary.push_str("guarantees:\n");
+    for c in &checks {
+        match &c.violation {
+            None => summary.push_str(&format!("  held      {}\n", c.name)),
+            Some(v) => summary.push_str(&format!("  VIOLATED  {}\n            first counter-example: {v}\n", c.name)),
+        }
+    }
+    eprintln!("{summary}");
+    assert!(checks.iter().all(|c| c.violation.is_none()), "{summary}");
+    assert!(history.iter().any(|o| o.outcome == Outcome::Ok), "no operation succeeded at all");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+impl Capgate {
+    fn status_snapshot(&self) -> Option<serde_json::Value> {
+        self.status()
+    }
+}
+
+/// One run at a time: they share the bed and its tables.
+fn serial() -> &'static tokio::sync::Mutex<()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_run_fixed_seed() {
+    let _one = serial().lock().await;
+    run(20261125, seconds()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_run_random_seed() {
+    let _one = serial().lock().await;
+    let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    run(seed, seconds()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the long run: CHAOS_SECONDS=1800 cargo test --release --test chaos long_run -- --ignored --nocapture"]
+async fn long_run() {
+    let _one = serial().lock().await;
+    let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    run(seed, seconds()).await;
+}
