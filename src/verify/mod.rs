@@ -81,6 +81,7 @@ pub async fn run(config: &Config, selection: &Selection, limits: Limits) -> Resu
         let upstream = Upstream::new(replica.url.clone()).map_err(|e| VerifyError::Config(format!("replica {}: {e}", replica.name)))?;
         let client = session(&upstream, &format!("replica {}", replica.name)).await?;
         let started = Instant::now();
+        let consistent_point = catch_up(&primary, &client, &config.site).await;
         let mut reports = Vec::new();
         for table in &tables {
             let result = match compare_table(&primary, &client, table, limits).await {
@@ -92,7 +93,7 @@ pub async fn run(config: &Config, selection: &Selection, limits: Limits) -> Resu
         replicas.push(ReplicaReport {
             replica: replica.name.clone(),
             address: replica.url.address(),
-            consistent_point: "compared as they are now (no asynchronous replication is configured yet)".into(),
+            consistent_point,
             tables: reports,
             seconds: started.elapsed().as_secs_f64(),
         });
@@ -106,4 +107,27 @@ async fn session(upstream: &Upstream, what: &str) -> Result<Client, VerifyError>
     let client = upstream.client("capgate verify").await.map_err(|source| VerifyError::Connect { what: format!("{what} at {}", upstream.url.address()), source })?;
     client.batch_execute(sql::SESSION_SETUP).await.map_err(|source| VerifyError::Query { what: format!("setting up the session on {what}"), source })?;
     Ok(client)
+}
+
+/// Wait (up to 30 s) until the replica has applied every outbox row the primary committed so
+/// far, so async tables are compared at a consistent point; say which point it was.
+async fn catch_up(primary: &tokio_postgres::Client, replica: &tokio_postgres::Client, site: &str) -> String {
+    let target = match primary.query_opt("SELECT coalesce(max(seq), 0) FROM capgate.outbox WHERE seq IS NOT NULL AND origin = $1", &[&site]).await {
+        Ok(Some(row)) => row.get::<_, i64>(0),
+        _ => return "compared as they are now (the primary has no capgate outbox)".into(),
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let applied = match replica.query_opt("SELECT seq FROM capgate.applied WHERE origin = $1", &[&site]).await {
+            Ok(row) => row.map_or(0, |r| r.get::<_, i64>(0)),
+            Err(_) => 0,
+        };
+        if applied >= target {
+            return format!("after the replica applied the outbox up to seq {target}");
+        }
+        if Instant::now() >= deadline {
+            return format!("compared as they are now: the replica has applied the outbox up to seq {applied} of {target}, so rows of async tables still queued show as differences");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
