@@ -4,7 +4,8 @@
 //!
 //! - `short_run_fixed_seed` and `short_run_random_seed` run in CI (`CHAOS_SECONDS`, default 45
 //!   each); the random seed is printed so a failing run can be replayed with `CHAOS_SEED`.
-//! - The long run: `CHAOS_SECONDS=1800 cargo test --release --test chaos long_run -- --ignored --nocapture`.
+//! - The long run: `CHAOS_SECONDS=1800 cargo test --test chaos long_run -- --ignored --nocapture`
+//!   (set `CAPGATE_BIN` to a copy of the binary if you build while it runs).
 //!
 //! See docs/guarantees.md for the fault model and what each check means.
 
@@ -120,7 +121,9 @@ impl Capgate {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.config.with_extension("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_capgate"))
+        // CAPGATE_BIN: a copy of the binary, so a long run is not disturbed by rebuilds.
+        let bin = std::env::var("CAPGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_capgate").to_owned());
+        let child = Command::new(bin)
             .args(["run", "--config", self.config.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(log)
