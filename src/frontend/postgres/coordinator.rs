@@ -870,10 +870,11 @@ where
                             }
                         }
                         if let Some(seconds) = lag {
+                            let behind = if seconds.is_finite() { format!("is {seconds:.1} s behind") } else { "has a lag capgate cannot measure now (its shipper is not running here yet)".to_owned() };
                             return Some(Refusal {
                                 code: UNAVAILABLE,
                                 message: format!(
-                                    "capgate refused this write to {}: replica \"{}\" is {seconds:.1} s behind, over the table's budget max_lag = {:?} (mode bounded, on_partition = \"{}\")",
+                                    "capgate refused this write to {}: replica \"{}\" {behind}, over the table's budget max_lag = {:?} (mode bounded, on_partition = \"{}\")",
                                     d.table,
                                     name,
                                     max_lag,

@@ -116,7 +116,12 @@ impl Replication {
     /// lag is back under three quarters of the budget, so it does not flap at the edge.
     /// A replica without a shipper (lag unknown) counts as over.
     pub fn over_budget(&self, replica: &str, table: &str, max_lag: Duration) -> Option<f64> {
-        let Some(lag) = self.lag(replica) else { return Some(f64::INFINITY) };
+        // Unknown lag (no shipper, not the shipping process, not measured yet) is over budget:
+        // a bounded table must not take writes it cannot vouch for.
+        let lag = match (self.lag(replica), self.shippers.get(replica)) {
+            (Some(lag), Some(s)) if lag.measured && s.stats().leader.load(std::sync::atomic::Ordering::Relaxed) => lag,
+            _ => return Some(f64::INFINITY),
+        };
         let seconds = lag.seconds();
         let key = (replica.to_owned(), table.to_owned());
         let mut refusing = self.refusing.lock().unwrap_or_else(|p| p.into_inner());

@@ -38,6 +38,8 @@ pub struct Lag {
     pub applied_seq: i64,
     /// Only tables with pending rows appear.
     pub tables: BTreeMap<String, TableLag>,
+    /// False until a shipper has measured it (the default value means "not known yet").
+    pub measured: bool,
 }
 
 impl Lag {
@@ -55,6 +57,7 @@ impl Lag {
     pub fn caught_up(applied_seq: i64) -> Lag {
         Lag {
             applied_seq,
+            measured: true,
             ..Lag::default()
         }
     }
@@ -104,6 +107,7 @@ pub async fn measure(
         );
     }
     Ok(Lag {
+        measured: true,
         pending_rows: pending.max(0) as u64,
         oldest_pending: total.get(1),
         applied_seq,
