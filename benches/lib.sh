@@ -82,3 +82,97 @@ stop_capgate_and_postgres() {
         runuser -u postgres -- "$PGBIN/pg_ctl" -D "$TMP/pgdata" -m immediate -w stop >/dev/null 2>&1
     fi
 }
+
+# ----------------------------------------------------------------------------------------------
+# Multi-server pieces (benches/replication.sh). Additions only: the functions above are
+# unchanged.
+
+# Always runs `cargo build --release` (a no-op when up to date) when the default binary is in
+# use, so a benchmark never measures a stale build; with CAPGATE_BIN set, only checks it.
+build_capgate_release() {
+    if [[ "$CAPGATE_DEFAULT_BIN" == 1 ]]; then
+        log "building capgate (cargo build --release)"
+        (cd "$REPO_ROOT" && cargo build --release) >&2 || die "cargo build failed"
+    fi
+    [[ -x "$CAPGATE_BIN" ]] || die "$CAPGATE_BIN is not an executable"
+}
+
+# A throwaway PostgreSQL in $TMP/$1 (log $TMP/$1.log) on port $2, trusting local connections;
+# the remaining arguments are extra postgresql.conf lines. Several can run side by side.
+start_postgres_named() {
+    local name=$1 port=$2; shift 2
+    runuser -u postgres -- "$PGBIN/initdb" -D "$TMP/$name" -U postgres -A trust \
+        --encoding UTF8 --locale C --no-sync >"$TMP/$name-initdb.log" 2>&1 \
+        || { cat "$TMP/$name-initdb.log" >&2; die "initdb for $name failed"; }
+    {
+        echo "listen_addresses = '127.0.0.1'"
+        echo "port = $port"
+        echo "unix_socket_directories = '$TMP'"
+        echo "logging_collector = off"
+        printf '%s\n' "$@"
+    } >>"$TMP/$name/postgresql.conf"
+    printf 'local all all trust\nhost  all all 127.0.0.1/32 trust\n' >"$TMP/$name/pg_hba.conf"
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$TMP/$name" -l "$TMP/$name.log" -w -t 60 start >/dev/null \
+        || { tail -20 "$TMP/$name.log" >&2; die "postgres $name did not start"; }
+}
+
+# For cleanup traps: stop the server started by start_postgres_named $1, if it runs.
+stop_postgres_named() {
+    if [[ -n "${TMP:-}" && -f "$TMP/$1/postmaster.pid" ]]; then
+        runuser -u postgres -- "$PGBIN/pg_ctl" -D "$TMP/$1" -m immediate -w stop >/dev/null 2>&1
+    fi
+}
+
+# capgate with the config file $1, listening on port $2 (as the config says), output appended
+# to $3; sets CAPGATE_PID. Dies if it does not accept connections.
+start_capgate_config() {
+    local config=$1 port=$2 logf=$3
+    "$CAPGATE_BIN" run --config "$config" >>"$logf" 2>&1 &
+    CAPGATE_PID=$!
+    wait_accepting capgate "$port" "$CAPGATE_PID" || { tail -30 "$logf" >&2; die "capgate does not accept connections"; }
+}
+
+# Stop the capgate started last (TERM, then KILL after 10 s); clears CAPGATE_PID. Safe under
+# `set -e` (capgate's exit status is not checked here).
+stop_capgate() {
+    if [[ -n "${CAPGATE_PID:-}" ]] && kill -0 "$CAPGATE_PID" 2>/dev/null; then
+        kill -TERM "$CAPGATE_PID" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$CAPGATE_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$CAPGATE_PID" 2>/dev/null || true
+    fi
+    if [[ -n "${CAPGATE_PID:-}" ]]; then wait "$CAPGATE_PID" 2>/dev/null || true; fi
+    CAPGATE_PID=""
+}
+
+# capgate-link ($LINK_BIN) relaying to 127.0.0.1:$1; output in $TMP/link.out. Sets LINK_PID,
+# LINK_LISTEN (host:port clients use) and LINK_CONTROL (host:port of its control protocol).
+start_link() {
+    local target_port=$1
+    "$LINK_BIN" --listen 127.0.0.1:0 --target "127.0.0.1:$target_port" --control 127.0.0.1:0 \
+        >"$TMP/link.out" 2>&1 </dev/null &
+    LINK_PID=$!
+    for _ in $(seq 100); do grep -q '^control ' "$TMP/link.out" && break; sleep 0.05; done
+    grep -q '^control ' "$TMP/link.out" || { cat "$TMP/link.out" >&2; die "capgate-link did not start"; }
+    LINK_LISTEN="$(awk '/^listen /{print $2}' "$TMP/link.out")"
+    LINK_CONTROL="$(awk '/^control /{print $2}' "$TMP/link.out")"
+}
+
+# Send one control command (e.g. `latency 25ms`, `refuse on`) to the link; dies on `error:`.
+link_cmd() {
+    local answer
+    exec 7<>"/dev/tcp/${LINK_CONTROL%:*}/${LINK_CONTROL##*:}" || die "cannot reach the link's control port"
+    echo "$*" >&7
+    read -r answer <&7
+    exec 7>&-
+    [[ "$answer" != error:* ]] || die "link: $* -> $answer"
+    echo "$answer"
+}
+
+# For cleanup traps: stop the link started by start_link.
+stop_link() {
+    if [[ -n "${LINK_PID:-}" ]] && kill -0 "$LINK_PID" 2>/dev/null; then
+        kill -TERM "$LINK_PID" 2>/dev/null || true
+        wait "$LINK_PID" 2>/dev/null || true
+    fi
+    LINK_PID=""
+}

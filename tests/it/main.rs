@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod async_mode;
 mod bad_input;
 mod cli;
 mod driver;
@@ -12,6 +13,7 @@ mod policy;
 mod psql;
 mod python;
 mod replication;
+mod sync_faults;
 mod sync_values;
 mod tls;
 mod verify;

@@ -77,8 +77,12 @@ struct Txn {
     wrapped: bool,
     pins: Pins,
     replicas: Vec<ReplicaTx>,
-    /// Outbox rows were inserted: the ordering step must run before COMMIT.
-    captured: bool,
+    /// Outbox inserts of the transaction's async and bounded writes, run together with the
+    /// ordering step just before COMMIT (one round trip, whatever their number).
+    captures: Vec<String>,
+    /// Savepoints and how many captures existed when each was set: ROLLBACK TO drops the
+    /// captures made after it.
+    marks: Vec<(String, usize)>,
     /// The sync tables written, for messages.
     sync_tables: Vec<String>,
     started: Instant,
@@ -86,11 +90,47 @@ struct Txn {
 
 impl Txn {
     fn new(wrapped: bool) -> Txn {
-        Txn { wrapped, pins: Pins::at(SystemTime::now()), replicas: Vec::new(), captured: false, sync_tables: Vec::new(), started: Instant::now() }
+        Txn { wrapped, pins: Pins::at(SystemTime::now()), replicas: Vec::new(), captures: Vec::new(), marks: Vec::new(), sync_tables: Vec::new(), started: Instant::now() }
     }
 
     fn has_work(&self) -> bool {
-        self.captured || !self.replicas.is_empty()
+        !self.captures.is_empty() || !self.replicas.is_empty()
+    }
+
+    /// What runs on the primary just before its COMMIT: the outbox inserts, the decision
+    /// record of the two-phase commit, the ordering step.
+    fn before_commit(&self, gid: &str, site: &str) -> Vec<String> {
+        let mut out = self.captures.clone();
+        if self.replicas.iter().any(|r| r.prepared.is_some()) {
+            out.push(decision_sql(gid, site));
+        }
+        if !self.captures.is_empty() {
+            out.push(ORDER_SQL.to_owned());
+        }
+        out
+    }
+
+    /// Follow a savepoint statement for the captures.
+    fn savepoint(&mut self, upper: &str, name: &str) {
+        if upper.starts_with("SAVEPOINT") {
+            self.marks.push((name.to_owned(), self.captures.len()));
+        } else if upper.starts_with("RELEASE") {
+            if let Some(i) = self.marks.iter().position(|(n, _)| n == name) {
+                self.marks.truncate(i);
+            }
+        } else {
+            match self.marks.iter().rposition(|(n, _)| n == name) {
+                Some(i) => {
+                    self.captures.truncate(self.marks[i].1);
+                    self.marks.truncate(i + 1);
+                }
+                // Set before the first replicated write: everything captured goes.
+                None => {
+                    self.captures.clear();
+                    self.marks.clear();
+                }
+            }
+        }
     }
 }
 
@@ -499,21 +539,9 @@ where
             self.txn = Some(txn);
             return Ok(Some(msg));
         }
-        let mut statements = Vec::new();
-        if txn.replicas.iter().any(|r| r.prepared.is_some()) {
-            statements.push(decision_sql(&gid, &self.shared.replication.site));
-        }
-        if txn.captured {
-            statements.push(ORDER_SQL.to_owned());
-        }
+        let mut statements = txn.before_commit(&gid, &self.shared.replication.site);
         statements.push("COMMIT".to_owned());
-        let mut failed = None;
-        for sql in &statements {
-            if let Err(e) = self.own_extended(sql).await? {
-                failed = Some(e);
-                break;
-            }
-        }
+        let failed = self.own_extended_batch(&statements).await?.err();
         match failed {
             None => {
                 self.committed(txn, gid);
@@ -590,7 +618,7 @@ where
             }
         };
         // The text the replicas run and the outbox keeps: parameters inlined as literals.
-        let (replica_sql, params) = match &carrier {
+        let (replica_sql, _params) = match &carrier {
             Carrier::Simple(_) => (sql.clone(), Vec::new()),
             Carrier::Extended { params, .. } => match inline_params(&sql, params) {
                 Ok(text) => (text, params.clone()),
@@ -627,6 +655,14 @@ where
                 self.collect_until_ready().await?
             }
             Carrier::Extended { execute, .. } => {
+                // Replies to what the client sent before this Execute come first (and must
+                // not be mistaken for the replies to capgate's own statements).
+                self.send_server(&flush()).await?;
+                self.relay_replies().await?;
+                if self.group_failed {
+                    self.txn = None;
+                    return self.forward_client(b'E', execute).await;
+                }
                 if wrap {
                     if let Err(e) = self.own_extended("BEGIN").await? {
                         // Could not even begin: tell the client in the statement's place.
@@ -635,12 +671,6 @@ where
                         e.encode(&mut self.out);
                         return Ok(());
                     }
-                }
-                // Replies to what the client sent before this Execute come first.
-                self.send_server(&flush()).await?;
-                self.relay_replies().await?;
-                if self.group_failed {
-                    return self.forward_client(b'E', execute).await;
                 }
                 if rewritten {
                     // The text differs from what the client prepared (pinned time, generated
@@ -686,24 +716,23 @@ where
                 return self.undo(&carrier, wrap, msg).await;
             }
             if autocommit_simple {
-                return self.finish_autocommit(&carrier, replies, gid, capture.then(|| (replica_sql.clone(), params.clone(), rows, decisions.clone()))).await;
+                if capture {
+                    let insert = capture_sql(&self.shared.replication.site, &replica_sql, &decisions, rows);
+                    if let Some(t) = self.txn.as_mut() {
+                        t.captures.push(insert);
+                    }
+                }
+                return self.finish_autocommit(&carrier, replies, gid).await;
             }
         }
-        // 3. The outbox (async, bounded).
+        // 3. The outbox (async, bounded): the insert waits for COMMIT.
         if capture {
             let insert = capture_sql(&self.shared.replication.site, &replica_sql, &decisions, rows);
-            let result = match &carrier {
-                Carrier::Simple(_) => self.own_simple(&insert).await?,
-                Carrier::Extended { .. } => self.own_extended(&insert).await?,
-            };
-            if let Err(e) = result {
-                return self.undo(&carrier, wrap, e).await;
-            }
             if let Some(t) = self.txn.as_mut() {
-                t.captured = true;
+                t.captures.push(insert);
             }
             if wrap && matches!(carrier, Carrier::Simple(_)) {
-                return self.finish_autocommit(&carrier, replies, String::new(), None).await;
+                return self.finish_autocommit(&carrier, replies, String::new()).await;
             }
         }
         self.deliver(&carrier, replies, false).await
@@ -711,32 +740,13 @@ where
 
     /// A Simple autocommit statement capgate wrapped: commit (decision record, ordering
     /// step, COMMIT) and show the client the statement's replies with an idle status.
-    async fn finish_autocommit(
-        &mut self,
-        carrier: &Carrier,
-        replies: Vec<Frame>,
-        gid: String,
-        capture: Option<(String, Vec<Param>, Option<u64>, Vec<Decision>)>,
-    ) -> Result<(), SessionError> {
+    async fn finish_autocommit(&mut self, carrier: &Carrier, replies: Vec<Frame>, gid: String) -> Result<(), SessionError> {
         let Some(txn) = self.txn.take() else { return self.deliver(carrier, replies, false).await };
-        let mut sql = String::new();
-        if let Some((text, _params, rows, decisions)) = &capture {
-            sql.push_str(&capture_sql(&self.shared.replication.site, text, decisions, *rows));
-            sql.push_str(";\n");
-        }
-        if txn.replicas.iter().any(|r| r.prepared.is_some()) {
-            sql.push_str(&decision_sql(&gid, &self.shared.replication.site));
-            sql.push_str(";\n");
-        }
-        if txn.captured || capture.is_some() {
-            sql.push_str(ORDER_SQL);
-            sql.push_str(";\n");
-        }
-        sql.push_str("COMMIT");
+        let mut statements = txn.before_commit(&gid, &self.shared.replication.site);
+        statements.push("COMMIT".to_owned());
+        let sql = statements.join(";\n");
         match self.own_simple(&sql).await? {
             Ok(()) => {
-                let mut txn = txn;
-                txn.captured |= capture.is_some();
                 self.committed(txn, gid);
                 self.deliver_as(carrier, replies, Some(b'I')).await
             }
@@ -960,7 +970,7 @@ where
 
     /// The primary committed: finish the replicas off the critical path.
     fn committed(&mut self, txn: Txn, gid: String) {
-        if txn.captured {
+        if !txn.captures.is_empty() {
             self.shared.replication.wake_shippers();
         }
         if !txn.replicas.is_empty() {
@@ -1000,6 +1010,7 @@ where
                 let upper = carrier.sql().trim().to_ascii_uppercase();
                 let result = match self.txn.take() {
                     Some(mut txn) => {
+                        txn.savepoint(&upper, &name);
                         let r = self.savepoint_on_replicas(&mut txn, &upper, &name).await;
                         self.txn = Some(txn);
                         r
@@ -1104,21 +1115,17 @@ where
                 }
             };
         }
-        let mut before = Vec::new();
-        if txn.replicas.iter().any(|r| r.prepared.is_some()) {
-            before.push(decision_sql(&gid, &self.shared.replication.site));
-        }
-        if txn.captured {
-            before.push(ORDER_SQL.to_owned());
-        }
+        let before = txn.before_commit(&gid, &self.shared.replication.site);
         let replies = match &carrier {
             Carrier::Simple(sql) => {
                 relay::client_frame(self.state, b'Q');
                 let mut bytes = BytesMut::new();
-                query_frame(&mut bytes, &before.join(";\n"));
+                if !before.is_empty() {
+                    query_frame(&mut bytes, &before.join(";\n"));
+                }
                 query_frame(&mut bytes, sql);
                 self.send_server(&bytes).await?;
-                let own = self.own_simple_reply().await?;
+                let own = if before.is_empty() { Ok(()) } else { self.own_simple_reply().await? };
                 let replies = self.collect_until_ready().await?;
                 if let Err(e) = own {
                     release(txn, false);
@@ -1127,13 +1134,11 @@ where
                 replies
             }
             Carrier::Extended { execute, .. } => {
-                for sql in &before {
-                    if let Err(e) = self.own_extended(sql).await? {
-                        release(txn, false);
-                        e.encode(&mut self.out);
-                        self.group_failed = true;
-                        return Ok(());
-                    }
+                if let Err(e) = self.own_extended_batch(&before).await? {
+                    release(txn, false);
+                    e.encode(&mut self.out);
+                    self.group_failed = true;
+                    return Ok(());
                 }
                 relay::client_frame(self.state, b'E');
                 let mut bytes = BytesMut::from(&execute[..]);
@@ -1366,6 +1371,34 @@ where
                 _ => {}
             }
         }
+    }
+
+    /// Several of capgate's own statements inside the current extended group, sent at once;
+    /// the first error stops them (the server skips the rest).
+    async fn own_extended_batch(&mut self, statements: &[String]) -> Result<Result<(), ErrorMessage>, SessionError> {
+        if statements.is_empty() {
+            return Ok(Ok(()));
+        }
+        let mut bytes = BytesMut::new();
+        for sql in statements {
+            bytes.extend_from_slice(&own_execute(sql));
+        }
+        bytes.extend_from_slice(&flush());
+        self.send_server(&bytes).await?;
+        let mut seen = 0;
+        while seen < 5 * statements.len() {
+            let (tag, frame) = self.server_frame().await?;
+            match tag {
+                b'3' | b'1' | b'2' | b'C' | b'I' => seen += 1,
+                b'E' => {
+                    self.group_failed = true;
+                    return Ok(Err(error_from(&frame)));
+                }
+                b'A' | b'S' => self.out.extend_from_slice(&frame),
+                _ => {}
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Run capgate's own statement inside the current extended group (named statement and

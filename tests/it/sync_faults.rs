@@ -1,0 +1,277 @@
+//! Faults against sync (two-phase commit) tables: a partition with `on_partition = "block"`,
+//! latency above `partition_latency`, the link cut in the middle of a transaction, and the
+//! capgate process killed between the primary's COMMIT and `COMMIT PREPARED` (recovery
+//! finishes the job after a restart, and rolls back what was never decided). Each test uses
+//! its own tables and link, and ends by comparing its tables on both sites.
+//!
+//! Timings are only ever asserted as lower bounds: the machine may be slow, never fast.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::replication::{bed, on_both, own_link, primary_rows, proxy, replica_rows, verify_equal, wait_until};
+use crate::support::{connect, scratch, sqlstate};
+
+/// `sf_blk*` block for 3 s, `sf_blkl*` block for longer (the restore case must not race the
+/// timeout on a slow machine), `sf_fail*` and every other `sf_*` table fail at once.
+const POLICY: &str = "default = \"local\"\n\
+    [[table]]\nmatch = \"public.sf_blkl*\"\nmode = \"sync\"\non_partition = \"block\"\npartition_timeout = \"30s\"\n\
+    [[table]]\nmatch = \"public.sf_blk_*\"\nmode = \"sync\"\non_partition = \"block\"\npartition_timeout = \"3s\"\n\
+    [[table]]\nmatch = \"public.sf_*\"\nmode = \"sync\"\non_partition = \"fail\"\n";
+
+#[tokio::test]
+async fn block_waits_for_the_partition_timeout_then_refuses_or_goes_through_once_healed() {
+    on_both(
+        "DROP TABLE IF EXISTS sf_blk_t, sf_blkl_t, sf_fail_probe; \
+         CREATE TABLE sf_blk_t (id int PRIMARY KEY, v text); \
+         CREATE TABLE sf_blkl_t (id int PRIMARY KEY, v text); \
+         CREATE TABLE sf_fail_probe (id int PRIMARY KEY)",
+    )
+    .await;
+    let link = own_link();
+    let p = proxy("sf-block", POLICY, &link, "").await;
+    let app = connect(&p.url("postgres", "postgres")).await;
+    app.batch_execute("INSERT INTO sf_blk_t VALUES (1, 'before')").await.unwrap();
+    app.batch_execute("INSERT INTO sf_blkl_t VALUES (1, 'before')").await.unwrap();
+
+    // Cut, and wait until capgate sees the partition (a fail table is refused at once then).
+    link.blackhole();
+    let mut probe = 0;
+    wait_until("the partition to be seen", Duration::from_secs(30), async || {
+        probe += 1;
+        match app.batch_execute(&format!("INSERT INTO sf_fail_probe VALUES ({probe})")).await {
+            Err(e) => sqlstate(&e) == "55000" && e.as_db_error().unwrap().message().contains("partitioned"),
+            Ok(()) => panic!("a sync write went through while the replica was cut off"),
+        }
+    })
+    .await;
+
+    // A blocked write is refused after the partition timeout, not before.
+    let start = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(60), app.batch_execute("INSERT INTO sf_blk_t VALUES (2, 'during')"))
+        .await
+        .expect("a blocked write must end within its partition timeout (60 s bound)")
+        .expect_err("written while the replica was cut off");
+    let waited = start.elapsed();
+    assert_eq!(sqlstate(&e), "55000", "{e:?}");
+    assert!(waited >= Duration::from_secs(1), "refused after {waited:?}: it did not block");
+    let msg = e.as_db_error().unwrap().message().to_owned();
+    assert!(msg.contains("public.sf_blk_t") && msg.contains("block"), "{msg}");
+
+    // A write blocked while the link heals goes through.
+    let url = p.url("postgres", "postgres");
+    let blocked = tokio::spawn(async move {
+        let c = connect(&url).await;
+        let start = Instant::now();
+        let r = c.batch_execute("INSERT INTO sf_blkl_t VALUES (2, 'healed')").await;
+        (r, start.elapsed())
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!blocked.is_finished(), "the write did not block");
+    link.restore();
+    let (r, waited) = tokio::time::timeout(Duration::from_secs(60), blocked).await.expect("the blocked write never ended").unwrap();
+    r.unwrap_or_else(|e| panic!("the blocked write failed after the link healed: {e:?}"));
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+
+    assert_eq!(primary_rows("SELECT id, v FROM sf_blk_t ORDER BY id").await, vec!["1|before"]);
+    assert_eq!(primary_rows("SELECT id, v FROM sf_blkl_t ORDER BY id").await, vec!["1|before", "2|healed"]);
+    // verify_equal first waits for the replica's prepared transactions to be resolved: the
+    // COMMIT PREPARED of the writes just before the cut may have been lost to the blackhole,
+    // and is then recovery's to finish.
+    verify_equal(&["public.sf_blk_t", "public.sf_blkl_t", "public.sf_fail_probe"]).await;
+    assert_eq!(replica_rows("SELECT id, v FROM sf_blkl_t ORDER BY id").await, vec!["1|before", "2|healed"]);
+}
+
+#[tokio::test]
+async fn latency_above_partition_latency_refuses_writes_until_it_drops() {
+    on_both("DROP TABLE IF EXISTS sf_slow; CREATE TABLE sf_slow (id int PRIMARY KEY, v text)").await;
+    let link = own_link();
+    // proxy() sets partition_latency = 500ms: 400 ms each way is an 800 ms round trip.
+    let p = proxy("sf-latency", POLICY, &link, "").await;
+    let app = connect(&p.url("postgres", "postgres")).await;
+    app.batch_execute("INSERT INTO sf_slow VALUES (0, 'fast')").await.unwrap();
+
+    link.set_latency(Duration::from_millis(400));
+    let mut id = 0;
+    wait_until("writes to be refused for latency", Duration::from_secs(60), async || {
+        id += 1;
+        // Before the health loop marks the replica partitioned a write may still go through
+        // (slowly) or fail on its deadline; either way only 55000 is an acceptable error.
+        match app.batch_execute(&format!("INSERT INTO sf_slow VALUES ({id}, 'slow')")).await {
+            Err(e) => {
+                assert_eq!(sqlstate(&e), "55000", "{e:?}");
+                e.as_db_error().unwrap().message().contains("partitioned")
+            }
+            Ok(()) => false,
+        }
+    })
+    .await;
+
+    link.set_latency(Duration::ZERO);
+    wait_until("writes to be accepted again", Duration::from_secs(30), async || {
+        id += 1;
+        match app.batch_execute(&format!("INSERT INTO sf_slow VALUES ({id}, 'fast again')")).await {
+            Err(e) => {
+                assert_eq!(sqlstate(&e), "55000", "{e:?}");
+                false
+            }
+            Ok(()) => true,
+        }
+    })
+    .await;
+    let last = format!("{id}|fast again");
+    assert_eq!(primary_rows("SELECT id, v FROM sf_slow ORDER BY id DESC LIMIT 1").await, vec![last.clone()]);
+    verify_equal(&["public.sf_slow"]).await;
+    assert_eq!(replica_rows("SELECT id, v FROM sf_slow ORDER BY id DESC LIMIT 1").await, vec![last]);
+}
+
+#[tokio::test]
+async fn a_cut_during_a_transaction_fails_its_commit_and_changes_nothing() {
+    on_both("DROP TABLE IF EXISTS sf_mid; CREATE TABLE sf_mid (id int PRIMARY KEY, v text); INSERT INTO sf_mid VALUES (1, 'orig')").await;
+    let link = own_link();
+    let p = proxy("sf-mid", POLICY, &link, "").await;
+    let app = connect(&p.url("postgres", "postgres")).await;
+
+    app.batch_execute("BEGIN").await.unwrap();
+    app.batch_execute("UPDATE sf_mid SET v = 'changed' WHERE id = 1").await.unwrap();
+    link.blackhole();
+    let r = tokio::time::timeout(Duration::from_secs(60), app.batch_execute("COMMIT")).await.expect("COMMIT hung for over 60 s with the replica cut off");
+    let e = r.expect_err("COMMIT succeeded although the replica could not prepare");
+    assert_eq!(sqlstate(&e), "55000", "{e:?}");
+    // The session is usable and outside any transaction.
+    assert_eq!(app.query_one("SELECT v FROM sf_mid WHERE id = 1", &[]).await.unwrap().get::<_, String>(0), "orig");
+    assert!(app.batch_execute("SAVEPOINT s").await.is_err(), "still inside a transaction after the failed COMMIT");
+
+    link.restore();
+    verify_equal(&["public.sf_mid"]).await;
+    assert_eq!(primary_rows("SELECT v FROM sf_mid").await, vec!["orig"]);
+    assert_eq!(replica_rows("SELECT v FROM sf_mid").await, vec!["orig"]);
+    // Nothing is left holding the row on the replica: the next write to it goes through.
+    wait_until("the row to be writable again", Duration::from_secs(30), async || {
+        app.batch_execute("UPDATE sf_mid SET v = 'after' WHERE id = 1").await.is_ok()
+    })
+    .await;
+    verify_equal(&["public.sf_mid"]).await;
+    assert_eq!(replica_rows("SELECT v FROM sf_mid").await, vec!["after"]);
+}
+
+/// The capgate binary, for the crash test.
+struct Process {
+    child: Child,
+    port: u16,
+}
+
+impl Process {
+    fn start(config: &std::path::Path, port: u16, log: &std::path::Path) -> Process {
+        let log = std::fs::File::options().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_capgate"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start capgate");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "capgate never listened on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Process { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn kill(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prepared transactions of site `f` on the replica.
+async fn prepared_of_f() -> Vec<String> {
+    replica_rows("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'capgate:f:%' ORDER BY gid").await
+}
+
+#[tokio::test]
+async fn recovery_commits_what_a_killed_capgate_decided_and_rolls_back_the_undecided() {
+    on_both("DROP TABLE IF EXISTS sf_kill; CREATE TABLE sf_kill (id int PRIMARY KEY, v text); INSERT INTO sf_kill VALUES (1, 'old')").await;
+    let b = bed();
+    capgate::replicate::outbox::schema::install_primary(&connect(&b.a_primary_url()).await).await.unwrap();
+    let link = own_link();
+    let dir = scratch("sf-kill");
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    let port = capgate::testbed::free_port();
+    // Its own site name, so its recovery (with a short grace) never touches the prepared
+    // transactions of the other tests' proxies (site "a"), nor theirs this test's.
+    // partition_latency and heartbeat_timeout are generous so that the 2 s each way used
+    // below does not refuse or time out the PREPARE (the deadline is 5 × the larger).
+    let config = dir.join("capgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "site = \"f\"\nlisten = \"127.0.0.1:{port}\"\npolicy = \"{}\"\nrecovery_grace = \"5s\"\n\n[primary]\nurl = \"{}?sslmode=disable\"\n\n[[replicas]]\nname = \"b\"\nurl = \"postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable&connect_timeout=2\"\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"6s\"\npartition_latency = \"6s\"\n",
+            dir.join("policy.toml").display(),
+            b.a_primary_url(),
+            link.addr().port()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("capgate.log");
+    let mut first = Process::start(&config, port, &log);
+    let app = connect(&first.url()).await;
+    wait_until("the replica to take sync writes", Duration::from_secs(30), async || {
+        app.batch_execute("UPDATE sf_kill SET v = 'warm' WHERE id = 1").await.is_ok()
+    })
+    .await;
+    // COMMIT PREPARED runs after the client's COMMIT returned.
+    wait_until("the replica to commit", Duration::from_secs(30), async || replica_rows("SELECT v FROM sf_kill").await == vec!["warm"]).await;
+
+    // PREPARE gets through (slowly); COMMIT PREPARED, sent after the primary's COMMIT, sits
+    // in the link's 2 s delay line when the link is cut, and is dropped.
+    app.batch_execute("BEGIN").await.unwrap();
+    app.batch_execute("UPDATE sf_kill SET v = 'new' WHERE id = 1").await.unwrap();
+    link.set_latency(Duration::from_secs(2));
+    app.batch_execute("COMMIT").await.unwrap();
+    link.blackhole();
+    first.kill();
+    drop(app);
+
+    assert_eq!(primary_rows("SELECT v FROM sf_kill").await, vec!["new"]);
+    let gids = prepared_of_f().await;
+    assert_eq!(gids.len(), 1, "expected the one prepared transaction of the killed capgate: {gids:?}");
+    assert_eq!(replica_rows("SELECT v FROM sf_kill").await, vec!["warm"], "committed on the replica before the crash");
+    assert_eq!(
+        primary_rows(&format!("SELECT count(*) FROM capgate.decisions WHERE gid = '{}'", gids[0])).await,
+        vec!["1"],
+        "the decision record"
+    );
+
+    // Restart with the same configuration: recovery commits the decided transaction.
+    link.restore();
+    let second = Process::start(&config, port, &log);
+    wait_until("recovery to commit the decided transaction", Duration::from_secs(60), async || prepared_of_f().await.is_empty()).await;
+    assert_eq!(replica_rows("SELECT v FROM sf_kill").await, vec!["new"]);
+
+    // A prepared transaction of this site without a decision is rolled back after the grace.
+    let replica = connect(&b.b_replica_url_direct()).await;
+    replica.batch_execute("BEGIN; INSERT INTO sf_kill VALUES (99, 'orphan'); PREPARE TRANSACTION 'capgate:f:deadbeef:1'").await.unwrap();
+    assert_eq!(prepared_of_f().await, vec!["capgate:f:deadbeef:1"], "rolled back at once, within its grace");
+    wait_until("recovery to roll back the undecided transaction", Duration::from_secs(60), async || prepared_of_f().await.is_empty()).await;
+    assert_eq!(replica_rows("SELECT count(*) FROM sf_kill WHERE id = 99").await, vec!["0"]);
+
+    // Still serving after all this.
+    let app = connect(&second.url()).await;
+    app.batch_execute("UPDATE sf_kill SET v = 'final' WHERE id = 1").await.unwrap();
+    verify_equal(&["public.sf_kill"]).await;
+    assert_eq!(replica_rows("SELECT v FROM sf_kill").await, vec!["final"]);
+}
