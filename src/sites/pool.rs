@@ -21,9 +21,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::error::{with_deadline, BoxError, SiteError};
 use super::Connector;
 
-/// The connections of one replica.
+/// The connections of one replica. Cloning gives another handle on the same pool.
 pub struct Pool<C: Connector> {
     inner: Arc<Inner<C>>,
+}
+
+impl<C: Connector> Clone for Pool<C> {
+    fn clone(&self) -> Pool<C> {
+        Pool { inner: self.inner.clone() }
+    }
 }
 
 /// Shared by the pool and every checked-out connection (which returns itself on drop).

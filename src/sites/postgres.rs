@@ -16,11 +16,20 @@ const APPLICATION_NAME: &str = "capgate";
 /// How to reach one PostgreSQL replica.
 pub struct PgConnector {
     upstream: Upstream,
+    /// `idle_in_transaction_session_timeout` of capgate's replica sessions: a transaction
+    /// capgate abandoned (its connection lost in a partition) must not keep its row locks on
+    /// the replica until TCP keepalives notice, hours later. Zero leaves the server's setting.
+    idle_tx_timeout: std::time::Duration,
 }
 
 impl PgConnector {
     pub fn new(upstream: Upstream) -> PgConnector {
-        PgConnector { upstream }
+        PgConnector { upstream, idle_tx_timeout: std::time::Duration::ZERO }
+    }
+
+    /// The same, with abandoned replica transactions ended by the replica after `timeout`.
+    pub fn with_idle_tx_timeout(upstream: Upstream, timeout: std::time::Duration) -> PgConnector {
+        PgConnector { upstream, idle_tx_timeout: timeout }
     }
 }
 
@@ -44,7 +53,12 @@ impl Connector for PgConnector {
 
     async fn connect(&self) -> Result<PgConn, BoxError> {
         let (client, task) = self.upstream.client_with_task(APPLICATION_NAME).await?;
-        Ok(PgConn { client, _task: AbortOnDrop(task) })
+        let conn = PgConn { client, _task: AbortOnDrop(task) };
+        if !self.idle_tx_timeout.is_zero() {
+            let ms = self.idle_tx_timeout.as_millis();
+            conn.client.batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}")).await?;
+        }
+        Ok(conn)
     }
 
     /// `SELECT 1` in the simple protocol: one round trip, no statement to prepare.
@@ -69,7 +83,10 @@ pub fn start(config: &Config) -> Result<Sites<PgConnector>, SiteError> {
     for replica in &config.replicas {
         let upstream = Upstream::new(replica.url.clone())
             .map_err(|e| SiteError::failed(&replica.name, "loading the TLS settings of its URL", e))?;
-        sites.push(Site::start(&replica.name, PgConnector::new(upstream), Settings::from_replica(replica)));
+        // Well past any wait of capgate's own on a replica operation (5 × the larger of
+        // partition_latency and heartbeat_timeout), at least 10 s.
+        let idle = (replica.partition_latency.max(replica.heartbeat_timeout) * 20).max(std::time::Duration::from_secs(10));
+        sites.push(Site::start(&replica.name, PgConnector::with_idle_tx_timeout(upstream, idle), Settings::from_replica(replica)));
     }
     Ok(Sites::new(sites))
 }

@@ -96,6 +96,7 @@ async fn shipping(admin: SocketAddr) {
 
 #[tokio::test]
 async fn async_writes_of_every_kind_reach_the_replica_and_rolled_back_ones_never_do() {
+    let _one = crate::replication::exclusive().await;
     let site = "as_basic_site";
     on_both(
         "DROP TABLE IF EXISTS as_item; \
@@ -158,6 +159,7 @@ async fn async_writes_of_every_kind_reach_the_replica_and_rolled_back_ones_never
 
 #[tokio::test]
 async fn concurrent_clients_on_a_hot_row_replay_in_commit_order() {
+    let _one = crate::replication::exclusive().await;
     let site = "as_hot_site";
     on_both(
         "DROP TABLE IF EXISTS as_hot, as_log; \
@@ -233,6 +235,7 @@ async fn concurrent_clients_on_a_hot_row_replay_in_commit_order() {
 /// `client.execute(sql, &[])` sends: Bind, Execute, Sync of a prepared statement).
 #[tokio::test]
 async fn an_autocommit_extended_write_without_parameters_is_replicated() {
+    let _one = crate::replication::exclusive().await;
     let site = "as_noparam_site";
     on_both("DROP TABLE IF EXISTS as_noparam; CREATE TABLE as_noparam (id int PRIMARY KEY, v int NOT NULL); INSERT INTO as_noparam VALUES (1, 0)").await;
     let policy = "default = \"local\"\n[[table]]\nmatch = \"public.as_noparam\"\nmode = \"async\"\n";
@@ -255,6 +258,7 @@ async fn an_autocommit_extended_write_without_parameters_is_replicated() {
 
 #[tokio::test]
 async fn async_accepts_while_cut_off_and_bounded_is_refused_until_lag_recovers() {
+    let _one = crate::replication::exclusive().await;
     let site = "as_cut_site";
     on_both(
         "DROP TABLE IF EXISTS as_cut, bd_cut; \
@@ -361,6 +365,7 @@ async fn async_accepts_while_cut_off_and_bounded_is_refused_until_lag_recovers()
 
 #[tokio::test]
 async fn a_conflict_is_recorded_and_shipping_goes_on() {
+    let _one = crate::replication::exclusive().await;
     let site = "as_conf_site";
     on_both(
         "DROP TABLE IF EXISTS as_conf; \
@@ -412,6 +417,7 @@ async fn a_conflict_is_recorded_and_shipping_goes_on() {
 /// the proxy needs not ask the server for them.
 #[tokio::test]
 async fn an_autocommit_extended_write_with_typed_parameters_is_replicated() {
+    let _one = crate::replication::exclusive().await;
     let site = "as_typed_site";
     on_both("DROP TABLE IF EXISTS as_typed; CREATE TABLE as_typed (id int PRIMARY KEY, v int NOT NULL); INSERT INTO as_typed VALUES (1, 0)").await;
     let policy = "default = \"local\"\n[[table]]\nmatch = \"public.as_typed\"\nmode = \"async\"\n";

@@ -14,6 +14,14 @@ use capgate::verify::{self, Limits, Selection, TableName};
 
 use crate::support::{connect, scratch, sqlstate, Proxy};
 
+/// The replication tests run one at a time: they share the bed's replica, where a slow or
+/// cut test's prepared transactions and lock waits would otherwise delay the others past
+/// their bounded waits on a 2-core machine.
+pub(crate) async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(())).lock().await
+}
+
 /// One two-site bed for every test of this module.
 pub(crate) fn bed() -> &'static TwoSites {
     static BED: OnceLock<TwoSites> = OnceLock::new();
@@ -43,7 +51,7 @@ pub(crate) async fn proxy(name: &str, policy: &str, link: &Link, replica_extra: 
     let b = bed();
     let replica_url = format!("postgres://postgres@127.0.0.1:{}/postgres", link.addr().port());
     let text = format!(
-        "site = \"a\"\nlisten = \"127.0.0.1:0\"\npolicy = \"{}\"\n\n[primary]\nurl = \"{}?sslmode=disable\"\n\n[[replicas]]\nname = \"b\"\nurl = \"{}?sslmode=disable&connect_timeout=2\"\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\n{replica_extra}\n",
+        "site = \"a\"\nlisten = \"127.0.0.1:0\"\npolicy = \"{}\"\nrecovery_grace = \"5s\"\n\n[primary]\nurl = \"{}?sslmode=disable\"\n\n[[replicas]]\nname = \"b\"\nurl = \"{}?sslmode=disable&connect_timeout=2\"\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\n{replica_extra}\n",
         dir.join("policy.toml").display(),
         b.a_primary_url(),
         replica_url
@@ -78,10 +86,15 @@ pub(crate) async fn replica_rows(sql: &str) -> Vec<String> {
 /// waits (bounded) for the replica to settle: COMMIT PREPARED runs after the client's COMMIT
 /// returned, or, after a fault, from capgate's recovery.
 pub(crate) async fn verify_equal(tables: &[&str]) {
-    wait_until("prepared transactions to be resolved on the replica", Duration::from_secs(60), async || {
-        replica_rows("SELECT count(*) FROM pg_prepared_xacts").await == vec!["0"]
-    })
-    .await;
+    let start = Instant::now();
+    loop {
+        let left = replica_rows("SELECT gid || ' prepared ' || prepared FROM pg_prepared_xacts").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "prepared transactions still unresolved on the replica: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let b = bed();
     let text = format!(
         "site = \"a\"\n[primary]\nurl = \"{}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"{}?sslmode=disable\"\n",
@@ -108,6 +121,7 @@ pub(crate) const SYNC_POLICY: &str = "default = \"local\"\n[[table]]\nmatch = \"
 
 #[tokio::test]
 async fn sync_writes_commit_on_both_sites_or_nowhere() {
+    let _one = crate::replication::exclusive().await;
     on_both(
         "DROP TABLE IF EXISTS sy_acct, lo_sync_log; \
          CREATE TABLE sy_acct (id int PRIMARY KEY, balance int NOT NULL CHECK (balance >= 0), note text); \
@@ -158,6 +172,7 @@ async fn sync_writes_commit_on_both_sites_or_nowhere() {
 
 #[tokio::test]
 async fn sync_writes_are_refused_while_the_replica_is_cut_off() {
+    let _one = crate::replication::exclusive().await;
     on_both("DROP TABLE IF EXISTS sy_cut; CREATE TABLE sy_cut (id int PRIMARY KEY, v text)").await;
     let link = own_link();
     let p = proxy("sync-cut", SYNC_POLICY, &link, "").await;

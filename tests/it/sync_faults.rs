@@ -21,6 +21,7 @@ const POLICY: &str = "default = \"local\"\n\
 
 #[tokio::test]
 async fn block_waits_for_the_partition_timeout_then_refuses_or_goes_through_once_healed() {
+    let _one = crate::replication::exclusive().await;
     on_both(
         "DROP TABLE IF EXISTS sf_blk_t, sf_blkl_t, sf_fail_probe; \
          CREATE TABLE sf_blk_t (id int PRIMARY KEY, v text); \
@@ -84,6 +85,7 @@ async fn block_waits_for_the_partition_timeout_then_refuses_or_goes_through_once
 
 #[tokio::test]
 async fn latency_above_partition_latency_refuses_writes_until_it_drops() {
+    let _one = crate::replication::exclusive().await;
     on_both("DROP TABLE IF EXISTS sf_slow; CREATE TABLE sf_slow (id int PRIMARY KEY, v text)").await;
     let link = own_link();
     // proxy() sets partition_latency = 500ms: 400 ms each way is an 800 ms round trip.
@@ -127,6 +129,7 @@ async fn latency_above_partition_latency_refuses_writes_until_it_drops() {
 
 #[tokio::test]
 async fn a_cut_during_a_transaction_fails_its_commit_and_changes_nothing() {
+    let _one = crate::replication::exclusive().await;
     on_both("DROP TABLE IF EXISTS sf_mid; CREATE TABLE sf_mid (id int PRIMARY KEY, v text); INSERT INTO sf_mid VALUES (1, 'orig')").await;
     let link = own_link();
     let p = proxy("sf-mid", POLICY, &link, "").await;
@@ -147,7 +150,7 @@ async fn a_cut_during_a_transaction_fails_its_commit_and_changes_nothing() {
     assert_eq!(primary_rows("SELECT v FROM sf_mid").await, vec!["orig"]);
     assert_eq!(replica_rows("SELECT v FROM sf_mid").await, vec!["orig"]);
     // Nothing is left holding the row on the replica: the next write to it goes through.
-    wait_until("the row to be writable again", Duration::from_secs(30), async || {
+    wait_until("the row to be writable again", Duration::from_secs(90), async || {
         app.batch_execute("UPDATE sf_mid SET v = 'after' WHERE id = 1").await.is_ok()
     })
     .await;
@@ -204,6 +207,7 @@ async fn prepared_of_f() -> Vec<String> {
 
 #[tokio::test]
 async fn recovery_commits_what_a_killed_capgate_decided_and_rolls_back_the_undecided() {
+    let _one = crate::replication::exclusive().await;
     on_both("DROP TABLE IF EXISTS sf_kill; CREATE TABLE sf_kill (id int PRIMARY KEY, v text); INSERT INTO sf_kill VALUES (1, 'old')").await;
     let b = bed();
     capgate::replicate::outbox::schema::install_primary(&connect(&b.a_primary_url()).await).await.unwrap();

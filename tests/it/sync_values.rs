@@ -8,6 +8,7 @@ const POLICY: &str = "default = \"local\"\n[[table]]\nmatch = \"public.sv_*\"\nm
 
 #[tokio::test]
 async fn generated_keys_and_time_reach_the_replica_with_the_primary_values() {
+    let _one = crate::replication::exclusive().await;
     on_both(
         "DROP TABLE IF EXISTS sv_orders, sv_events; \
          CREATE TABLE sv_orders (id serial PRIMARY KEY, client int, n int, at timestamptz DEFAULT now()); \
@@ -49,6 +50,7 @@ async fn generated_keys_and_time_reach_the_replica_with_the_primary_values() {
 
 #[tokio::test]
 async fn random_values_are_refused_by_name() {
+    let _one = crate::replication::exclusive().await;
     on_both("DROP TABLE IF EXISTS sv_rand; CREATE TABLE sv_rand (id int PRIMARY KEY, r float8)").await;
     let link = own_link();
     let p = proxy("sync-random", POLICY, &link, "").await;
@@ -63,6 +65,7 @@ async fn random_values_are_refused_by_name() {
 
 #[tokio::test]
 async fn ddl_on_sync_tables_runs_on_both_sites() {
+    let _one = crate::replication::exclusive().await;
     on_both("DROP TABLE IF EXISTS sv_ddl, sv_created").await;
     on_both("CREATE TABLE sv_ddl (id int PRIMARY KEY)").await;
     let link = own_link();

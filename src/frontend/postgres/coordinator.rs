@@ -565,8 +565,17 @@ where
         let sync: Vec<&Decision> = decisions.iter().filter(|d| matches!(d.mode, Mode::Sync { .. })).collect();
         let capture = decisions.iter().any(|d| matches!(d.mode, Mode::Async { .. } | Mode::Bounded { .. }));
         let pins = self.txn.as_ref().map(|t| t.pins.clone()).unwrap_or_else(|| Pins::at(SystemTime::now()));
-        // The same text for the primary and the replicas.
-        let made = {
+        // The same text for the primary and the replicas. Most writes have nothing to pin:
+        // the classification (which lists every non-deterministic part, defaults included)
+        // and a scan for PostgreSQL's special time strings and user functions say so without
+        // parsing again.
+        let classification = match &carrier {
+            Carrier::Simple(sql) => self.statements.router().route(sql, self.statements.search_path(), &policy).classification,
+            Carrier::Extended { prepared, .. } => prepared.classification.clone(),
+        };
+        let made = if !classification.statements.iter().any(|s| !s.nondeterministic.is_empty()) && !mentions_time_or_user(carrier.sql()) {
+            Ok((carrier.sql().to_owned(), Vec::new(), false))
+        } else {
             let catalog = self.statements.router().catalog(&policy);
             let allow = |t: &crate::classify::TableName| policy.allows_nondeterministic(t);
             let cx = determinism::Context { dialect: Dialect::Postgres, path: self.statements.search_path(), catalog: &catalog, pins: &pins, allow: &allow };
@@ -927,6 +936,9 @@ where
             match result {
                 Ok(messages) => {
                     r.open = true;
+                    if let Some(gid) = prepare {
+                        r.prepared = Some(gid.to_owned());
+                    }
                     let counts: Vec<u64> = messages.iter().filter_map(|m| match m {
                         SimpleQueryMessage::CommandComplete(n) => Some(*n),
                         _ => None,
@@ -941,11 +953,23 @@ where
                             )).with_hint("run capgate verify on the table to find the rows that differ, repair them, then retry"));
                         }
                     }
-                    if let Some(gid) = prepare {
-                        r.prepared = Some(gid.to_owned());
-                    }
                 }
                 Err(e) => {
+                    if let Some(gid) = prepare {
+                        // The PREPARE may still happen after capgate gave up (the replica
+                        // was waiting for a lock): no decision will ever be written for this
+                        // gid, so roll it back as soon as it exists rather than leave its
+                        // locks to recovery.
+                        abort_undecided(site.pool().clone(), gid.to_owned(), deadline);
+                    }
+                    if e.is_deadline() {
+                        // The replica may still be working on it (waiting for a lock): cancel
+                        // it, so it does not complete (and PREPARE) after capgate gave up.
+                        let token = r.conn.cancel_token();
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(Duration::from_secs(5), token.cancel_query(tokio_postgres::NoTls)).await;
+                        });
+                    }
                     return Err(unavailable(&tables.join(", "), site.name(), &e.to_string()));
                 }
             }
@@ -958,11 +982,16 @@ where
         let deadline = self.shared.replication.deadline;
         self.flush_client().await.map_err(|e| unavailable(&txn.sync_tables.join(", "), "-", &e.to_string()))?;
         let sql = format!("PREPARE TRANSACTION {}", literal::quote(gid));
-        for r in txn.replicas.iter_mut().filter(|r| r.prepared.is_none() && r.open) {
+        for (i, r) in txn.replicas.iter_mut().enumerate().filter(|(_, r)| r.prepared.is_none() && r.open) {
             let conn = &r.conn;
             match conn.run("PREPARE TRANSACTION", deadline, conn.simple_query(&sql)).await {
                 Ok(_) => r.prepared = Some(gid.to_owned()),
-                Err(e) => return Err(unavailable(&txn.sync_tables.join(", "), r.conn.replica(), &e.to_string())),
+                Err(e) => {
+                    if let Some(site) = self.shared.replication.sites.iter().nth(i) {
+                        abort_undecided(site.pool().clone(), gid.to_owned(), deadline);
+                    }
+                    return Err(unavailable(&txn.sync_tables.join(", "), r.conn.replica(), &e.to_string()));
+                }
             }
         }
         Ok(())
@@ -1447,6 +1476,36 @@ fn release(txn: Txn, commit: bool) {
             }
         });
     }
+}
+
+/// `ROLLBACK PREPARED gid` for a PREPARE capgate gave up on (so no decision record exists
+/// or ever will): retried for a while in the background, since the PREPARE may complete late.
+/// Presumed abort makes this always safe; recovery would do the same after `recovery_grace`.
+fn abort_undecided(pool: crate::sites::Pool<PgConnector>, gid: String, deadline: Duration) {
+    tokio::spawn(async move {
+        let sql = format!("ROLLBACK PREPARED {}", literal::quote(&gid));
+        let until = Instant::now() + deadline * 4;
+        while Instant::now() < until {
+            if let Ok(conn) = pool.checkout(deadline).await {
+                match conn.run("ROLLBACK PREPARED", deadline, conn.simple_query(&sql)).await {
+                    Ok(_) => {
+                        debug!(gid = %gid, "rolled back a transaction prepared after capgate gave up on it");
+                        return;
+                    }
+                    Err(e) if e.to_string().contains("does not exist") => {}
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+/// Whether a statement may hold something only the determinism rewriter sees: `'now'`,
+/// `'today'` … typed literals, time keywords, `current_user` and the like.
+fn mentions_time_or_user(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    ["now", "today", "tomorrow", "yesterday", "current_", "localtime", "user", "timestamp", "timeofday"].iter().any(|w| lower.contains(w))
 }
 
 fn partition_name(p: OnPartition) -> &'static str {
