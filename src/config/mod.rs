@@ -260,6 +260,21 @@ impl Config {
 }
 
 /// A TOML or serde error as a problem with line and column.
+/// A replica URL with the defaults for a link between sites: without an explicit `sslmode`,
+/// TLS with the chain and host name verified (`verify-full`), against the operating system's
+/// roots unless `sslrootcert` says otherwise. A Unix-socket URL keeps libpq's default.
+fn between_sites(url: &str) -> String {
+    if url.contains("sslmode=") || url.contains("host=/") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut out = format!("{url}{sep}sslmode=verify-full");
+    if !url.contains("sslrootcert=") {
+        out.push_str("&sslrootcert=system");
+    }
+    out
+}
+
 fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
     let key = match e.span() {
         Some(span) => {
@@ -338,7 +353,7 @@ impl Validator<'_> {
                 self.problem(format!("{key}.heartbeat_timeout"), "expected a duration above 0");
             }
             replicas.push(Replica {
-                url: self.url(&format!("{key}.url"), &r.url),
+                url: self.url(&format!("{key}.url"), &between_sites(&r.url)),
                 partition_latency,
                 heartbeat_interval,
                 heartbeat_timeout,
@@ -514,6 +529,7 @@ mod tests {
         assert_eq!(r.heartbeat_interval, Duration::from_millis(250));
         assert_eq!(r.heartbeat_timeout, Duration::from_secs(2), "twice partition_latency");
         assert_eq!((r.partition_after, r.heal_after, r.pool_size), (3, 4, 16));
+        assert_eq!(r.url.sslmode, crate::config::SslMode::VerifyFull, "TLS verified between sites unless the URL says otherwise");
         let set = "partition_latency = \"300ms\"\nheartbeat_interval = \"50ms\"\nheartbeat_timeout = \"1s\"\n\
                    partition_after = 5\nheal_after = 2\npool_size = 4\n";
         let c = Config::parse(&format!("{MINIMAL}{replica}{set}"), Path::new("c.toml")).unwrap();
