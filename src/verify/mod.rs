@@ -116,11 +116,14 @@ async fn catch_up(primary: &tokio_postgres::Client, replica: &tokio_postgres::Cl
         Ok(Some(row)) => row.get::<_, i64>(0),
         _ => return "compared as they are now (the primary has no capgate outbox)".into(),
     };
+    if target == 0 {
+        return "compared as they are now (nothing in the outbox to wait for)".into();
+    }
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let applied = match replica.query_opt("SELECT seq FROM capgate.applied WHERE origin = $1", &[&site]).await {
             Ok(row) => row.map_or(0, |r| r.get::<_, i64>(0)),
-            Err(_) => 0,
+            Err(_) => return "compared as they are now (the replica has no capgate watermark)".into(),
         };
         if applied >= target {
             return format!("after the replica applied the outbox up to seq {target}");
