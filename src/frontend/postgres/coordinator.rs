@@ -544,7 +544,7 @@ where
         let failed = self.own_extended_batch(&statements).await?.err();
         match failed {
             None => {
-                self.committed(txn, gid);
+                self.committed(txn);
                 Ok(None)
             }
             Some(e) => {
@@ -756,8 +756,8 @@ where
         let sql = statements.join(";\n");
         match self.own_simple(&sql).await? {
             Ok(()) => {
-                self.committed(txn, gid);
-                self.deliver_as(carrier, replies, Some(b'I')).await
+                self.committed(txn);
+                self.deliver_as(replies, Some(b'I')).await
             }
             Err(e) => {
                 // The COMMIT failed: the primary rolled back; so do the replicas.
@@ -998,14 +998,13 @@ where
     }
 
     /// The primary committed: finish the replicas off the critical path.
-    fn committed(&mut self, txn: Txn, gid: String) {
+    fn committed(&mut self, txn: Txn) {
         if !txn.captures.is_empty() {
             self.shared.replication.wake_shippers();
         }
         if !txn.replicas.is_empty() {
             metrics::histogram!("capgate_sync_commit_seconds").record(txn.started.elapsed().as_secs_f64());
         }
-        let _ = gid;
         release(txn, true);
     }
 
@@ -1178,7 +1177,7 @@ where
         };
         let ok = replies.iter().any(|(t, f)| *t == b'C' && f.get(5..11) == Some(b"COMMIT"));
         if ok {
-            self.committed(txn, gid);
+            self.committed(txn);
         } else {
             release(txn, false);
         }
@@ -1348,13 +1347,13 @@ where
                 if let Some(txn) = self.txn.take() {
                     release(txn, false);
                 }
-                return self.deliver_as(carrier, replies, Some(b'I')).await;
+                return self.deliver_as(replies, Some(b'I')).await;
             }
         }
-        self.deliver_as(carrier, replies, None).await
+        self.deliver_as(replies, None).await
     }
 
-    async fn deliver_as(&mut self, carrier: &Carrier, replies: Vec<Frame>, status: Option<u8>) -> Result<(), SessionError> {
+    async fn deliver_as(&mut self, replies: Vec<Frame>, status: Option<u8>) -> Result<(), SessionError> {
         for (tag, frame) in replies {
             if tag == b'Z' {
                 let s = status.unwrap_or_else(|| frame.get(5).copied().unwrap_or(b'I'));
@@ -1367,9 +1366,7 @@ where
                 self.out.extend_from_slice(&frame);
             }
         }
-        if let Carrier::Extended { .. } = carrier {
-            // Extended replies were bookkept as they arrived.
-        }
+        // Extended replies were bookkept as they arrived.
         self.flush_client().await
     }
 
@@ -1434,23 +1431,7 @@ where
     /// portal of capgate's own, with a Flush); its replies are not shown. An error leaves the
     /// primary skipping to the Sync.
     async fn own_extended(&mut self, sql: &str) -> Result<Result<(), ErrorMessage>, SessionError> {
-        let mut bytes = own_execute(sql);
-        bytes.extend_from_slice(&flush());
-        self.send_server(&bytes).await?;
-        let mut seen = 0;
-        while seen < 5 {
-            let (tag, frame) = self.server_frame().await?;
-            match tag {
-                b'3' | b'1' | b'2' | b'C' | b'I' => seen += 1,
-                b'E' => {
-                    self.group_failed = true;
-                    return Ok(Err(error_from(&frame)));
-                }
-                b'A' | b'S' => self.out.extend_from_slice(&frame),
-                _ => {}
-            }
-        }
-        Ok(Ok(()))
+        self.own_extended_batch(&[sql.to_owned()]).await
     }
 }
 
@@ -1606,45 +1587,20 @@ fn write_ready(out: &mut BytesMut, status: u8) {
 /// CloseComplete, ParseComplete, BindComplete, CommandComplete, CloseComplete — or an error
 /// that ends them).
 fn own_execute(sql: &str) -> BytesMut {
-    let mut out = BytesMut::new();
-    write_frame(&mut out, b'C', |b| {
-        b.put_u8(b'S');
-        b.put_slice(OWN.as_bytes());
-        b.put_u8(0);
-    });
-    write_frame(&mut out, b'P', |b| {
-        b.put_slice(OWN.as_bytes());
-        b.put_u8(0);
-        b.put_slice(sql.as_bytes());
-        b.put_u8(0);
-        b.put_u16(0);
-    });
-    write_frame(&mut out, b'B', |b| {
-        b.put_slice(OWN.as_bytes());
-        b.put_u8(0);
-        b.put_slice(OWN.as_bytes());
-        b.put_u8(0);
-        b.put_u16(0);
-        b.put_u16(0);
-        b.put_u16(0);
-    });
-    write_frame(&mut out, b'E', |b| {
-        b.put_slice(OWN.as_bytes());
-        b.put_u8(0);
-        b.put_u32(0);
-    });
-    // A named portal lives to the end of the transaction unless closed.
-    write_frame(&mut out, b'C', |b| {
-        b.put_u8(b'P');
-        b.put_slice(OWN.as_bytes());
-        b.put_u8(0);
-    });
-    out
+    own_statement(sql, &[], &[])
 }
 
 /// capgate's own statement `sql` run with the client's parameters and result formats (Close,
 /// Parse, Bind, Execute, Close, Flush).
 fn substitute_execute(sql: &str, params: &[Param], result_formats: &[u16]) -> BytesMut {
+    let mut out = own_statement(sql, params, result_formats);
+    out.extend_from_slice(&flush());
+    out
+}
+
+/// Close, Parse, Bind (with `params` and `result_formats`), Execute and Close of capgate's
+/// own named statement and portal.
+fn own_statement(sql: &str, params: &[Param], result_formats: &[u16]) -> BytesMut {
     let mut out = BytesMut::new();
     write_frame(&mut out, b'C', |b| {
         b.put_u8(b'S');
@@ -1695,7 +1651,6 @@ fn substitute_execute(sql: &str, params: &[Param], result_formats: &[u16]) -> By
         b.put_slice(OWN.as_bytes());
         b.put_u8(0);
     });
-    out.extend_from_slice(&flush());
     out
 }
 
