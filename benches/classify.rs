@@ -16,14 +16,7 @@ const OLTP: &[(&str, &str)] = &[
 
 /// A Hibernate/Django-style query of about 5 KB: many qualified columns, joins, a subquery.
 fn orm_query() -> String {
-    let tables = [
-        "orders",
-        "customers",
-        "order_items",
-        "products",
-        "addresses",
-        "payments",
-    ];
+    let tables = ["orders", "customers", "order_items", "products", "addresses", "payments"];
     let mut cols = Vec::new();
     for (i, t) in tables.iter().enumerate() {
         for c in [
@@ -48,9 +41,7 @@ fn orm_query() -> String {
     }
     let mut sql = format!("SELECT {} FROM \"orders\"", cols.join(", "));
     for t in &tables[1..] {
-        sql.push_str(&format!(
-            " LEFT OUTER JOIN \"{t}\" ON (\"{t}\".\"owner_id\" = \"orders\".\"id\")"
-        ));
+        sql.push_str(&format!(" LEFT OUTER JOIN \"{t}\" ON (\"{t}\".\"owner_id\" = \"orders\".\"id\")"));
     }
     sql.push_str(" WHERE \"orders\".\"status\" IN ($1, $2, $3) AND \"orders\".\"customer_id\" IN (SELECT U0.\"id\" FROM \"customers\" U0 WHERE U0.\"name\" LIKE $4)");
     sql.push_str(" ORDER BY \"orders\".\"created_at\" DESC LIMIT 100");
@@ -64,9 +55,7 @@ fn bench(c: &mut Criterion) {
     let classifier = Classifier::new(Dialect::Postgres, 10_000);
     let hot = OLTP[1].1;
     classifier.classify(hot, &path, &catalog);
-    c.bench_function("cached_lookup/pgbench_update", |b| {
-        b.iter(|| classifier.classify(black_box(hot), &path, &catalog))
-    });
+    c.bench_function("cached_lookup/pgbench_update", |b| b.iter(|| classifier.classify(black_box(hot), &path, &catalog)));
     let orm = orm_query();
     classifier.classify(&orm, &path, &catalog);
     c.bench_function(&format!("cached_lookup/orm_{}_bytes", orm.len()), |b| {
@@ -79,9 +68,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| classify(Dialect::Postgres, black_box(sql), &path, &catalog))
         });
     }
-    group.bench_function(format!("orm_{}_bytes", orm.len()), |b| {
-        b.iter(|| classify(Dialect::Postgres, black_box(&orm), &path, &catalog))
-    });
+    group.bench_function(format!("orm_{}_bytes", orm.len()), |b| b.iter(|| classify(Dialect::Postgres, black_box(&orm), &path, &catalog)));
     group.finish();
 }
 

@@ -247,7 +247,11 @@ fn explain(config: Option<&Path>, policy: Option<&Path>, dialect: Option<&str>, 
         println!("no policy file: every table is local");
     }
     let list = |ts: &[crate::classify::TableName]| {
-        if ts.is_empty() { "-".to_owned() } else { ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") }
+        if ts.is_empty() {
+            "-".to_owned()
+        } else {
+            ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        }
     };
     for (i, s) in classification.statements.iter().enumerate() {
         match &s.kind {
@@ -266,7 +270,9 @@ fn explain(config: Option<&Path>, policy: Option<&Path>, dialect: Option<&str>, 
         }
         for d in policy.decide_statement(s) {
             match &d.rule {
-                crate::policy::RuleRef::Rule { line, .. } => println!("  {} -> {} (rule \"{}\", line {line})", d.table, d.mode.name(), d.rule),
+                crate::policy::RuleRef::Rule { line, .. } => {
+                    println!("  {} -> {} (rule \"{}\", line {line})", d.table, d.mode.name(), d.rule)
+                }
                 crate::policy::RuleRef::Default => println!("  {} -> {} (default)", d.table, d.mode.name()),
             }
         }
@@ -327,8 +333,12 @@ fn verify(config: &Path, tables: &[String], json: bool, chunk_rows: usize) -> Ex
             Ok(h) => h.current(),
             Err(e) => return fail(e.to_string()),
         };
-        let note = (!policy.replicates_anything())
-            .then(|| format!("the policy {} marks every table local: nothing to compare (name tables with --table to compare them anyway)", file.display()));
+        let note = (!policy.replicates_anything()).then(|| {
+            format!(
+                "the policy {} marks every table local: nothing to compare (name tables with --table to compare them anyway)",
+                file.display()
+            )
+        });
         let replicated = move |t: &TableName| policy.decide_table(t).mode != Mode::Local;
         (Selection::Replicated(Box::new(replicated)), note)
     } else {

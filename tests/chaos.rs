@@ -175,7 +175,8 @@ impl Drop for Capgate {
 }
 
 async fn connect(url: &str) -> Option<tokio_postgres::Client> {
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, tokio_postgres::NoTls)).await.ok()?.ok()?;
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, tokio_postgres::NoTls)).await.ok()?.ok()?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -221,14 +222,24 @@ async fn client(n: i64, url: String, seed: u64, stop: Arc<AtomicBool>, t0: Insta
         let start = t0.elapsed().as_secs_f64();
         let shape = rng.random_range(0..10);
         let extended = rng.random_bool(0.5);
-        let mut op = Op { table, inserted: Vec::new(), hot: None, rolled_back_on_purpose: false, outcome: Outcome::Unknown, start, end: 0.0 };
+        let mut op =
+            Op { table, inserted: Vec::new(), hot: None, rolled_back_on_purpose: false, outcome: Outcome::Unknown, start, end: 0.0 };
         if shape < 6 {
             next += 1;
             op.inserted.push(next);
             op.outcome = if extended {
-                outcome(tokio::time::timeout(deadline, c.execute(&format!("INSERT INTO {table} (id, client) VALUES ($1, $2)"), &[&next, &(n as i32)])).await)
+                outcome(
+                    tokio::time::timeout(
+                        deadline,
+                        c.execute(&format!("INSERT INTO {table} (id, client) VALUES ($1, $2)"), &[&next, &(n as i32)]),
+                    )
+                    .await,
+                )
             } else {
-                outcome(tokio::time::timeout(deadline, c.batch_execute(&format!("INSERT INTO {table} (id, client) VALUES ({next}, {n})"))).await)
+                outcome(
+                    tokio::time::timeout(deadline, c.batch_execute(&format!("INSERT INTO {table} (id, client) VALUES ({next}, {n})")))
+                        .await,
+                )
             };
         } else if shape < 8 {
             let hot = rng.random_range(1..=2i64);
@@ -317,7 +328,7 @@ async fn nemesis(seed: u64, until: Instant, link: &Link, capgate: &Mutex<Capgate
             6 => {
                 capgate.lock().unwrap().kill();
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let _ = tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
+                tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
                 "capgate killed (SIGKILL) and restarted"
             }
             _ => {
@@ -419,7 +430,14 @@ async fn run(seed: u64, secs: u64) {
     loop {
         let prepared = scalar(&replica, "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'capgate:%'").await;
         let committed = scalar(&primary, "SELECT coalesce(max(seq), 0) FROM capgate.outbox WHERE seq IS NOT NULL").await;
-        let applied = connect(&replica).await.unwrap().query_opt("SELECT seq FROM capgate.applied WHERE origin = 'a'", &[]).await.ok().flatten().map_or(0, |r| r.get::<_, i64>(0));
+        let applied = connect(&replica)
+            .await
+            .unwrap()
+            .query_opt("SELECT seq FROM capgate.applied WHERE origin = 'a'", &[])
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |r| r.get::<_, i64>(0));
         if prepared == 0 && applied >= committed {
             break;
         }
@@ -460,7 +478,13 @@ async fn run(seed: u64, secs: u64) {
             match &op.outcome {
                 _ if committed => {
                     if !on_primary || (replicated && !on_replica) {
-                        first(&mut acked, Some(format!("{} id {id} acknowledged at {:.1}s: primary {on_primary}, replica {on_replica}", op.table, op.end)));
+                        first(
+                            &mut acked,
+                            Some(format!(
+                                "{} id {id} acknowledged at {:.1}s: primary {on_primary}, replica {on_replica}",
+                                op.table, op.end
+                            )),
+                        );
                     }
                     if !replicated && on_replica {
                         first(&mut local, Some(format!("{} id {id} reached the replica", op.table)));
@@ -468,12 +492,21 @@ async fn run(seed: u64, secs: u64) {
                 }
                 Outcome::Unknown => {
                     if replicated && on_primary != on_replica {
-                        first(&mut unknown, Some(format!("{} id {id} (unknown outcome): primary {on_primary}, replica {on_replica}", op.table)));
+                        first(
+                            &mut unknown,
+                            Some(format!("{} id {id} (unknown outcome): primary {on_primary}, replica {on_replica}", op.table)),
+                        );
                     }
                 }
                 _ => {
                     if on_primary || on_replica {
-                        first(&mut refused, Some(format!("{} id {id} ({:?}, rolled back on purpose: {}) is present: primary {on_primary}, replica {on_replica}", op.table, op.outcome, op.rolled_back_on_purpose)));
+                        first(
+                            &mut refused,
+                            Some(format!(
+                                "{} id {id} ({:?}, rolled back on purpose: {}) is present: primary {on_primary}, replica {on_replica}",
+                                op.table, op.outcome, op.rolled_back_on_purpose
+                            )),
+                        );
                     }
                 }
             }
@@ -483,7 +516,10 @@ async fn run(seed: u64, secs: u64) {
     let mut hot = None;
     for (t, kind) in TABLES {
         for id in 1..=2i64 {
-            let ok = history.iter().filter(|o| o.table == *t && o.hot == Some(id) && o.outcome == Outcome::Ok && !o.rolled_back_on_purpose).count() as i64;
+            let ok = history
+                .iter()
+                .filter(|o| o.table == *t && o.hot == Some(id) && o.outcome == Outcome::Ok && !o.rolled_back_on_purpose)
+                .count() as i64;
             let maybe = history.iter().filter(|o| o.table == *t && o.hot == Some(id) && o.outcome == Outcome::Unknown).count() as i64;
             let vp = scalar(&primary, &format!("SELECT v FROM {t} WHERE id = {id}")).await;
             let vr = scalar(&replica, &format!("SELECT v FROM {t} WHERE id = {id}")).await;
@@ -496,7 +532,8 @@ async fn run(seed: u64, secs: u64) {
         }
     }
     // Bounded: refusals only over the budget, acceptances never far over it.
-    let lag_near = |from: f64, to: f64| -> Vec<f64> { samples.iter().filter(|(t, _)| *t >= from - 0.5 && *t <= to + 0.5).map(|(_, l)| *l).collect() };
+    let lag_near =
+        |from: f64, to: f64| -> Vec<f64> { samples.iter().filter(|(t, _)| *t >= from - 0.5 && *t <= to + 0.5).map(|(_, l)| *l).collect() };
     let mut bounded = None;
     for op in history.iter().filter(|o| o.table == "ch_bounded") {
         let lags = lag_near(op.start, op.end);
@@ -510,7 +547,13 @@ async fn run(seed: u64, secs: u64) {
                 first(&mut bounded, Some(format!("refused at {:.1}s while the lag was at most {max:.2}s (budget {MAX_LAG}s)", op.start)));
             }
             Outcome::Ok if min > MAX_LAG + LAG_TOLERANCE => {
-                first(&mut bounded, Some(format!("accepted at {:.1}s while the lag was at least {min:.2}s (budget {MAX_LAG}s + {LAG_TOLERANCE}s)", op.start)));
+                first(
+                    &mut bounded,
+                    Some(format!(
+                        "accepted at {:.1}s while the lag was at least {min:.2}s (budget {MAX_LAG}s + {LAG_TOLERANCE}s)",
+                        op.start
+                    )),
+                );
             }
             _ => {}
         }
@@ -529,8 +572,14 @@ async fn run(seed: u64, secs: u64) {
     checks.push(Check { name: "local tables stay local", violation: local });
     checks.push(Check { name: "hot rows: no acknowledged increment lost, sites equal", violation: hot });
     checks.push(Check { name: "bounded: refused only over budget, never accepted far over it", violation: bounded });
-    checks.push(Check { name: "no conflict without outside interference", violation: (conflicts > 0).then(|| format!("{conflicts} conflict(s) in capgate.conflicts")) });
-    checks.push(Check { name: "replicated tables identical (capgate verify)", violation: (report.exit_code() != 0).then(|| report.render()) });
+    checks.push(Check {
+        name: "no conflict without outside interference",
+        violation: (conflicts > 0).then(|| format!("{conflicts} conflict(s) in capgate.conflicts")),
+    });
+    checks.push(Check {
+        name: "replicated tables identical (capgate verify)",
+        violation: (report.exit_code() != 0).then(|| report.render()),
+    });
 
     let mut summary = format!("\n=== chaos run, seed {seed}, {secs} s ===\noperations: {}\n", history.len());
     for (k, v) in &by_outcome {

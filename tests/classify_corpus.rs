@@ -6,10 +6,7 @@
 //! Each record is `kind | writes | reads | nondeterministic | sql` (lists comma-separated,
 //! `-` for none), classified with search_path `public` and the catalog in [`catalog`].
 
-use capgate::classify::{
-    classify, Catalog, ColumnDefault, DefaultKind, Dialect, FunctionInfo, SearchPath, TableName,
-    Volatility,
-};
+use capgate::classify::{classify, Catalog, ColumnDefault, DefaultKind, Dialect, FunctionInfo, SearchPath, TableName, Volatility};
 
 const CORPUS: &str = r#"
 # --- pgbench (TPC-B-like and -S, and -i) ---
@@ -329,40 +326,15 @@ fn catalog() -> Catalog {
     c.add_function(
         "public",
         "transfer",
-        FunctionInfo {
-            volatility: Volatility::Volatile,
-            writes: Some(vec![TableName::new("public", "accounts")]),
-        },
+        FunctionInfo { volatility: Volatility::Volatile, writes: Some(vec![TableName::new("public", "accounts")]) },
     );
-    c.add_function(
-        "app",
-        "total_stable",
-        FunctionInfo {
-            volatility: Volatility::Stable,
-            writes: None,
-        },
-    );
-    c.add_function(
-        "app",
-        "mutate",
-        FunctionInfo {
-            volatility: Volatility::Volatile,
-            writes: None,
-        },
-    );
+    c.add_function("app", "total_stable", FunctionInfo { volatility: Volatility::Stable, writes: None });
+    c.add_function("app", "mutate", FunctionInfo { volatility: Volatility::Volatile, writes: None });
     c.set_defaults(
         TableName::new("public", "invoices"),
         vec![
-            ColumnDefault {
-                column: "id".into(),
-                kind: DefaultKind::Sequence,
-                expr: "nextval('invoices_id_seq'::regclass)".into(),
-            },
-            ColumnDefault {
-                column: "created_at".into(),
-                kind: DefaultKind::Volatile,
-                expr: "now()".into(),
-            },
+            ColumnDefault { column: "id".into(), kind: DefaultKind::Sequence, expr: "nextval('invoices_id_seq'::regclass)".into() },
+            ColumnDefault { column: "created_at".into(), kind: DefaultKind::Volatile, expr: "now()".into() },
         ],
     );
     c
@@ -411,15 +383,9 @@ fn corpus() {
     let path = SearchPath::default();
     let mut failures = Vec::new();
     let mut count = 0;
-    for line in CORPUS
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+    for line in CORPUS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let fields: Vec<&str> = line.splitn(5, " | ").collect();
-        let [kind, writes, reads, nondet, sql] = fields[..] else {
-            panic!("bad corpus line: {line}")
-        };
+        let [kind, writes, reads, nondet, sql] = fields[..] else { panic!("bad corpus line: {line}") };
         count += 1;
         let c = classify(Dialect::Postgres, sql, &path, &catalog);
         let Some(s) = c.statements.first() else {
@@ -450,26 +416,15 @@ fn corpus() {
             ));
         }
     }
-    assert!(
-        count >= 200,
-        "the corpus has {count} statements; keep at least 200"
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {count} statements misclassified:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(count >= 200, "the corpus has {count} statements; keep at least 200");
+    assert!(failures.is_empty(), "{} of {count} statements misclassified:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// Arbitrary input never panics: random bytes, random tokens of SQL, and mutations of the
 /// corpus (truncations, duplications, deep nesting). Bounded and seeded; the seed is printed.
 #[test]
 fn never_panics_on_arbitrary_input() {
-    let seed: u64 = std::env::var("CAPGATE_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_c1a5_51f1);
+    let seed: u64 = std::env::var("CAPGATE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c1a5_51f1);
     println!("classify fuzz seed: {seed} (set CAPGATE_FUZZ_SEED to repeat)");
     let mut state = seed;
     let mut next = move || {
@@ -531,35 +486,19 @@ fn never_panics_on_arbitrary_input() {
         "`",
         "#",
     ];
-    let corpus: Vec<&str> = CORPUS
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.splitn(5, " | ").nth(4))
-        .collect();
+    let corpus: Vec<&str> =
+        CORPUS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).filter_map(|l| l.splitn(5, " | ").nth(4)).collect();
     let catalog = catalog();
     let path = SearchPath::default();
     for i in 0..3000 {
         let sql: String = match i % 4 {
-            0 => (0..(next() % 200))
-                .map(|_| char::from_u32((next() % 0x2FF) as u32).unwrap_or('x'))
-                .collect(),
-            1 => (0..(next() % 30))
-                .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
-                .collect::<Vec<_>>()
-                .join(" "),
+            0 => (0..(next() % 200)).map(|_| char::from_u32((next() % 0x2FF) as u32).unwrap_or('x')).collect(),
+            1 => (0..(next() % 30)).map(|_| WORDS[(next() % WORDS.len() as u64) as usize]).collect::<Vec<_>>().join(" "),
             2 => {
                 let base = corpus[(next() % corpus.len() as u64) as usize];
                 let cut = (next() as usize) % (base.len() + 1);
-                let cut = (0..=cut)
-                    .rev()
-                    .find(|c| base.is_char_boundary(*c))
-                    .unwrap_or(0);
-                format!(
-                    "{}{}",
-                    &base[..cut],
-                    &base[cut..].chars().rev().collect::<String>()
-                )
+                let cut = (0..=cut).rev().find(|c| base.is_char_boundary(*c)).unwrap_or(0);
+                format!("{}{}", &base[..cut], &base[cut..].chars().rev().collect::<String>())
             }
             _ => {
                 let depth = (next() % 5000) as usize;

@@ -80,18 +80,11 @@ impl Param {
 }
 
 async fn connect() -> Client {
-    let url = tokio::task::spawn_blocking(|| PgServer::shared().superuser_url())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (client, conn) = tokio_postgres::connect(&url, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let url = tokio::task::spawn_blocking(|| PgServer::shared().superuser_url()).await.unwrap_or_else(|e| panic!("{e}"));
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
     tokio::spawn(conn);
     // A zone far from UTC, so a date or time derived in the wrong zone would show.
-    client
-        .batch_execute("SET TimeZone = 'Pacific/Kiritimati'")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    client.batch_execute("SET TimeZone = 'Pacific/Kiritimati'").await.unwrap_or_else(|e| panic!("{e}"));
     client
 }
 
@@ -118,32 +111,19 @@ async fn defaults(client: &Client, schema: &str, table: &str) -> Vec<ColumnDefau
             } else {
                 DefaultKind::Volatile
             };
-            ColumnDefault {
-                column: r.get(0),
-                kind,
-                expr,
-            }
+            ColumnDefault { column: r.get(0), kind, expr }
         })
         .collect()
 }
 
 async fn rows(client: &Client, table: &str) -> Vec<String> {
     let sql = format!("SELECT row_to_json(x)::text FROM (SELECT * FROM {table} ORDER BY id) x");
-    let rows = client
-        .query(sql.as_str(), &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rows = client.query(sql.as_str(), &[]).await.unwrap_or_else(|e| panic!("{e}"));
     rows.iter().map(|r| r.get(0)).collect()
 }
 
 /// Run every statement on `table`, rewritten with the pins of its index (or as written).
-async fn run(
-    client: &Client,
-    schema: &str,
-    table: &str,
-    rewrite: bool,
-    base: SystemTime,
-) -> Vec<Deterministic<'static>> {
+async fn run(client: &Client, schema: &str, table: &str, rewrite: bool, base: SystemTime) -> Vec<Deterministic<'static>> {
     let mut catalog = Catalog::new();
     let name = TableName::new(schema, table);
     catalog.add_table(&name);
@@ -154,24 +134,11 @@ async fn run(
     for (i, (template, params)) in statements().into_iter().enumerate() {
         let original = template.replace("{t}", table);
         let pins = Pins::at(base + Duration::from_millis(i as u64));
-        let cx = Context {
-            dialect: Dialect::Postgres,
-            path: &path,
-            catalog: &catalog,
-            pins: &pins,
-            allow: &|_| false,
-        };
+        let cx = Context { dialect: Dialect::Postgres, path: &path, catalog: &catalog, pins: &pins, allow: &|_| false };
         let det = make_deterministic(&original, &cx).unwrap_or_else(|e| panic!("{original}: {e}"));
-        let sql = if rewrite {
-            det.sql.to_string()
-        } else {
-            original.clone()
-        };
+        let sql = if rewrite { det.sql.to_string() } else { original.clone() };
         let args: Vec<&(dyn ToSql + Sync)> = params.iter().map(Param::as_sql).collect();
-        client
-            .execute(sql.as_str(), &args)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL refused\n  {sql}\n(from {original}): {e:?}"));
+        client.execute(sql.as_str(), &args).await.unwrap_or_else(|e| panic!("PostgreSQL refused\n  {sql}\n(from {original}): {e:?}"));
         out.push(Deterministic {
             sql: det.sql.into_owned().into(),
             generated_keys: det.generated_keys,
@@ -193,20 +160,14 @@ async fn rewritten_statements_make_the_same_rows_on_both_sides() {
         setup.push_str(&DDL.replace("{t}", t));
         setup.push(';');
     }
-    client
-        .batch_execute(&setup)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    client.batch_execute(&setup).await.unwrap_or_else(|e| panic!("{e}"));
 
     let base = SystemTime::now() - Duration::from_secs(3600);
     let on_primary = run(&client, &schema, "primary_t", true, base).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let on_replica = run(&client, &schema, "replica_t", true, base).await;
 
-    let (p, r) = (
-        rows(&client, "primary_t").await,
-        rows(&client, "replica_t").await,
-    );
+    let (p, r) = (rows(&client, "primary_t").await, rows(&client, "replica_t").await);
     assert_eq!(p.len(), 11, "{p:#?}");
     assert_eq!(p, r, "the same rewritten statements gave different rows");
 
@@ -216,31 +177,17 @@ async fn rewritten_statements_make_the_same_rows_on_both_sides() {
     for (d, e) in on_primary.iter().zip(&on_replica) {
         assert_eq!(d.sql.replace("primary_t", "replica_t"), e.sql);
     }
-    let inserts_with_keys = on_primary
-        .iter()
-        .filter(|d| d.generated_keys.iter().any(|k| k.column == "k"))
-        .count();
-    assert_eq!(
-        inserts_with_keys, 8,
-        "every INSERT leaves k to its sequence"
-    );
-    assert!(on_primary
-        .iter()
-        .all(|d| d.allowed.is_empty() && !d.set_timestamp));
+    let inserts_with_keys = on_primary.iter().filter(|d| d.generated_keys.iter().any(|k| k.column == "k")).count();
+    assert_eq!(inserts_with_keys, 8, "every INSERT leaves k to its sequence");
+    assert!(on_primary.iter().all(|d| d.allowed.is_empty() && !d.set_timestamp));
 
     // Without the rewrite the two tables differ (so the check above means something).
     run(&client, &schema, "plain_a", false, base).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     run(&client, &schema, "plain_b", false, base).await;
-    assert_ne!(
-        rows(&client, "plain_a").await,
-        rows(&client, "plain_b").await
-    );
+    assert_ne!(rows(&client, "plain_a").await, rows(&client, "plain_b").await);
 
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,32 +197,15 @@ async fn pinned_values_are_what_postgresql_would_have_computed_at_that_instant()
     let catalog = Catalog::new();
     let path = SearchPath::default();
     let pins = Pins::at(now);
-    let cx = Context {
-        dialect: Dialect::Postgres,
-        path: &path,
-        catalog: &catalog,
-        pins: &pins,
-        allow: &|_| false,
-    };
+    let cx = Context { dialect: Dialect::Postgres, path: &path, catalog: &catalog, pins: &pins, allow: &|_| false };
     let lit = capgate::replicate::determinism::timestamptz_literal(now);
-    for f in [
-        "now()",
-        "current_date",
-        "current_time",
-        "localtimestamp",
-        "localtime",
-        "timeofday()",
-        "current_timestamp(2)",
-        "localtime(0)",
-    ] {
+    for f in ["now()", "current_date", "current_time", "localtimestamp", "localtime", "timeofday()", "current_timestamp(2)", "localtime(0)"]
+    {
         // An INSERT so the statement is a write; the SELECT inside carries the call.
         let sql = format!("INSERT INTO pg_temp.t SELECT {f}");
         let det = make_deterministic(&sql, &cx).unwrap_or_else(|e| panic!("{e}"));
         assert!(det.rewritten(), "{f} not pinned: {}", det.sql);
-        let pinned = det
-            .sql
-            .trim_start_matches("INSERT INTO pg_temp.t SELECT ")
-            .to_owned();
+        let pinned = det.sql.trim_start_matches("INSERT INTO pg_temp.t SELECT ").to_owned();
         // The same function computed by PostgreSQL with its clock at the pinned instant:
         // substitute the instant for now() in the definition of each function.
         let reference = match f {
@@ -291,20 +221,12 @@ async fn pinned_values_are_what_postgresql_would_have_computed_at_that_instant()
             _ => format!("({lit}::timestamptz)::time(0)::text"),
         };
         let q = format!("SELECT ({pinned})::text, {reference}");
-        let row = client
-            .query_one(q.as_str(), &[])
-            .await
-            .unwrap_or_else(|e| panic!("{q}: {e}"));
+        let row = client.query_one(q.as_str(), &[]).await.unwrap_or_else(|e| panic!("{q}: {e}"));
         let (a, b): (String, String) = (row.get(0), row.get(1));
         assert_eq!(a, b, "{f}: {q}");
         // And the pinned value has the type of the function it replaces.
-        let q = format!(
-            "SELECT pg_typeof({pinned})::text = pg_typeof({f})::text, pg_typeof({pinned})::text"
-        );
-        let row = client
-            .query_one(q.as_str(), &[])
-            .await
-            .unwrap_or_else(|e| panic!("{q}: {e}"));
+        let q = format!("SELECT pg_typeof({pinned})::text = pg_typeof({f})::text, pg_typeof({pinned})::text");
+        let row = client.query_one(q.as_str(), &[]).await.unwrap_or_else(|e| panic!("{q}: {e}"));
         let (same, ty): (bool, String) = (row.get(0), row.get(1));
         assert!(same, "{f} became a {ty}");
     }

@@ -34,10 +34,8 @@ async fn prepare(replica: &Client, table: &str, k: i32, gid: &str) {
 }
 
 async fn prepared(replica: &Client, like: &str) -> Vec<String> {
-    let rows = replica
-        .query("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE $1 ORDER BY gid", &[&like])
-        .await
-        .expect("pg_prepared_xacts");
+    let rows =
+        replica.query("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE $1 ORDER BY gid", &[&like]).await.expect("pg_prepared_xacts");
     rows.into_iter().map(|r| r.get(0)).collect()
 }
 
@@ -53,10 +51,7 @@ async fn prepared_transactions_are_committed_rolled_back_or_left() {
     let replica = client(&bed.b_replica_url_direct()).await;
     schema::install_primary(&primary).await.expect("install primary");
     let table = "public.recovery_resolve";
-    replica
-        .batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int PRIMARY KEY)"))
-        .await
-        .expect("table");
+    replica.batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int PRIMARY KEY)")).await.expect("table");
 
     // Undecided and old: presumed aborted.
     let old = "capgate:rec:aaaa:1";
@@ -64,10 +59,7 @@ async fn prepared_transactions_are_committed_rolled_back_or_left() {
     // Decided (a quote in the gid: the literal must be safe).
     let decided = "capgate:rec:it's:2";
     prepare(&replica, table, 2, decided).await;
-    primary
-        .execute("INSERT INTO capgate.decisions (gid, origin) VALUES ($1, 'rec')", &[&decided])
-        .await
-        .expect("decision");
+    primary.execute("INSERT INTO capgate.decisions (gid, origin) VALUES ($1, 'rec')", &[&decided]).await.expect("decision");
     // Another site whose name starts like this one's: never touched.
     let other = "capgate:recx:aaaa:3";
     prepare(&replica, table, 3, other).await;
@@ -108,10 +100,7 @@ async fn prepared_transactions_are_committed_rolled_back_or_left() {
         .expect("old decisions");
     let pruned = prune_decisions(&primary, "rec", &again.left, Duration::from_secs(3600)).await.expect("prune");
     assert_eq!(pruned, 1);
-    let rows = primary
-        .query("SELECT gid FROM capgate.decisions WHERE gid LIKE 'capgate:rec%' ORDER BY gid", &[])
-        .await
-        .expect("decisions");
+    let rows = primary.query("SELECT gid FROM capgate.decisions WHERE gid LIKE 'capgate:rec%' ORDER BY gid", &[]).await.expect("decisions");
     let left: Vec<String> = rows.into_iter().map(|r| r.get(0)).collect();
     assert_eq!(left, vec!["capgate:rec:bbbb:4", decided, "capgate:recx:cccc:6"]);
 
@@ -141,7 +130,7 @@ async fn the_primary_schema_is_versioned_and_migrates_an_unversioned_install() {
     assert_eq!(schema::primary_schema_version(&primary).await.expect("version"), 0);
     schema::install_primary(&primary).await.expect("install");
     assert_eq!(schema::primary_schema_version(&primary).await.expect("version"), schema::PRIMARY_SCHEMA_VERSION);
-    assert!(schema::PRIMARY_SCHEMA_VERSION >= 2);
+    const { assert!(schema::PRIMARY_SCHEMA_VERSION >= 2) };
 
     // What capgate installed before versions were recorded: the outbox, no decisions.
     primary
@@ -156,10 +145,7 @@ async fn the_primary_schema_is_versioned_and_migrates_an_unversioned_install() {
     assert_eq!(schema::primary_schema_version(&primary).await.expect("version"), schema::PRIMARY_SCHEMA_VERSION);
     let seq: i64 = primary.query_one("SELECT seq FROM capgate.outbox_seq", &[]).await.expect("seq").get(0);
     assert_eq!(seq, 41, "the outbox's state survives the migration");
-    primary
-        .execute("INSERT INTO capgate.decisions (gid, origin) VALUES ('g', 'o')", &[])
-        .await
-        .expect("decisions exists again");
+    primary.execute("INSERT INTO capgate.decisions (gid, origin) VALUES ('g', 'o')", &[]).await.expect("decisions exists again");
 
     // A newer capgate's schema is left alone.
     primary.batch_execute("UPDATE capgate.schema_version SET version = 99").await.expect("newer");

@@ -37,9 +37,7 @@ async fn writes_arrive_once_and_in_commit_order() {
         let data = format!("UPDATE {} SET v = v || ',' || {i} WHERE k = 1", env.table);
         let stmt = format!("UPDATE {} SET v = v || ',' || $1 WHERE k = 1", env.table);
         let c = env.capture(&stmt, &[Some(&i.to_string())], 1);
-        capture::commit_captured(&env.primary, &data, &[c])
-            .await
-            .expect("update");
+        capture::commit_captured(&env.primary, &data, &[c]).await.expect("update");
     }
     for k in 2..=100 {
         env.insert(k, "x").await;
@@ -47,18 +45,8 @@ async fn writes_arrive_once_and_in_commit_order() {
     let shipper = Shipper::start(env.config("b"));
     env.caught_up(&shipper).await;
     let get = format!("SELECT v FROM {} WHERE k = 1", env.table);
-    let on_primary: String = env
-        .primary
-        .query_one(&get, &[])
-        .await
-        .expect("primary")
-        .get(0);
-    let on_replica: String = env
-        .replica
-        .query_one(&get, &[])
-        .await
-        .expect("replica")
-        .get(0);
+    let on_primary: String = env.primary.query_one(&get, &[]).await.expect("primary").get(0);
+    let on_replica: String = env.replica.query_one(&get, &[]).await.expect("replica").get(0);
     assert_eq!(on_replica, on_primary);
     assert!(on_replica.ends_with(",198,199"));
     assert_eq!(env.count(&env.replica).await, 100);
@@ -89,9 +77,7 @@ async fn concurrent_writers_of_one_row_replay_in_commit_order() {
                 let data = format!("UPDATE {} SET v = v || ',{tag}' WHERE k = 1", env.table);
                 let stmt = format!("UPDATE {} SET v = v || ',' || $1 WHERE k = 1", env.table);
                 let cap = env.capture(&stmt, &[Some(&tag)], 1);
-                capture::commit_captured(&c, &data, &[cap])
-                    .await
-                    .expect("update");
+                capture::commit_captured(&c, &data, &[cap]).await.expect("update");
             }
         }));
     }
@@ -103,10 +89,7 @@ async fn concurrent_writers_of_one_row_replay_in_commit_order() {
     let on_primary: String = env.primary.query_one(&get, &[]).await.expect("p").get(0);
     let on_replica: String = env.replica.query_one(&get, &[]).await.expect("r").get(0);
     assert_eq!(on_primary.split(',').count(), 1 + 8 * 40);
-    assert_eq!(
-        on_replica, on_primary,
-        "the replica replayed the updates in the primary's commit order"
-    );
+    assert_eq!(on_replica, on_primary, "the replica replayed the updates in the primary's commit order");
     assert!(env.conflicts().await.is_empty());
 }
 
@@ -123,15 +106,9 @@ async fn a_thousand_writes_through_a_slow_link_take_few_round_trips() {
     env.caught_up(&shipper).await;
     eprintln!("drained 1000 statements in {:?}", started.elapsed());
     let stats = shipper.stats();
-    until("the stats", || {
-        stats.statements.load(Ordering::Relaxed) == 1000
-    })
-    .await;
+    until("the stats", || stats.statements.load(Ordering::Relaxed) == 1000).await;
     let batches = stats.batches.load(Ordering::Relaxed);
-    eprintln!(
-        "1000 writes in {batches} batches; link {link_before:?} -> {:?}",
-        env.link.stats()
-    );
+    eprintln!("1000 writes in {batches} batches; link {link_before:?} -> {:?}", env.link.stats());
     assert!(batches <= 3, "{batches} batches for 1000 statements");
     assert_eq!(stats.statements.load(Ordering::Relaxed), 1000);
     assert_eq!(env.count(&env.replica).await, 1000);
@@ -151,34 +128,18 @@ async fn blackhole_mid_stream_then_restore_delivers_everything_once_and_lag_reco
     }
     // Lag rises while the replica is unreachable.
     let lag = shipper.lag();
-    until("pending rows while blackholed", || {
-        lag.borrow().pending_rows > 0
-    })
-    .await;
+    until("pending rows while blackholed", || lag.borrow().pending_rows > 0).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let seen = lag.borrow().clone();
     assert!(seen.seconds() >= 1.0, "{seen:?}");
     assert!(seen.table(&env.table).pending_rows > 0, "{seen:?}");
-    until("a failed batch", || {
-        shipper.stats().retries.load(Ordering::Relaxed) > 0
-    })
-    .await;
+    until("a failed batch", || shipper.stats().retries.load(Ordering::Relaxed) > 0).await;
     env.link.restore();
     env.caught_up(&shipper).await;
     assert_eq!(env.count(&env.replica).await, 300);
-    assert!(
-        env.conflicts().await.is_empty(),
-        "a duplicate would have conflicted on the key"
-    );
-    until("lag back to 0", || {
-        lag.borrow().pending_rows == 0 && lag.borrow().seconds() == 0.0
-    })
-    .await;
-    eprintln!(
-        "retries: {}, last error: {:?}",
-        shipper.stats().retries.load(Ordering::Relaxed),
-        shipper.stats().last_error()
-    );
+    assert!(env.conflicts().await.is_empty(), "a duplicate would have conflicted on the key");
+    until("lag back to 0", || lag.borrow().pending_rows == 0 && lag.borrow().seconds() == 0.0).await;
+    eprintln!("retries: {}, last error: {:?}", shipper.stats().retries.load(Ordering::Relaxed), shipper.stats().last_error());
 }
 
 #[tokio::test]
@@ -192,10 +153,7 @@ async fn dropping_the_shipper_mid_batch_and_restarting_loses_and_duplicates_noth
         let mut config = env.config("b");
         config.max_statements = 300;
         let shipper = Shipper::start(config);
-        until("a batch", || {
-            shipper.stats().batches.load(Ordering::Relaxed) > 0
-        })
-        .await;
+        until("a batch", || shipper.stats().batches.load(Ordering::Relaxed) > 0).await;
         // The next batch is on the wire now (100 ms round trip): drop it there.
         tokio::time::sleep(Duration::from_millis(30 + 20 * round)).await;
         drop(shipper);
@@ -204,14 +162,8 @@ async fn dropping_the_shipper_mid_batch_and_restarting_loses_and_duplicates_noth
     env.caught_up(&shipper).await;
     assert_eq!(env.watermark().await, env.last_seq().await);
     assert_eq!(env.count(&env.replica).await, 3000);
-    assert!(
-        env.conflicts().await.is_empty(),
-        "a replayed insert would have conflicted on the key"
-    );
-    assert!(
-        shipper.stats().statements.load(Ordering::Relaxed) < 3000,
-        "the restart resumed from the watermark"
-    );
+    assert!(env.conflicts().await.is_empty(), "a replayed insert would have conflicted on the key");
+    assert!(shipper.stats().statements.load(Ordering::Relaxed) < 3000, "the restart resumed from the watermark");
 }
 
 #[tokio::test]
@@ -228,65 +180,34 @@ async fn conflicts_are_recorded_and_skip_goes_on() {
     env.caught_up(&shipper).await;
     // The replica diverges: row 5 deleted there, row 8 already present.
     env.replica
-        .batch_execute(&format!(
-            "DELETE FROM {0} WHERE k = 5; INSERT INTO {0} VALUES (8, 'local')",
-            env.table
-        ))
+        .batch_execute(&format!("DELETE FROM {0} WHERE k = 5; INSERT INTO {0} VALUES (8, 'local')", env.table))
         .await
         .expect("diverge");
     let data = format!("UPDATE {} SET v = 'b' WHERE k = 5", env.table);
     let stmt = format!("UPDATE {} SET v = $1 WHERE k = 5", env.table);
-    capture::commit_captured(&env.primary, &data, &[env.capture(&stmt, &[Some("b")], 1)])
-        .await
-        .expect("update");
+    capture::commit_captured(&env.primary, &data, &[env.capture(&stmt, &[Some("b")], 1)]).await.expect("update");
     env.insert(8, "primary").await;
     env.insert(9, "after").await;
     env.caught_up(&shipper).await;
     let conflicts = env.conflicts().await;
     assert_eq!(conflicts.len(), 2, "{conflicts:?}");
-    let (expected, actual, state, resolution): (Option<i64>, Option<i64>, String, String) = (
-        conflicts[0].get(1),
-        conflicts[0].get(2),
-        conflicts[0].get(3),
-        conflicts[0].get(4),
-    );
-    assert_eq!(
-        (expected, actual, state.as_str(), resolution.as_str()),
-        (Some(1), Some(0), "CGR01", "skipped")
-    );
+    let (expected, actual, state, resolution): (Option<i64>, Option<i64>, String, String) =
+        (conflicts[0].get(1), conflicts[0].get(2), conflicts[0].get(3), conflicts[0].get(4));
+    assert_eq!((expected, actual, state.as_str(), resolution.as_str()), (Some(1), Some(0), "CGR01", "skipped"));
     let statement: String = conflicts[0].get(5);
-    assert!(
-        statement.contains("SET v = (CAST($cg$b$cg$ AS text)) WHERE k = 5"),
-        "{statement}"
-    );
+    assert!(statement.contains("SET v = (CAST($cg$b$cg$ AS text)) WHERE k = 5"), "{statement}");
     let state: String = conflicts[1].get(3);
     assert_eq!(state, "23505", "duplicate key");
-    let v: String = env
-        .replica
-        .query_one(&format!("SELECT v FROM {} WHERE k = 9", env.table), &[])
-        .await
-        .expect("k=9")
-        .get(0);
+    let v: String = env.replica.query_one(&format!("SELECT v FROM {} WHERE k = 9", env.table), &[]).await.expect("k=9").get(0);
     assert_eq!(v, "after", "skip goes on");
-    let v: String = env
-        .replica
-        .query_one(&format!("SELECT v FROM {} WHERE k = 8", env.table), &[])
-        .await
-        .expect("k=8")
-        .get(0);
+    let v: String = env.replica.query_one(&format!("SELECT v FROM {} WHERE k = 8", env.table), &[]).await.expect("k=8").get(0);
     assert_eq!(v, "local", "the conflicting statement was not applied");
     assert_eq!(shipper.stats().conflicts.load(Ordering::Relaxed), 2);
     let by: Vec<_> = shipper.stats().conflicts_by_table().into_iter().collect();
-    assert_eq!(
-        by,
-        vec![((env.table.clone(), "error".to_owned()), 1), ((env.table.clone(), "row_count".to_owned()), 1)]
-    );
+    assert_eq!(by, vec![((env.table.clone(), "error".to_owned()), 1), ((env.table.clone(), "row_count".to_owned()), 1)]);
     let lines = std::fs::read_to_string(&log).expect("conflict log");
     assert_eq!(lines.lines().count(), 2, "{lines}");
-    assert!(
-        lines.contains("\"replica\":\"b\"") && lines.contains("23505"),
-        "{lines}"
-    );
+    assert!(lines.contains("\"replica\":\"b\"") && lines.contains("23505"), "{lines}");
     let _ = std::fs::remove_file(&log);
 }
 
@@ -296,42 +217,20 @@ async fn halt_applies_up_to_the_conflict_and_stops() {
     env.insert(1, "a").await;
     let shipper = Shipper::start(env.config("b"));
     env.caught_up(&shipper).await;
-    env.replica
-        .batch_execute(&format!("DELETE FROM {} WHERE k = 1", env.table))
-        .await
-        .expect("diverge");
+    env.replica.batch_execute(&format!("DELETE FROM {} WHERE k = 1", env.table)).await.expect("diverge");
     env.insert(2, "before").await;
     let before = env.last_seq().await;
     let data = format!("UPDATE {} SET v = 'b' WHERE k = 1", env.table);
     let stmt = format!("UPDATE {} SET v = $1 WHERE k = 1", env.table);
     // The halting transaction also inserts a row: none of it may arrive.
-    let c = [
-        env.capture(&stmt, &[Some("b")], 1),
-        env.capture(
-            &format!("INSERT INTO {} VALUES (3, 'x')", env.table),
-            &[],
-            1,
-        ),
-    ];
-    capture::commit_captured(
-        &env.primary,
-        &format!("{data}; INSERT INTO {} VALUES (3, 'x')", env.table),
-        &c,
-    )
-    .await
-    .expect("tx");
+    let c = [env.capture(&stmt, &[Some("b")], 1), env.capture(&format!("INSERT INTO {} VALUES (3, 'x')", env.table), &[], 1)];
+    capture::commit_captured(&env.primary, &format!("{data}; INSERT INTO {} VALUES (3, 'x')", env.table), &c).await.expect("tx");
     env.insert(4, "after").await;
     until("halt", || shipper.stats().halted().is_some()).await;
     eprintln!("{:?}", shipper.stats().halted());
     assert_eq!(env.watermark().await, before);
-    let keys: Vec<i32> = env
-        .replica
-        .query(&format!("SELECT k FROM {} ORDER BY k", env.table), &[])
-        .await
-        .expect("keys")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let keys: Vec<i32> =
+        env.replica.query(&format!("SELECT k FROM {} ORDER BY k", env.table), &[]).await.expect("keys").iter().map(|r| r.get(0)).collect();
     assert_eq!(keys, vec![2]);
     let conflicts = env.conflicts().await;
     assert_eq!(conflicts.len(), 1);
@@ -348,10 +247,7 @@ async fn halt_applies_up_to_the_conflict_and_stops() {
 async fn only_one_shipper_ships_and_another_takes_over() {
     let env = env("ship_lock").await;
     let first = Shipper::start(env.config("b"));
-    until("first is leader", || {
-        first.stats().leader.load(Ordering::Relaxed)
-    })
-    .await;
+    until("first is leader", || first.stats().leader.load(Ordering::Relaxed)).await;
     let second = Shipper::start(env.config("b"));
     for k in 0..50 {
         env.insert(k, "v").await;
@@ -362,10 +258,7 @@ async fn only_one_shipper_ships_and_another_takes_over() {
     assert_eq!(second.stats().statements.load(Ordering::Relaxed), 0);
     assert_eq!(first.stats().statements.load(Ordering::Relaxed), 50);
     drop(first);
-    until("second takes over", || {
-        second.stats().leader.load(Ordering::Relaxed)
-    })
-    .await;
+    until("second takes over", || second.stats().leader.load(Ordering::Relaxed)).await;
     for k in 50..80 {
         env.insert(k, "v").await;
     }
@@ -379,29 +272,15 @@ async fn rolled_back_captures_are_never_shipped() {
     let env = env("ship_rollback").await;
     let shipper = Shipper::start(env.config("b"));
     env.primary.batch_execute("BEGIN").await.expect("begin");
-    env.primary
-        .batch_execute(&format!("INSERT INTO {} VALUES (1, 'no')", env.table))
-        .await
-        .expect("insert");
+    env.primary.batch_execute(&format!("INSERT INTO {} VALUES (1, 'no')", env.table)).await.expect("insert");
     let stmt = format!("INSERT INTO {} VALUES (1, 'no')", env.table);
-    capture::record(&env.primary, &env.capture(&stmt, &[], 1))
-        .await
-        .expect("record");
+    capture::record(&env.primary, &env.capture(&stmt, &[], 1)).await.expect("record");
     capture::order(&env.primary).await.expect("order");
-    env.primary
-        .batch_execute("ROLLBACK")
-        .await
-        .expect("rollback");
+    env.primary.batch_execute("ROLLBACK").await.expect("rollback");
     env.insert(2, "yes").await;
     env.caught_up(&shipper).await;
-    let keys: Vec<i32> = env
-        .replica
-        .query(&format!("SELECT k FROM {} ORDER BY k", env.table), &[])
-        .await
-        .expect("keys")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let keys: Vec<i32> =
+        env.replica.query(&format!("SELECT k FROM {} ORDER BY k", env.table), &[]).await.expect("keys").iter().map(|r| r.get(0)).collect();
     assert_eq!(keys, vec![2]);
     assert_eq!(shipper.stats().statements.load(Ordering::Relaxed), 1);
 }
@@ -411,7 +290,11 @@ async fn binary_parameters_and_session_settings_replay_as_on_the_primary() {
     let env = env("ship_types").await;
     let table = "public.ship_types_ts";
     for c in [&env.primary, &env.replica] {
-        c.batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int PRIMARY KEY, at timestamptz, d date, n numeric)")).await.expect("t");
+        c.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int PRIMARY KEY, at timestamptz, d date, n numeric)"
+        ))
+        .await
+        .expect("t");
     }
     let data = format!("SET LOCAL TimeZone = 'Asia/Tokyo'; SET LOCAL DateStyle = 'SQL, DMY'; INSERT INTO {table} VALUES (1, '2026-01-02 03:04:05', '03/04/2026', 12.5)");
     let stmt = format!("INSERT INTO {table} VALUES ($1, $2, $3, $4)");
@@ -419,51 +302,23 @@ async fn binary_parameters_and_session_settings_replay_as_on_the_primary() {
         origin: env.origin.clone(),
         statement: stmt,
         params: vec![
-            Param {
-                type_oid: 23,
-                format: ParamFormat::Binary,
-                value: Some(1i32.to_be_bytes().to_vec()),
-            },
-            Param {
-                type_oid: 1184,
-                format: ParamFormat::Text,
-                value: Some(b"2026-01-02 03:04:05".to_vec()),
-            },
-            Param {
-                type_oid: 1082,
-                format: ParamFormat::Text,
-                value: Some(b"03/04/2026".to_vec()),
-            },
-            Param {
-                type_oid: 1700,
-                format: ParamFormat::Text,
-                value: Some(b"12.5".to_vec()),
-            },
+            Param { type_oid: 23, format: ParamFormat::Binary, value: Some(1i32.to_be_bytes().to_vec()) },
+            Param { type_oid: 1184, format: ParamFormat::Text, value: Some(b"2026-01-02 03:04:05".to_vec()) },
+            Param { type_oid: 1082, format: ParamFormat::Text, value: Some(b"03/04/2026".to_vec()) },
+            Param { type_oid: 1700, format: ParamFormat::Text, value: Some(b"12.5".to_vec()) },
         ],
-        settings: vec![
-            ("timezone".into(), "Asia/Tokyo".into()),
-            ("datestyle".into(), "SQL, DMY".into()),
-        ],
+        settings: vec![("timezone".into(), "Asia/Tokyo".into()), ("datestyle".into(), "SQL, DMY".into())],
         tables: vec![table.to_owned()],
         row_count: Some(1),
     };
-    capture::commit_captured(&env.primary, &data, &[c])
-        .await
-        .expect("captured");
+    capture::commit_captured(&env.primary, &data, &[c]).await.expect("captured");
     let shipper = Shipper::start(env.config("b"));
     env.caught_up(&shipper).await;
     let get = format!("SELECT k, at::text, d::text, n::text FROM {table} SET");
     let get = get.trim_end_matches(" SET").to_owned() + " WHERE k = 1";
     let p = env.primary.query_one(&get, &[]).await.expect("p");
     let r = env.replica.query_one(&get, &[]).await.expect("r");
-    let row = |x: &tokio_postgres::Row| {
-        (
-            x.get::<_, i32>(0),
-            x.get::<_, String>(1),
-            x.get::<_, String>(2),
-            x.get::<_, String>(3),
-        )
-    };
+    let row = |x: &tokio_postgres::Row| (x.get::<_, i32>(0), x.get::<_, String>(1), x.get::<_, String>(2), x.get::<_, String>(3));
     assert_eq!(row(&r), row(&p));
     assert!(env.conflicts().await.is_empty());
 }
@@ -482,11 +337,7 @@ async fn shipped_rows_are_pruned_after_the_retention() {
     }
     env.caught_up(&shipper).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        env.outbox_rows().await,
-        10,
-        "replica c has not applied them"
-    );
+    assert_eq!(env.outbox_rows().await, 10, "replica c has not applied them");
     drop(shipper);
     config.all_replicas = vec!["b".into()];
     let _shipper = Shipper::start(config);

@@ -185,10 +185,7 @@ async fn pool_reuses_connections_and_drops_broken_ones() {
 
     // An error drops the connection.
     let err = conn.run("bad statement", Duration::from_secs(10), conn.simple_query("select nope")).await.unwrap_err();
-    assert!(
-        matches!(err, SiteError::Failed { .. }) && err.to_string().starts_with("replica `b`: bad statement: "),
-        "{err}"
-    );
+    assert!(matches!(err, SiteError::Failed { .. }) && err.to_string().starts_with("replica `b`: bad statement: "), "{err}");
     assert!(conn.is_broken());
     drop(conn);
     assert_eq!(pool.idle(), 0, "an errored connection is not returned");
@@ -197,8 +194,7 @@ async fn pool_reuses_connections_and_drops_broken_ones() {
     let conn = pool.checkout(Duration::from_secs(10)).await.unwrap();
     link.blackhole();
     let t = Instant::now();
-    let err =
-        conn.run("heartbeat-like select", Duration::from_millis(300), conn.simple_query("select 1")).await.unwrap_err();
+    let err = conn.run("heartbeat-like select", Duration::from_millis(300), conn.simple_query("select 1")).await.unwrap_err();
     assert!(err.is_deadline(), "{err}");
     assert!(t.elapsed() < Duration::from_secs(10), "the deadline bounded it");
     drop(conn);

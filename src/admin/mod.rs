@@ -172,12 +172,7 @@ fn tables(policy: &Policy, lag: Option<&Lag>) -> Vec<TableDoc> {
         .map(|table| {
             let mode = TableName::parse(&table).map_or("unknown", |t| policy.decide_table(&t).mode.name());
             let t = lag.map(|l| l.table(&table));
-            TableDoc {
-                mode,
-                lag_seconds: t.as_ref().map(|t| t.seconds()),
-                pending_rows: t.as_ref().map(|t| t.pending_rows),
-                table,
-            }
+            TableDoc { mode, lag_seconds: t.as_ref().map(|t| t.seconds()), pending_rows: t.as_ref().map(|t| t.pending_rows), table }
         })
         .collect()
 }
@@ -235,8 +230,11 @@ fn metrics_text(state: &AdminState) -> String {
             let replica = view.replica().to_owned();
             metrics::gauge!("capgate_replica_up", "replica" => replica.clone()).set(if s.state.is_available() { 1.0 } else { 0.0 });
             for st in ["healthy", "suspect", "partitioned", "healing"] {
-                metrics::gauge!("capgate_replica_state", "replica" => replica.clone(), "state" => st)
-                    .set(if s.state.as_str() == st { 1.0 } else { 0.0 });
+                metrics::gauge!("capgate_replica_state", "replica" => replica.clone(), "state" => st).set(if s.state.as_str() == st {
+                    1.0
+                } else {
+                    0.0
+                });
             }
             if let Some(rtt) = s.smoothed_rtt {
                 metrics::gauge!("capgate_replica_rtt_seconds", "replica" => replica.clone()).set(rtt.as_secs_f64());

@@ -46,9 +46,8 @@ impl Upstream {
 
     async fn tcp(&self) -> Result<TcpStream, UpstreamError> {
         let timeout = self.url.connect_timeout;
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(self.url.address()))
-            .await
-            .map_err(|_| UpstreamError::Timeout(timeout))??;
+        let tcp =
+            tokio::time::timeout(timeout, TcpStream::connect(self.url.address())).await.map_err(|_| UpstreamError::Timeout(timeout))??;
         tcp.set_nodelay(true)?;
         Ok(tcp)
     }

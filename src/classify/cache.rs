@@ -46,10 +46,7 @@ struct Entry {
 
 impl Entry {
     fn matches(&self, k: &KeyRef) -> bool {
-        self.dialect == k.dialect
-            && self.generation == k.generation
-            && *self.sql == *k.sql
-            && self.path == *k.path
+        self.dialect == k.dialect && self.generation == k.generation && *self.sql == *k.sql && self.path == *k.path
     }
 }
 
@@ -152,9 +149,6 @@ impl Cache {
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len())
-            .sum()
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len()).sum()
     }
 }

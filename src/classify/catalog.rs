@@ -118,8 +118,7 @@ impl Catalog {
     /// Add or replace a function. A later call for the same name replaces the earlier one, so
     /// add the policy's `[[function]]` entries after the primary's catalog.
     pub fn add_function(&mut self, schema: &str, name: &str, info: FunctionInfo) {
-        self.functions
-            .insert((schema.to_owned(), name.to_owned()), info);
+        self.functions.insert((schema.to_owned(), name.to_owned()), info);
         self.touch();
     }
 
@@ -129,8 +128,7 @@ impl Catalog {
 
     /// Record that a table exists (for search_path resolution).
     pub fn add_table(&mut self, table: &TableName) {
-        self.tables
-            .insert((table.schema.clone(), table.name.clone()));
+        self.tables.insert((table.schema.clone(), table.name.clone()));
         self.touch();
     }
 

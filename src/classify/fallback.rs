@@ -20,11 +20,7 @@ pub(super) fn classify_pieces(ctx: &Ctx, sql: &str, err: &str) -> Vec<StatementC
     };
     let mut out = Vec::new();
     for piece in tokens.split(|t| *t == Token::SemiColon) {
-        let meaningful: Vec<Token> = piece
-            .iter()
-            .filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF))
-            .cloned()
-            .collect();
+        let meaningful: Vec<Token> = piece.iter().filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF)).cloned().collect();
         if meaningful.is_empty() {
             continue;
         }
@@ -33,9 +29,7 @@ pub(super) fn classify_pieces(ctx: &Ctx, sql: &str, err: &str) -> Vec<StatementC
             // The statement must use the whole piece.
             match parser.peek_token().token {
                 Token::EOF => Ok(s),
-                t => Err(sqlparser::parser::ParserError::ParserError(format!(
-                    "unexpected {t} after the statement"
-                ))),
+                t => Err(sqlparser::parser::ParserError::ParserError(format!("unexpected {t} after the statement"))),
             }
         });
         out.push(match parsed {
@@ -78,8 +72,7 @@ fn by_keywords(ctx: &Ctx, tokens: &[Token], err: &str) -> StatementClass {
         ("COMMIT", "PREPARED", Some(g)) => tx(TxControl::CommitPrepared(g)),
         ("ROLLBACK", "PREPARED", Some(g)) => tx(TxControl::RollbackPrepared(g)),
         ("DO", _, _) => unknown(
-            "DO block: anonymous procedural code may write any table (use a function named in the policy's [[function]])"
-                .to_owned(),
+            "DO block: anonymous procedural code may write any table (use a function named in the policy's [[function]])".to_owned(),
         ),
         ("VACUUM" | "ANALYZE" | "ANALYSE" | "CLUSTER", _, _) => utility_with_tables(ctx, &tokens[1..]),
         ("REINDEX", "TABLE", _) => utility_with_tables(ctx, &tokens[2..]),
@@ -108,18 +101,7 @@ fn utility_with_tables(ctx: &Ctx, tokens: &[Token]) -> StatementClass {
 
 /// Parse a comma-separated list of names after option words and a parenthesized option list.
 fn names_after(ctx: &Ctx, tokens: &[Token], write: bool) -> StatementClass {
-    const OPTIONS: [&str; 10] = [
-        "FULL",
-        "FREEZE",
-        "VERBOSE",
-        "ANALYZE",
-        "ANALYSE",
-        "SKIP_LOCKED",
-        "CONCURRENTLY",
-        "IF",
-        "EXISTS",
-        "ONLY",
-    ];
+    const OPTIONS: [&str; 10] = ["FULL", "FREEZE", "VERBOSE", "ANALYZE", "ANALYSE", "SKIP_LOCKED", "CONCURRENTLY", "IF", "EXISTS", "ONLY"];
     let mut i = 0;
     if tokens.first() == Some(&Token::LParen) {
         let mut depth = 0usize;
@@ -141,8 +123,7 @@ fn names_after(ctx: &Ctx, tokens: &[Token], write: bool) -> StatementClass {
         i += 1;
     }
     let dialect = ctx.dialect.parser_dialect();
-    let mut parser =
-        Parser::new(dialect.as_ref()).with_tokens(tokens.get(i..).unwrap_or(&[]).to_vec());
+    let mut parser = Parser::new(dialect.as_ref()).with_tokens(tokens.get(i..).unwrap_or(&[]).to_vec());
     let mut found = Vec::new();
     while let Ok(name) = parser.parse_object_name(false) {
         found.push(name);
@@ -170,28 +151,18 @@ fn names_after(ctx: &Ctx, tokens: &[Token], write: bool) -> StatementClass {
         }
     }
     let acc = w.acc;
-    StatementClass {
-        kind: Kind::Utility,
-        writes: acc.writes,
-        reads: acc.reads,
-        locks: Vec::new(),
-        nondeterministic: Vec::new(),
-    }
+    StatementClass { kind: Kind::Utility, writes: acc.writes, reads: acc.reads, locks: Vec::new(), nondeterministic: Vec::new() }
 }
 
 /// MySQL `LOAD DATA … INTO TABLE t`: a write to `t`.
 fn load_data(ctx: &Ctx, tokens: &[Token], err: &str) -> StatementClass {
-    let at = tokens.windows(2).position(|p| {
-        matches!((&p[0], &p[1]), (Token::Word(a), Token::Word(b)) if a.keyword == Keyword::INTO && b.keyword == Keyword::TABLE)
-    });
+    let at = tokens.windows(2).position(
+        |p| matches!((&p[0], &p[1]), (Token::Word(a), Token::Word(b)) if a.keyword == Keyword::INTO && b.keyword == Keyword::TABLE),
+    );
     match at {
         Some(i) => {
             let mut class = names_after(ctx, &tokens[i + 2..], true);
-            class.kind = if class.writes.is_empty() {
-                Kind::Unknown(format!("cannot parse: {err}"))
-            } else {
-                Kind::Write
-            };
+            class.kind = if class.writes.is_empty() { Kind::Unknown(format!("cannot parse: {err}")) } else { Kind::Write };
             class
         }
         None => unknown(format!("cannot parse: {err}")),

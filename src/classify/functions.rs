@@ -99,13 +99,7 @@ fn builtin(name: &str) -> Option<Builtin> {
 
 /// Classify one call of `name` with `args` (`has_parens` false for SQL value functions such
 /// as `current_timestamp`).
-pub(super) fn call(
-    ctx: &Ctx,
-    acc: &mut Acc,
-    name: &ObjectName,
-    has_parens: bool,
-    args: &[FunctionArg],
-) {
+pub(super) fn call(ctx: &Ctx, acc: &mut Acc, name: &ObjectName, has_parens: bool, args: &[FunctionArg]) {
     let Some(mut parts) = names::parts(ctx.dialect, name) else {
         acc.unknown(format!("cannot name the function {name}"));
         return;
@@ -131,20 +125,12 @@ pub(super) fn call(
                 Builtin::SequenceRead => acc.nondeterministic(shown(&fname)),
                 Builtin::SequenceWrite => {
                     acc.nondeterministic(shown(&fname));
-                    match args
-                        .first()
-                        .and_then(literal)
-                        .and_then(|s| sequence_name(ctx, s))
-                    {
+                    match args.first().and_then(literal).and_then(|s| sequence_name(ctx, s)) {
                         Some(seq) => acc.write(seq),
-                        None => acc.unknown(format!(
-                            "{fname}() with a sequence name that is not a literal"
-                        )),
+                        None => acc.unknown(format!("{fname}() with a sequence name that is not a literal")),
                     }
                 }
-                Builtin::Unnamed => acc.unknown(format!(
-                    "{fname}() writes large objects, which are not replicated"
-                )),
+                Builtin::Unnamed => acc.unknown(format!("{fname}() writes large objects, which are not replicated")),
             }
             return;
         }
@@ -153,9 +139,7 @@ pub(super) fn call(
         Some(s) => vec![s],
         None => ctx.path.schemas().to_vec(),
     };
-    let found = candidates
-        .iter()
-        .find_map(|s| ctx.catalog.function(s, &fname).map(|info| (s, info)));
+    let found = candidates.iter().find_map(|s| ctx.catalog.function(s, &fname).map(|info| (s, info)));
     match found {
         Some((_, info)) if info.volatility != Volatility::Volatile => {}
         Some((s, info)) => {

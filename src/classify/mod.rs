@@ -155,13 +155,7 @@ pub struct StatementClass {
 
 impl StatementClass {
     pub(crate) fn of_kind(kind: Kind) -> StatementClass {
-        StatementClass {
-            kind,
-            writes: Vec::new(),
-            reads: Vec::new(),
-            locks: Vec::new(),
-            nondeterministic: Vec::new(),
-        }
+        StatementClass { kind, writes: Vec::new(), reads: Vec::new(), locks: Vec::new(), nondeterministic: Vec::new() }
     }
 }
 
@@ -194,17 +188,8 @@ impl Classification {
 }
 
 /// Classify `sql` without the cache.
-pub fn classify(
-    dialect: Dialect,
-    sql: &str,
-    path: &SearchPath,
-    catalog: &Catalog,
-) -> Classification {
-    let ctx = walk::Ctx {
-        dialect,
-        path,
-        catalog,
-    };
+pub fn classify(dialect: Dialect, sql: &str, path: &SearchPath, catalog: &Catalog) -> Classification {
+    let ctx = walk::Ctx { dialect, path, catalog };
     let parser_dialect = dialect.parser_dialect();
     let statements = match Parser::parse_sql(parser_dialect.as_ref(), sql) {
         Ok(stmts) => stmts.iter().map(|s| statement::classify(&ctx, s)).collect(),
@@ -225,10 +210,7 @@ pub struct Classifier {
 impl Classifier {
     /// `capacity` bounds the number of cached classifications (0 disables the cache).
     pub fn new(dialect: Dialect, capacity: usize) -> Classifier {
-        Classifier {
-            dialect,
-            cache: cache::Cache::new(capacity),
-        }
+        Classifier { dialect, cache: cache::Cache::new(capacity) }
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -238,12 +220,7 @@ impl Classifier {
     /// Classify `sql` as run with `path` against `catalog`; repeated texts come from the
     /// cache. Statements longer than 64 KiB are classified but not cached.
     pub fn classify(&self, sql: &str, path: &SearchPath, catalog: &Catalog) -> Arc<Classification> {
-        let key = cache::KeyRef {
-            dialect: self.dialect,
-            generation: catalog.generation(),
-            path,
-            sql,
-        };
+        let key = cache::KeyRef { dialect: self.dialect, generation: catalog.generation(), path, sql };
         if let Some(hit) = self.cache.get(&key) {
             return hit;
         }

@@ -28,10 +28,7 @@ pub struct TableName {
 
 impl TableName {
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> TableName {
-        TableName {
-            schema: schema.into(),
-            name: name.into(),
-        }
+        TableName { schema: schema.into(), name: name.into() }
     }
 
     /// `schema.table` with either part possibly double-quoted (`""` inside quotes), the form
@@ -90,13 +87,8 @@ impl fmt::Display for TableName {
 }
 
 fn write_ident(f: &mut fmt::Formatter<'_>, ident: &str) -> fmt::Result {
-    let plain = ident
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && ident
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    let plain = ident.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && ident.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
     if plain {
         f.write_str(ident)
     } else {
@@ -150,13 +142,7 @@ impl SearchPath {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        SearchPath {
-            schemas: schemas
-                .into_iter()
-                .map(Into::into)
-                .filter(|s: &String| s != "$user")
-                .collect(),
-        }
+        SearchPath { schemas: schemas.into_iter().map(Into::into).filter(|s: &String| s != "$user").collect() }
     }
 
     /// The schemas, in lookup order.
@@ -176,12 +162,7 @@ impl Default for SearchPath {
 /// its database part). An unqualified name lives in the first search_path schema where the
 /// catalog knows it, else in `pg_catalog` if it starts with `pg_`, else in the first
 /// search_path schema (where PostgreSQL would create it), else `public`.
-pub fn resolve(
-    dialect: Dialect,
-    name: &ObjectName,
-    path: &SearchPath,
-    catalog: &Catalog,
-) -> Option<TableName> {
+pub fn resolve(dialect: Dialect, name: &ObjectName, path: &SearchPath, catalog: &Catalog) -> Option<TableName> {
     let mut parts = parts(dialect, name)?;
     match parts.len() {
         1 => {
@@ -200,19 +181,13 @@ pub fn resolve(
 /// Resolve an already folded, unqualified name (see [`resolve`]).
 pub fn resolve_unqualified(name: String, path: &SearchPath, catalog: &Catalog) -> TableName {
     if let Some(schema) = path.schemas().iter().find(|s| catalog.has_table(s, &name)) {
-        return TableName {
-            schema: schema.clone(),
-            name,
-        };
+        return TableName { schema: schema.clone(), name };
     }
     // PostgreSQL searches pg_catalog before the search_path: `pg_class`, `pg_attribute` …
     // are system catalogs (user tables may not be named pg_* in practice: they would be
     // shadowed).
     if name.starts_with("pg_") && !path.schemas().iter().any(|s| s == "pg_catalog") {
-        return TableName {
-            schema: "pg_catalog".to_owned(),
-            name,
-        };
+        return TableName { schema: "pg_catalog".to_owned(), name };
     }
     // Not a known table: where PostgreSQL would look first, i.e. the first schema of the
     // path that exists (`$user` usually does not).

@@ -2,10 +2,7 @@
 //! tables from a [`Walker`] plus the statement types whose tables sqlparser's visitor misses
 //! (COPY, DROP, TRUNCATE, ALTER … RENAME, LOCK, VACUUM, CREATE INDEX …).
 
-use sqlparser::ast::{
-    AlterTableOperation, CopySource, Expr, ObjectType, RenameTableNameKind, Reset, Set, Statement,
-    Use, Value,
-};
+use sqlparser::ast::{AlterTableOperation, CopySource, Expr, ObjectType, RenameTableNameKind, Reset, Set, Statement, Use, Value};
 
 use super::names;
 use super::walk::{Ctx, Walker};
@@ -16,10 +13,7 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
     let mut w = Walker::new(ctx);
     let kind = match stmt {
         Statement::Query(_) => Kind::Read,
-        Statement::Insert(_)
-        | Statement::Update(_)
-        | Statement::Delete(_)
-        | Statement::Merge(_) => Kind::Write,
+        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => Kind::Write,
         Statement::Copy { source, to, .. } => match source {
             CopySource::Table { table_name, .. } if !*to => {
                 w.target(table_name);
@@ -43,19 +37,10 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
             w.target(table_name);
             Kind::Write
         }
-        Statement::Drop {
-            object_type,
-            names,
-            table,
-            ..
-        } => {
+        Statement::Drop { object_type, names, table, .. } => {
             if matches!(
                 object_type,
-                ObjectType::Table
-                    | ObjectType::View
-                    | ObjectType::MaterializedView
-                    | ObjectType::Sequence
-                    | ObjectType::ForeignTable
+                ObjectType::Table | ObjectType::View | ObjectType::MaterializedView | ObjectType::Sequence | ObjectType::ForeignTable
             ) {
                 names.iter().for_each(|n| w.target(n));
             }
@@ -67,10 +52,7 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
         Statement::AlterTable(a) => {
             w.target(&a.name);
             for op in &a.operations {
-                if let AlterTableOperation::RenameTable {
-                    table_name: RenameTableNameKind::As(new) | RenameTableNameKind::To(new),
-                } = op
-                {
+                if let AlterTableOperation::RenameTable { table_name: RenameTableNameKind::As(new) | RenameTableNameKind::To(new) } = op {
                     renamed(&mut w, ctx, &a.name, new);
                 }
             }
@@ -137,31 +119,20 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
             super::functions::call(ctx, &mut w.acc, &f.name, true, args);
             Kind::Utility
         }
-        Statement::Explain {
-            analyze, statement, ..
-        } => return explain(ctx, *analyze, statement),
-        Statement::Execute { .. } => Kind::Unknown(
-            "EXECUTE of a statement prepared with SQL PREPARE: its text is not in this statement"
-                .to_owned(),
-        ),
+        Statement::Explain { analyze, statement, .. } => return explain(ctx, *analyze, statement),
+        Statement::Execute { .. } => {
+            Kind::Unknown("EXECUTE of a statement prepared with SQL PREPARE: its text is not in this statement".to_owned())
+        }
         Statement::StartTransaction { .. } => Kind::Transaction(TxControl::Begin),
         Statement::Commit { .. } => Kind::Transaction(TxControl::Commit),
-        Statement::Rollback {
-            savepoint: Some(s), ..
-        } => Kind::Transaction(TxControl::RollbackTo(names::fold(ctx.dialect, s))),
+        Statement::Rollback { savepoint: Some(s), .. } => Kind::Transaction(TxControl::RollbackTo(names::fold(ctx.dialect, s))),
         Statement::Rollback { .. } => Kind::Transaction(TxControl::Rollback),
-        Statement::Savepoint { name } => {
-            Kind::Transaction(TxControl::Savepoint(names::fold(ctx.dialect, name)))
-        }
-        Statement::ReleaseSavepoint { name } => {
-            Kind::Transaction(TxControl::Release(names::fold(ctx.dialect, name)))
-        }
+        Statement::Savepoint { name } => Kind::Transaction(TxControl::Savepoint(names::fold(ctx.dialect, name))),
+        Statement::ReleaseSavepoint { name } => Kind::Transaction(TxControl::Release(names::fold(ctx.dialect, name))),
         Statement::Set(set) => Kind::Session(session_set(ctx, set)),
         Statement::Reset(r) => Kind::Session(match &r.reset {
             Reset::ALL => SessionChange::ResetAll,
-            Reset::ConfigurationParameter(n) if is_search_path(ctx, n) => {
-                SessionChange::ResetSearchPath
-            }
+            Reset::ConfigurationParameter(n) if is_search_path(ctx, n) => SessionChange::ResetSearchPath,
             _ => SessionChange::Other,
         }),
         Statement::Discard { object_type } => Kind::Session(match object_type {
@@ -169,15 +140,10 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
             _ => SessionChange::Other,
         }),
         Statement::Use(u) => match u {
-            Use::Schema(n) | Use::Database(n) | Use::Object(n) => {
-                match names::parts(ctx.dialect, n) {
-                    Some(parts) => Kind::Session(SessionChange::SearchPath {
-                        schemas: parts,
-                        local: false,
-                    }),
-                    None => Kind::Session(SessionChange::Other),
-                }
-            }
+            Use::Schema(n) | Use::Database(n) | Use::Object(n) => match names::parts(ctx.dialect, n) {
+                Some(parts) => Kind::Session(SessionChange::SearchPath { schemas: parts, local: false }),
+                None => Kind::Session(SessionChange::Other),
+            },
             _ => Kind::Session(SessionChange::Other),
         },
         Statement::Prepare { .. }
@@ -218,20 +184,12 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
 }
 
 /// `ALTER TABLE s.a RENAME TO b`: the new name keeps the old one's schema.
-fn renamed(
-    w: &mut Walker,
-    ctx: &Ctx,
-    old: &sqlparser::ast::ObjectName,
-    new: &sqlparser::ast::ObjectName,
-) {
+fn renamed(w: &mut Walker, ctx: &Ctx, old: &sqlparser::ast::ObjectName, new: &sqlparser::ast::ObjectName) {
     let Some(old_t) = w.resolve(old) else { return };
     match names::parts(ctx.dialect, new) {
         Some(mut p) if p.len() == 1 => {
             if let Some(name) = p.pop() {
-                w.acc.write(names::TableName {
-                    schema: old_t.schema,
-                    name,
-                });
+                w.acc.write(names::TableName { schema: old_t.schema, name });
             }
         }
         _ => w.target(new),
@@ -251,18 +209,8 @@ fn finish(kind: Kind, w: Walker) -> StatementClass {
         (_, Some(reason)) => Kind::Unknown(reason),
         (k, None) => k,
     };
-    let locks = if acc.locking {
-        acc.reads.clone()
-    } else {
-        Vec::new()
-    };
-    StatementClass {
-        kind,
-        writes: acc.writes,
-        reads: acc.reads,
-        locks,
-        nondeterministic: acc.nondeterministic,
-    }
+    let locks = if acc.locking { acc.reads.clone() } else { Vec::new() };
+    StatementClass { kind, writes: acc.writes, reads: acc.reads, locks, nondeterministic: acc.nondeterministic }
 }
 
 /// EXPLAIN runs nothing; EXPLAIN ANALYZE runs its statement.
@@ -277,28 +225,15 @@ fn explain(ctx: &Ctx, analyze: bool, inner: &Statement) -> StatementClass {
             reads.push(t);
         }
     }
-    StatementClass {
-        kind: Kind::Utility,
-        writes: Vec::new(),
-        reads,
-        locks: Vec::new(),
-        nondeterministic: Vec::new(),
-    }
+    StatementClass { kind: Kind::Utility, writes: Vec::new(), reads, locks: Vec::new(), nondeterministic: Vec::new() }
 }
 
 fn is_search_path(ctx: &Ctx, name: &sqlparser::ast::ObjectName) -> bool {
-    names::parts(ctx.dialect, name)
-        .is_some_and(|p| p.len() == 1 && p[0].eq_ignore_ascii_case("search_path"))
+    names::parts(ctx.dialect, name).is_some_and(|p| p.len() == 1 && p[0].eq_ignore_ascii_case("search_path"))
 }
 
 fn session_set(ctx: &Ctx, set: &Set) -> SessionChange {
-    let Set::SingleAssignment {
-        scope,
-        variable,
-        values,
-        ..
-    } = set
-    else {
+    let Set::SingleAssignment { scope, variable, values, .. } = set else {
         return SessionChange::Other;
     };
     if !is_search_path(ctx, variable) {
@@ -308,16 +243,12 @@ fn session_set(ctx: &Ctx, set: &Set) -> SessionChange {
     let mut schemas = Vec::new();
     for v in values {
         match v {
-            Expr::Identifier(i)
-                if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") =>
-            {
+            Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") => {
                 return SessionChange::ResetSearchPath
             }
             Expr::Identifier(i) => schemas.push(names::fold(ctx.dialect, i)),
             Expr::Value(v) => match &v.value {
-                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
-                    schemas.push(s.clone())
-                }
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => schemas.push(s.clone()),
                 _ => return SessionChange::Other,
             },
             _ => return SessionChange::Other,
@@ -328,19 +259,10 @@ fn session_set(ctx: &Ctx, set: &Set) -> SessionChange {
 
 fn is_ddl(s: &Statement) -> bool {
     let words = first_words(s);
-    [
-        "CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "RENAME",
-    ]
-    .iter()
-    .any(|k| words.starts_with(k))
+    ["CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "RENAME"].iter().any(|k| words.starts_with(k))
 }
 
 /// The first two words of the statement's SQL text, for messages.
 fn first_words(s: &Statement) -> String {
-    s.to_string()
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_ascii_uppercase()
+    s.to_string().split_whitespace().take(2).collect::<Vec<_>>().join(" ").to_ascii_uppercase()
 }

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, FromTable, FunctionArguments, LimitClause, ObjectName, ObjectNamePart, Query, Select,
-    SetExpr, Statement, TableFactor, TableObject, Visit, Visitor,
+    Expr, FromTable, FunctionArguments, LimitClause, ObjectName, ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor,
+    TableObject, Visit, Visitor,
 };
 
 use super::catalog::Catalog;
@@ -74,13 +74,7 @@ pub(super) struct Walker<'a> {
 
 impl<'a> Walker<'a> {
     pub fn new(ctx: &'a Ctx<'a>) -> Walker<'a> {
-        Walker {
-            ctx,
-            acc: Acc::default(),
-            skip: HashSet::new(),
-            ctes: Vec::new(),
-            dml_depth: 0,
-        }
+        Walker { ctx, acc: Acc::default(), skip: HashSet::new(), ctes: Vec::new(), dml_depth: 0 }
     }
 
     /// Walk `stmt`; the results are in `self.acc`.
@@ -125,10 +119,7 @@ impl<'a> Walker<'a> {
         let Some(parts) = names::parts(self.ctx.dialect, name) else {
             return false;
         };
-        self.ctes
-            .iter()
-            .rev()
-            .any(|scope| scope.iter().any(|c| Some(c) == parts.first()))
+        self.ctes.iter().rev().any(|scope| scope.iter().any(|c| Some(c) == parts.first()))
     }
 
     fn dml_target_of_table_factor(&mut self, tf: &TableFactor) {
@@ -142,11 +133,8 @@ impl<'a> Walker<'a> {
         if defaults.is_empty() {
             return;
         }
-        let given: Vec<String> = insert
-            .columns
-            .iter()
-            .filter_map(|c| names::parts(self.ctx.dialect, c).and_then(|mut p| p.pop()))
-            .collect();
+        let given: Vec<String> =
+            insert.columns.iter().filter_map(|c| names::parts(self.ctx.dialect, c).and_then(|mut p| p.pop())).collect();
         let explicit_default = |col: &str| -> bool {
             let Some(i) = given.iter().position(|g| g == col) else {
                 return false;
@@ -191,10 +179,7 @@ fn table_commands(body: &SetExpr, out: &mut Vec<(Option<String>, String)>) {
     match body {
         SetExpr::Table(t) => {
             if let Some(name) = &t.table_name {
-                out.push((
-                    t.schema_name.as_ref().map(|s| s.value.clone()),
-                    name.value.clone(),
-                ));
+                out.push((t.schema_name.as_ref().map(|s| s.value.clone()), name.value.clone()));
             }
         }
         SetExpr::SetOperation { left, right, .. } => {
@@ -215,9 +200,7 @@ impl Visitor for Walker<'_> {
                 match &insert.table {
                     TableObject::TableName(name) => {
                         self.target(name);
-                        if let Some(t) =
-                            names::resolve(self.ctx.dialect, name, self.ctx.path, self.ctx.catalog)
-                        {
+                        if let Some(t) = names::resolve(self.ctx.dialect, name, self.ctx.path, self.ctx.catalog) {
                             self.insert_defaults(insert, &t);
                         }
                     }
@@ -228,8 +211,7 @@ impl Visitor for Walker<'_> {
                 self.dml_depth += 1;
                 self.dml_target_of_table_factor(&update.table.relation);
                 if update.limit.is_some() && update.order_by.is_empty() {
-                    self.acc
-                        .nondeterministic("LIMIT without ORDER BY".to_owned());
+                    self.acc.nondeterministic("LIMIT without ORDER BY".to_owned());
                 }
             }
             Statement::Delete(delete) => {
@@ -247,8 +229,7 @@ impl Visitor for Walker<'_> {
                     }
                 }
                 if delete.limit.is_some() && delete.order_by.is_empty() {
-                    self.acc
-                        .nondeterministic("LIMIT without ORDER BY".to_owned());
+                    self.acc.nondeterministic("LIMIT without ORDER BY".to_owned());
                 }
             }
             Statement::Merge(merge) => {
@@ -269,11 +250,7 @@ impl Visitor for Walker<'_> {
 
     fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
         let scope = match &q.with {
-            Some(with) => with
-                .cte_tables
-                .iter()
-                .map(|c| names::fold(self.ctx.dialect, &c.alias.name))
-                .collect(),
+            Some(with) => with.cte_tables.iter().map(|c| names::fold(self.ctx.dialect, &c.alias.name)).collect(),
             None => Vec::new(),
         };
         self.ctes.push(scope);
@@ -281,8 +258,7 @@ impl Visitor for Walker<'_> {
             self.acc.locking = true;
         }
         if self.dml_depth > 0 && limited_without_order(q) {
-            self.acc
-                .nondeterministic("LIMIT without ORDER BY".to_owned());
+            self.acc.nondeterministic("LIMIT without ORDER BY".to_owned());
         }
         let mut tables = Vec::new();
         table_commands(&q.body, &mut tables);
@@ -322,11 +298,7 @@ impl Visitor for Walker<'_> {
 
     fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
         match tf {
-            TableFactor::Table {
-                name,
-                args: Some(args),
-                ..
-            } => {
+            TableFactor::Table { name, args: Some(args), .. } => {
                 self.skip.insert(name as *const ObjectName);
                 functions::call(self.ctx, &mut self.acc, name, true, &args.args);
             }

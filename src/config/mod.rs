@@ -307,7 +307,10 @@ impl Validator<'_> {
         let listen = self.addr("listen", &raw.listen).unwrap_or_else(|| ([127, 0, 0, 1], 6432).into());
         let admin = raw.admin.as_deref().and_then(|a| self.addr("admin", a));
         if admin.is_some_and(|a| !a.ip().is_loopback()) && raw.admin_token.as_deref().is_none_or(str::is_empty) {
-            self.problem("admin_token", "the admin listener is not on loopback: set admin_token (requests must then send Authorization: Bearer <token>)");
+            self.problem(
+                "admin_token",
+                "the admin listener is not on loopback: set admin_token (requests must then send Authorization: Bearer <token>)",
+            );
         }
         let max_connections = if (1..=1_000_000).contains(&raw.max_connections) {
             raw.max_connections as usize
@@ -324,7 +327,10 @@ impl Validator<'_> {
         let shutdown_timeout = self.duration("shutdown_timeout", &raw.shutdown_timeout);
         let recovery_grace = self.duration("recovery_grace", &raw.recovery_grace);
         if recovery_grace < Duration::from_secs(1) {
-            self.problem("recovery_grace", "expected at least 1s: a live coordinator needs the time between PREPARE TRANSACTION and its COMMIT");
+            self.problem(
+                "recovery_grace",
+                "expected at least 1s: a live coordinator needs the time between PREPARE TRANSACTION and its COMMIT",
+            );
         }
         let authentication_timeout = self.duration("authentication_timeout", &raw.authentication_timeout);
         let primary = Primary { url: self.url("primary.url", &raw.primary.url) };
@@ -399,7 +405,10 @@ impl Validator<'_> {
             }
         }
         if !users.is_empty() && primary.url.user.is_none() {
-            self.problem("primary.url", "[[users]] log in upstream with the primary URL's user: give one (postgres://USER:PASSWORD@host/db)");
+            self.problem(
+                "primary.url",
+                "[[users]] log in upstream with the primary URL's user: give one (postgres://USER:PASSWORD@host/db)",
+            );
         }
         Config {
             file: file.to_owned(),

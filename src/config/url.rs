@@ -115,9 +115,8 @@ impl DbUrl {
             let v = decode(v)?;
             match k {
                 "sslmode" => {
-                    url.sslmode = SslMode::parse(&v).ok_or_else(|| {
-                        format!("sslmode `{v}`: expected disable, prefer, require, verify-ca or verify-full")
-                    })?
+                    url.sslmode = SslMode::parse(&v)
+                        .ok_or_else(|| format!("sslmode `{v}`: expected disable, prefer, require, verify-ca or verify-full"))?
                 }
                 "sslrootcert" if v == "system" => url.sslrootcert = Some(RootCert::System),
                 "sslrootcert" => url.sslrootcert = Some(RootCert::File(base.join(v))),
@@ -125,15 +124,13 @@ impl DbUrl {
                 "sslkey" => url.sslkey = Some(base.join(v)),
                 "host" if v.starts_with('/') => url.host = v,
                 "connect_timeout" => {
-                    let secs: u64 = v
-                        .parse()
-                        .map_err(|_| format!("connect_timeout `{v}`: expected a whole number of seconds"))?;
+                    let secs: u64 = v.parse().map_err(|_| format!("connect_timeout `{v}`: expected a whole number of seconds"))?;
                     url.connect_timeout = Duration::from_secs(secs.max(1));
                 }
                 other => {
                     return Err(format!(
-                        "unknown URL parameter `{other}` (supported: sslmode, sslrootcert, sslcert, sslkey, connect_timeout, host=/socket/dir)"
-                    ))
+                    "unknown URL parameter `{other}` (supported: sslmode, sslrootcert, sslcert, sslkey, connect_timeout, host=/socket/dir)"
+                ))
                 }
             }
         }
@@ -228,11 +225,9 @@ mod tests {
 
     #[test]
     fn full_url() {
-        let u = DbUrl::parse(
-            "postgres://repl:s%40cret@10.0.0.2:5433/app?sslmode=verify-full&sslrootcert=ca.pem",
-            Path::new("/etc/capgate"),
-        )
-        .unwrap();
+        let u =
+            DbUrl::parse("postgres://repl:s%40cret@10.0.0.2:5433/app?sslmode=verify-full&sslrootcert=ca.pem", Path::new("/etc/capgate"))
+                .unwrap();
         assert_eq!(u.user.as_deref(), Some("repl"));
         assert_eq!(u.password.as_deref(), Some("s@cret"));
         assert_eq!((u.host.as_str(), u.port), ("10.0.0.2", 5433));

@@ -41,14 +41,7 @@ impl fmt::Display for PolicyError {
                 writeln!(f)?;
             }
             match p.line {
-                Some(line) => write!(
-                    f,
-                    "{}:{}: {}: {}",
-                    self.file.display(),
-                    line,
-                    p.key,
-                    p.message
-                )?,
+                Some(line) => write!(f, "{}:{}: {}: {}", self.file.display(), line, p.key, p.message)?,
                 None => write!(f, "{}: {}: {}", self.file.display(), p.key, p.message)?,
             }
         }
@@ -63,40 +56,26 @@ impl Policy {
     pub fn load(file: &Path) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(file).map_err(|e| PolicyError {
             file: file.to_owned(),
-            problems: vec![PolicyProblem {
-                line: None,
-                key: "(file)".into(),
-                message: format!("cannot read: {e}"),
-            }],
+            problems: vec![PolicyProblem { line: None, key: "(file)".into(), message: format!("cannot read: {e}") }],
         })?;
         Policy::parse(&text, file)
     }
 
     /// Validate policy text; `file` is only used in messages.
     pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
-        let mut v = Validator {
-            text,
-            problems: Vec::new(),
-        };
+        let mut v = Validator { text, problems: Vec::new() };
         let policy = match ImDocument::parse(text) {
             Ok(doc) => v.policy(doc.as_table()),
             Err(e) => {
                 let line = e.span().map(|s| v.line(s.start));
                 let message = e.message().trim().to_owned();
-                v.problems.push(PolicyProblem {
-                    line,
-                    key: "(syntax)".into(),
-                    message,
-                });
+                v.problems.push(PolicyProblem { line, key: "(syntax)".into(), message });
                 None
             }
         };
         match policy {
             Some(p) if v.problems.is_empty() => Ok(p),
-            _ => Err(PolicyError {
-                file: file.to_owned(),
-                problems: v.problems,
-            }),
+            _ => Err(PolicyError { file: file.to_owned(), problems: v.problems }),
         }
     }
 }
@@ -108,41 +87,23 @@ struct Validator<'t> {
 }
 
 const TOP_KEYS: &str = "default, unknown, [[table]], [[function]]";
-const TABLE_KEYS: &str =
-    "match, mode, on_partition, partition_timeout, max_lag, on_conflict, nondeterministic";
+const TABLE_KEYS: &str = "match, mode, on_partition, partition_timeout, max_lag, on_conflict, nondeterministic";
 const FUNCTION_KEYS: &str = "name, writes";
 
 impl Validator<'_> {
     fn line(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
     }
 
-    fn problem(
-        &mut self,
-        span: Option<Range<usize>>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) {
+    fn problem(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) {
         let line = span.map(|s| self.line(s.start));
-        self.problems.push(PolicyProblem {
-            line,
-            key: key.into(),
-            message: message.into(),
-        });
+        self.problems.push(PolicyProblem { line, key: key.into(), message: message.into() });
     }
 
     /// The span of `key`'s value in `table`, else of the key, else of the table.
     fn span_of(table: &Table, key: &str) -> Option<Range<usize>> {
-        table
-            .get(key)
-            .and_then(Item::span)
-            .or_else(|| table.key(key).and_then(|k| k.span()))
-            .or_else(|| table.span())
+        table.get(key).and_then(Item::span).or_else(|| table.key(key).and_then(|k| k.span())).or_else(|| table.span())
     }
 
     fn string<'a>(&mut self, table: &'a Table, key: &str, path: &str) -> Option<&'a str> {
@@ -156,23 +117,13 @@ impl Validator<'_> {
         }
     }
 
-    fn choice<T: Copy>(
-        &mut self,
-        table: &Table,
-        key: &str,
-        path: &str,
-        choices: &[(&str, T)],
-    ) -> Option<T> {
+    fn choice<T: Copy>(&mut self, table: &Table, key: &str, path: &str, choices: &[(&str, T)]) -> Option<T> {
         let s = self.string(table, key, path)?;
         match choices.iter().find(|(name, _)| *name == s) {
             Some((_, v)) => Some(*v),
             None => {
                 let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-                self.problem(
-                    Self::span_of(table, key),
-                    path,
-                    format!("expected one of {}, found `{s}`", names.join(" | ")),
-                );
+                self.problem(Self::span_of(table, key), path, format!("expected one of {}, found `{s}`", names.join(" | ")));
                 None
             }
         }
@@ -192,68 +143,27 @@ impl Validator<'_> {
     fn unknown_keys(&mut self, table: &Table, prefix: &str, allowed: &[&str], expected: &str) {
         for (key, _) in table.iter() {
             if !allowed.contains(&key) {
-                let span = table
-                    .key(key)
-                    .and_then(|k| k.span())
-                    .or_else(|| Self::span_of(table, key));
-                self.problem(
-                    span,
-                    format!("{prefix}{key}"),
-                    format!("unknown key; expected one of {expected}"),
-                );
+                let span = table.key(key).and_then(|k| k.span()).or_else(|| Self::span_of(table, key));
+                self.problem(span, format!("{prefix}{key}"), format!("unknown key; expected one of {expected}"));
             }
         }
     }
 
     fn policy(&mut self, root: &Table) -> Option<Policy> {
-        self.unknown_keys(
-            root,
-            "",
-            &["default", "unknown", "table", "function"],
-            TOP_KEYS,
-        );
-        let modes = [
-            ("local", "local"),
-            ("async", "async"),
-            ("sync", "sync"),
-            ("bounded", "bounded"),
-        ];
+        self.unknown_keys(root, "", &["default", "unknown", "table", "function"], TOP_KEYS);
+        let modes = [("local", "local"), ("async", "async"), ("sync", "sync"), ("bounded", "bounded")];
         let default = match self.choice(root, "default", "default", &modes) {
             Some(name) => base_mode(name),
             None => Mode::Local,
         };
         let unknown = self
-            .choice(
-                root,
-                "unknown",
-                "unknown",
-                &[
-                    ("relay", UnknownAction::Relay),
-                    ("refuse", UnknownAction::Refuse),
-                ],
-            )
+            .choice(root, "unknown", "unknown", &[("relay", UnknownAction::Relay), ("refuse", UnknownAction::Refuse)])
             .unwrap_or(UnknownAction::Relay);
-        let rules = self
-            .entries(root, "table")
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| self.rule(t, i + 1))
-            .collect::<Vec<_>>();
+        let rules = self.entries(root, "table").iter().enumerate().filter_map(|(i, t)| self.rule(t, i + 1)).collect::<Vec<_>>();
         self.shadowed(&rules);
-        let functions = self
-            .entries(root, "function")
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| self.function(t, i + 1))
-            .collect::<Vec<_>>();
+        let functions = self.entries(root, "function").iter().enumerate().filter_map(|(i, t)| self.function(t, i + 1)).collect::<Vec<_>>();
         self.duplicate_functions(&functions);
-        Some(Policy {
-            version: 0,
-            default,
-            unknown,
-            rules,
-            functions,
-        })
+        Some(Policy { version: 0, default, unknown, rules, functions })
     }
 
     /// The `[[key]]` entries of `root`.
@@ -262,11 +172,7 @@ impl Validator<'_> {
             None => Vec::new(),
             Some(Item::ArrayOfTables(a)) => a.iter().collect(),
             Some(_) => {
-                self.problem(
-                    Self::span_of(root, key),
-                    key,
-                    format!("expected [[{key}]] entries (an array of tables)"),
-                );
+                self.problem(Self::span_of(root, key), key, format!("expected [[{key}]] entries (an array of tables)"));
                 Vec::new()
             }
         }
@@ -277,15 +183,7 @@ impl Validator<'_> {
         self.unknown_keys(
             t,
             &p,
-            &[
-                "match",
-                "mode",
-                "on_partition",
-                "partition_timeout",
-                "max_lag",
-                "on_conflict",
-                "nondeterministic",
-            ],
+            &["match", "mode", "on_partition", "partition_timeout", "max_lag", "on_conflict", "nondeterministic"],
             TABLE_KEYS,
         );
         let line = t.span().map(|s| self.line(s.start)).unwrap_or(0);
@@ -299,30 +197,17 @@ impl Validator<'_> {
             },
             None => {
                 if t.get("match").is_none() {
-                    self.problem(
-                        t.span(),
-                        format!("{p}match"),
-                        "missing; expected a glob on schema.table such as public.orders",
-                    );
+                    self.problem(t.span(), format!("{p}match"), "missing; expected a glob on schema.table such as public.orders");
                 }
                 None
             }
         };
-        let modes = [
-            ("local", "local"),
-            ("async", "async"),
-            ("sync", "sync"),
-            ("bounded", "bounded"),
-        ];
+        let modes = [("local", "local"), ("async", "async"), ("sync", "sync"), ("bounded", "bounded")];
         let mode_name = match self.choice(t, "mode", &format!("{p}mode"), &modes) {
             Some(m) => Some(m),
             None => {
                 if t.get("mode").is_none() {
-                    self.problem(
-                        t.span(),
-                        format!("{p}mode"),
-                        "missing; expected one of local | async | sync | bounded",
-                    );
+                    self.problem(t.span(), format!("{p}mode"), "missing; expected one of local | async | sync | bounded");
                 }
                 None
             }
@@ -353,14 +238,8 @@ impl Validator<'_> {
                 }
             }
         }
-        let on_partition_kind = self
-            .choice(
-                t,
-                "on_partition",
-                &format!("{p}on_partition"),
-                &[("fail", false), ("block", true)],
-            )
-            .unwrap_or(false);
+        let on_partition_kind =
+            self.choice(t, "on_partition", &format!("{p}on_partition"), &[("fail", false), ("block", true)]).unwrap_or(false);
         let timeout = self.duration(t, "partition_timeout", &format!("{p}partition_timeout"));
         if timeout.is_some() && !on_partition_kind && t.get("on_partition").is_some() {
             self.problem(
@@ -368,10 +247,7 @@ impl Validator<'_> {
                 format!("{p}partition_timeout"),
                 "applies only with on_partition = \"block\"",
             );
-        } else if timeout.is_some()
-            && t.get("on_partition").is_none()
-            && matches!(mode_name, Some("sync" | "bounded"))
-        {
+        } else if timeout.is_some() && t.get("on_partition").is_none() && matches!(mode_name, Some("sync" | "bounded")) {
             self.problem(
                 Self::span_of(t, "partition_timeout"),
                 format!("{p}partition_timeout"),
@@ -379,30 +255,20 @@ impl Validator<'_> {
             );
         }
         let on_partition = if on_partition_kind {
-            OnPartition::Block {
-                timeout: timeout.unwrap_or(DEFAULT_PARTITION_TIMEOUT),
-            }
+            OnPartition::Block { timeout: timeout.unwrap_or(DEFAULT_PARTITION_TIMEOUT) }
         } else {
             OnPartition::Fail
         };
         let max_lag = self.duration(t, "max_lag", &format!("{p}max_lag"));
         if max_lag == Some(Duration::ZERO) {
-            self.problem(
-                Self::span_of(t, "max_lag"),
-                format!("{p}max_lag"),
-                "must be more than 0 (use mode \"sync\" for no lag)",
-            );
+            self.problem(Self::span_of(t, "max_lag"), format!("{p}max_lag"), "must be more than 0 (use mode \"sync\" for no lag)");
         }
         let on_conflict = self
             .choice(
                 t,
                 "on_conflict",
                 &format!("{p}on_conflict"),
-                &[
-                    ("skip", OnConflict::Skip),
-                    ("halt", OnConflict::Halt),
-                    ("overwrite", OnConflict::Overwrite),
-                ],
+                &[("skip", OnConflict::Skip), ("halt", OnConflict::Halt), ("overwrite", OnConflict::Overwrite)],
             )
             .unwrap_or(DEFAULT_ON_CONFLICT);
         let nondeterministic = self
@@ -410,40 +276,23 @@ impl Validator<'_> {
                 t,
                 "nondeterministic",
                 &format!("{p}nondeterministic"),
-                &[
-                    ("refuse", Nondeterministic::Refuse),
-                    ("allow", Nondeterministic::Allow),
-                ],
+                &[("refuse", Nondeterministic::Refuse), ("allow", Nondeterministic::Allow)],
             )
             .unwrap_or_default();
         let mode = match mode_name? {
             "sync" => Mode::Sync { on_partition },
             "async" => Mode::Async { on_conflict },
-            "bounded" => Mode::Bounded {
-                max_lag: max_lag.unwrap_or(DEFAULT_MAX_LAG),
-                on_partition,
-                on_conflict,
-            },
+            "bounded" => Mode::Bounded { max_lag: max_lag.unwrap_or(DEFAULT_MAX_LAG), on_partition, on_conflict },
             _ => Mode::Local,
         };
         let (pattern_text, pattern) = pattern?;
-        Some(Rule {
-            pattern_text,
-            pattern,
-            mode,
-            nondeterministic,
-            line,
-        })
+        Some(Rule { pattern_text, pattern, mode, nondeterministic, line })
     }
 
     /// A rule whose every table is matched by an earlier rule can never decide anything.
     fn shadowed(&mut self, rules: &[Rule]) {
         for (j, later) in rules.iter().enumerate() {
-            if let Some((i, earlier)) = rules[..j]
-                .iter()
-                .enumerate()
-                .find(|(_, e)| e.pattern.covers(&later.pattern))
-            {
+            if let Some((i, earlier)) = rules[..j].iter().enumerate().find(|(_, e)| e.pattern.covers(&later.pattern)) {
                 self.problems.push(PolicyProblem {
                     line: Some(later.line).filter(|l| *l > 0),
                     key: format!("table[{}].match", j + 1),
@@ -466,7 +315,11 @@ impl Validator<'_> {
             Some(s) => self.exact_name(t, "name", &format!("{p}name"), s, "function"),
             None => {
                 if t.get("name").is_none() {
-                    self.problem(t.span(), format!("{p}name"), "missing; expected a schema-qualified function name such as public.transfer");
+                    self.problem(
+                        t.span(),
+                        format!("{p}name"),
+                        "missing; expected a schema-qualified function name such as public.transfer",
+                    );
                 }
                 None
             }
@@ -479,58 +332,31 @@ impl Validator<'_> {
                     for v in arr.iter() {
                         match v {
                             Value::String(s) => {
-                                if let Some(tn) = self.exact_name_at(
-                                    v.span(),
-                                    &format!("{p}writes"),
-                                    s.value(),
-                                    "table",
-                                ) {
+                                if let Some(tn) = self.exact_name_at(v.span(), &format!("{p}writes"), s.value(), "table") {
                                     writes.push(tn);
                                 }
                             }
-                            _ => self.problem(
-                                v.span(),
-                                format!("{p}writes"),
-                                "expected table names as strings",
-                            ),
+                            _ => self.problem(v.span(), format!("{p}writes"), "expected table names as strings"),
                         }
                     }
                 }
-                None => self.problem(
-                    Self::span_of(t, "writes"),
-                    format!("{p}writes"),
-                    "expected an array of schema.table names",
-                ),
+                None => self.problem(Self::span_of(t, "writes"), format!("{p}writes"), "expected an array of schema.table names"),
             },
         }
         let name = name?;
-        Some(FunctionRule {
-            schema: name.schema,
-            name: name.name,
-            writes,
-        })
+        Some(FunctionRule { schema: name.schema, name: name.name, writes })
     }
 
-    fn exact_name(
-        &mut self,
-        t: &Table,
-        key: &str,
-        path: &str,
-        s: &str,
-        what: &str,
-    ) -> Option<TableName> {
+    fn exact_name(&mut self, t: &Table, key: &str, path: &str, s: &str, what: &str) -> Option<TableName> {
         self.exact_name_at(Self::span_of(t, key), path, s, what)
     }
 
     /// A `schema.name` without wildcards.
-    fn exact_name_at(
-        &mut self,
-        span: Option<Range<usize>>,
-        path: &str,
-        s: &str,
-        what: &str,
-    ) -> Option<TableName> {
-        let expected = format!("expected a schema-qualified {what} name without wildcards, such as public.{}, found `{s}`", if what == "function" { "transfer" } else { "accounts" });
+    fn exact_name_at(&mut self, span: Option<Range<usize>>, path: &str, s: &str, what: &str) -> Option<TableName> {
+        let expected = format!(
+            "expected a schema-qualified {what} name without wildcards, such as public.{}, found `{s}`",
+            if what == "function" { "transfer" } else { "accounts" }
+        );
         match Pattern::parse(s) {
             Ok(p) => match (p.schema.literal(), p.table.literal()) {
                 (Some(schema), Some(name)) => Some(TableName { schema, name }),
@@ -548,10 +374,7 @@ impl Validator<'_> {
 
     fn duplicate_functions(&mut self, functions: &[FunctionRule]) {
         for (j, f) in functions.iter().enumerate() {
-            if functions[..j]
-                .iter()
-                .any(|e| e.schema == f.schema && e.name == f.name)
-            {
+            if functions[..j].iter().any(|e| e.schema == f.schema && e.name == f.name) {
                 self.problems.push(PolicyProblem {
                     line: None,
                     key: format!("function[{}].name", j + 1),
@@ -565,17 +388,9 @@ impl Validator<'_> {
 /// A mode with every option at its default (for `default = "…"`).
 fn base_mode(name: &str) -> Mode {
     match name {
-        "sync" => Mode::Sync {
-            on_partition: OnPartition::Fail,
-        },
-        "async" => Mode::Async {
-            on_conflict: DEFAULT_ON_CONFLICT,
-        },
-        "bounded" => Mode::Bounded {
-            max_lag: DEFAULT_MAX_LAG,
-            on_partition: OnPartition::Fail,
-            on_conflict: DEFAULT_ON_CONFLICT,
-        },
+        "sync" => Mode::Sync { on_partition: OnPartition::Fail },
+        "async" => Mode::Async { on_conflict: DEFAULT_ON_CONFLICT },
+        "bounded" => Mode::Bounded { max_lag: DEFAULT_MAX_LAG, on_partition: OnPartition::Fail, on_conflict: DEFAULT_ON_CONFLICT },
         _ => Mode::Local,
     }
 }

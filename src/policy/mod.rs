@@ -17,9 +17,7 @@ mod tests;
 use std::fmt;
 use std::time::Duration;
 
-use crate::classify::{
-    Catalog, Classification, FunctionInfo, StatementClass, TableName, Volatility,
-};
+use crate::classify::{Catalog, Classification, FunctionInfo, StatementClass, TableName, Volatility};
 pub use glob::Pattern;
 pub use load::{PolicyError, PolicyProblem};
 pub use reload::PolicyHandle;
@@ -34,11 +32,7 @@ pub enum Mode {
     /// Committed on every site atomically (CP).
     Sync { on_partition: OnPartition },
     /// Async while the replica's lag is under `max_lag`, then refused or blocked.
-    Bounded {
-        max_lag: Duration,
-        on_partition: OnPartition,
-        on_conflict: OnConflict,
-    },
+    Bounded { max_lag: Duration, on_partition: OnPartition, on_conflict: OnConflict },
 }
 
 impl Mode {
@@ -131,13 +125,7 @@ pub struct Policy {
 /// The policy when there is no policy file: nothing is replicated.
 impl Default for Policy {
     fn default() -> Policy {
-        Policy {
-            version: 0,
-            default: Mode::Local,
-            unknown: UnknownAction::Relay,
-            rules: Vec::new(),
-            functions: Vec::new(),
-        }
+        Policy { version: 0, default: Mode::Local, unknown: UnknownAction::Relay, rules: Vec::new(), functions: Vec::new() }
     }
 }
 
@@ -145,11 +133,7 @@ impl Default for Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleRef {
     /// The `index`-th `[[table]]` (0-based), with its `match` text and line.
-    Rule {
-        index: usize,
-        pattern: String,
-        line: usize,
-    },
+    Rule { index: usize, pattern: String, line: usize },
     /// No rule matched: the `default` mode.
     Default,
 }
@@ -174,10 +158,7 @@ pub struct Decision {
 impl Policy {
     /// Default values for every option, with the given default mode and no rules.
     pub fn with_default(default: Mode) -> Policy {
-        Policy {
-            default,
-            ..Policy::default()
-        }
+        Policy { default, ..Policy::default() }
     }
 
     /// The mode of one table: the first rule whose glob matches, else the default.
@@ -187,48 +168,29 @@ impl Policy {
                 return Decision {
                     table: table.clone(),
                     mode: rule.mode,
-                    rule: RuleRef::Rule {
-                        index,
-                        pattern: rule.pattern_text.clone(),
-                        line: rule.line,
-                    },
+                    rule: RuleRef::Rule { index, pattern: rule.pattern_text.clone(), line: rule.line },
                 };
             }
         }
-        Decision {
-            table: table.clone(),
-            mode: self.default,
-            rule: RuleRef::Default,
-        }
+        Decision { table: table.clone(), mode: self.default, rule: RuleRef::Default }
     }
 
     /// One decision per table the statement writes.
     pub fn decide_statement(&self, statement: &StatementClass) -> Vec<Decision> {
-        statement
-            .writes
-            .iter()
-            .map(|t| self.decide_table(t))
-            .collect()
+        statement.writes.iter().map(|t| self.decide_table(t)).collect()
     }
 
     /// One decision per table any statement of `classification` writes, each table once.
     /// A transaction that writes a sync and an async table does both.
     pub fn decide(&self, classification: &Classification) -> Vec<Decision> {
-        classification
-            .writes()
-            .into_iter()
-            .map(|t| self.decide_table(t))
-            .collect()
+        classification.writes().into_iter().map(|t| self.decide_table(t)).collect()
     }
 
     /// Add the `[[function]]` entries to a catalog (after the primary's own entries, so the
     /// policy's word wins): each is volatile and writes exactly the listed tables.
     pub fn add_functions_to(&self, catalog: &mut Catalog) {
         for f in &self.functions {
-            let info = FunctionInfo {
-                volatility: Volatility::Volatile,
-                writes: Some(f.writes.clone()),
-            };
+            let info = FunctionInfo { volatility: Volatility::Volatile, writes: Some(f.writes.clone()) };
             catalog.add_function(&f.schema, &f.name, info);
         }
     }

@@ -20,10 +20,7 @@ struct Stamp {
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
+    Some(Stamp { modified: meta.modified().ok(), len: meta.len() })
 }
 
 /// The current policy of a process, shared by every session.
@@ -44,28 +41,17 @@ impl PolicyHandle {
         let seen = stamp(path);
         let mut policy = Policy::load(path)?;
         policy.version = 1;
-        Ok(PolicyHandle {
-            path: Some(path.to_owned()),
-            current: RwLock::new(Arc::new(policy)),
-            seen: Mutex::new(seen),
-        })
+        Ok(PolicyHandle { path: Some(path.to_owned()), current: RwLock::new(Arc::new(policy)), seen: Mutex::new(seen) })
     }
 
     /// A handle that always serves `policy` (no file, reloads do nothing).
     pub fn fixed(policy: Policy) -> PolicyHandle {
-        PolicyHandle {
-            path: None,
-            current: RwLock::new(Arc::new(policy)),
-            seen: Mutex::new(None),
-        }
+        PolicyHandle { path: None, current: RwLock::new(Arc::new(policy)), seen: Mutex::new(None) }
     }
 
     /// The policy in force now.
     pub fn current(&self) -> Arc<Policy> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Re-read the file. On success the new policy is published with the next version,
@@ -100,18 +86,12 @@ impl PolicyHandle {
     }
 
     fn log(&self, why: &str, result: Result<u64, PolicyError>) {
-        let file = self
-            .path
-            .as_deref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let file = self.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
         match result {
             Ok(v) => tracing::info!(file, version = v, "policy reloaded ({why})"),
-            Err(e) => tracing::error!(
-                file,
-                version = self.current().version,
-                "policy not reloaded ({why}), keeping the current version:\n{e}"
-            ),
+            Err(e) => {
+                tracing::error!(file, version = self.current().version, "policy not reloaded ({why}), keeping the current version:\n{e}")
+            }
         }
     }
 
@@ -122,10 +102,7 @@ impl PolicyHandle {
     }
 
     /// As [`PolicyHandle::spawn_reload_watcher`], with another polling period (tests).
-    pub fn spawn_reload_watcher_every(
-        self: &Arc<Self>,
-        period: Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_reload_watcher_every(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
         let handle = Arc::clone(self);
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};

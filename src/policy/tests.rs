@@ -43,40 +43,13 @@ fn the_issue_example_loads_and_decides_first_match() {
     let p = parse(EXAMPLE).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.rules.len(), 3);
     let d = p.decide_table(&TableName::new("public", "orders"));
-    assert_eq!(
-        d.mode,
-        Mode::Sync {
-            on_partition: OnPartition::Fail
-        }
-    );
-    assert_eq!(
-        d.rule,
-        RuleRef::Rule {
-            index: 0,
-            pattern: "public.orders".into(),
-            line: 3
-        }
-    );
+    assert_eq!(d.mode, Mode::Sync { on_partition: OnPartition::Fail });
+    assert_eq!(d.rule, RuleRef::Rule { index: 0, pattern: "public.orders".into(), line: 3 });
     let d = p.decide_table(&TableName::new("public", "cart_items"));
-    assert_eq!(
-        d.mode,
-        Mode::Bounded {
-            max_lag: Duration::from_secs(30),
-            on_partition: OnPartition::Fail,
-            on_conflict: OnConflict::Skip
-        }
-    );
-    assert_eq!(
-        p.decide_table(&TableName::new("public", "users"))
-            .mode
-            .name(),
-        "async"
-    );
+    assert_eq!(d.mode, Mode::Bounded { max_lag: Duration::from_secs(30), on_partition: OnPartition::Fail, on_conflict: OnConflict::Skip });
+    assert_eq!(p.decide_table(&TableName::new("public", "users")).mode.name(), "async");
     let d = p.decide_table(&TableName::new("audit", "log"));
-    assert_eq!(
-        (d.mode, d.rule.to_string()),
-        (Mode::Local, "default".to_owned())
-    );
+    assert_eq!((d.mode, d.rule.to_string()), (Mode::Local, "default".to_owned()));
     // A transaction's tables are each decided; the function writes accounts.
     let cat = p.catalog();
     let c = classify(
@@ -85,18 +58,10 @@ fn the_issue_example_loads_and_decides_first_match() {
         &SearchPath::default(),
         &cat,
     );
-    let decided: Vec<(String, &str)> = p
-        .decide(&c)
-        .iter()
-        .map(|d| (d.table.to_string(), d.mode.name()))
-        .collect();
+    let decided: Vec<(String, &str)> = p.decide(&c).iter().map(|d| (d.table.to_string(), d.mode.name())).collect();
     assert_eq!(
         decided,
-        [
-            ("public.orders".to_owned(), "sync"),
-            ("public.accounts".to_owned(), "async"),
-            ("public.cart_x".to_owned(), "bounded")
-        ]
+        [("public.orders".to_owned(), "sync"), ("public.accounts".to_owned(), "async"), ("public.cart_x".to_owned(), "bounded")]
     );
 }
 
@@ -160,10 +125,7 @@ writes = ["public.*"]
 #[test]
 fn shadowed_rules_are_rejected() {
     let e = problems("[[table]]\nmatch = \"public.*\"\nmode = \"async\"\n[[table]]\nmatch = \"public.orders\"\nmode = \"sync\"\n");
-    assert!(
-        e.contains("policy.toml:4: table[2].match: rule \"public.orders\" can never match"),
-        "{e}"
-    );
+    assert!(e.contains("policy.toml:4: table[2].match: rule \"public.orders\" can never match"), "{e}");
     assert!(e.contains("table[1] \"public.*\" (line 1)"), "{e}");
     let e = problems("[[table]]\nmatch = \"*.*\"\nmode = \"local\"\n[[table]]\nmatch = \"s.t?\"\nmode = \"sync\"\n");
     assert!(e.contains("can never match"), "{e}");
@@ -176,43 +138,25 @@ fn syntax_errors_and_wrong_shapes() {
     let e = problems("default = \"local\"\n[[table]\nmatch = 1\n");
     assert!(e.contains("policy.toml:2: (syntax)"), "{e}");
     let e = problems("[table]\nmatch = \"public.a\"\n");
-    assert!(
-        e.contains("policy.toml:1: table: expected [[table]] entries"),
-        "{e}"
-    );
+    assert!(e.contains("policy.toml:1: table: expected [[table]] entries"), "{e}");
     let e = problems("[[table]]\nmatch = 5\nmode = \"sync\"\n");
-    assert!(
-        e.contains("policy.toml:2: table[1].match: expected a string"),
-        "{e}"
-    );
+    assert!(e.contains("policy.toml:2: table[1].match: expected a string"), "{e}");
     let e = problems("[[table]]\nmatch = \"public.a\"\nmode = \"bounded\"\nmax_lag = \"0s\"\n");
     assert!(e.contains("table[1].max_lag: must be more than 0"), "{e}");
     let e = problems("[[function]]\nname = \"public.f\"\n[[function]]\nname = \"public.f\"\n");
-    assert!(
-        e.contains("function[2].name: public.f is named twice"),
-        "{e}"
-    );
+    assert!(e.contains("function[2].name: public.f is named twice"), "{e}");
 }
 
 #[test]
 fn block_takes_its_timeout_and_defaults_apply() {
     let p = parse("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\non_partition = \"block\"\npartition_timeout = \"250ms\"\n[[table]]\nmatch = \"public.b\"\nmode = \"bounded\"\non_partition = \"block\"\n")
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        p.rules[0].mode,
-        Mode::Sync {
-            on_partition: OnPartition::Block {
-                timeout: Duration::from_millis(250)
-            }
-        }
-    );
+    assert_eq!(p.rules[0].mode, Mode::Sync { on_partition: OnPartition::Block { timeout: Duration::from_millis(250) } });
     assert_eq!(
         p.rules[1].mode,
         Mode::Bounded {
             max_lag: DEFAULT_MAX_LAG,
-            on_partition: OnPartition::Block {
-                timeout: DEFAULT_PARTITION_TIMEOUT
-            },
+            on_partition: OnPartition::Block { timeout: DEFAULT_PARTITION_TIMEOUT },
             on_conflict: DEFAULT_ON_CONFLICT
         }
     );
@@ -237,14 +181,13 @@ fn nondeterministic_defaults_to_refuse_and_allow_is_per_rule() {
 fn nondeterministic_is_validated() {
     let e = problems("[[table]]\nmatch = \"public.a\"\nmode = \"local\"\nnondeterministic = \"allow\"\n");
     assert!(
-        e.contains("policy.toml:4: table[1].nondeterministic: does not apply to mode \"local\"; it is an option of mode sync, async and bounded"),
+        e.contains(
+            "policy.toml:4: table[1].nondeterministic: does not apply to mode \"local\"; it is an option of mode sync, async and bounded"
+        ),
         "{e}"
     );
     let e = problems("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\nnondeterministic = \"log\"\n");
-    assert!(
-        e.contains("policy.toml:4: table[1].nondeterministic: expected one of refuse | allow, found `log`"),
-        "{e}"
-    );
+    assert!(e.contains("policy.toml:4: table[1].nondeterministic: expected one of refuse | allow, found `log`"), "{e}");
     let e = problems("[[table]]\nmatch = \"public.a\"\nmode = \"async\"\nnondeterministic = true\n");
     assert!(e.contains("table[1].nondeterministic: expected a string"), "{e}");
 }
@@ -262,23 +205,15 @@ fn reload_keeps_the_old_policy_on_a_bad_file() {
     let handle = PolicyHandle::load(&file).unwrap_or_else(|e| panic!("{e}"));
     let first = handle.current();
     assert_eq!((first.version, first.default.name()), (1, "async"));
-    assert!(
-        handle.reload_if_changed().is_none(),
-        "unchanged file: no reload"
-    );
+    assert!(handle.reload_if_changed().is_none(), "unchanged file: no reload");
 
     std::fs::write(&file, "default = \"sync\"\nbogus = 1\n").unwrap_or_else(|e| panic!("{e}"));
-    let err = handle
-        .reload()
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = handle.reload().err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains(":2: bogus: unknown key"), "{err}");
     assert_eq!(handle.current().version, 1, "the old policy stays");
     assert_eq!(handle.current().default.name(), "async");
 
-    std::fs::write(&file, "default = \"sync\"\n# now good, and longer\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, "default = \"sync\"\n# now good, and longer\n").unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(handle.reload_if_changed(), Some(Ok(2))));
     assert_eq!(handle.current().default.name(), "sync");
     // A holder of the first snapshot still sees it (a running transaction keeps its policy).
@@ -292,8 +227,7 @@ async fn watcher_picks_up_file_changes() {
     let handle = Arc::new(PolicyHandle::load(&file).unwrap_or_else(|e| panic!("{e}")));
     let task = handle.spawn_reload_watcher_every(Duration::from_millis(20));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    std::fs::write(&file, "default = \"async\"\nunknown = \"refuse\"\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, "default = \"async\"\nunknown = \"refuse\"\n").unwrap_or_else(|e| panic!("{e}"));
     let mut waited = 0;
     while handle.current().version < 2 && waited < 200 {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -301,8 +235,5 @@ async fn watcher_picks_up_file_changes() {
     }
     task.abort();
     let p = handle.current();
-    assert_eq!(
-        (p.version, p.default.name(), p.unknown),
-        (2, "async", UnknownAction::Refuse)
-    );
+    assert_eq!((p.version, p.default.name(), p.unknown), (2, "async", UnknownAction::Refuse));
 }

@@ -89,16 +89,10 @@ use sqlparser::ast::{Expr, Query, Statement, VisitMut, VisitorMut};
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use crate::classify::{
-    classify, is_dml, limited_without_order, Catalog, DefaultKind, Dialect, Kind, SearchPath,
-    TableName,
-};
+use crate::classify::{classify, is_dml, limited_without_order, Catalog, DefaultKind, Dialect, Kind, SearchPath, TableName};
 
 pub use functions::{timestamptz_literal, unix_seconds};
-pub use keys::{
-    advance_sequence_sql, apply_generated_keys, preallocate_sql, statement_text,
-    with_generated_keys,
-};
+pub use keys::{advance_sequence_sql, apply_generated_keys, preallocate_sql, statement_text, with_generated_keys};
 
 /// SQLSTATE of a refusal: feature_not_supported.
 pub const SQLSTATE: &str = "0A000";
@@ -116,10 +110,7 @@ pub struct Pins {
 impl Pins {
     /// Pin the instant only.
     pub fn at(timestamp: SystemTime) -> Pins {
-        Pins {
-            timestamp,
-            user: None,
-        }
+        Pins { timestamp, user: None }
     }
 }
 
@@ -213,16 +204,8 @@ impl fmt::Display for NotDeterministic {
 impl std::error::Error for NotDeterministic {}
 
 /// Make `sql` deterministic (see the module header).
-pub fn make_deterministic<'s>(
-    sql: &'s str,
-    cx: &Context<'_>,
-) -> Result<Deterministic<'s>, NotDeterministic> {
-    let mut out = Deterministic {
-        sql: Cow::Borrowed(sql),
-        generated_keys: Vec::new(),
-        set_timestamp: false,
-        allowed: Vec::new(),
-    };
+pub fn make_deterministic<'s>(sql: &'s str, cx: &Context<'_>) -> Result<Deterministic<'s>, NotDeterministic> {
+    let mut out = Deterministic { sql: Cow::Borrowed(sql), generated_keys: Vec::new(), set_timestamp: false, allowed: Vec::new() };
     let literal = timestamptz_literal(cx.pins.timestamp);
     let mut replacements: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     for (index, range) in pieces(cx.dialect, sql).into_iter().enumerate() {
@@ -254,9 +237,7 @@ fn pieces(dialect: Dialect, sql: &str) -> Vec<std::ops::Range<usize>> {
     let Ok(tokens) = Tokenizer::new(d.as_ref(), sql).tokenize_with_location() else {
         return whole(sql);
     };
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
+    let line_starts: Vec<usize> = std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
     let offset = |line: u64, column: u64| -> Option<usize> {
         let start = *line_starts.get(usize::try_from(line).ok()?.checked_sub(1)?)?;
         let col = usize::try_from(column).ok()?.checked_sub(1)?;
@@ -274,10 +255,8 @@ fn pieces(dialect: Dialect, sql: &str) -> Vec<std::ops::Range<usize>> {
             Token::SemiColon => out.extend(piece.take()),
             Token::Whitespace(_) => {}
             _ => {
-                let (Some(s), Some(e)) = (
-                    offset(t.span.start.line, t.span.start.column),
-                    offset(t.span.end.line, t.span.end.column),
-                ) else {
+                let (Some(s), Some(e)) = (offset(t.span.start.line, t.span.start.column), offset(t.span.end.line, t.span.end.column))
+                else {
                     return whole(sql);
                 };
                 match &mut piece {
@@ -328,26 +307,14 @@ fn statement(
                 statement: index,
             };
             if e.table.is_none() && !class.writes.is_empty() {
-                out.allowed.push(NotDeterministic {
-                    table: class.writes.first().cloned(),
-                    ..e
-                });
+                out.allowed.push(NotDeterministic { table: class.writes.first().cloned(), ..e });
                 return Ok(None);
             }
             return Err(e);
         }
     };
     let writes = class.writes.clone();
-    let mut rw = Rewriter {
-        cx,
-        literal,
-        index,
-        writes: &writes,
-        dml_depth: 0,
-        changed: false,
-        error: None,
-        out,
-    };
+    let mut rw = Rewriter { cx, literal, index, writes: &writes, dml_depth: 0, changed: false, error: None, out };
     let Some(stmt) = stmts.first_mut() else {
         return Ok(None);
     };
@@ -428,10 +395,7 @@ impl Rewriter<'_, '_, '_> {
 
     /// Rewrite an expression on its own (a column default): `Err` names what is refused.
     fn standalone(&mut self, e: &mut Expr) -> Result<(), String> {
-        let mut inner = ExprOnly {
-            rw: self,
-            refused: None,
-        };
+        let mut inner = ExprOnly { rw: self, refused: None };
         let _ = e.visit(&mut inner);
         match inner.refused {
             Some(what) => Err(what),

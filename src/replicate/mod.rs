@@ -145,7 +145,11 @@ impl Router {
                 // The first ten, then one in a thousand: a hot statement must not flood the
                 // log. The text itself only at debug level: it may hold secrets.
                 if n <= 10 || n % 1000 == 0 {
-                    tracing::warn!(reason, count = n, "cannot tell which tables a statement writes; relaying it (policy unknown = \"relay\")");
+                    tracing::warn!(
+                        reason,
+                        count = n,
+                        "cannot tell which tables a statement writes; relaying it (policy unknown = \"relay\")"
+                    );
                 }
                 tracing::debug!(reason, statement = %abbreviate(sql), "unknown statement relayed");
                 None

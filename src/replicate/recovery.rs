@@ -62,12 +62,7 @@ const DECIDED_SQL: &str = "SELECT gid FROM capgate.decisions WHERE gid = ANY ($1
 /// client's database), from the decisions recorded on `primary`. Needs the primary's
 /// `capgate` schema (see [`crate::replicate::outbox::schema::install_primary`]). Stops at
 /// the first error other than a transaction that disappeared meanwhile.
-pub async fn recover(
-    primary: &Client,
-    replica: &Client,
-    site: &str,
-    grace: Duration,
-) -> Result<RecoveryReport, tokio_postgres::Error> {
+pub async fn recover(primary: &Client, replica: &Client, site: &str, grace: Duration) -> Result<RecoveryReport, tokio_postgres::Error> {
     let prefix = site_prefix(site);
     let prepared: Vec<(String, f64)> = replica
         .query(LIST_SQL, &[&prefix])
@@ -80,12 +75,7 @@ pub async fn recover(
         return Ok(report);
     }
     let gids: Vec<&str> = prepared.iter().map(|(g, _)| g.as_str()).collect();
-    let decided: std::collections::HashSet<String> = primary
-        .query(DECIDED_SQL, &[&gids])
-        .await?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
+    let decided: std::collections::HashSet<String> = primary.query(DECIDED_SQL, &[&gids]).await?.into_iter().map(|r| r.get(0)).collect();
     for (gid, age) in prepared {
         let (verb, list) = if decided.contains(&gid) {
             ("COMMIT", &mut report.committed)

@@ -35,9 +35,7 @@ impl SiteError {
     /// The replica the error is about.
     pub fn replica(&self) -> &str {
         match self {
-            SiteError::Deadline { replica, .. }
-            | SiteError::Failed { replica, .. }
-            | SiteError::Stopped { replica } => replica,
+            SiteError::Deadline { replica, .. } | SiteError::Failed { replica, .. } | SiteError::Stopped { replica } => replica,
         }
     }
 

@@ -139,20 +139,9 @@ pub struct Tracker {
 impl Tracker {
     /// A replica nothing is known about yet: Suspect until its first heartbeat.
     pub fn new(thresholds: Thresholds) -> Tracker {
-        let thresholds = Thresholds {
-            partition_after: thresholds.partition_after.max(1),
-            heal_after: thresholds.heal_after.max(1),
-            ..thresholds
-        };
-        Tracker {
-            thresholds,
-            state: State::Suspect,
-            bad_in_a_row: 0,
-            good_in_a_row: 0,
-            last_rtt: None,
-            smoothed_rtt: None,
-            transitions: 0,
-        }
+        let thresholds =
+            Thresholds { partition_after: thresholds.partition_after.max(1), heal_after: thresholds.heal_after.max(1), ..thresholds };
+        Tracker { thresholds, state: State::Suspect, bad_in_a_row: 0, good_in_a_row: 0, last_rtt: None, smoothed_rtt: None, transitions: 0 }
     }
 
     pub fn state(&self) -> State {
@@ -286,10 +275,7 @@ mod tests {
     #[test]
     fn consecutive_misses_partition() {
         let mut t = tracker();
-        assert_eq!(
-            run(&mut t, &[fast(), Missed, Missed, Missed, Missed]),
-            [Healthy, Suspect, Suspect, Partitioned, Partitioned]
-        );
+        assert_eq!(run(&mut t, &[fast(), Missed, Missed, Missed, Missed]), [Healthy, Suspect, Suspect, Partitioned, Partitioned]);
         // A miss and an answer alternating never reaches three in a row.
         let mut t = tracker();
         let states = run(&mut t, &[fast(), Missed, fast(), Missed, Missed, fast(), Missed, Missed]);
@@ -344,10 +330,7 @@ mod tests {
         let mut t = tracker();
         run(&mut t, &[Missed, Missed, Missed]);
         assert_eq!(t.state(), Partitioned);
-        assert_eq!(
-            run(&mut t, &[fast(), fast(), fast(), fast(), fast()]),
-            [Healing, Healing, Healing, Healthy, Healthy]
-        );
+        assert_eq!(run(&mut t, &[fast(), fast(), fast(), fast(), fast()]), [Healing, Healing, Healing, Healthy, Healthy]);
     }
 
     #[test]

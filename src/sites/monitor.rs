@@ -60,12 +60,7 @@ impl Backoff {
 }
 
 /// Runs the health loop of `replica` until the views are gone (or the task is aborted).
-pub(super) async fn run<C: Connector>(
-    replica: Arc<str>,
-    connector: Arc<C>,
-    settings: Settings,
-    tx: watch::Sender<Status>,
-) {
+pub(super) async fn run<C: Connector>(replica: Arc<str>, connector: Arc<C>, settings: Settings, tx: watch::Sender<Status>) {
     let mut tracker = Tracker::new(settings.thresholds);
     let mut backoff = Backoff::new(settings.heartbeat_interval);
     let mut link = open(&replica, &connector, &settings);
@@ -146,11 +141,7 @@ async fn tick<C: Connector>(
                 Ok(()) if !C::is_closed(conn) => (Some(Observation::Answered(started.elapsed())), None, opened),
                 Ok(()) => {
                     *link = open(replica, connector, settings);
-                    (
-                        Some(Observation::Missed),
-                        Some(format!("replica `{replica}`: the heartbeat connection closed")),
-                        opened,
-                    )
+                    (Some(Observation::Missed), Some(format!("replica `{replica}`: the heartbeat connection closed")), opened)
                 }
                 Err(e) => {
                     // The connection is in an unknown state (a reply may still come): drop

@@ -68,13 +68,8 @@ impl<C: Connector> Pool<C> {
     pub async fn checkout(&self, deadline: Duration) -> Result<Pooled<C>, SiteError> {
         let started = Instant::now();
         let inner = &self.inner;
-        let permit = with_deadline(
-            &inner.replica,
-            "waiting for a free replica connection",
-            deadline,
-            inner.slots.clone().acquire_owned(),
-        )
-        .await?;
+        let permit =
+            with_deadline(&inner.replica, "waiting for a free replica connection", deadline, inner.slots.clone().acquire_owned()).await?;
         let reused = loop {
             let Some(conn) = self.lock_idle().pop() else { break None };
             if !C::is_closed(&conn) {
@@ -142,12 +137,7 @@ impl<C: Connector> Pooled<C> {
     /// error or a timeout the connection is marked broken, so it is dropped instead of
     /// returned. `name` names the operation in the error ("PREPARE TRANSACTION", "apply
     /// batch").
-    pub async fn run<T, E>(
-        &self,
-        name: &str,
-        deadline: Duration,
-        operation: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, SiteError>
+    pub async fn run<T, E>(&self, name: &str, deadline: Duration, operation: impl Future<Output = Result<T, E>>) -> Result<T, SiteError>
     where
         E: Into<BoxError>,
     {

@@ -81,8 +81,8 @@ pub type PgSite = Site<PgConnector>;
 pub fn start(config: &Config) -> Result<Sites<PgConnector>, SiteError> {
     let mut sites = Vec::with_capacity(config.replicas.len());
     for replica in &config.replicas {
-        let upstream = Upstream::new(replica.url.clone())
-            .map_err(|e| SiteError::failed(&replica.name, "loading the TLS settings of its URL", e))?;
+        let upstream =
+            Upstream::new(replica.url.clone()).map_err(|e| SiteError::failed(&replica.name, "loading the TLS settings of its URL", e))?;
         // Well past any wait of capgate's own on a replica operation (5 × the larger of
         // partition_latency and heartbeat_timeout), at least 10 s.
         let idle = (replica.partition_latency.max(replica.heartbeat_timeout) * 20).max(std::time::Duration::from_secs(10));

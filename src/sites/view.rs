@@ -96,12 +96,7 @@ impl HealthView {
     /// Waits until `pred` holds for the status (checked at once, then after every update),
     /// for at most `timeout`. The error names the replica, what was awaited and the state
     /// it was left in.
-    pub async fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut pred: impl FnMut(&Status) -> bool,
-    ) -> Result<Status, SiteError> {
+    pub async fn wait_for(&self, what: &str, timeout: Duration, mut pred: impl FnMut(&Status) -> bool) -> Result<Status, SiteError> {
         let mut rx = self.rx.clone();
         let waited = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s))).await.map(|r| r.map(|s| s.clone()));
         match waited {
@@ -156,10 +151,7 @@ mod tests {
         let err = view.wait_available(Duration::from_millis(20)).await.unwrap_err();
         assert!(err.is_deadline());
         let text = err.to_string();
-        assert!(
-            text.contains("replica `b`") && text.contains("it is partitioned") && text.contains("refused"),
-            "{text}"
-        );
+        assert!(text.contains("replica `b`") && text.contains("it is partitioned") && text.contains("refused"), "{text}");
 
         let waiter = {
             let view = view.clone();

@@ -7,9 +7,7 @@
 //! (no password, all privileges); the harness itself uses `root` over the unix socket.
 
 use super::process::Supervised;
-use super::{
-    copy_dir, log_since, new_instance, run, tcp_connect, template, Launch, OsUser, TestbedError, READY_TIMEOUT,
-};
+use super::{copy_dir, log_since, new_instance, run, tcp_connect, template, Launch, OsUser, TestbedError, READY_TIMEOUT};
 use std::fs::{self, OpenOptions};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -74,9 +72,7 @@ impl MariaDb {
             match db.launch(&mut db.lock())? {
                 Launch::Ready => break,
                 Launch::PortTaken if attempt < 5 => continue,
-                Launch::PortTaken => {
-                    return Err(TestbedError::with_log("mariadbd: no free port after 5 tries", &db.log))
-                }
+                Launch::PortTaken => return Err(TestbedError::with_log("mariadbd: no free port after 5 tries", &db.log)),
             }
         }
         Ok(db)
@@ -86,9 +82,7 @@ impl MariaDb {
     /// watchdog removes it when the process exits. Panics if it cannot start.
     pub fn shared() -> &'static MariaDb {
         static SHARED: OnceLock<MariaDb> = OnceLock::new();
-        SHARED.get_or_init(|| {
-            MariaDb::start(MariaDbOptions::default()).unwrap_or_else(|e| panic!("shared MariaDB server: {e}"))
-        })
+        SHARED.get_or_init(|| MariaDb::start(MariaDbOptions::default()).unwrap_or_else(|e| panic!("shared MariaDB server: {e}")))
     }
 
     pub fn host(&self) -> &str {
@@ -158,24 +152,18 @@ impl MariaDb {
         let stderr = log.try_clone().map_err(|e| TestbedError::new(format!("dup log fd: {e}")))?;
         let path = |flag: &str, p: &Path| format!("--{flag}={}", p.display());
         let mut cmd = Command::new("mariadbd");
-        cmd.args([
-            "--no-defaults",
-            "--user=mysql",
-            "--bind-address=127.0.0.1",
-            "--skip-name-resolve",
-            INNODB_LOG_FILE_SIZE,
-        ])
-        .arg(path("datadir", &self.data_dir))
-        .arg(format!("--port={}", self.port))
-        .arg(path("socket", &self.socket))
-        .arg(path("pid-file", &self.dir.join("mysqld.pid")))
-        .arg(path("log-error", &self.log))
-        .args(self.opts.conf.iter().map(|(k, v)| format!("--{k}={v}")))
-        .process_group(0)
-        .current_dir(&self.dir)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(stderr);
+        cmd.args(["--no-defaults", "--user=mysql", "--bind-address=127.0.0.1", "--skip-name-resolve", INNODB_LOG_FILE_SIZE])
+            .arg(path("datadir", &self.data_dir))
+            .arg(format!("--port={}", self.port))
+            .arg(path("socket", &self.socket))
+            .arg(path("pid-file", &self.dir.join("mysqld.pid")))
+            .arg(path("log-error", &self.log))
+            .args(self.opts.conf.iter().map(|(k, v)| format!("--{k}={v}")))
+            .process_group(0)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr);
         let child = cmd.spawn().map_err(|e| TestbedError::new(format!("spawning mariadbd: {e}")))?;
         proc.attach(child);
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -184,27 +172,19 @@ impl MariaDb {
                 if log_since(&self.log, offset).contains("Address already in use") {
                     return Ok(Launch::PortTaken);
                 }
-                return Err(TestbedError::with_log(
-                    format!("mariadbd on port {} exited during startup", self.port),
-                    &self.log,
-                ));
+                return Err(TestbedError::with_log(format!("mariadbd on port {} exited during startup", self.port), &self.log));
             }
             if greets(self.port) {
                 break;
             }
             if Instant::now() >= deadline {
                 let _ = proc.terminate(libc::SIGKILL, Duration::ZERO);
-                return Err(TestbedError::with_log(
-                    format!("mariadbd on port {} not ready after {READY_TIMEOUT:?}", self.port),
-                    &self.log,
-                ));
+                return Err(TestbedError::with_log(format!("mariadbd on port {} not ready after {READY_TIMEOUT:?}", self.port), &self.log));
             }
             sleep(Duration::from_millis(20));
         }
-        self.sql(
-            "CREATE USER IF NOT EXISTS 'capgate'@'%'; GRANT ALL PRIVILEGES ON *.* TO 'capgate'@'%' WITH GRANT OPTION",
-        )
-        .map_err(|e| TestbedError::new(format!("creating user capgate: {e}")))?;
+        self.sql("CREATE USER IF NOT EXISTS 'capgate'@'%'; GRANT ALL PRIVILEGES ON *.* TO 'capgate'@'%' WITH GRANT OPTION")
+            .map_err(|e| TestbedError::new(format!("creating user capgate: {e}")))?;
         Ok(Launch::Ready)
     }
 }
@@ -271,11 +251,7 @@ mod tests {
         assert_eq!(sql_over_tcp(&db, "select current_user()").unwrap(), "capgate@%");
         assert_eq!(db.sql("select @@max_connections").unwrap(), "77");
         assert_eq!(db.url("app", "shop"), format!("mysql://app@127.0.0.1:{}/shop", db.port()));
-        sql_over_tcp(
-            &db,
-            "create database shop; create table shop.t (x int) engine=InnoDB; insert into shop.t values (7)",
-        )
-        .unwrap();
+        sql_over_tcp(&db, "create database shop; create table shop.t (x int) engine=InnoDB; insert into shop.t values (7)").unwrap();
 
         let (port, pid) = (db.port(), db.pid().unwrap());
         db.stop().unwrap();

@@ -110,8 +110,7 @@ impl OsUser {
     }
 
     fn lookup(name: &str) -> Result<Option<OsUser>, TestbedError> {
-        let passwd =
-            fs::read_to_string("/etc/passwd").map_err(|e| TestbedError::new(format!("reading /etc/passwd: {e}")))?;
+        let passwd = fs::read_to_string("/etc/passwd").map_err(|e| TestbedError::new(format!("reading /etc/passwd: {e}")))?;
         Ok(passwd.lines().find_map(|line| {
             let f: Vec<&str> = line.split(':').collect();
             if f.len() < 4 || f[0] != name {
@@ -126,8 +125,7 @@ impl OsUser {
         std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
             .map_err(|e| TestbedError::new(format!("chown {}: {e}", path.display())))?;
         if fs::symlink_metadata(path).map(|m| m.is_dir()).unwrap_or(false) {
-            let entries =
-                fs::read_dir(path).map_err(|e| TestbedError::new(format!("listing {}: {e}", path.display())))?;
+            let entries = fs::read_dir(path).map_err(|e| TestbedError::new(format!("listing {}: {e}", path.display())))?;
             for entry in entries.flatten() {
                 self.chown_tree(&entry.path())?;
             }
@@ -176,10 +174,7 @@ pub(crate) fn new_instance(kind: &str, owner: OsUser, sig: &str) -> Result<(Path
 /// Returns `BASE_DIR/<name>`, building it first with `build(tmp_dir)` if it does not exist.
 /// The build happens in a temporary directory that is renamed into place, so concurrent
 /// test processes never see a half-built template (the loser of a race discards its copy).
-pub(crate) fn template(
-    name: &str,
-    build: impl FnOnce(&Path) -> Result<(), TestbedError>,
-) -> Result<PathBuf, TestbedError> {
+pub(crate) fn template(name: &str, build: impl FnOnce(&Path) -> Result<(), TestbedError>) -> Result<PathBuf, TestbedError> {
     static BUILDING: Mutex<()> = Mutex::new(());
     let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let base = base_dir()?;

@@ -7,9 +7,7 @@
 //! PostgreSQL refuses to run as root, so initdb and postgres run as the `postgres` user.
 
 use super::process::Supervised;
-use super::{
-    copy_dir, log_since, new_instance, run, tcp_connect, template, Launch, OsUser, TestbedError, READY_TIMEOUT,
-};
+use super::{copy_dir, log_since, new_instance, run, tcp_connect, template, Launch, OsUser, TestbedError, READY_TIMEOUT};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -89,9 +87,7 @@ impl PgServer {
             match srv.launch(&mut srv.lock())? {
                 Launch::Ready => break,
                 Launch::PortTaken if attempt < 5 => continue,
-                Launch::PortTaken => {
-                    return Err(TestbedError::with_log("postgres: no free port after 5 tries", &srv.log))
-                }
+                Launch::PortTaken => return Err(TestbedError::with_log("postgres: no free port after 5 tries", &srv.log)),
             }
         }
         Ok(srv)
@@ -101,9 +97,7 @@ impl PgServer {
     /// watchdog removes it when the process exits. Panics if it cannot start.
     pub fn shared() -> &'static PgServer {
         static SHARED: OnceLock<PgServer> = OnceLock::new();
-        SHARED.get_or_init(|| {
-            PgServer::start(PgOptions::default()).unwrap_or_else(|e| panic!("shared PostgreSQL server: {e}"))
-        })
+        SHARED.get_or_init(|| PgServer::start(PgOptions::default()).unwrap_or_else(|e| panic!("shared PostgreSQL server: {e}")))
     }
 
     pub fn host(&self) -> &str {
@@ -141,12 +135,10 @@ impl PgServer {
 
     /// `psql()` with extra conninfo (`sslmode=require`, `dbname=x`...; later keys win).
     fn psql_with(&self, conninfo: &str, sql: &str) -> Result<String, TestbedError> {
-        let conninfo =
-            format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=10 {conninfo}", self.port);
+        let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=10 {conninfo}", self.port);
         let mut cmd = self.command_in_netns(self.bin("psql"));
         cmd.args(["-X", "-w", "-v", "ON_ERROR_STOP=1", "-tA", "-d", &conninfo, "-c", sql]);
-        let out =
-            run(&mut cmd).map_err(|e| TestbedError::with_log(format!("psql on port {}: {e}", self.port), &self.log))?;
+        let out = run(&mut cmd).map_err(|e| TestbedError::with_log(format!("psql on port {}: {e}", self.port), &self.log))?;
         Ok(out.strip_suffix('\n').unwrap_or(&out).to_string())
     }
 
@@ -273,10 +265,7 @@ impl PgServer {
                 if log_since(&self.log, offset).contains("Address already in use") {
                     return Ok(Launch::PortTaken);
                 }
-                return Err(TestbedError::with_log(
-                    format!("postgres on port {} exited during startup", self.port),
-                    &self.log,
-                ));
+                return Err(TestbedError::with_log(format!("postgres on port {} exited during startup", self.port), &self.log));
             }
             // Inside a namespace our 127.0.0.1 is not the server's: the pid file has to do.
             if self.pid_file_says_ready(pid) && (self.netns.is_some() || tcp_connect(self.port).is_some()) {
@@ -284,10 +273,7 @@ impl PgServer {
             }
             if Instant::now() >= deadline {
                 let _ = proc.terminate(libc::SIGQUIT, Duration::from_secs(5));
-                return Err(TestbedError::with_log(
-                    format!("postgres on port {} not ready after {READY_TIMEOUT:?}", self.port),
-                    &self.log,
-                ));
+                return Err(TestbedError::with_log(format!("postgres on port {} not ready after {READY_TIMEOUT:?}", self.port), &self.log));
             }
             sleep(Duration::from_millis(20));
         }
@@ -309,8 +295,7 @@ impl PgServer {
     fn pid_file_says_ready(&self, pid: u32) -> bool {
         let Ok(text) = fs::read_to_string(self.data_dir.join("postmaster.pid")) else { return false };
         let lines: Vec<&str> = text.lines().collect();
-        lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str())
-            && lines.get(7).map(|l| l.trim()) == Some("ready")
+        lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str()) && lines.get(7).map(|l| l.trim()) == Some("ready")
     }
 }
 
@@ -364,8 +349,7 @@ fn major_version(bin_dir: &Path) -> Result<String, TestbedError> {
 
 /// Runs initdb as the postgres user into `dir` (an empty directory).
 fn initdb(bin_dir: &Path, user: OsUser, dir: &Path) -> Result<(), TestbedError> {
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(|e| TestbedError::new(format!("chmod {}: {e}", dir.display())))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| TestbedError::new(format!("chmod {}: {e}", dir.display())))?;
     user.chown_tree(dir)?;
     let mut cmd = Command::new(bin_dir.join("initdb"));
     cmd.args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync", "-D"]).arg(dir);

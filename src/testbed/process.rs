@@ -216,11 +216,7 @@ mod tests {
             (srv.port(), srv.pid().unwrap(), srv.data_dir().parent().unwrap().to_path_buf())
         } else {
             let db = MariaDb::shared();
-            (
-                db.port(),
-                db.pid().unwrap(),
-                PathBuf::from(format!("/proc/{}/cwd", db.pid().unwrap())).read_link().unwrap(),
-            )
+            (db.port(), db.pid().unwrap(), PathBuf::from(format!("/proc/{}/cwd", db.pid().unwrap())).read_link().unwrap())
         };
         println!("READY {port} {pid} {}", dir.display());
         loop {
@@ -240,11 +236,9 @@ mod tests {
             .unwrap();
         let mut lines = BufReader::new(helper.stdout.take().unwrap()).lines();
         // libtest prints "test <name> ... " without a newline before our line.
-        let ready =
-            lines.find_map(|l| Some(l.unwrap().split_once("READY ")?.1.to_string())).expect("helper died before READY");
+        let ready = lines.find_map(|l| Some(l.unwrap().split_once("READY ")?.1.to_string())).expect("helper died before READY");
         let fields: Vec<&str> = ready.split(' ').collect();
-        let (port, pid, dir): (u16, u32, PathBuf) =
-            (fields[0].parse().unwrap(), fields[1].parse().unwrap(), fields[2].into());
+        let (port, pid, dir): (u16, u32, PathBuf) = (fields[0].parse().unwrap(), fields[1].parse().unwrap(), fields[2].into());
         assert!(dir.is_dir() && alive(pid) && tcp_connect(port).is_some());
 
         signal(helper.id(), libc::SIGKILL);

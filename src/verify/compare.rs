@@ -21,7 +21,14 @@ pub enum TableResult {
     Equal { rows: u64, chunks: u64 },
     /// Rows differ; `differences` lists the first ones found (at most the configured number),
     /// `rows_differing` counts them all.
-    Diverged { rows_primary: u64, rows_replica: u64, chunks: u64, chunks_diverged: u64, rows_differing: u64, differences: Vec<RowDifference> },
+    Diverged {
+        rows_primary: u64,
+        rows_replica: u64,
+        chunks: u64,
+        chunks_diverged: u64,
+        rows_differing: u64,
+        differences: Vec<RowDifference>,
+    },
     /// No primary key: only whole-table checksums could be compared.
     NoPrimaryKey { equal: bool, rows_primary: u64, rows_replica: u64 },
     /// The table is missing on the replica.
@@ -60,7 +67,12 @@ impl Default for Limits {
 }
 
 /// Compare `table` between `primary` and `replica`.
-pub async fn compare_table(primary: &Client, replica: &Client, table: &TableName, limits: Limits) -> Result<TableResult, tokio_postgres::Error> {
+pub async fn compare_table(
+    primary: &Client,
+    replica: &Client,
+    table: &TableName,
+    limits: Limits,
+) -> Result<TableResult, tokio_postgres::Error> {
     let quoted = sql::quoted(table);
     let exists: Option<String> = replica.query_one("SELECT to_regclass($1)::text", &[&quoted]).await?.get(0);
     if exists.is_none() {

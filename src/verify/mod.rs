@@ -24,7 +24,7 @@ use crate::backend::postgres::{Upstream, UpstreamError};
 pub use crate::classify::TableName;
 use crate::config::Config;
 pub use compare::{compare_table, Limits, RowDifference, TableResult};
-pub use report::{Report, ReplicaReport, TableReport};
+pub use report::{ReplicaReport, Report, TableReport};
 pub use sql::parse_table_name;
 
 /// Why verify could not run at all (exit code 2). Each message names what failed.
@@ -104,18 +104,25 @@ pub async fn run(config: &Config, selection: &Selection, limits: Limits) -> Resu
 }
 
 async fn session(upstream: &Upstream, what: &str) -> Result<Client, VerifyError> {
-    let client = upstream.client("capgate verify").await.map_err(|source| VerifyError::Connect { what: format!("{what} at {}", upstream.url.address()), source })?;
-    client.batch_execute(sql::SESSION_SETUP).await.map_err(|source| VerifyError::Query { what: format!("setting up the session on {what}"), source })?;
+    let client = upstream
+        .client("capgate verify")
+        .await
+        .map_err(|source| VerifyError::Connect { what: format!("{what} at {}", upstream.url.address()), source })?;
+    client
+        .batch_execute(sql::SESSION_SETUP)
+        .await
+        .map_err(|source| VerifyError::Query { what: format!("setting up the session on {what}"), source })?;
     Ok(client)
 }
 
 /// Wait (up to 30 s) until the replica has applied every outbox row the primary committed so
 /// far, so async tables are compared at a consistent point; say which point it was.
 async fn catch_up(primary: &tokio_postgres::Client, replica: &tokio_postgres::Client, site: &str) -> String {
-    let target = match primary.query_opt("SELECT coalesce(max(seq), 0) FROM capgate.outbox WHERE seq IS NOT NULL AND origin = $1", &[&site]).await {
-        Ok(Some(row)) => row.get::<_, i64>(0),
-        _ => return "compared as they are now (the primary has no capgate outbox)".into(),
-    };
+    let target =
+        match primary.query_opt("SELECT coalesce(max(seq), 0) FROM capgate.outbox WHERE seq IS NOT NULL AND origin = $1", &[&site]).await {
+            Ok(Some(row)) => row.get::<_, i64>(0),
+            _ => return "compared as they are now (the primary has no capgate outbox)".into(),
+        };
     if target == 0 {
         return "compared as they are now (nothing in the outbox to wait for)".into();
     }

@@ -182,9 +182,6 @@ mod tests {
         assert_eq!(quoted(&TableName::new("s", "we\"ird")), "\"s\".\"we\"\"ird\"");
         assert_eq!(literal("it's"), "'it''s'");
         let shape = Shape { table: TableName::new("public", "t"), key: vec!["a".into(), "b".into()], columns: vec!["a".into()] };
-        assert_eq!(
-            shape.range(Some(&["1".into(), "x".into()]), None),
-            "(\"a\", \"b\") > ('1', 'x')"
-        );
+        assert_eq!(shape.range(Some(&["1".into(), "x".into()]), None), "(\"a\", \"b\") > ('1', 'x')");
     }
 }

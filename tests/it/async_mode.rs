@@ -66,10 +66,7 @@ async fn committed_seq(site: &str) -> i64 {
 
 /// The replica's watermark for `site` (0 when it has applied nothing yet).
 async fn applied_seq(site: &str) -> i64 {
-    let v = replica_rows(&format!(
-        "SELECT coalesce((SELECT seq FROM capgate.applied WHERE origin = '{site}'), 0)"
-    ))
-    .await;
+    let v = replica_rows(&format!("SELECT coalesce((SELECT seq FROM capgate.applied WHERE origin = '{site}'), 0)")).await;
     v[0].parse().unwrap()
 }
 
@@ -184,31 +181,43 @@ async fn concurrent_clients_on_a_hot_row_replay_in_commit_order() {
         tasks.push(tokio::spawn(async move {
             let c = connect(&url).await;
             for i in 0..ROUNDS {
-                let round = async { match (who % 2, i % 3) {
-                    // Simple protocol, explicit transaction.
-                    (0, 0 | 1) => async {
-                        c.batch_execute("BEGIN").await?;
-                        c.batch_execute("UPDATE as_hot SET v = v + 1 WHERE id = 1").await?;
-                        c.batch_execute(&format!("INSERT INTO as_log (who, i, n) SELECT {who}, {i}, v FROM as_hot WHERE id = 1")).await?;
-                        c.batch_execute("COMMIT").await
+                let round = async {
+                    match (who % 2, i % 3) {
+                        // Simple protocol, explicit transaction.
+                        (0, 0 | 1) => {
+                            async {
+                                c.batch_execute("BEGIN").await?;
+                                c.batch_execute("UPDATE as_hot SET v = v + 1 WHERE id = 1").await?;
+                                c.batch_execute(&format!("INSERT INTO as_log (who, i, n) SELECT {who}, {i}, v FROM as_hot WHERE id = 1"))
+                                    .await?;
+                                c.batch_execute("COMMIT").await
+                            }
+                            .await
+                        }
+                        // Extended protocol inside an explicit transaction.
+                        (1, 0 | 1) => {
+                            async {
+                                c.batch_execute("BEGIN").await?;
+                                c.execute("UPDATE as_hot SET v = v + $1 WHERE id = $2", &[&1i64, &1i32]).await?;
+                                c.execute(
+                                    "INSERT INTO as_log (who, i, n) SELECT $1::int, $2::int, v FROM as_hot WHERE id = 1",
+                                    &[&who, &i],
+                                )
+                                .await?;
+                                c.batch_execute("COMMIT").await
+                            }
+                            .await
+                        }
+                        // Autocommit: two separately committed statements.
+                        _ => {
+                            async {
+                                c.execute("UPDATE as_hot SET v = v + $1 WHERE id = 1", &[&1i64]).await?;
+                                c.batch_execute(&format!("INSERT INTO as_log (who, i, n) VALUES ({who}, {i}, -1)")).await
+                            }
+                            .await
+                        }
                     }
-                    .await,
-                    // Extended protocol inside an explicit transaction.
-                    (1, 0 | 1) => async {
-                        c.batch_execute("BEGIN").await?;
-                        c.execute("UPDATE as_hot SET v = v + $1 WHERE id = $2", &[&1i64, &1i32]).await?;
-                        c.execute("INSERT INTO as_log (who, i, n) SELECT $1::int, $2::int, v FROM as_hot WHERE id = 1", &[&who, &i])
-                            .await?;
-                        c.batch_execute("COMMIT").await
-                    }
-                    .await,
-                    // Autocommit: two separately committed statements.
-                    _ => async {
-                        c.execute("UPDATE as_hot SET v = v + $1 WHERE id = 1", &[&1i64]).await?;
-                        c.batch_execute(&format!("INSERT INTO as_log (who, i, n) VALUES ({who}, {i}, -1)")).await
-                    }
-                    .await,
-                } };
+                };
                 tokio::time::timeout(Duration::from_secs(60), round)
                     .await
                     .unwrap_or_else(|_| panic!("client {who} round {i}: no answer within 60 s"))
@@ -419,14 +428,23 @@ async fn a_conflict_is_recorded_and_shipping_goes_on() {
 async fn an_autocommit_extended_write_with_typed_parameters_is_replicated() {
     let _one = crate::replication::exclusive().await;
     let site = "as_typed_site";
-    on_both("DROP TABLE IF EXISTS as_typed; CREATE TABLE as_typed (id int PRIMARY KEY, v int NOT NULL); INSERT INTO as_typed VALUES (1, 0)").await;
+    on_both(
+        "DROP TABLE IF EXISTS as_typed; CREATE TABLE as_typed (id int PRIMARY KEY, v int NOT NULL); INSERT INTO as_typed VALUES (1, 0)",
+    )
+    .await;
     let policy = "default = \"local\"\n[[table]]\nmatch = \"public.as_typed\"\nmode = \"async\"\n";
     let link = own_link();
     let p = async_proxy(site, policy, &link).await;
     let admin = p.admin.expect("admin listener");
     shipping(admin).await;
     let app = connect(&p.url("postgres", "postgres")).await;
-    let stmt = app.prepare_typed("UPDATE as_typed SET v = v + $1 WHERE id = $2", &[tokio_postgres::types::Type::INT4, tokio_postgres::types::Type::INT4]).await.unwrap();
+    let stmt = app
+        .prepare_typed(
+            "UPDATE as_typed SET v = v + $1 WHERE id = $2",
+            &[tokio_postgres::types::Type::INT4, tokio_postgres::types::Type::INT4],
+        )
+        .await
+        .unwrap();
     for _ in 0..3 {
         let n = tokio::time::timeout(Duration::from_secs(20), app.execute(&stmt, &[&2i32, &1i32]))
             .await

@@ -87,7 +87,8 @@ async fn a_frame_claiming_two_gigabytes_is_refused_before_its_body() {
 async fn a_truncated_frame_ends_only_its_own_session() {
     let proxy = Proxy::start("");
     let other = bystander(&proxy).await;
-    let before: i64 = other.query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'truncated'", &[]).await.unwrap().get(0);
+    let before: i64 =
+        other.query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'truncated'", &[]).await.unwrap().get(0);
     assert_eq!(before, 0);
     let addr = proxy.addr;
     tokio::task::spawn_blocking(move || {
@@ -108,7 +109,8 @@ async fn a_truncated_frame_ends_only_its_own_session() {
     // The primary's backend for that session goes away too: nothing is left stuck.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let n: i64 = other.query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'truncated'", &[]).await.unwrap().get(0);
+        let n: i64 =
+            other.query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'truncated'", &[]).await.unwrap().get(0);
         if n == 0 {
             break;
         }

@@ -12,13 +12,21 @@ fn capgate(args: &[&str]) -> std::process::Output {
 fn check_config_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
     let dir = scratch("check-config");
     let good = dir.join("good.toml");
-    std::fs::write(&good, "site = \"seattle\"\nlisten = \"127.0.0.1:6432\"\n[primary]\nurl = \"postgres://app:secret@127.0.0.1:5432/app\"\n").unwrap();
+    std::fs::write(
+        &good,
+        "site = \"seattle\"\nlisten = \"127.0.0.1:6432\"\n[primary]\nurl = \"postgres://app:secret@127.0.0.1:5432/app\"\n",
+    )
+    .unwrap();
     let out = capgate(&["check-config", "--config", good.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("secret"), "the password is never printed");
 
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "site = \"seattle\"\nmax_connections = -1\n[primary]\nurl = \"mysql://x\"\n[tls]\ncert = \"nope.crt\"\nkey = \"nope.key\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "site = \"seattle\"\nmax_connections = -1\n[primary]\nurl = \"mysql://x\"\n[tls]\ncert = \"nope.crt\"\nkey = \"nope.key\"\n",
+    )
+    .unwrap();
     let out = capgate(&["check-config", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

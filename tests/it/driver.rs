@@ -44,8 +44,7 @@ async fn round_trip(url: &str, table: &str) -> Vec<Row> {
         let ints = vec![Some(k), None, Some(-k)];
         let texts = vec![format!("a{k}"), "with \"quotes\", commas".to_owned()];
         let text = format!("row {k} ünïcødé");
-        let params: [&(dyn ToSql + Sync); 10] =
-            [&k, &(i64::MAX - k as i64), &n, &text, &all_bytes, &ts, &u, &j, &ints, &texts];
+        let params: [&(dyn ToSql + Sync); 10] = [&k, &(i64::MAX - k as i64), &n, &text, &all_bytes, &ts, &u, &j, &ints, &texts];
         c.execute(&insert, &params).await.unwrap();
     }
     let select = c.prepare(&format!("SELECT * FROM {table} WHERE i >= $1 ORDER BY i")).await.unwrap();
@@ -191,14 +190,20 @@ async fn passthrough_auth_for_every_method() {
         let c = connect(&url).await;
         let who: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
         assert_eq!(who, user);
-        for (url, side) in [(format!("postgres://{user}:wrong@{}/postgres", proxy.addr), "proxy"), (
-            {
-                let direct = Proxy::direct_url(user, "postgres");
-                direct.replacen(&format!("{user}@"), &format!("{user}:wrong@"), 1)
-            },
-            "direct",
-        )] {
-            let e = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.err().unwrap_or_else(|| panic!("{side}: wrong password accepted"));
+        for (url, side) in [
+            (format!("postgres://{user}:wrong@{}/postgres", proxy.addr), "proxy"),
+            (
+                {
+                    let direct = Proxy::direct_url(user, "postgres");
+                    direct.replacen(&format!("{user}@"), &format!("{user}:wrong@"), 1)
+                },
+                "direct",
+            ),
+        ] {
+            let e = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{side}: wrong password accepted"));
             assert_eq!(sqlstate(&e), "28P01", "{side} {user}: {e}");
             assert_eq!(e.as_db_error().unwrap().message(), format!("password authentication failed for user \"{user}\""));
         }
@@ -208,7 +213,8 @@ async fn passthrough_auth_for_every_method() {
 #[tokio::test]
 async fn proxy_side_users_log_in_upstream_with_the_primary_credentials() {
     // The upstream login is tried with each method the primary may ask for.
-    for (upstream_user, upstream_password) in [("scram_user", SCRAM_PASSWORD), ("md5_user", MD5_PASSWORD), ("pw_user", CLEARTEXT_PASSWORD)] {
+    for (upstream_user, upstream_password) in [("scram_user", SCRAM_PASSWORD), ("md5_user", MD5_PASSWORD), ("pw_user", CLEARTEXT_PASSWORD)]
+    {
         let primary_url = crate::support::primary().url(upstream_user, "postgres").replacen(
             &format!("{upstream_user}@"),
             &format!("{upstream_user}:{upstream_password}@"),
@@ -218,7 +224,8 @@ async fn proxy_side_users_log_in_upstream_with_the_primary_credentials() {
         let c = connect(&format!("postgres://alice:wonderland@{}/postgres", proxy.addr)).await;
         let who: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
         assert_eq!(who, upstream_user, "alice logs in upstream as the primary URL's user");
-        let e = tokio_postgres::connect(&format!("postgres://alice:queen@{}/postgres", proxy.addr), tokio_postgres::NoTls).await.err().unwrap();
+        let e =
+            tokio_postgres::connect(&format!("postgres://alice:queen@{}/postgres", proxy.addr), tokio_postgres::NoTls).await.err().unwrap();
         assert_eq!(sqlstate(&e), "28P01");
         assert_eq!(e.as_db_error().unwrap().message(), "password authentication failed for user \"alice\"");
         // A user not listed still authenticates at the primary.

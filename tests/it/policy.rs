@@ -79,7 +79,10 @@ async fn refuse_answers_with_the_reason_in_both_protocols() {
     let e = c.simple_query("SELECT pol_transfer()").await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
     let msg = e.as_db_error().unwrap().message().to_owned();
-    assert!(msg.contains("public.pol_transfer()") && msg.contains("cannot be made deterministic") && msg.contains("public.pol_accounts"), "{msg}");
+    assert!(
+        msg.contains("public.pol_transfer()") && msg.contains("cannot be made deterministic") && msg.contains("public.pol_accounts"),
+        "{msg}"
+    );
     // The session is still healthy.
     assert_eq!(c.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0), 5);
 }

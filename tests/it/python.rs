@@ -10,7 +10,13 @@ fn psycopg_sees_no_difference() {
     let proxy = Proxy::start("");
     let python = std::env::var("CAPGATE_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
-        .args(["tests/python/compat.py", "--proxy", &proxy.url("postgres", "postgres"), "--direct", &Proxy::direct_url("postgres", "postgres")])
+        .args([
+            "tests/python/compat.py",
+            "--proxy",
+            &proxy.url("postgres", "postgres"),
+            "--direct",
+            &Proxy::direct_url("postgres", "postgres"),
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python}: {e} (psycopg 3 is installed by .ci/run)"));

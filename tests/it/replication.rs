@@ -68,7 +68,9 @@ pub(crate) async fn rows(url: &str, sql: &str) -> Vec<String> {
         .unwrap()
         .into_iter()
         .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_owned()).collect::<Vec<_>>().join("|")),
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_owned()).collect::<Vec<_>>().join("|"))
+            }
             _ => None,
         })
         .collect()
@@ -180,16 +182,14 @@ async fn sync_writes_are_refused_while_the_replica_is_cut_off() {
     app.batch_execute("INSERT INTO sy_cut VALUES (1, 'before')").await.unwrap();
     link.blackhole();
     // Refused (not hung) once capgate sees the partition; reads and local writes go on.
-    wait_until("a refusal", Duration::from_secs(20), async || {
-        match app.batch_execute("INSERT INTO sy_cut VALUES (2, 'during')").await {
-            Err(e) => {
-                assert_eq!(sqlstate(&e), "55000", "{e:?}");
-                let msg = e.as_db_error().unwrap().message().to_owned();
-                assert!(msg.contains("public.sy_cut") && msg.contains("\"b\""), "{msg}");
-                true
-            }
-            Ok(()) => false,
+    wait_until("a refusal", Duration::from_secs(20), async || match app.batch_execute("INSERT INTO sy_cut VALUES (2, 'during')").await {
+        Err(e) => {
+            assert_eq!(sqlstate(&e), "55000", "{e:?}");
+            let msg = e.as_db_error().unwrap().message().to_owned();
+            assert!(msg.contains("public.sy_cut") && msg.contains("\"b\""), "{msg}");
+            true
         }
+        Ok(()) => false,
     })
     .await;
     assert_eq!(app.query_one("SELECT count(*) FROM sy_cut", &[]).await.unwrap().get::<_, i64>(0), 1);

@@ -82,7 +82,8 @@ impl Proxy {
 
     /// Start a proxy from a whole configuration text, as if read from `dir/capgate.toml`.
     pub fn start_config(text: &str, dir: &Path) -> Proxy {
-        let config = Arc::new(Config::parse(text, &dir.join("capgate.toml")).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}")));
+        let config =
+            Arc::new(Config::parse(text, &dir.join("capgate.toml")).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}")));
         // Built on a plain thread: async tests call this from inside their own runtime.
         let (runtime, addr, admin) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -248,10 +249,8 @@ pub fn pg_bin(name: &str) -> PathBuf {
 /// Run one SQL string with psql against `url` (tuples only, unaligned) and return stdout;
 /// panics with stderr on failure.
 pub fn psql_at(url: &str, sql: &str) -> String {
-    let out = std::process::Command::new(pg_bin("psql"))
-        .args(["-X", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql, url])
-        .output()
-        .expect("run psql");
+    let out =
+        std::process::Command::new(pg_bin("psql")).args(["-X", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql, url]).output().expect("run psql");
     assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -138,7 +138,9 @@ async fn a_cut_during_a_transaction_fails_its_commit_and_changes_nothing() {
     app.batch_execute("BEGIN").await.unwrap();
     app.batch_execute("UPDATE sf_mid SET v = 'changed' WHERE id = 1").await.unwrap();
     link.blackhole();
-    let r = tokio::time::timeout(Duration::from_secs(60), app.batch_execute("COMMIT")).await.expect("COMMIT hung for over 60 s with the replica cut off");
+    let r = tokio::time::timeout(Duration::from_secs(60), app.batch_execute("COMMIT"))
+        .await
+        .expect("COMMIT hung for over 60 s with the replica cut off");
     let e = r.expect_err("COMMIT succeeded although the replica could not prepare");
     assert_eq!(sqlstate(&e), "55000", "{e:?}");
     // The session is usable and outside any transaction.
@@ -238,7 +240,8 @@ async fn recovery_commits_what_a_killed_capgate_decided_and_rolls_back_the_undec
     })
     .await;
     // COMMIT PREPARED runs after the client's COMMIT returned.
-    wait_until("the replica to commit", Duration::from_secs(30), async || replica_rows("SELECT v FROM sf_kill").await == vec!["warm"]).await;
+    wait_until("the replica to commit", Duration::from_secs(30), async || replica_rows("SELECT v FROM sf_kill").await == vec!["warm"])
+        .await;
 
     // PREPARE gets through (slowly); COMMIT PREPARED, sent after the primary's COMMIT, sits
     // in the link's 2 s delay line when the link is cut, and is dropped.

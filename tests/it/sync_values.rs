@@ -16,7 +16,11 @@ async fn generated_keys_and_time_reach_the_replica_with_the_primary_values() {
     )
     .await;
     // The replica's sequence starts elsewhere: values must come from the primary.
-    connect(&crate::replication::bed().b_replica_url_direct()).await.batch_execute("SELECT setval('sv_orders_id_seq', 5000)").await.unwrap();
+    connect(&crate::replication::bed().b_replica_url_direct())
+        .await
+        .batch_execute("SELECT setval('sv_orders_id_seq', 5000)")
+        .await
+        .unwrap();
     let link = own_link();
     let p = proxy("sync-values", POLICY, &link, "pool_size = 8").await;
     let url = p.url("postgres", "postgres");

@@ -74,7 +74,8 @@ fn clients_can_use_tls_with_full_verification() {
     let (ok, out, err) = psql(&conninfo(&proxy, "sslmode=disable"), "SELECT 'plain'");
     assert!(ok && out.trim() == "plain", "{err}");
     // PostgreSQL 17's direct TLS negotiation, when this libpq knows it.
-    let (ok, out, err) = psql(&conninfo(&proxy, &format!("sslmode=verify-full sslnegotiation=direct sslrootcert={}", c.ca().display())), "SELECT 'direct'");
+    let (ok, out, err) =
+        psql(&conninfo(&proxy, &format!("sslmode=verify-full sslnegotiation=direct sslrootcert={}", c.ca().display())), "SELECT 'direct'");
     if !err.contains("invalid connection option \"sslnegotiation\"") {
         assert!(ok && out.trim() == "direct", "{err}");
     }
@@ -125,4 +126,3 @@ fn the_link_to_the_primary_is_verified_when_the_url_says_so() {
     let (ok, _, err) = psql(&conninfo(&proxy, "sslmode=disable"), "SELECT 1");
     assert!(!ok && err.contains("does not accept TLS"), "{err}");
 }
-

@@ -103,7 +103,10 @@ fn verify_compares_what_the_policy_replicates_and_exits_0_or_1() {
     assert_eq!(json["replicas"][0]["replica"], "b");
     assert_eq!(json["replicas"][0]["address"], format!("127.0.0.1:{}", replica().port()));
     assert!(json["replicas"][0]["consistent_point"].as_str().is_some_and(|s| s.contains("as they are")), "{json}");
-    assert_eq!(json["replicas"][0]["tables"][1], serde_json::json!({"table": "public.orders", "status": "equal", "rows": 300, "chunks": 1}));
+    assert_eq!(
+        json["replicas"][0]["tables"][1],
+        serde_json::json!({"table": "public.orders", "status": "equal", "rows": 300, "chunks": 1})
+    );
     assert_eq!((json["diverged"].as_bool(), json["failed"].as_bool()), (Some(false), Some(false)), "{json}");
     assert_eq!(json["site"], "a");
     assert!(json.get("note").is_none(), "{json}");
@@ -127,7 +130,10 @@ fn verify_compares_what_the_policy_replicates_and_exits_0_or_1() {
     let events = &json["replicas"][0]["tables"][0];
     assert_eq!((events["table"].as_str(), events["status"].as_str()), (Some("public.events"), Some("diverged")), "{json}");
     assert_eq!((events["rows_primary"].as_u64(), events["rows_replica"].as_u64()), (Some(300), Some(299)));
-    assert_eq!((events["chunks"].as_u64(), events["chunks_diverged"].as_u64(), events["rows_differing"].as_u64()), (Some(7), Some(1), Some(1)));
+    assert_eq!(
+        (events["chunks"].as_u64(), events["chunks_diverged"].as_u64(), events["rows_differing"].as_u64()),
+        (Some(7), Some(1), Some(1))
+    );
     assert_eq!(events["differences"], serde_json::json!([{"key": ["7"], "primary": "(7,\"event 7\")", "replica": null}]));
     // 300 rows in chunks of 50: six full chunks and the empty one that ends the walk.
     assert_eq!(json["replicas"][0]["tables"][1]["chunks"], 7);

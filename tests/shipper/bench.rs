@@ -8,40 +8,22 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn measure_commit_order_cost() {
-    let server =
-        capgate::testbed::PgServer::start(capgate::testbed::PgOptions::default()).expect("server");
+    let server = capgate::testbed::PgServer::start(capgate::testbed::PgOptions::default()).expect("server");
     let url = server.superuser_url();
     let setup = client(&url).await;
     schema::install_primary(&setup).await.expect("install");
-    setup
-        .batch_execute("CREATE TABLE bench (id bigserial PRIMARY KEY, v int)")
-        .await
-        .expect("table");
+    setup.batch_execute("CREATE TABLE bench (id bigserial PRIMARY KEY, v int)").await.expect("table");
     let capture = Capture {
         origin: "a".into(),
         statement: "INSERT INTO bench (v) VALUES ($1)".into(),
-        params: vec![Param {
-            type_oid: 23,
-            format: ParamFormat::Text,
-            value: Some(b"1".to_vec()),
-        }],
+        params: vec![Param { type_oid: 23, format: ParamFormat::Text, value: Some(b"1".to_vec()) }],
         settings: vec![("search_path".into(), "public".into())],
         tables: vec!["public.bench".into()],
         row_count: Some(1),
     };
-    let with_row = format!(
-        "BEGIN; INSERT INTO bench (v) VALUES (1); {}; COMMIT",
-        capture.insert_sql()
-    );
-    let ordered = format!(
-        "BEGIN; INSERT INTO bench (v) VALUES (1); {}; {}; COMMIT",
-        capture.insert_sql(),
-        capture::ORDER_SQL
-    );
-    setup
-        .batch_execute("CREATE SEQUENCE bench_seq")
-        .await
-        .expect("seq");
+    let with_row = format!("BEGIN; INSERT INTO bench (v) VALUES (1); {}; COMMIT", capture.insert_sql());
+    let ordered = format!("BEGIN; INSERT INTO bench (v) VALUES (1); {}; {}; COMMIT", capture.insert_sql(), capture::ORDER_SQL);
+    setup.batch_execute("CREATE SEQUENCE bench_seq").await.expect("seq");
     let advisory = format!(
         "BEGIN; INSERT INTO bench (v) VALUES (1); {}; SELECT pg_advisory_xact_lock(42); \
          UPDATE capgate.outbox SET seq = s.n, committed_at = clock_timestamp() FROM (SELECT nextval('bench_seq') AS n) s \
@@ -49,10 +31,7 @@ async fn measure_commit_order_cost() {
         capture.insert_sql()
     );
     let modes = [
-        (
-            "direct",
-            "BEGIN; INSERT INTO bench (v) VALUES (1); COMMIT".to_owned(),
-        ),
+        ("direct", "BEGIN; INSERT INTO bench (v) VALUES (1); COMMIT".to_owned()),
         ("outbox row, no ordering", with_row),
         ("outbox row + counter (a)", ordered),
         ("outbox row + advisory lock", advisory),
@@ -79,10 +58,7 @@ async fn measure_commit_order_cost() {
             for t in tasks {
                 total += t.await.expect("task");
             }
-            eprintln!(
-                "{clients:>3} clients  {name:<26} {:>8.0} commits/s",
-                total as f64 / 5.0
-            );
+            eprintln!("{clients:>3} clients  {name:<26} {:>8.0} commits/s", total as f64 / 5.0);
         }
     }
 }

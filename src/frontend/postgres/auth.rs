@@ -40,7 +40,8 @@ pub async fn passthrough(client: &mut Conn, server: &mut Conn, startup: &[u8]) -
         };
         match frame.tag {
             b'R' => {
-                let (code, rest) = message::auth_code(frame.body()).ok_or(SessionError::UpstreamProtocol("short authentication message"))?;
+                let (code, rest) =
+                    message::auth_code(frame.body()).ok_or(SessionError::UpstreamProtocol("short authentication message"))?;
                 if code == AUTH_SASL {
                     let usable: Vec<&str> = message::sasl_mechanisms(rest).into_iter().filter(|m| !m.ends_with("-PLUS")).collect();
                     let mut out = BytesMut::new();
@@ -102,9 +103,8 @@ pub async fn passthrough(client: &mut Conn, server: &mut Conn, startup: &[u8]) -
 /// Authenticate the client at the proxy with SCRAM-SHA-256 against `user`'s verifier. On a
 /// wrong password the client gets exactly PostgreSQL's error (28P01).
 pub async fn proxy(client: &mut Conn, user: &User) -> Result<(), SessionError> {
-    let failed = || {
-        SessionError::Refused(ErrorMessage::fatal("28P01", format!("password authentication failed for user \"{}\"", user.name)))
-    };
+    let failed =
+        || SessionError::Refused(ErrorMessage::fatal("28P01", format!("password authentication failed for user \"{}\"", user.name)));
     let mut out = BytesMut::new();
     message::auth_sasl(&mut out, &[SCRAM_SHA_256]);
     client.send(&out).await?;
@@ -113,10 +113,7 @@ pub async fn proxy(client: &mut Conn, user: &User) -> Result<(), SessionError> {
     let body = initial.body();
     let mech_end = body.iter().position(|&b| b == 0).ok_or_else(|| malformed("SASLInitialResponse"))?;
     if &body[..mech_end] != SCRAM_SHA_256.as_bytes() {
-        return Err(SessionError::Refused(ErrorMessage::fatal(
-            "28000",
-            "client selected an invalid SASL authentication mechanism",
-        )));
+        return Err(SessionError::Refused(ErrorMessage::fatal("28000", "client selected an invalid SASL authentication mechanism")));
     }
     let data = body.get(mech_end + 5..).ok_or_else(|| malformed("SASLInitialResponse"))?;
     let mut scram = ScramServer::new(user.verifier.clone());
@@ -170,12 +167,14 @@ pub async fn login_upstream(server: &mut Conn, url: &DbUrl, client_startup: &Sta
         out.clear();
         match frame.tag {
             b'R' => {
-                let (code, rest) = message::auth_code(frame.body()).ok_or(SessionError::UpstreamProtocol("short authentication message"))?;
+                let (code, rest) =
+                    message::auth_code(frame.body()).ok_or(SessionError::UpstreamProtocol("short authentication message"))?;
                 match code {
                     AUTH_OK => return Ok(()),
                     AUTH_CLEARTEXT => frontend::password_message(password.as_bytes(), &mut out).map_err(SessionError::Io)?,
                     AUTH_MD5 => {
-                        let salt: [u8; 4] = rest.get(..4).and_then(|s| s.try_into().ok()).ok_or(SessionError::UpstreamProtocol("short md5 salt"))?;
+                        let salt: [u8; 4] =
+                            rest.get(..4).and_then(|s| s.try_into().ok()).ok_or(SessionError::UpstreamProtocol("short md5 salt"))?;
                         let hash = md5_hash(user.as_bytes(), password.as_bytes(), salt);
                         frontend::password_message(hash.as_bytes(), &mut out).map_err(SessionError::Io)?;
                     }
@@ -224,7 +223,9 @@ pub async fn finish_startup(client: &mut Conn, server: &mut Conn, cancels: &Canc
         match frame.tag {
             b'K' => {
                 let body = frame.body();
-                let pid = i32::from_be_bytes(body.get(..4).and_then(|b| b.try_into().ok()).ok_or(SessionError::UpstreamProtocol("short BackendKeyData"))?);
+                let pid = i32::from_be_bytes(
+                    body.get(..4).and_then(|b| b.try_into().ok()).ok_or(SessionError::UpstreamProtocol("short BackendKeyData"))?,
+                );
                 let registered = cancels.register(UpstreamKey { pid, secret: body[4..].to_vec() });
                 message::backend_key_data(&mut out, registered.pid, &registered.secret);
                 key = Some(registered);

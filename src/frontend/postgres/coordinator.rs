@@ -90,7 +90,15 @@ struct Txn {
 
 impl Txn {
     fn new(wrapped: bool) -> Txn {
-        Txn { wrapped, pins: Pins::at(SystemTime::now()), replicas: Vec::new(), captures: Vec::new(), marks: Vec::new(), sync_tables: Vec::new(), started: Instant::now() }
+        Txn {
+            wrapped,
+            pins: Pins::at(SystemTime::now()),
+            replicas: Vec::new(),
+            captures: Vec::new(),
+            marks: Vec::new(),
+            sync_tables: Vec::new(),
+            started: Instant::now(),
+        }
     }
 
     fn has_work(&self) -> bool {
@@ -578,7 +586,13 @@ where
         } else {
             let catalog = self.statements.router().catalog(&policy);
             let allow = |t: &crate::classify::TableName| policy.allows_nondeterministic(t);
-            let cx = determinism::Context { dialect: Dialect::Postgres, path: self.statements.search_path(), catalog: &catalog, pins: &pins, allow: &allow };
+            let cx = determinism::Context {
+                dialect: Dialect::Postgres,
+                path: self.statements.search_path(),
+                catalog: &catalog,
+                pins: &pins,
+                allow: &allow,
+            };
             determinism::make_deterministic(carrier.sql(), &cx).map(|det| {
                 for a in &det.allowed {
                     warn!(construct = %a.function_or_construct, table = ?a.table.as_ref().map(|t| t.to_string()), "non-deterministic write allowed by the policy (nondeterministic = \"allow\"): the replicas may get different values");
@@ -606,12 +620,25 @@ where
                     Ok(q) => match self.own_values(&q, matches!(carrier, Carrier::Extended { .. })).await? {
                         Ok(v) if !v.is_empty() => v,
                         Ok(_) => {
-                            let refusal = Refusal { code: determinism::SQLSTATE, message: format!("capgate refused this write to {}: no sequence found for column {}", key.table, key.column), hint: "check the column's default".into() };
+                            let refusal = Refusal {
+                                code: determinism::SQLSTATE,
+                                message: format!(
+                                    "capgate refused this write to {}: no sequence found for column {}",
+                                    key.table, key.column
+                                ),
+                                hint: "check the column's default".into(),
+                            };
                             return self.refuse(&carrier, refusal).await;
                         }
-                        Err(e) => return self.refuse(&carrier, Refusal { code: UNAVAILABLE, message: e.message, hint: String::new() }).await,
+                        Err(e) => {
+                            return self.refuse(&carrier, Refusal { code: UNAVAILABLE, message: e.message, hint: String::new() }).await
+                        }
                     },
-                    Err(nd) => return self.refuse(&carrier, Refusal { code: determinism::SQLSTATE, message: nd.to_string(), hint: nd.hint() }).await,
+                    Err(nd) => {
+                        return self
+                            .refuse(&carrier, Refusal { code: determinism::SQLSTATE, message: nd.to_string(), hint: nd.hint() })
+                            .await
+                    }
                 };
                 if let Some(max) = values.iter().max() {
                     advance.push(determinism::advance_sequence_sql(key, *max));
@@ -623,7 +650,9 @@ where
                     rewritten = true;
                     text
                 }
-                Err(nd) => return self.refuse(&carrier, Refusal { code: determinism::SQLSTATE, message: nd.to_string(), hint: nd.hint() }).await,
+                Err(nd) => {
+                    return self.refuse(&carrier, Refusal { code: determinism::SQLSTATE, message: nd.to_string(), hint: nd.hint() }).await
+                }
             }
         };
         // The text the replicas run and the outbox keeps: parameters inlined as literals.
@@ -634,7 +663,10 @@ where
                 Err(e) => {
                     let refusal = Refusal {
                         code: "0A000",
-                        message: format!("capgate refused this prepared write to {}: a parameter cannot be carried to the replicas ({e})", names(&decisions)),
+                        message: format!(
+                            "capgate refused this prepared write to {}: a parameter cannot be carried to the replicas ({e})",
+                            names(&decisions)
+                        ),
                         hint: "send the parameter in text format, or make the table local in the policy".into(),
                     };
                     return self.refuse(&carrier, refusal).await;
@@ -889,7 +921,11 @@ where
                             }
                         }
                         if let Some(seconds) = lag {
-                            let behind = if seconds.is_finite() { format!("is {seconds:.1} s behind") } else { "has a lag capgate cannot measure now (its shipper is not running here yet)".to_owned() };
+                            let behind = if seconds.is_finite() {
+                                format!("is {seconds:.1} s behind")
+                            } else {
+                                "has a lag capgate cannot measure now (its shipper is not running here yet)".to_owned()
+                            };
                             return Some(Refusal {
                                 code: UNAVAILABLE,
                                 message: format!(
@@ -912,13 +948,21 @@ where
 
     /// Run the statement on every replica inside the transaction's replica transaction
     /// (opened on first use); with `prepare`, also BEGIN and PREPARE in the same round trip.
-    async fn replicate(&mut self, txn: &mut Txn, sql: &str, rows: Option<u64>, prepare: Option<&str>, tables: &[String]) -> Result<(), ErrorMessage> {
+    async fn replicate(
+        &mut self,
+        txn: &mut Txn,
+        sql: &str,
+        rows: Option<u64>,
+        prepare: Option<&str>,
+        tables: &[String],
+    ) -> Result<(), ErrorMessage> {
         let replication = self.shared.replication.clone();
         let deadline = replication.deadline;
         self.flush_client().await.map_err(|e| unavailable(&tables.join(", "), "-", &e.to_string()))?;
         for (i, site) in replication.sites.iter().enumerate() {
             if txn.replicas.len() <= i {
-                let conn = site.pool().checkout(deadline).await.map_err(|e| unavailable(&tables.join(", "), site.name(), &e.to_string()))?;
+                let conn =
+                    site.pool().checkout(deadline).await.map_err(|e| unavailable(&tables.join(", "), site.name(), &e.to_string()))?;
                 txn.replicas.push(ReplicaTx { conn, savepoints: Vec::new(), open: false, prepared: None });
             }
             let r = &mut txn.replicas[i];
@@ -939,10 +983,13 @@ where
                     if let Some(gid) = prepare {
                         r.prepared = Some(gid.to_owned());
                     }
-                    let counts: Vec<u64> = messages.iter().filter_map(|m| match m {
-                        SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                        _ => None,
-                    }).collect();
+                    let counts: Vec<u64> = messages
+                        .iter()
+                        .filter_map(|m| match m {
+                            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                            _ => None,
+                        })
+                        .collect();
                     let index = usize::from(fresh);
                     let got = counts.get(index).copied();
                     if let (Some(want), Some(got)) = (rows, got) {
@@ -1218,7 +1265,9 @@ where
                     if body.len() >= 6 {
                         let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
                         if len > 0 {
-                            if let Some(v) = body.get(6..6 + len as usize).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| t.parse().ok()) {
+                            if let Some(v) =
+                                body.get(6..6 + len as usize).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| t.parse().ok())
+                            {
                                 values.push(v);
                             }
                         }
@@ -1274,7 +1323,12 @@ where
                 b't' => {
                     let body = &frame[5..];
                     let n = body.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
-                    types = Some((0..n).filter_map(|i| body.get(2 + 4 * i..6 + 4 * i)).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).collect());
+                    types = Some(
+                        (0..n)
+                            .filter_map(|i| body.get(2 + 4 * i..6 + 4 * i))
+                            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect(),
+                    );
                 }
                 b'T' | b'n' => return Ok(types),
                 b'E' => {
@@ -1537,9 +1591,17 @@ fn decision_sql(gid: &str, site: &str) -> String {
 /// The outbox insert for one write; the session's meaningful settings are read on the
 /// primary in the same statement.
 fn capture_sql(site: &str, statement: &str, decisions: &[Decision], rows: Option<u64>) -> String {
-    let mut tables: Vec<String> = decisions.iter().filter(|d| matches!(d.mode, Mode::Async { .. } | Mode::Bounded { .. })).map(|d| d.table.to_string()).collect();
+    let mut tables: Vec<String> =
+        decisions.iter().filter(|d| matches!(d.mode, Mode::Async { .. } | Mode::Bounded { .. })).map(|d| d.table.to_string()).collect();
     tables.dedup();
-    let capture = Capture { origin: site.to_owned(), statement: statement.to_owned(), params: Vec::new(), settings: Vec::new(), tables, row_count: rows };
+    let capture = Capture {
+        origin: site.to_owned(),
+        statement: statement.to_owned(),
+        params: Vec::new(),
+        settings: Vec::new(),
+        tables,
+        row_count: rows,
+    };
     capture.insert_sql_with_session_settings()
 }
 
@@ -1685,7 +1747,11 @@ fn parse_bind_params(mut b: &[u8], types: &[u32]) -> Option<(Vec<Param>, Vec<u16
             1 => formats[0],
             _ => *formats.get(i)?,
         };
-        params.push(Param { type_oid: types.get(i).copied().unwrap_or(0), format: if format == 1 { ParamFormat::Binary } else { ParamFormat::Text }, value });
+        params.push(Param {
+            type_oid: types.get(i).copied().unwrap_or(0),
+            format: if format == 1 { ParamFormat::Binary } else { ParamFormat::Text },
+            value,
+        });
     }
     let nr = read_u16(&mut b)? as usize;
     let mut results = Vec::with_capacity(nr);
@@ -1741,4 +1807,3 @@ pub async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, ma
         }
     }
 }
-

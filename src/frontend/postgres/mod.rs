@@ -26,15 +26,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
+pub use crate::backend::postgres::{Upstream, UpstreamError};
 use crate::classify::{Catalog, Dialect};
 use crate::config::Config;
-use crate::policy::{Policy, PolicyHandle};
-use crate::replicate::Router;
 use crate::net::tls;
+use crate::policy::{Policy, PolicyHandle};
 use crate::protocol::postgres::message::ErrorMessage;
 use crate::protocol::postgres::FrameError;
+use crate::replicate::Router;
 pub use cancel::CancelRegistry;
-pub use crate::backend::postgres::{Upstream, UpstreamError};
 
 /// How many over-the-limit connections may be in the middle of being told "too many
 /// clients" at once; beyond that they are closed without a word.
@@ -72,11 +72,10 @@ impl SessionError {
             SessionError::UpstreamProtocol(what) => {
                 ErrorMessage::fatal("08P01", format!("capgate: the primary of site \"{site}\" at {primary} broke the protocol: {what}"))
             }
-            SessionError::Upstream(e) => ErrorMessage::fatal(
-                "08006",
-                format!("capgate: cannot connect to the primary of site \"{site}\" at {primary}: {e}"),
-            )
-            .with_hint("check that the primary is running and that [primary].url in the capgate configuration is right"),
+            SessionError::Upstream(e) => {
+                ErrorMessage::fatal("08006", format!("capgate: cannot connect to the primary of site \"{site}\" at {primary}: {e}"))
+                    .with_hint("check that the primary is running and that [primary].url in the capgate configuration is right")
+            }
             SessionError::AuthTimeout => ErrorMessage::fatal("57014", "canceling authentication due to timeout"),
             SessionError::Refused(m) => m.clone(),
         })
@@ -189,7 +188,8 @@ impl Server {
                 .sites
                 .iter()
                 .map(|site| {
-                    let shipper = replication.shippers.get(site.name()).map(|s| crate::admin::ShipperView { stats: s.stats().clone(), lag: s.lag() });
+                    let shipper =
+                        replication.shippers.get(site.name()).map(|s| crate::admin::ShipperView { stats: s.stats().clone(), lag: s.lag() });
                     crate::admin::ReplicaSource::new(site.health().clone(), shipper)
                 })
                 .collect();

@@ -6,8 +6,8 @@
 //! pump reads what is available, walks it with a [`FrameCursor`] (only a few small frames
 //! are looked at whole), and writes the batch out with one write. Nothing is re-encoded.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
@@ -208,7 +208,15 @@ impl Default for SessionState {
 
 impl SessionState {
     pub fn new() -> SessionState {
-        SessionState { tx_status: AtomicU8::new(b'I'), idle_count: AtomicU64::new(0), pending: AtomicI64::new(0), hidden: Mutex::default(), extended_open: AtomicBool::new(false), holding: AtomicBool::new(false), interrupt: tokio::sync::Notify::new() }
+        SessionState {
+            tx_status: AtomicU8::new(b'I'),
+            idle_count: AtomicU64::new(0),
+            pending: AtomicI64::new(0),
+            hidden: Mutex::default(),
+            extended_open: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
+            interrupt: tokio::sync::Notify::new(),
+        }
     }
 
     /// Replies to forwarded messages are still to come.

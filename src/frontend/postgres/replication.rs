@@ -188,7 +188,9 @@ impl Replication {
             }
         }
         if complete {
-            let pruned = tokio::time::timeout(self.deadline, recovery::prune_decisions(primary, &self.site, &still_prepared, DECISION_RETENTION)).await;
+            let pruned =
+                tokio::time::timeout(self.deadline, recovery::prune_decisions(primary, &self.site, &still_prepared, DECISION_RETENTION))
+                    .await;
             match pruned {
                 Ok(Ok(n)) if n > 0 => debug!("recovery: pruned {n} decision records"),
                 Ok(Ok(_)) => {}
@@ -232,7 +234,10 @@ async fn recovery_loop(replication: Weak<Replication>, primary: Upstream, grace:
                 match tokio::time::timeout(deadline, schema::install_primary(client)).await {
                     Ok(Ok(())) => installed = true,
                     Ok(Err(e)) => primary_fail(&mut primary_failing, format!("installing the capgate schema on the primary: {e}")),
-                    Err(_) => primary_fail(&mut primary_failing, format!("installing the capgate schema on the primary did not finish within {deadline:?}")),
+                    Err(_) => primary_fail(
+                        &mut primary_failing,
+                        format!("installing the capgate schema on the primary did not finish within {deadline:?}"),
+                    ),
                 }
                 if !installed {
                     conn = None;

@@ -28,7 +28,11 @@ const TLS_HANDSHAKE: u8 = 0x16;
 enum Opening {
     /// A CancelRequest was handled; the connection is done.
     Cancelled,
-    Startup { conn: Conn, message: StartupMessage, raw: bytes::Bytes },
+    Startup {
+        conn: Conn,
+        message: StartupMessage,
+        raw: bytes::Bytes,
+    },
 }
 
 /// Serve one accepted connection until it ends. `over_limit` sessions only get their startup
@@ -291,8 +295,7 @@ async fn relay(
                 return Ok(());
             }
             goodbye(
-                ErrorMessage::fatal("57P01", "terminating connection due to administrator command")
-                    .with_detail("capgate is shutting down"),
+                ErrorMessage::fatal("57P01", "terminating connection due to administrator command").with_detail("capgate is shutting down"),
             )
             .await;
             Ok(())

@@ -55,10 +55,7 @@ pub struct Prepared {
 impl Statements {
     pub fn new(router: Arc<Router>, startup: &StartupMessage) -> Statements {
         let user = startup.get("user").unwrap_or_default().to_owned();
-        let configured = startup
-            .get("search_path")
-            .map(str::to_owned)
-            .or_else(|| startup.get("options").and_then(search_path_option));
+        let configured = startup.get("search_path").map(str::to_owned).or_else(|| startup.get("options").and_then(search_path_option));
         let initial_path = parse_search_path(configured.as_deref().unwrap_or("\"$user\", public"), &user);
         Statements {
             router,

@@ -54,12 +54,8 @@ impl ErrorMessage {
 
     /// Encode as an ErrorResponse ('E') frame.
     pub fn encode(&self, out: &mut BytesMut) {
-        let mut fields: Vec<(u8, &str)> = vec![
-            (b'S', self.severity.as_str()),
-            (b'V', self.severity.as_str()),
-            (b'C', self.code),
-            (b'M', &self.message),
-        ];
+        let mut fields: Vec<(u8, &str)> =
+            vec![(b'S', self.severity.as_str()), (b'V', self.severity.as_str()), (b'C', self.code), (b'M', &self.message)];
         if let Some(d) = &self.detail {
             fields.push((b'D', d));
         }
@@ -141,10 +137,7 @@ pub fn auth_code(body: &[u8]) -> Option<(i32, &[u8])> {
 
 /// The mechanism names of an AuthenticationSASL body (after the code).
 pub fn sasl_mechanisms(rest: &[u8]) -> Vec<&str> {
-    rest.split(|&b| b == 0)
-        .take_while(|m| !m.is_empty())
-        .filter_map(|m| std::str::from_utf8(m).ok())
-        .collect()
+    rest.split(|&b| b == 0).take_while(|m| !m.is_empty()).filter_map(|m| std::str::from_utf8(m).ok()).collect()
 }
 
 /// The fields of an ErrorResponse or NoticeResponse body, for logging and tests.

@@ -67,7 +67,12 @@ enum State {
     /// Waiting for client-first-message.
     Start,
     /// Sent server-first-message; waiting for client-final-message.
-    SentFirst { client_first_bare: String, server_first: String, nonce: String, gs2_header: String },
+    SentFirst {
+        client_first_bare: String,
+        server_first: String,
+        nonce: String,
+        gs2_header: String,
+    },
     Done,
 }
 
@@ -105,26 +110,16 @@ impl ScramServer {
         let mut raw = [0u8; 18];
         rand::fill(&mut raw);
         let nonce = format!("{client_nonce}{}", B64.encode(raw));
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&self.verifier.salt),
-            self.verifier.iterations
-        );
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&self.verifier.salt), self.verifier.iterations);
         let gs2_header = format!("{flag},{authzid},");
-        self.state = State::SentFirst {
-            client_first_bare: bare.to_owned(),
-            server_first: server_first.clone(),
-            nonce,
-            gs2_header,
-        };
+        self.state = State::SentFirst { client_first_bare: bare.to_owned(), server_first: server_first.clone(), nonce, gs2_header };
         Ok(server_first.into_bytes())
     }
 
     /// Handle the client-final-message; returns the server-final-message when the proof is
     /// right, [`ScramError::InvalidProof`] when the password is wrong.
     pub fn client_final(&mut self, data: &[u8]) -> Result<Vec<u8>, ScramError> {
-        let State::SentFirst { client_first_bare, server_first, nonce, gs2_header } =
-            std::mem::replace(&mut self.state, State::Done)
+        let State::SentFirst { client_first_bare, server_first, nonce, gs2_header } = std::mem::replace(&mut self.state, State::Done)
         else {
             return Err(ScramError::Malformed("unexpected message"));
         };

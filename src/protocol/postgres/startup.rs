@@ -19,7 +19,10 @@ pub enum StartupPacket {
     GssEncRequest,
     /// Cancel the query running on the backend with this key. The secret is 4 bytes in
     /// protocol 3.0 and up to 256 bytes in 3.2.
-    Cancel { pid: i32, secret: Vec<u8> },
+    Cancel {
+        pid: i32,
+        secret: Vec<u8>,
+    },
     Startup(StartupMessage),
 }
 
@@ -109,13 +112,8 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, FrameError> {
 }
 
 fn take_cstr(rest: &mut &[u8]) -> Result<String, FrameError> {
-    let end = rest
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(FrameError::StartupLayout("missing terminating zero in parameters"))?;
-    let s = std::str::from_utf8(&rest[..end])
-        .map_err(|_| FrameError::StartupLayout("parameter is not valid UTF-8"))?
-        .to_owned();
+    let end = rest.iter().position(|&b| b == 0).ok_or(FrameError::StartupLayout("missing terminating zero in parameters"))?;
+    let s = std::str::from_utf8(&rest[..end]).map_err(|_| FrameError::StartupLayout("parameter is not valid UTF-8"))?.to_owned();
     *rest = &rest[end + 1..];
     Ok(s)
 }
@@ -126,11 +124,7 @@ mod tests {
 
     #[test]
     fn startup_round_trip() {
-        let m = StartupMessage {
-            major: 3,
-            minor: 0,
-            params: vec![("user".into(), "app".into()), ("database".into(), "db".into())],
-        };
+        let m = StartupMessage { major: 3, minor: 0, params: vec![("user".into(), "app".into()), ("database".into(), "db".into())] };
         let bytes = m.encode();
         assert_eq!(packet_len(&bytes).unwrap(), Some(bytes.len()));
         assert_eq!(parse(&bytes).unwrap(), StartupPacket::Startup(m));

@@ -47,11 +47,7 @@ enum TimeKind {
 
 fn time_kind(name: &str) -> Option<TimeKind> {
     Some(match name {
-        "now"
-        | "current_timestamp"
-        | "transaction_timestamp"
-        | "statement_timestamp"
-        | "clock_timestamp" => TimeKind::Timestamptz,
+        "now" | "current_timestamp" | "transaction_timestamp" | "statement_timestamp" | "clock_timestamp" => TimeKind::Timestamptz,
         "current_date" => TimeKind::Date,
         "current_time" => TimeKind::TimeTz,
         "localtimestamp" => TimeKind::Timestamp,
@@ -93,15 +89,7 @@ fn refused_builtin(name: &str) -> bool {
 /// Extension functions (uuid-ossp, pgcrypto) that live in whatever schema the extension was
 /// installed in: refused by name in any schema.
 fn refused_extension(name: &str) -> bool {
-    matches!(
-        name,
-        "uuid_generate_v1"
-            | "uuid_generate_v1mc"
-            | "uuid_generate_v4"
-            | "gen_random_uuid"
-            | "gen_random_bytes"
-            | "gen_salt"
-    )
+    matches!(name, "uuid_generate_v1" | "uuid_generate_v1mc" | "uuid_generate_v4" | "gen_random_uuid" | "gen_random_bytes" | "gen_salt")
 }
 
 /// MySQL server functions that cannot be pinned (SET TIMESTAMP does not reach them).
@@ -157,14 +145,7 @@ fn shown(schema: Option<&str>, name: &str, f: &Function) -> String {
 
 /// Decide one call. `literal` is the pinned instant as PostgreSQL text
 /// (`'2026-11-25 08:00:00.123456+00'`), `user` the session user if the caller pinned it.
-pub(super) fn call(
-    dialect: Dialect,
-    path: &SearchPath,
-    catalog: &Catalog,
-    f: &Function,
-    literal: &str,
-    user: Option<&str>,
-) -> Call {
+pub(super) fn call(dialect: Dialect, path: &SearchPath, catalog: &Catalog, f: &Function, literal: &str, user: Option<&str>) -> Call {
     let Some(mut name_parts) = parts(dialect, &f.name) else {
         return Call::Keep;
     };
@@ -195,10 +176,7 @@ pub(super) fn call(
         if refused_builtin(&name) {
             return Call::Refuse(shown(None, &name, f));
         }
-        if matches!(
-            name.as_str(),
-            "current_user" | "session_user" | "user" | "current_role"
-        ) {
+        if matches!(name.as_str(), "current_user" | "session_user" | "user" | "current_role") {
             return match user.and_then(|u| parse_expr(dialect, &format!("{}::name", quote(u)))) {
                 Some(e) => Call::Pin(Box::new(e)),
                 None => Call::Refuse(shown(None, &name, f)),
@@ -212,12 +190,9 @@ pub(super) fn call(
         Some(s) => vec![s.clone()],
         None => path.schemas().to_vec(),
     };
-    let volatile = candidates.iter().find_map(|s| {
-        catalog
-            .function(s, &name)
-            .filter(|info| info.volatility == Volatility::Volatile)
-            .map(|_| s.clone())
-    });
+    let volatile = candidates
+        .iter()
+        .find_map(|s| catalog.function(s, &name).filter(|info| info.volatility == Volatility::Volatile).map(|_| s.clone()));
     match volatile {
         Some(s) => Call::Refuse(format!("{}()", TableName::new(s, name.as_str()))),
         None => Call::Keep,
@@ -233,9 +208,7 @@ pub(super) fn special_time_input(dialect: Dialect, e: &Expr, literal: &str) -> O
         return None;
     }
     let (value, data_type) = match e {
-        Expr::Cast {
-            expr, data_type, ..
-        } => match expr.as_ref() {
+        Expr::Cast { expr, data_type, .. } => match expr.as_ref() {
             Expr::Value(v) => (&v.value, data_type),
             _ => return None,
         },
@@ -297,10 +270,7 @@ fn pin_time(dialect: Dialect, kind: TimeKind, p: Option<u32>, literal: &str) -> 
 /// rather than a panic).
 pub(super) fn parse_expr(dialect: Dialect, text: &str) -> Option<Expr> {
     let d = dialect.parser_dialect();
-    Parser::new(d.as_ref())
-        .try_with_sql(text)
-        .and_then(|mut p| p.parse_expr())
-        .ok()
+    Parser::new(d.as_ref()).try_with_sql(text).and_then(|mut p| p.parse_expr()).ok()
 }
 
 /// A SQL string literal.
@@ -321,12 +291,7 @@ pub fn timestamptz_literal(t: SystemTime) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "'{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{frac:06}+00'",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    format!("'{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{frac:06}+00'", sod / 3600, sod % 3600 / 60, sod % 60)
 }
 
 /// The instant as MySQL's `SET TIMESTAMP` value: seconds since the epoch with microseconds.

@@ -9,8 +9,7 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Ident, Insert, InsertOverriding, Merge, ObjectName, ObjectNamePart, Query, SelectItem,
-    SetExpr, TableFactor, TableObject, Update,
+    Expr, Ident, Insert, InsertOverriding, Merge, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr, TableFactor, TableObject, Update,
 };
 use sqlparser::parser::Parser;
 
@@ -29,11 +28,7 @@ impl Rewriter<'_, '_, '_> {
     }
 
     /// The pinned form of a time-dependent default, or a refusal naming it.
-    fn pinned_default(
-        &mut self,
-        table: &TableName,
-        d: &ColumnDefault,
-    ) -> ControlFlow<(), Option<Expr>> {
+    fn pinned_default(&mut self, table: &TableName, d: &ColumnDefault) -> ControlFlow<(), Option<Expr>> {
         let what = |f: &str| format!("{f} (the default of {table}.{})", d.column);
         let refused = match parse_expr(self.cx.dialect, &d.expr) {
             None => d.expr.clone(),
@@ -65,11 +60,7 @@ impl Rewriter<'_, '_, '_> {
         if defaults.is_empty() {
             return ControlFlow::Continue(());
         }
-        let given: Vec<Option<String>> = insert
-            .columns
-            .iter()
-            .map(|c| parts(self.cx.dialect, c).and_then(|mut p| p.pop()))
-            .collect();
+        let given: Vec<Option<String>> = insert.columns.iter().map(|c| parts(self.cx.dialect, c).and_then(|mut p| p.pop())).collect();
         let no_column_list = given.is_empty() && insert.source.is_some();
         let rows = match insert.source.as_deref().map(|q| q.body.as_ref()) {
             Some(SetExpr::Values(v)) => Some(v.rows.len()),
@@ -78,20 +69,11 @@ impl Rewriter<'_, '_, '_> {
         };
         let mut added: Vec<(Ident, Expr)> = Vec::new();
         for d in &defaults {
-            let at = given
-                .iter()
-                .position(|g| g.as_deref() == Some(d.column.as_str()));
+            let at = given.iter().position(|g| g.as_deref() == Some(d.column.as_str()));
             // OVERRIDING USER VALUE: the identity's given values are ignored, every row
             // takes the sequence's.
-            let overridden = at.is_some()
-                && d.kind == DefaultKind::Identity
-                && insert.overriding == Some(InsertOverriding::User);
-            let explicit = overridden
-                || at.is_some_and(|i| {
-                    values_rows(insert)
-                        .iter()
-                        .any(|r| r.get(i).is_some_and(is_default))
-                });
+            let overridden = at.is_some() && d.kind == DefaultKind::Identity && insert.overriding == Some(InsertOverriding::User);
+            let explicit = overridden || at.is_some_and(|i| values_rows(insert).iter().any(|r| r.get(i).is_some_and(is_default)));
             let omitted = at.is_none() && !no_column_list;
             if !(omitted || explicit || no_column_list) {
                 continue;
@@ -115,7 +97,10 @@ impl Rewriter<'_, '_, '_> {
                         continue; // SET TIMESTAMP pins it (set by pinned_default).
                     }
                     if no_column_list {
-                        let what = format!("an INSERT without a column list (name the columns so capgate can pin {}, the default of {table}.{})", d.expr, d.column);
+                        let what = format!(
+                            "an INSERT without a column list (name the columns so capgate can pin {}, the default of {table}.{})",
+                            d.expr, d.column
+                        );
                         self.refuse(what, Some(&table))?;
                         continue;
                     }
@@ -139,12 +124,7 @@ impl Rewriter<'_, '_, '_> {
     }
 
     /// Add columns with their values to every row the INSERT makes.
-    fn add_columns(
-        &mut self,
-        insert: &mut Insert,
-        added: Vec<(Ident, Expr)>,
-        table: &TableName,
-    ) -> ControlFlow<()> {
+    fn add_columns(&mut self, insert: &mut Insert, added: Vec<(Ident, Expr)>, table: &TableName) -> ControlFlow<()> {
         let exprs: Vec<Expr> = added.iter().map(|(_, e)| e.clone()).collect();
         match insert.source.as_deref_mut() {
             None => {
@@ -162,30 +142,21 @@ impl Rewriter<'_, '_, '_> {
                     }
                 }
                 SetExpr::Select(s) => {
-                    s.projection
-                        .extend(exprs.iter().cloned().map(SelectItem::UnnamedExpr));
+                    s.projection.extend(exprs.iter().cloned().map(SelectItem::UnnamedExpr));
                 }
                 _ => {
                     // UNION, a parenthesised query …: select from it.
                     let list: Vec<String> = exprs.iter().map(Expr::to_string).collect();
-                    let text = format!(
-                        "SELECT capgate_src.*, {} FROM ({q}) AS capgate_src",
-                        list.join(", ")
-                    );
+                    let text = format!("SELECT capgate_src.*, {} FROM ({q}) AS capgate_src", list.join(", "));
                     let Some(wrapped) = self.parse_query(&text) else {
-                        return self.refuse(
-                            "an INSERT source capgate cannot extend".to_owned(),
-                            Some(table),
-                        );
+                        return self.refuse("an INSERT source capgate cannot extend".to_owned(), Some(table));
                     };
                     *q = wrapped;
                 }
             },
         }
         for (ident, _) in added {
-            insert
-                .columns
-                .push(ObjectName(vec![ObjectNamePart::Identifier(ident)]));
+            insert.columns.push(ObjectName(vec![ObjectNamePart::Identifier(ident)]));
         }
         self.changed = true;
         ControlFlow::Continue(())
@@ -211,11 +182,7 @@ impl Rewriter<'_, '_, '_> {
                 continue;
             }
             let column = match &a.target {
-                sqlparser::ast::AssignmentTarget::ColumnName(n) => {
-                    n.0.last()
-                        .and_then(|p| p.as_ident())
-                        .map(|i| fold(self.cx.dialect, i))
-                }
+                sqlparser::ast::AssignmentTarget::ColumnName(n) => n.0.last().and_then(|p| p.as_ident()).map(|i| fold(self.cx.dialect, i)),
                 _ => None,
             };
             let Some(d) = column.and_then(|c| defaults.iter().find(|d| d.column == c)) else {
@@ -223,10 +190,7 @@ impl Rewriter<'_, '_, '_> {
             };
             match d.kind {
                 DefaultKind::Sequence | DefaultKind::Identity => {
-                    let what = format!(
-                        "SET {} = DEFAULT ({}, the default of {table}.{})",
-                        d.column, d.expr, d.column
-                    );
+                    let what = format!("SET {} = DEFAULT ({}, the default of {table}.{})", d.column, d.expr, d.column);
                     self.refuse(what, Some(&table))?;
                 }
                 DefaultKind::Volatile => {
@@ -252,7 +216,8 @@ impl Rewriter<'_, '_, '_> {
             return ControlFlow::Continue(());
         };
         if let Some(d) = self.cx.catalog.defaults(&table).first() {
-            let what = format!("MERGE into a table with a generated or time-dependent default ({}, the default of {table}.{})", d.expr, d.column);
+            let what =
+                format!("MERGE into a table with a generated or time-dependent default ({}, the default of {table}.{})", d.expr, d.column);
             return self.refuse(what, Some(&table));
         }
         ControlFlow::Continue(())

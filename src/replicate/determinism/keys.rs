@@ -16,9 +16,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
-    Insert, InsertOverriding, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableObject,
-    Value, VisitMut, VisitorMut,
+    Assignment, AssignmentTarget, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Insert, InsertOverriding, ObjectName,
+    ObjectNamePart, Query, SetExpr, Statement, TableObject, Value, VisitMut, VisitorMut,
 };
 use sqlparser::parser::Parser;
 
@@ -54,9 +53,7 @@ pub fn preallocate_sql(key: &GeneratedKey) -> Result<String, NotDeterministic> {
         ));
     };
     let seq = sequence_regclass(key)?;
-    Ok(format!(
-        "SELECT pg_catalog.nextval({seq}) FROM pg_catalog.generate_series(1, {n}) AS capgate_g(i) ORDER BY capgate_g.i"
-    ))
+    Ok(format!("SELECT pg_catalog.nextval({seq}) FROM pg_catalog.generate_series(1, {n}) AS capgate_g(i) ORDER BY capgate_g.i"))
 }
 
 /// The query that moves the replica's sequence for `key` forward so that its next value
@@ -92,11 +89,7 @@ pub fn advance_sequence_sql(key: &GeneratedKey, max_value: i64) -> String {
 /// of values other than the rows', a key whose table the statement does not insert into (or
 /// inserts into twice), explicit values mixed with `DEFAULT` in a `GENERATED ALWAYS` identity
 /// column, and a statement that does not parse.
-pub fn with_generated_keys(
-    sql_statement: &str,
-    keys: &[(GeneratedKey, Vec<i64>)],
-    dialect: Dialect,
-) -> Result<String, NotDeterministic> {
+pub fn with_generated_keys(sql_statement: &str, keys: &[(GeneratedKey, Vec<i64>)], dialect: Dialect) -> Result<String, NotDeterministic> {
     let Some((first, _)) = keys.first() else {
         return Ok(sql_statement.to_owned());
     };
@@ -116,23 +109,14 @@ pub fn with_generated_keys(
             ))
         }
     };
-    let mut v = KeyWriter {
-        dialect,
-        keys,
-        matched: vec![0; keys.len()],
-        error: None,
-    };
+    let mut v = KeyWriter { dialect, keys, matched: vec![0; keys.len()], error: None };
     let _ = stmts[0].visit(&mut v);
     if let Some(e) = v.error {
         return Err(e);
     }
     for ((key, _), n) in keys.iter().zip(&v.matched) {
         if *n != 1 {
-            let why = if *n == 0 {
-                "does not insert into"
-            } else {
-                "inserts more than once into"
-            };
+            let why = if *n == 0 { "does not insert into" } else { "inserts more than once into" };
             return Err(refusal(
                 key,
                 format!(
@@ -152,11 +136,7 @@ pub fn with_generated_keys(
 /// [`with_generated_keys`] over a whole text: each statement named by a key
 /// ([`GeneratedKey::statement`]) is rewritten with its keys; the other statements and
 /// everything between them are kept byte for byte.
-pub fn apply_generated_keys(
-    sql: &str,
-    keys: &[(GeneratedKey, Vec<i64>)],
-    dialect: Dialect,
-) -> Result<String, NotDeterministic> {
+pub fn apply_generated_keys(sql: &str, keys: &[(GeneratedKey, Vec<i64>)], dialect: Dialect) -> Result<String, NotDeterministic> {
     if keys.is_empty() {
         return Ok(sql.to_owned());
     }
@@ -167,17 +147,10 @@ pub fn apply_generated_keys(
     indexes.sort_unstable();
     indexes.dedup();
     for index in indexes {
-        let mine: Vec<(GeneratedKey, Vec<i64>)> = keys
-            .iter()
-            .filter(|(k, _)| k.statement == index)
-            .cloned()
-            .collect();
+        let mine: Vec<(GeneratedKey, Vec<i64>)> = keys.iter().filter(|(k, _)| k.statement == index).cloned().collect();
         let Some(range) = ranges.get(index) else {
             let key = &mine[0].0;
-            return Err(refusal(
-                key,
-                format!("the generated keys of statement {index}, which the text does not have"),
-            ));
+            return Err(refusal(key, format!("the generated keys of statement {index}, which the text does not have")));
         };
         let new = with_generated_keys(&sql[range.clone()], &mine, dialect)?;
         out.push_str(&sql[at..range.start]);
@@ -244,56 +217,31 @@ fn names_table(target: &[String], table: &TableName) -> bool {
 }
 
 /// Give one INSERT its keys' values.
-fn rewrite_insert(
-    insert: &mut Insert,
-    keys: &[&(GeneratedKey, Vec<i64>)],
-    dialect: Dialect,
-) -> Result<(), NotDeterministic> {
+fn rewrite_insert(insert: &mut Insert, keys: &[&(GeneratedKey, Vec<i64>)], dialect: Dialect) -> Result<(), NotDeterministic> {
     let first = &keys[0].0;
     let what = |key: &GeneratedKey, why: &str| {
-        refusal(
-            key,
-            format!(
-                "{} (the {} of {}.{}) {why}",
-                shown_default(key),
-                kind_name(key.kind),
-                key.table,
-                key.column
-            ),
-        )
+        refusal(key, format!("{} (the {} of {}.{}) {why}", shown_default(key), kind_name(key.kind), key.table, key.column))
     };
-    let identity =
-        dialect == Dialect::Postgres && keys.iter().any(|(k, _)| k.kind == DefaultKind::Identity);
+    let identity = dialect == Dialect::Postgres && keys.iter().any(|(k, _)| k.kind == DefaultKind::Identity);
     let user_value = insert.overriding == Some(InsertOverriding::User);
-    let given: Vec<Option<String>> = insert
-        .columns
-        .iter()
-        .map(|c| parts(dialect, c).and_then(|mut p| p.pop()))
-        .collect();
+    let given: Vec<Option<String>> = insert.columns.iter().map(|c| parts(dialect, c).and_then(|mut p| p.pop())).collect();
 
     // MySQL `INSERT … SET c = v`: one row of assignments.
     if !insert.assignments.is_empty() {
         for (key, values) in keys {
             let [value] = values.as_slice() else {
-                return Err(what(
-                    key,
-                    &format!("given {} values for one row", values.len()),
-                ));
+                return Err(what(key, &format!("given {} values for one row", values.len())));
             };
             let at = insert.assignments.iter_mut().find(|a| match &a.target {
-                AssignmentTarget::ColumnName(n) => {
-                    parts(dialect, n).and_then(|mut p| p.pop()).as_deref()
-                        == Some(key.column.as_str())
-                }
+                AssignmentTarget::ColumnName(n) => parts(dialect, n).and_then(|mut p| p.pop()).as_deref() == Some(key.column.as_str()),
                 _ => false,
             });
             match at {
                 Some(a) if is_default(&a.value) => a.value = number(*value),
                 Some(_) => {}
-                None => insert.assignments.push(Assignment {
-                    target: AssignmentTarget::ColumnName(object_name(dialect, &key.column)),
-                    value: number(*value),
-                }),
+                None => insert
+                    .assignments
+                    .push(Assignment { target: AssignmentTarget::ColumnName(object_name(dialect, &key.column)), value: number(*value) }),
             }
         }
         return Ok(());
@@ -307,10 +255,7 @@ fn rewrite_insert(
         let mut row = Vec::new();
         for (key, values) in keys {
             let [value] = values.as_slice() else {
-                return Err(what(
-                    key,
-                    &format!("given {} values for DEFAULT VALUES (one row)", values.len()),
-                ));
+                return Err(what(key, &format!("given {} values for DEFAULT VALUES (one row)", values.len())));
             };
             row.push(number(*value).to_string());
         }
@@ -323,27 +268,17 @@ fn rewrite_insert(
         }
     } else {
         let Some(SetExpr::Values(v)) = insert.source.as_deref_mut().map(|q| q.body.as_mut()) else {
-            return Err(what(
-                first,
-                "in an INSERT … SELECT (capgate pre-allocates keys only for INSERT … VALUES)",
-            ));
+            return Err(what(first, "in an INSERT … SELECT (capgate pre-allocates keys only for INSERT … VALUES)"));
         };
         let all_empty = v.rows.iter().all(|r| r.content.is_empty());
         if given.is_empty() && !all_empty {
             return Err(what(
                 first,
-                &format!(
-                    "in an INSERT without a column list (the position of {} is not known; name the columns)",
-                    first.column
-                ),
+                &format!("in an INSERT without a column list (the position of {} is not known; name the columns)", first.column),
             ));
         }
         if let Some(r) = v.rows.iter().find(|r| r.content.len() != given.len()) {
-            let why = format!(
-                "in an INSERT whose VALUES row has {} values for {} columns",
-                r.content.len(),
-                given.len()
-            );
+            let why = format!("in an INSERT whose VALUES row has {} values for {} columns", r.content.len(), given.len());
             return Err(what(first, &why));
         }
         let mut added = Vec::new();
@@ -352,9 +287,7 @@ fn rewrite_insert(
                 let why = format!("given {} values for {} rows", values.len(), v.rows.len());
                 return Err(what(key, &why));
             }
-            let at = given
-                .iter()
-                .position(|g| g.as_deref() == Some(key.column.as_str()));
+            let at = given.iter().position(|g| g.as_deref() == Some(key.column.as_str()));
             let Some(i) = at else {
                 for (row, value) in v.rows.iter_mut().zip(values) {
                     row.content.push(number(*value));
@@ -406,9 +339,7 @@ fn object_name(dialect: Dialect, column: &str) -> ObjectName {
         Dialect::Postgres => '"',
         Dialect::MySql => '`',
     };
-    ObjectName(vec![ObjectNamePart::Identifier(Ident::with_quote(
-        q, column,
-    ))])
+    ObjectName(vec![ObjectNamePart::Identifier(Ident::with_quote(q, column))])
 }
 
 fn parse_query(dialect: Dialect, text: &str) -> Option<Query> {
@@ -431,13 +362,9 @@ fn sequence_regclass(key: &GeneratedKey) -> Result<String, NotDeterministic> {
                 ),
             )),
         },
-        DefaultKind::Volatile => Err(refusal(
-            key,
-            format!(
-                "{} (the default of {}.{}: not a sequence)",
-                key.default, key.table, key.column
-            ),
-        )),
+        DefaultKind::Volatile => {
+            Err(refusal(key, format!("{} (the default of {}.{}: not a sequence)", key.default, key.table, key.column)))
+        }
     }
 }
 
@@ -445,16 +372,8 @@ fn sequence_regclass(key: &GeneratedKey) -> Result<String, NotDeterministic> {
 /// sequences. The table is passed fully quoted (it is parsed as a name); the column is taken
 /// literally.
 fn serial_sequence(key: &GeneratedKey) -> String {
-    let table = format!(
-        "{}.{}",
-        quote_ident(&key.table.schema),
-        quote_ident(&key.table.name)
-    );
-    format!(
-        "pg_catalog.pg_get_serial_sequence({}, {})::pg_catalog.regclass",
-        literal(&table),
-        literal(&key.column)
-    )
+    let table = format!("{}.{}", quote_ident(&key.table.schema), quote_ident(&key.table.name));
+    format!("pg_catalog.pg_get_serial_sequence({}, {})::pg_catalog.regclass", literal(&table), literal(&key.column))
 }
 
 /// The sequence a `nextval('…'::regclass)` default names, as the text of its regclass
@@ -536,9 +455,5 @@ fn shown_default(key: &GeneratedKey) -> String {
 }
 
 fn refusal(key: &GeneratedKey, what: String) -> NotDeterministic {
-    NotDeterministic {
-        function_or_construct: what,
-        table: Some(key.table.clone()),
-        statement: key.statement,
-    }
+    NotDeterministic { function_or_construct: what, table: Some(key.table.clone()), statement: key.statement }
 }

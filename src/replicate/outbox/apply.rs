@@ -33,18 +33,11 @@ pub(crate) struct Row {
 
 impl Row {
     fn size(&self) -> usize {
-        self.statement.len()
-            + self.settings.len()
-            + self
-                .params
-                .iter()
-                .map(|p| p.as_ref().map_or(4, Vec::len))
-                .sum::<usize>()
+        self.statement.len() + self.settings.len() + self.params.iter().map(|p| p.as_ref().map_or(4, Vec::len)).sum::<usize>()
     }
 }
 
-const COLUMNS: &str =
-    "seq, id, statement, param_types, param_formats, params, settings::text, row_count, tables";
+const COLUMNS: &str = "seq, id, statement, param_types, param_formats, params, settings::text, row_count, tables";
 
 fn to_row(r: &tokio_postgres::Row) -> Result<Row, tokio_postgres::Error> {
     Ok(Row {
@@ -107,8 +100,7 @@ pub(crate) async fn fetch(
         return Ok(rows);
     }
     // One transaction larger than the limit: the batch is that transaction, whole.
-    let sql =
-        format!("SELECT {COLUMNS} FROM capgate.outbox WHERE origin = $1 AND seq = $2 ORDER BY id");
+    let sql = format!("SELECT {COLUMNS} FROM capgate.outbox WHERE origin = $1 AND seq = $2 ORDER BY id");
     let mut whole = Vec::new();
     for r in primary.query(&sql, &[&origin, &last]).await? {
         whole.push(to_row(&r)?);
@@ -122,28 +114,15 @@ pub(crate) async fn fetch(
 pub(crate) struct TypeNames(HashMap<u32, String>);
 
 impl TypeNames {
-    pub(crate) async fn resolve(
-        &mut self,
-        primary: &Client,
-        rows: &[Row],
-    ) -> Result<(), tokio_postgres::Error> {
-        let mut missing: Vec<u32> = rows
-            .iter()
-            .flat_map(|r| r.param_types.iter().copied())
-            .filter(|o| *o != 0 && !self.0.contains_key(o))
-            .collect();
+    pub(crate) async fn resolve(&mut self, primary: &Client, rows: &[Row]) -> Result<(), tokio_postgres::Error> {
+        let mut missing: Vec<u32> =
+            rows.iter().flat_map(|r| r.param_types.iter().copied()).filter(|o| *o != 0 && !self.0.contains_key(o)).collect();
         missing.sort_unstable();
         missing.dedup();
         if missing.is_empty() {
             return Ok(());
         }
-        for r in primary
-            .query(
-                "SELECT t, pg_catalog.format_type(t, NULL) FROM unnest($1::oid[]) AS t",
-                &[&missing],
-            )
-            .await?
-        {
+        for r in primary.query("SELECT t, pg_catalog.format_type(t, NULL) FROM unnest($1::oid[]) AS t", &[&missing]).await? {
             let name: Option<String> = r.try_get(1)?;
             if let Some(name) = name {
                 self.0.insert(r.try_get(0)?, name);
@@ -175,15 +154,9 @@ fn render(row: &Row, names: &TypeNames) -> Result<(String, Vec<String>), String>
         };
         let name = names.0.get(&oid).map(String::as_str);
         if oid != 0 && name.is_none() {
-            return Err(format!(
-                "parameter ${} has type oid {oid}, unknown on the primary",
-                k + 1
-            ));
+            return Err(format!("parameter ${} has type oid {oid}, unknown on the primary", k + 1));
         }
-        literals.push(
-            param_literal(oid, name, format == 1, value.as_deref())
-                .map_err(|e| format!("parameter ${}: {e}", k + 1))?,
-        );
+        literals.push(param_literal(oid, name, format == 1, value.as_deref()).map_err(|e| format!("parameter ${}: {e}", k + 1))?);
     }
     Ok((inline(&row.statement, &literals)?, literals))
 }
@@ -218,18 +191,9 @@ pub(crate) fn batch_sql(
             Ok(r) => r,
             // Made to fail on the replica, so it is recorded and resolved like any conflict.
             Err(why) => {
-                let message = format!(
-                    "capgate cannot replay this statement: {why}; statement: {}",
-                    row.statement
-                );
+                let message = format!("capgate cannot replay this statement: {why}; statement: {}", row.statement);
                 (
-                    format!(
-                        "DO {}",
-                        quote(&format!(
-                            "BEGIN RAISE EXCEPTION '%', {} USING ERRCODE = 'CGP01'; END",
-                            quote(&message)
-                        ))
-                    ),
+                    format!("DO {}", quote(&format!("BEGIN RAISE EXCEPTION '%', {} USING ERRCODE = 'CGP01'; END", quote(&message)))),
                     Vec::new(),
                 )
             }
@@ -256,11 +220,7 @@ pub(crate) enum Outcome {
     /// Committed; the conflicts recorded and skipped on the way (JSON objects).
     Applied { conflicts: Vec<serde_json::Value> },
     /// A `halt` conflict: nothing was committed. `detail` is what `capgate.apply` reported.
-    Halt {
-        seq: i64,
-        id: i64,
-        detail: serde_json::Value,
-    },
+    Halt { seq: i64, id: i64, detail: serde_json::Value },
 }
 
 /// Sends one batch; an error other than a halt means nothing was committed (or, if the
@@ -315,40 +275,17 @@ pub(crate) async fn apply_halted(
     halt_id: i64,
     detail: &serde_json::Value,
 ) -> Result<(i64, serde_json::Value), tokio_postgres::Error> {
-    let Batch {
-        origin,
-        from,
-        rows,
-        names,
-        policy,
-    } = batch;
-    let halt_seq = rows
-        .iter()
-        .find(|r| r.id == halt_id)
-        .map_or(from + 1, |r| r.seq);
+    let Batch { origin, from, rows, names, policy } = batch;
+    let halt_seq = rows.iter().find(|r| r.id == halt_id).map_or(from + 1, |r| r.seq);
     let before: Vec<Row> = rows.iter().filter(|r| r.seq < halt_seq).cloned().collect();
     let mut sql = batch_sql(origin, from, &before, names, policy);
     let row = rows.iter().find(|r| r.id == halt_id);
-    let statement = row
-        .map(|r| {
-            render(r, names)
-                .map(|x| x.0)
-                .unwrap_or_else(|_| r.statement.clone())
-        })
-        .unwrap_or_default();
+    let statement = row.map(|r| render(r, names).map(|x| x.0).unwrap_or_else(|_| r.statement.clone())).unwrap_or_default();
     let tables = row.map(|r| r.tables.clone()).unwrap_or_default();
     let expected = row.and_then(|r| r.row_count);
     let actual = detail.get("actual").and_then(|v| v.as_i64());
-    let sqlstate = detail
-        .get("sqlstate")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_owned();
-    let error = detail
-        .get("error")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_owned();
+    let sqlstate = detail.get("sqlstate").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let error = detail.get("error").and_then(|v| v.as_str()).unwrap_or("").to_owned();
     let opt = |v: Option<i64>| v.map_or("NULL".to_owned(), |n| n.to_string());
     sql.push_str(&format!(
         "INSERT INTO capgate.conflicts (origin, seq, outbox_id, tables, statement, expected_rows, actual_rows, sqlstate, error, resolution) \

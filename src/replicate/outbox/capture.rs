@@ -21,8 +21,7 @@ use tokio_postgres::Client;
 use super::literal::quote;
 
 /// The ordering step: the last statement before COMMIT of a transaction that captured rows.
-pub const ORDER_SQL: &str =
-    "WITH s AS (UPDATE capgate.outbox_seq SET seq = seq + 1 RETURNING seq) \
+pub const ORDER_SQL: &str = "WITH s AS (UPDATE capgate.outbox_seq SET seq = seq + 1 RETURNING seq) \
      UPDATE capgate.outbox o SET seq = s.seq, committed_at = pg_catalog.clock_timestamp() FROM s \
      WHERE o.xid = pg_catalog.pg_current_xact_id() AND o.seq IS NULL";
 
@@ -74,11 +73,7 @@ impl Capture {
     /// The outbox row insert as one simple query with every value inlined.
     pub fn insert_sql(&self) -> String {
         let types: Vec<String> = self.params.iter().map(|p| p.type_oid.to_string()).collect();
-        let formats: Vec<String> = self
-            .params
-            .iter()
-            .map(|p| p.format.code().to_string())
-            .collect();
+        let formats: Vec<String> = self.params.iter().map(|p| p.format.code().to_string()).collect();
         let values: Vec<String> = self
             .params
             .iter()
@@ -117,22 +112,14 @@ impl Capture {
 
     /// The settings as the JSON object stored in `outbox.settings`.
     pub fn settings_json(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .settings
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
+        let map: serde_json::Map<String, serde_json::Value> =
+            self.settings.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
         serde_json::Value::Object(map).to_string()
     }
 
     /// Bytes this capture adds to a batch (statement and values), for batch sizing.
     pub fn size(&self) -> usize {
-        self.statement.len()
-            + self
-                .params
-                .iter()
-                .map(|p| p.value.as_ref().map_or(4, |v| v.len()))
-                .sum::<usize>()
+        self.statement.len() + self.params.iter().map(|p| p.value.as_ref().map_or(4, |v| v.len())).sum::<usize>()
     }
 }
 
@@ -158,11 +145,7 @@ pub async fn order(client: &Client) -> Result<(), tokio_postgres::Error> {
 
 /// A whole captured transaction: BEGIN, `data` (the write itself, any SQL), the captures,
 /// the ordering step, COMMIT — what the relay produces for an autocommit statement.
-pub async fn commit_captured(
-    client: &Client,
-    data: &str,
-    captures: &[Capture],
-) -> Result<(), tokio_postgres::Error> {
+pub async fn commit_captured(client: &Client, data: &str, captures: &[Capture]) -> Result<(), tokio_postgres::Error> {
     let mut sql = String::from("BEGIN;\n");
     if !data.is_empty() {
         sql.push_str(data);
@@ -192,16 +175,8 @@ mod tests {
             origin: "a".into(),
             statement: "UPDATE t SET v = $1 WHERE k = $2".into(),
             params: vec![
-                Param {
-                    type_oid: 25,
-                    format: ParamFormat::Text,
-                    value: Some(b"it's".to_vec()),
-                },
-                Param {
-                    type_oid: 23,
-                    format: ParamFormat::Binary,
-                    value: None,
-                },
+                Param { type_oid: 25, format: ParamFormat::Text, value: Some(b"it's".to_vec()) },
+                Param { type_oid: 23, format: ParamFormat::Binary, value: None },
             ],
             settings: vec![("search_path".into(), "public".into())],
             tables: vec!["public.t".into()],
@@ -209,11 +184,6 @@ mod tests {
         };
         let sql = c.insert_sql();
         assert!(sql.contains("ARRAY[25,23]::oid[], ARRAY[0,1]::int2[], ARRAY[$cg$\\x69742773$cg$::bytea,NULL]::bytea[]"), "{sql}");
-        assert!(
-            sql.contains(
-                "$cg${\"search_path\":\"public\"}$cg$::jsonb, 1, ARRAY[$cg$public.t$cg$]::text[]"
-            ),
-            "{sql}"
-        );
+        assert!(sql.contains("$cg${\"search_path\":\"public\"}$cg$::jsonb, 1, ARRAY[$cg$public.t$cg$]::text[]"), "{sql}");
     }
 }

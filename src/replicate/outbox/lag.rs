@@ -55,64 +55,35 @@ impl Lag {
 
     /// Caught up at `applied_seq`.
     pub fn caught_up(applied_seq: i64) -> Lag {
-        Lag {
-            applied_seq,
-            measured: true,
-            ..Lag::default()
-        }
+        Lag { applied_seq, measured: true, ..Lag::default() }
     }
 }
 
 fn seconds_since(oldest: Option<f64>) -> f64 {
     let Some(oldest) = oldest else { return 0.0 };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     (now - oldest).max(0.0)
 }
 
-const TOTAL_SQL: &str =
-    "SELECT count(*), extract(epoch FROM min(committed_at))::float8 FROM capgate.outbox \
+const TOTAL_SQL: &str = "SELECT count(*), extract(epoch FROM min(committed_at))::float8 FROM capgate.outbox \
      WHERE origin = $1 AND seq > $2";
 const PER_TABLE_SQL: &str = "SELECT t, count(*), extract(epoch FROM min(committed_at))::float8 \
      FROM capgate.outbox, unnest(tables) AS t WHERE origin = $1 AND seq > $2 GROUP BY t";
 
 /// Computes the lag of a replica whose watermark for `origin` is `applied_seq`, from the
 /// primary's outbox (two index range scans over the pending rows only).
-pub async fn measure(
-    primary: &Client,
-    origin: &str,
-    applied_seq: i64,
-) -> Result<Lag, tokio_postgres::Error> {
-    let total = primary
-        .query_one(TOTAL_SQL, &[&origin, &applied_seq])
-        .await?;
+pub async fn measure(primary: &Client, origin: &str, applied_seq: i64) -> Result<Lag, tokio_postgres::Error> {
+    let total = primary.query_one(TOTAL_SQL, &[&origin, &applied_seq]).await?;
     let pending: i64 = total.get(0);
     if pending == 0 {
         return Ok(Lag::caught_up(applied_seq));
     }
     let mut tables = BTreeMap::new();
-    for row in primary
-        .query(PER_TABLE_SQL, &[&origin, &applied_seq])
-        .await?
-    {
+    for row in primary.query(PER_TABLE_SQL, &[&origin, &applied_seq]).await? {
         let n: i64 = row.get(1);
-        tables.insert(
-            row.get(0),
-            TableLag {
-                pending_rows: n.max(0) as u64,
-                oldest_pending: row.get(2),
-            },
-        );
+        tables.insert(row.get(0), TableLag { pending_rows: n.max(0) as u64, oldest_pending: row.get(2) });
     }
-    Ok(Lag {
-        measured: true,
-        pending_rows: pending.max(0) as u64,
-        oldest_pending: total.get(1),
-        applied_seq,
-        tables,
-    })
+    Ok(Lag { measured: true, pending_rows: pending.max(0) as u64, oldest_pending: total.get(1), applied_seq, tables })
 }
 
 #[cfg(test)]
@@ -122,15 +93,8 @@ mod tests {
     #[test]
     fn seconds_grow_from_the_oldest_pending_commit() {
         assert_eq!(Lag::caught_up(5).seconds(), 0.0);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let lag = Lag {
-            pending_rows: 1,
-            oldest_pending: Some(now - 10.0),
-            ..Lag::default()
-        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let lag = Lag { pending_rows: 1, oldest_pending: Some(now - 10.0), ..Lag::default() };
         assert!(lag.seconds() >= 10.0 && lag.seconds() < 60.0);
         assert_eq!(lag.table("public.t"), TableLag::default());
     }

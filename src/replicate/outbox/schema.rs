@@ -198,15 +198,11 @@ pub async fn install_primary(client: &Client) -> Result<(), tokio_postgres::Erro
 
 /// The version the primary's `capgate` schema is at (0: not installed).
 pub async fn primary_schema_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
-    let exists = client
-        .query_one("SELECT pg_catalog.to_regclass('capgate.schema_version') IS NOT NULL", &[])
-        .await?;
+    let exists = client.query_one("SELECT pg_catalog.to_regclass('capgate.schema_version') IS NOT NULL", &[]).await?;
     if !exists.get::<_, bool>(0) {
         return Ok(0);
     }
-    let row = client
-        .query_one("SELECT coalesce(max(version), 0) FROM capgate.schema_version", &[])
-        .await?;
+    let row = client.query_one("SELECT coalesce(max(version), 0) FROM capgate.schema_version", &[]).await?;
     Ok(row.get(0))
 }
 
@@ -243,10 +239,7 @@ pub async fn install_replica(client: &Client) -> Result<(), tokio_postgres::Erro
 }
 
 fn replica_sql() -> String {
-    let list: Vec<String> = MEANINGFUL_SETTINGS
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect();
+    let list: Vec<String> = MEANINGFUL_SETTINGS.iter().map(|s| format!("'{s}'")).collect();
     REPLICA_SQL.replace("@SETTINGS@", &list.join(", "))
 }
 

@@ -80,12 +80,7 @@ pub struct ShipperConfig {
 impl ShipperConfig {
     /// Defaults: batches of up to 1,000 statements / 4 MiB, 30 s deadline, 1 h retention,
     /// `on_conflict = halt` for every table.
-    pub fn new(
-        origin: &str,
-        replica_name: &str,
-        primary: Upstream,
-        replica: Upstream,
-    ) -> ShipperConfig {
+    pub fn new(origin: &str, replica_name: &str, primary: Upstream, replica: Upstream) -> ShipperConfig {
         ShipperConfig {
             origin: origin.to_owned(),
             replica_name: replica_name.to_owned(),
@@ -181,17 +176,11 @@ impl Phase {
 
 impl ShipperStats {
     pub fn halted(&self) -> Option<String> {
-        self.halted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.halted.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn phase(&self) -> Phase {
@@ -210,10 +199,7 @@ impl ShipperStats {
 
     /// Conflicts by (table, kind) so far.
     pub fn conflicts_by_table(&self) -> BTreeMap<(String, String), u64> {
-        self.conflicts_by_table
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.conflicts_by_table.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -232,18 +218,8 @@ impl Shipper {
         let stats = Arc::new(ShipperStats::default());
         let (lag_tx, lag) = watch::channel(Lag::default());
         let wake = Arc::new(Notify::new());
-        let run = Run {
-            config,
-            stats: stats.clone(),
-            lag: lag_tx,
-            wake: wake.clone(),
-        };
-        Shipper {
-            stats,
-            lag,
-            wake,
-            _task: AbortOnDrop(tokio::spawn(run.forever())),
-        }
+        let run = Run { config, stats: stats.clone(), lag: lag_tx, wake: wake.clone() };
+        Shipper { stats, lag, wake, _task: AbortOnDrop(tokio::spawn(run.forever())) }
     }
 
     pub fn stats(&self) -> &Arc<ShipperStats> {
@@ -298,78 +274,41 @@ impl Run {
     fn failed(&self, e: &str) {
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(replica = %self.config.replica_name, origin = %self.config.origin, "shipper: {e}; retrying");
-        *self
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_owned());
+        *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_owned());
     }
 
     fn backoff(&self, failures: u32) -> Duration {
         let factor = 1u32 << failures.min(16).saturating_sub(1);
-        self.config
-            .backoff_min
-            .saturating_mul(factor)
-            .min(self.config.backoff_max)
+        self.config.backoff_min.saturating_mul(factor).min(self.config.backoff_max)
     }
 
-    async fn timed<T, E: std::fmt::Display>(
-        &self,
-        what: &str,
-        fut: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, String> {
+    async fn timed<T, E: std::fmt::Display>(&self, what: &str, fut: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
         match tokio::time::timeout(self.config.deadline, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(format!("{what}: {e}")),
-            Err(_) => Err(format!(
-                "{what} did not finish within {:?}",
-                self.config.deadline
-            )),
+            Err(_) => Err(format!("{what} did not finish within {:?}", self.config.deadline)),
         }
     }
 
     async fn connect(&self, upstream: &Upstream, what: &str) -> Result<Conn, String> {
-        let (client, task) = self
-            .timed(what, upstream.client_with_task(APPLICATION_NAME))
-            .await?;
-        Ok(Conn {
-            client,
-            _task: AbortOnDrop(task),
-        })
+        let (client, task) = self.timed(what, upstream.client_with_task(APPLICATION_NAME)).await?;
+        Ok(Conn { client, _task: AbortOnDrop(task) })
     }
 
     /// One leadership: connect to the primary, take the lock, ship until something fails.
     async fn lead(&self) -> Fail {
         self.stats.set_phase(Phase::Connecting);
-        let primary = match self
-            .connect(&self.config.primary, "connecting to the primary")
-            .await
-        {
+        let primary = match self.connect(&self.config.primary, "connecting to the primary").await {
             Ok(c) => c,
             Err(e) => return Fail::Primary(e),
         };
-        if let Err(e) = self
-            .timed(
-                "installing the outbox on the primary",
-                schema::install_primary(&primary.client),
-            )
-            .await
-        {
+        if let Err(e) = self.timed("installing the outbox on the primary", schema::install_primary(&primary.client)).await {
             return Fail::Primary(e);
         }
-        let key = format!(
-            "capgate shipper {} -> {}",
-            self.config.origin, self.config.replica_name
-        );
+        let key = format!("capgate shipper {} -> {}", self.config.origin, self.config.replica_name);
         loop {
             let locked = self
-                .timed(
-                    "taking the shipper lock",
-                    primary.client.query_one(
-                        "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                        &[&key],
-                    ),
-                )
+                .timed("taking the shipper lock", primary.client.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key]))
                 .await
                 .and_then(|r| r.try_get::<_, bool>(0).map_err(|e| e.to_string()));
             match locked {
@@ -405,27 +344,16 @@ impl Run {
     /// lag, until the primary fails: a halted shipper keeps its lock so nobody else ships).
     async fn ship(&self, primary: &Client) -> Fail {
         let cfg = &self.config;
-        let replica = match self
-            .connect(&cfg.replica, "connecting to the replica")
-            .await
-        {
+        let replica = match self.connect(&cfg.replica, "connecting to the replica").await {
             Ok(c) => c,
             Err(e) => return Fail::Replica(e),
         };
-        if let Err(e) = self
-            .timed(
-                "installing the capgate schema on the replica",
-                schema::install_replica(&replica.client),
-            )
-            .await
-        {
+        if let Err(e) = self.timed("installing the capgate schema on the replica", schema::install_replica(&replica.client)).await {
             return Fail::Replica(e);
         }
         let origin = cfg.origin.as_str();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&origin];
-        let read = replica
-            .client
-            .query_opt("SELECT seq FROM capgate.applied WHERE origin = $1", &params);
+        let read = replica.client.query_opt("SELECT seq FROM capgate.applied WHERE origin = $1", &params);
         let mut watermark: i64 = match self.timed("reading the watermark", read).await {
             Ok(row) => row.and_then(|r| r.try_get(0).ok()).unwrap_or(0),
             Err(e) => return Fail::Replica(e),
@@ -442,13 +370,7 @@ impl Run {
         let mut last_lag = Instant::now() - cfg.lag_interval;
         let mut last_prune = Instant::now();
         loop {
-            let fetched = apply::fetch(
-                primary,
-                &cfg.origin,
-                watermark,
-                cfg.max_statements,
-                cfg.max_bytes,
-            );
+            let fetched = apply::fetch(primary, &cfg.origin, watermark, cfg.max_statements, cfg.max_bytes);
             let rows = match self.timed("reading the outbox", fetched).await {
                 Ok(rows) => rows,
                 Err(e) => return Fail::Primary(e),
@@ -470,18 +392,12 @@ impl Run {
                     return Fail::Primary(e);
                 }
             }
-            if let Err(e) = self
-                .timed("resolving parameter types", names.resolve(primary, &rows))
-                .await
-            {
+            if let Err(e) = self.timed("resolving parameter types", names.resolve(primary, &rows)).await {
                 return Fail::Primary(e);
             }
             let policy = cfg.on_conflict.clone();
             let sql = apply::batch_sql(&cfg.origin, watermark, &rows, &names, &*policy);
-            let outcome = match self
-                .timed("applying a batch", apply::apply(&replica.client, &sql))
-                .await
-            {
+            let outcome = match self.timed("applying a batch", apply::apply(&replica.client, &sql)).await {
                 Ok(o) => o,
                 Err(e) => return Fail::Replica(e),
             };
@@ -494,19 +410,12 @@ impl Run {
                     }
                 }
                 Outcome::Halt { seq, id, detail } => {
-                    let batch = apply::Batch {
-                        origin: &cfg.origin,
-                        from: watermark,
-                        rows: &rows,
-                        names: &names,
-                        policy: &*policy,
-                    };
+                    let batch = apply::Batch { origin: &cfg.origin, from: watermark, rows: &rows, names: &names, policy: &*policy };
                     let done = apply::apply_halted(&replica.client, batch, id, &detail);
-                    let (new_watermark, record) =
-                        match self.timed("recording a halting conflict", done).await {
-                            Ok(x) => x,
-                            Err(e) => return Fail::Replica(e),
-                        };
+                    let (new_watermark, record) = match self.timed("recording a halting conflict", done).await {
+                        Ok(x) => x,
+                        Err(e) => return Fail::Replica(e),
+                    };
                     let applied = rows.iter().filter(|r| r.seq <= new_watermark).count();
                     watermark = new_watermark;
                     self.count(&rows[..applied], applied);
@@ -535,12 +444,8 @@ impl Run {
         let mut seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         seqs.dedup();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .statements
-            .fetch_add(statements as u64, Ordering::Relaxed);
-        self.stats
-            .transactions
-            .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        self.stats.statements.fetch_add(statements as u64, Ordering::Relaxed);
+        self.stats.transactions.fetch_add(seqs.len() as u64, Ordering::Relaxed);
     }
 
     /// Halted: keep the lock, keep the lag current, ship nothing.
@@ -567,11 +472,7 @@ impl Run {
                 .and_then(|v| v.as_array())
                 .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
                 .unwrap_or_default();
-            let mut by = self
-                .stats
-                .conflicts_by_table
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut by = self.stats.conflicts_by_table.lock().unwrap_or_else(|p| p.into_inner());
             for table in if tables.is_empty() { vec![String::new()] } else { tables } {
                 *by.entry((table, kind.to_owned())).or_insert(0) += 1;
             }
@@ -582,28 +483,16 @@ impl Run {
         }
         tracing::warn!(replica = %self.config.replica_name, "shipper: conflict: {record}");
         if let Some(path) = &self.config.conflict_log {
-            let written = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| writeln!(f, "{record}"));
+            let written = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| writeln!(f, "{record}"));
             if let Err(e) = written {
-                tracing::error!(
-                    "shipper: cannot append to the conflict log {}: {e}",
-                    path.display()
-                );
+                tracing::error!("shipper: cannot append to the conflict log {}: {e}", path.display());
             }
         }
     }
 
     async fn measure_lag(&self, primary: &Client) -> Result<(), String> {
         let applied = self.stats.applied_seq.load(Ordering::Relaxed);
-        let lag = self
-            .timed(
-                "measuring lag",
-                lag::measure(primary, &self.config.origin, applied),
-            )
-            .await?;
+        let lag = self.timed("measuring lag", lag::measure(primary, &self.config.origin, applied)).await?;
         self.lag.send_replace(lag);
         Ok(())
     }
@@ -613,12 +502,7 @@ impl Run {
         let sql = "INSERT INTO capgate.shipped (origin, replica, seq) VALUES ($1, $2, $3) \
                    ON CONFLICT (origin, replica) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()";
         let cfg = &self.config;
-        self.timed(
-            "noting the shipped seq",
-            primary.execute(sql, &[&cfg.origin, &cfg.replica_name, &seq]),
-        )
-        .await
-        .map(|_| ())
+        self.timed("noting the shipped seq", primary.execute(sql, &[&cfg.origin, &cfg.replica_name, &seq])).await.map(|_| ())
     }
 
     /// Deletes rows every replica of the origin has applied, once older than the retention.
@@ -629,12 +513,7 @@ impl Run {
                    AND committed_at < now() - make_interval(secs => $3)";
         let cfg = &self.config;
         let secs = cfg.retention.as_secs_f64();
-        let n = self
-            .timed(
-                "pruning the outbox",
-                primary.execute(sql, &[&cfg.origin, &cfg.all_replicas, &secs]),
-            )
-            .await?;
+        let n = self.timed("pruning the outbox", primary.execute(sql, &[&cfg.origin, &cfg.all_replicas, &secs])).await?;
         if n > 0 {
             tracing::debug!(origin = %cfg.origin, "shipper: pruned {n} shipped outbox rows");
         }
@@ -644,8 +523,5 @@ impl Run {
 
 /// Unix seconds, for the conflict log line.
 fn chrono_free_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

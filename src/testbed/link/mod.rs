@@ -137,11 +137,7 @@ impl Link {
     }
 
     fn start_with(listen: SocketAddr, target: SocketAddr, dial: Dial) -> io::Result<Link> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("capgate-link")
-            .enable_all()
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("capgate-link").enable_all().build()?;
         let std_listener = std::net::TcpListener::bind(listen)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;

@@ -51,11 +51,9 @@ impl Dial {
                 // ends right after, never on a runtime worker.
                 let (tx, rx) = oneshot::channel();
                 let path = path.clone();
-                std::thread::Builder::new()
-                    .name("capgate-link-dial".into())
-                    .spawn(move || {
-                        let _ = tx.send(connect_in_netns(&path, target));
-                    })?;
+                std::thread::Builder::new().name("capgate-link-dial".into()).spawn(move || {
+                    let _ = tx.send(connect_in_netns(&path, target));
+                })?;
                 let stream = rx.await.map_err(|_| io::Error::other("the dialing thread died"))??;
                 stream.set_nonblocking(true)?;
                 TcpStream::from_std(stream)
