@@ -125,6 +125,15 @@ impl Upstream {
         Ok((client, task))
     }
 
+    /// A plain connection (TCP or Unix socket, no TLS, no startup): what a CancelRequest is
+    /// sent over, as libpq does.
+    pub async fn connect_plain(&self) -> Result<Stream, UpstreamError> {
+        Ok(match self.url.unix_socket() {
+            Some(path) => Stream::Unix(self.unix(&path).await?),
+            None => Stream::Plain(self.tcp().await?),
+        })
+    }
+
     /// Send a CancelRequest for the backend `pid`/`secret`. Like libpq, over plain TCP; the
     /// server never answers it.
     pub async fn cancel(&self, pid: i32, secret: &[u8]) -> Result<(), UpstreamError> {
@@ -133,10 +142,7 @@ impl Upstream {
         packet.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
         packet.extend_from_slice(&pid.to_be_bytes());
         packet.extend_from_slice(secret);
-        let mut stream = match self.url.unix_socket() {
-            Some(path) => Stream::Unix(self.unix(&path).await?),
-            None => Stream::Plain(self.tcp().await?),
-        };
+        let mut stream = self.connect_plain().await?;
         stream.write_all(&packet).await?;
         // Wait for the server to close: the cancel has then been delivered.
         let mut sink = [0u8; 1];

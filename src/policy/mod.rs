@@ -220,6 +220,12 @@ impl Policy {
         self.replicates_anything() || self.unknown != UnknownAction::Relay
     }
 
+    /// Whether any table can be `sync` under this policy: only then can a transaction's
+    /// commit need coordinating.
+    pub fn has_sync(&self) -> bool {
+        matches!(self.default, Mode::Sync { .. }) || self.rules.iter().any(|r| matches!(r.mode, Mode::Sync { .. }))
+    }
+
     /// Whether any table can be replicated under this policy (e.g. to decide how loudly to
     /// treat `unknown` statements).
     pub fn replicates_anything(&self) -> bool {

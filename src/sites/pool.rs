@@ -134,16 +134,20 @@ pub struct Pooled<C: Connector> {
 
 impl<C: Connector> Pooled<C> {
     /// Runs `operation` (a future using this connection) for at most `deadline`. On an
-    /// error or a timeout the connection is marked broken, so it is dropped instead of
-    /// returned. `name` names the operation in the error ("PREPARE TRANSACTION", "apply
+    /// error, a timeout, or when the caller stops waiting for it, the connection is marked
+    /// broken, so it is dropped instead of returned. `name` names the operation in the error ("PREPARE TRANSACTION", "apply
     /// batch").
     pub async fn run<T, E>(&self, name: &str, deadline: Duration, operation: impl Future<Output = Result<T, E>>) -> Result<T, SiteError>
     where
         E: Into<BoxError>,
     {
+        // Broken until the operation completes: if the caller's future is dropped midway (a
+        // client went away), the connection may be inside a transaction or owe a reply, and
+        // must never go back to the pool.
+        let was_broken = self.broken.swap(true, Ordering::Relaxed);
         let result = with_deadline(&self.pool.replica, name, deadline, operation).await;
-        if result.is_err() {
-            self.mark_broken();
+        if result.is_ok() && !was_broken {
+            self.broken.store(false, Ordering::Relaxed);
         }
         result
     }

@@ -38,6 +38,28 @@ impl PgConnector {
 pub struct PgConn {
     client: tokio_postgres::Client,
     _task: AbortOnDrop<()>,
+    /// How to reach the replica again, for a cancel request.
+    upstream: Upstream,
+}
+
+impl PgConn {
+    /// Ask the replica to cancel what this connection is running (e.g. a statement waiting
+    /// for a lock after capgate gave up on it), over a new connection as the protocol wants.
+    /// Best effort: bounded by the URL's connect_timeout, errors ignored.
+    pub fn cancel_in_background(&self) {
+        let token = self.client.cancel_token();
+        let upstream = self.upstream.clone();
+        tokio::spawn(async move {
+            let timeout = upstream.url.connect_timeout;
+            let cancel = async {
+                let stream = upstream.connect_plain().await.map_err(|e| e.to_string())?;
+                token.cancel_query_raw(stream, tokio_postgres::NoTls).await.map_err(|e| e.to_string())
+            };
+            if let Ok(Err(e)) = tokio::time::timeout(timeout, cancel).await {
+                tracing::debug!("cancel request to the replica failed: {e}");
+            }
+        });
+    }
 }
 
 impl Deref for PgConn {
@@ -53,7 +75,7 @@ impl Connector for PgConnector {
 
     async fn connect(&self) -> Result<PgConn, BoxError> {
         let (client, task) = self.upstream.client_with_task(APPLICATION_NAME).await?;
-        let conn = PgConn { client, _task: AbortOnDrop(task) };
+        let conn = PgConn { client, _task: AbortOnDrop(task), upstream: self.upstream.clone() };
         if !self.idle_tx_timeout.is_zero() {
             let ms = self.idle_tx_timeout.as_millis();
             conn.client.batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}")).await?;

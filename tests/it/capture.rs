@@ -142,7 +142,9 @@ async fn sync_changes_outside_capgate_ship_async_and_inside_need_coordination() 
         .batch_execute("BEGIN; INSERT INTO cap.sync_acct VALUES (3, 30, 'a'); UPDATE cap.sync_acct SET bal = bal + 1 WHERE id = 3;")
         .await
         .unwrap();
-    let changes: serde_json::Value = client.query_one("SELECT capgate.sync_prepare('capgate:test:x:1', 'test')", &[]).await.unwrap().get(0);
+    let row = client.query_one("SELECT * FROM capgate.sync_prepare('capgate:test:x:1', 'test')", &[]).await.unwrap();
+    let (tables, changes): (Vec<String>, serde_json::Value) = (row.get(0), row.get(1));
+    assert_eq!(tables, vec!["cap.sync_acct".to_owned()]);
     client.batch_execute("COMMIT").await.unwrap();
     let list = changes.as_array().unwrap();
     assert_eq!(list.len(), 2);
@@ -163,7 +165,7 @@ async fn sync_changes_outside_capgate_ship_async_and_inside_need_coordination() 
     // A savepoint rolled back takes its sync changes with it: nothing to prepare.
     client.batch_execute("BEGIN; SAVEPOINT s; INSERT INTO cap.sync_acct VALUES (4, 40, 'b'); ROLLBACK TO s;").await.unwrap();
     let none: Option<serde_json::Value> =
-        client.query_one("SELECT capgate.sync_prepare('capgate:test:x:2', 'test')", &[]).await.unwrap().get(0);
+        client.query_one("SELECT changes FROM capgate.sync_prepare('capgate:test:x:2', 'test')", &[]).await.unwrap().get(0);
     client.batch_execute("COMMIT").await.unwrap();
     assert_eq!(none, None);
     let decisions: i64 =

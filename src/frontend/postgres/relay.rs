@@ -43,6 +43,10 @@ pub struct SessionState {
     pub holding: AtomicBool,
     /// Wakes the server pump out of its read when `holding` is set.
     pub interrupt: tokio::sync::Notify,
+    /// The current transaction captured a change to a sync table (the capture trigger's
+    /// hidden INFO notice was seen, decision 0009): its commit must be coordinated. Cleared
+    /// when the transaction ends (ReadyForQuery `I`).
+    pub sync_pending: AtomicBool,
 }
 
 /// Finds, in the primary's replies, the ParseComplete and BindComplete that answer Parse and
@@ -74,6 +78,9 @@ pub struct Hidden {
     /// messages, one reply unit each), `S` (a Sync) and `Q` (a Query or FunctionCall: all
     /// until its ReadyForQuery). The coordinator takes over only when this is empty.
     units: VecDeque<u8>,
+    /// An error answered an extended-protocol message since the last ReadyForQuery: the
+    /// primary skips every message up to the next Sync (capgate's own ones too).
+    group_failed: bool,
 }
 
 impl Hidden {
@@ -144,6 +151,7 @@ impl Hidden {
         let front = self.units.front().copied();
         match (tag, front) {
             (b'Z', _) => {
+                self.group_failed = false;
                 while let Some(u) = self.units.pop_front() {
                     if u == b'S' || u == b'Q' {
                         break;
@@ -152,6 +160,7 @@ impl Hidden {
             }
             // An error inside an extended-protocol group: the server skips to the Sync.
             (b'E', Some(f)) if f != b'Q' => {
+                self.group_failed = true;
                 while self.units.front().is_some_and(|&u| u != b'S' && u != b'Q') {
                     self.units.pop_front();
                 }
@@ -216,12 +225,19 @@ impl SessionState {
             extended_open: AtomicBool::new(false),
             holding: AtomicBool::new(false),
             interrupt: tokio::sync::Notify::new(),
+            sync_pending: AtomicBool::new(false),
         }
     }
 
     /// Replies to forwarded messages are still to come.
     pub fn owed(&self) -> bool {
         self.hidden.lock().unwrap_or_else(|p| p.into_inner()).owed()
+    }
+
+    /// Whether the primary is skipping messages up to the next Sync after an error in the
+    /// current extended-protocol group.
+    pub fn group_failed(&self) -> bool {
+        self.hidden.lock().unwrap_or_else(|p| p.into_inner()).group_failed
     }
 
     /// Idle between transactions with nothing in flight: the session can be closed without
@@ -414,10 +430,10 @@ impl Pump {
 }
 
 /// Client → primary: Query, Parse, Bind, Close and FunctionCall are read whole to classify
-/// them (a Bind says which prepared statement runs next);
-/// Terminate to stop. Every other frame (Bind, Execute, COPY data …) streams through.
+/// them (a Bind says which prepared statement runs next); Sync, which may commit an implicit
+/// transaction; Terminate to stop. Every other frame (Execute, COPY data …) streams through.
 pub fn client_inspect(tag: u8) -> bool {
-    matches!(tag, b'Q' | b'P' | b'B' | b'C' | b'F' | b'X')
+    matches!(tag, b'Q' | b'P' | b'B' | b'C' | b'F' | b'X' | b'S')
 }
 
 pub fn client_frame(state: &SessionState, tag: u8) -> Flow {
@@ -447,12 +463,29 @@ pub fn client_frame(state: &SessionState, tag: u8) -> Flow {
 /// Primary → client: follows ReadyForQuery to know the transaction state; ParseComplete and
 /// BindComplete (5 bytes each) to hide the replies to the proxy's own messages; the other
 /// small frames that complete a client message, so the coordinator can take over at a frame
-/// boundary once every reply owed has been delivered.
+/// boundary once every reply owed has been delivered; notices, for the capture trigger's.
 pub fn server_inspect(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' | b'E')
+    matches!(tag, b'Z' | b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' | b'E' | b'N')
+}
+
+/// The SQLSTATE of the INFO notice a capture trigger raises at a transaction's first change to
+/// a sync table (decision 0009). capgate hides it from the client.
+pub const SYNC_CHANGE_NOTICE: &str = "CGS00";
+
+/// Whether a NoticeResponse frame is the capture trigger's sync notice.
+pub fn is_sync_notice(frame: &[u8]) -> bool {
+    let body = frame.get(5..).unwrap_or_default();
+    crate::protocol::postgres::message::error_fields(body).iter().any(|(c, v)| *c == b'C' && v == SYNC_CHANGE_NOTICE)
 }
 
 pub fn server_frame(state: &SessionState, tag: u8, frame: Option<&[u8]>, stop_when_idle: &dyn Fn() -> bool) -> Flow {
+    if let (b'N', Some(frame)) = (tag, frame) {
+        if is_sync_notice(frame) {
+            state.sync_pending.store(true, Ordering::Release);
+            return Flow::Replace(BytesMut::new());
+        }
+        return Flow::Continue;
+    }
     if matches!(tag, b'1' | b'2' | b'Z' | b'3' | b'E' | b'C' | b'I' | b's' | b'T' | b'n') {
         let mut hidden = state.hidden.lock().unwrap_or_else(|p| p.into_inner());
         let hide = hidden.server(tag);
@@ -486,6 +519,7 @@ pub fn set_status(state: &SessionState, status: u8) {
     state.tx_status.store(status, Ordering::Release);
     if status == b'I' {
         state.idle_count.fetch_add(1, Ordering::AcqRel);
+        state.sync_pending.store(false, Ordering::Release);
     }
 }
 

@@ -12,7 +12,9 @@ use tracing::{debug, info, warn};
 use crate::backend::postgres::Upstream;
 use crate::classify::TableName;
 use crate::config::Config;
-use crate::policy::{Mode, OnConflict, Policy, PolicyHandle, DEFAULT_ON_CONFLICT};
+use crate::policy::{Decision, Mode, OnConflict, OnPartition, Policy, PolicyHandle, DEFAULT_ON_CONFLICT};
+use crate::replicate::coordinator::UNAVAILABLE;
+use crate::replicate::Refusal;
 use crate::replicate::outbox::{schema, Lag, Shipper, ShipperConfig};
 use crate::replicate::recovery;
 use crate::sites::postgres::PgConnector;
@@ -35,6 +37,23 @@ pub const DECISION_RETENTION: Duration = Duration::from_secs(3600);
 
 /// The `application_name` of the recovery's primary connection.
 const RECOVERY_APPLICATION_NAME: &str = "capgate recovery";
+
+/// Whether a write may run now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    Go,
+    /// Refused: the table's `on_partition` is `fail`.
+    Refuse(Refusal),
+    /// Must wait (at most this long) for a replica: the table's `on_partition` is `block`.
+    Wait(Duration),
+}
+
+fn partition_text(p: OnPartition) -> String {
+    match p {
+        OnPartition::Fail => "on_partition = \"fail\"".into(),
+        OnPartition::Block { timeout } => format!("on_partition = \"block\" (partition_timeout {timeout:?})"),
+    }
+}
 
 /// Replication state shared by the sessions.
 pub struct Replication {
@@ -133,6 +152,102 @@ impl Replication {
         } else {
             refusing.remove(&key);
             None
+        }
+    }
+
+    /// Whether writes to the tables of `decisions` may run now: every replica available for a
+    /// sync table, every replica's lag within budget for a bounded one. Refusals name the
+    /// table, the replica, its state, the mode and the remedy.
+    pub fn admit(&self, decisions: &[Decision]) -> Admit {
+        let mut wait: Option<Duration> = None;
+        for d in decisions {
+            let (on_partition, refusal) = match d.mode {
+                Mode::Sync { on_partition } => match self.sites.iter().find(|s| !s.health().state().is_available()) {
+                    Some(site) => {
+                        let s = site.health().status();
+                        let refusal = Refusal {
+                            code: UNAVAILABLE,
+                            message: format!(
+                                "capgate refused this write to {}: replica \"{}\" is {} ({}), and the table is sync with {}; nothing was written",
+                                d.table,
+                                site.name(),
+                                s.state,
+                                s.last_error.as_deref().unwrap_or("no recent heartbeat"),
+                                partition_text(on_partition)
+                            ),
+                            hint: "retry when the link to the replica heals; or, if availability matters more than consistency for this table, make it async or bounded in the policy".into(),
+                        };
+                        (on_partition, refusal)
+                    }
+                    None => continue,
+                },
+                Mode::Bounded { max_lag, on_partition, .. } => {
+                    let over = self.sites.iter().find_map(|site| self.over_budget(site.name(), &d.table.to_string(), max_lag).map(|l| (site.name().to_owned(), l)));
+                    let Some((name, seconds)) = over else { continue };
+                    let behind = if seconds.is_finite() {
+                        format!("is {seconds:.1} s behind")
+                    } else {
+                        "has a lag capgate cannot measure now (its shipper is not running yet)".to_owned()
+                    };
+                    let refusal = Refusal {
+                        code: UNAVAILABLE,
+                        message: format!(
+                            "capgate refused this write to {}: replica \"{name}\" {behind}, over the table's budget max_lag = {max_lag:?} (mode bounded, {})",
+                            d.table,
+                            partition_text(on_partition)
+                        ),
+                        hint: "retry once the replica has caught up (see capgate's /status), or raise max_lag / make the table async in the policy".into(),
+                    };
+                    (on_partition, refusal)
+                }
+                Mode::Async { .. } | Mode::Local => continue,
+            };
+            match on_partition {
+                OnPartition::Fail => return Admit::Refuse(refusal),
+                OnPartition::Block { timeout } => wait = Some(wait.map_or(timeout, |w| w.min(timeout))),
+            }
+        }
+        match wait {
+            Some(t) => Admit::Wait(t),
+            None => Admit::Go,
+        }
+    }
+
+    /// [`Replication::admit`], waiting up to the tables' `partition_timeout` where they say
+    /// `block`. `None`: the write may run.
+    pub async fn admit_waiting(&self, decisions: &[Decision]) -> Option<Refusal> {
+        let Admit::Wait(timeout) = self.admit(decisions) else {
+            return match self.admit(decisions) {
+                Admit::Refuse(r) => Some(r),
+                _ => None,
+            };
+        };
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match self.admit(decisions) {
+                Admit::Go => return None,
+                Admit::Refuse(r) => return Some(r),
+                Admit::Wait(_) if tokio::time::Instant::now() >= until => {
+                    // Still not admitted after the wait: the refusal the `fail` setting gives.
+                    return decisions.iter().find_map(|d| {
+                        let mut failing = d.clone();
+                        failing.mode = match d.mode {
+                            Mode::Sync { .. } => Mode::Sync { on_partition: OnPartition::Fail },
+                            Mode::Bounded { max_lag, on_conflict, .. } => Mode::Bounded { max_lag, on_partition: OnPartition::Fail, on_conflict },
+                            m => m,
+                        };
+                        match self.admit(std::slice::from_ref(&failing)) {
+                            Admit::Refuse(mut r) => {
+                                r.message.push_str(&format!(" (waited {timeout:?}: on_partition = \"block\")"));
+                                Some(r)
+                            }
+                            _ => None,
+                        }
+                    });
+                }
+                Admit::Wait(_) => {}
+            }
         }
     }
 

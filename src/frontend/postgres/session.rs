@@ -205,7 +205,8 @@ async fn relay(
     // The primary is trusted with any frame size it sends.
     let mut down = Pump::new(server_left, u32::MAX);
     let state = SessionState::new();
-    let mut statements = Statements::new(shared.router.clone(), startup);
+    let mut statements = Statements::new(shared.router.clone(), shared.replication.clone(), startup);
+    let mut held: Option<super::statements::Hold> = None;
     let stopping = shutdown.clone();
     let stop_when_idle = move || *stopping.borrow();
 
@@ -213,7 +214,10 @@ async fn relay(
         let side = {
             let mut on_client_frame = |tag: u8, frame: Option<&[u8]>| {
                 if let Some(frame) = frame {
-                    if matches!(tag, b'Q' | b'B') && statements.wants_coordinator(&state, tag, frame) {
+                    if matches!(tag, b'Q' | b'B' | b'S') {
+                        held = statements.hold(&state, tag, frame);
+                    }
+                    if held.is_some() {
                         // Replies owed to extended messages come only after a Flush.
                         let mut extra = BytesMut::new();
                         if state.hidden.lock().unwrap_or_else(|p| p.into_inner()).front_is_extended() {
@@ -268,7 +272,8 @@ async fn relay(
                 (&mut client_rd, &mut client_wr, up.buffer()),
                 (&mut server_rd, &mut server_wr, down.buffer()),
             );
-            match coordinator.run().await {
+            let hold = held.take().unwrap_or(super::statements::Hold::Commit);
+            match coordinator.run(hold).await {
                 Ok(Exit::Resume) => continue,
                 Ok(Exit::Closed) => return Ok(()),
                 Err(e) => {

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 
 use super::relay::{Flow, SessionState};
-use crate::classify::{Classification, Kind, SearchPath, SessionChange};
-use crate::policy::{Decision, Policy};
+use crate::classify::{Classification, Kind, SearchPath, SessionChange, TxControl};
+use super::replication::{Admit, Replication};
+use crate::policy::{Mode, Policy};
 use crate::protocol::postgres::message::write_frame;
 use crate::protocol::postgres::startup::StartupMessage;
 use crate::replicate::{Refusal, Router};
@@ -36,10 +37,16 @@ pub struct Statements {
     tx_idle_count: u64,
     /// The policy the current transaction started with.
     tx_policy: Option<Arc<Policy>>,
-    /// Writes to replicated tables in the current transaction, for the replication modes.
-    pub tx_decisions: Vec<Decision>,
+    /// A statement that may change a sync table was sent in the current transaction: its
+    /// COMMIT is held while replies are still owed (the capture trigger's notice may be in
+    /// one of them).
+    tx_may_sync: bool,
+    /// The extended-protocol messages since the last Sync.
+    group: Group,
     /// Named prepared statements that need classifying ("" is the unnamed one).
     prepared: HashMap<String, Prepared>,
+    /// Replica health and lag, for the admission of writes to sync and bounded tables.
+    replication: Arc<Replication>,
 }
 
 /// What the coordinator needs of a prepared statement when a Bind runs it.
@@ -47,13 +54,37 @@ pub struct Statements {
 pub struct Prepared {
     pub sql: Arc<str>,
     pub classification: Arc<Classification>,
-    /// Parameter types from the Parse (0 = left to the server); completed from a
-    /// ParameterDescription when the coordinator needs them.
-    pub param_types: Vec<u32>,
+}
+
+/// What the Binds of one extended-protocol group (up to its Sync) ran, so the Sync that ends
+/// an implicit transaction is held only when that transaction may have changed a sync table.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Group {
+    /// A Bind ran a statement that may change a sync table.
+    pub may_sync: bool,
+    /// A Bind ran BEGIN (after any COMMIT/ROLLBACK of the group): a block is open at the Sync.
+    pub began: bool,
+    /// A Bind ran COMMIT or ROLLBACK (after any BEGIN of the group).
+    pub ended: bool,
+}
+
+/// Why a frame is handed to the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// A commit point of a transaction that may hold sync changes.
+    Commit,
+    /// A write that may change a sync table, maybe outside a transaction block.
+    Autocommit,
+    /// DDL on a replicated table (captured in the change stream, in its transaction).
+    Ddl,
+    /// A write that must wait for a replica (on_partition = "block") before it may run.
+    Admission,
+    /// The Sync ending an implicit transaction that may hold sync changes.
+    Sync,
 }
 
 impl Statements {
-    pub fn new(router: Arc<Router>, startup: &StartupMessage) -> Statements {
+    pub fn new(router: Arc<Router>, replication: Arc<Replication>, startup: &StartupMessage) -> Statements {
         let user = startup.get("user").unwrap_or_default().to_owned();
         let configured = startup.get("search_path").map(str::to_owned).or_else(|| startup.get("options").and_then(search_path_option));
         let initial_path = parse_search_path(configured.as_deref().unwrap_or("\"$user\", public"), &user);
@@ -65,40 +96,94 @@ impl Statements {
             local_path: None,
             tx_idle_count: 0,
             tx_policy: None,
-            tx_decisions: Vec::new(),
+            tx_may_sync: false,
+            group: Group::default(),
             prepared: HashMap::new(),
+            replication,
         }
     }
 
-    /// Whether the coordinator must take over at this whole client frame, before it is
-    /// forwarded: a Query that writes a replicated table, or a Bind of a prepared statement
-    /// that does. Nothing is recorded: the coordinator routes the frame again.
-    pub fn wants_coordinator(&mut self, state: &SessionState, tag: u8, frame: &[u8]) -> bool {
+    /// Whether the coordinator must take over at this whole client frame (a Query, Bind or
+    /// Sync), before it is forwarded, and why. Only the group and transaction flags are
+    /// recorded here; the coordinator routes the frame again.
+    pub fn hold(&mut self, state: &SessionState, tag: u8, frame: &[u8]) -> Option<Hold> {
         self.follow_transaction(state);
         let body = &frame[5..];
+        let policy = self.policy();
+        if !policy.replicates_anything() {
+            return None;
+        }
         match tag {
             b'Q' => {
-                let Some(sql) = cstr(body) else { return false };
-                let policy = self.policy();
-                if !policy.replicates_anything() || !crate::replicate::needs_classification(&policy, sql) {
-                    return false;
+                let sql = cstr(body)?;
+                if !crate::replicate::needs_classification(&policy, sql) {
+                    return None;
                 }
                 let route = self.router.route(sql, self.search_path(), &policy);
-                route.refusal.is_none() && route.replicated().next().is_some()
+                if route.refusal.is_some() {
+                    return None;
+                }
+                if is_commit(&route.classification) {
+                    return self.commit_needs_hold(state, &policy).then_some(Hold::Commit);
+                }
+                if let Admit::Wait(_) = self.replication.admit(&route.decisions) {
+                    return Some(Hold::Admission);
+                }
+                let may = may_change_sync(&route, &policy);
+                self.tx_may_sync |= may;
+                if replicated_ddl(&route) {
+                    return Some(Hold::Ddl);
+                }
+                let in_block = state.pending.load(Ordering::Acquire) <= 0 && state.tx_status.load(Ordering::Acquire) != b'I';
+                (may && !in_block && !has_transaction_control(&route.classification)).then_some(Hold::Autocommit)
             }
             b'B' => {
-                let Some((_portal, rest)) = split_cstr(body) else { return false };
-                let Some(name) = cstr(rest) else { return false };
-                let Some(p) = self.prepared.get(name) else { return false };
-                if p.classification.writes().is_empty() {
-                    return false;
-                }
+                let (_portal, rest) = split_cstr(body)?;
+                let name = cstr(rest)?;
+                let p = self.prepared.get(name)?;
                 let classification = p.classification.clone();
-                let policy = self.policy();
-                policy.decide(&classification).iter().any(|d| d.mode != crate::policy::Mode::Local)
+                match single_control(&classification) {
+                    Some(TxControl::Begin) => {
+                        self.group.began = true;
+                        self.group.ended = false;
+                    }
+                    Some(TxControl::Commit) | Some(TxControl::Rollback) | Some(TxControl::PrepareTransaction(_)) => {
+                        self.group.ended = true;
+                        self.group.began = false;
+                    }
+                    _ => {}
+                }
+                if is_commit(&classification) {
+                    return self.commit_needs_hold(state, &policy).then_some(Hold::Commit);
+                }
+                let decisions = policy.decide(&classification);
+                if !matches!(self.replication.admit(&decisions), Admit::Go) {
+                    return Some(Hold::Admission);
+                }
+                let route = crate::replicate::Route { classification, decisions, refusal: None };
+                if may_change_sync(&route, &policy) {
+                    self.tx_may_sync = true;
+                    self.group.may_sync = true;
+                }
+                None
             }
-            _ => false,
+            b'S' => {
+                let group = std::mem::take(&mut self.group);
+                if !group.may_sync || group.began {
+                    return None;
+                }
+                // Known to stay inside a transaction block after this Sync: nothing commits.
+                let in_block = state.pending.load(Ordering::Acquire) <= 0 && state.tx_status.load(Ordering::Acquire) != b'I';
+                (!in_block || group.ended).then_some(Hold::Sync)
+            }
+            _ => None,
         }
+    }
+
+    /// A commit point is held when the transaction captured a sync change, or may have and
+    /// the reply that would say so has not arrived.
+    fn commit_needs_hold(&self, state: &SessionState, policy: &Policy) -> bool {
+        policy.has_sync() && (state.sync_pending.load(Ordering::Acquire) || (self.tx_may_sync && state.owed()))
     }
 
     /// A prepared statement by name.
@@ -106,36 +191,25 @@ impl Statements {
         self.prepared.get(name)
     }
 
-    /// Record the parameter types the server reported for a prepared statement.
-    pub fn set_param_types(&mut self, name: &str, types: Vec<u32>) {
-        if let Some(p) = self.prepared.get_mut(name) {
-            p.param_types = types;
-        }
-    }
-
     /// Route a Query's text as [`Statements::on_frame`] does, returning the whole verdict
-    /// (the coordinator acts on the decisions).
+    /// (the coordinator acts on it).
     pub fn route_query(&mut self, state: &SessionState, sql: &str) -> crate::replicate::Route {
         self.follow_transaction(state);
         let policy = self.policy();
         let route = self.router.route(sql, self.search_path(), &policy);
-        self.after(&route.classification, &route.decisions);
+        self.after(&route.classification);
         route
-    }
-
-    /// The decisions for a prepared statement's writes under the transaction's policy.
-    pub fn decide_prepared(&mut self, state: &SessionState, name: &str) -> Option<(Prepared, Vec<Decision>)> {
-        self.follow_transaction(state);
-        let p = self.prepared.get(name)?.clone();
-        let policy = self.policy();
-        let decisions = policy.decide(&p.classification);
-        Some((p, decisions))
     }
 
     /// The policy the current transaction runs under.
     pub fn tx_policy(&mut self, state: &SessionState) -> Arc<Policy> {
         self.follow_transaction(state);
         self.policy()
+    }
+
+    /// Replica health and lag.
+    pub fn replication(&self) -> &Arc<Replication> {
+        &self.replication
     }
 
     /// The router (catalog, counters).
@@ -180,7 +254,7 @@ impl Statements {
                         None => Flow::Continue,
                     };
                 };
-                match self.route_prepared(name, sql, param_types(rest)) {
+                match self.route_prepared(name, sql) {
                     Some(refusal) => {
                         // client_frame already counted the client's Parse, which is not sent:
                         // ours takes its place, plus our Bind.
@@ -209,7 +283,7 @@ impl Statements {
         if idle != self.tx_idle_count {
             self.tx_idle_count = idle;
             self.tx_policy = None;
-            self.tx_decisions.clear();
+            self.tx_may_sync = false;
             self.local_path = None;
         }
     }
@@ -235,29 +309,35 @@ impl Statements {
             return None;
         }
         let route = self.router.route(sql, self.search_path(), &policy);
-        self.after(&route.classification, &route.decisions);
-        route.refusal
+        self.after(&route.classification);
+        if route.refusal.is_some() {
+            return route.refusal;
+        }
+        match self.replication.admit(&route.decisions) {
+            Admit::Refuse(r) => Some(r),
+            _ => None,
+        }
     }
 
     /// The same at Parse, remembering the classification under the statement's name.
-    fn route_prepared(&mut self, name: &str, sql: &str, param_types: Vec<u32>) -> Option<Refusal> {
+    fn route_prepared(&mut self, name: &str, sql: &str) -> Option<Refusal> {
         let policy = self.policy();
         if !crate::replicate::needs_classification(&policy, sql) {
             self.prepared.remove(name);
             return None;
         }
         let route = self.router.route(sql, self.search_path(), &policy);
-        self.prepared.insert(name.to_owned(), Prepared { sql: sql.into(), classification: route.classification.clone(), param_types });
+        self.prepared.insert(name.to_owned(), Prepared { sql: sql.into(), classification: route.classification.clone() });
         if route.refusal.is_none() {
             // Session changes take effect when the statement runs; a prepared SET is rare
             // enough to follow at Parse.
-            self.after(&route.classification, &[]);
+            self.after(&route.classification);
         }
         route.refusal
     }
 
-    /// Follow search_path changes and remember the transaction's replicated writes.
-    fn after(&mut self, classification: &Classification, decisions: &[Decision]) {
+    /// Follow search_path changes.
+    fn after(&mut self, classification: &Classification) {
         for statement in &classification.statements {
             if let Kind::Session(change) = &statement.kind {
                 match change {
@@ -280,8 +360,45 @@ impl Statements {
                 }
             }
         }
-        self.tx_decisions.extend(decisions.iter().filter(|d| d.mode != crate::policy::Mode::Local).cloned());
     }
+}
+
+/// The statement's only statement's transaction control, if it is one.
+fn single_control(c: &Classification) -> Option<TxControl> {
+    match c.statements.as_slice() {
+        [one] => match &one.kind {
+            Kind::Transaction(t) => Some(t.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// COMMIT (END, COMMIT AND CHAIN) or PREPARE TRANSACTION alone: where a transaction commits.
+pub fn is_commit(c: &Classification) -> bool {
+    matches!(single_control(c), Some(TxControl::Commit) | Some(TxControl::PrepareTransaction(_)))
+}
+
+/// Some statement of the string is transaction control (capgate does not wrap those).
+fn has_transaction_control(c: &Classification) -> bool {
+    c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(_)))
+}
+
+/// Whether running `route`'s statement may change a sync table: it writes one by name (DDL
+/// included), or its effect cannot be told (a function, a DO block) while the policy has sync
+/// tables. A write to a local table whose trigger changes a sync table is not foreseen: the
+/// deferred check at COMMIT refuses it rather than let it commit on one site.
+pub fn may_change_sync(route: &crate::replicate::Route, policy: &Policy) -> bool {
+    if !policy.has_sync() {
+        return false;
+    }
+    route.decisions.iter().any(|d| matches!(d.mode, Mode::Sync { .. }))
+        || route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Unknown(_)))
+}
+
+/// DDL on a table a non-local rule matches (or creating one).
+pub fn replicated_ddl(route: &crate::replicate::Route) -> bool {
+    route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Ddl)) && route.decisions.iter().any(|d| d.mode != Mode::Local)
 }
 
 fn substitute_user(schemas: &[String], user: &str) -> SearchPath {
@@ -314,17 +431,6 @@ fn search_path_option(options: &str) -> Option<String> {
         }
     }
     found
-}
-
-/// The parameter type OIDs of a Parse message, from what follows its query string.
-fn param_types(rest: &[u8]) -> Vec<u32> {
-    let Some(end) = rest.iter().position(|&c| c == 0) else { return Vec::new() };
-    let r = &rest[end + 1..];
-    if r.len() < 2 {
-        return Vec::new();
-    }
-    let n = u16::from_be_bytes([r[0], r[1]]) as usize;
-    (0..n).filter_map(|i| r.get(2 + 4 * i..6 + 4 * i)).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 /// The text of a NUL-terminated string at the front of `b`.

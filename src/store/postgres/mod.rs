@@ -1,7 +1,9 @@
 //! PostgreSQL as a capgate store (decision 0009).
 //!
 //! - [`primary`]: the primary's `capgate` schema and its capture functions;
-//! - [`capture`]: the capture triggers kept in step with the policy.
+//! - [`capture`]: the capture triggers kept in step with the policy;
+//! - [`twophase`]: a sync commit's replica side (apply + PREPARE, COMMIT PREPARED).
 
 pub mod capture;
 pub mod primary;
+pub mod twophase;

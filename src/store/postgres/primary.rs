@@ -106,7 +106,8 @@ ALTER TABLE capgate.decisions ADD COLUMN IF NOT EXISTS committed boolean NOT NUL
 ///   capgate session (`capgate.session` not `on`: a DBA's psql, a cron job) is captured as
 ///   async: it is shipped later, and counted.
 /// - `capgate.check_coordinated()`: the deferred constraint trigger on `capgate.sync_txn`.
-/// - `capgate.sync_prepare(gid, origin)`: the first step of a sync COMMIT.
+/// - `capgate.sync_prepare(gid, origin)`: the first step of a sync COMMIT: the tables and the
+///   changes (NULL when the transaction has none left, e.g. after ROLLBACK TO SAVEPOINT).
 /// - `capgate.capture_ddl(sql, mode)`: records a schema change in the change stream, in the
 ///   transaction that runs it.
 const FUNCTIONS_SQL: &str = r#"
@@ -185,23 +186,21 @@ BEGIN
 END
 $install$;
 
-CREATE OR REPLACE FUNCTION capgate.sync_prepare(p_gid text, p_origin text) RETURNS json
+CREATE OR REPLACE FUNCTION capgate.sync_prepare(p_gid text, p_origin text, OUT tables text[], OUT changes json)
 LANGUAGE plpgsql AS $fn$
-DECLARE
-    v_changes json;
 BEGIN
     PERFORM pg_catalog.set_config('capgate.commit_xid', pg_catalog.pg_current_xact_id()::text, true);
     WITH d AS (
         DELETE FROM capgate.sync_changes WHERE xid = pg_catalog.pg_current_xact_id()
         RETURNING seq, at, tbl, op, old, new
     )
-    SELECT pg_catalog.json_agg(pg_catalog.json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new) ORDER BY seq)
-        INTO v_changes FROM d;
+    SELECT pg_catalog.array_agg(DISTINCT tbl),
+           pg_catalog.json_agg(pg_catalog.json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new) ORDER BY seq)
+        INTO tables, changes FROM d;
     DELETE FROM capgate.sync_txn WHERE xid = pg_catalog.pg_current_xact_id();
-    IF v_changes IS NOT NULL THEN
+    IF changes IS NOT NULL THEN
         INSERT INTO capgate.decisions (gid, origin, committed) VALUES (p_gid, p_origin, true);
     END IF;
-    RETURN v_changes;
 END
 $fn$;
 

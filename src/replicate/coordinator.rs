@@ -1,0 +1,328 @@
+//! The sync commit, as a state machine without I/O (decision 0009), shared by every front end.
+//!
+//! A front end holds a transaction's commit point (its COMMIT, or the end of an autocommit
+//! statement) when the transaction captured changes to sync tables, and drives a
+//! [`SyncCommit`]: it performs each [`Action`] on the primary or the replicas and feeds the
+//! outcome back as an [`Event`]. Every decision — refuse, wait for a partition to heal,
+//! prepare, commit, abort — and every message the client sees is made here, so each
+//! interleaving (a replica failing mid-prepare, a conflict, a primary that cannot commit) is
+//! a unit test on values.
+//!
+//! The order is fixed: (1) read the transaction's sync changes on the primary, which also
+//! writes the decision record inside the primary transaction; (2) apply them and PREPARE on
+//! every replica, in parallel, one round trip each; (3) only when every replica prepared, let
+//! the primary commit; (4) COMMIT PREPARED (or ROLLBACK PREPARED) off the critical path. A
+//! primary that did not commit leaves no decision record, so recovery rolls back any branch
+//! this process could not (presumed abort).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::policy::OnPartition;
+use crate::replicate::Refusal;
+
+/// SQLSTATE of a commit refused because a replica could not take part (partitioned, too slow,
+/// failed): object_not_in_prerequisite_state.
+pub const UNAVAILABLE: &str = "55000";
+
+/// SQLSTATE of a commit refused because a replica's rows already differ from the primary's.
+pub const DIVERGED: &str = "CGC01";
+
+/// SQLSTATE of a commit refused because a replica is not set up to take part (no prepared
+/// transactions, no capgate schema, a privilege missing): a configuration error.
+pub const MISCONFIGURED: &str = "55000";
+
+/// One replica as the front end sees it when the changes are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub name: String,
+    /// Whether its health state lets a write go to it now.
+    pub available: bool,
+    /// Its health state and last error, for messages (`partitioned (no heartbeat for 3 s)`).
+    pub state: String,
+}
+
+/// Why one replica could not prepare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareFailure {
+    /// Cut off, too slow, or its connection failed: a partition as far as the client goes.
+    Unavailable(String),
+    /// Its rows already differ (the conflict as JSON, from the replica's apply function).
+    Conflict(String),
+    /// The replica cannot take part until a DBA changes it (the reason says what).
+    Misconfigured(String),
+}
+
+/// What the front end does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Read (and remove) the transaction's sync changes on the primary, writing the decision
+    /// record `gid` inside the transaction; answer with [`Event::Changes`].
+    ReadChanges { gid: String },
+    /// Nothing to coordinate (the changes were rolled back to a savepoint): let the commit
+    /// point through as it came.
+    CommitPlain,
+    /// Wait up to `timeout` for every replica to be available; answer with
+    /// [`Event::Availability`].
+    WaitAvailable { timeout: Duration },
+    /// Apply the changes and PREPARE `gid` on each listed replica (indexes into the replica
+    /// list given with the changes), in parallel; answer each with [`Event::Prepared`].
+    Prepare { replicas: Vec<usize>, gid: String, changes: Arc<str> },
+    /// Let the primary commit (forward the client's commit point); answer with
+    /// [`Event::PrimaryDone`].
+    CommitPrimary,
+    /// Roll the primary transaction back and tell the client this error in place of its
+    /// commit; then [`Action::Finish`] follows if anything was prepared.
+    Refuse(Refusal),
+    /// Record a conflict found on `replica` (its JSON), for the conflict log and metrics.
+    Conflict { replica: String, detail: String },
+    /// Commit (or roll back) `gid` on these replicas, off the client's critical path. A
+    /// branch whose PREPARE may still complete (it timed out) is included: rolling back a
+    /// gid that never prepared is harmless, and one that prepares late must not keep its
+    /// locks until recovery.
+    Finish { commit: bool, replicas: Vec<usize>, gid: String },
+}
+
+/// What the front end observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The transaction's sync changes: the tables, the changes as one JSON array (None: none
+    /// left), the strictest `on_partition` of those tables, and the replicas.
+    Changes { tables: Vec<String>, changes: Option<Arc<str>>, on_partition: OnPartition, replicas: Vec<ReplicaView> },
+    /// The primary could not read the changes (the error text): the transaction cannot commit.
+    ChangesFailed(String),
+    /// After [`Action::WaitAvailable`]: the replicas now.
+    Availability(Vec<ReplicaView>),
+    /// One replica's prepare finished.
+    Prepared { replica: usize, result: Result<(), PrepareFailure> },
+    /// The primary's commit finished: whether it committed.
+    PrimaryDone { committed: bool },
+}
+
+/// Where a commit is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Reading,
+    Waiting,
+    Preparing,
+    Committing,
+    Done,
+}
+
+/// One transaction's sync commit.
+#[derive(Debug)]
+pub struct SyncCommit {
+    gid: String,
+    phase: Phase,
+    tables: Vec<String>,
+    on_partition: OnPartition,
+    replicas: Vec<ReplicaView>,
+    changes: Option<Arc<str>>,
+    /// Per replica: None while preparing, then its outcome.
+    prepared: Vec<Option<Result<(), PrepareFailure>>>,
+}
+
+impl SyncCommit {
+    /// A commit with global transaction id `gid`, and its first action.
+    pub fn start(gid: String) -> (SyncCommit, Action) {
+        let commit = SyncCommit {
+            gid: gid.clone(),
+            phase: Phase::Reading,
+            tables: Vec::new(),
+            on_partition: OnPartition::Fail,
+            replicas: Vec::new(),
+            changes: None,
+            prepared: Vec::new(),
+        };
+        (commit, Action::ReadChanges { gid })
+    }
+
+    pub fn gid(&self) -> &str {
+        &self.gid
+    }
+
+    /// Whether the commit has reached its end (nothing more will be asked).
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// The actions that follow `event`, in order.
+    pub fn on(&mut self, event: Event) -> Vec<Action> {
+        match (self.phase.clone(), event) {
+            (Phase::Reading, Event::Changes { tables, changes, on_partition, replicas }) => {
+                let Some(changes) = changes else {
+                    self.phase = Phase::Done;
+                    return vec![Action::CommitPlain];
+                };
+                self.tables = tables;
+                self.on_partition = on_partition;
+                self.changes = Some(changes);
+                self.admit(replicas)
+            }
+            (Phase::Reading, Event::ChangesFailed(e)) => {
+                self.phase = Phase::Done;
+                vec![Action::Refuse(Refusal {
+                    code: UNAVAILABLE,
+                    message: format!("capgate could not read this transaction's changes to sync tables on the primary: {e}; nothing was committed"),
+                    hint: "retry the transaction; if it keeps failing, check capgate's log and the capgate schema on the primary".into(),
+                })]
+            }
+            (Phase::Waiting, Event::Availability(replicas)) => {
+                let unavailable: Vec<&ReplicaView> = replicas.iter().filter(|r| !r.available).collect();
+                if let Some(r) = unavailable.first() {
+                    let refusal = self.partitioned(r);
+                    self.phase = Phase::Done;
+                    return vec![Action::Refuse(refusal)];
+                }
+                self.prepare(replicas)
+            }
+            (Phase::Preparing, Event::Prepared { replica, result }) => {
+                if let Some(slot) = self.prepared.get_mut(replica) {
+                    *slot = Some(result);
+                }
+                if self.prepared.iter().any(Option::is_none) {
+                    return Vec::new();
+                }
+                self.after_prepare()
+            }
+            (Phase::Committing, Event::PrimaryDone { committed }) => {
+                self.phase = Phase::Done;
+                vec![Action::Finish { commit: committed, replicas: (0..self.replicas.len()).collect(), gid: self.gid.clone() }]
+            }
+            // An event that does not belong to the phase (a front end bug): end safely. The
+            // primary has not committed in any phase before Committing.
+            (phase, event) => {
+                tracing::error!(?phase, ?event, gid = %self.gid, "sync commit: unexpected event; refusing the commit");
+                let prepared = self.phase == Phase::Preparing;
+                self.phase = Phase::Done;
+                let mut out = vec![Action::Refuse(Refusal {
+                    code: UNAVAILABLE,
+                    message: "capgate lost track of this sync commit; nothing was committed".into(),
+                    hint: "retry the transaction; please report this with capgate's log".into(),
+                })];
+                if prepared {
+                    out.push(Action::Finish { commit: false, replicas: (0..self.replicas.len()).collect(), gid: self.gid.clone() });
+                }
+                out
+            }
+        }
+    }
+
+    /// Every replica available: prepare; else refuse or wait as the tables' `on_partition` says.
+    fn admit(&mut self, replicas: Vec<ReplicaView>) -> Vec<Action> {
+        let Some(down) = replicas.iter().find(|r| !r.available).cloned() else { return self.prepare(replicas) };
+        match self.on_partition {
+            OnPartition::Fail => {
+                self.phase = Phase::Done;
+                self.replicas = replicas;
+                vec![Action::Refuse(self.partitioned(&down))]
+            }
+            OnPartition::Block { timeout } => {
+                self.phase = Phase::Waiting;
+                self.replicas = replicas;
+                vec![Action::WaitAvailable { timeout }]
+            }
+        }
+    }
+
+    fn prepare(&mut self, replicas: Vec<ReplicaView>) -> Vec<Action> {
+        self.prepared = vec![None; replicas.len()];
+        let all = (0..replicas.len()).collect::<Vec<_>>();
+        self.replicas = replicas;
+        if all.is_empty() {
+            self.phase = Phase::Committing;
+            return vec![Action::CommitPrimary];
+        }
+        self.phase = Phase::Preparing;
+        let changes = self.changes.clone().unwrap_or_else(|| Arc::from("[]"));
+        vec![Action::Prepare { replicas: all, gid: self.gid.clone(), changes }]
+    }
+
+    fn after_prepare(&mut self) -> Vec<Action> {
+        let failures: Vec<(usize, PrepareFailure)> =
+            self.prepared.iter().enumerate().filter_map(|(i, r)| r.clone().and_then(|r| r.err()).map(|e| (i, e))).collect();
+        let Some((first, failure)) = failures.first().cloned() else {
+            self.phase = Phase::Committing;
+            return vec![Action::CommitPrimary];
+        };
+        self.phase = Phase::Done;
+        let mut out = Vec::new();
+        for (i, f) in &failures {
+            if let PrepareFailure::Conflict(detail) = f {
+                out.push(Action::Conflict { replica: self.replicas[*i].name.clone(), detail: detail.clone() });
+            }
+        }
+        out.push(Action::Refuse(self.failed(&self.replicas[first], &failure)));
+        out.push(Action::Finish { commit: false, replicas: (0..self.replicas.len()).collect(), gid: self.gid.clone() });
+        out
+    }
+
+    fn tables_text(&self) -> String {
+        self.tables.join(", ")
+    }
+
+    fn partition_text(&self) -> String {
+        match self.on_partition {
+            OnPartition::Fail => "on_partition = \"fail\"".into(),
+            OnPartition::Block { timeout } => format!("on_partition = \"block\", waited {timeout:?}"),
+        }
+    }
+
+    fn partitioned(&self, r: &ReplicaView) -> Refusal {
+        Refusal {
+            code: UNAVAILABLE,
+            message: format!(
+                "capgate refused this commit: replica \"{}\" is {}, and table(s) {} are sync ({}); nothing was committed",
+                r.name,
+                r.state,
+                self.tables_text(),
+                self.partition_text()
+            ),
+            hint: "retry when the link to the replica heals; or, if availability matters more than consistency for these tables, make them async or bounded in the policy".into(),
+        }
+    }
+
+    fn failed(&self, r: &ReplicaView, failure: &PrepareFailure) -> Refusal {
+        match failure {
+            PrepareFailure::Unavailable(why) => Refusal {
+                code: UNAVAILABLE,
+                message: format!(
+                    "capgate refused this commit: replica \"{}\" could not prepare it ({why}), and table(s) {} are sync; nothing was committed",
+                    r.name,
+                    self.tables_text()
+                ),
+                hint: "retry when the link to the replica heals; or, if availability matters more than consistency for these tables, make them async or bounded in the policy".into(),
+            },
+            PrepareFailure::Conflict(detail) => Refusal {
+                code: DIVERGED,
+                message: format!(
+                    "capgate refused this commit: on replica \"{}\" the rows of sync table(s) {} already differ from the primary's ({}); nothing was committed",
+                    r.name,
+                    self.tables_text(),
+                    abbreviate(detail)
+                ),
+                hint: "the sites have diverged: run `capgate verify` on the table, repair the rows it lists, then retry".into(),
+            },
+            PrepareFailure::Misconfigured(why) => Refusal {
+                code: MISCONFIGURED,
+                message: format!(
+                    "capgate refused this commit: replica \"{}\" is not set up to take part in sync commits ({why}); table(s) {} are sync; nothing was committed",
+                    r.name,
+                    self.tables_text()
+                ),
+                hint: "this is a configuration problem, not a partition: fix the replica (see docs/before-you-replicate.md), then retry".into(),
+            },
+        }
+    }
+}
+
+/// The first 300 characters of a conflict's JSON, for an error message.
+fn abbreviate(s: &str) -> String {
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! A sync commit's replica side on PostgreSQL: apply the transaction's changes and `PREPARE
+//! TRANSACTION` in one round trip; `COMMIT PREPARED` / `ROLLBACK PREPARED` afterwards, off the
+//! client's critical path (decision 0009).
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use crate::replicate::coordinator::PrepareFailure;
+use crate::sites::postgres::{PgConnector, PgSite};
+use crate::sites::{Pool, Pooled};
+
+/// How long a branch capgate gave up on (its PREPARE timed out) is watched for, to roll it
+/// back if it prepares late.
+const LATE_PREPARE_WATCH: Duration = Duration::from_secs(60);
+
+/// The SQLSTATE the replica's apply function raises when its rows differ from the primary's.
+const CONFLICT: &str = "CGC01";
+
+/// `text` as a dollar-quoted literal whose tag does not occur in it.
+pub fn dollar_quote(text: &str) -> String {
+    let mut tag = String::from("cg");
+    while text.contains(&format!("${tag}$")) {
+        tag.push('x');
+    }
+    format!("${tag}${text}${tag}$")
+}
+
+/// A single-quoted literal (for identifiers of capgate's own making: gids, site names).
+pub fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The one round trip that prepares a sync commit's branch on a replica.
+pub fn prepare_sql(origin: &str, gid: &str, changes: &str) -> String {
+    format!(
+        "BEGIN; SET LOCAL session_replication_role = replica; \
+         SELECT capgate.apply_changes({}, {}::json, 'sync', '{{}}'::json); PREPARE TRANSACTION {}",
+        quote(origin),
+        dollar_quote(changes),
+        quote(gid)
+    )
+}
+
+/// Apply `changes` and prepare `gid` on `site`, within `deadline` and only while the site
+/// stays available: a replica that its health loop finds partitioned meanwhile ends the wait
+/// at once (a silent cut is answered within the detection time, not the deadline).
+pub async fn prepare(site: &PgSite, origin: &str, gid: &str, changes: &str, deadline: Duration) -> Result<(), PrepareFailure> {
+    let started = std::time::Instant::now();
+    let conn = site.pool().checkout(deadline).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?;
+    let left = deadline.saturating_sub(started.elapsed());
+    let sql = prepare_sql(origin, gid, changes);
+    let health = site.health().clone();
+    let run = conn.run("apply and PREPARE TRANSACTION", left, conn.simple_query(&sql));
+    let cut = health.wait_for("a partition", left, |s| !s.state.is_available());
+    tokio::select! {
+        result = run => match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let failure = classify_error(&e);
+                if let PrepareFailure::Unavailable(_) = failure {
+                    give_up(&conn, site.pool().clone(), gid);
+                }
+                Err(failure)
+            }
+        },
+        Ok(status) = cut => {
+            give_up(&conn, site.pool().clone(), gid);
+            Err(PrepareFailure::Unavailable(format!("it became {} while preparing", status.state)))
+        }
+    }
+}
+
+/// capgate stopped waiting for a PREPARE that may still complete: cancel the statement, drop
+/// the connection, and roll the gid back if it appears (no decision will ever be written for
+/// it, so presumed abort allows it; recovery would do the same, but later).
+fn give_up(conn: &Pooled<PgConnector>, pool: Pool<PgConnector>, gid: &str) {
+    conn.mark_broken();
+    conn.cancel_in_background();
+    let gid = gid.to_owned();
+    tokio::spawn(async move { finish(pool, gid, false, LATE_PREPARE_WATCH).await });
+}
+
+/// What a failed prepare means for the client.
+fn classify_error(e: &crate::sites::SiteError) -> PrepareFailure {
+    let text = e.to_string();
+    let Some(db) = db_error(e) else { return PrepareFailure::Unavailable(text) };
+    let code = db.code();
+    if code.code() == CONFLICT {
+        return PrepareFailure::Conflict(db.detail().unwrap_or(db.message()).to_owned());
+    }
+    if *code == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE && db.message().contains("prepared transactions are disabled") {
+        return PrepareFailure::Misconfigured(
+            "max_prepared_transactions is 0 on the replica; set it to at least the replica's max_connections and restart it".into(),
+        );
+    }
+    if *code == SqlState::UNDEFINED_FUNCTION || *code == SqlState::INVALID_SCHEMA_NAME {
+        return PrepareFailure::Misconfigured(format!(
+            "the capgate schema is not installed on the replica yet ({}); capgate installs it when it can reach the replica with a role allowed to create it",
+            db.message()
+        ));
+    }
+    if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+        return PrepareFailure::Misconfigured(format!(
+            "{}; the replica role needs to set session_replication_role (a superuser, or on PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role)",
+            db.message()
+        ));
+    }
+    PrepareFailure::Unavailable(text)
+}
+
+/// The server's error inside a replica operation's error, if that is what failed.
+pub fn db_error(e: &crate::sites::SiteError) -> Option<&tokio_postgres::error::DbError> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = next {
+        if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
+            return pg.as_db_error();
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// `COMMIT PREPARED` (or `ROLLBACK PREPARED`) `gid` on one replica, retrying for up to `for_at_most`
+/// (the replica may be briefly out of reach; a PREPARE capgate gave up on may complete late).
+/// A gid that does not exist is done with when committing (recovery got there first) and
+/// retried when rolling back. Whatever is left, recovery resolves from the decision record.
+pub async fn finish(pool: Pool<PgConnector>, gid: String, commit: bool, for_at_most: Duration) {
+    let verb = if commit { "COMMIT PREPARED" } else { "ROLLBACK PREPARED" };
+    let sql = format!("{verb} {}", quote(&gid));
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let attempt = async {
+            let conn = pool.checkout(Duration::from_secs(5)).await?;
+            conn.run(verb, Duration::from_secs(10), conn.simple_query(&sql)).await
+        };
+        match attempt.await {
+            Ok(_) => return,
+            Err(e) if db_error(&e).is_some_and(|db| *db.code() == SqlState::UNDEFINED_OBJECT) && commit => return,
+            Err(e) => {
+                if started.elapsed() >= for_at_most {
+                    if commit {
+                        tracing::warn!(%gid, "{verb} failed ({e}); recovery resolves it from the decision record");
+                    }
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_cannot_be_broken_out_of() {
+        assert_eq!(dollar_quote("a"), "$cg$a$cg$");
+        assert_eq!(dollar_quote("x $cg$ y"), "$cgx$x $cg$ y$cgx$");
+        assert_eq!(quote("it's"), "'it''s'");
+        let sql = prepare_sql("site", "capgate:site:1:2", r#"[{"new":{"t":"$cg$"}}]"#);
+        assert!(sql.ends_with("PREPARE TRANSACTION 'capgate:site:1:2'"), "{sql}");
+        assert!(sql.contains("$cgx$[{"), "{sql}");
+    }
+}
