@@ -6,6 +6,7 @@
 //! Nothing here may know a wire protocol: the PostgreSQL and MySQL front ends both call
 //! [`Router::route`] with SQL text and the session's search path.
 
+pub mod apply;
 pub mod coordinator;
 pub mod determinism;
 pub mod outbox;

@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod apply;
 mod async_mode;
 mod bad_input;
 mod capture;

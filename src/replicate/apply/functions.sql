@@ -1,0 +1,393 @@
+-- The replica's capgate functions (decision 0009, "Apply"). Replaced on every install.
+--
+-- capgate.apply_changes(origin, changes, mode, on_conflict[, prepared_wait]) applies a JSON
+-- array of captured row changes, each {"seq", "at", "tbl", "op", "old", "new"}, and returns
+-- the conflicts it resolved as a JSON array. See src/replicate/apply/mod.rs for the rules.
+
+-- Records (or refuses) one conflict. `resolution` says what the caller is about to do.
+-- mode 'sync': raises CGC01 (the sites already differ: the commit is refused).
+-- policy 'halt': raises CGH01 (the table stops until an operator resumes it).
+-- Otherwise the conflict goes to capgate.conflicts and comes back as JSON.
+CREATE OR REPLACE FUNCTION capgate.conflict(
+    p_origin text, p_change json, p_kind text, p_replica_row jsonb,
+    p_mode text, p_policy text, p_resolution text, p_detail text)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    rec jsonb := jsonb_build_object(
+        'origin', p_origin, 'seq', p_change -> 'seq', 'at', p_change -> 'at', 'tbl', p_change ->> 'tbl',
+        'op', p_change ->> 'op', 'kind', p_kind, 'old', p_change -> 'old', 'new', p_change -> 'new',
+        'replica', p_replica_row, 'detail', p_detail);
+BEGIN
+    IF p_mode = 'sync' THEN
+        RAISE EXCEPTION 'capgate: % on % (origin %, seq %): %; the sites already differ, so this sync commit is refused',
+                p_kind, p_change ->> 'tbl', p_origin, p_change ->> 'seq', p_detail
+            USING ERRCODE = 'CGC01', DETAIL = (rec || jsonb_build_object('resolution', 'refused'))::text,
+                  HINT = 'compare the table with `capgate verify` and repair the row on the replica';
+    END IF;
+    IF p_policy = 'halt' THEN
+        RAISE EXCEPTION 'capgate: % on % (origin %, seq %): %; on_conflict = "halt" stops shipping this table',
+                p_kind, p_change ->> 'tbl', p_origin, p_change ->> 'seq', p_detail
+            USING ERRCODE = 'CGH01', DETAIL = (rec || jsonb_build_object('resolution', 'halted'))::text,
+                  HINT = 'repair the table on the replica, then resume it (`capgate resume --replica <name> --table <table>`)';
+    END IF;
+    INSERT INTO capgate.conflicts (origin, seq, origin_at, tbl, op, kind, old, new, replica_row, resolution, detail)
+        VALUES (p_origin, (p_change ->> 'seq')::bigint, (p_change ->> 'at')::timestamptz, p_change ->> 'tbl',
+                p_change ->> 'op', p_kind, p_change -> 'old', p_change -> 'new', p_replica_row, p_resolution, p_detail);
+    RETURN rec || jsonb_build_object('resolution', p_resolution);
+END
+$fn$;
+
+-- `latest`: whether a change made at `p_at` on `p_origin` wins over what this replica last
+-- applied to the row. Later origin time wins; equal times go to the greater origin name, so
+-- every site decides the same. A row with no record (written here, or before capgate) loses.
+CREATE OR REPLACE FUNCTION capgate.incoming_wins(p_tbl text, p_key jsonb, p_origin text, p_at timestamptz)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT coalesce((SELECT (p_at, p_origin) > (l.at, l.origin) FROM capgate.latest l WHERE l.tbl = p_tbl AND l.key = p_key), true)
+$fn$;
+
+CREATE OR REPLACE FUNCTION capgate.note_latest(p_tbl text, p_key jsonb, p_origin text, p_at timestamptz, p_deleted boolean)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $fn$
+    INSERT INTO capgate.latest AS l (tbl, key, origin, at, deleted) VALUES (p_tbl, p_key, p_origin, p_at, p_deleted)
+    ON CONFLICT (tbl, key) DO UPDATE SET origin = EXCLUDED.origin, at = EXCLUDED.at, deleted = EXCLUDED.deleted
+$fn$;
+
+-- Sync mode: a row inserted by a transaction still PREPARED here (its COMMIT PREPARED not yet
+-- arrived) is invisible. Wait, at most `p_wait`, for capgate's prepared transactions that
+-- exist now (so were prepared before this one) to be resolved.
+CREATE OR REPLACE FUNCTION capgate.wait_prepared(p_wait interval)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    gids text[] := ARRAY(SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, 'capgate:') AND database = current_database());
+    deadline timestamptz := clock_timestamp() + p_wait;
+BEGIN
+    WHILE cardinality(gids) > 0 AND clock_timestamp() < deadline LOOP
+        PERFORM pg_sleep(0.005);
+        gids := ARRAY(SELECT gid FROM pg_prepared_xacts WHERE gid = ANY (gids));
+    END LOOP;
+END
+$fn$;
+
+-- Applies one run: changes of one table and one operation ('I', 'U' or 'D'), in order.
+-- A bulk statement first (inside a subtransaction); when it does not account for every change
+-- (a conflict) or the run repeats a key, the run is applied again row by row.
+CREATE OR REPLACE FUNCTION capgate.apply_run(
+    p_origin text, p_tbl text, p_op text, p_items json, p_mode text, p_policy text, p_wait interval)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    rel regclass := to_regclass(p_tbl);
+    img text := CASE p_op WHEN 'D' THEN 'old' ELSE 'new' END;   -- the image holding the key to look up
+    keyimg text := CASE p_op WHEN 'I' THEN 'new' ELSE 'old' END;
+    schema_policy text := CASE p_policy WHEN 'skip' THEN 'skip' ELSE 'halt' END;
+    allcols text[];
+    writable text[];
+    always_identity text[];
+    pk text[];
+    image_keys text[];
+    missing text[];
+    setcols text[];
+    updcols text[];
+    excl text[];
+    n_items bigint := json_array_length(p_items);
+    n bigint;
+    distinct_keys boolean;
+    q_pk_t text; q_pk_o text; q_pk_n text; q_set text; q_set_r text; q_upd text; q_upd_n text;
+    key_sql text;        -- the key of change x.c, from the image it is looked up by
+    key_after_sql text;  -- the key the row has after the change (for `latest`)
+    sql_bulk text; sql_find text; sql_insert text; sql_update_old text; sql_update_new text; sql_delete text;
+    conflicts jsonb := '[]';
+    c record;
+    key jsonb;
+    cur jsonb;
+    cur_cmp jsonb;
+    old_cmp jsonb;
+    miss text[];
+    waited boolean := false;
+    applied boolean;
+BEGIN
+    IF rel IS NULL THEN
+        FOR c IN SELECT x FROM json_array_elements(p_items) AS x LOOP
+            conflicts := conflicts || capgate.conflict(p_origin, c.x, 'missing_table', NULL, p_mode, schema_policy, 'skipped',
+                format('table %s does not exist on this replica', p_tbl));
+        END LOOP;
+        RETURN conflicts;
+    END IF;
+
+    SELECT array_agg(a.attname::text ORDER BY a.attnum),
+           array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated = ''),
+           array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attidentity = 'a')
+      INTO allcols, writable, always_identity
+      FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT array_agg(a.attname::text ORDER BY k.ord) INTO pk
+      FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = rel AND i.indisprimary;
+    IF pk IS NULL THEN
+        RAISE EXCEPTION 'capgate: table % has no primary key on this replica, so its row changes cannot be matched', p_tbl
+            USING ERRCODE = '55000',
+                  HINT = 'add a primary key to the table on every site, or make it local in the policy';
+    END IF;
+    always_identity := coalesce(always_identity, '{}');
+
+    EXECUTE format('SELECT array_agg(DISTINCT k) FROM json_array_elements($1) AS x(c), json_object_keys(x.c -> %L) AS k', img)
+        INTO image_keys USING p_items;
+    image_keys := coalesce(image_keys, '{}');
+    missing := ARRAY(SELECT k FROM unnest(image_keys) AS k WHERE k <> ALL (allcols) ORDER BY k);
+    setcols := ARRAY(SELECT w FROM unnest(writable) WITH ORDINALITY AS u(w, o) WHERE w = ANY (image_keys) ORDER BY o);
+    updcols := ARRAY(SELECT w FROM unnest(setcols) WITH ORDINALITY AS u(w, o) WHERE w <> ALL (always_identity) ORDER BY o);
+    excl := ARRAY(SELECT a FROM unnest(allcols) AS a WHERE a <> ALL (setcols));
+    IF EXISTS (SELECT 1 FROM unnest(pk) AS k WHERE k <> ALL (image_keys)) AND n_items > 0 THEN
+        RAISE EXCEPTION 'capgate: a change of % lacks its primary key column(s) % in its % image', p_tbl, pk, img
+            USING ERRCODE = '22023';
+    END IF;
+
+    q_pk_t := (SELECT string_agg('t.' || quote_ident(k), ', ') FROM unnest(pk) AS k);
+    q_pk_o := (SELECT string_agg('o.' || quote_ident(k), ', ') FROM unnest(pk) AS k);
+    q_pk_n := (SELECT string_agg('n.' || quote_ident(k), ', ') FROM unnest(pk) AS k);
+    q_set := (SELECT string_agg(quote_ident(k), ', ') FROM unnest(setcols) AS k);
+    q_set_r := (SELECT string_agg('n.' || quote_ident(k), ', ') FROM unnest(setcols) AS k);
+    q_upd := (SELECT string_agg(quote_ident(k), ', ') FROM unnest(updcols) AS k);
+    q_upd_n := (SELECT string_agg('n.' || quote_ident(k), ', ') FROM unnest(updcols) AS k);
+    -- The key of a change, as the origin wrote it: for repeated-key detection and `latest`.
+    key_sql := format('jsonb_build_array(%s)', (SELECT string_agg(format('x.c -> %L -> %L', keyimg, k), ', ') FROM unnest(pk) AS k));
+    key_after_sql := format('jsonb_build_array(%s)', (SELECT string_agg(format('x.c -> %L -> %L', img, k), ', ') FROM unnest(pk) AS k));
+
+    EXECUTE format('SELECT count(DISTINCT %s) = count(*) FROM json_array_elements($1) AS x(c)', key_sql)
+        INTO distinct_keys USING p_items;
+
+    -- The fast path.
+    IF distinct_keys AND cardinality(missing) = 0 THEN
+        sql_bulk := CASE p_op
+            WHEN 'I' THEN format(
+                'INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM json_array_elements($1) AS x(c), '
+                'json_populate_record(NULL::%s, x.c -> ''new'') AS n', rel, q_set, q_set_r, rel)
+            WHEN 'U' THEN CASE WHEN q_upd IS NULL THEN NULL ELSE format(
+                'UPDATE %s AS t SET (%s) = ROW(%s) FROM json_array_elements($1) AS x(c), '
+                'json_populate_record(NULL::%s, x.c -> ''old'') AS o, json_populate_record(NULL::%s, x.c -> ''new'') AS n '
+                'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)',
+                rel, q_upd, q_upd_n, rel, rel, q_pk_t, q_pk_o) END
+            WHEN 'D' THEN format(
+                'DELETE FROM %s AS t USING json_array_elements($1) AS x(c), json_populate_record(NULL::%s, x.c -> ''old'') AS o '
+                'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)', rel, rel, q_pk_t, q_pk_o)
+        END;
+        IF sql_bulk IS NOT NULL THEN
+            BEGIN
+                EXECUTE sql_bulk USING p_items, excl;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                IF n <> n_items THEN
+                    RAISE EXCEPTION 'not every change applied' USING ERRCODE = 'CGF00';
+                END IF;
+                IF p_policy = 'latest' AND p_mode = 'async' THEN
+                    EXECUTE format('INSERT INTO capgate.latest AS l (tbl, key, origin, at, deleted) '
+                                   'SELECT %L, %s, %L, (x.c ->> ''at'')::timestamptz, %L FROM json_array_elements($1) AS x(c) '
+                                   'ON CONFLICT (tbl, key) DO UPDATE SET origin = EXCLUDED.origin, at = EXCLUDED.at, deleted = EXCLUDED.deleted',
+                                   p_tbl, key_after_sql, p_origin, p_op = 'D')
+                        USING p_items;
+                END IF;
+                RETURN conflicts;
+            EXCEPTION WHEN SQLSTATE 'CGF00' OR unique_violation OR cardinality_violation THEN
+                NULL;  -- undone with the subtransaction: go row by row
+            END;
+        END IF;
+    END IF;
+
+    -- Row by row, in order.
+    sql_find := format('SELECT to_jsonb(t) FROM %s AS t, json_populate_record(NULL::%s, $1 -> %L) AS o WHERE (%s) = (%s) FOR UPDATE OF t',
+                       rel, rel, keyimg, q_pk_t, q_pk_o);
+    sql_insert := format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM json_populate_record(NULL::%s, $1 -> ''new'') AS n',
+                         rel, q_set, q_set_r, rel);
+    -- Update the row found by the old (or new) image's key to the new image.
+    sql_update_old := CASE WHEN q_upd IS NULL THEN NULL ELSE format(
+        'UPDATE %s AS t SET (%s) = ROW(%s) FROM json_populate_record(NULL::%s, $1 -> ''old'') AS o, '
+        'json_populate_record(NULL::%s, $1 -> ''new'') AS n WHERE (%s) = (%s)', rel, q_upd, q_upd_n, rel, rel, q_pk_t, q_pk_o) END;
+    sql_update_new := CASE WHEN q_upd IS NULL THEN NULL ELSE format(
+        'UPDATE %s AS t SET (%s) = ROW(%s) FROM json_populate_record(NULL::%s, $1 -> ''new'') AS n WHERE (%s) = (%s)',
+        rel, q_upd, q_upd_n, rel, q_pk_t, q_pk_n) END;
+    sql_delete := format('DELETE FROM %s AS t USING json_populate_record(NULL::%s, $1 -> ''old'') AS o WHERE (%s) = (%s)',
+                         rel, rel, q_pk_t, q_pk_o);
+
+    FOR c IN SELECT x.c FROM json_array_elements(p_items) WITH ORDINALITY AS x(c, i) ORDER BY x.i LOOP
+        miss := ARRAY(SELECT k FROM json_object_keys(c.c -> img) AS k WHERE k <> ALL (allcols) ORDER BY k);
+        IF cardinality(miss) > 0 THEN
+            conflicts := conflicts || capgate.conflict(p_origin, c.c, 'missing_column', NULL, p_mode, schema_policy, 'skipped',
+                format('column(s) %s of %s do not exist on this replica', array_to_string(miss, ', '), p_tbl));
+            CONTINUE;
+        END IF;
+        EXECUTE format('SELECT %s FROM (SELECT $1 AS c) AS x', key_sql) INTO key USING c.c;
+        EXECUTE sql_find INTO cur USING c.c;
+        IF cur IS NULL AND p_op <> 'I' AND p_mode = 'sync' AND NOT waited THEN
+            PERFORM capgate.wait_prepared(p_wait);
+            waited := true;
+            EXECUTE sql_find INTO cur USING c.c;
+        END IF;
+        applied := true;
+        IF p_op = 'I' THEN
+            IF cur IS NULL THEN
+                EXECUTE sql_insert USING c.c;
+            ELSIF p_policy = 'skip' OR (p_policy = 'latest' AND NOT capgate.incoming_wins(p_tbl, key, p_origin, (c.c ->> 'at')::timestamptz)) THEN
+                conflicts := conflicts || capgate.conflict(p_origin, c.c, 'insert_exists', cur, p_mode, p_policy,
+                    CASE p_policy WHEN 'skip' THEN 'skipped' ELSE 'kept the replica row (later)' END, 'the key already exists on this replica');
+                applied := false;
+            ELSE
+                conflicts := conflicts || capgate.conflict(p_origin, c.c, 'insert_exists', cur, p_mode, p_policy,
+                    CASE p_policy WHEN 'latest' THEN 'applied the new row (later)' ELSE 'overwritten with the new row' END,
+                    'the key already exists on this replica');
+                IF sql_update_new IS NOT NULL THEN
+                    EXECUTE sql_update_new USING c.c;
+                END IF;
+            END IF;
+        ELSE
+            IF cur IS NOT NULL THEN
+                cur_cmp := cur - excl;
+                EXECUTE format('SELECT to_jsonb(o) - $2 FROM json_populate_record(NULL::%s, $1 -> ''old'') AS o', rel)
+                    INTO old_cmp USING c.c, excl;
+            END IF;
+            IF cur IS NOT NULL AND cur_cmp = old_cmp THEN
+                IF p_op = 'U' THEN
+                    IF sql_update_old IS NOT NULL THEN
+                        EXECUTE sql_update_old USING c.c;
+                    END IF;
+                ELSE
+                    EXECUTE sql_delete USING c.c;
+                END IF;
+            ELSIF cur IS NULL THEN
+                -- update_missing / delete_missing
+                IF p_op = 'U' AND (p_policy = 'overwrite' OR (p_policy = 'latest'
+                        AND capgate.incoming_wins(p_tbl, key, p_origin, (c.c ->> 'at')::timestamptz))) THEN
+                    conflicts := conflicts || capgate.conflict(p_origin, c.c, 'update_missing', NULL, p_mode, p_policy,
+                        'inserted the new row', 'the row is not on this replica');
+                    EXECUTE sql_insert USING c.c;
+                ELSE
+                    conflicts := conflicts || capgate.conflict(p_origin, c.c,
+                        CASE p_op WHEN 'U' THEN 'update_missing' ELSE 'delete_missing' END, NULL, p_mode, p_policy,
+                        CASE WHEN p_op = 'D' AND p_policy IN ('overwrite', 'latest') THEN 'nothing to delete'
+                             WHEN p_policy = 'latest' THEN 'skipped (a later delete)' ELSE 'skipped' END,
+                        'the row is not on this replica');
+                    applied := p_op = 'D';
+                END IF;
+            ELSE
+                -- update_differs / delete_differs
+                IF p_policy = 'overwrite' OR (p_policy = 'latest'
+                        AND capgate.incoming_wins(p_tbl, key, p_origin, (c.c ->> 'at')::timestamptz)) THEN
+                    conflicts := conflicts || capgate.conflict(p_origin, c.c,
+                        CASE p_op WHEN 'U' THEN 'update_differs' ELSE 'delete_differs' END, cur, p_mode, p_policy,
+                        CASE WHEN p_op = 'D' THEN 'deleted anyway' ELSE 'applied the new row' END
+                            || CASE WHEN p_policy = 'latest' THEN ' (later)' ELSE '' END,
+                        'the row on this replica is not the old image');
+                    IF p_op = 'D' THEN
+                        EXECUTE sql_delete USING c.c;
+                    ELSIF sql_update_old IS NOT NULL THEN
+                        EXECUTE sql_update_old USING c.c;
+                    END IF;
+                ELSE
+                    conflicts := conflicts || capgate.conflict(p_origin, c.c,
+                        CASE p_op WHEN 'U' THEN 'update_differs' ELSE 'delete_differs' END, cur, p_mode, p_policy,
+                        CASE WHEN p_policy = 'latest' THEN 'kept the replica row (later)' ELSE 'skipped' END,
+                        'the row on this replica is not the old image');
+                    applied := false;
+                END IF;
+            END IF;
+        END IF;
+        IF applied AND p_policy = 'latest' AND p_mode = 'async' THEN
+            EXECUTE format('SELECT %s FROM (SELECT $1 AS c) AS x', key_after_sql) INTO key USING c.c;
+            PERFORM capgate.note_latest(p_tbl, key, p_origin, (c.c ->> 'at')::timestamptz, p_op = 'D');
+        END IF;
+    END LOOP;
+    RETURN conflicts;
+END
+$fn$;
+
+-- The entry point. Changes apply in `seq` order for each table; tables are independent of
+-- each other on the apply session (triggers and FK actions are off), so each table's changes
+-- go together, in runs of one operation, between two schema changes ('S', a barrier).
+CREATE OR REPLACE FUNCTION capgate.apply_changes(
+    origin text, changes json, mode text, on_conflict json, prepared_wait interval DEFAULT interval '1 second')
+RETURNS json LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET lc_monetary = 'C'
+AS $fn$
+DECLARE
+    r record;
+    policy text;
+    found jsonb := '[]';
+    rel regclass;
+    ddl json;
+BEGIN
+    IF mode IS NULL OR mode NOT IN ('sync', 'async') THEN
+        RAISE EXCEPTION 'capgate.apply_changes: mode must be ''sync'' or ''async'', not %', coalesce(quote_literal(mode), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF json_typeof(changes) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'capgate.apply_changes: changes must be a JSON array' USING ERRCODE = '22023';
+    END IF;
+    IF current_setting('session_replication_role') <> 'replica' THEN
+        BEGIN
+            PERFORM set_config('session_replication_role', 'replica', true);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'capgate: role % may not set session_replication_role, which applying row changes needs (user triggers and foreign-key actions must not fire twice)', current_user
+                USING ERRCODE = '42501',
+                      HINT = format('make %I a superuser, or on PostgreSQL 15 and later: GRANT SET ON PARAMETER session_replication_role TO %I', current_user, current_user);
+        END;
+    END IF;
+    FOR r IN
+        WITH e AS (
+            SELECT x.i, x.c ->> 'tbl' AS tbl, x.c ->> 'op' AS op, x.c
+              FROM json_array_elements(changes) WITH ORDINALITY AS x(c, i)),
+        s AS (SELECT e.*, count(*) FILTER (WHERE op = 'S') OVER (ORDER BY i) AS seg FROM e),
+        g AS (SELECT s.*, min(i) OVER (PARTITION BY seg, op = 'S', tbl) AS first_i,
+                     row_number() OVER (PARTITION BY seg, tbl ORDER BY i)
+                         - row_number() OVER (PARTITION BY seg, tbl, op ORDER BY i) AS island
+                FROM s)
+        SELECT seg, tbl, op, json_agg(c ORDER BY i) AS items
+          FROM g GROUP BY seg, tbl, op, island
+         ORDER BY seg, op <> 'S', min(first_i), min(i)
+    LOOP
+        IF r.op IS NULL OR r.op NOT IN ('I', 'U', 'D', 'T', 'S') THEN
+            RAISE EXCEPTION 'capgate.apply_changes: unknown operation % in a change of %', coalesce(quote_literal(r.op), 'NULL'), r.tbl
+                USING ERRCODE = '22023';
+        END IF;
+        policy := CASE WHEN mode = 'sync' THEN 'halt' ELSE coalesce(on_conflict ->> r.tbl, on_conflict ->> '*', 'halt') END;
+        IF policy NOT IN ('skip', 'halt', 'overwrite', 'latest') THEN
+            RAISE EXCEPTION 'capgate.apply_changes: on_conflict of % is %, not one of skip, halt, overwrite, latest', r.tbl, quote_literal(policy)
+                USING ERRCODE = '22023';
+        END IF;
+        IF r.op = 'S' THEN
+            ddl := r.items -> 0 -> 'new';
+            PERFORM set_config('search_path', coalesce(ddl ->> 'search_path', 'public'), true);
+            EXECUTE ddl ->> 'sql';
+            PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+        ELSIF r.op = 'T' THEN
+            rel := to_regclass(r.tbl);
+            IF rel IS NULL THEN
+                found := found || capgate.conflict(origin, r.items -> 0, 'missing_table', NULL, mode,
+                    CASE policy WHEN 'skip' THEN 'skip' ELSE 'halt' END, 'skipped', format('table %s does not exist on this replica', r.tbl));
+            ELSE
+                EXECUTE format('TRUNCATE %s', rel);
+                DELETE FROM capgate.latest WHERE tbl = r.tbl;
+            END IF;
+        ELSE
+            found := found || capgate.apply_run(origin, r.tbl, r.op, r.items, mode, policy, prepared_wait);
+        END IF;
+    END LOOP;
+    RETURN found::json;
+END
+$fn$;
+
+-- Moves the applied snapshot of `p_origin` from `p_from` (NULL: none yet) to `p_to`, in the
+-- transaction that applied the range. A stale shipper (one that read an older snapshot)
+-- fails here instead of applying a range twice.
+CREATE OR REPLACE FUNCTION capgate.advance(p_origin text, p_from pg_snapshot, p_to pg_snapshot)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF p_from IS NULL THEN
+        INSERT INTO capgate.applied (origin, snapshot) VALUES (p_origin, p_to) ON CONFLICT DO NOTHING;
+    ELSE
+        UPDATE capgate.applied SET snapshot = p_to, applied_at = now()
+         WHERE origin = p_origin AND snapshot::text = p_from::text;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'capgate: the applied snapshot of origin % is no longer %; another shipper applied it', p_origin, coalesce(p_from::text, 'none')
+            USING ERRCODE = 'CGW01';
+    END IF;
+END
+$fn$;
