@@ -163,7 +163,9 @@ impl SyncCommit {
                 self.phase = Phase::Done;
                 vec![Action::Refuse(Refusal {
                     code: UNAVAILABLE,
-                    message: format!("capgate could not read this transaction's changes to sync tables on the primary: {e}; nothing was committed"),
+                    message: format!(
+                        "capgate could not read this transaction's changes to sync tables on the primary: {e}; nothing was committed"
+                    ),
                     hint: "retry the transaction; if it keeps failing, check capgate's log and the capgate schema on the primary".into(),
                 })]
             }

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod capture_loop;
 pub mod conn;
 pub mod coordinator;
 pub mod relay;
@@ -155,6 +156,11 @@ impl Server {
         // server (dropping them stops them); none of them waits for a database here.
         let sites = crate::sites::postgres::start(&config).map_err(StartError::Replica)?;
         let replication = replication::Replication::start(&config, router.policy().clone(), sites).map_err(StartError::Replica)?;
+        // Writes to a replicated table are refused until its capture trigger is known to be
+        // there: wait (bounded) for the first round so a normal start refuses nothing.
+        if !config.replicas.is_empty() && !replication.capture.wait_first(std::time::Duration::from_secs(10)).await {
+            warn!("the capture triggers could not be checked on the primary yet; writes to replicated tables are refused until they are");
+        }
         let shared = Arc::new(Shared { config, sessions, router, primary, tls, cancels: CancelRegistry::default(), replication });
         Ok(Server { listener, admin, shared })
     }

@@ -14,9 +14,9 @@ use crate::classify::TableName;
 use crate::config::Config;
 use crate::policy::{Decision, Mode, OnConflict, OnPartition, Policy, PolicyHandle, DEFAULT_ON_CONFLICT};
 use crate::replicate::coordinator::UNAVAILABLE;
-use crate::replicate::Refusal;
-use crate::replicate::outbox::{schema, Lag, Shipper, ShipperConfig};
+use crate::replicate::outbox::{schema, Lag, Shipper};
 use crate::replicate::recovery;
+use crate::replicate::Refusal;
 use crate::sites::postgres::PgConnector;
 use crate::sites::{AbortOnDrop, SiteError, Sites};
 
@@ -70,8 +70,11 @@ pub struct Replication {
     gids: AtomicU64,
     /// (replica, table) pairs of bounded tables currently refused for lag.
     refusing: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
-    /// The recovery loop (see [`Replication::start`]); ends when this value is dropped.
-    recovery: Mutex<Option<AbortOnDrop<()>>>,
+    /// The recovery loop and the capture loop (see [`Replication::start`]); they end when
+    /// this value is dropped.
+    recovery: Mutex<Vec<AbortOnDrop<()>>>,
+    /// The capture triggers as the last round left them.
+    pub capture: Arc<super::capture_loop::CaptureState>,
 }
 
 impl Replication {
@@ -87,7 +90,8 @@ impl Replication {
             deadline: deadline * 5,
             gids: AtomicU64::new(0),
             refusing: Default::default(),
-            recovery: Mutex::new(None),
+            recovery: Mutex::new(Vec::new()),
+            capture: Arc::default(),
         }
     }
 
@@ -98,24 +102,18 @@ impl Replication {
     /// the background while the listener serves. `on_conflict` of each shipped statement is
     /// the strictest of its tables' settings in the policy current at that moment.
     pub fn start(config: &Config, policy: Arc<PolicyHandle>, sites: Sites<PgConnector>) -> Result<Arc<Replication>, SiteError> {
-        let mut replication = Replication::with_sites(config, sites);
+        let replication = Replication::with_sites(config, sites);
         if config.replicas.is_empty() {
             return Ok(Arc::new(replication));
-        }
-        for replica in &config.replicas {
-            let mut shipper = ShipperConfig::for_replica(config, replica)
-                .map_err(|e| SiteError::failed(&replica.name, "loading the TLS settings of its URL", e))?;
-            let policy = policy.clone();
-            shipper.on_conflict = Arc::new(move |tables: &[String]| strictest_on_conflict(&policy.current(), tables));
-            replication.shippers.insert(replica.name.clone(), Shipper::start(shipper));
         }
         let primary = Upstream::new(config.primary.url.clone())
             .map_err(|e| SiteError::failed("primary", "loading the TLS settings of [primary].url", e))?;
         let replication = Arc::new(replication);
         let grace = config.recovery_grace;
         let interval = RECOVERY_INTERVAL.min((grace / 2).max(Duration::from_secs(1)));
-        let task = tokio::spawn(recovery_loop(Arc::downgrade(&replication), primary, grace, interval));
-        *replication.recovery.lock().unwrap_or_else(|e| e.into_inner()) = Some(AbortOnDrop(task));
+        let task = tokio::spawn(recovery_loop(Arc::downgrade(&replication), primary.clone(), grace, interval));
+        let capture = tokio::spawn(super::capture_loop::run(primary, policy, replication.capture.clone()));
+        replication.recovery.lock().unwrap_or_else(|e| e.into_inner()).extend([AbortOnDrop(task), AbortOnDrop(capture)]);
         Ok(replication)
     }
 
@@ -161,6 +159,17 @@ impl Replication {
     pub fn admit(&self, decisions: &[Decision]) -> Admit {
         let mut wait: Option<Duration> = None;
         for d in decisions {
+            if d.mode != Mode::Local && !self.sites.is_empty() && self.capture.captured(&d.table) == Some(false) {
+                let why = self.capture.failure(&d.table).unwrap_or_else(|| {
+                    "capgate has not installed its capture trigger on it yet (a table created around capgate is picked up within 10 s)"
+                        .into()
+                });
+                return Admit::Refuse(Refusal {
+                    code: UNAVAILABLE,
+                    message: format!("capgate refused this write to {} (mode {}): {why}; nothing was written", d.table, d.mode.name()),
+                    hint: "fix what the message says, or make the table local in the policy; capgate retries the trigger every 10 s".into(),
+                });
+            }
             let (on_partition, refusal) = match d.mode {
                 Mode::Sync { on_partition } => match self.sites.iter().find(|s| !s.health().state().is_available()) {
                     Some(site) => {
@@ -182,7 +191,10 @@ impl Replication {
                     None => continue,
                 },
                 Mode::Bounded { max_lag, on_partition, .. } => {
-                    let over = self.sites.iter().find_map(|site| self.over_budget(site.name(), &d.table.to_string(), max_lag).map(|l| (site.name().to_owned(), l)));
+                    let over = self
+                        .sites
+                        .iter()
+                        .find_map(|site| self.over_budget(site.name(), &d.table.to_string(), max_lag).map(|l| (site.name().to_owned(), l)));
                     let Some((name, seconds)) = over else { continue };
                     let behind = if seconds.is_finite() {
                         format!("is {seconds:.1} s behind")
@@ -234,7 +246,9 @@ impl Replication {
                         let mut failing = d.clone();
                         failing.mode = match d.mode {
                             Mode::Sync { .. } => Mode::Sync { on_partition: OnPartition::Fail },
-                            Mode::Bounded { max_lag, on_conflict, .. } => Mode::Bounded { max_lag, on_partition: OnPartition::Fail, on_conflict },
+                            Mode::Bounded { max_lag, on_conflict, .. } => {
+                                Mode::Bounded { max_lag, on_partition: OnPartition::Fail, on_conflict }
+                            }
                             m => m,
                         };
                         match self.admit(std::slice::from_ref(&failing)) {
@@ -269,12 +283,17 @@ impl Replication {
             let name = site.name().to_owned();
             let round = async {
                 let conn = site.pool().checkout(self.deadline).await?;
+                if !failing.contains_key(&format!("{name} installed")) {
+                    // The apply function sync commits call, before the first one needs it.
+                    conn.run("installing the capgate schema", self.deadline, crate::replicate::apply::install_replica(&conn)).await?;
+                }
                 conn.run("recovering prepared transactions", self.deadline, recovery::recover(primary, &conn, &self.site, grace)).await
             };
             let was_failing = failing.get(&name).copied().unwrap_or(false);
             match round.await {
                 Ok(report) => {
                     failing.insert(name.clone(), false);
+                    failing.insert(format!("{name} installed"), false);
                     if report.acted() {
                         info!(
                             replica = %name,

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 
 use super::relay::{Flow, SessionState};
-use crate::classify::{Classification, Kind, SearchPath, SessionChange, TxControl};
 use super::replication::{Admit, Replication};
+use crate::classify::{Classification, Kind, SearchPath, SessionChange, TxControl};
 use crate::policy::{Mode, Policy};
 use crate::protocol::postgres::message::write_frame;
 use crate::protocol::postgres::startup::StartupMessage;

@@ -51,7 +51,19 @@ pub async fn prepare(site: &PgSite, origin: &str, gid: &str, changes: &str, dead
     let left = deadline.saturating_sub(started.elapsed());
     let sql = prepare_sql(origin, gid, changes);
     let health = site.health().clone();
-    let run = conn.run("apply and PREPARE TRANSACTION", left, conn.simple_query(&sql));
+    let run = async {
+        match conn.simple_query(&sql).await {
+            // A replica capgate has not set up yet (recovery installs the schema when it first
+            // reaches it): install it now and try once more.
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) => {
+                let _ = conn.simple_query("ROLLBACK").await;
+                crate::replicate::apply::install_replica(&conn).await?;
+                conn.simple_query(&sql).await
+            }
+            other => other,
+        }
+    };
+    let run = conn.run("apply and PREPARE TRANSACTION", left, run);
     let cut = health.wait_for("a partition", left, |s| !s.state.is_available());
     tokio::select! {
         result = run => match result {

@@ -11,9 +11,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
-use super::wire::{error_text, Rows, Wire};
 use super::super::statements::raise_statement;
 use super::super::{SessionError, Shared};
+use super::wire::{error_text, Rows, Wire};
 use crate::classify::TableName;
 use crate::policy::{Mode, OnPartition, Policy};
 use crate::protocol::postgres::message::{ErrorMessage, Severity};
@@ -211,7 +211,10 @@ fn parse_text_array(text: &str) -> Vec<String> {
 
 /// Let the primary commit at `point`. Returns whether it committed, or None when the outcome
 /// could not be observed here (the commit's Execute never came before a Sync).
-async fn primary_commit<CR, CW, SR, SW>(wire: &mut Wire<'_, CR, CW, SR, SW>, point: Option<CommitPoint>) -> Result<Option<bool>, SessionError>
+async fn primary_commit<CR, CW, SR, SW>(
+    wire: &mut Wire<'_, CR, CW, SR, SW>,
+    point: Option<CommitPoint>,
+) -> Result<Option<bool>, SessionError>
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
@@ -269,7 +272,11 @@ where
 
 /// Refuse the commit at `point`: nothing commits, the client gets `refusal` as an error, and
 /// its session ends up idle, as after a COMMIT that failed in PostgreSQL.
-async fn refuse<CR, CW, SR, SW>(wire: &mut Wire<'_, CR, CW, SR, SW>, point: Option<CommitPoint>, refusal: &Refusal) -> Result<(), SessionError>
+async fn refuse<CR, CW, SR, SW>(
+    wire: &mut Wire<'_, CR, CW, SR, SW>,
+    point: Option<CommitPoint>,
+    refusal: &Refusal,
+) -> Result<(), SessionError>
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,

@@ -113,7 +113,9 @@ where
         }
         let ddl = replicated_ddl(&route);
         let may_sync = super::statements::may_change_sync(&route, &self.statements.tx_policy(self.wire.state));
-        let wrap = self.status() == b'I' && (may_sync || ddl) && !route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(_)));
+        let wrap = self.status() == b'I'
+            && (may_sync || ddl)
+            && !route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(_)));
         if !wrap {
             if ddl && self.status() == b'T' {
                 self.capture_ddl(&sql, &route).await?;

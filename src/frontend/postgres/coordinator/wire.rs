@@ -115,15 +115,6 @@ where
         Ok(Some(tag))
     }
 
-    /// Relay replies until every reply owed to forwarded client messages has arrived.
-    pub async fn relay_owed(&mut self) -> Result<(), SessionError> {
-        while self.state.owed() {
-            let (tag, frame) = self.server_frame().await?;
-            self.pass(tag, frame).await?;
-        }
-        Ok(())
-    }
-
     /// Relay replies up to a completion of the current message (CommandComplete,
     /// EmptyQueryResponse, PortalSuspended or an error). Returns the last frame.
     pub async fn relay_until_complete(&mut self) -> Result<Frame, SessionError> {
