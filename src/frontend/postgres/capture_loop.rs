@@ -13,7 +13,7 @@ use crate::classify::TableName;
 
 use crate::backend::postgres::Upstream;
 use crate::policy::PolicyHandle;
-use crate::store::postgres::capture::{reconcile, Reconciled};
+use crate::store::postgres::capture::{reconcile, CaptureMode, Reconciled};
 use crate::store::postgres::primary::install_primary;
 
 /// How often the triggers are checked when nothing changed.
@@ -54,6 +54,17 @@ impl CaptureState {
     pub async fn wait_first(&self, timeout: Duration) -> bool {
         let mut rx = self.last.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// A trigger installed outside a round (a CREATE TABLE relayed through capgate, once its
+    /// transaction committed).
+    pub fn note_installed(&self, table: TableName, mode: CaptureMode) {
+        self.last.send_modify(|last| {
+            let mut r = last.as_deref().cloned().unwrap_or_default();
+            r.failed.retain(|(t, _)| *t != table);
+            r.captured.insert(table, mode);
+            *last = Some(Arc::new(r));
+        });
     }
 
     fn publish(&self, done: Reconciled) {

@@ -154,12 +154,13 @@ impl Replication {
     }
 
     /// Whether writes to the tables of `decisions` may run now: every replica available for a
-    /// sync table, every replica's lag within budget for a bounded one. Refusals name the
+    /// sync table, every replica's lag within budget for a bounded one, and — when the
+    /// statement writes rows (`rows`, i.e. not DDL) — the table's capture trigger in place. Refusals name the
     /// table, the replica, its state, the mode and the remedy.
-    pub fn admit(&self, decisions: &[Decision]) -> Admit {
+    pub fn admit(&self, decisions: &[Decision], rows: bool) -> Admit {
         let mut wait: Option<Duration> = None;
         for d in decisions {
-            if d.mode != Mode::Local && !self.sites.is_empty() && self.capture.captured(&d.table) == Some(false) {
+            if rows && d.mode != Mode::Local && !self.sites.is_empty() && self.capture.captured(&d.table) == Some(false) {
                 let why = self.capture.failure(&d.table).unwrap_or_else(|| {
                     "capgate has not installed its capture trigger on it yet (a table created around capgate is picked up within 10 s)"
                         .into()
@@ -227,9 +228,9 @@ impl Replication {
 
     /// [`Replication::admit`], waiting up to the tables' `partition_timeout` where they say
     /// `block`. `None`: the write may run.
-    pub async fn admit_waiting(&self, decisions: &[Decision]) -> Option<Refusal> {
-        let Admit::Wait(timeout) = self.admit(decisions) else {
-            return match self.admit(decisions) {
+    pub async fn admit_waiting(&self, decisions: &[Decision], rows: bool) -> Option<Refusal> {
+        let Admit::Wait(timeout) = self.admit(decisions, rows) else {
+            return match self.admit(decisions, rows) {
                 Admit::Refuse(r) => Some(r),
                 _ => None,
             };
@@ -237,7 +238,7 @@ impl Replication {
         let until = tokio::time::Instant::now() + timeout;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            match self.admit(decisions) {
+            match self.admit(decisions, rows) {
                 Admit::Go => return None,
                 Admit::Refuse(r) => return Some(r),
                 Admit::Wait(_) if tokio::time::Instant::now() >= until => {
@@ -251,7 +252,7 @@ impl Replication {
                             }
                             m => m,
                         };
-                        match self.admit(std::slice::from_ref(&failing)) {
+                        match self.admit(std::slice::from_ref(&failing), rows) {
                             Admit::Refuse(mut r) => {
                                 r.message.push_str(&format!(" (waited {timeout:?}: on_partition = \"block\")"));
                                 Some(r)

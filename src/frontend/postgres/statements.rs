@@ -126,12 +126,12 @@ impl Statements {
                 if is_commit(&route.classification) {
                     return self.commit_needs_hold(state, &policy).then_some(Hold::Commit);
                 }
-                if let Admit::Wait(_) = self.replication.admit(&route.decisions) {
+                if let Admit::Wait(_) = self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
                     return Some(Hold::Admission);
                 }
                 let may = may_change_sync(&route, &policy);
                 self.tx_may_sync |= may;
-                if replicated_ddl(&route) {
+                if replicated_ddl(&route, sql) {
                     return Some(Hold::Ddl);
                 }
                 let in_block = state.pending.load(Ordering::Acquire) <= 0 && state.tx_status.load(Ordering::Acquire) != b'I';
@@ -157,7 +157,7 @@ impl Statements {
                     return self.commit_needs_hold(state, &policy).then_some(Hold::Commit);
                 }
                 let decisions = policy.decide(&classification);
-                if !matches!(self.replication.admit(&decisions), Admit::Go) {
+                if !matches!(self.replication.admit(&decisions, writes_rows(&classification)), Admit::Go) {
                     return Some(Hold::Admission);
                 }
                 let route = crate::replicate::Route { classification, decisions, refusal: None };
@@ -313,7 +313,7 @@ impl Statements {
         if route.refusal.is_some() {
             return route.refusal;
         }
-        match self.replication.admit(&route.decisions) {
+        match self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
             Admit::Refuse(r) => Some(r),
             _ => None,
         }
@@ -379,26 +379,36 @@ pub fn is_commit(c: &Classification) -> bool {
     matches!(single_control(c), Some(TxControl::Commit) | Some(TxControl::PrepareTransaction(_)))
 }
 
+/// Whether the statement changes rows (as opposed to definitions only): what needs the
+/// table's capture trigger.
+pub fn writes_rows(c: &Classification) -> bool {
+    !c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl))
+}
+
 /// Some statement of the string is transaction control (capgate does not wrap those).
 fn has_transaction_control(c: &Classification) -> bool {
     c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(_)))
 }
 
-/// Whether running `route`'s statement may change a sync table: it writes one by name (DDL
-/// included), or its effect cannot be told (a function, a DO block) while the policy has sync
+/// Whether running `route`'s statement may change rows of a sync table: it writes one by
+/// name, or its effect cannot be told (a function, a DO block) while the policy has sync
 /// tables. A write to a local table whose trigger changes a sync table is not foreseen: the
 /// deferred check at COMMIT refuses it rather than let it commit on one site.
 pub fn may_change_sync(route: &crate::replicate::Route, policy: &Policy) -> bool {
     if !policy.has_sync() {
         return false;
     }
-    route.decisions.iter().any(|d| matches!(d.mode, Mode::Sync { .. }))
+    (writes_rows(&route.classification) && route.decisions.iter().any(|d| matches!(d.mode, Mode::Sync { .. })))
         || route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Unknown(_)))
 }
 
-/// DDL on a table a non-local rule matches (or creating one).
-pub fn replicated_ddl(route: &crate::replicate::Route) -> bool {
-    route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Ddl)) && route.decisions.iter().any(|d| d.mode != Mode::Local)
+/// DDL on a table a non-local rule matches (or creating one), that can run inside a
+/// transaction (so it can be captured in one). `CREATE INDEX CONCURRENTLY` and the like run on
+/// the primary as they came: they change no rows, and each site may build its own.
+pub fn replicated_ddl(route: &crate::replicate::Route, sql: &str) -> bool {
+    route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Ddl))
+        && route.decisions.iter().any(|d| d.mode != Mode::Local)
+        && !sql.to_ascii_uppercase().contains("CONCURRENTLY")
 }
 
 fn substitute_user(schemas: &[String], user: &str) -> SearchPath {

@@ -27,7 +27,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::relay::SessionState;
-use super::statements::{cstr, is_commit, raise_statement, refusal_query, replicated_ddl, split_cstr, Hold, Statements};
+use super::statements::{cstr, is_commit, raise_statement, refusal_query, replicated_ddl, split_cstr, writes_rows, Hold, Statements};
 use super::{SessionError, Shared};
 use crate::classify::Kind;
 use crate::policy::Mode;
@@ -108,10 +108,12 @@ where
         if is_commit(&route.classification) {
             return self.commit_at(CommitPoint::Query(frame)).await;
         }
-        if let Some(refusal) = self.statements.replication().clone().admit_waiting(&route.decisions).await {
+        if let Some(refusal) =
+            self.statements.replication().clone().admit_waiting(&route.decisions, writes_rows(&route.classification)).await
+        {
             return self.refuse_query(&refusal).await;
         }
-        let ddl = replicated_ddl(&route);
+        let ddl = replicated_ddl(&route, &sql);
         let may_sync = super::statements::may_change_sync(&route, &self.statements.tx_policy(self.wire.state));
         let wrap = self.status() == b'I'
             && (may_sync || ddl)
@@ -171,9 +173,9 @@ where
             let body = &frame[5..];
             let name = split_cstr(body).and_then(|(_, rest)| cstr(rest)).unwrap_or_default().to_owned();
             let policy = self.statements.tx_policy(self.wire.state);
-            self.statements.prepared(&name).map(|p| policy.decide(&p.classification)).unwrap_or_default()
+            self.statements.prepared(&name).map(|p| (policy.decide(&p.classification), writes_rows(&p.classification))).unwrap_or_default()
         };
-        if let Some(refusal) = self.statements.replication().clone().admit_waiting(&decisions).await {
+        if let Some(refusal) = self.statements.replication().clone().admit_waiting(&decisions.0, decisions.1).await {
             if !self.state().group_failed() {
                 if let Err(e) = self.wire.own_extended(&raise_statement(&refusal)).await? {
                     self.wire.out.extend_from_slice(&e);
@@ -237,8 +239,12 @@ where
                 quote(&d.table.schema),
                 quote(&d.table.name)
             );
-            if let Err(e) = self.wire.own_query(&own).await? {
-                tracing::warn!("capgate could not install the capture trigger on {table}: {}", wire::error_text(&e));
+            match self.wire.own_query(&own).await? {
+                // Known from now on: the table's writes are admitted (if the transaction rolls
+                // back, the next capture round corrects this within seconds, and a write to a
+                // table that does not exist fails by itself).
+                Ok(_) => self.shared.replication.capture.note_installed(d.table.clone(), mode),
+                Err(e) => tracing::warn!("capgate could not install the capture trigger on {table}: {}", wire::error_text(&e)),
             }
         }
         Ok(())
