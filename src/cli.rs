@@ -98,6 +98,9 @@ pub fn main(cli: Cli) -> ExitCode {
                             p.rules.len(),
                             p.functions.len()
                         );
+                        for w in &p.warnings {
+                            println!("{}:{}: {}: warning: {}", policy.display(), w.line.unwrap_or(0), w.key, w.message);
+                        }
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

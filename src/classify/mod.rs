@@ -33,7 +33,6 @@ use sqlparser::parser::Parser;
 
 pub use catalog::{Catalog, ColumnDefault, DefaultKind, FunctionInfo, Volatility};
 pub use names::{fold, parts, resolve, SearchPath, TableName};
-pub(crate) use walk::{is_dml, limited_without_order};
 
 /// The SQL dialect: how text is parsed and how unquoted identifiers are folded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -158,8 +158,8 @@ impl<'a> Walker<'a> {
 }
 
 /// A query with LIMIT/FETCH and no ORDER BY: which rows it picks is up to each server.
-/// Shared with the determinism rewriter, which refuses the same construct.
-pub(crate) fn limited_without_order(q: &Query) -> bool {
+/// A LIMIT without ORDER BY picks rows the primary happens to find first.
+fn limited_without_order(q: &Query) -> bool {
     let limited = match &q.limit_clause {
         Some(LimitClause::LimitOffset { limit, .. }) => limit.is_some(),
         Some(LimitClause::OffsetCommaLimit { .. }) => true,
@@ -170,7 +170,7 @@ pub(crate) fn limited_without_order(q: &Query) -> bool {
 
 /// INSERT, UPDATE, DELETE or MERGE: the statements inside which a LIMIT without ORDER BY
 /// decides which rows are written.
-pub(crate) fn is_dml(stmt: &Statement) -> bool {
+fn is_dml(stmt: &Statement) -> bool {
     matches!(stmt, Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_))
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use toml_edit::{ImDocument, Item, Table, Value};
 
 use super::glob::Pattern;
-use super::{FunctionRule, Mode, Nondeterministic, OnConflict, OnPartition, Policy, Rule, UnknownAction};
+use super::{FunctionRule, Mode, OnConflict, OnPartition, Policy, Rule, UnknownAction};
 use super::{DEFAULT_MAX_LAG, DEFAULT_ON_CONFLICT, DEFAULT_PARTITION_TIMEOUT};
 use crate::classify::TableName;
 use crate::config::parse_duration;
@@ -63,7 +63,7 @@ impl Policy {
 
     /// Validate policy text; `file` is only used in messages.
     pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
-        let mut v = Validator { text, problems: Vec::new() };
+        let mut v = Validator { text, problems: Vec::new(), warnings: Vec::new() };
         let policy = match ImDocument::parse(text) {
             Ok(doc) => v.policy(doc.as_table()),
             Err(e) => {
@@ -84,6 +84,8 @@ impl Policy {
 struct Validator<'t> {
     text: &'t str,
     problems: Vec<PolicyProblem>,
+    /// Accepted keys that do nothing any more.
+    warnings: Vec<PolicyProblem>,
 }
 
 const TOP_KEYS: &str = "default, unknown, [[table]], [[function]]";
@@ -163,7 +165,7 @@ impl Validator<'_> {
         self.shadowed(&rules);
         let functions = self.entries(root, "function").iter().enumerate().filter_map(|(i, t)| self.function(t, i + 1)).collect::<Vec<_>>();
         self.duplicate_functions(&functions);
-        Some(Policy { version: 0, default, unknown, rules, functions })
+        Some(Policy { version: 0, default, unknown, rules, functions, warnings: std::mem::take(&mut self.warnings) })
     }
 
     /// The `[[key]]` entries of `root`.
@@ -220,7 +222,6 @@ impl Validator<'_> {
                 ("partition_timeout", &["sync", "bounded"]),
                 ("max_lag", &["bounded"]),
                 ("on_conflict", &["async", "bounded"]),
-                ("nondeterministic", &["sync", "async", "bounded"]),
             ];
             for (key, modes) in belongs {
                 if t.get(key).is_some() && !modes.contains(&m) {
@@ -271,14 +272,15 @@ impl Validator<'_> {
                 &[("skip", OnConflict::Skip), ("halt", OnConflict::Halt), ("overwrite", OnConflict::Overwrite)],
             )
             .unwrap_or(DEFAULT_ON_CONFLICT);
-        let nondeterministic = self
-            .choice(
-                t,
-                "nondeterministic",
-                &format!("{p}nondeterministic"),
-                &[("refuse", Nondeterministic::Refuse), ("allow", Nondeterministic::Allow)],
-            )
-            .unwrap_or_default();
+        if t.get("nondeterministic").is_some() {
+            self.warnings.push(PolicyProblem {
+                line: Self::span_of(t, "nondeterministic").map(|s| self.line(s.start)),
+                key: format!("{p}nondeterministic"),
+                message: "no longer does anything: capgate replicates the rows the primary wrote, so now(), random(), uuids and \
+                          sequences need no special treatment; remove the key"
+                    .into(),
+            });
+        }
         let mode = match mode_name? {
             "sync" => Mode::Sync { on_partition },
             "async" => Mode::Async { on_conflict },
@@ -286,7 +288,7 @@ impl Validator<'_> {
             _ => Mode::Local,
         };
         let (pattern_text, pattern) = pattern?;
-        Some(Rule { pattern_text, pattern, mode, nondeterministic, line })
+        Some(Rule { pattern_text, pattern, mode, line })
     }
 
     /// A rule whose every table is matched by an earlier rule can never decide anything.

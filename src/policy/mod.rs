@@ -75,18 +75,6 @@ pub enum UnknownAction {
     Refuse,
 }
 
-/// What a write to a replicated table does with a construct capgate cannot make
-/// deterministic (`random()`, a volatile function, LIMIT without ORDER BY …; see
-/// [`crate::replicate::determinism`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Nondeterministic {
-    /// Refuse the statement with an error naming the function and the table.
-    #[default]
-    Refuse,
-    /// Replicate it as written, knowing the replicas may get other values; each use is logged.
-    Allow,
-}
-
 /// One `[[table]]` rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
@@ -95,8 +83,6 @@ pub struct Rule {
     /// The parsed glob.
     pub pattern: Pattern,
     pub mode: Mode,
-    /// `nondeterministic = "allow" | "refuse"` (sync, async and bounded rules only).
-    pub nondeterministic: Nondeterministic,
     /// Line of the rule in the file, for messages (0 when built in code).
     pub line: usize,
 }
@@ -120,12 +106,22 @@ pub struct Policy {
     /// In file order; the first match wins.
     pub rules: Vec<Rule>,
     pub functions: Vec<FunctionRule>,
+    /// Keys that are accepted but no longer do anything (with where they are and why), for
+    /// the log and `capgate check-config`.
+    pub warnings: Vec<PolicyProblem>,
 }
 
 /// The policy when there is no policy file: nothing is replicated.
 impl Default for Policy {
     fn default() -> Policy {
-        Policy { version: 0, default: Mode::Local, unknown: UnknownAction::Relay, rules: Vec::new(), functions: Vec::new() }
+        Policy {
+            version: 0,
+            default: Mode::Local,
+            unknown: UnknownAction::Relay,
+            rules: Vec::new(),
+            functions: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
 }
 
@@ -203,21 +199,18 @@ impl Policy {
         c
     }
 
-    /// Whether a write to `table` may keep a non-deterministic construct: a local table
-    /// (nothing is replayed) or one whose rule says `nondeterministic = "allow"`. Tables
-    /// decided by the `default` mode refuse.
-    pub fn allows_nondeterministic(&self, table: &TableName) -> bool {
-        match self.rules.iter().find(|r| r.pattern.matches(&table.schema, &table.name)) {
-            Some(rule) => rule.mode == Mode::Local || rule.nondeterministic == Nondeterministic::Allow,
-            None => self.default == Mode::Local,
-        }
-    }
-
     /// Whether a decision of this policy can change what happens to a statement: some table
     /// is replicated, or unknown statements are refused. When not, front ends need not
     /// classify (beyond following the session's search_path).
     pub fn can_decide(&self) -> bool {
         self.replicates_anything() || self.unknown != UnknownAction::Relay
+    }
+
+    /// Log each warning (`file:line: key: message`).
+    pub fn log_warnings(&self, file: &str) {
+        for w in &self.warnings {
+            tracing::warn!("{file}:{}: {}: {}", w.line.unwrap_or(0), w.key, w.message);
+        }
     }
 
     /// Whether any table can be `sync` under this policy: only then can a transaction's

@@ -41,6 +41,7 @@ impl PolicyHandle {
         let seen = stamp(path);
         let mut policy = Policy::load(path)?;
         policy.version = 1;
+        policy.log_warnings(&path.display().to_string());
         Ok(PolicyHandle { path: Some(path.to_owned()), current: RwLock::new(Arc::new(policy)), seen: Mutex::new(seen) })
     }
 
@@ -88,7 +89,10 @@ impl PolicyHandle {
     fn log(&self, why: &str, result: Result<u64, PolicyError>) {
         let file = self.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
         match result {
-            Ok(v) => tracing::info!(file, version = v, "policy reloaded ({why})"),
+            Ok(v) => {
+                tracing::info!(file, version = v, "policy reloaded ({why})");
+                self.current().log_warnings(&file);
+            }
             Err(e) => {
                 tracing::error!(file, version = self.current().version, "policy not reloaded ({why}), keeping the current version:\n{e}")
             }

@@ -163,33 +163,13 @@ fn block_takes_its_timeout_and_defaults_apply() {
 }
 
 #[test]
-fn nondeterministic_defaults_to_refuse_and_allow_is_per_rule() {
-    let p = parse("default = \"async\"\n[[table]]\nmatch = \"public.events\"\nmode = \"sync\"\nnondeterministic = \"allow\"\n[[table]]\nmatch = \"public.orders\"\nmode = \"bounded\"\nnondeterministic = \"refuse\"\n[[table]]\nmatch = \"public.cart\"\nmode = \"async\"\n[[table]]\nmatch = \"scratch.*\"\nmode = \"local\"\n")
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(p.rules[0].nondeterministic, Nondeterministic::Allow);
-    assert_eq!(p.rules[1].nondeterministic, Nondeterministic::Refuse);
-    assert_eq!(p.rules[2].nondeterministic, Nondeterministic::Refuse, "the default is refuse");
-    assert!(p.allows_nondeterministic(&TableName::new("public", "events")));
-    assert!(!p.allows_nondeterministic(&TableName::new("public", "orders")));
-    assert!(!p.allows_nondeterministic(&TableName::new("public", "cart")));
-    assert!(p.allows_nondeterministic(&TableName::new("scratch", "t")), "local tables are not replayed");
-    assert!(!p.allows_nondeterministic(&TableName::new("other", "t")), "the default mode (async) refuses");
-    assert!(Policy::default().allows_nondeterministic(&TableName::new("public", "t")), "all local");
-}
-
-#[test]
-fn nondeterministic_is_validated() {
-    let e = problems("[[table]]\nmatch = \"public.a\"\nmode = \"local\"\nnondeterministic = \"allow\"\n");
-    assert!(
-        e.contains(
-            "policy.toml:4: table[1].nondeterministic: does not apply to mode \"local\"; it is an option of mode sync, async and bounded"
-        ),
-        "{e}"
-    );
-    let e = problems("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\nnondeterministic = \"log\"\n");
-    assert!(e.contains("policy.toml:4: table[1].nondeterministic: expected one of refuse | allow, found `log`"), "{e}");
-    let e = problems("[[table]]\nmatch = \"public.a\"\nmode = \"async\"\nnondeterministic = true\n");
-    assert!(e.contains("table[1].nondeterministic: expected a string"), "{e}");
+fn nondeterministic_is_accepted_with_a_warning_that_it_does_nothing() {
+    let p = parse("[[table]]\nmatch = \"public.events\"\nmode = \"sync\"\nnondeterministic = \"allow\"\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.warnings.len(), 1);
+    assert_eq!(p.warnings[0].line, Some(4));
+    assert_eq!(p.warnings[0].key, "table[1].nondeterministic");
+    assert!(p.warnings[0].message.contains("no longer does anything"), "{:?}", p.warnings);
+    assert!(parse("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\n").unwrap().warnings.is_empty());
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {

@@ -8,7 +8,6 @@
 
 pub mod apply;
 pub mod coordinator;
-pub mod determinism;
 pub mod outbox;
 pub mod recovery;
 
