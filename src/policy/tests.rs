@@ -164,7 +164,8 @@ fn block_takes_its_timeout_and_defaults_apply() {
 
 #[test]
 fn nondeterministic_is_accepted_with_a_warning_that_it_does_nothing() {
-    let p = parse("[[table]]\nmatch = \"public.events\"\nmode = \"sync\"\nnondeterministic = \"allow\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let p =
+        parse("[[table]]\nmatch = \"public.events\"\nmode = \"sync\"\nnondeterministic = \"allow\"\n").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.warnings.len(), 1);
     assert_eq!(p.warnings[0].line, Some(4));
     assert_eq!(p.warnings[0].key, "table[1].nondeterministic");

@@ -16,6 +16,7 @@ mod psql;
 mod python;
 mod replication;
 mod sync_faults;
+mod sync_sql;
 mod sync_values;
 mod tls;
 mod verify;

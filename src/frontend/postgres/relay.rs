@@ -135,10 +135,10 @@ impl Hidden {
         self.binds.push(self.binds_sent);
     }
 
-    /// Whether the oldest message still owed a reply is an extended-protocol one (an error
-    /// reply then makes the server skip to the next Sync).
-    pub fn front_is_extended(&self) -> bool {
-        self.units.front().is_some_and(|&u| u != b'S' && u != b'Q')
+    /// Whether the newest message still owed a reply is an extended-protocol one: the
+    /// server sends its replies only after a Flush (or the Sync that has not come).
+    pub fn back_is_extended(&self) -> bool {
+        self.units.back().is_some_and(|&u| u != b'S' && u != b'Q')
     }
 
     /// Whether replies to messages already forwarded are still to come.

@@ -220,11 +220,14 @@ async fn relay(
                     if held.is_some() {
                         // Replies owed to extended messages come only after a Flush.
                         let mut extra = BytesMut::new();
-                        if state.hidden.lock().unwrap_or_else(|p| p.into_inner()).front_is_extended() {
+                        if state.hidden.lock().unwrap_or_else(|p| p.into_inner()).back_is_extended() {
                             extra.extend_from_slice(&[b'H', 0, 0, 0, 4]);
                         }
                         return Flow::Hold(extra);
                     }
+                }
+                if matches!(tag, b'c' | b'f') {
+                    statements.copy_ended();
                 }
                 let counted = relay::client_frame(&state, tag);
                 match frame {

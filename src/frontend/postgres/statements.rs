@@ -54,11 +54,13 @@ pub struct Statements {
 pub struct Prepared {
     pub sql: Arc<str>,
     pub classification: Arc<Classification>,
+    /// A `COPY … FROM STDIN`: its Execute makes the primary wait for the client's data.
+    pub copy_in: bool,
 }
 
 /// What the Binds of one extended-protocol group (up to its Sync) ran, so the Sync that ends
 /// an implicit transaction is held only when that transaction may have changed a sync table.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Group {
     /// A Bind ran a statement that may change a sync table.
     pub may_sync: bool,
@@ -66,6 +68,12 @@ pub struct Group {
     pub began: bool,
     /// A Bind ran COMMIT or ROLLBACK (after any BEGIN of the group).
     pub ended: bool,
+    /// A Bind ran `COPY … FROM STDIN`: the primary ignores Syncs until the client's CopyDone
+    /// or CopyFail, so only a Sync after that ends the group (holding an earlier one would
+    /// wait for replies that need the client's data).
+    pub copy_in: bool,
+    /// The client's CopyDone or CopyFail of that COPY was forwarded.
+    pub copy_done: bool,
 }
 
 /// Why a frame is handed to the coordinator.
@@ -79,8 +87,9 @@ pub enum Hold {
     Ddl,
     /// A write that must wait for a replica (on_partition = "block") before it may run.
     Admission,
-    /// The Sync ending an implicit transaction that may hold sync changes.
-    Sync,
+    /// The Sync ending a group that may have changed a sync table: it commits when the group
+    /// ran outside a transaction block (an implicit transaction).
+    Sync(Group),
 }
 
 impl Statements {
@@ -142,6 +151,10 @@ impl Statements {
                 let name = cstr(rest)?;
                 let p = self.prepared.get(name)?;
                 let classification = p.classification.clone();
+                if p.copy_in {
+                    self.group.copy_in = true;
+                    self.group.copy_done = false;
+                }
                 match single_control(&classification) {
                     Some(TxControl::Begin) => {
                         self.group.began = true;
@@ -168,16 +181,24 @@ impl Statements {
                 None
             }
             b'S' => {
+                if self.group.copy_in && !self.group.copy_done {
+                    return None;
+                }
                 let group = std::mem::take(&mut self.group);
                 if !group.may_sync || group.began {
                     return None;
                 }
                 // Known to stay inside a transaction block after this Sync: nothing commits.
                 let in_block = state.pending.load(Ordering::Acquire) <= 0 && state.tx_status.load(Ordering::Acquire) != b'I';
-                (!in_block || group.ended).then_some(Hold::Sync)
+                (!in_block && !group.ended).then_some(Hold::Sync(group))
             }
             _ => None,
         }
+    }
+
+    /// The client ended a COPY FROM STDIN (CopyDone or CopyFail went to the primary).
+    pub fn copy_ended(&mut self) {
+        self.group.copy_done = true;
     }
 
     /// A commit point is held when the transaction captured a sync change, or may have and
@@ -327,7 +348,8 @@ impl Statements {
             return None;
         }
         let route = self.router.route(sql, self.search_path(), &policy);
-        self.prepared.insert(name.to_owned(), Prepared { sql: sql.into(), classification: route.classification.clone() });
+        let copy_in = is_copy_from_stdin(sql);
+        self.prepared.insert(name.to_owned(), Prepared { sql: sql.into(), classification: route.classification.clone(), copy_in });
         if route.refusal.is_none() {
             // Session changes take effect when the statement runs; a prepared SET is rare
             // enough to follow at Parse.
@@ -377,6 +399,12 @@ fn single_control(c: &Classification) -> Option<TxControl> {
 /// COMMIT (END, COMMIT AND CHAIN) or PREPARE TRANSACTION alone: where a transaction commits.
 pub fn is_commit(c: &Classification) -> bool {
     matches!(single_control(c), Some(TxControl::Commit) | Some(TxControl::PrepareTransaction(_)))
+}
+
+/// `COPY … FROM STDIN` (the only statement that makes the primary wait for client data).
+fn is_copy_from_stdin(sql: &str) -> bool {
+    let upper = sql.trim_start().to_ascii_uppercase();
+    upper.starts_with("COPY") && upper.contains("FROM STDIN")
 }
 
 /// Whether the statement changes rows (as opposed to definitions only): what needs the

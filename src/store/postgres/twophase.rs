@@ -112,6 +112,11 @@ fn classify_error(e: &crate::sites::SiteError) -> PrepareFailure {
             db.message()
         ));
     }
+    if *code == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE || *code == SqlState::UNDEFINED_TABLE || *code == SqlState::UNDEFINED_COLUMN {
+        // A table without a primary key, missing, or missing a column on the replica.
+        let hint = db.hint().map(|h| format!("; {h}")).unwrap_or_default();
+        return PrepareFailure::Misconfigured(format!("{}{hint}", db.message()));
+    }
     if *code == SqlState::INSUFFICIENT_PRIVILEGE {
         return PrepareFailure::Misconfigured(format!(
             "{}; the replica role needs to set session_replication_role (a superuser, or on PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role)",

@@ -79,7 +79,11 @@ where
             (b'Q', _) => self.query(frame).await?,
             (b'B', Hold::Commit) => self.commit_at(CommitPoint::Bind(frame)).await?,
             (b'B', _) => self.bind(frame).await?,
-            (b'S', _) => self.commit_at(CommitPoint::Sync(frame)).await?,
+            // The Sync commits only an implicit transaction: the group ran no transaction
+            // control, and the session was idle when it began.
+            (b'S', Hold::Sync(group)) if !group.began && !group.ended && self.status() == b'I' => {
+                self.commit_at(CommitPoint::Sync(frame)).await?
+            }
             _ => self.wire.forward(&frame).await?,
         }
         self.wire.flush_client().await?;
