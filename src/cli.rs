@@ -7,13 +7,17 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::classify::{Classifier, Dialect, Kind, SearchPath};
-use crate::config::Config;
+use crate::config::{Config, Scheme};
 use crate::frontend::postgres::Server;
 use crate::policy::{Mode, Policy, PolicyHandle, UnknownAction};
 use crate::verify::{self, Limits, Selection, TableName};
 
 #[derive(Parser, Debug)]
-#[command(name = "capgate", version, about = "Per-table consistency or availability across data centres: a PostgreSQL wire-protocol proxy")]
+#[command(
+    name = "capgate",
+    version,
+    about = "Per-table consistency or availability across data centres: a PostgreSQL and MySQL/MariaDB wire-protocol proxy"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -140,6 +144,18 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 async fn run(config: Arc<Config>) -> ExitCode {
+    if config.primary.url.scheme == Scheme::MySql {
+        let server = match crate::frontend::mysql::Server::bind(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("capgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (first, second) = signals();
+        server.run(first, second).await;
+        return ExitCode::SUCCESS;
+    }
     let server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -199,9 +215,12 @@ fn explain(config: Option<&Path>, policy: Option<&Path>, dialect: Option<&str>, 
         },
         None => Policy::default(),
     };
-    // The primary URL is postgres:// today; the MySQL front end will add its scheme here.
+    let from_url = match config.as_ref().map(|c| c.primary.url.scheme) {
+        Some(Scheme::MySql) => Dialect::MySql,
+        _ => Dialect::Postgres,
+    };
     let dialect = match dialect.map(|d| Dialect::parse(d).ok_or(d)).transpose() {
-        Ok(d) => d.unwrap_or(Dialect::Postgres),
+        Ok(d) => d.unwrap_or(from_url),
         Err(d) => {
             eprintln!("--dialect: expected postgres or mysql, found `{d}`");
             return ExitCode::from(2);

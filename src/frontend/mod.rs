@@ -1,4 +1,6 @@
 //! Front ends: where applications connect. Each speaks one wire protocol to clients and
-//! relays their sessions to the site's primary.
+//! relays their sessions to the site's primary. `capgate run` starts the one the primary URL's
+//! scheme names.
 
+pub mod mysql;
 pub mod postgres;

@@ -1,0 +1,9 @@
+//! The MySQL / MariaDB front end against a real MariaDB server: the mariadb client, sysbench,
+//! mysql_async, PyMySQL, MariaDB Connector/J, authentication, the policy, bad input.
+
+mod support;
+
+mod client;
+mod driver;
+mod policy;
+mod raw;
