@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bad_input;
 mod client;
 mod driver;
 mod policy;
