@@ -115,8 +115,10 @@ pub mod errors {
     pub const NOT_SUPPORTED: (u16, &str) = (1235, "42000");
     /// ER_SECURE_TRANSPORT_REQUIRED (MySQL 5.7+): `[tls] mode = "require"`.
     pub const SECURE_TRANSPORT_REQUIRED: (u16, &str) = (3159, "HY000");
-    /// CR_CONN_HOST_ERROR, the code clients show for an unreachable server: the primary.
-    pub const PRIMARY_UNREACHABLE: (u16, &str) = (2003, "HY000");
+    /// ER_CONNECT_TO_FOREIGN_DATA_SOURCE ("Unable to connect to foreign data source"): the
+    /// primary cannot be reached. Not 2003: clients reject server errors in their own range
+    /// (libmariadb reports "malformed packet").
+    pub const PRIMARY_UNREACHABLE: (u16, &str) = (1429, "HY000");
 }
 
 /// A length-encoded integer at the start of `buf`: the value and the bytes it took. `None`

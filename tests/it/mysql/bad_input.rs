@@ -91,8 +91,8 @@ async fn an_unreachable_primary_is_named() {
     let proxy = MyProxy::start_for(&format!("mysql://capgate@127.0.0.1:{port}/?connect_timeout=2"), "");
     let mut raw = Raw::connect(proxy.addr);
     let (p, closed) = tokio::task::spawn_blocking(move || answer_then_closed(&mut raw)).await.unwrap();
-    assert_eq!((p.code(), p.seq, closed), (Some(2003), 0, true), "{}", p.text());
+    assert_eq!((p.code(), p.seq, closed), (Some(1429), 0, true), "{}", p.text());
     assert!(p.text().contains(&format!("127.0.0.1:{port}")) && p.text().contains("site \"test\""), "{}", p.text());
     let err = tokio::time::timeout(Duration::from_secs(20), mysql_async::Conn::from_url(proxy.url("capgate", None, ""))).await.unwrap();
-    assert_eq!(super::support::error_code(&err.unwrap_err()), 2003);
+    assert_eq!(super::support::error_code(&err.unwrap_err()), 1429);
 }
