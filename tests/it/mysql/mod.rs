@@ -7,5 +7,8 @@ mod auth;
 mod bad_input;
 mod client;
 mod driver;
+mod jdbc;
 mod policy;
+mod python;
 mod raw;
+mod sysbench;
