@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod bad_input;
 mod client;
+mod commands;
 mod driver;
 mod jdbc;
 mod policy;
