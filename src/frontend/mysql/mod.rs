@@ -148,6 +148,8 @@ pub struct Shared {
 /// A bound listener, ready to serve.
 pub struct Server {
     listener: TcpListener,
+    /// The admin HTTP listener, when `admin` is configured.
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -172,6 +174,10 @@ impl Server {
         };
         let router = Arc::new(Router::new(Dialect::MySql, Arc::new(policy), Catalog::new()));
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let admin = match config.admin {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?),
+            None => None,
+        };
         if !config.replicas.is_empty() {
             warn!(
                 "replication to MySQL replicas is not built yet: writes to tables the policy replicates are relayed to the \
@@ -180,7 +186,12 @@ impl Server {
         }
         let sessions = Arc::new(Semaphore::new(config.max_connections));
         let shared = Arc::new(Shared { config, sessions, router, primary, tls, threads: Arc::default(), counters: Counters::default() });
-        Ok(Server { listener, shared })
+        Ok(Server { listener, admin, shared })
+    }
+
+    /// Where the admin endpoints listen, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -194,8 +205,23 @@ impl Server {
     /// Serve until `shutdown` resolves; then stop accepting, close idle sessions, let the
     /// others finish their transactions for up to `shutdown_timeout`, and return. `force`
     /// (a second signal) returns at once.
-    pub async fn run(self, shutdown: impl Future<Output = ()>, force: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>, force: impl Future<Output = ()>) {
         let config = self.shared.config.clone();
+        // /status and /metrics: the policy, the router's counters and the client sessions; no
+        // replicas yet (MySQL replication is not built).
+        let admin = self.admin.take().map(|listener| {
+            let sessions = self.shared.sessions.clone();
+            let max = config.max_connections;
+            let state = crate::admin::AdminState::new(
+                config.site.clone(),
+                self.shared.router.policy().clone(),
+                self.shared.router.clone(),
+                Vec::new(),
+                Box::new(move || max - sessions.available_permits()),
+                config.admin_token.clone(),
+            );
+            tokio::spawn(crate::admin::serve(listener, Arc::new(state)))
+        });
         let sessions = self.shared.sessions.clone();
         let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -246,5 +272,8 @@ impl Server {
             _ = force => warn!("second signal: exiting at once"),
         }
         watcher.abort();
+        if let Some(a) = admin {
+            a.abort();
+        }
     }
 }
