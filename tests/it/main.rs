@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod async_mode;
 mod bad_input;
+mod capture;
 mod cli;
 mod driver;
 mod lifecycle;
