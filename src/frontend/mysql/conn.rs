@@ -25,6 +25,14 @@ pub struct Packet {
     pub payload: Vec<u8>,
 }
 
+fn eof_is_closed(e: std::io::Error) -> SessionError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        SessionError::Closed
+    } else {
+        SessionError::Io(e)
+    }
+}
+
 impl Conn {
     pub fn new(stream: Stream) -> Conn {
         Conn { stream, buf: BytesMut::with_capacity(1024) }
@@ -54,6 +62,25 @@ impl Conn {
                 return Err(SessionError::Closed);
             }
         }
+    }
+
+    /// Read one packet without reading past it: the client's first packet, which may be an
+    /// SSLRequest directly followed by the TLS ClientHello (MySQL sends no answer to an
+    /// SSLRequest, so clients start TLS at once). Bytes past the packet must stay in the socket
+    /// for the TLS acceptor.
+    pub async fn read_exact(&mut self, max: usize) -> Result<Packet, SessionError> {
+        if !self.buf.is_empty() {
+            return self.read(max).await;
+        }
+        let mut head = [0u8; HEADER_LEN];
+        self.stream.read_exact(&mut head).await.map_err(eof_is_closed)?;
+        let h = Header::parse(&head).ok_or(SessionError::Closed)?;
+        if h.len > max || h.continued() {
+            return Err(SessionError::Packet(packet::PacketError::TooLarge { len: h.len, max }));
+        }
+        let mut payload = vec![0u8; h.len];
+        self.stream.read_exact(&mut payload).await.map_err(eof_is_closed)?;
+        Ok(Packet { seq: h.seq, payload })
     }
 
     /// Write and flush whole packets.

@@ -61,7 +61,7 @@ pub async fn open(shared: &Shared, client: &mut Option<Conn>, seq: &mut u8) -> R
     conn.send_packet(0, &payload).await?;
     *seq = 1;
 
-    let mut packet = conn.read(MAX_HANDSHAKE_PACKET).await?;
+    let mut packet = conn.read_exact(MAX_HANDSHAKE_PACKET).await?;
     *seq = packet.seq.wrapping_add(1);
     if is_ssl_request(&packet.payload) {
         let Some(acceptor) = &shared.tls else {
