@@ -9,6 +9,7 @@ mod client;
 mod commands;
 mod driver;
 mod jdbc;
+mod lifecycle;
 mod policy;
 mod python;
 mod raw;
