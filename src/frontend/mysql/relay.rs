@@ -237,22 +237,37 @@ where
     loop {
         let (mut start, mut at) = (0, 0);
         loop {
-            let own = own_reply_due(state);
-            if let Some(own) = own {
-                write_marked(state, client, &buf[start..at]).await?;
-                write_marked(state, client, &own).await?;
-                start = at;
-                continue;
+            // Walk every whole packet under one lock; stop early when capgate's own reply is
+            // due, write what came before it and the reply, and go on.
+            let mut own = None;
+            {
+                let mut flow = state.lock();
+                loop {
+                    if matches!(flow.queue.front(), Some(Pending::Own(_))) {
+                        if let Some(Pending::Own(bytes)) = flow.queue.pop_front() {
+                            own = Some(bytes);
+                        }
+                        break;
+                    }
+                    let Some(h) = Header::parse(&buf[at..]) else { break };
+                    if buf.len() < at + HEADER_LEN + h.len {
+                        break;
+                    }
+                    if !continuing {
+                        follow(&mut flow, &buf[at + HEADER_LEN..at + HEADER_LEN + h.len]);
+                    }
+                    continuing = h.len == MAX_PAYLOAD;
+                    at += HEADER_LEN + h.len;
+                }
             }
-            let Some(h) = Header::parse(&buf[at..]) else { break };
-            if buf.len() < at + HEADER_LEN + h.len {
-                break;
+            match own {
+                Some(own) => {
+                    write_marked(state, client, &buf[start..at]).await?;
+                    write_marked(state, client, &own).await?;
+                    start = at;
+                }
+                None => break,
             }
-            if !continuing {
-                follow(state, &buf[at + HEADER_LEN..at + HEADER_LEN + h.len]);
-            }
-            continuing = h.len == MAX_PAYLOAD;
-            at += HEADER_LEN + h.len;
         }
         write_marked(state, client, &buf[start..at]).await?;
         buf.advance(at);
@@ -281,21 +296,8 @@ async fn write_marked<W: AsyncWrite + Unpin + ?Sized>(state: &SessionState, w: &
     Ok(())
 }
 
-/// capgate's own reply, if it is the next one owed.
-fn own_reply_due(state: &SessionState) -> Option<Vec<u8>> {
-    let mut flow = state.lock();
-    match flow.queue.front() {
-        Some(Pending::Own(_)) => match flow.queue.pop_front() {
-            Some(Pending::Own(bytes)) => Some(bytes),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// Follow one reply packet (the first physical packet of a logical one).
-fn follow(state: &SessionState, payload: &[u8]) {
-    let mut flow = state.lock();
+fn follow(flow: &mut Flow, payload: &[u8]) {
     let Some(Pending::Reply { tracker, .. }) = flow.queue.front_mut() else {
         // Nothing owed: the primary speaks unasked (an error before it closes the
         // connection). Forwarded as it is.
@@ -306,7 +308,7 @@ fn follow(state: &SessionState, payload: &[u8]) {
         Event::ClientData { until_empty } => flow.client_data = Some(until_empty),
         Event::Done(outcome) => {
             if let Some(Pending::Reply { after, .. }) = flow.queue.pop_front() {
-                apply(&mut flow, outcome, after);
+                apply(flow, outcome, after);
             }
         }
     }

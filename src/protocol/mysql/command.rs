@@ -99,6 +99,12 @@ pub enum Kill {
 /// Whether `sql` is a KILL statement, and what it kills. Leading comments and whitespace are
 /// skipped, so a comment cannot hide a KILL.
 pub fn parse_kill(sql: &[u8]) -> Option<Kill> {
+    // Most statements are rejected on their first bytes, without a copy.
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(sql.len());
+    let head = &sql[start..];
+    if !(head.len() >= 4 && head[..4].eq_ignore_ascii_case(b"kill")) && !matches!(head.first(), Some(b'/' | b'#' | b'-')) {
+        return None;
+    }
     let text = String::from_utf8_lossy(sql);
     let text = skip_comments(&text);
     let mut words = text.split(|c: char| c.is_whitespace() || c == ';').filter(|w| !w.is_empty());
