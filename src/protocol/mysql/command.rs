@@ -102,7 +102,8 @@ pub fn parse_kill(sql: &[u8]) -> Option<Kill> {
     // Most statements are rejected on their first bytes, without a copy.
     let start = sql.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(sql.len());
     let head = &sql[start..];
-    if !(head.len() >= 4 && head[..4].eq_ignore_ascii_case(b"kill")) && !matches!(head.first(), Some(b'/' | b'#' | b'-')) {
+    let maybe = head.get(..4).is_some_and(|w| w.eq_ignore_ascii_case(b"kill")) || matches!(head.first(), Some(b'/' | b'#' | b'-'));
+    if !maybe {
         return None;
     }
     let text = String::from_utf8_lossy(sql);
