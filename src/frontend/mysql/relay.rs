@@ -44,8 +44,6 @@ pub struct Flow {
     pub schema: Option<String>,
     /// Prepared statements by the primary's statement id.
     pub prepared: HashMap<u32, Prepared>,
-    /// The last statement prepared (MariaDB's execute of statement id 0xFFFFFFFF runs it).
-    pub last_prepared: Option<u32>,
     /// A COM_CHANGE_USER succeeded for this user.
     pub changed_user: Option<String>,
 }
@@ -329,17 +327,12 @@ fn apply(flow: &mut Flow, outcome: Outcome, after: After) {
         After::Prepared(p) => {
             if let Some(id) = outcome.statement_id {
                 flow.prepared.insert(id, p);
-                flow.last_prepared = Some(id);
             }
         }
         After::Database(db) => flow.schema = Some(db),
-        After::Reset => {
-            flow.prepared.clear();
-            flow.last_prepared = None;
-        }
+        After::Reset => flow.prepared.clear(),
         After::User(user) => {
             flow.prepared.clear();
-            flow.last_prepared = None;
             flow.changed_user = Some(user);
         }
     }

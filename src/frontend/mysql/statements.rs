@@ -49,6 +49,9 @@ pub struct Statements {
     own_auth: bool,
     /// The policy the current transaction started with.
     tx_policy: Option<Arc<Policy>>,
+    /// The classification of the last statement sent for preparing: MariaDB's execute of
+    /// statement id 0xFFFFFFFF runs it, possibly before its PREPARE_OK has arrived.
+    last_prepare: Option<Arc<Classification>>,
 }
 
 impl Statements {
@@ -62,6 +65,7 @@ impl Statements {
             session_track: caps & c::SESSION_TRACK != 0,
             own_auth,
             tx_policy: None,
+            last_prepare: None,
         }
     }
 
@@ -95,12 +99,17 @@ impl Statements {
                 }
             }
             Command::Prepare(sql) => match self.route(flow, sql, false) {
-                Ok(classification) => after = After::Prepared(Prepared { classification }),
+                Ok(classification) => {
+                    self.last_prepare = classification.clone();
+                    after = After::Prepared(Prepared { classification });
+                }
                 Err(refusal) => return refusal,
             },
             Command::Execute { statement } => {
-                let id = if statement == u32::MAX { flow.last_prepared.unwrap_or(statement) } else { statement };
-                let classification = flow.prepared.get(&id).and_then(|p| p.classification.clone());
+                let classification = match statement {
+                    u32::MAX => self.last_prepare.clone(),
+                    id => flow.prepared.get(&id).and_then(|p| p.classification.clone()),
+                };
                 if let Some(c) = classification {
                     let policy = self.policy();
                     self.count(&policy.decide(&c));

@@ -57,6 +57,17 @@ async fn writes_to_replicated_tables_are_counted_by_database_and_table() {
     assert_eq!(counted(), 5);
     let rows: Vec<i32> = c.query("SELECT v FROM shop.orders ORDER BY id").await.unwrap();
     assert_eq!(rows, vec![1, 0, 1, 2], "the writes reached the primary");
+    // MariaDB's pipelined prepare-and-execute: statement id 0xFFFFFFFF runs the statement
+    // just sent for preparing, before its PREPARE_OK came back.
+    let mut raw = Raw::login(proxy.addr);
+    let mut batch = Vec::new();
+    capgate::protocol::mysql::packet::write(&mut batch, 0, b"\x16INSERT INTO shop.orders (v) VALUES (7)");
+    capgate::protocol::mysql::packet::write(&mut batch, 0, &[0x17, 0xff, 0xff, 0xff, 0xff, 0, 1, 0, 0, 0]);
+    raw.send(&batch);
+    assert_eq!(raw.recv().expect("prepare ok").payload[0], 0);
+    let executed = raw.recv().expect("execute reply");
+    assert_eq!(executed.payload[0], 0, "{}", executed.text());
+    assert_eq!(counted(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread")]
