@@ -502,7 +502,13 @@ impl Validator<'_> {
             }
             Err(e) => {
                 self.problem(key, e);
-                DbUrl::parse("postgres://invalid/", self.base).expect("placeholder URL parses")
+                // Keep the scheme that was written, so the checks that depend on it still run.
+                let placeholder = if value.starts_with("mysql://") || value.starts_with("mariadb://") {
+                    "mysql://invalid/"
+                } else {
+                    "postgres://invalid/"
+                };
+                DbUrl::parse(placeholder, self.base).expect("placeholder URL parses")
             }
         }
     }
