@@ -5,7 +5,7 @@
 //! plugin (mysql_native_password, MariaDB's ed25519, caching_sha2_password's fast path and
 //! its RSA exchange); a wrong password gets the primary's own error. One exception: when the
 //! client's leg is TLS and the primary's is not, a client asked for its cleartext password
-//! (caching_sha2_password's full authentication, mysql_clear_password) would send it to
+//! (caching_sha2_password's full authentication, mysql_clear_password, PAM's dialog) would send it to
 //! capgate in the clear-text form meant for a secure channel, and capgate would have to carry
 //! it over plain TCP. It never does: the login is refused, naming the remedy.
 //!
@@ -16,7 +16,7 @@ use super::conn::{Conn, MAX_HANDSHAKE_PACKET};
 use super::handshake::Opened;
 use super::SessionError;
 use crate::config::{DbUrl, User};
-use crate::protocol::mysql::auth::{native_scramble, native_verify};
+use crate::protocol::mysql::auth::{asks_for_cleartext, native_scramble, native_verify};
 use crate::protocol::mysql::errors;
 use crate::protocol::mysql::handshake::{set_client_caps, Response, FIXED_LEN};
 
@@ -71,9 +71,7 @@ pub async fn passthrough(client: &mut Conn, o: &mut Opened, seq: &mut u8) -> Res
         *seq = s.client;
         let p = o.server.read(MAX_HANDSHAKE_PACKET).await?;
         s.server = p.seq.wrapping_add(1);
-        let asks_cleartext =
-            p.payload == [0x01, 0x04] || (p.payload.first() == Some(&0xfe) && p.payload[1..].starts_with(b"mysql_clear_password\0"));
-        if asks_cleartext && o.client_tls && !o.server_tls {
+        if asks_for_cleartext(&p.payload) && o.client_tls && !o.server_tls {
             return Err(SessionError::refused(
                 errors::ACCESS_DENIED,
                 format!(

@@ -41,6 +41,17 @@ pub fn native_verify(stored: &[u8; 20], nonce: &[u8], answer: &[u8]) -> bool {
     crate::protocol::constant_time_eq(&sha1(&[&stage1]), stored)
 }
 
+/// Whether a server packet of the authentication exchange asks the client for its password
+/// in clear text: caching_sha2_password's "perform full authentication" (AuthMoreData 0x04),
+/// or a switch to `mysql_clear_password` or MariaDB PAM's `dialog`.
+pub fn asks_for_cleartext(payload: &[u8]) -> bool {
+    match payload.split_first() {
+        Some((0x01, [0x04])) => true,
+        Some((0xfe, rest)) => rest.starts_with(b"mysql_clear_password\0") || rest.starts_with(b"dialog\0"),
+        _ => false,
+    }
+}
+
 /// A fresh 20-byte nonce of printable bytes without NUL (some clients stop at a NUL).
 pub fn nonce() -> [u8; 20] {
     let mut n: [u8; 20] = rand::random();
@@ -59,6 +70,17 @@ mod tests {
         // MariaDB: SELECT PASSWORD('secret') = '*14E65567ABDB5135D0CFD9A70B3032C179A49EE7'
         let hex: String = native_stored_hash("secret").iter().map(|b| format!("{b:02X}")).collect();
         assert_eq!(hex, "14E65567ABDB5135D0CFD9A70B3032C179A49EE7");
+    }
+
+    #[test]
+    fn cleartext_requests_are_recognised() {
+        assert!(asks_for_cleartext(&[0x01, 0x04]));
+        assert!(!asks_for_cleartext(&[0x01, 0x03]), "fast auth success");
+        assert!(asks_for_cleartext(b"\xfemysql_clear_password\0"));
+        assert!(asks_for_cleartext(b"\xfedialog\0\x04Password: "));
+        assert!(!asks_for_cleartext(b"\xfemysql_native_password\0abcdefghijklmnopqrst\0"));
+        assert!(!asks_for_cleartext(b"\xfeclient_ed25519\0"));
+        assert!(!asks_for_cleartext(b""));
     }
 
     #[test]
