@@ -71,6 +71,29 @@ async fn writes_to_replicated_tables_are_counted_by_database_and_table() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_reports_mysql_sessions_and_the_policy() {
+    let dir = crate::support::scratch("mysql-admin");
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    let text = format!(
+        "site = \"tacoma\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n\
+         [primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n",
+        primary().port()
+    );
+    let proxy = MyProxy::start_config(&text, &dir);
+    let admin = proxy.admin.expect("admin listener");
+    let _a = connect(&proxy.url("capgate", None, "")).await;
+    let _b = connect(&proxy.url("capgate", None, "")).await;
+    let (code, body) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/status", None)).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status["site"].as_str(), status["client_connections"].as_u64()), (Some("tacoma"), Some(2)), "{status}");
+    assert_eq!(status["policy_version"].as_u64(), Some(1));
+    let (code, metrics) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/metrics", None)).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("capgate_client_connections 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn refusals_are_errors_in_their_place_and_the_session_goes_on() {
     let proxy = proxy_with_policy("mysql-policy-refuse");
     let mut c = connect(&proxy.url("capgate", None, "mysql")).await;

@@ -35,6 +35,8 @@ pub fn primary() -> &'static MariaDb {
 /// capgate's MySQL front end running in this process on a free port.
 pub struct MyProxy {
     pub addr: SocketAddr,
+    /// The admin listener, when the configuration has `admin`.
+    pub admin: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -54,17 +56,16 @@ impl MyProxy {
     pub fn start_config(text: &str, dir: &std::path::Path) -> MyProxy {
         let config =
             Arc::new(Config::parse(text, &dir.join("capgate.toml")).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}")));
-        let (runtime, addr, shared) = std::thread::spawn(move || {
+        let (runtime, addr, admin, shared) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             let server = runtime.block_on(Server::bind(config)).expect("bind proxy");
-            let addr = server.local_addr();
-            let shared = server.shared();
+            let (addr, admin, shared) = (server.local_addr(), server.admin_addr(), server.shared());
             runtime.spawn(server.run(std::future::pending(), std::future::pending()));
-            (runtime, addr, shared)
+            (runtime, addr, admin, shared)
         })
         .join()
         .expect("proxy start thread");
-        MyProxy { addr, shared, runtime: Some(runtime) }
+        MyProxy { addr, admin, shared, runtime: Some(runtime) }
     }
 
     pub fn port(&self) -> u16 {
