@@ -144,28 +144,25 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 async fn run(config: Arc<Config>) -> ExitCode {
-    if config.primary.url.scheme == Scheme::MySql {
-        let server = match crate::frontend::mysql::Server::bind(config).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("capgate: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let (first, second) = signals();
-        server.run(first, second).await;
-        return ExitCode::SUCCESS;
-    }
-    let server = match Server::bind(config).await {
-        Ok(s) => s,
+    let (first, second) = signals();
+    // The primary URL's scheme picks the protocol spoken to applications.
+    type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+    let started: Result<Serving, String> = match config.primary.url.scheme {
+        Scheme::MySql => {
+            crate::frontend::mysql::Server::bind(config).await.map(|s| Box::pin(s.run(first, second)) as Serving).map_err(|e| e.to_string())
+        }
+        Scheme::Postgres => Server::bind(config).await.map(|s| Box::pin(s.run(first, second)) as Serving).map_err(|e| e.to_string()),
+    };
+    match started {
+        Ok(serving) => {
+            serving.await;
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("capgate: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let (first, second) = signals();
-    server.run(first, second).await;
-    ExitCode::SUCCESS
+    }
 }
 
 /// Two futures: the first SIGTERM/SIGINT, and the second one.

@@ -2,5 +2,6 @@
 //! relays their sessions to the site's primary. `capgate run` starts the one the primary URL's
 //! scheme names.
 
+pub mod listener;
 pub mod mysql;
 pub mod postgres;
