@@ -20,6 +20,7 @@ mod cache;
 mod catalog;
 mod fallback;
 mod functions;
+pub mod mysql;
 mod names;
 mod statement;
 mod walk;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use sqlparser::parser::Parser;
 
 pub use catalog::{Catalog, ColumnDefault, DefaultKind, FunctionInfo, Volatility};
+pub use mysql::SqlMode;
 pub use names::{fold, parts, resolve, SearchPath, TableName};
 pub(crate) use walk::{is_dml, limited_without_order};
 
@@ -55,6 +57,7 @@ impl Dialect {
         }
     }
 
+    /// The parser dialect for text in the server's default mode (MySQL: see [`SqlMode`]).
     pub(crate) fn parser_dialect(self) -> Box<dyn sqlparser::dialect::Dialect> {
         match self {
             Dialect::Postgres => Box::new(sqlparser::dialect::PostgreSqlDialect {}),
@@ -112,12 +115,19 @@ pub enum TxControl {
     Release(String),
     /// ROLLBACK TO [SAVEPOINT] name
     RollbackTo(String),
-    /// PREPARE TRANSACTION 'gid'
+    /// PREPARE TRANSACTION 'gid' (MySQL: XA PREPARE xid)
     PrepareTransaction(String),
-    /// COMMIT PREPARED 'gid'
+    /// COMMIT PREPARED 'gid' (MySQL: XA COMMIT xid; `XA COMMIT xid ONE PHASE` is `Commit`)
     CommitPrepared(String),
-    /// ROLLBACK PREPARED 'gid'
+    /// ROLLBACK PREPARED 'gid' (MySQL: XA ROLLBACK xid, of a prepared or a not yet
+    /// prepared branch)
     RollbackPrepared(String),
+    /// MySQL: XA START xid / XA BEGIN xid — a transaction the client will prepare itself.
+    /// MySQL's xids are given in one SQL spelling: `'gtrid'`, `'gtrid','bqual'` or
+    /// `'gtrid','bqual',formatID`, binary parts as `X'…'`.
+    XaStart(String),
+    /// MySQL: XA END xid — the branch takes no more statements (IDLE).
+    XaEnd(String),
 }
 
 /// What a session statement changes that classification depends on.
@@ -157,6 +167,14 @@ impl StatementClass {
     pub(crate) fn of_kind(kind: Kind) -> StatementClass {
         StatementClass { kind, writes: Vec::new(), reads: Vec::new(), locks: Vec::new(), nondeterministic: Vec::new() }
     }
+
+    /// The same tables with `kind`, unless the statement is already `unknown`.
+    pub(crate) fn with_kind(mut self, kind: Kind) -> StatementClass {
+        if !matches!(self.kind, Kind::Unknown(_)) {
+            self.kind = kind;
+        }
+        self
+    }
 }
 
 /// The classification of a whole query string (one simple-protocol Query message may hold
@@ -190,8 +208,11 @@ impl Classification {
 /// Classify `sql` without the cache.
 pub fn classify(dialect: Dialect, sql: &str, path: &SearchPath, catalog: &Catalog) -> Classification {
     let ctx = walk::Ctx { dialect, path, catalog };
-    let parser_dialect = dialect.parser_dialect();
+    let parser_dialect = ctx.parser_dialect();
     let statements = match Parser::parse_sql(parser_dialect.as_ref(), sql) {
+        Ok(stmts) if dialect == Dialect::MySql && stmts.iter().any(mysql::misparsed) => {
+            fallback::classify_pieces(&ctx, sql, "misread by the parser")
+        }
         Ok(stmts) => stmts.iter().map(|s| statement::classify(&ctx, s)).collect(),
         Err(e) => fallback::classify_pieces(&ctx, sql, &e.to_string()),
     };
