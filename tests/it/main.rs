@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod async_mode;
 mod bad_input;
+mod capture;
 mod classify_mysql;
 mod cli;
 mod driver;
