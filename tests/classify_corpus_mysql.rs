@@ -192,6 +192,23 @@ fn current_database_resolves_unqualified_names() {
     );
 }
 
+/// On a server with `lower_case_table_names` set, names are the server's lower-case ones.
+#[test]
+fn lower_case_table_names() {
+    let mut catalog = catalog();
+    catalog.set_table_names_lower_case(true);
+    let c = classify(
+        Dialect::MySql,
+        "UPDATE Orders o JOIN `Shop2`.`Customers` c ON c.id = o.cid SET o.x = 1",
+        &SearchPath::database(Some("Shop")),
+        &catalog,
+    );
+    let s = &c.statements[0];
+    assert_eq!((names(&s.writes), names(&s.reads)), (vec!["shop.orders".to_owned()], vec!["shop2.customers".to_owned()]));
+    let s = one("UPDATE Orders SET x = 1", &shop());
+    assert_eq!(names(&s.writes), [r#"shop."Orders""#]);
+}
+
 /// The transaction control a front end tracks, with what it needs of each: savepoint names
 /// and XA ids.
 #[test]

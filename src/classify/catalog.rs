@@ -71,6 +71,9 @@ pub struct Catalog {
     /// up in lower case (a policy's `shop.Place_Order` then replaces the primary's
     /// `place_order`, as the policy's word should).
     routine_names_ignore_case: bool,
+    /// MySQL's `lower_case_table_names` is 1 or 2: the server stores and compares database
+    /// and table names in lower case, so `UPDATE Orders` writes `orders`.
+    table_names_lower_case: bool,
     /// Tables known to exist, for resolving unqualified names along the search_path.
     tables: HashSet<(String, String)>,
     /// Schemas known to exist: an unqualified name of an unknown table resolves to the first
@@ -95,6 +98,7 @@ impl Catalog {
             complete: false,
             functions: HashMap::new(),
             routine_names_ignore_case: false,
+            table_names_lower_case: false,
             tables: HashSet::new(),
             schemas: HashSet::new(),
             defaults: HashMap::new(),
@@ -138,6 +142,17 @@ impl Catalog {
         self.routine_names_ignore_case = true;
         self.functions = std::mem::take(&mut self.functions).into_iter().map(|((s, n), i)| ((s, n.to_lowercase()), i)).collect();
         self.touch();
+    }
+
+    /// Declare that the server folds database and table names to lower case (MySQL's
+    /// `lower_case_table_names` 1 or 2; read `@@lower_case_table_names` at connect).
+    pub fn set_table_names_lower_case(&mut self, lower: bool) {
+        self.table_names_lower_case = lower;
+        self.touch();
+    }
+
+    pub fn table_names_lower_case(&self) -> bool {
+        self.table_names_lower_case
     }
 
     fn routine_name(&self, name: &str) -> String {

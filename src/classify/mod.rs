@@ -15,6 +15,43 @@
 //! assert_eq!(c.statements[0].writes[0].to_string(), "public.orders");
 //! assert_eq!(c.statements[0].nondeterministic, ["now()"]);
 //! ```
+//!
+//! # The MySQL dialect
+//!
+//! The same API and result types; what the MySQL front end passes in differs:
+//!
+//! - **The current database** takes the search_path's place: [`SearchPath::database`] with
+//!   the session's database (from the login packet, COM_INIT_DB, `USE` — reported as
+//!   [`SessionChange::SearchPath`] — and session tracking). Unqualified names resolve to it;
+//!   without one they are `unknown` (the server refuses them with error 1046). A table's
+//!   "schema" is its database: `shop.orders`, matched by policy rules such as `shop.cart_*`.
+//!   Names keep their case unless the server folds them (`lower_case_table_names` 1 or 2:
+//!   [`Catalog::set_table_names_lower_case`]).
+//! - **The `sql_mode` flags that change tokenizing** ([`SqlMode`]: ANSI_QUOTES,
+//!   NO_BACKSLASH_ESCAPES) ride on the path ([`SearchPath::with_sql_mode`]), from the OK
+//!   packets' status flags (MariaDB: 0x8000 and 0x200) or session tracking of `sql_mode`
+//!   ([`SqlMode::from_sql_mode`]). They decide where a statement ends and whether `"…"` names
+//!   a table, so they are part of the cache key.
+//! - **Stored routines**: [`mysql::add_routines`] takes the rows of
+//!   `information_schema.ROUTINES` and records what each procedure and function writes,
+//!   read from its body; `CALL p()` then writes those tables, or is `unknown` (dynamic SQL,
+//!   a hidden body) until the policy's `[[function]]` names them. Mark the catalog complete
+//!   ([`Catalog::set_complete`]) when every routine of the primary was loaded.
+//! - Prepared statements (COM_STMT_PREPARE) are classified by their text like any other;
+//!   `BEGIN`, `COMMIT`, `XA START` … prepared this way are [`Kind::Transaction`] as when sent
+//!   as text, with XA as [`TxControl::XaStart`], [`TxControl::XaEnd`],
+//!   [`TxControl::PrepareTransaction`], [`TxControl::CommitPrepared`] and
+//!   [`TxControl::RollbackPrepared`]. Transaction state itself is best followed from the
+//!   server's status flags: MySQL also commits implicitly (DDL, `SET autocommit = 1`, LOCK
+//!   TABLES), which classification reports as what those statements are.
+//!
+//! ```
+//! use capgate::classify::{classify, Catalog, Dialect, SearchPath, SqlMode};
+//! let session = SearchPath::database(Some("shop")).with_sql_mode(SqlMode::from_sql_mode("ANSI_QUOTES"));
+//! let c = classify(Dialect::MySql, r#"UPDATE "cart" c JOIN `Orders` o ON o.id = c.order_id SET c.qty = 0"#, &session, &Catalog::new());
+//! assert_eq!(c.statements[0].writes[0].to_string(), "shop.cart");
+//! assert_eq!(c.statements[0].reads[0].to_string(), "shop.\"Orders\"");
+//! ```
 
 mod cache;
 mod catalog;

@@ -192,15 +192,22 @@ impl Default for SearchPath {
 /// its database part). PostgreSQL: an unqualified name lives in the first search_path schema
 /// where the catalog knows it, else in `pg_catalog` if it starts with `pg_`, else in the
 /// first search_path schema (where PostgreSQL would create it), else `public`. MySQL: in the
-/// current database; `None` when there is none.
+/// current database; `None` when there is none; folded to lower case when the catalog says
+/// the server does (`lower_case_table_names`).
 pub fn resolve(dialect: Dialect, name: &ObjectName, path: &SearchPath, catalog: &Catalog) -> Option<TableName> {
     let mut parts = parts(dialect, name)?;
+    if dialect == Dialect::MySql && catalog.table_names_lower_case() {
+        parts.iter_mut().for_each(|p| *p = p.to_lowercase());
+    }
     match parts.len() {
         1 => {
             let name = parts.pop()?;
             match dialect {
                 Dialect::Postgres => Some(resolve_unqualified(name, path, catalog)),
-                Dialect::MySql => path.schemas().first().map(|db| TableName { schema: db.clone(), name }),
+                Dialect::MySql => path
+                    .schemas()
+                    .first()
+                    .map(|db| TableName { schema: if catalog.table_names_lower_case() { db.to_lowercase() } else { db.clone() }, name }),
             }
         }
         2 | 3 => {
