@@ -9,8 +9,12 @@
 //! nondeterministic | sql` (lists comma-separated, `-` for none), classified with `shop` as
 //! the current database and the stored routines in [`catalog`].
 
+#[path = "common/corpus.rs"]
+mod corpus;
+
 use capgate::classify::mysql::{add_routines, Routine, SqlMode};
 use capgate::classify::{classify, Catalog, Dialect, Kind, SearchPath, SessionChange, TableName, TxControl};
+use corpus::names;
 
 const CORPUS: &str = include_str!("sql/classify_mysql.txt");
 
@@ -64,61 +68,11 @@ fn shop() -> SearchPath {
     SearchPath::database(Some("shop"))
 }
 
-fn list(field: &str) -> Vec<String> {
-    if field.trim() == "-" {
-        return Vec::new();
-    }
-    field.trim().split(", ").map(str::to_owned).collect()
-}
-
-fn names(ts: &[TableName]) -> Vec<String> {
-    ts.iter().map(ToString::to_string).collect()
-}
-
-fn records() -> impl Iterator<Item = [&'static str; 5]> {
-    CORPUS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|line| {
-        let fields: Vec<&str> = line.splitn(5, " | ").collect();
-        <[&str; 5]>::try_from(fields).unwrap_or_else(|_| panic!("bad corpus line: {line}"))
-    })
-}
-
 #[test]
 fn corpus() {
     let catalog = catalog();
     let path = shop();
-    let mut failures = Vec::new();
-    let mut count = 0;
-    for [kind, writes, reads, nondet, sql] in records() {
-        count += 1;
-        let c = classify(Dialect::MySql, sql, &path, &catalog);
-        let Some(s) = c.statements.first() else {
-            failures.push(format!("{sql}\n  no statement"));
-            continue;
-        };
-        let (mut got_writes, mut want_writes) = (names(&s.writes), list(writes));
-        got_writes.sort();
-        want_writes.sort();
-        let (mut got_reads, mut want_reads) = (names(&s.reads), list(reads));
-        got_reads.sort();
-        want_reads.sort();
-        let ok = c.statements.len() == 1
-            && s.kind.name() == kind.trim()
-            && got_writes == want_writes
-            && got_reads == want_reads
-            && s.nondeterministic == list(nondet);
-        if !ok {
-            failures.push(format!(
-                "{sql}\n  want {kind} | {want_writes:?} | {want_reads:?} | {:?}\n  got  {} | {got_writes:?} | {got_reads:?} | {:?} ({} statements) {:?}",
-                list(nondet),
-                s.kind.name(),
-                s.nondeterministic,
-                c.statements.len(),
-                s.kind
-            ));
-        }
-    }
-    assert!(count >= 200, "the corpus has {count} statements; keep at least 200");
-    assert!(failures.is_empty(), "{} of {count} statements misclassified:\n{}", failures.len(), failures.join("\n"));
+    corpus::check(CORPUS, |sql| classify(Dialect::MySql, sql, &path, &catalog));
 }
 
 fn one(sql: &str, path: &SearchPath) -> capgate::classify::StatementClass {
@@ -163,10 +117,10 @@ fn sql_mode_changes_what_the_text_says() {
     let both = SqlMode { ansi_quotes: true, no_backslash_escapes: true };
     let s = one(r#"INSERT INTO "t" VALUES ('a\')"#, &shop().with_sql_mode(both));
     assert_eq!(names(&s.writes), ["shop.t"]);
-    for [kind, writes, _, _, sql] in records().filter(|r| !r[4].contains('"') && !r[4].contains('\\')) {
+    for [kind, writes, _, _, sql] in corpus::records(CORPUS).filter(|r| !r[4].contains('"') && !r[4].contains('\\')) {
         let c = classify(Dialect::MySql, sql, &shop().with_sql_mode(both), &catalog());
         let mut got = names(&c.statements[0].writes);
-        let mut want = list(writes);
+        let mut want = corpus::list(writes);
         got.sort();
         want.sort();
         assert_eq!((c.statements[0].kind.name(), got), (kind, want), "{sql}");
@@ -347,7 +301,7 @@ fn never_panics_on_arbitrary_input() {
         "@",
         "@@",
     ];
-    let corpus: Vec<&str> = records().map(|r| r[4]).collect();
+    let corpus: Vec<&str> = corpus::records(CORPUS).map(|r| r[4]).collect();
     let catalog = catalog();
     let modes = [SqlMode::default(), SqlMode { ansi_quotes: true, no_backslash_escapes: true }];
     for i in 0..2000 {
