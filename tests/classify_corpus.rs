@@ -354,16 +354,6 @@ fn corpus() {
 /// corpus (truncations, duplications, deep nesting). Bounded and seeded; the seed is printed.
 #[test]
 fn never_panics_on_arbitrary_input() {
-    let seed: u64 = std::env::var("CAPGATE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c1a5_51f1);
-    println!("classify fuzz seed: {seed} (set CAPGATE_FUZZ_SEED to repeat)");
-    let mut state = seed;
-    let mut next = move || {
-        // xorshift64*
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
     const WORDS: &[&str] = &[
         "SELECT",
         "INSERT",
@@ -416,24 +406,9 @@ fn never_panics_on_arbitrary_input() {
         "`",
         "#",
     ];
-    let corpus: Vec<&str> = corpus::records(CORPUS).map(|r| r[4]).collect();
     let catalog = catalog();
     let path = SearchPath::default();
-    for i in 0..3000 {
-        let sql: String = match i % 4 {
-            0 => (0..(next() % 200)).map(|_| char::from_u32((next() % 0x2FF) as u32).unwrap_or('x')).collect(),
-            1 => (0..(next() % 30)).map(|_| WORDS[(next() % WORDS.len() as u64) as usize]).collect::<Vec<_>>().join(" "),
-            2 => {
-                let base = corpus[(next() % corpus.len() as u64) as usize];
-                let cut = (next() as usize) % (base.len() + 1);
-                let cut = (0..=cut).rev().find(|c| base.is_char_boundary(*c)).unwrap_or(0);
-                format!("{}{}", &base[..cut], &base[cut..].chars().rev().collect::<String>())
-            }
-            _ => {
-                let depth = (next() % 5000) as usize;
-                format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth))
-            }
-        };
+    for sql in corpus::arbitrary_inputs(0x5eed_c1a5_51f1, WORDS, CORPUS, 3000) {
         for dialect in [Dialect::Postgres, Dialect::MySql] {
             let _ = classify(dialect, &sql, &path, &catalog);
         }

@@ -233,19 +233,10 @@ fn unknown_routines_say_what_to_do() {
     assert_eq!(c.statements[0].kind, Kind::Read);
 }
 
-/// Arbitrary input never panics in any sql_mode: random bytes, random MySQL tokens, and
-/// mutations of the corpus. Bounded and seeded; the seed is printed.
+/// Arbitrary input never panics in any sql_mode: random bytes, random MySQL tokens,
+/// mutations of the corpus, deep nesting. Bounded and seeded; the seed is printed.
 #[test]
 fn never_panics_on_arbitrary_input() {
-    let seed: u64 = std::env::var("CAPGATE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x3c1a_55e5_a11d);
-    println!("classify fuzz seed: {seed} (set CAPGATE_FUZZ_SEED to repeat)");
-    let mut state = seed;
-    let mut next = move || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
     const WORDS: &[&str] = &[
         "SELECT",
         "INSERT",
@@ -301,20 +292,9 @@ fn never_panics_on_arbitrary_input() {
         "@",
         "@@",
     ];
-    let corpus: Vec<&str> = corpus::records(CORPUS).map(|r| r[4]).collect();
     let catalog = catalog();
     let modes = [SqlMode::default(), SqlMode { ansi_quotes: true, no_backslash_escapes: true }];
-    for i in 0..2000 {
-        let sql: String = match i % 3 {
-            0 => (0..(next() % 200)).map(|_| char::from_u32((next() % 0x2FF) as u32).unwrap_or('x')).collect(),
-            1 => (0..(next() % 30)).map(|_| WORDS[(next() % WORDS.len() as u64) as usize]).collect::<Vec<_>>().join(" "),
-            _ => {
-                let base = corpus[(next() % corpus.len() as u64) as usize];
-                let cut = (next() as usize) % (base.len() + 1);
-                let cut = (0..=cut).rev().find(|c| base.is_char_boundary(*c)).unwrap_or(0);
-                format!("{}{}", &base[..cut], &base[cut..].chars().rev().collect::<String>())
-            }
-        };
+    for sql in corpus::arbitrary_inputs(0x3c1a_55e5_a11d, WORDS, CORPUS, 1200) {
         for mode in modes {
             let _ = classify(Dialect::MySql, &sql, &shop().with_sql_mode(mode), &catalog);
         }

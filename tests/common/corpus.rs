@@ -86,6 +86,37 @@ fn split_list(s: &str) -> Vec<String> {
     out
 }
 
+/// `n` arbitrary inputs, seeded (`CAPGATE_FUZZ_SEED`, else `default_seed`; printed so a
+/// failure can be repeated): random characters, random sequences of `words`, corpus
+/// statements cut and reversed, and parentheses nested up to 5,000 deep.
+pub fn arbitrary_inputs<'a>(default_seed: u64, words: &'a [&'a str], corpus: &'a str, n: usize) -> impl Iterator<Item = String> + 'a {
+    let seed: u64 = std::env::var("CAPGATE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default_seed);
+    println!("classify fuzz seed: {seed} (set CAPGATE_FUZZ_SEED to repeat)");
+    let mut state = seed;
+    let mut next = move || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let statements: Vec<&str> = records(corpus).map(|r| r[4]).collect();
+    (0..n).map(move |i| match i % 4 {
+        0 => (0..(next() % 200)).map(|_| char::from_u32((next() % 0x2FF) as u32).unwrap_or('x')).collect(),
+        1 => (0..(next() % 30)).map(|_| words[(next() % words.len() as u64) as usize]).collect::<Vec<_>>().join(" "),
+        2 => {
+            let base = statements[(next() % statements.len() as u64) as usize];
+            let cut = (next() as usize) % (base.len() + 1);
+            let cut = (0..=cut).rev().find(|c| base.is_char_boundary(*c)).unwrap_or(0);
+            format!("{}{}", &base[..cut], &base[cut..].chars().rev().collect::<String>())
+        }
+        _ => {
+            let depth = (next() % 5000) as usize;
+            format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth))
+        }
+    })
+}
+
 pub fn names(ts: &[TableName]) -> Vec<String> {
     ts.iter().map(ToString::to_string).collect()
 }
