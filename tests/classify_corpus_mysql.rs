@@ -211,6 +211,23 @@ fn several_statements_and_compound_bodies() {
     );
     assert_eq!(c.statements.len(), 1, "{c:?}");
     assert_eq!((c.statements[0].kind.name(), names(&c.statements[0].writes)), ("ddl", vec!["shop.accounts".to_owned()]));
+    // A table whose columns are named `event` and `begin` is no stored program: the
+    // statements after it are still classified (XA makes sqlparser reject the whole text).
+    let c = classify(
+        Dialect::MySql,
+        "CREATE TABLE events (event VARCHAR(10), begin DATETIME); XA RECOVER; DELETE FROM accounts",
+        &shop(),
+        &catalog(),
+    );
+    let got: Vec<(&str, Vec<String>)> = c.statements.iter().map(|s| (s.kind.name(), names(&s.writes))).collect();
+    assert_eq!(got, [("ddl", vec!["shop.events".to_owned()]), ("utility", vec![]), ("write", vec!["shop.accounts".to_owned()])]);
+    let c = classify(
+        Dialect::MySql,
+        "CREATE DEFINER=`root`@`localhost` PROCEDURE p() BEGIN DELETE FROM a; DELETE FROM b; END",
+        &shop(),
+        &catalog(),
+    );
+    assert_eq!(c.statements.len(), 1, "{c:?}");
 }
 
 /// What an unknown CALL or function says, so a DBA knows what to put in the policy.

@@ -31,6 +31,15 @@ pub(in crate::classify) fn by_keywords(ctx: &Ctx, tokens: &[Token], err: &str) -
         // PREPARE stmt FROM '…' / @var: its writes happen at EXECUTE (which is `unknown`).
         ("PREPARE", _) => StatementClass::of_kind(Kind::Utility),
         ("LOAD", "DATA" | "XML") => load_data(ctx, tokens, err),
+        // MariaDB's ANALYZE [FORMAT=JSON] statement runs the statement.
+        ("ANALYZE", "SELECT" | "WITH" | "INSERT" | "REPLACE" | "UPDATE" | "DELETE" | "FORMAT") => {
+            let at = if w(1) == "FORMAT" { 4 } else { 1 };
+            let statement = tokens.get(at..).unwrap_or(&[]);
+            match parse_one(ctx, statement.to_vec()) {
+                Ok(stmt) if !misparsed(&stmt) => statement::classify(ctx, &stmt),
+                _ => by_keywords(ctx, statement, err),
+            }
+        }
         ("OPTIMIZE" | "CHECK" | "REPAIR" | "CHECKSUM" | "ANALYZE", _) => table_maintenance(ctx, &tokens[1..]),
         ("HANDLER", _) => names_after(ctx, &tokens[1..], false),
         // LOCK TABLES db.t WRITE (sqlparser takes only unqualified names).
@@ -81,12 +90,42 @@ pub(in crate::classify) fn is_compound_definition(tokens: &[Token]) -> bool {
     if is_word(tokens.first(), "BEGIN") && is_word(tokens.get(1), "NOT") && is_word(tokens.get(2), "ATOMIC") {
         return true;
     }
-    if word(tokens.first()).as_deref() != Some("CREATE") {
+    if !is_word(tokens.first(), "CREATE") {
         return false;
     }
-    let words: Vec<String> = tokens.iter().take(64).filter_map(|t| word(Some(t))).collect();
-    let program = words.iter().position(|w| matches!(w.as_str(), "PROCEDURE" | "FUNCTION" | "TRIGGER" | "EVENT"));
-    program.is_some_and(|p| words[p..].iter().any(|w| w == "BEGIN"))
+    let at = object_position(tokens);
+    word(tokens.get(at)).is_some_and(|w| matches!(w.as_str(), "PROCEDURE" | "FUNCTION" | "TRIGGER" | "EVENT"))
+        && tokens[at..].iter().any(|t| is_word(Some(t), "BEGIN"))
+}
+
+/// In `CREATE`/`ALTER`/`DROP …`, the index of the word naming the kind of object (TABLE,
+/// TRIGGER, PROCEDURE …), past `OR REPLACE`, `DEFINER = user`, `ALGORITHM = …`, `SQL SECURITY
+/// …` and modifiers such as TEMPORARY, ONLINE, UNIQUE, AGGREGATE.
+fn object_position(tokens: &[Token]) -> usize {
+    let mut i = 1;
+    loop {
+        match word(tokens.get(i)).as_deref() {
+            Some(
+                "OR" | "REPLACE" | "TEMPORARY" | "ONLINE" | "OFFLINE" | "IGNORE" | "UNIQUE" | "FULLTEXT" | "SPATIAL" | "AGGREGATE"
+                | "SECURITY" | "INVOKER",
+            ) => i += 1,
+            // `DEFINER = user` (`'u'@'h'`, `` `u`@`h` ``, CURRENT_USER()), `ALGORITHM = MERGE`,
+            // `SQL SECURITY DEFINER`: skip the value up to the next word in object position.
+            Some("DEFINER" | "ALGORITHM" | "SQL") => {
+                i += 1;
+                let value_end = (i..(i + 8).min(tokens.len())).find(|&k| {
+                    word(tokens.get(k)).is_some_and(|w| {
+                        matches!(w.as_str(), "PROCEDURE" | "FUNCTION" | "TRIGGER" | "EVENT" | "VIEW" | "AGGREGATE" | "SQL" | "DEFINER")
+                    })
+                });
+                match value_end {
+                    Some(k) => i = k,
+                    None => return i,
+                }
+            }
+            _ => return i,
+        }
+    }
 }
 
 fn is_word(t: Option<&Token>, w: &str) -> bool {
@@ -246,22 +285,10 @@ fn table_maintenance(ctx: &Ctx, tokens: &[Token]) -> StatementClass {
 /// `CREATE PROCEDURE … BEGIN … END`, `CREATE USER 'u'@'%'` …): the table whose definition
 /// changes where one is named, else none.
 fn ddl(ctx: &Ctx, tokens: &[Token]) -> StatementClass {
-    let words: Vec<Option<String>> = tokens.iter().map(|t| word(Some(t))).collect();
-    let at = |i: usize| words.get(i).cloned().flatten().unwrap_or_default();
+    let at = |i: usize| word(tokens.get(i)).unwrap_or_default();
     let first = at(0);
-    // The position of the object type word, past modifiers.
-    let mut i = 1;
-    while matches!(
-        at(i).as_str(),
-        "OR" | "REPLACE" | "TEMPORARY" | "ONLINE" | "OFFLINE" | "IGNORE" | "UNIQUE" | "FULLTEXT" | "SPATIAL" | "AGGREGATE"
-    ) {
-        i += 1;
-    }
-    if at(i) == "DEFINER" {
-        // DEFINER = user@host (or CURRENT_USER[()]): skip to the object type.
-        i = (i..tokens.len()).find(|&k| matches!(at(k).as_str(), "PROCEDURE" | "FUNCTION" | "TRIGGER" | "EVENT" | "VIEW")).unwrap_or(i);
-    }
-    let temporary = words[..i].iter().any(|w| w.as_deref() == Some("TEMPORARY"));
+    let i = object_position(tokens);
+    let temporary = (1..i).any(|k| at(k) == "TEMPORARY");
     let object = at(i);
     let after = |k: usize| -> usize {
         let mut k = k;
