@@ -178,3 +178,104 @@ fn statement_end(tokens: &[Token], start: usize) -> usize {
     }
     tokens.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+
+    fn routine(name: &str, deterministic: bool, body: &str) -> Routine {
+        Routine { schema: "app".into(), name: name.into(), deterministic, body: Some(body.into()), sql_mode: String::new() }
+    }
+
+    fn info<'a>(catalog: &'a Catalog, name: &str) -> &'a FunctionInfo {
+        catalog.function("app", name).unwrap_or_else(|| panic!("{name} not in the catalog"))
+    }
+
+    fn tables(names: &[(&str, &str)]) -> Option<Vec<TableName>> {
+        Some(names.iter().map(|(s, n)| TableName::new(*s, *n)).collect())
+    }
+
+    #[test]
+    fn bodies_are_read_statement_by_statement() {
+        let mut catalog = Catalog::new();
+        add_routines(
+            &mut catalog,
+            &[
+                // Labels, handlers, loops, a handler's own statement, FOR UPDATE and
+                // ON DUPLICATE KEY UPDATE (no statements of their own), the INSERT() string
+                // function, a stored function called in a SET.
+                routine(
+                    "worker",
+                    false,
+                    "BEGIN
+                       DECLARE done INT DEFAULT 0;
+                       DECLARE c CURSOR FOR SELECT id FROM jobs WHERE state = 'new' FOR UPDATE;
+                       DECLARE CONTINUE HANDLER FOR SQLEXCEPTION INSERT INTO errors (at) VALUES (NOW());
+                       main: LOOP
+                         FETCH c INTO v;
+                         IF done THEN LEAVE main; END IF;
+                         UPDATE jobs SET state = INSERT(state, 1, 0, 'x') WHERE id = v;
+                         INSERT INTO other.stats (k, n) VALUES ('jobs', 1) ON DUPLICATE KEY UPDATE n = n + 1;
+                         SET @next = next_id();
+                       END LOOP main;
+                     END",
+                ),
+                routine("next_id", false, "BEGIN UPDATE seq SET n = n + 1; RETURN (SELECT n FROM seq); END"),
+                // Declared DETERMINISTIC, but it writes: its calls still count as writes.
+                routine("touch", true, "UPDATE t SET n = n + 1"),
+                routine("pure", true, "RETURN x * 2"),
+                // A procedure and a function of one name share an entry covering both.
+                routine("twin", false, "DELETE FROM a"),
+                routine("Twin", true, "RETURN (SELECT COUNT(*) FROM b)"),
+            ],
+        );
+        let worker = info(&catalog, "worker");
+        assert_eq!(
+            worker.writes,
+            tables(&[("app", "errors"), ("app", "jobs"), ("app", "seq"), ("other", "stats")]),
+            "{worker:?}"
+        );
+        assert_eq!(info(&catalog, "touch").volatility, Volatility::Volatile);
+        assert_eq!(info(&catalog, "touch").writes, tables(&[("app", "t")]));
+        assert_eq!(info(&catalog, "pure").volatility, Volatility::Stable);
+        assert_eq!(info(&catalog, "TWIN").writes, tables(&[("app", "a")]));
+        assert_eq!(info(&catalog, "twin").volatility, Volatility::Volatile);
+    }
+
+    #[test]
+    fn what_cannot_be_told_stays_unknown() {
+        let mut catalog = Catalog::new();
+        let hidden = Routine { body: None, ..routine("hidden", false, "") };
+        add_routines(
+            &mut catalog,
+            &[
+                routine("dynamic", false, "BEGIN SET @s = 'DELETE FROM t'; PREPARE s FROM @s; EXECUTE s; END"),
+                routine("calls_dynamic", false, "BEGIN INSERT INTO log VALUES (1); CALL dynamic(); END"),
+                routine("unparsed", false, "BEGIN UPDATE FROM WHERE; END"),
+                routine("calls_unknown", false, "BEGIN SET @x = mystery(1); END"),
+                hidden,
+            ],
+        );
+        for name in ["dynamic", "calls_dynamic", "unparsed", "calls_unknown", "hidden"] {
+            assert_eq!(info(&catalog, name).writes, None, "{name}");
+        }
+        // With every routine of the server loaded, a name that is none of them is a built-in
+        // (or a column, a variable): nothing to follow.
+        let mut complete = Catalog::new();
+        complete.set_complete(true);
+        add_routines(&mut complete, &[routine("calls_unknown", false, "BEGIN SET @x = mystery(1); END")]);
+        assert_eq!(info(&complete, "calls_unknown").writes, Some(vec![]));
+    }
+
+    #[test]
+    fn a_body_is_read_in_its_own_sql_mode_and_database() {
+        let mut catalog = Catalog::new();
+        let ansi = Routine { sql_mode: "ANSI_QUOTES".into(), ..routine("ansi", false, r#"UPDATE "Orders" SET "paid" = 1"#) };
+        add_routines(&mut catalog, &[ansi]);
+        assert_eq!(info(&catalog, "ansi").writes, tables(&[("app", "Orders")]));
+        // Called from another database, it still writes app's table.
+        let c = classify(Dialect::MySql, "CALL app.ansi()", &SearchPath::database(Some("shop")), &catalog);
+        assert_eq!(c.statements[0].writes, [TableName::new("app", "Orders")]);
+    }
+}
