@@ -231,11 +231,7 @@ mod tests {
             ],
         );
         let worker = info(&catalog, "worker");
-        assert_eq!(
-            worker.writes,
-            tables(&[("app", "errors"), ("app", "jobs"), ("app", "seq"), ("other", "stats")]),
-            "{worker:?}"
-        );
+        assert_eq!(worker.writes, tables(&[("app", "errors"), ("app", "jobs"), ("app", "seq"), ("other", "stats")]), "{worker:?}");
         assert_eq!(info(&catalog, "touch").volatility, Volatility::Volatile);
         assert_eq!(info(&catalog, "touch").writes, tables(&[("app", "t")]));
         assert_eq!(info(&catalog, "pure").volatility, Volatility::Stable);
