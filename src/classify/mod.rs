@@ -33,7 +33,7 @@
 //!   ([`SqlMode::from_sql_mode`]). They decide where a statement ends and whether `"…"` names
 //!   a table, so they are part of the cache key.
 //! - **Stored routines**: [`mysql::add_routines`] takes the rows of
-//!   `information_schema.ROUTINES` and records what each procedure and function writes,
+//!   `information_schema.ROUTINES` ([`mysql::ROUTINES_QUERY`]) and records what each procedure and function writes,
 //!   read from its body; `CALL p()` then writes those tables, or is `unknown` (dynamic SQL,
 //!   a hidden body) until the policy's `[[function]]` names them. Mark the catalog complete
 //!   ([`Catalog::set_complete`]) when every routine of the primary was loaded.

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use capgate::classify::mysql::{add_routines, Routine, SqlMode};
+use capgate::classify::mysql::{add_routines, Routine, SqlMode, ROUTINES_QUERY};
 use capgate::classify::{classify, Catalog, Dialect, SearchPath};
 use capgate::testbed::MariaDb;
 
@@ -106,11 +106,7 @@ DELIMITER ;
 
 /// The routines of `cls` as the server describes them.
 fn routines(server: &MariaDb) -> Vec<Routine> {
-    let rows = must(
-        server,
-        "cls",
-        "SELECT ROUTINE_SCHEMA, ROUTINE_NAME, IS_DETERMINISTIC, ROUTINE_DEFINITION, SQL_MODE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = 'cls'",
-    );
+    let rows = must(server, "cls", &format!("{ROUTINES_QUERY} WHERE ROUTINE_SCHEMA = 'cls'"));
     rows.lines()
         .map(|line| {
             let f: Vec<&str> = line.split('\t').collect();

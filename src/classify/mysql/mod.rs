@@ -10,7 +10,7 @@ mod routines;
 mod targets;
 
 pub use dialect::SqlMode;
-pub use routines::{add_routines, Routine};
+pub use routines::{add_routines, Routine, ROUTINES_QUERY};
 
 pub(super) use builtins::builtin;
 pub(super) use dialect::parser_dialect;

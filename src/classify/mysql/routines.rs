@@ -22,6 +22,11 @@ use crate::classify::names::{SearchPath, TableName};
 use crate::classify::walk::Ctx;
 use crate::classify::{statement, Dialect, Kind};
 
+/// The query that reads the rows [`add_routines`] takes, in [`Routine`]'s field order
+/// (`IS_DETERMINISTIC` is `YES` or `NO`; `ROUTINE_DEFINITION` may be NULL).
+pub const ROUTINES_QUERY: &str =
+    "SELECT ROUTINE_SCHEMA, ROUTINE_NAME, IS_DETERMINISTIC, ROUTINE_DEFINITION, SQL_MODE FROM information_schema.ROUTINES";
+
 /// One row of `information_schema.ROUTINES` (the columns classification needs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routine {
