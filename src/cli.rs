@@ -6,14 +6,18 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::classify::{Classifier, Dialect, Kind, SearchPath};
-use crate::config::Config;
+use crate::classify::{Classifier, Dialect, Kind, SearchPath, SqlMode};
+use crate::config::{Config, Scheme};
 use crate::frontend::postgres::Server;
 use crate::policy::{Mode, Policy, PolicyHandle, UnknownAction};
 use crate::verify::{self, Limits, Selection, TableName};
 
 #[derive(Parser, Debug)]
-#[command(name = "capgate", version, about = "Per-table consistency or availability across data centres: a PostgreSQL wire-protocol proxy")]
+#[command(
+    name = "capgate",
+    version,
+    about = "Per-table consistency or availability across data centres: a PostgreSQL and MySQL/MariaDB wire-protocol proxy"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -34,8 +38,9 @@ pub enum Command {
     },
     /// Show how statements are classified and what the policy decides for each written table.
     Explain {
-        /// The main configuration (for its `policy` file and primary URL).
-        #[arg(long, short, required_unless_present = "policy")]
+        /// The main configuration (for its `policy` file and primary URL). Without it and
+        /// without `--policy`, every table is local.
+        #[arg(long, short)]
         config: Option<PathBuf>,
         /// A policy file to try (overrides the configuration's `policy`).
         #[arg(long)]
@@ -43,9 +48,18 @@ pub enum Command {
         /// postgres or mysql (default: from the primary URL; postgres without a configuration).
         #[arg(long)]
         dialect: Option<String>,
-        /// Schemas for unqualified names, comma-separated, in lookup order.
-        #[arg(long, default_value = "public")]
-        search_path: String,
+        /// PostgreSQL: schemas for unqualified names, comma-separated, in lookup order
+        /// (default: public).
+        #[arg(long)]
+        search_path: Option<String>,
+        /// MySQL: the session's current database, where unqualified names live (default:
+        /// none, so only database-qualified names resolve).
+        #[arg(long)]
+        database: Option<String>,
+        /// MySQL: the session's sql_mode, as `SELECT @@sql_mode` shows it; ANSI_QUOTES and
+        /// NO_BACKSLASH_ESCAPES change how the text is read.
+        #[arg(long)]
+        sql_mode: Option<String>,
         /// Print JSON: {"statements":[{"kind","writes","reads","nondeterministic","decisions"}]}.
         #[arg(long)]
         json: bool,
@@ -73,8 +87,9 @@ pub enum Command {
 /// Run the command; the exit code follows the usual convention (0 ok, 1 failure, 2 usage).
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Explain { config, policy, dialect, search_path, json, sql } => {
-            explain(config.as_deref(), policy.as_deref(), dialect.as_deref(), &search_path, json, &sql)
+        Command::Explain { config, policy, dialect, search_path, database, sql_mode, json, sql } => {
+            let session = Session { search_path, database, sql_mode };
+            explain(config.as_deref(), policy.as_deref(), dialect.as_deref(), session, json, &sql)
         }
         Command::Verify { config, tables, json, chunk_rows } => verify(&config, &tables, json, chunk_rows as usize),
         Command::CheckConfig { config } => match Config::load(&config) {
@@ -143,16 +158,25 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 async fn run(config: Arc<Config>) -> ExitCode {
-    let server = match Server::bind(config).await {
-        Ok(s) => s,
+    let (first, second) = signals();
+    // The primary URL's scheme picks the protocol spoken to applications.
+    type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+    let started: Result<Serving, String> = match config.primary.url.scheme {
+        Scheme::MySql => {
+            crate::frontend::mysql::Server::bind(config).await.map(|s| Box::pin(s.run(first, second)) as Serving).map_err(|e| e.to_string())
+        }
+        Scheme::Postgres => Server::bind(config).await.map(|s| Box::pin(s.run(first, second)) as Serving).map_err(|e| e.to_string()),
+    };
+    match started {
+        Ok(serving) => {
+            serving.await;
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("capgate: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let (first, second) = signals();
-    server.run(first, second).await;
-    ExitCode::SUCCESS
+    }
 }
 
 /// Two futures: the first SIGTERM/SIGINT, and the second one.
@@ -182,8 +206,33 @@ fn signals() -> (impl std::future::Future<Output = ()>, impl std::future::Future
     (wait_for(1), wait_for(2))
 }
 
+/// The session `capgate explain` classifies in, as given on the command line.
+struct Session {
+    search_path: Option<String>,
+    database: Option<String>,
+    sql_mode: Option<String>,
+}
+
+impl Session {
+    /// The session state for `dialect`, or what is wrong with the options.
+    fn path(self, dialect: Dialect) -> Result<SearchPath, &'static str> {
+        match dialect {
+            Dialect::Postgres if self.database.is_some() || self.sql_mode.is_some() => {
+                Err("--database and --sql-mode are for --dialect mysql; PostgreSQL takes --search-path")
+            }
+            Dialect::Postgres => {
+                let schemas = self.search_path.as_deref().unwrap_or("public");
+                Ok(SearchPath::new(schemas.split(',').map(|s| s.trim()).filter(|s| !s.is_empty())))
+            }
+            Dialect::MySql if self.search_path.is_some() => Err("--search-path is for --dialect postgres; MySQL takes --database"),
+            Dialect::MySql => Ok(SearchPath::database(self.database.as_deref())
+                .with_sql_mode(self.sql_mode.as_deref().map(SqlMode::from_sql_mode).unwrap_or_default())),
+        }
+    }
+}
+
 /// `capgate explain`: classify `sql` and decide each written table under the policy.
-fn explain(config: Option<&Path>, policy: Option<&Path>, dialect: Option<&str>, search_path: &str, json: bool, sql: &str) -> ExitCode {
+fn explain(config: Option<&Path>, policy: Option<&Path>, dialect: Option<&str>, session: Session, json: bool, sql: &str) -> ExitCode {
     let config = match config.map(Config::load).transpose() {
         Ok(c) => c,
         Err(e) => {
@@ -202,16 +251,25 @@ fn explain(config: Option<&Path>, policy: Option<&Path>, dialect: Option<&str>, 
         },
         None => Policy::default(),
     };
-    // The primary URL is postgres:// today; the MySQL front end will add its scheme here.
+    let from_url = match config.as_ref().map(|c| c.primary.url.scheme) {
+        Some(Scheme::MySql) => Dialect::MySql,
+        _ => Dialect::Postgres,
+    };
     let dialect = match dialect.map(|d| Dialect::parse(d).ok_or(d)).transpose() {
-        Ok(d) => d.unwrap_or(Dialect::Postgres),
+        Ok(d) => d.unwrap_or(from_url),
         Err(d) => {
             eprintln!("--dialect: expected postgres or mysql, found `{d}`");
             return ExitCode::from(2);
         }
     };
-    let path = SearchPath::new(search_path.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()));
-    let classification = Classifier::new(dialect, 0).classify(sql, &path, &policy.catalog());
+    let path = match session.path(dialect) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let classification = Classifier::new(dialect, 0).classify(sql, &path, &policy.catalog(dialect));
     if json {
         let statements: Vec<ExplainedStatement> = classification
             .statements
@@ -322,6 +380,9 @@ fn verify(config: &Path, tables: &[String], json: bool, chunk_rows: usize) -> Ex
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
+    if config.primary.url.scheme == Scheme::MySql {
+        return fail("comparing MySQL/MariaDB tables is not built yet: capgate verify works on PostgreSQL sites".into());
+    }
     let (selection, note) = if !tables.is_empty() {
         let mut named = Vec::new();
         for t in tables {
