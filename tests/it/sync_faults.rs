@@ -143,6 +143,10 @@ async fn a_cut_during_a_transaction_fails_its_commit_and_changes_nothing() {
         .expect("COMMIT hung for over 60 s with the replica cut off");
     let e = r.expect_err("COMMIT succeeded although the replica could not prepare");
     assert_eq!(sqlstate(&e), "55000", "{e:?}");
+    // Answered when the health loop saw the partition, not when the replica deadline
+    // (5 × heartbeat_timeout here) ran out.
+    let msg = e.as_db_error().unwrap().message().to_owned();
+    assert!(msg.contains("became partitioned while preparing") && msg.contains("public.sf_mid"), "{msg}");
     // The session is usable and outside any transaction.
     assert_eq!(app.query_one("SELECT v FROM sf_mid WHERE id = 1", &[]).await.unwrap().get::<_, String>(0), "orig");
     assert!(app.batch_execute("SAVEPOINT s").await.is_err(), "still inside a transaction after the failed COMMIT");

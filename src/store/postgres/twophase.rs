@@ -46,38 +46,49 @@ pub fn prepare_sql(origin: &str, gid: &str, changes: &str) -> String {
 /// stays available: a replica that its health loop finds partitioned meanwhile ends the wait
 /// at once (a silent cut is answered within the detection time, not the deadline).
 pub async fn prepare(site: &PgSite, origin: &str, gid: &str, changes: &str, deadline: Duration) -> Result<(), PrepareFailure> {
-    let started = std::time::Instant::now();
-    let conn = site.pool().checkout(deadline).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?;
-    let left = deadline.saturating_sub(started.elapsed());
-    let sql = prepare_sql(origin, gid, changes);
     let health = site.health().clone();
-    let run = async {
-        match conn.simple_query(&sql).await {
-            // A replica capgate has not set up yet (recovery installs the schema when it first
-            // reaches it): install it now and try once more.
-            Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) => {
-                let _ = conn.simple_query("ROLLBACK").await;
-                crate::replicate::apply::install_replica(&conn).await?;
-                conn.simple_query(&sql).await
+    let cut = health.wait_for("a partition", deadline, |s| !s.state.is_available());
+    // Held outside the attempt, so a partition found meanwhile can still cancel its statement.
+    let conn: tokio::sync::OnceCell<Pooled<PgConnector>> = tokio::sync::OnceCell::new();
+    let attempt = async {
+        let started = std::time::Instant::now();
+        let c = site.pool().checkout(deadline).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?;
+        let c = conn.get_or_init(|| async { c }).await;
+        let left = deadline.saturating_sub(started.elapsed());
+        let sql = prepare_sql(origin, gid, changes);
+        let run = async {
+            match c.simple_query(&sql).await {
+                // A replica capgate has not set up yet (recovery installs the schema when it
+                // first reaches it): install it now and try once more.
+                Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) => {
+                    let _ = c.simple_query("ROLLBACK").await;
+                    crate::replicate::apply::install_replica(c).await?;
+                    c.simple_query(&sql).await
+                }
+                other => other,
             }
-            other => other,
-        }
-    };
-    let run = conn.run("apply and PREPARE TRANSACTION", left, run);
-    let cut = health.wait_for("a partition", left, |s| !s.state.is_available());
-    tokio::select! {
-        result = run => match result {
+        };
+        match c.run("apply and PREPARE TRANSACTION", left, run).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let failure = classify_error(&e);
                 if let PrepareFailure::Unavailable(_) = failure {
-                    give_up(&conn, site.pool().clone(), gid);
+                    give_up(c, site.pool().clone(), gid);
                 }
                 Err(failure)
             }
-        },
+        }
+    };
+    tokio::select! {
+        result = attempt => result,
         Ok(status) = cut => {
-            give_up(&conn, site.pool().clone(), gid);
+            match conn.get() {
+                Some(c) => give_up(c, site.pool().clone(), gid),
+                None => {
+                    let (pool, gid) = (site.pool().clone(), gid.to_owned());
+                    tokio::spawn(async move { finish(pool, gid, false, LATE_PREPARE_WATCH).await });
+                }
+            }
             Err(PrepareFailure::Unavailable(format!("it became {} while preparing", status.state)))
         }
     }
