@@ -312,6 +312,8 @@ DECLARE
     found jsonb := '[]';
     rel regclass;
     ddl json;
+    e_state text;
+    e_msg text;
 BEGIN
     IF mode IS NULL OR mode NOT IN ('sync', 'async') THEN
         RAISE EXCEPTION 'capgate.apply_changes: mode must be ''sync'' or ''async'', not %', coalesce(quote_literal(mode), 'NULL')
@@ -351,23 +353,41 @@ BEGIN
             RAISE EXCEPTION 'capgate.apply_changes: on_conflict of % is %, not one of skip, halt, overwrite, latest', r.tbl, quote_literal(policy)
                 USING ERRCODE = '22023';
         END IF;
-        IF r.op = 'S' THEN
-            ddl := r.items -> 0 -> 'new';
-            PERFORM set_config('search_path', coalesce(ddl ->> 'search_path', 'public'), true);
-            EXECUTE ddl ->> 'sql';
-            PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-        ELSIF r.op = 'T' THEN
-            rel := to_regclass(r.tbl);
-            IF rel IS NULL THEN
-                found := found || capgate.conflict(origin, r.items -> 0, 'missing_table', NULL, mode,
-                    CASE policy WHEN 'skip' THEN 'skip' ELSE 'halt' END, 'skipped', format('table %s does not exist on this replica', r.tbl));
+        -- Async: a run that fails stops its table only (the shipper halts it and ships the
+        -- rest); the error, with the table, comes back as CGH01 like a `halt` conflict.
+        BEGIN
+            IF r.op = 'S' THEN
+                ddl := r.items -> 0 -> 'new';
+                PERFORM set_config('search_path', coalesce(ddl ->> 'search_path', 'public'), true);
+                EXECUTE ddl ->> 'sql';
+                PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+            ELSIF r.op = 'T' THEN
+                rel := to_regclass(r.tbl);
+                IF rel IS NULL THEN
+                    found := found || capgate.conflict(origin, r.items -> 0, 'missing_table', NULL, mode,
+                        CASE policy WHEN 'skip' THEN 'skip' ELSE 'halt' END, 'skipped', format('table %s does not exist on this replica', r.tbl));
+                ELSE
+                    EXECUTE format('TRUNCATE %s', rel);
+                    DELETE FROM capgate.latest WHERE tbl = r.tbl;
+                END IF;
             ELSE
-                EXECUTE format('TRUNCATE %s', rel);
-                DELETE FROM capgate.latest WHERE tbl = r.tbl;
+                found := found || capgate.apply_run(origin, r.tbl, r.op, r.items, mode, policy, prepared_wait);
             END IF;
-        ELSE
-            found := found || capgate.apply_run(origin, r.tbl, r.op, r.items, mode, policy, prepared_wait);
-        END IF;
+        EXCEPTION
+            WHEN SQLSTATE 'CGH01' OR SQLSTATE 'CGC01' THEN
+                RAISE;
+            WHEN OTHERS THEN
+                IF mode = 'sync' THEN
+                    RAISE;
+                END IF;
+                GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT;
+                RAISE EXCEPTION 'capgate: applying changes of % failed: % (SQLSTATE %); shipping this table stops', r.tbl, e_msg, e_state
+                    USING ERRCODE = 'CGH01',
+                          DETAIL = jsonb_build_object('origin', origin, 'seq', r.items -> 0 -> 'seq', 'at', r.items -> 0 -> 'at',
+                              'tbl', r.tbl, 'op', r.op, 'kind', 'apply_error', 'old', r.items -> 0 -> 'old', 'new', r.items -> 0 -> 'new',
+                              'replica', NULL, 'detail', format('%s (SQLSTATE %s)', e_msg, e_state), 'resolution', 'halted')::text,
+                          HINT = 'fix the cause on the replica, then resume the table (`capgate resume --replica <name> --table <table>`)';
+        END;
     END LOOP;
     RETURN found::json;
 END
@@ -389,5 +409,8 @@ BEGIN
         RAISE EXCEPTION 'capgate: the applied snapshot of origin % is no longer %; another shipper applied it', p_origin, coalesce(p_from::text, 'none')
             USING ERRCODE = 'CGW01';
     END IF;
+    -- A copy snapshot stops filtering once no later range can hold a change visible in it.
+    UPDATE capgate.tables SET snapshot = NULL
+     WHERE origin = p_origin AND snapshot IS NOT NULL AND pg_snapshot_xmax(snapshot) <= pg_snapshot_xmin(p_to);
 END
 $fn$;
