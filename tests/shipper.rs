@@ -267,3 +267,38 @@ async fn copied(shipper: &Shipper, table: &str) {
 fn upstream_url(url: &str) -> Upstream {
     env::upstream(url)
 }
+
+#[tokio::test]
+async fn lag_per_table_is_known_to_processes_that_do_not_ship() {
+    use capgate::replicate::shipper::LagMonitor;
+    let ddl = "CREATE TABLE t (k int PRIMARY KEY, v text); CREATE TABLE u (k int PRIMARY KEY, v text)";
+    let env = env("ship_lag", ddl, &["public.t", "public.u"]).await;
+    let replicas = vec!["b".to_owned()];
+    // Another process's view: only the primary.
+    let monitor = LagMonitor::start(
+        env::upstream(&bed().a_primary().url("postgres", &env.db)),
+        replicas.clone(),
+        Duration::from_millis(50),
+        Duration::from_secs(5),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(monitor.lag("b").is_none(), "unknown before the replica applied anything");
+    assert_eq!(monitor.pending("public.t", &replicas), None);
+    let shipper = Shipper::start(env.config());
+    copied(&shipper, "public.u").await;
+    copied(&shipper, "public.t").await;
+    until("a first applied snapshot", || monitor.lag("b").is_some()).await;
+    drop(shipper);
+    env.primary
+        .batch_execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 30) g; INSERT INTO u VALUES (1, 'y')")
+        .await
+        .expect("writes");
+    until("pending figures", || monitor.pending("public.t", &replicas) == Some(30)).await;
+    let lag = monitor.lag("b").expect("measured");
+    assert_eq!((lag.pending_rows, lag.table("public.u").pending_rows), (31, 1));
+    assert!(lag.table("public.t").seconds() >= 0.0 && lag.table("public.t").oldest_pending.is_some());
+    let shipper = Shipper::start(env.config());
+    env.converged(None, "t", &shipper).await;
+    until("caught up", || monitor.pending("public.t", &replicas) == Some(0) && monitor.pending("public.u", &replicas) == Some(0)).await;
+    assert_eq!(monitor.lag("b").map(|l| l.pending_rows), Some(0));
+}

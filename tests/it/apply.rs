@@ -499,3 +499,24 @@ async fn a_stale_shipper_cannot_advance_the_applied_snapshot() {
     let err = b.db.execute(advance, &[&none, &Some("30:30:")]).await.expect_err("stale start");
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some(apply::STALE_SNAPSHOT));
 }
+
+#[tokio::test]
+async fn a_hot_row_collapses_only_while_the_replica_agrees() {
+    let b = bed("hot", KV).await;
+    let start = b.capture("t", "INSERT INTO t VALUES (1, '')").await;
+    b.apply_ok(&start, "halt").await;
+    let mut changes = Vec::new();
+    for i in 0..3 {
+        changes.extend(b.capture("t", &format!("UPDATE t SET v = v || '{i}'")).await);
+    }
+    // The replica's row differs from the first old image: every update is a conflict, each
+    // recorded (the collapsed fast path is not taken).
+    b.db.batch_execute("UPDATE r_hot.t SET v = 'here'").await.expect("diverge");
+    let c = b.apply_ok(&changes, "skip").await;
+    assert_eq!(kinds(&c), vec!["update_differs"; 3]);
+    assert_eq!(b.replica_rows("t").await, vec![r#"{"k":1,"v":"here"}"#]);
+    // In agreement, the three collapse and the last image wins.
+    b.db.batch_execute("UPDATE r_hot.t SET v = ''").await.expect("agree");
+    assert!(b.apply_ok(&changes, "halt").await.is_empty());
+    b.same("t").await;
+}

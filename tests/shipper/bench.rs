@@ -42,10 +42,74 @@ async fn measure_drain() {
         let (changes, batches, ranges) =
             (stats.changes.load(Ordering::Relaxed), stats.batches.load(Ordering::Relaxed), stats.ranges.load(Ordering::Relaxed));
         println!(
-            "drain {name}: {changes} row changes in {:.2} s = {:.0} changes/s; {batches} replica round trips with changes \
+            "drain {name} (single-row inserts): {changes} row changes in {:.2} s = {:.0} changes/s; {batches} replica round trips with changes \
              ({:.0} changes per round trip) in {ranges} ranges",
             elapsed.as_secs_f64(),
             changes as f64 / elapsed.as_secs_f64(),
+            changes as f64 / batches.max(1) as f64
+        );
+    }
+}
+
+/// The same with a TPC-B-like backlog: each transaction updates an account, a teller and
+/// the one branch and inserts a history row (the branch and teller rows repeat in every page,
+/// so their runs go row by row). `cargo test --test shipper -- --ignored --nocapture measure_drain_tpcb`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_drain_tpcb() {
+    let txns: usize = std::env::var("CAPGATE_DRAIN_TXNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let ddl = "CREATE TABLE acct (aid int PRIMARY KEY, bal bigint, filler char(84));
+               CREATE TABLE teller (tid int PRIMARY KEY, bal bigint, filler char(84));
+               CREATE TABLE branch (bid int PRIMARY KEY, bal bigint, filler char(88));
+               CREATE TABLE hist (id bigserial PRIMARY KEY, aid int, tid int, bid int, delta int, at timestamptz DEFAULT now());
+               INSERT INTO acct SELECT g, 0, '' FROM generate_series(1, 100000) g;
+               INSERT INTO teller SELECT g, 0, '' FROM generate_series(1, 10) g;
+               INSERT INTO branch VALUES (1, 0, '')";
+    for (name, latency) in [("loopback", Duration::ZERO), ("50 ms RTT", Duration::from_millis(25))] {
+        let db = format!("tpcb_{}", latency.as_millis());
+        let env = env(&db, ddl, &["public.acct", "public.teller", "public.branch", "public.hist"]).await;
+        let shipper = Shipper::start(env.config());
+        for t in ["public.acct", "public.teller", "public.branch", "public.hist"] {
+            until("the copy", || shipper.stats().tables().get(t).is_some_and(|s| s.state == TableState::Copied)).await;
+        }
+        drop(shipper);
+        let mut tasks = Vec::new();
+        for c in 0..4usize {
+            let url = bed().a_primary().url("postgres", &db);
+            tasks.push(tokio::spawn(async move {
+                let client = client(&url).await;
+                for i in (c..txns).step_by(4) {
+                    let (aid, tid, delta) = ((i * 7919) % 100_000 + 1, i % 10 + 1, (i % 1000) as i32 - 500);
+                    client
+                        .batch_execute(&format!(
+                            "BEGIN; UPDATE acct SET bal = bal + {delta} WHERE aid = {aid}; UPDATE teller SET bal = bal + {delta} WHERE tid = {tid}; \
+                             UPDATE branch SET bal = bal + {delta} WHERE bid = 1; INSERT INTO hist (aid, tid, bid, delta) VALUES ({aid}, {tid}, 1, {delta}); COMMIT"
+                        ))
+                        .await
+                        .expect("txn");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        env.link.set_latency(latency);
+        let mut config = env.config();
+        config.deadline = Duration::from_secs(120);
+        let started = Instant::now();
+        let shipper = Shipper::start(config);
+        for t in ["acct", "teller", "branch", "hist"] {
+            env.converged(None, t, &shipper).await;
+        }
+        let elapsed = started.elapsed();
+        let stats = shipper.stats();
+        let (changes, batches) = (stats.changes.load(Ordering::Relaxed), stats.batches.load(Ordering::Relaxed));
+        println!(
+            "drain {name} (TPC-B-like, {txns} transactions): {changes} row changes in {:.2} s = {:.0} changes/s, {:.0} transactions/s; \
+             {batches} replica round trips with changes ({:.0} changes per round trip)",
+            elapsed.as_secs_f64(),
+            changes as f64 / elapsed.as_secs_f64(),
+            txns as f64 / elapsed.as_secs_f64(),
             changes as f64 / batches.max(1) as f64
         );
     }

@@ -90,6 +90,8 @@ DECLARE
     n_items bigint := json_array_length(p_items);
     n bigint;
     distinct_keys boolean;
+    same_keys boolean;
+    bulk_items json := p_items;  -- what the fast path applies (repeated keys collapsed)
     q_pk_t text; q_pk_o text; q_pk_n text; q_set text; q_set_r text; q_upd text; q_upd_n text;
     key_sql text;        -- the key of change x.c, from the image it is looked up by
     key_after_sql text;  -- the key the row has after the change (for `latest`)
@@ -154,6 +156,24 @@ BEGIN
     EXECUTE format('SELECT count(DISTINCT %s) = count(*) FROM json_array_elements($1) AS x(c)', key_sql)
         INTO distinct_keys USING p_items;
 
+    -- Updates that repeat a key without changing it (a hot row: a counter, a branch
+    -- balance) collapse to one change per key: the first old image, the last new one. The
+    -- fast path then checks the replica's row against the first old image; if anything
+    -- differs, the run goes row by row from its original changes, conflicts and all.
+    IF p_op = 'U' AND NOT distinct_keys THEN
+        EXECUTE format('SELECT bool_and(%s = %s) FROM json_array_elements($1) AS x(c)', key_sql, key_after_sql) INTO same_keys USING p_items;
+        IF same_keys THEN
+            EXECUTE format(
+                'WITH x AS (SELECT x.c, x.i, %s AS k FROM json_array_elements($1) WITH ORDINALITY AS x(c, i)), '
+                'f AS (SELECT DISTINCT ON (k) k, c FROM x ORDER BY k, i), '
+                'l AS (SELECT DISTINCT ON (k) k, c FROM x ORDER BY k, i DESC) '
+                'SELECT json_agg(json_build_object(''seq'', l.c -> ''seq'', ''at'', l.c -> ''at'', ''tbl'', l.c -> ''tbl'', '
+                '''op'', ''U'', ''old'', f.c -> ''old'', ''new'', l.c -> ''new'')) FROM f JOIN l USING (k)', key_sql)
+                INTO bulk_items USING p_items;
+            distinct_keys := true;
+        END IF;
+    END IF;
+
     -- The fast path.
     IF distinct_keys AND cardinality(missing) = 0 THEN
         sql_bulk := CASE p_op
@@ -171,9 +191,9 @@ BEGIN
         END;
         IF sql_bulk IS NOT NULL THEN
             BEGIN
-                EXECUTE sql_bulk USING p_items, excl;
+                EXECUTE sql_bulk USING bulk_items, excl;
                 GET DIAGNOSTICS n = ROW_COUNT;
-                IF n <> n_items THEN
+                IF n <> json_array_length(bulk_items) THEN
                     RAISE EXCEPTION 'not every change applied' USING ERRCODE = 'CGF00';
                 END IF;
                 IF p_policy = 'latest' AND p_mode = 'async' THEN
@@ -181,7 +201,7 @@ BEGIN
                                    'SELECT %L, %s, %L, (x.c ->> ''at'')::timestamptz, %L FROM json_array_elements($1) AS x(c) '
                                    'ON CONFLICT (tbl, key) DO UPDATE SET origin = EXCLUDED.origin, at = EXCLUDED.at, deleted = EXCLUDED.deleted',
                                    p_tbl, key_after_sql, p_origin, p_op = 'D')
-                        USING p_items;
+                        USING bulk_items;
                 END IF;
                 RETURN conflicts;
             EXCEPTION WHEN SQLSTATE 'CGF00' OR unique_violation OR cardinality_violation THEN

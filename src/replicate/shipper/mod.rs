@@ -119,6 +119,7 @@ impl ShipperConfig {
         let upstream = Upstream::new(replica.url.clone())?;
         let mut c = ShipperConfig::new(&config.site, &replica.name, primary, upstream);
         c.all_replicas = config.replicas.iter().map(|r| r.name.clone()).collect();
+        c.conflict_log = config.conflict_log.clone();
         Ok(c)
     }
 }
