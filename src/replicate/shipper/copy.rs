@@ -61,17 +61,17 @@ pub async fn copy_table(
 ) -> Result<u64, CopyError> {
     let p = |e: tokio_postgres::Error| CopyError::Primary(explain(&e));
     let r = |e: tokio_postgres::Error| CopyError::Replica(explain(&e));
-    let exists: bool = timed(deadline, replica.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]), r).await?.get(0);
+    let exists: bool = cell(timed(deadline, replica.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]), r).await?)?;
     if !exists {
         return Err(CopyError::Refused(format!(
             "table {table} does not exist on replica `{replica_name}`: create it there with the primary's definition, then resume it (capgate resume --replica {replica_name} --table {table})"
         )));
     }
-    let columns: Option<Vec<String>> = timed(deadline, primary.query_one(COLUMNS_SQL, &[&table]), p).await?.get(0);
+    let columns: Option<Vec<String>> = cell(timed(deadline, primary.query_one(COLUMNS_SQL, &[&table]), p).await?)?;
     let Some(columns) = columns else {
         return Err(CopyError::Primary(format!("table {table} no longer exists on the primary")));
     };
-    let missing: Vec<String> = timed(deadline, replica.query_one(MISSING_SQL, &[&table, &columns]), r).await?.get(0);
+    let missing: Vec<String> = cell(timed(deadline, replica.query_one(MISSING_SQL, &[&table, &columns]), r).await?)?;
     if !missing.is_empty() {
         return Err(CopyError::Refused(format!(
             "table {table} on replica `{replica_name}` lacks column(s) {} (or has them generated): give it the primary's definition, then resume it",
@@ -86,7 +86,7 @@ pub async fn copy_table(
     let source = primary.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start();
     let source = timed(deadline, source, p).await?;
     timed(deadline, source.batch_execute(FIXED_SETTINGS), p).await?;
-    let snapshot: String = timed(deadline, source.query_one("SELECT pg_current_snapshot()::text", &[]), p).await?.get(0);
+    let snapshot: String = cell(timed(deadline, source.query_one("SELECT pg_current_snapshot()::text", &[]), p).await?)?;
     let target = timed(deadline, replica.transaction(), r).await?;
     let prepare = format!("{FIXED_SETTINGS}; SET LOCAL session_replication_role = replica; DELETE FROM {table}");
     timed(deadline, target.batch_execute(&prepare), refused_or(table, replica_name)).await?;
@@ -111,6 +111,11 @@ pub async fn copy_table(
     timed(deadline, target.commit(), r).await?;
     let _ = source.commit().await;
     Ok(rows)
+}
+
+/// The first column of `row`.
+fn cell<T: for<'a> tokio_postgres::types::FromSql<'a>>(row: tokio_postgres::Row) -> Result<T, CopyError> {
+    row.try_get(0).map_err(|e| CopyError::Replica(format!("an unexpected answer: {e}")))
 }
 
 /// A replica error while loading rows: the replica cannot take this table as it is.

@@ -6,7 +6,8 @@
 //!   `B` (taken now) and not in `A` (the replica's `capgate.applied` snapshot). It is read
 //!   through a cursor in pages of bounded size ([`range`]) and applied in ONE replica
 //!   transaction that also moves `A` to `B` (`capgate.advance`, fenced against a stale
-//!   shipper); the next page is read while the replica applies the current one.
+//!   shipper); the next page is read while the replica applies the current one
+//!   (`apply_range`). `session` holds the task: leadership, the replica session, its loop.
 //! - **One shipper per pair** across capgate processes: a session-level advisory lock on the
 //!   primary, held by the connection the shipper reads with.
 //! - **Tables** ([`tables`]): an async table is shipped only once it has been copied to the
@@ -18,6 +19,7 @@
 //! - **Lag** ([`lag`]) is computed from the primary alone, so every capgate process can read
 //!   it, not only the one that ships.
 
+mod apply_range;
 pub mod copy;
 pub mod lag;
 pub mod range;
