@@ -302,3 +302,45 @@ async fn lag_per_table_is_known_to_processes_that_do_not_ship() {
     until("caught up", || monitor.pending("public.t", &replicas) == Some(0) && monitor.pending("public.u", &replicas) == Some(0)).await;
     assert_eq!(monitor.lag("b").map(|l| l.pending_rows), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_crashes_and_restarts_lose_and_duplicate_nothing() {
+    use capgate::testbed::{PgOptions, PgServer};
+    let env = env("ship_crash", KV, &["public.t"]).await;
+    // A replica of its own: this test crashes it.
+    let server = tokio::task::spawn_blocking(|| PgServer::start(PgOptions::default())).await.expect("join").expect("replica server");
+    server.create_database("ship_crash").expect("replica db");
+    client(&server.url("postgres", "ship_crash")).await.batch_execute(KV).await.expect("replica table");
+    let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()))).expect("link");
+    let mut config = env.config();
+    config.replica = env::upstream(&format!("postgres://postgres@{}/ship_crash", link.addr()));
+    config.page_rows = 100;
+    let shipper = Shipper::start(config);
+    copied(&shipper, "public.t").await;
+    let server = Arc::new(server);
+    for round in 0..3 {
+        for k in 0..300 {
+            let key = round * 1000 + k;
+            env.primary
+                .batch_execute(&format!("INSERT INTO t VALUES ({key}, 'r{round}'); UPDATE t SET v = v || '+' WHERE k = {key}"))
+                .await
+                .expect("write");
+        }
+        let before = shipper.stats().ranges.load(Ordering::Relaxed);
+        until("shipping under way", || shipper.stats().ranges.load(Ordering::Relaxed) > before).await;
+        // A crash (no checkpoint: crash recovery on restart) while ranges are being applied.
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || {
+            s.kill().expect("kill");
+            s.restart().expect("restart");
+        })
+        .await
+        .expect("join");
+    }
+    let replica = client(&server.url("postgres", "ship_crash")).await;
+    env.converged(Some(&replica), "t", &shipper).await;
+    let conflicts = replica.query("SELECT kind FROM capgate.conflicts", &[]).await.expect("conflicts");
+    assert!(conflicts.is_empty(), "a change applied twice would be a conflict");
+    assert!(shipper.stats().halted().is_empty());
+    assert!(shipper.stats().retries.load(Ordering::Relaxed) >= 1, "the crashes were noticed");
+}
