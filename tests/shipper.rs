@@ -183,10 +183,19 @@ async fn a_table_missing_on_the_replica_is_refused_alone_and_resumes() {
     // The other table keeps shipping while this one is refused.
     env.primary.batch_execute("INSERT INTO t VALUES (2, 't2'); INSERT INTO absent VALUES (2, 'b')").await.expect("writes");
     env.converged(None, "t", &shipper).await;
-    // The operator creates the table and resumes it: it is copied, then shipped.
+    // The operator creates the table and resumes it with the CLI, through the admin
+    // listener: it is copied, then shipped.
     env.replica.batch_execute("CREATE TABLE absent (k int PRIMARY KEY, v text)").await.expect("create on the replica");
-    shipper.resume("public.absent", PATIENCE).await.expect("resume");
-    env.converged(None, "absent", &shipper).await;
+    let shippers = Arc::new(std::collections::HashMap::from([("b".to_owned(), shipper)]));
+    let config = admin_for(&env, shippers.clone()).await;
+    let wrong = resume_cli(&config, "nowhere", "public.absent").await;
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("no replica is named `nowhere`"), "{wrong:?}");
+    let done = resume_cli(&config, "b", "public.absent").await;
+    assert!(done.status.success(), "{done:?}");
+    assert!(String::from_utf8_lossy(&done.stdout).contains("public.absent is copied again to replica `b`"), "{done:?}");
+    let shipper = &shippers["b"];
+    env.converged(None, "absent", shipper).await;
     assert!(shipper.stats().halted().is_empty());
 }
 
@@ -257,6 +266,42 @@ async fn partitioned_replica_connections_drop_and_shipping_resumes_on_heal() {
         left.elapsed()
     );
     assert!(shipper.stats().last_error().is_none_or(|e| !e.contains("did not finish within")), "{:?}", shipper.stats().last_error());
+}
+
+/// An admin listener (as `capgate run` serves it) whose resume endpoint reaches `shippers`,
+/// and a configuration file naming it, for the CLI.
+async fn admin_for(env: &Env, shippers: Arc<std::collections::HashMap<String, Shipper>>) -> std::path::PathBuf {
+    use capgate::admin::{serve, AdminState};
+    use capgate::classify::{Catalog, Dialect};
+    use capgate::policy::{Policy, PolicyHandle};
+    let policy = Arc::new(PolicyHandle::fixed(Policy::default()));
+    let router = Arc::new(capgate::replicate::Router::new(Dialect::Postgres, policy.clone(), Catalog::new()));
+    let state = AdminState::new("a".into(), policy, router, Vec::new(), Box::new(|| 0), None).with_resume(shippers);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("admin listener");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve(listener, Arc::new(state)));
+    let dir = std::env::temp_dir().join(format!("capgate-shipper-{}-{}", std::process::id(), env.db));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("capgate.toml");
+    let text = format!(
+        "site = \"a\"\nadmin = \"{addr}\"\n[primary]\nurl = \"{}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"postgres://postgres@{}/{}?sslmode=disable\"\n",
+        bed().a_primary().url("postgres", &env.db),
+        env.link.addr(),
+        env.db
+    );
+    std::fs::write(&file, text).expect("config");
+    file
+}
+
+async fn resume_cli(config: &Path, replica: &str, table: &str) -> std::process::Output {
+    let (config, replica, table) = (config.to_owned(), replica.to_owned(), table.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_capgate"));
+        cmd.arg("resume").arg("--config").arg(&config).args(["--replica", &replica, "--table", &table]);
+        cmd.output().expect("capgate resume")
+    })
+    .await
+    .expect("join")
 }
 
 /// Waits until the shipper has copied `table` (its later changes then ship as changes).
