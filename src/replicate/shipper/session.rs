@@ -224,6 +224,10 @@ impl Run {
         if let Err(e) = self.timed("installing the capgate schema on the replica", apply::install_replica(&replica.client)).await {
             return Fail::Replica(e);
         }
+        // Once per session rather than in every apply's transaction: changing it resets the
+        // server's plan cache. Without the privilege the apply says so (SQLSTATE 42501).
+        let _ =
+            self.timed("setting session_replication_role", replica.client.batch_execute("SET session_replication_role = replica")).await;
         let stmts = match self.prepare(&replica.client).await {
             Ok(s) => s,
             Err(e) => return Fail::Replica(e),
