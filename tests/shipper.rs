@@ -60,6 +60,7 @@ async fn concurrent_writers_arrive_once_in_dependency_order() {
         w.await.expect("writer");
     }
     env.converged(None, "t", &shipper).await;
+    env.verify(&["public.t"]).await;
     assert!(env.conflicts().await.is_empty(), "an exact replay has no conflicts");
     let stats = shipper.stats();
     assert!(stats.changes.load(Ordering::Relaxed) >= 6 * 40 * 3);
@@ -147,6 +148,7 @@ async fn an_existing_table_is_copied_then_concurrent_writes_follow() {
     };
     writer.await.expect("writer");
     env.converged(None, "legacy", &shipper).await;
+    env.verify(&["public.legacy"]).await;
     assert!(env.conflicts().await.is_empty());
     let tables = shipper.stats().tables();
     assert_eq!(tables.get("public.legacy").map(|t| t.state), Some(TableState::Copied), "{tables:?}");

@@ -118,3 +118,23 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+impl Env {
+    /// `capgate verify` (the module) on `tables` between the primary and the test's replica:
+    /// waits for the replica to apply what the primary committed, then compares by checksum.
+    /// Panics, with the report, unless every table is identical.
+    pub async fn verify(&self, tables: &[&str]) {
+        use capgate::verify::{self, Limits, Selection, TableName};
+        let text = format!(
+            "site = \"a\"\n[primary]\nurl = \"{}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"{}?sslmode=disable\"\n",
+            bed().a_primary().url("postgres", &self.db),
+            bed().b_replica().url("postgres", &self.db)
+        );
+        let config = capgate::config::Config::parse(&text, Path::new("/tmp/capgate-shipper-verify.toml")).expect("config");
+        let names = tables.iter().map(|t| TableName::parse(t).expect("table name")).collect();
+        let report = verify::run(&config, &Selection::Named(names), Limits::default()).await.expect("verify ran");
+        assert!(!report.diverged && !report.failed, "verify: {}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        let point = &report.replicas[0].consistent_point;
+        assert!(point.starts_with("after the replica applied every change"), "{point}");
+    }
+}
