@@ -391,3 +391,19 @@ async fn replica_crashes_and_restarts_lose_and_duplicate_nothing() {
     assert!(shipper.stats().halted().is_empty());
     assert!(shipper.stats().retries.load(Ordering::Relaxed) >= 1, "the crashes were noticed");
 }
+
+#[tokio::test]
+async fn a_sync_table_is_never_copied_even_when_it_becomes_async() {
+    let env = env("ship_sync_async", KV, &[]).await;
+    env.primary.execute("SELECT capgate.install_capture('public.t'::regclass, 'sync', 'public.t')", &[]).await.expect("sync capture");
+    // A row only the replica has: a copy would remove it.
+    env.replica.batch_execute("INSERT INTO t VALUES (99, 'only here')").await.expect("replica row");
+    let shipper = Shipper::start(env.config());
+    copied(&shipper, "public.t").await;
+    // The policy moves the table to async: still no copy, and its changes ship.
+    env.capture("public.t").await;
+    env.primary.batch_execute("INSERT INTO t VALUES (1, 'async now')").await.expect("write");
+    until("the write shipped", || shipper.stats().changes_by_table.lock().unwrap().get("public.t").copied().unwrap_or(0) >= 1).await;
+    let rows = Env::rows(&env.replica, "t").await;
+    assert_eq!(rows, vec![r#"{"k":1,"v":"async now"}"#, r#"{"k":99,"v":"only here"}"#]);
+}

@@ -273,10 +273,21 @@ impl Run {
             }
             if listed.elapsed() >= REFRESH {
                 listed = Instant::now();
-                async_tables = match self.timed("listing the captured tables", tables::async_tables(primary)).await {
+                let sync_tables;
+                (async_tables, sync_tables) = match self.timed("listing the captured tables", tables::captured(primary)).await {
                     Ok(t) => t,
                     Err(e) => return Fail::Primary(e),
                 };
+                let unknown: Vec<String> = sync_tables.into_iter().filter(|t| !states.contains_key(t)).collect();
+                if !unknown.is_empty() {
+                    if let Err(e) = self.timed("recording the sync tables", tables::adopt(&replica.client, &cfg.origin, &unknown)).await {
+                        return Fail::Replica(e);
+                    }
+                    for t in unknown {
+                        states.insert(t, TableStatus { state: TableState::Copied, snapshot: None, error: None, copied_rows: None });
+                    }
+                    self.publish_tables(&states);
+                }
             }
             let uncopied: Vec<String> =
                 async_tables.iter().filter(|t| !states.contains_key(*t) && (cfg.initial_copy || resumed.contains(*t))).cloned().collect();

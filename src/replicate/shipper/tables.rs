@@ -77,22 +77,39 @@ pub async fn forget(replica: &Client, origin: &str, table: &str) -> Result<bool,
     Ok(n > 0)
 }
 
-/// The tables the primary captures as async (async and bounded rules), by the name the
-/// capture records (`capgate_capture`'s second argument). Sync tables are not listed: their
-/// changes reach the replica through two-phase commits, and only their writes made around
-/// capgate travel through the change stream.
-const ASYNC_TABLES_SQL: &str = "WITH t AS (SELECT tgargs AS a FROM pg_catalog.pg_trigger WHERE tgname = 'capgate_capture'), \
+/// The tables the primary captures, by the name the capture records (`capgate_capture`'s
+/// second argument), split by capture mode: `(async, sync)`. Async (and bounded) tables are
+/// copied before their changes ship; sync tables are kept equal by two-phase commit, and only
+/// their writes made around capgate travel through the change stream.
+const CAPTURED_SQL: &str = "WITH t AS (SELECT tgargs AS a FROM pg_catalog.pg_trigger WHERE tgname = 'capgate_capture'), \
      p AS (SELECT a, position('\\x00'::bytea IN a) AS n1 FROM t), \
      q AS (SELECT a, n1, substring(a FROM n1 + 1) AS rest FROM p WHERE n1 > 1) \
-     SELECT convert_from(substring(rest FROM 1 FOR position('\\x00'::bytea IN rest) - 1), 'UTF8') \
-     FROM q WHERE convert_from(substring(a FROM 1 FOR n1 - 1), 'UTF8') = 'async' AND position('\\x00'::bytea IN rest) > 1";
+     SELECT convert_from(substring(a FROM 1 FOR n1 - 1), 'UTF8'), convert_from(substring(rest FROM 1 FOR position('\\x00'::bytea IN rest) - 1), 'UTF8') \
+     FROM q WHERE position('\\x00'::bytea IN rest) > 1";
 
-pub async fn async_tables(primary: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
-    let rows = primary.query(ASYNC_TABLES_SQL, &[]).await?;
-    let mut tables: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
-    tables.sort();
-    tables.dedup();
-    Ok(tables)
+pub async fn captured(primary: &Client) -> Result<(Vec<String>, Vec<String>), tokio_postgres::Error> {
+    let (mut async_tables, mut sync_tables) = (Vec::new(), Vec::new());
+    for row in primary.query(CAPTURED_SQL, &[]).await? {
+        let (mode, table): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        match mode.as_str() {
+            "async" => async_tables.push(table),
+            "sync" => sync_tables.push(table),
+            _ => {}
+        }
+    }
+    for list in [&mut async_tables, &mut sync_tables] {
+        list.sort();
+        list.dedup();
+    }
+    Ok((async_tables, sync_tables))
+}
+
+/// Records sync tables the replica does not know yet as copied without copying them (two-phase
+/// commit keeps them equal): when one later moves to an async rule it is not copied, which
+/// could erase the rows of a sync commit still prepared on the replica.
+pub async fn adopt(replica: &Client, origin: &str, tables: &[String]) -> Result<(), tokio_postgres::Error> {
+    let sql = "INSERT INTO capgate.tables (origin, tbl, state) SELECT $1, t, 'copied' FROM unnest($2::text[]) AS t ON CONFLICT DO NOTHING";
+    replica.execute(sql, &[&origin, &tables]).await.map(|_| ())
 }
 
 /// What a range must leave out, and what it must filter, given the replica's table states
