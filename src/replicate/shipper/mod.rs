@@ -152,6 +152,8 @@ pub struct ShipperStats {
     /// Every table the replica knows for this origin: copying, copied, halted (with the
     /// exact error), as last read or written.
     pub tables: Mutex<BTreeMap<String, TableStatus>>,
+    /// The table being copied now and the rows copied so far (read by [`ShipperStats::tables`]).
+    pub copying: Mutex<Option<(String, Arc<AtomicU64>)>>,
 }
 
 /// What a shipper is doing, for status pages.
@@ -214,9 +216,16 @@ impl ShipperStats {
         self.conflicts_by_table.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The tables the replica knows for this origin.
+    /// The tables the replica knows for this origin (a table being copied shows the rows
+    /// copied so far).
     pub fn tables(&self) -> BTreeMap<String, TableStatus> {
-        self.tables.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((table, rows)) = self.copying.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if let Some(t) = tables.get_mut(table) {
+                t.copied_rows = Some(rows.load(Ordering::Relaxed));
+            }
+        }
+        tables
     }
 
     /// The halted tables and why.
@@ -292,5 +301,23 @@ impl Shipper {
                 "the shipper did not take the request within {timeout:?} (it may be connecting, copying or not the one shipping)"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_being_copied_shows_its_rows_so_far_and_halted_tables_their_error() {
+        let stats = ShipperStats::default();
+        let copying = TableStatus { state: TableState::Copying, snapshot: None, error: None, copied_rows: Some(0) };
+        let halted = TableStatus { state: TableState::Halted, snapshot: None, error: Some("no such table".into()), copied_rows: None };
+        *stats.tables.lock().unwrap() = BTreeMap::from([("public.a".to_owned(), copying), ("public.b".to_owned(), halted)]);
+        let rows = Arc::new(AtomicU64::new(0));
+        *stats.copying.lock().unwrap() = Some(("public.a".into(), rows.clone()));
+        rows.store(1234, Ordering::Relaxed);
+        assert_eq!(stats.tables()["public.a"].copied_rows, Some(1234));
+        assert_eq!(stats.halted(), BTreeMap::from([("public.b".to_owned(), "no such table".to_owned())]));
     }
 }

@@ -382,12 +382,14 @@ impl Run {
     ) -> Result<(), Fail> {
         let cfg = &self.config;
         self.stats.set_phase(Phase::Copying);
-        let progress = AtomicU64::new(0);
+        let progress = Arc::new(AtomicU64::new(0));
+        *self.stats.copying.lock().unwrap_or_else(|p| p.into_inner()) = Some((table.to_owned(), progress.clone()));
         states.insert(table.to_owned(), TableStatus { state: TableState::Copying, snapshot: None, error: None, copied_rows: Some(0) });
         self.publish_tables(states);
         tracing::info!(replica = %cfg.replica_name, table = %table, "shipper: copying the table to the replica before shipping its changes");
         let started = Instant::now();
         let copied = copy::copy_table(primary, replica, &cfg.origin, table, &cfg.replica_name, &progress, cfg.deadline).await;
+        *self.stats.copying.lock().unwrap_or_else(|p| p.into_inner()) = None;
         match copied {
             Ok(rows) => {
                 tracing::info!(replica = %cfg.replica_name, table = %table, rows, elapsed = ?started.elapsed(), "shipper: table copied; its changes ship from now on");
