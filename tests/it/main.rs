@@ -9,6 +9,7 @@ mod apply;
 mod async_mode;
 mod bad_input;
 mod capture;
+mod classify_mysql;
 mod cli;
 mod driver;
 mod lifecycle;
