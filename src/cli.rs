@@ -1,5 +1,7 @@
 //! The `capgate` command line.
 
+mod resume;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -82,6 +84,19 @@ pub enum Command {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
         chunk_rows: u32,
     },
+    /// Resume a table the shipper to a replica halted (a conflict under on_conflict = "halt",
+    /// a failed apply, a table missing on the replica): it is copied again from the primary,
+    /// then shipped. Asks the running capgate through its admin listener.
+    Resume {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The replica's name (`[[replicas]] name`).
+        #[arg(long)]
+        replica: String,
+        /// The table, as `/status` shows it (`schema.table`).
+        #[arg(long)]
+        table: String,
+    },
 }
 
 /// Run the command; the exit code follows the usual convention (0 ok, 1 failure, 2 usage).
@@ -92,6 +107,7 @@ pub fn main(cli: Cli) -> ExitCode {
             explain(config.as_deref(), policy.as_deref(), dialect.as_deref(), session, json, &sql)
         }
         Command::Verify { config, tables, json, chunk_rows } => verify(&config, &tables, json, chunk_rows as usize),
+        Command::Resume { config, replica, table } => resume::resume(&config, &replica, &table),
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(

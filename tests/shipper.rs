@@ -1,22 +1,23 @@
 //! The async shipper against a real primary and replica, the replica behind the
-//! fault-injecting link. Writes are captured with `outbox::capture` (the relay's side is
-//! simulated); every test uses its own origin, tables and link on one shared two-site bed,
-//! so the tests run in parallel without seeing each other's rows.
+//! fault-injecting link. Row changes are captured by the primary's real capture triggers
+//! (writes made directly on the primary, as a DBA's psql would); every test has its own
+//! database on both sites, so the tests run in parallel without seeing each other's changes.
 //!
-//! Assertions are on what arrived (rows, the watermark, conflict records) and on the
-//! shipper's counters, never on timings.
+//! Assertions are on what arrived (rows compared as `row_to_json` text on both sides, the
+//! replica's conflict records and table states) and on the shipper's counters, never on
+//! timings.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use capgate::backend::postgres::Upstream;
 use capgate::config::DbUrl;
 use capgate::policy::OnConflict;
-use capgate::replicate::outbox::capture::{self, Capture, Param, ParamFormat};
-use capgate::replicate::outbox::{schema, Shipper, ShipperConfig};
+use capgate::replicate::shipper::{Shipper, ShipperConfig, TableState};
+use capgate::store::postgres::primary::install_primary;
 use capgate::testbed::link::Link;
 use capgate::testbed::sites::TwoSites;
 use tokio_postgres::{Client, NoTls};
@@ -26,325 +27,383 @@ mod bench;
 #[path = "shipper/env.rs"]
 mod env;
 
-use env::{bed, client, env, until, PATIENCE};
+use env::{bed, client, env, until, Env, PATIENCE};
 
-#[tokio::test]
-async fn writes_arrive_once_and_in_commit_order() {
-    let env = env("ship_order").await;
-    env.insert(1, "").await;
-    // Concurrent-looking history on one hot row: each update appends its number.
-    for i in 0..200 {
-        let data = format!("UPDATE {} SET v = v || ',' || {i} WHERE k = 1", env.table);
-        let stmt = format!("UPDATE {} SET v = v || ',' || $1 WHERE k = 1", env.table);
-        let c = env.capture(&stmt, &[Some(&i.to_string())], 1);
-        capture::commit_captured(&env.primary, &data, &[c]).await.expect("update");
-    }
-    for k in 2..=100 {
-        env.insert(k, "x").await;
-    }
-    let shipper = Shipper::start(env.config("b"));
-    env.caught_up(&shipper).await;
-    let get = format!("SELECT v FROM {} WHERE k = 1", env.table);
-    let on_primary: String = env.primary.query_one(&get, &[]).await.expect("primary").get(0);
-    let on_replica: String = env.replica.query_one(&get, &[]).await.expect("replica").get(0);
-    assert_eq!(on_replica, on_primary);
-    assert!(on_replica.ends_with(",198,199"));
-    assert_eq!(env.count(&env.replica).await, 100);
-    let stats = shipper.stats();
-    assert_eq!(stats.statements.load(Ordering::Relaxed), 300);
-    assert_eq!(stats.transactions.load(Ordering::Relaxed), 300);
-    assert_eq!(stats.conflicts.load(Ordering::Relaxed), 0);
-    assert!(env.conflicts().await.is_empty());
-    // Nothing more is shipped once caught up, and lag says so.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(stats.statements.load(Ordering::Relaxed), 300);
-    let lag = shipper.lag().borrow().clone();
-    assert_eq!((lag.pending_rows, lag.seconds()), (0, 0.0));
-}
+const KV: &str = "CREATE TABLE t (k int PRIMARY KEY, v text)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_of_one_row_replay_in_commit_order() {
-    let env = std::sync::Arc::new(env("ship_concurrent").await);
-    env.insert(1, "").await;
-    let shipper = Shipper::start(env.config("b"));
+async fn concurrent_writers_arrive_once_in_dependency_order() {
+    let env = Arc::new(env("ship_order", KV, &["public.t"]).await);
+    env.primary.batch_execute("INSERT INTO t VALUES (1, '')").await.expect("seed");
+    let shipper = Shipper::start(env.config());
+    copied(&shipper, "public.t").await;
     let mut writers = Vec::new();
-    for w in 0..8 {
-        let env = env.clone();
+    for w in 0..6 {
+        let url = bed().a_primary().url("postgres", &env.db);
         writers.push(tokio::spawn(async move {
-            let c = client(&bed().a_primary_url()).await;
+            let c = client(&url).await;
             for i in 0..40 {
-                let tag = format!("{w}.{i}");
-                let data = format!("UPDATE {} SET v = v || ',{tag}' WHERE k = 1", env.table);
-                let stmt = format!("UPDATE {} SET v = v || ',' || $1 WHERE k = 1", env.table);
-                let cap = env.capture(&stmt, &[Some(&tag)], 1);
-                capture::commit_captured(&c, &data, &[cap]).await.expect("update");
+                // A hot row (each appends its tag: the order shows), a row of its own, and a
+                // transaction that reads the hot row to write another (read-dependent).
+                c.batch_execute(&format!(
+                    "BEGIN; UPDATE t SET v = v || ',{w}.{i}' WHERE k = 1; \
+                     INSERT INTO t VALUES ({}, 'x') ON CONFLICT (k) DO UPDATE SET v = t.v || 'y'; COMMIT; \
+                     INSERT INTO t SELECT 1000 + {w}, length(v)::text FROM t WHERE k = 1 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                    10 + w * 100 + i % 7
+                ))
+                .await
+                .expect("write");
             }
         }));
     }
     for w in writers {
         w.await.expect("writer");
     }
-    env.caught_up(&shipper).await;
-    let get = format!("SELECT v FROM {} WHERE k = 1", env.table);
-    let on_primary: String = env.primary.query_one(&get, &[]).await.expect("p").get(0);
-    let on_replica: String = env.replica.query_one(&get, &[]).await.expect("r").get(0);
-    assert_eq!(on_primary.split(',').count(), 1 + 8 * 40);
-    assert_eq!(on_replica, on_primary, "the replica replayed the updates in the primary's commit order");
-    assert!(env.conflicts().await.is_empty());
-}
-
-#[tokio::test]
-async fn a_thousand_writes_through_a_slow_link_take_few_round_trips() {
-    let env = env("ship_batch").await;
-    env.link.set_latency(Duration::from_millis(25));
-    for k in 0..1000 {
-        env.insert(k, "v").await;
-    }
-    let link_before = env.link.stats();
-    let started = Instant::now();
-    let shipper = Shipper::start(env.config("b"));
-    env.caught_up(&shipper).await;
-    eprintln!("drained 1000 statements in {:?}", started.elapsed());
+    env.converged(None, "t", &shipper).await;
+    env.verify(&["public.t"]).await;
+    assert!(env.conflicts().await.is_empty(), "an exact replay has no conflicts");
     let stats = shipper.stats();
-    until("the stats", || stats.statements.load(Ordering::Relaxed) == 1000).await;
-    let batches = stats.batches.load(Ordering::Relaxed);
-    eprintln!("1000 writes in {batches} batches; link {link_before:?} -> {:?}", env.link.stats());
-    assert!(batches <= 3, "{batches} batches for 1000 statements");
-    assert_eq!(stats.statements.load(Ordering::Relaxed), 1000);
-    assert_eq!(env.count(&env.replica).await, 1000);
+    assert!(stats.changes.load(Ordering::Relaxed) >= 6 * 40 * 3);
+    assert!(stats.halted().is_empty());
 }
 
 #[tokio::test]
-async fn blackhole_mid_stream_then_restore_delivers_everything_once_and_lag_recovers() {
-    let env = env("ship_blackhole").await;
-    let shipper = Shipper::start(env.config("b"));
-    for k in 0..100 {
-        env.insert(k, "before").await;
-    }
-    env.caught_up(&shipper).await;
-    env.link.blackhole();
-    for k in 100..300 {
-        env.insert(k, "during").await;
-    }
-    // Lag rises while the replica is unreachable.
-    let lag = shipper.lag();
-    until("pending rows while blackholed", || lag.borrow().pending_rows > 0).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let seen = lag.borrow().clone();
-    assert!(seen.seconds() >= 1.0, "{seen:?}");
-    assert!(seen.table(&env.table).pending_rows > 0, "{seen:?}");
-    until("a failed batch", || shipper.stats().retries.load(Ordering::Relaxed) > 0).await;
-    env.link.restore();
-    env.caught_up(&shipper).await;
-    assert_eq!(env.count(&env.replica).await, 300);
-    assert!(env.conflicts().await.is_empty(), "a duplicate would have conflicted on the key");
-    until("lag back to 0", || lag.borrow().pending_rows == 0 && lag.borrow().seconds() == 0.0).await;
-    eprintln!("retries: {}, last error: {:?}", shipper.stats().retries.load(Ordering::Relaxed), shipper.stats().last_error());
-}
-
-#[tokio::test]
-async fn dropping_the_shipper_mid_batch_and_restarting_loses_and_duplicates_nothing() {
-    let env = env("ship_kill").await;
-    env.link.set_latency(Duration::from_millis(50));
-    for k in 0..3000 {
-        env.insert(k, "v").await;
-    }
-    for round in 0..3 {
-        let mut config = env.config("b");
-        config.max_statements = 300;
-        let shipper = Shipper::start(config);
-        until("a batch", || shipper.stats().batches.load(Ordering::Relaxed) > 0).await;
-        // The next batch is on the wire now (100 ms round trip): drop it there.
-        tokio::time::sleep(Duration::from_millis(30 + 20 * round)).await;
-        drop(shipper);
-    }
-    let shipper = Shipper::start(env.config("b"));
-    env.caught_up(&shipper).await;
-    assert_eq!(env.watermark().await, env.last_seq().await);
-    assert_eq!(env.count(&env.replica).await, 3000);
-    assert!(env.conflicts().await.is_empty(), "a replayed insert would have conflicted on the key");
-    assert!(shipper.stats().statements.load(Ordering::Relaxed) < 3000, "the restart resumed from the watermark");
-}
-
-#[tokio::test]
-async fn conflicts_are_recorded_and_skip_goes_on() {
-    let env = env("ship_skip").await;
-    let log = std::env::temp_dir().join(format!("capgate-conflicts-{}.jsonl", std::process::id()));
-    let _ = std::fs::remove_file(&log);
-    env.insert(5, "a").await;
-    env.insert(7, "a").await;
-    let mut config = env.config("b");
-    config.on_conflict = std::sync::Arc::new(|_| OnConflict::Skip);
-    config.conflict_log = Some(log.clone());
+async fn a_hundred_thousand_row_transaction_ships_in_pages() {
+    let env = env("ship_large", "CREATE TABLE big (k int PRIMARY KEY, v text, pad text)", &["public.big"]).await;
+    let mut config = env.config();
+    config.deadline = Duration::from_secs(60);
     let shipper = Shipper::start(config);
-    env.caught_up(&shipper).await;
-    // The replica diverges: row 5 deleted there, row 8 already present.
-    env.replica
-        .batch_execute(&format!("DELETE FROM {0} WHERE k = 5; INSERT INTO {0} VALUES (8, 'local')", env.table))
+    copied(&shipper, "public.big").await;
+    env.primary
+        .batch_execute("INSERT INTO big SELECT g, md5(g::text), repeat('p', 100) FROM generate_series(1, 100000) g")
         .await
-        .expect("diverge");
-    let data = format!("UPDATE {} SET v = 'b' WHERE k = 5", env.table);
-    let stmt = format!("UPDATE {} SET v = $1 WHERE k = 5", env.table);
-    capture::commit_captured(&env.primary, &data, &[env.capture(&stmt, &[Some("b")], 1)]).await.expect("update");
-    env.insert(8, "primary").await;
-    env.insert(9, "after").await;
-    env.caught_up(&shipper).await;
-    let conflicts = env.conflicts().await;
-    assert_eq!(conflicts.len(), 2, "{conflicts:?}");
-    let (expected, actual, state, resolution): (Option<i64>, Option<i64>, String, String) =
-        (conflicts[0].get(1), conflicts[0].get(2), conflicts[0].get(3), conflicts[0].get(4));
-    assert_eq!((expected, actual, state.as_str(), resolution.as_str()), (Some(1), Some(0), "CGR01", "skipped"));
-    let statement: String = conflicts[0].get(5);
-    assert!(statement.contains("SET v = (CAST($cg$b$cg$ AS text)) WHERE k = 5"), "{statement}");
-    let state: String = conflicts[1].get(3);
-    assert_eq!(state, "23505", "duplicate key");
-    let v: String = env.replica.query_one(&format!("SELECT v FROM {} WHERE k = 9", env.table), &[]).await.expect("k=9").get(0);
-    assert_eq!(v, "after", "skip goes on");
-    let v: String = env.replica.query_one(&format!("SELECT v FROM {} WHERE k = 8", env.table), &[]).await.expect("k=8").get(0);
-    assert_eq!(v, "local", "the conflicting statement was not applied");
-    assert_eq!(shipper.stats().conflicts.load(Ordering::Relaxed), 2);
-    let by: Vec<_> = shipper.stats().conflicts_by_table().into_iter().collect();
-    assert_eq!(by, vec![((env.table.clone(), "error".to_owned()), 1), ((env.table.clone(), "row_count".to_owned()), 1)]);
-    let lines = std::fs::read_to_string(&log).expect("conflict log");
-    assert_eq!(lines.lines().count(), 2, "{lines}");
-    assert!(lines.contains("\"replica\":\"b\"") && lines.contains("23505"), "{lines}");
-    let _ = std::fs::remove_file(&log);
+        .expect("large transaction");
+    env.converged(None, "big", &shipper).await;
+    let stats = shipper.stats();
+    // The table was empty when first copied; its 100,000 changes came in pages of at most
+    // 5,000, all in one replica transaction.
+    let batches = stats.batches.load(Ordering::Relaxed);
+    assert!(batches >= 20, "{batches} round trips for 100,000 changes: pages are bounded");
+    assert_eq!(stats.changes.load(Ordering::Relaxed), 100_000);
 }
 
 #[tokio::test]
-async fn halt_applies_up_to_the_conflict_and_stops() {
-    let env = env("ship_halt").await;
-    env.insert(1, "a").await;
-    let shipper = Shipper::start(env.config("b"));
-    env.caught_up(&shipper).await;
-    env.replica.batch_execute(&format!("DELETE FROM {} WHERE k = 1", env.table)).await.expect("diverge");
-    env.insert(2, "before").await;
-    let before = env.last_seq().await;
-    let data = format!("UPDATE {} SET v = 'b' WHERE k = 1", env.table);
-    let stmt = format!("UPDATE {} SET v = $1 WHERE k = 1", env.table);
-    // The halting transaction also inserts a row: none of it may arrive.
-    let c = [env.capture(&stmt, &[Some("b")], 1), env.capture(&format!("INSERT INTO {} VALUES (3, 'x')", env.table), &[], 1)];
-    capture::commit_captured(&env.primary, &format!("{data}; INSERT INTO {} VALUES (3, 'x')", env.table), &c).await.expect("tx");
-    env.insert(4, "after").await;
-    until("halt", || shipper.stats().halted().is_some()).await;
-    eprintln!("{:?}", shipper.stats().halted());
-    assert_eq!(env.watermark().await, before);
-    let keys: Vec<i32> =
-        env.replica.query(&format!("SELECT k FROM {} ORDER BY k", env.table), &[]).await.expect("keys").iter().map(|r| r.get(0)).collect();
-    assert_eq!(keys, vec![2]);
-    let conflicts = env.conflicts().await;
-    assert_eq!(conflicts.len(), 1);
-    let resolution: String = conflicts[0].get(4);
-    assert_eq!(resolution, "halted");
-    // It stays halted, and lag shows what waits.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(env.watermark().await, before);
-    let lag = shipper.lag();
-    until("lag of the halted rows", || lag.borrow().pending_rows == 3).await;
-}
-
-#[tokio::test]
-async fn only_one_shipper_ships_and_another_takes_over() {
-    let env = env("ship_lock").await;
-    let first = Shipper::start(env.config("b"));
-    until("first is leader", || first.stats().leader.load(Ordering::Relaxed)).await;
-    let second = Shipper::start(env.config("b"));
-    for k in 0..50 {
-        env.insert(k, "v").await;
+async fn kills_and_resets_mid_stream_lose_and_duplicate_nothing() {
+    let env = env("ship_kill", KV, &["public.t"]).await;
+    let mut config = env.config();
+    config.page_rows = 50;
+    for round in 0..5 {
+        let shipper = Shipper::start(config.clone());
+        for k in 0..200 {
+            let key = round * 1000 + k;
+            env.primary
+                .batch_execute(&format!("INSERT INTO t VALUES ({key}, 'r{round}'); UPDATE t SET v = v || '+' WHERE k = {key}"))
+                .await
+                .expect("write");
+        }
+        // Let it get somewhere, then kill it, or cut its connection mid-range.
+        until("some progress", || {
+            shipper.stats().changes.load(Ordering::Relaxed) > 0 || shipper.stats().ranges.load(Ordering::Relaxed) > 0
+        })
+        .await;
+        if round % 2 == 0 {
+            drop(shipper);
+        } else {
+            env.link.reset();
+            drop(shipper);
+        }
     }
-    env.caught_up(&first).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.stats().leader.load(Ordering::Relaxed));
-    assert_eq!(second.stats().statements.load(Ordering::Relaxed), 0);
-    assert_eq!(first.stats().statements.load(Ordering::Relaxed), 50);
-    drop(first);
-    until("second takes over", || second.stats().leader.load(Ordering::Relaxed)).await;
-    for k in 50..80 {
-        env.insert(k, "v").await;
-    }
-    env.caught_up(&second).await;
-    assert_eq!(second.stats().statements.load(Ordering::Relaxed), 30);
-    assert_eq!(env.count(&env.replica).await, 80);
-}
-
-#[tokio::test]
-async fn rolled_back_captures_are_never_shipped() {
-    let env = env("ship_rollback").await;
-    let shipper = Shipper::start(env.config("b"));
-    env.primary.batch_execute("BEGIN").await.expect("begin");
-    env.primary.batch_execute(&format!("INSERT INTO {} VALUES (1, 'no')", env.table)).await.expect("insert");
-    let stmt = format!("INSERT INTO {} VALUES (1, 'no')", env.table);
-    capture::record(&env.primary, &env.capture(&stmt, &[], 1)).await.expect("record");
-    capture::order(&env.primary).await.expect("order");
-    env.primary.batch_execute("ROLLBACK").await.expect("rollback");
-    env.insert(2, "yes").await;
-    env.caught_up(&shipper).await;
-    let keys: Vec<i32> =
-        env.replica.query(&format!("SELECT k FROM {} ORDER BY k", env.table), &[]).await.expect("keys").iter().map(|r| r.get(0)).collect();
-    assert_eq!(keys, vec![2]);
-    assert_eq!(shipper.stats().statements.load(Ordering::Relaxed), 1);
-}
-
-#[tokio::test]
-async fn binary_parameters_and_session_settings_replay_as_on_the_primary() {
-    let env = env("ship_types").await;
-    let table = "public.ship_types_ts";
-    for c in [&env.primary, &env.replica] {
-        c.batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int PRIMARY KEY, at timestamptz, d date, n numeric)"
-        ))
-        .await
-        .expect("t");
-    }
-    let data = format!("SET LOCAL TimeZone = 'Asia/Tokyo'; SET LOCAL DateStyle = 'SQL, DMY'; INSERT INTO {table} VALUES (1, '2026-01-02 03:04:05', '03/04/2026', 12.5)");
-    let stmt = format!("INSERT INTO {table} VALUES ($1, $2, $3, $4)");
-    let c = Capture {
-        origin: env.origin.clone(),
-        statement: stmt,
-        params: vec![
-            Param { type_oid: 23, format: ParamFormat::Binary, value: Some(1i32.to_be_bytes().to_vec()) },
-            Param { type_oid: 1184, format: ParamFormat::Text, value: Some(b"2026-01-02 03:04:05".to_vec()) },
-            Param { type_oid: 1082, format: ParamFormat::Text, value: Some(b"03/04/2026".to_vec()) },
-            Param { type_oid: 1700, format: ParamFormat::Text, value: Some(b"12.5".to_vec()) },
-        ],
-        settings: vec![("timezone".into(), "Asia/Tokyo".into()), ("datestyle".into(), "SQL, DMY".into())],
-        tables: vec![table.to_owned()],
-        row_count: Some(1),
-    };
-    capture::commit_captured(&env.primary, &data, &[c]).await.expect("captured");
-    let shipper = Shipper::start(env.config("b"));
-    env.caught_up(&shipper).await;
-    let get = format!("SELECT k, at::text, d::text, n::text FROM {table} SET");
-    let get = get.trim_end_matches(" SET").to_owned() + " WHERE k = 1";
-    let p = env.primary.query_one(&get, &[]).await.expect("p");
-    let r = env.replica.query_one(&get, &[]).await.expect("r");
-    let row = |x: &tokio_postgres::Row| (x.get::<_, i32>(0), x.get::<_, String>(1), x.get::<_, String>(2), x.get::<_, String>(3));
-    assert_eq!(row(&r), row(&p));
+    let shipper = Shipper::start(config);
+    env.converged(None, "t", &shipper).await;
+    // A change applied twice would be an insert_exists or update_differs conflict, which
+    // halts under the default on_conflict.
     assert!(env.conflicts().await.is_empty());
+    assert!(shipper.stats().halted().is_empty());
 }
 
 #[tokio::test]
-async fn shipped_rows_are_pruned_after_the_retention() {
-    let env = env("ship_prune").await;
-    let mut config = env.config("b");
-    config.retention = Duration::ZERO;
-    config.prune_interval = Duration::from_millis(50);
-    // Another replica that has applied nothing yet holds the rows back.
-    config.all_replicas = vec!["b".into(), "c".into()];
-    let shipper = Shipper::start(config.clone());
-    for k in 0..10 {
-        env.insert(k, "v").await;
-    }
-    env.caught_up(&shipper).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(env.outbox_rows().await, 10, "replica c has not applied them");
+async fn an_existing_table_is_copied_then_concurrent_writes_follow() {
+    let env = env("ship_copy", "CREATE TABLE legacy (k int PRIMARY KEY, v text, n numeric)", &[]).await;
+    env.primary
+        .batch_execute("INSERT INTO legacy SELECT g, 'old ' || g, g / 7.0 FROM generate_series(1, 20000) g")
+        .await
+        .expect("existing rows");
+    env.replica.batch_execute("INSERT INTO legacy VALUES (-1, 'stale replica row', 0)").await.expect("stale row");
+    env.capture("public.legacy").await;
+    let shipper = Shipper::start(env.config());
+    let writer = {
+        let url = bed().a_primary().url("postgres", &env.db);
+        tokio::spawn(async move {
+            let c = client(&url).await;
+            for i in 0..300 {
+                c.batch_execute(&format!(
+                    "UPDATE legacy SET v = v || '.', n = n + 1 WHERE k % 97 = {}; INSERT INTO legacy VALUES ({}, 'new', {i})",
+                    i % 97,
+                    100_000 + i
+                ))
+                .await
+                .expect("write");
+            }
+        })
+    };
+    writer.await.expect("writer");
+    env.converged(None, "legacy", &shipper).await;
+    env.verify(&["public.legacy"]).await;
+    assert!(env.conflicts().await.is_empty());
+    let tables = shipper.stats().tables();
+    assert_eq!(tables.get("public.legacy").map(|t| t.state), Some(TableState::Copied), "{tables:?}");
+}
+
+#[tokio::test]
+async fn a_replica_added_later_gets_a_copy_and_what_follows() {
+    let env = env("ship_later", KV, &["public.t"]).await;
+    let late_db = "ship_later_c";
+    bed().b_replica().create_database(late_db).expect("second replica db");
+    let late = client(&bed().b_replica().url("postgres", late_db)).await;
+    late.batch_execute(KV).await.expect("table on the second replica");
+    let first = Shipper::start(env.config());
+    env.primary.batch_execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 500) g").await.expect("writes");
+    env.converged(None, "t", &first).await;
+    let second = Shipper::start(env.config_to("c", late_db));
+    env.primary.batch_execute("UPDATE t SET v = v || '!' WHERE k <= 100; DELETE FROM t WHERE k > 450").await.expect("more writes");
+    env.converged(Some(&late), "t", &second).await;
+    env.converged(None, "t", &first).await;
+    assert!(second.stats().halted().is_empty());
+}
+
+#[tokio::test]
+async fn a_table_missing_on_the_replica_is_refused_alone_and_resumes() {
+    let ddl = "CREATE TABLE t (k int PRIMARY KEY, v text); CREATE TABLE absent (k int PRIMARY KEY, v text)";
+    let env = env("ship_missing", ddl, &["public.t", "public.absent"]).await;
+    env.replica.batch_execute("DROP TABLE absent").await.expect("drop on the replica");
+    env.primary.batch_execute("INSERT INTO absent VALUES (1, 'a'); INSERT INTO t VALUES (1, 't')").await.expect("writes");
+    let shipper = Shipper::start(env.config());
+    env.converged(None, "t", &shipper).await;
+    until("the missing table refused", || shipper.stats().halted().contains_key("public.absent")).await;
+    let why = shipper.stats().halted()["public.absent"].clone();
+    assert!(why.contains("public.absent") && why.contains("does not exist") && why.contains("capgate resume"), "{why}");
+    // The other table keeps shipping while this one is refused.
+    env.primary.batch_execute("INSERT INTO t VALUES (2, 't2'); INSERT INTO absent VALUES (2, 'b')").await.expect("writes");
+    env.converged(None, "t", &shipper).await;
+    // The operator creates the table and resumes it with the CLI, through the admin
+    // listener: it is copied, then shipped.
+    env.replica.batch_execute("CREATE TABLE absent (k int PRIMARY KEY, v text)").await.expect("create on the replica");
+    let shippers = Arc::new(std::collections::HashMap::from([("b".to_owned(), shipper)]));
+    let config = admin_for(&env, shippers.clone()).await;
+    let wrong = resume_cli(&config, "nowhere", "public.absent").await;
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("no replica is named `nowhere`"), "{wrong:?}");
+    let done = resume_cli(&config, "b", "public.absent").await;
+    assert!(done.status.success(), "{done:?}");
+    assert!(String::from_utf8_lossy(&done.stdout).contains("public.absent is copied again to replica `b`"), "{done:?}");
+    let shipper = &shippers["b"];
+    env.converged(None, "absent", shipper).await;
+    assert!(shipper.stats().halted().is_empty());
+}
+
+#[tokio::test]
+async fn a_halting_conflict_stops_its_table_only_until_resumed() {
+    let ddl = "CREATE TABLE t (k int PRIMARY KEY, v text); CREATE TABLE u (k int PRIMARY KEY, v text)";
+    let env = env("ship_halt", ddl, &["public.t", "public.u"]).await;
+    env.primary.batch_execute("INSERT INTO t VALUES (1, 'one'); INSERT INTO u VALUES (1, 'one')").await.expect("seed");
+    let mut config = env.config();
+    config.on_conflict = Arc::new(|t: &str| if t == "public.u" { OnConflict::Skip } else { OnConflict::Halt });
+    let shipper = Shipper::start(config);
+    env.converged(None, "t", &shipper).await;
+    env.converged(None, "u", &shipper).await;
+    // Someone changes both rows on the replica: the next updates find them different.
+    env.replica.batch_execute("UPDATE t SET v = 'changed here'; UPDATE u SET v = 'changed here'").await.expect("diverge");
+    env.primary.batch_execute("UPDATE t SET v = 'uno'; UPDATE u SET v = 'uno'; INSERT INTO u VALUES (2, 'two')").await.expect("writes");
+    until("t halted", || shipper.stats().halted().contains_key("public.t")).await;
+    let why = shipper.stats().halted()["public.t"].clone();
+    assert!(why.contains("update_differs") && why.contains("public.t"), "{why}");
+    // u skipped its conflict and goes on.
+    until("u shipped", || shipper.stats().changes_by_table.lock().unwrap().get("public.u").copied().unwrap_or(0) >= 2).await;
+    let u: Vec<String> = Env::rows(&env.replica, "u").await;
+    assert_eq!(u, vec![r#"{"k":1,"v":"changed here"}"#, r#"{"k":2,"v":"two"}"#]);
+    let conflicts = env.conflicts().await;
+    assert_eq!(conflicts, vec![("public.u".into(), "update_differs".into(), "skipped".into())]);
+    // Resumed: t is copied again and equals the primary.
+    shipper.resume("public.t", PATIENCE).await.expect("resume");
+    env.converged(None, "t", &shipper).await;
+    until("t no longer halted", || shipper.stats().halted().is_empty()).await;
+}
+
+#[tokio::test]
+async fn partitioned_replica_connections_drop_and_shipping_resumes_on_heal() {
+    use capgate::sites::postgres::PgConnector;
+    use capgate::sites::{Settings, Site, State, Thresholds};
+    let env = env("ship_partition", KV, &["public.t"]).await;
+    let addr = env.link.addr();
+    let health_url = upstream_url(&format!("postgres://postgres@{}:{}/{}", addr.ip(), addr.port(), env.db));
+    let settings = Settings {
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_secs(1),
+        thresholds: Thresholds { partition_latency: Duration::from_millis(300), partition_after: 2, heal_after: 2 },
+        pool_size: 1,
+    };
+    let site = Site::start("b", PgConnector::new(health_url), settings);
+    let mut config = env.config();
+    // Far longer than the test's patience: shipping must come back with the health view,
+    // not when a deadline on a dead connection expires.
+    config.deadline = Duration::from_secs(600);
+    config.health = Some(site.health().clone());
+    let shipper = Shipper::start(config);
+    env.primary.batch_execute("INSERT INTO t VALUES (1, 'before')").await.expect("write");
+    env.converged(None, "t", &shipper).await;
+
+    env.link.blackhole();
+    site.health().wait_state(State::Partitioned, PATIENCE).await.expect("partitioned");
+    until("the shipper drops the replica", || shipper.stats().phase() == capgate::replicate::shipper::Phase::Partitioned).await;
+    env.primary.batch_execute("INSERT INTO t SELECT g, 'during' FROM generate_series(2, 300) g").await.expect("writes during");
+    env.link.restore();
+    let healed = Instant::now();
+    site.health().wait_for("not partitioned", PATIENCE, |s| s.state != State::Partitioned).await.expect("heals");
+    let left = Instant::now();
+    env.converged(None, "t", &shipper).await;
+    eprintln!(
+        "partition: health left partitioned {:?} after the link healed; backlog applied {:?} after that",
+        left - healed,
+        left.elapsed()
+    );
+    assert!(shipper.stats().last_error().is_none_or(|e| !e.contains("did not finish within")), "{:?}", shipper.stats().last_error());
+}
+
+/// An admin listener (as `capgate run` serves it) whose resume endpoint reaches `shippers`,
+/// and a configuration file naming it, for the CLI.
+async fn admin_for(env: &Env, shippers: Arc<std::collections::HashMap<String, Shipper>>) -> std::path::PathBuf {
+    use capgate::admin::{serve, AdminState};
+    use capgate::classify::{Catalog, Dialect};
+    use capgate::policy::{Policy, PolicyHandle};
+    let policy = Arc::new(PolicyHandle::fixed(Policy::default()));
+    let router = Arc::new(capgate::replicate::Router::new(Dialect::Postgres, policy.clone(), Catalog::new()));
+    let state = AdminState::new("a".into(), policy, router, Vec::new(), Box::new(|| 0), None).with_resume(shippers);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("admin listener");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve(listener, Arc::new(state)));
+    let dir = std::env::temp_dir().join(format!("capgate-shipper-{}-{}", std::process::id(), env.db));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("capgate.toml");
+    let text = format!(
+        "site = \"a\"\nadmin = \"{addr}\"\n[primary]\nurl = \"{}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"postgres://postgres@{}/{}?sslmode=disable\"\n",
+        bed().a_primary().url("postgres", &env.db),
+        env.link.addr(),
+        env.db
+    );
+    std::fs::write(&file, text).expect("config");
+    file
+}
+
+async fn resume_cli(config: &Path, replica: &str, table: &str) -> std::process::Output {
+    let (config, replica, table) = (config.to_owned(), replica.to_owned(), table.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_capgate"));
+        cmd.arg("resume").arg("--config").arg(&config).args(["--replica", &replica, "--table", &table]);
+        cmd.output().expect("capgate resume")
+    })
+    .await
+    .expect("join")
+}
+
+/// Waits until the shipper has copied `table` (its later changes then ship as changes).
+async fn copied(shipper: &Shipper, table: &str) {
+    until("the initial copy", || shipper.stats().tables().get(table).is_some_and(|t| t.state == TableState::Copied)).await;
+}
+
+fn upstream_url(url: &str) -> Upstream {
+    env::upstream(url)
+}
+
+#[tokio::test]
+async fn lag_per_table_is_known_to_processes_that_do_not_ship() {
+    use capgate::replicate::shipper::LagMonitor;
+    let ddl = "CREATE TABLE t (k int PRIMARY KEY, v text); CREATE TABLE u (k int PRIMARY KEY, v text)";
+    let env = env("ship_lag", ddl, &["public.t", "public.u"]).await;
+    let replicas = vec!["b".to_owned()];
+    // Another process's view: only the primary.
+    let monitor = LagMonitor::start(
+        env::upstream(&bed().a_primary().url("postgres", &env.db)),
+        replicas.clone(),
+        Duration::from_millis(50),
+        Duration::from_secs(5),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(monitor.lag("b").is_none(), "unknown before the replica applied anything");
+    assert_eq!(monitor.pending("public.t", &replicas), None);
+    let shipper = Shipper::start(env.config());
+    copied(&shipper, "public.u").await;
+    copied(&shipper, "public.t").await;
+    until("a first applied snapshot", || monitor.lag("b").is_some()).await;
     drop(shipper);
-    config.all_replicas = vec!["b".into()];
-    let _shipper = Shipper::start(config);
-    let t = Instant::now();
-    while env.outbox_rows().await > 0 {
-        assert!(t.elapsed() < PATIENCE, "not pruned");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    env.primary
+        .batch_execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 30) g; INSERT INTO u VALUES (1, 'y')")
+        .await
+        .expect("writes");
+    until("pending figures", || monitor.pending("public.t", &replicas) == Some(30)).await;
+    let lag = monitor.lag("b").expect("measured");
+    assert_eq!((lag.pending_rows, lag.table("public.u").pending_rows), (31, 1));
+    assert!(lag.table("public.t").seconds() >= 0.0 && lag.table("public.t").oldest_pending.is_some());
+    let shipper = Shipper::start(env.config());
+    env.converged(None, "t", &shipper).await;
+    until("caught up", || monitor.pending("public.t", &replicas) == Some(0) && monitor.pending("public.u", &replicas) == Some(0)).await;
+    assert_eq!(monitor.lag("b").map(|l| l.pending_rows), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_crashes_and_restarts_lose_and_duplicate_nothing() {
+    use capgate::testbed::{PgOptions, PgServer};
+    let env = env("ship_crash", KV, &["public.t"]).await;
+    // A replica of its own: this test crashes it.
+    let server = tokio::task::spawn_blocking(|| PgServer::start(PgOptions::default())).await.expect("join").expect("replica server");
+    server.create_database("ship_crash").expect("replica db");
+    client(&server.url("postgres", "ship_crash")).await.batch_execute(KV).await.expect("replica table");
+    let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()))).expect("link");
+    let mut config = env.config();
+    config.replica = env::upstream(&format!("postgres://postgres@{}/ship_crash", link.addr()));
+    config.page_rows = 100;
+    let shipper = Shipper::start(config);
+    copied(&shipper, "public.t").await;
+    let server = Arc::new(server);
+    for round in 0..3 {
+        for k in 0..300 {
+            let key = round * 1000 + k;
+            env.primary
+                .batch_execute(&format!("INSERT INTO t VALUES ({key}, 'r{round}'); UPDATE t SET v = v || '+' WHERE k = {key}"))
+                .await
+                .expect("write");
+        }
+        let before = shipper.stats().ranges.load(Ordering::Relaxed);
+        until("shipping under way", || shipper.stats().ranges.load(Ordering::Relaxed) > before).await;
+        // A crash (no checkpoint: crash recovery on restart) while ranges are being applied.
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || {
+            s.kill().expect("kill");
+            s.restart().expect("restart");
+        })
+        .await
+        .expect("join");
     }
-    assert_eq!(env.count(&env.replica).await, 10);
+    let replica = client(&server.url("postgres", "ship_crash")).await;
+    env.converged(Some(&replica), "t", &shipper).await;
+    let conflicts = replica.query("SELECT kind FROM capgate.conflicts", &[]).await.expect("conflicts");
+    assert!(conflicts.is_empty(), "a change applied twice would be a conflict");
+    assert!(shipper.stats().halted().is_empty());
+    assert!(shipper.stats().retries.load(Ordering::Relaxed) >= 1, "the crashes were noticed");
+}
+
+#[tokio::test]
+async fn a_sync_table_is_never_copied_even_when_it_becomes_async() {
+    let env = env("ship_sync_async", KV, &[]).await;
+    env.primary.execute("SELECT capgate.install_capture('public.t'::regclass, 'sync', 'public.t')", &[]).await.expect("sync capture");
+    // A row only the replica has: a copy would remove it.
+    env.replica.batch_execute("INSERT INTO t VALUES (99, 'only here')").await.expect("replica row");
+    let shipper = Shipper::start(env.config());
+    copied(&shipper, "public.t").await;
+    // The policy moves the table to async: still no copy, and its changes ship.
+    env.capture("public.t").await;
+    env.primary.batch_execute("INSERT INTO t VALUES (1, 'async now')").await.expect("write");
+    until("the write shipped", || shipper.stats().changes_by_table.lock().unwrap().get("public.t").copied().unwrap_or(0) >= 1).await;
+    let rows = Env::rows(&env.replica, "t").await;
+    assert_eq!(rows, vec![r#"{"k":1,"v":"async now"}"#, r#"{"k":99,"v":"only here"}"#]);
 }

@@ -11,6 +11,8 @@
 //! not hold the shipping lock (not connected to the primary, or another capgate process
 //! ships), has no lag figures. Sync commit latency is not measured yet.
 
+pub mod resume;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -19,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde::Serialize;
@@ -68,6 +70,8 @@ pub struct AdminState {
     /// (replica, table) pairs given per-table gauges so far: set back to 0 once the table
     /// has nothing pending (the recorder keeps a gauge's last value).
     table_gauges: Mutex<BTreeSet<(String, String)>>,
+    /// What resumes a halted table (`POST /tables/<table>/resume`); None: no shipper here.
+    pub resume: Option<Arc<dyn resume::Resume>>,
 }
 
 impl AdminState {
@@ -81,7 +85,13 @@ impl AdminState {
     ) -> AdminState {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        AdminState { site, policy, router, replicas, connections, token, recorder, handle, table_gauges: Mutex::default() }
+        AdminState { site, policy, router, replicas, connections, token, recorder, handle, table_gauges: Mutex::default(), resume: None }
+    }
+
+    /// Lets operators resume halted tables through `resumer` (the running shippers).
+    pub fn with_resume(mut self, resumer: Arc<dyn resume::Resume>) -> AdminState {
+        self.resume = Some(resumer);
+        self
     }
 }
 
@@ -303,7 +313,11 @@ async fn get_metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -
 /// Serve the admin endpoints on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let app = HttpRouter::new().route("/status", get(get_status)).route("/metrics", get(get_metrics)).with_state(state);
+    let app = HttpRouter::new()
+        .route("/status", get(get_status))
+        .route("/metrics", get(get_metrics))
+        .route("/tables/{table}/resume", post(resume::post_resume))
+        .with_state(state);
     tracing::info!(?addr, "admin endpoints: /status, /metrics");
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("admin listener failed: {e}");

@@ -33,6 +33,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The per-table policy file, resolved against the config file's directory.
     pub policy: Option<PathBuf>,
+    /// A JSON-lines file every replication conflict is appended to (one object per line,
+    /// both row images, the replica's row and the resolution), resolved like `policy`.
+    pub conflict_log: Option<PathBuf>,
     /// Client sessions served at once; one more gets SQLSTATE 53300.
     pub max_connections: usize,
     /// How long a shutdown waits for sessions to finish their transactions.
@@ -140,6 +143,7 @@ struct RawConfig {
     admin: Option<String>,
     admin_token: Option<String>,
     policy: Option<String>,
+    conflict_log: Option<String>,
     #[serde(default = "default_max_connections")]
     max_connections: i64,
     #[serde(default = "default_shutdown_timeout")]
@@ -441,6 +445,7 @@ impl Validator<'_> {
             admin,
             admin_token: raw.admin_token.filter(|t| !t.is_empty()),
             policy: raw.policy.map(|p| self.base.join(p)),
+            conflict_log: raw.conflict_log.filter(|p| !p.is_empty()).map(|p| self.base.join(p)),
             max_connections,
             shutdown_timeout,
             recovery_grace,

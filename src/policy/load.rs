@@ -269,7 +269,12 @@ impl Validator<'_> {
                 t,
                 "on_conflict",
                 &format!("{p}on_conflict"),
-                &[("skip", OnConflict::Skip), ("halt", OnConflict::Halt), ("overwrite", OnConflict::Overwrite)],
+                &[
+                    ("skip", OnConflict::Skip),
+                    ("halt", OnConflict::Halt),
+                    ("overwrite", OnConflict::Overwrite),
+                    ("latest", OnConflict::Latest),
+                ],
             )
             .unwrap_or(DEFAULT_ON_CONFLICT);
         if t.get("nondeterministic").is_some() {

@@ -55,15 +55,30 @@ pub enum OnPartition {
     Block { timeout: Duration },
 }
 
-/// What the shipper does when a replayed statement disagrees with the primary.
+/// What an async apply does when a row change does not fit the replica's row (see
+/// `capgate.apply_changes`, decision 0009). Every conflict is recorded whatever is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnConflict {
-    /// Log the conflict and go on.
+    /// Keep the replica's row and go on.
     Skip,
-    /// Log it and stop shipping from that origin until an operator acts.
+    /// Stop shipping this table until an operator resumes it.
     Halt,
-    /// Turn the statement into an upsert where possible.
+    /// Apply the new image anyway (upsert, insert the missing row, delete anyway).
     Overwrite,
+    /// The change with the later origin time wins (ties: the greater origin name).
+    Latest,
+}
+
+impl OnConflict {
+    /// As written in the policy file and passed to `capgate.apply_changes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnConflict::Skip => "skip",
+            OnConflict::Halt => "halt",
+            OnConflict::Overwrite => "overwrite",
+            OnConflict::Latest => "latest",
+        }
+    }
 }
 
 /// What happens to a statement that may write but whose tables cannot be determined.

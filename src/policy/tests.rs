@@ -111,7 +111,7 @@ writes = ["public.*"]
         "policy.toml:10: table[2].max_lag: does not apply to mode \"async\"",
         "policy.toml:11: table[2].on_partition: does not apply to mode \"async\"",
         "policy.toml:15: table[3].max_lag: expected a duration",
-        "policy.toml:16: table[3].on_conflict: expected one of skip | halt | overwrite, found `merge`",
+        "policy.toml:16: table[3].on_conflict: expected one of skip | halt | overwrite | latest, found `merge`",
         "table[4].match: missing",
         "policy.toml:19: table[4].mach: unknown key",
         "policy.toml:24: table[5].partition_timeout: applies only with on_partition = \"block\"",

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod coordinator;
 pub mod outbox;
 pub mod recovery;
+pub mod shipper;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

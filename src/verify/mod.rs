@@ -49,6 +49,40 @@ pub enum Selection {
     Replicated(Box<dyn Fn(&TableName) -> bool + Send + Sync>),
 }
 
+/// Row images (decision 0009): waits, up to 30 s, until the replica has applied every change
+/// committed on the primary now, except those of tables halted on the replica (they differ
+/// until resumed, and verify says so). None when either side has no row-image schema.
+async fn catch_up_snapshot(primary: &tokio_postgres::Client, replica: &tokio_postgres::Client, site: &str) -> Option<String> {
+    const PENDING: &str = "SELECT count(*) FROM capgate.changes WHERE pg_visible_in_snapshot(xid, $2::text::pg_snapshot) \
+         AND ($1::text IS NULL OR (xid >= pg_snapshot_xmin($1::text::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot))) \
+         AND tbl <> ALL ($3::text[])";
+    let target: String = primary.query_one("SELECT pg_current_snapshot()::text", &[]).await.ok()?.try_get(0).ok()?;
+    primary.query("SELECT 1 FROM capgate.changes LIMIT 0", &[]).await.ok()?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let applied: Option<String> =
+            match replica.query_opt("SELECT snapshot::text FROM capgate.applied WHERE origin = $1", &[&site]).await {
+                Ok(row) => row.and_then(|r| r.try_get(0).ok()),
+                Err(_) => return None,
+            };
+        let halted: Vec<String> = replica
+            .query("SELECT tbl FROM capgate.tables WHERE origin = $1 AND state <> 'copied'", &[&site])
+            .await
+            .map(|rows| rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+            .unwrap_or_default();
+        let pending: i64 = primary.query_one(PENDING, &[&applied, &target, &halted]).await.ok()?.try_get(0).ok()?;
+        if pending == 0 {
+            return Some(format!("after the replica applied every change committed on the primary at snapshot {target}"));
+        }
+        if Instant::now() >= deadline {
+            return Some(format!(
+                "compared as they are now: {pending} change(s) committed on the primary were not applied on the replica after 30 s, so they show as differences"
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Compare the primary of `config` with each of its replicas.
 pub async fn run(config: &Config, selection: &Selection, limits: Limits) -> Result<Report, VerifyError> {
     let upstream = Upstream::new(config.primary.url.clone()).map_err(|e| VerifyError::Config(format!("the primary: {e}")))?;
@@ -118,6 +152,9 @@ async fn session(upstream: &Upstream, what: &str) -> Result<Client, VerifyError>
 /// Wait (up to 30 s) until the replica has applied every outbox row the primary committed so
 /// far, so async tables are compared at a consistent point; say which point it was.
 async fn catch_up(primary: &tokio_postgres::Client, replica: &tokio_postgres::Client, site: &str) -> String {
+    if let Some(point) = catch_up_snapshot(primary, replica, site).await {
+        return point;
+    }
     let target =
         match primary.query_opt("SELECT coalesce(max(seq), 0) FROM capgate.outbox WHERE seq IS NOT NULL AND origin = $1", &[&site]).await {
             Ok(Some(row)) => row.get::<_, i64>(0),

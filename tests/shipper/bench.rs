@@ -1,104 +1,116 @@
-//! The commit-order cost measurement behind docs/decisions/0007 (ignored: run by hand).
+//! The drain-rate measurement behind docs/performance.md (ignored: run by hand, or by
+//! benches/drain.sh): a backlog of single-row transactions drained through the link with
+//! 25 ms added each way (50 ms round trip), and without added latency, in the same run.
 
 use super::*;
 
-/// The figures of docs/decisions/0006: concurrent autocommit inserts on a throwaway server
-/// (fsync on), directly, with an outbox row but no ordering step, and with the ordering
-/// step (the counter row). Run with `cargo test --test shipper -- --ignored --nocapture`.
+/// `cargo test --release --test shipper -- --ignored --nocapture measure_drain`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
-async fn measure_commit_order_cost() {
-    let server = capgate::testbed::PgServer::start(capgate::testbed::PgOptions::default()).expect("server");
-    let url = server.superuser_url();
-    let setup = client(&url).await;
-    schema::install_primary(&setup).await.expect("install");
-    setup.batch_execute("CREATE TABLE bench (id bigserial PRIMARY KEY, v int)").await.expect("table");
-    let capture = Capture {
-        origin: "a".into(),
-        statement: "INSERT INTO bench (v) VALUES ($1)".into(),
-        params: vec![Param { type_oid: 23, format: ParamFormat::Text, value: Some(b"1".to_vec()) }],
-        settings: vec![("search_path".into(), "public".into())],
-        tables: vec!["public.bench".into()],
-        row_count: Some(1),
-    };
-    let with_row = format!("BEGIN; INSERT INTO bench (v) VALUES (1); {}; COMMIT", capture.insert_sql());
-    let ordered = format!("BEGIN; INSERT INTO bench (v) VALUES (1); {}; {}; COMMIT", capture.insert_sql(), capture::ORDER_SQL);
-    setup.batch_execute("CREATE SEQUENCE bench_seq").await.expect("seq");
-    let advisory = format!(
-        "BEGIN; INSERT INTO bench (v) VALUES (1); {}; SELECT pg_advisory_xact_lock(42); \
-         UPDATE capgate.outbox SET seq = s.n, committed_at = clock_timestamp() FROM (SELECT nextval('bench_seq') AS n) s \
-         WHERE xid = pg_current_xact_id() AND seq IS NULL; COMMIT",
-        capture.insert_sql()
-    );
-    let modes = [
-        ("direct", "BEGIN; INSERT INTO bench (v) VALUES (1); COMMIT".to_owned()),
-        ("outbox row, no ordering", with_row),
-        ("outbox row + counter (a)", ordered),
-        ("outbox row + advisory lock", advisory),
-    ];
-    for clients in [1usize, 8, 32] {
-        setup.batch_execute("CHECKPOINT").await.expect("checkpoint");
-        for (name, sql) in &modes {
-            let sql = std::sync::Arc::new(sql.clone());
-            let stop = Instant::now() + Duration::from_secs(5);
-            let mut tasks = Vec::new();
-            for _ in 0..clients {
-                let (sql, url) = (sql.clone(), url.clone());
-                tasks.push(tokio::spawn(async move {
-                    let c = client(&url).await;
-                    let mut n = 0u64;
-                    while Instant::now() < stop {
-                        c.batch_execute(&sql).await.expect("tx");
-                        n += 1;
-                    }
-                    n
-                }));
-            }
-            let mut total = 0;
-            for t in tasks {
-                total += t.await.expect("task");
-            }
-            eprintln!("{clients:>3} clients  {name:<26} {:>8.0} commits/s", total as f64 / 5.0);
+async fn measure_drain() {
+    let backlog: usize = std::env::var("CAPGATE_DRAIN_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    for (name, latency) in [("loopback", Duration::ZERO), ("50 ms RTT", Duration::from_millis(25))] {
+        let db = format!("drain_{}", latency.as_millis());
+        let env = env(&db, "CREATE TABLE acct (k int PRIMARY KEY, bal bigint, note text)", &["public.acct"]).await;
+        // The table is copied while empty; every change after that is a queued transaction.
+        let shipper = Shipper::start(env.config());
+        until("the copy", || shipper.stats().tables().get("public.acct").is_some_and(|t| t.state == TableState::Copied)).await;
+        drop(shipper);
+        // Single-row transactions from 4 clients, as an OLTP backlog.
+        let mut tasks = Vec::new();
+        for c in 0..4 {
+            let url = bed().a_primary().url("postgres", &db);
+            tasks.push(tokio::spawn(async move {
+                let client = client(&url).await;
+                let stmt = client.prepare("INSERT INTO acct VALUES ($1, $2, 'queued')").await.expect("prepare");
+                for i in (c..backlog).step_by(4) {
+                    client.execute(&stmt, &[&(i as i32), &(i as i64)]).await.expect("insert");
+                }
+            }));
         }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        env.link.set_latency(latency);
+        let mut config = env.config();
+        config.deadline = Duration::from_secs(120);
+        let started = Instant::now();
+        let shipper = Shipper::start(config);
+        env.converged(None, "acct", &shipper).await;
+        let elapsed = started.elapsed();
+        let stats = shipper.stats();
+        let (changes, batches, ranges) =
+            (stats.changes.load(Ordering::Relaxed), stats.batches.load(Ordering::Relaxed), stats.ranges.load(Ordering::Relaxed));
+        println!(
+            "drain {name} (single-row inserts): {changes} row changes in {:.2} s = {:.0} changes/s; {batches} replica round trips with changes \
+             ({:.0} changes per round trip) in {ranges} ranges",
+            elapsed.as_secs_f64(),
+            changes as f64 / elapsed.as_secs_f64(),
+            changes as f64 / batches.max(1) as f64
+        );
     }
 }
 
-/// Drain rate of a backlog through a link with 25 ms each way (50 ms round trip): statements
-/// per second and per round trip (batch). Run with
-/// `cargo test --test shipper -- --ignored --nocapture measure_drain`.
+/// The same with a TPC-B-like backlog: each transaction updates an account, a teller and
+/// the one branch and inserts a history row (the branch and teller rows repeat in every page,
+/// so their runs go row by row). `cargo test --test shipper -- --ignored --nocapture measure_drain_tpcb`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
-async fn measure_drain_rate() {
-    let env = env("ship_drain").await;
-    env.link.set_latency(Duration::from_millis(25));
-    let n = 20_000;
-    let mut sql = String::new();
-    for k in 0..n {
-        let c = env.capture(
-            &format!("INSERT INTO {} (k, v) VALUES (CAST($1 AS int), $2)", env.table),
-            &[Some(&k.to_string()), Some("some value")],
-            1,
-        );
-        sql.push_str(&format!(
-            "BEGIN; INSERT INTO {} VALUES ({k}, 'some value'); {}; {}; COMMIT;\n",
-            env.table,
-            c.insert_sql(),
-            capture::ORDER_SQL
-        ));
-        if k % 500 == 499 {
-            env.primary.batch_execute(&sql).await.expect("queue");
-            sql.clear();
+async fn measure_drain_tpcb() {
+    let txns: usize = std::env::var("CAPGATE_DRAIN_TXNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let ddl = "CREATE TABLE acct (aid int PRIMARY KEY, bal bigint, filler char(84));
+               CREATE TABLE teller (tid int PRIMARY KEY, bal bigint, filler char(84));
+               CREATE TABLE branch (bid int PRIMARY KEY, bal bigint, filler char(88));
+               CREATE TABLE hist (id bigserial PRIMARY KEY, aid int, tid int, bid int, delta int, at timestamptz DEFAULT now());
+               INSERT INTO acct SELECT g, 0, '' FROM generate_series(1, 100000) g;
+               INSERT INTO teller SELECT g, 0, '' FROM generate_series(1, 10) g;
+               INSERT INTO branch VALUES (1, 0, '')";
+    for (name, latency) in [("loopback", Duration::ZERO), ("50 ms RTT", Duration::from_millis(25))] {
+        let db = format!("tpcb_{}", latency.as_millis());
+        let env = env(&db, ddl, &["public.acct", "public.teller", "public.branch", "public.hist"]).await;
+        let shipper = Shipper::start(env.config());
+        for t in ["public.acct", "public.teller", "public.branch", "public.hist"] {
+            until("the copy", || shipper.stats().tables().get(t).is_some_and(|s| s.state == TableState::Copied)).await;
         }
+        drop(shipper);
+        let mut tasks = Vec::new();
+        for c in 0..4usize {
+            let url = bed().a_primary().url("postgres", &db);
+            tasks.push(tokio::spawn(async move {
+                let client = client(&url).await;
+                for i in (c..txns).step_by(4) {
+                    let (aid, tid, delta) = ((i * 7919) % 100_000 + 1, i % 10 + 1, (i % 1000) as i32 - 500);
+                    client
+                        .batch_execute(&format!(
+                            "BEGIN; UPDATE acct SET bal = bal + {delta} WHERE aid = {aid}; UPDATE teller SET bal = bal + {delta} WHERE tid = {tid}; \
+                             UPDATE branch SET bal = bal + {delta} WHERE bid = 1; INSERT INTO hist (aid, tid, bid, delta) VALUES ({aid}, {tid}, 1, {delta}); COMMIT"
+                        ))
+                        .await
+                        .expect("txn");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        env.link.set_latency(latency);
+        let mut config = env.config();
+        config.deadline = Duration::from_secs(120);
+        let started = Instant::now();
+        let shipper = Shipper::start(config);
+        for t in ["acct", "teller", "branch", "hist"] {
+            env.converged(None, t, &shipper).await;
+        }
+        let elapsed = started.elapsed();
+        let stats = shipper.stats();
+        let (changes, batches) = (stats.changes.load(Ordering::Relaxed), stats.batches.load(Ordering::Relaxed));
+        println!(
+            "drain {name} (TPC-B-like, {txns} transactions): {changes} row changes in {:.2} s = {:.0} changes/s, {:.0} transactions/s; \
+             {batches} replica round trips with changes ({:.0} changes per round trip)",
+            elapsed.as_secs_f64(),
+            changes as f64 / elapsed.as_secs_f64(),
+            txns as f64 / elapsed.as_secs_f64(),
+            changes as f64 / batches.max(1) as f64
+        );
     }
-    let started = Instant::now();
-    let shipper = Shipper::start(env.config("b"));
-    env.caught_up(&shipper).await;
-    let secs = started.elapsed().as_secs_f64();
-    let batches = shipper.stats().batches.load(Ordering::Relaxed);
-    eprintln!(
-        "drained {n} statements in {secs:.2} s through a 50 ms round trip: {:.0} statements/s, {batches} batches, {:.0} statements per round trip",
-        n as f64 / secs,
-        n as f64 / batches as f64
-    );
-    assert_eq!(env.count(&env.replica).await, n as i64);
 }

@@ -1,18 +1,17 @@
-//! The shared bed and one test's world (origin, table, link, clients).
+//! The shared bed and one test's world: its own database on both sites (so every test has its
+//! own `capgate.changes`, applied snapshot and table states), its own link to the replica.
 
 use super::*;
 
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub const PATIENCE: Duration = Duration::from_secs(90);
 
 pub fn bed() -> &'static TwoSites {
     static SITES: OnceLock<TwoSites> = OnceLock::new();
     SITES.get_or_init(|| TwoSites::start().unwrap_or_else(|e| panic!("two-site bed: {e}")))
 }
 
-/// One test's world: its origin name, its own link to the replica, direct clients to both.
 pub struct Env {
-    pub origin: String,
-    pub table: String,
+    pub db: String,
     pub link: Link,
     pub primary: Client,
     pub replica: Client,
@@ -29,95 +28,86 @@ pub fn upstream(url: &str) -> Upstream {
     Upstream::new(url).expect("upstream")
 }
 
-/// A fresh origin `name` with table `public.<name>(k int primary key, v text)` on both sides.
-pub async fn env(name: &str) -> Env {
+/// Database `db` on both sites with `ddl` run on each, the primary's capgate schema installed
+/// and every table named in `captured` captured as async.
+pub async fn env(db: &str, ddl: &str, captured: &[&str]) -> Env {
     let bed = bed();
-    let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, bed.b_replica().port()))).expect("link");
-    let primary = client(&bed.a_primary_url()).await;
-    let replica = client(&bed.b_replica_url_direct()).await;
-    schema::install_primary(&primary).await.expect("install primary");
-    schema::install_replica(&replica).await.expect("install replica");
-    let table = format!("public.{name}");
-    for c in [&primary, &replica] {
-        c.batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int PRIMARY KEY, v text)")).await.expect("table");
+    for server in [bed.a_primary(), bed.b_replica()] {
+        server.create_database(db).unwrap_or_else(|e| panic!("{db}: {e}"));
     }
-    Env { origin: name.to_owned(), table, link, primary, replica }
+    let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, bed.b_replica().port()))).expect("link");
+    let primary = client(&bed.a_primary().url("postgres", db)).await;
+    let replica = client(&bed.b_replica().url("postgres", db)).await;
+    primary.batch_execute(ddl).await.unwrap_or_else(|e| panic!("primary ddl: {e}"));
+    replica.batch_execute(ddl).await.unwrap_or_else(|e| panic!("replica ddl: {e}"));
+    install_primary(&primary).await.expect("install primary");
+    let env = Env { db: db.to_owned(), link, primary, replica };
+    for table in captured {
+        env.capture(table).await;
+    }
+    env
 }
 
 impl Env {
-    pub fn config(&self, replica_name: &str) -> ShipperConfig {
+    /// Installs the async capture trigger on `table` (`public.t`).
+    pub async fn capture(&self, table: &str) {
+        let sql = "SELECT capgate.install_capture($1::text::regclass, 'async', $1)";
+        self.primary.execute(sql, &[&table]).await.unwrap_or_else(|e| panic!("capture {table}: {e}"));
+    }
+
+    /// A shipper configuration to the replica's database `replica_db` (default: the test's
+    /// own) through the link, with short timings.
+    pub fn config_to(&self, replica_name: &str, replica_db: &str) -> ShipperConfig {
         let bed = bed();
         let addr = self.link.addr();
-        let replica = upstream(&format!("postgres://postgres@{}:{}/postgres", addr.ip(), addr.port()));
-        let mut c = ShipperConfig::new(&self.origin, replica_name, upstream(&bed.a_primary_url()), replica);
+        let replica = upstream(&format!("postgres://postgres@{}:{}/{replica_db}", addr.ip(), addr.port()));
+        let mut c = ShipperConfig::new("a", replica_name, upstream(&bed.a_primary().url("postgres", &self.db)), replica);
         c.poll_interval = Duration::from_millis(20);
         c.lock_poll = Duration::from_millis(100);
-        c.deadline = Duration::from_secs(5);
+        c.deadline = Duration::from_secs(10);
         c.backoff_min = Duration::from_millis(50);
         c.backoff_max = Duration::from_millis(500);
-        c.lag_interval = Duration::from_millis(50);
         c
     }
 
-    pub fn capture(&self, statement: &str, params: &[Option<&str>], row_count: u64) -> Capture {
-        Capture {
-            origin: self.origin.clone(),
-            statement: statement.to_owned(),
-            params: params
-                .iter()
-                .map(|p| Param { type_oid: 25, format: ParamFormat::Text, value: p.map(|s| s.as_bytes().to_vec()) })
-                .collect(),
-            settings: vec![("search_path".into(), "public".into())],
-            tables: vec![self.table.clone()],
-            row_count: Some(row_count),
-        }
+    pub fn config(&self) -> ShipperConfig {
+        self.config_to("b", &self.db)
     }
 
-    /// `INSERT (k, v)` on the primary with its capture, in one committed transaction.
-    pub async fn insert(&self, k: i32, v: &str) {
-        let data = format!("INSERT INTO {} VALUES ({k}, '{v}')", self.table);
-        let stmt = format!("INSERT INTO {} (k, v) VALUES (CAST($1 AS int), $2)", self.table);
-        let c = self.capture(&stmt, &[Some(&k.to_string()), Some(v)], 1);
-        capture::commit_captured(&self.primary, &data, &[c]).await.expect("captured insert");
+    /// `row_to_json` of every row of `table`, ordered by key, as text.
+    pub async fn rows(c: &Client, table: &str) -> Vec<String> {
+        let sql = format!("SELECT row_to_json(t)::text FROM {table} t ORDER BY 1");
+        c.query(&sql, &[]).await.unwrap_or_else(|e| panic!("{table}: {e}")).iter().map(|r| r.get(0)).collect()
     }
 
-    /// The highest committed seq of this origin.
-    pub async fn last_seq(&self) -> i64 {
-        let row = self.primary.query_one("SELECT coalesce(max(seq), 0) FROM capgate.outbox WHERE origin = $1", &[&self.origin]).await;
-        row.expect("max seq").get(0)
-    }
-
-    pub async fn outbox_rows(&self) -> i64 {
-        let sql = "SELECT count(*) FROM capgate.outbox WHERE origin = $1";
-        self.primary.query_one(sql, &[&self.origin]).await.expect("count").get(0)
-    }
-
-    pub async fn watermark(&self) -> i64 {
-        let row = self.replica.query_opt("SELECT seq FROM capgate.applied WHERE origin = $1", &[&self.origin]).await;
-        row.expect("watermark").map_or(0, |r| r.get(0))
-    }
-
-    pub async fn count(&self, c: &Client) -> i64 {
-        c.query_one(&format!("SELECT count(*) FROM {}", self.table), &[]).await.expect("count").get(0)
-    }
-
-    pub async fn conflicts(&self) -> Vec<tokio_postgres::Row> {
-        let sql =
-            "SELECT seq, expected_rows, actual_rows, sqlstate, resolution, statement FROM capgate.conflicts WHERE origin = $1 ORDER BY id";
-        self.replica.query(sql, &[&self.origin]).await.expect("conflicts")
-    }
-
-    /// Waits until the replica's watermark reaches the primary's last seq.
-    pub async fn caught_up(&self, shipper: &Shipper) {
-        let target = self.last_seq().await;
+    /// Waits until `table` is the same on the replica `other` (default: the test's replica)
+    /// as on the primary, and nothing is pending for replica `name`.
+    pub async fn converged(&self, other: Option<&Client>, table: &str, shipper: &Shipper) {
+        let replica = other.unwrap_or(&self.replica);
         let t = Instant::now();
-        while self.watermark().await < target {
+        loop {
+            let (p, r) = (Env::rows(&self.primary, table).await, Env::rows(replica, table).await);
+            if p == r {
+                return;
+            }
             let stats = shipper.stats();
-            assert!(t.elapsed() < PATIENCE, "replica stuck at {} < {target}: {stats:?}", self.watermark().await);
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(
+                t.elapsed() < PATIENCE,
+                "{table}: {} rows on the primary, {} on the replica; shipper {:?} {:?} last error {:?} tables {:?}",
+                p.len(),
+                r.len(),
+                stats.phase(),
+                stats.applied_snapshot(),
+                stats.last_error(),
+                stats.tables()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // The shipper counts a batch just after its commit.
-        until("the shipper's count", || shipper.stats().applied_seq.load(Ordering::Relaxed) >= target).await;
+    }
+
+    pub async fn conflicts(&self) -> Vec<(String, String, String)> {
+        let sql = "SELECT tbl, kind, resolution FROM capgate.conflicts ORDER BY id";
+        self.replica.query(sql, &[]).await.expect("conflicts").iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
     }
 }
 
@@ -126,5 +116,25 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(t.elapsed() < PATIENCE, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl Env {
+    /// `capgate verify` (the module) on `tables` between the primary and the test's replica:
+    /// waits for the replica to apply what the primary committed, then compares by checksum.
+    /// Panics, with the report, unless every table is identical.
+    pub async fn verify(&self, tables: &[&str]) {
+        use capgate::verify::{self, Limits, Selection, TableName};
+        let text = format!(
+            "site = \"a\"\n[primary]\nurl = \"{}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"{}?sslmode=disable\"\n",
+            bed().a_primary().url("postgres", &self.db),
+            bed().b_replica().url("postgres", &self.db)
+        );
+        let config = capgate::config::Config::parse(&text, Path::new("/tmp/capgate-shipper-verify.toml")).expect("config");
+        let names = tables.iter().map(|t| TableName::parse(t).expect("table name")).collect();
+        let report = verify::run(&config, &Selection::Named(names), Limits::default()).await.expect("verify ran");
+        assert!(!report.diverged && !report.failed, "verify: {}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        let point = &report.replicas[0].consistent_point;
+        assert!(point.starts_with("after the replica applied every change"), "{point}");
     }
 }

@@ -406,7 +406,7 @@ fn primary_fail(failing: &mut bool, e: String) {
 fn rank(c: OnConflict) -> u8 {
     match c {
         OnConflict::Skip => 0,
-        OnConflict::Overwrite => 1,
+        OnConflict::Overwrite | OnConflict::Latest => 1,
         OnConflict::Halt => 2,
     }
 }

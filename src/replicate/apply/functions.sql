@@ -79,8 +79,6 @@ DECLARE
     keyimg text := CASE p_op WHEN 'I' THEN 'new' ELSE 'old' END;
     schema_policy text := CASE p_policy WHEN 'skip' THEN 'skip' ELSE 'halt' END;
     allcols text[];
-    writable text[];
-    always_identity text[];
     pk text[];
     image_keys text[];
     missing text[];
@@ -90,6 +88,9 @@ DECLARE
     n_items bigint := json_array_length(p_items);
     n bigint;
     distinct_keys boolean;
+    same_keys boolean;
+    bulk_items json := p_items;  -- what the fast path applies (repeated keys collapsed)
+    source text;
     q_pk_t text; q_pk_o text; q_pk_n text; q_set text; q_set_r text; q_upd text; q_upd_n text;
     key_sql text;        -- the key of change x.c, from the image it is looked up by
     key_after_sql text;  -- the key the row has after the change (for `latest`)
@@ -112,68 +113,92 @@ BEGIN
         RETURN conflicts;
     END IF;
 
-    SELECT array_agg(a.attname::text ORDER BY a.attnum),
-           array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attgenerated = ''),
-           array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attidentity = 'a')
-      INTO allcols, writable, always_identity
-      FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
-    SELECT array_agg(a.attname::text ORDER BY k.ord) INTO pk
-      FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-     WHERE i.indrelid = rel AND i.indisprimary;
+    -- What the run needs to know of the table, in few statements (each costs an executor
+    -- start in PL/pgSQL, which is most of a small sync apply's time).
+    SELECT array_agg(DISTINCT k) INTO image_keys FROM json_array_elements(p_items) AS x(c), json_object_keys(x.c -> img) AS k;
+    image_keys := coalesce(image_keys, '{}');
+    WITH a AS (
+        SELECT attname::text AS name, attnum, attgenerated = '' AND attname::text = ANY (image_keys) AS settable, attidentity = 'a' AS always
+          FROM pg_attribute WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped),
+    k AS (
+        SELECT a.name, k.ord FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+          JOIN a ON a.attnum = k.attnum WHERE i.indrelid = rel AND i.indisprimary)
+    SELECT (SELECT array_agg(name ORDER BY attnum) FROM a),
+           (SELECT array_agg(name ORDER BY ord) FROM k),
+           ARRAY(SELECT col FROM unnest(image_keys) AS col WHERE col NOT IN (SELECT name FROM a) ORDER BY col),
+           ARRAY(SELECT name FROM a WHERE settable ORDER BY attnum),
+           ARRAY(SELECT name FROM a WHERE settable AND NOT always ORDER BY attnum),
+           ARRAY(SELECT name FROM a WHERE NOT settable)
+      INTO allcols, pk, missing, setcols, updcols, excl;
     IF pk IS NULL THEN
         RAISE EXCEPTION 'capgate: table % has no primary key on this replica, so its row changes cannot be matched', p_tbl
             USING ERRCODE = '55000',
                   HINT = 'add a primary key to the table on every site, or make it local in the policy';
     END IF;
-    always_identity := coalesce(always_identity, '{}');
-
-    EXECUTE format('SELECT array_agg(DISTINCT k) FROM json_array_elements($1) AS x(c), json_object_keys(x.c -> %L) AS k', img)
-        INTO image_keys USING p_items;
-    image_keys := coalesce(image_keys, '{}');
-    missing := ARRAY(SELECT k FROM unnest(image_keys) AS k WHERE k <> ALL (allcols) ORDER BY k);
-    setcols := ARRAY(SELECT w FROM unnest(writable) WITH ORDINALITY AS u(w, o) WHERE w = ANY (image_keys) ORDER BY o);
-    updcols := ARRAY(SELECT w FROM unnest(setcols) WITH ORDINALITY AS u(w, o) WHERE w <> ALL (always_identity) ORDER BY o);
-    excl := ARRAY(SELECT a FROM unnest(allcols) AS a WHERE a <> ALL (setcols));
-    IF EXISTS (SELECT 1 FROM unnest(pk) AS k WHERE k <> ALL (image_keys)) AND n_items > 0 THEN
+    IF n_items > 0 AND NOT pk <@ image_keys THEN
         RAISE EXCEPTION 'capgate: a change of % lacks its primary key column(s) % in its % image', p_tbl, pk, img
             USING ERRCODE = '22023';
     END IF;
+    SELECT string_agg('t.' || quote_ident(k), ', ' ORDER BY o), string_agg('o.' || quote_ident(k), ', ' ORDER BY o),
+           string_agg('n.' || quote_ident(k), ', ' ORDER BY o),
+           -- The key of a change, as the origin wrote it: for repeated keys and `latest`.
+           format('jsonb_build_array(%s)', string_agg(format('x.c -> %L -> %L', keyimg, k), ', ' ORDER BY o)),
+           format('jsonb_build_array(%s)', string_agg(format('x.c -> %L -> %L', img, k), ', ' ORDER BY o))
+      INTO q_pk_t, q_pk_o, q_pk_n, key_sql, key_after_sql FROM unnest(pk) WITH ORDINALITY AS u(k, o);
+    SELECT string_agg(quote_ident(col), ', ' ORDER BY o), string_agg('n.' || quote_ident(col), ', ' ORDER BY o),
+           string_agg(quote_ident(col), ', ' ORDER BY o) FILTER (WHERE col = ANY (updcols)),
+           string_agg('n.' || quote_ident(col), ', ' ORDER BY o) FILTER (WHERE col = ANY (updcols))
+      INTO q_set, q_set_r, q_upd, q_upd_n FROM unnest(setcols) WITH ORDINALITY AS u(col, o);
 
-    q_pk_t := (SELECT string_agg('t.' || quote_ident(k), ', ') FROM unnest(pk) AS k);
-    q_pk_o := (SELECT string_agg('o.' || quote_ident(k), ', ') FROM unnest(pk) AS k);
-    q_pk_n := (SELECT string_agg('n.' || quote_ident(k), ', ') FROM unnest(pk) AS k);
-    q_set := (SELECT string_agg(quote_ident(k), ', ') FROM unnest(setcols) AS k);
-    q_set_r := (SELECT string_agg('n.' || quote_ident(k), ', ') FROM unnest(setcols) AS k);
-    q_upd := (SELECT string_agg(quote_ident(k), ', ') FROM unnest(updcols) AS k);
-    q_upd_n := (SELECT string_agg('n.' || quote_ident(k), ', ') FROM unnest(updcols) AS k);
-    -- The key of a change, as the origin wrote it: for repeated-key detection and `latest`.
-    key_sql := format('jsonb_build_array(%s)', (SELECT string_agg(format('x.c -> %L -> %L', keyimg, k), ', ') FROM unnest(pk) AS k));
-    key_after_sql := format('jsonb_build_array(%s)', (SELECT string_agg(format('x.c -> %L -> %L', img, k), ', ') FROM unnest(pk) AS k));
+    IF n_items = 1 THEN
+        distinct_keys := true;
+    ELSE
+        EXECUTE format('SELECT count(DISTINCT %s) = count(*) FROM json_array_elements($1) AS x(c)', key_sql)
+            INTO distinct_keys USING p_items;
+    END IF;
 
-    EXECUTE format('SELECT count(DISTINCT %s) = count(*) FROM json_array_elements($1) AS x(c)', key_sql)
-        INTO distinct_keys USING p_items;
+    -- Updates that repeat a key without changing it (a hot row: a counter, a branch
+    -- balance) collapse to one change per key: the first old image, the last new one. The
+    -- fast path then checks the replica's row against the first old image; if anything
+    -- differs, the run goes row by row from its original changes, conflicts and all.
+    IF p_op = 'U' AND NOT distinct_keys THEN
+        EXECUTE format('SELECT bool_and(%s = %s) FROM json_array_elements($1) AS x(c)', key_sql, key_after_sql) INTO same_keys USING p_items;
+        IF same_keys THEN
+            EXECUTE format(
+                'WITH x AS (SELECT x.c, x.i, %s AS k FROM json_array_elements($1) WITH ORDINALITY AS x(c, i)), '
+                'f AS (SELECT DISTINCT ON (k) k, c FROM x ORDER BY k, i), '
+                'l AS (SELECT DISTINCT ON (k) k, c FROM x ORDER BY k, i DESC) '
+                'SELECT json_agg(json_build_object(''seq'', l.c -> ''seq'', ''at'', l.c -> ''at'', ''tbl'', l.c -> ''tbl'', '
+                '''op'', ''U'', ''old'', f.c -> ''old'', ''new'', l.c -> ''new'')) FROM f JOIN l USING (k)', key_sql)
+                INTO bulk_items USING p_items;
+            distinct_keys := true;
+        END IF;
+    END IF;
 
     -- The fast path.
     IF distinct_keys AND cardinality(missing) = 0 THEN
+        -- The changes as a relation the planner knows the size of (json_array_elements is
+        -- estimated at 100 rows whatever it holds: one change would get a hash join over a
+        -- sequential scan of the whole table instead of an index lookup).
+        source := format('(SELECT e.c FROM json_array_elements($1) AS e(c) LIMIT %s) AS x', json_array_length(bulk_items));
         sql_bulk := CASE p_op
             WHEN 'I' THEN format(
                 'INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM json_array_elements($1) AS x(c), '
                 'json_populate_record(NULL::%s, x.c -> ''new'') AS n', rel, q_set, q_set_r, rel)
             WHEN 'U' THEN CASE WHEN q_upd IS NULL THEN NULL ELSE format(
-                'UPDATE %s AS t SET (%s) = ROW(%s) FROM json_array_elements($1) AS x(c), '
+                'UPDATE %s AS t SET (%s) = ROW(%s) FROM %s, '
                 'json_populate_record(NULL::%s, x.c -> ''old'') AS o, json_populate_record(NULL::%s, x.c -> ''new'') AS n '
                 'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)',
-                rel, q_upd, q_upd_n, rel, rel, q_pk_t, q_pk_o) END
+                rel, q_upd, q_upd_n, source, rel, rel, q_pk_t, q_pk_o) END
             WHEN 'D' THEN format(
-                'DELETE FROM %s AS t USING json_array_elements($1) AS x(c), json_populate_record(NULL::%s, x.c -> ''old'') AS o '
-                'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)', rel, rel, q_pk_t, q_pk_o)
+                'DELETE FROM %s AS t USING %s, json_populate_record(NULL::%s, x.c -> ''old'') AS o '
+                'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)', rel, source, rel, q_pk_t, q_pk_o)
         END;
         IF sql_bulk IS NOT NULL THEN
             BEGIN
-                EXECUTE sql_bulk USING p_items, excl;
+                EXECUTE sql_bulk USING bulk_items, excl;
                 GET DIAGNOSTICS n = ROW_COUNT;
-                IF n <> n_items THEN
+                IF n <> json_array_length(bulk_items) THEN
                     RAISE EXCEPTION 'not every change applied' USING ERRCODE = 'CGF00';
                 END IF;
                 IF p_policy = 'latest' AND p_mode = 'async' THEN
@@ -181,7 +206,7 @@ BEGIN
                                    'SELECT %L, %s, %L, (x.c ->> ''at'')::timestamptz, %L FROM json_array_elements($1) AS x(c) '
                                    'ON CONFLICT (tbl, key) DO UPDATE SET origin = EXCLUDED.origin, at = EXCLUDED.at, deleted = EXCLUDED.deleted',
                                    p_tbl, key_after_sql, p_origin, p_op = 'D')
-                        USING p_items;
+                        USING bulk_items;
                 END IF;
                 RETURN conflicts;
             EXCEPTION WHEN SQLSTATE 'CGF00' OR unique_violation OR cardinality_violation THEN
@@ -296,6 +321,36 @@ BEGIN
 END
 $fn$;
 
+-- One group of changes: a schema change, a truncate, or a run of one table and operation.
+-- The SET clause puts the search_path back after a schema change ran with its own.
+CREATE OR REPLACE FUNCTION capgate.apply_group(
+    origin text, p_tbl text, p_op text, p_items json, mode text, policy text, prepared_wait interval)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    found jsonb := '[]';
+    rel regclass;
+    ddl json;
+BEGIN
+    IF p_op = 'S' THEN
+        ddl := p_items -> 0 -> 'new';
+        PERFORM set_config('search_path', coalesce(ddl ->> 'search_path', 'public'), true);
+        EXECUTE ddl ->> 'sql';
+    ELSIF p_op = 'T' THEN
+        rel := to_regclass(p_tbl);
+        IF rel IS NULL THEN
+            found := found || capgate.conflict(origin, p_items -> 0, 'missing_table', NULL, mode,
+                CASE policy WHEN 'skip' THEN 'skip' ELSE 'halt' END, 'skipped', format('table %s does not exist on this replica', p_tbl));
+        ELSE
+            EXECUTE format('TRUNCATE %s', rel);
+            DELETE FROM capgate.latest WHERE tbl = p_tbl;
+        END IF;
+    ELSE
+        found := found || capgate.apply_run(origin, p_tbl, p_op, p_items, mode, policy, prepared_wait);
+    END IF;
+    RETURN found;
+END
+$fn$;
+
 -- The entry point. Changes apply in `seq` order for each table; tables are independent of
 -- each other on the apply session (triggers and FK actions are off), so each table's changes
 -- go together, in runs of one operation, between two schema changes ('S', a barrier).
@@ -310,8 +365,8 @@ DECLARE
     r record;
     policy text;
     found jsonb := '[]';
-    rel regclass;
-    ddl json;
+    e_state text;
+    e_msg text;
 BEGIN
     IF mode IS NULL OR mode NOT IN ('sync', 'async') THEN
         RAISE EXCEPTION 'capgate.apply_changes: mode must be ''sync'' or ''async'', not %', coalesce(quote_literal(mode), 'NULL')
@@ -351,22 +406,25 @@ BEGIN
             RAISE EXCEPTION 'capgate.apply_changes: on_conflict of % is %, not one of skip, halt, overwrite, latest', r.tbl, quote_literal(policy)
                 USING ERRCODE = '22023';
         END IF;
-        IF r.op = 'S' THEN
-            ddl := r.items -> 0 -> 'new';
-            PERFORM set_config('search_path', coalesce(ddl ->> 'search_path', 'public'), true);
-            EXECUTE ddl ->> 'sql';
-            PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-        ELSIF r.op = 'T' THEN
-            rel := to_regclass(r.tbl);
-            IF rel IS NULL THEN
-                found := found || capgate.conflict(origin, r.items -> 0, 'missing_table', NULL, mode,
-                    CASE policy WHEN 'skip' THEN 'skip' ELSE 'halt' END, 'skipped', format('table %s does not exist on this replica', r.tbl));
-            ELSE
-                EXECUTE format('TRUNCATE %s', rel);
-                DELETE FROM capgate.latest WHERE tbl = r.tbl;
-            END IF;
+        IF mode = 'sync' THEN
+            found := found || capgate.apply_group(origin, r.tbl, r.op, r.items, mode, policy, prepared_wait);
         ELSE
-            found := found || capgate.apply_run(origin, r.tbl, r.op, r.items, mode, policy, prepared_wait);
+            -- Async: a run that fails stops its table only (the shipper halts it and ships the
+            -- rest); the error, with the table, comes back as CGH01 like a `halt` conflict.
+            BEGIN
+                found := found || capgate.apply_group(origin, r.tbl, r.op, r.items, mode, policy, prepared_wait);
+            EXCEPTION
+                WHEN SQLSTATE 'CGH01' OR SQLSTATE 'CGC01' THEN
+                    RAISE;
+                WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT;
+                    RAISE EXCEPTION 'capgate: applying changes of % failed: % (SQLSTATE %); shipping this table stops', r.tbl, e_msg, e_state
+                        USING ERRCODE = 'CGH01',
+                              DETAIL = jsonb_build_object('origin', origin, 'seq', r.items -> 0 -> 'seq', 'at', r.items -> 0 -> 'at',
+                                  'tbl', r.tbl, 'op', r.op, 'kind', 'apply_error', 'old', r.items -> 0 -> 'old', 'new', r.items -> 0 -> 'new',
+                                  'replica', NULL, 'detail', format('%s (SQLSTATE %s)', e_msg, e_state), 'resolution', 'halted')::text,
+                              HINT = 'fix the cause on the replica, then resume the table (`capgate resume --replica <name> --table <table>`)';
+            END;
         END IF;
     END LOOP;
     RETURN found::json;
@@ -389,5 +447,8 @@ BEGIN
         RAISE EXCEPTION 'capgate: the applied snapshot of origin % is no longer %; another shipper applied it', p_origin, coalesce(p_from::text, 'none')
             USING ERRCODE = 'CGW01';
     END IF;
+    -- A copy snapshot stops filtering once no later range can hold a change visible in it.
+    UPDATE capgate.tables SET snapshot = NULL
+     WHERE origin = p_origin AND snapshot IS NOT NULL AND pg_snapshot_xmax(snapshot) <= pg_snapshot_xmin(p_to);
 END
 $fn$;

@@ -1,0 +1,139 @@
+//! Bringing a table into replication: copy it from the primary to the replica at a
+//! consistent point, the way PostgreSQL logical replication's initial table sync does.
+//!
+//! The primary side reads the table with `COPY … TO STDOUT` inside a REPEATABLE READ
+//! transaction whose snapshot `S` is recorded; the replica side empties the table and loads it
+//! with `COPY … FROM STDIN` in one transaction that also records `S` in `capgate.tables`. The
+//! bytes stream from one to the other (memory stays bounded whatever the table's size). After
+//! that, a change of the table applies only if its transaction is not visible in `S`: the
+//! copy holds every change that is.
+//!
+//! The copy runs between two ranges of the shipper, never during one, and `S` is taken after
+//! the replica's applied snapshot `A` was: every change visible in `A` is in `S` too, so the
+//! copy cannot lose a change that was shipped before it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{pin_mut, SinkExt, StreamExt};
+use tokio_postgres::{Client, IsolationLevel};
+
+use crate::replicate::apply::explain;
+
+/// The settings both sides use while copying, so text values read back as they were written.
+const FIXED_SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; SET LOCAL IntervalStyle = 'postgres'; \
+     SET LOCAL extra_float_digits = 1; SET LOCAL bytea_output = 'hex'; SET LOCAL lc_monetary = 'C'";
+
+/// Why a copy did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The replica cannot take the table (missing, or missing columns, or a column it cannot
+    /// load): the table is halted with this reason until an operator resumes it.
+    #[error("{0}")]
+    Refused(String),
+    #[error("copying on the primary: {0}")]
+    Primary(String),
+    #[error("copying on the replica: {0}")]
+    Replica(String),
+}
+
+/// The non-generated columns of `table` on the primary, quoted, in column order. None: the
+/// table no longer exists there.
+const COLUMNS_SQL: &str = "SELECT array_agg(quote_ident(a.attname) ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
+     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''";
+
+/// Of `$2` (quoted column names), those the replica's `$1` lacks or cannot be written.
+const MISSING_SQL: &str = "SELECT coalesce(array_agg(c ORDER BY c), '{}') FROM unnest($2::text[]) AS c \
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = to_regclass($1) AND quote_ident(a.attname) = c \
+     AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')";
+
+/// Copies `table` (the name the capture records) and records it as copied; returns the rows
+/// copied. `progress` counts rows as they go, for `/status`. Every step is bounded by
+/// `deadline` (a stalled stream ends the copy), not the whole copy.
+pub async fn copy_table(
+    primary: &mut Client,
+    replica: &mut Client,
+    origin: &str,
+    table: &str,
+    replica_name: &str,
+    progress: &AtomicU64,
+    deadline: Duration,
+) -> Result<u64, CopyError> {
+    let p = |e: tokio_postgres::Error| CopyError::Primary(explain(&e));
+    let r = |e: tokio_postgres::Error| CopyError::Replica(explain(&e));
+    let exists: bool = cell(timed(deadline, replica.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]), r).await?)?;
+    if !exists {
+        return Err(CopyError::Refused(format!(
+            "table {table} does not exist on replica `{replica_name}`: create it there with the primary's definition, then resume it (capgate resume --replica {replica_name} --table {table})"
+        )));
+    }
+    let columns: Option<Vec<String>> = cell(timed(deadline, primary.query_one(COLUMNS_SQL, &[&table]), p).await?)?;
+    let Some(columns) = columns else {
+        return Err(CopyError::Primary(format!("table {table} no longer exists on the primary")));
+    };
+    let missing: Vec<String> = cell(timed(deadline, replica.query_one(MISSING_SQL, &[&table, &columns]), r).await?)?;
+    if !missing.is_empty() {
+        return Err(CopyError::Refused(format!(
+            "table {table} on replica `{replica_name}` lacks column(s) {} (or has them generated): give it the primary's definition, then resume it",
+            missing.join(", ")
+        )));
+    }
+    let list = columns.join(", ");
+    let mark = "INSERT INTO capgate.tables (origin, tbl, state) VALUES ($1, $2, 'copying') \
+                ON CONFLICT (origin, tbl) DO UPDATE SET state = 'copying', error = NULL, snapshot = NULL, since = now()";
+    timed(deadline, replica.execute(mark, &[&origin, &table]), r).await?;
+
+    let source = primary.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start();
+    let source = timed(deadline, source, p).await?;
+    timed(deadline, source.batch_execute(FIXED_SETTINGS), p).await?;
+    let snapshot: String = cell(timed(deadline, source.query_one("SELECT pg_current_snapshot()::text", &[]), p).await?)?;
+    let target = timed(deadline, replica.transaction(), r).await?;
+    let prepare = format!("{FIXED_SETTINGS}; SET LOCAL session_replication_role = replica; DELETE FROM {table}");
+    timed(deadline, target.batch_execute(&prepare), refused_or(table, replica_name)).await?;
+    let out = timed(deadline, source.copy_out(&format!("COPY (SELECT {list} FROM {table}) TO STDOUT")), p).await?;
+    let sink = timed(deadline, target.copy_in(&format!("COPY {table} ({list}) FROM STDIN")), refused_or(table, replica_name)).await?;
+    pin_mut!(out);
+    pin_mut!(sink);
+    loop {
+        let chunk = match tokio::time::timeout(deadline, out.next()).await {
+            Ok(Some(chunk)) => chunk.map_err(p)?,
+            Ok(None) => break,
+            Err(_) => return Err(CopyError::Primary(format!("no data from the primary within {deadline:?}"))),
+        };
+        progress.fetch_add(chunk.iter().filter(|b| **b == b'\n').count() as u64, Ordering::Relaxed);
+        timed(deadline, sink.send(chunk), refused_or(table, replica_name)).await?;
+    }
+    let rows = timed(deadline, sink.as_mut().finish(), refused_or(table, replica_name)).await?;
+    let copied =
+        "UPDATE capgate.tables SET state = 'copied', snapshot = $3::text::pg_snapshot, since = now() WHERE origin = $1 AND tbl = $2";
+    timed(deadline, target.execute(copied, &[&origin, &table, &snapshot]), r).await?;
+    timed(deadline, target.execute("DELETE FROM capgate.latest WHERE tbl = $1", &[&table]), r).await?;
+    timed(deadline, target.commit(), r).await?;
+    let _ = source.commit().await;
+    Ok(rows)
+}
+
+/// The first column of `row`.
+fn cell<T: for<'a> tokio_postgres::types::FromSql<'a>>(row: tokio_postgres::Row) -> Result<T, CopyError> {
+    row.try_get(0).map_err(|e| CopyError::Replica(format!("an unexpected answer: {e}")))
+}
+
+/// A replica error while loading rows: the replica cannot take this table as it is.
+fn refused_or<'a>(table: &'a str, replica_name: &'a str) -> impl Fn(tokio_postgres::Error) -> CopyError + 'a {
+    move |e| match e.as_db_error() {
+        Some(_) => CopyError::Refused(format!("copying {table} to replica `{replica_name}` failed: {}", explain(&e))),
+        None => CopyError::Replica(explain(&e)),
+    }
+}
+
+/// `fut` within `deadline`, its error mapped by `map`; a timeout is an error of the same side.
+async fn timed<T, F: Fn(tokio_postgres::Error) -> CopyError>(
+    deadline: Duration,
+    fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    map: F,
+) -> Result<T, CopyError> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(r) => r.map_err(map),
+        Err(_) => Err(CopyError::Replica(format!("a copy step did not finish within {deadline:?}"))),
+    }
+}

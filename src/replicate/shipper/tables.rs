@@ -1,0 +1,154 @@
+//! Which tables a shipper ships, and where each is in its life on the replica
+//! (`capgate.tables`): copied (with the copy's snapshot), being copied, or halted with the
+//! exact error. The replica holds this state so that it commits with the rows it describes.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+/// A table's state on the replica, for one origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableState {
+    /// An initial copy is under way.
+    Copying,
+    /// Copied; its changes ship.
+    Copied,
+    /// Stopped until an operator resumes it: an apply failed or hit a `halt` conflict, or the
+    /// replica lacks the table.
+    Halted,
+}
+
+impl TableState {
+    fn parse(s: &str) -> Option<TableState> {
+        match s {
+            "copying" => Some(TableState::Copying),
+            "copied" => Some(TableState::Copied),
+            "halted" => Some(TableState::Halted),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableState::Copying => "copying",
+            TableState::Copied => "copied",
+            TableState::Halted => "halted",
+        }
+    }
+}
+
+/// One table's state as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableStatus {
+    pub state: TableState,
+    /// Copied: the primary snapshot the copy was taken at, while it still filters changes.
+    pub snapshot: Option<String>,
+    /// Halted: what failed, as the replica said it.
+    pub error: Option<String>,
+    /// Copying: rows copied so far.
+    pub copied_rows: Option<u64>,
+}
+
+/// The replica's table states for `origin`.
+pub async fn read(replica: &Client, origin: &str) -> Result<BTreeMap<String, TableStatus>, tokio_postgres::Error> {
+    let rows = replica.query("SELECT tbl, state, snapshot::text, error FROM capgate.tables WHERE origin = $1", &[&origin]).await?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let state: String = row.try_get(1)?;
+        if let Some(state) = TableState::parse(&state) {
+            out.insert(row.try_get(0)?, TableStatus { state, snapshot: row.try_get(2)?, error: row.try_get(3)?, copied_rows: None });
+        }
+    }
+    Ok(out)
+}
+
+/// Records that `table` is halted, with the error, in its own replica transaction.
+pub async fn halt(replica: &Client, origin: &str, table: &str, error: &str) -> Result<(), tokio_postgres::Error> {
+    let sql = "INSERT INTO capgate.tables (origin, tbl, state, error) VALUES ($1, $2, 'halted', $3) \
+               ON CONFLICT (origin, tbl) DO UPDATE SET state = 'halted', error = EXCLUDED.error, snapshot = NULL, since = now()";
+    replica.execute(sql, &[&origin, &table, &error]).await.map(|_| ())
+}
+
+/// Forgets `table` (resume: it is copied again). Returns whether the replica knew it.
+pub async fn forget(replica: &Client, origin: &str, table: &str) -> Result<bool, tokio_postgres::Error> {
+    let n = replica.execute("DELETE FROM capgate.tables WHERE origin = $1 AND tbl = $2", &[&origin, &table]).await?;
+    Ok(n > 0)
+}
+
+/// The tables the primary captures, by the name the capture records (`capgate_capture`'s
+/// second argument), split by capture mode: `(async, sync)`. Async (and bounded) tables are
+/// copied before their changes ship; sync tables are kept equal by two-phase commit, and only
+/// their writes made around capgate travel through the change stream.
+const CAPTURED_SQL: &str = "WITH t AS (SELECT tgargs AS a FROM pg_catalog.pg_trigger WHERE tgname = 'capgate_capture'), \
+     p AS (SELECT a, position('\\x00'::bytea IN a) AS n1 FROM t), \
+     q AS (SELECT a, n1, substring(a FROM n1 + 1) AS rest FROM p WHERE n1 > 1) \
+     SELECT convert_from(substring(a FROM 1 FOR n1 - 1), 'UTF8'), convert_from(substring(rest FROM 1 FOR position('\\x00'::bytea IN rest) - 1), 'UTF8') \
+     FROM q WHERE position('\\x00'::bytea IN rest) > 1";
+
+pub async fn captured(primary: &Client) -> Result<(Vec<String>, Vec<String>), tokio_postgres::Error> {
+    let (mut async_tables, mut sync_tables) = (Vec::new(), Vec::new());
+    for row in primary.query(CAPTURED_SQL, &[]).await? {
+        let (mode, table): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        match mode.as_str() {
+            "async" => async_tables.push(table),
+            "sync" => sync_tables.push(table),
+            _ => {}
+        }
+    }
+    for list in [&mut async_tables, &mut sync_tables] {
+        list.sort();
+        list.dedup();
+    }
+    Ok((async_tables, sync_tables))
+}
+
+/// Records sync tables the replica does not know yet as copied without copying them (two-phase
+/// commit keeps them equal): when one later moves to an async rule it is not copied, which
+/// could erase the rows of a sync commit still prepared on the replica.
+pub async fn adopt(replica: &Client, origin: &str, tables: &[String]) -> Result<(), tokio_postgres::Error> {
+    let sql = "INSERT INTO capgate.tables (origin, tbl, state) SELECT $1, t, 'copied' FROM unnest($2::text[]) AS t ON CONFLICT DO NOTHING";
+    replica.execute(sql, &[&origin, &tables]).await.map(|_| ())
+}
+
+/// What a range must leave out, and what it must filter, given the replica's table states
+/// and the tables captured as async: `(skip, gates)`. Skipped: halted and copying tables, and
+/// async tables not copied yet (their copy will contain these changes). Gated: copied tables
+/// whose copy snapshot still filters changes (`{"tbl": "snapshot"}`).
+pub fn filters(states: &BTreeMap<String, TableStatus>, async_tables: &[String], initial_copy: bool) -> (Vec<String>, String) {
+    let mut skip: Vec<String> = states.iter().filter(|(_, s)| s.state != TableState::Copied).map(|(t, _)| t.clone()).collect();
+    if initial_copy {
+        skip.extend(async_tables.iter().filter(|t| !states.contains_key(*t)).cloned());
+    }
+    let gates: serde_json::Map<String, serde_json::Value> = states
+        .iter()
+        .filter(|(_, s)| s.state == TableState::Copied)
+        .filter_map(|(t, s)| s.snapshot.clone().map(|snap| (t.clone(), serde_json::Value::String(snap))))
+        .collect();
+    (skip, serde_json::Value::Object(gates).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: TableState, snapshot: Option<&str>) -> TableStatus {
+        TableStatus { state, snapshot: snapshot.map(str::to_owned), error: None, copied_rows: None }
+    }
+
+    #[test]
+    fn uncopied_halted_and_copying_tables_are_left_out_and_copies_gate() {
+        let mut states = BTreeMap::new();
+        states.insert("public.a".to_owned(), status(TableState::Copied, Some("10:12:11")));
+        states.insert("public.b".to_owned(), status(TableState::Copied, None));
+        states.insert("public.c".to_owned(), status(TableState::Halted, None));
+        states.insert("public.d".to_owned(), status(TableState::Copying, None));
+        let captured = ["public.a", "public.b", "public.c", "public.new"].map(str::to_owned);
+        let (skip, gates) = filters(&states, &captured, true);
+        assert_eq!(skip, vec!["public.c", "public.d", "public.new"]);
+        assert_eq!(gates, r#"{"public.a":"10:12:11"}"#);
+        let (skip, _) = filters(&states, &captured, false);
+        assert_eq!(skip, vec!["public.c", "public.d"], "without copies, new tables ship at once");
+    }
+}
