@@ -384,7 +384,7 @@ async fn run(seed: u64, secs: u64) {
     std::fs::create_dir_all(&dir).unwrap();
     let capgate = Arc::new(Mutex::new(Capgate::start(&dir, &link)));
     let url = capgate.lock().unwrap().url();
-    // The schema is installed by capgate; wait for the outbox before writing.
+    // The schema is installed by capgate; wait for the change stream before writing.
     let primary = b.a_primary_url();
     let t = Instant::now();
     while connect(&primary).await.unwrap().query_opt("SELECT 1 FROM capgate.decisions LIMIT 1", &[]).await.is_err() {
@@ -429,19 +429,27 @@ async fn run(seed: u64, secs: u64) {
     let t = Instant::now();
     loop {
         let prepared = scalar(&replica, "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'capgate:%'").await;
-        let committed = scalar(&primary, "SELECT coalesce(max(seq), 0) FROM capgate.outbox WHERE seq IS NOT NULL").await;
-        let applied = connect(&replica)
+        let applied: Option<String> = connect(&replica)
             .await
             .unwrap()
-            .query_opt("SELECT seq FROM capgate.applied WHERE origin = 'a'", &[])
+            .query_opt("SELECT snapshot::text FROM capgate.applied WHERE origin = 'a'", &[])
             .await
             .ok()
             .flatten()
-            .map_or(0, |r| r.get::<_, i64>(0));
-        if prepared == 0 && applied >= committed {
+            .and_then(|r| r.get::<_, Option<String>>(0));
+        let pending: i64 = connect(&primary)
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FROM capgate.changes WHERE $1::text IS NULL OR NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)",
+                &[&applied],
+            )
+            .await
+            .map_or(-1, |r| r.get::<_, i64>(0));
+        if prepared == 0 && pending == 0 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(120), "never drained: {prepared} prepared, applied {applied} of {committed}");
+        assert!(t.elapsed() < Duration::from_secs(120), "never drained: {prepared} prepared, {pending} changes not applied");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 

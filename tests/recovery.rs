@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use capgate::replicate::outbox::schema;
+use capgate::store::postgres::primary as schema;
 use capgate::replicate::recovery::{prune_decisions, recover, RecoveryReport};
 use capgate::testbed::sites::TwoSites;
 use tokio_postgres::{Client, NoTls};
@@ -130,12 +130,13 @@ async fn the_primary_schema_is_versioned_and_migrates_an_unversioned_install() {
     assert_eq!(schema::primary_schema_version(&primary).await.expect("version"), 0);
     schema::install_primary(&primary).await.expect("install");
     assert_eq!(schema::primary_schema_version(&primary).await.expect("version"), schema::PRIMARY_SCHEMA_VERSION);
-    const { assert!(schema::PRIMARY_SCHEMA_VERSION >= 2) };
+    const { assert!(schema::PRIMARY_SCHEMA_VERSION >= 4) };
 
-    // What capgate installed before versions were recorded: the outbox, no decisions.
+    // Queued changes, then the versions lost (as before versions were recorded): the
+    // migration runs every step again and keeps what is queued.
     primary
         .batch_execute(
-            "UPDATE capgate.outbox_seq SET seq = 41; \
+            "INSERT INTO capgate.changes (tbl, op, new, proxied) VALUES ('public.t', 'I', '{\"id\": 41}', false); \
              DROP TABLE capgate.decisions; DROP TABLE capgate.schema_version",
         )
         .await
@@ -143,8 +144,10 @@ async fn the_primary_schema_is_versioned_and_migrates_an_unversioned_install() {
     schema::install_primary(&primary).await.expect("migrate");
     schema::install_primary(&primary).await.expect("idempotent");
     assert_eq!(schema::primary_schema_version(&primary).await.expect("version"), schema::PRIMARY_SCHEMA_VERSION);
-    let seq: i64 = primary.query_one("SELECT seq FROM capgate.outbox_seq", &[]).await.expect("seq").get(0);
-    assert_eq!(seq, 41, "the outbox's state survives the migration");
+    let queued: i64 = primary.query_one("SELECT count(*) FROM capgate.changes", &[]).await.expect("changes").get(0);
+    assert_eq!(queued, 1, "queued changes survive the migration");
+    let outbox: bool = primary.query_one("SELECT to_regclass('capgate.outbox') IS NOT NULL", &[]).await.expect("outbox").get(0);
+    assert!(!outbox, "the statement outbox of the first core is gone");
     primary.execute("INSERT INTO capgate.decisions (gid, origin) VALUES ('g', 'o')", &[]).await.expect("decisions exists again");
 
     // A newer capgate's schema is left alone.
@@ -154,4 +157,46 @@ async fn the_primary_schema_is_versioned_and_migrates_an_unversioned_install() {
 
     // A failed install leaves the connection usable.
     assert!(primary.batch_execute("SELECT 1").await.is_ok());
+}
+
+/// The fence of presumed abort (decision 0009): recovery records the abort under the gid
+/// before rolling a branch back, waiting for a coordinator whose transaction still holds the
+/// gid. A late primary COMMIT and a recovery rollback can never both happen.
+#[tokio::test]
+async fn recovery_never_rolls_back_a_branch_whose_coordinator_may_still_commit() {
+    let bed = bed();
+    let primary = client(&bed.a_primary_url()).await;
+    let replica = client(&bed.b_replica_url_direct()).await;
+    schema::install_primary(&primary).await.expect("install primary");
+    let table = "public.recovery_fence";
+    replica.batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int PRIMARY KEY)")).await.expect("table");
+
+    // A coordinator between its decision record (uncommitted) and its primary COMMIT.
+    let coordinator = client(&bed.a_primary_url()).await;
+    let gid = "capgate:fence:aaaa:1";
+    coordinator.batch_execute(&format!("BEGIN; INSERT INTO capgate.decisions (gid, origin) VALUES ('{gid}', 'fence')")).await.unwrap();
+    prepare(&replica, table, 1, gid).await;
+    // Old enough for presumed abort, but the coordinator holds the gid: left alone.
+    let round = recover(&primary, &replica, "fence", Duration::ZERO).await.expect("recover");
+    assert_eq!(round.left, vec![gid.to_owned()], "{round:?}");
+    assert_eq!(prepared(&replica, "capgate:fence:%").await, vec![gid.to_owned()]);
+    // The coordinator commits after all: recovery commits the branch.
+    coordinator.batch_execute("COMMIT").await.unwrap();
+    let round = recover(&primary, &replica, "fence", Duration::ZERO).await.expect("recover");
+    assert_eq!(round.committed, vec![gid.to_owned()]);
+    assert_eq!(keys(&replica, table).await, vec![1]);
+
+    // A coordinator that has not written its decision yet when recovery fences the gid: its
+    // own insert then fails, so its transaction can never commit.
+    let late = "capgate:fence:aaaa:2";
+    prepare(&replica, table, 2, late).await;
+    let round = recover(&primary, &replica, "fence", Duration::ZERO).await.expect("recover");
+    assert_eq!(round.rolled_back, vec![late.to_owned()]);
+    let e = coordinator
+        .batch_execute(&format!("BEGIN; INSERT INTO capgate.decisions (gid, origin) VALUES ('{late}', 'fence')"))
+        .await
+        .expect_err("the fenced gid can no longer be decided");
+    assert_eq!(e.code().map(|c| c.code()), Some("23505"), "{e}");
+    coordinator.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(keys(&replica, table).await, vec![1]);
 }

@@ -7,9 +7,8 @@
 //! `Authorization: Bearer <token>` (required by the configuration on any other address).
 //!
 //! Figures nobody can know right now are reported as `null` in `/status` and absent from
-//! `/metrics`, never as made-up zeros: a replica without a shipper, or whose shipper does
-//! not hold the shipping lock (not connected to the primary, or another capgate process
-//! ships), has no lag figures. Sync commit latency is not measured yet.
+//! `/metrics`, never as made-up zeros: lag is read from the primary by every capgate process
+//! (shipping or not) and is `null` until measured or while the primary cannot be read.
 
 pub mod resume;
 
@@ -29,7 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::classify::TableName;
 use crate::policy::{Mode, Policy, PolicyHandle};
-use crate::replicate::outbox::{Lag, Phase, ShipperStats};
+use crate::replicate::shipper::{Lag, LagMonitor, ShipperStats, TableState};
 use crate::replicate::Router;
 use crate::sites::HealthView;
 
@@ -40,10 +39,10 @@ pub struct ReplicaSource {
     pub shipper: Option<ShipperView>,
 }
 
-/// A running shipper's published figures.
+/// A running shipper's published figures, and the lag read from the primary.
 pub struct ShipperView {
     pub stats: Arc<ShipperStats>,
-    pub lag: tokio::sync::watch::Receiver<Lag>,
+    pub lag: Arc<LagMonitor>,
 }
 
 impl ReplicaSource {
@@ -117,11 +116,15 @@ pub struct ReplicaDoc {
     /// hold the shipping lock).
     pub lag_seconds: Option<f64>,
     pub pending_rows: Option<u64>,
+    /// The primary snapshot up to which the replica has applied every change (`null`:
+    /// unknown). Replaces `applied_seq` of the statement outbox, which is always `null` now.
+    pub applied_snapshot: Option<String>,
     pub applied_seq: Option<u64>,
     /// Conflicts this process's shipper met since it started (`null`: no shipper).
     pub conflicts: Option<u64>,
     /// `not running` (no shipper) | `connecting` (to the primary) | `standby` (another
-    /// process ships) | `connecting to the replica` | `running` | `halted: <why>`.
+    /// process ships) | `connecting to the replica` | `running` | `copying` | `partitioned`,
+    /// followed by `, N table(s) halted` when some are.
     pub shipping: String,
     /// The shipper's last error, if any (it retries by itself).
     pub shipping_error: Option<String>,
@@ -138,37 +141,49 @@ pub struct TableDoc {
     pub mode: &'static str,
     pub lag_seconds: Option<f64>,
     pub pending_rows: Option<u64>,
+    /// On this replica: `copying` | `copied` | `halted` (`null`: not known to this process's
+    /// shipper).
+    pub state: Option<&'static str>,
+    /// Halted: the exact error, and `capgate resume` brings it back.
+    pub error: Option<String>,
+    /// Copying: rows copied so far.
+    pub copied_rows: Option<u64>,
 }
 
-/// The shipper figures of one replica (None: unknown).
+/// The shipper figures of one replica.
 struct Shipping {
     lag: Option<Lag>,
     state: String,
     error: Option<String>,
     conflicts: u64,
-    applied_seq: u64,
+    tables: std::collections::BTreeMap<String, crate::replicate::shipper::TableStatus>,
 }
 
-fn shipping(view: &ShipperView) -> Shipping {
+fn shipping(replica: &str, view: &ShipperView) -> Shipping {
     let stats = &view.stats;
-    let phase = stats.phase();
-    let state = match stats.halted() {
-        Some(why) => format!("halted: {why}"),
-        None => phase.as_str().to_owned(),
-    };
-    let leading = stats.leader.load(Ordering::Relaxed) && matches!(phase, Phase::ConnectingReplica | Phase::Running | Phase::Halted);
+    let tables = stats.tables();
+    let halted = tables.values().filter(|t| t.state == TableState::Halted).count();
+    let mut state = stats.phase().as_str().to_owned();
+    if halted > 0 {
+        state.push_str(&format!(", {halted} table(s) halted"));
+    }
     Shipping {
-        lag: leading.then(|| view.lag.borrow().clone()),
+        lag: view.lag.lag(replica).filter(|l| l.measured),
         state,
         error: stats.last_error(),
         conflicts: stats.conflicts.load(Ordering::Relaxed),
-        applied_seq: stats.applied_seq.load(Ordering::Relaxed).max(0) as u64,
+        tables,
     }
 }
 
-/// The tables to show for one replica: those with pending rows, then those exact rules name.
-fn tables(policy: &Policy, lag: Option<&Lag>) -> Vec<TableDoc> {
+/// The tables to show for one replica: those with pending rows, those the replica knows, then
+/// those exact rules name.
+fn tables(policy: &Policy, ship: Option<&Shipping>) -> Vec<TableDoc> {
+    let lag = ship.and_then(|s| s.lag.as_ref());
     let mut names: BTreeSet<String> = lag.map(|l| l.tables.keys().cloned().collect()).unwrap_or_default();
+    if let Some(s) = ship {
+        names.extend(s.tables.keys().cloned());
+    }
     for rule in &policy.rules {
         if rule.mode == Mode::Local {
             continue;
@@ -182,7 +197,16 @@ fn tables(policy: &Policy, lag: Option<&Lag>) -> Vec<TableDoc> {
         .map(|table| {
             let mode = TableName::parse(&table).map_or("unknown", |t| policy.decide_table(&t).mode.name());
             let t = lag.map(|l| l.table(&table));
-            TableDoc { mode, lag_seconds: t.as_ref().map(|t| t.seconds()), pending_rows: t.as_ref().map(|t| t.pending_rows), table }
+            let status = ship.and_then(|s| s.tables.get(&table));
+            TableDoc {
+                mode,
+                lag_seconds: t.as_ref().map(|t| t.seconds()),
+                pending_rows: t.as_ref().map(|t| t.pending_rows),
+                state: status.map(|s| s.state.as_str()),
+                error: status.and_then(|s| s.error.clone()),
+                copied_rows: status.and_then(|s| s.copied_rows),
+                table,
+            }
         })
         .collect()
 }
@@ -199,7 +223,7 @@ fn status(state: &AdminState) -> StatusDoc {
             .map(|source| {
                 let view = &source.health;
                 let s = view.status();
-                let ship = source.shipper.as_ref().map(shipping);
+                let ship = source.shipper.as_ref().map(|v| shipping(view.replica(), v));
                 let lag = ship.as_ref().and_then(|x| x.lag.as_ref());
                 ReplicaDoc {
                     name: view.replica().to_owned(),
@@ -209,11 +233,12 @@ fn status(state: &AdminState) -> StatusDoc {
                     last_error: s.last_error.as_deref().map(str::to_owned),
                     lag_seconds: lag.map(Lag::seconds),
                     pending_rows: lag.map(|l| l.pending_rows),
-                    applied_seq: lag.and(ship.as_ref().map(|x| x.applied_seq)),
+                    applied_snapshot: lag.and_then(|l| l.applied_snapshot.clone()),
+                    applied_seq: None,
                     conflicts: ship.as_ref().map(|x| x.conflicts),
                     shipping: ship.as_ref().map_or_else(|| "not running".to_owned(), |x| x.state.clone()),
                     shipping_error: ship.as_ref().and_then(|x| x.error.clone()),
-                    tables: tables(&policy, lag),
+                    tables: tables(&policy, ship.as_ref()),
                 }
             })
             .collect(),
@@ -255,27 +280,30 @@ fn metrics_text(state: &AdminState) -> String {
     state.handle.render()
 }
 
-/// The outbox figures of one replica. Lag gauges are only set while known (see the module
+/// The shipping figures of one replica. Lag gauges are only set while known (see the module
 /// documentation); a table's gauges go back to 0 once it has nothing pending.
 fn shipper_metrics(replica: &str, view: &ShipperView, policy: &Policy, table_gauges: &mut BTreeSet<(String, String)>) {
-    let ship = shipping(view);
+    let ship = shipping(replica, view);
     let stats = &view.stats;
     let r = replica.to_owned();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    metrics::gauge!("capgate_shipper_running", "replica" => r.clone()).set(if stats.phase() == Phase::Running { 1.0 } else { 0.0 });
-    metrics::gauge!("capgate_shipper_halted", "replica" => r.clone()).set(if stats.halted().is_some() { 1.0 } else { 0.0 });
-    metrics::counter!("capgate_shipped_statements_total", "replica" => r.clone()).absolute(load(&stats.statements));
-    metrics::counter!("capgate_shipped_transactions_total", "replica" => r.clone()).absolute(load(&stats.transactions));
+    let running = stats.phase() == crate::replicate::shipper::Phase::Running;
+    metrics::gauge!("capgate_shipper_running", "replica" => r.clone()).set(if running { 1.0 } else { 0.0 });
+    metrics::counter!("capgate_shipped_changes_total", "replica" => r.clone()).absolute(load(&stats.changes));
+    metrics::counter!("capgate_shipped_ranges_total", "replica" => r.clone()).absolute(load(&stats.ranges));
     metrics::counter!("capgate_shipped_batches_total", "replica" => r.clone()).absolute(load(&stats.batches));
     metrics::counter!("capgate_shipper_retries_total", "replica" => r.clone()).absolute(load(&stats.retries));
     for ((table, kind), n) in stats.conflicts_by_table() {
         metrics::counter!("capgate_conflicts_total", "replica" => r.clone(), "table" => table, "kind" => kind).absolute(n);
     }
+    for (table, status) in &ship.tables {
+        let halted = if status.state == TableState::Halted { 1.0 } else { 0.0 };
+        metrics::gauge!("capgate_table_halted", "replica" => r.clone(), "table" => table.clone()).set(halted);
+    }
     let Some(lag) = &ship.lag else { return };
-    metrics::gauge!("capgate_outbox_pending_rows", "replica" => r.clone()).set(lag.pending_rows as f64);
-    metrics::gauge!("capgate_outbox_lag_seconds", "replica" => r.clone()).set(lag.seconds());
-    metrics::gauge!("capgate_replica_applied_seq", "replica" => r.clone()).set(ship.applied_seq as f64);
-    for t in tables(policy, Some(lag)) {
+    metrics::gauge!("capgate_replica_pending_changes", "replica" => r.clone()).set(lag.pending_rows as f64);
+    metrics::gauge!("capgate_replica_lag_seconds_total", "replica" => r.clone()).set(lag.seconds());
+    for t in tables(policy, Some(&ship)) {
         table_gauges.insert((r.clone(), t.table.clone()));
     }
     for (gr, table) in table_gauges.iter().filter(|(gr, _)| gr == replica) {

@@ -1,14 +1,13 @@
 //! Replication decisions, protocol-neutral: for each statement a front end relays, what it
 //! writes (from [`crate::classify`]) and what the policy says about each written table (from
 //! [`crate::policy`]). The front ends' coordinators act on these decisions: two-phase commit
-//! for `sync` tables, the outbox for `async` and `bounded` ones.
+//! for `sync` tables, shipping for `async` and `bounded` ones.
 //!
 //! Nothing here may know a wire protocol: the PostgreSQL and MySQL front ends both call
 //! [`Router::route`] with SQL text and the session's search path.
 
 pub mod apply;
 pub mod coordinator;
-pub mod outbox;
 pub mod recovery;
 pub mod shipper;
 

@@ -6,9 +6,9 @@
 //! Tables without a primary key are compared by a whole-table checksum only. Memory is bounded
 //! by one chunk, so tables of millions of rows are fine.
 //!
-//! Consistent point: today the servers are compared as they are. Once asynchronous
-//! replication exists, verify first waits for each replica's applied watermark to reach the
-//! primary's outbox position.
+//! Consistent point: verify first waits (up to 30 s) until each replica has applied every
+//! change the primary had committed when verify started (decision 0009), and says in its
+//! report which point it compared at.
 //!
 //! Verify only reads: its sessions are `default_transaction_read_only`.
 
@@ -149,32 +149,11 @@ async fn session(upstream: &Upstream, what: &str) -> Result<Client, VerifyError>
     Ok(client)
 }
 
-/// Wait (up to 30 s) until the replica has applied every outbox row the primary committed so
+/// Wait (up to 30 s) until the replica has applied every change the primary committed so
 /// far, so async tables are compared at a consistent point; say which point it was.
 async fn catch_up(primary: &tokio_postgres::Client, replica: &tokio_postgres::Client, site: &str) -> String {
-    if let Some(point) = catch_up_snapshot(primary, replica, site).await {
-        return point;
-    }
-    let target =
-        match primary.query_opt("SELECT coalesce(max(seq), 0) FROM capgate.outbox WHERE seq IS NOT NULL AND origin = $1", &[&site]).await {
-            Ok(Some(row)) => row.get::<_, i64>(0),
-            _ => return "compared as they are now (the primary has no capgate outbox)".into(),
-        };
-    if target == 0 {
-        return "compared as they are now (nothing in the outbox to wait for)".into();
-    }
-    let deadline = Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let applied = match replica.query_opt("SELECT seq FROM capgate.applied WHERE origin = $1", &[&site]).await {
-            Ok(row) => row.map_or(0, |r| r.get::<_, i64>(0)),
-            Err(_) => return "compared as they are now (the replica has no capgate watermark)".into(),
-        };
-        if applied >= target {
-            return format!("after the replica applied the outbox up to seq {target}");
-        }
-        if Instant::now() >= deadline {
-            return format!("compared as they are now: the replica has applied the outbox up to seq {applied} of {target}, so rows of async tables still queued show as differences");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    match catch_up_snapshot(primary, replica, site).await {
+        Some(point) => point,
+        None => "compared as they are now (no capgate change stream on the primary or the replica)".into(),
     }
 }

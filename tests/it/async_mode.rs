@@ -20,7 +20,7 @@ use crate::support::{connect, scratch, sqlstate, Proxy};
 /// listener; the capgate schema is installed on the primary first.
 async fn async_proxy(site: &str, policy: &str, link: &Link) -> Proxy {
     let client = connect(&bed().a_primary_url()).await;
-    capgate::replicate::outbox::schema::install_primary(&client).await.unwrap();
+    capgate::store::postgres::primary::install_primary(&client).await.unwrap();
     let dir = scratch(site);
     std::fs::write(dir.join("policy.toml"), policy).unwrap();
     let replica_url = format!("postgres://postgres@127.0.0.1:{}/postgres", link.addr().port());

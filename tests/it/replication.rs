@@ -45,7 +45,7 @@ pub(crate) fn own_link() -> Link {
 /// capgate schema is installed on the primary first.
 pub(crate) async fn proxy(name: &str, policy: &str, link: &Link, replica_extra: &str) -> Proxy {
     let client = connect(&bed().a_primary_url()).await;
-    capgate::replicate::outbox::schema::install_primary(&client).await.unwrap();
+    capgate::store::postgres::primary::install_primary(&client).await.unwrap();
     let dir = scratch(name);
     std::fs::write(dir.join("policy.toml"), policy).unwrap();
     let b = bed();

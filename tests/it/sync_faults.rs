@@ -216,7 +216,7 @@ async fn recovery_commits_what_a_killed_capgate_decided_and_rolls_back_the_undec
     let _one = crate::replication::exclusive().await;
     on_both("DROP TABLE IF EXISTS sf_kill; CREATE TABLE sf_kill (id int PRIMARY KEY, v text); INSERT INTO sf_kill VALUES (1, 'old')").await;
     let b = bed();
-    capgate::replicate::outbox::schema::install_primary(&connect(&b.a_primary_url()).await).await.unwrap();
+    capgate::store::postgres::primary::install_primary(&connect(&b.a_primary_url()).await).await.unwrap();
     let link = own_link();
     let dir = scratch("sf-kill");
     std::fs::write(dir.join("policy.toml"), POLICY).unwrap();

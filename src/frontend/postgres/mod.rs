@@ -190,7 +190,10 @@ impl Server {
                 .iter()
                 .map(|site| {
                     let shipper =
-                        replication.shippers.get(site.name()).map(|s| crate::admin::ShipperView { stats: s.stats().clone(), lag: s.lag() });
+                        replication.shippers.get(site.name()).zip(replication.lag_monitor.as_ref()).map(|(s, lag)| crate::admin::ShipperView {
+                            stats: s.stats().clone(),
+                            lag: lag.clone(),
+                        });
                     crate::admin::ReplicaSource::new(site.health().clone(), shipper)
                 })
                 .collect();
@@ -203,7 +206,8 @@ impl Server {
                 views,
                 Box::new(move || max - sem.available_permits()),
                 config.admin_token.clone(),
-            );
+            )
+            .with_resume(self.shared.replication.clone());
             AbortOnDrop(tokio::spawn(crate::admin::serve(listener, Arc::new(state))))
         });
         info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, "capgate is accepting connections");

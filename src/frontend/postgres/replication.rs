@@ -14,7 +14,7 @@ use crate::classify::TableName;
 use crate::config::Config;
 use crate::policy::{Decision, Mode, OnConflict, OnPartition, Policy, PolicyHandle, DEFAULT_ON_CONFLICT};
 use crate::replicate::coordinator::UNAVAILABLE;
-use crate::replicate::outbox::{schema, Lag, Shipper};
+use crate::replicate::shipper::{Lag, LagMonitor, Shipper, ShipperConfig};
 use crate::replicate::recovery;
 use crate::replicate::Refusal;
 use crate::sites::postgres::PgConnector;
@@ -31,6 +31,16 @@ pub const RECOVERY_GRACE: Duration = Duration::from_secs(30);
 
 /// Time between two recovery rounds.
 pub const RECOVERY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Operators resume a halted table through the shipper of its replica.
+impl crate::admin::resume::Resume for Replication {
+    fn resume<'a>(&'a self, replica: &'a str, table: &'a str) -> futures_util::future::BoxFuture<'a, Result<(), crate::admin::resume::ResumeError>> {
+        self.shippers.resume(replica, table)
+    }
+}
+
+/// How often every replica's lag is read from the primary.
+const LAG_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Decision records older than this are pruned once prepared on no replica.
 pub const DECISION_RETENTION: Duration = Duration::from_secs(3600);
@@ -65,6 +75,9 @@ pub struct Replication {
     pub sites: Sites<PgConnector>,
     /// One shipper per replica, by replica name (empty until started).
     pub shippers: HashMap<String, Shipper>,
+    /// Every replica's lag per table, read from the primary (for bounded admission and
+    /// `/status`, on every capgate process, shipping or not).
+    pub lag_monitor: Option<Arc<LagMonitor>>,
     /// Upper bound on any one replica operation on a client's critical path.
     pub deadline: Duration,
     gids: AtomicU64,
@@ -87,6 +100,7 @@ impl Replication {
             instance,
             sites,
             shippers: HashMap::new(),
+            lag_monitor: None,
             deadline: deadline * 5,
             gids: AtomicU64::new(0),
             refusing: Default::default(),
@@ -102,12 +116,22 @@ impl Replication {
     /// the background while the listener serves. `on_conflict` of each shipped statement is
     /// the strictest of its tables' settings in the policy current at that moment.
     pub fn start(config: &Config, policy: Arc<PolicyHandle>, sites: Sites<PgConnector>) -> Result<Arc<Replication>, SiteError> {
-        let replication = Replication::with_sites(config, sites);
+        let mut replication = Replication::with_sites(config, sites);
         if config.replicas.is_empty() {
             return Ok(Arc::new(replication));
         }
         let primary = Upstream::new(config.primary.url.clone())
             .map_err(|e| SiteError::failed("primary", "loading the TLS settings of [primary].url", e))?;
+        for (replica, site) in config.replicas.iter().zip(replication.sites.iter()) {
+            let mut shipper = ShipperConfig::for_replica(config, replica)
+                .map_err(|e| SiteError::failed(&replica.name, "loading the TLS settings of its URL", e))?;
+            let policy = policy.clone();
+            shipper.on_conflict = Arc::new(move |table: &str| on_conflict_of(&policy.current(), table));
+            shipper.health = Some(site.health().clone());
+            replication.shippers.insert(replica.name.clone(), Shipper::start(shipper));
+        }
+        let names = config.replicas.iter().map(|r| r.name.clone()).collect();
+        replication.lag_monitor = Some(Arc::new(LagMonitor::start(primary.clone(), names, LAG_INTERVAL, replication.deadline)));
         let replication = Arc::new(replication);
         let grace = config.recovery_grace;
         let interval = RECOVERY_INTERVAL.min((grace / 2).max(Duration::from_secs(1)));
@@ -123,23 +147,20 @@ impl Replication {
         format!("{GID_PREFIX}:{}:{}:{n}", self.site, self.instance)
     }
 
-    /// The latest lag of `replica`'s shipper (None when it has no shipper).
+    /// The latest lag of `replica` as measured from the primary (None: not known).
     pub fn lag(&self, replica: &str) -> Option<Lag> {
-        self.shippers.get(replica).map(|s| s.lag().borrow().clone())
+        self.lag_monitor.as_ref().and_then(|m| m.lag(replica)).filter(|l| l.measured)
     }
 
-    /// Bounded mode: `Some(lag seconds)` when writes to `table` must be refused because
-    /// `replica` is over `max_lag`. Hysteresis: once over, a table stays refused until the
-    /// lag is back under three quarters of the budget, so it does not flap at the edge.
-    /// A replica without a shipper (lag unknown) counts as over.
+    /// Bounded mode: `Some(lag seconds)` when writes to `table` must be refused because its
+    /// changes wait on `replica` longer than `max_lag` (the table's own lag, not the
+    /// replica's total). Hysteresis: once over, a table stays refused until its lag is back
+    /// under three quarters of the budget, so it does not flap at the edge. A lag not known
+    /// (not measured yet, the primary out of reach) counts as over: a bounded table must not
+    /// take writes it cannot vouch for.
     pub fn over_budget(&self, replica: &str, table: &str, max_lag: Duration) -> Option<f64> {
-        // Unknown lag (no shipper, not the shipping process, not measured yet) is over budget:
-        // a bounded table must not take writes it cannot vouch for.
-        let lag = match (self.lag(replica), self.shippers.get(replica)) {
-            (Some(lag), Some(s)) if lag.measured && s.stats().leader.load(std::sync::atomic::Ordering::Relaxed) => lag,
-            _ => return Some(f64::INFINITY),
-        };
-        let seconds = lag.seconds();
+        let Some(lag) = self.lag(replica) else { return Some(f64::INFINITY) };
+        let seconds = lag.table(table).seconds();
         let key = (replica.to_owned(), table.to_owned());
         let mut refusing = self.refusing.lock().unwrap_or_else(|p| p.into_inner());
         let budget = max_lag.as_secs_f64();
@@ -151,6 +172,14 @@ impl Replication {
             refusing.remove(&key);
             None
         }
+    }
+
+    /// Changes of `table` queued for some replica (0 when none, None when not known): a
+    /// table that became sync admits sync writes only once its async queue has drained, so
+    /// no change of a row is ever applied out of order.
+    pub fn queued(&self, table: &str) -> Option<u64> {
+        let names: Vec<String> = self.sites.iter().map(|s| s.name().to_owned()).collect();
+        self.lag_monitor.as_ref().and_then(|m| m.pending(table, &names))
     }
 
     /// Whether writes to the tables of `decisions` may run now: every replica available for a
@@ -170,6 +199,18 @@ impl Replication {
                     message: format!("capgate refused this write to {} (mode {}): {why}; nothing was written", d.table, d.mode.name()),
                     hint: "fix what the message says, or make the table local in the policy; capgate retries the trigger every 10 s".into(),
                 });
+            }
+            if let (Mode::Sync { .. }, true) = (d.mode, rows) {
+                if let Some(n @ 1..) = self.queued(&d.table.to_string()) {
+                    return Admit::Refuse(Refusal {
+                        code: UNAVAILABLE,
+                        message: format!(
+                            "capgate refused this write to {} (mode sync): {n} earlier change(s) of the table are still queued for asynchronous shipping (it was async, or was written around capgate); nothing was written",
+                            d.table
+                        ),
+                        hint: "retry once the queue has drained (see capgate's /status); a sync write must not overtake them".into(),
+                    });
+                }
             }
             let (on_partition, refusal) = match d.mode {
                 Mode::Sync { on_partition } => match self.sites.iter().find(|s| !s.health().state().is_available()) {
@@ -366,7 +407,7 @@ async fn recovery_loop(replication: Weak<Replication>, primary: Upstream, grace:
         }
         if let Some((client, _)) = &conn {
             if !installed {
-                match tokio::time::timeout(deadline, schema::install_primary(client)).await {
+                match tokio::time::timeout(deadline, crate::store::postgres::primary::install_primary(client)).await {
                     Ok(Ok(())) => installed = true,
                     Ok(Err(e)) => primary_fail(&mut primary_failing, format!("installing the capgate schema on the primary: {e}")),
                     Err(_) => primary_fail(
@@ -402,35 +443,13 @@ fn primary_fail(failing: &mut bool, e: String) {
     }
 }
 
-/// How strict an `on_conflict` is: halt > overwrite > skip.
-fn rank(c: OnConflict) -> u8 {
-    match c {
-        OnConflict::Skip => 0,
-        OnConflict::Overwrite | OnConflict::Latest => 1,
-        OnConflict::Halt => 2,
+/// The `on_conflict` of one table (`schema.table` as captured) under `policy`: its async or
+/// bounded rule's setting, else the default.
+pub fn on_conflict_of(policy: &Policy, table: &str) -> OnConflict {
+    match TableName::parse(table).map(|t| policy.decide_table(&t).mode) {
+        Some(Mode::Async { on_conflict } | Mode::Bounded { on_conflict, .. }) => on_conflict,
+        _ => DEFAULT_ON_CONFLICT,
     }
-}
-
-/// The strictest `on_conflict` of the async / bounded tables among `tables` (`schema.table`
-/// as [`TableName`] displays them) under `policy`; the default when none is (a table whose
-/// name cannot be read counts as the default too).
-pub fn strictest_on_conflict(policy: &Policy, tables: &[String]) -> OnConflict {
-    let mut strictest: Option<OnConflict> = None;
-    for table in tables {
-        let found = match TableName::parse(table) {
-            Some(name) => match policy.decide_table(&name).mode {
-                Mode::Async { on_conflict } | Mode::Bounded { on_conflict, .. } => Some(on_conflict),
-                Mode::Local | Mode::Sync { .. } => None,
-            },
-            None => Some(DEFAULT_ON_CONFLICT),
-        };
-        if let Some(c) = found {
-            if strictest.is_none_or(|s| rank(c) > rank(s)) {
-                strictest = Some(c);
-            }
-        }
-    }
-    strictest.unwrap_or(DEFAULT_ON_CONFLICT)
 }
 
 #[cfg(test)]
@@ -449,33 +468,12 @@ mod tests {
     }
 
     #[test]
-    fn the_strictest_on_conflict_of_the_async_tables_wins() {
-        let text = r#"
-default = "local"
-[[table]]
-match = "public.skip_*"
-mode = "async"
-on_conflict = "skip"
-[[table]]
-match = "public.over"
-mode = "bounded"
-max_lag = "5s"
-on_conflict = "overwrite"
-[[table]]
-match = "public.halt"
-mode = "async"
-on_conflict = "halt"
-[[table]]
-match = "public.synced"
-mode = "sync"
-"#;
+    fn each_table_gets_its_own_on_conflict() {
+        let text = "default = \"local\"\n[[table]]\nmatch = \"public.skip_*\"\nmode = \"async\"\non_conflict = \"skip\"\n[[table]]\nmatch = \"public.over\"\nmode = \"bounded\"\nmax_lag = \"5s\"\non_conflict = \"overwrite\"\n[[table]]\nmatch = \"public.synced\"\nmode = \"sync\"\n";
         let policy = crate::policy::Policy::parse(text, std::path::Path::new("policy.toml")).expect("policy");
-        let t = |names: &[&str]| strictest_on_conflict(&policy, &names.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(t(&["public.skip_a"]), OnConflict::Skip);
-        assert_eq!(t(&["public.skip_a", "public.over"]), OnConflict::Overwrite);
-        assert_eq!(t(&["public.over", "public.halt", "public.skip_b"]), OnConflict::Halt);
-        assert_eq!(t(&["public.skip_a", "public.synced", "public.local"]), OnConflict::Skip);
-        assert_eq!(t(&["public.local"]), DEFAULT_ON_CONFLICT, "nothing async: the default");
-        assert_eq!(t(&["not a table", "public.skip_a"]), DEFAULT_ON_CONFLICT);
+        assert_eq!(on_conflict_of(&policy, "public.skip_a"), OnConflict::Skip);
+        assert_eq!(on_conflict_of(&policy, "public.over"), OnConflict::Overwrite);
+        assert_eq!(on_conflict_of(&policy, "public.synced"), DEFAULT_ON_CONFLICT);
+        assert_eq!(on_conflict_of(&policy, "not a table"), DEFAULT_ON_CONFLICT);
     }
 }

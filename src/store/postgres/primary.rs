@@ -22,7 +22,8 @@ pub const PRIMARY_SCHEMA_VERSION: i32 = PRIMARY_MIGRATIONS.len() as i32;
 /// 3. row images: `capgate.changes` (async), `capgate.sync_changes` (sync, read and deleted at
 ///    COMMIT), `capgate.sync_txn` (one row per transaction with sync changes, checked at COMMIT),
 ///    `capgate.shipped_snapshots` (each replica's applied snapshot, for pruning and lag), and whether a
-///    decision is a commit or an abort written by recovery (the fence of decision 0009).
+///    decision is a commit or an abort written by recovery (the fence of decision 0009);
+/// 4. the statement outbox of step 1 removed (row images replaced it).
 const PRIMARY_MIGRATIONS: &[&str] = &[
     r#"CREATE TABLE IF NOT EXISTS capgate.outbox_seq (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
@@ -93,6 +94,11 @@ CREATE TABLE IF NOT EXISTS capgate.shipped_snapshots (
     at timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE capgate.decisions ADD COLUMN IF NOT EXISTS committed boolean NOT NULL DEFAULT true;
+"#,
+    r#"
+DROP TABLE IF EXISTS capgate.outbox;
+DROP TABLE IF EXISTS capgate.outbox_seq;
+DROP TABLE IF EXISTS capgate.shipped;
 "#,
 ];
 
