@@ -434,4 +434,17 @@ async fn a_fleet_from_the_configuration_follows_the_policy() {
     }
     assert_eq!(env.conflicts().await, vec![("public.t".into(), "update_differs".into(), "skipped".into())], "the policy's skip");
     until("nothing pending", || fleet.pending("public.t") == Some(0)).await;
+    // What /status and /metrics show of it.
+    let doc = capgate::admin::shipping::shipping_doc(&fleet, "b");
+    assert_eq!((doc.phase, doc.leader, doc.conflicts, doc.pending_rows), ("running", true, 1, Some(0)), "{doc:?}");
+    let t = doc.tables.iter().find(|t| t.table == "public.t").expect("the table in /status");
+    // The first insert was in the initial copy or shipped, depending on which came first.
+    assert!(t.state == "copied" && t.changes >= 2 && t.pending_rows == Some(0), "{t:?}");
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || capgate::admin::shipping::fleet_metrics(&fleet));
+    let text = handle.render();
+    assert!(text.contains(&format!("capgate_shipped_changes_total{{replica=\"b\"}} {}", doc.changes)), "{text}");
+    assert!(text.contains("capgate_conflicts_total{replica=\"b\",table=\"public.t\",kind=\"update_differs\"} 1"), "{text}");
+    assert!(text.contains("capgate_replica_pending_rows{replica=\"b\",table=\"public.t\"} 0"), "{text}");
 }

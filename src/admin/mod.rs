@@ -12,6 +12,7 @@
 //! ships), has no lag figures. Sync commit latency is not measured yet.
 
 pub mod resume;
+pub mod shipping;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
