@@ -28,6 +28,9 @@ async fn measure_sync_apply() {
         changes.extend(b.capture("branch", "UPDATE branch SET bal = bal + 1").await);
         txns.push(list(&changes));
     }
+    if std::env::var("PROFILE_SESSION_ROLE").is_ok() {
+        b.db.batch_execute("SET session_replication_role = replica").await.expect("role");
+    }
     let t = std::time::Instant::now();
     for changes in &txns {
         b.db.batch_execute("BEGIN").await.expect("begin");
