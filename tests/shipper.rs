@@ -407,3 +407,44 @@ async fn a_sync_table_is_never_copied_even_when_it_becomes_async() {
     let rows = Env::rows(&env.replica, "t").await;
     assert_eq!(rows, vec![r#"{"k":1,"v":"async now"}"#, r#"{"k":99,"v":"only here"}"#]);
 }
+
+#[tokio::test]
+async fn a_fleet_from_the_configuration_follows_the_policy() {
+    use capgate::policy::{Policy, PolicyHandle};
+    use capgate::replicate::shipper::Fleet;
+    let env = env("ship_fleet", KV, &["public.t"]).await;
+    let text = format!(
+        "site = \"a\"\n[primary]\nurl = \"{}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"postgres://postgres@{}/{}?sslmode=disable\"\n",
+        bed().a_primary().url("postgres", &env.db),
+        env.link.addr(),
+        env.db
+    );
+    let config = capgate::config::Config::parse(&text, Path::new("/tmp/capgate-fleet.toml")).expect("config");
+    let policy =
+        Policy::parse("[[table]]\nmatch = \"public.t\"\nmode = \"async\"\non_conflict = \"skip\"\n", Path::new("p.toml")).expect("policy");
+    let fleet = Fleet::start(&config, Arc::new(PolicyHandle::fixed(policy)), |_| None, Duration::from_secs(5)).expect("fleet");
+    env.primary.batch_execute("INSERT INTO t VALUES (1, 'one')").await.expect("write");
+    env.converged(None, "t", &fleet.shippers["b"]).await;
+    env.replica.batch_execute("UPDATE t SET v = 'here'").await.expect("diverge");
+    env.primary.batch_execute("UPDATE t SET v = 'uno'; INSERT INTO t VALUES (2, 'two')").await.expect("writes");
+    let t = Instant::now();
+    while Env::rows(&env.replica, "t").await != vec![r#"{"k":1,"v":"here"}"#, r#"{"k":2,"v":"two"}"#] {
+        assert!(t.elapsed() < PATIENCE, "the second insert never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(env.conflicts().await, vec![("public.t".into(), "update_differs".into(), "skipped".into())], "the policy's skip");
+    until("nothing pending", || fleet.pending("public.t") == Some(0)).await;
+    // What /status and /metrics show of it.
+    let doc = capgate::admin::shipping::shipping_doc(&fleet, "b");
+    assert_eq!((doc.phase, doc.leader, doc.conflicts, doc.pending_rows), ("running", true, 1, Some(0)), "{doc:?}");
+    let t = doc.tables.iter().find(|t| t.table == "public.t").expect("the table in /status");
+    // The first insert was in the initial copy or shipped, depending on which came first.
+    assert!(t.state == "copied" && t.changes >= 2 && t.pending_rows == Some(0), "{t:?}");
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || capgate::admin::shipping::fleet_metrics(&fleet));
+    let text = handle.render();
+    assert!(text.contains(&format!("capgate_shipped_changes_total{{replica=\"b\"}} {}", doc.changes)), "{text}");
+    assert!(text.contains("capgate_conflicts_total{replica=\"b\",table=\"public.t\",kind=\"update_differs\"} 1"), "{text}");
+    assert!(text.contains("capgate_replica_pending_rows{replica=\"b\",table=\"public.t\"} 0"), "{text}");
+}

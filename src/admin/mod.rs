@@ -11,6 +11,7 @@
 //! (shipping or not) and is `null` until measured or while the primary cannot be read.
 
 pub mod resume;
+pub mod shipping;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use super::AdminState;
-use crate::replicate::shipper::Shipper;
+use crate::replicate::shipper::{Fleet, Shipper};
 
 /// How long a resume request waits for the shipper to take it.
 const RESUME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +41,12 @@ impl Resume for HashMap<String, Shipper> {
             let shipper = self.get(replica).ok_or_else(|| ResumeError::UnknownReplica(replica.to_owned()))?;
             shipper.resume(table, RESUME_TIMEOUT).await.map_err(ResumeError::NotResumed)
         })
+    }
+}
+
+impl Resume for Fleet {
+    fn resume<'a>(&'a self, replica: &'a str, table: &'a str) -> BoxFuture<'a, Result<(), ResumeError>> {
+        self.shippers.resume(replica, table)
     }
 }
 

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod apply;
+mod apply_profile;
 mod async_mode;
 mod bad_input;
 mod capture;

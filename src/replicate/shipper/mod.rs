@@ -21,6 +21,7 @@
 
 mod apply_range;
 pub mod copy;
+pub mod fleet;
 pub mod lag;
 pub mod range;
 mod session;
@@ -38,6 +39,7 @@ use crate::backend::postgres::Upstream;
 use crate::policy::OnConflict;
 use crate::sites::{AbortOnDrop, HealthView};
 
+pub use fleet::Fleet;
 pub use lag::{Lag, LagMonitor, TableLag};
 pub use tables::{TableState, TableStatus};
 

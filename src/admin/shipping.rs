@@ -1,0 +1,159 @@
+//! What `/status` and `/metrics` show of the row-image shipper of one replica
+//! ([`crate::replicate::shipper`]): its phase and counters, the lag per table (from the lag
+//! monitor every process runs, so processes that do not ship show it too), and each table's
+//! state on the replica — copying (with rows copied so far), copied, or halted with the exact
+//! error and how to resume it.
+//!
+//! Additive: the replica documents keep their fields; a front end that runs a [`Fleet`] adds
+//! [`ShippingDoc`] under `shipper` and calls [`fleet_metrics`].
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::replicate::shipper::{Fleet, TableState};
+
+/// One replica's shipper in `/status` (`replicas[].shipper`).
+#[derive(Debug, Serialize)]
+pub struct ShippingDoc {
+    /// connecting | standby (another process ships) | connecting to the replica | running |
+    /// copying | partitioned | not running (no shipper in this process).
+    pub phase: &'static str,
+    /// Whether this process holds the shipping lock.
+    pub leader: bool,
+    /// The primary snapshot the replica has applied up to.
+    pub applied_snapshot: Option<String>,
+    pub ranges: u64,
+    pub changes: u64,
+    /// Replica round trips that carried changes.
+    pub batches: u64,
+    pub conflicts: u64,
+    pub retries: u64,
+    pub last_error: Option<String>,
+    /// From the primary (`null` while unknown).
+    pub lag_seconds: Option<f64>,
+    pub pending_rows: Option<u64>,
+    /// Tables with pending changes or a state on the replica.
+    pub tables: Vec<ShippedTableDoc>,
+}
+
+/// One table of one replica's shipper.
+#[derive(Debug, Serialize)]
+pub struct ShippedTableDoc {
+    pub table: String,
+    /// copying | copied | halted | unknown (not copied yet, or a sync table's writes made
+    /// around capgate).
+    pub state: &'static str,
+    /// Halted: the exact error, and what to do.
+    pub error: Option<String>,
+    pub resume: Option<String>,
+    /// Copying: rows copied so far.
+    pub copied_rows: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    pub pending_rows: Option<u64>,
+    /// Row changes of this table this process applied.
+    pub changes: u64,
+}
+
+/// The document of `replica`'s shipper.
+pub fn shipping_doc(fleet: &Fleet, replica: &str) -> ShippingDoc {
+    let lag = fleet.lag(replica);
+    let Some(shipper) = fleet.shippers.get(replica) else {
+        return ShippingDoc {
+            phase: "not running",
+            leader: false,
+            applied_snapshot: None,
+            ranges: 0,
+            changes: 0,
+            batches: 0,
+            conflicts: 0,
+            retries: 0,
+            last_error: None,
+            lag_seconds: lag.as_ref().map(|l| l.seconds()),
+            pending_rows: lag.as_ref().map(|l| l.pending_rows),
+            tables: Vec::new(),
+        };
+    };
+    let stats = shipper.stats();
+    let states = stats.tables();
+    let changes = stats.changes_by_table.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut names: BTreeSet<String> = states.keys().cloned().collect();
+    if let Some(l) = &lag {
+        names.extend(l.tables.keys().cloned());
+    }
+    let tables = names
+        .into_iter()
+        .map(|table| {
+            let state = states.get(&table);
+            let halted = state.is_some_and(|s| s.state == TableState::Halted);
+            ShippedTableDoc {
+                state: state.map_or("unknown", |s| s.state.as_str()),
+                error: state.and_then(|s| s.error.clone()),
+                resume: halted.then(|| format!("capgate resume --replica {replica} --table {table}")),
+                copied_rows: state.filter(|s| s.state == TableState::Copying).and_then(|s| s.copied_rows),
+                lag_seconds: lag.as_ref().map(|l| l.table(&table).seconds()),
+                pending_rows: lag.as_ref().map(|l| l.table(&table).pending_rows),
+                changes: changes.get(&table).copied().unwrap_or(0),
+                table,
+            }
+        })
+        .collect();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    ShippingDoc {
+        phase: stats.phase().as_str(),
+        leader: stats.leader.load(Ordering::Relaxed),
+        applied_snapshot: stats.applied_snapshot(),
+        ranges: load(&stats.ranges),
+        changes: load(&stats.changes),
+        batches: load(&stats.batches),
+        conflicts: load(&stats.conflicts),
+        retries: load(&stats.retries),
+        last_error: stats.last_error(),
+        lag_seconds: lag.as_ref().map(|l| l.seconds()),
+        pending_rows: lag.as_ref().map(|l| l.pending_rows),
+        tables,
+    }
+}
+
+/// Sets the shipper's figures in the current recorder: `capgate_shipped_changes_total`,
+/// `capgate_shipped_ranges_total`, `capgate_shipped_batches_total`,
+/// `capgate_shipper_retries_total`, `capgate_conflicts_total{replica,table,kind}`,
+/// `capgate_shipper_leader`, `capgate_table_halted{replica,table}`,
+/// `capgate_table_copied_rows{replica,table}` (while copying), and, while known,
+/// `capgate_shipper_lag_seconds` / `capgate_shipper_pending_changes` per replica and
+/// `capgate_replica_lag_seconds` / `capgate_replica_pending_rows` per replica and table.
+pub fn fleet_metrics(fleet: &Fleet) {
+    for (replica, shipper) in &fleet.shippers {
+        let r = replica.clone();
+        let stats = shipper.stats();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        metrics::counter!("capgate_shipped_changes_total", "replica" => r.clone()).absolute(load(&stats.changes));
+        metrics::counter!("capgate_shipped_ranges_total", "replica" => r.clone()).absolute(load(&stats.ranges));
+        metrics::counter!("capgate_shipped_batches_total", "replica" => r.clone()).absolute(load(&stats.batches));
+        metrics::counter!("capgate_shipper_retries_total", "replica" => r.clone()).absolute(load(&stats.retries));
+        metrics::gauge!("capgate_shipper_leader", "replica" => r.clone()).set(if stats.leader.load(Ordering::Relaxed) { 1.0 } else { 0.0 });
+        for ((table, kind), n) in stats.conflicts_by_table() {
+            metrics::counter!("capgate_conflicts_total", "replica" => r.clone(), "table" => table, "kind" => kind).absolute(n);
+        }
+        for (table, s) in stats.tables() {
+            let halted = if s.state == TableState::Halted { 1.0 } else { 0.0 };
+            metrics::gauge!("capgate_table_halted", "replica" => r.clone(), "table" => table.clone()).set(halted);
+            if let (TableState::Copying, Some(rows)) = (s.state, s.copied_rows) {
+                metrics::gauge!("capgate_table_copied_rows", "replica" => r.clone(), "table" => table).set(rows as f64);
+            }
+        }
+        if let Some(lag) = fleet.lag(replica) {
+            metrics::gauge!("capgate_shipper_lag_seconds", "replica" => r.clone()).set(lag.seconds());
+            metrics::gauge!("capgate_shipper_pending_changes", "replica" => r.clone()).set(lag.pending_rows as f64);
+            // Every known table, so a table that caught up goes back to 0.
+            let mut tables: BTreeSet<String> = stats.tables().into_keys().collect();
+            tables.extend(lag.tables.keys().cloned());
+            for table in tables {
+                let t = lag.table(&table);
+                metrics::gauge!("capgate_replica_lag_seconds", "replica" => r.clone(), "table" => table.clone()).set(t.seconds());
+                metrics::gauge!("capgate_replica_pending_rows", "replica" => r.clone(), "table" => table).set(t.pending_rows as f64);
+            }
+        }
+    }
+}
