@@ -3,3 +3,4 @@
 
 pub mod postgres;
 pub mod postgres_catalog;
+pub mod postgres_checks;

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::protocol::postgres::scram::Verifier;
-use raw::RawConfig;
 pub use duration::parse_duration;
+use raw::RawConfig;
 pub use url::{DbUrl, RootCert, SslMode};
 
 /// The validated configuration of one capgate process.

@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod admin_sql;
 mod async_mode;
 mod bad_input;
 mod cli;
