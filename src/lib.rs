@@ -10,6 +10,7 @@
 //! - [`config`]: the main TOML configuration, validated into an immutable snapshot;
 //! - [`net`]: sockets and TLS shared by every front end and by replica links;
 //! - [`cli`]: the `capgate` command;
+//! - [`demo`]: `capgate demo`, two throwaway sites and the narrated story;
 //! - [`testbed`]: throwaway real database servers for tests, benchmarks and scripts.
 //!
 //! Replication (`classify`, `policy`, `replicate`, `sites`, `verify`, `admin`) is added on top
@@ -20,6 +21,7 @@ pub mod backend;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod frontend;
 pub mod net;
 pub mod policy;

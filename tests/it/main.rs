@@ -8,6 +8,8 @@ mod admin_sql;
 mod async_mode;
 mod bad_input;
 mod cli;
+mod dashboard;
+mod demo;
 mod driver;
 mod lifecycle;
 mod policy;

@@ -86,7 +86,7 @@ function replicaCard(r, samples) {
   card.append(el("h3", {}, r.name, el("span", { class: "badge " + r.state }, r.state), el("span", { class: "note" }, "for " + fmtSeconds(r.state_for_seconds))));
   card.append(
     el("div", { class: "figures" },
-      figure("round trip", fmtMs(r.rtt_ms), "data-rtt", r.rtt_ms),
+      figure("round trip", r.state === "partitioned" ? "–" : fmtMs(r.rtt_ms), "data-rtt", r.rtt_ms),
       figure("lag", fmtSeconds(r.lag_seconds), "data-lag", r.lag_seconds),
       figure("pending rows", fmtCount(r.pending_rows), "data-pending", r.pending_rows),
       figure("drain rate", fmtRate(r.drain_rate), "data-drain", r.drain_rate),
@@ -132,7 +132,8 @@ function drawChart(canvas, samples) {
     ctx.beginPath();
     let started = false;
     for (const s of samples) {
-      const v = s[key];
+      // A partitioned replica's round trip is its last one before the cut: not drawn.
+      const v = key === "rtt_ms" && s.state === "partitioned" ? null : s[key];
       if (v === null || v === undefined) { started = false; continue; }
       if (started) ctx.lineTo(x(s.t), y(v)); else ctx.moveTo(x(s.t), y(v));
       started = true;
