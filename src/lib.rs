@@ -11,6 +11,7 @@
 //! - [`net`]: sockets and TLS shared by every front end and by replica links;
 //! - [`cli`]: the `capgate` command;
 //! - [`demo`]: `capgate demo`, two throwaway sites and the narrated story;
+//! - [`store`]: what differs per database for replication (capture, apply, two-phase commit);
 //! - [`testbed`]: throwaway real database servers for tests, benchmarks and scripts.
 //!
 //! Replication (`classify`, `policy`, `replicate`, `sites`, `verify`, `admin`) is added on top
@@ -28,5 +29,6 @@ pub mod policy;
 pub mod protocol;
 pub mod replicate;
 pub mod sites;
+pub mod store;
 pub mod testbed;
 pub mod verify;

@@ -7,6 +7,7 @@ mod admin;
 mod admin_sql;
 mod async_mode;
 mod bad_input;
+mod capture;
 mod cli;
 mod dashboard;
 mod demo;
