@@ -177,7 +177,8 @@ mod tests {
 
     #[test]
     fn a_parameter_is_added_last() {
-        let m = StartupMessage { major: 3, minor: 2, params: vec![("user".into(), "app".into()), ("capgate.session".into(), "off".into())] };
+        let m =
+            StartupMessage { major: 3, minor: 2, params: vec![("user".into(), "app".into()), ("capgate.session".into(), "off".into())] };
         let out = with_parameter(&m.encode(), SESSION_MARKER.0, SESSION_MARKER.1);
         let mut want = m.clone();
         want.params.push(("capgate.session".into(), "on".into()));
