@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::policy::{Mode, PolicyHandle};
-use crate::verify::{self, Limits, Selection, TableName};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::verify::{self, Limits, Progress, ProgressFn, Selection, TableName};
 
 /// `capgate verify`: exit 0 equal, 1 diverged, 2 when verify could not do its job (bad
 /// configuration or policy, bad `--table`, a server out of reach, a comparison that failed).
@@ -54,8 +57,16 @@ pub(super) fn verify(config: &Path, tables: &[String], json: bool, chunk_rows: u
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
+    // On a terminal, large tables show how far the comparison is (on standard error, so the
+    // report itself stays clean).
+    let tty = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let limits = Limits { chunk_rows, ..Limits::default() };
-    let mut report = match runtime.block_on(verify::run(&config, &selection, limits)) {
+    let progress = tty.then_some(show_progress as ProgressFn);
+    let result = runtime.block_on(verify::run_reporting(&config, &selection, limits, progress));
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    let mut report = match result {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
@@ -69,4 +80,19 @@ pub(super) fn verify(config: &Path, tables: &[String], json: bool, chunk_rows: u
         print!("{}", report.render());
     }
     ExitCode::from(report.exit_code())
+}
+
+/// One progress line, rewritten in place at most five times a second.
+fn show_progress(p: &Progress<'_>) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    if now.saturating_sub(LAST.load(Ordering::Relaxed)) < 200 {
+        return;
+    }
+    LAST.store(now, Ordering::Relaxed);
+    let share = match p.estimate {
+        Some(total) if total > 0 => format!(" of about {total} ({:.0} %)", (p.rows as f64 / total as f64 * 100.0).min(100.0)),
+        _ => String::new(),
+    };
+    eprint!("\r\x1b[Kverify: {}: {} rows compared{share}", p.table, p.rows);
 }
