@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 
 use super::postgres::Upstream;
 use crate::classify::TableName;
-use crate::config::{Config, DbUrl, Replica};
+use crate::config::{Config, DbUrl, Replica, SslMode};
 use crate::policy::{Mode, Policy};
 use crate::verify::sql::{quoted, USER_TABLES};
 
@@ -97,7 +97,14 @@ async fn connect(c: &mut Checks, url: &DbUrl) -> Option<Client> {
     match about {
         Ok(row) => {
             let (user, version, ssl): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
-            let tls = if ssl { format!("TLS (sslmode={:?})", url.sslmode) } else { "no TLS".to_owned() };
+            let mode = match url.sslmode {
+                SslMode::Disable => "disable",
+                SslMode::Prefer => "prefer",
+                SslMode::Require => "require",
+                SslMode::VerifyCa => "verify-ca",
+                SslMode::VerifyFull => "verify-full",
+            };
+            let tls = if ssl { format!("TLS (sslmode={mode})") } else { "no TLS".to_owned() };
             c.add(Outcome::Ok, format!("connected to {} as {user}, PostgreSQL {version}, {tls}", url.address()));
         }
         Err(e) => c.add(Outcome::Warn, format!("connected to {}, but cannot read its settings: {e}", url.address())),
