@@ -7,6 +7,7 @@
 
 mod duration;
 mod raw;
+pub(crate) mod toml_spans;
 pub mod url;
 
 use std::net::SocketAddr;

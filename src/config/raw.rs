@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use toml_edit::{ImDocument, Item, Table};
 
-use super::Problem;
+use super::{toml_spans, Problem};
 
 /// The file as written, before validation. Missing optional keys hold their defaults.
 pub(super) struct RawConfig {
@@ -106,8 +106,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        toml_spans::line(self.text, offset)
     }
 
     fn problem(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) {
@@ -115,17 +114,13 @@ impl Reader<'_> {
         self.problems.push(Problem { line, key: key.into(), message: message.into() });
     }
 
-    /// The span of `key`'s value in `table`, else of the key, else of the table.
     fn span_of(table: &Table, key: &str) -> Option<Range<usize>> {
-        table.get(key).and_then(Item::span).or_else(|| table.key(key).and_then(|k| k.span())).or_else(|| table.span())
+        toml_spans::span_of(table, key)
     }
 
     fn unknown_keys(&mut self, table: &Table, prefix: &str, allowed: &[&str]) {
-        for (key, _) in table.iter() {
-            if !allowed.contains(&key) {
-                let span = table.key(key).and_then(|k| k.span()).or_else(|| Self::span_of(table, key));
-                self.problem(span, format!("{prefix}{key}"), format!("unknown key; expected one of {}", allowed.join(", ")));
-            }
+        for (key, span) in toml_spans::unknown_keys(table, allowed) {
+            self.problem(span, format!("{prefix}{key}"), format!("unknown key; expected one of {}", allowed.join(", ")));
         }
     }
 
