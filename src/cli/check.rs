@@ -53,6 +53,7 @@ pub(super) fn check_config(file: &Path, connect: bool) -> ExitCode {
         },
     };
     if !connect {
+        println!("(the servers were not contacted: --connect checks them too)");
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

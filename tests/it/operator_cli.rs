@@ -58,9 +58,11 @@ fn check_config_connect_tells_misconfigured_from_unreachable() {
     let replicas = format!(
         "[[replicas]]\nname = \"good\"\nurl = \"{}?sslmode=disable\"\n\
          [[replicas]]\nname = \"stock\"\nurl = \"{}?sslmode=disable\"\nheartbeat_interval = \"50ms\"\n\
-         [[replicas]]\nname = \"gone\"\nurl = \"postgres://postgres@127.0.0.1:{dead}/ops_check?sslmode=disable&connect_timeout=1\"\n",
+         [[replicas]]\nname = \"gone\"\nurl = \"postgres://postgres@127.0.0.1:{dead}/ops_check?sslmode=disable&connect_timeout=1\"\n\
+         [[replicas]]\nname = \"plain\"\nurl = \"{}\"\n",
         replica().url("postgres", "ops_check"),
         stock.url("postgres", "ops_check"),
+        replica().url("postgres", "ops_check"),
     );
     let top = format!(
         "site = \"ops_check\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"{}?sslmode=disable\"\n",
@@ -79,7 +81,10 @@ fn check_config_connect_tells_misconfigured_from_unreachable() {
         "[FAIL] replica stock: max_prepared_transactions = 0: sync tables cannot commit here",
         "[FAIL] replica stock: replicated table public.accounts is missing",
         "[FAIL] replica gone: cannot connect to 127.0.0.1:",
-        "3 check(s) failed",
+        // No sslmode in the URL: the between-sites default, and a message that says so.
+        "[FAIL] replica plain: cannot connect to 127.0.0.1:",
+        "the replica URL gives no sslmode, and links between sites default to sslmode=verify-full",
+        "4 check(s) failed",
     ] {
         assert!(all.contains(line), "missing `{line}` in:\n{all}");
     }

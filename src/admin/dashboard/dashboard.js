@@ -181,7 +181,9 @@ function renderPolicy(p) {
 function renderConflicts(listing) {
   const box = document.getElementById("conflicts");
   const items = [];
-  for (const [replica, why] of listing.errors) items.push(el("p", { class: "error" }, "replica " + replica + ": " + why));
+  for (const [replica, why] of listing.errors) {
+    items.push(el("p", { class: "error" }, "the conflicts recorded on replica " + replica + " cannot be read now: " + why));
+  }
   for (const c of listing.conflicts) {
     const r = c.record;
     const summary = el("summary", {}, "#" + c.id + " on " + c.replica + " · " + (r.at || "") + " · " +
