@@ -142,9 +142,13 @@ impl OsUser {
 }
 
 /// The testbed root, created world-traversable.
+/// Root runs the servers as other users and shares one root; any other user gets a root of
+/// its own (`/tmp/capgate-testbed-UID`), since it cannot write into root's.
 fn base_dir() -> Result<PathBuf, TestbedError> {
-    let base = PathBuf::from(BASE_DIR);
-    fs::create_dir_all(&base).map_err(|e| TestbedError::new(format!("creating {BASE_DIR}: {e}")))?;
+    // SAFETY: only reads the process's credentials.
+    let euid = unsafe { libc::geteuid() };
+    let base = if euid == 0 { PathBuf::from(BASE_DIR) } else { PathBuf::from(format!("{BASE_DIR}-{euid}")) };
+    fs::create_dir_all(&base).map_err(|e| TestbedError::new(format!("creating {}: {e}", base.display())))?;
     // Best effort: another user may own it, in which case it was already made usable.
     let _ = fs::set_permissions(&base, fs::Permissions::from_mode(0o755));
     Ok(base)
