@@ -180,3 +180,18 @@ fn the_dashboard_shows_a_partition_and_the_lag_growing() {
     let healed = dom(&demo.dashboard);
     assert_eq!(card_attr(&healed, "b", "data-state").as_deref(), Some("healthy"), "{healed}");
 }
+
+#[test]
+fn the_dashboard_follows_the_admin_token() {
+    let proxy = crate::support::Proxy::start("admin = \"127.0.0.1:0\"\nadmin_token = \"s3cret\"\n");
+    let url = format!("http://{}/", proxy.admin.expect("admin listener"));
+    // Without the token the page loads but shows no data: it asks for the token.
+    let page = dom(&url);
+    assert!(page.contains("needs the admin token") && page.contains("data-ok=\"false\""), "{page}");
+    assert!(!page.contains("<form id=\"token-form\" hidden"), "the token form is not shown: {page}");
+    // With the token in the address it shows the site.
+    let page = dom(&format!("{url}#token=s3cret"));
+    assert!(page.contains("data-ok=\"true\""), "{page}");
+    assert!(page.contains("<span id=\"site\" class=\"site\">test</span>"), "{page}");
+    assert!(page.contains("<form id=\"token-form\" hidden"), "{page}");
+}
