@@ -137,12 +137,13 @@ async fn visible_on_b(b: &Client, balance: &str) -> Step<Duration> {
     Ok(took)
 }
 
-fn ms(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
-}
-
+/// A wait as a person reads it: milliseconds under a second, else seconds.
 fn secs(d: Duration) -> String {
-    format!("{:.1} s", d.as_secs_f64())
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 /// Run the story against `demo` with capgate listening on `proxy`; true when every outcome
@@ -150,7 +151,7 @@ fn secs(d: Duration) -> String {
 pub async fn run(demo: &Demo, proxy: SocketAddr, admin: &AdminState, out: &mut (dyn Write + Send)) -> bool {
     let started = Instant::now();
     let mut n = Narrator { out, started };
-    n.say("capgate demo --story: two sites, one policy with a table per mode, one partition.\n");
+    n.say("capgate demo --story: two sites, one policy with a table per mode, one partition.");
     match story(demo, proxy, admin, &mut n).await {
         Ok(()) => {
             n.say(&format!("\nEvery outcome was as described ({} in all).", secs(started.elapsed())));
@@ -181,7 +182,7 @@ async fn story(demo: &Demo, proxy: SocketAddr, admin: &AdminState, n: &mut Narra
     let took = visible_on_b(&b, "90.00").await?;
     n.ok(&format!(
         "accounts (sync): UPDATE committed on A and B by two-phase commit (prepared on B before A committed; visible there {} later)",
-        ms(took)
+        secs(took)
     ));
     exec(&app, "INSERT INTO cart_items VALUES (1, 'tea', 2)").await?;
     exec(&app, "INSERT INTO page_views (path) VALUES ('/'), ('/tea')").await?;
@@ -273,7 +274,7 @@ async fn story(demo: &Demo, proxy: SocketAddr, admin: &AdminState, n: &mut Narra
     exec(&app, "UPDATE accounts SET balance = balance - 10 WHERE id = 1").await?;
     visible_on_b(&b, "80.00").await?;
     n.ok("accounts (sync): accepted again, 80.00 on both sites");
-    let (_, took) = wait_for("cart_items to accept writes again", || async {
+    wait_for("cart_items to accept writes again", || async {
         match app.batch_execute("INSERT INTO cart_items VALUES (3, 'tea', 1) ON CONFLICT DO NOTHING").await {
             Ok(()) => Ok(Some(())),
             Err(e) if describe(&e).0 == "55000" => Ok(None),
@@ -281,7 +282,7 @@ async fn story(demo: &Demo, proxy: SocketAddr, admin: &AdminState, n: &mut Narra
         }
     })
     .await?;
-    n.ok(&format!("cart_items (bounded): accepted again {} after the heal, once the lag was back under budget", secs(took)));
+    n.ok(&format!("cart_items (bounded): accepted again {} after the heal, once the lag was back under budget", secs(healed.elapsed())));
     wait_for("the last cart item to reach B", || async {
         Ok((scalar(&b, "SELECT count(*) FROM cart_items WHERE cart_id = 3").await? == "1").then_some(()))
     })
