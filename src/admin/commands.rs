@@ -50,23 +50,24 @@ pub enum Command {
     Help,
 }
 
-/// Whether `sql` is meant for capgate (`SHOW CAPGATE …` or `CAPGATE …`): a cheap look at the
-/// first two words, done on every simple query, so it allocates nothing.
+/// Whether `sql` is meant for capgate (`SHOW CAPGATE …` or `CAPGATE …`).
 pub fn is_admin_command(sql: &str) -> bool {
-    let s = sql.trim_start();
-    let Some(&first) = s.as_bytes().first() else { return false };
-    if !matches!(first, b's' | b'S' | b'c' | b'C') {
+    is_admin_text(sql.as_bytes())
+}
+
+/// The same on raw query bytes, as a front end has them: done on every simple query, so it
+/// looks at the first two words only, allocates nothing and never validates the whole text.
+pub fn is_admin_text(sql: &[u8]) -> bool {
+    let mut words = sql.split(|b| b.is_ascii_whitespace() || *b == 0).filter(|w| !w.is_empty());
+    let is = |w: &[u8], word: &str| w.eq_ignore_ascii_case(word.as_bytes());
+    let Some(first) = words.next() else { return false };
+    if !matches!(first.first(), Some(b's' | b'S' | b'c' | b'C')) {
         return false;
     }
-    let mut words = s.split_ascii_whitespace();
-    match words.next() {
-        Some(w) if w.eq_ignore_ascii_case("capgate") => true,
-        Some(w) if w.eq_ignore_ascii_case("show") => words.next().is_some_and(|w| {
-            let w = w.trim_end_matches(';');
-            w.eq_ignore_ascii_case("capgate")
-        }),
-        _ => false,
+    if is(first, "capgate") || is(first, "capgate;") {
+        return true;
     }
+    is(first, "show") && words.next().is_some_and(|w| is(w.strip_suffix(b";").unwrap_or(w), "capgate"))
 }
 
 fn usage() -> String {

@@ -137,6 +137,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn the_dashboard_shows_a_partition_and_the_lag_growing() {
+    let _one = crate::demo::one_at_a_time();
     let mut demo = DemoProcess::start();
     wait_until("the replica to be healthy", || demo.status()["replicas"][0]["state"] == "healthy");
 

@@ -12,8 +12,16 @@ fn capgate(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run capgate")
 }
 
+/// The demo's servers and the browser load this 2-core machine: run them one at a time
+/// with the replication tests, whose bounded waits they would otherwise stretch.
+pub(crate) fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    runtime.block_on(crate::replication::exclusive())
+}
+
 #[test]
 fn the_story_shows_every_mode_through_a_partition() {
+    let _one = one_at_a_time();
     let out = capgate(&["demo", "--story", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -18,9 +18,10 @@ use crate::admin::{commands, AdminError};
 use crate::protocol::postgres::message::{self, Column, ErrorMessage, Severity};
 use crate::replicate::Refusal;
 
-/// Whether this whole client frame is a Query holding an admin command.
+/// Whether this whole client frame is a Query holding an admin command (a look at its
+/// first words only: this runs on every Query).
 pub fn is_admin_query(tag: u8, frame: &[u8]) -> bool {
-    tag == b'Q' && frame.get(5..).and_then(cstr).is_some_and(commands::is_admin_command)
+    tag == b'Q' && frame.get(5..).is_some_and(commands::is_admin_text)
 }
 
 /// What replaces a Parse of an admin command: the primary is made to raise this.
