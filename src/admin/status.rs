@@ -106,8 +106,11 @@ pub(super) fn shipping(view: &ShipperView) -> Shipping {
         None => phase.as_str().to_owned(),
     };
     let leading = stats.leader.load(Ordering::Relaxed) && matches!(phase, Phase::ConnectingReplica | Phase::Running | Phase::Halted);
+    // A lag not measured yet is unknown (null), not zero: bounded admission treats it as
+    // over budget, and /status must not say otherwise.
+    let lag = view.lag.borrow().clone();
     Shipping {
-        lag: leading.then(|| view.lag.borrow().clone()),
+        lag: (leading && lag.measured).then_some(lag),
         state,
         error: stats.last_error(),
         conflicts: stats.conflicts.load(Ordering::Relaxed),

@@ -184,6 +184,7 @@ fn the_dashboard_shows_a_partition_and_the_lag_growing() {
 
 #[test]
 fn the_dashboard_follows_the_admin_token() {
+    let _one = crate::demo::one_at_a_time();
     let proxy = crate::support::Proxy::start("admin = \"127.0.0.1:0\"\nadmin_token = \"s3cret\"\n");
     let url = format!("http://{}/", proxy.admin.expect("admin listener"));
     // Without the token the page loads but shows no data: it asks for the token.

@@ -47,6 +47,8 @@ fn get_status(admin: std::net::SocketAddr) -> serde_json::Value {
 
 #[test]
 fn check_config_connect_tells_misconfigured_from_unreachable() {
+    // It starts a server of its own: not while the replication tests run.
+    let _one = crate::demo::one_at_a_time();
     database("ops_check");
     // A stock replica: no prepared transactions, and the table not created yet.
     let stock = PgServer::start(PgOptions { conf: vec![("max_prepared_transactions".into(), "0".into())], ..Default::default() })
