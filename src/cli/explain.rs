@@ -3,9 +3,34 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::classify::{Classifier, Dialect, Kind, SearchPath};
-use crate::config::Config;
+use crate::classify::{Classifier, Dialect, Kind, SearchPath, SqlMode};
+use crate::config::{Config, Scheme};
 use crate::policy::{Policy, UnknownAction};
+
+/// The session `capgate explain` classifies in, as given on the command line.
+pub(super) struct Session {
+    pub search_path: Option<String>,
+    pub database: Option<String>,
+    pub sql_mode: Option<String>,
+}
+
+impl Session {
+    /// The session state for `dialect`, or what is wrong with the options.
+    fn path(self, dialect: Dialect) -> Result<SearchPath, &'static str> {
+        match dialect {
+            Dialect::Postgres if self.database.is_some() || self.sql_mode.is_some() => {
+                Err("--database and --sql-mode are for --dialect mysql; PostgreSQL takes --search-path")
+            }
+            Dialect::Postgres => {
+                let schemas = self.search_path.as_deref().unwrap_or("public");
+                Ok(SearchPath::new(schemas.split(',').map(|s| s.trim()).filter(|s| !s.is_empty())))
+            }
+            Dialect::MySql if self.search_path.is_some() => Err("--search-path is for --dialect postgres; MySQL takes --database"),
+            Dialect::MySql => Ok(SearchPath::database(self.database.as_deref())
+                .with_sql_mode(self.sql_mode.as_deref().map(SqlMode::from_sql_mode).unwrap_or_default())),
+        }
+    }
+}
 
 /// `capgate explain`: classify the statements and decide each written table under the policy.
 #[allow(clippy::too_many_arguments)]
@@ -13,7 +38,7 @@ pub(super) fn explain(
     config: Option<&Path>,
     policy: Option<&Path>,
     dialect: Option<&str>,
-    search_path: &str,
+    session: Session,
     json: bool,
     file: Option<&Path>,
     sql: &[String],
@@ -48,19 +73,28 @@ pub(super) fn explain(
         },
         None => Policy::default(),
     };
-    // The primary URL is postgres:// today; the MySQL front end will add its scheme here.
+    let from_url = match config.as_ref().map(|c| c.primary.url.scheme) {
+        Some(Scheme::MySql) => Dialect::MySql,
+        _ => Dialect::Postgres,
+    };
     let dialect = match dialect.map(|d| Dialect::parse(d).ok_or(d)).transpose() {
-        Ok(d) => d.unwrap_or(Dialect::Postgres),
+        Ok(d) => d.unwrap_or(from_url),
         Err(d) => {
             eprintln!("--dialect: expected postgres or mysql, found `{d}`");
             return ExitCode::from(2);
         }
     };
-    let path = SearchPath::new(search_path.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()));
+    let path = match session.path(dialect) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     // Each argument (and the file) is classified on its own, as a separate query string would
     // be; the statements are numbered across all of them.
     let classifier = Classifier::new(dialect, 0);
-    let catalog = policy.catalog();
+    let catalog = policy.catalog(dialect);
     let classifications: Vec<_> = texts.iter().map(|t| classifier.classify(t, &path, &catalog)).collect();
     let statements: Vec<&crate::classify::StatementClass> = classifications.iter().flat_map(|c| c.statements.iter()).collect();
     if json {

@@ -23,11 +23,15 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, Scheme};
 use crate::frontend::postgres::Server;
 
 #[derive(Parser, Debug)]
-#[command(name = "capgate", version, about = "Per-table consistency or availability across data centres: a PostgreSQL wire-protocol proxy")]
+#[command(
+    name = "capgate",
+    version,
+    about = "Per-table consistency or availability across data centres: a PostgreSQL and MySQL/MariaDB wire-protocol proxy"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -71,8 +75,9 @@ pub enum Command {
     },
     /// Show how statements are classified and what the policy decides for each written table.
     Explain {
-        /// The main configuration (for its `policy` file and primary URL).
-        #[arg(long, short, required_unless_present = "policy")]
+        /// The main configuration (for its `policy` file and primary URL). Without it and
+        /// without `--policy`, every table is local.
+        #[arg(long, short)]
         config: Option<PathBuf>,
         /// A policy file to try (overrides the configuration's `policy`).
         #[arg(long)]
@@ -80,9 +85,18 @@ pub enum Command {
         /// postgres or mysql (default: from the primary URL; postgres without a configuration).
         #[arg(long)]
         dialect: Option<String>,
-        /// Schemas for unqualified names, comma-separated, in lookup order.
-        #[arg(long, default_value = "public")]
-        search_path: String,
+        /// PostgreSQL: schemas for unqualified names, comma-separated, in lookup order
+        /// (default: public).
+        #[arg(long)]
+        search_path: Option<String>,
+        /// MySQL: the session's current database, where unqualified names live (default:
+        /// none, so only database-qualified names resolve).
+        #[arg(long)]
+        database: Option<String>,
+        /// MySQL: the session's sql_mode, as `SELECT @@sql_mode` shows it; ANSI_QUOTES and
+        /// NO_BACKSLASH_ESCAPES change how the text is read.
+        #[arg(long)]
+        sql_mode: Option<String>,
         /// Print JSON: {"statements":[{"kind","writes","reads","nondeterministic","decisions"}]}.
         #[arg(long)]
         json: bool,
@@ -151,8 +165,9 @@ pub enum Command {
 /// Run the command.
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Explain { config, policy, dialect, search_path, json, file, sql } => {
-            explain::explain(config.as_deref(), policy.as_deref(), dialect.as_deref(), &search_path, json, file.as_deref(), &sql)
+        Command::Explain { config, policy, dialect, search_path, database, sql_mode, json, file, sql } => {
+            let session = explain::Session { search_path, database, sql_mode };
+            explain::explain(config.as_deref(), policy.as_deref(), dialect.as_deref(), session, json, file.as_deref(), &sql)
         }
         Command::Verify { config, tables, json, chunk_rows } => verify::verify(&config, &tables, json, chunk_rows as usize),
         Command::CheckConfig { config, connect } => check::check_config(&config, connect),
@@ -195,16 +210,25 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn run(config: Arc<Config>) -> ExitCode {
-    let server = match Server::bind(config).await {
-        Ok(s) => s,
+    let (first, second) = signals();
+    // The primary URL's scheme picks the protocol spoken to applications.
+    type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+    let started: Result<Serving, String> = match config.primary.url.scheme {
+        Scheme::MySql => {
+            crate::frontend::mysql::Server::bind(config).await.map(|s| Box::pin(s.run(first, second)) as Serving).map_err(|e| e.to_string())
+        }
+        Scheme::Postgres => Server::bind(config).await.map(|s| Box::pin(s.run(first, second)) as Serving).map_err(|e| e.to_string()),
+    };
+    match started {
+        Ok(serving) => {
+            serving.await;
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("capgate: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let (first, second) = signals();
-    server.run(first, second).await;
-    ExitCode::SUCCESS
+    }
 }
 
 /// Two futures: the first SIGTERM/SIGINT, and the second one.

@@ -94,7 +94,10 @@ pub enum DemoError {
          (or point CAPGATE_PGBIN at the directory holding them)"
     )]
     MissingBinaries(String),
-    #[error("capgate demo --mysql: the MySQL/MariaDB front end is not built yet, so there is nothing to put in front of MariaDB; run capgate demo (PostgreSQL) meanwhile")]
+    #[error(
+        "capgate demo --mysql: capgate relays MySQL/MariaDB sessions, but MySQL replication is not built yet, so there \
+         are no modes to show across two MariaDB sites; capgate demo shows them on PostgreSQL meanwhile"
+    )]
     NoMysqlFrontEnd,
     #[error("capgate demo: {0}")]
     Testbed(#[from] TestbedError),

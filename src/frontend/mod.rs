@@ -1,4 +1,7 @@
 //! Front ends: where applications connect. Each speaks one wire protocol to clients and
-//! relays their sessions to the site's primary.
+//! relays their sessions to the site's primary. `capgate run` starts the one the primary URL's
+//! scheme names.
 
+pub mod listener;
+pub mod mysql;
 pub mod postgres;

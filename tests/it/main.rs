@@ -1,5 +1,6 @@
-//! Integration tests: real PostgreSQL servers, the real proxy, real clients (tokio-postgres,
-//! psql, pgbench, psycopg). One test binary, so the servers are started once.
+//! Integration tests: real PostgreSQL and MariaDB servers, the real proxy, real clients
+//! (tokio-postgres, psql, pgbench, psycopg; the mariadb client, sysbench, mysql_async, PyMySQL,
+//! Connector/J). One test binary, so the servers are started once.
 
 mod support;
 
@@ -8,12 +9,14 @@ mod admin_sql;
 mod async_mode;
 mod bad_input;
 mod capture;
+mod classify_mysql;
 mod cli;
 mod config_examples;
 mod dashboard;
 mod demo;
 mod driver;
 mod lifecycle;
+mod mysql;
 mod operator_cli;
 mod policy;
 mod psql;
