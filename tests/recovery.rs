@@ -8,8 +8,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use capgate::store::postgres::primary as schema;
 use capgate::replicate::recovery::{prune_decisions, recover, RecoveryReport};
+use capgate::store::postgres::primary as schema;
 use capgate::testbed::sites::TwoSites;
 use tokio_postgres::{Client, NoTls};
 

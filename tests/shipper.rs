@@ -278,10 +278,8 @@ async fn admin_for(env: &Env, shippers: Arc<std::collections::HashMap<String, Sh
     use capgate::policy::{Policy, PolicyHandle};
     let policy = Arc::new(PolicyHandle::fixed(Policy::default()));
     let router = Arc::new(capgate::replicate::Router::new(Dialect::Postgres, policy.clone(), Catalog::new()));
-    let state = AdminState::new("a".into(), policy, router, Vec::new(), Box::new(|| 0), None).with_resume(shippers);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("admin listener");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(serve(listener, Arc::new(state)));
     let dir = std::env::temp_dir().join(format!("capgate-shipper-{}-{}", std::process::id(), env.db));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("capgate.toml");
@@ -291,7 +289,10 @@ async fn admin_for(env: &Env, shippers: Arc<std::collections::HashMap<String, Sh
         env.link.addr(),
         env.db
     );
-    std::fs::write(&file, text).expect("config");
+    std::fs::write(&file, &text).expect("config");
+    let config = Arc::new(capgate::config::Config::parse(&text, &file).expect("config"));
+    let state = AdminState::new(config, policy, router, Vec::new(), None, Box::new(|| 0)).with_resume(shippers);
+    tokio::spawn(serve(listener, Arc::new(state)));
     file
 }
 

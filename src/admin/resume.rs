@@ -65,8 +65,8 @@ pub(super) async fn post_resume(
     Path(table): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if !super::authorized(&state, &headers) {
-        return super::unauthorized();
+    if !super::http::authorized(&state, &headers) {
+        return super::http::unauthorized();
     }
     let replica = query.as_deref().and_then(|q| param(q, "replica"));
     let answer = |code: StatusCode, replica: &str, resumed: bool, message: String| {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::replicate::shipper::{Fleet, TableState};
 
 /// One replica's shipper in `/status` (`replicas[].shipper`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ShippingDoc {
     /// connecting | standby (another process ships) | connecting to the replica | running |
     /// copying | partitioned | not running (no shipper in this process).
@@ -39,7 +39,7 @@ pub struct ShippingDoc {
 }
 
 /// One table of one replica's shipper.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ShippedTableDoc {
     pub table: String,
     /// copying | copied | halted | unknown (not copied yet, or a sync table's writes made

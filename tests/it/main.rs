@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod admin_sql;
 mod apply;
 mod apply_profile;
 mod async_mode;
@@ -12,9 +13,13 @@ mod bad_input;
 mod capture;
 mod classify_mysql;
 mod cli;
+mod config_examples;
+mod dashboard;
+mod demo;
 mod driver;
 mod lifecycle;
 mod mysql;
+mod operator_cli;
 mod policy;
 mod psql;
 mod python;

@@ -10,12 +10,11 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use crate::backend::postgres::Upstream;
-use crate::classify::TableName;
 use crate::config::Config;
-use crate::policy::{Decision, Mode, OnConflict, OnPartition, Policy, PolicyHandle, DEFAULT_ON_CONFLICT};
+use crate::policy::{Decision, Mode, OnPartition, PolicyHandle};
 use crate::replicate::coordinator::UNAVAILABLE;
-use crate::replicate::shipper::{Lag, LagMonitor, Shipper, ShipperConfig};
 use crate::replicate::recovery;
+use crate::replicate::shipper::{Fleet, Lag};
 use crate::replicate::Refusal;
 use crate::sites::postgres::PgConnector;
 use crate::sites::{AbortOnDrop, SiteError, Sites};
@@ -34,13 +33,17 @@ pub const RECOVERY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Operators resume a halted table through the shipper of its replica.
 impl crate::admin::resume::Resume for Replication {
-    fn resume<'a>(&'a self, replica: &'a str, table: &'a str) -> futures_util::future::BoxFuture<'a, Result<(), crate::admin::resume::ResumeError>> {
-        self.shippers.resume(replica, table)
+    fn resume<'a>(
+        &'a self,
+        replica: &'a str,
+        table: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), crate::admin::resume::ResumeError>> {
+        match &self.fleet {
+            Some(fleet) => fleet.resume(replica, table),
+            None => Box::pin(async move { Err(crate::admin::resume::ResumeError::UnknownReplica(replica.to_owned())) }),
+        }
     }
 }
-
-/// How often every replica's lag is read from the primary.
-const LAG_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Decision records older than this are pruned once prepared on no replica.
 pub const DECISION_RETENTION: Duration = Duration::from_secs(3600);
@@ -73,11 +76,10 @@ pub struct Replication {
     pub instance: String,
     /// One entry per `[[replicas]]`.
     pub sites: Sites<PgConnector>,
-    /// One shipper per replica, by replica name (empty until started).
-    pub shippers: HashMap<String, Shipper>,
-    /// Every replica's lag per table, read from the primary (for bounded admission and
-    /// `/status`, on every capgate process, shipping or not).
-    pub lag_monitor: Option<Arc<LagMonitor>>,
+    /// One shipper per replica, and every replica's lag per table read from the primary
+    /// (for bounded admission and `/status`, on every capgate process, shipping or not).
+    /// None without replicas.
+    pub fleet: Option<Arc<Fleet>>,
     /// Upper bound on any one replica operation on a client's critical path.
     pub deadline: Duration,
     gids: AtomicU64,
@@ -99,8 +101,7 @@ impl Replication {
             site: config.site.clone(),
             instance,
             sites,
-            shippers: HashMap::new(),
-            lag_monitor: None,
+            fleet: None,
             deadline: deadline * 5,
             gids: AtomicU64::new(0),
             refusing: Default::default(),
@@ -122,16 +123,11 @@ impl Replication {
         }
         let primary = Upstream::new(config.primary.url.clone())
             .map_err(|e| SiteError::failed("primary", "loading the TLS settings of [primary].url", e))?;
-        for (replica, site) in config.replicas.iter().zip(replication.sites.iter()) {
-            let mut shipper = ShipperConfig::for_replica(config, replica)
-                .map_err(|e| SiteError::failed(&replica.name, "loading the TLS settings of its URL", e))?;
-            let policy = policy.clone();
-            shipper.on_conflict = Arc::new(move |table: &str| on_conflict_of(&policy.current(), table));
-            shipper.health = Some(site.health().clone());
-            replication.shippers.insert(replica.name.clone(), Shipper::start(shipper));
-        }
-        let names = config.replicas.iter().map(|r| r.name.clone()).collect();
-        replication.lag_monitor = Some(Arc::new(LagMonitor::start(primary.clone(), names, LAG_INTERVAL, replication.deadline)));
+        let sites = &replication.sites;
+        let health = |name: &str| sites.iter().find(|s| s.name() == name).map(|s| s.health().clone());
+        let fleet = Fleet::start(config, policy.clone(), health, replication.deadline)
+            .map_err(|e| SiteError::failed("primary", "loading the TLS settings of a URL", e))?;
+        replication.fleet = Some(Arc::new(fleet));
         let replication = Arc::new(replication);
         let grace = config.recovery_grace;
         let interval = RECOVERY_INTERVAL.min((grace / 2).max(Duration::from_secs(1)));
@@ -149,7 +145,7 @@ impl Replication {
 
     /// The latest lag of `replica` as measured from the primary (None: not known).
     pub fn lag(&self, replica: &str) -> Option<Lag> {
-        self.lag_monitor.as_ref().and_then(|m| m.lag(replica)).filter(|l| l.measured)
+        self.fleet.as_ref().and_then(|f| f.lag(replica)).filter(|l| l.measured)
     }
 
     /// Bounded mode: `Some(lag seconds)` when writes to `table` must be refused because its
@@ -178,8 +174,7 @@ impl Replication {
     /// table that became sync admits sync writes only once its async queue has drained, so
     /// no change of a row is ever applied out of order.
     pub fn queued(&self, table: &str) -> Option<u64> {
-        let names: Vec<String> = self.sites.iter().map(|s| s.name().to_owned()).collect();
-        self.lag_monitor.as_ref().and_then(|m| m.pending(table, &names))
+        self.fleet.as_ref().and_then(|f| f.pending(table))
     }
 
     /// Whether writes to the tables of `decisions` may run now: every replica available for a
@@ -307,10 +302,10 @@ impl Replication {
         }
     }
 
-    /// Tell every shipper that new outbox rows committed.
+    /// Tell every shipper that new changes committed.
     pub fn wake_shippers(&self) {
-        for s in self.shippers.values() {
-            s.wake();
+        if let Some(f) = &self.fleet {
+            f.wake();
         }
     }
 
@@ -443,18 +438,9 @@ fn primary_fail(failing: &mut bool, e: String) {
     }
 }
 
-/// The `on_conflict` of one table (`schema.table` as captured) under `policy`: its async or
-/// bounded rule's setting, else the default.
-pub fn on_conflict_of(policy: &Policy, table: &str) -> OnConflict {
-    match TableName::parse(table).map(|t| policy.decide_table(&t).mode) {
-        Some(Mode::Async { on_conflict } | Mode::Bounded { on_conflict, .. }) => on_conflict,
-        _ => DEFAULT_ON_CONFLICT,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::classify::TableName;
 
     #[test]
     fn table_names_read_back_as_displayed() {
@@ -465,15 +451,5 @@ mod tests {
         assert_eq!(TableName::parse("orders"), None);
         assert_eq!(TableName::parse("a.b.c"), None);
         assert_eq!(TableName::parse("\"open"), None);
-    }
-
-    #[test]
-    fn each_table_gets_its_own_on_conflict() {
-        let text = "default = \"local\"\n[[table]]\nmatch = \"public.skip_*\"\nmode = \"async\"\non_conflict = \"skip\"\n[[table]]\nmatch = \"public.over\"\nmode = \"bounded\"\nmax_lag = \"5s\"\non_conflict = \"overwrite\"\n[[table]]\nmatch = \"public.synced\"\nmode = \"sync\"\n";
-        let policy = crate::policy::Policy::parse(text, std::path::Path::new("policy.toml")).expect("policy");
-        assert_eq!(on_conflict_of(&policy, "public.skip_a"), OnConflict::Skip);
-        assert_eq!(on_conflict_of(&policy, "public.over"), OnConflict::Overwrite);
-        assert_eq!(on_conflict_of(&policy, "public.synced"), DEFAULT_ON_CONFLICT);
-        assert_eq!(on_conflict_of(&policy, "not a table"), DEFAULT_ON_CONFLICT);
     }
 }

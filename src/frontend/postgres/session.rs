@@ -207,6 +207,7 @@ async fn relay(
     let state = SessionState::new();
     let mut statements = Statements::new(shared.router.clone(), shared.replication.clone(), startup);
     let mut held: Option<super::statements::Hold> = None;
+    let user = startup.get("user").unwrap_or_default();
     let stopping = shutdown.clone();
     let stop_when_idle = move || *stopping.borrow();
 
@@ -214,10 +215,11 @@ async fn relay(
         let side = {
             let mut on_client_frame = |tag: u8, frame: Option<&[u8]>| {
                 if let Some(frame) = frame {
-                    if matches!(tag, b'Q' | b'B' | b'S') {
+                    let admin = super::admin_sql::is_admin_query(tag, frame);
+                    if !admin && matches!(tag, b'Q' | b'B' | b'S') {
                         held = statements.hold(&state, tag, frame);
                     }
-                    if held.is_some() {
+                    if admin || held.is_some() {
                         // Replies owed to extended messages come only after a Flush.
                         let mut extra = BytesMut::new();
                         if state.hidden.lock().unwrap_or_else(|p| p.into_inner()).back_is_extended() {
@@ -268,6 +270,11 @@ async fn relay(
             }
         };
         if let Side::Client(Ok(End::Held)) = side {
+            if let Some(sql) = super::admin_sql::take_held(up.buffer()) {
+                let status = state.tx_status.load(Ordering::Acquire);
+                super::admin_sql::answer(shared, user, &sql, status, &mut client_wr).await.map_err(SessionError::Io)?;
+                continue;
+            }
             let coordinator = Coordinator::new(
                 shared,
                 &state,

@@ -1,0 +1,49 @@
+//! `/metrics`: the Prometheus text, its figures set from the views just before rendering.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::AdminState;
+
+/// Render the Prometheus text.
+pub(super) fn text(state: &AdminState) -> String {
+    metrics::with_local_recorder(&state.recorder, || {
+        metrics::gauge!("capgate_client_connections").set((state.connections)() as f64);
+        metrics::gauge!("capgate_policy_version").set(state.policy.current().version as f64);
+        let c = &state.router.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metrics::counter!("capgate_unknown_statements_total", "action" => "relay").absolute(load(&c.unknown_relayed));
+        metrics::counter!("capgate_unknown_statements_total", "action" => "refuse").absolute(load(&c.unknown_refused));
+        if let Some(primary) = &state.primary {
+            let s = primary.status();
+            let up = s.last_heartbeat.is_some() && s.state.is_available();
+            metrics::gauge!("capgate_primary_up").set(if up { 1.0 } else { 0.0 });
+            if let Some(rtt) = s.smoothed_rtt {
+                metrics::gauge!("capgate_primary_rtt_seconds").set(rtt.as_secs_f64());
+            }
+        }
+        if let Some(view) = state.replicas.iter().find_map(|r| r.shipper.as_ref()) {
+            super::shipping::fleet_metrics(&view.fleet);
+        }
+        for source in &state.replicas {
+            let view = &source.health;
+            if let Some(ship) = source.shipping() {
+                let running = if ship.phase == "running" { 1.0 } else { 0.0 };
+                metrics::gauge!("capgate_shipper_running", "replica" => view.replica().to_owned()).set(running);
+            }
+            let s = view.status();
+            let replica = view.replica().to_owned();
+            metrics::gauge!("capgate_replica_up", "replica" => replica.clone()).set(if s.state.is_available() { 1.0 } else { 0.0 });
+            for st in ["healthy", "suspect", "partitioned", "healing"] {
+                let value = if s.state.as_str() == st { 1.0 } else { 0.0 };
+                metrics::gauge!("capgate_replica_state", "replica" => replica.clone(), "state" => st).set(value);
+            }
+            if let Some(rtt) = s.smoothed_rtt {
+                metrics::gauge!("capgate_replica_rtt_seconds", "replica" => replica.clone()).set(rtt.as_secs_f64());
+            }
+            let problems = state.problems_of(&replica).len();
+            metrics::gauge!("capgate_replica_config_problems", "replica" => replica.clone()).set(problems as f64);
+            metrics::counter!("capgate_replica_state_changes_total", "replica" => replica).absolute(s.transitions);
+        }
+    });
+    state.handle.render()
+}
