@@ -50,12 +50,18 @@ pub enum Selection {
 }
 
 /// Row images (decision 0009): waits, up to 30 s, until the replica has applied every change
-/// committed on the primary now, except those of tables halted on the replica (they differ
+/// of the compared `tables` committed on the primary now, except those of tables halted on
+/// the replica (they differ
 /// until resumed, and verify says so). None when either side has no row-image schema.
-async fn catch_up_snapshot(primary: &tokio_postgres::Client, replica: &tokio_postgres::Client, site: &str) -> Option<String> {
+async fn catch_up_snapshot(
+    primary: &tokio_postgres::Client,
+    replica: &tokio_postgres::Client,
+    site: &str,
+    tables: &[String],
+) -> Option<String> {
     const PENDING: &str = "SELECT count(*) FROM capgate.changes WHERE pg_visible_in_snapshot(xid, $2::text::pg_snapshot) \
          AND ($1::text IS NULL OR (xid >= pg_snapshot_xmin($1::text::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot))) \
-         AND tbl <> ALL ($3::text[])";
+         AND tbl <> ALL ($3::text[]) AND tbl = ANY ($4::text[])";
     let target: String = primary.query_one("SELECT pg_current_snapshot()::text", &[]).await.ok()?.try_get(0).ok()?;
     primary.query("SELECT 1 FROM capgate.changes LIMIT 0", &[]).await.ok()?;
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
@@ -70,7 +76,7 @@ async fn catch_up_snapshot(primary: &tokio_postgres::Client, replica: &tokio_pos
             .await
             .map(|rows| rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
             .unwrap_or_default();
-        let pending: i64 = primary.query_one(PENDING, &[&applied, &target, &halted]).await.ok()?.try_get(0).ok()?;
+        let pending: i64 = primary.query_one(PENDING, &[&applied, &target, &halted, &tables]).await.ok()?.try_get(0).ok()?;
         if pending == 0 {
             return Some(format!("after the replica applied every change committed on the primary at snapshot {target}"));
         }
@@ -125,7 +131,8 @@ pub async fn run_reporting(
         let upstream = Upstream::new(replica.url.clone()).map_err(|e| VerifyError::Config(format!("replica {}: {e}", replica.name)))?;
         let client = session(&upstream, &format!("replica {}", replica.name)).await?;
         let started = Instant::now();
-        let consistent_point = catch_up(&primary, &client, &config.site).await;
+        let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        let consistent_point = catch_up(&primary, &client, &config.site, &names).await;
         let mut reports = Vec::new();
         for table in &tables {
             let result = match compare_table_reporting(&primary, &client, table, limits, progress).await {
@@ -161,8 +168,8 @@ async fn session(upstream: &Upstream, what: &str) -> Result<Client, VerifyError>
 
 /// Wait (up to 30 s) until the replica has applied every change the primary committed so
 /// far, so async tables are compared at a consistent point; say which point it was.
-async fn catch_up(primary: &tokio_postgres::Client, replica: &tokio_postgres::Client, site: &str) -> String {
-    match catch_up_snapshot(primary, replica, site).await {
+async fn catch_up(primary: &tokio_postgres::Client, replica: &tokio_postgres::Client, site: &str, tables: &[String]) -> String {
+    match catch_up_snapshot(primary, replica, site, tables).await {
         Some(point) => point,
         None => "compared as they are now (no capgate change stream on the primary or the replica)".into(),
     }

@@ -89,7 +89,7 @@ async fn status_and_metrics_show_the_site_and_its_replicas() {
         "capgate_replica_state{replica=\"oregon\",state=\"partitioned\"} 1",
         "capgate_shipper_running{replica=\"virginia\"} 1",
         "capgate_shipper_running{replica=\"oregon\"} 0",
-        "capgate_replica_pending_changes{replica=\"virginia\"} 0",
+        "capgate_shipper_pending_changes{replica=\"virginia\"} 0",
     ] {
         assert!(metrics.lines().any(|l| l == line), "missing `{line}` in:\n{metrics}");
     }

@@ -1,11 +1,11 @@
-//! Async (outbox + shipper) and bounded replication through the proxy, against the real
-//! primary and replica of the shared two-site bed, each test behind a fault link of its own.
+//! Async and bounded replication (row images, decision 0009) through the proxy, against the
+//! real primary and replica of the shared two-site bed, each test behind a fault link of its
+//! own.
 //!
-//! Each test runs its own proxy under its own `site` name: the outbox of one primary holds
-//! every origin's rows and a shipper ships one origin, so a test that cuts its link must be
-//! the only one shipping its origin (a proxy of another test would otherwise ship the same
-//! rows through its own, uncut link). Each test ends, once its origin's queue has drained,
-//! with `capgate verify` on its tables.
+//! Each test runs its own proxy under its own `site` name, one test at a time (the
+//! replication lock): a replica starts a new origin with a copy of the async tables and then
+//! ships from there, and only the running test's proxy ships. Each test ends, once the queue
+//! has drained, with `capgate verify` on its tables.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use capgate::testbed::link::Link;
 
-use crate::replication::{bed, on_both, own_link, primary_rows, replica_rows, verify_equal, wait_until};
+use crate::replication::{bed, on_both, own_link, primary_rows, replica_rows, verify_equal_for, wait_until};
 use crate::support::{connect, scratch, sqlstate, Proxy};
 
 /// A proxy for site `site` replicating to the bed's replica through `link`, with an admin
@@ -58,37 +58,38 @@ async fn replica_status(admin: SocketAddr) -> serde_json::Value {
     r
 }
 
-/// The last seq `site`'s primary committed into the outbox (0 when none).
-async fn committed_seq(site: &str) -> i64 {
-    let v = primary_rows(&format!("SELECT coalesce(max(seq), 0) FROM capgate.outbox WHERE origin = '{site}' AND seq IS NOT NULL")).await;
-    v[0].parse().unwrap()
+/// Changes committed on the primary that `site`'s replica has not applied yet (every change
+/// when it has applied nothing).
+async fn not_applied(site: &str) -> i64 {
+    let applied = replica_rows(&format!("SELECT coalesce((SELECT snapshot::text FROM capgate.applied WHERE origin = '{site}'), '')")).await;
+    let snapshot = applied.first().cloned().unwrap_or_default();
+    let sql = if snapshot.is_empty() {
+        "SELECT count(*) FROM capgate.changes".to_owned()
+    } else {
+        format!("SELECT count(*) FROM capgate.changes WHERE NOT pg_visible_in_snapshot(xid, '{snapshot}'::pg_snapshot)")
+    };
+    primary_rows(&sql).await[0].parse().unwrap()
 }
 
-/// The replica's watermark for `site` (0 when it has applied nothing yet).
-async fn applied_seq(site: &str) -> i64 {
-    let v = replica_rows(&format!("SELECT coalesce((SELECT seq FROM capgate.applied WHERE origin = '{site}'), 0)")).await;
-    v[0].parse().unwrap()
-}
-
-/// Wait (bounded) until the replica has applied everything `site` committed so far, and the
-/// proxy's `/status` says nothing is pending.
+/// Wait (bounded) until the replica has applied everything committed so far, and the proxy's
+/// `/status` says nothing is pending.
 async fn drained(site: &str, admin: SocketAddr) {
-    let target = committed_seq(site).await;
-    assert!(target > 0, "site {site} captured nothing");
-    wait_until(&format!("the replica to apply {site}'s outbox up to seq {target}"), Duration::from_secs(120), async || {
-        applied_seq(site).await >= target
-    })
-    .await;
-    wait_until("/status to show no pending rows", Duration::from_secs(30), async || {
-        let r = replica_status(admin).await;
-        r["pending_rows"] == 0 && r["applied_seq"].as_i64().unwrap_or(0) >= target
-    })
-    .await;
+    wait_until(&format!("the replica to apply every change for {site}"), Duration::from_secs(120), async || not_applied(site).await == 0)
+        .await;
+    wait_until("/status to show no pending rows", Duration::from_secs(30), async || replica_status(admin).await["pending_rows"] == 0).await;
 }
 
 /// Wait (bounded) until `site`'s shipper holds its lock and runs.
 async fn shipping(admin: SocketAddr) {
-    wait_until("the shipper to run", Duration::from_secs(30), async || replica_status(admin).await["shipping"] == "running").await;
+    let start = std::time::Instant::now();
+    loop {
+        let r = replica_status(admin).await;
+        if r["shipping"].as_str().is_some_and(|s| s.starts_with("running")) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the shipper never ran: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -115,7 +116,7 @@ async fn async_writes_of_every_kind_reach_the_replica_and_rolled_back_ones_never
     let n = app.execute("UPDATE as_item SET qty = qty + $1 WHERE id = $2", &[&5i32, &1i32]).await.unwrap();
     assert_eq!(n, 1);
     // A multi-statement transaction mixing both protocols, with a savepoint rolled back to
-    // (its outbox rows go with it).
+    // (its captured rows go with it).
     app.batch_execute("BEGIN").await.unwrap();
     app.batch_execute("INSERT INTO as_item VALUES (3, 30, 'three')").await.unwrap();
     app.execute("UPDATE as_item SET qty = qty - $1 WHERE id = $2", &[&7i32, &2i32]).await.unwrap();
@@ -151,7 +152,7 @@ async fn async_writes_of_every_kind_reach_the_replica_and_rolled_back_ones_never
     let want_items = vec!["2|13|two".to_owned(), "3|30|three, committed".to_owned(), "5|50|five".to_owned()];
     assert_eq!(primary_rows("SELECT id, qty, note FROM as_item ORDER BY id").await, want_items);
     assert_eq!(replica_rows("SELECT id, qty, note FROM as_item ORDER BY id").await, want_items);
-    verify_equal(&["public.as_item"]).await;
+    verify_equal_for(site, &["public.as_item"]).await;
 }
 
 #[tokio::test]
@@ -237,7 +238,7 @@ async fn concurrent_clients_on_a_hot_row_replay_in_commit_order() {
     let on_primary = primary_rows(log).await;
     assert_eq!(on_primary.len(), (CLIENTS * ROUNDS) as usize);
     assert_eq!(replica_rows(log).await, on_primary, "the log's values depend on commit order");
-    verify_equal(&["public.as_hot", "public.as_log"]).await;
+    verify_equal_for(site, &["public.as_hot", "public.as_log"]).await;
 }
 
 /// An autocommit statement WITHOUT parameters through the extended protocol (what
@@ -262,7 +263,7 @@ async fn an_autocommit_extended_write_without_parameters_is_replicated() {
     }
     drained(site, admin).await;
     assert_eq!(replica_rows("SELECT v FROM as_noparam").await, vec!["3"]);
-    verify_equal(&["public.as_noparam"]).await;
+    verify_equal_for(site, &["public.as_noparam"]).await;
 }
 
 #[tokio::test]
@@ -369,7 +370,7 @@ async fn async_accepts_while_cut_off_and_bounded_is_refused_until_lag_recovers()
         vec![(next).to_string()],
         "every accepted async write arrived (ids 1..={next})"
     );
-    verify_equal(&["public.as_cut", "public.bd_cut"]).await;
+    verify_equal_for(site, &["public.as_cut", "public.bd_cut"]).await;
 }
 
 #[tokio::test]
@@ -400,15 +401,20 @@ async fn a_conflict_is_recorded_and_shipping_goes_on() {
     drained(site, admin).await;
 
     let conflicts = replica_rows(&format!(
-        "SELECT array_to_string(tables, ','), expected_rows, actual_rows, resolution FROM capgate.conflicts WHERE origin = '{site}' ORDER BY id"
+        "SELECT tbl, op, kind, old->>'v', new->>'v', replica_row IS NULL, resolution FROM capgate.conflicts WHERE origin = '{site}' ORDER BY id"
     ))
     .await;
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     let fields: Vec<&str> = conflicts[0].split('|').collect();
-    assert_eq!(&fields[..3], &["public.as_conf", "1", "0"], "{conflicts:?}");
+    assert_eq!(
+        &fields[..6],
+        &["public.as_conf", "U", "update_missing", "one", "changed", "t"],
+        "both row images, no replica row: {conflicts:?}"
+    );
+    assert!(fields[6].starts_with("skip"), "{conflicts:?}");
     let r = replica_status(admin).await;
     assert_eq!(r["conflicts"], 1, "{r}");
-    assert!(!r["shipping"].as_str().unwrap_or_default().starts_with("halted"), "skip must not halt: {r}");
+    assert!(!r["shipping"].as_str().unwrap_or_default().contains("halted"), "skip must not halt: {r}");
     // Shipping went on past the conflict.
     assert_eq!(replica_rows("SELECT id, v FROM as_conf ORDER BY id").await, vec!["2|two", "3|after the conflict"]);
     app.batch_execute("INSERT INTO as_conf VALUES (4, 'later')").await.unwrap();
@@ -419,7 +425,7 @@ async fn a_conflict_is_recorded_and_shipping_goes_on() {
     let row = primary_rows("SELECT v FROM as_conf WHERE id = 1").await;
     assert_eq!(row, vec!["changed"]);
     connect(&bed().b_replica_url_direct()).await.batch_execute("INSERT INTO as_conf VALUES (1, 'changed')").await.unwrap();
-    verify_equal(&["public.as_conf"]).await;
+    verify_equal_for(site, &["public.as_conf"]).await;
 }
 
 /// The same with parameters whose types the client gave in its Parse (`prepare_typed`), so
@@ -454,5 +460,5 @@ async fn an_autocommit_extended_write_with_typed_parameters_is_replicated() {
     }
     drained(site, admin).await;
     assert_eq!(replica_rows("SELECT v FROM as_typed").await, vec!["6"]);
-    verify_equal(&["public.as_typed"]).await;
+    verify_equal_for(site, &["public.as_typed"]).await;
 }

@@ -88,6 +88,12 @@ pub(crate) async fn replica_rows(sql: &str) -> Vec<String> {
 /// waits (bounded) for the replica to settle: COMMIT PREPARED runs after the client's COMMIT
 /// returned, or, after a fault, from capgate's recovery.
 pub(crate) async fn verify_equal(tables: &[&str]) {
+    verify_equal_for("a", tables).await
+}
+
+/// [`verify_equal`] as site `site` sees it (its replica's applied position is the consistent
+/// point).
+pub(crate) async fn verify_equal_for(site: &str, tables: &[&str]) {
     let start = Instant::now();
     loop {
         let left = replica_rows("SELECT gid || ' prepared ' || prepared FROM pg_prepared_xacts").await;
@@ -99,7 +105,7 @@ pub(crate) async fn verify_equal(tables: &[&str]) {
     }
     let b = bed();
     let text = format!(
-        "site = \"a\"\n[primary]\nurl = \"{}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"{}?sslmode=disable\"\n",
+        "site = \"{site}\"\n[primary]\nurl = \"{}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"{}?sslmode=disable\"\n",
         b.a_primary_url(),
         b.b_replica_url_direct()
     );
