@@ -119,14 +119,9 @@ pub fn main(cli: Cli) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let threads: usize = std::env::var("CAPGATE_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-            let runtime = if threads == 1 {
-                tokio::runtime::Builder::new_current_thread().enable_all().build()
-            } else if threads > 1 {
-                tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread().enable_all().build()
-            };
+            // Client sessions run on their own worker threads (`workers`); this runtime runs
+            // the accept loop, the admin listener, replica health and the shippers.
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
             let runtime = match runtime {
                 Ok(r) => r,
                 Err(e) => {

@@ -44,6 +44,8 @@ pub struct Config {
     pub authentication_timeout: Duration,
     /// The largest frame a client may send, in bytes (PostgreSQL's own limit is 1 GB).
     pub max_message_size: u32,
+    /// Threads that run client sessions (each a single-threaded runtime).
+    pub workers: usize,
     pub primary: Primary,
     pub replicas: Vec<Replica>,
     pub tls: Option<TlsConfig>,
@@ -147,6 +149,8 @@ struct RawConfig {
     authentication_timeout: String,
     #[serde(default = "default_max_message_size")]
     max_message_size: i64,
+    #[serde(default)]
+    workers: i64,
     primary: RawPrimary,
     #[serde(default)]
     replicas: Vec<RawReplica>,
@@ -324,6 +328,14 @@ impl Validator<'_> {
             self.problem("max_message_size", format!("expected bytes from 1024 to 1073741824, found {}", raw.max_message_size));
             1 << 30
         };
+        let workers = match raw.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n if (1..=256).contains(&n) => n as usize,
+            n => {
+                self.problem("workers", format!("expected a number of threads from 1 to 256 (0: one per CPU), found {n}"));
+                1
+            }
+        };
         let shutdown_timeout = self.duration("shutdown_timeout", &raw.shutdown_timeout);
         let recovery_grace = self.duration("recovery_grace", &raw.recovery_grace);
         if recovery_grace < Duration::from_secs(1) {
@@ -422,6 +434,7 @@ impl Validator<'_> {
             recovery_grace,
             authentication_timeout,
             max_message_size,
+            workers,
             primary,
             replicas,
             tls,

@@ -205,7 +205,14 @@ impl Server {
             );
             AbortOnDrop(tokio::spawn(crate::admin::serve(listener, Arc::new(state))))
         });
-        info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, "capgate is accepting connections");
+        let workers = match crate::frontend::workers::Workers::start(config.workers) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("cannot start {} session worker threads ({e}); not accepting connections", config.workers);
+                return;
+            }
+        };
+        info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, workers = workers.len(), "capgate is accepting connections");
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -221,22 +228,21 @@ impl Server {
                     };
                     let shared = self.shared.clone();
                     let stop = stop_rx.clone();
-                    match sessions.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            tokio::spawn(async move {
-                                session::serve(shared, tcp, false, stop).await;
-                                drop(permit);
-                            });
+                    let (permit, over_limit) = match sessions.clone().try_acquire_owned() {
+                        Ok(permit) => (permit, false),
+                        Err(_) => match rejecting.clone().try_acquire_owned() {
+                            Ok(permit) => (permit, true),
+                            Err(_) => continue,
+                        },
+                    };
+                    // The socket moves to the worker's own event loop (see frontend::workers).
+                    let Ok(tcp) = tcp.into_std() else { continue };
+                    workers.spawn(move || async move {
+                        if let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) {
+                            session::serve(shared, tcp, over_limit, stop).await;
                         }
-                        Err(_) => {
-                            if let Ok(permit) = rejecting.clone().try_acquire_owned() {
-                                tokio::spawn(async move {
-                                    session::serve(shared, tcp, true, stop).await;
-                                    drop(permit);
-                                });
-                            }
-                        }
-                    }
+                        drop(permit);
+                    });
                 }
                 _ = &mut shutdown => break,
             }
