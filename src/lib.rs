@@ -10,6 +10,7 @@
 //! - [`config`]: the main TOML configuration, validated into an immutable snapshot;
 //! - [`net`]: sockets and TLS shared by every front end and by replica links;
 //! - [`cli`]: the `capgate` command;
+//! - [`store`]: what differs per database for replication (capture, apply, two-phase commit);
 //! - [`testbed`]: throwaway real database servers for tests, benchmarks and scripts.
 //!
 //! Replication (`classify`, `policy`, `replicate`, `sites`, `verify`, `admin`) is added on top
@@ -26,5 +27,6 @@ pub mod policy;
 pub mod protocol;
 pub mod replicate;
 pub mod sites;
+pub mod store;
 pub mod testbed;
 pub mod verify;

@@ -1,5 +1,6 @@
 //! capgate's connections to database servers: the primary each session is relayed to, and the
 //! replicas of other sites. One module per protocol.
 
+pub mod mysql;
 pub mod postgres;
 pub mod postgres_catalog;

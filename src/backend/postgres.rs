@@ -144,3 +144,12 @@ impl Upstream {
         Ok(())
     }
 }
+
+/// The server's own message for a database error (with its SQLSTATE), or the client-side
+/// error's text: what a log line or a DBA-facing message should quote.
+pub fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::protocol::postgres::scram::Verifier;
 pub use duration::parse_duration;
-pub use url::{DbUrl, RootCert, SslMode};
+pub use url::{DbUrl, RootCert, Scheme, SslMode};
 
 /// The validated configuration of one capgate process.
 #[derive(Debug, Clone)]
@@ -100,6 +100,9 @@ pub enum TlsMode {
 pub struct User {
     pub name: String,
     pub verifier: Verifier,
+    /// SHA1(SHA1(password)), what checks a MySQL `mysql_native_password` login (as the server
+    /// stores it); only when the user is configured with `password`.
+    pub mysql_native: Option<[u8; 20]>,
 }
 
 /// Every problem found in a configuration file.
@@ -370,8 +373,19 @@ impl Validator<'_> {
             if heartbeat_timeout.is_zero() {
                 self.problem(format!("{key}.heartbeat_timeout"), "expected a duration above 0");
             }
+            let url = self.url(&format!("{key}.url"), &between_sites(&r.url));
+            if url.scheme != primary.url.scheme {
+                self.problem(
+                    format!("{key}.url"),
+                    format!(
+                        "a {} replica for a {} primary: replicas use the same protocol as the primary",
+                        url.scheme.name(),
+                        primary.url.scheme.name()
+                    ),
+                );
+            }
             replicas.push(Replica {
-                url: self.url(&format!("{key}.url"), &between_sites(&r.url)),
+                url,
                 partition_latency,
                 heartbeat_interval,
                 heartbeat_timeout,
@@ -412,14 +426,24 @@ impl Validator<'_> {
             if u.name.is_empty() {
                 self.problem(format!("{key}.name"), "expected a non-empty user name");
             }
+            if primary.url.scheme == Scheme::MySql && u.password.is_none() && u.scram_verifier.is_some() {
+                self.problem(
+                    format!("{key}.scram_verifier"),
+                    "a SCRAM verifier cannot check MySQL logins (mysql_native_password): give `password` for a mysql:// primary",
+                );
+            }
             if let Some(verifier) = verifier {
-                users.push(User { name: u.name, verifier });
+                let mysql_native = u.password.as_deref().map(crate::protocol::mysql::auth::native_stored_hash);
+                users.push(User { name: u.name, verifier, mysql_native });
             }
         }
         if !users.is_empty() && primary.url.user.is_none() {
             self.problem(
                 "primary.url",
-                "[[users]] log in upstream with the primary URL's user: give one (postgres://USER:PASSWORD@host/db)",
+                format!(
+                    "[[users]] log in upstream with the primary URL's user: give one ({}://USER:PASSWORD@host/db)",
+                    primary.url.scheme.name()
+                ),
             );
         }
         Config {
@@ -491,7 +515,13 @@ impl Validator<'_> {
             }
             Err(e) => {
                 self.problem(key, e);
-                DbUrl::parse("postgres://invalid/", self.base).expect("placeholder URL parses")
+                // Keep the scheme that was written, so the checks that depend on it still run.
+                let placeholder = if value.starts_with("mysql://") || value.starts_with("mariadb://") {
+                    "mysql://invalid/"
+                } else {
+                    "postgres://invalid/"
+                };
+                DbUrl::parse(placeholder, self.base).expect("placeholder URL parses")
             }
         }
     }
@@ -576,6 +606,25 @@ mod tests {
         assert_eq!(Config::parse(&text, Path::new("c.toml")).unwrap().admin_token.as_deref(), Some("t"));
         let text = format!("admin = \"127.0.0.1:9930\"\n{MINIMAL}");
         assert!(Config::parse(&text, Path::new("c.toml")).unwrap().admin_token.is_none());
+    }
+
+    #[test]
+    fn mysql_primaries_take_mysql_replicas_and_passwords() {
+        let text = "site = \"a\"\n[primary]\nurl = \"mysql://app:pw@127.0.0.1/shop\"\n\
+                    [[replicas]]\nname = \"b\"\nurl = \"postgres://h/db?sslmode=disable\"\n\
+                    [[users]]\nname = \"alice\"\nscram_verifier = \"SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy\"\n";
+        let err = Config::parse(text, Path::new("c.toml")).unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"replicas[0].url"), "{keys:?}");
+        assert!(
+            err.problems.iter().any(|p| p.key == "users[0].scram_verifier" && p.message.contains("cannot check MySQL logins")),
+            "{err}"
+        );
+        let ok = "site = \"a\"\n[primary]\nurl = \"mariadb://app:pw@127.0.0.1/shop\"\n\
+                  [[replicas]]\nname = \"b\"\nurl = \"mysql://h/shop?sslmode=disable\"\n[[users]]\nname = \"alice\"\npassword = \"pw\"\n";
+        let c = Config::parse(ok, Path::new("c.toml")).unwrap();
+        assert_eq!(c.primary.url.scheme, Scheme::MySql);
+        assert!(c.users[0].mysql_native.is_some());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Connection URLs for the primary and the replicas: `postgres://user:password@host:port/db?k=v`.
+//! Connection URLs for the primary and the replicas: `postgres://user:password@host:port/db?k=v`,
+//! or `mysql://` / `mariadb://` with the same parts and the same TLS parameters.
 //!
 //! Only what capgate acts on is accepted; an unknown parameter is an error rather than being
 //! silently ignored, so a DBA who writes `sslmode=verify_full` finds out at load time. The
@@ -40,6 +41,34 @@ impl SslMode {
     }
 }
 
+/// Which wire protocol a database speaks: chosen by the URL's scheme, it picks the front end
+/// `capgate run` starts and the SQL dialect statements are classified in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `postgres://` or `postgresql://`
+    Postgres,
+    /// `mysql://` or `mariadb://`
+    MySql,
+}
+
+impl Scheme {
+    /// The default port of the protocol.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Postgres => 5432,
+            Scheme::MySql => 3306,
+        }
+    }
+
+    /// The scheme as written in URLs capgate prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Postgres => "postgres",
+            Scheme::MySql => "mysql",
+        }
+    }
+}
+
 /// Where the root certificates for verification come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootCert {
@@ -51,6 +80,7 @@ pub enum RootCert {
 /// A parsed database URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DbUrl {
+    pub scheme: Scheme,
     pub user: Option<String>,
     pub password: Option<String>,
     pub host: String,
@@ -67,10 +97,13 @@ impl DbUrl {
     /// Parse `s`; relative certificate paths are resolved against `base` (the directory of
     /// the configuration file). The error says what was expected.
     pub fn parse(s: &str, base: &Path) -> Result<DbUrl, String> {
-        let rest = s
-            .strip_prefix("postgres://")
-            .or_else(|| s.strip_prefix("postgresql://"))
-            .ok_or("expected a URL starting with postgres:// or postgresql://")?;
+        let (scheme, rest) = if let Some(rest) = s.strip_prefix("postgres://").or_else(|| s.strip_prefix("postgresql://")) {
+            (Scheme::Postgres, rest)
+        } else if let Some(rest) = s.strip_prefix("mysql://").or_else(|| s.strip_prefix("mariadb://")) {
+            (Scheme::MySql, rest)
+        } else {
+            return Err("expected a URL starting with postgres://, postgresql://, mysql:// or mariadb://".into());
+        };
         let (before_query, query) = match rest.split_once('?') {
             Some((a, q)) => (a, Some(q)),
             None => (rest, None),
@@ -93,12 +126,17 @@ impl DbUrl {
         if hostport.contains(',') {
             return Err("several hosts in one URL are not supported: give one host".into());
         }
-        let (host, port) = split_host_port(hostport)?;
+        let (host, port) = split_host_port(hostport, scheme.default_port())?;
         if host.is_empty() {
-            return Err("the URL has no host: give HOST:PORT, or a Unix socket directory as %2Fvar%2Frun%2Fpostgresql".into());
+            return Err(match scheme {
+                Scheme::Postgres => "the URL has no host: give HOST:PORT, or a Unix socket directory as %2Fvar%2Frun%2Fpostgresql",
+                Scheme::MySql => "the URL has no host: give HOST:PORT, or a Unix socket file as %2Frun%2Fmysqld%2Fmysqld.sock",
+            }
+            .into());
         }
         let dbname = path.filter(|p| !p.is_empty()).map(decode).transpose()?;
         let mut url = DbUrl {
+            scheme,
             user: user.filter(|u| !u.is_empty()),
             password,
             host,
@@ -146,10 +184,17 @@ impl DbUrl {
         Ok(url)
     }
 
-    /// The Unix socket path when the host is a directory (libpq's convention: a host that
-    /// starts with `/`), e.g. `/var/run/postgresql/.s.PGSQL.5432`.
+    /// The Unix socket path when the host starts with `/`: for PostgreSQL the host is the
+    /// socket's directory (libpq's convention), e.g. `/var/run/postgresql/.s.PGSQL.5432`; for
+    /// MySQL it is the socket file itself, e.g. `/run/mysqld/mysqld.sock`.
     pub fn unix_socket(&self) -> Option<PathBuf> {
-        self.host.starts_with('/').then(|| Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+        if !self.host.starts_with('/') {
+            return None;
+        }
+        Some(match self.scheme {
+            Scheme::Postgres => Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)),
+            Scheme::MySql => PathBuf::from(&self.host),
+        })
     }
 
     /// `host:port` (or the socket path), for connecting and for messages.
@@ -164,7 +209,7 @@ impl DbUrl {
     }
 }
 
-fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
+fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
         let (h, after) = rest.split_once(']').ok_or("unclosed [ in IPv6 host")?;
         (h.to_owned(), after.strip_prefix(':'))
@@ -176,7 +221,7 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
     };
     let port = match port {
         Some(p) => p.parse().map_err(|_| format!("port `{p}`: expected a number from 1 to 65535"))?,
-        None => 5432,
+        None => default_port,
     };
     Ok((decode(&host)?, port))
 }
@@ -201,7 +246,7 @@ fn decode(s: &str) -> Result<String, String> {
 
 impl fmt::Display for DbUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "postgres://")?;
+        write!(f, "{}://", self.scheme.name())?;
         if let Some(u) = &self.user {
             write!(f, "{u}")?;
             if self.password.is_some() {
@@ -241,7 +286,7 @@ mod tests {
     fn defaults_and_errors() {
         let u = DbUrl::parse("postgresql://[::1]/db", Path::new(".")).unwrap();
         assert_eq!((u.host.as_str(), u.port, u.sslmode), ("::1", 5432, SslMode::Prefer));
-        assert!(DbUrl::parse("mysql://x@h/db", Path::new(".")).is_err());
+        assert!(DbUrl::parse("mysqlx://x@h/db", Path::new(".")).is_err());
         assert!(DbUrl::parse("postgres://h/db?sslmode=verify-full", Path::new(".")).unwrap_err().contains("sslrootcert"));
         assert!(DbUrl::parse("postgres://h/db?bogus=1", Path::new(".")).unwrap_err().contains("bogus"));
         assert!(DbUrl::parse("postgres://h:99999/db", Path::new(".")).is_err());
@@ -249,5 +294,17 @@ mod tests {
         assert_eq!(u.unix_socket(), Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5433")));
         let u = DbUrl::parse("postgres://app@localhost/db?host=/tmp", Path::new(".")).unwrap();
         assert_eq!(u.address(), "/tmp/.s.PGSQL.5432");
+    }
+
+    #[test]
+    fn mysql_urls_take_the_same_parameters() {
+        let u = DbUrl::parse("mariadb://app:pw@db1/shop?sslmode=verify-ca&sslrootcert=ca.pem", Path::new("/etc/capgate")).unwrap();
+        assert_eq!((u.scheme, u.host.as_str(), u.port), (Scheme::MySql, "db1", 3306));
+        assert_eq!((u.dbname.as_deref(), u.sslmode), (Some("shop"), SslMode::VerifyCa));
+        assert_eq!(u.to_string(), "mysql://app:***@db1:3306/shop");
+        let u = DbUrl::parse("mysql://app@%2Frun%2Fmysqld%2Fmysqld.sock/shop?sslmode=disable", Path::new(".")).unwrap();
+        assert_eq!(u.unix_socket(), Some(PathBuf::from("/run/mysqld/mysqld.sock")));
+        assert!(DbUrl::parse("mysql://h/db?sslmode=verify_full", Path::new(".")).unwrap_err().contains("verify_full"));
+        assert_eq!(DbUrl::parse("postgres://h/db", Path::new(".")).unwrap().scheme, Scheme::Postgres);
     }
 }

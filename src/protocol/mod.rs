@@ -1,6 +1,7 @@
 //! Wire protocols, without I/O. Everything here works on byte slices so that it can be unit
 //! tested and fuzzed without sockets; the front ends own the sockets.
 
+pub mod mysql;
 pub mod postgres;
 
 /// Compare two secrets (a SCRAM key, a cancel secret, a bearer token) without leaking, through

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::support::{connect, primary, replica, scratch, Proxy};
 
 /// A plain HTTP/1.1 GET; (status code, body).
-fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+pub fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect admin");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();

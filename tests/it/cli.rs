@@ -9,6 +9,29 @@ fn capgate(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+fn check_config_takes_mysql_sites() {
+    let dir = scratch("check-config-mysql");
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "site = \"seattle\"\n[primary]\nurl = \"mariadb://app:secret@127.0.0.1/shop?sslmode=disable\"\n").unwrap();
+    let out = capgate(&["check-config", "--config", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("primary mysql://app:***@127.0.0.1:3306/shop") && !stdout.contains("secret"), "{stdout}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "site = \"seattle\"\n[primary]\nurl = \"mysql://app@127.0.0.1/shop?sslmode=verify_full\"\n\
+         [[replicas]]\nname = \"b\"\nurl = \"postgres://h/db\"\n[[users]]\nname = \"u\"\nscram_verifier = \"x\"\n",
+    )
+    .unwrap();
+    let out = capgate(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("primary.url: sslmode `verify_full`"), "{err}");
+    assert!(err.contains("replicas[0].url: a postgres replica for a mysql primary"), "{err}");
+}
+
+#[test]
 fn check_config_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
     let dir = scratch("check-config");
     let good = dir.join("good.toml");
@@ -24,7 +47,7 @@ fn check_config_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
-        "site = \"seattle\"\nmax_connections = -1\n[primary]\nurl = \"mysql://x\"\n[tls]\ncert = \"nope.crt\"\nkey = \"nope.key\"\n",
+        "site = \"seattle\"\nmax_connections = -1\n[primary]\nurl = \"mongodb://x\"\n[tls]\ncert = \"nope.crt\"\nkey = \"nope.key\"\n",
     )
     .unwrap();
     let out = capgate(&["check-config", "--config", bad.to_str().unwrap()]);

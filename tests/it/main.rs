@@ -1,14 +1,17 @@
-//! Integration tests: real PostgreSQL servers, the real proxy, real clients (tokio-postgres,
-//! psql, pgbench, psycopg). One test binary, so the servers are started once.
+//! Integration tests: real PostgreSQL and MariaDB servers, the real proxy, real clients
+//! (tokio-postgres, psql, pgbench, psycopg; the mariadb client, sysbench, mysql_async, PyMySQL,
+//! Connector/J). One test binary, so the servers are started once.
 
 mod support;
 
 mod admin;
 mod async_mode;
 mod bad_input;
+mod capture;
 mod cli;
 mod driver;
 mod lifecycle;
+mod mysql;
 mod policy;
 mod psql;
 mod python;

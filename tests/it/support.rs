@@ -118,7 +118,7 @@ impl Drop for Proxy {
 }
 
 /// Extra config text: top-level keys first, tables (`[...]`) after the primary.
-fn split_extra(extra: &str) -> (String, String) {
+pub fn split_extra(extra: &str) -> (String, String) {
     match extra.find('[') {
         Some(i) if extra[..i].trim().is_empty() || extra[..i].ends_with('\n') => (extra[..i].to_owned(), extra[i..].to_owned()),
         _ => (extra.to_owned(), String::new()),

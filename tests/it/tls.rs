@@ -10,23 +10,23 @@ use capgate::testbed::{PgOptions, PgServer};
 use crate::support::{pg_bin, scratch, Proxy};
 
 /// A test CA and a server certificate it signed for localhost / 127.0.0.1.
-struct Certs {
+pub struct Certs {
     dir: PathBuf,
 }
 
 impl Certs {
-    fn ca(&self) -> PathBuf {
+    pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
-    fn cert(&self) -> PathBuf {
+    pub fn cert(&self) -> PathBuf {
         self.dir.join("server.crt")
     }
-    fn key(&self) -> PathBuf {
+    pub fn key(&self) -> PathBuf {
         self.dir.join("server.key")
     }
 }
 
-fn make_certs(name: &str) -> Certs {
+pub fn make_certs(name: &str) -> Certs {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let dir = scratch(name);
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -157,6 +157,8 @@ pub async fn login_upstream(server: &mut Conn, url: &DbUrl, client_startup: &Sta
     let database = client_startup.get("database").map(str::to_owned).or_else(|| url.dbname.clone()).unwrap_or_else(|| user.clone());
     let mut params = vec![("user".to_owned(), user.clone()), ("database".to_owned(), database)];
     params.extend(client_startup.params.iter().filter(|(k, _)| k != "user" && k != "database").cloned());
+    let (key, value) = crate::protocol::postgres::startup::SESSION_MARKER;
+    params.push((key.to_owned(), value.to_owned()));
     let startup = StartupMessage { major: 3, minor: 0, params };
     server.send(&startup.encode()).await?;
 

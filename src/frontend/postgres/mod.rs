@@ -36,10 +36,6 @@ use crate::protocol::postgres::FrameError;
 use crate::replicate::Router;
 pub use cancel::CancelRegistry;
 
-/// How many over-the-limit connections may be in the middle of being told "too many
-/// clients" at once; beyond that they are closed without a word.
-const MAX_REJECTING: usize = 64;
-
 /// Why a session ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -178,7 +174,6 @@ impl Server {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>, force: impl Future<Output = ()>) {
         let config = self.shared.config.clone();
         let sessions = self.shared.sessions.clone();
-        let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
         let (stop_tx, stop_rx) = watch::channel(false);
         let _policy_watcher = AbortOnDrop(self.shared.router.policy().spawn_reload_watcher());
         let _catalog = AbortOnDrop(tokio::spawn(maintain_catalog(self.shared.clone())));
@@ -205,6 +200,9 @@ impl Server {
             );
             AbortOnDrop(tokio::spawn(crate::admin::serve(listener, Arc::new(state))))
         });
+        info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, workers = config.workers, "capgate is accepting connections");
+        let shared = self.shared.clone();
+        let serve = move |tcp, over_limit, stop| session::serve(shared.clone(), tcp, over_limit, stop);
         let workers = match crate::frontend::workers::Workers::start(config.workers) {
             Ok(w) => w,
             Err(e) => {
@@ -212,51 +210,10 @@ impl Server {
                 return;
             }
         };
-        info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, workers = workers.len(), "capgate is accepting connections");
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => {
-                    let (tcp, _) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off rather than spin.
-                            warn!("accept failed: {e}");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let shared = self.shared.clone();
-                    let stop = stop_rx.clone();
-                    let (permit, over_limit) = match sessions.clone().try_acquire_owned() {
-                        Ok(permit) => (permit, false),
-                        Err(_) => match rejecting.clone().try_acquire_owned() {
-                            Ok(permit) => (permit, true),
-                            Err(_) => continue,
-                        },
-                    };
-                    // The socket moves to the worker's own event loop (see frontend::workers).
-                    let Ok(tcp) = tcp.into_std() else { continue };
-                    workers.spawn(move || async move {
-                        if let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) {
-                            session::serve(shared, tcp, over_limit, stop).await;
-                        }
-                        drop(permit);
-                    });
-                }
-                _ = &mut shutdown => break,
-            }
-        }
+        crate::frontend::listener::accept_until(&self.listener, &workers, &sessions, shutdown, &stop_rx, serve).await;
         drop(self.listener);
-        let active = config.max_connections - sessions.available_permits();
-        info!(active, timeout = ?config.shutdown_timeout, "shutting down: no new connections; idle sessions close now, others at the end of their transaction");
-        let _ = stop_tx.send(true);
-        let drained = sessions.acquire_many(config.max_connections as u32);
-        tokio::select! {
-            _ = drained => info!("all sessions finished"),
-            _ = tokio::time::sleep(config.shutdown_timeout) => warn!("shutdown_timeout reached; closing the remaining sessions"),
-            _ = force => warn!("second signal: exiting at once"),
-        }
+        crate::frontend::listener::drain(&config, &sessions, stop_tx, force).await;
+        drop(workers);
     }
 }
 

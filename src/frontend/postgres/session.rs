@@ -100,7 +100,11 @@ async fn run(
                 crate::protocol::postgres::message::auth_ok(&mut ok);
                 client.send(&ok).await?;
             }
-            None => auth::passthrough(client, &mut server, &raw).await?,
+            None => {
+                let (key, value) = crate::protocol::postgres::startup::SESSION_MARKER;
+                let marked = crate::protocol::postgres::startup::with_parameter(&raw, key, value);
+                auth::passthrough(client, &mut server, &marked).await?
+            }
         }
         let key = auth::finish_startup(client, &mut server, &shared.cancels).await?;
         Ok::<_, SessionError>((server, key))

@@ -60,6 +60,30 @@ impl StartupMessage {
     }
 }
 
+/// The name and value of the startup parameter capgate adds to every session it relays to the
+/// primary: the capture triggers tell capgate's sessions (whose sync changes capgate
+/// coordinates) from everyone else's (decision 0009). A value given at startup is also the
+/// value `RESET ALL` and `DISCARD ALL` return to.
+pub const SESSION_MARKER: (&str, &str) = ("capgate.session", "on");
+
+/// A raw StartupMessage (as received, length word included) with one more parameter placed
+/// last, where the server reads it after any of the same name the client sent. Built from the
+/// raw bytes so nothing else the client sent changes.
+pub fn with_parameter(raw: &[u8], key: &str, value: &str) -> Vec<u8> {
+    // length, version, pairs, and the final NUL.
+    let body = raw.get(4..raw.len().saturating_sub(1)).unwrap_or_default();
+    let len = 4 + body.len() + key.len() + value.len() + 3;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    for part in [key, value] {
+        out.extend_from_slice(part.as_bytes());
+        out.push(0);
+    }
+    out.push(0);
+    out
+}
+
 /// The length of the startup packet at the front of `buf`, if its length word is there.
 pub fn packet_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
     let Some(word) = buf.get(..4) else { return Ok(None) };
@@ -149,5 +173,16 @@ mod tests {
         p.extend(b"user"); // no terminator
         p.push(b'x');
         assert!(parse(&p).is_err());
+    }
+
+    #[test]
+    fn a_parameter_is_added_last() {
+        let m =
+            StartupMessage { major: 3, minor: 2, params: vec![("user".into(), "app".into()), ("capgate.session".into(), "off".into())] };
+        let out = with_parameter(&m.encode(), SESSION_MARKER.0, SESSION_MARKER.1);
+        let mut want = m.clone();
+        want.params.push(("capgate.session".into(), "on".into()));
+        assert_eq!(packet_len(&out).unwrap(), Some(out.len()));
+        assert_eq!(parse(&out).unwrap(), StartupPacket::Startup(want));
     }
 }

@@ -1,0 +1,63 @@
+# benches/mylib.sh — pieces shared by the MySQL benchmark scripts (sourced, not run).
+# Expects: TMP, CAPGATE_BIN, log/die defined by the caller; benches/lib.sh sourced (free_ports).
+
+# A throwaway MariaDB in $TMP/mariadb on port $1; the remaining arguments are extra mariadbd
+# options. Creates the `capgate` user (no password, every privilege). Sets MARIADB_PID.
+start_mariadb() {
+    local port=$1; shift
+    local dir="$TMP/mariadb"
+    mkdir -p "$dir" && chown mysql: "$dir" && chmod 755 "$TMP"
+    mariadb-install-db --no-defaults --user=mysql --auth-root-authentication-method=normal --skip-test-db \
+        --datadir="$dir/data" >"$TMP/install-db.log" 2>&1 || { cat "$TMP/install-db.log" >&2; die "mariadb-install-db failed"; }
+    mariadbd --no-defaults --user=mysql --bind-address=127.0.0.1 --skip-name-resolve --port="$port" \
+        --datadir="$dir/data" --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$TMP/mariadb.log" \
+        "$@" >>"$TMP/mariadb.log" 2>&1 &
+    MARIADB_PID=$!
+    for _ in $(seq 600); do
+        mariadb --no-defaults -uroot --socket="$dir/mysqld.sock" -e 'select 1' >/dev/null 2>&1 && break
+        kill -0 "$MARIADB_PID" 2>/dev/null || { tail -20 "$TMP/mariadb.log" >&2; die "mariadbd exited"; }
+        sleep 0.1
+    done
+    mariadb --no-defaults -uroot --socket="$dir/mysqld.sock" \
+        -e "CREATE USER 'capgate'@'%'; GRANT ALL PRIVILEGES ON *.* TO 'capgate'@'%'; CREATE DATABASE sbtest" \
+        || die "cannot create the capgate user"
+}
+
+# capgate on port $1 in front of the MariaDB on port $2; sets CAPGATE_PID.
+start_capgate_mysql() {
+    local port=$1 myport=$2
+    cat >"$TMP/capgate.toml" <<CONF
+site = "bench"
+listen = "127.0.0.1:$port"
+max_connections = 2000
+[primary]
+url = "mysql://capgate@127.0.0.1:$myport/?sslmode=disable"
+CONF
+    log "capgate on port $port ($CAPGATE_BIN)"
+    "$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
+    CAPGATE_PID=$!
+    for _ in $(seq 300); do
+        mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$port" -ucapgate -e 'select 1' >/dev/null 2>&1 && return 0
+        kill -0 "$CAPGATE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    tail -30 "$TMP/capgate.log" >&2
+    die "capgate does not accept connections"
+}
+
+# For cleanup traps: stop capgate and the throwaway MariaDB (TERM, then KILL after 10 s).
+stop_capgate_and_mariadb() {
+    local pid
+    for pid in "${CAPGATE_PID:-}" "${MARIADB_PID:-}"; do
+        [[ -n "$pid" ]] || continue
+        kill -TERM "$pid" 2>/dev/null || continue
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+}
+
+# CPU time (user + system) of process $1 in clock ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}

@@ -1,0 +1,243 @@
+//! The MySQL / MariaDB front end: accepts application connections and relays each one to the
+//! site's primary with full fidelity.
+//!
+//! - [`session`]: one connection from accept to close;
+//! - [`handshake`]: the greeting, TLS on both legs and the capabilities each leg gets;
+//! - [`auth`]: pass-through or proxy-side authentication;
+//! - [`relay`]: the two packet pumps and the reply queue between them;
+//! - [`statements`]: what the session's statements write, decided by the policy; `KILL`;
+//! - [`conn`]: a buffered connection for the packet-at-a-time connection phase.
+//!
+//! Nothing here may decide replication: that belongs to the protocol-neutral layers above.
+//! MySQL replication is not built yet: writes to replicated tables are relayed and counted.
+
+pub mod auth;
+pub mod conn;
+pub mod handshake;
+pub mod relay;
+pub mod session;
+pub mod statements;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+
+pub use crate::backend::mysql::{Upstream, UpstreamError};
+use crate::classify::{Catalog, Dialect};
+use crate::config::Config;
+use crate::net::tls;
+use crate::policy::{Policy, PolicyHandle};
+use crate::protocol::mysql::PacketError;
+use crate::replicate::Router;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("protocol violation: {0}")]
+    Packet(PacketError),
+    #[error("the primary broke the protocol: {0}")]
+    UpstreamProtocol(&'static str),
+    #[error("cannot reach the primary: {0}")]
+    Upstream(UpstreamError),
+    #[error("authentication timed out")]
+    AuthTimeout,
+    /// capgate refused the session with this error (code and SQLSTATE, message).
+    #[error("{message}")]
+    Refused { code: (u16, &'static str), message: String },
+    /// The primary's own error was forwarded to the client; nothing more to say.
+    #[error("the primary ended the session with an error")]
+    Forwarded,
+}
+
+impl SessionError {
+    pub fn refused(code: (u16, &'static str), message: impl Into<String>) -> SessionError {
+        SessionError::Refused { code, message: message.into() }
+    }
+}
+
+/// Errors that stop the listener from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("[tls]: {0}")]
+    Tls(tls::TlsError),
+    #[error("[primary].url: {0}")]
+    PrimaryTls(tls::TlsError),
+    #[error("{0}")]
+    Policy(crate::policy::PolicyError),
+}
+
+/// Counters of what the MySQL front end relayed.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Writes to tables whose policy mode is not `local`, relayed without replication
+    /// (MySQL replication is not built yet).
+    pub unreplicated_writes: AtomicU64,
+}
+
+/// The primary's thread ids of the sessions being served, with the user each client
+/// authenticated as: a `KILL` may only name a connection of the same user.
+#[derive(Debug, Default)]
+pub struct Threads(Mutex<HashMap<u32, String>>);
+
+impl Threads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record a session's primary connection; it is forgotten when the guard drops.
+    pub fn register(self: &Arc<Self>, id: u32, user: &str) -> ThreadGuard {
+        self.lock().insert(id, user.to_owned());
+        ThreadGuard { threads: self.clone(), id }
+    }
+
+    /// Whether `user` may kill primary thread `id`.
+    pub fn owned_by(&self, id: u32, user: &str) -> bool {
+        self.lock().get(&id).is_some_and(|u| u == user)
+    }
+
+    /// Change the user of a session (after COM_CHANGE_USER).
+    pub fn set_user(&self, id: u32, user: &str) {
+        if let Some(u) = self.lock().get_mut(&id) {
+            *u = user.to_owned();
+        }
+    }
+}
+
+/// Removes a session's entry from [`Threads`].
+pub struct ThreadGuard {
+    threads: Arc<Threads>,
+    id: u32,
+}
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        self.threads.lock().remove(&self.id);
+    }
+}
+
+/// What every session of one listener shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    /// One permit per client session; `max_connections` permits.
+    pub sessions: Arc<Semaphore>,
+    /// Classification and policy decisions for every statement.
+    pub router: Arc<Router>,
+    pub primary: Upstream,
+    /// TLS towards clients, when `[tls]` is configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub threads: Arc<Threads>,
+    pub counters: Counters,
+}
+
+/// A bound listener, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    /// The admin HTTP listener, when `admin` is configured.
+    admin: Option<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Bind the configured `listen` address and prepare TLS. Port 0 picks a free port (see
+    /// [`Server::local_addr`]).
+    pub async fn bind(config: Arc<Config>) -> Result<Server, StartError> {
+        let tls = match &config.tls {
+            Some(t) => {
+                let server = tls::server_config(&t.cert, &t.key).map_err(StartError::Tls)?;
+                // The ALPN name is PostgreSQL's; MySQL clients send none.
+                let mut server = (*server).clone();
+                server.alpn_protocols.clear();
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+            }
+            None => None,
+        };
+        let primary = Upstream::new(config.primary.url.clone()).map_err(StartError::PrimaryTls)?;
+        let policy = match &config.policy {
+            Some(path) => PolicyHandle::load(path).map_err(StartError::Policy)?,
+            None => PolicyHandle::fixed(Policy::default()),
+        };
+        let router = Arc::new(Router::new(Dialect::MySql, Arc::new(policy), Catalog::new()));
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let admin = match config.admin {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?),
+            None => None,
+        };
+        if !config.replicas.is_empty() {
+            warn!(
+                "replication to MySQL replicas is not built yet: writes to tables the policy replicates are relayed to the \
+                 primary only, and counted"
+            );
+        }
+        let sessions = Arc::new(Semaphore::new(config.max_connections));
+        let shared = Arc::new(Shared { config, sessions, router, primary, tls, threads: Arc::default(), counters: Counters::default() });
+        Ok(Server { listener, admin, shared })
+    }
+
+    /// Where the admin endpoints listen, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.shared.config.listen)
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting, close idle sessions, let the
+    /// others finish their transactions for up to `shutdown_timeout`, and return. `force`
+    /// (a second signal) returns at once.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>, force: impl Future<Output = ()>) {
+        let config = self.shared.config.clone();
+        // /status and /metrics: the policy, the router's counters and the client sessions; no
+        // replicas yet (MySQL replication is not built).
+        let admin = self.admin.take().map(|listener| {
+            let sessions = self.shared.sessions.clone();
+            let max = config.max_connections;
+            let state = crate::admin::AdminState::new(
+                config.site.clone(),
+                self.shared.router.policy().clone(),
+                self.shared.router.clone(),
+                Vec::new(),
+                Box::new(move || max - sessions.available_permits()),
+                config.admin_token.clone(),
+            );
+            tokio::spawn(crate::admin::serve(listener, Arc::new(state)))
+        });
+        let sessions = self.shared.sessions.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let watcher = self.shared.router.policy().spawn_reload_watcher();
+        info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, workers = config.workers, "capgate is accepting MySQL connections");
+        let shared = self.shared.clone();
+        let serve = move |tcp, over_limit, stop| session::serve(shared.clone(), tcp, over_limit, stop);
+        let workers = match crate::frontend::workers::Workers::start(config.workers) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("cannot start {} session worker threads ({e}); not accepting connections", config.workers);
+                return;
+            }
+        };
+        crate::frontend::listener::accept_until(&self.listener, &workers, &sessions, shutdown, &stop_rx, serve).await;
+        drop(self.listener);
+        crate::frontend::listener::drain(&config, &sessions, stop_tx, force).await;
+        drop(workers);
+        watcher.abort();
+        if let Some(a) = admin {
+            a.abort();
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The relay loop: after authentication, every command goes to the primary and every reply
+//! to the client, as the original packets.
+//!
+//! Two pumps run concurrently, one per direction (a client may pipeline commands; one loop
+//! blocked writing to a side that is blocked writing to it would deadlock). They share a
+//! [`Flow`]: the client pump queues, for each command it forwards, a [`Tracker`] for its reply
+//! (or capgate's own reply, for a command it refuses); the server pump walks the primary's
+//! packets through the tracker at the front of the queue, so it knows where each reply ends,
+//! the final status flags (transaction state), the current database from session tracking,
+//! a prepared statement's id, and when the client's next packets are LOAD DATA LOCAL file
+//! contents rather than commands.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::statements::{Statements, Verdict};
+use crate::classify::Classification;
+use crate::protocol::mysql::packet::{self, Header, HEADER_LEN, MAX_PAYLOAD};
+use crate::protocol::mysql::response::{Event, Outcome, Tracker};
+use crate::protocol::mysql::{status, PacketError};
+
+/// Receive buffer size for each direction; an idle session's memory is mostly these two.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// A buffer that grew past this for one large packet is given back once it is drained.
+const SHRINK_ABOVE: usize = 256 * 1024;
+
+/// What the two pumps share about the session.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// Replies owed to the client, oldest first.
+    pub queue: VecDeque<Pending>,
+    /// The client's next packets are data for the current command, not commands: LOAD DATA
+    /// LOCAL file contents up to an empty packet (`Some(true)`), or one authentication answer
+    /// (`Some(false)`).
+    pub client_data: Option<bool>,
+    /// The status flags of the last complete reply that carried them.
+    pub status: u16,
+    /// The current database (`USE`, COM_INIT_DB, session tracking).
+    pub schema: Option<String>,
+    /// Prepared statements by the primary's statement id.
+    pub prepared: HashMap<u32, Prepared>,
+    /// A COM_CHANGE_USER succeeded for this user.
+    pub changed_user: Option<String>,
+}
+
+impl Flow {
+    /// Nothing is owed and no transaction is open: the session can be closed without
+    /// interrupting anything.
+    pub fn idle(&self) -> bool {
+        self.queue.is_empty() && self.client_data.is_none() && self.status & status::IN_TRANS == 0
+    }
+}
+
+/// What the policy layer keeps of a prepared statement.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Its classification, when the policy needed one at prepare time.
+    pub classification: Option<Arc<Classification>>,
+}
+
+/// One reply owed to the client.
+#[derive(Debug)]
+pub enum Pending {
+    /// From the primary, followed by this tracker; `after` is applied when it is complete.
+    Reply { tracker: Tracker, after: After },
+    /// capgate's own reply (an ERR for a refused command), sent when its turn comes.
+    Own(Vec<u8>),
+}
+
+/// What a successful reply changes in the session.
+#[derive(Debug, Clone)]
+pub enum After {
+    Nothing,
+    /// COM_STMT_PREPARE: record the statement under the id the primary gives it.
+    Prepared(Prepared),
+    /// COM_INIT_DB or `USE`: this database is now current.
+    Database(String),
+    /// COM_RESET_CONNECTION: the primary dropped every prepared statement.
+    Reset,
+    /// COM_CHANGE_USER: the session now belongs to this user, with no prepared statements.
+    User(String),
+}
+
+/// The shared state and the signal that capgate's own reply is waiting.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    flow: Mutex<Flow>,
+    /// Wakes the server pump when the client pump queued an own reply.
+    pub wake: tokio::sync::Notify,
+    /// The server pump is writing to the client: if it is stopped now, the client may hold
+    /// part of a packet, and capgate must not add one of its own.
+    pub writing: std::sync::atomic::AtomicBool,
+}
+
+impl SessionState {
+    pub fn lock(&self) -> MutexGuard<'_, Flow> {
+        self.flow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How a pump ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The reading side closed its connection.
+    Eof,
+    /// The client sent COM_QUIT (forwarded).
+    Quit,
+    /// capgate ends the session; the client is to be told this ERR packet.
+    Refused(Vec<u8>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    #[error("{0}")]
+    Packet(#[from] PacketError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the client stopped in the middle of a packet for {0:?}")]
+    Stalled(Duration),
+}
+
+fn shrink(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+        *buf = BytesMut::with_capacity(READ_CHUNK);
+    }
+}
+
+async fn write_flush<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    if !bytes.is_empty() {
+        w.write_all(bytes).await?;
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+/// Client → primary. Whole logical packets of at most `max` bytes; a client that stops
+/// mid-packet for `stall` is cut off (the primary never saw the partial packet, so its own
+/// read timeout cannot apply).
+pub async fn client_pump<R, W>(
+    rd: &mut R,
+    server: &mut W,
+    buf: &mut BytesMut,
+    state: &SessionState,
+    statements: &mut Statements,
+    max: usize,
+    stall: Duration,
+) -> Result<End, PumpError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    buf.reserve(READ_CHUNK);
+    loop {
+        let (mut start, mut at) = (0, 0);
+        let mut quit = false;
+        while !quit {
+            let l = match packet::logical(&buf[at..], max) {
+                Ok(Some(l)) => l,
+                Ok(None) => break,
+                Err(e) => {
+                    write_flush(server, &buf[start..at]).await?;
+                    buf.advance(at);
+                    return Err(e.into());
+                }
+            };
+            let verdict = {
+                let mut flow = state.lock();
+                match flow.client_data {
+                    Some(until_empty) => {
+                        if !until_empty || l.payload_len == 0 {
+                            flow.client_data = None;
+                        }
+                        Verdict::Data
+                    }
+                    None => statements.on_command(&mut flow, &l.payload(&buf[at..at + l.bytes])),
+                }
+            };
+            match verdict {
+                Verdict::Data => at += l.bytes,
+                Verdict::Forward { quit: q } => {
+                    at += l.bytes;
+                    quit = q;
+                }
+                Verdict::Refuse(err) => {
+                    write_flush(server, &buf[start..at]).await?;
+                    at += l.bytes;
+                    start = at;
+                    state.lock().queue.push_back(Pending::Own(err));
+                    state.wake.notify_one();
+                }
+                Verdict::Fatal(err) => {
+                    write_flush(server, &buf[start..at]).await?;
+                    buf.advance(at + l.bytes);
+                    return Ok(End::Refused(err));
+                }
+            }
+        }
+        write_flush(server, &buf[start..at]).await?;
+        buf.advance(at);
+        if quit {
+            return Ok(End::Quit);
+        }
+        shrink(buf);
+        if let Some(h) = Header::parse(buf) {
+            buf.reserve((HEADER_LEN + h.len).saturating_sub(buf.len()).min(1 << 20));
+        } else if buf.capacity() - buf.len() < 512 {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = if buf.is_empty() {
+            rd.read_buf(buf).await?
+        } else {
+            tokio::time::timeout(stall, rd.read_buf(buf)).await.map_err(|_| PumpError::Stalled(stall))??
+        };
+        if n == 0 {
+            return Ok(End::Eof);
+        }
+    }
+}
+
+/// Primary → client: physical packets walked through the reply queue and forwarded in
+/// batches; capgate's own replies are written when their turn comes.
+pub async fn server_pump<R, W>(rd: &mut R, client: &mut W, buf: &mut BytesMut, state: &SessionState) -> Result<End, PumpError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    // The previous physical packet was full: this one continues its payload.
+    let mut continuing = false;
+    buf.reserve(READ_CHUNK);
+    loop {
+        let (mut start, mut at) = (0, 0);
+        loop {
+            // Walk every whole packet under one lock; stop early when capgate's own reply is
+            // due, write what came before it and the reply, and go on.
+            let mut own = None;
+            {
+                let mut flow = state.lock();
+                loop {
+                    if matches!(flow.queue.front(), Some(Pending::Own(_))) {
+                        if let Some(Pending::Own(bytes)) = flow.queue.pop_front() {
+                            own = Some(bytes);
+                        }
+                        break;
+                    }
+                    let Some(h) = Header::parse(&buf[at..]) else { break };
+                    if buf.len() < at + HEADER_LEN + h.len {
+                        break;
+                    }
+                    if !continuing {
+                        follow(&mut flow, &buf[at + HEADER_LEN..at + HEADER_LEN + h.len]);
+                    }
+                    continuing = h.len == MAX_PAYLOAD;
+                    at += HEADER_LEN + h.len;
+                }
+            }
+            match own {
+                Some(own) => {
+                    write_marked(state, client, &buf[start..at]).await?;
+                    write_marked(state, client, &own).await?;
+                    start = at;
+                }
+                None => break,
+            }
+        }
+        write_marked(state, client, &buf[start..at]).await?;
+        buf.advance(at);
+        shrink(buf);
+        if let Some(h) = Header::parse(buf) {
+            buf.reserve((HEADER_LEN + h.len).saturating_sub(buf.len()).min(1 << 20));
+        } else if buf.capacity() - buf.len() < 512 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            n = rd.read_buf(buf) => {
+                if n? == 0 {
+                    return Ok(End::Eof);
+                }
+            }
+            _ = state.wake.notified() => {}
+        }
+    }
+}
+
+async fn write_marked<W: AsyncWrite + Unpin + ?Sized>(state: &SessionState, w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    state.writing.store(true, Ordering::Release);
+    write_flush(w, bytes).await?;
+    state.writing.store(false, Ordering::Release);
+    Ok(())
+}
+
+/// Follow one reply packet (the first physical packet of a logical one).
+fn follow(flow: &mut Flow, payload: &[u8]) {
+    let Some(Pending::Reply { tracker, .. }) = flow.queue.front_mut() else {
+        // Nothing owed: the primary speaks unasked (an error before it closes the
+        // connection). Forwarded as it is.
+        return;
+    };
+    match tracker.feed(payload) {
+        Event::Continue => {}
+        Event::ClientData { until_empty } => flow.client_data = Some(until_empty),
+        Event::Done(outcome) => {
+            if let Some(Pending::Reply { after, .. }) = flow.queue.pop_front() {
+                apply(flow, outcome, after);
+            }
+        }
+    }
+}
+
+fn apply(flow: &mut Flow, outcome: Outcome, after: After) {
+    if let Some(s) = outcome.status {
+        flow.status = s;
+    }
+    if let Some(db) = outcome.schema {
+        flow.schema = Some(db).filter(|d| !d.is_empty());
+    }
+    if outcome.error.is_some() {
+        return;
+    }
+    match after {
+        After::Nothing => {}
+        After::Prepared(p) => {
+            if let Some(id) = outcome.statement_id {
+                flow.prepared.insert(id, p);
+            }
+        }
+        After::Database(db) => flow.schema = Some(db),
+        After::Reset => flow.prepared.clear(),
+        After::User(user) => {
+            flow.prepared.clear();
+            flow.changed_user = Some(user);
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! What the session's commands do, as they pass from the client to the primary: each
+//! command is queued with the reply it will get; statements are classified and decided by
+//! the policy the current transaction started with (tables resolve against the current
+//! database); `KILL` may only name a connection of the same user.
+//!
+//! MySQL replication is not built yet: a write to a table the policy does not mark `local`
+//! is relayed to the primary only, logged and counted. A statement the policy refuses
+//! (`unknown = "refuse"`) gets an ERR in its place, and the session goes on: MySQL keeps the
+//! transaction open after an error, and so does capgate.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::relay::{After, Flow, Pending, Prepared};
+use super::Shared;
+use crate::classify::{Classification, SearchPath};
+use crate::policy::{Decision, Mode, Policy};
+use crate::protocol::mysql::command::{parse_kill, Command, Kill};
+use crate::protocol::mysql::response::{Reply, Tracker};
+use crate::protocol::mysql::{errors, packet, status};
+
+/// What the client pump does with a client packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Data for the command in progress (file contents, an authentication answer): forward.
+    Data,
+    /// A command, queued with its reply: forward. `quit`: it was COM_QUIT.
+    Forward { quit: bool },
+    /// Not forwarded; this ERR is the reply, in its turn.
+    Refuse(Vec<u8>),
+    /// Not forwarded; the session ends with this ERR.
+    Fatal(Vec<u8>),
+}
+
+/// A session's command tracking, owned by the client pump.
+pub struct Statements {
+    shared: Arc<Shared>,
+    /// The user the client authenticated as (changed by COM_CHANGE_USER).
+    user: String,
+    /// The primary's thread id of this session.
+    thread: u32,
+    /// Negotiated on both legs; the reply trackers need them.
+    deprecate_eof: bool,
+    session_track: bool,
+    /// capgate authenticated the client itself (or greeted with its own nonce): a
+    /// COM_CHANGE_USER cannot be relayed.
+    own_auth: bool,
+    /// The policy the current transaction started with.
+    tx_policy: Option<Arc<Policy>>,
+    /// The classification of the last statement sent for preparing: MariaDB's execute of
+    /// statement id 0xFFFFFFFF runs it, possibly before its PREPARE_OK has arrived.
+    last_prepare: Option<Arc<Classification>>,
+}
+
+impl Statements {
+    pub fn new(shared: Arc<Shared>, user: String, thread: u32, caps: u64, own_auth: bool) -> Statements {
+        use crate::protocol::mysql::caps as c;
+        Statements {
+            shared,
+            user,
+            thread,
+            deprecate_eof: caps & c::DEPRECATE_EOF != 0,
+            session_track: caps & c::SESSION_TRACK != 0,
+            own_auth,
+            tx_policy: None,
+            last_prepare: None,
+        }
+    }
+
+    fn refuse(code: (u16, &'static str), message: &str) -> Verdict {
+        Verdict::Refuse(packet::err(1, code, message))
+    }
+
+    /// Decide about one command packet (a whole logical payload) and queue its reply.
+    pub fn on_command(&mut self, flow: &mut Flow, payload: &[u8]) -> Verdict {
+        if let Some(user) = flow.changed_user.take() {
+            self.shared.threads.set_user(self.thread, &user);
+            self.user = user;
+        }
+        if flow.status & status::IN_TRANS == 0 {
+            self.tx_policy = None;
+        }
+        let command = Command::parse(payload);
+        let mut after = After::Nothing;
+        match command {
+            Command::Query(sql) => {
+                if let Some(kill) = parse_kill(sql) {
+                    if let Some(refusal) = self.kill(kill) {
+                        return refusal;
+                    }
+                }
+                if let Some(db) = use_database(sql) {
+                    after = After::Database(db);
+                }
+                if let Err(refusal) = self.route(flow, sql, true) {
+                    return refusal;
+                }
+            }
+            Command::Prepare(sql) => match self.route(flow, sql, false) {
+                Ok(classification) => {
+                    self.last_prepare = classification.clone();
+                    after = After::Prepared(Prepared { classification });
+                }
+                Err(refusal) => return refusal,
+            },
+            Command::Execute { statement } => {
+                let classification = match statement {
+                    u32::MAX => self.last_prepare.clone(),
+                    id => flow.prepared.get(&id).and_then(|p| p.classification.clone()),
+                };
+                if let Some(c) = classification {
+                    let policy = self.policy();
+                    self.count(&policy.decide(&c));
+                }
+            }
+            Command::Close { statement } => {
+                flow.prepared.remove(&statement);
+            }
+            Command::InitDb(db) => after = After::Database(String::from_utf8_lossy(db).into_owned()),
+            Command::ResetConnection => after = After::Reset,
+            Command::ChangeUser => {
+                if self.own_auth {
+                    return Verdict::Fatal(packet::err(
+                        1,
+                        errors::NOT_SUPPORTED,
+                        "capgate: COM_CHANGE_USER is not supported when capgate authenticates clients itself ([[users]]): reconnect instead",
+                    ));
+                }
+                let user = payload.get(1..).and_then(crate::protocol::mysql::nul_str).map(|(u, _)| String::from_utf8_lossy(u).into_owned());
+                after = After::User(user.unwrap_or_default());
+            }
+            Command::ProcessKill(id) => {
+                if let Some(refusal) = self.kill(Kill::Thread(u64::from(id))) {
+                    return refusal;
+                }
+            }
+            Command::BulkExecute => {
+                return Self::refuse(errors::UNKNOWN_COMMAND, "Unknown command: capgate does not offer COM_STMT_BULK_EXECUTE");
+            }
+            _ => {}
+        }
+        let reply = command.reply();
+        if reply != Reply::Nothing {
+            flow.queue.push_back(Pending::Reply { tracker: Tracker::new(reply, self.deprecate_eof, self.session_track), after });
+        }
+        Verdict::Forward { quit: command == Command::Quit }
+    }
+
+    fn policy(&mut self) -> Arc<Policy> {
+        self.tx_policy.get_or_insert_with(|| self.shared.router.policy().current()).clone()
+    }
+
+    /// Classify and decide a statement text: its classification when the policy needed one,
+    /// or the refusal. `run`: the statement runs now (a query, not a prepare), so its writes
+    /// are counted.
+    fn route(&mut self, flow: &Flow, sql: &[u8], run: bool) -> Result<Option<Arc<Classification>>, Verdict> {
+        let policy = self.policy();
+        if !policy.can_decide() {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(sql);
+        let path = SearchPath::new(flow.schema.iter().cloned());
+        let route = match std::str::from_utf8(sql) {
+            Ok(_) => self.shared.router.route(&text, &path, &policy),
+            Err(_) => {
+                let refusal = self.shared.router.unknown("the statement text is not valid UTF-8", &text, &policy);
+                if let Some(r) = refusal {
+                    return Err(Self::refuse(errors::NOT_SUPPORTED, &format!("{} ({})", r.message, r.hint)));
+                }
+                return Ok(None);
+            }
+        };
+        if let Some(r) = &route.refusal {
+            return Err(Self::refuse(errors::NOT_SUPPORTED, &format!("{} (hint: {})", r.message, r.hint)));
+        }
+        if run {
+            self.count(&route.decisions);
+        }
+        Ok(Some(route.classification))
+    }
+
+    /// Count (and log, sparingly) writes to replicated tables: MySQL replication is not
+    /// built yet, so they reach the primary only.
+    fn count(&self, decisions: &[Decision]) {
+        for d in decisions.iter().filter(|d| d.mode != Mode::Local) {
+            let n = self.shared.counters.unreplicated_writes.fetch_add(1, Ordering::Relaxed) + 1;
+            if n <= 10 || n % 1000 == 0 {
+                warn!(
+                    table = %d.table,
+                    mode = d.mode.name(),
+                    rule = %d.rule,
+                    count = n,
+                    "write to a replicated table relayed to the primary only: MySQL replication is not built yet"
+                );
+            }
+        }
+    }
+
+    /// `None` when the KILL may go on; the refusal when it names a connection that is not
+    /// this user's.
+    fn kill(&self, kill: Kill) -> Option<Verdict> {
+        match kill {
+            Kill::Thread(id) => {
+                let own = u32::try_from(id).is_ok_and(|id| id == self.thread || self.shared.threads.owned_by(id, &self.user));
+                (!own).then(|| Self::refuse(errors::NO_SUCH_THREAD, &format!("Unknown thread id: {id}")))
+            }
+            Kill::Other => Some(Self::refuse(
+                errors::NOT_SUPPORTED,
+                "capgate relays KILL [CONNECTION | QUERY] <thread id> only (a session may kill its own user's connections): \
+                 KILL USER and KILL QUERY ID are not supported",
+            )),
+        }
+    }
+}
+
+/// The database a `USE db` statement selects (backticks removed), if `sql` is one.
+fn use_database(sql: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(sql).ok()?.trim();
+    let (word, rest) = text.split_once(|c: char| c.is_whitespace())?;
+    if !word.eq_ignore_ascii_case("use") {
+        return None;
+    }
+    let name = rest.trim().trim_end_matches(';').trim();
+    let name = match name.strip_prefix('`').and_then(|n| n.strip_suffix('`')) {
+        Some(quoted) => quoted.replace("``", "`"),
+        None => name.to_owned(),
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_database;
+
+    #[test]
+    fn use_statements() {
+        assert_eq!(use_database(b"USE shop").as_deref(), Some("shop"));
+        assert_eq!(use_database(b"  use `my``db`;").as_deref(), Some("my`db"));
+        assert_eq!(use_database(b"USER"), None);
+        assert_eq!(use_database(b"SELECT 1"), None);
+    }
+}

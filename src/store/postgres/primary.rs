@@ -1,0 +1,316 @@
+//! The primary's `capgate` schema: versioned tables, and the functions that capture row
+//! changes (decision 0009).
+//!
+//! Tables change through numbered migration steps, recorded in `capgate.schema_version`;
+//! functions are replaced on every install (`CREATE OR REPLACE`), so fixing a function never
+//! needs a migration. Both run in one transaction serialized by an advisory lock: several
+//! capgate processes (or tests) starting at once do not race on `CREATE … IF NOT EXISTS`,
+//! which is not safe under concurrency in PostgreSQL.
+
+use tokio_postgres::Client;
+
+/// The version of the primary's `capgate` tables this build installs.
+pub const PRIMARY_SCHEMA_VERSION: i32 = PRIMARY_MIGRATIONS.len() as i32;
+
+/// One step per version: step `i` takes the tables from version `i` to `i + 1`. Append, never
+/// edit a released step. Steps must be idempotent: version 1 is what capgate installed before
+/// the version was recorded, so it may run again on such a database.
+///
+/// 1. the statement outbox of the first core;
+/// 2. `capgate.decisions`: one row per two-phase commit, written by the sync coordinator inside
+///    the client's primary transaction;
+/// 3. row images: `capgate.changes` (async), `capgate.sync_changes` (sync, read and deleted at
+///    COMMIT), `capgate.sync_txn` (one row per transaction with sync changes, checked at COMMIT),
+///    `capgate.shipped_snapshots` (each replica's applied snapshot, for pruning and lag), and whether a
+///    decision is a commit or an abort written by recovery (the fence of decision 0009).
+const PRIMARY_MIGRATIONS: &[&str] = &[
+    r#"CREATE TABLE IF NOT EXISTS capgate.outbox_seq (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seq bigint NOT NULL
+);
+INSERT INTO capgate.outbox_seq (seq) VALUES (0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS capgate.outbox (
+    id bigserial PRIMARY KEY,
+    xid xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    seq bigint,
+    committed_at timestamptz,
+    origin text NOT NULL,
+    statement text NOT NULL,
+    param_types oid[] NOT NULL DEFAULT '{}',
+    param_formats int2[] NOT NULL DEFAULT '{}',
+    params bytea[] NOT NULL DEFAULT '{}',
+    settings jsonb NOT NULL DEFAULT '{}',
+    row_count bigint,
+    tables text[] NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS capgate.shipped (
+    origin text NOT NULL,
+    replica text NOT NULL,
+    seq bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (origin, replica)
+);
+"#,
+    r#"
+CREATE TABLE IF NOT EXISTS capgate.decisions (
+    gid text PRIMARY KEY,
+    origin text NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS decisions_decided_at ON capgate.decisions (origin, decided_at);
+"#,
+    r#"
+CREATE SEQUENCE IF NOT EXISTS capgate.change_seq;
+CREATE TABLE IF NOT EXISTS capgate.changes (
+    seq bigint PRIMARY KEY DEFAULT pg_catalog.nextval('capgate.change_seq'),
+    xid xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    tbl text NOT NULL,
+    op "char" NOT NULL,
+    old json,
+    new json,
+    proxied boolean NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_xid ON capgate.changes (xid);
+CREATE UNLOGGED TABLE IF NOT EXISTS capgate.sync_changes (
+    seq bigint PRIMARY KEY DEFAULT pg_catalog.nextval('capgate.change_seq'),
+    xid xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    tbl text NOT NULL,
+    op "char" NOT NULL,
+    old json,
+    new json,
+    proxied boolean NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sync_changes_xid ON capgate.sync_changes (xid);
+CREATE UNLOGGED TABLE IF NOT EXISTS capgate.sync_txn (
+    xid xid8 PRIMARY KEY,
+    tbl text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS capgate.shipped_snapshots (
+    replica text PRIMARY KEY,
+    snapshot pg_snapshot NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE capgate.decisions ADD COLUMN IF NOT EXISTS committed boolean NOT NULL DEFAULT true;
+"#,
+];
+
+/// The functions, replaced on every install. `@` placeholders: none; every name is
+/// schema-qualified because the functions run with the client's search_path.
+///
+/// - `capgate.capture(mode, table)`: the trigger function (`'sync'` or `'async'`, and the name
+///   of the table as capgate writes it, see [`crate::classify::TableName`]), see decision
+///   0009. Its `SET` clauses fix the settings that change how a value prints, so the JSON
+///   text of a row does not depend on the client's session. A sync table changed outside a
+///   capgate session (`capgate.session` not `on`: a DBA's psql, a cron job) is captured as
+///   async: it is shipped later, and counted.
+/// - `capgate.check_coordinated()`: the deferred constraint trigger on `capgate.sync_txn`.
+/// - `capgate.sync_prepare(gid, origin)`: the first step of a sync COMMIT.
+/// - `capgate.capture_ddl(sql, mode)`: records a schema change in the change stream, in the
+///   transaction that runs it.
+const FUNCTIONS_SQL: &str = r#"
+CREATE OR REPLACE FUNCTION capgate.capture() RETURNS trigger
+LANGUAGE plpgsql
+SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO' SET "IntervalStyle" = 'postgres'
+SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
+AS $fn$
+DECLARE
+    v_xid text := pg_catalog.pg_current_xact_id()::text;
+    v_proxied boolean := pg_catalog.current_setting('capgate.session', true) IS NOT DISTINCT FROM 'on';
+    -- The name the policy matched (capgate passes it; for a partition, its root's name).
+    v_tbl text := coalesce(TG_ARGV[1], pg_catalog.quote_ident(TG_TABLE_SCHEMA) || '.' || pg_catalog.quote_ident(TG_TABLE_NAME));
+    v_op "char";
+    v_old json;
+    v_new json;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        v_op := 'I';
+        v_new := pg_catalog.row_to_json(NEW);
+    ELSIF TG_OP = 'UPDATE' THEN
+        v_op := 'U';
+        v_old := pg_catalog.row_to_json(OLD);
+        v_new := pg_catalog.row_to_json(NEW);
+    ELSIF TG_OP = 'DELETE' THEN
+        v_op := 'D';
+        v_old := pg_catalog.row_to_json(OLD);
+    ELSE
+        v_op := 'T';
+    END IF;
+    IF pg_catalog.current_setting('capgate.changed_xid', true) IS DISTINCT FROM v_xid THEN
+        -- Once per transaction: a change must never be shipped (or 2PC-committed elsewhere)
+        -- and then lost by a primary crash, whatever the client's synchronous_commit.
+        PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
+        PERFORM pg_catalog.set_config('capgate.changed_xid', v_xid, true);
+    END IF;
+    IF TG_ARGV[0] = 'sync' AND v_proxied THEN
+        IF pg_catalog.current_setting('capgate.commit_xid', true) IS NOT DISTINCT FROM v_xid THEN
+            RAISE EXCEPTION 'capgate: table % (mode sync) was changed after capgate prepared this transaction''s commit', v_tbl
+                USING ERRCODE = 'CGS01',
+                      HINT = 'a deferred trigger or constraint writes a sync table at COMMIT; capgate cannot replicate that change: make the trigger immediate';
+        END IF;
+        IF pg_catalog.current_setting('capgate.sync_xid', true) IS DISTINCT FROM v_xid THEN
+            INSERT INTO capgate.sync_txn (xid, tbl) VALUES (pg_catalog.pg_current_xact_id(), v_tbl) ON CONFLICT DO NOTHING;
+            PERFORM pg_catalog.set_config('capgate.sync_xid', v_xid, true);
+            -- INFO reaches the client whatever client_min_messages says; capgate hides it.
+            RAISE INFO USING MESSAGE = 'capgate: sync change', ERRCODE = 'CGS00', DETAIL = v_tbl;
+        END IF;
+        INSERT INTO capgate.sync_changes (tbl, op, old, new, proxied) VALUES (v_tbl, v_op, v_old, v_new, true);
+    ELSE
+        INSERT INTO capgate.changes (tbl, op, old, new, proxied) VALUES (v_tbl, v_op, v_old, v_new, v_proxied);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION capgate.check_coordinated() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF pg_catalog.current_setting('capgate.commit_xid', true) IS DISTINCT FROM NEW.xid::text THEN
+        RAISE EXCEPTION 'capgate: this transaction changed table % (mode sync), but capgate was not coordinating its commit; nothing was committed', NEW.tbl
+            USING ERRCODE = 'CGS01',
+                  HINT = 'the change came from a function or trigger in an autocommit statement, from a COMMIT inside a multi-statement query string, or from SET CONSTRAINTS ALL IMMEDIATE; run the statement inside BEGIN … COMMIT, with COMMIT sent as its own statement';
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+DO $install$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgname = 'capgate_coordinated'
+                   AND tgrelid = 'capgate.sync_txn'::pg_catalog.regclass) THEN
+        CREATE CONSTRAINT TRIGGER capgate_coordinated AFTER INSERT ON capgate.sync_txn
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION capgate.check_coordinated();
+    END IF;
+END
+$install$;
+
+CREATE OR REPLACE FUNCTION capgate.sync_prepare(p_gid text, p_origin text) RETURNS json
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_changes json;
+BEGIN
+    PERFORM pg_catalog.set_config('capgate.commit_xid', pg_catalog.pg_current_xact_id()::text, true);
+    WITH d AS (
+        DELETE FROM capgate.sync_changes WHERE xid = pg_catalog.pg_current_xact_id()
+        RETURNING seq, at, tbl, op, old, new
+    )
+    SELECT pg_catalog.json_agg(pg_catalog.json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new) ORDER BY seq)
+        INTO v_changes FROM d;
+    DELETE FROM capgate.sync_txn WHERE xid = pg_catalog.pg_current_xact_id();
+    IF v_changes IS NOT NULL THEN
+        INSERT INTO capgate.decisions (gid, origin, committed) VALUES (p_gid, p_origin, true);
+    END IF;
+    RETURN v_changes;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION capgate.install_capture(p_table regclass, p_mode text, p_name text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS capgate_capture ON %s', p_table);
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS capgate_truncate ON %s', p_table);
+    EXECUTE pg_catalog.format('CREATE TRIGGER capgate_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
+        'FOR EACH ROW EXECUTE FUNCTION capgate.capture(%L, %L)', p_table, p_mode, p_name);
+    EXECUTE pg_catalog.format('CREATE TRIGGER capgate_truncate AFTER TRUNCATE ON %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION capgate.capture(%L, %L)', p_table, p_mode, p_name);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION capgate.remove_capture(p_table regclass) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS capgate_capture ON %s', p_table);
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS capgate_truncate ON %s', p_table);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION capgate.capture_ddl(p_sql text, p_mode text, p_tbl text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_new json := pg_catalog.json_build_object('sql', p_sql, 'search_path', pg_catalog.current_setting('search_path'));
+    v_xid text := pg_catalog.pg_current_xact_id()::text;
+BEGIN
+    PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
+    IF p_mode = 'sync' THEN
+        IF pg_catalog.current_setting('capgate.sync_xid', true) IS DISTINCT FROM v_xid THEN
+            INSERT INTO capgate.sync_txn (xid, tbl) VALUES (pg_catalog.pg_current_xact_id(), p_tbl) ON CONFLICT DO NOTHING;
+            PERFORM pg_catalog.set_config('capgate.sync_xid', v_xid, true);
+            RAISE INFO USING MESSAGE = 'capgate: sync change', ERRCODE = 'CGS00', DETAIL = p_tbl;
+        END IF;
+        INSERT INTO capgate.sync_changes (tbl, op, new, proxied) VALUES (p_tbl, 'S', v_new, true);
+    ELSE
+        INSERT INTO capgate.changes (tbl, op, new, proxied) VALUES (p_tbl, 'S', v_new, true);
+    END IF;
+END
+$fn$;
+"#;
+
+/// Installs (or confirms) the primary's `capgate` schema: migrates the tables from the
+/// version recorded in `capgate.schema_version` (0 when absent) to [`PRIMARY_SCHEMA_VERSION`]
+/// and replaces the functions, in one transaction. Tables already at a newer version (a newer
+/// capgate installed them) are left as they are, and so are the functions then.
+pub async fn install_primary(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let result = client.batch_execute(&primary_sql()).await;
+    if result.is_err() {
+        // The script's own transaction may be left open and aborted: end it, so the caller
+        // may keep using the connection. Best effort: the first error is the one to report.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// The version the primary's `capgate` tables are at (0: not installed).
+pub async fn primary_schema_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    let exists = client.query_one("SELECT pg_catalog.to_regclass('capgate.schema_version') IS NOT NULL", &[]).await?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(0);
+    }
+    let row = client.query_one("SELECT coalesce(max(version), 0) FROM capgate.schema_version", &[]).await?;
+    Ok(row.get(0))
+}
+
+/// The install script: lock, version table, each step not yet applied in a DO block that
+/// checks the recorded version, then the functions (unless a newer capgate owns the schema).
+fn primary_sql() -> String {
+    let mut sql = String::from(
+        "BEGIN;\n\
+         SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('capgate schema install', 0));\n\
+         CREATE SCHEMA IF NOT EXISTS capgate;\n\
+         CREATE TABLE IF NOT EXISTS capgate.schema_version (\n    \
+             one boolean PRIMARY KEY DEFAULT true CHECK (one),\n    \
+             version integer NOT NULL,\n    \
+             updated_at timestamptz NOT NULL DEFAULT now()\n);\n\
+         INSERT INTO capgate.schema_version (version) VALUES (0) ON CONFLICT DO NOTHING;\n",
+    );
+    for (i, step) in PRIMARY_MIGRATIONS.iter().enumerate() {
+        let version = i + 1;
+        sql.push_str(&format!(
+            "DO $migrate$\nBEGIN\n    IF (SELECT version FROM capgate.schema_version) < {version} THEN\n        \
+             EXECUTE $step${step}$step$;\n        \
+             UPDATE capgate.schema_version SET version = {version}, updated_at = now();\n    \
+             END IF;\nEND\n$migrate$;\n"
+        ));
+    }
+    sql.push_str(&format!(
+        "DO $functions$\nBEGIN\n    IF (SELECT version FROM capgate.schema_version) = {PRIMARY_SCHEMA_VERSION} THEN\n        \
+         EXECUTE $body${FUNCTIONS_SQL}$body$;\n    END IF;\nEND\n$functions$;\n"
+    ));
+    sql.push_str("COMMIT;\n");
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_migration_step_is_wrapped_once() {
+        let sql = super::primary_sql();
+        for step in super::PRIMARY_MIGRATIONS {
+            assert!(!step.contains("$step$") && !step.contains("$migrate$"));
+        }
+        assert!(!super::FUNCTIONS_SQL.contains("$body$") && !super::FUNCTIONS_SQL.contains("$functions$"));
+        assert_eq!(sql.matches("DO $migrate$").count(), super::PRIMARY_SCHEMA_VERSION as usize);
+        assert!(sql.contains("capgate.sync_prepare"));
+        assert!(sql.starts_with("BEGIN;") && sql.trim_end().ends_with("COMMIT;"));
+    }
+}

@@ -1,0 +1,172 @@
+//! The primary's capture triggers (decision 0009), driven directly on a real PostgreSQL:
+//! what is recorded for each kind of change, in which table, with what settings; the
+//! deferred check that refuses an uncoordinated sync commit; reconciliation with the policy.
+
+use capgate::classify::TableName;
+use capgate::policy::Policy;
+use capgate::store::postgres::capture::{reconcile, CaptureMode};
+use capgate::store::postgres::primary::install_primary;
+
+use crate::support::{connect, primary, sqlstate};
+
+const POLICY: &str = r#"
+default = "local"
+[[table]]
+match = "cap.sync_*"
+mode = "sync"
+[[table]]
+match = "cap.async_*"
+mode = "async"
+[[table]]
+match = "cap.bounded"
+mode = "bounded"
+max_lag = "5s"
+"#;
+
+async fn setup(db: &str) -> tokio_postgres::Client {
+    let admin = connect(&primary().url("postgres", "postgres")).await;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db}")).await.unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let client = connect(&primary().url("postgres", db)).await;
+    install_primary(&client).await.expect("install the primary schema");
+    client
+        .batch_execute(
+            "CREATE SCHEMA cap;
+             CREATE TABLE cap.sync_acct (id int PRIMARY KEY, bal numeric(12,2), note text);
+             CREATE TABLE cap.async_views (id bigserial PRIMARY KEY, at timestamptz, d interval, f float8, b bytea);
+             CREATE TABLE cap.bounded (id int PRIMARY KEY);
+             CREATE TABLE cap.scratch (id int PRIMARY KEY);
+             CREATE TABLE cap.async_parted (id int, k int, PRIMARY KEY (id, k)) PARTITION BY LIST (k);
+             CREATE TABLE cap.async_parted_1 PARTITION OF cap.async_parted FOR VALUES IN (1);",
+        )
+        .await
+        .unwrap();
+    client
+}
+
+#[tokio::test]
+async fn reconcile_follows_the_policy_and_its_changes() {
+    let client = setup("capture_reconcile").await;
+    let policy = Policy::parse(POLICY, std::path::Path::new("p.toml")).unwrap();
+    let round = reconcile(&client, &policy).await.expect("reconcile");
+    assert!(round.failed.is_empty(), "{:?}", round.failed);
+    let t = |n: &str| TableName::new("cap", n);
+    assert_eq!(round.captured.get(&t("sync_acct")), Some(&CaptureMode::Sync));
+    assert_eq!(round.captured.get(&t("async_views")), Some(&CaptureMode::Async));
+    assert_eq!(round.captured.get(&t("bounded")), Some(&CaptureMode::Async));
+    assert_eq!(round.captured.get(&t("async_parted")), Some(&CaptureMode::Async));
+    assert_eq!(round.captured.get(&t("async_parted_1")), None, "a partition gets its root's trigger, not its own");
+    assert_eq!(round.captured.get(&t("scratch")), None);
+    assert_eq!(round.installed.len(), 4);
+
+    // Nothing to do the second time.
+    let again = reconcile(&client, &policy).await.unwrap();
+    assert!(again.installed.is_empty() && again.removed.is_empty(), "{again:?}");
+
+    // async_views becomes local, scratch becomes sync.
+    let changed =
+        POLICY.replace("match = \"cap.async_*\"", "match = \"cap.async_parted\"") + "[[table]]\nmatch = \"cap.scratch\"\nmode = \"sync\"\n";
+    let policy = Policy::parse(&changed, std::path::Path::new("p.toml")).unwrap();
+    let round = reconcile(&client, &policy).await.unwrap();
+    assert_eq!(round.removed, vec![t("async_views")]);
+    assert_eq!(round.installed, vec![(t("scratch"), CaptureMode::Sync)]);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'cap.async_views'::regclass AND tgname LIKE 'capgate%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn changes_are_row_images_recorded_in_the_writers_transaction() {
+    let client = setup("capture_rows").await;
+    let policy = Policy::parse(POLICY, std::path::Path::new("p.toml")).unwrap();
+    reconcile(&client, &policy).await.unwrap();
+    // A client with unusual settings: the images must not depend on them.
+    client
+        .batch_execute(
+            "SET TimeZone = 'Pacific/Kiritimati'; SET IntervalStyle = 'sql_standard'; SET extra_float_digits = -3;
+             SET bytea_output = 'escape';
+             INSERT INTO cap.async_views (at, d, f, b) VALUES ('2024-02-29 23:59:59.123456+00', '1 day 02:03:04', 0.1, '\\x00ff');
+             UPDATE cap.async_views SET f = 'NaN' WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN; INSERT INTO cap.async_views (f) VALUES (2); ROLLBACK;").await.unwrap();
+    client
+        .batch_execute(
+            "DELETE FROM cap.async_views;
+             INSERT INTO cap.async_parted VALUES (7, 1);
+             TRUNCATE cap.bounded;",
+        )
+        .await
+        .unwrap();
+    let rows = client.query("SELECT tbl, op::text, old::text, new::text, proxied FROM capgate.changes ORDER BY seq", &[]).await.unwrap();
+    type Change = (String, String, Option<String>, Option<String>, bool);
+    let got: Vec<Change> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
+    assert_eq!(got.len(), 5, "the rolled-back insert is not there: {got:#?}");
+    let insert = r#"{"id":1,"at":"2024-02-29T23:59:59.123456+00:00","d":"1 day 02:03:04","f":0.1,"b":"\\x00ff"}"#;
+    assert_eq!(got[0], ("cap.async_views".into(), "I".into(), None, Some(insert.into()), false));
+    assert_eq!(got[1].1, "U");
+    assert_eq!(got[1].2.as_deref(), Some(insert));
+    assert!(got[1].3.as_deref().unwrap().contains(r#""f":"NaN""#), "{:?}", got[1]);
+    assert_eq!(got[2].1, "D");
+    assert_eq!(got[3].0, "cap.async_parted", "a partition's change names the table the policy matched");
+    assert_eq!((got[4].0.as_str(), got[4].1.as_str()), ("cap.bounded", "T"));
+    // The client's own settings are untouched after the trigger ran.
+    let tz: String = client.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+    assert_eq!(tz, "Pacific/Kiritimati");
+}
+
+#[tokio::test]
+async fn sync_changes_outside_capgate_ship_async_and_inside_need_coordination() {
+    let client = setup("capture_sync").await;
+    let policy = Policy::parse(POLICY, std::path::Path::new("p.toml")).unwrap();
+    reconcile(&client, &policy).await.unwrap();
+    // Around capgate (no session marker): captured as an async change.
+    client.batch_execute("INSERT INTO cap.sync_acct VALUES (1, 10, 'direct')").await.unwrap();
+    let n: i64 = client.query_one("SELECT count(*) FROM capgate.changes WHERE tbl = 'cap.sync_acct'", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+
+    // A capgate session that commits without coordination is refused at COMMIT.
+    client.batch_execute("SET capgate.session = 'on'").await.unwrap();
+    let err = client.batch_execute("INSERT INTO cap.sync_acct VALUES (2, 20, 'uncoordinated')").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "CGS01", "{err}");
+    let n: i64 = client.query_one("SELECT count(*) FROM cap.sync_acct", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "nothing of the refused transaction committed");
+
+    // Coordinated: sync_prepare returns the changes in order, records the decision, and the
+    // COMMIT goes through.
+    client
+        .batch_execute("BEGIN; INSERT INTO cap.sync_acct VALUES (3, 30, 'a'); UPDATE cap.sync_acct SET bal = bal + 1 WHERE id = 3;")
+        .await
+        .unwrap();
+    let changes: serde_json::Value = client.query_one("SELECT capgate.sync_prepare('capgate:test:x:1', 'test')", &[]).await.unwrap().get(0);
+    client.batch_execute("COMMIT").await.unwrap();
+    let list = changes.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["op"], "I");
+    assert_eq!(list[1]["op"], "U");
+    assert_eq!(list[1]["new"]["bal"], serde_json::json!(31.00));
+    assert_eq!(list[1]["old"]["note"], "a");
+    let decided: bool =
+        client.query_one("SELECT committed FROM capgate.decisions WHERE gid = 'capgate:test:x:1'", &[]).await.unwrap().get(0);
+    assert!(decided);
+    let left: i64 = client
+        .query_one("SELECT (SELECT count(*) FROM capgate.sync_changes) + (SELECT count(*) FROM capgate.sync_txn)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "sync changes are read once and gone");
+
+    // A savepoint rolled back takes its sync changes with it: nothing to prepare.
+    client.batch_execute("BEGIN; SAVEPOINT s; INSERT INTO cap.sync_acct VALUES (4, 40, 'b'); ROLLBACK TO s;").await.unwrap();
+    let none: Option<serde_json::Value> =
+        client.query_one("SELECT capgate.sync_prepare('capgate:test:x:2', 'test')", &[]).await.unwrap().get(0);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(none, None);
+    let decisions: i64 =
+        client.query_one("SELECT count(*) FROM capgate.decisions WHERE gid = 'capgate:test:x:2'", &[]).await.unwrap().get(0);
+    assert_eq!(decisions, 0, "no decision for a transaction without sync changes");
+}

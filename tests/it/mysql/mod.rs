@@ -1,0 +1,16 @@
+//! The MySQL / MariaDB front end against a real MariaDB server: the mariadb client, sysbench,
+//! mysql_async, PyMySQL, MariaDB Connector/J, authentication, the policy, bad input.
+
+mod support;
+
+mod auth;
+mod bad_input;
+mod client;
+mod commands;
+mod driver;
+mod jdbc;
+mod lifecycle;
+mod policy;
+mod python;
+mod raw;
+mod sysbench;

@@ -1,0 +1,129 @@
+//! The policy on MySQL sessions: rules match `database.table`; writes to replicated tables
+//! are relayed and counted until MySQL replication exists; refusals are ERR packets in their
+//! place in the reply stream.
+
+use std::sync::atomic::Ordering;
+
+use mysql_async::prelude::*;
+
+use super::raw::Raw;
+use super::support::{connect, error_code, primary, MyProxy};
+
+const POLICY: &str = "default = \"local\"\nunknown = \"refuse\"\n\
+                      [[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\n\
+                      [[table]]\nmatch = \"shop.cart_*\"\nmode = \"async\"\n";
+
+fn proxy_with_policy(name: &str) -> MyProxy {
+    let dir = crate::support::scratch(name);
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    let text = format!(
+        "site = \"test\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n",
+        primary().port()
+    );
+    MyProxy::start_config(&text, &dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_to_replicated_tables_are_counted_by_database_and_table() {
+    let proxy = proxy_with_policy("mysql-policy-count");
+    primary()
+        .sql(
+            "CREATE DATABASE IF NOT EXISTS shop; CREATE TABLE IF NOT EXISTS shop.orders (id INT PRIMARY KEY AUTO_INCREMENT, v INT);
+              CREATE TABLE IF NOT EXISTS shop.cart_items (id INT PRIMARY KEY AUTO_INCREMENT, v INT);
+              CREATE TABLE IF NOT EXISTS shop.notes (id INT PRIMARY KEY AUTO_INCREMENT, v INT)",
+        )
+        .unwrap();
+    let counted = || proxy.shared.counters.unreplicated_writes.load(Ordering::Relaxed);
+    let mut c = connect(&proxy.url("capgate", None, "")).await;
+    c.query_drop("INSERT INTO shop.orders (v) VALUES (1)").await.unwrap();
+    assert_eq!(counted(), 1, "a qualified write to a sync table");
+    c.query_drop("INSERT INTO shop.notes (v) VALUES (1)").await.unwrap();
+    assert_eq!(counted(), 1, "a local table is not counted");
+    // Unqualified names resolve against the current database (USE, then COM_INIT_DB).
+    c.query_drop("USE shop").await.unwrap();
+    c.query_drop("UPDATE cart_items SET v = v + 1").await.unwrap();
+    assert_eq!(counted(), 2, "cart_items in shop after USE");
+    c.query_drop("USE mysql").await.unwrap();
+    c.query_drop("CREATE TEMPORARY TABLE orders (x INT)").await.unwrap();
+    c.query_drop("INSERT INTO orders VALUES (1)").await.unwrap();
+    assert_eq!(counted(), 2, "mysql.orders is not shop.orders");
+    c.reset().await.unwrap();
+    // Prepared writes count at each execution.
+    let mut c = connect(&proxy.url("capgate", None, "shop")).await;
+    let insert = c.prep("INSERT INTO orders (v) VALUES (?)").await.unwrap();
+    for v in 0..3 {
+        c.exec_drop(&insert, (v,)).await.unwrap();
+    }
+    assert_eq!(counted(), 5);
+    let rows: Vec<i32> = c.query("SELECT v FROM shop.orders ORDER BY id").await.unwrap();
+    assert_eq!(rows, vec![1, 0, 1, 2], "the writes reached the primary");
+    // MariaDB's pipelined prepare-and-execute: statement id 0xFFFFFFFF runs the statement
+    // just sent for preparing, before its PREPARE_OK came back.
+    let mut raw = Raw::login(proxy.addr);
+    let mut batch = Vec::new();
+    capgate::protocol::mysql::packet::write(&mut batch, 0, b"\x16INSERT INTO shop.orders (v) VALUES (7)");
+    capgate::protocol::mysql::packet::write(&mut batch, 0, &[0x17, 0xff, 0xff, 0xff, 0xff, 0, 1, 0, 0, 0]);
+    raw.send(&batch);
+    assert_eq!(raw.recv().expect("prepare ok").payload[0], 0);
+    let executed = raw.recv().expect("execute reply");
+    assert_eq!(executed.payload[0], 0, "{}", executed.text());
+    assert_eq!(counted(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_reports_mysql_sessions_and_the_policy() {
+    let dir = crate::support::scratch("mysql-admin");
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    let text = format!(
+        "site = \"tacoma\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n\
+         [primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n",
+        primary().port()
+    );
+    let proxy = MyProxy::start_config(&text, &dir);
+    let admin = proxy.admin.expect("admin listener");
+    let _a = connect(&proxy.url("capgate", None, "")).await;
+    let _b = connect(&proxy.url("capgate", None, "")).await;
+    let (code, body) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/status", None)).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status["site"].as_str(), status["client_connections"].as_u64()), (Some("tacoma"), Some(2)), "{status}");
+    assert_eq!(status["policy_version"].as_u64(), Some(1));
+    let (code, metrics) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/metrics", None)).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("capgate_client_connections 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_are_errors_in_their_place_and_the_session_goes_on() {
+    let proxy = proxy_with_policy("mysql-policy-refuse");
+    let mut c = connect(&proxy.url("capgate", None, "mysql")).await;
+    // A function capgate does not know: what it writes cannot be told.
+    let err = c.query_drop("SELECT shop_mystery_function(1)").await.unwrap_err();
+    assert_eq!(error_code(&err), 1235, "{err}");
+    let message = err.to_string();
+    assert!(message.contains("shop_mystery_function") && message.contains("unknown = \"refuse\""), "{message}");
+    let err = c.prep("SELECT shop_mystery_function(?)").await.unwrap_err();
+    assert_eq!(error_code(&err), 1235, "refused at prepare time: {err}");
+    // Inside a transaction the transaction stays open, as after any MySQL error.
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop("SELECT shop_mystery_function(2)").await.unwrap_err();
+    let open: Option<i32> = c.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(open, Some(1));
+    c.query_drop("ROLLBACK").await.unwrap();
+
+    // Pipelined: three queries sent at once, the middle one refused; the answers come in order.
+    let mut raw = Raw::login(proxy.addr);
+    let mut batch = Raw::query_packet("SELECT 'one'");
+    batch.extend(Raw::query_packet("SELECT shop_mystery_function(3)"));
+    batch.extend(Raw::query_packet("SELECT 'three'"));
+    raw.send(&batch);
+    let first = raw.reply();
+    let second = raw.reply();
+    let third = raw.reply();
+    assert!(first.iter().any(|p| p.text().contains("one")), "{first:?}");
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].code(), Some(1235));
+    assert_eq!(second[0].seq, 1);
+    assert!(third.iter().any(|p| p.text().contains("three")), "{third:?}");
+    assert_eq!(raw.value("SELECT 40 + 2"), "42");
+}

@@ -1,0 +1,58 @@
+//! sysbench through capgate, next to the same run against the primary directly: OLTP
+//! read/write with server-side prepared statements (prepared BEGIN and COMMIT included) and
+//! with client-side emulation, and oltp_insert. sysbench retries deadlocks by itself; those
+//! happen directly too, so the runs are compared rather than required to be error-free.
+
+use std::process::Command;
+
+use super::support::{primary, MyProxy};
+
+/// Runs sysbench `script` `command` at `port`; returns (success, output).
+fn sysbench(port: u16, script: &str, command: &str, extra: &[&str]) -> (bool, String) {
+    let out = Command::new("sysbench")
+        .arg(script)
+        .args(["--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-user=capgate", "--mysql-db=sbtest", "--mysql-ssl=off"])
+        .arg(format!("--mysql-port={port}"))
+        .args(["--tables=2", "--table-size=2000"])
+        .args(extra)
+        .arg(command)
+        .output()
+        .expect("run sysbench");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The number after `label` in sysbench's report (e.g. `transactions:`).
+fn figure(report: &str, label: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{label}` in:\n{report}"))
+}
+
+#[test]
+fn sysbench_runs_clean_through_capgate() {
+    let proxy = MyProxy::start("");
+    primary().sql("DROP DATABASE IF EXISTS sbtest; CREATE DATABASE sbtest").unwrap();
+    let (ok, out) = sysbench(proxy.port(), "oltp_read_write", "prepare", &[]);
+    assert!(ok, "prepare through capgate failed:\n{out}");
+    let run = ["--threads=4", "--time=3", "--report-interval=0"];
+    for mode in ["auto", "disable"] {
+        let ps = format!("--db-ps-mode={mode}");
+        let args = [&run[..], &[ps.as_str()]].concat();
+        let (direct_ok, direct) = sysbench(primary().port(), "oltp_read_write", "run", &args);
+        let (ok, through) = sysbench(proxy.port(), "oltp_read_write", "run", &args);
+        assert!(direct_ok, "direct run failed:\n{direct}");
+        assert!(ok && !through.contains("FATAL"), "--db-ps-mode={mode} through capgate failed:\n{through}");
+        assert!(figure(&through, "transactions:") > 0, "{through}");
+        // Errors sysbench ignores are deadlocks it retries: within reason of the direct run.
+        let (e_through, e_direct) = (figure(&through, "ignored errors:"), figure(&direct, "ignored errors:"));
+        assert!(e_through <= e_direct.max(1) * 20 + 10, "ignored errors {e_through} through capgate, {e_direct} directly");
+    }
+    let (ok, out) = sysbench(proxy.port(), "oltp_insert", "run", &run);
+    assert!(ok && !out.contains("FATAL") && figure(&out, "transactions:") > 0, "oltp_insert through capgate:\n{out}");
+    let (ok, out) = sysbench(proxy.port(), "oltp_read_write", "cleanup", &[]);
+    assert!(ok, "cleanup:\n{out}");
+}
