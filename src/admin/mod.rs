@@ -219,6 +219,11 @@ fn metrics_text(state: &AdminState) -> String {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("capgate_unknown_statements_total", "action" => "relay").absolute(load(&c.unknown_relayed));
         metrics::counter!("capgate_unknown_statements_total", "action" => "refuse").absolute(load(&c.unknown_refused));
+        let limits = &crate::frontend::limits::LIMITS;
+        metrics::counter!("capgate_startup_timeouts_total").absolute(load(&limits.startup_timeouts));
+        metrics::counter!("capgate_idle_session_timeouts_total").absolute(load(&limits.idle_timeouts));
+        metrics::counter!("capgate_sessions_refused_total", "reason" => "max_connections").absolute(load(&limits.over_limit));
+        metrics::counter!("capgate_accept_errors_total").absolute(load(&limits.accept_errors));
         let policy = state.policy.current();
         let mut table_gauges = state.table_gauges.lock().unwrap_or_else(|e| e.into_inner());
         for source in &state.replicas {

@@ -46,6 +46,8 @@ pub struct Config {
     pub max_message_size: u32,
     /// Threads that run client sessions (each a single-threaded runtime).
     pub workers: usize,
+    /// Sessions idle outside a transaction for longer than this are closed (57P05).
+    pub idle_session_timeout: Option<Duration>,
     pub primary: Primary,
     pub replicas: Vec<Replica>,
     pub tls: Option<TlsConfig>,
@@ -154,6 +156,7 @@ struct RawConfig {
     max_message_size: i64,
     #[serde(default)]
     workers: i64,
+    idle_session_timeout: Option<String>,
     primary: RawPrimary,
     #[serde(default)]
     replicas: Vec<RawReplica>,
@@ -339,6 +342,8 @@ impl Validator<'_> {
                 1
             }
         };
+        let idle_session_timeout =
+            raw.idle_session_timeout.as_deref().map(|t| self.duration("idle_session_timeout", t)).filter(|t| !t.is_zero());
         let shutdown_timeout = self.duration("shutdown_timeout", &raw.shutdown_timeout);
         let recovery_grace = self.duration("recovery_grace", &raw.recovery_grace);
         if recovery_grace < Duration::from_secs(1) {
@@ -459,6 +464,7 @@ impl Validator<'_> {
             authentication_timeout,
             max_message_size,
             workers,
+            idle_session_timeout,
             primary,
             replicas,
             tls,

@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
+use super::limits::{LimitCounters, LIMITS};
 use super::workers::Workers;
 use crate::config::Config;
 
@@ -43,16 +44,20 @@ pub async fn accept_until<F, Fut>(
                     Err(e) => {
                         // Out of file descriptors and the like: back off rather than spin.
                         warn!("accept failed: {e}");
+                        LimitCounters::count(&LIMITS.accept_errors);
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let (permit, over_limit) = match sessions.clone().try_acquire_owned() {
                     Ok(p) => (p, false),
-                    Err(_) => match rejecting.clone().try_acquire_owned() {
-                        Ok(p) => (p, true),
-                        Err(_) => continue,
-                    },
+                    Err(_) => {
+                        LimitCounters::count(&LIMITS.over_limit);
+                        match rejecting.clone().try_acquire_owned() {
+                            Ok(p) => (p, true),
+                            Err(_) => continue,
+                        }
+                    }
                 };
                 let Ok(tcp) = tcp.into_std() else { continue };
                 let (serve, stop) = (serve.clone(), stop.clone());

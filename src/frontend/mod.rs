@@ -2,6 +2,7 @@
 //! relays their sessions to the site's primary. `capgate run` starts the one the primary URL's
 //! scheme names. Sessions run on the [`workers`] threads.
 
+pub mod limits;
 pub mod listener;
 pub mod mysql;
 pub mod postgres;

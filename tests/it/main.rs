@@ -11,6 +11,7 @@ mod capture;
 mod cli;
 mod driver;
 mod lifecycle;
+mod limits;
 mod mysql;
 mod policy;
 mod psql;

@@ -43,6 +43,8 @@ pub struct SessionState {
     pub holding: AtomicBool,
     /// Wakes the server pump out of its read when `holding` is set.
     pub interrupt: tokio::sync::Notify,
+    /// Client messages seen, for the idle-session timeout to tell a quiet session.
+    pub client_frames: AtomicU64,
 }
 
 /// Finds, in the primary's replies, the ParseComplete and BindComplete that answer Parse and
@@ -216,6 +218,7 @@ impl SessionState {
             extended_open: AtomicBool::new(false),
             holding: AtomicBool::new(false),
             interrupt: tokio::sync::Notify::new(),
+            client_frames: AtomicU64::new(0),
         }
     }
 
@@ -421,6 +424,7 @@ pub fn client_inspect(tag: u8) -> bool {
 }
 
 pub fn client_frame(state: &SessionState, tag: u8) -> Flow {
+    state.client_frames.fetch_add(1, Ordering::Relaxed);
     let (mut uncount, mut ignored_sync) = (0, false);
     if matches!(tag, b'P' | b'B' | b'E' | b'S' | b'Q' | b'F' | b'd' | b'c' | b'f') {
         (uncount, ignored_sync) = state.hidden.lock().unwrap_or_else(|p| p.into_inner()).client(tag);

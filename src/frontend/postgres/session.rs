@@ -16,6 +16,7 @@ use super::relay::{self, End, Flow, Pump, SessionState};
 use super::statements::Statements;
 use super::{SessionError, Shared};
 use crate::config::TlsMode;
+use crate::frontend::limits::{LimitCounters, LIMITS};
 use crate::net::Stream;
 use crate::protocol::postgres::message::ErrorMessage;
 use crate::protocol::postgres::startup::{StartupMessage, StartupPacket};
@@ -42,6 +43,9 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, over_limit: bool, shutdo
     let _ = tcp.set_nodelay(true);
     let mut client: Option<Conn> = None;
     let result = run(&shared, tcp, over_limit, shutdown, &mut client).await;
+    if let Err(SessionError::AuthTimeout) = &result {
+        LimitCounters::count(&LIMITS.startup_timeouts);
+    }
     match result {
         Ok(()) => debug!(%peer, "session ended"),
         Err(e) => {
@@ -244,6 +248,7 @@ async fn relay(
                 r = &mut client_fut => Side::Client(r),
                 r = &mut server_fut => Side::Server(r),
                 _ = wait_idle_shutdown(&mut shutdown, &state) => Side::Shutdown,
+                _ = idle_timeout(shared.config.idle_session_timeout, &state) => Side::IdleTimeout,
             };
             match first {
                 Side::Client(Ok(End::Held)) => {
@@ -304,6 +309,18 @@ async fn relay(
             .await;
             Ok(())
         }
+        Side::IdleTimeout => {
+            LimitCounters::count(&LIMITS.idle_timeouts);
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut server_wr, &TERMINATE).await;
+            if down.clean() {
+                goodbye(ErrorMessage::fatal("57P05", "terminating connection due to idle-session timeout").with_detail(format!(
+                    "capgate closes sessions idle outside a transaction for {:?} (idle_session_timeout)",
+                    shared.config.idle_session_timeout.unwrap_or_default()
+                )))
+                .await;
+            }
+            Ok(())
+        }
         Side::Server(Ok(End::Eof)) => Ok(()),
         Side::Server(Err(e)) => {
             debug!("primary connection failed: {e}");
@@ -319,6 +336,30 @@ enum Side<T> {
     Client(T),
     Server(T),
     Shutdown,
+    IdleTimeout,
+}
+
+/// Resolves once the session has been idle outside a transaction, with no client message,
+/// for `timeout` (checked every quarter of it, so it closes within 1.25 × `timeout`); never
+/// without a timeout.
+async fn idle_timeout(timeout: Option<std::time::Duration>, state: &SessionState) {
+    let Some(timeout) = timeout else { return std::future::pending().await };
+    let step = timeout / 4;
+    let mut seen = state.client_frames.load(Ordering::Relaxed);
+    let mut quiet = std::time::Duration::ZERO;
+    loop {
+        tokio::time::sleep(step).await;
+        let now = state.client_frames.load(Ordering::Relaxed);
+        if now != seen || !state.is_idle() {
+            seen = now;
+            quiet = std::time::Duration::ZERO;
+            continue;
+        }
+        quiet += step;
+        if quiet >= timeout {
+            return;
+        }
+    }
 }
 
 /// Resolves once a shutdown has been requested while the session is idle. A session in a
