@@ -29,7 +29,7 @@ trap cleanup EXIT
 chmod 755 "$TMP"; chown postgres: "$TMP"
 read -r PGPORT CAPPORT < <(free_ports 2)
 start_postgres "$PGPORT"
-rm -rf "$OUT/startup" "$OUT/frame" "$OUT/messages" "$OUT/classify" "$OUT/session"
+rm -rf "$OUT/startup" "$OUT/frame" "$OUT/messages" "$OUT/classify" "$OUT/session" "$OUT/mysql"
 python3 "$REPO_ROOT/fuzz/capture.py" "$CAPPORT" 127.0.0.1 "$PGPORT" "$OUT" &
 CAPTURE_PID=$!
 wait_accepting capture "$CAPPORT" "$CAPTURE_PID" || die "capture.py does not relay"
@@ -52,7 +52,7 @@ kill -TERM "$CAPTURE_PID"
 wait "$CAPTURE_PID" || true
 CAPTURE_PID=""
 
-log "policy and config seeds"
+log "policy, config and MySQL seeds"
 mkdir -p "$OUT/policy" "$OUT/config"
 cp "$REPO_ROOT/examples/capgate.toml" "$OUT/config/example.toml"
 python3 - "$OUT" <<'PY'
@@ -77,6 +77,32 @@ config = {
                  '[[users]]\nname = "u"\nscram_verifier = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"\n',
     "bad.toml": 'site = ""\nlisten = "nowhere"\n[primary]\nurl = "mysql://x"\n',
 }
+# MySQL packets as a MariaDB server and client exchange them (built here: the seed script
+# starts no MariaDB): greeting, handshake response, COM_QUERY, a result set, OK, ERR.
+def pkt(seq, payload):
+    return len(payload).to_bytes(3, "little") + bytes([seq]) + payload
+def lenenc(b):
+    return bytes([len(b)]) + b
+greeting = (b"\x0a" + b"11.8.3-MariaDB\0" + (42).to_bytes(4, "little") + b"abcdefgh\0" + (0xf7fe).to_bytes(2, "little")
+            + b"\x2d" + (0x0002).to_bytes(2, "little") + (0x81ff).to_bytes(2, "little") + b"\x15" + b"\0" * 6
+            + (0x1d).to_bytes(4, "little") + b"ijklmnopqrst\0" + b"mysql_native_password\0")
+response = ((0x000aa28f).to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + b"\x2d" + b"\0" * 23 + b"app\0"
+            + lenenc(bytes(range(20))) + b"app\0" + b"mysql_native_password\0")
+column = lenenc(b"def") + lenenc(b"") + lenenc(b"") + lenenc(b"") + lenenc(b"1") + lenenc(b"") + b"\x0c" + (63).to_bytes(2, "little") + (1).to_bytes(4, "little") + b"\x08\x81\x00\x00\x00\x00"
+eof = b"\xfe\x00\x00\x02\x00"
+ok = b"\x00\x01\x00\x02\x00\x00\x00"
+err = b"\xff" + (1146).to_bytes(2, "little") + b"#42S02Table 'app.nope' doesn't exist"
+mysql = {
+    "handshake": b"\x10" + pkt(0, greeting) + pkt(1, response) + pkt(2, ok),
+    "select": b"\x04" + pkt(0, b"\x03SELECT 1") + pkt(1, b"\x01") + pkt(2, column) + pkt(3, eof) + pkt(4, lenenc(b"1")) + pkt(5, eof),
+    "select_deprecate_eof": b"\x14" + pkt(1, b"\x01") + pkt(2, column) + pkt(3, lenenc(b"1")) + pkt(4, b"\xfe\x00\x00\x02\x00\x00\x00"),
+    "error": b"\x01" + pkt(0, b"\x03SELECT * FROM nope") + pkt(1, err),
+    "kill": b"\x01" + pkt(0, b"\x03KILL QUERY 42") + pkt(0, b"\x0e") + pkt(1, ok),
+    "split": b"\x00" + (0xffffff).to_bytes(3, "little") + b"\x00" + b"\x03" + b"x" * 100,
+}
+os.makedirs(os.path.join(out, "mysql"), exist_ok=True)
+for name, data in mysql.items():
+    open(os.path.join(out, "mysql", name), "wb").write(data)
 for kind, files in (("policy", policy), ("config", config)):
     for name, text in files.items():
         open(os.path.join(out, kind, name), "w").write(text)

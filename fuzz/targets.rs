@@ -15,6 +15,10 @@ use capgate::config::Config;
 use capgate::frontend::postgres::relay::{self, SessionState};
 use capgate::frontend::postgres::statements::Statements;
 use capgate::policy::{Policy, PolicyHandle};
+use capgate::protocol::mysql::command::{parse_kill, Command};
+use capgate::protocol::mysql::handshake::{client_caps, is_ssl_request, Greeting, Response};
+use capgate::protocol::mysql::packet;
+use capgate::protocol::mysql::response::{parse_err, parse_ok, Event, Reply, Tracker};
 use capgate::protocol::postgres::frame::{frames, FrameCursor, FrameError, Step};
 use capgate::protocol::postgres::message::{auth_code, error_fields, password_body, sasl_mechanisms};
 use capgate::protocol::postgres::scram::{ScramServer, Verifier};
@@ -25,7 +29,7 @@ use capgate::replicate::Router;
 pub type Target = fn(&[u8]);
 
 /// Every target, by name, for the corpus test.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("frame", frame),
     ("startup", startup_packet),
     ("messages", messages),
@@ -33,6 +37,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("classify", classify_sql),
     ("policy", policy),
     ("config", config),
+    ("mysql", mysql),
 ];
 
 /// What walking a stream produced: each frame's start offset, tag and whether it came whole,
@@ -214,5 +219,41 @@ pub fn policy(data: &[u8]) {
 pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = Config::parse(text, Path::new("/fuzz/capgate.toml")).map_err(|e| e.to_string());
+    }
+}
+
+/// The MySQL packet framing and views: logical packets (split across 16 MiB physical packets)
+/// found in a stream, each payload read as a command, a greeting, a handshake response, an
+/// OK or ERR packet, and fed to a reply tracker. A logical packet's payload has the length
+/// its headers say, and writing it out again frames it back to the same payload.
+pub fn mysql(data: &[u8]) {
+    let [mode, stream @ ..] = data else { return };
+    let mut rest = stream;
+    let mut tracker = Tracker::new(
+        [Reply::Nothing, Reply::Ok, Reply::Eof, Reply::Any, Reply::ResultSets, Reply::Prepare, Reply::Rows, Reply::FieldList]
+            [usize::from(*mode % 8)],
+        mode & 16 != 0,
+        mode & 32 != 0,
+    );
+    while let Ok(Some(logical)) = packet::logical(rest, 1 << 20) {
+        assert!(logical.bytes <= rest.len());
+        let payload = logical.payload(&rest[..logical.bytes]);
+        assert_eq!(payload.len(), logical.payload_len);
+        let mut again = Vec::new();
+        packet::write(&mut again, logical.seq, &payload);
+        let round = packet::logical(&again, 1 << 20).ok().flatten().map(|l| l.payload(&again).into_owned());
+        assert_eq!(round.as_deref(), Some(&payload[..]), "a payload did not frame back to itself");
+        let _ = Command::parse(&payload).reply();
+        let _ = parse_kill(&payload);
+        let _ = Greeting::parse(&payload).map(|g| g.with_caps(u64::MAX));
+        let _ = (is_ssl_request(&payload), client_caps(&payload));
+        if let Ok(r) = Response::parse(&payload) {
+            let _ = r.build(&payload);
+        }
+        let _ = (parse_ok(&payload, true), parse_ok(&payload, false), parse_err(&payload));
+        if let Event::Done(_) = tracker.feed(&payload) {
+            tracker = Tracker::new(tracker.reply(), mode & 16 != 0, mode & 32 != 0);
+        }
+        rest = &rest[logical.bytes..];
     }
 }
