@@ -10,6 +10,7 @@ mod bad_input;
 mod capture;
 mod cli;
 mod driver;
+mod edge;
 mod lifecycle;
 mod limits;
 mod mysql;

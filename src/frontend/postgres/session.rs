@@ -94,6 +94,7 @@ async fn run(
     let (server, key) = tokio::time::timeout_at(deadline, async {
         let proxy_user = shared.config.users.iter().find(|u| u.name == user);
         if let Some(u) = proxy_user {
+            auth::negotiate_protocol(client, &message).await?;
             auth::proxy(client, u).await?;
         }
         let mut server = Conn::new(shared.primary.connect().await.map_err(SessionError::Upstream)?);
