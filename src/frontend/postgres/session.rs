@@ -133,7 +133,18 @@ async fn open(shared: &Shared, tcp: TcpStream, slot: &mut Option<Conn>) -> Resul
         let mut first = [0u8; 1];
         if t.peek(&mut first).await.map_err(SessionError::Io)? == 1 && first[0] == TLS_HANDSHAKE {
             let stream = acceptor.accept(tcp.take().expect("present")).await.map_err(SessionError::Io)?;
+            // PostgreSQL 17 requires ALPN `postgresql` on direct TLS (a client offering another
+            // protocol was already refused in the handshake), so that a TLS connection meant
+            // for another service cannot be replayed against the database.
+            let alpn = stream.get_ref().1.alpn_protocol().is_some();
             conn = Some(Conn::new(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(stream)))));
+            if !alpn {
+                *slot = conn;
+                return Err(SessionError::Refused(ErrorMessage::fatal(
+                    "08P01",
+                    "received direct SSL connection request without ALPN protocol negotiation extension",
+                )));
+            }
         }
     }
     let mut conn = match conn {
