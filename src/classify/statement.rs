@@ -146,8 +146,11 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
             },
             _ => Kind::Session(SessionChange::Other),
         },
+        Statement::Deallocate { name, .. } if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") => {
+            Kind::Session(SessionChange::Deallocate(None))
+        }
+        Statement::Deallocate { name, .. } => Kind::Session(SessionChange::Deallocate(Some(names::fold(ctx.dialect, name)))),
         Statement::Prepare { .. }
-        | Statement::Deallocate { .. }
         | Statement::Declare { .. }
         | Statement::Fetch { .. }
         | Statement::Close { .. }
