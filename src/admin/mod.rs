@@ -223,6 +223,7 @@ fn metrics_text(state: &AdminState) -> String {
         metrics::counter!("capgate_startup_timeouts_total").absolute(load(&limits.startup_timeouts));
         metrics::counter!("capgate_idle_session_timeouts_total").absolute(load(&limits.idle_timeouts));
         metrics::counter!("capgate_sessions_refused_total", "reason" => "max_connections").absolute(load(&limits.over_limit));
+        metrics::counter!("capgate_sessions_refused_total", "reason" => "file_descriptors").absolute(load(&limits.no_descriptors));
         metrics::counter!("capgate_accept_errors_total").absolute(load(&limits.accept_errors));
         let policy = state.policy.current();
         let mut table_gauges = state.table_gauges.lock().unwrap_or_else(|e| e.into_inner());

@@ -5,7 +5,8 @@
 //! refuses the sessions beyond it with an error, `idle_session_timeout` closes sessions idle
 //! outside a transaction, the relay pumps read only what they can write (a client that never
 //! reads its results stops its primary connection, not capgate's memory), and the accept loop
-//! backs off when the process is out of file descriptors. These counters are process-wide
+//! keeps one file descriptor in reserve to accept and refuse a connection when the process is
+//! out of them (then backs off). These counters are process-wide
 //! (one capgate process serves one front end) so that every place can count without being
 //! handed a registry.
 
@@ -20,6 +21,8 @@ pub struct LimitCounters {
     pub idle_timeouts: AtomicU64,
     /// Connections refused because `max_connections` sessions were open.
     pub over_limit: AtomicU64,
+    /// Connections refused because the process was out of file descriptors.
+    pub no_descriptors: AtomicU64,
     /// Failed accepts (e.g. out of file descriptors).
     pub accept_errors: AtomicU64,
 }
@@ -29,6 +32,7 @@ pub static LIMITS: LimitCounters = LimitCounters {
     startup_timeouts: AtomicU64::new(0),
     idle_timeouts: AtomicU64::new(0),
     over_limit: AtomicU64::new(0),
+    no_descriptors: AtomicU64::new(0),
     accept_errors: AtomicU64::new(0),
 };
 

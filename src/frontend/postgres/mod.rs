@@ -202,7 +202,7 @@ impl Server {
         });
         info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, workers = config.workers, "capgate is accepting connections");
         let shared = self.shared.clone();
-        let serve = move |tcp, over_limit, stop| session::serve(shared.clone(), tcp, over_limit, stop);
+        let serve = move |tcp, refusal, stop| session::serve(shared.clone(), tcp, refusal, stop);
         let workers = match crate::frontend::workers::Workers::start(config.workers) {
             Ok(w) => w,
             Err(e) => {

@@ -17,6 +17,7 @@ use super::statements::Statements;
 use super::{SessionError, Shared};
 use crate::config::TlsMode;
 use crate::frontend::limits::{LimitCounters, LIMITS};
+use crate::frontend::listener::Refusal;
 use crate::net::Stream;
 use crate::protocol::postgres::message::ErrorMessage;
 use crate::protocol::postgres::startup::{StartupMessage, StartupPacket};
@@ -36,13 +37,14 @@ enum Opening {
     },
 }
 
-/// Serve one accepted connection until it ends. `over_limit` sessions only get their startup
-/// read so they can be told 53300 properly (cancel requests are still honoured).
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, over_limit: bool, shutdown: watch::Receiver<bool>) {
+/// Serve one accepted connection until it ends. Refused sessions (over `max_connections`, or
+/// capgate out of file descriptors) only get their startup read so they can be told 53300
+/// properly (cancel requests are still honoured).
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, refusal: Option<Refusal>, shutdown: watch::Receiver<bool>) {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let _ = tcp.set_nodelay(true);
     let mut client: Option<Conn> = None;
-    let result = run(&shared, tcp, over_limit, shutdown, &mut client).await;
+    let result = run(&shared, tcp, refusal, shutdown, &mut client).await;
     if let Err(SessionError::AuthTimeout) = &result {
         LimitCounters::count(&LIMITS.startup_timeouts);
     }
@@ -64,7 +66,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, over_limit: bool, shutdo
 async fn run(
     shared: &Arc<Shared>,
     tcp: TcpStream,
-    over_limit: bool,
+    refusal: Option<Refusal>,
     shutdown: watch::Receiver<bool>,
     slot: &mut Option<Conn>,
 ) -> Result<(), SessionError> {
@@ -74,11 +76,21 @@ async fn run(
     let Opening::Startup { conn, message, raw } = opened else { return Ok(()) };
     *slot = Some(conn);
     let client = slot.as_mut().expect("just set");
-    if over_limit {
-        return Err(SessionError::Refused(
-            ErrorMessage::fatal("53300", "sorry, too many clients already")
-                .with_detail(format!("capgate serves at most {} sessions (max_connections)", shared.config.max_connections)),
-        ));
+    match refusal {
+        Some(Refusal::MaxConnections) => {
+            return Err(SessionError::Refused(
+                ErrorMessage::fatal("53300", "sorry, too many clients already")
+                    .with_detail(format!("capgate serves at most {} sessions (max_connections)", shared.config.max_connections)),
+            ))
+        }
+        Some(Refusal::NoDescriptors) => {
+            return Err(SessionError::Refused(
+                ErrorMessage::fatal("53300", "sorry, too many clients already")
+                    .with_detail("capgate has run out of file descriptors")
+                    .with_hint("raise capgate's open-file limit (ulimit -n, systemd LimitNOFILE) or lower max_connections"),
+            ))
+        }
+        None => {}
     }
     if shared.config.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) && !client.stream.is_tls() {
         return Err(SessionError::Refused(
