@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::classify::{Classifier, Dialect, Kind, SearchPath};
+use crate::classify::{Classifier, Dialect, Kind, SearchPath, SqlMode};
 use crate::config::{Config, Scheme};
 use crate::frontend::postgres::Server;
 use crate::policy::{Mode, Policy, PolicyHandle, UnknownAction};
@@ -38,8 +38,9 @@ pub enum Command {
     },
     /// Show how statements are classified and what the policy decides for each written table.
     Explain {
-        /// The main configuration (for its `policy` file and primary URL).
-        #[arg(long, short, required_unless_present = "policy")]
+        /// The main configuration (for its `policy` file and primary URL). Without it and
+        /// without `--policy`, every table is local.
+        #[arg(long, short)]
         config: Option<PathBuf>,
         /// A policy file to try (overrides the configuration's `policy`).
         #[arg(long)]
@@ -47,9 +48,18 @@ pub enum Command {
         /// postgres or mysql (default: from the primary URL; postgres without a configuration).
         #[arg(long)]
         dialect: Option<String>,
-        /// Schemas for unqualified names, comma-separated, in lookup order.
-        #[arg(long, default_value = "public")]
-        search_path: String,
+        /// PostgreSQL: schemas for unqualified names, comma-separated, in lookup order
+        /// (default: public).
+        #[arg(long)]
+        search_path: Option<String>,
+        /// MySQL: the session's current database, where unqualified names live (default:
+        /// none, so only database-qualified names resolve).
+        #[arg(long)]
+        database: Option<String>,
+        /// MySQL: the session's sql_mode, as `SELECT @@sql_mode` shows it; ANSI_QUOTES and
+        /// NO_BACKSLASH_ESCAPES change how the text is read.
+        #[arg(long)]
+        sql_mode: Option<String>,
         /// Print JSON: {"statements":[{"kind","writes","reads","nondeterministic","decisions"}]}.
         #[arg(long)]
         json: bool,
@@ -77,8 +87,9 @@ pub enum Command {
 /// Run the command; the exit code follows the usual convention (0 ok, 1 failure, 2 usage).
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Explain { config, policy, dialect, search_path, json, sql } => {
-            explain(config.as_deref(), policy.as_deref(), dialect.as_deref(), &search_path, json, &sql)
+        Command::Explain { config, policy, dialect, search_path, database, sql_mode, json, sql } => {
+            let session = Session { search_path, database, sql_mode };
+            explain(config.as_deref(), policy.as_deref(), dialect.as_deref(), session, json, &sql)
         }
         Command::Verify { config, tables, json, chunk_rows } => verify(&config, &tables, json, chunk_rows as usize),
         Command::CheckConfig { config } => match Config::load(&config) {
@@ -187,8 +198,33 @@ fn signals() -> (impl std::future::Future<Output = ()>, impl std::future::Future
     (wait_for(1), wait_for(2))
 }
 
+/// The session `capgate explain` classifies in, as given on the command line.
+struct Session {
+    search_path: Option<String>,
+    database: Option<String>,
+    sql_mode: Option<String>,
+}
+
+impl Session {
+    /// The session state for `dialect`, or what is wrong with the options.
+    fn path(self, dialect: Dialect) -> Result<SearchPath, &'static str> {
+        match dialect {
+            Dialect::Postgres if self.database.is_some() || self.sql_mode.is_some() => {
+                Err("--database and --sql-mode are for --dialect mysql; PostgreSQL takes --search-path")
+            }
+            Dialect::Postgres => {
+                let schemas = self.search_path.as_deref().unwrap_or("public");
+                Ok(SearchPath::new(schemas.split(',').map(|s| s.trim()).filter(|s| !s.is_empty())))
+            }
+            Dialect::MySql if self.search_path.is_some() => Err("--search-path is for --dialect postgres; MySQL takes --database"),
+            Dialect::MySql => Ok(SearchPath::database(self.database.as_deref())
+                .with_sql_mode(self.sql_mode.as_deref().map(SqlMode::from_sql_mode).unwrap_or_default())),
+        }
+    }
+}
+
 /// `capgate explain`: classify `sql` and decide each written table under the policy.
-fn explain(config: Option<&Path>, policy: Option<&Path>, dialect: Option<&str>, search_path: &str, json: bool, sql: &str) -> ExitCode {
+fn explain(config: Option<&Path>, policy: Option<&Path>, dialect: Option<&str>, session: Session, json: bool, sql: &str) -> ExitCode {
     let config = match config.map(Config::load).transpose() {
         Ok(c) => c,
         Err(e) => {
@@ -218,8 +254,14 @@ fn explain(config: Option<&Path>, policy: Option<&Path>, dialect: Option<&str>, 
             return ExitCode::from(2);
         }
     };
-    let path = SearchPath::new(search_path.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()));
-    let classification = Classifier::new(dialect, 0).classify(sql, &path, &policy.catalog());
+    let path = match session.path(dialect) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let classification = Classifier::new(dialect, 0).classify(sql, &path, &policy.catalog(dialect));
     if json {
         let statements: Vec<ExplainedStatement> = classification
             .statements

@@ -6,6 +6,9 @@
 //! Each record is `kind | writes | reads | nondeterministic | sql` (lists comma-separated,
 //! `-` for none), classified with search_path `public` and the catalog in [`catalog`].
 
+#[path = "common/corpus.rs"]
+mod corpus;
+
 use capgate::classify::{classify, Catalog, ColumnDefault, DefaultKind, Dialect, FunctionInfo, SearchPath, TableName, Volatility};
 
 const CORPUS: &str = r#"
@@ -340,100 +343,17 @@ fn catalog() -> Catalog {
     c
 }
 
-fn list(field: &str) -> Vec<String> {
-    if field.trim() == "-" {
-        return Vec::new();
-    }
-    split_list(field.trim())
-}
-
-/// Split on ", " but not inside parentheses (default expressions hold commas).
-fn split_list(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut depth = 0i32;
-    let mut cur = String::new();
-    let chars: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            _ => {}
-        }
-        if c == ',' && depth == 0 && chars.get(i + 1) == Some(&' ') {
-            out.push(std::mem::take(&mut cur));
-            i += 2;
-            continue;
-        }
-        cur.push(c);
-        i += 1;
-    }
-    out.push(cur);
-    out
-}
-
-fn names(ts: &[TableName]) -> Vec<String> {
-    ts.iter().map(ToString::to_string).collect()
-}
-
 #[test]
 fn corpus() {
     let catalog = catalog();
     let path = SearchPath::default();
-    let mut failures = Vec::new();
-    let mut count = 0;
-    for line in CORPUS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let fields: Vec<&str> = line.splitn(5, " | ").collect();
-        let [kind, writes, reads, nondet, sql] = fields[..] else { panic!("bad corpus line: {line}") };
-        count += 1;
-        let c = classify(Dialect::Postgres, sql, &path, &catalog);
-        let Some(s) = c.statements.first() else {
-            failures.push(format!("{sql}\n  no statement"));
-            continue;
-        };
-        let mut got_writes = names(&s.writes);
-        let mut want_writes = list(writes);
-        got_writes.sort();
-        want_writes.sort();
-        let mut got_reads = names(&s.reads);
-        let mut want_reads = list(reads);
-        got_reads.sort();
-        want_reads.sort();
-        let ok = c.statements.len() == 1
-            && s.kind.name() == kind.trim()
-            && got_writes == want_writes
-            && got_reads == want_reads
-            && s.nondeterministic == list(nondet);
-        if !ok {
-            failures.push(format!(
-                "{sql}\n  want {kind} | {want_writes:?} | {want_reads:?} | {:?}\n  got  {} | {got_writes:?} | {got_reads:?} | {:?} ({} statements) {:?}",
-                list(nondet),
-                s.kind.name(),
-                s.nondeterministic,
-                c.statements.len(),
-                s.kind
-            ));
-        }
-    }
-    assert!(count >= 200, "the corpus has {count} statements; keep at least 200");
-    assert!(failures.is_empty(), "{} of {count} statements misclassified:\n{}", failures.len(), failures.join("\n"));
+    corpus::check(CORPUS, |sql| classify(Dialect::Postgres, sql, &path, &catalog));
 }
 
 /// Arbitrary input never panics: random bytes, random tokens of SQL, and mutations of the
 /// corpus (truncations, duplications, deep nesting). Bounded and seeded; the seed is printed.
 #[test]
 fn never_panics_on_arbitrary_input() {
-    let seed: u64 = std::env::var("CAPGATE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c1a5_51f1);
-    println!("classify fuzz seed: {seed} (set CAPGATE_FUZZ_SEED to repeat)");
-    let mut state = seed;
-    let mut next = move || {
-        // xorshift64*
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
     const WORDS: &[&str] = &[
         "SELECT",
         "INSERT",
@@ -486,25 +406,9 @@ fn never_panics_on_arbitrary_input() {
         "`",
         "#",
     ];
-    let corpus: Vec<&str> =
-        CORPUS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).filter_map(|l| l.splitn(5, " | ").nth(4)).collect();
     let catalog = catalog();
     let path = SearchPath::default();
-    for i in 0..3000 {
-        let sql: String = match i % 4 {
-            0 => (0..(next() % 200)).map(|_| char::from_u32((next() % 0x2FF) as u32).unwrap_or('x')).collect(),
-            1 => (0..(next() % 30)).map(|_| WORDS[(next() % WORDS.len() as u64) as usize]).collect::<Vec<_>>().join(" "),
-            2 => {
-                let base = corpus[(next() % corpus.len() as u64) as usize];
-                let cut = (next() as usize) % (base.len() + 1);
-                let cut = (0..=cut).rev().find(|c| base.is_char_boundary(*c)).unwrap_or(0);
-                format!("{}{}", &base[..cut], &base[cut..].chars().rev().collect::<String>())
-            }
-            _ => {
-                let depth = (next() % 5000) as usize;
-                format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth))
-            }
-        };
+    for sql in corpus::arbitrary_inputs(0x5eed_c1a5_51f1, WORDS, CORPUS, 3000) {
         for dialect in [Dialect::Postgres, Dialect::MySql] {
             let _ = classify(dialect, &sql, &path, &catalog);
         }

@@ -65,8 +65,15 @@ pub struct Catalog {
     /// Whether `functions` lists every function of the database (loaded from `pg_proc`): an
     /// unlisted function then does not exist, rather than being of unknown volatility.
     complete: bool,
-    /// User-defined functions by (schema, name).
+    /// User-defined functions (and procedures) by (schema, name).
     functions: HashMap<(String, String), FunctionInfo>,
+    /// MySQL: routine names compare without regard to case, so they are stored and looked
+    /// up in lower case (a policy's `shop.Place_Order` then replaces the primary's
+    /// `place_order`, as the policy's word should).
+    routine_names_ignore_case: bool,
+    /// MySQL's `lower_case_table_names` is 1 or 2: the server stores and compares database
+    /// and table names in lower case, so `UPDATE Orders` writes `orders`.
+    table_names_lower_case: bool,
     /// Tables known to exist, for resolving unqualified names along the search_path.
     tables: HashSet<(String, String)>,
     /// Schemas known to exist: an unqualified name of an unknown table resolves to the first
@@ -90,6 +97,8 @@ impl Catalog {
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             complete: false,
             functions: HashMap::new(),
+            routine_names_ignore_case: false,
+            table_names_lower_case: false,
             tables: HashSet::new(),
             schemas: HashSet::new(),
             defaults: HashMap::new(),
@@ -118,12 +127,40 @@ impl Catalog {
     /// Add or replace a function. A later call for the same name replaces the earlier one, so
     /// add the policy's `[[function]]` entries after the primary's catalog.
     pub fn add_function(&mut self, schema: &str, name: &str, info: FunctionInfo) {
-        self.functions.insert((schema.to_owned(), name.to_owned()), info);
+        let name = self.routine_name(name);
+        self.functions.insert((schema.to_owned(), name), info);
         self.touch();
     }
 
     pub fn function(&self, schema: &str, name: &str) -> Option<&FunctionInfo> {
-        self.functions.get(&(schema.to_owned(), name.to_owned()))
+        self.functions.get(&(schema.to_owned(), self.routine_name(name)))
+    }
+
+    /// Declare MySQL's rule for routine names: they compare without regard to case (database
+    /// names, exactly). Entries already added are kept under their lower-case names.
+    pub fn set_routine_names_ignore_case(&mut self) {
+        self.routine_names_ignore_case = true;
+        self.functions = std::mem::take(&mut self.functions).into_iter().map(|((s, n), i)| ((s, n.to_lowercase()), i)).collect();
+        self.touch();
+    }
+
+    /// Declare that the server folds database and table names to lower case (MySQL's
+    /// `lower_case_table_names` 1 or 2; read `@@lower_case_table_names` at connect).
+    pub fn set_table_names_lower_case(&mut self, lower: bool) {
+        self.table_names_lower_case = lower;
+        self.touch();
+    }
+
+    pub fn table_names_lower_case(&self) -> bool {
+        self.table_names_lower_case
+    }
+
+    fn routine_name(&self, name: &str) -> String {
+        if self.routine_names_ignore_case {
+            name.to_lowercase()
+        } else {
+            name.to_owned()
+        }
     }
 
     /// Record that a table exists (for search_path resolution).

@@ -3,38 +3,44 @@
 //! ones that still fail a kind from their leading keywords — or `unknown` with the parser's
 //! reason. Never a silent "read".
 
-use sqlparser::keywords::Keyword;
-use sqlparser::parser::Parser;
+use sqlparser::ast::Statement;
+use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use super::statement;
 use super::walk::{Ctx, Walker};
-use super::{Kind, StatementClass, TxControl};
+use super::{mysql, statement};
+use super::{Dialect, Kind, StatementClass, TxControl};
 
 /// Classify `sql` statement by statement after the whole-string parse failed with `err`.
 pub(super) fn classify_pieces(ctx: &Ctx, sql: &str, err: &str) -> Vec<StatementClass> {
-    let dialect = ctx.dialect.parser_dialect();
+    let dialect = ctx.parser_dialect();
     let tokens = match Tokenizer::new(dialect.as_ref(), sql).tokenize() {
         Ok(t) => t,
         Err(e) => return vec![unknown(format!("cannot tokenize: {e}"))],
     };
     let mut out = Vec::new();
-    for piece in tokens.split(|t| *t == Token::SemiColon) {
-        let meaningful: Vec<Token> = piece.iter().filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF)).cloned().collect();
+    let mut rest: &[Token] = &tokens;
+    while !rest.is_empty() {
+        let end = rest.iter().position(|t| *t == Token::SemiColon).unwrap_or(rest.len());
+        let (mut piece, mut next) = (&rest[..end], rest.get(end + 1..).unwrap_or(&[]));
+        let mut meaningful = meaningful(piece);
+        if ctx.dialect == Dialect::MySql && mysql::is_compound_definition(&meaningful) {
+            // A stored program's BEGIN … END body holds semicolons of its own: the
+            // definition runs to the end of the text.
+            (piece, next) = (rest, &[]);
+            meaningful = self::meaningful(piece);
+        }
+        rest = next;
         if meaningful.is_empty() {
             continue;
         }
-        let mut parser = Parser::new(dialect.as_ref()).with_tokens(piece.to_vec());
-        let parsed = parser.parse_statement().and_then(|s| {
-            // The statement must use the whole piece.
-            match parser.peek_token().token {
-                Token::EOF => Ok(s),
-                t => Err(sqlparser::parser::ParserError::ParserError(format!("unexpected {t} after the statement"))),
-            }
-        });
-        out.push(match parsed {
-            Ok(stmt) => statement::classify(ctx, &stmt),
-            Err(e) => by_keywords(ctx, &meaningful, &e.to_string()),
+        out.push(match parse_one(ctx, piece.to_vec()) {
+            Ok(stmt) if !(ctx.dialect == Dialect::MySql && mysql::misparsed(&stmt)) => statement::classify(ctx, &stmt),
+            Ok(_) => mysql::by_keywords(ctx, &meaningful, "misread by the parser"),
+            Err(e) => match ctx.dialect {
+                Dialect::Postgres => by_keywords(ctx, &meaningful, &e.to_string()),
+                Dialect::MySql => mysql::by_keywords(ctx, &meaningful, &e.to_string()),
+            },
         });
     }
     if out.is_empty() {
@@ -43,11 +49,28 @@ pub(super) fn classify_pieces(ctx: &Ctx, sql: &str, err: &str) -> Vec<StatementC
     out
 }
 
-fn unknown(reason: String) -> StatementClass {
+/// The tokens that carry meaning: no white space, comments or end marker.
+fn meaningful(piece: &[Token]) -> Vec<Token> {
+    piece.iter().filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF)).cloned().collect()
+}
+
+/// Parse `tokens` as exactly one statement.
+pub(super) fn parse_one(ctx: &Ctx, tokens: Vec<Token>) -> Result<Statement, ParserError> {
+    let dialect = ctx.parser_dialect();
+    let mut parser = Parser::new(dialect.as_ref()).with_tokens(tokens);
+    let stmt = parser.parse_statement()?;
+    // The statement must use the whole piece.
+    match parser.peek_token().token {
+        Token::EOF => Ok(stmt),
+        t => Err(ParserError::ParserError(format!("unexpected {t} after the statement"))),
+    }
+}
+
+pub(super) fn unknown(reason: String) -> StatementClass {
     StatementClass::of_kind(Kind::Unknown(reason))
 }
 
-fn word(t: Option<&Token>) -> Option<String> {
+pub(super) fn word(t: Option<&Token>) -> Option<String> {
     match t {
         Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
         _ => None,
@@ -76,17 +99,10 @@ fn by_keywords(ctx: &Ctx, tokens: &[Token], err: &str) -> StatementClass {
         ),
         ("VACUUM" | "ANALYZE" | "ANALYSE" | "CLUSTER", _, _) => utility_with_tables(ctx, &tokens[1..]),
         ("REINDEX", "TABLE", _) => utility_with_tables(ctx, &tokens[2..]),
-        ("REINDEX" | "CHECKPOINT" | "LOAD" | "LISTEN" | "UNLISTEN" | "NOTIFY" | "SHOW" | "DEALLOCATE" | "CLOSE", _, _)
-            if !(w0 == "LOAD" && w1 == "DATA") =>
-        {
+        ("REINDEX" | "CHECKPOINT" | "LOAD" | "LISTEN" | "UNLISTEN" | "NOTIFY" | "SHOW" | "DEALLOCATE" | "CLOSE", _, _) => {
             StatementClass::of_kind(Kind::Utility)
         }
-        ("LOAD", "DATA", _) => load_data(ctx, tokens, err),
-        ("ALTER", "SEQUENCE", _) => {
-            let mut class = names_after(ctx, &tokens[2..], true);
-            class.kind = Kind::Ddl;
-            class
-        }
+        ("ALTER", "SEQUENCE", _) => names_after(ctx, &tokens[2..], true).with_kind(Kind::Ddl),
         ("SET" | "RESET", _, _) => StatementClass::of_kind(Kind::Session(super::SessionChange::Other)),
         _ => unknown(format!("cannot parse: {err}")),
     }
@@ -94,13 +110,13 @@ fn by_keywords(ctx: &Ctx, tokens: &[Token], err: &str) -> StatementClass {
 
 /// `VACUUM (VERBOSE) FULL a, b (col)`: utility; the named tables are reported as read.
 fn utility_with_tables(ctx: &Ctx, tokens: &[Token]) -> StatementClass {
-    let mut class = names_after(ctx, tokens, false);
-    class.kind = Kind::Utility;
-    class
+    names_after(ctx, tokens, false)
 }
 
-/// Parse a comma-separated list of names after option words and a parenthesized option list.
-fn names_after(ctx: &Ctx, tokens: &[Token], write: bool) -> StatementClass {
+/// Parse a comma-separated list of names after option words and a parenthesized option list:
+/// a utility statement that writes (`write`) or reads them; `unknown` when a name cannot be
+/// resolved.
+pub(super) fn names_after(ctx: &Ctx, tokens: &[Token], write: bool) -> StatementClass {
     const OPTIONS: [&str; 10] = ["FULL", "FREEZE", "VERBOSE", "ANALYZE", "ANALYSE", "SKIP_LOCKED", "CONCURRENTLY", "IF", "EXISTS", "ONLY"];
     let mut i = 0;
     if tokens.first() == Some(&Token::LParen) {
@@ -122,7 +138,7 @@ fn names_after(ctx: &Ctx, tokens: &[Token], write: bool) -> StatementClass {
     while word(tokens.get(i)).is_some_and(|w| OPTIONS.contains(&w.as_str())) {
         i += 1;
     }
-    let dialect = ctx.dialect.parser_dialect();
+    let dialect = ctx.parser_dialect();
     let mut parser = Parser::new(dialect.as_ref()).with_tokens(tokens.get(i..).unwrap_or(&[]).to_vec());
     let mut found = Vec::new();
     while let Ok(name) = parser.parse_object_name(false) {
@@ -151,20 +167,6 @@ fn names_after(ctx: &Ctx, tokens: &[Token], write: bool) -> StatementClass {
         }
     }
     let acc = w.acc;
-    StatementClass { kind: Kind::Utility, writes: acc.writes, reads: acc.reads, locks: Vec::new(), nondeterministic: Vec::new() }
-}
-
-/// MySQL `LOAD DATA … INTO TABLE t`: a write to `t`.
-fn load_data(ctx: &Ctx, tokens: &[Token], err: &str) -> StatementClass {
-    let at = tokens.windows(2).position(
-        |p| matches!((&p[0], &p[1]), (Token::Word(a), Token::Word(b)) if a.keyword == Keyword::INTO && b.keyword == Keyword::TABLE),
-    );
-    match at {
-        Some(i) => {
-            let mut class = names_after(ctx, &tokens[i + 2..], true);
-            class.kind = if class.writes.is_empty() { Kind::Unknown(format!("cannot parse: {err}")) } else { Kind::Write };
-            class
-        }
-        None => unknown(format!("cannot parse: {err}")),
-    }
+    let kind = acc.unknown.map_or(Kind::Utility, Kind::Unknown);
+    StatementClass { kind, writes: acc.writes, reads: acc.reads, locks: Vec::new(), nondeterministic: Vec::new() }
 }

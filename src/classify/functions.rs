@@ -9,10 +9,11 @@ use sqlparser::parser::Parser;
 use super::catalog::Volatility;
 use super::names::{self, TableName};
 use super::walk::{Acc, Ctx};
+use super::Dialect;
 
 /// What a built-in function means for replication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Builtin {
+pub(super) enum Builtin {
     /// Immutable or stable and the same on every site: nothing to report.
     Pure,
     /// Writes no table but gives a different answer on another site or at another time.
@@ -28,24 +29,31 @@ enum Builtin {
     Unnamed,
 }
 
-/// Built-ins of the dialect (PostgreSQL's `pg_catalog`, MySQL's server functions).
-fn builtin(name: &str) -> Option<Builtin> {
+/// Built-ins of the dialect, by lower-case name, called with `nargs` arguments.
+fn builtin(dialect: Dialect, name: &str, nargs: usize) -> Option<Builtin> {
+    match dialect {
+        Dialect::Postgres => pg_builtin(name),
+        Dialect::MySql => super::mysql::builtin(name, nargs),
+    }
+}
+
+/// PostgreSQL's `pg_catalog` functions.
+fn pg_builtin(name: &str) -> Option<Builtin> {
     use Builtin::*;
     Some(match name {
         "now" | "current_timestamp" | "current_date" | "current_time" | "localtimestamp" | "localtime"
         | "clock_timestamp" | "statement_timestamp" | "transaction_timestamp" | "timeofday" | "random"
         | "random_normal" | "gen_random_uuid" | "uuid_generate_v1" | "uuid_generate_v1mc" | "uuid_generate_v4"
         | "uuidv4" | "uuidv7" | "txid_current" | "txid_current_if_assigned" | "pg_current_xact_id"
+        // The session and the server.
         | "pg_backend_pid" | "inet_client_addr" | "inet_client_port" | "inet_server_addr" | "current_user"
-        | "session_user" | "user" | "pg_postmaster_start_time" | "gen_random_bytes"
-        // MySQL
-        | "sysdate" | "rand" | "uuid" | "uuid_short" | "last_insert_id" | "utc_timestamp" | "unix_timestamp"
-        | "curdate" | "curtime" | "connection_id" => Nondeterministic,
-        "pg_sleep" | "pg_sleep_for" | "pg_sleep_until" | "set_config" | "pg_notify" | "pg_advisory_lock"
-        | "pg_advisory_lock_shared" | "pg_advisory_unlock" | "pg_advisory_unlock_shared" | "pg_advisory_unlock_all"
-        | "pg_advisory_xact_lock" | "pg_advisory_xact_lock_shared" | "pg_try_advisory_lock"
+        | "session_user" | "user" | "pg_postmaster_start_time" | "gen_random_bytes" => Nondeterministic,
+        "pg_sleep" | "pg_sleep_for" | "pg_sleep_until" | "set_config" | "pg_notify"
+        // Advisory locks.
+        | "pg_advisory_lock" | "pg_advisory_lock_shared" | "pg_advisory_unlock" | "pg_advisory_unlock_shared"
+        | "pg_advisory_unlock_all" | "pg_advisory_xact_lock" | "pg_advisory_xact_lock_shared" | "pg_try_advisory_lock"
         | "pg_try_advisory_lock_shared" | "pg_try_advisory_xact_lock" | "pg_try_advisory_xact_lock_shared"
-        | "pg_cancel_backend" | "pg_terminate_backend" | "setseed" | "get_lock" | "release_lock" | "sleep" => Harmless,
+        | "pg_cancel_backend" | "pg_terminate_backend" | "setseed" => Harmless,
         "nextval" | "setval" => SequenceWrite,
         "currval" | "lastval" => SequenceRead,
         "lo_import" | "lo_create" | "lo_creat" | "lo_unlink" | "lo_from_bytea" | "lo_put" | "lowrite" => Unnamed,
@@ -88,11 +96,9 @@ fn builtin(name: &str) -> Option<Builtin> {
         | "num_nulls" | "chr" | "ascii" | "bit_length" | "starts_with" | "overlay" | "to_hex" | "int4range"
         | "int8range" | "numrange" | "tsrange" | "tstzrange" | "daterange" | "lower_inc" | "upper_inc"
         | "isempty" | "point" | "box" | "circle" | "st_distance" | "st_dwithin" | "st_makepoint"
-        | "st_setsrid" | "st_asgeojson" | "date_format" | "ifnull" | "if" | "isnull" | "date_add"
-        | "date_sub" | "datediff" | "str_to_date" | "from_unixtime" | "group_concat" | "json_extract"
-        | "json_unquote" | "json_object" | "json_array" | "found_rows" | "row_count" | "database"
-        | "schema" | "field" | "find_in_set" | "locate" | "instr" | "char" | "hex" | "unhex" | "cast"
-        | "convert" | "any" | "all" | "exists" | "nvl" => Pure,
+        | "st_setsrid" | "st_asgeojson" | "json_object" | "json_array" | "char" | "cast" | "convert" | "any"
+        // Parsed as functions in some positions.
+        | "all" | "exists" => Pure,
         _ => return None,
     })
 }
@@ -100,14 +106,23 @@ fn builtin(name: &str) -> Option<Builtin> {
 /// Classify one call of `name` with `args` (`has_parens` false for SQL value functions such
 /// as `current_timestamp`).
 pub(super) fn call(ctx: &Ctx, acc: &mut Acc, name: &ObjectName, has_parens: bool, args: &[FunctionArg]) {
+    routine(ctx, acc, name, has_parens, args, false)
+}
+
+/// Classify `CALL name(args)`: procedures share no names with built-in functions.
+pub(super) fn procedure(ctx: &Ctx, acc: &mut Acc, name: &ObjectName, args: &[FunctionArg]) {
+    routine(ctx, acc, name, true, args, true)
+}
+
+fn routine(ctx: &Ctx, acc: &mut Acc, name: &ObjectName, has_parens: bool, args: &[FunctionArg], procedure: bool) {
     let Some(mut parts) = names::parts(ctx.dialect, name) else {
         acc.unknown(format!("cannot name the function {name}"));
         return;
     };
     let Some(mut fname) = parts.pop() else { return };
-    // MySQL function names are case-insensitive (identifiers keep their case).
-    if ctx.dialect == super::Dialect::MySql {
-        fname.make_ascii_lowercase();
+    // MySQL routine names are case-insensitive (identifiers keep their case).
+    if ctx.dialect == Dialect::MySql {
+        fname = fname.to_lowercase();
     }
     let schema = parts.pop();
     let shown = |n: &str| {
@@ -117,15 +132,19 @@ pub(super) fn call(ctx: &Ctx, acc: &mut Acc, name: &ObjectName, has_parens: bool
             n.to_owned()
         }
     };
-    if schema.is_none() || schema.as_deref() == Some("pg_catalog") {
-        if let Some(b) = builtin(&fname) {
+    let builtin_schema = match ctx.dialect {
+        Dialect::Postgres => schema.is_none() || schema.as_deref() == Some("pg_catalog"),
+        Dialect::MySql => schema.is_none(),
+    };
+    if builtin_schema && !procedure {
+        if let Some(b) = builtin(ctx.dialect, &fname, args.len()) {
             match b {
                 Builtin::Pure | Builtin::Harmless => {}
                 Builtin::Nondeterministic => acc.nondeterministic(shown(&fname)),
                 Builtin::SequenceRead => acc.nondeterministic(shown(&fname)),
                 Builtin::SequenceWrite => {
                     acc.nondeterministic(shown(&fname));
-                    match args.first().and_then(literal).and_then(|s| sequence_name(ctx, s)) {
+                    match args.first().and_then(|a| sequence_arg(ctx, a)) {
                         Some(seq) => acc.write(seq),
                         None => acc.unknown(format!("{fname}() with a sequence name that is not a literal")),
                     }
@@ -140,6 +159,7 @@ pub(super) fn call(ctx: &Ctx, acc: &mut Acc, name: &ObjectName, has_parens: bool
         None => ctx.path.schemas().to_vec(),
     };
     let found = candidates.iter().find_map(|s| ctx.catalog.function(s, &fname).map(|info| (s, info)));
+    let what = if procedure { "procedure" } else { "function" };
     match found {
         Some((_, info)) if info.volatility != Volatility::Volatile => {}
         Some((s, info)) => {
@@ -147,7 +167,7 @@ pub(super) fn call(ctx: &Ctx, acc: &mut Acc, name: &ObjectName, has_parens: bool
             match &info.writes {
                 Some(tables) => tables.iter().cloned().for_each(|t| acc.write(t)),
                 None => acc.unknown(format!(
-                    "calls the volatile function {}(), which may write any table; name the tables it writes in the policy's [[function]]",
+                    "calls the volatile {what} {}(), which may write any table; name the tables it writes in the policy's [[function]]",
                     TableName::new(s.as_str(), fname.as_str())
                 )),
             }
@@ -155,14 +175,33 @@ pub(super) fn call(ctx: &Ctx, acc: &mut Acc, name: &ObjectName, has_parens: bool
         None if ctx.catalog.is_complete() => {}
         None => {
             let shown = match candidates.first() {
-                Some(s) if name.0.len() > 1 => {
+                Some(s) if name.0.len() > 1 || (procedure && ctx.dialect == Dialect::MySql) => {
                     format!("{}()", TableName::new(s.as_str(), fname.as_str()))
                 }
                 _ => format!("{fname}()"),
             };
-            acc.unknown(format!(
-                "calls {shown}, which is not a known built-in and not in the catalog: it may write; name it in the policy's [[function]]"
-            ))
+            let built_in = if procedure { "" } else { "not a known built-in and " };
+            acc.unknown(format!("calls {shown}, which is {built_in}not in the catalog: it may write; name it in the policy's [[function]]"))
+        }
+    }
+}
+
+/// The sequence `nextval` and `setval` write: PostgreSQL names it in a string
+/// (`nextval('seq')`), MariaDB as a name (`NEXTVAL(seq)`).
+fn sequence_arg(ctx: &Ctx, arg: &FunctionArg) -> Option<TableName> {
+    match ctx.dialect {
+        Dialect::Postgres => literal(arg).and_then(|s| sequence_name(ctx, s)),
+        Dialect::MySql => {
+            let FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) = arg else {
+                return None;
+            };
+            let idents = match e {
+                Expr::Identifier(i) => vec![i.clone()],
+                Expr::CompoundIdentifier(v) => v.clone(),
+                _ => return None,
+            };
+            let name = ObjectName(idents.into_iter().map(sqlparser::ast::ObjectNamePart::Identifier).collect());
+            names::resolve(ctx.dialect, &name, ctx.path, ctx.catalog)
         }
     }
 }
@@ -188,7 +227,7 @@ fn literal(arg: &FunctionArg) -> Option<&str> {
 /// A regclass literal such as `'public."Order_seq"'`, parsed with the dialect's own parser
 /// (so quoting and folding are the same as for names in SQL text).
 fn sequence_name(ctx: &Ctx, text: &str) -> Option<TableName> {
-    let dialect = ctx.dialect.parser_dialect();
+    let dialect = ctx.parser_dialect();
     let mut parser = Parser::new(dialect.as_ref()).try_with_sql(text).ok()?;
     let name = parser.parse_object_name(false).ok()?;
     names::resolve(ctx.dialect, &name, ctx.path, ctx.catalog)

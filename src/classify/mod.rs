@@ -15,11 +15,49 @@
 //! assert_eq!(c.statements[0].writes[0].to_string(), "public.orders");
 //! assert_eq!(c.statements[0].nondeterministic, ["now()"]);
 //! ```
+//!
+//! # The MySQL dialect
+//!
+//! The same API and result types; what the MySQL front end passes in differs:
+//!
+//! - **The current database** takes the search_path's place: [`SearchPath::database`] with
+//!   the session's database (from the login packet, COM_INIT_DB, `USE` — reported as
+//!   [`SessionChange::SearchPath`] — and session tracking). Unqualified names resolve to it;
+//!   without one they are `unknown` (the server refuses them with error 1046). A table's
+//!   "schema" is its database: `shop.orders`, matched by policy rules such as `shop.cart_*`.
+//!   Names keep their case unless the server folds them (`lower_case_table_names` 1 or 2:
+//!   [`Catalog::set_table_names_lower_case`]).
+//! - **The `sql_mode` flags that change tokenizing** ([`SqlMode`]: ANSI_QUOTES,
+//!   NO_BACKSLASH_ESCAPES) ride on the path ([`SearchPath::with_sql_mode`]), from the OK
+//!   packets' status flags (MariaDB: 0x8000 and 0x200) or session tracking of `sql_mode`
+//!   ([`SqlMode::from_sql_mode`]). They decide where a statement ends and whether `"…"` names
+//!   a table, so they are part of the cache key.
+//! - **Stored routines**: [`mysql::add_routines`] takes the rows of
+//!   `information_schema.ROUTINES` ([`mysql::ROUTINES_QUERY`]) and records what each procedure and function writes,
+//!   read from its body; `CALL p()` then writes those tables, or is `unknown` (dynamic SQL,
+//!   a hidden body) until the policy's `[[function]]` names them. Mark the catalog complete
+//!   ([`Catalog::set_complete`]) when every routine of the primary was loaded.
+//! - Prepared statements (COM_STMT_PREPARE) are classified by their text like any other;
+//!   `BEGIN`, `COMMIT`, `XA START` … prepared this way are [`Kind::Transaction`] as when sent
+//!   as text, with XA as [`TxControl::XaStart`], [`TxControl::XaEnd`],
+//!   [`TxControl::PrepareTransaction`], [`TxControl::CommitPrepared`] and
+//!   [`TxControl::RollbackPrepared`]. Transaction state itself is best followed from the
+//!   server's status flags: MySQL also commits implicitly (DDL, `SET autocommit = 1`, LOCK
+//!   TABLES), which classification reports as what those statements are.
+//!
+//! ```
+//! use capgate::classify::{classify, Catalog, Dialect, SearchPath, SqlMode};
+//! let session = SearchPath::database(Some("shop")).with_sql_mode(SqlMode::from_sql_mode("ANSI_QUOTES"));
+//! let c = classify(Dialect::MySql, r#"UPDATE "cart" c JOIN `Orders` o ON o.id = c.order_id SET c.qty = 0"#, &session, &Catalog::new());
+//! assert_eq!(c.statements[0].writes[0].to_string(), "shop.cart");
+//! assert_eq!(c.statements[0].reads[0].to_string(), "shop.\"Orders\"");
+//! ```
 
 mod cache;
 mod catalog;
 mod fallback;
 mod functions;
+pub mod mysql;
 mod names;
 mod statement;
 mod walk;
@@ -32,6 +70,7 @@ use std::sync::Arc;
 use sqlparser::parser::Parser;
 
 pub use catalog::{Catalog, ColumnDefault, DefaultKind, FunctionInfo, Volatility};
+pub use mysql::SqlMode;
 pub use names::{fold, parts, resolve, SearchPath, TableName};
 pub(crate) use walk::{is_dml, limited_without_order};
 
@@ -55,6 +94,7 @@ impl Dialect {
         }
     }
 
+    /// The parser dialect for text in the server's default mode (MySQL: see [`SqlMode`]).
     pub(crate) fn parser_dialect(self) -> Box<dyn sqlparser::dialect::Dialect> {
         match self {
             Dialect::Postgres => Box::new(sqlparser::dialect::PostgreSqlDialect {}),
@@ -112,12 +152,19 @@ pub enum TxControl {
     Release(String),
     /// ROLLBACK TO [SAVEPOINT] name
     RollbackTo(String),
-    /// PREPARE TRANSACTION 'gid'
+    /// PREPARE TRANSACTION 'gid' (MySQL: XA PREPARE xid)
     PrepareTransaction(String),
-    /// COMMIT PREPARED 'gid'
+    /// COMMIT PREPARED 'gid' (MySQL: XA COMMIT xid; `XA COMMIT xid ONE PHASE` is `Commit`)
     CommitPrepared(String),
-    /// ROLLBACK PREPARED 'gid'
+    /// ROLLBACK PREPARED 'gid' (MySQL: XA ROLLBACK xid, of a prepared or a not yet
+    /// prepared branch)
     RollbackPrepared(String),
+    /// MySQL: XA START xid / XA BEGIN xid — a transaction the client will prepare itself.
+    /// MySQL's xids are given in one SQL spelling: `'gtrid'`, `'gtrid','bqual'` or
+    /// `'gtrid','bqual',formatID`, binary parts as `X'…'`.
+    XaStart(String),
+    /// MySQL: XA END xid — the branch takes no more statements (IDLE).
+    XaEnd(String),
 }
 
 /// What a session statement changes that classification depends on.
@@ -160,6 +207,14 @@ impl StatementClass {
     pub(crate) fn of_kind(kind: Kind) -> StatementClass {
         StatementClass { kind, writes: Vec::new(), reads: Vec::new(), locks: Vec::new(), nondeterministic: Vec::new() }
     }
+
+    /// The same tables with `kind`, unless the statement is already `unknown`.
+    pub(crate) fn with_kind(mut self, kind: Kind) -> StatementClass {
+        if !matches!(self.kind, Kind::Unknown(_)) {
+            self.kind = kind;
+        }
+        self
+    }
 }
 
 /// The classification of a whole query string (one simple-protocol Query message may hold
@@ -193,8 +248,11 @@ impl Classification {
 /// Classify `sql` without the cache.
 pub fn classify(dialect: Dialect, sql: &str, path: &SearchPath, catalog: &Catalog) -> Classification {
     let ctx = walk::Ctx { dialect, path, catalog };
-    let parser_dialect = dialect.parser_dialect();
+    let parser_dialect = ctx.parser_dialect();
     let statements = match Parser::parse_sql(parser_dialect.as_ref(), sql) {
+        Ok(stmts) if dialect == Dialect::MySql && stmts.iter().any(mysql::misparsed) => {
+            fallback::classify_pieces(&ctx, sql, "misread by the parser")
+        }
         Ok(stmts) => stmts.iter().map(|s| statement::classify(&ctx, s)).collect(),
         Err(e) => fallback::classify_pieces(&ctx, sql, &e.to_string()),
     };

@@ -9,7 +9,7 @@ use std::fmt;
 use sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
 
 use super::catalog::Catalog;
-use super::Dialect;
+use super::{Dialect, SqlMode};
 
 /// PostgreSQL keeps the first 63 bytes of an identifier (NAMEDATALEN - 1).
 const PG_MAX_IDENT: usize = 63;
@@ -126,14 +126,23 @@ pub fn parts(dialect: Dialect, name: &ObjectName) -> Option<Vec<String>> {
         .collect()
 }
 
-/// The schemas an unqualified name is looked up in, in order, as the front end tracks them
-/// from `SET search_path` and the server's reports. `$user` must already be replaced by the
-/// session user's name; a `$user` left in is skipped (PostgreSQL skips it when no such schema
-/// exists).
+/// The session state a statement's text is read under: the schemas an unqualified name is
+/// looked up in, in order, and (MySQL) the `sql_mode` flags that change tokenizing.
+///
+/// PostgreSQL: the front end tracks the schemas from `SET search_path` and the server's
+/// reports; `$user` must already be replaced by the session user's name (a `$user` left in
+/// is skipped, as PostgreSQL skips it when no such schema exists).
+///
+/// MySQL: the one "schema" is the session's current database ([`SearchPath::database`]),
+/// from the login packet, COM_INIT_DB, `USE` and session tracking; none before one is
+/// chosen. The [`SqlMode`] comes from the server's status flags or session tracking.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SearchPath {
     /// Schema names exactly as stored (already folded/unquoted).
     schemas: Vec<String>,
+    /// MySQL's lexical `sql_mode` flags (ignored for PostgreSQL). Part of the cache key: the
+    /// same text can hold other statements under another mode.
+    sql_mode: SqlMode,
 }
 
 impl SearchPath {
@@ -142,12 +151,33 @@ impl SearchPath {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        SearchPath { schemas: schemas.into_iter().map(Into::into).filter(|s: &String| s != "$user").collect() }
+        SearchPath {
+            schemas: schemas.into_iter().map(Into::into).filter(|s: &String| s != "$user").collect(),
+            sql_mode: SqlMode::default(),
+        }
+    }
+
+    /// MySQL: unqualified names live in `database`, the session's current database; `None`
+    /// when the session has none (such names are then `unknown`, as the server refuses them
+    /// with error 1046).
+    pub fn database(database: Option<&str>) -> SearchPath {
+        SearchPath::new(database)
+    }
+
+    /// The same path, read under MySQL's `mode`.
+    pub fn with_sql_mode(mut self, mode: SqlMode) -> SearchPath {
+        self.sql_mode = mode;
+        self
     }
 
     /// The schemas, in lookup order.
     pub fn schemas(&self) -> &[String] {
         &self.schemas
+    }
+
+    /// MySQL's lexical `sql_mode` flags.
+    pub fn sql_mode(&self) -> SqlMode {
+        self.sql_mode
     }
 }
 
@@ -159,15 +189,26 @@ impl Default for SearchPath {
 }
 
 /// Resolve a relation name. Qualified names are taken as they are (a three-part name drops
-/// its database part). An unqualified name lives in the first search_path schema where the
-/// catalog knows it, else in `pg_catalog` if it starts with `pg_`, else in the first
-/// search_path schema (where PostgreSQL would create it), else `public`.
+/// its database part). PostgreSQL: an unqualified name lives in the first search_path schema
+/// where the catalog knows it, else in `pg_catalog` if it starts with `pg_`, else in the
+/// first search_path schema (where PostgreSQL would create it), else `public`. MySQL: in the
+/// current database; `None` when there is none; folded to lower case when the catalog says
+/// the server does (`lower_case_table_names`).
 pub fn resolve(dialect: Dialect, name: &ObjectName, path: &SearchPath, catalog: &Catalog) -> Option<TableName> {
     let mut parts = parts(dialect, name)?;
+    if dialect == Dialect::MySql && catalog.table_names_lower_case() {
+        parts.iter_mut().for_each(|p| *p = p.to_lowercase());
+    }
     match parts.len() {
         1 => {
             let name = parts.pop()?;
-            Some(resolve_unqualified(name, path, catalog))
+            match dialect {
+                Dialect::Postgres => Some(resolve_unqualified(name, path, catalog)),
+                Dialect::MySql => path
+                    .schemas()
+                    .first()
+                    .map(|db| TableName { schema: if catalog.table_names_lower_case() { db.to_lowercase() } else { db.clone() }, name }),
+            }
         }
         2 | 3 => {
             let name = parts.pop()?;
@@ -178,7 +219,7 @@ pub fn resolve(dialect: Dialect, name: &ObjectName, path: &SearchPath, catalog: 
     }
 }
 
-/// Resolve an already folded, unqualified name (see [`resolve`]).
+/// Resolve an already folded, unqualified PostgreSQL name (see [`resolve`]).
 pub fn resolve_unqualified(name: String, path: &SearchPath, catalog: &Catalog) -> TableName {
     if let Some(schema) = path.schemas().iter().find(|s| catalog.has_table(s, &name)) {
         return TableName { schema: schema.clone(), name };

@@ -2,16 +2,27 @@
 //! tables from a [`Walker`] plus the statement types whose tables sqlparser's visitor misses
 //! (COPY, DROP, TRUNCATE, ALTER … RENAME, LOCK, VACUUM, CREATE INDEX …).
 
-use sqlparser::ast::{AlterTableOperation, CopySource, Expr, ObjectType, RenameTableNameKind, Reset, Set, Statement, Use, Value};
+use sqlparser::ast::{
+    AlterTableOperation, CopySource, Expr, ObjectName, ObjectType, RenameTableNameKind, Reset, Set, Statement, Use, Value,
+};
 
 use super::names;
 use super::walk::{Ctx, Walker};
-use super::{Kind, SessionChange, StatementClass, TxControl};
+use super::{Dialect, Kind, SessionChange, StatementClass, TxControl};
 
 /// Classify one parsed statement.
 pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
     let mut w = Walker::new(ctx);
     let kind = match stmt {
+        // A MySQL stored program's body runs when it is called or fired, not now: the
+        // definition changes no rows (a trigger changes its table's behaviour).
+        Statement::CreateTrigger(t) if ctx.dialect == Dialect::MySql => {
+            w.target(&t.table_name);
+            return finish(Kind::Ddl, w);
+        }
+        Statement::CreateProcedure { .. } | Statement::CreateFunction(_) if ctx.dialect == Dialect::MySql => {
+            return StatementClass::of_kind(Kind::Ddl);
+        }
         Statement::Query(_) => Kind::Read,
         Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => Kind::Write,
         Statement::Copy { source, to, .. } => match source {
@@ -36,6 +47,11 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
         Statement::LoadData { table_name, .. } => {
             w.target(table_name);
             Kind::Write
+        }
+        Statement::Drop { temporary: true, names, .. } if ctx.dialect == Dialect::MySql => {
+            // MySQL's temporary tables belong to the session: nothing to replicate.
+            names.iter().for_each(|n| w.skip_name(n));
+            Kind::Ddl
         }
         Statement::Drop { object_type, names, table, .. } => {
             if matches!(
@@ -65,6 +81,12 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
             }
             Kind::Ddl
         }
+        Statement::CreateTable(c) if c.temporary && ctx.dialect == Dialect::MySql => {
+            // MySQL's temporary tables belong to the session (in its current database, hiding
+            // a table of the same name): nothing to replicate.
+            w.skip_name(&c.name);
+            Kind::Ddl
+        }
         Statement::CreateTable(c) if c.temporary && c.name.0.len() == 1 => {
             // Temporary tables live in the session's own pg_temp schema: never replicated.
             w.skip_name(&c.name);
@@ -75,6 +97,11 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
         }
         Statement::CreateTable(c) => {
             w.target(&c.name);
+            if let Some(sqlparser::ast::CreateTableLikeKind::Plain(like) | sqlparser::ast::CreateTableLikeKind::Parenthesized(like)) =
+                &c.like
+            {
+                w.touched(&like.name);
+            }
             Kind::Ddl
         }
         Statement::CreateView(v) => {
@@ -98,7 +125,16 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
             w.acc.locking = true;
             Kind::Utility
         }
-        Statement::LockTables { .. } | Statement::UnlockTables => Kind::Utility,
+        Statement::LockTables { tables } => {
+            for t in tables {
+                if let Some(t) = w.resolve(&ObjectName::from(vec![t.table.clone()])) {
+                    w.acc.read(t);
+                }
+            }
+            w.acc.locking = true;
+            Kind::Utility
+        }
+        Statement::UnlockTables => Kind::Utility,
         Statement::Vacuum(v) => {
             if let Some(t) = &v.table_name {
                 w.touched(t);
@@ -116,7 +152,7 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
                 sqlparser::ast::FunctionArguments::List(l) => l.args.as_slice(),
                 _ => &[],
             };
-            super::functions::call(ctx, &mut w.acc, &f.name, true, args);
+            super::functions::procedure(ctx, &mut w.acc, &f.name, args);
             Kind::Utility
         }
         Statement::Explain { analyze, statement, .. } => return explain(ctx, *analyze, statement),
@@ -231,8 +267,11 @@ fn explain(ctx: &Ctx, analyze: bool, inner: &Statement) -> StatementClass {
     StatementClass { kind: Kind::Utility, writes: Vec::new(), reads, locks: Vec::new(), nondeterministic: Vec::new() }
 }
 
+/// PostgreSQL's `search_path` (MySQL has no such setting: its current database changes
+/// with `USE`).
 fn is_search_path(ctx: &Ctx, name: &sqlparser::ast::ObjectName) -> bool {
-    names::parts(ctx.dialect, name).is_some_and(|p| p.len() == 1 && p[0].eq_ignore_ascii_case("search_path"))
+    ctx.dialect == Dialect::Postgres
+        && names::parts(ctx.dialect, name).is_some_and(|p| p.len() == 1 && p[0].eq_ignore_ascii_case("search_path"))
 }
 
 fn session_set(ctx: &Ctx, set: &Set) -> SessionChange {

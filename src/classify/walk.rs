@@ -25,6 +25,21 @@ pub(super) struct Ctx<'a> {
     pub catalog: &'a Catalog,
 }
 
+impl Ctx<'_> {
+    /// The parser dialect for this text: MySQL's follows the session's `sql_mode`.
+    pub fn parser_dialect(&self) -> Box<dyn sqlparser::dialect::Dialect> {
+        match self.dialect {
+            Dialect::Postgres => self.dialect.parser_dialect(),
+            Dialect::MySql => super::mysql::parser_dialect(self.path.sql_mode()),
+        }
+    }
+}
+
+/// MySQL without a current database: the server refuses the name (error 1046).
+fn no_database(name: &dyn std::fmt::Display) -> String {
+    format!("no database selected: `{name}` names no database and the session has no current database (USE one, or qualify the name)")
+}
+
 /// What the walk found, in the order found, without duplicates.
 #[derive(Debug, Default)]
 pub(super) struct Acc {
@@ -82,11 +97,19 @@ impl<'a> Walker<'a> {
         let _ = stmt.visit(self);
     }
 
+    pub fn dialect(&self) -> Dialect {
+        self.ctx.dialect
+    }
+
     /// Resolve a name, or note that it cannot be.
     pub fn resolve(&mut self, name: &ObjectName) -> Option<TableName> {
         let t = names::resolve(self.ctx.dialect, name, self.ctx.path, self.ctx.catalog);
         if t.is_none() {
-            self.acc.unknown(format!("cannot resolve the name {name}"));
+            let reason = match self.ctx.dialect {
+                Dialect::MySql if name.0.len() == 1 && self.ctx.path.schemas().is_empty() => no_database(name),
+                _ => format!("cannot resolve the name {name}"),
+            };
+            self.acc.unknown(reason);
         }
         t
     }
@@ -209,14 +232,20 @@ impl Visitor for Walker<'_> {
             }
             Statement::Update(update) => {
                 self.dml_depth += 1;
-                self.dml_target_of_table_factor(&update.table.relation);
+                if self.ctx.dialect == Dialect::MySql && !update.table.joins.is_empty() {
+                    super::mysql::update_targets(self, update);
+                } else {
+                    self.dml_target_of_table_factor(&update.table.relation);
+                }
                 if update.limit.is_some() && update.order_by.is_empty() {
                     self.acc.nondeterministic("LIMIT without ORDER BY".to_owned());
                 }
             }
             Statement::Delete(delete) => {
                 self.dml_depth += 1;
-                if delete.tables.is_empty() {
+                if self.ctx.dialect == Dialect::MySql && super::mysql::delete_targets(self, delete) {
+                    // A multi-table DELETE: its targets are recorded.
+                } else if delete.tables.is_empty() {
                     let from = match &delete.from {
                         FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
                     };
@@ -263,9 +292,16 @@ impl Visitor for Walker<'_> {
         let mut tables = Vec::new();
         table_commands(&q.body, &mut tables);
         for (schema, name) in tables {
-            let t = match schema {
-                Some(s) => TableName::new(s, name),
-                None => names::resolve_unqualified(name, self.ctx.path, self.ctx.catalog),
+            let t = match (schema, self.ctx.dialect) {
+                (Some(s), _) => TableName::new(s, name),
+                (None, Dialect::Postgres) => names::resolve_unqualified(name, self.ctx.path, self.ctx.catalog),
+                (None, Dialect::MySql) => match self.ctx.path.schemas().first() {
+                    Some(db) => TableName::new(db.as_str(), name),
+                    None => {
+                        self.acc.unknown(no_database(&name));
+                        continue;
+                    }
+                },
             };
             self.acc.read(t);
         }

@@ -1,6 +1,7 @@
-//! Rule patterns: a glob on `schema.table` with `*` (any run of characters) and `?` (one
-//! character), each part optionally double-quoted to hold dots or wildcard characters
-//! literally. Also decides whether one pattern covers another, to find unreachable rules.
+//! Rule patterns: a glob on `schema.table` (MySQL: `database.table`) with `*` (any run of
+//! characters) and `?` (one character), each part optionally double-quoted (or, as MySQL
+//! users write names, backquoted) to hold dots or wildcard characters literally. Also
+//! decides whether one pattern covers another, to find unreachable rules.
 
 /// One element of a glob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +100,7 @@ impl Pattern {
         match <[Glob; 2]>::try_from(parts) {
             Ok([schema, table]) => Ok(Pattern { schema, table }),
             Err(_) => Err(format!(
-                "expected schema.table with optional * and ? wildcards (e.g. public.orders, public.cart_*, *.audit_log), found `{text}`"
+                "expected schema.table (MySQL: database.table) with optional * and ? wildcards (e.g. public.orders, public.cart_*, *.audit_log, shop.cart_*), found `{text}`"
             )),
         }
     }
@@ -113,8 +114,8 @@ impl Pattern {
     }
 }
 
-/// Split on dots outside double quotes; `""` inside quotes is one quote; wildcards inside
-/// quotes are literal characters.
+/// Split on dots outside quotes — double quotes, or MySQL's backticks — where a doubled
+/// quote is one quote character and wildcards are literal characters.
 fn split_parts(text: &str) -> Result<Vec<Glob>, String> {
     let mut parts = Vec::new();
     let mut cur = Vec::new();
@@ -122,17 +123,17 @@ fn split_parts(text: &str) -> Result<Vec<Glob>, String> {
     let mut quoted_part = false;
     while let Some(c) = chars.next() {
         match c {
-            '"' => {
+            quote @ ('"' | '`') => {
                 quoted_part = true;
                 loop {
                     match chars.next() {
-                        Some('"') if chars.peek() == Some(&'"') => {
+                        Some(c) if c == quote && chars.peek() == Some(&quote) => {
                             chars.next();
-                            cur.push(Tok::Lit('"'));
+                            cur.push(Tok::Lit(quote));
                         }
-                        Some('"') => break,
+                        Some(c) if c == quote => break,
                         Some(c) => cur.push(Tok::Lit(c)),
-                        None => return Err(format!("unterminated double quote in `{text}`")),
+                        None => return Err(format!("unterminated {quote} quote in `{text}`")),
                     }
                 }
             }
@@ -183,11 +184,17 @@ mod tests {
         assert!(p("public.\"a*\"").matches("public", "a*"));
         assert!(!p("public.\"a*\"").matches("public", "ab"));
         assert!(p("public.ü*").matches("public", "übung"));
+        // MySQL: the database in the schema's place, backquoted parts, case kept.
+        assert!(p("shop.cart_*").matches("shop", "cart_items"));
+        assert!(p("`shop`.`Order Items`").matches("shop", "Order Items"));
+        assert!(p("shop.`a``b*`").matches("shop", "a`b*"));
+        assert!(!p("shop.`a*`").matches("shop", "ab"));
+        assert!(!p("shop.Orders").matches("shop", "orders"));
     }
 
     #[test]
     fn bad_patterns() {
-        for bad in ["orders", "a.b.c", ".x", "x.", "a.\"b", "a b.c", ""] {
+        for bad in ["orders", "a.b.c", ".x", "x.", "a.\"b", "a.`b", "a b.c", ""] {
             assert!(Pattern::parse(bad).is_err(), "{bad}");
         }
     }

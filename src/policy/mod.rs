@@ -17,7 +17,7 @@ mod tests;
 use std::fmt;
 use std::time::Duration;
 
-use crate::classify::{Catalog, Classification, FunctionInfo, StatementClass, TableName, Volatility};
+use crate::classify::{Catalog, Classification, Dialect, FunctionInfo, StatementClass, TableName, Volatility};
 pub use glob::Pattern;
 pub use load::{PolicyError, PolicyProblem};
 pub use reload::PolicyHandle;
@@ -196,9 +196,12 @@ impl Policy {
     }
 
     /// A catalog holding only the policy's functions (for `capgate explain` without a
-    /// database).
-    pub fn catalog(&self) -> Catalog {
+    /// database); MySQL's compares routine names without regard to case.
+    pub fn catalog(&self, dialect: Dialect) -> Catalog {
         let mut c = Catalog::new();
+        if dialect == Dialect::MySql {
+            c.set_routine_names_ignore_case();
+        }
         self.add_functions_to(&mut c);
         c
     }

@@ -51,7 +51,7 @@ fn the_issue_example_loads_and_decides_first_match() {
     let d = p.decide_table(&TableName::new("audit", "log"));
     assert_eq!((d.mode, d.rule.to_string()), (Mode::Local, "default".to_owned()));
     // A transaction's tables are each decided; the function writes accounts.
-    let cat = p.catalog();
+    let cat = p.catalog(Dialect::Postgres);
     let c = classify(
         Dialect::Postgres,
         "UPDATE orders SET x = 1; SELECT transfer(1, 2, 3); INSERT INTO cart_x VALUES (1)",
@@ -236,4 +236,59 @@ async fn watcher_picks_up_file_changes() {
     task.abort();
     let p = handle.current();
     assert_eq!((p.version, p.default.name(), p.unknown), (2, "async", UnknownAction::Refuse));
+}
+
+/// MySQL: the database takes the schema's place in rules and `[[function]]` names, with the
+/// same modes and decisions; routine names compare without regard to case, and the policy's
+/// word on a routine overrides what was read from the primary.
+#[test]
+fn mysql_databases_take_the_schemas_place() {
+    let p = parse(
+        r#"default = "local"
+[[table]]
+match = "shop.cart_*"
+mode = "bounded"
+[[table]]
+match = "`shop`.`Orders`"
+mode = "sync"
+[[table]]
+match = "shop.*"
+mode = "async"
+[[function]]
+name = "shop.Place_Order"
+writes = ["shop.Orders", "`shop`.cart_items"]
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let path = SearchPath::database(Some("shop"));
+    let sql = "UPDATE cart_items c JOIN `Orders` o ON o.id = c.order_id SET c.qty = 0; CALL place_order(1); DELETE FROM audit.log; DELETE FROM sessions";
+    let c = classify(Dialect::MySql, sql, &path, &p.catalog(Dialect::MySql));
+    let decided: Vec<(String, &str)> = p.decide(&c).iter().map(|d| (d.table.to_string(), d.mode.name())).collect();
+    assert_eq!(
+        decided,
+        [
+            ("shop.cart_items".to_owned(), "bounded"),
+            ("shop.\"Orders\"".to_owned(), "sync"),
+            ("audit.log".to_owned(), "local"),
+            ("shop.sessions".to_owned(), "async"),
+        ]
+    );
+    // The primary's catalog says place_order runs dynamic SQL (writes unknown); the policy's
+    // entry, added on top as the front end does, decides.
+    let mut catalog = Catalog::new();
+    let body = "BEGIN SET @s = 'DELETE FROM cart_items'; PREPARE st FROM @s; EXECUTE st; END";
+    let routine = crate::classify::mysql::Routine {
+        schema: "shop".into(),
+        name: "place_order".into(),
+        deterministic: false,
+        body: Some(body.into()),
+        sql_mode: String::new(),
+    };
+    crate::classify::mysql::add_routines(&mut catalog, &[routine]);
+    let c = classify(Dialect::MySql, "CALL PLACE_ORDER(1)", &path, &catalog);
+    assert!(c.unknown_reason().is_some_and(|r| r.contains("shop.place_order()")), "{c:?}");
+    p.add_functions_to(&mut catalog);
+    let c = classify(Dialect::MySql, "CALL PLACE_ORDER(1)", &path, &catalog);
+    assert_eq!(c.unknown_reason(), None);
+    assert_eq!(p.decide(&c).iter().map(|d| d.mode.name()).collect::<Vec<_>>(), ["sync", "bounded"]);
 }

@@ -8,6 +8,7 @@ mod admin;
 mod async_mode;
 mod bad_input;
 mod capture;
+mod classify_mysql;
 mod cli;
 mod driver;
 mod edge;

@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn bounded_tables_capture_as_async_and_local_ones_not_at_all() {
-        let text = "default = \"local\"\n[[table]]\nmatch = \"public.acct*\"\nmode = \"sync\"\n[[table]]\nmatch = \"public.cart\"\nmode = \"bounded\"\nmax_lag = \"5s\"\n[[table]]\nmatch = \"public.views\"\nmode = \"async\"\n";
+        let text = "default = \"local\"\n[[table]]\nmatch = \"public.acc*\"\nmode = \"sync\"\n[[table]]\nmatch = \"public.cart\"\nmode = \"bounded\"\nmax_lag = \"5s\"\n[[table]]\nmatch = \"public.views\"\nmode = \"async\"\n";
         let policy = Policy::parse(text, std::path::Path::new("p.toml")).unwrap();
         let tables = [
             TableName::new("public", "accounts"),
