@@ -182,11 +182,16 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
             },
             _ => Kind::Session(SessionChange::Other),
         },
-        Statement::Deallocate { name, .. } if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") => {
-            Kind::Session(SessionChange::Deallocate(None))
+        // PostgreSQL's DEALLOCATE also drops statements prepared with Parse; MySQL's only the
+        // SQL-level ones (COM_STMT_PREPARE statements are closed by COM_STMT_CLOSE).
+        Statement::Deallocate { name, .. } if ctx.dialect == Dialect::Postgres => {
+            Kind::Session(SessionChange::Deallocate(match name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+                true => None,
+                false => Some(names::fold(ctx.dialect, name)),
+            }))
         }
-        Statement::Deallocate { name, .. } => Kind::Session(SessionChange::Deallocate(Some(names::fold(ctx.dialect, name)))),
         Statement::Prepare { .. }
+        | Statement::Deallocate { .. }
         | Statement::Declare { .. }
         | Statement::Fetch { .. }
         | Statement::Close { .. }
