@@ -203,6 +203,9 @@ impl Server {
         info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, workers = config.workers, "capgate is accepting connections");
         let shared = self.shared.clone();
         let serve = move |tcp, refusal, stop| session::serve(shared.clone(), tcp, refusal, stop);
+        if config.tls.is_some() {
+            info!("SCRAM channel binding (SCRAM-SHA-256-PLUS) is not offered to clients: capgate ends their TLS; clients with channel_binding=require cannot log in");
+        }
         let workers = match crate::frontend::workers::Workers::start(config.workers) {
             Ok(w) => w,
             Err(e) => {
