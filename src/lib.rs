@@ -10,6 +10,7 @@
 //! - [`config`]: the main TOML configuration, validated into an immutable snapshot;
 //! - [`net`]: sockets and TLS shared by every front end and by replica links;
 //! - [`cli`]: the `capgate` command;
+//! - [`demo`]: `capgate demo`, two throwaway sites and the narrated story;
 //! - [`store`]: what differs per database for replication (capture, apply, two-phase commit);
 //! - [`testbed`]: throwaway real database servers for tests, benchmarks and scripts.
 //!
@@ -21,6 +22,7 @@ pub mod backend;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod frontend;
 pub mod net;
 pub mod policy;

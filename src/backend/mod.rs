@@ -4,3 +4,4 @@
 pub mod mysql;
 pub mod postgres;
 pub mod postgres_catalog;
+pub mod postgres_checks;

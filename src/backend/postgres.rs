@@ -22,6 +22,13 @@ pub enum UpstreamError {
     Io(#[from] std::io::Error),
     #[error("the server does not accept TLS, but the URL says sslmode=require or stricter")]
     TlsRefused,
+    /// The same when the URL wrote no sslmode and capgate's replica default asked for TLS.
+    #[error(
+        "the server does not accept TLS; the replica URL gives no sslmode, and links between sites default to \
+         sslmode=verify-full: turn on ssl on the replica (with a certificate the URL's sslrootcert, or the \
+         system's roots, trust), or write sslmode=disable in the URL to send replication unencrypted knowingly"
+    )]
+    TlsRefusedByDefault,
     #[error("unexpected answer {0:#04x} to the TLS request")]
     BadTlsAnswer(u8),
     #[error("TLS: {0}")]
@@ -85,6 +92,7 @@ impl Upstream {
                 Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(stream))))
             }
             b'N' if self.url.sslmode == SslMode::Prefer => Ok(Stream::Plain(tcp)),
+            b'N' if self.url.sslmode_implied => Err(UpstreamError::TlsRefusedByDefault),
             b'N' => Err(UpstreamError::TlsRefused),
             other => Err(UpstreamError::BadTlsAnswer(other)),
         }

@@ -12,12 +12,12 @@
 //! `stats`, `help`) and answers each with one line: `ok`, the counters, or `error: ...`.
 //! The control port has no authentication: keep it on loopback.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use capgate::testbed::link::{command, Link};
+use capgate::testbed::link::{serve_control, Link};
 use clap::Parser;
 
 /// Command-line arguments.
@@ -54,25 +54,6 @@ fn main() -> ExitCode {
     println!("listen {}", link.addr());
     println!("control {}", control.0);
     let _ = std::io::stdout().flush();
-    for conn in control.1.incoming() {
-        let Ok(conn) = conn else { continue };
-        let link = link.clone();
-        std::thread::spawn(move || serve_control(&link, conn));
-    }
+    serve_control(link, control.1);
     ExitCode::SUCCESS
-}
-
-/// Answers the commands of one control connection until it closes.
-fn serve_control(link: &Link, conn: TcpStream) {
-    let Ok(reader) = conn.try_clone() else { return };
-    let mut out = conn;
-    for line in BufReader::new(reader).lines() {
-        let Ok(line) = line else { return };
-        if line.trim().is_empty() {
-            continue;
-        }
-        if writeln!(out, "{}", command(link, &line)).is_err() {
-            return;
-        }
-    }
 }

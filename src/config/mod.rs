@@ -6,16 +6,17 @@
 //! documented in CONFIG.md; keep the two in step.
 
 mod duration;
+mod raw;
+pub(crate) mod toml_spans;
 pub mod url;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::protocol::postgres::scram::Verifier;
 pub use duration::parse_duration;
+use raw::RawConfig;
 pub use url::{DbUrl, RootCert, Scheme, SslMode};
 
 /// The validated configuration of one capgate process.
@@ -31,6 +32,9 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Bearer token the admin endpoints require; mandatory when `admin` is not loopback.
     pub admin_token: Option<String>,
+    /// Users (as they log in through the proxy port) allowed to run the admin SQL commands
+    /// (`SHOW CAPGATE …`, `CAPGATE RELOAD`, `CAPGATE VERIFY`).
+    pub admin_users: Vec<String>,
     /// The per-table policy file, resolved against the config file's directory.
     pub policy: Option<PathBuf>,
     /// Client sessions served at once; one more gets SQLSTATE 53300.
@@ -114,9 +118,11 @@ pub struct ConfigError {
     pub problems: Vec<Problem>,
 }
 
-/// One problem: the key (dotted path, or a line/column for syntax errors) and what is wrong.
+/// One problem: where (line, key as a dotted path) and what is wrong or expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
     pub key: String,
     pub message: String,
 }
@@ -127,7 +133,10 @@ impl std::fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}: {}: {}", self.file.display(), p.key, p.message)?;
+            match p.line {
+                Some(line) => write!(f, "{}:{line}: {}: {}", self.file.display(), p.key, p.message)?,
+                None => write!(f, "{}: {}: {}", self.file.display(), p.key, p.message)?,
+            }
         }
         Ok(())
     }
@@ -135,141 +144,32 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    site: String,
-    #[serde(default = "default_listen")]
-    listen: String,
-    admin: Option<String>,
-    admin_token: Option<String>,
-    policy: Option<String>,
-    #[serde(default = "default_max_connections")]
-    max_connections: i64,
-    #[serde(default = "default_shutdown_timeout")]
-    shutdown_timeout: String,
-    #[serde(default = "default_recovery_grace")]
-    recovery_grace: String,
-    #[serde(default = "default_authentication_timeout")]
-    authentication_timeout: String,
-    #[serde(default = "default_max_message_size")]
-    max_message_size: i64,
-    #[serde(default)]
-    workers: i64,
-    idle_session_timeout: Option<String>,
-    primary: RawPrimary,
-    #[serde(default)]
-    replicas: Vec<RawReplica>,
-    tls: Option<RawTls>,
-    #[serde(default)]
-    users: Vec<RawUser>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPrimary {
-    url: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReplica {
-    name: String,
-    url: String,
-    #[serde(default = "default_partition_latency")]
-    partition_latency: String,
-    #[serde(default = "default_heartbeat_interval")]
-    heartbeat_interval: String,
-    heartbeat_timeout: Option<String>,
-    #[serde(default = "default_partition_after")]
-    partition_after: i64,
-    #[serde(default = "default_heal_after")]
-    heal_after: i64,
-    #[serde(default = "default_pool_size")]
-    pool_size: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: String,
-    key: String,
-    #[serde(default = "default_tls_mode")]
-    mode: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUser {
-    name: String,
-    password: Option<String>,
-    scram_verifier: Option<String>,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:6432".into()
-}
-fn default_max_connections() -> i64 {
-    1000
-}
-fn default_recovery_grace() -> String {
-    "30s".into()
-}
-fn default_shutdown_timeout() -> String {
-    "30s".into()
-}
-fn default_authentication_timeout() -> String {
-    "60s".into()
-}
-fn default_max_message_size() -> i64 {
-    1 << 30
-}
-fn default_partition_latency() -> String {
-    "1s".into()
-}
-fn default_heartbeat_interval() -> String {
-    "250ms".into()
-}
-fn default_partition_after() -> i64 {
-    3
-}
-fn default_heal_after() -> i64 {
-    4
-}
-fn default_pool_size() -> i64 {
-    16
-}
-fn default_tls_mode() -> String {
-    "prefer".into()
-}
-
 impl Config {
     /// Read and validate `file`.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
             file: file.to_owned(),
-            problems: vec![Problem { key: "(file)".into(), message: format!("cannot read: {e}") }],
+            problems: vec![Problem { line: None, key: "(file)".into(), message: format!("cannot read: {e}") }],
         })?;
         Config::parse(&text, file)
     }
 
     /// Validate `text` as if read from `file`.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let fail = |problems| ConfigError { file: file.to_owned(), problems };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![syntax_problem(text, &e)]))?;
+        let mut problems = Vec::new();
+        let raw = raw::read(text, &mut problems);
         let base = file.parent().map(Path::to_owned).unwrap_or_default();
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-        let mut v = Validator { base: &base, problems: Vec::new() };
-        let config = v.config(raw, file);
-        if v.problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(fail(v.problems))
+        let lines = raw.as_ref().map(|r| r.lines.clone()).unwrap_or_default();
+        let mut v = Validator { base: &base, problems, lines };
+        let config = raw.map(|raw| v.config(raw, file));
+        match config {
+            Some(config) if v.problems.is_empty() => Ok(config),
+            _ => Err(ConfigError { file: file.to_owned(), problems: v.problems }),
         }
     }
 }
 
-/// A TOML or serde error as a problem with line and column.
 /// A replica URL with the defaults for a link between sites: without an explicit `sslmode`,
 /// TLS with the chain and host name verified (`verify-full`), against the operating system's
 /// roots unless `sslrootcert` says otherwise. A Unix-socket URL keeps libpq's default.
@@ -285,33 +185,23 @@ fn between_sites(url: &str) -> String {
     out
 }
 
-fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
-    let key = match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-            format!("line {line}, column {col}")
-        }
-        None => "(file)".into(),
-    };
-    Problem { key, message: e.message().to_owned() }
-}
-
 /// Turns the raw file into a `Config`, collecting every problem instead of stopping at the
 /// first.
 struct Validator<'a> {
     base: &'a Path,
     problems: Vec<Problem>,
+    /// Where each key was written (from the reader), to give problems a line.
+    lines: std::collections::HashMap<String, usize>,
 }
 
 impl Validator<'_> {
     fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { key: key.into(), message: message.into() });
+        let key = key.into();
+        self.problems.push(Problem { line: self.lines.get(&key).copied(), key, message: message.into() });
     }
 
     fn config(&mut self, raw: RawConfig, file: &Path) -> Config {
-        if raw.site.trim().is_empty() {
+        if raw.site.as_deref().is_some_and(|s| s.trim().is_empty()) {
             self.problem("site", "expected a non-empty site name");
         }
         let listen = self.addr("listen", &raw.listen).unwrap_or_else(|| ([127, 0, 0, 1], 6432).into());
@@ -353,15 +243,17 @@ impl Validator<'_> {
             );
         }
         let authentication_timeout = self.duration("authentication_timeout", &raw.authentication_timeout);
-        let primary = Primary { url: self.url("primary.url", &raw.primary.url) };
+        let primary = Primary { url: self.url("primary.url", raw.primary_url.as_deref()) };
         let mut replicas = Vec::new();
         for (i, r) in raw.replicas.into_iter().enumerate() {
             let key = format!("replicas[{i}]");
-            if r.name.trim().is_empty() {
+            let given = r.name.is_some();
+            let name = r.name.unwrap_or_default();
+            if name.trim().is_empty() && given {
                 self.problem(format!("{key}.name"), "expected a non-empty name");
             }
-            if replicas.iter().any(|o: &Replica| o.name == r.name) {
-                self.problem(format!("{key}.name"), format!("replica name `{}` is used twice", r.name));
+            if replicas.iter().any(|o: &Replica| o.name == name) {
+                self.problem(format!("{key}.name"), format!("replica name `{name}` is used twice"));
             }
             let partition_latency = self.duration(&format!("{key}.partition_latency"), &r.partition_latency);
             if partition_latency.is_zero() {
@@ -378,8 +270,9 @@ impl Validator<'_> {
             if heartbeat_timeout.is_zero() {
                 self.problem(format!("{key}.heartbeat_timeout"), "expected a duration above 0");
             }
-            let url = self.url(&format!("{key}.url"), &between_sites(&r.url));
-            if url.scheme != primary.url.scheme {
+            let url = self.replica_url(&format!("{key}.url"), r.url.as_deref());
+            // (A missing URL was reported already; its placeholder has no scheme to compare.)
+            if r.url.is_some() && raw.primary_url.is_some() && url.scheme != primary.url.scheme {
                 self.problem(
                     format!("{key}.url"),
                     format!(
@@ -397,7 +290,7 @@ impl Validator<'_> {
                 partition_after: self.count(&format!("{key}.partition_after"), r.partition_after, 1000) as u32,
                 heal_after: self.count(&format!("{key}.heal_after"), r.heal_after, 1000) as u32,
                 pool_size: self.count(&format!("{key}.pool_size"), r.pool_size, 10_000) as usize,
-                name: r.name,
+                name,
             });
         }
         let tls = raw.tls.map(|t| {
@@ -409,7 +302,7 @@ impl Validator<'_> {
                     TlsMode::Prefer
                 }
             };
-            TlsConfig { cert: self.file("tls.cert", &t.cert), key: self.file("tls.key", &t.key), mode }
+            TlsConfig { cert: self.file("tls.cert", t.cert.as_deref()), key: self.file("tls.key", t.key.as_deref()), mode }
         });
         let mut users = Vec::new();
         for (i, u) in raw.users.into_iter().enumerate() {
@@ -428,7 +321,7 @@ impl Validator<'_> {
                     None
                 }
             };
-            if u.name.is_empty() {
+            if u.name.as_deref() == Some("") {
                 self.problem(format!("{key}.name"), "expected a non-empty user name");
             }
             if primary.url.scheme == Scheme::MySql && u.password.is_none() && u.scram_verifier.is_some() {
@@ -437,9 +330,9 @@ impl Validator<'_> {
                     "a SCRAM verifier cannot check MySQL logins (mysql_native_password): give `password` for a mysql:// primary",
                 );
             }
-            if let Some(verifier) = verifier {
+            if let (Some(verifier), Some(name)) = (verifier, u.name) {
                 let mysql_native = u.password.as_deref().map(crate::protocol::mysql::auth::native_stored_hash);
-                users.push(User { name: u.name, verifier, mysql_native });
+                users.push(User { name, verifier, mysql_native });
             }
         }
         if !users.is_empty() && primary.url.user.is_none() {
@@ -453,10 +346,11 @@ impl Validator<'_> {
         }
         Config {
             file: file.to_owned(),
-            site: raw.site,
+            site: raw.site.unwrap_or_default(),
             listen,
             admin,
             admin_token: raw.admin_token.filter(|t| !t.is_empty()),
+            admin_users: raw.admin_users,
             policy: raw.policy.map(|p| self.base.join(p)),
             max_connections,
             shutdown_timeout,
@@ -499,7 +393,16 @@ impl Validator<'_> {
         })
     }
 
-    fn url(&mut self, key: &str, value: &str) -> DbUrl {
+    /// A replica URL: as [`Validator::url`], with the between-sites TLS default.
+    fn replica_url(&mut self, key: &str, value: Option<&str>) -> DbUrl {
+        let mut url = self.url(key, value.map(between_sites).as_deref());
+        url.sslmode_implied = value.is_some_and(|v| !v.contains("sslmode="));
+        url
+    }
+
+    /// A database URL (a placeholder, reported already, when `value` is None).
+    fn url(&mut self, key: &str, value: Option<&str>) -> DbUrl {
+        let Some(value) = value else { return DbUrl::parse("postgres://invalid/", self.base).expect("placeholder URL parses") };
         match DbUrl::parse(value, self.base) {
             Ok(u) => {
                 for path in [
@@ -532,7 +435,8 @@ impl Validator<'_> {
         }
     }
 
-    fn file(&mut self, key: &str, value: &str) -> PathBuf {
+    fn file(&mut self, key: &str, value: Option<&str>) -> PathBuf {
+        let Some(value) = value else { return PathBuf::new() };
         let path = self.base.join(value);
         if !path.is_file() {
             self.problem(key, format!("expected a readable file, `{}` does not exist", path.display()));
@@ -566,16 +470,62 @@ mod tests {
         for k in ["site", "listen", "max_connections", "primary.url", "replicas[0].partition_latency", "tls.cert", "tls.key", "tls.mode"] {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }
-        assert!(err.to_string().starts_with("/nonexistent/c.toml: "));
+        assert!(err.to_string().starts_with("/nonexistent/c.toml:1: site: "), "{err}");
     }
 
     #[test]
     fn unknown_and_missing_keys_name_the_line() {
         let err = Config::parse("site = \"a\"\nlisten_port = 5\n[primary]\nurl = \"postgres://h/d\"\n", Path::new("c.toml")).unwrap_err();
-        assert_eq!(err.problems[0].key, "line 2, column 1");
-        assert!(err.problems[0].message.contains("listen_port"));
+        assert_eq!((err.problems[0].line, err.problems[0].key.as_str()), (Some(2), "listen_port"));
+        assert!(err.problems[0].message.contains("unknown key"), "{err}");
+        assert!(err.to_string().starts_with("c.toml:2: listen_port: unknown key"), "{err}");
         let err = Config::parse("site = \"a\"\n", Path::new("c.toml")).unwrap_err();
-        assert!(err.problems[0].message.contains("primary"));
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.problems[0].message.contains("[primary]"), "{err}");
+        let err = Config::parse("site = \"a\"\n[primary\n", Path::new("c.toml")).unwrap_err();
+        assert_eq!((err.problems[0].line, err.problems[0].key.as_str()), (Some(2), "(syntax)"), "{err}");
+    }
+
+    #[test]
+    fn every_kind_of_problem_is_listed_in_one_go() {
+        // Unknown keys, wrong types, missing required keys and bad values, in several
+        // tables: each reported once, with its line where it has one.
+        let text = "sitee = \"a\"\nmax_connections = \"10\"\nshutdown_timeout = \"soon\"\nadmin_users = \"alice\"\n\
+                    [primary]\nurl = \"postgres://h/d\"\nport = 5\n\
+                    [[replicas]]\nurl = \"postgres://r/d\"\npool_size = \"many\"\n\
+                    [[replicas]]\nname = \"c\"\nurl = 5\n";
+        let err = Config::parse(text, Path::new("c.toml")).unwrap_err();
+        let got: Vec<(Option<usize>, &str)> = err.problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+        for want in [
+            (Some(1), "sitee"),
+            (None, "site"),
+            (Some(2), "max_connections"),
+            (Some(4), "admin_users"),
+            (Some(7), "primary.port"),
+            (Some(8), "replicas[0].name"),
+            (Some(10), "replicas[0].pool_size"),
+            (Some(13), "replicas[1].url"),
+            (Some(3), "shutdown_timeout"),
+        ] {
+            assert!(got.contains(&want), "{want:?} missing from {got:?}");
+        }
+        assert_eq!(got.len(), 9, "each problem once: {err}");
+    }
+
+    #[test]
+    fn admin_users_are_read() {
+        let c = Config::parse(&format!("admin_users = [\"alice\", \"ops\"]\n{MINIMAL}"), Path::new("c.toml")).unwrap();
+        assert_eq!(c.admin_users, ["alice", "ops"]);
+        assert!(Config::parse(MINIMAL, Path::new("c.toml")).unwrap().admin_users.is_empty());
+    }
+
+    #[test]
+    fn a_replica_url_without_sslmode_knows_it_was_implied() {
+        let text = format!("{MINIMAL}[[replicas]]\nname = \"b\"\nurl = \"postgres://h/db\"\n[[replicas]]\nname = \"c\"\nurl = \"postgres://h/db?sslmode=require\"\n");
+        let c = Config::parse(&text, Path::new("c.toml")).unwrap();
+        assert!(c.replicas[0].url.sslmode_implied);
+        assert!(!c.replicas[1].url.sslmode_implied);
+        assert!(!c.primary.url.sslmode_implied);
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct DbUrl {
     pub sslcert: Option<PathBuf>,
     pub sslkey: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// The sslmode was not written in the URL but implied by capgate's default for links
+    /// between sites (`verify-full`): error messages must not claim the URL says it.
+    pub sslmode_implied: bool,
 }
 
 impl DbUrl {
@@ -147,6 +150,7 @@ impl DbUrl {
             sslcert: None,
             sslkey: None,
             connect_timeout: Duration::from_secs(5),
+            sslmode_implied: false,
         };
         for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').ok_or_else(|| format!("parameter `{pair}` has no value"))?;

@@ -92,8 +92,7 @@ const FUNCTION_KEYS: &str = "name, writes";
 
 impl Validator<'_> {
     fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        crate::config::toml_spans::line(self.text, offset)
     }
 
     fn problem(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) {
@@ -101,9 +100,8 @@ impl Validator<'_> {
         self.problems.push(PolicyProblem { line, key: key.into(), message: message.into() });
     }
 
-    /// The span of `key`'s value in `table`, else of the key, else of the table.
     fn span_of(table: &Table, key: &str) -> Option<Range<usize>> {
-        table.get(key).and_then(Item::span).or_else(|| table.key(key).and_then(|k| k.span())).or_else(|| table.span())
+        crate::config::toml_spans::span_of(table, key)
     }
 
     fn string<'a>(&mut self, table: &'a Table, key: &str, path: &str) -> Option<&'a str> {
@@ -141,11 +139,8 @@ impl Validator<'_> {
     }
 
     fn unknown_keys(&mut self, table: &Table, prefix: &str, allowed: &[&str], expected: &str) {
-        for (key, _) in table.iter() {
-            if !allowed.contains(&key) {
-                let span = table.key(key).and_then(|k| k.span()).or_else(|| Self::span_of(table, key));
-                self.problem(span, format!("{prefix}{key}"), format!("unknown key; expected one of {expected}"));
-            }
+        for (key, span) in crate::config::toml_spans::unknown_keys(table, allowed) {
+            self.problem(span, format!("{prefix}{key}"), format!("unknown key; expected one of {expected}"));
         }
     }
 

@@ -90,3 +90,19 @@ pub fn start(config: &Config) -> Result<Sites<PgConnector>, SiteError> {
     }
     Ok(Sites::new(sites))
 }
+
+/// A heartbeat on the site's own primary, for the admin views (`/status` shows whether the
+/// primary answers). Same loop as a replica's, with fixed, relaxed settings: it decides
+/// nothing, every session finds out about an unreachable primary by itself.
+pub fn primary_health(config: &Config) -> Result<PgSite, SiteError> {
+    let upstream = Upstream::new(config.primary.url.clone())
+        .map_err(|e| SiteError::failed("primary", "loading the TLS settings of [primary].url", e))?;
+    let settings = Settings {
+        heartbeat_interval: std::time::Duration::from_secs(1),
+        heartbeat_timeout: std::time::Duration::from_secs(3),
+        connect_timeout: config.primary.url.connect_timeout,
+        thresholds: super::Thresholds { partition_latency: std::time::Duration::from_secs(2), partition_after: 2, heal_after: 1 },
+        pool_size: 1,
+    };
+    Ok(Site::start("primary", PgConnector::new(upstream), settings))
+}

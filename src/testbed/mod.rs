@@ -98,8 +98,15 @@ pub(crate) struct OsUser {
 }
 
 impl OsUser {
-    /// Looks `name` up in /etc/passwd, creating it as a system user if it is missing.
+    /// Looks `name` up in /etc/passwd, creating it as a system user if it is missing. A
+    /// process that is not root cannot switch users and need not (the servers refuse only
+    /// root): its own user runs them.
     pub(crate) fn get(name: &str) -> Result<OsUser, TestbedError> {
+        // SAFETY: these calls only read the process's credentials.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        if euid != 0 {
+            return Ok(OsUser { uid: euid, gid: egid });
+        }
         static CREATING: Mutex<()> = Mutex::new(());
         let _guard = CREATING.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(user) = OsUser::lookup(name)? {
@@ -135,9 +142,13 @@ impl OsUser {
 }
 
 /// The testbed root, created world-traversable.
+/// Root runs the servers as other users and shares one root; any other user gets a root of
+/// its own (`/tmp/capgate-testbed-UID`), since it cannot write into root's.
 fn base_dir() -> Result<PathBuf, TestbedError> {
-    let base = PathBuf::from(BASE_DIR);
-    fs::create_dir_all(&base).map_err(|e| TestbedError::new(format!("creating {BASE_DIR}: {e}")))?;
+    // SAFETY: only reads the process's credentials.
+    let euid = unsafe { libc::geteuid() };
+    let base = if euid == 0 { PathBuf::from(BASE_DIR) } else { PathBuf::from(format!("{BASE_DIR}-{euid}")) };
+    fs::create_dir_all(&base).map_err(|e| TestbedError::new(format!("creating {}: {e}", base.display())))?;
     // Best effort: another user may own it, in which case it was already made usable.
     let _ = fs::set_permissions(&base, fs::Permissions::from_mode(0o755));
     Ok(base)

@@ -133,6 +133,11 @@ impl PgServer {
         self.psql_with("", sql)
     }
 
+    /// `psql()` on database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> Result<String, TestbedError> {
+        self.psql_with(&format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'")), sql)
+    }
+
     /// `psql()` with extra conninfo (`sslmode=require`, `dbname=x`...; later keys win).
     fn psql_with(&self, conninfo: &str, sql: &str) -> Result<String, TestbedError> {
         let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=10 {conninfo}", self.port);
@@ -317,7 +322,7 @@ fn quote_conf(value: &str) -> String {
 
 /// The PostgreSQL bin dir: $CAPGATE_PGBIN, else the highest /usr/lib/postgresql/N/bin,
 /// else `pg_config --bindir`.
-fn bin_dir() -> Result<PathBuf, TestbedError> {
+pub fn bin_dir() -> Result<PathBuf, TestbedError> {
     if let Some(dir) = std::env::var_os("CAPGATE_PGBIN") {
         return Ok(PathBuf::from(dir));
     }

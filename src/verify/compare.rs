@@ -66,12 +66,36 @@ impl Default for Limits {
     }
 }
 
+/// Called after each chunk, so a terminal can show how far a large table is.
+pub type ProgressFn = fn(&Progress<'_>);
+
+/// How far the comparison of one table is.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    pub table: &'a TableName,
+    /// Rows of the primary compared so far.
+    pub rows: u64,
+    /// The primary's own estimate of the table's rows (`pg_class.reltuples`), if it has one.
+    pub estimate: Option<u64>,
+}
+
 /// Compare `table` between `primary` and `replica`.
 pub async fn compare_table(
     primary: &Client,
     replica: &Client,
     table: &TableName,
     limits: Limits,
+) -> Result<TableResult, tokio_postgres::Error> {
+    compare_table_reporting(primary, replica, table, limits, None).await
+}
+
+/// [`compare_table`], calling `progress` after each chunk.
+pub async fn compare_table_reporting(
+    primary: &Client,
+    replica: &Client,
+    table: &TableName,
+    limits: Limits,
+    progress: Option<ProgressFn>,
 ) -> Result<TableResult, tokio_postgres::Error> {
     let quoted = sql::quoted(table);
     let exists: Option<String> = replica.query_one("SELECT to_regclass($1)::text", &[&quoted]).await?.get(0);
@@ -91,6 +115,13 @@ pub async fn compare_table(
         return Ok(TableResult::NoPrimaryKey { equal: p == r, rows_primary: p.0, rows_replica: r.0 });
     }
 
+    let estimate = match progress {
+        Some(_) => {
+            let q = "SELECT reltuples::float8 FROM pg_class WHERE oid = to_regclass($1)";
+            primary.query_opt(q, &[&quoted]).await?.map(|r| r.get::<_, f64>(0)).filter(|n| *n >= 0.0).map(|n| n as u64)
+        }
+        None => None,
+    };
     let mut lower: Option<Vec<String>> = None;
     let (mut chunks, mut chunks_diverged, mut rows_primary, mut rows_replica, mut rows_differing) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut differences = Vec::new();
@@ -108,6 +139,9 @@ pub async fn compare_table(
         chunks += 1;
         rows_primary += p.0;
         rows_replica += r.0;
+        if let Some(report) = progress {
+            report(&Progress { table, rows: rows_primary, estimate });
+        }
         if p != r {
             chunks_diverged += 1;
             rows_differing += pinpoint(primary, replica, &shape, &range, limits.max_differences, &mut differences).await?;

@@ -23,7 +23,7 @@ use tokio_postgres::Client;
 use crate::backend::postgres::{Upstream, UpstreamError};
 pub use crate::classify::TableName;
 use crate::config::Config;
-pub use compare::{compare_table, Limits, RowDifference, TableResult};
+pub use compare::{compare_table, compare_table_reporting, Limits, Progress, ProgressFn, RowDifference, TableResult};
 pub use report::{ReplicaReport, Report, TableReport};
 pub use sql::parse_table_name;
 
@@ -51,6 +51,16 @@ pub enum Selection {
 
 /// Compare the primary of `config` with each of its replicas.
 pub async fn run(config: &Config, selection: &Selection, limits: Limits) -> Result<Report, VerifyError> {
+    run_reporting(config, selection, limits, None).await
+}
+
+/// [`run`], calling `progress` after each chunk of each table.
+pub async fn run_reporting(
+    config: &Config,
+    selection: &Selection,
+    limits: Limits,
+    progress: Option<ProgressFn>,
+) -> Result<Report, VerifyError> {
     let upstream = Upstream::new(config.primary.url.clone()).map_err(|e| VerifyError::Config(format!("the primary: {e}")))?;
     let primary = session(&upstream, "the primary").await?;
     let tables = match selection {
@@ -84,7 +94,7 @@ pub async fn run(config: &Config, selection: &Selection, limits: Limits) -> Resu
         let consistent_point = catch_up(&primary, &client, &config.site).await;
         let mut reports = Vec::new();
         for table in &tables {
-            let result = match compare_table(&primary, &client, table, limits).await {
+            let result = match compare_table_reporting(&primary, &client, table, limits, progress).await {
                 Ok(r) => r,
                 Err(e) => TableResult::Error { message: e.to_string() },
             };

@@ -59,13 +59,16 @@ async fn status_and_metrics_show_the_site_and_its_replicas() {
     let status = loop {
         let v = status_of(admin).await;
         let states: Vec<_> = v["replicas"].as_array().unwrap().iter().map(|r| r["state"].as_str().unwrap().to_owned()).collect();
-        if states == ["healthy", "partitioned"] && v["replicas"][0]["shipping"] == "running" {
+        if states == ["healthy", "partitioned"] && v["replicas"][0]["shipping"] == "running" && v["primary"]["state"] == "up" {
             break v;
         }
         assert!(Instant::now() < deadline, "replica states or shipping never settled: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status["site"], "seattle_admin");
+    assert_eq!(status["primary"]["address"], format!("127.0.0.1:{}", primary().port()), "{status}");
+    assert!(status["primary"]["rtt_ms"].as_f64().unwrap() > 0.0, "{status}");
+    assert_eq!(status["replicas"][0]["problems"], serde_json::json!([]), "{status}");
     assert_eq!(status["policy_version"], 0, "no policy file: the built-in policy");
     assert_eq!(status["client_connections"], 2);
     assert_eq!(status["replicas"][0]["name"], "virginia");

@@ -5,16 +5,21 @@
 mod support;
 
 mod admin;
+mod admin_sql;
 mod async_mode;
 mod bad_input;
 mod capture;
 mod classify_mysql;
 mod cli;
+mod config_examples;
+mod dashboard;
+mod demo;
 mod driver;
 mod edge;
 mod lifecycle;
 mod limits;
 mod mysql;
+mod operator_cli;
 mod policy;
 mod psql;
 mod python;

@@ -208,13 +208,14 @@ impl Server {
         let admin = self.admin.take().map(|listener| {
             let sessions = self.shared.sessions.clone();
             let max = config.max_connections;
+            // No heartbeat on a MySQL primary yet: /status says its state is unknown.
             let state = crate::admin::AdminState::new(
-                config.site.clone(),
+                config.clone(),
                 self.shared.router.policy().clone(),
                 self.shared.router.clone(),
                 Vec::new(),
+                None,
                 Box::new(move || max - sessions.available_permits()),
-                config.admin_token.clone(),
             );
             tokio::spawn(crate::admin::serve(listener, Arc::new(state)))
         });

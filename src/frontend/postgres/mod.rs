@@ -2,6 +2,7 @@
 //! site's primary with full fidelity.
 //!
 //! - [`session`]: one connection from accept to close;
+//! - [`admin_sql`]: the admin commands (`SHOW CAPGATE …`) answered on this port;
 //! - [`auth`]: pass-through or proxy-side authentication;
 //! - [`relay`]: the two-direction frame pump;
 //! - [`cancel`]: the proxy's cancel keys mapped to the primary's;
@@ -9,6 +10,7 @@
 //!
 //! Nothing here may decide replication: that belongs to the protocol-neutral layers above.
 
+pub mod admin_sql;
 pub mod auth;
 pub mod cancel;
 pub mod conn;
@@ -105,6 +107,10 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Replica sites, shippers and two-phase commit ids.
     pub replication: Arc<replication::Replication>,
+    /// What the admin endpoints and the admin SQL commands read.
+    pub admin: Arc<crate::admin::AdminState>,
+    /// The heartbeat on the primary that `/status` shows (runs while this lives).
+    _primary_health: crate::sites::postgres::PgSite,
 }
 
 /// A bound listener, ready to serve.
@@ -151,7 +157,19 @@ impl Server {
         // server (dropping them stops them); none of them waits for a database here.
         let sites = crate::sites::postgres::start(&config).map_err(StartError::Replica)?;
         let replication = replication::Replication::start(&config, router.policy().clone(), sites).map_err(StartError::Replica)?;
-        let shared = Arc::new(Shared { config, sessions, router, primary, tls, cancels: CancelRegistry::default(), replication });
+        let primary_health = crate::sites::postgres::primary_health(&config).map_err(StartError::Replica)?;
+        let admin_state = Arc::new(admin_state(&config, &router, &replication, &sessions, primary_health.health().clone()));
+        let shared = Arc::new(Shared {
+            config,
+            sessions,
+            router,
+            primary,
+            tls,
+            cancels: CancelRegistry::default(),
+            replication,
+            admin: admin_state,
+            _primary_health: primary_health,
+        });
         Ok(Server { listener, admin, shared })
     }
 
@@ -177,29 +195,8 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let _policy_watcher = AbortOnDrop(self.shared.router.policy().spawn_reload_watcher());
         let _catalog = AbortOnDrop(tokio::spawn(maintain_catalog(self.shared.clone())));
-        let _admin = self.admin.take().map(|listener| {
-            let replication = &self.shared.replication;
-            let views = replication
-                .sites
-                .iter()
-                .map(|site| {
-                    let shipper =
-                        replication.shippers.get(site.name()).map(|s| crate::admin::ShipperView { stats: s.stats().clone(), lag: s.lag() });
-                    crate::admin::ReplicaSource::new(site.health().clone(), shipper)
-                })
-                .collect();
-            let sem = sessions.clone();
-            let max = config.max_connections;
-            let state = crate::admin::AdminState::new(
-                config.site.clone(),
-                self.shared.router.policy().clone(),
-                self.shared.router.clone(),
-                views,
-                Box::new(move || max - sem.available_permits()),
-                config.admin_token.clone(),
-            );
-            AbortOnDrop(tokio::spawn(crate::admin::serve(listener, Arc::new(state))))
-        });
+        let _admin_views = AbortOnDrop(tokio::spawn(crate::admin::maintain(Arc::downgrade(&self.shared.admin))));
+        let _admin = self.admin.take().map(|listener| AbortOnDrop(tokio::spawn(crate::admin::serve(listener, self.shared.admin.clone()))));
         info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, workers = config.workers, "capgate is accepting connections");
         let shared = self.shared.clone();
         let serve = move |tcp, refusal, stop| session::serve(shared.clone(), tcp, refusal, stop);
@@ -218,6 +215,36 @@ impl Server {
         crate::frontend::listener::drain(&config, &sessions, stop_tx, force).await;
         drop(workers);
     }
+}
+
+/// The admin views of a listener: its replicas' health and shippers, its primary's
+/// heartbeat, its sessions.
+fn admin_state(
+    config: &Arc<Config>,
+    router: &Arc<Router>,
+    replication: &replication::Replication,
+    sessions: &Arc<Semaphore>,
+    primary: crate::sites::HealthView,
+) -> crate::admin::AdminState {
+    let views = replication
+        .sites
+        .iter()
+        .map(|site| {
+            let shipper =
+                replication.shippers.get(site.name()).map(|s| crate::admin::ShipperView { stats: s.stats().clone(), lag: s.lag() });
+            crate::admin::ReplicaSource::new(site.health().clone(), shipper)
+        })
+        .collect();
+    let sem = sessions.clone();
+    let max = config.max_connections;
+    crate::admin::AdminState::new(
+        config.clone(),
+        router.policy().clone(),
+        router.clone(),
+        views,
+        Some(primary),
+        Box::new(move || max - sem.available_permits()),
+    )
 }
 
 /// Aborts a background task when the server stops.

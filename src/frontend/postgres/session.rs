@@ -234,6 +234,7 @@ async fn relay(
     let mut down = Pump::new(server_left, u32::MAX);
     let state = SessionState::new();
     let mut statements = Statements::new(shared.router.clone(), startup);
+    let user = startup.get("user").unwrap_or_default();
     let stopping = shutdown.clone();
     let stop_when_idle = move || *stopping.borrow();
 
@@ -241,7 +242,8 @@ async fn relay(
         let side = {
             let mut on_client_frame = |tag: u8, frame: Option<&[u8]>| {
                 if let Some(frame) = frame {
-                    if matches!(tag, b'Q' | b'B') && statements.wants_coordinator(&state, tag, frame) {
+                    let admin = super::admin_sql::is_admin_query(tag, frame);
+                    if admin || (matches!(tag, b'Q' | b'B') && statements.wants_coordinator(&state, tag, frame)) {
                         // Replies owed to extended messages come only after a Flush.
                         let mut extra = BytesMut::new();
                         if state.hidden.lock().unwrap_or_else(|p| p.into_inner()).front_is_extended() {
@@ -290,6 +292,11 @@ async fn relay(
             }
         };
         if let Side::Client(Ok(End::Held)) = side {
+            if let Some(sql) = super::admin_sql::take_held(up.buffer()) {
+                let status = state.tx_status.load(Ordering::Acquire);
+                super::admin_sql::answer(shared, user, &sql, status, &mut client_wr).await.map_err(SessionError::Io)?;
+                continue;
+            }
             let coordinator = Coordinator::new(
                 shared,
                 &state,

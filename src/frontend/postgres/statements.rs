@@ -180,7 +180,12 @@ impl Statements {
                         None => Flow::Continue,
                     };
                 };
-                match self.route_prepared(name, sql, param_types(rest)) {
+                let refusal = if crate::admin::commands::is_admin_command(sql) {
+                    Some(super::admin_sql::parse_refusal())
+                } else {
+                    self.route_prepared(name, sql, param_types(rest))
+                };
+                match refusal {
                     Some(refusal) => {
                         // client_frame already counted the client's Parse, which is not sent:
                         // ours takes its place, plus our Bind.

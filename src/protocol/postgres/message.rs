@@ -142,6 +142,55 @@ pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: &[u8]) {
     });
 }
 
+/// A result column the proxy describes itself (admin commands): its name and type OID
+/// (25 text, 20 int8, 701 float8), always in text format.
+pub struct Column<'a> {
+    pub name: &'a str,
+    pub type_oid: u32,
+}
+
+/// RowDescription for `columns`, all sent in text format.
+pub fn row_description(out: &mut BytesMut, columns: &[Column<'_>]) {
+    write_frame(out, b'T', |b| {
+        b.put_i16(columns.len() as i16);
+        for c in columns {
+            put_cstr(b, c.name);
+            b.put_u32(0); // no table
+            b.put_i16(0); // no column number
+            b.put_u32(c.type_oid);
+            b.put_i16(if c.type_oid == 25 { -1 } else { 8 });
+            b.put_i32(-1); // no type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// DataRow of text values (`None`: NULL).
+pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
+    write_frame(out, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
+/// CommandComplete with `tag`.
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    write_frame(out, b'C', |b| put_cstr(b, tag));
+}
+
+/// ReadyForQuery with the transaction status (`I`, `T` or `E`).
+pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+    write_frame(out, b'Z', |b| b.put_u8(status));
+}
+
 /// Parsed body of an Authentication ('R') message: the request code and the rest.
 pub fn auth_code(body: &[u8]) -> Option<(i32, &[u8])> {
     let code = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);

@@ -76,3 +76,30 @@ fn on_duration(text: &str, apply: impl FnOnce(std::time::Duration)) -> String {
         Err(e) => format!("error: {e}"),
     }
 }
+
+/// Serve the control protocol on `listener` for the life of the process: one thread per
+/// control connection, one answer line per command line. Keep the listener on loopback: the
+/// protocol has no authentication.
+pub fn serve(link: std::sync::Arc<Link>, listener: std::net::TcpListener) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let link = link.clone();
+        std::thread::spawn(move || serve_connection(&link, conn));
+    }
+}
+
+/// Answers the commands of one control connection until it closes.
+fn serve_connection(link: &Link, conn: std::net::TcpStream) {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(reader) = conn.try_clone() else { return };
+    let mut out = conn;
+    for line in BufReader::new(reader).lines() {
+        let Ok(line) = line else { return };
+        if line.trim().is_empty() {
+            continue;
+        }
+        if writeln!(out, "{}", command(link, &line)).is_err() {
+            return;
+        }
+    }
+}

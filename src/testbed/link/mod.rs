@@ -19,7 +19,7 @@
 mod control;
 mod relay;
 
-pub use control::command;
+pub use control::{command, serve as serve_control};
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,0 +1,267 @@
+//! What a site's PostgreSQL servers must offer before capgate can replicate through them,
+//! checked against the live servers: reachability, TLS and authentication with the URL's
+//! settings, the privileges capgate's own schema needs, `max_prepared_transactions` where
+//! sync tables commit by two-phase commit, and every replicated table present (with a
+//! primary key, and writable) on each replica.
+//!
+//! Used by `capgate check-config --connect` (one line per check) and by the admin views,
+//! which show a replica's configuration problems next to its health: a replica that cannot
+//! PREPARE is misconfigured, not partitioned, and retrying will not help.
+//! docs/before-you-replicate.md explains each check and its remedy.
+
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use super::postgres::Upstream;
+use crate::classify::TableName;
+use crate::config::{Config, DbUrl, Replica, SslMode};
+use crate::policy::{Mode, Policy};
+use crate::verify::sql::{quoted, USER_TABLES};
+
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Works, but something will bite later (a table without a primary key …).
+    Warn,
+    /// Replication through this server will fail until fixed.
+    Fail,
+}
+
+/// One check of one server: `[ok] replica b: max_prepared_transactions = 100`.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// `primary` or `replica NAME`.
+    pub server: String,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Warn => "warn",
+            Outcome::Fail => "FAIL",
+        };
+        write!(f, "[{tag}] {}: {}", self.server, self.message)
+    }
+}
+
+/// Collects the checks of one server.
+struct Checks {
+    server: String,
+    out: Vec<Check>,
+}
+
+impl Checks {
+    fn add(&mut self, outcome: Outcome, message: impl Into<String>) {
+        self.out.push(Check { server: self.server.clone(), outcome, message: message.into() });
+    }
+}
+
+/// Whether any rule (or the default) makes tables `sync`: only then do replicas need
+/// `max_prepared_transactions`.
+fn uses_sync(policy: &Policy) -> bool {
+    matches!(policy.default, Mode::Sync { .. }) || policy.rules.iter().any(|r| matches!(r.mode, Mode::Sync { .. }))
+}
+
+/// Connect with the URL's settings and say how: TLS or not, the server's version, the user.
+async fn connect(c: &mut Checks, url: &DbUrl) -> Option<Client> {
+    let upstream = match Upstream::new(url.clone()) {
+        Ok(u) => u,
+        Err(e) => {
+            c.add(Outcome::Fail, format!("the URL's TLS settings cannot be loaded: {e}"));
+            return None;
+        }
+    };
+    let client = match tokio::time::timeout(url.connect_timeout * 2, upstream.client("capgate check-config")).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            c.add(Outcome::Fail, format!("cannot connect to {} as {}: {e}", url.address(), url.user.as_deref().unwrap_or("postgres")));
+            return None;
+        }
+        Err(_) => {
+            c.add(Outcome::Fail, format!("no answer from {} within {:?}", url.address(), url.connect_timeout * 2));
+            return None;
+        }
+    };
+    let about = client
+        .query_one(
+            "SELECT current_user::text, current_setting('server_version'), \
+             coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+            &[],
+        )
+        .await;
+    match about {
+        Ok(row) => {
+            let (user, version, ssl): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+            let mode = match url.sslmode {
+                SslMode::Disable => "disable",
+                SslMode::Prefer => "prefer",
+                SslMode::Require => "require",
+                SslMode::VerifyCa => "verify-ca",
+                SslMode::VerifyFull => "verify-full",
+            };
+            let tls = if ssl { format!("TLS (sslmode={mode})") } else { "no TLS".to_owned() };
+            c.add(Outcome::Ok, format!("connected to {} as {user}, PostgreSQL {version}, {tls}", url.address()));
+        }
+        Err(e) => c.add(Outcome::Warn, format!("connected to {}, but cannot read its settings: {e}", url.address())),
+    }
+    Some(client)
+}
+
+/// Can capgate keep its own schema (`capgate`: outbox, decisions, watermarks, conflicts)?
+async fn schema_privilege(c: &mut Checks, client: &Client) {
+    let q = "SELECT CASE WHEN to_regnamespace('capgate') IS NOT NULL \
+                  THEN has_schema_privilege('capgate', 'CREATE, USAGE') \
+                  ELSE has_database_privilege(current_database(), 'CREATE') END, \
+             to_regnamespace('capgate') IS NOT NULL";
+    match client.query_one(q, &[]).await {
+        Ok(row) if row.get::<_, bool>(0) => {
+            let exists = if row.get::<_, bool>(1) { "the capgate schema exists and is usable" } else { "may create the capgate schema" };
+            c.add(Outcome::Ok, exists);
+        }
+        Ok(_) => c.add(
+            Outcome::Fail,
+            "the URL's user may not create (or use) the capgate schema: GRANT CREATE ON DATABASE … TO that user, \
+             or create the schema capgate owned by it",
+        ),
+        Err(e) => c.add(Outcome::Warn, format!("cannot check the schema privilege: {e}")),
+    }
+}
+
+async fn prepared_transactions(c: &mut Checks, client: &Client, policy: &Policy) {
+    if !uses_sync(policy) {
+        return;
+    }
+    match client.query_one("SELECT current_setting('max_prepared_transactions')::int", &[]).await {
+        Ok(row) if row.get::<_, i32>(0) > 0 => c.add(Outcome::Ok, format!("max_prepared_transactions = {}", row.get::<_, i32>(0))),
+        Ok(_) => c.add(Outcome::Fail, PREPARE_DISABLED),
+        Err(e) => c.add(Outcome::Warn, format!("cannot read max_prepared_transactions: {e}")),
+    }
+}
+
+/// What a replica that cannot PREPARE is told.
+const PREPARE_DISABLED: &str = "max_prepared_transactions = 0: sync tables cannot commit here (PREPARE TRANSACTION is disabled); \
+     set max_prepared_transactions (e.g. to max_connections) in the replica's postgresql.conf and restart it";
+
+/// The tables of the primary the policy replicates.
+async fn replicated_tables(client: &Client, policy: &Policy) -> Result<Vec<TableName>, tokio_postgres::Error> {
+    let rows = client.query(USER_TABLES, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .filter(|t| policy.decide_table(t).mode != Mode::Local)
+        .collect())
+}
+
+/// Rules that name one table exactly, for a table the primary does not have: a typo, or a
+/// table still to be created.
+fn dangling_rules(c: &mut Checks, policy: &Policy, tables: &[TableName]) {
+    for rule in &policy.rules {
+        if let (Some(schema), Some(name)) = (rule.pattern.schema.literal(), rule.pattern.table.literal()) {
+            let t = TableName::new(schema, name);
+            if rule.mode != Mode::Local && !tables.contains(&t) {
+                c.add(
+                    Outcome::Warn,
+                    format!("policy rule \"{}\" (line {}) names {t}, which does not exist here yet", rule.pattern_text, rule.line),
+                );
+            }
+        }
+    }
+}
+
+/// Each replicated table on the replica: present, writable by the URL's user, with a primary
+/// key on the primary (verify and conflict detection need one).
+async fn tables_on_replica(c: &mut Checks, replica: &Client, tables: &[TableName], keyless: &[TableName]) {
+    let mut fine = 0;
+    for t in tables {
+        let q = "SELECT to_regclass($1) IS NOT NULL, \
+                 CASE WHEN to_regclass($1) IS NULL THEN false ELSE has_table_privilege(to_regclass($1), 'INSERT, UPDATE, DELETE') END";
+        match replica.query_one(q, &[&quoted(t)]).await {
+            Ok(row) if !row.get::<_, bool>(0) => c.add(
+                Outcome::Fail,
+                format!("replicated table {t} is missing: create it here with the same columns and seed it before replicating it"),
+            ),
+            Ok(row) if !row.get::<_, bool>(1) => {
+                c.add(Outcome::Fail, format!("the URL's user may not INSERT, UPDATE and DELETE {t}: GRANT them to it"))
+            }
+            Ok(_) => fine += 1,
+            Err(e) => c.add(Outcome::Warn, format!("cannot check {t}: {e}")),
+        }
+    }
+    if fine > 0 {
+        c.add(Outcome::Ok, format!("{fine} of {} replicated table(s) present and writable", tables.len()));
+    }
+    for t in keyless {
+        c.add(Outcome::Warn, format!("{t} has no primary key: verify compares it only as a whole and conflicts cannot name rows"));
+    }
+}
+
+/// The replicated tables that have no primary key on the primary.
+async fn keyless(client: &Client, tables: &[TableName]) -> Vec<TableName> {
+    let mut out = Vec::new();
+    for t in tables {
+        let q = "SELECT NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary)";
+        if let Ok(row) = client.query_one(q, &[&quoted(t)]).await {
+            if row.get::<_, bool>(0) {
+                out.push(t.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Every check on the primary and each replica of `config`, in order, one per line.
+pub async fn check_all(config: &Config, policy: &Policy) -> Vec<Check> {
+    let mut c = Checks { server: "primary".into(), out: Vec::new() };
+    let mut tables = Vec::new();
+    let mut no_key = Vec::new();
+    if let Some(primary) = connect(&mut c, &config.primary.url).await {
+        schema_privilege(&mut c, &primary).await;
+        match replicated_tables(&primary, policy).await {
+            Ok(t) => tables = t,
+            Err(e) => c.add(Outcome::Warn, format!("cannot list the tables: {e}")),
+        }
+        let all: Vec<TableName> = primary
+            .query(USER_TABLES, &[])
+            .await
+            .map(|rows| rows.iter().map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+            .unwrap_or_default();
+        dangling_rules(&mut c, policy, &all);
+        no_key = keyless(&primary, &tables).await;
+        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        let list = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+        c.add(Outcome::Ok, format!("{} table(s) the policy replicates: {list}", tables.len()));
+    }
+    for replica in &config.replicas {
+        let mut r = Checks { server: format!("replica {}", replica.name), out: Vec::new() };
+        if let Some(client) = connect(&mut r, &replica.url).await {
+            schema_privilege(&mut r, &client).await;
+            prepared_transactions(&mut r, &client, policy).await;
+            tables_on_replica(&mut r, &client, &tables, &no_key).await;
+        }
+        c.out.extend(r.out);
+    }
+    c.out
+}
+
+/// A replica's configuration problems (not its reachability: a partition is the health
+/// loop's business), for `/status`. Empty when it cannot be reached.
+pub async fn replica_problems(replica: &Replica, policy: &Policy) -> Vec<String> {
+    let mut c = Checks { server: replica.name.clone(), out: Vec::new() };
+    let Ok(upstream) = Upstream::new(replica.url.clone()) else { return Vec::new() };
+    let Ok(Ok(client)) = tokio::time::timeout(replica.url.connect_timeout * 2, upstream.client("capgate checks")).await else {
+        return Vec::new();
+    };
+    let work = async {
+        prepared_transactions(&mut c, &client, policy).await;
+        schema_privilege(&mut c, &client).await;
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(10), work).await.is_err() {
+        return Vec::new();
+    }
+    c.out.into_iter().filter(|x| x.outcome == Outcome::Fail).map(|x| x.message).collect()
+}

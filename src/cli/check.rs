@@ -1,0 +1,77 @@
+//! `capgate check-config`: the configuration and the policy file it names, every problem at
+//! once; with `--connect`, the servers they name too (see `backend::postgres_checks`).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::backend::postgres_checks::{check_all, Outcome};
+use crate::config::Config;
+use crate::policy::{Policy, UnknownAction};
+
+pub(super) fn check_config(file: &Path, connect: bool) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = match (config.admin, config.admin_token.is_some()) {
+        (Some(a), true) => format!("admin {a} (token)"),
+        (Some(a), false) => format!("admin {a}"),
+        (None, _) => "no admin listener".to_owned(),
+    };
+    println!(
+        "{}: ok (site {}, listen {}, {admin}, primary {}, {} replica(s))",
+        file.display(),
+        config.site,
+        config.listen,
+        config.primary.url,
+        config.replicas.len()
+    );
+    let policy = match &config.policy {
+        None => {
+            println!("no policy file: every table is local, nothing is replicated");
+            Policy::default()
+        }
+        Some(path) => match Policy::load(path) {
+            Ok(p) => {
+                println!(
+                    "{}: ok (default {}, unknown {}, {} rule(s), {} function(s))",
+                    path.display(),
+                    p.default.name(),
+                    if p.unknown == UnknownAction::Relay { "relay" } else { "refuse" },
+                    p.rules.len(),
+                    p.functions.len()
+                );
+                p
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if !connect {
+        println!("(the servers were not contacted: --connect checks them too)");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let checks = runtime.block_on(check_all(&config, &policy));
+    for c in &checks {
+        println!("{c}");
+    }
+    let failed = checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
+    if failed > 0 {
+        eprintln!("{failed} check(s) failed: see docs/before-you-replicate.md for each remedy");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
