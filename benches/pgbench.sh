@@ -26,6 +26,14 @@
 #   direct connection's throughput), cg/pgb (>1 = faster than PgBouncer) and
 #   pgb/direct (the reference cost of a well-known proxy on this machine).
 #   TPS excludes connection setup ("tps = N (without initial connection time)").
+#   CPU columns: the proxy process's own CPU (utime + stime of every thread, from
+#   /proc/PID/stat, sampled just before and after each pgbench run) divided by
+#   the transactions pgbench processed, in microseconds per transaction (µs/tx;
+#   lower is better), for capgate and PgBouncer; cg/pgb cpu < 1 means capgate
+#   spends less CPU per transaction than PgBouncer. This is far steadier than
+#   TPS on a shared machine: other work slows the run but hardly changes what
+#   each transaction costs the proxy. `machine µs/tx` is every CPU's busy time
+#   (from /proc/stat) over the same run, i.e. pgbench + proxy + server + noise.
 #   All processes share the same cores (pgbench, proxy and server), so ratios
 #   on a 2-core box include CPU contention; compare runs on the same machine.
 #   The same data, plus every individual run, is written as JSON to $OUT.
@@ -38,7 +46,7 @@
 #     DURATION=10             seconds per pgbench run
 #     CLIENTS=8               pgbench -c
 #     JOBS=2                  pgbench -j
-#     MODES=prepared          space-separated pgbench -M modes, e.g.
+#     MODES="simple prepared" space-separated pgbench -M modes, e.g.
 #                             MODES="simple extended prepared"
 #     SCALE=10                pgbench -i -s scale factor
 #     WORKLOADS="select tpcb" which workloads to run
@@ -73,7 +81,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10}"
 CLIENTS="${CLIENTS:-8}"
 JOBS="${JOBS:-2}"
-MODES="${MODES:-prepared}"
+MODES="${MODES:-simple prepared}"
 SCALE="${SCALE:-10}"
 WORKLOADS="${WORKLOADS:-select tpcb}"
 WARMUP="${WARMUP:-3}"
@@ -201,6 +209,27 @@ RAW="$TMP/runs.tsv"
 : >"$RAW"
 FAILED=0
 
+CLK_TCK="$(getconf CLK_TCK)"
+# The process whose CPU a target costs: capgate's or PgBouncer's; none for direct.
+proxy_pid() {
+    case "$1" in
+        capgate) echo "$CAPGATE_PID" ;;
+        pgbouncer) cat "$TMP/pgbouncer.pid" ;;
+        *) echo "" ;;
+    esac
+}
+# utime + stime of every thread of process $1, in clock ticks (0 without a pid).
+proc_cpu_ticks() {
+    [[ -n "$1" ]] || { echo 0; return; }
+    # Fields after the parenthesised command name (which may contain spaces): utime is the
+    # 12th and stime the 13th of them (14 and 15 of the whole line).
+    sed -E 's/^.*\) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+# Busy ticks of the whole machine (all CPUs, everything but idle and iowait).
+machine_busy_ticks() {
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+
 prepare_tpcb() {
     psql -XAtq -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres >/dev/null <<'SQL'
 vacuum pgbench_branches;
@@ -215,19 +244,29 @@ run_pgbench() { # round workload mode target
     local wl_args=()
     [[ "$workload" == select ]] && wl_args=(-S)
     [[ "$workload" == tpcb ]] && prepare_tpcb
+    local pid cpu0 cpu1 busy0 busy1
+    pid="$(proxy_pid "$target")"
+    cpu0="$(proc_cpu_ticks "$pid")"
+    busy0="$(machine_busy_ticks)"
     if pgbench -n "${wl_args[@]}" -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
             -h 127.0.0.1 -p "${PORT[$target]}" -U postgres postgres >"$outf" 2>&1; then
-        local tps lat
+        cpu1="$(proc_cpu_ticks "$pid")"
+        busy1="$(machine_busy_ticks)"
+        local tps lat txs cpu_us machine_us
         tps="$(sed -nE 's/^tps = ([0-9.]+) \((without initial connection time|excluding connections establishing)\).*/\1/p' "$outf" | head -1)"
         lat="$(sed -nE 's/^latency average = ([0-9.]+) ms.*/\1/p' "$outf" | head -1)"
-        if [[ -n "$tps" && -n "$lat" ]]; then
-            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$workload" "$mode" "$target" "$tps" "$lat" >>"$RAW"
-            log "round $round $workload -M $mode $target: tps=$tps lat=${lat}ms"
+        txs="$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$outf" | head -1)"
+        if [[ -n "$tps" && -n "$lat" && -n "$txs" && "$txs" -gt 0 ]]; then
+            cpu_us=-
+            [[ -n "$pid" ]] && cpu_us="$(awk -v a="$cpu0" -v b="$cpu1" -v n="$txs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) * 1e6 / hz / n }')"
+            machine_us="$(awk -v a="$busy0" -v b="$busy1" -v n="$txs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) * 1e6 / hz / n }')"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$workload" "$mode" "$target" "$tps" "$lat" "$cpu_us" "$machine_us" >>"$RAW"
+            log "round $round $workload -M $mode $target: tps=$tps lat=${lat}ms proxy_cpu=${cpu_us}us/tx machine=${machine_us}us/tx"
             return 0
         fi
     fi
     FAILED=1
-    printf '%s\t%s\t%s\t%s\tFAIL\tFAIL\n' "$round" "$workload" "$mode" "$target" >>"$RAW"
+    printf '%s\t%s\t%s\t%s\tFAIL\tFAIL\t-\t-\n' "$round" "$workload" "$mode" "$target" >>"$RAW"
     log "round $round $workload -M $mode $target: FAILED; output:"
     tail -15 "$outf" >&2
 }
@@ -260,10 +299,11 @@ python3 - "$RAW" "$OUT" "${TARGETS[*]}" <<'PY'
 import json, os, statistics, sys, time
 
 raw_path, out_path, targets = sys.argv[1], sys.argv[2], sys.argv[3].split()
-runs: dict[tuple[str, str, str], list[tuple[float, float] | None]] = {}
+runs: dict[tuple[str, str, str], list[tuple[float, float, float | None, float] | None]] = {}
 for line in open(raw_path):
-    rnd, wl, mode, target, tps, lat = line.rstrip("\n").split("\t")
-    runs.setdefault((wl, mode, target), []).append(None if tps == "FAIL" else (float(tps), float(lat)))
+    rnd, wl, mode, target, tps, lat, cpu, machine = line.rstrip("\n").split("\t")
+    runs.setdefault((wl, mode, target), []).append(
+        None if tps == "FAIL" else (float(tps), float(lat), None if cpu == "-" else float(cpu), float(machine)))
 
 WL_NAME = {"select": "select-only (-S)", "tpcb": "tpc-b"}
 workloads = os.environ["WORKLOADS"].split()
@@ -274,17 +314,29 @@ def summary(wl: str, mode: str, target: str) -> dict | None:
     if not rs:
         return None
     ok = [r for r in rs if r is not None]
+    whole = len(ok) == len(rs)
+    cpus = [r[2] for r in ok if r[2] is not None]
     return {
-        "tps_median": round(statistics.median(r[0] for r in ok), 3) if len(ok) == len(rs) else None,
-        "latency_ms_median": round(statistics.median(r[1] for r in ok), 3) if len(ok) == len(rs) else None,
+        "tps_median": round(statistics.median(r[0] for r in ok), 3) if whole else None,
+        "latency_ms_median": round(statistics.median(r[1] for r in ok), 3) if whole else None,
+        "proxy_cpu_us_per_tx_median": round(statistics.median(cpus), 2) if whole and cpus and len(cpus) == len(ok) else None,
+        "machine_cpu_us_per_tx_median": round(statistics.median(r[3] for r in ok), 2) if whole else None,
         "tps_runs": [r[0] if r else None for r in rs],
         "latency_ms_runs": [r[1] if r else None for r in rs],
+        "proxy_cpu_us_per_tx_runs": [r[2] if r else None for r in rs],
+        "machine_cpu_us_per_tx_runs": [r[3] if r else None for r in rs],
     }
 
 def ratio(a: dict | None, b: dict | None) -> float | None:
     if not a or not b or a["tps_median"] is None or b["tps_median"] is None or not b["tps_median"]:
         return None
     return round(a["tps_median"] / b["tps_median"], 3)
+
+def cpu_ratio(a: dict | None, b: dict | None) -> float | None:
+    k = "proxy_cpu_us_per_tx_median"
+    if not a or not b or a[k] is None or not b[k]:
+        return None
+    return round(a[k] / b[k], 3)
 
 results = []
 for wl in workloads:
@@ -293,6 +345,7 @@ for wl in workloads:
         results.append({
             "workload": WL_NAME.get(wl, wl), "mode": mode, **s,
             "ratios": {
+                "capgate_pgbouncer_cpu_per_tx": cpu_ratio(s["capgate"], s["pgbouncer"]),
                 "capgate_direct": ratio(s["capgate"], s["direct"]),
                 "capgate_pgbouncer": ratio(s["capgate"], s["pgbouncer"]),
                 "pgbouncer_direct": ratio(s["pgbouncer"], s["direct"]),
@@ -342,6 +395,18 @@ for r in results:
     print(f"{r['workload']:<17} {r['mode']:<9} {cell(r['direct'])} {c[:10]:>11}{c[10:]} {b[:10]:>13}{b[10:]} "
           f"{fmt(r['ratios']['capgate_direct'], 9, 3)} {fmt(r['ratios']['capgate_pgbouncer'], 7, 3)} "
           f"{fmt(r['ratios']['pgbouncer_direct'], 10, 3)}")
+print(f"\nproxy CPU per transaction (utime+stime from /proc, median µs/tx) and the whole machine's busy CPU per transaction")
+hdr = (f"{'workload':<17} {'mode':<9} {'capgate µs/tx':>13} {'pgbouncer µs/tx':>15} {'cg/pgb cpu':>10} "
+       f"{'machine: direct':>15} {'capgate':>8} {'pgbouncer':>9}")
+print(hdr)
+print("-" * len(hdr))
+for r in results:
+    def m(t: str, k: str) -> float | None:
+        return r[t][k] if r[t] else None
+    print(f"{r['workload']:<17} {r['mode']:<9} {fmt(m('capgate', 'proxy_cpu_us_per_tx_median'), 13, 2)} "
+          f"{fmt(m('pgbouncer', 'proxy_cpu_us_per_tx_median'), 15, 2)} {fmt(r['ratios']['capgate_pgbouncer_cpu_per_tx'], 10, 3)} "
+          f"{fmt(m('direct', 'machine_cpu_us_per_tx_median'), 15, 1)} {fmt(m('capgate', 'machine_cpu_us_per_tx_median'), 8, 1)} "
+          f"{fmt(m('pgbouncer', 'machine_cpu_us_per_tx_median'), 9, 1)}")
 print(f"\nJSON: {out_path}")
 PY
 

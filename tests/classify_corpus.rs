@@ -274,7 +274,7 @@ utility | - | public.t | - | DECLARE c CURSOR FOR SELECT * FROM t
 utility | - | - | - | FETCH 100 FROM c
 utility | - | - | - | CLOSE c
 utility | - | - | - | PREPARE q (int) AS SELECT * FROM t WHERE id = $1
-utility | - | - | - | DEALLOCATE ALL
+session | - | - | - | DEALLOCATE ALL
 utility | - | public.t | - | CLUSTER t USING t_pkey
 utility | - | public.t | - | REINDEX TABLE t
 write | public.mv | - | - | REFRESH MATERIALIZED VIEW CONCURRENTLY mv

@@ -13,6 +13,12 @@ pub(super) fn text(state: &AdminState) -> String {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         metrics::counter!("capgate_unknown_statements_total", "action" => "relay").absolute(load(&c.unknown_relayed));
         metrics::counter!("capgate_unknown_statements_total", "action" => "refuse").absolute(load(&c.unknown_refused));
+        let limits = &crate::frontend::limits::LIMITS;
+        metrics::counter!("capgate_startup_timeouts_total").absolute(load(&limits.startup_timeouts));
+        metrics::counter!("capgate_idle_session_timeouts_total").absolute(load(&limits.idle_timeouts));
+        metrics::counter!("capgate_sessions_refused_total", "reason" => "max_connections").absolute(load(&limits.over_limit));
+        metrics::counter!("capgate_sessions_refused_total", "reason" => "file_descriptors").absolute(load(&limits.no_descriptors));
+        metrics::counter!("capgate_accept_errors_total").absolute(load(&limits.accept_errors));
         if let Some(primary) = &state.primary {
             let s = primary.status();
             let up = s.last_heartbeat.is_some() && s.state.is_available();

@@ -179,6 +179,9 @@ pub enum SessionChange {
     /// DISCARD ALL (resets the search_path and deallocates prepared statements); the other
     /// DISCARD forms are `Other`.
     Discard,
+    /// DEALLOCATE [PREPARE] name (`Some`, folded as an identifier) or ALL (`None`): prepared
+    /// statements made with Parse are deallocated by it too.
+    Deallocate(Option<String>),
     /// Any other setting.
     Other,
 }

@@ -182,6 +182,14 @@ pub(super) fn classify(ctx: &Ctx, stmt: &Statement) -> StatementClass {
             },
             _ => Kind::Session(SessionChange::Other),
         },
+        // PostgreSQL's DEALLOCATE also drops statements prepared with Parse; MySQL's only the
+        // SQL-level ones (COM_STMT_PREPARE statements are closed by COM_STMT_CLOSE).
+        Statement::Deallocate { name, .. } if ctx.dialect == Dialect::Postgres => {
+            Kind::Session(SessionChange::Deallocate(match name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+                true => None,
+                false => Some(names::fold(ctx.dialect, name)),
+            }))
+        }
         Statement::Prepare { .. }
         | Statement::Deallocate { .. }
         | Statement::Declare { .. }

@@ -211,17 +211,11 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-/// The async runtime of `run` and `demo`: `CAPGATE_THREADS` worker threads (1: a single
-/// thread; unset: one per core).
+/// The async runtime of `run` and `demo`. Client sessions run on their own worker threads
+/// (the `workers` key, frontend/workers.rs); this runtime runs the accept loop, the admin
+/// listener, replica health and the shippers.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let threads: usize = std::env::var("CAPGATE_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-    if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else if threads > 1 {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
-    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
 async fn run(config: Arc<Config>) -> ExitCode {

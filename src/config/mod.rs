@@ -50,6 +50,10 @@ pub struct Config {
     pub authentication_timeout: Duration,
     /// The largest frame a client may send, in bytes (PostgreSQL's own limit is 1 GB).
     pub max_message_size: u32,
+    /// Threads that run client sessions (each a single-threaded runtime).
+    pub workers: usize,
+    /// Sessions idle outside a transaction for longer than this are closed (57P05).
+    pub idle_session_timeout: Option<Duration>,
     pub primary: Primary,
     pub replicas: Vec<Replica>,
     pub tls: Option<TlsConfig>,
@@ -222,6 +226,16 @@ impl Validator<'_> {
             self.problem("max_message_size", format!("expected bytes from 1024 to 1073741824, found {}", raw.max_message_size));
             1 << 30
         };
+        let workers = match raw.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n if (1..=256).contains(&n) => n as usize,
+            n => {
+                self.problem("workers", format!("expected a number of threads from 1 to 256 (0: one per CPU), found {n}"));
+                1
+            }
+        };
+        let idle_session_timeout =
+            raw.idle_session_timeout.as_deref().map(|t| self.duration("idle_session_timeout", t)).filter(|t| !t.is_zero());
         let shutdown_timeout = self.duration("shutdown_timeout", &raw.shutdown_timeout);
         let recovery_grace = self.duration("recovery_grace", &raw.recovery_grace);
         if recovery_grace < Duration::from_secs(1) {
@@ -346,6 +360,8 @@ impl Validator<'_> {
             recovery_grace,
             authentication_timeout,
             max_message_size,
+            workers,
+            idle_session_timeout,
             primary,
             replicas,
             tls,

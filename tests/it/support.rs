@@ -211,6 +211,18 @@ impl Raw {
     }
 }
 
+/// The shared primary's address, for raw connections that compare it with capgate.
+pub fn direct_addr() -> SocketAddr {
+    let url = Proxy::direct_url("postgres", "postgres");
+    let hostport = url.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap_or_default().to_owned();
+    hostport.parse().unwrap_or_else(|e| panic!("{hostport}: {e}"))
+}
+
+/// A [`Raw`] client logged in to the shared primary directly.
+pub fn login_direct(user: &str) -> Raw {
+    Raw::login(direct_addr(), user)
+}
+
 /// A StartupMessage for protocol 3.0.
 pub fn startup(params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = 196608u32.to_be_bytes().to_vec();

@@ -126,3 +126,38 @@ fn the_link_to_the_primary_is_verified_when_the_url_says_so() {
     let (ok, _, err) = psql(&conninfo(&proxy, "sslmode=disable"), "SELECT 1");
     assert!(!ok && err.contains("does not accept TLS"), "{err}");
 }
+
+/// Direct TLS (PostgreSQL 17's `sslnegotiation=direct`) must carry ALPN `postgresql`, as
+/// PostgreSQL 17 requires: without it the client is refused with PostgreSQL's own error.
+#[tokio::test]
+async fn direct_tls_without_alpn_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = certs();
+    let proxy = Proxy::start(&tls_section("prefer", c));
+    let url = capgate::config::DbUrl::parse(
+        &format!("postgres://postgres@localhost/postgres?sslmode=verify-full&sslrootcert={}", c.ca().display()),
+        std::path::Path::new("."),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let with_alpn = capgate::net::tls::client_config(&url).unwrap_or_else(|e| panic!("{e}")).expect("a TLS config");
+    let mut without = (*with_alpn).clone();
+    without.alpn_protocols.clear();
+    let startup = crate::support::startup(&[("user", "postgres"), ("database", "postgres")]);
+    for (config, refused) in [(std::sync::Arc::new(without), true), (with_alpn, false)] {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.expect("TLS handshake");
+        tls.write_all(&startup).await.unwrap();
+        let mut first = [0u8; 1];
+        tls.read_exact(&mut first).await.expect("no answer");
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tls.read_to_end(&mut rest)).await;
+        let text = String::from_utf8_lossy(&rest).into_owned();
+        if refused {
+            assert_eq!(first[0], b'E', "{text}");
+            assert!(text.contains("08P01") && text.contains("without ALPN"), "{text}");
+        } else {
+            assert_eq!(first[0], b'R', "a direct TLS client with ALPN was not served: {text}");
+        }
+    }
+}

@@ -222,12 +222,20 @@ impl Server {
         let sessions = self.shared.sessions.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let watcher = self.shared.router.policy().spawn_reload_watcher();
-        info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, "capgate is accepting MySQL connections");
+        info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, workers = config.workers, "capgate is accepting MySQL connections");
         let shared = self.shared.clone();
-        let serve = move |tcp, over_limit, stop| session::serve(shared.clone(), tcp, over_limit, stop);
-        crate::frontend::listener::accept_until(&self.listener, &sessions, shutdown, &stop_rx, serve).await;
+        let serve = move |tcp, refusal, stop| session::serve(shared.clone(), tcp, refusal, stop);
+        let workers = match crate::frontend::workers::Workers::start(config.workers) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("cannot start {} session worker threads ({e}); not accepting connections", config.workers);
+                return;
+            }
+        };
+        crate::frontend::listener::accept_until(&self.listener, &workers, &sessions, shutdown, &stop_rx, serve).await;
         drop(self.listener);
         crate::frontend::listener::drain(&config, &sessions, stop_tx, force).await;
+        drop(workers);
         watcher.abort();
         if let Some(a) = admin {
             a.abort();

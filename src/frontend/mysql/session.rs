@@ -13,16 +13,18 @@ use super::conn::Conn;
 use super::relay::{self, End, PumpError, SessionState};
 use super::statements::Statements;
 use super::{auth, handshake, SessionError, Shared};
+use crate::frontend::listener::Refusal;
 use crate::net::Stream;
 use crate::protocol::mysql::{com, errors, packet};
 
-/// Serve one accepted connection until it ends. An `over_limit` session is told 1040 Too
-/// many connections instead of a greeting, as the server itself does.
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, over_limit: bool, shutdown: watch::Receiver<bool>) {
+/// Serve one accepted connection until it ends. A refused session (over `max_connections`,
+/// or capgate out of file descriptors) is told 1040 Too many connections instead of a
+/// greeting, as the server itself does.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, refusal: Option<Refusal>, shutdown: watch::Receiver<bool>) {
     let peer = tcp.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "?".into());
     let _ = tcp.set_nodelay(true);
     let mut client = Some(Conn::new(Stream::Plain(tcp)));
-    if over_limit {
+    if refusal.is_some() {
         if let Some(c) = client.as_mut() {
             let _ = c.send(&packet::err(0, errors::TOO_MANY_CONNECTIONS, "Too many connections")).await;
         }

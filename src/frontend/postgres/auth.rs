@@ -151,12 +151,29 @@ async fn expect_password(client: &mut Conn) -> Result<super::conn::Frame, Sessio
 /// Log in to the primary as the URL's user, for a client the proxy authenticated itself.
 /// The client's other startup parameters (application_name, options, DateStyle …) are kept;
 /// its database is used when it named one, else the URL's.
+/// For a session capgate authenticates itself: tell a client that asked for a newer minor
+/// version of protocol 3 or for protocol options (`_pq_.*`) that the session speaks 3.0
+/// without them, as PostgreSQL does with NegotiateProtocolVersion before authentication.
+/// capgate's upstream login for such a session speaks 3.0 ([`login_upstream`]), so the client
+/// must not assume more.
+pub async fn negotiate_protocol(client: &mut Conn, startup: &StartupMessage) -> Result<(), SessionError> {
+    let options: Vec<&str> = startup.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
+    if startup.minor == 0 && options.is_empty() {
+        return Ok(());
+    }
+    let mut out = BytesMut::new();
+    message::negotiate_protocol_version(&mut out, 3 << 16, &options);
+    client.send(&out).await
+}
+
 pub async fn login_upstream(server: &mut Conn, url: &DbUrl, client_startup: &StartupMessage) -> Result<(), SessionError> {
     let user = url.user.clone().unwrap_or_default();
     let password = url.password.clone().unwrap_or_default();
     let database = client_startup.get("database").map(str::to_owned).or_else(|| url.dbname.clone()).unwrap_or_else(|| user.clone());
     let mut params = vec![("user".to_owned(), user.clone()), ("database".to_owned(), database)];
-    params.extend(client_startup.params.iter().filter(|(k, _)| k != "user" && k != "database").cloned());
+    // Protocol options were answered to the client by `negotiate_protocol` (none is
+    // supported); the upstream login speaks 3.0 without them.
+    params.extend(client_startup.params.iter().filter(|(k, _)| k != "user" && k != "database" && !k.starts_with("_pq_.")).cloned());
     let (key, value) = crate::protocol::postgres::startup::SESSION_MARKER;
     params.push((key.to_owned(), value.to_owned()));
     let startup = StartupMessage { major: 3, minor: 0, params };

@@ -203,12 +203,23 @@ impl Server {
         let _catalog = AbortOnDrop(tokio::spawn(maintain_catalog(self.shared.clone())));
         let _admin_views = AbortOnDrop(tokio::spawn(crate::admin::maintain(Arc::downgrade(&self.shared.admin))));
         let _admin = self.admin.take().map(|listener| AbortOnDrop(tokio::spawn(crate::admin::serve(listener, self.shared.admin.clone()))));
-        info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, "capgate is accepting connections");
+        info!(listen = %self.local_addr(), primary = %config.primary.url, site = %config.site, workers = config.workers, "capgate is accepting connections");
         let shared = self.shared.clone();
-        let serve = move |tcp, over_limit, stop| session::serve(shared.clone(), tcp, over_limit, stop);
-        crate::frontend::listener::accept_until(&self.listener, &sessions, shutdown, &stop_rx, serve).await;
+        let serve = move |tcp, refusal, stop| session::serve(shared.clone(), tcp, refusal, stop);
+        if config.tls.is_some() {
+            info!("SCRAM channel binding (SCRAM-SHA-256-PLUS) is not offered to clients: capgate ends their TLS; clients with channel_binding=require cannot log in");
+        }
+        let workers = match crate::frontend::workers::Workers::start(config.workers) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("cannot start {} session worker threads ({e}); not accepting connections", config.workers);
+                return;
+            }
+        };
+        crate::frontend::listener::accept_until(&self.listener, &workers, &sessions, shutdown, &stop_rx, serve).await;
         drop(self.listener);
         crate::frontend::listener::drain(&config, &sessions, stop_tx, force).await;
+        drop(workers);
     }
 }
 

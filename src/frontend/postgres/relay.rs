@@ -47,6 +47,8 @@ pub struct SessionState {
     /// hidden INFO notice was seen, decision 0009): its commit must be coordinated. Cleared
     /// when the transaction ends (ReadyForQuery `I`).
     pub sync_pending: AtomicBool,
+    /// Client messages seen, for the idle-session timeout to tell a quiet session.
+    pub client_frames: AtomicU64,
 }
 
 /// Finds, in the primary's replies, the ParseComplete and BindComplete that answer Parse and
@@ -81,6 +83,9 @@ pub struct Hidden {
     /// An error answered an extended-protocol message since the last ReadyForQuery: the
     /// primary skips every message up to the next Sync (capgate's own ones too).
     group_failed: bool,
+    /// Queries and FunctionCalls the server discarded (sent after an extended-protocol error,
+    /// before the Sync): they will get no ReadyForQuery, so the caller uncounts them.
+    discarded: u32,
 }
 
 impl Hidden {
@@ -158,11 +163,17 @@ impl Hidden {
                     }
                 }
             }
-            // An error inside an extended-protocol group: the server skips to the Sync.
+            // An error inside an extended-protocol group: the server discards every message up
+            // to the Sync — a Query or FunctionCall among them too, which then gets no
+            // ReadyForQuery (nor its mark its re-synchronisation).
             (b'E', Some(f)) if f != b'Q' => {
                 self.group_failed = true;
-                while self.units.front().is_some_and(|&u| u != b'S' && u != b'Q') {
+                while let Some(&u) = self.units.front().filter(|&&u| u != b'S') {
                     self.units.pop_front();
+                    if u == b'Q' {
+                        self.marks.pop_front();
+                        self.discarded += 1;
+                    }
                 }
             }
             (b'1', Some(b'P')) | (b'2', Some(b'B')) | (b'3', Some(b'C')) | (b'C' | b'I' | b's', Some(b'E')) | (b'T' | b'n', Some(b'D')) => {
@@ -226,6 +237,7 @@ impl SessionState {
             holding: AtomicBool::new(false),
             interrupt: tokio::sync::Notify::new(),
             sync_pending: AtomicBool::new(false),
+            client_frames: AtomicU64::new(0),
         }
     }
 
@@ -437,6 +449,7 @@ pub fn client_inspect(tag: u8) -> bool {
 }
 
 pub fn client_frame(state: &SessionState, tag: u8) -> Flow {
+    state.client_frames.fetch_add(1, Ordering::Relaxed);
     let (mut uncount, mut ignored_sync) = (0, false);
     if matches!(tag, b'P' | b'B' | b'E' | b'S' | b'Q' | b'F' | b'd' | b'c' | b'f') {
         (uncount, ignored_sync) = state.hidden.lock().unwrap_or_else(|p| p.into_inner()).client(tag);
@@ -490,7 +503,11 @@ pub fn server_frame(state: &SessionState, tag: u8, frame: Option<&[u8]>, stop_wh
         let mut hidden = state.hidden.lock().unwrap_or_else(|p| p.into_inner());
         let hide = hidden.server(tag);
         let settled = !hidden.owed();
+        let discarded = std::mem::take(&mut hidden.discarded);
         drop(hidden);
+        if discarded > 0 {
+            state.pending.fetch_sub(i64::from(discarded), Ordering::AcqRel);
+        }
         if hide {
             return Flow::Replace(BytesMut::new());
         }
@@ -534,3 +551,45 @@ pub fn ready_for_query(state: &SessionState, status: u8) {
 
 /// Shared session state handle.
 pub type State = Arc<SessionState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed the bookkeeping what a client sends and what the primary answers.
+    fn exchange(state: &SessionState, client: &[u8], server: &[u8]) {
+        for &tag in client {
+            client_frame(state, tag);
+        }
+        for &tag in server {
+            let frame = [tag, 0, 0, 0, 5, b'I'];
+            server_frame(state, tag, server_inspect(tag).then_some(&frame[..]), &|| false);
+        }
+    }
+
+    /// A Query sent after an extended-protocol message that fails, before the Sync, is
+    /// discarded by PostgreSQL with everything else up to the Sync: one ErrorResponse and one
+    /// ReadyForQuery in all. The session must then be idle with nothing owed.
+    #[test]
+    fn a_query_discarded_after_an_extended_error_is_not_owed() {
+        let state = SessionState::new();
+        exchange(&state, b"PBEQS", b"EZ");
+        assert!(!state.owed(), "replies still owed: {:?}", state.hidden.lock().map(|h| h.units.clone()));
+        assert_eq!(state.pending.load(Ordering::Acquire), 0);
+        assert!(state.is_idle());
+        // And the next exchange is followed normally.
+        exchange(&state, b"Q", b"TDCZ");
+        assert!(!state.owed() && state.is_idle());
+        // A FunctionCall is discarded the same way.
+        exchange(&state, b"PFS", b"EZ");
+        assert!(!state.owed() && state.is_idle());
+    }
+
+    /// A Query before the extended group is answered before the error and is not discarded.
+    #[test]
+    fn a_query_before_a_failing_group_keeps_its_reply() {
+        let state = SessionState::new();
+        exchange(&state, b"QPBES", b"TDCZEZ");
+        assert!(!state.owed() && state.is_idle());
+    }
+}

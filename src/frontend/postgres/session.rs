@@ -16,6 +16,8 @@ use super::relay::{self, End, Flow, Pump, SessionState};
 use super::statements::Statements;
 use super::{SessionError, Shared};
 use crate::config::TlsMode;
+use crate::frontend::limits::{LimitCounters, LIMITS};
+use crate::frontend::listener::Refusal;
 use crate::net::Stream;
 use crate::protocol::postgres::message::ErrorMessage;
 use crate::protocol::postgres::startup::{StartupMessage, StartupPacket};
@@ -35,13 +37,17 @@ enum Opening {
     },
 }
 
-/// Serve one accepted connection until it ends. `over_limit` sessions only get their startup
-/// read so they can be told 53300 properly (cancel requests are still honoured).
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, over_limit: bool, shutdown: watch::Receiver<bool>) {
+/// Serve one accepted connection until it ends. Refused sessions (over `max_connections`, or
+/// capgate out of file descriptors) only get their startup read so they can be told 53300
+/// properly (cancel requests are still honoured).
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, refusal: Option<Refusal>, shutdown: watch::Receiver<bool>) {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let _ = tcp.set_nodelay(true);
     let mut client: Option<Conn> = None;
-    let result = run(&shared, tcp, over_limit, shutdown, &mut client).await;
+    let result = run(&shared, tcp, refusal, shutdown, &mut client).await;
+    if let Err(SessionError::AuthTimeout) = &result {
+        LimitCounters::count(&LIMITS.startup_timeouts);
+    }
     match result {
         Ok(()) => debug!(%peer, "session ended"),
         Err(e) => {
@@ -60,7 +66,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, over_limit: bool, shutdo
 async fn run(
     shared: &Arc<Shared>,
     tcp: TcpStream,
-    over_limit: bool,
+    refusal: Option<Refusal>,
     shutdown: watch::Receiver<bool>,
     slot: &mut Option<Conn>,
 ) -> Result<(), SessionError> {
@@ -70,11 +76,21 @@ async fn run(
     let Opening::Startup { conn, message, raw } = opened else { return Ok(()) };
     *slot = Some(conn);
     let client = slot.as_mut().expect("just set");
-    if over_limit {
-        return Err(SessionError::Refused(
-            ErrorMessage::fatal("53300", "sorry, too many clients already")
-                .with_detail(format!("capgate serves at most {} sessions (max_connections)", shared.config.max_connections)),
-        ));
+    match refusal {
+        Some(Refusal::MaxConnections) => {
+            return Err(SessionError::Refused(
+                ErrorMessage::fatal("53300", "sorry, too many clients already")
+                    .with_detail(format!("capgate serves at most {} sessions (max_connections)", shared.config.max_connections)),
+            ))
+        }
+        Some(Refusal::NoDescriptors) => {
+            return Err(SessionError::Refused(
+                ErrorMessage::fatal("53300", "sorry, too many clients already")
+                    .with_detail("capgate has run out of file descriptors")
+                    .with_hint("raise capgate's open-file limit (ulimit -n, systemd LimitNOFILE) or lower max_connections"),
+            ))
+        }
+        None => {}
     }
     if shared.config.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) && !client.stream.is_tls() {
         return Err(SessionError::Refused(
@@ -90,6 +106,7 @@ async fn run(
     let (server, key) = tokio::time::timeout_at(deadline, async {
         let proxy_user = shared.config.users.iter().find(|u| u.name == user);
         if let Some(u) = proxy_user {
+            auth::negotiate_protocol(client, &message).await?;
             auth::proxy(client, u).await?;
         }
         let mut server = Conn::new(shared.primary.connect().await.map_err(SessionError::Upstream)?);
@@ -128,7 +145,18 @@ async fn open(shared: &Shared, tcp: TcpStream, slot: &mut Option<Conn>) -> Resul
         let mut first = [0u8; 1];
         if t.peek(&mut first).await.map_err(SessionError::Io)? == 1 && first[0] == TLS_HANDSHAKE {
             let stream = acceptor.accept(tcp.take().expect("present")).await.map_err(SessionError::Io)?;
+            // PostgreSQL 17 requires ALPN `postgresql` on direct TLS (a client offering another
+            // protocol was already refused in the handshake), so that a TLS connection meant
+            // for another service cannot be replayed against the database.
+            let alpn = stream.get_ref().1.alpn_protocol().is_some();
             conn = Some(Conn::new(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(stream)))));
+            if !alpn {
+                *slot = conn;
+                return Err(SessionError::Refused(ErrorMessage::fatal(
+                    "08P01",
+                    "received direct SSL connection request without ALPN protocol negotiation extension",
+                )));
+            }
         }
     }
     let mut conn = match conn {
@@ -253,6 +281,7 @@ async fn relay(
                 r = &mut client_fut => Side::Client(r),
                 r = &mut server_fut => Side::Server(r),
                 _ = wait_idle_shutdown(&mut shutdown, &state) => Side::Shutdown,
+                _ = idle_timeout(shared.config.idle_session_timeout, &state) => Side::IdleTimeout,
             };
             match first {
                 Side::Client(Ok(End::Held)) => {
@@ -319,6 +348,18 @@ async fn relay(
             .await;
             Ok(())
         }
+        Side::IdleTimeout => {
+            LimitCounters::count(&LIMITS.idle_timeouts);
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut server_wr, &TERMINATE).await;
+            if down.clean() {
+                goodbye(ErrorMessage::fatal("57P05", "terminating connection due to idle-session timeout").with_detail(format!(
+                    "capgate closes sessions idle outside a transaction for {:?} (idle_session_timeout)",
+                    shared.config.idle_session_timeout.unwrap_or_default()
+                )))
+                .await;
+            }
+            Ok(())
+        }
         Side::Server(Ok(End::Eof)) => Ok(()),
         Side::Server(Err(e)) => {
             debug!("primary connection failed: {e}");
@@ -334,6 +375,30 @@ enum Side<T> {
     Client(T),
     Server(T),
     Shutdown,
+    IdleTimeout,
+}
+
+/// Resolves once the session has been idle outside a transaction, with no client message,
+/// for `timeout` (checked every quarter of it, so it closes within 1.25 × `timeout`); never
+/// without a timeout.
+async fn idle_timeout(timeout: Option<std::time::Duration>, state: &SessionState) {
+    let Some(timeout) = timeout else { return std::future::pending().await };
+    let step = timeout / 4;
+    let mut seen = state.client_frames.load(Ordering::Relaxed);
+    let mut quiet = std::time::Duration::ZERO;
+    loop {
+        tokio::time::sleep(step).await;
+        let now = state.client_frames.load(Ordering::Relaxed);
+        if now != seen || !state.is_idle() {
+            seen = now;
+            quiet = std::time::Duration::ZERO;
+            continue;
+        }
+        quiet += step;
+        if quiet >= timeout {
+            return;
+        }
+    }
 }
 
 /// Resolves once a shutdown has been requested while the session is idle. A session in a

@@ -383,6 +383,10 @@ impl Statements {
                         self.local_path = None;
                         self.prepared.clear();
                     }
+                    SessionChange::Deallocate(Some(name)) => {
+                        self.prepared.remove(name);
+                    }
+                    SessionChange::Deallocate(None) => self.prepared.clear(),
                     SessionChange::Other => {}
                 }
             }
@@ -546,6 +550,54 @@ mod tests {
         assert_eq!(search_path_option("-c search_path=app,public -c work_mem=4MB").as_deref(), Some("app,public"));
         assert_eq!(search_path_option("--search_path=x").as_deref(), Some("x"));
         assert_eq!(search_path_option("-cstatement_timeout=5"), None);
+    }
+
+    /// DEALLOCATE forgets the statements it deallocates (a client naming each statement
+    /// anew and deallocating them would otherwise grow the map for the life of the session).
+    #[test]
+    fn deallocate_forgets_prepared_statements() {
+        use crate::classify::{Catalog, Dialect};
+        use crate::policy::PolicyHandle;
+        let text = "default = \"local\"\n[[table]]\nmatch = \"public.t\"\nmode = \"async\"\n";
+        let policy = Policy::parse(text, std::path::Path::new("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let router = Arc::new(Router::new(Dialect::Postgres, Arc::new(PolicyHandle::fixed(policy)), Catalog::new()));
+        let startup = StartupMessage { major: 3, minor: 0, params: vec![("user".into(), "u".into())] };
+        let state = SessionState::new();
+        let config = crate::config::Config::parse(
+            "site = \"t\"\n[primary]\nurl = \"postgres://u@127.0.0.1:1/db\"\n",
+            std::path::Path::new("c.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let replication = Arc::new(Replication::with_sites(&config, crate::sites::Sites::new(Vec::new())));
+        let mut s = Statements::new(router, replication, &startup);
+        let parse = |name: &str| {
+            let mut body = format!("{name}\0INSERT INTO t VALUES (1)\0").into_bytes();
+            body.extend([0, 0]);
+            let mut f = vec![b'P'];
+            f.extend((body.len() as u32 + 4).to_be_bytes());
+            f.extend(body);
+            f
+        };
+        let query = |sql: &str| {
+            let mut f = vec![b'Q'];
+            f.extend((sql.len() as u32 + 5).to_be_bytes());
+            f.extend(sql.as_bytes());
+            f.push(0);
+            f
+        };
+        for name in ["a", "b", "C"] {
+            assert_eq!(s.on_frame(&state, b'P', &parse(name)), Flow::Continue);
+            assert!(s.prepared(name).is_some(), "{name} not tracked");
+        }
+        s.on_frame(&state, b'Q', &query("DEALLOCATE a"));
+        assert!(s.prepared("a").is_none() && s.prepared("b").is_some());
+        // Unquoted names fold to lower case, as PostgreSQL folds them: "C" stays.
+        s.on_frame(&state, b'Q', &query("DEALLOCATE PREPARE C"));
+        assert!(s.prepared("C").is_some());
+        s.on_frame(&state, b'Q', &query("DEALLOCATE \"C\""));
+        assert!(s.prepared("C").is_none());
+        s.on_frame(&state, b'Q', &query("DEALLOCATE ALL"));
+        assert!(s.prepared("b").is_none());
     }
 
     #[test]

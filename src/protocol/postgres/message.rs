@@ -121,6 +121,19 @@ pub fn auth_sasl_step(out: &mut BytesMut, code: i32, data: &[u8]) {
     });
 }
 
+/// NegotiateProtocolVersion: the newest protocol version the proxy speaks for this session
+/// (`major << 16 | minor`, as in a startup packet) and the protocol options (`_pq_.*` startup
+/// parameters) it does not support.
+pub fn negotiate_protocol_version(out: &mut BytesMut, newest: i32, unsupported: &[&str]) {
+    write_frame(out, b'v', |b| {
+        b.put_i32(newest);
+        b.put_i32(unsupported.len() as i32);
+        for option in unsupported {
+            put_cstr(b, option);
+        }
+    });
+}
+
 /// BackendKeyData with the proxy's own key.
 pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: &[u8]) {
     write_frame(out, b'K', |b| {

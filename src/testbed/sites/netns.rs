@@ -134,6 +134,22 @@ impl NetnsSites {
         Ok(())
     }
 
+    /// Whether a test that needs the bed runs here. Where it cannot, the test is skipped with
+    /// a line saying why, except under CI (`CI` set): CI runs as root, so a bed that cannot
+    /// start there is a failure, not a skip that would hide a test that never ran.
+    pub fn usable_for(test: &str) -> bool {
+        match NetnsSites::available() {
+            Ok(()) => true,
+            Err(why) if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
+                panic!("{test}: the network-namespace bed is required when CI is set: {why}")
+            }
+            Err(why) => {
+                eprintln!("SKIPPED {test}: {why}");
+                false
+            }
+        }
+    }
+
     /// Creates the namespaces, starts both servers and the way into namespace A.
     pub fn start() -> Result<NetnsSites, TestbedError> {
         NetnsSites::available().map_err(TestbedError::new)?;
