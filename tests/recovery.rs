@@ -102,7 +102,11 @@ async fn prepared_transactions_are_committed_rolled_back_or_left() {
     assert_eq!(pruned, 1);
     let rows = primary.query("SELECT gid FROM capgate.decisions WHERE gid LIKE 'capgate:rec%' ORDER BY gid", &[]).await.expect("decisions");
     let left: Vec<String> = rows.into_iter().map(|r| r.get(0)).collect();
-    assert_eq!(left, vec!["capgate:rec:bbbb:4", decided, "capgate:recx:cccc:6"]);
+    // The rolled-back one keeps its abort record (the fence) until it is old too.
+    assert_eq!(left, vec![old, "capgate:rec:bbbb:4", decided, "capgate:recx:cccc:6"]);
+    let aborted: bool =
+        primary.query_one("SELECT NOT committed FROM capgate.decisions WHERE gid = $1", &[&old]).await.expect("abort").get(0);
+    assert!(aborted, "recovery recorded the abort before rolling back");
 
     // The young one, now decided, commits on the next round, whatever its age.
     let third = recover(&primary, &replica, "rec", Duration::from_secs(3600)).await.expect("recover third");

@@ -4,9 +4,9 @@
 //! dashboard list them from here, and an operator marks one resolved once handled.
 //!
 //! Records are read as JSON objects (`to_jsonb` of the row), so every column the replication
-//! core records — today the replayed statement, with row-based capture the old and new row
-//! images — reaches the operator without this module knowing the columns. Marking resolved
-//! adds three columns when missing (`resolved_at`, `resolved_by`, `resolved_note`).
+//! core records — the table, the operation, the kind, the old and new row images, the
+//! replica's row — reaches the operator without this module knowing every column. Marking
+//! resolved adds three columns when missing (`resolved_at`, `resolved_by`, `resolved_note`).
 //!
 //! Every replica is asked under a deadline: a partitioned replica is reported as such, it
 //! does not hang the listing.
@@ -46,12 +46,12 @@ impl Conflict {
 
     /// When it was recorded (the replica's clock).
     pub fn at(&self) -> Option<String> {
-        self.field("at")
+        self.field("recorded_at").or_else(|| self.field("at"))
     }
 
-    /// The tables the change wrote.
+    /// The table the change wrote.
     pub fn tables(&self) -> Option<String> {
-        self.field("tables").or_else(|| self.field("table"))
+        self.field("tbl").or_else(|| self.field("tables"))
     }
 
     /// What kind of conflict: the core's `kind` when it records one, else the SQLSTATE.
@@ -59,9 +59,9 @@ impl Conflict {
         self.field("kind").or_else(|| self.field("sqlstate"))
     }
 
-    /// The error or explanation recorded with it.
+    /// The explanation recorded with it.
     pub fn error(&self) -> Option<String> {
-        self.field("error")
+        self.field("detail").or_else(|| self.field("error"))
     }
 
     /// What the shipper did (`skipped`, `halted` …).
@@ -81,7 +81,8 @@ impl Conflict {
     /// The record's columns other than the summary ones, in name order: the statement or
     /// row images, parameters, counts.
     pub fn details(&self) -> Vec<(String, String)> {
-        const SUMMARY: &[&str] = &["id", "at", "origin", "tables", "kind", "sqlstate", "error", "resolution", "resolved_at"];
+        const SUMMARY: &[&str] =
+            &["id", "recorded_at", "at", "origin", "tbl", "tables", "kind", "sqlstate", "detail", "error", "resolution", "resolved_at"];
         let mut out: Vec<(String, String)> = self
             .record
             .iter()

@@ -1,5 +1,5 @@
 //! The admin endpoints: `/status` and `/metrics` show the site, the policy version, the
-//! client connections, each replica's health and its outbox shipper's figures, and a
+//! client connections, each replica's health and its shipper's figures, and a
 //! configured token is enforced.
 
 use std::io::{Read, Write};
@@ -25,17 +25,19 @@ pub fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
 /// lock across processes) replicating to `virginia` (the test replica) and `oregon` (a port
 /// nothing listens on), with `top` added to the top-level keys.
 fn start(site: &str, top: &str) -> Proxy {
-    start_in(site, top, &scratch("admin"))
+    start_in(site, top, &scratch("admin"), "postgres")
 }
 
-fn start_in(site: &str, token: &str, dir: &std::path::Path) -> Proxy {
+/// The same in directory `dir`, on database `db` of both servers (a database holds one
+/// site's change stream: tests that write replicated tables use their own).
+fn start_in(site: &str, token: &str, dir: &std::path::Path, db: &str) -> Proxy {
     let dead = capgate::testbed::free_port();
     let text = format!(
         "site = \"{site}\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{token}\n[primary]\nurl = \"{}\"\n\
          [[replicas]]\nname = \"virginia\"\nurl = \"{}?sslmode=disable\"\nheartbeat_interval = \"50ms\"\n\
          [[replicas]]\nname = \"oregon\"\nurl = \"postgres://postgres@127.0.0.1:{dead}/postgres?sslmode=disable&connect_timeout=1\"\nheartbeat_interval = \"50ms\"\n",
-        primary().url("postgres", "postgres"),
-        replica().url("postgres", "postgres"),
+        primary().url("postgres", db),
+        replica().url("postgres", db),
     );
     Proxy::start_config(&text, dir)
 }
@@ -120,14 +122,18 @@ async fn the_shipper_runs_inside_the_server_and_status_shows_its_tables() {
         format!("default = \"local\"\n[[table]]\nmatch = \"{table}\"\nmode = \"async\"\non_conflict = \"skip\"\n[[table]]\nmatch = \"public.admin_glob_*\"\nmode = \"async\"\n"),
     )
     .unwrap();
-    let primary = connect(&primary().url("postgres", "postgres")).await;
-    let replica = connect(&replica().url("postgres", "postgres")).await;
-    for c in [&primary, &replica] {
-        c.batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int PRIMARY KEY)")).await.unwrap();
+    for server in [primary(), replica()] {
+        let _ = server.psql("DROP DATABASE IF EXISTS admin_ship");
+        server.psql("CREATE DATABASE admin_ship").expect("database");
     }
-    let proxy = start_in(site, "policy = \"policy.toml\"", &dir);
+    let primary = connect(&primary().url("postgres", "admin_ship")).await;
+    let replica = connect(&replica().url("postgres", "admin_ship")).await;
+    for c in [&primary, &replica] {
+        c.batch_execute(&format!("CREATE TABLE {table} (k int PRIMARY KEY)")).await.unwrap();
+    }
+    let proxy = start_in(site, "policy = \"policy.toml\"", &dir, "admin_ship");
     let admin = proxy.admin.expect("admin listener");
-    let app = connect(&proxy.url("postgres", "postgres")).await;
+    let app = connect(&proxy.url("postgres", "admin_ship")).await;
     app.batch_execute(&format!("INSERT INTO {table} (k) VALUES (7)")).await.expect("write through capgate");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -55,7 +55,11 @@ CREATE TABLE IF NOT EXISTS capgate.conflicts (
     new json,
     replica_row jsonb,
     resolution text NOT NULL,
-    detail text
+    detail text,
+    -- An operator's mark (`capgate conflicts resolve`).
+    resolved_at timestamptz,
+    resolved_by text,
+    resolved_note text
 );
 CREATE INDEX IF NOT EXISTS conflicts_tbl ON capgate.conflicts (tbl, id);
 

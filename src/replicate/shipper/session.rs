@@ -313,8 +313,11 @@ impl Run {
                     }
                 }
                 Ok(Ranged::Empty { snapshot }) => {
-                    // Record an idle range now and then, so lag and pruning move on.
-                    if last_advance.elapsed() >= REFRESH && applied.as_deref() != Some(snapshot.as_str()) {
+                    // Record an idle range now and then, so lag and pruning move on — at once
+                    // when the replica has applied nothing yet for this origin (its lag is
+                    // unknown until then, and bounded tables refuse).
+                    let due = applied.is_none() || last_advance.elapsed() >= REFRESH;
+                    if due && applied.as_deref() != Some(snapshot.as_str()) {
                         if let Err(e) = self.advance_only(&replica.client, &stmts, applied.as_deref(), &snapshot).await {
                             return Fail::Replica(e);
                         }

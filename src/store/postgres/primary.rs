@@ -105,6 +105,10 @@ DROP TABLE IF EXISTS capgate.shipped;
 /// The functions, replaced on every install. `@` placeholders: none; every name is
 /// schema-qualified because the functions run with the client's search_path.
 ///
+/// The functions a client's session runs (the trigger, `sync_prepare`, `capture_ddl`) are
+/// `SECURITY DEFINER`, owned by capgate's role: application roles need no rights on the
+/// `capgate` schema. Their search_path is fixed, and everything they name is qualified.
+///
 /// - `capgate.capture(mode, table)`: the trigger function (`'sync'` or `'async'`, and the name
 ///   of the table as capgate writes it, see [`crate::classify::TableName`]), see decision
 ///   0009. Its `SET` clauses fix the settings that change how a value prints, so the JSON
@@ -118,7 +122,8 @@ DROP TABLE IF EXISTS capgate.shipped;
 ///   transaction that runs it.
 const FUNCTIONS_SQL: &str = r#"
 CREATE OR REPLACE FUNCTION capgate.capture() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO' SET "IntervalStyle" = 'postgres'
 SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
 AS $fn$
@@ -193,7 +198,7 @@ END
 $install$;
 
 CREATE OR REPLACE FUNCTION capgate.sync_prepare(p_gid text, p_origin text, OUT tables text[], OUT changes json)
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM pg_catalog.set_config('capgate.commit_xid', pg_catalog.pg_current_xact_id()::text, true);
     WITH d AS (
@@ -231,7 +236,7 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION capgate.capture_ddl(p_sql text, p_mode text, p_tbl text) RETURNS void
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     v_new json := pg_catalog.json_build_object('sql', p_sql, 'search_path', pg_catalog.current_setting('search_path'));
     v_xid text := pg_catalog.pg_current_xact_id()::text;
