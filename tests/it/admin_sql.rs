@@ -14,7 +14,7 @@ const POLICY: &str = "default = \"local\"\n\
 
 /// A proxy for database `admin_sql` on the shared primary, replicating to the shared
 /// replica's database of the same name; `postgres` is an admin user, `app` is not.
-fn start() -> Proxy {
+fn start(name: &str) -> Proxy {
     static DB: std::sync::Once = std::sync::Once::new();
     DB.call_once(|| {
         for server in [primary(), replica()] {
@@ -23,7 +23,9 @@ fn start() -> Proxy {
             psql_at(&url, "CREATE TABLE accounts (id int PRIMARY KEY, balance int); CREATE TABLE page_views (id int PRIMARY KEY)");
         }
     });
-    let dir = scratch("admin-sql");
+    // Each test its own directory: a test rewriting its policy file must not make another
+    // test's proxy reload.
+    let dir = scratch(name);
     std::fs::write(dir.join("policy.toml"), POLICY).expect("write policy");
     let text = format!(
         "site = \"admin_sql\"\nlisten = \"127.0.0.1:0\"\nadmin_users = [\"postgres\"]\npolicy = \"policy.toml\"\n\
@@ -58,7 +60,7 @@ fn cell<'a>(header: &[String], row: &'a [String], column: &str) -> &'a str {
 
 #[test]
 fn admin_commands_answer_with_tables_for_admins_only() {
-    let proxy = start();
+    let proxy = start("admin-sql");
     let admin = proxy.url("postgres", "admin_sql");
 
     // The replica becomes healthy; SHOW CAPGATE REPLICAS says so.
@@ -125,7 +127,7 @@ fn admin_commands_answer_with_tables_for_admins_only() {
 
 #[tokio::test]
 async fn admin_commands_leave_the_session_and_its_transaction_alone() {
-    let proxy = start();
+    let proxy = start("admin-sql-2");
     let client = connect(&proxy.url("postgres", "admin_sql")).await;
     // Inside a transaction: the primary never sees the command, the transaction goes on.
     client.batch_execute("BEGIN; CREATE TEMP TABLE t (x int); INSERT INTO t VALUES (1)").await.unwrap();

@@ -100,6 +100,9 @@ DROP TABLE IF EXISTS capgate.outbox;
 DROP TABLE IF EXISTS capgate.outbox_seq;
 DROP TABLE IF EXISTS capgate.shipped;
 "#,
+    r#"
+DROP FUNCTION IF EXISTS capgate.capture_ddl(text, text, text);
+"#,
 ];
 
 /// The functions, replaced on every install. `@` placeholders: none; every name is
@@ -118,8 +121,8 @@ DROP TABLE IF EXISTS capgate.shipped;
 /// - `capgate.check_coordinated()`: the deferred constraint trigger on `capgate.sync_txn`.
 /// - `capgate.sync_prepare(gid, origin)`: the first step of a sync COMMIT: the tables and the
 ///   changes (NULL when the transaction has none left, e.g. after ROLLBACK TO SAVEPOINT).
-/// - `capgate.capture_ddl(sql, mode)`: records a schema change in the change stream, in the
-///   transaction that runs it.
+/// - `capgate.capture_ddl(sql, mode, table, search_path)`: records a schema change in the
+///   change stream, in the transaction that runs it, with the caller's search_path.
 const FUNCTIONS_SQL: &str = r#"
 CREATE OR REPLACE FUNCTION capgate.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -235,10 +238,11 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION capgate.capture_ddl(p_sql text, p_mode text, p_tbl text) RETURNS void
+CREATE OR REPLACE FUNCTION capgate.capture_ddl(p_sql text, p_mode text, p_tbl text, p_search_path text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    v_new json := pg_catalog.json_build_object('sql', p_sql, 'search_path', pg_catalog.current_setting('search_path'));
+    -- The caller's search_path comes as an argument: inside, the function's own is in force.
+    v_new json := pg_catalog.json_build_object('sql', p_sql, 'search_path', p_search_path);
     v_xid text := pg_catalog.pg_current_xact_id()::text;
 BEGIN
     PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);

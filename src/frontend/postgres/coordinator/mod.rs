@@ -216,7 +216,12 @@ where
     /// Record a DDL statement on a replicated table in the change stream, in its transaction.
     async fn capture_ddl(&mut self, sql: &str, route: &Route) -> Result<(), SessionError> {
         let Some((table, mode)) = ddl_target(route) else { return Ok(()) };
-        let own = format!("SELECT capgate.capture_ddl({}, {}, {})", dollar_quote(sql), quote(mode.as_str()), quote(&table));
+        let own = format!(
+            "SELECT capgate.capture_ddl({}, {}, {}, pg_catalog.current_setting('search_path'))",
+            dollar_quote(sql),
+            quote(mode.as_str()),
+            quote(&table)
+        );
         if let Err(e) = self.wire.own_query(&own).await? {
             tracing::warn!("capgate could not record DDL on {table}: {}", wire::error_text(&e));
         }
