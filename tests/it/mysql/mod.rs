@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod capture;
 mod client;
 mod commands;
 mod driver;
