@@ -6,6 +6,7 @@
 //! - [`auth`]: pass-through or proxy-side authentication;
 //! - [`relay`]: the two packet pumps and the reply queue between them;
 //! - [`statements`]: what the session's statements write, decided by the policy; `KILL`;
+//! - [`sync`]: the sync commit over XA, driving `replicate::coordinator::SyncCommit`;
 //! - [`conn`]: a buffered connection for the packet-at-a-time connection phase.
 //!
 //! Nothing here may decide replication: that belongs to the protocol-neutral layers above.
@@ -17,6 +18,7 @@ pub mod handshake;
 pub mod relay;
 pub mod session;
 pub mod statements;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::future::Future;

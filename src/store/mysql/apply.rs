@@ -39,6 +39,33 @@ pub struct Change {
     pub new: Option<String>,
 }
 
+impl Change {
+    /// Changes as one JSON array (what the sync coordinator carries between its actions).
+    pub fn to_json(changes: &[Change]) -> String {
+        let items: Vec<Value> =
+            changes.iter().map(|c| serde_json::json!({"seq": c.seq, "tbl": c.tbl, "op": c.op, "old": c.old, "new": c.new})).collect();
+        Value::Array(items).to_string()
+    }
+
+    /// The changes of [`Change::to_json`].
+    pub fn from_json(text: &str) -> Result<Vec<Change>, String> {
+        let items: Vec<Value> = serde_json::from_str(text).map_err(|e| format!("changes are not a JSON array: {e}"))?;
+        items
+            .into_iter()
+            .map(|v| {
+                let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+                Ok(Change {
+                    seq: v.get("seq").and_then(Value::as_u64).ok_or("a change has no seq")?,
+                    tbl: s("tbl").ok_or("a change has no tbl")?,
+                    op: s("op").ok_or("a change has no op")?,
+                    old: s("old"),
+                    new: s("new"),
+                })
+            })
+            .collect()
+    }
+}
+
 /// Why changes cannot be turned into statements.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
@@ -190,6 +217,12 @@ mod tests {
             sql.ends_with(r#"SET @capgate_rows = capgate.expect_rows(ROW_COUNT(), 1, 'delete_missing_or_differs shop.t {"id":7}');"#),
             "{sql}"
         );
+    }
+
+    #[test]
+    fn changes_travel_as_one_json_array() {
+        let all = vec![change("I", None, Some(r#"{"id": 1}"#)), change("D", Some(r#"{"id": 1}"#), None)];
+        assert_eq!(Change::from_json(&Change::to_json(&all)), Ok(all));
     }
 
     #[test]

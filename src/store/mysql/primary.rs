@@ -132,3 +132,35 @@ pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) 
     }
     Ok(())
 }
+
+/// At a held COMMIT, inside the client's transaction, on its primary connection: the
+/// transaction's sync changes in capture order ([`super::apply::Change`] columns)…
+pub const SYNC_READ: &str = "SELECT seq, tbl, op, old_image, new_image FROM capgate.sync_changes WHERE conn = CONNECTION_ID() ORDER BY seq";
+
+/// … then removed (never shipped later) …
+pub const SYNC_DELETE: &str = "DELETE FROM capgate.sync_changes WHERE conn = CONNECTION_ID()";
+
+/// … then the decision record `gid`, written only when the DELETE removed rows
+/// (`ROW_COUNT()` is still the DELETE's while this statement runs). The three are sent
+/// together: one round trip.
+pub fn sync_decide(gid: &str, origin: &str) -> String {
+    format!(
+        "INSERT INTO capgate.decisions (gid, origin, committed, at) SELECT {}, {}, TRUE, UTC_TIMESTAMP(6) FROM DUAL WHERE ROW_COUNT() > 0",
+        super::image::quote_literal(gid),
+        super::image::quote_literal(origin)
+    )
+}
+
+/// [`SYNC_READ`], [`SYNC_DELETE`] and [`sync_decide`] over a mysql_async connection (capgate's
+/// own sessions, tests); the MySQL front end sends the same three on the client's connection.
+pub async fn read_sync_changes(
+    conn: &mut mysql_async::Conn,
+    gid: &str,
+    origin: &str,
+) -> Result<Vec<super::apply::Change>, mysql_async::Error> {
+    type Row = (u64, String, String, Option<String>, Option<String>);
+    let rows: Vec<Row> = conn.query(SYNC_READ).await?;
+    conn.query_drop(SYNC_DELETE).await?;
+    conn.query_drop(sync_decide(gid, origin)).await?;
+    Ok(rows.into_iter().map(|(seq, tbl, op, old, new)| super::apply::Change { seq, tbl, op, old, new }).collect())
+}

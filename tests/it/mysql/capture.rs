@@ -32,7 +32,7 @@ const ROWS: &str = "INSERT INTO {db}.t (id, d, f, dbl, dt, ts, tm, dte, y, b, bl
 
 /// A reconciliation round makes the whole server match one policy: the tests that run one
 /// take turns.
-static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(super) static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn policy(text: &str) -> Policy {
     Policy::parse(text, Path::new("policy.toml")).expect("policy")

@@ -14,4 +14,5 @@ mod lifecycle;
 mod policy;
 mod python;
 mod raw;
+mod sync;
 mod sysbench;
