@@ -3,8 +3,9 @@
 //! the policy the current transaction started with (tables resolve against the current
 //! database); `KILL` may only name a connection of the same user.
 //!
-//! MySQL replication is not built yet: a write to a table the policy does not mark `local`
-//! is relayed to the primary only, logged and counted. A statement the policy refuses
+//! With MySQL replicas configured, a COMMIT is held for the sync commit (`super::hold`);
+//! async and bounded tables are captured on the primary but not shipped yet, so a write to
+//! one (and, without replicas, to any replicated table) is logged and counted. A statement the policy refuses
 //! (`unknown = "refuse"`) gets an ERR in its place, and the session goes on: MySQL keeps the
 //! transaction open after an error, and so does capgate.
 
@@ -14,8 +15,9 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::relay::{After, Flow, Pending, Prepared};
+use super::sync::ReplicaSlot;
 use super::Shared;
-use crate::classify::{Classification, SearchPath};
+use crate::classify::{Classification, Kind, SearchPath, TxControl};
 use crate::policy::{Decision, Mode, Policy};
 use crate::protocol::mysql::command::{parse_kill, Command, Kill};
 use crate::protocol::mysql::response::{Reply, Tracker};
@@ -32,6 +34,9 @@ pub enum Verdict {
     Refuse(Vec<u8>),
     /// Not forwarded; the session ends with this ERR.
     Fatal(Vec<u8>),
+    /// A commit point capgate coordinates (a COMMIT while sync tables are replicated): not
+    /// forwarded as it is; the client pump runs the sync commit (`super::hold`).
+    Hold,
 }
 
 /// A session's command tracking, owned by the client pump.
@@ -52,13 +57,14 @@ pub struct Statements {
     /// The classification of the last statement sent for preparing: MariaDB's execute of
     /// statement id 0xFFFFFFFF runs it, possibly before its PREPARE_OK has arrived.
     last_prepare: Option<Arc<Classification>>,
+    /// This session's replica connections for sync commits (empty: no MySQL replicas).
+    pub(super) slots: Vec<Arc<ReplicaSlot>>,
 }
 
 impl Statements {
     pub fn new(shared: Arc<Shared>, user: String, thread: u32, caps: u64, own_auth: bool) -> Statements {
         use crate::protocol::mysql::caps as c;
         Statements {
-            shared,
             user,
             thread,
             deprecate_eof: caps & c::DEPRECATE_EOF != 0,
@@ -66,6 +72,8 @@ impl Statements {
             own_auth,
             tx_policy: None,
             last_prepare: None,
+            slots: shared.sync.as_ref().map(|s| s.slots()).unwrap_or_default(),
+            shared,
         }
     }
 
@@ -94,8 +102,21 @@ impl Statements {
                 if let Some(db) = use_database(sql) {
                     after = After::Database(db);
                 }
-                if let Err(refusal) = self.route(flow, sql, true) {
-                    return refusal;
+                match self.route(flow, sql, true) {
+                    Err(refusal) => return refusal,
+                    Ok(Some(c)) if !self.slots.is_empty() && self.policy().has_sync() => {
+                        if is_commit(&c) {
+                            return Verdict::Hold;
+                        }
+                        if c.statements.len() > 1 && c.statements.iter().any(|s| s.kind == Kind::Transaction(TxControl::Commit)) {
+                            return Self::refuse(
+                                errors::NOT_SUPPORTED,
+                                "capgate: COMMIT must be sent as a statement of its own while sync tables are replicated (capgate \
+                                 coordinates each COMMIT with the replicas); split the query",
+                            );
+                        }
+                    }
+                    Ok(_) => {}
                 }
             }
             Command::Prepare(sql) => match self.route(flow, sql, false) {
@@ -112,6 +133,9 @@ impl Statements {
                 };
                 if let Some(c) = classification {
                     let policy = self.policy();
+                    if !self.slots.is_empty() && policy.has_sync() && is_commit(&c) {
+                        return Verdict::Hold;
+                    }
                     self.count(&policy.decide(&c));
                 }
             }
@@ -148,7 +172,20 @@ impl Statements {
         Verdict::Forward { quit: command == Command::Quit }
     }
 
-    fn policy(&mut self) -> Arc<Policy> {
+    /// A tracker for the reply of a command of kind `reply` on this session's connection.
+    pub(super) fn tracker(&self, reply: Reply) -> Tracker {
+        Tracker::new(reply, self.deprecate_eof, self.session_track)
+    }
+
+    pub(super) fn deprecate_eof(&self) -> bool {
+        self.deprecate_eof
+    }
+
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(super) fn policy(&mut self) -> Arc<Policy> {
         self.tx_policy.get_or_insert_with(|| self.shared.router.policy().current()).clone()
     }
 
@@ -181,10 +218,12 @@ impl Statements {
         Ok(Some(route.classification))
     }
 
-    /// Count (and log, sparingly) writes to replicated tables: MySQL replication is not
-    /// built yet, so they reach the primary only.
+    /// Count (and log, sparingly) writes to replicated tables that reach the primary only:
+    /// async and bounded shipping to MySQL replicas is not built yet (nor anything without
+    /// replicas).
     fn count(&self, decisions: &[Decision]) {
-        for d in decisions.iter().filter(|d| d.mode != Mode::Local) {
+        let sync_replicated = !self.slots.is_empty();
+        for d in decisions.iter().filter(|d| d.mode != Mode::Local && !(sync_replicated && matches!(d.mode, Mode::Sync { .. }))) {
             let n = self.shared.counters.unreplicated_writes.fetch_add(1, Ordering::Relaxed) + 1;
             if n <= 10 || n % 1000 == 0 {
                 warn!(
@@ -192,7 +231,7 @@ impl Statements {
                     mode = d.mode.name(),
                     rule = %d.rule,
                     count = n,
-                    "write to a replicated table relayed to the primary only: MySQL replication is not built yet"
+                    "write to a replicated table relayed to the primary only: MySQL async/bounded shipping is not built yet"
                 );
             }
         }
@@ -213,6 +252,12 @@ impl Statements {
             )),
         }
     }
+}
+
+/// A COMMIT alone (COMMIT, COMMIT WORK, `XA COMMIT … ONE PHASE` is not the client's to send
+/// here): where a transaction's sync changes are coordinated.
+fn is_commit(c: &Classification) -> bool {
+    matches!(c.statements.as_slice(), [one] if one.kind == Kind::Transaction(TxControl::Commit))
 }
 
 /// The database a `USE db` statement selects (backticks removed), if `sql` is one.

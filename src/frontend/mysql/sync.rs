@@ -61,6 +61,50 @@ impl ReplicaSlot {
     }
 }
 
+/// How long a replica may take to connect, apply and prepare before the commit is refused.
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Thread ids of capgate's connections to a replica left holding a branch: recovery kills
+/// them before committing from another session.
+pub type Stale = Arc<Mutex<Vec<u32>>>;
+
+/// What every session of a listener shares for sync commits: the replicas, and the gids.
+pub struct SyncShared {
+    /// Name, URL, and the stale connection ids recovery must kill, per replica.
+    replicas: Vec<(String, DbUrl, Stale)>,
+    /// `capgate:<site>:<instance>:`, unique to this process.
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+    pub site: String,
+}
+
+impl SyncShared {
+    pub fn new(site: &str, replicas: &[crate::config::Replica]) -> SyncShared {
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        SyncShared {
+            replicas: replicas.iter().map(|r| (r.name.clone(), r.url.clone(), Arc::default())).collect(),
+            prefix: format!("{}{}-{started:x}:", crate::replicate::recovery::site_prefix(site), std::process::id()),
+            next: std::sync::atomic::AtomicU64::new(1),
+            site: site.to_owned(),
+        }
+    }
+
+    /// A new global transaction id (≤ 64 bytes for any site name of up to 20 characters).
+    pub fn gid(&self) -> String {
+        format!("{}{}", self.prefix, self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// One session's replica slots.
+    pub fn slots(&self) -> Vec<Arc<ReplicaSlot>> {
+        self.replicas.iter().map(|(name, url, stale)| Arc::new(ReplicaSlot::new(name.clone(), url.clone(), stale.clone()))).collect()
+    }
+
+    /// Per replica: name, URL, and the ids recovery must kill first.
+    pub fn replicas(&self) -> &[(String, DbUrl, Stale)] {
+        &self.replicas
+    }
+}
+
 /// How a sync commit ended, for the relay to tell the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

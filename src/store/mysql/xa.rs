@@ -20,7 +20,7 @@ use super::image::quote_literal;
 use super::primary::APPLY_MARKER;
 use crate::config::{DbUrl, SslMode};
 use crate::replicate::coordinator::PrepareFailure;
-use crate::replicate::recovery::RecoveryReport;
+pub use crate::replicate::recovery::RecoveryReport;
 
 /// The SQLSTATE `capgate.expect_rows` raises when a replica's row is missing or differs.
 const CONFLICT: &str = "CGC01";
@@ -36,7 +36,7 @@ const NO_SUCH_THREAD: u16 = 1094;
 /// Why a replica connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum XaError {
-    #[error("TLS to MySQL replicas is not built yet: set sslmode=disable in the replica's url (the URL says {0:?})")]
+    #[error("TLS on capgate's own MySQL connections is not built yet: set sslmode=disable in the url (it says {0:?})")]
     Tls(SslMode),
     #[error("{0}")]
     Connect(mysql_async::Error),
@@ -45,9 +45,11 @@ pub enum XaError {
 }
 
 /// mysql_async options for `url`, with CLIENT_FOUND_ROWS (an UPDATE that leaves a row as it
-/// was still counts as matched; the apply checks row counts).
+/// was still counts as matched; the apply checks row counts). capgate's own MySQL
+/// connections have no TLS yet: `sslmode=prefer` connects in the clear, and a mode that
+/// requires TLS is refused with a message saying so.
 pub fn opts(url: &DbUrl) -> Result<mysql_async::Opts, XaError> {
-    if url.sslmode != SslMode::Disable {
+    if url.sslmode > SslMode::Prefer {
         return Err(XaError::Tls(url.sslmode));
     }
     let builder = mysql_async::OptsBuilder::default()

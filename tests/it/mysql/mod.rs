@@ -15,4 +15,5 @@ mod policy;
 mod python;
 mod raw;
 mod sync;
+mod sync_relay;
 mod sysbench;

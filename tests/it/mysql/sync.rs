@@ -60,7 +60,7 @@ fn slot(port: u16) -> Arc<ReplicaSlot> {
 }
 
 /// Fresh `cgsync.acct` on both servers with the same rows, capture installed.
-async fn setup() -> (Policy, mysql_async::Conn) {
+pub(super) async fn setup() -> (Policy, mysql_async::Conn) {
     let ddl = "DROP DATABASE IF EXISTS cgsync; CREATE DATABASE cgsync; \
                CREATE TABLE cgsync.acct (id INT PRIMARY KEY, bal INT NOT NULL, note VARCHAR(20)); \
                INSERT INTO cgsync.acct VALUES (1, 100, 'a'), (2, 200, 'b')";
@@ -76,16 +76,16 @@ async fn setup() -> (Policy, mysql_async::Conn) {
     (policy, admin)
 }
 
-fn rows(server: &capgate::testbed::MariaDb) -> String {
+pub(super) fn rows(server: &capgate::testbed::MariaDb) -> String {
     server.sql("SELECT id, bal, IFNULL(note, 'NULL') FROM cgsync.acct ORDER BY id").expect("rows")
 }
 
 /// Waits (bounded) until the replica has no branch of ours left: XA COMMIT runs off the
 /// client's critical path.
-async fn settled() {
+pub(super) async fn settled() {
     let mut r = connect(&url_at(replica().port(), "capgate", None, "")).await;
     for _ in 0..200 {
-        if xa::prepared(&mut r, "capgate:test:").await.expect("xa recover").is_empty() {
+        if xa::prepared(&mut r, "capgate:").await.expect("xa recover").is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -222,7 +222,7 @@ async fn recovery_resolves_branches_left_by_a_coordinator_that_died() {
         let round = xa::recover(&mut admin, &mut r, "capgate:test:", &[first_owner, second_owner]).await.expect("recover");
         report.committed.extend(round.committed);
         report.rolled_back.extend(round.rolled_back);
-        if xa::prepared(&mut r, "capgate:test:").await.expect("list").is_empty() {
+        if xa::prepared(&mut r, "capgate:").await.expect("list").is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

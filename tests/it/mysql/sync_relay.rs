@@ -1,0 +1,95 @@
+//! Sync tables through capgate's MySQL front end (decision 0015): a client's COMMIT, as text
+//! or as a prepared statement, commits on the primary and the replica; a replica whose rows
+//! differ makes the COMMIT fail with 1180 / SQLSTATE CGC01 and nothing commits; an
+//! autocommit write to a sync table is refused; a COMMIT inside a multi-statement query is
+//! refused; tables that are not sync commit as they came.
+
+use mysql_async::prelude::*;
+
+use super::support::{connect, error_code, primary, replica, MyProxy, APP_PASSWORD};
+use super::sync::{rows, settled, setup};
+
+use super::capture::SERVER;
+
+fn proxy(name: &str) -> MyProxy {
+    let dir = crate::support::scratch(name);
+    std::fs::write(
+        dir.join("policy.toml"),
+        "default = \"local\"\n[[table]]\nmatch = \"cgsync.acct\"\nmode = \"sync\"\n[[table]]\nmatch = \"cgsync.notes\"\nmode = \"async\"\n",
+    )
+    .expect("policy");
+    let text = format!(
+        "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
+         [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable\"\n",
+        primary().port(),
+        replica().port()
+    );
+    MyProxy::start_config(&text, &dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commits_through_capgate_reach_the_replica() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    let p = proxy("mysql-sync-relay");
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+
+    // Text COMMIT.
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("INSERT INTO acct VALUES (3, 300, 'c')").await.expect("insert");
+    c.query_drop("UPDATE acct SET bal = bal + 1 WHERE id = 1").await.expect("update");
+    c.query_drop("COMMIT").await.expect("commit");
+    settled().await;
+    assert_eq!(rows(primary()), "1\t101\ta\n2\t200\tb\n3\t300\tc");
+    assert_eq!(rows(replica()), rows(primary()));
+
+    // Prepared BEGIN and COMMIT, as sysbench sends them.
+    c.exec_drop("BEGIN", ()).await.expect("begin");
+    c.exec_drop("DELETE FROM acct WHERE id = ?", (3,)).await.expect("delete");
+    c.exec_drop("COMMIT", ()).await.expect("commit");
+    settled().await;
+    assert_eq!(rows(replica()), "1\t101\ta\n2\t200\tb");
+
+    // A read-only transaction and one with no transaction open commit as they came.
+    c.query_drop("BEGIN").await.expect("begin");
+    let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM acct").await.expect("read");
+    assert_eq!(n, Some(2));
+    c.query_drop("COMMIT").await.expect("commit");
+    c.query_drop("COMMIT").await.expect("commit outside a transaction");
+
+    // Autocommit writes to a sync table are refused by the capture trigger (not wrapped yet).
+    let err = c.query_drop("UPDATE acct SET bal = 0 WHERE id = 1").await.expect_err("refused");
+    assert_eq!(error_code(&err), 1644, "{err}");
+    // A COMMIT inside a multi-statement query cannot be coordinated: refused before it runs.
+    c.query_drop("BEGIN").await.expect("begin");
+    let err = c.query_drop("UPDATE acct SET bal = 5 WHERE id = 1; COMMIT").await.expect_err("refused");
+    assert!(err.to_string().contains("COMMIT must be sent as a statement of its own"), "{err}");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    assert_eq!(rows(primary()), "1\t101\ta\n2\t200\tb");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_the_replica_cannot_take_fails_with_nothing_committed() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    replica().sql("UPDATE cgsync.acct SET note = 'elsewhere' WHERE id = 2").expect("diverge");
+    let p = proxy("mysql-sync-relay-conflict");
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 7 WHERE id = 2").await.expect("update");
+    let err = c.query_drop("COMMIT").await.expect_err("refused");
+    let mysql_async::Error::Server(e) = &err else { panic!("{err}") };
+    assert_eq!((e.code, e.state.as_str()), (1180, "CGC01"), "{err}");
+    assert!(e.message.contains("replica \"east\"") && e.message.contains("capgate verify"), "{err}");
+    settled().await;
+    assert_eq!(rows(primary()), "1\t100\ta\n2\t200\tb", "the primary rolled back");
+    assert_eq!(rows(replica()), "1\t100\ta\n2\t200\telsewhere");
+    // The session goes on.
+    let status: Option<i64> = c.query_first("SELECT @@in_transaction").await.expect("read");
+    assert_eq!(status, Some(0));
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 8 WHERE id = 1").await.expect("update");
+    c.query_drop("COMMIT").await.expect("commit");
+    settled().await;
+    assert_eq!(rows(replica()), "1\t8\ta\n2\t200\telsewhere");
+}
