@@ -17,7 +17,7 @@ use crate::protocol::mysql::response::parse_err;
 use crate::protocol::mysql::rows::text_rows;
 use crate::protocol::mysql::{com, packet, status};
 use crate::store::mysql::apply::Change;
-use crate::store::mysql::primary::{sync_decide, SYNC_DELETE, SYNC_READ};
+use crate::store::mysql::primary::{sync_decide, sync_delete, SYNC_READ};
 
 /// The MySQL error code a refused COMMIT gets (ER_ERROR_DURING_COMMIT); the SQLSTATE is the
 /// refusal's (`55000` a replica unavailable, `CGC01` the sites differ).
@@ -124,14 +124,11 @@ fn error_of(reply: &[u8]) -> Option<String> {
 
 impl<W: AsyncWrite + Unpin + Send + ?Sized> PrimaryTx for RelayPrimary<'_, W> {
     async fn read_changes(&mut self, gid: &str, origin: &str) -> Result<Vec<Change>, String> {
-        let (read, delete, decide) = (query(SYNC_READ), query(SYNC_DELETE), query(&sync_decide(gid, origin)));
-        let replies = self.own(&[&read, &delete, &decide]).await.ok_or("the primary connection failed")?;
-        if let Some(e) = replies[1..].iter().find_map(|r| error_of(r)) {
-            return Err(e);
-        }
+        let replies = self.own(&[&query(SYNC_READ)]).await.ok_or("the primary connection failed")?;
         let rows = text_rows(&replies[0], self.statements.deprecate_eof()).map_err(|e| e.to_string())?;
         let text = |v: &Option<Vec<u8>>| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-        rows.iter()
+        let changes = rows
+            .iter()
             .map(|r| {
                 let seq = text(&r[0]).and_then(|s| s.parse().ok()).ok_or("a change without seq")?;
                 Ok(Change {
@@ -142,7 +139,18 @@ impl<W: AsyncWrite + Unpin + Send + ?Sized> PrimaryTx for RelayPrimary<'_, W> {
                     new: text(&r[4]),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<Change>, String>>()?;
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let mut commands: Vec<Vec<u8>> = sync_delete(&changes.iter().map(|c| c.seq).collect::<Vec<_>>()).iter().map(|d| query(d)).collect();
+        commands.push(query(&sync_decide(gid, origin)));
+        let refs: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
+        let replies = self.own(&refs).await.ok_or("the primary connection failed")?;
+        match replies.iter().find_map(|r| error_of(r)) {
+            Some(e) => Err(e),
+            None => Ok(changes),
+        }
     }
 
     async fn commit(&mut self) -> bool {

@@ -134,25 +134,31 @@ pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) 
 }
 
 /// At a held COMMIT, inside the client's transaction, on its primary connection: the
-/// transaction's sync changes in capture order ([`super::apply::Change`] columns)…
+/// transaction's sync changes in capture order ([`super::apply::Change`] columns), by a
+/// consistent (non-locking) read.
 pub const SYNC_READ: &str = "SELECT seq, tbl, op, old_image, new_image FROM capgate.sync_changes WHERE conn = CONNECTION_ID() ORDER BY seq";
 
-/// … then removed (never shipped later) …
-pub const SYNC_DELETE: &str = "DELETE FROM capgate.sync_changes WHERE conn = CONNECTION_ID()";
+/// Then, when there were any, in one round trip: the rows removed one by one by primary key
+/// (never shipped later). Equality on the key takes a record lock on that row only; a
+/// `DELETE … WHERE conn = …` took next-key locks on the `by_conn` index, and `seq IN (…)` on
+/// a small table was run as a scan that locked every row: both deadlocked with other
+/// sessions' captures under sysbench …
+pub fn sync_delete(seqs: &[u64]) -> Vec<String> {
+    seqs.iter().map(|seq| format!("DELETE FROM capgate.sync_changes WHERE seq = {seq}")).collect()
+}
 
-/// … then the decision record `gid`, written only when the DELETE removed rows
-/// (`ROW_COUNT()` is still the DELETE's while this statement runs). The three are sent
-/// together: one round trip.
+/// … and the decision record `gid`, inside the transaction.
 pub fn sync_decide(gid: &str, origin: &str) -> String {
     format!(
-        "INSERT INTO capgate.decisions (gid, origin, committed, at) SELECT {}, {}, TRUE, UTC_TIMESTAMP(6) FROM DUAL WHERE ROW_COUNT() > 0",
+        "INSERT INTO capgate.decisions (gid, origin, committed, at) VALUES ({}, {}, TRUE, UTC_TIMESTAMP(6))",
         super::image::quote_literal(gid),
         super::image::quote_literal(origin)
     )
 }
 
-/// [`SYNC_READ`], [`SYNC_DELETE`] and [`sync_decide`] over a mysql_async connection (capgate's
-/// own sessions, tests); the MySQL front end sends the same three on the client's connection.
+/// [`SYNC_READ`], then [`sync_delete`] and [`sync_decide`] when there are changes, over a
+/// mysql_async connection (capgate's own sessions, tests); the MySQL front end sends the same
+/// statements on the client's connection.
 pub async fn read_sync_changes(
     conn: &mut mysql_async::Conn,
     gid: &str,
@@ -160,7 +166,13 @@ pub async fn read_sync_changes(
 ) -> Result<Vec<super::apply::Change>, mysql_async::Error> {
     type Row = (u64, String, String, Option<String>, Option<String>);
     let rows: Vec<Row> = conn.query(SYNC_READ).await?;
-    conn.query_drop(SYNC_DELETE).await?;
-    conn.query_drop(sync_decide(gid, origin)).await?;
-    Ok(rows.into_iter().map(|(seq, tbl, op, old, new)| super::apply::Change { seq, tbl, op, old, new }).collect())
+    let changes: Vec<super::apply::Change> =
+        rows.into_iter().map(|(seq, tbl, op, old, new)| super::apply::Change { seq, tbl, op, old, new }).collect();
+    if !changes.is_empty() {
+        for delete in sync_delete(&changes.iter().map(|c| c.seq).collect::<Vec<_>>()) {
+            conn.query_drop(delete).await?;
+        }
+        conn.query_drop(sync_decide(gid, origin)).await?;
+    }
+    Ok(changes)
 }

@@ -16,4 +16,5 @@ mod python;
 mod raw;
 mod sync;
 mod sync_relay;
+mod sync_sysbench;
 mod sysbench;
