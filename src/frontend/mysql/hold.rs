@@ -1,20 +1,29 @@
-//! A held COMMIT (decision 0015): the client pump stops at the client's COMMIT, waits until
-//! every earlier reply has reached the client, and — when a transaction is open — runs the
-//! sync commit on the session's own primary connection: capgate's statements go to the
-//! primary as commands whose replies the server pump hands back here instead of to the
-//! client ([`Pending::Capgate`]); the client's COMMIT follows only once every replica
-//! prepared, and its reply is relayed; a refusal rolls the primary back and answers the
-//! COMMIT with an ERR.
+//! Held commands (decision 0015): the client pump stops at a COMMIT, at a statement that
+//! commits implicitly (DDL, BEGIN) or at a statement that may write a sync table, waits until
+//! every earlier reply has reached the client, and then looks at the status flags:
+//!
+//! - a COMMIT of an open transaction: the sync commit runs on the session's own primary
+//!   connection, and the client's COMMIT follows only once every replica prepared;
+//! - an implicit commit of an open transaction: the sync commit runs with capgate's own
+//!   COMMIT, then the statement goes on;
+//! - a possible sync write outside a transaction in autocommit mode: capgate runs it inside
+//!   a `BEGIN` of its own and coordinates that transaction; the client sees the statement's
+//!   reply (outside a transaction), or the refusal;
+//! - anything else goes on as it came.
+//!
+//! capgate's commands go to the primary as [`Pending::Capgate`]: the server pump hands their
+//! replies back here instead of to the client. A refusal rolls the primary back and answers
+//! with an ERR.
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use super::relay::{After, Pending, PumpError, SessionState};
-use super::statements::Statements;
+use super::statements::{Hold, Statements};
 use super::sync::{self, Outcome, PrimaryTx, PREPARE_TIMEOUT};
 use crate::protocol::mysql::command::Command;
 use crate::protocol::mysql::response::parse_err;
-use crate::protocol::mysql::rows::text_rows;
+use crate::protocol::mysql::rows::{clear_in_trans, text_rows};
 use crate::protocol::mysql::{com, packet, status};
 use crate::store::mysql::apply::Change;
 use crate::store::mysql::primary::{sync_decide, sync_delete, SYNC_READ};
@@ -23,39 +32,99 @@ use crate::store::mysql::primary::{sync_decide, sync_delete, SYNC_READ};
 /// refusal's (`55000` a replica unavailable, `CGC01` the sites differ).
 const COMMIT_REFUSED: u16 = 1180;
 
-/// Handle the client's COMMIT `payload` (a COM_QUERY or COM_STMT_EXECUTE).
-pub async fn commit_point<W>(state: &SessionState, server: &mut W, statements: &mut Statements, payload: &[u8]) -> Result<(), PumpError>
+/// Handle a held command `payload` (a COM_QUERY or COM_STMT_EXECUTE).
+pub async fn held<W>(state: &SessionState, server: &mut W, statements: &mut Statements, payload: &[u8], hold: Hold) -> Result<(), PumpError>
 where
     W: AsyncWrite + Unpin + Send + ?Sized,
 {
-    // Every reply before the COMMIT reaches the client first; then the status flags say
-    // whether a transaction is open.
+    // Every reply before it reaches the client first; then the status flags say whether a
+    // transaction is open.
     loop {
         if state.lock().queue.is_empty() {
             break;
         }
         state.drained.notified().await;
     }
-    let reply = Command::parse(payload).reply();
-    if state.lock().status & status::IN_TRANS == 0 {
-        state.lock().queue.push_back(Pending::Reply { tracker: statements.tracker(reply), after: After::Nothing });
-        return send(server, &[payload]).await;
+    let flags = state.lock().status;
+    let in_trans = flags & status::IN_TRANS != 0;
+    match hold {
+        Hold::Commit if in_trans => {
+            let (outcome, reply) = coordinate(state, server, statements, Commit::Client(payload)).await?;
+            answer(state, outcome, reply);
+        }
+        Hold::ImplicitCommit if in_trans => {
+            let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
+            match outcome {
+                Outcome::Committed => return forward(state, server, statements, payload).await,
+                _ => answer(state, outcome, reply),
+            }
+        }
+        Hold::Autocommit if !in_trans && flags & status::AUTOCOMMIT != 0 => {
+            let mut relay = RelayPrimary::new(state, server, statements, Commit::Own);
+            let replies = relay.own(&[&query("BEGIN"), payload]).await;
+            let failed = relay.failed.take();
+            let (Some(replies), None) = (replies, failed.as_ref()) else {
+                return Err(failed.unwrap_or_else(|| PumpError::Io(std::io::Error::other("the primary closed the connection"))));
+            };
+            let mut reply = replies.into_iter().nth(1).unwrap_or_default();
+            if error_of(&reply).is_some() {
+                let _ = relay.own(&[&query("ROLLBACK")]).await;
+                answer(state, Outcome::Failed, Some(reply));
+                return relay.failed.map_or(Ok(()), Err);
+            }
+            let (outcome, commit_reply) = coordinate(state, server, statements, Commit::Own).await?;
+            if outcome == Outcome::Committed {
+                clear_in_trans(&mut reply, statements.deprecate_eof());
+                answer(state, outcome, Some(reply));
+            } else {
+                answer(state, outcome, commit_reply);
+            }
+        }
+        _ => return forward(state, server, statements, payload).await,
     }
+    Ok(())
+}
+
+/// Let a held command go on as it came.
+async fn forward<W>(state: &SessionState, server: &mut W, statements: &Statements, payload: &[u8]) -> Result<(), PumpError>
+where
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
+    let reply = Command::parse(payload).reply();
+    state.lock().queue.push_back(Pending::Reply { tracker: statements.tracker(reply), after: After::Nothing });
+    send(server, &[payload]).await
+}
+
+/// Run the sync commit; the outcome and the reply of the COMMIT that went to the primary.
+async fn coordinate<W>(
+    state: &SessionState,
+    server: &mut W,
+    statements: &mut Statements,
+    commit: Commit<'_>,
+) -> Result<(Outcome, Option<Vec<u8>>), PumpError>
+where
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
     let Some(sync) = statements.shared().sync.as_ref() else { return Err(PumpError::Io(std::io::Error::other("no sync setup"))) };
     let (gid, site) = (sync.gid(), sync.site.clone());
     let policy = statements.policy();
     let slots = statements.slots.clone();
-    let mut primary = RelayPrimary { state, server, statements, payload, failed: None };
+    let mut primary = RelayPrimary::new(state, server, statements, commit);
     let outcome = sync::commit(&mut primary, &slots, &policy, gid, &site, PREPARE_TIMEOUT).await;
-    if let Some(e) = primary.failed {
-        return Err(e);
+    match primary.failed {
+        Some(e) => Err(e),
+        None => Ok((outcome, primary.commit_reply)),
     }
-    if let Outcome::Refused(r) = outcome {
-        let err = packet::err(1, (COMMIT_REFUSED, r.code), &format!("{} (hint: {})", r.message, r.hint));
-        state.lock().queue.push_back(Pending::Own(err));
-        state.wake.notify_one();
-    }
-    Ok(())
+}
+
+/// Queue the client's answer: `reply` (the primary's) unless the commit was refused.
+fn answer(state: &SessionState, outcome: Outcome, reply: Option<Vec<u8>>) {
+    let bytes = match outcome {
+        Outcome::Refused(r) => packet::err(1, (COMMIT_REFUSED, r.code), &format!("{} (hint: {})", r.message, r.hint)),
+        _ => reply.unwrap_or_else(|| packet::err(1, (COMMIT_REFUSED, "08S01"), "capgate: the primary did not answer the COMMIT")),
+    };
+    state.lock().queue.push_back(Pending::Own(bytes));
+    state.wake.notify_one();
 }
 
 /// Write whole commands (each payload as one packet with sequence id 0).
@@ -69,18 +138,33 @@ async fn send<W: AsyncWrite + Unpin + ?Sized>(server: &mut W, payloads: &[&[u8]]
     Ok(())
 }
 
+/// Which COMMIT ends the transaction.
+#[derive(Clone, Copy)]
+enum Commit<'a> {
+    /// The client's own (its reply goes to the client).
+    Client(&'a [u8]),
+    /// capgate's, for a transaction it opened or must end before a statement that commits
+    /// implicitly.
+    Own,
+}
+
 /// The client's primary transaction, reached through the relay.
 struct RelayPrimary<'a, W: ?Sized> {
     state: &'a SessionState,
     server: &'a mut W,
     statements: &'a Statements,
-    /// The client's COMMIT.
-    payload: &'a [u8],
+    commit: Commit<'a>,
+    /// The primary's reply to the COMMIT, once sent.
+    commit_reply: Option<Vec<u8>>,
     /// The primary connection failed: the session ends with this.
     failed: Option<PumpError>,
 }
 
-impl<W: AsyncWrite + Unpin + Send + ?Sized> RelayPrimary<'_, W> {
+impl<'a, W: AsyncWrite + Unpin + Send + ?Sized> RelayPrimary<'a, W> {
+    fn new(state: &'a SessionState, server: &'a mut W, statements: &'a Statements, commit: Commit<'a>) -> Self {
+        RelayPrimary { state, server, statements, commit, commit_reply: None, failed: None }
+    }
+
     /// Send commands of capgate's own; their replies, whole, in order (None: the connection
     /// failed).
     async fn own(&mut self, payloads: &[&[u8]]) -> Option<Vec<Vec<u8>>> {
@@ -154,12 +238,15 @@ impl<W: AsyncWrite + Unpin + Send + ?Sized> PrimaryTx for RelayPrimary<'_, W> {
     }
 
     async fn commit(&mut self) -> bool {
-        let Some(mut replies) = self.own(&[self.payload]).await else { return false };
+        let own = query("COMMIT");
+        let payload = match self.commit {
+            Commit::Client(p) => p,
+            Commit::Own => own.as_slice(),
+        };
+        let Some(mut replies) = self.own(&[payload]).await else { return false };
         let reply = replies.pop().unwrap_or_default();
-        let committed = reply.get(4) != Some(&0xff);
-        // The primary's reply to the client's COMMIT goes to the client as it came.
-        self.state.lock().queue.push_back(Pending::Own(reply));
-        self.state.wake.notify_one();
+        let committed = error_of(&reply).is_none();
+        self.commit_reply = Some(reply);
         committed
     }
 

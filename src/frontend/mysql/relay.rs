@@ -204,12 +204,12 @@ where
                     state.lock().queue.push_back(Pending::Own(err));
                     state.wake.notify_one();
                 }
-                Verdict::Hold => {
+                Verdict::Hold(hold) => {
                     write_flush(server, &buf[start..at]).await?;
                     let payload = l.payload(&buf[at..at + l.bytes]).into_owned();
                     at += l.bytes;
                     start = at;
-                    super::hold::commit_point(state, server, statements, &payload).await?;
+                    super::hold::held(state, server, statements, &payload, hold).await?;
                 }
                 Verdict::Fatal(err) => {
                     write_flush(server, &buf[start..at]).await?;

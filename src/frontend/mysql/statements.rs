@@ -34,9 +34,23 @@ pub enum Verdict {
     Refuse(Vec<u8>),
     /// Not forwarded; the session ends with this ERR.
     Fatal(Vec<u8>),
-    /// A commit point capgate coordinates (a COMMIT while sync tables are replicated): not
-    /// forwarded as it is; the client pump runs the sync commit (`super::hold`).
-    Hold,
+    /// A commit point capgate may have to coordinate while sync tables are replicated: not
+    /// forwarded as it is; the client pump decides once every earlier reply is in
+    /// (`super::hold`).
+    Hold(Hold),
+}
+
+/// Why a command is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// A COMMIT.
+    Commit,
+    /// A statement that commits an open transaction implicitly (DDL, BEGIN): the transaction's
+    /// sync changes are coordinated first.
+    ImplicitCommit,
+    /// A statement that may write a sync table: outside a transaction in autocommit mode,
+    /// capgate runs it in a transaction of its own and coordinates that.
+    Autocommit,
 }
 
 /// A session's command tracking, owned by the client pump.
@@ -105,15 +119,18 @@ impl Statements {
                 match self.route(flow, sql, true) {
                     Err(refusal) => return refusal,
                     Ok(Some(c)) if !self.slots.is_empty() && self.policy().has_sync() => {
-                        if is_commit(&c) {
-                            return Verdict::Hold;
-                        }
                         if c.statements.len() > 1 && c.statements.iter().any(|s| s.kind == Kind::Transaction(TxControl::Commit)) {
                             return Self::refuse(
                                 errors::NOT_SUPPORTED,
                                 "capgate: COMMIT must be sent as a statement of its own while sync tables are replicated (capgate \
                                  coordinates each COMMIT with the replicas); split the query",
                             );
+                        }
+                        // LOAD DATA LOCAL needs the client's file contents mid-reply: not held
+                        // (outside a transaction the capture trigger refuses it; inside one
+                        // the COMMIT is held).
+                        if let Some(hold) = self.hold_for(&c).filter(|_| !is_load_local(sql)) {
+                            return Verdict::Hold(hold);
                         }
                     }
                     Ok(_) => {}
@@ -132,10 +149,10 @@ impl Statements {
                     id => flow.prepared.get(&id).and_then(|p| p.classification.clone()),
                 };
                 if let Some(c) = classification {
-                    let policy = self.policy();
-                    if !self.slots.is_empty() && policy.has_sync() && is_commit(&c) {
-                        return Verdict::Hold;
+                    if let Some(hold) = self.hold_for(&c) {
+                        return Verdict::Hold(hold);
                     }
+                    let policy = self.policy();
                     self.count(&policy.decide(&c));
                 }
             }
@@ -170,6 +187,26 @@ impl Statements {
             flow.queue.push_back(Pending::Reply { tracker: Tracker::new(reply, self.deprecate_eof, self.session_track), after });
         }
         Verdict::Forward { quit: command == Command::Quit }
+    }
+
+    /// Whether a statement must be held while sync tables are replicated (decision 0015).
+    fn hold_for(&mut self, c: &Classification) -> Option<Hold> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let policy = self.policy();
+        if !policy.has_sync() {
+            return None;
+        }
+        if is_commit(c) {
+            return Some(Hold::Commit);
+        }
+        if c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl | Kind::Transaction(TxControl::Begin))) {
+            return Some(Hold::ImplicitCommit);
+        }
+        let may_write_sync = c.statements.iter().any(|s| matches!(s.kind, Kind::Unknown(_)))
+            || policy.decide(c).iter().any(|d| matches!(d.mode, Mode::Sync { .. }));
+        may_write_sync.then_some(Hold::Autocommit)
     }
 
     /// A tracker for the reply of a command of kind `reply` on this session's connection.
@@ -258,6 +295,13 @@ impl Statements {
 /// here): where a transaction's sync changes are coordinated.
 fn is_commit(c: &Classification) -> bool {
     matches!(c.statements.as_slice(), [one] if one.kind == Kind::Transaction(TxControl::Commit))
+}
+
+/// Whether `sql` is a `LOAD DATA LOCAL` statement.
+fn is_load_local(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql).to_ascii_uppercase();
+    let words: Vec<&str> = text.split_whitespace().take(3).collect();
+    words.len() == 3 && words[0] == "LOAD" && words[1] == "DATA" && words[2] == "LOCAL"
 }
 
 /// The database a `USE db` statement selects (backticks removed), if `sql` is one.

@@ -1,8 +1,8 @@
 //! Sync tables through capgate's MySQL front end (decision 0015): a client's COMMIT, as text
-//! or as a prepared statement, commits on the primary and the replica; a replica whose rows
-//! differ makes the COMMIT fail with 1180 / SQLSTATE CGC01 and nothing commits; an
-//! autocommit write to a sync table is refused; a COMMIT inside a multi-statement query is
-//! refused; tables that are not sync commit as they came.
+//! or as a prepared statement, commits on the primary and the replica; so does an autocommit
+//! write (run in a transaction of capgate's own) and a transaction ended implicitly by BEGIN;
+//! a replica whose rows differ makes the COMMIT (or the autocommit statement) fail with 1180 /
+//! SQLSTATE CGC01 and nothing commits; a COMMIT inside a multi-statement query is refused.
 
 use mysql_async::prelude::*;
 
@@ -57,9 +57,29 @@ async fn commits_through_capgate_reach_the_replica() {
     c.query_drop("COMMIT").await.expect("commit");
     c.query_drop("COMMIT").await.expect("commit outside a transaction");
 
-    // Autocommit writes to a sync table are refused by the capture trigger (not wrapped yet).
-    let err = c.query_drop("UPDATE acct SET bal = 0 WHERE id = 1").await.expect_err("refused");
-    assert_eq!(error_code(&err), 1644, "{err}");
+    // An autocommit write to a sync table runs in a transaction of capgate's own, coordinated;
+    // the client sees its reply outside a transaction.
+    c.query_drop("UPDATE acct SET bal = 0 WHERE id = 1").await.expect("autocommit update");
+    assert_eq!(c.affected_rows(), 1);
+    let open: Option<i64> = c.query_first("SELECT @@in_transaction").await.expect("read");
+    assert_eq!(open, Some(0));
+    c.exec_drop("INSERT INTO acct VALUES (?, ?, ?)", (4, 400, "d")).await.expect("prepared autocommit insert");
+    settled().await;
+    assert_eq!(rows(replica()), "1\t0\ta\n2\t200\tb\n4\t400\td");
+    // An autocommit statement that fails on the primary reports its own error.
+    let err = c.query_drop("INSERT INTO acct VALUES (4, 1, 'dup')").await.expect_err("duplicate");
+    assert_eq!(error_code(&err), 1062, "{err}");
+
+    // A BEGIN inside a transaction commits it implicitly: coordinated first.
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 41 WHERE id = 4").await.expect("update");
+    c.query_drop("BEGIN").await.expect("implicit commit");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    settled().await;
+    assert_eq!(rows(replica()), "1\t0\ta\n2\t200\tb\n4\t41\td");
+    c.exec_drop("DELETE FROM acct WHERE id = ?", (4,)).await.expect("autocommit delete");
+    c.exec_drop("UPDATE acct SET bal = ? WHERE id = ?", (101, 1)).await.expect("autocommit update");
+
     // A COMMIT inside a multi-statement query cannot be coordinated: refused before it runs.
     c.query_drop("BEGIN").await.expect("begin");
     let err = c.query_drop("UPDATE acct SET bal = 5 WHERE id = 1; COMMIT").await.expect_err("refused");
@@ -84,6 +104,12 @@ async fn a_commit_the_replica_cannot_take_fails_with_nothing_committed() {
     settled().await;
     assert_eq!(rows(primary()), "1\t100\ta\n2\t200\tb", "the primary rolled back");
     assert_eq!(rows(replica()), "1\t100\ta\n2\t200\telsewhere");
+    // An autocommit write the replica cannot take is refused the same way.
+    let err = c.query_drop("UPDATE acct SET bal = 9 WHERE id = 2").await.expect_err("refused");
+    let mysql_async::Error::Server(e) = &err else { panic!("{err}") };
+    assert_eq!((e.code, e.state.as_str()), (1180, "CGC01"), "{err}");
+    settled().await;
+    assert_eq!(rows(primary()), "1\t100\ta\n2\t200\tb");
     // The session goes on.
     let status: Option<i64> = c.query_first("SELECT @@in_transaction").await.expect("read");
     assert_eq!(status, Some(0));
