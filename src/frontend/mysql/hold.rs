@@ -5,7 +5,9 @@
 //! - a COMMIT of an open transaction: the sync commit runs on the session's own primary
 //!   connection, and the client's COMMIT follows only once every replica prepared;
 //! - an implicit commit of an open transaction: the sync commit runs with capgate's own
-//!   COMMIT, then the statement goes on;
+//!   COMMIT, then the statement goes on; after DDL, the capture triggers are reconciled
+//!   with the policy before the client gets the reply (a new table a rule matches is
+//!   captured from its first write, a changed table's images carry its new columns);
 //! - a possible sync write outside a transaction in autocommit mode: capgate runs it inside
 //!   a `BEGIN` of its own and coordinates that transaction; the client sees the statement's
 //!   reply (outside a transaction), or the refusal;
@@ -51,6 +53,28 @@ where
         Hold::Commit if in_trans => {
             let (outcome, reply) = coordinate(state, server, statements, Commit::Client(payload)).await?;
             answer(state, outcome, reply);
+        }
+        Hold::Ddl => {
+            if in_trans {
+                let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
+                if outcome != Outcome::Committed {
+                    answer(state, outcome, reply);
+                    return Ok(());
+                }
+            }
+            let mut relay = RelayPrimary::new(state, server, statements, Commit::Own);
+            let reply = relay.own(&[payload]).await.and_then(|mut r| r.pop());
+            if let Some(e) = relay.failed.take() {
+                return Err(e);
+            }
+            let reply = reply.unwrap_or_default();
+            if error_of(&reply).is_none() {
+                let policy = statements.policy();
+                if let Err(e) = super::setup::reconcile(&statements.shared().config, &policy).await {
+                    tracing::warn!("after DDL, the capture triggers could not be brought in step with the policy: {e}");
+                }
+            }
+            answer(state, Outcome::Committed, Some(reply));
         }
         Hold::ImplicitCommit if in_trans => {
             let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;

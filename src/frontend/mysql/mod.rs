@@ -230,7 +230,7 @@ impl Server {
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 if let Some(sync) = &shared.sync {
-                    setup::recovery_loop(shared.config.clone(), sync).await;
+                    setup::maintenance_loop(shared.config.clone(), sync, shared.router.policy().clone()).await;
                 }
             })
         });

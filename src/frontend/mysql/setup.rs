@@ -1,6 +1,7 @@
 //! Replication to MySQL replicas at start (decisions 0014, 0015): the primary's `capgate`
 //! database and capture triggers, the privileges they need, each replica's `capgate`
-//! functions; then, while serving, a recovery round every few seconds per replica.
+//! functions; then, while serving, every few seconds: the triggers reconciled after a policy
+//! reload, and a recovery round per replica.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use tracing::{info, warn};
 
 use super::sync::SyncShared;
 use crate::config::Config;
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyHandle};
 use crate::store::mysql::xa::{self, ReplicaConn};
 use crate::store::mysql::{apply, capture, primary};
 use crate::store::CaptureMode;
@@ -62,12 +63,34 @@ pub async fn start(config: &Config, policy: &Policy) -> Result<Option<SyncShared
     Ok(Some(SyncShared::new(&config.site, &config.replicas)))
 }
 
-/// Resolve, every few seconds, the branches capgate's processes of this site left prepared
-/// on each replica (decision 0015).
-pub async fn recovery_loop(config: Arc<Config>, sync: &SyncShared) {
+/// One reconciliation round of the capture triggers on the primary (after DDL, after a
+/// policy reload).
+pub async fn reconcile(config: &Config, policy: &Policy) -> Result<capture::Reconciled, String> {
+    let mut conn = mysql_async::Conn::new(xa::opts(&config.primary.url).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+    let done = capture::reconcile(&mut conn, policy).await.map_err(|e| e.to_string());
+    let _ = conn.disconnect().await;
+    let done = done?;
+    for (table, why) in &done.failed {
+        warn!(%table, "cannot capture this table's changes: {why}");
+    }
+    if !done.installed.is_empty() || !done.removed.is_empty() {
+        info!(installed = ?done.installed, removed = ?done.removed, "capture triggers changed");
+    }
+    Ok(done)
+}
+
+/// Every few seconds: bring the capture triggers in step with a reloaded policy, and resolve
+/// the branches capgate's processes of this site left prepared on each replica (decision
+/// 0015).
+pub async fn maintenance_loop(config: Arc<Config>, sync: &SyncShared, policy: Arc<PolicyHandle>) {
     let prefix = crate::replicate::recovery::site_prefix(&sync.site);
+    let mut last = policy.current();
     loop {
         tokio::time::sleep(RECOVERY_INTERVAL).await;
+        let now = policy.current();
+        if !Arc::ptr_eq(&now, &last) && reconcile(&config, &now).await.is_ok() {
+            last = now;
+        }
         for (name, url, stale) in sync.replicas() {
             let ids: Vec<u32> = stale.lock().map(|s| s.clone()).unwrap_or_default();
             match round(&config, url, &prefix, &ids).await {

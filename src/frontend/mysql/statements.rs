@@ -45,9 +45,12 @@ pub enum Verdict {
 pub enum Hold {
     /// A COMMIT.
     Commit,
-    /// A statement that commits an open transaction implicitly (DDL, BEGIN): the transaction's
+    /// A statement that commits an open transaction implicitly (BEGIN): the transaction's
     /// sync changes are coordinated first.
     ImplicitCommit,
+    /// DDL: commits implicitly too, and may change what is captured: the capture triggers are
+    /// reconciled before the client gets the reply.
+    Ddl,
     /// A statement that may write a sync table: outside a transaction in autocommit mode,
     /// capgate runs it in a transaction of its own and coordinates that.
     Autocommit,
@@ -201,7 +204,10 @@ impl Statements {
         if is_commit(c) {
             return Some(Hold::Commit);
         }
-        if c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl | Kind::Transaction(TxControl::Begin))) {
+        if c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl)) {
+            return Some(Hold::Ddl);
+        }
+        if c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(TxControl::Begin))) {
             return Some(Hold::ImplicitCommit);
         }
         let may_write_sync = c.statements.iter().any(|s| matches!(s.kind, Kind::Unknown(_)))

@@ -119,3 +119,30 @@ async fn a_commit_the_replica_cannot_take_fails_with_nothing_committed() {
     settled().await;
     assert_eq!(rows(replica()), "1\t8\ta\n2\t200\telsewhere");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_through_capgate_brings_capture_in_step_before_its_reply() {
+    let _turn = SERVER.lock().await;
+    let (_, mut admin) = setup().await;
+    let p = proxy("mysql-sync-relay-ddl");
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+
+    // A new table an async rule matches is captured from its first write.
+    c.query_drop("CREATE TABLE notes (id INT PRIMARY KEY, body TEXT)").await.expect("create");
+    c.query_drop("INSERT INTO notes VALUES (1, 'first')").await.expect("insert");
+    let logged: Vec<String> =
+        admin.query("SELECT new_image FROM capgate.changes WHERE tbl = 'cgsync.notes' ORDER BY seq").await.expect("changes");
+    assert_eq!(logged, vec![r#"{"id": 1, "body": "first"}"#.to_string()]);
+
+    // A column added to a sync table (on the replica by the DBA, through capgate on the
+    // primary, inside a transaction that DDL commits) travels with the next commit.
+    replica().sql("ALTER TABLE cgsync.acct ADD COLUMN flag INT NOT NULL DEFAULT 0").expect("replica alter");
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 5 WHERE id = 1").await.expect("update");
+    c.query_drop("ALTER TABLE acct ADD COLUMN flag INT NOT NULL DEFAULT 0").await.expect("alter");
+    c.query_drop("UPDATE acct SET flag = 7 WHERE id = 2").await.expect("autocommit update");
+    settled().await;
+    let on = |server: &capgate::testbed::MariaDb| server.sql("SELECT id, bal, flag FROM cgsync.acct ORDER BY id").expect("rows");
+    assert_eq!(on(primary()), "1\t5\t0\n2\t200\t7");
+    assert_eq!(on(replica()), on(primary()));
+}
