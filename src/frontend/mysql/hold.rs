@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::relay::{After, Pending, PumpError, SessionState};
 use super::statements::{Hold, Statements};
-use super::sync::{self, Outcome, PrimaryTx, PREPARE_TIMEOUT};
+use super::sync::{self, Outcome, PrimaryTx};
 use crate::protocol::mysql::command::Command;
 use crate::protocol::mysql::response::parse_err;
 use crate::protocol::mysql::rows::{clear_in_trans, text_rows};
@@ -130,11 +130,11 @@ where
     W: AsyncWrite + Unpin + Send + ?Sized,
 {
     let Some(sync) = statements.shared().sync.as_ref() else { return Err(PumpError::Io(std::io::Error::other("no sync setup"))) };
-    let (gid, site) = (sync.gid(), sync.site.clone());
+    let (gid, site, deadline) = (sync.gid(), sync.site.clone(), sync.deadline);
     let policy = statements.policy();
     let slots = statements.slots.clone();
     let mut primary = RelayPrimary::new(state, server, statements, commit);
-    let outcome = sync::commit(&mut primary, &slots, &policy, gid, &site, PREPARE_TIMEOUT).await;
+    let outcome = sync::commit(&mut primary, &slots, &policy, gid, &site, deadline).await;
     match primary.failed {
         Some(e) => Err(e),
         None => Ok((outcome, primary.commit_reply)),

@@ -61,9 +61,6 @@ impl ReplicaSlot {
     }
 }
 
-/// How long a replica may take to connect, apply and prepare before the commit is refused.
-pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Thread ids of capgate's connections to a replica left holding a branch: recovery kills
 /// them before committing from another session.
 pub type Stale = Arc<Mutex<Vec<u32>>>;
@@ -76,6 +73,10 @@ pub struct SyncShared {
     prefix: String,
     next: std::sync::atomic::AtomicU64,
     pub site: String,
+    /// How long a replica may take to connect, apply and prepare before the commit is
+    /// refused: five times the slowest replica's `partition_latency` or `heartbeat_timeout`,
+    /// as for PostgreSQL replicas.
+    pub deadline: Duration,
 }
 
 impl SyncShared {
@@ -86,6 +87,7 @@ impl SyncShared {
             prefix: format!("{}{}-{started:x}:", crate::replicate::recovery::site_prefix(site), std::process::id()),
             next: std::sync::atomic::AtomicU64::new(1),
             site: site.to_owned(),
+            deadline: replicas.iter().map(|r| r.partition_latency.max(r.heartbeat_timeout)).max().unwrap_or(Duration::from_secs(1)) * 5,
         }
     }
 
@@ -200,6 +202,7 @@ async fn prepare(slot: &ReplicaSlot, gid: &str, changes: &[Change], timeout: Dur
     let attempt = async {
         // Waits for this session's previous XA COMMIT on the replica.
         let mut s = slot.state.lock().await;
+        let reused = s.conn.is_some();
         let mut conn = match s.conn.take() {
             Some(c) => c,
             None => ReplicaConn::connect(&slot.url, timeout).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?,
@@ -226,7 +229,16 @@ async fn prepare(slot: &ReplicaSlot, gid: &str, changes: &[Change], timeout: Dur
             }
         }
         let sql = sql.unwrap_or_default();
-        match conn.prepare(gid, &sql).await {
+        let mut result = conn.prepare(gid, &sql).await;
+        // A connection kept from an earlier commit may have died meanwhile (the link was reset,
+        // the replica restarted): nothing reached the server on it, so try once on a new one.
+        if let Err((None, PrepareFailure::Unavailable(_))) = &result {
+            if reused {
+                let fresh = ReplicaConn::connect(&slot.url, timeout).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?;
+                result = fresh.prepare(gid, &sql).await;
+            }
+        }
+        match result {
             Ok(branch) => {
                 s.branch = Some(branch);
                 Ok(())

@@ -15,6 +15,7 @@ mod policy;
 mod python;
 mod raw;
 mod sync;
+mod sync_faults;
 mod sync_relay;
 mod sync_sysbench;
 mod sysbench;
