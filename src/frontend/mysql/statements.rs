@@ -135,6 +135,9 @@ impl Statements {
                         if let Some(hold) = self.hold_for(&c).filter(|_| !is_load_local(sql)) {
                             return Verdict::Hold(hold);
                         }
+                        if commits_implicitly(sql) {
+                            return Verdict::Hold(Hold::ImplicitCommit);
+                        }
                     }
                     Ok(_) => {}
                 }
@@ -303,6 +306,19 @@ fn is_commit(c: &Classification) -> bool {
     matches!(c.statements.as_slice(), [one] if one.kind == Kind::Transaction(TxControl::Commit))
 }
 
+/// Whether `sql` ends an open transaction although it is neither COMMIT, BEGIN nor DDL:
+/// `SET autocommit = 1` (or ON, TRUE) and `LOCK TABLES`.
+fn commits_implicitly(sql: &[u8]) -> bool {
+    let text: String = String::from_utf8_lossy(sql).to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
+    let text = text.trim_end_matches(';');
+    let enables = ["1", "on", "true"].iter().any(|v| {
+        ["autocommit=", "@@autocommit=", "@@session.autocommit=", "sessionautocommit="]
+            .iter()
+            .any(|k| text.strip_prefix("set").is_some_and(|rest| rest.contains(&format!("{k}{v}"))))
+    });
+    enables || text.starts_with("locktable")
+}
+
 /// Whether `sql` is a `LOAD DATA LOCAL` statement.
 fn is_load_local(sql: &[u8]) -> bool {
     let text = String::from_utf8_lossy(sql).to_ascii_uppercase();
@@ -328,6 +344,17 @@ fn use_database(sql: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::use_database;
+
+    #[test]
+    fn statements_that_commit_implicitly() {
+        use super::commits_implicitly;
+        assert!(commits_implicitly(b"SET autocommit = 1"));
+        assert!(commits_implicitly(b"set @@session.autocommit=ON;"));
+        assert!(commits_implicitly(b"SET SESSION autocommit = true"));
+        assert!(commits_implicitly(b"LOCK TABLES t WRITE"));
+        assert!(!commits_implicitly(b"SET autocommit = 0"));
+        assert!(!commits_implicitly(b"SELECT 'set autocommit=1'"));
+    }
 
     #[test]
     fn use_statements() {

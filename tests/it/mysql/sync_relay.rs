@@ -145,4 +145,12 @@ async fn ddl_through_capgate_brings_capture_in_step_before_its_reply() {
     let on = |server: &capgate::testbed::MariaDb| server.sql("SELECT id, bal, flag FROM cgsync.acct ORDER BY id").expect("rows");
     assert_eq!(on(primary()), "1\t5\t0\n2\t200\t7");
     assert_eq!(on(replica()), on(primary()));
+
+    // SET autocommit = 1 commits an open transaction implicitly: coordinated first.
+    c.query_drop("SET autocommit = 0").await.expect("autocommit off");
+    c.query_drop("UPDATE acct SET bal = 6 WHERE id = 1").await.expect("update in an implicit transaction");
+    c.query_drop("SET autocommit = 1").await.expect("autocommit on");
+    settled().await;
+    assert_eq!(on(primary()), "1\t6\t0\n2\t200\t7");
+    assert_eq!(on(replica()), on(primary()));
 }
