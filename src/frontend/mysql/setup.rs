@@ -91,27 +91,22 @@ pub async fn maintenance_loop(config: Arc<Config>, sync: &SyncShared, policy: Ar
         if !Arc::ptr_eq(&now, &last) && reconcile(&config, &now).await.is_ok() {
             last = now;
         }
-        for (name, url, stale) in sync.replicas() {
-            let ids: Vec<u32> = stale.lock().map(|s| s.clone()).unwrap_or_default();
-            match round(&config, url, &prefix, &ids).await {
-                Ok(report) => {
-                    if let Ok(mut s) = stale.lock() {
-                        s.retain(|id| !ids.contains(id));
-                    }
-                    if report.acted() {
-                        info!(replica = %name, committed = ?report.committed, rolled_back = ?report.rolled_back, "recovered prepared XA branches");
-                    }
+        for (name, url) in sync.replicas() {
+            match round(&config, url, &prefix).await {
+                Ok(report) if report.acted() => {
+                    info!(replica = %name, committed = ?report.committed, rolled_back = ?report.rolled_back, "recovered prepared XA branches");
                 }
+                Ok(_) => {}
                 Err(e) => warn!(replica = %name, "XA recovery round failed: {e}"),
             }
         }
     }
 }
 
-async fn round(config: &Config, url: &crate::config::DbUrl, prefix: &str, stale: &[u32]) -> Result<xa::RecoveryReport, String> {
+async fn round(config: &Config, url: &crate::config::DbUrl, prefix: &str) -> Result<xa::RecoveryReport, String> {
     let mut primary = mysql_async::Conn::new(xa::opts(&config.primary.url).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
     let mut replica = mysql_async::Conn::new(xa::opts(url).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
-    let report = xa::recover(&mut primary, &mut replica, prefix, stale).await.map_err(|e| e.to_string());
+    let report = xa::recover(&mut primary, &mut replica, prefix).await.map_err(|e| e.to_string());
     let _ = tokio::join!(primary.disconnect(), replica.disconnect());
     report
 }

@@ -10,7 +10,7 @@
 //! for that to finish (it locks the slot).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::warn;
@@ -41,9 +41,6 @@ pub struct ReplicaSlot {
     pub name: String,
     url: DbUrl,
     state: tokio::sync::Mutex<Slot>,
-    /// Thread ids of connections that were closed or failed while holding a branch: recovery
-    /// kills them before committing from another session.
-    pub stale: Arc<Mutex<Vec<u32>>>,
 }
 
 #[derive(Default)]
@@ -56,19 +53,15 @@ struct Slot {
 }
 
 impl ReplicaSlot {
-    pub fn new(name: String, url: DbUrl, stale: Arc<Mutex<Vec<u32>>>) -> ReplicaSlot {
-        ReplicaSlot { name, url, state: tokio::sync::Mutex::new(Slot::default()), stale }
+    pub fn new(name: String, url: DbUrl) -> ReplicaSlot {
+        ReplicaSlot { name, url, state: tokio::sync::Mutex::new(Slot::default()) }
     }
 }
 
-/// Thread ids of capgate's connections to a replica left holding a branch: recovery kills
-/// them before committing from another session.
-pub type Stale = Arc<Mutex<Vec<u32>>>;
-
 /// What every session of a listener shares for sync commits: the replicas, and the gids.
 pub struct SyncShared {
-    /// Name, URL, and the stale connection ids recovery must kill, per replica.
-    replicas: Vec<(String, DbUrl, Stale)>,
+    /// Name and URL, per replica.
+    replicas: Vec<(String, DbUrl)>,
     /// `capgate:<site>:<instance>:`, unique to this process.
     prefix: String,
     next: std::sync::atomic::AtomicU64,
@@ -83,7 +76,7 @@ impl SyncShared {
     pub fn new(site: &str, replicas: &[crate::config::Replica]) -> SyncShared {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         SyncShared {
-            replicas: replicas.iter().map(|r| (r.name.clone(), r.url.clone(), Arc::default())).collect(),
+            replicas: replicas.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
             prefix: format!("{}{}-{started:x}:", crate::replicate::recovery::site_prefix(site), std::process::id()),
             next: std::sync::atomic::AtomicU64::new(1),
             site: site.to_owned(),
@@ -98,11 +91,11 @@ impl SyncShared {
 
     /// One session's replica slots.
     pub fn slots(&self) -> Vec<Arc<ReplicaSlot>> {
-        self.replicas.iter().map(|(name, url, stale)| Arc::new(ReplicaSlot::new(name.clone(), url.clone(), stale.clone()))).collect()
+        self.replicas.iter().map(|(name, url)| Arc::new(ReplicaSlot::new(name.clone(), url.clone()))).collect()
     }
 
-    /// Per replica: name, URL, and the ids recovery must kill first.
-    pub fn replicas(&self) -> &[(String, DbUrl, Stale)] {
+    /// Per replica: name and URL.
+    pub fn replicas(&self) -> &[(String, DbUrl)] {
         &self.replicas
     }
 }
@@ -265,20 +258,13 @@ async fn finish(slot: &ReplicaSlot, gid: &str, commit: bool) {
         // A branch of another commit (cannot happen: the slot is locked from prepare to
         // finish of one session's commits); leave it to recovery rather than guess.
         warn!(replica = %slot.name, gid, held = branch.gid(), "sync commit: the replica holds another branch; leaving both to recovery");
-        if let Ok(mut stale) = slot.stale.lock() {
-            stale.push(branch.thread());
-        }
         return;
     }
-    let thread = branch.thread();
     let result = if commit { branch.commit().await } else { branch.rollback().await };
     match result {
         Ok(conn) => s.conn = Some(conn),
         Err((gid, e)) => {
             warn!(replica = %slot.name, %gid, commit, "XA {} failed ({e}); recovery will resolve the branch", if commit { "COMMIT" } else { "ROLLBACK" });
-            if let Ok(mut stale) = slot.stale.lock() {
-                stale.push(thread);
-            }
         }
     }
 }

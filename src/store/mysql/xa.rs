@@ -11,6 +11,11 @@
 //! - [`recover`]: `XA RECOVER` filtered by capgate's gid prefix, resolved by the decision
 //!   records on the primary, with the same fence as PostgreSQL (decision 0009): `XAER_NOTA`
 //!   cannot tell "committed" from "never existed", so the record is the truth.
+//!
+//! An XA id is `'<gid>','<thread>'`: the global transaction id, and as branch qualifier the
+//! server thread id of the connection that prepared it. While that connection lives the
+//! server refuses a commit from any other session (`XAER_NOTA`), so recovery, whichever
+//! process runs it, knows which connection to KILL first.
 
 use std::time::Duration;
 
@@ -96,10 +101,10 @@ impl ReplicaConn {
     /// prepare it, in one round trip. On failure the connection is given back when it is
     /// still usable (the branch rolled back), with why the replica could not prepare.
     pub async fn prepare(mut self, gid: &str, statements: &str) -> Result<PreparedBranch, (Option<ReplicaConn>, PrepareFailure)> {
-        let xid = quote_literal(gid);
+        let xid = xid(gid, &self.conn.id().to_string());
         let sql = format!("XA START {xid}; {statements} XA END {xid}; XA PREPARE {xid}");
         match self.conn.query_drop(sql).await {
-            Ok(()) => Ok(PreparedBranch { conn: self.conn, gid: gid.to_owned() }),
+            Ok(()) => Ok(PreparedBranch { conn: self.conn, gid: gid.to_owned(), xid }),
             Err(e) => {
                 let failure = failure(&e);
                 // The branch is ACTIVE (a statement failed) or gone: end and roll it back here,
@@ -138,6 +143,8 @@ fn failure(e: &mysql_async::Error) -> PrepareFailure {
 pub struct PreparedBranch {
     conn: mysql_async::Conn,
     gid: String,
+    /// `'<gid>','<thread>'`.
+    xid: String,
 }
 
 impl PreparedBranch {
@@ -163,51 +170,61 @@ impl PreparedBranch {
     }
 
     async fn finish(mut self, verb: &str) -> Result<ReplicaConn, (String, mysql_async::Error)> {
-        match self.conn.query_drop(format!("XA {verb} {}", quote_literal(&self.gid))).await {
+        match self.conn.query_drop(format!("XA {verb} {}", self.xid)).await {
             Ok(()) => Ok(ReplicaConn { conn: self.conn }),
             Err(e) => Err((self.gid, e)),
         }
     }
 }
 
+/// The XA id of branch `bqual` of `gid`, as SQL.
+fn xid(gid: &str, bqual: &str) -> String {
+    format!("{}, {}", quote_literal(gid), quote_literal(bqual))
+}
+
+/// One prepared branch as `XA RECOVER` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    pub gid: String,
+    /// The thread id of the connection that prepared it.
+    pub owner: String,
+}
+
 /// Every XA branch on the replica whose gid starts with `prefix`.
-pub async fn prepared(replica: &mut mysql_async::Conn, prefix: &str) -> Result<Vec<String>, mysql_async::Error> {
+pub async fn prepared(replica: &mut mysql_async::Conn, prefix: &str) -> Result<Vec<Branch>, mysql_async::Error> {
     let rows: Vec<(i64, i64, i64, Vec<u8>)> = replica.query("XA RECOVER").await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(_, gtrid_len, _, data)| {
-            let gtrid = data.get(..usize::try_from(gtrid_len).ok()?)?;
-            let gid = String::from_utf8(gtrid.to_vec()).ok()?;
-            gid.starts_with(prefix).then_some(gid)
+        .filter_map(|(_, gtrid_len, bqual_len, data)| {
+            let split = usize::try_from(gtrid_len).ok()?;
+            let end = split + usize::try_from(bqual_len).ok()?;
+            let gid = String::from_utf8(data.get(..split)?.to_vec()).ok()?;
+            let owner = String::from_utf8(data.get(split..end)?.to_vec()).ok()?;
+            gid.starts_with(prefix).then_some(Branch { gid, owner })
         })
         .collect())
 }
 
 /// Resolve every prepared branch of `prefix` on `replica` by the decision records on
-/// `primary`. `stale` lists thread ids of capgate connections to this replica that may still
-/// hold one of these branches (a connection whose XA COMMIT failed): they are killed first,
-/// since the server answers XAER_NOTA to a commit from another session while the owner lives.
+/// `primary`.
 ///
 /// For a branch without a committed decision, recovery records the abort first (committed =
 /// false): that insert waits for a coordinator whose primary transaction holds the same gid
 /// uncommitted, so a late primary COMMIT and this rollback can never both happen. A wait
-/// longer than a second leaves the branch for a later round.
+/// longer than a second leaves the branch for a later round. A branch whose owning connection
+/// is still alive (the server answers `XAER_NOTA`) is resolved after killing that connection,
+/// when it belongs to the same account as recovery's own (so a thread id reused after a
+/// replica restart never kills someone else's connection).
 pub async fn recover(
     primary: &mut mysql_async::Conn,
     replica: &mut mysql_async::Conn,
     prefix: &str,
-    stale: &[u32],
 ) -> Result<RecoveryReport, mysql_async::Error> {
-    for id in stale {
-        match replica.query_drop(format!("KILL CONNECTION {id}")).await {
-            Ok(()) => {}
-            Err(mysql_async::Error::Server(s)) if s.code == NO_SUCH_THREAD => {}
-            Err(e) => return Err(e),
-        }
-    }
     primary.query_drop("SET SESSION innodb_lock_wait_timeout = 1").await?;
+    let me: Option<String> = replica.query_first("SELECT SUBSTRING_INDEX(USER(), '@', 1)").await?;
     let mut report = RecoveryReport::default();
-    for gid in prepared(replica, prefix).await? {
+    for branch in prepared(replica, prefix).await? {
+        let gid = branch.gid.clone();
         let commit = match decision(primary, &gid).await? {
             Some(committed) => committed,
             None => match primary
@@ -227,16 +244,45 @@ pub async fn recover(
             },
         };
         let verb = if commit { "COMMIT" } else { "ROLLBACK" };
-        match replica.query_drop(format!("XA {verb} {}", quote_literal(&gid))).await {
+        let resolve = format!("XA {verb} {}", xid(&branch.gid, &branch.owner));
+        let mut result = replica.query_drop(&resolve).await;
+        if matches!(&result, Err(mysql_async::Error::Server(s)) if s.code == XAER_NOTA)
+            && kill_owner(replica, &branch, me.as_deref()).await?
+        {
+            result = replica.query_drop(&resolve).await;
+        }
+        match result {
             Ok(()) if commit => report.committed.push(gid),
             Ok(()) => report.rolled_back.push(gid),
-            // Finished by its owner (or another capgate) since the listing; or still owned by
-            // a live connection capgate does not know of: left for a later round.
+            // Finished by its owner (or another capgate) since the listing: gone.
             Err(mysql_async::Error::Server(s)) if s.code == XAER_NOTA => report.gone.push(gid),
             Err(e) => return Err(e),
         }
     }
     Ok(report)
+}
+
+/// KILL the connection that prepared `branch`, if it is alive and is `user`'s: whether it was.
+async fn kill_owner(replica: &mut mysql_async::Conn, branch: &Branch, user: Option<&str>) -> Result<bool, mysql_async::Error> {
+    let Ok(id) = branch.owner.parse::<u64>() else { return Ok(false) };
+    let owner: Option<String> = replica.exec_first("SELECT USER FROM information_schema.PROCESSLIST WHERE ID = ?", (id,)).await?;
+    if owner.is_none() || owner.as_deref() != user {
+        return Ok(false);
+    }
+    match replica.query_drop(format!("KILL CONNECTION {id}")).await {
+        Ok(()) => {}
+        Err(mysql_async::Error::Server(s)) if s.code == NO_SUCH_THREAD => {}
+        Err(e) => return Err(e),
+    }
+    // KILL returns before the server has let go of the branch: wait (briefly) until it has.
+    for _ in 0..50 {
+        let alive: Option<u64> = replica.exec_first("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = ?", (id,)).await?;
+        if alive.is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(true)
 }
 
 /// The decision recorded for `gid` on the primary, if any.

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use capgate::config::DbUrl;
@@ -56,7 +56,7 @@ fn replica_url(port: u16) -> DbUrl {
 }
 
 fn slot(port: u16) -> Arc<ReplicaSlot> {
-    Arc::new(ReplicaSlot::new("east".into(), replica_url(port), Arc::new(Mutex::new(Vec::new()))))
+    Arc::new(ReplicaSlot::new("east".into(), replica_url(port)))
 }
 
 /// Fresh `cgsync.acct` on both servers with the same rows, capture installed.
@@ -195,12 +195,12 @@ async fn recovery_resolves_branches_left_by_a_coordinator_that_died() {
         .await
         .map_err(|(_, f)| f)
         .expect("prepare");
-    let first_owner = branch.thread();
     drop(branch);
     drop(s); // the client's connection closes: the primary rolls back.
 
     // (2) Died between the primary COMMIT and XA COMMIT: the decision is committed, so
-    // recovery commits the branch.
+    // recovery commits the branch — here with the owning connection still alive (the server
+    // refuses a commit from another session then), so recovery kills it first.
     let mut s = session().await;
     s.0.query_drop("UPDATE acct SET bal = 2 WHERE id = 2").await.expect("update");
     let kept = gid();
@@ -213,13 +213,12 @@ async fn recovery_resolves_branches_left_by_a_coordinator_that_died() {
         .map_err(|(_, f)| f)
         .expect("prepare");
     s.0.query_drop("COMMIT").await.expect("primary commit");
-    let second_owner = branch.thread();
-    drop(branch);
+    let owner = branch.thread();
 
     let mut r = connect(&url_at(replica().port(), "capgate", None, "")).await;
     let mut report = capgate::replicate::recovery::RecoveryReport::default();
     for _ in 0..100 {
-        let round = xa::recover(&mut admin, &mut r, "capgate:test:", &[first_owner, second_owner]).await.expect("recover");
+        let round = xa::recover(&mut admin, &mut r, "capgate:test:").await.expect("recover");
         report.committed.extend(round.committed);
         report.rolled_back.extend(round.rolled_back);
         if xa::prepared(&mut r, "capgate:").await.expect("list").is_empty() {
@@ -228,6 +227,10 @@ async fn recovery_resolves_branches_left_by_a_coordinator_that_died() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(report.committed, vec![kept]);
+    let alive: Option<u64> =
+        r.exec_first("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = ?", (owner,)).await.expect("processlist");
+    assert_eq!(alive, None, "the owning connection was killed");
+    drop(branch);
     assert_eq!(report.rolled_back, vec![lost.clone()]);
     assert_eq!(rows(primary()), "1\t100\ta\n2\t2\tb");
     assert_eq!(rows(replica()), rows(primary()));
