@@ -16,6 +16,7 @@ mod python;
 mod raw;
 mod sync;
 mod sync_faults;
+mod sync_kill;
 mod sync_relay;
 mod sync_sysbench;
 mod sysbench;
