@@ -132,6 +132,13 @@ impl Statements {
                         // LOAD DATA LOCAL needs the client's file contents mid-reply: not held
                         // (outside a transaction the capture trigger refuses it; inside one
                         // the COMMIT is held).
+                        if c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(TxControl::XaStart(_)))) {
+                            return Self::refuse(
+                                errors::NOT_SUPPORTED,
+                                "capgate: application XA transactions are not supported while sync tables are replicated (capgate \
+                                 commits them on every site with XA itself); use BEGIN ... COMMIT",
+                            );
+                        }
                         if let Some(hold) = self.hold_for(&c).filter(|_| !is_load_local(sql)) {
                             return Verdict::Hold(hold);
                         }

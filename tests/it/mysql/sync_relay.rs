@@ -86,6 +86,9 @@ async fn commits_through_capgate_reach_the_replica() {
     assert!(err.to_string().contains("COMMIT must be sent as a statement of its own"), "{err}");
     c.query_drop("ROLLBACK").await.expect("rollback");
     assert_eq!(rows(primary()), "1\t101\ta\n2\t200\tb");
+    // The application's own XA transactions cannot be coordinated: refused.
+    let err = c.query_drop("XA START 'app-1'").await.expect_err("refused");
+    assert!(err.to_string().contains("application XA transactions are not supported"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
