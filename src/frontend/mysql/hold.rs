@@ -1,4 +1,4 @@
-//! Held commands (decision 0015): the client pump stops at a COMMIT, at a statement that
+//! Held commands (decision 0016): the client pump stops at a COMMIT, at a statement that
 //! commits implicitly (DDL, BEGIN) or at a statement that may write a sync table, waits until
 //! every earlier reply has reached the client, and then looks at the status flags:
 //!

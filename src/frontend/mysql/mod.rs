@@ -12,7 +12,7 @@
 //! - [`conn`]: a buffered connection for the packet-at-a-time connection phase.
 //!
 //! Nothing here may decide replication: that belongs to the protocol-neutral layers above.
-//! Sync tables are replicated over XA at COMMIT (decisions 0014, 0015); async and bounded
+//! Sync tables are replicated over XA at COMMIT (decisions 0015, 0016); async and bounded
 //! shipping to MySQL replicas is not built yet: those writes are captured, relayed and counted.
 
 pub mod auth;

@@ -105,7 +105,7 @@ async fn run(
     let mut server = opened.server;
     if shared.sync.is_some() {
         // Mark the primary connection as a capgate client session: its sync changes are kept
-        // for the coordinator at COMMIT (decision 0014). One packet; an OK (or, for a primary
+        // for the coordinator at COMMIT (decision 0015). One packet; an OK (or, for a primary
         // without @-variables, an error that only means sync writes will be refused).
         server.send_packet(0, &super::hold::session_marker()).await?;
         let reply = server.read(shared.config.max_message_size as usize).await?;

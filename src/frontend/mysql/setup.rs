@@ -1,4 +1,4 @@
-//! Replication to MySQL replicas at start (decisions 0014, 0015): the primary's `capgate`
+//! Replication to MySQL replicas at start (decisions 0015, 0016): the primary's `capgate`
 //! database and capture triggers, the privileges they need, each replica's `capgate`
 //! functions; then, while serving, every few seconds: the triggers reconciled after a policy
 //! reload, and a recovery round per replica.
@@ -81,7 +81,7 @@ pub async fn reconcile(config: &Config, policy: &Policy) -> Result<capture::Reco
 
 /// Every few seconds: bring the capture triggers in step with a reloaded policy, and resolve
 /// the branches capgate's processes of this site left prepared on each replica (decision
-/// 0015).
+/// 0016).
 pub async fn maintenance_loop(config: Arc<Config>, sync: &SyncShared, policy: Arc<PolicyHandle>) {
     let prefix = crate::replicate::recovery::site_prefix(&sync.site);
     let mut last = policy.current();

@@ -202,7 +202,7 @@ impl Statements {
         Verdict::Forward { quit: command == Command::Quit }
     }
 
-    /// Whether a statement must be held while sync tables are replicated (decision 0015).
+    /// Whether a statement must be held while sync tables are replicated (decision 0016).
     fn hold_for(&mut self, c: &Classification) -> Option<Hold> {
         if self.slots.is_empty() {
             return None;

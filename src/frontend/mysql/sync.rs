@@ -1,4 +1,4 @@
-//! The sync commit of a MySQL session over XA (decision 0015): performs the actions of
+//! The sync commit of a MySQL session over XA (decision 0016): performs the actions of
 //! [`SyncCommit`] — the protocol-neutral state machine, used unchanged — on the session's
 //! primary transaction and on the replicas.
 //!

@@ -1,4 +1,4 @@
-//! Applying row images on a MySQL / MariaDB replica (decision 0014).
+//! Applying row images on a MySQL / MariaDB replica (decision 0015).
 //!
 //! The changes become one SQL text of literal statements, so that a sync commit can send
 //! `XA START`, the rows, `XA END` and `XA PREPARE` to a replica as one multi-statement query:

@@ -1,5 +1,5 @@
 //! Capture triggers on a MySQL / MariaDB primary, kept in step with the policy and with each
-//! table's columns (decision 0014).
+//! table's columns (decision 0015).
 //!
 //! MySQL triggers cannot take `NEW.*`, so each replicated table gets three triggers
 //! (`AFTER INSERT`, `AFTER UPDATE`, `AFTER DELETE`) generated from its columns in

@@ -1,6 +1,6 @@
 //! Row images on MySQL / MariaDB: how each column's value is written into the JSON object a
 //! capture trigger records, and how the replica turns it back into the same value
-//! (decision 0014).
+//! (decision 0015).
 //!
 //! MySQL triggers cannot take `NEW.*`, so every table's triggers name each column with an
 //! expression chosen from its type. The JSON holds only integers, strings and `null`, so the

@@ -1,4 +1,4 @@
-//! MySQL and MariaDB as a capgate store (decision 0014).
+//! MySQL and MariaDB as a capgate store (decision 0015).
 //!
 //! - [`image`]: how each column type travels in a row image, exactly;
 //! - [`primary`]: the primary's `capgate` database, session markers, privileges;

@@ -1,4 +1,4 @@
-//! The `capgate` database on a MySQL / MariaDB primary (decision 0014): where capture
+//! The `capgate` database on a MySQL / MariaDB primary (decision 0015): where capture
 //! triggers record row images, and where a sync commit writes its decision record.
 //!
 //! - `capgate.changes`: changes shipped later (async and bounded tables, and every replicated
@@ -19,7 +19,7 @@ use mysql_async::prelude::Queryable;
 pub const SESSION_MARKER: &str = "SET @capgate_session = 1";
 
 /// The marker capgate sets on its replica apply sessions, with the settings images are
-/// applied under (decision 0014): utf8mb4, the images' character set; UTC, so `FROM_UNIXTIME`
+/// applied under (decision 0015): utf8mb4, the images' character set; UTC, so `FROM_UNIXTIME`
 /// names the captured instant.
 pub const APPLY_MARKER: &str = "SET NAMES utf8mb4, @capgate_apply = 1, time_zone = '+00:00'";
 

@@ -1,4 +1,4 @@
-//! A sync commit's replica side on MySQL / MariaDB: XA (decision 0015; the XA facts are in the shared MYSQL.md, §3).
+//! A sync commit's replica side on MySQL / MariaDB: XA (decision 0016; the XA facts are in the shared MYSQL.md, §3).
 //!
 //! - [`ReplicaConn`]: capgate's own connection to a replica, marked as an apply session;
 //! - [`ReplicaConn::prepare`]: `XA START`, the rows, `XA END`, `XA PREPARE` in one

@@ -1,4 +1,4 @@
-//! Capture on a MariaDB primary (decision 0014): the triggers capgate generates record exact
+//! Capture on a MariaDB primary (decision 0015): the triggers capgate generates record exact
 //! row images of every column type, which applied on a second MariaDB server give the same
 //! rows byte for byte; sync tables record for the coordinator and refuse an uncoordinated
 //! autocommit write; capgate's own apply sessions are not captured; DDL regenerates the

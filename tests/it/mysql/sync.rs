@@ -1,4 +1,4 @@
-//! Sync commits over XA between two real MariaDB servers (decision 0015), driven by
+//! Sync commits over XA between two real MariaDB servers (decision 0016), driven by
 //! `replicate::coordinator::SyncCommit` through `frontend::mysql::sync::commit`: committed on
 //! both or on neither; a replica whose rows differ refuses with CGC01 and nothing commits; an
 //! unreachable replica refuses; recovery resolves branches left between XA PREPARE and the

@@ -1,4 +1,4 @@
-//! A MySQL replica cut off while sync commits run (decision 0015): a silent blackhole makes the
+//! A MySQL replica cut off while sync commits run (decision 0016): a silent blackhole makes the
 //! COMMIT fail within the prepare deadline with 1180 / 55000 and nothing commits; a reset of
 //! the link (the connection capgate kept is dead) and refused connections are answered the
 //! same way or, once the link is back, with a new connection; after restore commits go on.

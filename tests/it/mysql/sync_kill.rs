@@ -1,4 +1,4 @@
-//! SIGKILL of a capgate process in the middle of MySQL sync commits (decision 0015): killed
+//! SIGKILL of a capgate process in the middle of MySQL sync commits (decision 0016): killed
 //! after the primary's COMMIT while `XA COMMIT` is still on its way, the restarted process's
 //! recovery commits the branch (killing the dead process's connection the replica still
 //! believes alive); killed while a COMMIT is in flight, recovery leaves both sites equal

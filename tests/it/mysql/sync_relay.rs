@@ -1,4 +1,4 @@
-//! Sync tables through capgate's MySQL front end (decision 0015): a client's COMMIT, as text
+//! Sync tables through capgate's MySQL front end (decision 0016): a client's COMMIT, as text
 //! or as a prepared statement, commits on the primary and the replica; so does an autocommit
 //! write (run in a transaction of capgate's own) and a transaction ended implicitly by BEGIN;
 //! a replica whose rows differ makes the COMMIT (or the autocommit statement) fail with 1180 /
