@@ -25,6 +25,7 @@ mod operator_cli;
 mod policy;
 mod psql;
 mod python;
+mod quorum;
 mod replication;
 mod sync_faults;
 mod sync_sql;

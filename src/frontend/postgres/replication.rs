@@ -195,7 +195,11 @@ impl Replication {
                     hint: "fix what the message says, or make the table local in the policy; capgate retries the trigger every 10 s".into(),
                 });
             }
-            if let (Mode::Sync { .. }, true) = (d.mode, rows) {
+            // A table under a quorum has its own sync changes in the stream (for the replicas
+            // that miss the quorum); there, a replica behind on the table's rows fails its
+            // prepare on the old images and catches up in order (decision 0014).
+            let quorum = d.mode.quorum_of(self.sites.len());
+            if let (Mode::Sync { .. }, true, false) = (d.mode, rows, quorum < self.sites.len()) {
                 if let Some(n @ 1..) = self.queued(&d.table.to_string()) {
                     return Admit::Refuse(Refusal {
                         code: UNAVAILABLE,
@@ -208,7 +212,8 @@ impl Replication {
                 }
             }
             let (on_partition, refusal) = match d.mode {
-                Mode::Sync { on_partition } => match self.sites.iter().find(|s| !s.health().state().is_available()) {
+                Mode::Sync { on_partition, .. } => match self.sites.iter().find(|s| !s.health().state().is_available()) {
+                    Some(_) if self.sites.iter().filter(|s| s.health().state().is_available()).count() >= quorum => continue,
                     Some(site) => {
                         let s = site.health().status();
                         let refusal = Refusal {
@@ -282,7 +287,7 @@ impl Replication {
                     return decisions.iter().find_map(|d| {
                         let mut failing = d.clone();
                         failing.mode = match d.mode {
-                            Mode::Sync { .. } => Mode::Sync { on_partition: OnPartition::Fail },
+                            Mode::Sync { quorum, .. } => Mode::Sync { on_partition: OnPartition::Fail, quorum },
                             Mode::Bounded { max_lag, on_conflict, .. } => {
                                 Mode::Bounded { max_lag, on_partition: OnPartition::Fail, on_conflict }
                             }

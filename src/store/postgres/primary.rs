@@ -23,7 +23,10 @@ pub const PRIMARY_SCHEMA_VERSION: i32 = PRIMARY_MIGRATIONS.len() as i32;
 ///    COMMIT), `capgate.sync_txn` (one row per transaction with sync changes, checked at COMMIT),
 ///    `capgate.shipped_snapshots` (each replica's applied snapshot, for pruning and lag), and whether a
 ///    decision is a commit or an abort written by recovery (the fence of decision 0009);
-/// 4. the statement outbox of step 1 removed (row images replaced it).
+/// 4. the statement outbox of step 1 removed (row images replaced it);
+/// 5. `capture_ddl` takes the caller's search_path;
+/// 6. `capgate.changes.gid`: a sync commit under a quorum also writes its changes to the
+///    stream, tagged with its gid, for the replicas outside the quorum (decision 0014).
 const PRIMARY_MIGRATIONS: &[&str] = &[
     r#"CREATE TABLE IF NOT EXISTS capgate.outbox_seq (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
@@ -103,6 +106,10 @@ DROP TABLE IF EXISTS capgate.shipped;
     r#"
 DROP FUNCTION IF EXISTS capgate.capture_ddl(text, text, text);
 "#,
+    r#"
+ALTER TABLE capgate.changes ADD COLUMN IF NOT EXISTS gid text;
+DROP FUNCTION IF EXISTS capgate.sync_prepare(text, text);
+"#,
 ];
 
 /// The functions, replaced on every install. `@` placeholders: none; every name is
@@ -119,8 +126,10 @@ DROP FUNCTION IF EXISTS capgate.capture_ddl(text, text, text);
 ///   capgate session (`capgate.session` not `on`: a DBA's psql, a cron job) is captured as
 ///   async: it is shipped later, and counted.
 /// - `capgate.check_coordinated()`: the deferred constraint trigger on `capgate.sync_txn`.
-/// - `capgate.sync_prepare(gid, origin)`: the first step of a sync COMMIT: the tables and the
-///   changes (NULL when the transaction has none left, e.g. after ROLLBACK TO SAVEPOINT).
+/// - `capgate.sync_prepare(gid, origin, stream)`: the first step of a sync COMMIT: the tables
+///   and the changes (NULL when the transaction has none left, e.g. after ROLLBACK TO
+///   SAVEPOINT); with `stream`, the changes are also written to `capgate.changes` with the
+///   gid, keeping their capture order (`seq`), for replicas outside a quorum.
 /// - `capgate.capture_ddl(sql, mode, table, search_path)`: records a schema change in the
 ///   change stream, in the transaction that runs it, with the caller's search_path.
 const FUNCTIONS_SQL: &str = r#"
@@ -200,13 +209,16 @@ BEGIN
 END
 $install$;
 
-CREATE OR REPLACE FUNCTION capgate.sync_prepare(p_gid text, p_origin text, OUT tables text[], OUT changes json)
+CREATE OR REPLACE FUNCTION capgate.sync_prepare(p_gid text, p_origin text, p_stream boolean, OUT tables text[], OUT changes json)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM pg_catalog.set_config('capgate.commit_xid', pg_catalog.pg_current_xact_id()::text, true);
     WITH d AS (
         DELETE FROM capgate.sync_changes WHERE xid = pg_catalog.pg_current_xact_id()
-        RETURNING seq, at, tbl, op, old, new
+        RETURNING seq, xid, at, tbl, op, old, new, proxied
+    ), s AS (
+        INSERT INTO capgate.changes (seq, xid, at, tbl, op, old, new, proxied, gid)
+        SELECT seq, xid, at, tbl, op, old, new, proxied, p_gid FROM d WHERE p_stream
     )
     SELECT pg_catalog.array_agg(DISTINCT tbl),
            pg_catalog.json_agg(pg_catalog.json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new) ORDER BY seq)
