@@ -4,6 +4,7 @@
 
 mod support;
 
+mod active_active;
 mod admin;
 mod admin_sql;
 mod apply;
