@@ -33,6 +33,11 @@ pub const UNAVAILABLE: &str = "55000";
 /// SQLSTATE of a commit refused because a replica's rows already differ from the primary's.
 pub const DIVERGED: &str = "CGC01";
 
+/// SQLSTATE of a commit refused because its rows were locked at another site by a transaction
+/// that waits for this site's rows in turn (a cross-site deadlock; this one yielded):
+/// deadlock_detected, which drivers and ORMs retry.
+pub const LOCK_CONFLICT: &str = "40P01";
+
 /// SQLSTATE of a commit refused because a replica is not set up to take part (no prepared
 /// transactions, no capgate schema, a privilege missing): a configuration error.
 pub const MISCONFIGURED: &str = "55000";
@@ -54,6 +59,9 @@ pub enum PrepareFailure {
     Unavailable(String),
     /// Its rows already differ (the conflict as JSON, from the replica's apply function).
     Conflict(String),
+    /// A row was locked there longer than this site may wait: most likely a transaction of
+    /// that site waiting for this one's rows (a cross-site deadlock, which this site yields).
+    LockConflict(String),
     /// The replica cannot take part until a DBA changes it (the reason says what).
     Misconfigured(String),
 }
@@ -386,6 +394,16 @@ impl SyncCommit {
                     abbreviate(detail)
                 ),
                 hint: "the sites have diverged: run `capgate verify` on the table, repair the rows it lists, then retry".into(),
+            },
+            PrepareFailure::LockConflict(why) => Refusal {
+                code: LOCK_CONFLICT,
+                message: format!(
+                    "capgate refused this commit: on replica \"{}\" a row of sync table(s) {} is locked by a transaction there ({why}); \
+                     both sites changed the same rows at once and this one yields; nothing was committed",
+                    r.name,
+                    self.tables_text()
+                ),
+                hint: "retry the transaction (a deadlock across sites: the other site's transaction goes through)".into(),
             },
             PrepareFailure::Misconfigured(why) => Refusal {
                 code: MISCONFIGURED,

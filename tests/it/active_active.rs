@@ -42,7 +42,7 @@ fn site(site: &str, primary: &PgServer, peer: &str, link: &Link) -> Proxy {
         "site = \"{site}\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\npolicy = \"{}\"\nrecovery_grace = \"5s\"\n\n\
          [primary]\nurl = \"{}?sslmode=disable\"\n\n\
          [[replicas]]\nname = \"{peer}\"\nurl = \"postgres://postgres@127.0.0.1:{}/{DB}?sslmode=disable&connect_timeout=2\"\n\
-         heartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\n",
+         heartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\ntakes_writes = true\n",
         dir.join("policy.toml").display(),
         primary.url("postgres", DB),
         link.addr().port()
@@ -69,8 +69,7 @@ const SYNC_ROWS: &str = "SELECT id, v FROM aa_sync ORDER BY id";
 #[tokio::test]
 async fn a_write_reaches_the_other_site_once_and_never_comes_back() {
     let _one = exclusive().await;
-    fresh("CREATE TABLE aa_async (id int PRIMARY KEY, v text NOT NULL); CREATE TABLE aa_sync (id int PRIMARY KEY, v text NOT NULL)")
-        .await;
+    fresh("CREATE TABLE aa_async (id int PRIMARY KEY, v text NOT NULL); CREATE TABLE aa_sync (id int PRIMARY KEY, v text NOT NULL)").await;
     let (to_west, to_east) = (link_to(bed().b_replica()), link_to(bed().a_primary()));
     let east = site("east", bed().a_primary(), "west", &to_west);
     let west = site("west", bed().b_replica(), "east", &to_east);
@@ -124,4 +123,49 @@ async fn a_write_reaches_the_other_site_once_and_never_comes_back() {
     }
     assert_eq!(rows(&a_url, SYNC_ROWS).await, rows(&b_url, SYNC_ROWS).await);
     assert_eq!(rows(&a_url, "SELECT v FROM aa_async WHERE id = 1").await, ["east again"]);
+}
+
+#[tokio::test]
+async fn a_cross_site_deadlock_on_a_sync_row_ends_with_one_retryable_error() {
+    let _one = exclusive().await;
+    fresh("CREATE TABLE aa_async (id int PRIMARY KEY, v text NOT NULL); CREATE TABLE aa_sync (id int PRIMARY KEY, v text NOT NULL)").await;
+    let (to_west, to_east) = (link_to(bed().b_replica()), link_to(bed().a_primary()));
+    let east = site("east", bed().a_primary(), "west", &to_west);
+    let west = site("west", bed().b_replica(), "east", &to_east);
+    let (e, w) = (connect(&east.url("postgres", DB)).await, connect(&west.url("postgres", DB)).await);
+    // A first sync commit each way (each capgate has reached the other site).
+    e.batch_execute("INSERT INTO aa_sync VALUES (1, 'start')").await.unwrap();
+    w.batch_execute("INSERT INTO aa_sync VALUES (2, 'start')").await.unwrap();
+    // COMMIT PREPARED follows the client's COMMIT: until it has run, the row is not visible at
+    // the other site (an UPDATE there would find nothing to change).
+    let (a_url, b_url) = (bed().a_primary().url("postgres", DB), bed().b_replica().url("postgres", DB));
+    for url in [&a_url, &b_url] {
+        wait_until("both rows at both sites", Duration::from_secs(30), async || rows(url, SYNC_ROWS).await.len() == 2).await;
+    }
+
+    // Each site holds row 1 at home, then commits: each PREPARE waits for the other site's
+    // lock, and neither database sees the cycle.
+    e.batch_execute("BEGIN; UPDATE aa_sync SET v = 'east' WHERE id = 1").await.unwrap();
+    w.batch_execute("BEGIN; UPDATE aa_sync SET v = 'west' WHERE id = 1").await.unwrap();
+    let (e_done, w_done) = tokio::join!(e.batch_execute("COMMIT"), w.batch_execute("COMMIT"));
+
+    // "east" sorts first, so east yields with 40P01 and west goes through.
+    let Err(err) = e_done else { panic!("east should yield; west got {w_done:?}") };
+    assert_eq!(crate::support::sqlstate(&err), "40P01", "{err:?}");
+    let text = err.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    assert!(text.contains("\"west\"") && text.contains("aa_sync") && text.contains("yields"), "{text}");
+    w_done.unwrap_or_else(|e| panic!("west's commit goes through once east yields: {e:?}"));
+    wait_until("no branch left prepared", Duration::from_secs(60), async || {
+        rows(&a_url, "SELECT count(*) FROM pg_prepared_xacts").await == ["0"]
+            && rows(&b_url, "SELECT count(*) FROM pg_prepared_xacts").await == ["0"]
+    })
+    .await;
+    for url in [&a_url, &b_url] {
+        assert_eq!(rows(url, SYNC_ROWS).await, ["1|west", "2|start"], "{url}");
+    }
+    // East retries, as a driver would, and it goes through.
+    e.batch_execute("BEGIN; UPDATE aa_sync SET v = 'east' WHERE id = 1").await.unwrap();
+    e.batch_execute("COMMIT").await.unwrap();
+    wait_until("the retry on both sites", Duration::from_secs(30), async || rows(&b_url, SYNC_ROWS).await == ["1|east", "2|start"]).await;
+    assert_eq!(rows(&a_url, SYNC_ROWS).await, ["1|east", "2|start"]);
 }

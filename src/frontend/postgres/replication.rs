@@ -82,6 +82,9 @@ pub struct Replication {
     pub fleet: Option<Arc<Fleet>>,
     /// Upper bound on any one replica operation on a client's critical path.
     pub deadline: Duration,
+    /// Per replica (configuration order): whether its site takes writes too (`takes_writes`),
+    /// so this site's sync commits may meet its transactions' locks (decision 0015).
+    pub takes_writes: Vec<bool>,
     gids: AtomicU64,
     /// (replica, table) pairs of bounded tables currently refused for lag.
     refusing: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
@@ -103,6 +106,7 @@ impl Replication {
             sites,
             fleet: None,
             deadline: deadline * 5,
+            takes_writes: config.replicas.iter().map(|r| r.takes_writes).collect(),
             gids: AtomicU64::new(0),
             refusing: Default::default(),
             recovery: Mutex::new(Vec::new()),

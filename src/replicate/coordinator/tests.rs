@@ -257,3 +257,16 @@ fn a_quorum_above_the_replicas_requires_them_all() {
     assert!(c.on(ok(0)).is_empty());
     assert_eq!(c.on(ok(1)), vec![Action::CommitPrimary]);
 }
+
+#[test]
+fn a_cross_site_lock_conflict_is_a_retryable_deadlock() {
+    let (mut c, _) = SyncCommit::start("g".into(), false);
+    c.on(changes(OnPartition::Fail, &[true]));
+    let a =
+        c.on(Event::Prepared { replica: 0, result: Err(PrepareFailure::LockConflict("canceling statement due to lock timeout".into())) });
+    let r = refusal(&a);
+    assert_eq!(r.code, "40P01", "drivers retry deadlock_detected");
+    assert!(r.message.contains("\"r0\"") && r.message.contains("public.acct") && r.message.contains("yields"), "{r:?}");
+    assert!(r.hint.contains("retry"));
+    assert_eq!(a.last(), Some(&Action::Finish { commit: false, replicas: vec![0], gid: "g".into() }));
+}

@@ -148,7 +148,11 @@ where
                     let branch = tokio::spawn(async move {
                         let result = match replication.sites.iter().nth(i) {
                             Some(site) => {
-                                let to = twophase::Branch { origin: &replication.site, gid: &gid, record };
+                                let lock_wait = match replication.takes_writes.get(i) {
+                                    Some(true) => twophase::yield_wait(&replication.site, site.name(), replication.deadline),
+                                    _ => None,
+                                };
+                                let to = twophase::Branch { origin: &replication.site, gid: &gid, record, lock_wait };
                                 twophase::prepare(site, to, &changes, replication.deadline).await
                             }
                             None => Err(PrepareFailure::Unavailable("no such replica".into())),
