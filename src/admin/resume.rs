@@ -1,6 +1,6 @@
 //! `POST /tables/<table>/resume?replica=<name>`: an operator resumes a table the shipper to
 //! `<name>` halted (a `halt` conflict, a failed apply, a table the replica lacks). The table is
-//! copied again from the primary, then shipped (decision 0012). `capgate resume` calls this.
+//! copied again from the primary, then shipped (decision 0014). `capgate resume` calls this.
 //!
 //! Only the process that ships to the replica can act; another one answers 409 and says so.
 

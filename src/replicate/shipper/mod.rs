@@ -13,7 +13,7 @@
 //! - **Tables** ([`tables`]): an async table is shipped only once it has been copied to the
 //!   replica at a consistent point ([`copy`]); a change of it applies only if its transaction
 //!   is not visible in the copy's snapshot. A table whose apply fails or halts stops alone
-//!   (decision 0012); `resume` copies it again.
+//!   (decision 0014); `resume` copies it again.
 //! - **Partitions**: when the replica's health view says partitioned, the replica session is
 //!   dropped at once; shipping resumes as soon as the view leaves that state.
 //! - **Lag** ([`lag`]) is computed from the primary alone, so every capgate process can read
