@@ -86,7 +86,7 @@ pub struct Replica {
     pub pool_size: usize,
     /// The replica's site also takes writes and replicates them here (two sites that both
     /// take writes): its own transactions may hold rows a sync commit needs, so a cross-site
-    /// lock conflict is possible and one side must yield (decision 0015).
+    /// lock conflict is possible and one side must yield (decision 0018).
     pub takes_writes: bool,
 }
 

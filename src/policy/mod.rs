@@ -30,7 +30,7 @@ pub enum Mode {
     /// Committed locally, shipped later through the outbox (AP).
     Async { on_conflict: OnConflict },
     /// Committed on every site atomically (CP); with `quorum = k`, on k replicas atomically
-    /// and on the others through the change stream (decision 0014). None: every replica.
+    /// and on the others through the change stream (decision 0017). None: every replica.
     Sync { on_partition: OnPartition, quorum: Option<u32> },
     /// Async while the replica's lag is under `max_lag`, then refused or blocked.
     Bounded { max_lag: Duration, on_partition: OnPartition, on_conflict: OnConflict },
@@ -248,7 +248,7 @@ impl Policy {
     }
 
     /// Whether some sync rule's quorum is below `replicas`: only then do sync commits also write
-    /// their changes to the change stream, for the replicas that miss the quorum (decision 0014).
+    /// their changes to the change stream, for the replicas that miss the quorum (decision 0017).
     pub fn streams_sync(&self, replicas: usize) -> bool {
         std::iter::once(&self.default)
             .chain(self.rules.iter().map(|r| &r.mode))

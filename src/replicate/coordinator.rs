@@ -16,7 +16,7 @@
 //! did not commit leaves no decision record, so recovery rolls back any branch this process
 //! could not (presumed abort).
 //!
-//! Under a quorum (decision 0014) the primary also writes the changes to the change stream,
+//! Under a quorum (decision 0017) the primary also writes the changes to the change stream,
 //! tagged with the gid: a replica outside the quorum gets them from the stream, in commit
 //! order; a replica whose branch committed records the gid, and the stream skips it there.
 

@@ -173,7 +173,7 @@ async fn sync_changes_outside_capgate_ship_async_and_inside_need_coordination() 
     assert_eq!(decisions, 0, "no decision for a transaction without sync changes");
 
     // Under a quorum (stream): the same changes also go to the change stream, with the gid and
-    // their capture order, in the same transaction (decision 0014).
+    // their capture order, in the same transaction (decision 0017).
     let streamed = |gid: &'static str| {
         let client = &client;
         async move {

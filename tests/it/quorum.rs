@@ -1,4 +1,4 @@
-//! Sync commits under `quorum = 1` with two replicas (decision 0014): a commit needs one
+//! Sync commits under `quorum = 1` with two replicas (decision 0017): a commit needs one
 //! replica's PREPARE; the other gets the transaction from the change stream, once, in order,
 //! and shows as behind in `/status` until it has; partition refusal counts the healthy
 //! replicas against the quorum. Site A's primary and replica B are the replication bed's;

@@ -83,7 +83,7 @@ pub struct Replication {
     /// Upper bound on any one replica operation on a client's critical path.
     pub deadline: Duration,
     /// Per replica (configuration order): whether its site takes writes too (`takes_writes`),
-    /// so this site's sync commits may meet its transactions' locks (decision 0015).
+    /// so this site's sync commits may meet its transactions' locks (decision 0018).
     pub takes_writes: Vec<bool>,
     gids: AtomicU64,
     /// (replica, table) pairs of bounded tables currently refused for lag.
@@ -201,7 +201,7 @@ impl Replication {
             }
             // A table under a quorum has its own sync changes in the stream (for the replicas
             // that miss the quorum); there, a replica behind on the table's rows fails its
-            // prepare on the old images and catches up in order (decision 0014).
+            // prepare on the old images and catches up in order (decision 0017).
             let quorum = d.mode.quorum_of(self.sites.len());
             if let (Mode::Sync { .. }, true, false) = (d.mode, rows, quorum < self.sites.len()) {
                 if let Some(n @ 1..) = self.queued(&d.table.to_string()) {

@@ -385,7 +385,7 @@ BEGIN
         END;
     END IF;
     -- Under a quorum the stream also carries sync commits (with their gid): skip those
-    -- whose branch committed here (decision 0014).
+    -- whose branch committed here (decision 0017).
     IF mode = 'async' AND strpos(changes::text, '"gid"') > 0 THEN
         changes := capgate.skip_synced(origin, changes);
     END IF;
@@ -436,7 +436,7 @@ BEGIN
 END
 $fn$;
 
--- A sync branch under a quorum records its gid before applying (decision 0014): a unique
+-- A sync branch under a quorum records its gid before applying (decision 0017): a unique
 -- violation means the change stream brought this commit here first, and the branch fails.
 CREATE OR REPLACE FUNCTION capgate.note_sync_gid(p_origin text, p_gid text)
 RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $fn$

@@ -18,7 +18,7 @@ const CHUNK_ROWS: i32 = 500;
 
 /// The range's changes, each as the JSON object `capgate.apply_changes` takes, built on the
 /// primary (the row images are never parsed here: their text goes through untouched). A sync
-/// commit's change under a quorum carries its `gid` (decision 0014).
+/// commit's change under a quorum carries its `gid` (decision 0017).
 const RANGE_FROM_SQL: &str =
     "SELECT tbl, CASE WHEN gid IS NULL THEN json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new) \
      ELSE json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new, 'gid', gid) END::text \

@@ -26,7 +26,7 @@ pub const PRIMARY_SCHEMA_VERSION: i32 = PRIMARY_MIGRATIONS.len() as i32;
 /// 4. the statement outbox of step 1 removed (row images replaced it);
 /// 5. `capture_ddl` takes the caller's search_path;
 /// 6. `capgate.changes.gid`: a sync commit under a quorum also writes its changes to the
-///    stream, tagged with its gid, for the replicas outside the quorum (decision 0014).
+///    stream, tagged with its gid, for the replicas outside the quorum (decision 0017).
 const PRIMARY_MIGRATIONS: &[&str] = &[
     r#"CREATE TABLE IF NOT EXISTS capgate.outbox_seq (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),

@@ -50,7 +50,7 @@ pub struct Branch<'a> {
 /// at the other wait for each other, and no database sees the cycle: the site whose name sorts
 /// first yields (its branch waits at most a quarter of the deadline, and its client gets
 /// 40P01), so the other one's branch gets the row and commits. Every site decides the same
-/// way (decision 0015).
+/// way (decision 0018).
 pub fn yield_wait(origin: &str, replica: &str, deadline: Duration) -> Option<Duration> {
     (origin < replica).then(|| (deadline / 4).max(Duration::from_millis(1)))
 }
