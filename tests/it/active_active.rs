@@ -36,8 +36,13 @@ fn link_to(server: &PgServer) -> Link {
 
 /// The capgate of site `site` on `primary`, replicating to site `peer` through `link`.
 fn site(site: &str, primary: &PgServer, peer: &str, link: &Link) -> Proxy {
+    site_with(site, primary, peer, link, POLICY)
+}
+
+/// The same with `policy`.
+fn site_with(site: &str, primary: &PgServer, peer: &str, link: &Link, policy: &str) -> Proxy {
     let dir = scratch(&format!("active-active-{site}"));
-    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
     let text = format!(
         "site = \"{site}\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\npolicy = \"{}\"\nrecovery_grace = \"5s\"\n\n\
          [primary]\nurl = \"{}?sslmode=disable\"\n\n\
@@ -168,4 +173,112 @@ async fn a_cross_site_deadlock_on_a_sync_row_ends_with_one_retryable_error() {
     e.batch_execute("COMMIT").await.unwrap();
     wait_until("the retry on both sites", Duration::from_secs(30), async || rows(&b_url, SYNC_ROWS).await == ["1|east", "2|start"]).await;
     assert_eq!(rows(&a_url, SYNC_ROWS).await, ["1|east", "2|start"]);
+}
+
+/// The policy of the conflict tests: the cart is written at both sites, the later write wins.
+const LATEST_POLICY: &str = "default = \"local\"\n[[table]]\nmatch = \"public.aa_*\"\nmode = \"async\"\non_conflict = \"latest\"\n";
+
+/// Both sites with `policy`, each shipper having taken `tables` in.
+async fn two_sites(policy: &str, tables: &[&str]) -> (Link, Link, Proxy, Proxy) {
+    let (to_west, to_east) = (link_to(bed().b_replica()), link_to(bed().a_primary()));
+    let east = site_with("east", bed().a_primary(), "west", &to_west, policy);
+    let west = site_with("west", bed().b_replica(), "east", &to_east, policy);
+    for (name, proxy) in [("east", &east), ("west", &west)] {
+        for table in tables {
+            wait_until(&format!("{name}'s shipper copied {table}"), Duration::from_secs(60), async || {
+                let s = shipper(proxy).await;
+                s["phase"] == "running" && table_state(&s, table).as_deref() == Some("copied")
+            })
+            .await;
+        }
+    }
+    (to_west, to_east, east, west)
+}
+
+/// Both shippers have shipped everything.
+async fn drained(east: &Proxy, west: &Proxy) {
+    wait_until("both shippers idle", Duration::from_secs(60), async || {
+        shipper(east).await["pending_rows"] == 0 && shipper(west).await["pending_rows"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_same_cart_row_changed_at_both_sites_during_a_partition_converges_on_the_later_write() {
+    let _one = exclusive().await;
+    fresh("CREATE TABLE aa_cart (id int PRIMARY KEY, items text NOT NULL)").await;
+    let (to_west, to_east, east, west) = two_sites(LATEST_POLICY, &["public.aa_cart"]).await;
+    let (e, w) = (connect(&east.url("postgres", DB)).await, connect(&west.url("postgres", DB)).await);
+    let (a_url, b_url) = (bed().a_primary().url("postgres", DB), bed().b_replica().url("postgres", DB));
+    e.batch_execute("INSERT INTO aa_cart VALUES (1, 'book')").await.unwrap();
+    wait_until("the cart at west", Duration::from_secs(30), async || rows(&b_url, "SELECT items FROM aa_cart").await == ["book"]).await;
+
+    // Partition: Seattle (east) adds a pen, then Virginia (west) adds a lamp.
+    to_west.blackhole();
+    to_east.blackhole();
+    e.batch_execute("UPDATE aa_cart SET items = 'book, pen' WHERE id = 1").await.unwrap();
+    w.batch_execute("UPDATE aa_cart SET items = 'book, lamp' WHERE id = 1").await.unwrap();
+    to_west.restore();
+    to_east.restore();
+    for url in [&a_url, &b_url] {
+        wait_until("each site met the other's change", Duration::from_secs(60), async || {
+            rows(url, "SELECT count(*) FROM capgate.conflicts").await == ["1"]
+        })
+        .await;
+    }
+    drained(&east, &west).await;
+
+    // Both sites keep the later write, and each logged the conflict with both images.
+    for url in [&a_url, &b_url] {
+        assert_eq!(rows(url, "SELECT items FROM aa_cart").await, ["book, lamp"], "{url}");
+    }
+    let conflicts = "SELECT kind, resolution, old ->> 'items', new ->> 'items', replica_row ->> 'items' FROM capgate.conflicts";
+    assert_eq!(rows(&a_url, conflicts).await, ["update_differs|applied the new row (later)|book|book, lamp|book, pen"]);
+    assert_eq!(rows(&b_url, conflicts).await, ["update_differs|kept the replica row (later)|book|book, pen|book, lamp"]);
+}
+
+#[tokio::test]
+async fn hot_row_increments_at_both_sites_keep_the_later_sites_count_under_latest() {
+    let _one = exclusive().await;
+    fresh("CREATE TABLE aa_hits (id int PRIMARY KEY, n int NOT NULL)").await;
+    let (to_west, to_east, east, west) = two_sites(LATEST_POLICY, &["public.aa_hits"]).await;
+    let (e, w) = (connect(&east.url("postgres", DB)).await, connect(&west.url("postgres", DB)).await);
+    let (a_url, b_url) = (bed().a_primary().url("postgres", DB), bed().b_replica().url("postgres", DB));
+    e.batch_execute("INSERT INTO aa_hits VALUES (1, 0)").await.unwrap();
+    wait_until("the counter at west", Duration::from_secs(30), async || rows(&b_url, "SELECT n FROM aa_hits").await == ["0"]).await;
+
+    // Partition: 3 increments at east, then 5 at west.
+    to_west.blackhole();
+    to_east.blackhole();
+    for _ in 0..3 {
+        e.batch_execute("UPDATE aa_hits SET n = n + 1 WHERE id = 1").await.unwrap();
+    }
+    for _ in 0..5 {
+        w.batch_execute("UPDATE aa_hits SET n = n + 1 WHERE id = 1").await.unwrap();
+    }
+    to_west.restore();
+    to_east.restore();
+
+    // What CONFIG.md says `latest` does to a counter: the row is the later write's row, so
+    // both sites end with west's 5 and east's 3 increments are lost, each a logged conflict
+    // at west; at east, west's first change met east's row (one conflict, applied as later)
+    // and the others then applied in order.
+    wait_until("west met east's 3 changes", Duration::from_secs(60), async || {
+        rows(&b_url, "SELECT count(*) FROM capgate.conflicts").await == ["3"]
+    })
+    .await;
+    wait_until("east at west's count", Duration::from_secs(60), async || rows(&a_url, "SELECT n FROM aa_hits").await == ["5"]).await;
+    drained(&east, &west).await;
+    for url in [&a_url, &b_url] {
+        assert_eq!(rows(url, "SELECT n FROM aa_hits").await, ["5"], "{url}");
+    }
+    assert_eq!(rows(&a_url, "SELECT kind, resolution FROM capgate.conflicts").await, ["update_differs|applied the new row (later)"]);
+    assert_eq!(
+        rows(&b_url, "SELECT kind, resolution, new ->> 'n' FROM capgate.conflicts ORDER BY id").await,
+        [
+            "update_differs|kept the replica row (later)|1",
+            "update_differs|kept the replica row (later)|2",
+            "update_differs|kept the replica row (later)|3"
+        ]
+    );
 }

@@ -37,9 +37,11 @@ BEGIN
 END
 $fn$;
 
--- `latest`: whether a change made at `p_at` on `p_origin` wins over what this replica last
--- applied to the row. Later origin time wins; equal times go to the greater origin name, so
--- every site decides the same. A row with no record (written here, or before capgate) loses.
+-- `latest`: whether a change made at `p_at` on `p_origin` wins over the row's last write here:
+-- the last change applied to it, or, on a site that takes writes itself, its own last write
+-- (recorded by the capture trigger, decision 0019). Later time wins; equal times go to the
+-- greater site name, so every site decides the same. A row with no record (written before
+-- capgate recorded times) takes the incoming change.
 CREATE OR REPLACE FUNCTION capgate.incoming_wins(p_tbl text, p_key jsonb, p_origin text, p_at timestamptz)
 RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT coalesce((SELECT (p_at, p_origin) > (l.at, l.origin) FROM capgate.latest l WHERE l.tbl = p_tbl AND l.key = p_key), true)

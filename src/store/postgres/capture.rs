@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::classify::TableName;
-use crate::policy::{Mode, Policy};
+use crate::policy::{Mode, OnConflict, Policy};
 
 /// How long an install waits for the table's lock before giving up for this round: creating a
 /// trigger takes a SHARE ROW EXCLUSIVE lock, which waits for long-running writers.
@@ -25,6 +25,10 @@ pub enum CaptureMode {
     Sync,
     /// Shipped later by the shipper (async and bounded tables).
     Async,
+    /// Async with `on_conflict = "latest"`: also records when and where each row was last
+    /// written here (`capgate.latest`), so a change arriving from another site that takes
+    /// writes wins only if it is later (every site decides the same; decision 0019).
+    Latest,
 }
 
 impl CaptureMode {
@@ -32,6 +36,9 @@ impl CaptureMode {
         match mode {
             Mode::Local => None,
             Mode::Sync { .. } => Some(CaptureMode::Sync),
+            Mode::Async { on_conflict: OnConflict::Latest } | Mode::Bounded { on_conflict: OnConflict::Latest, .. } => {
+                Some(CaptureMode::Latest)
+            }
             Mode::Async { .. } | Mode::Bounded { .. } => Some(CaptureMode::Async),
         }
     }
@@ -40,6 +47,7 @@ impl CaptureMode {
         match self {
             CaptureMode::Sync => "sync",
             CaptureMode::Async => "async",
+            CaptureMode::Latest => "latest",
         }
     }
 
@@ -47,6 +55,7 @@ impl CaptureMode {
         match s {
             "sync" => Some(CaptureMode::Sync),
             "async" => Some(CaptureMode::Async),
+            "latest" => Some(CaptureMode::Latest),
             _ => None,
         }
     }
@@ -200,18 +209,21 @@ mod tests {
 
     #[test]
     fn bounded_tables_capture_as_async_and_local_ones_not_at_all() {
-        let text = "default = \"local\"\n[[table]]\nmatch = \"public.acc*\"\nmode = \"sync\"\n[[table]]\nmatch = \"public.cart\"\nmode = \"bounded\"\nmax_lag = \"5s\"\n[[table]]\nmatch = \"public.views\"\nmode = \"async\"\n";
+        let text = "default = \"local\"\n[[table]]\nmatch = \"public.acc*\"\nmode = \"sync\"\n[[table]]\nmatch = \"public.cart\"\nmode = \"bounded\"\nmax_lag = \"5s\"\n[[table]]\nmatch = \"public.views\"\nmode = \"async\"\n[[table]]\nmatch = \"public.likes\"\nmode = \"async\"\non_conflict = \"latest\"\n";
         let policy = Policy::parse(text, std::path::Path::new("p.toml")).unwrap();
         let tables = [
             TableName::new("public", "accounts"),
             TableName::new("public", "cart"),
             TableName::new("public", "views"),
             TableName::new("public", "sessions"),
+            TableName::new("public", "likes"),
         ];
         let w = wanted(&policy, &tables);
         assert_eq!(w.get(&tables[0]), Some(&CaptureMode::Sync));
         assert_eq!(w.get(&tables[1]), Some(&CaptureMode::Async));
         assert_eq!(w.get(&tables[2]), Some(&CaptureMode::Async));
         assert_eq!(w.get(&tables[3]), None);
+        assert_eq!(w.get(&tables[4]), Some(&CaptureMode::Latest), "latest tables record their local writes' times too");
+        assert_eq!(parse_args("latest\\000public.likes\\000"), (Some(CaptureMode::Latest), Some("public.likes".into())));
     }
 }
