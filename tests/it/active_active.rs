@@ -282,3 +282,62 @@ async fn hot_row_increments_at_both_sites_keep_the_later_sites_count_under_lates
         ]
     );
 }
+
+/// `capgate check-config --connect` for site `site` (on `primary`, its peer `peer` on `other`,
+/// marked as taking writes): its output.
+fn check_config(site: &str, primary: &PgServer, peer: &str, other: &PgServer) -> String {
+    let dir = scratch(&format!("active-active-check-{site}"));
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    let text = format!(
+        "site = \"{site}\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"{}?sslmode=disable\"\n\
+         [[replicas]]\nname = \"{peer}\"\nurl = \"{}?sslmode=disable\"\ntakes_writes = true\n",
+        primary.url("postgres", DB),
+        other.url("postgres", DB)
+    );
+    std::fs::write(dir.join("capgate.toml"), text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capgate"))
+        .args(["check-config", "--connect", "--config", dir.join("capgate.toml").to_str().unwrap()])
+        .output()
+        .expect("run capgate");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn serial_keys_at_two_writing_sites_are_warned_and_the_offered_remedy_keeps_them_apart() {
+    let _one = exclusive().await;
+    fresh("CREATE TABLE aa_orders (id serial PRIMARY KEY, item text NOT NULL)").await;
+    let (a, b) = (bed().a_primary(), bed().b_replica());
+    let remedy = |site: &str, out: &str| -> String {
+        let line = out
+            .lines()
+            .find(|l| l.contains("public.aa_orders.id takes its values from sequence"))
+            .unwrap_or_else(|| panic!("{site}: {out}"));
+        assert!(
+            line.starts_with("[warn] primary:") && line.contains("2 sites take writes (east, west)") && line.contains("uuid"),
+            "{line}"
+        );
+        line.split('`').nth(1).expect("the statement between backquotes").to_owned()
+    };
+    let east_fix = remedy("east", &check_config("east", a, "west", b));
+    let west_fix = remedy("west", &check_config("west", b, "east", a));
+    assert_eq!(east_fix, "ALTER SEQUENCE public.aa_orders_id_seq INCREMENT BY 2 RESTART WITH 3");
+    assert_eq!(west_fix, "ALTER SEQUENCE public.aa_orders_id_seq INCREMENT BY 2 RESTART WITH 2");
+    connect(&a.url("postgres", DB)).await.batch_execute(&east_fix).await.unwrap();
+    connect(&b.url("postgres", DB)).await.batch_execute(&west_fix).await.unwrap();
+    for (site, out) in [("east", check_config("east", a, "west", b)), ("west", check_config("west", b, "east", a))] {
+        assert!(!out.contains("takes its values from sequence"), "{site} still warned:\n{out}");
+    }
+
+    // Both sites insert through their capgate: no key is taken twice, both end with every row.
+    let (_to_west, _to_east, east, west) = two_sites(POLICY, &["public.aa_orders"]).await;
+    let (e, w) = (connect(&east.url("postgres", DB)).await, connect(&west.url("postgres", DB)).await);
+    for _ in 0..5 {
+        e.batch_execute("INSERT INTO aa_orders (item) VALUES ('east')").await.unwrap();
+        w.batch_execute("INSERT INTO aa_orders (item) VALUES ('west')").await.unwrap();
+    }
+    let all = "SELECT count(*), count(DISTINCT id) FROM aa_orders";
+    for url in [a.url("postgres", DB), b.url("postgres", DB)] {
+        wait_until("every order at both sites", Duration::from_secs(60), async || rows(&url, all).await == ["10|10"]).await;
+        assert_eq!(rows(&url, "SELECT count(*) FROM capgate.conflicts").await, ["0"], "{url}");
+    }
+}
