@@ -272,6 +272,33 @@ async fn sequence_keys(c: &mut Checks, client: &Client, tables: &[TableName], si
     }
 }
 
+/// A site that takes writes runs the policy this one does: what its capgate last recorded on
+/// its primary (`capgate.local_site`) equals this policy's fingerprint.
+async fn same_policy(c: &mut Checks, client: &Client, policy: &Policy, peer: &str) {
+    let theirs = match client.query_opt("SELECT name, policy FROM capgate.local_site", &[]).await {
+        Ok(Some(row)) => row.get::<_, Option<String>>(1).map(|p| (row.get::<_, String>(0), p)),
+        Ok(None) | Err(_) => None,
+    };
+    let Some((name, theirs)) = theirs else {
+        c.add(
+            Outcome::Warn,
+            format!("site {peer} has recorded no policy yet (its capgate has not run against this database): cannot compare policies"),
+        );
+        return;
+    };
+    let ours = policy.fingerprint();
+    if theirs == ours {
+        c.add(Outcome::Ok, format!("site {name} runs the same policy"));
+        return;
+    }
+    let differs = ours.lines().zip(theirs.lines()).find(|(a, b)| a != b).map(|(a, b)| format!("here `{a}`, there `{b}`"));
+    let differs = differs.unwrap_or_else(|| format!("{} rule line(s) here, {} there", ours.lines().count(), theirs.lines().count()));
+    c.add(
+        Outcome::Warn,
+        format!("site {name} runs a different policy ({differs}): sites that replicate to each other must run the same policy file"),
+    );
+}
+
 /// Every check on the primary and each replica of `config`, in order, one per line.
 pub async fn check_all(config: &Config, policy: &Policy) -> Vec<Check> {
     let mut c = Checks { server: "primary".into(), out: Vec::new() };
@@ -301,6 +328,9 @@ pub async fn check_all(config: &Config, policy: &Policy) -> Vec<Check> {
             schema_privilege(&mut r, &client).await;
             prepared_transactions(&mut r, &client, policy).await;
             tables_on_replica(&mut r, &client, &tables, &no_key).await;
+            if replica.takes_writes {
+                same_policy(&mut r, &client, policy, &replica.name).await;
+            }
         }
         c.out.extend(r.out);
     }

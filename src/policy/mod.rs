@@ -247,6 +247,22 @@ impl Policy {
         matches!(self.default, Mode::Sync { .. }) || self.rules.iter().any(|r| matches!(r.mode, Mode::Sync { .. }))
     }
 
+    /// What the policy decides, one line per item, without its layout (comments, spacing,
+    /// line numbers, key order): two sites run the same policy when these are equal. Each
+    /// site records it on its primary (`capgate.local_site.policy`) and `check-config
+    /// --connect` compares it with the other writing sites'.
+    pub fn fingerprint(&self) -> String {
+        let mut out = format!("default {:?}\nunknown {:?}\n", self.default, self.unknown);
+        for r in &self.rules {
+            out.push_str(&format!("table {} {:?}\n", r.pattern_text, r.mode));
+        }
+        for f in &self.functions {
+            let writes: Vec<String> = f.writes.iter().map(ToString::to_string).collect();
+            out.push_str(&format!("function {}.{} writes {}\n", f.schema, f.name, writes.join(",")));
+        }
+        out
+    }
+
     /// Whether some sync rule's quorum is below `replicas`: only then do sync commits also write
     /// their changes to the change stream, for the replicas that miss the quorum (decision 0017).
     pub fn streams_sync(&self, replicas: usize) -> bool {

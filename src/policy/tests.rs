@@ -275,6 +275,15 @@ writes = ["shop.Orders", "`shop`.cart_items"]
 }
 
 #[test]
+fn the_fingerprint_ignores_layout_but_not_decisions() {
+    let a = parse("# money\n[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\nquorum = 1\n").unwrap();
+    let b = parse("[[table]]\nquorum = 1\n\n   mode = \"sync\"   # reordered\nmatch = \"public.a\"\n").unwrap();
+    let c = parse("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\n").unwrap();
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    assert_ne!(a.fingerprint(), c.fingerprint(), "a different quorum is a different policy");
+}
+
+#[test]
 fn quorum_is_a_sync_option_counted_against_the_replicas() {
     let p = parse("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\nquorum = 1\n[[table]]\nmatch = \"public.b\"\nmode = \"sync\"\n")
         .unwrap_or_else(|e| panic!("{e}"));

@@ -286,8 +286,13 @@ async fn hot_row_increments_at_both_sites_keep_the_later_sites_count_under_lates
 /// `capgate check-config --connect` for site `site` (on `primary`, its peer `peer` on `other`,
 /// marked as taking writes): its output.
 fn check_config(site: &str, primary: &PgServer, peer: &str, other: &PgServer) -> String {
+    check_config_with(site, primary, peer, other, POLICY)
+}
+
+/// The same with `policy`.
+fn check_config_with(site: &str, primary: &PgServer, peer: &str, other: &PgServer, policy: &str) -> String {
     let dir = scratch(&format!("active-active-check-{site}"));
-    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
     let text = format!(
         "site = \"{site}\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"{}?sslmode=disable\"\n\
          [[replicas]]\nname = \"{peer}\"\nurl = \"{}?sslmode=disable\"\ntakes_writes = true\n",
@@ -318,7 +323,9 @@ async fn serial_keys_at_two_writing_sites_are_warned_and_the_offered_remedy_keep
         );
         line.split('`').nth(1).expect("the statement between backquotes").to_owned()
     };
-    let east_fix = remedy("east", &check_config("east", a, "west", b));
+    let first = check_config("east", a, "west", b);
+    assert!(first.contains("[warn] replica west: site west has recorded no policy yet"), "{first}");
+    let east_fix = remedy("east", &first);
     let west_fix = remedy("west", &check_config("west", b, "east", a));
     assert_eq!(east_fix, "ALTER SEQUENCE public.aa_orders_id_seq INCREMENT BY 2 RESTART WITH 3");
     assert_eq!(west_fix, "ALTER SEQUENCE public.aa_orders_id_seq INCREMENT BY 2 RESTART WITH 2");
@@ -330,6 +337,14 @@ async fn serial_keys_at_two_writing_sites_are_warned_and_the_offered_remedy_keep
 
     // Both sites insert through their capgate: no key is taken twice, both end with every row.
     let (_to_west, _to_east, east, west) = two_sites(POLICY, &["public.aa_orders"]).await;
+    // Both capgates have recorded their policy: the same one, and a changed file is told.
+    let same = check_config("east", a, "west", b);
+    assert!(same.contains("[ok] replica west: site west runs the same policy"), "{same}");
+    let other = check_config_with("west", b, "east", a, LATEST_POLICY);
+    assert!(
+        other.contains("[warn] replica east: site east runs a different policy (here `table public.aa_* Async { on_conflict: Latest }`"),
+        "{other}"
+    );
     let (e, w) = (connect(&east.url("postgres", DB)).await, connect(&west.url("postgres", DB)).await);
     for _ in 0..5 {
         e.batch_execute("INSERT INTO aa_orders (item) VALUES ('east')").await.unwrap();

@@ -102,6 +102,11 @@ pub async fn run(primary: Upstream, site: String, policy: Arc<PolicyHandle>, sta
                         .map_err(|e| format!("recording the site name on the primary: {}", crate::backend::postgres::db_error_text(&e)))?;
                     installed = true;
                 }
+                // What the other sites' check-config compares their policy with.
+                let fingerprint = "UPDATE capgate.local_site SET policy = $1 WHERE policy IS DISTINCT FROM $1";
+                c.execute(fingerprint, &[&current.fingerprint()])
+                    .await
+                    .map_err(|e| format!("recording the policy on the primary: {}", crate::backend::postgres::db_error_text(&e)))?;
                 reconcile(c, &current).await.map_err(|e| e.to_string())
             };
             match tokio::time::timeout(ROUND_DEADLINE, round).await {

@@ -27,7 +27,8 @@ pub const PRIMARY_SCHEMA_VERSION: i32 = PRIMARY_MIGRATIONS.len() as i32;
 /// 5. `capture_ddl` takes the caller's search_path;
 /// 6. `capgate.changes.gid`: a sync commit under a quorum also writes its changes to the
 ///    stream, tagged with its gid, for the replicas outside the quorum (decision 0017);
-/// 7. `capgate.local_site` (this site's name, written by capgate at start) and
+/// 7. `capgate.local_site` (this site's name and its policy's fingerprint, written by capgate,
+///    for `check-config --connect` on the other sites) and
 ///    `capgate.latest` (the same table the replica side keeps): a `latest` table's local
 ///    writes record their time and site there, so changes from another site that takes writes
 ///    are compared with them (decision 0019).
@@ -117,7 +118,8 @@ DROP FUNCTION IF EXISTS capgate.sync_prepare(text, text);
     r#"
 CREATE TABLE IF NOT EXISTS capgate.local_site (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
-    name text NOT NULL
+    name text NOT NULL,
+    policy text
 );
 CREATE TABLE IF NOT EXISTS capgate.latest (
     tbl text NOT NULL,
