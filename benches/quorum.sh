@@ -24,7 +24,9 @@
 #   near-cut / (1.2 × far RTT + direct).
 #
 # Usage: benches/quorum.sh   (environment: NEAR_MS=25 FAR_MS=100 DURATION=10, CAPGATE_BIN,
-#        LINK_BIN; without CAPGATE_BIN the release build is built and used)
+#        LINK_BIN; without CAPGATE_BIN the release build is built and used; KEEP_TMP=1 keeps
+#        the servers' logs, LOG_STATEMENT=all and LOG_CONNECTIONS=on make them say what
+#        capgate runs on each)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -56,7 +58,7 @@ build_capgate_release
 [[ -x "$LINK_BIN" ]] || die "$LINK_BIN is not an executable"
 read -r PA PB PC CGPORT ADMIN < <(free_ports 5)
 for s in a:$PA b:$PB c:$PC; do
-    start_postgres_named "${s%%:*}" "${s##*:}" "max_prepared_transactions = 100" "max_connections = 200"
+    start_postgres_named "${s%%:*}" "${s##*:}" "max_prepared_transactions = 100" "max_connections = 200" "log_connections = ${LOG_CONNECTIONS:-off}" "log_statement = ${LOG_STATEMENT:-none}" "log_line_prefix = '%m [%p] %a '"
     pgbench -i -s 1 -q -h 127.0.0.1 -p "${s##*:}" -U postgres postgres >"$TMP/init-${s%%:*}.log" 2>&1 || die "pgbench -i failed"
 done
 
