@@ -1,5 +1,6 @@
 //! The chaos suite: concurrent clients write tables of every mode through a capgate process
-//! while a nemesis injects faults at random (seeded); afterwards, with everything healed and
+//! (and one on the primary directly; the shapes are in chaos/workload.rs) while a nemesis
+//! injects faults at random (seeded); afterwards, with everything healed and
 //! the queues drained, a checker holds the history the clients saw against the guarantees.
 //!
 //! - `short_run_fixed_seed` and `short_run_random_seed` run in CI (`CHAOS_SECONDS`, default 45
@@ -24,6 +25,10 @@ use capgate::testbed::sites::TwoSites;
 use capgate::verify::{self, Limits, Selection, TableName};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+
+#[path = "chaos/workload.rs"]
+mod workload;
+use workload::{client, Outcome};
 
 /// The tables, one per mode; each has two hot rows (ids 1 and 2) every client increments.
 const TABLES: &[(&str, Kind)] = &[
@@ -51,29 +56,6 @@ enum Kind {
     Async,
     Bounded,
     Local,
-}
-
-/// What the client was told.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Outcome {
-    Ok,
-    Error(String),
-    /// The connection broke (or the client gave up) before an answer.
-    Unknown,
-}
-
-/// One operation as the client saw it.
-#[derive(Clone, Debug)]
-struct Op {
-    table: &'static str,
-    /// Rows inserted with unique keys.
-    inserted: Vec<i64>,
-    /// Hot row incremented by one.
-    hot: Option<i64>,
-    rolled_back_on_purpose: bool,
-    outcome: Outcome,
-    start: f64,
-    end: f64,
 }
 
 fn bed() -> &'static TwoSites {
@@ -188,102 +170,6 @@ async fn exec(url: &str, sql: &str) {
     c.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-/// The outcome of a client call that ran under a deadline.
-fn outcome<T>(r: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>) -> Outcome {
-    match r {
-        Ok(Ok(_)) => Outcome::Ok,
-        Ok(Err(e)) => match e.as_db_error() {
-            Some(db) => Outcome::Error(db.code().code().to_owned()),
-            None => Outcome::Unknown,
-        },
-        Err(_) => Outcome::Unknown,
-    }
-}
-
-/// One client: its own keys, the shared hot rows, both protocols, transactions (some rolled
-/// back on purpose); reconnects after a broken connection.
-async fn client(n: i64, url: String, seed: u64, stop: Arc<AtomicBool>, t0: Instant, history: Arc<Mutex<Vec<Op>>>) {
-    let mut rng = StdRng::seed_from_u64(seed ^ (n as u64).wrapping_mul(0x9e37_79b9));
-    let mut next = n * 1_000_000_000 + 100;
-    let mut conn: Option<tokio_postgres::Client> = None;
-    let deadline = Duration::from_secs(20);
-    while !stop.load(Ordering::Relaxed) {
-        let c = match &conn {
-            Some(c) if !c.is_closed() => c,
-            _ => {
-                conn = connect(&url).await;
-                if conn.is_none() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                continue;
-            }
-        };
-        let table = TABLES[rng.random_range(0..TABLES.len())].0;
-        let start = t0.elapsed().as_secs_f64();
-        let shape = rng.random_range(0..10);
-        let extended = rng.random_bool(0.5);
-        let mut op =
-            Op { table, inserted: Vec::new(), hot: None, rolled_back_on_purpose: false, outcome: Outcome::Unknown, start, end: 0.0 };
-        if shape < 6 {
-            next += 1;
-            op.inserted.push(next);
-            op.outcome = if extended {
-                outcome(
-                    tokio::time::timeout(
-                        deadline,
-                        c.execute(&format!("INSERT INTO {table} (id, client) VALUES ($1, $2)"), &[&next, &(n as i32)]),
-                    )
-                    .await,
-                )
-            } else {
-                outcome(
-                    tokio::time::timeout(deadline, c.batch_execute(&format!("INSERT INTO {table} (id, client) VALUES ({next}, {n})")))
-                        .await,
-                )
-            };
-        } else if shape < 8 {
-            let hot = rng.random_range(1..=2i64);
-            op.hot = Some(hot);
-            op.outcome = if extended {
-                outcome(tokio::time::timeout(deadline, c.execute(&format!("UPDATE {table} SET v = v + 1 WHERE id = $1"), &[&hot])).await)
-            } else {
-                outcome(tokio::time::timeout(deadline, c.batch_execute(&format!("UPDATE {table} SET v = v + 1 WHERE id = {hot}"))).await)
-            };
-        } else {
-            let hot = rng.random_range(1..=2i64);
-            let (a, b) = (next + 1, next + 2);
-            next += 2;
-            op.inserted = vec![a, b];
-            op.hot = Some(hot);
-            op.rolled_back_on_purpose = rng.random_bool(0.25);
-            let end = if op.rolled_back_on_purpose { "ROLLBACK" } else { "COMMIT" };
-            let r = tokio::time::timeout(deadline, async {
-                c.batch_execute("BEGIN").await?;
-                if extended {
-                    c.execute(&format!("INSERT INTO {table} (id, client) VALUES ($1, $2)"), &[&a, &(n as i32)]).await?;
-                    c.execute(&format!("UPDATE {table} SET v = v + 1 WHERE id = $1"), &[&hot]).await?;
-                } else {
-                    c.batch_execute(&format!("INSERT INTO {table} (id, client) VALUES ({a}, {n})")).await?;
-                    c.batch_execute(&format!("UPDATE {table} SET v = v + 1 WHERE id = {hot}")).await?;
-                }
-                c.batch_execute(&format!("INSERT INTO {table} (id, client) VALUES ({b}, {n})")).await?;
-                c.batch_execute(end).await
-            })
-            .await;
-            op.outcome = outcome(r);
-            if let Outcome::Error(_) = op.outcome {
-                // Leave the session clean for the next operation.
-                let _ = tokio::time::timeout(deadline, c.batch_execute("ROLLBACK")).await;
-            }
-        }
-        if op.outcome == Outcome::Unknown {
-            conn = None;
-        }
-        op.end = t0.elapsed().as_secs_f64();
-        history.lock().unwrap().push(op);
-    }
-}
-
 /// Faults injected, by kind.
 type Faults = BTreeMap<&'static str, u32>;
 
@@ -380,6 +266,7 @@ async fn run(seed: u64, secs: u64) {
         exec(&url, &ddl).await;
         exec(&url, "DROP SCHEMA IF EXISTS capgate CASCADE").await;
     }
+    exec(&b.a_primary_url(), workload::FUNCTION).await;
     let dir = std::env::temp_dir().join(format!("capgate-chaos-{}-{seed}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let capgate = Arc::new(Mutex::new(Capgate::start(&dir, &link)));
@@ -414,8 +301,10 @@ async fn run(seed: u64, secs: u64) {
     };
     let mut clients = Vec::new();
     for n in 1..=4 {
-        clients.push(tokio::spawn(client(n, url.clone(), seed, stop.clone(), t0, history.clone())));
+        clients.push(tokio::spawn(client(n, url.clone(), false, seed, stop.clone(), t0, history.clone())));
     }
+    // Writes around capgate, on the primary directly.
+    clients.push(tokio::spawn(client(5, primary.clone(), true, seed, stop.clone(), t0, history.clone())));
     let faults = nemesis(seed, Instant::now() + Duration::from_secs(secs), &link, &capgate).await;
 
     // Heal everything, stop the clients, drain.
@@ -461,6 +350,7 @@ async fn run(seed: u64, secs: u64) {
     let samples = samples.lock().unwrap().clone();
     let mut checks: Vec<Check> = Vec::new();
     let mut by_outcome: BTreeMap<String, u32> = BTreeMap::new();
+    let mut by_shape: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     for op in &history {
         let key = match &op.outcome {
             Outcome::Ok if op.rolled_back_on_purpose => "ok (rolled back on purpose)".to_owned(),
@@ -469,6 +359,9 @@ async fn run(seed: u64, secs: u64) {
             Outcome::Unknown => "unknown".to_owned(),
         };
         *by_outcome.entry(key).or_default() += 1;
+        let shape = by_shape.entry(format!("{}{}", op.shape, if op.direct { " (direct on the primary)" } else { "" })).or_default();
+        shape.0 += 1;
+        shape.1 += u32::from(op.outcome == Outcome::Ok);
     }
     let mut present: HashMap<(&str, bool), HashSet<i64>> = HashMap::new();
     for (t, _) in TABLES {
@@ -476,6 +369,8 @@ async fn run(seed: u64, secs: u64) {
         present.insert((t, false), ids(&replica, &format!("SELECT id FROM {t} WHERE id > 2")).await);
     }
     let mut acked = None;
+    // Every lost acknowledged row, by table and shape, for the counter-example.
+    let mut lost: BTreeMap<String, u32> = BTreeMap::new();
     let mut refused = None;
     let mut unknown = None;
     let mut local = None;
@@ -489,11 +384,15 @@ async fn run(seed: u64, secs: u64) {
             match &op.outcome {
                 _ if committed => {
                     if !on_primary || (replicated && !on_replica) {
+                        *lost.entry(format!("{} {}", op.table, op.shape)).or_default() += 1;
                         first(
                             &mut acked,
                             Some(format!(
-                                "{} id {id} acknowledged at {:.1}s: primary {on_primary}, replica {on_replica}",
-                                op.table, op.end
+                                "{} id {id} acknowledged at {:.1}s ({}{}): primary {on_primary}, replica {on_replica}",
+                                op.table,
+                                op.end,
+                                op.shape,
+                                if op.extended { ", extended protocol" } else { ", simple protocol" }
                             )),
                         );
                     }
@@ -549,7 +448,7 @@ async fn run(seed: u64, secs: u64) {
     // A check with no lag sample to check against proves nothing: it fails, never passes
     // silently (the samples stop while capgate is killed; they must not stop for good).
     let (mut with_sample, mut without_sample) = (0usize, 0usize);
-    for op in history.iter().filter(|o| o.table == "ch_bounded") {
+    for op in history.iter().filter(|o| o.table == "ch_bounded" && !o.direct) {
         let lags = lag_near(op.start, op.end);
         if lags.is_empty() {
             without_sample += 1;
@@ -566,8 +465,10 @@ async fn run(seed: u64, secs: u64) {
                 first(
                     &mut bounded,
                     Some(format!(
-                        "accepted at {:.1}s while the lag was at least {min:.2}s (budget {MAX_LAG}s + {LAG_TOLERANCE}s)",
-                        op.start
+                        "accepted at {:.1}s while the lag was at least {min:.2}s (budget {MAX_LAG}s + {LAG_TOLERANCE}s): {}{}",
+                        op.start,
+                        op.shape,
+                        if op.extended { ", extended protocol" } else { ", simple protocol" }
                     )),
                 );
             }
@@ -584,6 +485,13 @@ async fn run(seed: u64, secs: u64) {
         );
     }
     let conflicts = scalar(&replica, "SELECT count(*) FROM capgate.conflicts").await;
+    let first_conflicts: Vec<String> = connect(&replica)
+        .await
+        .expect("connect")
+        .query("SELECT concat_ws(' ', kind, tbl, op, old::text, new::text, replica_row::text, detail) FROM capgate.conflicts ORDER BY id LIMIT 3", &[])
+        .await
+        .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        .unwrap_or_else(|e| vec![e.to_string()]);
     let text = format!(
         "site = \"a\"\n[primary]\nurl = \"{primary}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"{replica}?sslmode=disable\"\n"
     );
@@ -591,15 +499,22 @@ async fn run(seed: u64, secs: u64) {
     let selection = Selection::Replicated(Box::new(|t: &TableName| t.name.starts_with("ch_") && t.name != "ch_local"));
     let report = verify::run(&config, &selection, Limits { chunk_rows: 1000, max_differences: 5 }).await.unwrap();
 
-    checks.push(Check { name: "every acknowledged write is on every site it should be", violation: acked });
+    checks.push(Check {
+        name: "every acknowledged write is on every site it should be",
+        violation: acked.map(|first| format!("{first}; lost rows by table and shape: {lost:?}")),
+    });
     checks.push(Check { name: "nothing refused or rolled back is anywhere", violation: refused });
     checks.push(Check { name: "unknown outcomes are the same on both sites", violation: unknown });
     checks.push(Check { name: "local tables stay local", violation: local });
     checks.push(Check { name: "hot rows: no acknowledged increment lost, sites equal", violation: hot });
     checks.push(Check { name: "bounded: refused only over budget, never accepted far over it", violation: bounded });
     checks.push(Check {
+        name: "every shape of operation succeeded at least once",
+        violation: by_shape.iter().find(|(_, (_, ok))| *ok == 0).map(|(k, (all, _))| format!("{k}: {all} tried, none succeeded")),
+    });
+    checks.push(Check {
         name: "no conflict without outside interference",
-        violation: (conflicts > 0).then(|| format!("{conflicts} conflict(s) in capgate.conflicts")),
+        violation: (conflicts > 0).then(|| format!("{conflicts} conflict(s) in capgate.conflicts, first: {first_conflicts:?}")),
     });
     checks.push(Check {
         name: "replicated tables identical (capgate verify)",
@@ -609,6 +524,10 @@ async fn run(seed: u64, secs: u64) {
     let mut summary = format!("\n=== chaos run, seed {seed}, {secs} s ===\noperations: {}\n", history.len());
     for (k, v) in &by_outcome {
         summary.push_str(&format!("  {k:<30} {v}\n"));
+    }
+    summary.push_str("shapes (operations, ok):\n");
+    for (k, (all, ok)) in &by_shape {
+        summary.push_str(&format!("  {k:<40} {all} {ok}\n"));
     }
     summary.push_str("faults injected:\n");
     for (k, v) in &faults {
