@@ -92,11 +92,11 @@ async fn every_mode(scenario: &str, levels: &[&'static str], modes: &[Mode]) -> 
                 failures.first()
             ));
         }
-        site.verify_equal(&["public.ap_iso", "public.ap_iso_log"]).await;
         if failed == 0 {
             let total = (levels.len() as i32 * ROUNDS).to_string();
             assert_eq!(primary_rows("SELECT DISTINCT v FROM ap_iso WHERE id % 4000 = 0 AND id <= 16000").await, vec![total], "{report:#?}");
         }
+        site.verify_equal(&["public.ap_iso", "public.ap_iso_log"]).await;
     }
     report
 }

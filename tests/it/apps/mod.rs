@@ -83,12 +83,21 @@ impl Site {
         self.proxy.addr.port()
     }
 
-    /// Wait for the replica to apply everything (async, bounded), then `capgate verify`.
+    /// Wait for the replica to apply everything (async, bounded), then `capgate verify`;
+    /// then drop `tables` on both sites with the row changes still queued for them, so that
+    /// no later test's new origin ships them (see [`fresh`]).
     pub(crate) async fn verify_equal(&self, tables: &[&str]) {
         if self.mode != Mode::Sync {
             drained(&self.name, self.admin).await;
         }
         verify_equal_for(&self.name, tables).await;
+        let list = tables.join(", ");
+        connect(&bed().a_primary_url())
+            .await
+            .execute("DELETE FROM capgate.changes WHERE tbl = ANY ($1)", &[&tables])
+            .await
+            .unwrap_or_else(|e| panic!("forgetting the changes of {list}: {e}"));
+        on_both(&format!("DROP TABLE IF EXISTS {list} CASCADE")).await;
     }
 }
 
