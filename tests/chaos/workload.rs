@@ -168,10 +168,10 @@ pub async fn client(n: i64, url: String, direct: bool, seed: u64, stop: Arc<Atom
             let call = format!("SELECT ch_bump('{table}', {hot}, {a}, {n})");
             // In autocommit only on tables that are not sync. Autocommit calls that write a
             // sync table are refused with CGS01, as they must be, but with them in the
-            // workload acknowledged writes elsewhere in the history were lost: a hot-row
-            // increment on ch_sync_fail in 1 of 4 45 s runs (without the direct client), plain
-            // INSERTs on sync and bounded tables in 3 of 8 30 s runs (with it); 0 of 9 runs
-            // without them. Reported with issue 11 for the coordinator.
+            // workload an acknowledged write elsewhere in the history was lost (a plain
+            // INSERT or a hot-row increment on a sync or bounded table, on neither site) in 4
+            // of 16 short runs; without them in 1 of 12 (with the direct client). Not yet
+            // explained; reported with issue 11 for the coordinator.
             let sync = TABLES.iter().any(|(t, k)| *t == table && *k == Kind::Sync);
             op.outcome = if shape == 11 || sync {
                 op.shape = "function in a transaction";
