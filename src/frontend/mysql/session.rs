@@ -102,8 +102,19 @@ async fn run(
     if let Some(db) = &opened.response.database {
         state.lock().schema = Some(db.clone());
     }
+    let mut server = opened.server;
+    if shared.sync.is_some() {
+        // Mark the primary connection as a capgate client session: its sync changes are kept
+        // for the coordinator at COMMIT (decision 0015). One packet; an OK (or, for a primary
+        // without @-variables, an error that only means sync writes will be refused).
+        server.send_packet(0, &super::hold::session_marker()).await?;
+        let reply = server.read(shared.config.max_message_size as usize).await?;
+        if reply.payload.first() != Some(&0x00) {
+            warn!("cannot mark the session on the primary; its writes to sync tables will be refused");
+        }
+    }
     let conn = client.take().ok_or(SessionError::Closed)?;
-    relay_until_end(shared, conn, opened.server, &state, &mut statements, shutdown).await
+    relay_until_end(shared, conn, server, &state, &mut statements, shutdown).await
 }
 
 /// Run both pumps until one ends, the client breaks the protocol, or a shutdown finds the
