@@ -67,20 +67,31 @@ async fn block_waits_for_the_partition_timeout_then_refuses_or_goes_through_once
         let r = c.batch_execute("INSERT INTO sf_blkl_t VALUES (2, 'healed')").await;
         (r, start.elapsed())
     });
+    // The same in the extended protocol: its Bind waits, and the Sync that ends its implicit
+    // transaction is then still a sync commit (it was committed uncoordinated, and refused
+    // with CGS01, when the held Bind skipped noting that its group may change a sync table).
+    let url = p.url("postgres", "postgres");
+    let blocked_extended = tokio::spawn(async move {
+        let c = connect(&url).await;
+        c.execute("INSERT INTO sf_blkl_t VALUES ($1, 'healed, extended')", &[&3i32]).await
+    });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!blocked.is_finished(), "the write did not block");
+    assert!(!blocked_extended.is_finished(), "the extended-protocol write did not block");
     link.restore();
     let (r, waited) = tokio::time::timeout(Duration::from_secs(60), blocked).await.expect("the blocked write never ended").unwrap();
     r.unwrap_or_else(|e| panic!("the blocked write failed after the link healed: {e:?}"));
     assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    let r = tokio::time::timeout(Duration::from_secs(60), blocked_extended).await.expect("the blocked extended write never ended").unwrap();
+    r.unwrap_or_else(|e| panic!("the blocked extended-protocol write failed after the link healed: {e:?}"));
 
     assert_eq!(primary_rows("SELECT id, v FROM sf_blk_t ORDER BY id").await, vec!["1|before"]);
-    assert_eq!(primary_rows("SELECT id, v FROM sf_blkl_t ORDER BY id").await, vec!["1|before", "2|healed"]);
+    assert_eq!(primary_rows("SELECT id, v FROM sf_blkl_t ORDER BY id").await, vec!["1|before", "2|healed", "3|healed, extended"]);
     // verify_equal first waits for the replica's prepared transactions to be resolved: the
     // COMMIT PREPARED of the writes just before the cut may have been lost to the blackhole,
     // and is then recovery's to finish.
     verify_equal(&["public.sf_blk_t", "public.sf_blkl_t", "public.sf_fail_probe"]).await;
-    assert_eq!(replica_rows("SELECT id, v FROM sf_blkl_t ORDER BY id").await, vec!["1|before", "2|healed"]);
+    assert_eq!(replica_rows("SELECT id, v FROM sf_blkl_t ORDER BY id").await, vec!["1|before", "2|healed", "3|healed, extended"]);
 }
 
 #[tokio::test]

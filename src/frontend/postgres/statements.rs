@@ -135,11 +135,11 @@ impl Statements {
                 if is_commit(&route.classification) {
                     return self.commit_needs_hold(state, &policy).then_some(Hold::Commit);
                 }
+                let may = may_change_sync(&route, &policy);
+                self.tx_may_sync |= may;
                 if let Admit::Wait(_) = self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
                     return Some(Hold::Admission);
                 }
-                let may = may_change_sync(&route, &policy);
-                self.tx_may_sync |= may;
                 if replicated_ddl(&route, sql) {
                     return Some(Hold::Ddl);
                 }
@@ -169,14 +169,17 @@ impl Statements {
                 if is_commit(&classification) {
                     return self.commit_needs_hold(state, &policy).then_some(Hold::Commit);
                 }
-                let decisions = policy.decide(&classification);
-                if !matches!(self.replication.admit(&decisions, writes_rows(&classification)), Admit::Go) {
-                    return Some(Hold::Admission);
-                }
-                let route = crate::replicate::Route { classification, decisions, refusal: None };
+                let rows = writes_rows(&classification);
+                let route = crate::replicate::Route { decisions: policy.decide(&classification), classification, refusal: None };
+                // Noted before admission: a Bind held to wait for a replica still makes its
+                // group's Sync a commit point to coordinate (else an autocommit write admitted
+                // after the wait commits uncoordinated, refused with CGS01).
                 if may_change_sync(&route, &policy) {
                     self.tx_may_sync = true;
                     self.group.may_sync = true;
+                }
+                if !matches!(self.replication.admit(&route.decisions, rows), Admit::Go) {
+                    return Some(Hold::Admission);
                 }
                 None
             }
