@@ -76,6 +76,11 @@ pub struct Hidden {
     syncs_since_execute: u32,
     /// Copy data has been seen since the last Execute (the uncounting is done once).
     copying: bool,
+    /// The primary answered the last Execute or Query with CopyInResponse: it is in copy-in
+    /// mode. A CopyFail (or CopyDone) without data proves nothing by itself: a client whose
+    /// COPY failed at its Bind (tokio-postgres) sends CopyFail and another Sync after the
+    /// error, and then the Sync it sent with the Execute was answered, not ignored.
+    copy_started: bool,
     /// Client messages whose replies have not all arrived, in order: `P B D E C` (extended
     /// messages, one reply unit each), `S` (a Sync) and `Q` (a Query or FunctionCall: all
     /// until its ReadyForQuery). The coordinator takes over only when this is empty.
@@ -105,6 +110,7 @@ impl Hidden {
             b'E' => {
                 self.syncs_since_execute = 0;
                 self.copying = false;
+                self.copy_started = false;
             }
             b'S' if self.copying => return (0, true),
             b'S' => {
@@ -113,10 +119,14 @@ impl Hidden {
             }
             b'Q' | b'F' => {
                 self.syncs_since_execute = 0;
+                self.copy_started = false;
                 self.marks.push_back((self.parses_sent, self.binds_sent));
             }
+            // Only a COPY that started: after an error before it, nothing was ignored.
+            b'c' | b'f' if !self.copying && !self.copy_started => self.syncs_since_execute = 0,
             b'd' | b'c' | b'f' if !self.copying => {
                 self.copying = tag == b'd';
+                self.copy_started = self.copying;
                 let ignored = std::mem::take(&mut self.syncs_since_execute);
                 for _ in 0..ignored {
                     self.marks.pop_back();
@@ -126,7 +136,10 @@ impl Hidden {
                 }
                 return (ignored, false);
             }
-            b'c' | b'f' => self.copying = false,
+            b'c' | b'f' => {
+                self.copying = false;
+                self.copy_started = false;
+            }
             _ => {}
         }
         (0, false)
@@ -187,6 +200,10 @@ impl Hidden {
     fn server(&mut self, tag: u8) -> bool {
         self.answered(tag);
         match tag {
+            b'G' => {
+                self.copy_started = true;
+                false
+            }
             b'1' => {
                 self.parses_seen += 1;
                 take(&mut self.parses, self.parses_seen)
@@ -478,7 +495,7 @@ pub fn client_frame(state: &SessionState, tag: u8) -> Flow {
 /// small frames that complete a client message, so the coordinator can take over at a frame
 /// boundary once every reply owed has been delivered; notices, for the capture trigger's.
 pub fn server_inspect(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' | b'E' | b'N')
+    matches!(tag, b'Z' | b'1' | b'2' | b'3' | b'C' | b'I' | b's' | b'n' | b'T' | b'E' | b'N' | b'G')
 }
 
 /// The SQLSTATE of the INFO notice a capture trigger raises at a transaction's first change to
@@ -499,7 +516,7 @@ pub fn server_frame(state: &SessionState, tag: u8, frame: Option<&[u8]>, stop_wh
         }
         return Flow::Continue;
     }
-    if matches!(tag, b'1' | b'2' | b'Z' | b'3' | b'E' | b'C' | b'I' | b's' | b'T' | b'n') {
+    if matches!(tag, b'1' | b'2' | b'Z' | b'3' | b'E' | b'C' | b'I' | b's' | b'T' | b'n' | b'G') {
         let mut hidden = state.hidden.lock().unwrap_or_else(|p| p.into_inner());
         let hide = hidden.server(tag);
         let settled = !hidden.owed();
@@ -583,6 +600,30 @@ mod tests {
         // A FunctionCall is discarded the same way.
         exchange(&state, b"PFS", b"EZ");
         assert!(!state.owed() && state.is_idle());
+    }
+
+    /// A COPY FROM STDIN whose Bind fails (capgate refuses it, or the transaction is
+    /// aborted): tokio-postgres then sends CopyFail and a second Sync, and the primary answers
+    /// both Syncs. Neither was ignored in copy-in mode, so both are owed a ReadyForQuery.
+    /// (Counting the first as ignored left the session one ReadyForQuery short: capgate then
+    /// took statements for idle or in a transaction wrongly, found by the chaos suite.)
+    #[test]
+    fn a_copy_that_never_started_leaves_its_syncs_counted() {
+        let state = SessionState::new();
+        exchange(&state, b"BES", b"E");
+        exchange(&state, b"fS", b"ZZ");
+        assert!(!state.owed(), "replies still owed: {:?}", state.hidden.lock().map(|h| h.units.clone()));
+        assert_eq!(state.pending.load(Ordering::Acquire), 0);
+        // A COPY that started ignores the Sync sent with its Execute: one ReadyForQuery in all,
+        // whether data came or the client failed it at once.
+        exchange(&state, b"BES", b"2G");
+        exchange(&state, b"ddcS", b"CZ");
+        assert!(!state.owed() && state.is_idle());
+        assert_eq!(state.pending.load(Ordering::Acquire), 0);
+        exchange(&state, b"BES", b"2G");
+        exchange(&state, b"fS", b"EZ");
+        assert!(!state.owed() && state.is_idle());
+        assert_eq!(state.pending.load(Ordering::Acquire), 0);
     }
 
     /// A Query before the extended group is answered before the error and is not discarded.
