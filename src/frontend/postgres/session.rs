@@ -14,7 +14,7 @@ use super::conn::Conn;
 use super::coordinator::{Coordinator, Exit};
 use super::relay::{self, End, Flow, Pump, SessionState};
 use super::statements::Statements;
-use super::{SessionError, Shared};
+use super::{SessionError, Shared, UpstreamError};
 use crate::config::TlsMode;
 use crate::frontend::limits::{LimitCounters, LIMITS};
 use crate::frontend::listener::Refusal;
@@ -83,13 +83,7 @@ async fn run(
                     .with_detail(format!("capgate serves at most {} sessions (max_connections)", shared.config.max_connections)),
             ))
         }
-        Some(Refusal::NoDescriptors) => {
-            return Err(SessionError::Refused(
-                ErrorMessage::fatal("53300", "sorry, too many clients already")
-                    .with_detail("capgate has run out of file descriptors")
-                    .with_hint("raise capgate's open-file limit (ulimit -n, systemd LimitNOFILE) or lower max_connections"),
-            ))
-        }
+        Some(Refusal::NoDescriptors) => return Err(SessionError::Refused(no_descriptors())),
         None => {}
     }
     if shared.config.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) && !client.stream.is_tls() {
@@ -109,7 +103,7 @@ async fn run(
             auth::negotiate_protocol(client, &message).await?;
             auth::proxy(client, u).await?;
         }
-        let mut server = Conn::new(shared.primary.connect().await.map_err(SessionError::Upstream)?);
+        let mut server = Conn::new(shared.primary.connect().await.map_err(upstream_error)?);
         match proxy_user {
             Some(_) => {
                 auth::login_upstream(&mut server, &shared.primary.url, &message).await?;
@@ -134,6 +128,23 @@ async fn run(
     let result = relay(shared, client, server, &message, shutdown).await;
     drop(key);
     result
+}
+
+/// The refusal of a client capgate has no file descriptors for.
+fn no_descriptors() -> ErrorMessage {
+    ErrorMessage::fatal("53300", "sorry, too many clients already")
+        .with_detail("capgate has run out of file descriptors")
+        .with_hint("raise capgate's open-file limit (ulimit -n, systemd LimitNOFILE) or lower max_connections")
+}
+
+/// A failed connection to the primary. When capgate itself is out of descriptors (the
+/// client's socket took the last one), the client is told that, as the accept loop would
+/// have, rather than that the primary is unreachable.
+fn upstream_error(e: UpstreamError) -> SessionError {
+    match &e {
+        UpstreamError::Io(io) if crate::frontend::listener::out_of_descriptors(io) => SessionError::Refused(no_descriptors()),
+        _ => SessionError::Upstream(e),
+    }
 }
 
 /// TLS negotiation and the startup packet (or a cancel request).
