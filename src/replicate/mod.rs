@@ -172,8 +172,9 @@ impl Router {
 
 /// Whether a statement must be classified. Under a policy that cannot decide anything (see
 /// [`Policy::can_decide`]), only statements that change the session's search_path are
-/// followed (cheaply recognised by their first word: SET, RESET, DISCARD),
-/// so that a policy loaded later resolves names right. This keeps parsing off the hot path of
+/// followed (cheaply recognised by their first word: SET, RESET, DISCARD), and transaction
+/// control (BEGIN, START, COMMIT, END, ROLLBACK, ABORT), so that a policy loaded later resolves
+/// names right and applies from the next transaction on, also under pipelining. This keeps parsing off the hot path of
 /// deployments that do not replicate yet — and of simple-protocol workloads, whose texts differ
 /// by their literals and so miss the classification cache.
 pub fn needs_classification(policy: &Policy, sql: &str) -> bool {
@@ -186,7 +187,7 @@ pub fn needs_classification(policy: &Policy, sql: &str) -> bool {
         .take_while(|c| c.is_ascii_alphabetic())
         .take(8)
         .collect();
-    matches!(first.to_ascii_lowercase().as_str(), "set" | "reset" | "discard")
+    matches!(first.to_ascii_lowercase().as_str(), "set" | "reset" | "discard" | "begin" | "start" | "commit" | "end" | "rollback" | "abort")
 }
 
 /// The first 200 characters of a statement, for log lines.

@@ -27,9 +27,6 @@ const MAX_RESERVE: usize = 1 << 20;
 pub struct SessionState {
     /// The last ReadyForQuery status: `I` idle, `T` in a transaction, `E` in a failed one.
     pub tx_status: AtomicU8,
-    /// How many times the session has returned to idle (ReadyForQuery `I`): a change tells the
-    /// client side that the transaction it was tracking has ended.
-    pub idle_count: AtomicU64,
     /// Messages sent by the client that will each be answered by one ReadyForQuery (Query,
     /// Sync, FunctionCall) and have not been yet.
     pub pending: AtomicI64,
@@ -230,7 +227,6 @@ impl SessionState {
     pub fn new() -> SessionState {
         SessionState {
             tx_status: AtomicU8::new(b'I'),
-            idle_count: AtomicU64::new(0),
             pending: AtomicI64::new(0),
             hidden: Mutex::default(),
             extended_open: AtomicBool::new(false),
@@ -535,7 +531,6 @@ pub fn server_frame(state: &SessionState, tag: u8, frame: Option<&[u8]>, stop_wh
 pub fn set_status(state: &SessionState, status: u8) {
     state.tx_status.store(status, Ordering::Release);
     if status == b'I' {
-        state.idle_count.fetch_add(1, Ordering::AcqRel);
         state.sync_pending.store(false, Ordering::Release);
     }
 }

@@ -254,6 +254,7 @@ async fn relay(
         let side = {
             let mut on_client_frame = |tag: u8, frame: Option<&[u8]>| {
                 if let Some(frame) = frame {
+                    statements.message(&state, tag, frame);
                     let admin = super::admin_sql::is_admin_query(tag, frame);
                     if !admin && matches!(tag, b'Q' | b'B' | b'S') {
                         held = statements.hold(&state, tag, frame);
