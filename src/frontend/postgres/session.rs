@@ -279,17 +279,20 @@ async fn relay(
             };
             // The server pump may be stopped in its read only while the coordinator waits
             // for it and nothing is owed.
-            let keep_reading = || !state.holding.load(Ordering::Acquire) || state.owed();
+            let stop_reading = || state.holding.load(Ordering::Acquire) && !state.owed();
             let client_fut = up.run(&mut client_rd, &mut server_wr, relay::client_inspect, &mut on_client_frame, None);
             let server_fut = down.run(
                 &mut server_rd,
                 &mut client_wr,
                 relay::server_inspect,
                 |tag, frame| relay::server_frame(&state, tag, frame, &stop_when_idle),
-                Some((&state.interrupt, &keep_reading)),
+                Some(&stop_reading),
             );
             tokio::pin!(client_fut, server_fut);
+            // In this order, without drawing a random start (the pumps loop by themselves and
+            // end only when something happened, so nothing starves).
             let first = tokio::select! {
+                biased;
                 r = &mut client_fut => Side::Client(r),
                 r = &mut server_fut => Side::Server(r),
                 _ = wait_idle_shutdown(&mut shutdown, &state) => Side::Shutdown,
@@ -299,7 +302,7 @@ async fn relay(
                 Side::Client(Ok(End::Held)) => {
                     // Let the server pump deliver every reply owed, then take over.
                     state.holding.store(true, Ordering::Release);
-                    state.interrupt.notify_one();
+                    // Polled at once: it stops in its read if nothing is owed.
                     let r = server_fut.await;
                     state.holding.store(false, Ordering::Release);
                     match r {
