@@ -246,6 +246,11 @@ impl Statements {
         let body = &frame[5..];
         match tag {
             b'Q' => {
+                // Most statements of a policy that cannot decide anything need no look at all.
+                if !crate::replicate::needs_classification_bytes(&self.policy(), body) {
+                    self.bounds.query(None, false);
+                    return Flow::Continue;
+                }
                 let refusal = match cstr(body) {
                     Some(sql) => self.route(sql).map(|(refusal, kept)| (refusal, &sql[..kept])),
                     None => {
