@@ -90,8 +90,10 @@ pub enum After {
 #[derive(Debug, Default)]
 pub struct SessionState {
     flow: Mutex<Flow>,
-    /// Wakes the server pump when the client pump queued an own reply.
-    pub wake: tokio::sync::Notify,
+    /// The client pump queued an own reply: the server pump, waiting to read, goes to the
+    /// queue instead. Both pumps are polled by the session's one task, the server pump right
+    /// after the client pump, so it sees this without being woken.
+    pub own_queued: std::sync::atomic::AtomicBool,
     /// The server pump is writing to the client: if it is stopped now, the client may hold
     /// part of a packet, and capgate must not add one of its own.
     pub writing: std::sync::atomic::AtomicBool,
@@ -191,7 +193,7 @@ where
                     at += l.bytes;
                     start = at;
                     state.lock().queue.push_back(Pending::Own(err));
-                    state.wake.notify_one();
+                    state.own_queued.store(true, std::sync::atomic::Ordering::Release);
                 }
                 Verdict::Fatal(err) => {
                     write_flush(server, &buf[start..at]).await?;
@@ -275,13 +277,17 @@ where
         } else if buf.capacity() - buf.len() < 512 {
             buf.reserve(READ_CHUNK);
         }
-        tokio::select! {
-            n = rd.read_buf(buf) => {
-                if n? == 0 {
-                    return Ok(End::Eof);
-                }
+        let read = std::future::poll_fn(|cx| {
+            if state.own_queued.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                return std::task::Poll::Ready(None);
             }
-            _ = state.wake.notified() => {}
+            // A fresh read future per poll: reading into `buf` is cancel-safe.
+            std::future::Future::poll(std::pin::pin!(rd.read_buf(&mut *buf)), cx).map(Some)
+        });
+        if let Some(n) = read.await {
+            if n? == 0 {
+                return Ok(End::Eof);
+            }
         }
     }
 }

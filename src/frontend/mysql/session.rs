@@ -125,7 +125,10 @@ async fn relay_until_end(
     let outcome = {
         let up = relay::client_pump(&mut client_rd, &mut server_wr, &mut client_buf, state, statements, max, stall);
         let down = relay::server_pump(&mut server_rd, &mut client_wr, &mut server_buf, state);
+        // Biased: the server pump is polled right after the client pump, so it sees an own
+        // reply the client pump queued (SessionState::own_queued) without a wake-up.
         tokio::select! {
+            biased;
             r = up => Side::Client(r),
             r = down => Side::Server(r),
             _ = wait_idle_shutdown(&mut shutdown, state) => Side::Shutdown,
