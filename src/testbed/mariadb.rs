@@ -158,6 +158,9 @@ impl MariaDb {
             .arg(path("socket", &self.socket))
             .arg(path("pid-file", &self.dir.join("mysqld.pid")))
             .arg(path("log-error", &self.log))
+            // Temporary tables (information_schema queries use on-disk ones) in the instance's
+            // own directory: under a shared /tmp one was seen deleted beneath the server.
+            .arg(path("tmpdir", &self.dir))
             .args(self.opts.conf.iter().map(|(k, v)| format!("--{k}={v}")))
             .process_group(0)
             .current_dir(&self.dir)

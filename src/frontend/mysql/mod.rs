@@ -1,22 +1,29 @@
 //! The MySQL / MariaDB front end: accepts application connections and relays each one to the
 //! site's primary with full fidelity.
 //!
+//! - [`setup`]: capture on the primary and the replicas' functions at start; XA recovery;
 //! - [`session`]: one connection from accept to close;
 //! - [`handshake`]: the greeting, TLS on both legs and the capabilities each leg gets;
 //! - [`auth`]: pass-through or proxy-side authentication;
 //! - [`relay`]: the two packet pumps and the reply queue between them;
+//! - [`hold`]: a COMMIT held for the sync commit;
 //! - [`statements`]: what the session's statements write, decided by the policy; `KILL`;
+//! - [`sync`]: the sync commit over XA, driving `replicate::coordinator::SyncCommit`;
 //! - [`conn`]: a buffered connection for the packet-at-a-time connection phase.
 //!
 //! Nothing here may decide replication: that belongs to the protocol-neutral layers above.
-//! MySQL replication is not built yet: writes to replicated tables are relayed and counted.
+//! Sync tables are replicated over XA at COMMIT (decisions 0015, 0016); async and bounded
+//! shipping to MySQL replicas is not built yet: those writes are captured, relayed and counted.
 
 pub mod auth;
 pub mod conn;
 pub mod handshake;
+pub mod hold;
 pub mod relay;
 pub mod session;
+pub mod setup;
 pub mod statements;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -76,13 +83,15 @@ pub enum StartError {
     PrimaryTls(tls::TlsError),
     #[error("{0}")]
     Policy(crate::policy::PolicyError),
+    #[error("replication: {0}")]
+    Replication(setup::SetupError),
 }
 
 /// Counters of what the MySQL front end relayed.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Writes to tables whose policy mode is not `local`, relayed without replication
-    /// (MySQL replication is not built yet).
+    /// (async and bounded shipping to MySQL replicas is not built yet).
     pub unreplicated_writes: AtomicU64,
 }
 
@@ -139,6 +148,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub threads: Arc<Threads>,
     pub counters: Counters,
+    /// The replicas sync commits go to (None: no replicas configured).
+    pub sync: Option<sync::SyncShared>,
 }
 
 /// A bound listener, ready to serve.
@@ -174,14 +185,10 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?),
             None => None,
         };
-        if !config.replicas.is_empty() {
-            warn!(
-                "replication to MySQL replicas is not built yet: writes to tables the policy replicates are relayed to the \
-                 primary only, and counted"
-            );
-        }
+        let sync = setup::start(&config, &router.policy().current()).await.map_err(StartError::Replication)?;
         let sessions = Arc::new(Semaphore::new(config.max_connections));
-        let shared = Arc::new(Shared { config, sessions, router, primary, tls, threads: Arc::default(), counters: Counters::default() });
+        let shared =
+            Arc::new(Shared { config, sessions, router, primary, tls, threads: Arc::default(), counters: Counters::default(), sync });
         Ok(Server { listener, admin, shared })
     }
 
@@ -204,7 +211,7 @@ impl Server {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>, force: impl Future<Output = ()>) {
         let config = self.shared.config.clone();
         // /status and /metrics: the policy, the router's counters and the client sessions; no
-        // replicas yet (MySQL replication is not built).
+        // replicas yet (no health loop watches MySQL replicas).
         let admin = self.admin.take().map(|listener| {
             let sessions = self.shared.sessions.clone();
             let max = config.max_connections;
@@ -218,6 +225,14 @@ impl Server {
                 Box::new(move || max - sessions.available_permits()),
             );
             tokio::spawn(crate::admin::serve(listener, Arc::new(state)))
+        });
+        let recovery = self.shared.sync.is_some().then(|| {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                if let Some(sync) = &shared.sync {
+                    setup::maintenance_loop(shared.config.clone(), sync, shared.router.policy().clone()).await;
+                }
+            })
         });
         let sessions = self.shared.sessions.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -239,6 +254,9 @@ impl Server {
         watcher.abort();
         if let Some(a) = admin {
             a.abort();
+        }
+        if let Some(r) = recovery {
+            r.abort();
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct Flow {
     pub prepared: HashMap<u32, Prepared>,
     /// A COM_CHANGE_USER succeeded for this user.
     pub changed_user: Option<String>,
+    /// The bytes of the reply to capgate's own command being received (see
+    /// [`Pending::Capgate`]), and whether the packet being walked belongs to it.
+    captured: Vec<u8>,
+    capturing: bool,
 }
 
 impl Flow {
@@ -70,6 +74,10 @@ pub enum Pending {
     Reply { tracker: Tracker, after: After },
     /// capgate's own reply (an ERR for a refused command), sent when its turn comes.
     Own(Vec<u8>),
+    /// The reply to a command capgate sent on the session's connection itself (the sync
+    /// commit's statements, or the client's COMMIT it holds): not forwarded, but handed,
+    /// whole, to whoever waits on `reply`.
+    Capgate { tracker: Tracker, reply: tokio::sync::oneshot::Sender<Vec<u8>> },
 }
 
 /// What a successful reply changes in the session.
@@ -90,10 +98,11 @@ pub enum After {
 #[derive(Debug, Default)]
 pub struct SessionState {
     flow: Mutex<Flow>,
-    /// The client pump queued an own reply: the server pump, waiting to read, goes to the
-    /// queue instead. Both pumps are polled by the session's one task, the server pump right
-    /// after the client pump, so it sees this without being woken.
-    pub own_queued: std::sync::atomic::AtomicBool,
+    /// Wakes the server pump when the client pump queued an own reply.
+    pub wake: tokio::sync::Notify,
+    /// Wakes the client pump when the server pump emptied the reply queue (a held COMMIT
+    /// waits for every earlier reply).
+    pub drained: tokio::sync::Notify,
     /// The server pump is writing to the client: if it is stopped now, the client may hold
     /// part of a packet, and capgate must not add one of its own.
     pub writing: std::sync::atomic::AtomicBool,
@@ -154,7 +163,7 @@ pub async fn client_pump<R, W>(
 ) -> Result<End, PumpError>
 where
     R: AsyncRead + Unpin + ?Sized,
-    W: AsyncWrite + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + Send + ?Sized,
 {
     buf.reserve(READ_CHUNK);
     loop {
@@ -193,7 +202,14 @@ where
                     at += l.bytes;
                     start = at;
                     state.lock().queue.push_back(Pending::Own(err));
-                    state.own_queued.store(true, std::sync::atomic::Ordering::Release);
+                    state.wake.notify_one();
+                }
+                Verdict::Hold(hold) => {
+                    write_flush(server, &buf[start..at]).await?;
+                    let payload = l.payload(&buf[at..at + l.bytes]).into_owned();
+                    at += l.bytes;
+                    start = at;
+                    super::hold::held(state, server, statements, &payload, hold).await?;
                 }
                 Verdict::Fatal(err) => {
                     write_flush(server, &buf[start..at]).await?;
@@ -240,6 +256,7 @@ where
             // Walk every whole packet under one lock; stop early when capgate's own reply is
             // due, write what came before it and the reply, and go on.
             let mut own = None;
+            let mut flush = false;
             {
                 let mut flow = state.lock();
                 loop {
@@ -253,21 +270,37 @@ where
                     if buf.len() < at + HEADER_LEN + h.len {
                         break;
                     }
+                    let mine = if continuing { flow.capturing } else { matches!(flow.queue.front(), Some(Pending::Capgate { .. })) };
+                    if mine && start < at {
+                        // The client's bytes before capgate's reply go out first.
+                        flush = true;
+                        break;
+                    }
+                    flow.capturing = mine;
+                    if mine {
+                        flow.captured.extend_from_slice(&buf[at..at + HEADER_LEN + h.len]);
+                    }
                     if !continuing {
                         follow(&mut flow, &buf[at + HEADER_LEN..at + HEADER_LEN + h.len]);
                     }
                     continuing = h.len == MAX_PAYLOAD;
                     at += HEADER_LEN + h.len;
+                    if mine {
+                        start = at;
+                    }
+                }
+                if flow.queue.is_empty() {
+                    state.drained.notify_one();
                 }
             }
-            match own {
-                Some(own) => {
-                    write_marked(state, client, &buf[start..at]).await?;
-                    write_marked(state, client, &own).await?;
-                    start = at;
-                }
-                None => break,
+            if own.is_none() && !flush {
+                break;
             }
+            write_marked(state, client, &buf[start..at]).await?;
+            if let Some(own) = own {
+                write_marked(state, client, &own).await?;
+            }
+            start = at;
         }
         write_marked(state, client, &buf[start..at]).await?;
         buf.advance(at);
@@ -277,17 +310,13 @@ where
         } else if buf.capacity() - buf.len() < 512 {
             buf.reserve(READ_CHUNK);
         }
-        let read = std::future::poll_fn(|cx| {
-            if state.own_queued.swap(false, std::sync::atomic::Ordering::AcqRel) {
-                return std::task::Poll::Ready(None);
+        tokio::select! {
+            n = rd.read_buf(buf) => {
+                if n? == 0 {
+                    return Ok(End::Eof);
+                }
             }
-            // A fresh read future per poll: reading into `buf` is cancel-safe.
-            std::future::Future::poll(std::pin::pin!(rd.read_buf(&mut *buf)), cx).map(Some)
-        });
-        if let Some(n) = read.await {
-            if n? == 0 {
-                return Ok(End::Eof);
-            }
+            _ = state.wake.notified() => {}
         }
     }
 }
@@ -302,7 +331,7 @@ async fn write_marked<W: AsyncWrite + Unpin + ?Sized>(state: &SessionState, w: &
 
 /// Follow one reply packet (the first physical packet of a logical one).
 fn follow(flow: &mut Flow, payload: &[u8]) {
-    let Some(Pending::Reply { tracker, .. }) = flow.queue.front_mut() else {
+    let (Some(Pending::Reply { tracker, .. }) | Some(Pending::Capgate { tracker, .. })) = flow.queue.front_mut() else {
         // Nothing owed: the primary speaks unasked (an error before it closes the
         // connection). Forwarded as it is.
         return;
@@ -310,11 +339,15 @@ fn follow(flow: &mut Flow, payload: &[u8]) {
     match tracker.feed(payload) {
         Event::Continue => {}
         Event::ClientData { until_empty } => flow.client_data = Some(until_empty),
-        Event::Done(outcome) => {
-            if let Some(Pending::Reply { after, .. }) = flow.queue.pop_front() {
-                apply(flow, outcome, after);
+        Event::Done(outcome) => match flow.queue.pop_front() {
+            Some(Pending::Reply { after, .. }) => apply(flow, outcome, after),
+            Some(Pending::Capgate { reply, .. }) => {
+                apply(flow, outcome, After::Nothing);
+                flow.capturing = false;
+                let _ = reply.send(std::mem::take(&mut flow.captured));
             }
-        }
+            _ => {}
+        },
     }
 }
 

@@ -102,8 +102,19 @@ async fn run(
     if let Some(db) = &opened.response.database {
         state.lock().schema = Some(db.clone());
     }
+    let mut server = opened.server;
+    if shared.sync.is_some() {
+        // Mark the primary connection as a capgate client session: its sync changes are kept
+        // for the coordinator at COMMIT (decision 0015). One packet; an OK (or, for a primary
+        // without @-variables, an error that only means sync writes will be refused).
+        server.send_packet(0, &super::hold::session_marker()).await?;
+        let reply = server.read(shared.config.max_message_size as usize).await?;
+        if reply.payload.first() != Some(&0x00) {
+            warn!("cannot mark the session on the primary; its writes to sync tables will be refused");
+        }
+    }
     let conn = client.take().ok_or(SessionError::Closed)?;
-    relay_until_end(shared, conn, opened.server, &state, &mut statements, shutdown).await
+    relay_until_end(shared, conn, server, &state, &mut statements, shutdown).await
 }
 
 /// Run both pumps until one ends, the client breaks the protocol, or a shutdown finds the
@@ -125,10 +136,7 @@ async fn relay_until_end(
     let outcome = {
         let up = relay::client_pump(&mut client_rd, &mut server_wr, &mut client_buf, state, statements, max, stall);
         let down = relay::server_pump(&mut server_rd, &mut client_wr, &mut server_buf, state);
-        // Biased: the server pump is polled right after the client pump, so it sees an own
-        // reply the client pump queued (SessionState::own_queued) without a wake-up.
         tokio::select! {
-            biased;
             r = up => Side::Client(r),
             r = down => Side::Server(r),
             _ = wait_idle_shutdown(&mut shutdown, state) => Side::Shutdown,

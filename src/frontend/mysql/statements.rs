@@ -3,8 +3,9 @@
 //! the policy the current transaction started with (tables resolve against the current
 //! database); `KILL` may only name a connection of the same user.
 //!
-//! MySQL replication is not built yet: a write to a table the policy does not mark `local`
-//! is relayed to the primary only, logged and counted. A statement the policy refuses
+//! With MySQL replicas configured, a COMMIT is held for the sync commit (`super::hold`);
+//! async and bounded tables are captured on the primary but not shipped yet, so a write to
+//! one (and, without replicas, to any replicated table) is logged and counted. A statement the policy refuses
 //! (`unknown = "refuse"`) gets an ERR in its place, and the session goes on: MySQL keeps the
 //! transaction open after an error, and so does capgate.
 
@@ -14,8 +15,9 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::relay::{After, Flow, Pending, Prepared};
+use super::sync::ReplicaSlot;
 use super::Shared;
-use crate::classify::{Classification, SearchPath};
+use crate::classify::{Classification, Kind, SearchPath, TxControl};
 use crate::policy::{Decision, Mode, Policy};
 use crate::protocol::mysql::command::{parse_kill, Command, Kill};
 use crate::protocol::mysql::response::{Reply, Tracker};
@@ -32,6 +34,26 @@ pub enum Verdict {
     Refuse(Vec<u8>),
     /// Not forwarded; the session ends with this ERR.
     Fatal(Vec<u8>),
+    /// A commit point capgate may have to coordinate while sync tables are replicated: not
+    /// forwarded as it is; the client pump decides once every earlier reply is in
+    /// (`super::hold`).
+    Hold(Hold),
+}
+
+/// Why a command is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// A COMMIT.
+    Commit,
+    /// A statement that commits an open transaction implicitly (BEGIN): the transaction's
+    /// sync changes are coordinated first.
+    ImplicitCommit,
+    /// DDL: commits implicitly too, and may change what is captured: the capture triggers are
+    /// reconciled before the client gets the reply.
+    Ddl,
+    /// A statement that may write a sync table: outside a transaction in autocommit mode,
+    /// capgate runs it in a transaction of its own and coordinates that.
+    Autocommit,
 }
 
 /// A session's command tracking, owned by the client pump.
@@ -52,13 +74,14 @@ pub struct Statements {
     /// The classification of the last statement sent for preparing: MariaDB's execute of
     /// statement id 0xFFFFFFFF runs it, possibly before its PREPARE_OK has arrived.
     last_prepare: Option<Arc<Classification>>,
+    /// This session's replica connections for sync commits (empty: no MySQL replicas).
+    pub(super) slots: Vec<Arc<ReplicaSlot>>,
 }
 
 impl Statements {
     pub fn new(shared: Arc<Shared>, user: String, thread: u32, caps: u64, own_auth: bool) -> Statements {
         use crate::protocol::mysql::caps as c;
         Statements {
-            shared,
             user,
             thread,
             deprecate_eof: caps & c::DEPRECATE_EOF != 0,
@@ -66,6 +89,8 @@ impl Statements {
             own_auth,
             tx_policy: None,
             last_prepare: None,
+            slots: shared.sync.as_ref().map(|s| s.slots()).unwrap_or_default(),
+            shared,
         }
     }
 
@@ -94,8 +119,34 @@ impl Statements {
                 if let Some(db) = use_database(sql) {
                     after = After::Database(db);
                 }
-                if let Err(refusal) = self.route(flow, sql, true) {
-                    return refusal;
+                match self.route(flow, sql, true) {
+                    Err(refusal) => return refusal,
+                    Ok(Some(c)) if !self.slots.is_empty() && self.policy().has_sync() => {
+                        if c.statements.len() > 1 && c.statements.iter().any(|s| s.kind == Kind::Transaction(TxControl::Commit)) {
+                            return Self::refuse(
+                                errors::NOT_SUPPORTED,
+                                "capgate: COMMIT must be sent as a statement of its own while sync tables are replicated (capgate \
+                                 coordinates each COMMIT with the replicas); split the query",
+                            );
+                        }
+                        // LOAD DATA LOCAL needs the client's file contents mid-reply: not held
+                        // (outside a transaction the capture trigger refuses it; inside one
+                        // the COMMIT is held).
+                        if c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(TxControl::XaStart(_)))) {
+                            return Self::refuse(
+                                errors::NOT_SUPPORTED,
+                                "capgate: application XA transactions are not supported while sync tables are replicated (capgate \
+                                 commits them on every site with XA itself); use BEGIN ... COMMIT",
+                            );
+                        }
+                        if let Some(hold) = self.hold_for(&c).filter(|_| !is_load_local(sql)) {
+                            return Verdict::Hold(hold);
+                        }
+                        if commits_implicitly(sql) {
+                            return Verdict::Hold(Hold::ImplicitCommit);
+                        }
+                    }
+                    Ok(_) => {}
                 }
             }
             Command::Prepare(sql) => match self.route(flow, sql, false) {
@@ -111,6 +162,9 @@ impl Statements {
                     id => flow.prepared.get(&id).and_then(|p| p.classification.clone()),
                 };
                 if let Some(c) = classification {
+                    if let Some(hold) = self.hold_for(&c) {
+                        return Verdict::Hold(hold);
+                    }
                     let policy = self.policy();
                     self.count(&policy.decide(&c));
                 }
@@ -148,7 +202,43 @@ impl Statements {
         Verdict::Forward { quit: command == Command::Quit }
     }
 
-    fn policy(&mut self) -> Arc<Policy> {
+    /// Whether a statement must be held while sync tables are replicated (decision 0016).
+    fn hold_for(&mut self, c: &Classification) -> Option<Hold> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let policy = self.policy();
+        if !policy.has_sync() {
+            return None;
+        }
+        if is_commit(c) {
+            return Some(Hold::Commit);
+        }
+        if c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl)) {
+            return Some(Hold::Ddl);
+        }
+        if c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(TxControl::Begin))) {
+            return Some(Hold::ImplicitCommit);
+        }
+        let may_write_sync = c.statements.iter().any(|s| matches!(s.kind, Kind::Unknown(_)))
+            || policy.decide(c).iter().any(|d| matches!(d.mode, Mode::Sync { .. }));
+        may_write_sync.then_some(Hold::Autocommit)
+    }
+
+    /// A tracker for the reply of a command of kind `reply` on this session's connection.
+    pub(super) fn tracker(&self, reply: Reply) -> Tracker {
+        Tracker::new(reply, self.deprecate_eof, self.session_track)
+    }
+
+    pub(super) fn deprecate_eof(&self) -> bool {
+        self.deprecate_eof
+    }
+
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(super) fn policy(&mut self) -> Arc<Policy> {
         self.tx_policy.get_or_insert_with(|| self.shared.router.policy().current()).clone()
     }
 
@@ -181,10 +271,12 @@ impl Statements {
         Ok(Some(route.classification))
     }
 
-    /// Count (and log, sparingly) writes to replicated tables: MySQL replication is not
-    /// built yet, so they reach the primary only.
+    /// Count (and log, sparingly) writes to replicated tables that reach the primary only:
+    /// async and bounded shipping to MySQL replicas is not built yet (nor anything without
+    /// replicas).
     fn count(&self, decisions: &[Decision]) {
-        for d in decisions.iter().filter(|d| d.mode != Mode::Local) {
+        let sync_replicated = !self.slots.is_empty();
+        for d in decisions.iter().filter(|d| d.mode != Mode::Local && !(sync_replicated && matches!(d.mode, Mode::Sync { .. }))) {
             let n = self.shared.counters.unreplicated_writes.fetch_add(1, Ordering::Relaxed) + 1;
             if n <= 10 || n % 1000 == 0 {
                 warn!(
@@ -192,7 +284,7 @@ impl Statements {
                     mode = d.mode.name(),
                     rule = %d.rule,
                     count = n,
-                    "write to a replicated table relayed to the primary only: MySQL replication is not built yet"
+                    "write to a replicated table relayed to the primary only: MySQL async/bounded shipping is not built yet"
                 );
             }
         }
@@ -215,6 +307,32 @@ impl Statements {
     }
 }
 
+/// A COMMIT alone (COMMIT, COMMIT WORK, `XA COMMIT … ONE PHASE` is not the client's to send
+/// here): where a transaction's sync changes are coordinated.
+fn is_commit(c: &Classification) -> bool {
+    matches!(c.statements.as_slice(), [one] if one.kind == Kind::Transaction(TxControl::Commit))
+}
+
+/// Whether `sql` ends an open transaction although it is neither COMMIT, BEGIN nor DDL:
+/// `SET autocommit = 1` (or ON, TRUE) and `LOCK TABLES`.
+fn commits_implicitly(sql: &[u8]) -> bool {
+    let text: String = String::from_utf8_lossy(sql).to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
+    let text = text.trim_end_matches(';');
+    let enables = ["1", "on", "true"].iter().any(|v| {
+        ["autocommit=", "@@autocommit=", "@@session.autocommit=", "sessionautocommit="]
+            .iter()
+            .any(|k| text.strip_prefix("set").is_some_and(|rest| rest.contains(&format!("{k}{v}"))))
+    });
+    enables || text.starts_with("locktable")
+}
+
+/// Whether `sql` is a `LOAD DATA LOCAL` statement.
+fn is_load_local(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql).to_ascii_uppercase();
+    let words: Vec<&str> = text.split_whitespace().take(3).collect();
+    words.len() == 3 && words[0] == "LOAD" && words[1] == "DATA" && words[2] == "LOCAL"
+}
+
 /// The database a `USE db` statement selects (backticks removed), if `sql` is one.
 fn use_database(sql: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(sql).ok()?.trim();
@@ -233,6 +351,17 @@ fn use_database(sql: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::use_database;
+
+    #[test]
+    fn statements_that_commit_implicitly() {
+        use super::commits_implicitly;
+        assert!(commits_implicitly(b"SET autocommit = 1"));
+        assert!(commits_implicitly(b"set @@session.autocommit=ON;"));
+        assert!(commits_implicitly(b"SET SESSION autocommit = true"));
+        assert!(commits_implicitly(b"LOCK TABLES t WRITE"));
+        assert!(!commits_implicitly(b"SET autocommit = 0"));
+        assert!(!commits_implicitly(b"SELECT 'set autocommit=1'"));
+    }
 
     #[test]
     fn use_statements() {

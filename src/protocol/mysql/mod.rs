@@ -14,6 +14,7 @@ pub mod command;
 pub mod handshake;
 pub mod packet;
 pub mod response;
+pub mod rows;
 
 pub use packet::{PacketError, MAX_PAYLOAD};
 

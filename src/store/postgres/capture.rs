@@ -12,45 +12,13 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::classify::TableName;
-use crate::policy::{Mode, Policy};
+use crate::policy::Policy;
 
 /// How long an install waits for the table's lock before giving up for this round: creating a
 /// trigger takes a SHARE ROW EXCLUSIVE lock, which waits for long-running writers.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What a capture trigger records a table's changes as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum CaptureMode {
-    /// Read at COMMIT by the session's coordinator and two-phase committed.
-    Sync,
-    /// Shipped later by the shipper (async and bounded tables).
-    Async,
-}
-
-impl CaptureMode {
-    pub fn of(mode: &Mode) -> Option<CaptureMode> {
-        match mode {
-            Mode::Local => None,
-            Mode::Sync { .. } => Some(CaptureMode::Sync),
-            Mode::Async { .. } | Mode::Bounded { .. } => Some(CaptureMode::Async),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CaptureMode::Sync => "sync",
-            CaptureMode::Async => "async",
-        }
-    }
-
-    fn parse(s: &str) -> Option<CaptureMode> {
-        match s {
-            "sync" => Some(CaptureMode::Sync),
-            "async" => Some(CaptureMode::Async),
-            _ => None,
-        }
-    }
-}
+pub use crate::store::CaptureMode;
 
 /// Why a reconciliation round could not even start.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod capture;
 mod client;
 mod commands;
 mod driver;
@@ -13,4 +14,9 @@ mod lifecycle;
 mod policy;
 mod python;
 mod raw;
+mod sync;
+mod sync_faults;
+mod sync_kill;
+mod sync_relay;
+mod sync_sysbench;
 mod sysbench;

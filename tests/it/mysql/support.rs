@@ -32,6 +32,13 @@ pub fn primary() -> &'static MariaDb {
     })
 }
 
+/// A second MariaDB server, the replica of the replication tests; `capgate` has every
+/// privilege and no password.
+pub fn replica() -> &'static MariaDb {
+    static REPLICA: OnceLock<MariaDb> = OnceLock::new();
+    REPLICA.get_or_init(|| MariaDb::start(MariaDbOptions::default()).unwrap_or_else(|e| panic!("cannot start the MariaDB replica: {e}")))
+}
+
 /// capgate's MySQL front end running in this process on a free port.
 pub struct MyProxy {
     pub addr: SocketAddr,

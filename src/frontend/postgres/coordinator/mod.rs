@@ -34,6 +34,8 @@ use crate::policy::Mode;
 use crate::replicate::{Refusal, Route};
 use crate::store::postgres::capture::CaptureMode;
 use crate::store::postgres::twophase::{dollar_quote, quote};
+/// Also used by the MySQL front end's sync commit (to move to `replicate` with the next refactor).
+pub use commit::strictest_on_partition;
 use commit::CommitPoint;
 use wire::Wire;
 

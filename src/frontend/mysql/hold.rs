@@ -1,0 +1,286 @@
+//! Held commands (decision 0016): the client pump stops at a COMMIT, at a statement that
+//! commits implicitly (DDL, BEGIN) or at a statement that may write a sync table, waits until
+//! every earlier reply has reached the client, and then looks at the status flags:
+//!
+//! - a COMMIT of an open transaction: the sync commit runs on the session's own primary
+//!   connection, and the client's COMMIT follows only once every replica prepared;
+//! - an implicit commit of an open transaction: the sync commit runs with capgate's own
+//!   COMMIT, then the statement goes on; after DDL, the capture triggers are reconciled
+//!   with the policy before the client gets the reply (a new table a rule matches is
+//!   captured from its first write, a changed table's images carry its new columns);
+//! - a possible sync write outside a transaction in autocommit mode: capgate runs it inside
+//!   a `BEGIN` of its own and coordinates that transaction; the client sees the statement's
+//!   reply (outside a transaction), or the refusal;
+//! - anything else goes on as it came.
+//!
+//! capgate's commands go to the primary as [`Pending::Capgate`]: the server pump hands their
+//! replies back here instead of to the client. A refusal rolls the primary back and answers
+//! with an ERR.
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use super::relay::{After, Pending, PumpError, SessionState};
+use super::statements::{Hold, Statements};
+use super::sync::{self, Outcome, PrimaryTx};
+use crate::protocol::mysql::command::Command;
+use crate::protocol::mysql::response::parse_err;
+use crate::protocol::mysql::rows::{clear_in_trans, text_rows};
+use crate::protocol::mysql::{com, packet, status};
+use crate::store::mysql::apply::Change;
+use crate::store::mysql::primary::{sync_decide, sync_delete, SYNC_READ};
+
+/// The MySQL error code a refused COMMIT gets (ER_ERROR_DURING_COMMIT); the SQLSTATE is the
+/// refusal's (`55000` a replica unavailable, `CGC01` the sites differ).
+const COMMIT_REFUSED: u16 = 1180;
+
+/// Handle a held command `payload` (a COM_QUERY or COM_STMT_EXECUTE).
+pub async fn held<W>(state: &SessionState, server: &mut W, statements: &mut Statements, payload: &[u8], hold: Hold) -> Result<(), PumpError>
+where
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
+    // Every reply before it reaches the client first; then the status flags say whether a
+    // transaction is open.
+    loop {
+        if state.lock().queue.is_empty() {
+            break;
+        }
+        state.drained.notified().await;
+    }
+    let flags = state.lock().status;
+    let in_trans = flags & status::IN_TRANS != 0;
+    match hold {
+        Hold::Commit if in_trans => {
+            let (outcome, reply) = coordinate(state, server, statements, Commit::Client(payload)).await?;
+            answer(state, outcome, reply);
+        }
+        Hold::Ddl => {
+            if in_trans {
+                let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
+                if outcome != Outcome::Committed {
+                    answer(state, outcome, reply);
+                    return Ok(());
+                }
+            }
+            let mut relay = RelayPrimary::new(state, server, statements, Commit::Own);
+            let reply = relay.own(&[payload]).await.and_then(|mut r| r.pop());
+            if let Some(e) = relay.failed.take() {
+                return Err(e);
+            }
+            let reply = reply.unwrap_or_default();
+            if error_of(&reply).is_none() {
+                let policy = statements.policy();
+                if let Err(e) = super::setup::reconcile(&statements.shared().config, &policy).await {
+                    tracing::warn!("after DDL, the capture triggers could not be brought in step with the policy: {e}");
+                }
+            }
+            answer(state, Outcome::Committed, Some(reply));
+        }
+        Hold::ImplicitCommit if in_trans => {
+            let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
+            match outcome {
+                Outcome::Committed => return forward(state, server, statements, payload).await,
+                _ => answer(state, outcome, reply),
+            }
+        }
+        Hold::Autocommit if !in_trans && flags & status::AUTOCOMMIT != 0 => {
+            let mut relay = RelayPrimary::new(state, server, statements, Commit::Own);
+            let replies = relay.own(&[&query("BEGIN"), payload]).await;
+            let failed = relay.failed.take();
+            let (Some(replies), None) = (replies, failed.as_ref()) else {
+                return Err(failed.unwrap_or_else(|| PumpError::Io(std::io::Error::other("the primary closed the connection"))));
+            };
+            let mut reply = replies.into_iter().nth(1).unwrap_or_default();
+            if error_of(&reply).is_some() {
+                let _ = relay.own(&[&query("ROLLBACK")]).await;
+                answer(state, Outcome::Failed, Some(reply));
+                return relay.failed.map_or(Ok(()), Err);
+            }
+            let (outcome, commit_reply) = coordinate(state, server, statements, Commit::Own).await?;
+            if outcome == Outcome::Committed {
+                clear_in_trans(&mut reply, statements.deprecate_eof());
+                answer(state, outcome, Some(reply));
+            } else {
+                answer(state, outcome, commit_reply);
+            }
+        }
+        _ => return forward(state, server, statements, payload).await,
+    }
+    Ok(())
+}
+
+/// Let a held command go on as it came.
+async fn forward<W>(state: &SessionState, server: &mut W, statements: &Statements, payload: &[u8]) -> Result<(), PumpError>
+where
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
+    let reply = Command::parse(payload).reply();
+    state.lock().queue.push_back(Pending::Reply { tracker: statements.tracker(reply), after: After::Nothing });
+    send(server, &[payload]).await
+}
+
+/// Run the sync commit; the outcome and the reply of the COMMIT that went to the primary.
+async fn coordinate<W>(
+    state: &SessionState,
+    server: &mut W,
+    statements: &mut Statements,
+    commit: Commit<'_>,
+) -> Result<(Outcome, Option<Vec<u8>>), PumpError>
+where
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
+    let Some(sync) = statements.shared().sync.as_ref() else { return Err(PumpError::Io(std::io::Error::other("no sync setup"))) };
+    let (gid, site, deadline) = (sync.gid(), sync.site.clone(), sync.deadline);
+    let policy = statements.policy();
+    let slots = statements.slots.clone();
+    let mut primary = RelayPrimary::new(state, server, statements, commit);
+    let outcome = sync::commit(&mut primary, &slots, &policy, gid, &site, deadline).await;
+    match primary.failed {
+        Some(e) => Err(e),
+        None => Ok((outcome, primary.commit_reply)),
+    }
+}
+
+/// Queue the client's answer: `reply` (the primary's) unless the commit was refused.
+fn answer(state: &SessionState, outcome: Outcome, reply: Option<Vec<u8>>) {
+    let bytes = match outcome {
+        Outcome::Refused(r) => packet::err(1, (COMMIT_REFUSED, r.code), &format!("{} (hint: {})", r.message, r.hint)),
+        _ => reply.unwrap_or_else(|| packet::err(1, (COMMIT_REFUSED, "08S01"), "capgate: the primary did not answer the COMMIT")),
+    };
+    state.lock().queue.push_back(Pending::Own(bytes));
+    state.wake.notify_one();
+}
+
+/// Write whole commands (each payload as one packet with sequence id 0).
+async fn send<W: AsyncWrite + Unpin + ?Sized>(server: &mut W, payloads: &[&[u8]]) -> Result<(), PumpError> {
+    let mut out = Vec::new();
+    for p in payloads {
+        packet::write(&mut out, 0, p);
+    }
+    server.write_all(&out).await?;
+    server.flush().await?;
+    Ok(())
+}
+
+/// Which COMMIT ends the transaction.
+#[derive(Clone, Copy)]
+enum Commit<'a> {
+    /// The client's own (its reply goes to the client).
+    Client(&'a [u8]),
+    /// capgate's, for a transaction it opened or must end before a statement that commits
+    /// implicitly.
+    Own,
+}
+
+/// The client's primary transaction, reached through the relay.
+struct RelayPrimary<'a, W: ?Sized> {
+    state: &'a SessionState,
+    server: &'a mut W,
+    statements: &'a Statements,
+    commit: Commit<'a>,
+    /// The primary's reply to the COMMIT, once sent.
+    commit_reply: Option<Vec<u8>>,
+    /// The primary connection failed: the session ends with this.
+    failed: Option<PumpError>,
+}
+
+impl<'a, W: AsyncWrite + Unpin + Send + ?Sized> RelayPrimary<'a, W> {
+    fn new(state: &'a SessionState, server: &'a mut W, statements: &'a Statements, commit: Commit<'a>) -> Self {
+        RelayPrimary { state, server, statements, commit, commit_reply: None, failed: None }
+    }
+
+    /// Send commands of capgate's own; their replies, whole, in order (None: the connection
+    /// failed).
+    async fn own(&mut self, payloads: &[&[u8]]) -> Option<Vec<Vec<u8>>> {
+        let mut waits = Vec::new();
+        {
+            let mut flow = self.state.lock();
+            for p in payloads {
+                let (tx, rx) = oneshot::channel();
+                flow.queue.push_back(Pending::Capgate { tracker: self.statements.tracker(Command::parse(p).reply()), reply: tx });
+                waits.push(rx);
+            }
+        }
+        if let Err(e) = send(self.server, payloads).await {
+            self.failed = Some(e);
+            return None;
+        }
+        let mut out = Vec::new();
+        for w in waits {
+            match w.await {
+                Ok(bytes) => out.push(bytes),
+                Err(_) => {
+                    self.failed = Some(PumpError::Io(std::io::Error::other("the primary closed the connection")));
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+fn query(sql: &str) -> Vec<u8> {
+    let mut p = vec![com::QUERY];
+    p.extend_from_slice(sql.as_bytes());
+    p
+}
+
+/// The ERR message of a reply, if it is one.
+fn error_of(reply: &[u8]) -> Option<String> {
+    reply.get(4..).and_then(parse_err).map(|e| format!("{} ({})", e.message, e.code))
+}
+
+impl<W: AsyncWrite + Unpin + Send + ?Sized> PrimaryTx for RelayPrimary<'_, W> {
+    async fn read_changes(&mut self, gid: &str, origin: &str) -> Result<Vec<Change>, String> {
+        let replies = self.own(&[&query(SYNC_READ)]).await.ok_or("the primary connection failed")?;
+        let rows = text_rows(&replies[0], self.statements.deprecate_eof()).map_err(|e| e.to_string())?;
+        let text = |v: &Option<Vec<u8>>| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+        let changes = rows
+            .iter()
+            .map(|r| {
+                let seq = text(&r[0]).and_then(|s| s.parse().ok()).ok_or("a change without seq")?;
+                Ok(Change {
+                    seq,
+                    tbl: text(&r[1]).unwrap_or_default(),
+                    op: text(&r[2]).unwrap_or_default(),
+                    old: text(&r[3]),
+                    new: text(&r[4]),
+                })
+            })
+            .collect::<Result<Vec<Change>, String>>()?;
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let mut commands: Vec<Vec<u8>> = sync_delete(&changes.iter().map(|c| c.seq).collect::<Vec<_>>()).iter().map(|d| query(d)).collect();
+        commands.push(query(&sync_decide(gid, origin)));
+        let refs: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
+        let replies = self.own(&refs).await.ok_or("the primary connection failed")?;
+        match replies.iter().find_map(|r| error_of(r)) {
+            Some(e) => Err(e),
+            None => Ok(changes),
+        }
+    }
+
+    async fn commit(&mut self) -> bool {
+        let own = query("COMMIT");
+        let payload = match self.commit {
+            Commit::Client(p) => p,
+            Commit::Own => own.as_slice(),
+        };
+        let Some(mut replies) = self.own(&[payload]).await else { return false };
+        let reply = replies.pop().unwrap_or_default();
+        let committed = error_of(&reply).is_none();
+        self.commit_reply = Some(reply);
+        committed
+    }
+
+    async fn rollback(&mut self) {
+        let _ = self.own(&[&query("ROLLBACK")]).await;
+    }
+}
+
+/// Mark a new session's primary connection as a capgate client session (its sync changes
+/// are coordinated at COMMIT); the reply payload, to check.
+pub fn session_marker() -> Vec<u8> {
+    query(crate::store::mysql::primary::SESSION_MARKER)
+}

@@ -1,0 +1,270 @@
+//! The sync commit of a MySQL session over XA (decision 0016): performs the actions of
+//! [`SyncCommit`] — the protocol-neutral state machine, used unchanged — on the session's
+//! primary transaction and on the replicas.
+//!
+//! The primary side is a small trait ([`PrimaryTx`]): the relay implements it on the client's
+//! own connection at a held COMMIT, and tests implement it on a driver connection. The replica
+//! side is one [`ReplicaSlot`] per replica and session: capgate's own connection, marked as an
+//! apply session, which holds the session's prepared branch between PREPARE and the
+//! `XA COMMIT` sent off the client's critical path. The next commit of the same session waits
+//! for that to finish (it locks the slot).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::config::DbUrl;
+use crate::frontend::postgres::coordinator::strictest_on_partition;
+use crate::policy::Policy;
+use crate::replicate::coordinator::{Action, Event, PrepareFailure, ReplicaView, SyncCommit};
+use crate::replicate::Refusal;
+use crate::store::mysql::apply::{self, ApplyError, Change, Tables};
+use crate::store::mysql::capture;
+use crate::store::mysql::xa::{PreparedBranch, ReplicaConn};
+
+/// The primary transaction a sync commit decides, as the coordinator needs it.
+pub trait PrimaryTx {
+    /// Read and remove the transaction's sync changes, writing decision record `gid` inside
+    /// the transaction when there are any (`store::mysql::primary::SYNC_READ` and the two
+    /// statements after it). The error text, when the primary could not.
+    fn read_changes(&mut self, gid: &str, origin: &str) -> impl Future<Output = Result<Vec<Change>, String>> + Send;
+    /// Let the client's COMMIT reach the primary: whether the transaction committed.
+    fn commit(&mut self) -> impl Future<Output = bool> + Send;
+    /// Roll the transaction back: the commit was refused.
+    fn rollback(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// One replica as one session's sync commits use it.
+pub struct ReplicaSlot {
+    pub name: String,
+    url: DbUrl,
+    state: tokio::sync::Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<ReplicaConn>,
+    branch: Option<PreparedBranch>,
+    /// The replica's tables, read when first needed and again when a change names a table
+    /// or column not in them.
+    tables: Option<Tables>,
+}
+
+impl ReplicaSlot {
+    pub fn new(name: String, url: DbUrl) -> ReplicaSlot {
+        ReplicaSlot { name, url, state: tokio::sync::Mutex::new(Slot::default()) }
+    }
+}
+
+/// What every session of a listener shares for sync commits: the replicas, and the gids.
+pub struct SyncShared {
+    /// Name and URL, per replica.
+    replicas: Vec<(String, DbUrl)>,
+    /// `capgate:<site>:<instance>:`, unique to this process.
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+    pub site: String,
+    /// How long a replica may take to connect, apply and prepare before the commit is
+    /// refused: five times the slowest replica's `partition_latency` or `heartbeat_timeout`,
+    /// as for PostgreSQL replicas.
+    pub deadline: Duration,
+}
+
+impl SyncShared {
+    pub fn new(site: &str, replicas: &[crate::config::Replica]) -> SyncShared {
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        SyncShared {
+            replicas: replicas.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
+            prefix: format!("{}{}-{started:x}:", crate::replicate::recovery::site_prefix(site), std::process::id()),
+            next: std::sync::atomic::AtomicU64::new(1),
+            site: site.to_owned(),
+            deadline: replicas.iter().map(|r| r.partition_latency.max(r.heartbeat_timeout)).max().unwrap_or(Duration::from_secs(1)) * 5,
+        }
+    }
+
+    /// A new global transaction id (≤ 64 bytes for any site name of up to 20 characters).
+    pub fn gid(&self) -> String {
+        format!("{}{}", self.prefix, self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// One session's replica slots.
+    pub fn slots(&self) -> Vec<Arc<ReplicaSlot>> {
+        self.replicas.iter().map(|(name, url)| Arc::new(ReplicaSlot::new(name.clone(), url.clone()))).collect()
+    }
+
+    /// Per replica: name and URL.
+    pub fn replicas(&self) -> &[(String, DbUrl)] {
+        &self.replicas
+    }
+}
+
+/// How a sync commit ended, for the relay to tell the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The primary committed (after every replica prepared, or with no sync changes to
+    /// coordinate); the client gets the primary's reply to its COMMIT.
+    Committed,
+    /// The primary's COMMIT failed; the client gets the primary's error.
+    Failed,
+    /// Refused: the primary transaction was rolled back; the client gets this error.
+    Refused(Refusal),
+}
+
+/// Run one sync commit: `gid` names its XA branches and decision record, `origin` this site.
+pub async fn commit<P: PrimaryTx>(
+    primary: &mut P,
+    replicas: &[Arc<ReplicaSlot>],
+    policy: &Policy,
+    gid: String,
+    origin: &str,
+    timeout: Duration,
+) -> Outcome {
+    let (mut machine, first) = SyncCommit::start(gid);
+    let mut pending = vec![first];
+    let mut changes: Vec<Change> = Vec::new();
+    let mut outcome = None;
+    while !pending.is_empty() {
+        let action = pending.remove(0);
+        let event = match action {
+            Action::ReadChanges { gid } => Some(match primary.read_changes(&gid, origin).await {
+                Ok(read) => {
+                    changes = read;
+                    let mut tables: Vec<String> = changes.iter().map(|c| c.tbl.clone()).collect();
+                    tables.sort();
+                    tables.dedup();
+                    let json = (!changes.is_empty()).then(|| Arc::from(Change::to_json(&changes)));
+                    let on_partition = strictest_on_partition(policy, &tables);
+                    Event::Changes { tables, changes: json, on_partition, replicas: views(replicas) }
+                }
+                Err(e) => Event::ChangesFailed(e),
+            }),
+            Action::CommitPlain => {
+                outcome = Some(if primary.commit().await { Outcome::Committed } else { Outcome::Failed });
+                None
+            }
+            // No health loop watches MySQL replicas yet: every replica is offered, and one
+            // that cannot be reached fails its prepare (a partition as far as the client goes).
+            Action::WaitAvailable { .. } => Some(Event::Availability(views(replicas))),
+            Action::Prepare { replicas: which, gid, .. } => {
+                let runs = which.iter().filter_map(|&i| replicas.get(i).map(|slot| (i, slot.clone()))).map(|(i, slot)| {
+                    let (gid, changes) = (gid.clone(), &changes);
+                    async move { (i, prepare(&slot, &gid, changes, timeout).await) }
+                });
+                let results = futures_util::future::join_all(runs).await;
+                for (replica, result) in results {
+                    pending.extend(machine.on(Event::Prepared { replica, result }));
+                }
+                None
+            }
+            Action::CommitPrimary => Some(Event::PrimaryDone { committed: primary.commit().await }),
+            Action::Refuse(refusal) => {
+                primary.rollback().await;
+                outcome = Some(Outcome::Refused(refusal));
+                None
+            }
+            Action::Conflict { replica, detail } => {
+                warn!(%replica, %detail, "sync commit refused: the replica's rows differ from the primary's");
+                None
+            }
+            Action::Finish { commit, replicas: which, gid } => {
+                for slot in which.iter().filter_map(|&i| replicas.get(i).cloned()) {
+                    let gid = gid.clone();
+                    tokio::spawn(async move { finish(&slot, &gid, commit).await });
+                }
+                if outcome.is_none() {
+                    outcome = Some(if commit { Outcome::Committed } else { Outcome::Failed });
+                }
+                None
+            }
+        };
+        if let Some(event) = event {
+            pending.extend(machine.on(event));
+        }
+    }
+    outcome.unwrap_or(Outcome::Failed)
+}
+
+fn views(replicas: &[Arc<ReplicaSlot>]) -> Vec<ReplicaView> {
+    replicas.iter().map(|r| ReplicaView { name: r.name.clone(), available: true, state: "connected".into() }).collect()
+}
+
+/// Apply `changes` and prepare `gid` on one replica within `timeout`.
+async fn prepare(slot: &ReplicaSlot, gid: &str, changes: &[Change], timeout: Duration) -> Result<(), PrepareFailure> {
+    let attempt = async {
+        // Waits for this session's previous XA COMMIT on the replica.
+        let mut s = slot.state.lock().await;
+        let reused = s.conn.is_some();
+        let mut conn = match s.conn.take() {
+            Some(c) => c,
+            None => ReplicaConn::connect(&slot.url, timeout).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?,
+        };
+        let mut sql = None;
+        for fresh in [false, true] {
+            if fresh || s.tables.is_none() {
+                s.tables = Some(capture::tables(conn.conn()).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?);
+            }
+            match apply::statements(changes, s.tables.as_ref().unwrap_or(&Tables::new())) {
+                Ok(text) => {
+                    sql = Some(text);
+                    break;
+                }
+                Err(e @ (ApplyError::MissingTable(_) | ApplyError::MissingColumn { .. })) if fresh => {
+                    s.conn = Some(conn);
+                    return Err(PrepareFailure::Conflict(e.to_string()));
+                }
+                Err(ApplyError::MissingTable(_) | ApplyError::MissingColumn { .. }) => continue,
+                Err(e) => {
+                    s.conn = Some(conn);
+                    return Err(PrepareFailure::Conflict(e.to_string()));
+                }
+            }
+        }
+        let sql = sql.unwrap_or_default();
+        let mut result = conn.prepare(gid, &sql).await;
+        // A connection kept from an earlier commit may have died meanwhile (the link was reset,
+        // the replica restarted): nothing reached the server on it, so try once on a new one.
+        if let Err((None, PrepareFailure::Unavailable(_))) = &result {
+            if reused {
+                let fresh = ReplicaConn::connect(&slot.url, timeout).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?;
+                result = fresh.prepare(gid, &sql).await;
+            }
+        }
+        match result {
+            Ok(branch) => {
+                s.branch = Some(branch);
+                Ok(())
+            }
+            Err((back, failure)) => {
+                s.conn = back;
+                Err(failure)
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        // The attempt, and the connection it held, are dropped: the server rolls back a
+        // branch that was not prepared yet, and keeps one that was for recovery.
+        Err(_) => Err(PrepareFailure::Unavailable(format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// Commit or roll back `gid` on one replica, on the connection that prepared it.
+async fn finish(slot: &ReplicaSlot, gid: &str, commit: bool) {
+    let mut s = slot.state.lock().await;
+    let Some(branch) = s.branch.take() else { return };
+    if branch.gid() != gid {
+        // A branch of another commit (cannot happen: the slot is locked from prepare to
+        // finish of one session's commits); leave it to recovery rather than guess.
+        warn!(replica = %slot.name, gid, held = branch.gid(), "sync commit: the replica holds another branch; leaving both to recovery");
+        return;
+    }
+    let result = if commit { branch.commit().await } else { branch.rollback().await };
+    match result {
+        Ok(conn) => s.conn = Some(conn),
+        Err((gid, e)) => {
+            warn!(replica = %slot.name, %gid, commit, "XA {} failed ({e}); recovery will resolve the branch", if commit { "COMMIT" } else { "ROLLBACK" });
+        }
+    }
+}

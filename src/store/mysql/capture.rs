@@ -1,0 +1,274 @@
+//! Capture triggers on a MySQL / MariaDB primary, kept in step with the policy and with each
+//! table's columns (decision 0015).
+//!
+//! MySQL triggers cannot take `NEW.*`, so each replicated table gets three triggers
+//! (`AFTER INSERT`, `AFTER UPDATE`, `AFTER DELETE`) generated from its columns in
+//! `information_schema` (see [`super::image`] for each type's encoding). A reconciliation
+//! round compares every `capgate_*` trigger's body with the body the table's current columns
+//! and policy mode call for, and replaces (`CREATE OR REPLACE TRIGGER`, one statement under
+//! the table's metadata lock) or drops what differs: the same round installs capture for a
+//! table entering the policy, regenerates it after DDL changed the table, and removes it when
+//! the table leaves. Run at start, on every policy reload, and after DDL on a replicated
+//! table.
+//!
+//! What a trigger records, inside the writer's transaction:
+//! - nothing when the session is capgate's own apply session (`@capgate_apply`);
+//! - a sync table written by a capgate client session (`@capgate_session`): a row in
+//!   `capgate.sync_changes` for the coordinator to read at COMMIT, and `@capgate_sync = 1`;
+//!   outside a transaction (an autocommit statement capgate did not wrap, e.g. from a
+//!   procedure it could not see into) it raises an error instead, since that change would
+//!   commit on the primary alone;
+//! - anything else (async and bounded tables, and sync tables written around capgate): a row
+//!   in `capgate.changes`, shipped later.
+
+use std::collections::BTreeMap;
+
+use mysql_async::prelude::Queryable;
+
+use super::image::{self, quote_ident, quote_literal, Column, ImageError};
+use crate::classify::TableName;
+use crate::policy::Policy;
+use crate::store::CaptureMode;
+
+/// The three row events a table's capture triggers follow, with the trigger name's letter.
+const EVENTS: [(&str, char); 3] = [("INSERT", 'i'), ("UPDATE", 'u'), ("DELETE", 'd')];
+
+/// Databases that are never captured.
+const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema', 'sys', 'capgate'";
+
+/// Why a reconciliation round could not even start.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("reading the primary's tables and capture triggers: {0}")]
+    Catalog(mysql_async::Error),
+}
+
+/// What one round changed, and what it could not.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Tables whose triggers were created or regenerated, with the mode they now capture as.
+    pub installed: Vec<(TableName, CaptureMode)>,
+    /// Tables whose triggers were removed.
+    pub removed: Vec<TableName>,
+    /// Tables that should be captured but could not be, with the reason a DBA can act on.
+    pub failed: Vec<(TableName, String)>,
+    /// Every table captured after the round, with its mode.
+    pub captured: BTreeMap<TableName, CaptureMode>,
+}
+
+/// One capture trigger as it should be (or is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub name: String,
+    /// `INSERT`, `UPDATE` or `DELETE`.
+    pub event: &'static str,
+    /// The body, from `BEGIN` to `END`, as `information_schema.TRIGGERS` shows it.
+    pub body: String,
+}
+
+/// The name of `table`'s capture trigger for `event` (`i`, `u`, `d`): `capgate_i_<table>`,
+/// shortened with a hash of the whole name to MySQL's 64 characters.
+pub fn trigger_name(table: &str, event: char) -> String {
+    let name = format!("capgate_{event}_{table}");
+    if name.chars().count() <= 64 {
+        return name;
+    }
+    let hash = table.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let head: String = table.chars().take(36).collect();
+    format!("capgate_{event}_{head}_{hash:016x}")
+}
+
+/// The three capture triggers of `table` with `columns`, recording as `mode`.
+pub fn triggers(table: &TableName, columns: &[Column], mode: CaptureMode) -> Result<Vec<Trigger>, ImageError> {
+    if !columns.iter().any(|c| c.key) {
+        return Err(ImageError::NoPrimaryKey);
+    }
+    let new = image::json_object("NEW", columns)?;
+    let old = image::json_object("OLD", columns)?;
+    let tbl = quote_literal(&table.to_string());
+    Ok(EVENTS
+        .iter()
+        .map(|&(event, letter)| {
+            let (op, old_image, new_image) = match event {
+                "INSERT" => ("I", "NULL", new.as_str()),
+                "UPDATE" => ("U", old.as_str(), new.as_str()),
+                _ => ("D", old.as_str(), "NULL"),
+            };
+            let values = format!("(CONNECTION_ID(), UTC_TIMESTAMP(6), {tbl}, '{op}', {old_image}, {new_image}");
+            let later = |proxied: &str| {
+                format!("INSERT INTO capgate.changes (conn, at, tbl, op, old_image, new_image, proxied) VALUES {values}, {proxied});")
+            };
+            let record = match mode {
+                CaptureMode::Async => later("@capgate_session IS NOT NULL"),
+                CaptureMode::Sync => format!(
+                    "IF @capgate_session IS NULL THEN {} ELSE IF @@in_transaction = 0 THEN SIGNAL SQLSTATE 'HY000' SET \
+                     MYSQL_ERRNO = 1644, MESSAGE_TEXT = {}; END IF; INSERT INTO capgate.sync_changes (conn, at, tbl, op, \
+                     old_image, new_image) VALUES {values}); SET @capgate_sync = 1; END IF;",
+                    later("FALSE"),
+                    quote_literal(&autocommit_message(table)),
+                ),
+            };
+            Trigger {
+                name: trigger_name(&table.name, letter),
+                event,
+                body: format!("BEGIN IF @capgate_apply IS NULL THEN {record} END IF; END"),
+            }
+        })
+        .collect())
+}
+
+/// The error an uncoordinated autocommit write to a sync table gets (SIGNAL allows 128
+/// characters).
+fn autocommit_message(table: &TableName) -> String {
+    let text = format!("capgate: sync table {table} written outside a transaction capgate coordinates; use BEGIN ... COMMIT");
+    text.chars().take(128).collect()
+}
+
+/// The statement that creates (or replaces) `trigger` on `table`.
+pub fn create_sql(table: &TableName, trigger: &Trigger) -> String {
+    format!(
+        "CREATE OR REPLACE DEFINER = CURRENT_USER TRIGGER {}.{} AFTER {} ON {}.{} FOR EACH ROW {}",
+        quote_ident(&table.schema),
+        quote_ident(&trigger.name),
+        trigger.event,
+        quote_ident(&table.schema),
+        quote_ident(&table.name),
+        trigger.body
+    )
+}
+
+/// Every base table outside the system databases, with its columns in order.
+pub async fn tables(conn: &mut mysql_async::Conn) -> Result<BTreeMap<TableName, Vec<Column>>, CaptureError> {
+    let sql = format!(
+        "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, LOWER(c.DATA_TYPE), c.COLUMN_KEY = 'PRI', \
+         COALESCE(c.GENERATION_EXPRESSION, '') <> '' \
+         FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
+         ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+         WHERE t.TABLE_TYPE = 'BASE TABLE' AND c.TABLE_SCHEMA NOT IN ({SYSTEM_SCHEMAS}) \
+         ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION"
+    );
+    let rows: Vec<(String, String, String, String, bool, bool)> = conn.query(sql).await.map_err(CaptureError::Catalog)?;
+    let mut out: BTreeMap<TableName, Vec<Column>> = BTreeMap::new();
+    for (schema, table, name, data_type, key, generated) in rows {
+        out.entry(TableName::new(schema, table)).or_default().push(Column { name, data_type, key, generated });
+    }
+    Ok(out)
+}
+
+/// Every capgate trigger on the primary: (schema, table) → (name → body).
+async fn installed(conn: &mut mysql_async::Conn) -> Result<BTreeMap<TableName, BTreeMap<String, String>>, CaptureError> {
+    let sql = format!(
+        "SELECT EVENT_OBJECT_SCHEMA, EVENT_OBJECT_TABLE, TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS \
+         WHERE TRIGGER_NAME LIKE 'capgate\\_%' AND TRIGGER_SCHEMA NOT IN ({SYSTEM_SCHEMAS})"
+    );
+    let rows: Vec<(String, String, String, String)> = conn.query(sql).await.map_err(CaptureError::Catalog)?;
+    let mut out: BTreeMap<TableName, BTreeMap<String, String>> = BTreeMap::new();
+    for (schema, table, name, body) in rows {
+        out.entry(TableName::new(schema, table)).or_default().insert(name, body);
+    }
+    Ok(out)
+}
+
+/// Install, regenerate or remove capture triggers on the primary so they match `policy`
+/// and each table's current columns. The connection's character set must be utf8mb4 (a
+/// trigger keeps the one it was created with).
+pub async fn reconcile(conn: &mut mysql_async::Conn, policy: &Policy) -> Result<Reconciled, CaptureError> {
+    conn.query_drop("SET NAMES utf8mb4").await.map_err(CaptureError::Catalog)?;
+    let tables = tables(conn).await?;
+    let mut current = installed(conn).await?;
+    let mut out = Reconciled::default();
+    for (table, columns) in &tables {
+        let have = current.remove(table).unwrap_or_default();
+        let Some(mode) = CaptureMode::of(&policy.decide_table(table).mode) else {
+            if !have.is_empty() {
+                match drop_all(conn, table, have.keys()).await {
+                    Ok(()) => out.removed.push(table.clone()),
+                    Err(e) => out.failed.push((table.clone(), format!("removing its capture triggers: {e}"))),
+                }
+            }
+            continue;
+        };
+        let want = match triggers(table, columns, mode) {
+            Ok(w) => w,
+            Err(e) => {
+                // Stale triggers would record images without the changed columns: remove.
+                let _ = drop_all(conn, table, have.keys()).await;
+                out.failed.push((table.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let stale: Vec<&Trigger> = want.iter().filter(|t| have.get(&t.name) != Some(&t.body)).collect();
+        let extra: Vec<&String> = have.keys().filter(|n| !want.iter().any(|t| &t.name == *n)).collect();
+        if stale.is_empty() && extra.is_empty() {
+            out.captured.insert(table.clone(), mode);
+            continue;
+        }
+        let mut result = Ok(());
+        for t in stale {
+            result = conn.query_drop(create_sql(table, t)).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = drop_all(conn, table, extra).await;
+        }
+        match result {
+            Ok(()) => {
+                out.installed.push((table.clone(), mode));
+                out.captured.insert(table.clone(), mode);
+            }
+            Err(e) => out.failed.push((table.clone(), format!("installing its capture triggers: {e}"))),
+        }
+    }
+    // Triggers left on tables that no longer exist go with their table; nothing to do.
+    Ok(out)
+}
+
+async fn drop_all<'a>(
+    conn: &mut mysql_async::Conn,
+    table: &TableName,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<(), mysql_async::Error> {
+    for name in names {
+        conn.query_drop(format!("DROP TRIGGER IF EXISTS {}.{}", quote_ident(&table.schema), quote_ident(name))).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, data_type: &str, key: bool) -> Column {
+        Column { name: name.into(), data_type: data_type.into(), key, generated: false }
+    }
+
+    #[test]
+    fn names_fit_in_64_characters_and_stay_distinct() {
+        assert_eq!(trigger_name("orders", 'i'), "capgate_i_orders");
+        let long_a = "a".repeat(60);
+        let long_b = format!("{}b", "a".repeat(59));
+        let (na, nb) = (trigger_name(&long_a, 'u'), trigger_name(&long_b, 'u'));
+        assert!(na.chars().count() <= 64 && nb.chars().count() <= 64);
+        assert_ne!(na, nb);
+    }
+
+    #[test]
+    fn a_table_without_primary_key_is_refused() {
+        let t = TableName::new("shop", "log");
+        assert_eq!(triggers(&t, &[col("a", "int", false)], CaptureMode::Async), Err(ImageError::NoPrimaryKey));
+    }
+
+    #[test]
+    fn sync_triggers_record_for_the_coordinator_and_refuse_autocommit() {
+        let t = TableName::new("shop", "orders");
+        let got = triggers(&t, &[col("id", "int", true), col("note", "text", false)], CaptureMode::Sync).expect("triggers");
+        assert_eq!(got.iter().map(|t| t.event).collect::<Vec<_>>(), ["INSERT", "UPDATE", "DELETE"]);
+        let update = &got[1].body;
+        assert!(update.contains("capgate.sync_changes"), "{update}");
+        assert!(update.contains("JSON_OBJECT('id', OLD.`id`, 'note', OLD.`note`), JSON_OBJECT('id', NEW.`id`"), "{update}");
+        assert!(update.contains("@@in_transaction = 0 THEN SIGNAL"), "{update}");
+        assert!(autocommit_message(&TableName::new("s", "x".repeat(200))).chars().count() <= 128);
+    }
+}

@@ -1,0 +1,13 @@
+//! MySQL and MariaDB as a capgate store (decision 0015).
+//!
+//! - [`image`]: how each column type travels in a row image, exactly;
+//! - [`primary`]: the primary's `capgate` database, session markers, privileges;
+//! - [`capture`]: the capture triggers generated per table and kept in step with the policy;
+//! - [`apply`]: row images turned back into statements on a replica;
+//! - [`xa`]: the replica side of a sync commit (XA prepare, commit, recovery).
+
+pub mod apply;
+pub mod capture;
+pub mod image;
+pub mod primary;
+pub mod xa;

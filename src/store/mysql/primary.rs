@@ -1,0 +1,178 @@
+//! The `capgate` database on a MySQL / MariaDB primary (decision 0015): where capture
+//! triggers record row images, and where a sync commit writes its decision record.
+//!
+//! - `capgate.changes`: changes shipped later (async and bounded tables, and every replicated
+//!   table written around capgate), in capture order;
+//! - `capgate.sync_changes`: a capgate session's changes to sync tables, read and deleted at
+//!   its COMMIT by the coordinator, never shipped later;
+//! - `capgate.decisions`: one row per coordinated commit, written inside the primary
+//!   transaction: the truth recovery reads (XA's `XAER_NOTA` cannot tell "committed" from
+//!   "never existed").
+//!
+//! Session markers, set by capgate on its own connections: `@capgate_session` on a client
+//! session's primary connection (its sync changes are coordinated at COMMIT), and
+//! `@capgate_apply` on a replica apply session (nothing it writes is captured again).
+
+use mysql_async::prelude::Queryable;
+
+/// The marker capgate sets on a client session's primary connection.
+pub const SESSION_MARKER: &str = "SET @capgate_session = 1";
+
+/// The marker capgate sets on its replica apply sessions, with the settings images are
+/// applied under (decision 0015): utf8mb4, the images' character set; UTC, so `FROM_UNIXTIME`
+/// names the captured instant.
+pub const APPLY_MARKER: &str = "SET NAMES utf8mb4, @capgate_apply = 1, time_zone = '+00:00'";
+
+/// The schema, created if missing (idempotent; run at start).
+const SCHEMA: &[&str] = &[
+    "CREATE DATABASE IF NOT EXISTS capgate",
+    "CREATE TABLE IF NOT EXISTS capgate.changes (
+        seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        conn BIGINT UNSIGNED NOT NULL,
+        at DATETIME(6) NOT NULL,
+        tbl VARCHAR(400) NOT NULL,
+        op CHAR(1) NOT NULL,
+        old_image LONGTEXT NULL,
+        new_image LONGTEXT NULL,
+        proxied BOOLEAN NOT NULL
+     ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS capgate.sync_changes (
+        seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        conn BIGINT UNSIGNED NOT NULL,
+        at DATETIME(6) NOT NULL,
+        tbl VARCHAR(400) NOT NULL,
+        op CHAR(1) NOT NULL,
+        old_image LONGTEXT NULL,
+        new_image LONGTEXT NULL,
+        KEY by_conn (conn, seq)
+     ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS capgate.decisions (
+        gid VARCHAR(128) NOT NULL PRIMARY KEY,
+        origin VARCHAR(128) NOT NULL,
+        committed BOOLEAN NOT NULL,
+        at DATETIME(6) NOT NULL
+     ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+];
+
+/// Why the primary cannot capture.
+#[derive(Debug, thiserror::Error)]
+pub enum PrimaryError {
+    #[error(
+        "the primary's account lacks {privilege}: {why}; grant it (e.g. `GRANT {privilege} ON {on} TO {account}`) and restart capgate"
+    )]
+    Privilege { privilege: &'static str, on: String, account: String, why: &'static str },
+    #[error(
+        "the primary has binary logging on (log_bin = ON) and capgate's account {account} has no SUPER privilege, so MariaDB \
+         refuses to let it create triggers: grant SUPER, or set log_bin_trust_function_creators = ON on the primary"
+    )]
+    BinlogTriggers { account: String },
+    #[error("creating the capgate database on the primary: {0}")]
+    Schema(mysql_async::Error),
+    #[error("reading the primary's privileges: {0}")]
+    Catalog(mysql_async::Error),
+}
+
+/// Create the `capgate` database and its tables if missing.
+pub async fn install(conn: &mut mysql_async::Conn) -> Result<(), PrimaryError> {
+    for sql in SCHEMA {
+        conn.query_drop(*sql).await.map_err(PrimaryError::Schema)?;
+    }
+    Ok(())
+}
+
+/// Check that capgate's account may install capture on `schemas` (the databases holding
+/// replicated tables): TRIGGER on each, everything on `capgate`, and the right to create
+/// triggers while the binary log is on. The first missing privilege is named.
+///
+/// Privileges are read from `information_schema` (global and per database); a privilege
+/// granted only through a role is not seen there, and is reported missing.
+pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) -> Result<(), PrimaryError> {
+    let account: String = conn.query_first("SELECT CURRENT_USER()").await.map_err(PrimaryError::Catalog)?.unwrap_or_default();
+    let grantee = match account.rsplit_once('@') {
+        Some((user, host)) => format!("'{user}'@'{host}'"),
+        None => account.clone(),
+    };
+    let global: Vec<String> = conn
+        .exec("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = ?", (grantee.clone(),))
+        .await
+        .map_err(PrimaryError::Catalog)?;
+    let per_db: Vec<(String, String)> = conn
+        .exec("SELECT TABLE_SCHEMA, PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = ?", (grantee.clone(),))
+        .await
+        .map_err(PrimaryError::Catalog)?;
+    let has = |privilege: &str, schema: &str| {
+        global.iter().any(|p| p == privilege)
+            || per_db.iter().any(|(s, p)| p == privilege && (s == schema || s.replace("\\_", "_") == schema))
+    };
+    let missing =
+        |privilege: &'static str, on: String, why: &'static str| PrimaryError::Privilege { privilege, on, account: grantee.clone(), why };
+    for schema in schemas {
+        if !has("TRIGGER", schema) {
+            return Err(missing(
+                "TRIGGER",
+                format!("`{schema}`.*"),
+                "capgate records row changes with triggers it creates on each replicated table",
+            ));
+        }
+    }
+    for privilege in ["CREATE", "INSERT", "SELECT", "DELETE"] {
+        if !has(privilege, "capgate") {
+            let privilege: &'static str = privilege;
+            return Err(missing(
+                privilege,
+                "capgate.*".into(),
+                "capgate keeps its change log and decision records in the `capgate` database",
+            ));
+        }
+    }
+    let (log_bin, trust): (i64, i64) =
+        conn.query_first("SELECT @@log_bin, @@log_bin_trust_function_creators").await.map_err(PrimaryError::Catalog)?.unwrap_or((0, 0));
+    if log_bin != 0 && trust == 0 && !global.iter().any(|p| p == "SUPER") {
+        return Err(PrimaryError::BinlogTriggers { account: grantee });
+    }
+    Ok(())
+}
+
+/// At a held COMMIT, inside the client's transaction, on its primary connection: the
+/// transaction's sync changes in capture order ([`super::apply::Change`] columns), by a
+/// consistent (non-locking) read.
+pub const SYNC_READ: &str = "SELECT seq, tbl, op, old_image, new_image FROM capgate.sync_changes WHERE conn = CONNECTION_ID() ORDER BY seq";
+
+/// Then, when there were any, in one round trip: the rows removed one by one by primary key
+/// (never shipped later). Equality on the key takes a record lock on that row only; a
+/// `DELETE … WHERE conn = …` took next-key locks on the `by_conn` index, and `seq IN (…)` on
+/// a small table was run as a scan that locked every row: both deadlocked with other
+/// sessions' captures under sysbench …
+pub fn sync_delete(seqs: &[u64]) -> Vec<String> {
+    seqs.iter().map(|seq| format!("DELETE FROM capgate.sync_changes WHERE seq = {seq}")).collect()
+}
+
+/// … and the decision record `gid`, inside the transaction.
+pub fn sync_decide(gid: &str, origin: &str) -> String {
+    format!(
+        "INSERT INTO capgate.decisions (gid, origin, committed, at) VALUES ({}, {}, TRUE, UTC_TIMESTAMP(6))",
+        super::image::quote_literal(gid),
+        super::image::quote_literal(origin)
+    )
+}
+
+/// [`SYNC_READ`], then [`sync_delete`] and [`sync_decide`] when there are changes, over a
+/// mysql_async connection (capgate's own sessions, tests); the MySQL front end sends the same
+/// statements on the client's connection.
+pub async fn read_sync_changes(
+    conn: &mut mysql_async::Conn,
+    gid: &str,
+    origin: &str,
+) -> Result<Vec<super::apply::Change>, mysql_async::Error> {
+    type Row = (u64, String, String, Option<String>, Option<String>);
+    let rows: Vec<Row> = conn.query(SYNC_READ).await?;
+    let changes: Vec<super::apply::Change> =
+        rows.into_iter().map(|(seq, tbl, op, old, new)| super::apply::Change { seq, tbl, op, old, new }).collect();
+    if !changes.is_empty() {
+        for delete in sync_delete(&changes.iter().map(|c| c.seq).collect::<Vec<_>>()) {
+            conn.query_drop(delete).await?;
+        }
+        conn.query_drop(sync_decide(gid, origin)).await?;
+    }
+    Ok(changes)
+}

@@ -1,0 +1,62 @@
+//! A MySQL replica cut off while sync commits run (decision 0016): a silent blackhole makes the
+//! COMMIT fail within the prepare deadline with 1180 / 55000 and nothing commits; a reset of
+//! the link (the connection capgate kept is dead) and refused connections are answered the
+//! same way or, once the link is back, with a new connection; after restore commits go on.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use capgate::testbed::link::Link;
+use mysql_async::prelude::*;
+
+use super::capture::SERVER;
+use super::support::{connect, primary, replica, MyProxy, APP_PASSWORD};
+use super::sync::{rows, settled, setup};
+
+fn refused(err: &mysql_async::Error) -> bool {
+    matches!(err, mysql_async::Error::Server(e) if e.code == 1180 && e.state == "55000" && e.message.contains("replica \"east\""))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_replica_refuses_the_commit_and_nothing_commits() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, replica().port()))).expect("link");
+    let dir = crate::support::scratch("mysql-sync-faults");
+    std::fs::write(dir.join("policy.toml"), "default = \"local\"\n[[table]]\nmatch = \"cgsync.acct\"\nmode = \"sync\"\n").expect("policy");
+    let text = format!(
+        "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
+         [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable&connect_timeout=1\"\n\
+         partition_latency = \"100ms\"\nheartbeat_timeout = \"200ms\"\n",
+        primary().port(),
+        link.addr().port()
+    );
+    let p = MyProxy::start_config(&text, &dir);
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+    c.query_drop("UPDATE acct SET bal = 1 WHERE id = 1").await.expect("through the link");
+    settled().await;
+
+    // Blackhole: no answer within the deadline.
+    link.blackhole();
+    let err = c.query_drop("UPDATE acct SET bal = 2 WHERE id = 1").await.expect_err("refused");
+    assert!(refused(&err) && err.to_string().contains("could not prepare it"), "{err}");
+    link.restore();
+    assert_eq!(rows(primary()), "1\t1\ta\n2\t200\tb");
+
+    // Reset: the connection capgate kept is dead; a new one is made and the commit goes on.
+    c.query_drop("UPDATE acct SET bal = 3 WHERE id = 1").await.expect("after restore");
+    link.reset();
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 4 WHERE id = 1").await.expect("update");
+    c.query_drop("COMMIT").await.expect("commit on a new replica connection");
+
+    // Refused connections and a reset together: refused.
+    link.refuse(true);
+    link.reset();
+    let err = c.query_drop("UPDATE acct SET bal = 5 WHERE id = 1").await.expect_err("refused");
+    assert!(refused(&err), "{err}");
+    link.restore();
+    c.query_drop("UPDATE acct SET bal = 6 WHERE id = 2").await.expect("after restore");
+    settled().await;
+    assert_eq!(rows(primary()), "1\t4\ta\n2\t6\tb");
+    assert_eq!(rows(replica()), rows(primary()));
+}
