@@ -229,7 +229,8 @@ pub fn mode_options(mode: &Mode) -> String {
     match mode {
         Mode::Local => String::new(),
         Mode::Async { on_conflict } => conflict(on_conflict),
-        Mode::Sync { on_partition } => partition(on_partition),
+        Mode::Sync { on_partition, quorum: None } => partition(on_partition),
+        Mode::Sync { on_partition, quorum: Some(k) } => format!("{} quorum={k}", partition(on_partition)),
         Mode::Bounded { max_lag, on_partition, on_conflict } => {
             format!("max_lag={max_lag:?} {} {}", partition(on_partition), conflict(on_conflict))
         }
@@ -402,7 +403,7 @@ mod tests {
 
     #[test]
     fn mode_options_read_like_the_policy_file() {
-        assert_eq!(mode_options(&Mode::Sync { on_partition: OnPartition::Fail }), "on_partition=fail");
+        assert_eq!(mode_options(&Mode::Sync { on_partition: OnPartition::Fail, quorum: None }), "on_partition=fail");
         let bounded =
             Mode::Bounded { max_lag: std::time::Duration::from_secs(5), on_partition: OnPartition::Fail, on_conflict: OnConflict::Skip };
         assert_eq!(mode_options(&bounded), "max_lag=5s on_partition=fail on_conflict=skip");

@@ -214,6 +214,91 @@ async fn keyless(client: &Client, tables: &[TableName]) -> Vec<TableName> {
     out
 }
 
+/// The sites that take writes, sorted: this one and every replica marked `takes_writes`.
+/// A site's position in this list is its offset in per-site sequences.
+pub fn writing_sites(config: &Config) -> Vec<String> {
+    let mut sites: Vec<String> =
+        std::iter::once(config.site.clone()).chain(config.replicas.iter().filter(|r| r.takes_writes).map(|r| r.name.clone())).collect();
+    sites.sort();
+    sites.dedup();
+    sites
+}
+
+/// The statement that gives this site (position `index`, 1-based, of `sites` writing sites)
+/// its own values of sequence `seq`, past `above`: every site's values step by `sites`, this
+/// one's are `index` modulo it.
+pub fn per_site_sequence(seq: &str, sites: usize, index: usize, above: i64) -> String {
+    let n = sites as i64;
+    let start = (above.max(0) / n + 1) * n + index as i64 % n;
+    format!("ALTER SEQUENCE {seq} INCREMENT BY {n} RESTART WITH {start}")
+}
+
+/// Keys from sequences on tables written at several sites: two sites inserting take the same
+/// values from their own copies of the sequence, and the rows collide (`insert_exists`)
+/// unless each site has its own values. Only when several sites take writes (`takes_writes`).
+async fn sequence_keys(c: &mut Checks, client: &Client, tables: &[TableName], sites: &[String], site: &str) {
+    if sites.len() < 2 {
+        return;
+    }
+    let Some(index) = sites.iter().position(|s| s == site).map(|i| i + 1) else { return };
+    // Sequences owned by a column (serial: 'a', identity: 'i'), their step and last value.
+    let q = "SELECT a.attname::text, quote_ident(sn.nspname) || '.' || quote_ident(sc.relname), s.seqincrement, \
+             greatest(coalesce(pg_sequence_last_value(s.seqrelid), s.seqstart), 0) \
+             FROM pg_attribute a \
+             JOIN pg_depend d ON d.refobjid = a.attrelid AND d.refobjsubid = a.attnum \
+             AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') \
+             JOIN pg_sequence s ON s.seqrelid = d.objid \
+             JOIN pg_class sc ON sc.oid = s.seqrelid JOIN pg_namespace sn ON sn.oid = sc.relnamespace \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
+    for t in tables {
+        let Ok(rows) = client.query(q, &[&quoted(t)]).await else { continue };
+        for row in rows {
+            let (column, seq, step, last): (String, String, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+            if step.unsigned_abs() >= sites.len() as u64 {
+                continue;
+            }
+            c.add(
+                Outcome::Warn,
+                format!(
+                    "{t}.{column} takes its values from sequence {seq} (increment {step}), and {} sites take writes ({}): \
+                     rows inserted at two sites get the same keys and collide; give each site its own values — here (site {site}): \
+                     `{}` (on each site, with its own offset, after replication has caught up) — or use uuid keys",
+                    sites.len(),
+                    sites.join(", "),
+                    per_site_sequence(&seq, sites.len(), index, last)
+                ),
+            );
+        }
+    }
+}
+
+/// A site that takes writes runs the policy this one does: what its capgate last recorded on
+/// its primary (`capgate.local_site`) equals this policy's fingerprint.
+async fn same_policy(c: &mut Checks, client: &Client, policy: &Policy, peer: &str) {
+    let theirs = match client.query_opt("SELECT name, policy FROM capgate.local_site", &[]).await {
+        Ok(Some(row)) => row.get::<_, Option<String>>(1).map(|p| (row.get::<_, String>(0), p)),
+        Ok(None) | Err(_) => None,
+    };
+    let Some((name, theirs)) = theirs else {
+        c.add(
+            Outcome::Warn,
+            format!("site {peer} has recorded no policy yet (its capgate has not run against this database): cannot compare policies"),
+        );
+        return;
+    };
+    let ours = policy.fingerprint();
+    if theirs == ours {
+        c.add(Outcome::Ok, format!("site {name} runs the same policy"));
+        return;
+    }
+    let differs = ours.lines().zip(theirs.lines()).find(|(a, b)| a != b).map(|(a, b)| format!("here `{a}`, there `{b}`"));
+    let differs = differs.unwrap_or_else(|| format!("{} rule line(s) here, {} there", ours.lines().count(), theirs.lines().count()));
+    c.add(
+        Outcome::Warn,
+        format!("site {name} runs a different policy ({differs}): sites that replicate to each other must run the same policy file"),
+    );
+}
+
 /// Every check on the primary and each replica of `config`, in order, one per line.
 pub async fn check_all(config: &Config, policy: &Policy) -> Vec<Check> {
     let mut c = Checks { server: "primary".into(), out: Vec::new() };
@@ -232,6 +317,7 @@ pub async fn check_all(config: &Config, policy: &Policy) -> Vec<Check> {
             .unwrap_or_default();
         dangling_rules(&mut c, policy, &all);
         no_key = keyless(&primary, &tables).await;
+        sequence_keys(&mut c, &primary, &tables, &writing_sites(config), &config.site).await;
         let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
         let list = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
         c.add(Outcome::Ok, format!("{} table(s) the policy replicates: {list}", tables.len()));
@@ -242,6 +328,9 @@ pub async fn check_all(config: &Config, policy: &Policy) -> Vec<Check> {
             schema_privilege(&mut r, &client).await;
             prepared_transactions(&mut r, &client, policy).await;
             tables_on_replica(&mut r, &client, &tables, &no_key).await;
+            if replica.takes_writes {
+                same_policy(&mut r, &client, policy, &replica.name).await;
+            }
         }
         c.out.extend(r.out);
     }
@@ -264,4 +353,21 @@ pub async fn replica_problems(replica: &Replica, policy: &Policy) -> Vec<String>
         return Vec::new();
     }
     c.out.into_iter().filter(|x| x.outcome == Outcome::Fail).map(|x| x.message).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_writing_site_gets_its_own_residue_past_the_current_values() {
+        assert_eq!(per_site_sequence("public.t_id_seq", 2, 1, 41), "ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 RESTART WITH 43");
+        assert_eq!(per_site_sequence("public.t_id_seq", 2, 2, 41), "ALTER SEQUENCE public.t_id_seq INCREMENT BY 2 RESTART WITH 42");
+        assert_eq!(per_site_sequence("s", 3, 3, 0), "ALTER SEQUENCE s INCREMENT BY 3 RESTART WITH 3");
+        let text = "site = \"west\"\n[primary]\nurl = \"postgres://h/d\"\n\
+                    [[replicas]]\nname = \"east\"\nurl = \"postgres://e/d\"\ntakes_writes = true\n\
+                    [[replicas]]\nname = \"reader\"\nurl = \"postgres://r/d\"\n";
+        let config = Config::parse(text, std::path::Path::new("c.toml")).unwrap();
+        assert_eq!(writing_sites(&config), vec!["east".to_owned(), "west".to_owned()], "replicas that only read are not counted");
+    }
 }

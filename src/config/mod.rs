@@ -84,6 +84,10 @@ pub struct Replica {
     pub heal_after: u32,
     /// Most connections to the replica for replication work, open at once.
     pub pool_size: usize,
+    /// The replica's site also takes writes and replicates them here (two sites that both
+    /// take writes): its own transactions may hold rows a sync commit needs, so a cross-site
+    /// lock conflict is possible and one side must yield (decision 0018).
+    pub takes_writes: bool,
 }
 
 /// TLS towards applications.
@@ -292,6 +296,7 @@ impl Validator<'_> {
                 partition_after: self.count(&format!("{key}.partition_after"), r.partition_after, 1000) as u32,
                 heal_after: self.count(&format!("{key}.heal_after"), r.heal_after, 1000) as u32,
                 pool_size: self.count(&format!("{key}.pool_size"), r.pool_size, 10_000) as usize,
+                takes_writes: r.takes_writes,
                 name,
             });
         }
@@ -540,18 +545,22 @@ mod tests {
         assert_eq!(r.heartbeat_interval, Duration::from_millis(250));
         assert_eq!(r.heartbeat_timeout, Duration::from_secs(2), "twice partition_latency");
         assert_eq!((r.partition_after, r.heal_after, r.pool_size), (3, 4, 16));
+        assert!(!r.takes_writes, "one-way unless said otherwise");
         assert_eq!(r.url.sslmode, crate::config::SslMode::VerifyFull, "TLS verified between sites unless the URL says otherwise");
         let set = "partition_latency = \"300ms\"\nheartbeat_interval = \"50ms\"\nheartbeat_timeout = \"1s\"\n\
-                   partition_after = 5\nheal_after = 2\npool_size = 4\n";
+                   partition_after = 5\nheal_after = 2\npool_size = 4\ntakes_writes = true\n";
         let c = Config::parse(&format!("{MINIMAL}{replica}{set}"), Path::new("c.toml")).unwrap();
         let r = &c.replicas[0];
+        assert!(r.takes_writes);
         assert_eq!(r.heartbeat_timeout, Duration::from_secs(1));
         assert_eq!((r.partition_after, r.heal_after, r.pool_size), (5, 2, 4));
         let bad = "partition_latency = \"0ms\"\nheartbeat_interval = \"1ms\"\nheartbeat_timeout = \"0s\"\n\
-                   partition_after = 0\nheal_after = -1\npool_size = 0\n";
+                   partition_after = 0\nheal_after = -1\npool_size = 0\ntakes_writes = \"yes\"\n";
         let err = Config::parse(&format!("{MINIMAL}{replica}{bad}"), Path::new("c.toml")).unwrap_err();
         let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
-        for k in ["partition_latency", "heartbeat_interval", "heartbeat_timeout", "partition_after", "heal_after", "pool_size"] {
+        for k in
+            ["partition_latency", "heartbeat_interval", "heartbeat_timeout", "partition_after", "heal_after", "pool_size", "takes_writes"]
+        {
             assert!(keys.contains(&format!("replicas[0].{k}").as_str()), "{k} missing from {keys:?}");
         }
     }

@@ -50,6 +50,7 @@ pub(super) struct RawReplica {
     pub partition_after: i64,
     pub heal_after: i64,
     pub pool_size: i64,
+    pub takes_writes: bool,
 }
 
 pub(super) struct RawTls {
@@ -85,8 +86,17 @@ const TOP_KEYS: &[&str] = &[
     "users",
 ];
 const PRIMARY_KEYS: &[&str] = &["url"];
-const REPLICA_KEYS: &[&str] =
-    &["name", "url", "partition_latency", "heartbeat_interval", "heartbeat_timeout", "partition_after", "heal_after", "pool_size"];
+const REPLICA_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "partition_latency",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "partition_after",
+    "heal_after",
+    "pool_size",
+    "takes_writes",
+];
 const TLS_KEYS: &[&str] = &["cert", "key", "mode"];
 const USER_KEYS: &[&str] = &["name", "password", "scram_verifier"];
 
@@ -157,6 +167,18 @@ impl Reader<'_> {
             return None;
         }
         self.string(table, key, path)
+    }
+
+    fn boolean(&mut self, table: &Table, key: &str, path: &str, default: bool) -> bool {
+        let Some(item) = table.get(key) else { return default };
+        self.seen(table, key, path);
+        match item.as_bool() {
+            Some(b) => b,
+            None => {
+                self.problem(Self::span_of(table, key), path, "expected true or false (without quotes)");
+                default
+            }
+        }
     }
 
     fn integer(&mut self, table: &Table, key: &str, path: &str, default: i64) -> i64 {
@@ -275,6 +297,7 @@ impl Reader<'_> {
             partition_after: self.integer(t, "partition_after", &format!("{p}.partition_after"), 3),
             heal_after: self.integer(t, "heal_after", &format!("{p}.heal_after"), 4),
             pool_size: self.integer(t, "pool_size", &format!("{p}.pool_size"), 16),
+            takes_writes: self.boolean(t, "takes_writes", &format!("{p}.takes_writes"), false),
         }
     }
 

@@ -89,7 +89,7 @@ struct Validator<'t> {
 }
 
 const TOP_KEYS: &str = "default, unknown, [[table]], [[function]]";
-const TABLE_KEYS: &str = "match, mode, on_partition, partition_timeout, max_lag, on_conflict, nondeterministic";
+const TABLE_KEYS: &str = "match, mode, on_partition, partition_timeout, quorum, max_lag, on_conflict, nondeterministic";
 const FUNCTION_KEYS: &str = "name, writes";
 
 impl Validator<'_> {
@@ -140,6 +140,22 @@ impl Validator<'_> {
         }
     }
 
+    /// `quorum`: how many replicas must prepare a sync commit (1 or more; absent: all).
+    fn quorum(&mut self, table: &Table, path: &str) -> Option<u32> {
+        let item = table.get("quorum")?;
+        match item.as_integer() {
+            Some(k) if (1..=1000).contains(&k) => u32::try_from(k).ok(),
+            _ => {
+                self.problem(
+                    Self::span_of(table, "quorum"),
+                    path,
+                    "expected a whole number of replicas from 1 to 1000 (leave it out to require every replica)",
+                );
+                None
+            }
+        }
+    }
+
     fn unknown_keys(&mut self, table: &Table, prefix: &str, allowed: &[&str], expected: &str) {
         for (key, span) in crate::config::toml_spans::unknown_keys(table, allowed) {
             self.problem(span, format!("{prefix}{key}"), format!("unknown key; expected one of {expected}"));
@@ -180,7 +196,7 @@ impl Validator<'_> {
         self.unknown_keys(
             t,
             &p,
-            &["match", "mode", "on_partition", "partition_timeout", "max_lag", "on_conflict", "nondeterministic"],
+            &["match", "mode", "on_partition", "partition_timeout", "quorum", "max_lag", "on_conflict", "nondeterministic"],
             TABLE_KEYS,
         );
         let line = t.span().map(|s| self.line(s.start)).unwrap_or(0);
@@ -215,6 +231,7 @@ impl Validator<'_> {
             let belongs: &[(&str, &[&str])] = &[
                 ("on_partition", &["sync", "bounded"]),
                 ("partition_timeout", &["sync", "bounded"]),
+                ("quorum", &["sync"]),
                 ("max_lag", &["bounded"]),
                 ("on_conflict", &["async", "bounded"]),
             ];
@@ -255,6 +272,7 @@ impl Validator<'_> {
         } else {
             OnPartition::Fail
         };
+        let quorum = self.quorum(t, &format!("{p}quorum"));
         let max_lag = self.duration(t, "max_lag", &format!("{p}max_lag"));
         if max_lag == Some(Duration::ZERO) {
             self.problem(Self::span_of(t, "max_lag"), format!("{p}max_lag"), "must be more than 0 (use mode \"sync\" for no lag)");
@@ -282,7 +300,7 @@ impl Validator<'_> {
             });
         }
         let mode = match mode_name? {
-            "sync" => Mode::Sync { on_partition },
+            "sync" => Mode::Sync { on_partition, quorum },
             "async" => Mode::Async { on_conflict },
             "bounded" => Mode::Bounded { max_lag: max_lag.unwrap_or(DEFAULT_MAX_LAG), on_partition, on_conflict },
             _ => Mode::Local,
@@ -390,7 +408,7 @@ impl Validator<'_> {
 /// A mode with every option at its default (for `default = "…"`).
 fn base_mode(name: &str) -> Mode {
     match name {
-        "sync" => Mode::Sync { on_partition: OnPartition::Fail },
+        "sync" => Mode::Sync { on_partition: OnPartition::Fail, quorum: None },
         "async" => Mode::Async { on_conflict: DEFAULT_ON_CONFLICT },
         "bounded" => Mode::Bounded { max_lag: DEFAULT_MAX_LAG, on_partition: OnPartition::Fail, on_conflict: DEFAULT_ON_CONFLICT },
         _ => Mode::Local,

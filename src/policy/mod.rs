@@ -29,13 +29,23 @@ pub enum Mode {
     Local,
     /// Committed locally, shipped later through the outbox (AP).
     Async { on_conflict: OnConflict },
-    /// Committed on every site atomically (CP).
-    Sync { on_partition: OnPartition },
+    /// Committed on every site atomically (CP); with `quorum = k`, on k replicas atomically
+    /// and on the others through the change stream (decision 0017). None: every replica.
+    Sync { on_partition: OnPartition, quorum: Option<u32> },
     /// Async while the replica's lag is under `max_lag`, then refused or blocked.
     Bounded { max_lag: Duration, on_partition: OnPartition, on_conflict: OnConflict },
 }
 
 impl Mode {
+    /// How many of `replicas` must prepare a sync commit of this mode: its `quorum`, at most
+    /// every replica (a larger quorum than there are replicas requires them all).
+    pub fn quorum_of(&self, replicas: usize) -> usize {
+        match self {
+            Mode::Sync { quorum: Some(k), .. } => (*k as usize).min(replicas),
+            _ => replicas,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Mode::Local => "local",
@@ -235,6 +245,30 @@ impl Policy {
     /// commit need coordinating.
     pub fn has_sync(&self) -> bool {
         matches!(self.default, Mode::Sync { .. }) || self.rules.iter().any(|r| matches!(r.mode, Mode::Sync { .. }))
+    }
+
+    /// What the policy decides, one line per item, without its layout (comments, spacing,
+    /// line numbers, key order): two sites run the same policy when these are equal. Each
+    /// site records it on its primary (`capgate.local_site.policy`) and `check-config
+    /// --connect` compares it with the other writing sites'.
+    pub fn fingerprint(&self) -> String {
+        let mut out = format!("default {:?}\nunknown {:?}\n", self.default, self.unknown);
+        for r in &self.rules {
+            out.push_str(&format!("table {} {:?}\n", r.pattern_text, r.mode));
+        }
+        for f in &self.functions {
+            let writes: Vec<String> = f.writes.iter().map(ToString::to_string).collect();
+            out.push_str(&format!("function {}.{} writes {}\n", f.schema, f.name, writes.join(",")));
+        }
+        out
+    }
+
+    /// Whether some sync rule's quorum is below `replicas`: only then do sync commits also write
+    /// their changes to the change stream, for the replicas that miss the quorum (decision 0017).
+    pub fn streams_sync(&self, replicas: usize) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.rules.iter().map(|r| &r.mode))
+            .any(|m| matches!(m, Mode::Sync { .. }) && m.quorum_of(replicas) < replicas)
     }
 
     /// Whether any table can be replicated under this policy (e.g. to decide how loudly to

@@ -43,7 +43,7 @@ fn the_issue_example_loads_and_decides_first_match() {
     let p = parse(EXAMPLE).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.rules.len(), 3);
     let d = p.decide_table(&TableName::new("public", "orders"));
-    assert_eq!(d.mode, Mode::Sync { on_partition: OnPartition::Fail });
+    assert_eq!(d.mode, Mode::Sync { on_partition: OnPartition::Fail, quorum: None });
     assert_eq!(d.rule, RuleRef::Rule { index: 0, pattern: "public.orders".into(), line: 3 });
     let d = p.decide_table(&TableName::new("public", "cart_items"));
     assert_eq!(d.mode, Mode::Bounded { max_lag: Duration::from_secs(30), on_partition: OnPartition::Fail, on_conflict: OnConflict::Skip });
@@ -151,7 +151,7 @@ fn syntax_errors_and_wrong_shapes() {
 fn block_takes_its_timeout_and_defaults_apply() {
     let p = parse("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\non_partition = \"block\"\npartition_timeout = \"250ms\"\n[[table]]\nmatch = \"public.b\"\nmode = \"bounded\"\non_partition = \"block\"\n")
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(p.rules[0].mode, Mode::Sync { on_partition: OnPartition::Block { timeout: Duration::from_millis(250) } });
+    assert_eq!(p.rules[0].mode, Mode::Sync { on_partition: OnPartition::Block { timeout: Duration::from_millis(250) }, quorum: None });
     assert_eq!(
         p.rules[1].mode,
         Mode::Bounded {
@@ -272,4 +272,29 @@ writes = ["shop.Orders", "`shop`.cart_items"]
     let c = classify(Dialect::MySql, "CALL PLACE_ORDER(1)", &path, &catalog);
     assert_eq!(c.unknown_reason(), None);
     assert_eq!(p.decide(&c).iter().map(|d| d.mode.name()).collect::<Vec<_>>(), ["sync", "bounded"]);
+}
+
+#[test]
+fn the_fingerprint_ignores_layout_but_not_decisions() {
+    let a = parse("# money\n[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\nquorum = 1\n").unwrap();
+    let b = parse("[[table]]\nquorum = 1\n\n   mode = \"sync\"   # reordered\nmatch = \"public.a\"\n").unwrap();
+    let c = parse("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\n").unwrap();
+    assert_eq!(a.fingerprint(), b.fingerprint());
+    assert_ne!(a.fingerprint(), c.fingerprint(), "a different quorum is a different policy");
+}
+
+#[test]
+fn quorum_is_a_sync_option_counted_against_the_replicas() {
+    let p = parse("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\nquorum = 1\n[[table]]\nmatch = \"public.b\"\nmode = \"sync\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.rules[0].mode, Mode::Sync { on_partition: OnPartition::Fail, quorum: Some(1) });
+    assert_eq!(p.rules[0].mode.quorum_of(2), 1);
+    assert_eq!(p.rules[1].mode.quorum_of(2), 2, "no quorum: every replica");
+    assert_eq!(Mode::Sync { on_partition: OnPartition::Fail, quorum: Some(5) }.quorum_of(2), 2, "at most every replica");
+    assert!(p.streams_sync(2), "quorum 1 of 2 replicas: the others get the changes from the stream");
+    assert!(!p.streams_sync(1), "quorum 1 of 1 replica is every replica");
+    let e = problems("[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\nquorum = 0\n");
+    assert!(e.contains("policy.toml:4: table[1].quorum: expected a whole number of replicas from 1"), "{e}");
+    let e = problems("[[table]]\nmatch = \"public.a\"\nmode = \"async\"\nquorum = 1\n");
+    assert!(e.contains("table[1].quorum: does not apply to mode \"async\"; it is an option of mode sync"), "{e}");
 }

@@ -9,7 +9,7 @@
 pub mod mysql;
 pub mod postgres;
 
-use crate::policy::Mode;
+use crate::policy::{Mode, OnConflict};
 
 /// What a capture trigger records a table's changes as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -18,6 +18,10 @@ pub enum CaptureMode {
     Sync,
     /// Shipped later by the shipper (async and bounded tables).
     Async,
+    /// Async with `on_conflict = "latest"`: also records when and where each row was last
+    /// written here (`capgate.latest`), so a change arriving from another site that takes
+    /// writes wins only if it is later (every site decides the same; decision 0019).
+    Latest,
 }
 
 impl CaptureMode {
@@ -25,6 +29,9 @@ impl CaptureMode {
         match mode {
             Mode::Local => None,
             Mode::Sync { .. } => Some(CaptureMode::Sync),
+            Mode::Async { on_conflict: OnConflict::Latest } | Mode::Bounded { on_conflict: OnConflict::Latest, .. } => {
+                Some(CaptureMode::Latest)
+            }
             Mode::Async { .. } | Mode::Bounded { .. } => Some(CaptureMode::Async),
         }
     }
@@ -33,6 +40,7 @@ impl CaptureMode {
         match self {
             CaptureMode::Sync => "sync",
             CaptureMode::Async => "async",
+            CaptureMode::Latest => "latest",
         }
     }
 
@@ -40,6 +48,7 @@ impl CaptureMode {
         match s {
             "sync" => Some(CaptureMode::Sync),
             "async" => Some(CaptureMode::Async),
+            "latest" => Some(CaptureMode::Latest),
             _ => None,
         }
     }

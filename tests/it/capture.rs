@@ -142,7 +142,7 @@ async fn sync_changes_outside_capgate_ship_async_and_inside_need_coordination() 
         .batch_execute("BEGIN; INSERT INTO cap.sync_acct VALUES (3, 30, 'a'); UPDATE cap.sync_acct SET bal = bal + 1 WHERE id = 3;")
         .await
         .unwrap();
-    let row = client.query_one("SELECT * FROM capgate.sync_prepare('capgate:test:x:1', 'test')", &[]).await.unwrap();
+    let row = client.query_one("SELECT * FROM capgate.sync_prepare('capgate:test:x:1', 'test', false)", &[]).await.unwrap();
     let (tables, changes): (Vec<String>, serde_json::Value) = (row.get(0), row.get(1));
     assert_eq!(tables, vec!["cap.sync_acct".to_owned()]);
     client.batch_execute("COMMIT").await.unwrap();
@@ -165,10 +165,38 @@ async fn sync_changes_outside_capgate_ship_async_and_inside_need_coordination() 
     // A savepoint rolled back takes its sync changes with it: nothing to prepare.
     client.batch_execute("BEGIN; SAVEPOINT s; INSERT INTO cap.sync_acct VALUES (4, 40, 'b'); ROLLBACK TO s;").await.unwrap();
     let none: Option<serde_json::Value> =
-        client.query_one("SELECT changes FROM capgate.sync_prepare('capgate:test:x:2', 'test')", &[]).await.unwrap().get(0);
+        client.query_one("SELECT changes FROM capgate.sync_prepare('capgate:test:x:2', 'test', false)", &[]).await.unwrap().get(0);
     client.batch_execute("COMMIT").await.unwrap();
     assert_eq!(none, None);
     let decisions: i64 =
         client.query_one("SELECT count(*) FROM capgate.decisions WHERE gid = 'capgate:test:x:2'", &[]).await.unwrap().get(0);
     assert_eq!(decisions, 0, "no decision for a transaction without sync changes");
+
+    // Under a quorum (stream): the same changes also go to the change stream, with the gid and
+    // their capture order, in the same transaction (decision 0017).
+    let streamed = |gid: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query("SELECT op::text, seq FROM capgate.changes WHERE gid = $1 ORDER BY seq", &[&gid])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(streamed("capgate:test:x:1").await.is_empty(), "without stream, sync changes stay out of the stream");
+    client.batch_execute("BEGIN; INSERT INTO cap.sync_acct VALUES (5, 50, 'c'); DELETE FROM cap.sync_acct WHERE id = 5;").await.unwrap();
+    let row = client.query_one("SELECT changes FROM capgate.sync_prepare('capgate:test:x:3', 'test', true)", &[]).await.unwrap();
+    let changes: serde_json::Value = row.get(0);
+    client.batch_execute("COMMIT").await.unwrap();
+    let seqs: Vec<i64> = changes.as_array().unwrap().iter().map(|c| c["seq"].as_i64().unwrap()).collect();
+    let got = streamed("capgate:test:x:3").await;
+    assert_eq!(got.iter().map(|(op, _)| op.as_str()).collect::<Vec<_>>(), vec!["I", "D"]);
+    assert_eq!(got.iter().map(|(_, seq)| *seq).collect::<Vec<_>>(), seqs, "the stream keeps the capture order");
+    client.batch_execute("BEGIN; INSERT INTO cap.sync_acct VALUES (6, 60, 'd')").await.unwrap();
+    client.query_one("SELECT changes FROM capgate.sync_prepare('capgate:test:x:4', 'test', true)", &[]).await.unwrap();
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert!(streamed("capgate:test:x:4").await.is_empty(), "a rolled-back commit leaves nothing in the stream");
 }

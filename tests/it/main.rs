@@ -4,6 +4,7 @@
 
 mod support;
 
+mod active_active;
 mod admin;
 mod admin_sql;
 mod apply;
@@ -25,6 +26,7 @@ mod operator_cli;
 mod policy;
 mod psql;
 mod python;
+mod quorum;
 mod replication;
 mod sync_faults;
 mod sync_sql;

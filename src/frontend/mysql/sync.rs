@@ -121,14 +121,16 @@ pub async fn commit<P: PrimaryTx>(
     origin: &str,
     timeout: Duration,
 ) -> Outcome {
-    let (mut machine, first) = SyncCommit::start(gid);
+    // No quorum for MySQL yet (decision 0017 is PostgreSQL's): every replica prepares, and
+    // the changes are not copied to a stream.
+    let (mut machine, first) = SyncCommit::start(gid, false);
     let mut pending = vec![first];
     let mut changes: Vec<Change> = Vec::new();
     let mut outcome = None;
     while !pending.is_empty() {
         let action = pending.remove(0);
         let event = match action {
-            Action::ReadChanges { gid } => Some(match primary.read_changes(&gid, origin).await {
+            Action::ReadChanges { gid, .. } => Some(match primary.read_changes(&gid, origin).await {
                 Ok(read) => {
                     changes = read;
                     let mut tables: Vec<String> = changes.iter().map(|c| c.tbl.clone()).collect();
@@ -136,10 +138,15 @@ pub async fn commit<P: PrimaryTx>(
                     tables.dedup();
                     let json = (!changes.is_empty()).then(|| Arc::from(Change::to_json(&changes)));
                     let on_partition = strictest_on_partition(policy, &tables);
-                    Event::Changes { tables, changes: json, on_partition, replicas: views(replicas) }
+                    Event::Changes { tables, changes: json, on_partition, quorum: None, replicas: views(replicas) }
                 }
                 Err(e) => Event::ChangesFailed(e),
             }),
+            // Only under a quorum, which MySQL commits do not use (started without a stream).
+            Action::Streamed { replicas } => {
+                warn!(?replicas, "a MySQL sync commit left replicas to a stream it does not have");
+                None
+            }
             Action::CommitPlain => {
                 outcome = Some(if primary.commit().await { Outcome::Committed } else { Outcome::Failed });
                 None

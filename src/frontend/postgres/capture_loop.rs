@@ -73,7 +73,7 @@ impl CaptureState {
 }
 
 /// Runs until dropped (abort the task): rounds at start, on policy change and every PERIOD.
-pub async fn run(primary: Upstream, policy: Arc<PolicyHandle>, state: Arc<CaptureState>) {
+pub async fn run(primary: Upstream, site: String, policy: Arc<PolicyHandle>, state: Arc<CaptureState>) {
     let mut client: Option<(tokio_postgres::Client, crate::sites::AbortOnDrop<()>)> = None;
     let mut installed = false;
     let mut version = None;
@@ -95,8 +95,18 @@ pub async fn run(primary: Upstream, policy: Arc<PolicyHandle>, state: Arc<Captur
                     install_primary(c).await.map_err(|e| {
                         format!("installing the capgate schema on the primary: {}", crate::backend::postgres::db_error_text(&e))
                     })?;
+                    // The site a `latest` table's local writes are recorded as (decision 0019).
+                    let name = "INSERT INTO capgate.local_site (name) VALUES ($1) ON CONFLICT (one) DO UPDATE SET name = EXCLUDED.name";
+                    c.execute(name, &[&site])
+                        .await
+                        .map_err(|e| format!("recording the site name on the primary: {}", crate::backend::postgres::db_error_text(&e)))?;
                     installed = true;
                 }
+                // What the other sites' check-config compares their policy with.
+                let fingerprint = "UPDATE capgate.local_site SET policy = $1 WHERE policy IS DISTINCT FROM $1";
+                c.execute(fingerprint, &[&current.fingerprint()])
+                    .await
+                    .map_err(|e| format!("recording the policy on the primary: {}", crate::backend::postgres::db_error_text(&e)))?;
                 reconcile(c, &current).await.map_err(|e| e.to_string())
             };
             match tokio::time::timeout(ROUND_DEADLINE, round).await {

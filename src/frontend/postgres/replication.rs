@@ -82,6 +82,9 @@ pub struct Replication {
     pub fleet: Option<Arc<Fleet>>,
     /// Upper bound on any one replica operation on a client's critical path.
     pub deadline: Duration,
+    /// Per replica (configuration order): whether its site takes writes too (`takes_writes`),
+    /// so this site's sync commits may meet its transactions' locks (decision 0018).
+    pub takes_writes: Vec<bool>,
     gids: AtomicU64,
     /// (replica, table) pairs of bounded tables currently refused for lag.
     refusing: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
@@ -103,6 +106,7 @@ impl Replication {
             sites,
             fleet: None,
             deadline: deadline * 5,
+            takes_writes: config.replicas.iter().map(|r| r.takes_writes).collect(),
             gids: AtomicU64::new(0),
             refusing: Default::default(),
             recovery: Mutex::new(Vec::new()),
@@ -132,7 +136,7 @@ impl Replication {
         let grace = config.recovery_grace;
         let interval = RECOVERY_INTERVAL.min((grace / 2).max(Duration::from_secs(1)));
         let task = tokio::spawn(recovery_loop(Arc::downgrade(&replication), primary.clone(), grace, interval));
-        let capture = tokio::spawn(super::capture_loop::run(primary, policy, replication.capture.clone()));
+        let capture = tokio::spawn(super::capture_loop::run(primary, config.site.clone(), policy, replication.capture.clone()));
         replication.recovery.lock().unwrap_or_else(|e| e.into_inner()).extend([AbortOnDrop(task), AbortOnDrop(capture)]);
         Ok(replication)
     }
@@ -195,7 +199,11 @@ impl Replication {
                     hint: "fix what the message says, or make the table local in the policy; capgate retries the trigger every 10 s".into(),
                 });
             }
-            if let (Mode::Sync { .. }, true) = (d.mode, rows) {
+            // A table under a quorum has its own sync changes in the stream (for the replicas
+            // that miss the quorum); there, a replica behind on the table's rows fails its
+            // prepare on the old images and catches up in order (decision 0017).
+            let quorum = d.mode.quorum_of(self.sites.len());
+            if let (Mode::Sync { .. }, true, false) = (d.mode, rows, quorum < self.sites.len()) {
                 if let Some(n @ 1..) = self.queued(&d.table.to_string()) {
                     return Admit::Refuse(Refusal {
                         code: UNAVAILABLE,
@@ -208,7 +216,8 @@ impl Replication {
                 }
             }
             let (on_partition, refusal) = match d.mode {
-                Mode::Sync { on_partition } => match self.sites.iter().find(|s| !s.health().state().is_available()) {
+                Mode::Sync { on_partition, .. } => match self.sites.iter().find(|s| !s.health().state().is_available()) {
+                    Some(_) if self.sites.iter().filter(|s| s.health().state().is_available()).count() >= quorum => continue,
                     Some(site) => {
                         let s = site.health().status();
                         let refusal = Refusal {
@@ -282,7 +291,7 @@ impl Replication {
                     return decisions.iter().find_map(|d| {
                         let mut failing = d.clone();
                         failing.mode = match d.mode {
-                            Mode::Sync { .. } => Mode::Sync { on_partition: OnPartition::Fail },
+                            Mode::Sync { quorum, .. } => Mode::Sync { on_partition: OnPartition::Fail, quorum },
                             Mode::Bounded { max_lag, on_conflict, .. } => {
                                 Mode::Bounded { max_lag, on_partition: OnPartition::Fail, on_conflict }
                             }

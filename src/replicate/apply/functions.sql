@@ -37,9 +37,11 @@ BEGIN
 END
 $fn$;
 
--- `latest`: whether a change made at `p_at` on `p_origin` wins over what this replica last
--- applied to the row. Later origin time wins; equal times go to the greater origin name, so
--- every site decides the same. A row with no record (written here, or before capgate) loses.
+-- `latest`: whether a change made at `p_at` on `p_origin` wins over the row's last write here:
+-- the last change applied to it, or, on a site that takes writes itself, its own last write
+-- (recorded by the capture trigger, decision 0019). Later time wins; equal times go to the
+-- greater site name, so every site decides the same. A row with no record (written before
+-- capgate recorded times) takes the incoming change.
 CREATE OR REPLACE FUNCTION capgate.incoming_wins(p_tbl text, p_key jsonb, p_origin text, p_at timestamptz)
 RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT coalesce((SELECT (p_at, p_origin) > (l.at, l.origin) FROM capgate.latest l WHERE l.tbl = p_tbl AND l.key = p_key), true)
@@ -384,6 +386,11 @@ BEGIN
                       HINT = format('make %I a superuser, or on PostgreSQL 15 and later: GRANT SET ON PARAMETER session_replication_role TO %I', current_user, current_user);
         END;
     END IF;
+    -- Under a quorum the stream also carries sync commits (with their gid): skip those
+    -- whose branch committed here (decision 0017).
+    IF mode = 'async' AND strpos(changes::text, '"gid"') > 0 THEN
+        changes := capgate.skip_synced(origin, changes);
+    END IF;
     FOR r IN
         WITH e AS (
             SELECT x.i, x.c ->> 'tbl' AS tbl, x.c ->> 'op' AS op, x.c
@@ -431,6 +438,35 @@ BEGIN
 END
 $fn$;
 
+-- A sync branch under a quorum records its gid before applying (decision 0017): a unique
+-- violation means the change stream brought this commit here first, and the branch fails.
+CREATE OR REPLACE FUNCTION capgate.note_sync_gid(p_origin text, p_gid text)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $fn$
+    INSERT INTO capgate.sync_gids (origin, gid) VALUES (p_origin, p_gid)
+$fn$;
+
+-- The stream's side: records each gid of `p_changes` not recorded yet (those are applied
+-- now) and returns the changes without the gids already recorded (their branch committed
+-- here). ON CONFLICT waits for a branch still prepared, so its outcome decides.
+CREATE OR REPLACE FUNCTION capgate.skip_synced(p_origin text, p_changes json)
+RETURNS json LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    had text[];
+BEGIN
+    WITH g AS (
+        SELECT DISTINCT c ->> 'gid' AS gid FROM json_array_elements(p_changes) AS c WHERE c ->> 'gid' IS NOT NULL
+    ), ins AS (
+        INSERT INTO capgate.sync_gids (origin, gid) SELECT p_origin, gid FROM g ON CONFLICT DO NOTHING RETURNING gid
+    )
+    SELECT array_agg(g.gid) INTO had FROM g WHERE g.gid NOT IN (SELECT gid FROM ins);
+    IF had IS NULL THEN
+        RETURN p_changes;
+    END IF;
+    RETURN coalesce((SELECT json_agg(x.c ORDER BY x.i) FROM json_array_elements(p_changes) WITH ORDINALITY AS x(c, i)
+                      WHERE x.c ->> 'gid' IS NULL OR NOT x.c ->> 'gid' = ANY (had)), '[]'::json);
+END
+$fn$;
+
 -- Moves the applied snapshot of `p_origin` from `p_from` (NULL: none yet) to `p_to`, in the
 -- transaction that applied the range. A stale shipper (one that read an older snapshot)
 -- fails here instead of applying a range twice.
@@ -447,6 +483,9 @@ BEGIN
         RAISE EXCEPTION 'capgate: the applied snapshot of origin % is no longer %; another shipper applied it', p_origin, coalesce(p_from::text, 'none')
             USING ERRCODE = 'CGW01';
     END IF;
+    -- A gid is needed only while a late branch of it could still arrive (a PREPARE capgate
+    -- gave up on is rolled back within a minute).
+    DELETE FROM capgate.sync_gids WHERE origin = p_origin AND at < now() - interval '10 minutes';
     -- A copy snapshot stops filtering once no later range can hold a change visible in it.
     UPDATE capgate.tables SET snapshot = NULL
      WHERE origin = p_origin AND snapshot IS NOT NULL AND pg_snapshot_xmax(snapshot) <= pg_snapshot_xmin(p_to);

@@ -17,8 +17,11 @@ use tokio_postgres::{Client, IsolationLevel, Portal, Transaction};
 const CHUNK_ROWS: i32 = 500;
 
 /// The range's changes, each as the JSON object `capgate.apply_changes` takes, built on the
-/// primary (the row images are never parsed here: their text goes through untouched).
-const RANGE_FROM_SQL: &str = "SELECT tbl, json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new)::text \
+/// primary (the row images are never parsed here: their text goes through untouched). A sync
+/// commit's change under a quorum carries its `gid` (decision 0017).
+const RANGE_FROM_SQL: &str =
+    "SELECT tbl, CASE WHEN gid IS NULL THEN json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new) \
+     ELSE json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new, 'gid', gid) END::text \
      FROM capgate.changes \
      WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
      AND tbl <> ALL ($2::text[]) \
@@ -26,7 +29,9 @@ const RANGE_FROM_SQL: &str = "SELECT tbl, json_build_object('seq', seq, 'at', at
      ORDER BY seq";
 
 /// The same from the beginning (the replica has applied nothing of this origin yet).
-const RANGE_ALL_SQL: &str = "SELECT tbl, json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new)::text \
+const RANGE_ALL_SQL: &str =
+    "SELECT tbl, CASE WHEN gid IS NULL THEN json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new) \
+     ELSE json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new, 'gid', gid) END::text \
      FROM capgate.changes \
      WHERE $1::text IS NULL AND tbl <> ALL ($2::text[]) \
      AND NOT coalesce(pg_visible_in_snapshot(xid, ($3::text::json ->> tbl)::pg_snapshot), false) \

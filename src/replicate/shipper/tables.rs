@@ -92,7 +92,7 @@ pub async fn captured(primary: &Client) -> Result<(Vec<String>, Vec<String>), to
     for row in primary.query(CAPTURED_SQL, &[]).await? {
         let (mode, table): (String, String) = (row.try_get(0)?, row.try_get(1)?);
         match mode.as_str() {
-            "async" => async_tables.push(table),
+            "async" | "latest" => async_tables.push(table),
             "sync" => sync_tables.push(table),
             _ => {}
         }

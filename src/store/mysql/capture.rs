@@ -99,7 +99,8 @@ pub fn triggers(table: &TableName, columns: &[Column], mode: CaptureMode) -> Res
                 format!("INSERT INTO capgate.changes (conn, at, tbl, op, old_image, new_image, proxied) VALUES {values}, {proxied});")
             };
             let record = match mode {
-                CaptureMode::Async => later("@capgate_session IS NOT NULL"),
+                // `latest` across writing sites is PostgreSQL-only so far: here it records as async.
+                CaptureMode::Async | CaptureMode::Latest => later("@capgate_session IS NOT NULL"),
                 CaptureMode::Sync => format!(
                     "IF @capgate_session IS NULL THEN {} ELSE IF @@in_transaction = 0 THEN SIGNAL SQLSTATE 'HY000' SET \
                      MYSQL_ERRNO = 1644, MESSAGE_TEXT = {}; END IF; INSERT INTO capgate.sync_changes (conn, at, tbl, op, \

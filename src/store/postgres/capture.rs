@@ -168,18 +168,21 @@ mod tests {
 
     #[test]
     fn bounded_tables_capture_as_async_and_local_ones_not_at_all() {
-        let text = "default = \"local\"\n[[table]]\nmatch = \"public.acc*\"\nmode = \"sync\"\n[[table]]\nmatch = \"public.cart\"\nmode = \"bounded\"\nmax_lag = \"5s\"\n[[table]]\nmatch = \"public.views\"\nmode = \"async\"\n";
+        let text = "default = \"local\"\n[[table]]\nmatch = \"public.acc*\"\nmode = \"sync\"\n[[table]]\nmatch = \"public.cart\"\nmode = \"bounded\"\nmax_lag = \"5s\"\n[[table]]\nmatch = \"public.views\"\nmode = \"async\"\n[[table]]\nmatch = \"public.likes\"\nmode = \"async\"\non_conflict = \"latest\"\n";
         let policy = Policy::parse(text, std::path::Path::new("p.toml")).unwrap();
         let tables = [
             TableName::new("public", "accounts"),
             TableName::new("public", "cart"),
             TableName::new("public", "views"),
             TableName::new("public", "sessions"),
+            TableName::new("public", "likes"),
         ];
         let w = wanted(&policy, &tables);
         assert_eq!(w.get(&tables[0]), Some(&CaptureMode::Sync));
         assert_eq!(w.get(&tables[1]), Some(&CaptureMode::Async));
         assert_eq!(w.get(&tables[2]), Some(&CaptureMode::Async));
         assert_eq!(w.get(&tables[3]), None);
+        assert_eq!(w.get(&tables[4]), Some(&CaptureMode::Latest), "latest tables record their local writes' times too");
+        assert_eq!(parse_args("latest\\000public.likes\\000"), (Some(CaptureMode::Latest), Some("public.likes".into())));
     }
 }

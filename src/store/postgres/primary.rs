@@ -23,7 +23,15 @@ pub const PRIMARY_SCHEMA_VERSION: i32 = PRIMARY_MIGRATIONS.len() as i32;
 ///    COMMIT), `capgate.sync_txn` (one row per transaction with sync changes, checked at COMMIT),
 ///    `capgate.shipped_snapshots` (each replica's applied snapshot, for pruning and lag), and whether a
 ///    decision is a commit or an abort written by recovery (the fence of decision 0009);
-/// 4. the statement outbox of step 1 removed (row images replaced it).
+/// 4. the statement outbox of step 1 removed (row images replaced it);
+/// 5. `capture_ddl` takes the caller's search_path;
+/// 6. `capgate.changes.gid`: a sync commit under a quorum also writes its changes to the
+///    stream, tagged with its gid, for the replicas outside the quorum (decision 0017);
+/// 7. `capgate.local_site` (this site's name and its policy's fingerprint, written by capgate,
+///    for `check-config --connect` on the other sites) and
+///    `capgate.latest` (the same table the replica side keeps): a `latest` table's local
+///    writes record their time and site there, so changes from another site that takes writes
+///    are compared with them (decision 0019).
 const PRIMARY_MIGRATIONS: &[&str] = &[
     r#"CREATE TABLE IF NOT EXISTS capgate.outbox_seq (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
@@ -103,6 +111,25 @@ DROP TABLE IF EXISTS capgate.shipped;
     r#"
 DROP FUNCTION IF EXISTS capgate.capture_ddl(text, text, text);
 "#,
+    r#"
+ALTER TABLE capgate.changes ADD COLUMN IF NOT EXISTS gid text;
+DROP FUNCTION IF EXISTS capgate.sync_prepare(text, text);
+"#,
+    r#"
+CREATE TABLE IF NOT EXISTS capgate.local_site (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    name text NOT NULL,
+    policy text
+);
+CREATE TABLE IF NOT EXISTS capgate.latest (
+    tbl text NOT NULL,
+    key jsonb NOT NULL,
+    origin text NOT NULL,
+    at timestamptz NOT NULL,
+    deleted boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (tbl, key)
+);
+"#,
 ];
 
 /// The functions, replaced on every install. `@` placeholders: none; every name is
@@ -119,8 +146,10 @@ DROP FUNCTION IF EXISTS capgate.capture_ddl(text, text, text);
 ///   capgate session (`capgate.session` not `on`: a DBA's psql, a cron job) is captured as
 ///   async: it is shipped later, and counted.
 /// - `capgate.check_coordinated()`: the deferred constraint trigger on `capgate.sync_txn`.
-/// - `capgate.sync_prepare(gid, origin)`: the first step of a sync COMMIT: the tables and the
-///   changes (NULL when the transaction has none left, e.g. after ROLLBACK TO SAVEPOINT).
+/// - `capgate.sync_prepare(gid, origin, stream)`: the first step of a sync COMMIT: the tables
+///   and the changes (NULL when the transaction has none left, e.g. after ROLLBACK TO
+///   SAVEPOINT); with `stream`, the changes are also written to `capgate.changes` with the
+///   gid, keeping their capture order (`seq`), for replicas outside a quorum.
 /// - `capgate.capture_ddl(sql, mode, table, search_path)`: records a schema change in the
 ///   change stream, in the transaction that runs it, with the caller's search_path.
 const FUNCTIONS_SQL: &str = r#"
@@ -132,6 +161,7 @@ SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
 AS $fn$
 DECLARE
     v_xid text := pg_catalog.pg_current_xact_id()::text;
+    v_at timestamptz := pg_catalog.clock_timestamp();
     v_proxied boolean := pg_catalog.current_setting('capgate.session', true) IS NOT DISTINCT FROM 'on';
     -- The name the policy matched (capgate passes it; for a partition, its root's name).
     v_tbl text := coalesce(TG_ARGV[1], pg_catalog.quote_ident(TG_TABLE_SCHEMA) || '.' || pg_catalog.quote_ident(TG_TABLE_NAME));
@@ -172,7 +202,19 @@ BEGIN
         END IF;
         INSERT INTO capgate.sync_changes (tbl, op, old, new, proxied) VALUES (v_tbl, v_op, v_old, v_new, true);
     ELSE
-        INSERT INTO capgate.changes (tbl, op, old, new, proxied) VALUES (v_tbl, v_op, v_old, v_new, v_proxied);
+        INSERT INTO capgate.changes (at, tbl, op, old, new, proxied) VALUES (v_at, v_tbl, v_op, v_old, v_new, v_proxied);
+    END IF;
+    IF TG_ARGV[0] = 'latest' AND v_op <> 'T' THEN
+        -- The row's last write, here: what a change from another site must be later than.
+        INSERT INTO capgate.latest AS l (tbl, key, origin, at, deleted)
+        SELECT v_tbl, k.key, coalesce((SELECT s.name FROM capgate.local_site s), ''), v_at, v_op = 'D'
+          FROM (SELECT pg_catalog.jsonb_agg(coalesce(v_new, v_old) -> a.attname::text ORDER BY k.ord) AS key
+                  FROM pg_catalog.pg_index i
+                  CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                 WHERE i.indrelid = TG_RELID AND i.indisprimary) AS k
+         WHERE k.key IS NOT NULL
+        ON CONFLICT (tbl, key) DO UPDATE SET origin = EXCLUDED.origin, at = EXCLUDED.at, deleted = EXCLUDED.deleted;
     END IF;
     RETURN NULL;
 END
@@ -200,13 +242,16 @@ BEGIN
 END
 $install$;
 
-CREATE OR REPLACE FUNCTION capgate.sync_prepare(p_gid text, p_origin text, OUT tables text[], OUT changes json)
+CREATE OR REPLACE FUNCTION capgate.sync_prepare(p_gid text, p_origin text, p_stream boolean, OUT tables text[], OUT changes json)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM pg_catalog.set_config('capgate.commit_xid', pg_catalog.pg_current_xact_id()::text, true);
     WITH d AS (
         DELETE FROM capgate.sync_changes WHERE xid = pg_catalog.pg_current_xact_id()
-        RETURNING seq, at, tbl, op, old, new
+        RETURNING seq, xid, at, tbl, op, old, new, proxied
+    ), s AS (
+        INSERT INTO capgate.changes (seq, xid, at, tbl, op, old, new, proxied, gid)
+        SELECT seq, xid, at, tbl, op, old, new, proxied, p_gid FROM d WHERE p_stream
     )
     SELECT pg_catalog.array_agg(DISTINCT tbl),
            pg_catalog.json_agg(pg_catalog.json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new) ORDER BY seq)

@@ -31,21 +31,53 @@ pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The one round trip that prepares a sync commit's branch on a replica.
-pub fn prepare_sql(origin: &str, gid: &str, changes: &str) -> String {
+/// Which branch a PREPARE makes.
+#[derive(Debug, Clone, Copy)]
+pub struct Branch<'a> {
+    /// This site (the origin of the changes).
+    pub origin: &'a str,
+    pub gid: &'a str,
+    /// Record the gid as applied on the replica (a quorum commit, whose changes also travel
+    /// in the change stream: the stream skips them where the branch committed).
+    pub record: bool,
+    /// How long the branch may wait for a row lock on the replica before it gives up with a
+    /// cross-site lock conflict (see [`yield_wait`]); None: until the deadline.
+    pub lock_wait: Option<Duration>,
+}
+
+/// The lock wait of a branch from site `origin` on site `replica` (a site that takes writes
+/// too), given the prepare `deadline`. Two sites that each hold a row at home and prepare it
+/// at the other wait for each other, and no database sees the cycle: the site whose name sorts
+/// first yields (its branch waits at most a quarter of the deadline, and its client gets
+/// 40P01), so the other one's branch gets the row and commits. Every site decides the same
+/// way (decision 0018).
+pub fn yield_wait(origin: &str, replica: &str, deadline: Duration) -> Option<Duration> {
+    (origin < replica).then(|| (deadline / 4).max(Duration::from_millis(1)))
+}
+
+/// The one round trip that prepares a sync commit's branch on a replica. The gid is recorded
+/// first: when the stream brought the changes already, the branch fails at once.
+pub fn prepare_sql(branch: Branch<'_>, changes: &str) -> String {
+    let note = if branch.record {
+        format!("SELECT capgate.note_sync_gid({}, {}); ", quote(branch.origin), quote(branch.gid))
+    } else {
+        String::new()
+    };
+    let wait = branch.lock_wait.map(|w| format!("SET LOCAL lock_timeout = {}; ", w.as_millis().max(1))).unwrap_or_default();
     format!(
-        "BEGIN; SET LOCAL session_replication_role = replica; \
+        "BEGIN; SET LOCAL session_replication_role = replica; {wait}{note}\
          SELECT capgate.apply_changes({}, {}::json, 'sync', '{{}}'::json); PREPARE TRANSACTION {}",
-        quote(origin),
+        quote(branch.origin),
         dollar_quote(changes),
-        quote(gid)
+        quote(branch.gid)
     )
 }
 
 /// Apply `changes` and prepare `gid` on `site`, within `deadline` and only while the site
 /// stays available: a replica that its health loop finds partitioned meanwhile ends the wait
 /// at once (a silent cut is answered within the detection time, not the deadline).
-pub async fn prepare(site: &PgSite, origin: &str, gid: &str, changes: &str, deadline: Duration) -> Result<(), PrepareFailure> {
+pub async fn prepare(site: &PgSite, branch: Branch<'_>, changes: &str, deadline: Duration) -> Result<(), PrepareFailure> {
+    let gid = branch.gid;
     let health = site.health().clone();
     let cut = health.wait_for("a partition", deadline, |s| !s.state.is_available());
     // Held outside the attempt, so a partition found meanwhile can still cancel its statement.
@@ -55,7 +87,7 @@ pub async fn prepare(site: &PgSite, origin: &str, gid: &str, changes: &str, dead
         let c = site.pool().checkout(deadline).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?;
         let c = conn.get_or_init(|| async { c }).await;
         let left = deadline.saturating_sub(started.elapsed());
-        let sql = prepare_sql(origin, gid, changes);
+        let sql = prepare_sql(branch, changes);
         let run = async {
             match c.simple_query(&sql).await {
                 // A replica capgate has not set up yet (recovery installs the schema when it
@@ -111,6 +143,9 @@ fn classify_error(e: &crate::sites::SiteError) -> PrepareFailure {
     let code = db.code();
     if code.code() == CONFLICT {
         return PrepareFailure::Conflict(db.detail().unwrap_or(db.message()).to_owned());
+    }
+    if *code == SqlState::LOCK_NOT_AVAILABLE {
+        return PrepareFailure::LockConflict(db.message().to_owned());
     }
     if *code == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE && db.message().contains("prepared transactions are disabled") {
         return PrepareFailure::Misconfigured(
@@ -189,8 +224,22 @@ mod tests {
         assert_eq!(dollar_quote("a"), "$cg$a$cg$");
         assert_eq!(dollar_quote("x $cg$ y"), "$cgx$x $cg$ y$cgx$");
         assert_eq!(quote("it's"), "'it''s'");
-        let sql = prepare_sql("site", "capgate:site:1:2", r#"[{"new":{"t":"$cg$"}}]"#);
+        let branch = Branch { origin: "site", gid: "capgate:site:1:2", record: false, lock_wait: None };
+        let sql = prepare_sql(branch, r#"[{"new":{"t":"$cg$"}}]"#);
         assert!(sql.ends_with("PREPARE TRANSACTION 'capgate:site:1:2'"), "{sql}");
         assert!(sql.contains("$cgx$[{"), "{sql}");
+        assert!(!sql.contains("note_sync_gid"), "{sql}");
+        let sql = prepare_sql(Branch { record: true, ..branch }, "[]");
+        assert!(sql.contains("SELECT capgate.note_sync_gid('site', 'capgate:site:1:2'); SELECT capgate.apply_changes"), "{sql}");
+        let sql = prepare_sql(Branch { lock_wait: Some(Duration::from_millis(625)), ..branch }, "[]");
+        assert!(sql.contains("SET LOCAL lock_timeout = 625; SELECT capgate.apply_changes"), "{sql}");
+    }
+
+    #[test]
+    fn the_site_whose_name_sorts_first_yields() {
+        let d = Duration::from_secs(10);
+        assert_eq!(yield_wait("east", "west", d), Some(Duration::from_millis(2500)));
+        assert_eq!(yield_wait("west", "east", d), None, "the other one waits up to the deadline");
+        assert_eq!(yield_wait("a", "a", d), None);
     }
 }

@@ -3,12 +3,13 @@
 //! primary, the replicas' prepares in parallel, and what the client sees when the commit is
 //! refused (decision 0009).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::super::statements::raise_statement;
@@ -17,7 +18,7 @@ use super::wire::{error_text, Rows, Wire};
 use crate::classify::TableName;
 use crate::policy::{Mode, OnPartition, Policy};
 use crate::protocol::postgres::message::{ErrorMessage, Severity};
-use crate::replicate::coordinator::{Action, Event, ReplicaView, SyncCommit};
+use crate::replicate::coordinator::{Action, Event, PrepareFailure, ReplicaView, SyncCommit};
 use crate::replicate::Refusal;
 use crate::store::postgres::twophase;
 
@@ -53,7 +54,7 @@ pub fn strictest_on_partition(policy: &Policy, tables: &[String]) -> OnPartition
     for t in tables {
         let mode = TableName::parse(t).map(|name| policy.decide_table(&name).mode);
         let this = match mode {
-            Some(Mode::Sync { on_partition }) => on_partition,
+            Some(Mode::Sync { on_partition, .. }) => on_partition,
             _ => OnPartition::Fail,
         };
         out = Some(match (out, this) {
@@ -63,6 +64,16 @@ pub fn strictest_on_partition(policy: &Policy, tables: &[String]) -> OnPartition
         });
     }
     out.unwrap_or(OnPartition::Fail)
+}
+
+/// The largest quorum among `tables` under `policy`, counted against `replicas` (a table
+/// without one requires every replica).
+pub fn strictest_quorum(policy: &Policy, tables: &[String], replicas: usize) -> usize {
+    tables
+        .iter()
+        .map(|t| TableName::parse(t).map_or(replicas, |name| policy.decide_table(&name).mode.quorum_of(replicas)))
+        .max()
+        .unwrap_or(replicas)
 }
 
 /// Each replica's name, whether a write may go to it now, and its state for messages.
@@ -98,15 +109,18 @@ where
     SW: AsyncWrite + Unpin,
 {
     let replication = shared.replication.clone();
-    let (mut commit, first) = SyncCommit::start(replication.next_gid());
+    let (mut commit, first) = SyncCommit::start(replication.next_gid(), policy.streams_sync(replication.sites.len()));
+    // Each PREPARE sent, until its Finish: whether it prepared (a quorum commit goes on
+    // without the slower ones; their Finish waits for them).
+    let mut branches: HashMap<usize, JoinHandle<bool>> = HashMap::new();
     let mut actions: VecDeque<Action> = VecDeque::from([first]);
     let mut point = Some(point);
     let extended = point.as_ref().is_some_and(CommitPoint::extended);
     while let Some(action) = actions.pop_front() {
         let event = match action {
-            Action::ReadChanges { gid } => {
+            Action::ReadChanges { gid, stream } => {
                 let sql = format!(
-                    "SELECT tables, changes FROM capgate.sync_prepare({}, {})",
+                    "SELECT tables, changes FROM capgate.sync_prepare({}, {}, {stream})",
                     twophase::quote(&gid),
                     twophase::quote(&replication.site)
                 );
@@ -126,18 +140,47 @@ where
                 }
                 Some(Event::Availability(replica_views(shared)))
             }
-            Action::Prepare { replicas, gid, changes } => {
+            Action::Prepare { replicas, gid, changes, record } => {
                 wire.flush_client().await?;
-                let sites: Vec<_> = replication.sites.iter().collect();
-                let deadline = replication.deadline;
-                let origin = replication.site.clone();
-                let prepares = replicas.iter().map(|&i| {
-                    let site = sites[i];
-                    let (gid, origin, changes) = (gid.clone(), origin.clone(), changes.clone());
-                    async move { (i, twophase::prepare(site, &origin, &gid, &changes, deadline).await) }
-                });
-                for (replica, result) in futures_util::future::join_all(prepares).await {
-                    actions.extend(commit.on(Event::Prepared { replica, result }));
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                for &i in &replicas {
+                    let (replication, gid, changes, tx) = (replication.clone(), gid.clone(), changes.clone(), tx.clone());
+                    let branch = tokio::spawn(async move {
+                        let result = match replication.sites.iter().nth(i) {
+                            Some(site) => {
+                                let lock_wait = match replication.takes_writes.get(i) {
+                                    Some(true) => twophase::yield_wait(&replication.site, site.name(), replication.deadline),
+                                    _ => None,
+                                };
+                                let to = twophase::Branch { origin: &replication.site, gid: &gid, record, lock_wait };
+                                twophase::prepare(site, to, &changes, replication.deadline).await
+                            }
+                            None => Err(PrepareFailure::Unavailable("no such replica".into())),
+                        };
+                        let prepared = result.is_ok();
+                        let _ = tx.send((i, result));
+                        prepared
+                    });
+                    branches.insert(i, branch);
+                }
+                drop(tx);
+                // Answers as they come, until the machine decides (the quorum prepared, or
+                // can no longer): the slower branches go on, and their Finish waits for them.
+                while let Some((replica, result)) = rx.recv().await {
+                    let next = commit.on(Event::Prepared { replica, result });
+                    if !next.is_empty() {
+                        actions.extend(next);
+                        break;
+                    }
+                }
+                None
+            }
+            Action::Streamed { replicas } => {
+                for i in replicas {
+                    if let Some(site) = replication.sites.iter().nth(i) {
+                        metrics::counter!("capgate_sync_streamed_total", "replica" => site.name().to_owned()).increment(1);
+                        debug!(replica = site.name(), gid = %commit.gid(), "outside the quorum: the change stream brings it this commit");
+                    }
                 }
                 None
             }
@@ -157,9 +200,19 @@ where
                 }
                 let sites: Vec<_> = replication.sites.iter().collect();
                 for i in replicas {
-                    let pool = sites[i].pool().clone();
-                    let gid = gid.clone();
-                    tokio::spawn(twophase::finish(pool, gid, ok, FINISH_RETRY));
+                    let Some(site) = sites.get(i) else { continue };
+                    let (pool, gid, branch) = (site.pool().clone(), gid.clone(), branches.remove(&i));
+                    tokio::spawn(async move {
+                        // A branch that did not prepare has nothing to finish (one capgate gave
+                        // up on is watched and rolled back by its prepare).
+                        let prepared = match branch {
+                            Some(branch) => branch.await.unwrap_or(false),
+                            None => true,
+                        };
+                        if prepared {
+                            twophase::finish(pool, gid, ok, FINISH_RETRY).await;
+                        }
+                    });
                 }
                 None
             }
@@ -181,7 +234,9 @@ fn changes_event(rows: Result<Rows, BytesMut>, policy: &Policy, shared: &Shared)
     let tables: Vec<String> = row.first().cloned().flatten().map(|t| parse_text_array(&t)).unwrap_or_default();
     let changes: Option<Arc<str>> = row.get(1).cloned().flatten().map(Arc::from);
     let on_partition = strictest_on_partition(policy, &tables);
-    Event::Changes { tables, changes, on_partition, replicas: replica_views(shared) }
+    let replicas = replica_views(shared);
+    let quorum = Some(strictest_quorum(policy, &tables, replicas.len()));
+    Event::Changes { tables, changes, on_partition, quorum, replicas }
 }
 
 /// `{a,"b c"}` (a text[] in text form) as its elements.
