@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # benches/replication.sh — what replication costs: capgate's sync (two-phase commit) and
-# async (outbox) modes against a direct connection and Pgpool-II native replication, the
-# latency of a sync write over a slow link, and how fast an async backlog drains.
+# async (row images, decision 0009) modes against a direct connection, capgate with the same
+# tables `local`, and Pgpool-II native replication; sync writes and TPC-B over a slow link;
+# how fast an async backlog drains.
 #
 # What it does, in one run on this machine
 #   * starts two throwaway PostgreSQL 15 servers, site A (primary) and site B (replica),
@@ -17,10 +18,12 @@
 #                $LAG_INTERVAL s during the run for replicas[0].lag_seconds (p50/p99/max
 #                over all samples of all rounds), and after the run the time until
 #                pending_rows reaches 0 is measured (the tail left at the end of the load),
+#       local    capgate with the four tables `local` (what async costs over the relay),
 #       pgpool   Pgpool-II native replication mode over A and B (if `pgpool` is installed;
 #                INSTALL=1 installs it with apt-get), load_balance_mode off;
 #     the order of the targets is rotated every round, and before EVERY run both sites are
-#     re-initialised (`pgbench -i -s $SCALE` on A and on B, directly), so each run starts
+#     re-initialised (`pgbench -i -s $SCALE` on A and on B, directly, plus a primary key on
+#     pgbench_history: row changes are matched by key), so each run starts
 #     from identical tables on both sites. After each replicated run the script compares
 #     the two sites (md5 of accounts/tellers/branches, count and sum of history) and, for
 #     capgate, looks for prepared transactions left behind.
@@ -30,6 +33,10 @@
 #     (aid random over the table) for $LAT_DURATION s, direct to A and through capgate
 #     (sync); the target is capgate ≤ 1.2 × RTT + direct. The link's own RTT is measured
 #     too (`SELECT 1` through it).
+#   * 2b. Over the same link: transactions of 1, 10 and 100 single-row UPDATEs (one client,
+#     $LAT_DURATION s), direct and through capgate `sync` (target: ≤ direct + 1 replica round
+#     trip whatever the count); then TPC-B through capgate `sync` and through Pgpool-II with
+#     its second backend behind the link (target capgate ≥ 5 × Pgpool-II). Printed last.
 #   * 3. Async drain rate over the same link: capgate with the tables `async`, the link cut
 #     (`refuse on` + `reset`: new connections refused, open ones reset), $BACKLOG
 #     single-row UPDATEs through capgate (-c $CLIENTS, -t BACKLOG/CLIENTS), then the link
@@ -37,7 +44,7 @@
 #     statements per second and statements per round trip (= statements / (drain s / RTT s)).
 #     Drain time is reported from the restore (includes the shipper's reconnect backoff,
 #     up to 5 s) and from the first progress seen in /status (the rate uses the latter).
-#     /metrics (capgate_shipped_statements_total, capgate_shipped_batches_total) gives
+#     /metrics (capgate_shipped_changes_total, capgate_shipped_batches_total) gives
 #     the statements per batch (one batch = one round trip).
 #
 # How to read the output
@@ -55,7 +62,7 @@
 #     DURATION=15           seconds per TPC-B run
 #     CLIENTS=8 JOBS=2      pgbench -c / -j (TPC-B and the backlog)
 #     SCALE=1               pgbench -i -s
-#     TARGETS="direct sync async pgpool"   TPC-B targets (pgpool skipped if not installed)
+#     TARGETS="direct sync async local pgpool"   TPC-B targets (pgpool skipped if not installed)
 #     LAG_INTERVAL=0.2      seconds between /status samples during async TPC-B
 #     LATENCY_MS=25         added each way on the replica link (phases 2 and 3)
 #     LAT_DURATION=10       seconds of the one-client UPDATE runs
@@ -89,7 +96,7 @@ DURATION="${DURATION:-15}"
 CLIENTS="${CLIENTS:-8}"
 JOBS="${JOBS:-2}"
 SCALE="${SCALE:-1}"
-TARGETS_WANTED="${TARGETS:-direct sync async pgpool}"
+TARGETS_WANTED="${TARGETS:-direct sync async local pgpool}"
 LAG_INTERVAL="${LAG_INTERVAL:-0.2}"
 LATENCY_MS="${LATENCY_MS:-25}"
 LAT_DURATION="${LAT_DURATION:-10}"
@@ -133,11 +140,11 @@ fi
 TARGETS=()
 for t in $TARGETS_WANTED; do
     case "$t" in
-        direct | sync | async) TARGETS+=("$t") ;;
+        direct | sync | async | local) TARGETS+=("$t") ;;
         pgpool)
             if command -v pgpool >/dev/null; then TARGETS+=(pgpool)
             else log "pgpool not installed: skipping the pgpool column (INSTALL=1 installs pgpool2)"; fi ;;
-        *) die "unknown target $t (direct sync async pgpool)" ;;
+        *) die "unknown target $t (direct sync async local pgpool)" ;;
     esac
 done
 
@@ -248,12 +255,12 @@ def metrics() -> None:
     """Prints `statements batches` shipped so far (sums over replicas)."""
     with urllib.request.urlopen(base + "/metrics", timeout=2) as r:
         text = r.read().decode()
-    vals = {"capgate_shipped_statements_total": 0.0, "capgate_shipped_batches_total": 0.0}
+    vals = {"capgate_shipped_changes_total": 0.0, "capgate_shipped_batches_total": 0.0}
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in vals:
             vals[name] += float(line.rsplit(" ", 1)[1])
-    print(int(vals["capgate_shipped_statements_total"]), int(vals["capgate_shipped_batches_total"]))
+    print(int(vals["capgate_shipped_changes_total"]), int(vals["capgate_shipped_batches_total"]))
 
 def wait_field(field: str, value: str, timeout: float) -> None:
     t0 = time.monotonic()
@@ -306,6 +313,9 @@ reset_data() {
     for port in "$PORT_A" "$PORT_B"; do
         pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$port" -U postgres postgres >"$TMP/pgbench-init.log" 2>&1 \
             || { cat "$TMP/pgbench-init.log" >&2; die "pgbench -i on port $port failed"; }
+        # Row changes are matched by primary key (decision 0009): pgbench_history gets one,
+        # on both sites and for every target alike.
+        q "$port" "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY" >/dev/null
     done
 }
 
@@ -339,7 +349,7 @@ check_sites() {
 }
 
 # ---------------------------------------------------------------- capgate --
-# Writes capgate's config for mode $1 (sync|async) with the replica at host:port $2.
+# Writes capgate's config for mode $1 (sync|async|local) with the replica at host:port $2.
 capgate_config() {
     local mode=$1 replica=$2 t
     {
@@ -411,8 +421,8 @@ backend_hostname0 = '127.0.0.1'
 backend_port0 = $PORT_A
 backend_weight0 = 1
 backend_flag0 = 'DISALLOW_TO_FAILOVER'
-backend_hostname1 = '127.0.0.1'
-backend_port1 = $PORT_B
+backend_hostname1 = '${PGPOOL_B_HOST:-127.0.0.1}'
+backend_port1 = ${PGPOOL_B_PORT:-$PORT_B}
 backend_weight1 = 1
 backend_flag1 = 'DISALLOW_TO_FAILOVER'
 load_balance_mode = off
@@ -485,7 +495,7 @@ run_tpcb() { # round target
     reset_data
     case "$target" in
         direct) port=$PORT_A ;;
-        sync | async) run_capgate "$target" "127.0.0.1:$PORT_B" "$target-$round"; port=$CGPORT ;;
+        sync | async | local) run_capgate "$target" "127.0.0.1:$PORT_B" "$target-$round"; port=$CGPORT ;;
         pgpool) start_pgpool; port=$PPPORT ;;
     esac
     if [[ "$target" == async ]]; then
@@ -504,6 +514,7 @@ run_tpcb() { # round target
     fi
     case "$target" in
         sync | async) stop_capgate; consistent="$(check_sites "tpcb $target round $round")" ;;
+        local) stop_capgate ;;
         pgpool) stop_pgpool; consistent="$(check_sites "tpcb pgpool round $round")" ;;
     esac
     [[ "$consistent" == no ]] && FAILED=1
@@ -557,6 +568,55 @@ stop_capgate
 LAT_CONSISTENT="$(check_sites "sync latency")"
 [[ "$LAT_CONSISTENT" == no ]] && FAILED=1
 log "link RTT (SELECT 1 via link) ${LAT_LINK} ms; UPDATE direct ${LAT_DIRECT} ms, capgate sync ${LAT_SYNC} ms"
+
+# ----------------------- phase 2b: over the same slow link, N statements and TPC-B vs Pgpool --
+# A sync transaction of N single-row UPDATEs (one client), direct and through capgate: the
+# target is capgate <= direct + 1 replica round trip whatever N. Then TPC-B with the replica
+# (capgate) / the second backend (Pgpool-II native replication) behind the link.
+WAN="$TMP/wan.txt"
+: >"$WAN"
+for n in 1 10 100; do
+    {
+        printf 'BEGIN;\n'
+        for i in $(seq "$n"); do
+            printf '\\set aid%d random(1, %d)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid%d;\n' "$i" $(( 100000 * SCALE )) "$i"
+        done
+        printf 'END;\n'
+    } >"$TMP/tx$n.sql"
+    reset_data
+    d=FAIL c=FAIL
+    if r="$(pgbench_run "tx$n-direct" -n -c 1 -T "$LAT_DURATION" -f "$TMP/tx$n.sql" -h 127.0.0.1 -p "$PORT_A" -U postgres postgres)"; then
+        read -r _ d _ <<<"$r"
+    else
+        FAILED=1
+    fi
+    reset_data
+    run_capgate sync "$LINK_LISTEN" "tx$n"
+    if r="$(pgbench_run "tx$n-sync" -n -c 1 -T "$LAT_DURATION" -f "$TMP/tx$n.sql" -h 127.0.0.1 -p "$CGPORT" -U postgres postgres)"; then
+        read -r _ c _ <<<"$r"
+    else
+        FAILED=1
+    fi
+    stop_capgate
+    [[ "$(check_sites "tx$n sync over the link")" == no ]] && FAILED=1
+    log "transaction of $n UPDATE(s): direct ${d} ms, capgate sync over the link ${c} ms (link RTT ${LAT_LINK} ms)"
+    printf 'tx%s\t%s\t%s\n' "$n" "$d" "$c" >>"$WAN"
+done
+for target in sync pgpool; do
+    reset_data
+    if [[ "$target" == sync ]]; then
+        run_capgate sync "$LINK_LISTEN" wan-tpcb; port=$CGPORT
+    else
+        [[ " ${TARGETS[*]} " == *" pgpool "* ]] || continue
+        PGPOOL_B_HOST="${LINK_LISTEN%:*}" PGPOOL_B_PORT="${LINK_LISTEN##*:}" start_pgpool; port=$PPPORT
+    fi
+    if res="$(pgbench_run "wan-tpcb-$target" "${TPCB[@]}" -p "$port" postgres)"; then :; else res="FAIL FAIL FAIL"; FAILED=1; fi
+    if [[ "$target" == sync ]]; then stop_capgate; else stop_pgpool; fi
+    [[ "$(check_sites "TPC-B $target over the link")" == no ]] && FAILED=1
+    read -r tps lat _ <<<"$res"
+    log "TPC-B over the link ($LATENCY_MS ms each way), $target: tps=$tps lat=${lat}ms"
+    printf 'wan-tpcb-%s\t%s\t%s\n' "$target" "$tps" "$lat" >>"$WAN"
+done
 
 # ------------------------------------------------- phase 3: async drain rate --
 reset_data
@@ -688,7 +748,8 @@ doc = {
     "targets": targets,
     "tpcb": tpcb,
     "ratios": {"sync_direct": ratio("sync", "direct"), "sync_pgpool": ratio("sync", "pgpool"),
-               "async_direct": ratio("async", "direct"), "pgpool_direct": ratio("pgpool", "direct")},
+               "async_direct": ratio("async", "direct"), "pgpool_direct": ratio("pgpool", "direct"),
+               "async_local": ratio("async", "local"), "local_direct": ratio("local", "direct")},
     "async_lag": lag,
     "sync_latency": latency,
     "async_drain": drain,
@@ -706,7 +767,7 @@ print(f"\nTPC-B (pgbench -c {p['clients']} -j {p['jobs']} -T {p['duration']} -n,
       f"{p['rounds']} round(s), synchronous_commit={p['sync_commit']}); medians")
 print(f"{'target':<8} {'tps':>10} {'lat ms':>8} {'sites agree':>11}")
 print("-" * 40)
-for t in ("direct", "sync", "async", "pgpool"):
+for t in ("direct", "sync", "async", "local", "pgpool"):
     if t in tpcb:
         r = tpcb[t]
         c = "-" if r["consistent"] is None else ("yes" if r["consistent"] else "NO")
@@ -715,7 +776,8 @@ for t in ("direct", "sync", "async", "pgpool"):
         print(f"{t:<8} {'not run':>10}")
 rt = doc["ratios"]
 print(f"ratios: sync/direct {fmt(rt['sync_direct'], 0, 3).strip()}  sync/pgpool {fmt(rt['sync_pgpool'], 0, 3).strip()}  "
-      f"async/direct {fmt(rt['async_direct'], 0, 3).strip()}  pgpool/direct {fmt(rt['pgpool_direct'], 0, 3).strip()}")
+      f"async/direct {fmt(rt['async_direct'], 0, 3).strip()}  async/local {fmt(rt['async_local'], 0, 3).strip()}  "
+      f"local/direct {fmt(rt['local_direct'], 0, 3).strip()}  pgpool/direct {fmt(rt['pgpool_direct'], 0, 3).strip()}")
 print(f"async replica lag during TPC-B (/status every {p['lag_interval']} s, {lag['samples']} samples"
       f"{', %d unknown' % unknown if unknown else ''}{', %d failed' % errors if errors else ''}): "
       f"p50 {lag['p50_s']} s, p99 {lag['p99_s']} s, max {lag['max_s']} s")
@@ -753,4 +815,9 @@ if problems:
 print(f"\nJSON: {out_path}")
 PY
 
+if [[ -s "$WAN" ]]; then
+    echo
+    echo "over the ${LATENCY_MS} ms-each-way link (phase 2b; link RTT ${LAT_LINK} ms):"
+    sed 's/^/  /' "$WAN"
+fi
 exit "$FAILED"

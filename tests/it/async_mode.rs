@@ -73,14 +73,14 @@ async fn not_applied(site: &str) -> i64 {
 
 /// Wait (bounded) until the replica has applied everything committed so far, and the proxy's
 /// `/status` says nothing is pending.
-async fn drained(site: &str, admin: SocketAddr) {
+pub(crate) async fn drained(site: &str, admin: SocketAddr) {
     wait_until(&format!("the replica to apply every change for {site}"), Duration::from_secs(120), async || not_applied(site).await == 0)
         .await;
     wait_until("/status to show no pending rows", Duration::from_secs(30), async || replica_status(admin).await["pending_rows"] == 0).await;
 }
 
 /// Wait (bounded) until `site`'s shipper holds its lock and runs.
-async fn shipping(admin: SocketAddr) {
+pub(crate) async fn shipping(admin: SocketAddr) {
     let start = std::time::Instant::now();
     loop {
         let r = replica_status(admin).await;

@@ -1,6 +1,6 @@
 //! Integration tests: real PostgreSQL and MariaDB servers, the real proxy, real clients
 //! (tokio-postgres, psql, pgbench, psycopg; the mariadb client, sysbench, mysql_async, PyMySQL,
-//! Connector/J). One test binary, so the servers are started once.
+//! Connector/J; node-postgres, pgJDBC, SQLAlchemy). One test binary, so the servers are started once.
 
 mod support;
 
@@ -9,6 +9,7 @@ mod admin;
 mod admin_sql;
 mod apply;
 mod apply_profile;
+mod apps;
 mod async_mode;
 mod bad_input;
 mod capture;

@@ -164,6 +164,47 @@ async fn a_cut_during_a_transaction_fails_its_commit_and_changes_nothing() {
     assert_eq!(replica_rows("SELECT v FROM sf_mid").await, vec!["after"]);
 }
 
+/// An autocommit COPY (simple protocol, as psql's `\\copy` sends it) into a sync table whose
+/// replica is cut while the rows stream in: its commit cannot be prepared, so the client gets
+/// the refusal in place of `COPY n`, as PostgreSQL sends a simple Query's CommandComplete only
+/// once its implicit transaction committed. Found by the chaos suite's COPY workload.
+#[tokio::test]
+async fn an_autocommit_copy_cut_off_before_its_commit_is_refused_not_acknowledged() {
+    use crate::support::{frame, query, Raw};
+    let _one = crate::replication::exclusive().await;
+    on_both("DROP TABLE IF EXISTS sf_copy; CREATE TABLE sf_copy (id int PRIMARY KEY, v text)").await;
+    let link = own_link();
+    let p = proxy("sf-copy", POLICY, &link, "").await;
+    let app = connect(&p.url("postgres", "postgres")).await;
+    app.batch_execute("INSERT INTO sf_copy VALUES (1, 'before')").await.unwrap();
+
+    let addr = p.addr;
+    let link_ref = &link;
+    let msgs = std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let mut raw = Raw::login(addr, "postgres");
+                raw.send(&query("COPY sf_copy FROM STDIN"));
+                let started = raw.recv().expect("a reply to COPY");
+                assert_eq!(started.tag, b'G', "{started:?}");
+                raw.send(&frame(b'd', b"2\tcopied\n3\tcopied\n"));
+                link_ref.blackhole();
+                raw.send(&frame(b'c', b""));
+                raw.until_ready()
+            })
+            .join()
+            .unwrap()
+    });
+    link.restore();
+    let tags: String = msgs.iter().map(|m| m.tag as char).collect();
+    assert!(!tags.contains('C'), "COPY acknowledged although its commit could not be prepared: {msgs:?}");
+    let error = msgs.iter().find(|m| m.tag == b'E').unwrap_or_else(|| panic!("no error: {msgs:?}"));
+    assert_eq!(error.field(b'C').as_deref(), Some("55000"), "{error:?}");
+    assert!(tags.ends_with('Z'), "{tags}");
+    assert_eq!(primary_rows("SELECT count(*) FROM sf_copy").await, vec!["1"]);
+    verify_equal(&["public.sf_copy"]).await;
+}
+
 /// The capgate binary, for the crash test.
 struct Process {
     child: Child,

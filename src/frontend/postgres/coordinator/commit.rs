@@ -116,6 +116,9 @@ where
     let mut actions: VecDeque<Action> = VecDeque::from([first]);
     let mut point = Some(point);
     let extended = point.as_ref().is_some_and(CommitPoint::extended);
+    // An autocommit Query's last CommandComplete (a wrapped COPY's `COPY n` included) waits
+    // for the commit's outcome, as PostgreSQL sends it only once the statement committed.
+    let hold = matches!(point, Some(CommitPoint::Wrapped));
     while let Some(action) = actions.pop_front() {
         let event = match action {
             Action::ReadChanges { gid, stream } => {
@@ -132,7 +135,9 @@ where
                 committed.map(|committed| Event::PrimaryDone { committed })
             }
             Action::WaitAvailable { timeout } => {
-                wire.flush_client().await?;
+                if !hold {
+                    wire.flush_client().await?;
+                }
                 let deadline = tokio::time::Instant::now() + timeout;
                 for site in replication.sites.iter() {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -141,7 +146,9 @@ where
                 Some(Event::Availability(replica_views(shared)))
             }
             Action::Prepare { replicas, gid, changes, record } => {
-                wire.flush_client().await?;
+                if !hold {
+                    wire.flush_client().await?;
+                }
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 for &i in &replicas {
                     let (replication, gid, changes, tx) = (replication.clone(), gid.clone(), changes.clone(), tx.clone());
@@ -349,6 +356,9 @@ where
         }
         Some(CommitPoint::Wrapped) => {
             let _ = wire.own_query("ROLLBACK").await?;
+            // The error replaces the last statement's CommandComplete, as in PostgreSQL
+            // when an implicit transaction fails to commit.
+            wire.drop_last_completion();
             error.encode(&mut wire.out);
             wire.ready(b'I');
         }

@@ -148,6 +148,21 @@ where
         }
     }
 
+    /// Drop the last frame held for the client if it is a CommandComplete (the statement it
+    /// completes did not commit after all).
+    pub fn drop_last_completion(&mut self) {
+        let mut at = 0;
+        let mut last = None;
+        while at + 5 <= self.out.len() {
+            let len = u32::from_be_bytes([self.out[at + 1], self.out[at + 2], self.out[at + 3], self.out[at + 4]]) as usize;
+            last = Some(at);
+            at += 1 + len;
+        }
+        if let Some(start) = last.filter(|&start| self.out[start] == b'C' && at == self.out.len()) {
+            self.out.truncate(start);
+        }
+    }
+
     /// The client sees ReadyForQuery with `status` in place of the one the primary sent
     /// (bookkept as if the primary had sent it).
     pub fn ready(&mut self, status: u8) {
