@@ -61,6 +61,7 @@ start_capgate() {
 site = "bench"
 listen = "127.0.0.1:$port"
 max_connections = 2000
+${CAPGATE_WORKERS:+workers = $CAPGATE_WORKERS}
 [primary]
 url = "postgres://postgres@$host:$pgport/postgres?sslmode=disable"
 CONF

@@ -58,6 +58,8 @@
 #     OUT=target/bench/pgbench.json
 #     PGBIN=/usr/lib/postgresql/15/bin
 #     KEEP_TMP=1              keep the temp dir (logs) after exit
+#     CAPGATE_WORKERS=        capgate's `workers` (session worker threads; default:
+#                             capgate's own, one per CPU)
 #     UPSTREAM=tcp            how capgate and PgBouncer reach the server: tcp
 #                             (127.0.0.1) or unix (the server's socket directory);
 #                             pgbench itself always connects over TCP
@@ -225,6 +227,11 @@ proc_cpu_ticks() {
     # 12th and stime the 13th of them (14 and 15 of the whole line).
     sed -E 's/^.*\) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
+# Context switches (voluntary + involuntary) of every thread of process $1 (0 without a pid).
+proc_switches() {
+    [[ -n "$1" ]] || { echo 0; return; }
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { n += $2 } END { print n + 0 }'
+}
 # Busy ticks of the whole machine (all CPUs, everything but idle and iowait).
 machine_busy_ticks() {
     awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
@@ -244,14 +251,16 @@ run_pgbench() { # round workload mode target
     local wl_args=()
     [[ "$workload" == select ]] && wl_args=(-S)
     [[ "$workload" == tpcb ]] && prepare_tpcb
-    local pid cpu0 cpu1 busy0 busy1
+    local pid cpu0 cpu1 busy0 busy1 cs0 cs1
     pid="$(proxy_pid "$target")"
+    cs0="$(proc_switches "$pid")"
     cpu0="$(proc_cpu_ticks "$pid")"
     busy0="$(machine_busy_ticks)"
     if pgbench -n "${wl_args[@]}" -M "$mode" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
             -h 127.0.0.1 -p "${PORT[$target]}" -U postgres postgres >"$outf" 2>&1; then
         cpu1="$(proc_cpu_ticks "$pid")"
         busy1="$(machine_busy_ticks)"
+        cs1="$(proc_switches "$pid")"
         local tps lat txs cpu_us machine_us
         tps="$(sed -nE 's/^tps = ([0-9.]+) \((without initial connection time|excluding connections establishing)\).*/\1/p' "$outf" | head -1)"
         lat="$(sed -nE 's/^latency average = ([0-9.]+) ms.*/\1/p' "$outf" | head -1)"
@@ -261,7 +270,9 @@ run_pgbench() { # round workload mode target
             [[ -n "$pid" ]] && cpu_us="$(awk -v a="$cpu0" -v b="$cpu1" -v n="$txs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) * 1e6 / hz / n }')"
             machine_us="$(awk -v a="$busy0" -v b="$busy1" -v n="$txs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) * 1e6 / hz / n }')"
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$workload" "$mode" "$target" "$tps" "$lat" "$cpu_us" "$machine_us" >>"$RAW"
-            log "round $round $workload -M $mode $target: tps=$tps lat=${lat}ms proxy_cpu=${cpu_us}us/tx machine=${machine_us}us/tx"
+            local switches
+            switches="$(awk -v a="$cs0" -v b="$cs1" -v n="$txs" 'BEGIN { printf "%.2f", (b - a) / n }')"
+            log "round $round $workload -M $mode $target: tps=$tps lat=${lat}ms proxy_cpu=${cpu_us}us/tx machine=${machine_us}us/tx proxy_switches=${switches}/tx"
             return 0
         fi
     fi

@@ -148,7 +148,12 @@ def main() -> int:
             '[[table]]\nmatch = "public.soak_bounded"\nmode = "bounded"\nmax_lag = "5s"\non_partition = "fail"\non_conflict = "skip"\n')
         config = os.path.join(tmp, "capgate.toml")
         text = open(os.path.join(env["SITES_DIR"], "capgate-a.toml")).read()
-        text = text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"\nadmin = "127.0.0.1:{admin}"\npolicy = "{policy}"')
+        # The bed's own listen, admin and policy lines give way to the soak's (whatever ports
+        # the bed wrote; a line it lacks is added).
+        own = {"listen": f'"127.0.0.1:{port}"', "admin": f'"127.0.0.1:{admin}"', "policy": f'"{policy}"'}
+        head, sep, tail = text.partition("\n[")
+        lines = [ln for ln in head.splitlines() if ln.split("=", 1)[0].strip() not in own]
+        text = "\n".join(lines + [f"{k} = {v}" for k, v in own.items()]) + "\n" + sep.lstrip("\n") + tail
         open(config, "w").write(text)
         capgate = subprocess.Popen([CAPGATE_BIN, "run", "--config", config], stdout=open(os.path.join(tmp, "capgate.log"), "w"),
                                    stderr=subprocess.STDOUT)

@@ -169,6 +169,7 @@ pub fn session(data: &[u8]) {
         if direction & 1 == 0 {
             let whole = relay::client_inspect(*tag).then_some(&frame[..]);
             if let Some(frame) = whole {
+                statements.message(&state, *tag, frame);
                 if matches!(tag, b'Q' | b'B' | b'S') {
                     let _ = statements.hold(&state, *tag, frame);
                 }

@@ -59,6 +59,7 @@ mod fallback;
 mod functions;
 pub mod mysql;
 mod names;
+mod split;
 mod statement;
 mod walk;
 
@@ -72,6 +73,7 @@ use sqlparser::parser::Parser;
 pub use catalog::{Catalog, ColumnDefault, DefaultKind, FunctionInfo, Volatility};
 pub use mysql::SqlMode;
 pub use names::{fold, parts, resolve, SearchPath, TableName};
+pub use split::statement_ends;
 
 /// The SQL dialect: how text is parsed and how unquoted identifiers are folded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

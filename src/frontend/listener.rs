@@ -4,6 +4,7 @@
 //! run on the [`Workers`] threads, not on the runtime that accepts.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -50,8 +51,19 @@ impl Reserve {
 }
 
 /// Whether an accept error means the process or the system is out of file descriptors.
-fn out_of_descriptors(e: &std::io::Error) -> bool {
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Whether a connection waits in `listener`'s queue. Linux's accept looks for a free
+/// descriptor before it looks at the queue, so its "too many open files" says nothing about
+/// whether anyone is waiting; a listening socket polls readable exactly when someone is.
+fn connection_waiting(listener: &TcpListener) -> bool {
+    let mut fd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one initialised pollfd for a descriptor the listener keeps open during the
+    // call; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & libc::POLLIN != 0
 }
 
 /// Accept until `shutdown` resolves. Each connection is served by `serve(tcp, refusal, stop)`
@@ -79,6 +91,13 @@ pub async fn accept_until<F, Fut>(
                 reserve.refill();
                 let (tcp, refusal) = match accepted {
                     Ok((tcp, _)) => (tcp, None),
+                    Err(e) if out_of_descriptors(&e) && !connection_waiting(listener) => {
+                        // A session took the last descriptor and nobody waits to be told: keep
+                        // the reserve (giving it up now would let a session take it, and the
+                        // next client would hang in the listen queue) and look again shortly.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
                     Err(e) if out_of_descriptors(&e) && reserve.release() => {
                         warn!("accept failed: {e}; refusing the connection with the descriptor kept in reserve");
                         LimitCounters::count(&LIMITS.accept_errors);

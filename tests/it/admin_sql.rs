@@ -98,7 +98,21 @@ fn admin_commands_answer_with_tables_for_admins_only() {
 
     // CAPGATE VERIFY compares one table on both sites. Rows written on the replica behind
     // capgate's back differ; removing them there makes the sites equal again.
-    psql_at(&replica().url("postgres", "admin_sql"), "INSERT INTO page_views VALUES (1), (2)");
+    // First the table's initial copy must be done: the copy replaces the replica's rows.
+    let replica_url = replica().url("postgres", "admin_sql");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(pg_bin("psql"))
+            .args(["-X", "-tA", "-c", "SELECT state FROM capgate.tables WHERE tbl LIKE '%page_views'", &replica_url])
+            .output()
+            .expect("run psql");
+        if String::from_utf8_lossy(&out.stdout).trim() == "copied" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "page_views never copied: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    psql_at(&replica_url, "INSERT INTO page_views VALUES (1), (2)");
     let (header, rows) = psql_table(&admin, "CAPGATE VERIFY page_views").unwrap();
     assert_eq!(cell(&header, &rows[0], "result"), "diverged", "the replica has rows the primary lacks: {rows:?}");
     assert_eq!(cell(&header, &rows[0], "rows_differing"), "2");

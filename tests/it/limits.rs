@@ -106,3 +106,79 @@ fn a_client_that_never_reads_holds_capgate_memory_flat() {
     assert!(grown < 64 * 1024, "capgate's process grew by {grown} KiB while a client did not read");
     drop(stuck);
 }
+
+/// capgate run with an open-file limit of 64: once its descriptors are spent, a new client is
+/// told why (53300, naming file descriptors) instead of hanging in the listen queue, the
+/// sessions already open keep working, and new sessions are served again once some close.
+#[test]
+fn out_of_file_descriptors_new_clients_are_refused_and_existing_ones_served() {
+    use std::process::{Command, Stdio};
+    let port = capgate::testbed::free_port();
+    let dir = crate::support::scratch("nofile");
+    let config = dir.join("capgate.toml");
+    let text = format!(
+        "site = \"test\"\nlisten = \"127.0.0.1:{port}\"\n[primary]\nurl = \"{}\"\n",
+        crate::support::primary().url("postgres", "postgres")
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new("bash")
+        .args(["-c", "ulimit -n 64 && exec \"$0\" run --config \"$1\"", env!("CARGO_BIN_EXE_capgate"), config.to_str().unwrap_or_default()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start capgate: {e}"));
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "capgate never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut open = Vec::new();
+    let mut refusal = None;
+    for _ in 0..64 {
+        let mut raw = Raw::connect(addr);
+        raw.send(&startup(&[("user", "postgres"), ("database", "postgres")]));
+        let replies = raw.until_ready();
+        match replies.first() {
+            Some(m) if m.tag == b'R' => open.push(raw),
+            Some(m) if m.tag == b'E' => {
+                refusal = Some(m.clone());
+                break;
+            }
+            other => panic!("neither served nor refused: {other:?}"),
+        }
+    }
+    let refusal = refusal.unwrap_or_else(|| panic!("{} sessions opened under a 64-descriptor limit", open.len()));
+    assert_eq!(refusal.field(b'C').as_deref(), Some("53300"));
+    assert!(refusal.field(b'D').unwrap_or_default().contains("file descriptors"), "{:?}", refusal.field(b'D'));
+    assert!(open.len() >= 5, "only {} sessions before running out", open.len());
+    // The refusal above may come from the session (its client took the last descriptor, its
+    // primary connection found none); with one more connection idle in its startup, the
+    // next client finds none at all and is accepted with the descriptor kept in reserve.
+    let idle = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut raw = Raw::connect(addr);
+    raw.send(&startup(&[("user", "postgres"), ("database", "postgres")]));
+    let second = raw.until_ready();
+    let second = second.first().unwrap_or_else(|| panic!("a client was closed without a word while capgate was out of descriptors"));
+    assert_eq!(second.field(b'C').as_deref(), Some("53300"), "{:?}", second.field(b'M'));
+    drop(idle);
+    // The sessions already open are still served.
+    for raw in open.iter_mut().take(3) {
+        raw.send(&query("SELECT 1"));
+        assert!(raw.until_ready().iter().any(|m| m.tag == b'D'), "an open session stopped being served");
+    }
+    // Once some close, new clients are served again.
+    open.truncate(open.len() / 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut raw = Raw::connect(addr);
+        raw.send(&startup(&[("user", "postgres"), ("database", "postgres")]));
+        if raw.until_ready().first().is_some_and(|m| m.tag == b'R') {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new sessions are still refused after half the sessions closed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

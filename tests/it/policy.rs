@@ -210,3 +210,70 @@ fn undecodable_text_and_fast_path_calls_follow_the_unknown_policy() {
     raw.send(&query("SELECT 1"));
     assert!(raw.until_ready().iter().any(|m| m.tag == b'D'));
 }
+
+/// The replies to a batch of Query messages written in one go, one list of messages per
+/// ReadyForQuery.
+fn pipelined(raw: &mut crate::support::Raw, sqls: &[&str]) -> Vec<Vec<crate::support::Msg>> {
+    let batch: Vec<u8> = sqls.iter().flat_map(|sql| crate::support::query(sql)).collect();
+    raw.send(&batch);
+    sqls.iter().map(|_| raw.until_ready()).collect()
+}
+
+/// A pipelining client writes BEGIN, SET LOCAL search_path, COMMIT and a call before
+/// reading any answer: the call runs after the COMMIT, where the SET LOCAL has ended, so it
+/// calls the stable public.pol_peek and must not be refused as pol_app.pol_peek (volatile).
+/// The other way round, the answer to an earlier autocommit statement that arrives while a
+/// block is open must not end that block's SET LOCAL: the volatile pol_app.pol_peek it then
+/// calls is refused.
+#[tokio::test]
+async fn set_local_ends_with_its_transaction_under_pipelining() {
+    use crate::support::{login_direct, Raw};
+    tokio::task::spawn_blocking(functions).await.unwrap();
+    let (proxy, _) = proxy_with_policy("policy-pipelined-tx", "unknown = \"refuse\"\n");
+    until_ok(&connect(&proxy.url("postgres", "postgres")).await, "SELECT pol_peek()").await;
+    let addr = proxy.addr;
+    tokio::task::spawn_blocking(move || {
+        let one_transaction = ["BEGIN", "SET LOCAL search_path = pol_app, public", "COMMIT", "SELECT pol_peek()"];
+        for (who, mut raw) in [("PostgreSQL itself", login_direct("postgres")), ("capgate", Raw::login(addr, "postgres"))] {
+            let replies = pipelined(&mut raw, &one_transaction);
+            let last = &replies[3];
+            assert!(last.iter().all(|m| m.tag != b'E'), "{who}: {:?}", last.iter().find_map(|m| m.field(b'M')));
+            let row = last.iter().find(|m| m.tag == b'D').unwrap_or_else(|| panic!("{who}: no row"));
+            assert!(row.body.ends_with(b"2"), "{who}: pol_peek answered {:?}", String::from_utf8_lossy(&row.body));
+        }
+        let mut raw = Raw::login(addr, "postgres");
+        let first = pipelined(&mut raw, &["SELECT 1", "BEGIN", "SET LOCAL search_path = pol_app, public"]);
+        assert!(first.iter().flatten().all(|m| m.tag != b'E'));
+        let call = pipelined(&mut raw, &["SELECT pol_peek()"]);
+        let error = call[0].iter().find(|m| m.tag == b'E').unwrap_or_else(|| panic!("pol_app.pol_peek ran through a refuse policy"));
+        assert_eq!(error.field(b'C').as_deref(), Some("0A000"), "{:?}", error.field(b'M'));
+        pipelined(&mut raw, &["ROLLBACK"]);
+    })
+    .await
+    .unwrap();
+}
+
+/// A refused statement in the middle of a multi-statement Query: the client gets the results
+/// of the statements before it and then the refusal, as PostgreSQL answers a statement that
+/// fails there; the session goes on.
+#[tokio::test]
+async fn a_refusal_inside_a_multi_statement_query_keeps_the_results_before_it() {
+    use crate::support::{login_direct, Raw};
+    tokio::task::spawn_blocking(functions).await.unwrap();
+    let (proxy, _) = proxy_with_policy("policy-multi", "unknown = \"refuse\"\n");
+    until_ok(&connect(&proxy.url("postgres", "postgres")).await, "SELECT pol_peek()").await;
+    let addr = proxy.addr;
+    tokio::task::spawn_blocking(move || {
+        let tags = |replies: &[crate::support::Msg]| replies.iter().map(|m| m.tag as char).collect::<String>();
+        let failing = pipelined(&mut login_direct("postgres"), &["SELECT 1; SELECT 1/0; SELECT 3"]);
+        let mut raw = Raw::login(addr, "postgres");
+        let refused = pipelined(&mut raw, &["SELECT 1 AS kept; SELECT pol_touch(); SELECT 3"]);
+        assert_eq!(tags(&refused[0]), tags(&failing[0]), "through capgate, against PostgreSQL failing the same place");
+        assert!(refused[0].iter().any(|m| m.tag == b'D' && m.body.ends_with(b"1")), "the first statement's row is missing");
+        let error = refused[0].iter().find(|m| m.tag == b'E').unwrap_or_else(|| panic!("not refused"));
+        assert_eq!(error.field(b'C').as_deref(), Some("0A000"));
+        assert_eq!(tags(&pipelined(&mut raw, &["SELECT 4"])[0]), "TDCZ");
+    })
+    .await
+    .unwrap();
+}

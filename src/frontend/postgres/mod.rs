@@ -4,7 +4,9 @@
 //! - [`session`]: one connection from accept to close;
 //! - [`admin_sql`]: the admin commands (`SHOW CAPGATE …`) answered on this port;
 //! - [`auth`]: pass-through or proxy-side authentication;
+//! - [`boundaries`]: where the client's transactions end, also while it pipelines;
 //! - [`relay`]: the two-direction frame pump;
+//! - [`refusal`]: the statements that make the primary raise a refusal in place;
 //! - [`cancel`]: the proxy's cancel keys mapped to the primary's;
 //! - [`conn`]: a buffered connection for the message-at-a-time startup phase.
 //!
@@ -12,10 +14,12 @@
 
 pub mod admin_sql;
 pub mod auth;
+pub mod boundaries;
 pub mod cancel;
 pub mod capture_loop;
 pub mod conn;
 pub mod coordinator;
+pub mod refusal;
 pub mod relay;
 pub mod replication;
 pub mod session;

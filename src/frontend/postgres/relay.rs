@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::postgres::frame::{FrameCursor, FrameError, Step};
@@ -27,9 +29,6 @@ const MAX_RESERVE: usize = 1 << 20;
 pub struct SessionState {
     /// The last ReadyForQuery status: `I` idle, `T` in a transaction, `E` in a failed one.
     pub tx_status: AtomicU8,
-    /// How many times the session has returned to idle (ReadyForQuery `I`): a change tells the
-    /// client side that the transaction it was tracking has ended.
-    pub idle_count: AtomicU64,
     /// Messages sent by the client that will each be answered by one ReadyForQuery (Query,
     /// Sync, FunctionCall) and have not been yet.
     pub pending: AtomicI64,
@@ -39,10 +38,9 @@ pub struct SessionState {
     /// with no ReadyForQuery owed (a client using Flush).
     pub extended_open: AtomicBool,
     /// The client pump held a frame for the coordinator: the server pump stops once every
-    /// reply owed has been delivered.
+    /// reply owed has been delivered. Both pumps are polled by the session's one task, which
+    /// polls the server pump right after setting this, so no wake-up is needed to see it.
     pub holding: AtomicBool,
-    /// Wakes the server pump out of its read when `holding` is set.
-    pub interrupt: tokio::sync::Notify,
     /// The current transaction captured a change to a sync table (the capture trigger's
     /// hidden INFO notice was seen, decision 0009): its commit must be coordinated. Cleared
     /// when the transaction ends (ReadyForQuery `I`).
@@ -247,12 +245,10 @@ impl SessionState {
     pub fn new() -> SessionState {
         SessionState {
             tx_status: AtomicU8::new(b'I'),
-            idle_count: AtomicU64::new(0),
             pending: AtomicI64::new(0),
             hidden: Mutex::default(),
             extended_open: AtomicBool::new(false),
             holding: AtomicBool::new(false),
-            interrupt: tokio::sync::Notify::new(),
             sync_pending: AtomicBool::new(false),
             client_frames: AtomicU64::new(0),
         }
@@ -301,7 +297,7 @@ pub enum End {
     Stopped,
     /// The frame callback asked to hold a frame (it is at the front of [`Pump::buffer`]).
     Held,
-    /// The interrupt was notified while nothing was owed: stopped at a frame boundary with
+    /// `stop_reading` said so while the pump waited to read: stopped at a frame boundary with
     /// everything stepped written out.
     Interrupted,
 }
@@ -357,14 +353,16 @@ impl Pump {
 
     /// Relay from `reader` to `writer` until EOF, an error, or `on_frame` says stop.
     /// `inspect(tag)` selects the frames `on_frame` gets whole (`Some(frame)`); for every other
-    /// frame it is called once at its first byte with `None`.
+    /// frame it is called once at its first byte with `None`. `stop_reading` is asked each time the
+    /// pump is polled while it waits to read at a frame boundary: true ends it there (it
+    /// wakes nothing: the caller polls the pump after changing what it says).
     pub async fn run<R, W>(
         &mut self,
         reader: &mut R,
         writer: &mut W,
         inspect: impl Fn(u8) -> bool,
         mut on_frame: impl FnMut(u8, Option<&[u8]>) -> Flow,
-        interrupt: Option<(&tokio::sync::Notify, &(dyn Fn() -> bool + Sync))>,
+        stop_reading: Option<&(dyn Fn() -> bool + Sync)>,
     ) -> Result<End, PumpError>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -438,17 +436,21 @@ impl Pump {
                 self.buf.reserve(READ_CHUNK);
             }
             // Everything stepped is written: the only safe place to be stopped from outside.
-            let read = match interrupt {
-                Some((notify, owed)) if self.cursor.at_boundary() => loop {
-                    tokio::select! {
-                        r = reader.read_buf(&mut self.buf) => break r?,
-                        _ = notify.notified() => {
-                            if !owed() {
-                                return Ok(End::Interrupted);
-                            }
+            let read = match stop_reading {
+                Some(stop) if self.cursor.at_boundary() => {
+                    let buf = &mut self.buf;
+                    let read = std::future::poll_fn(|cx| {
+                        if stop() {
+                            return std::task::Poll::Ready(None);
                         }
+                        // A fresh read future per poll: reading into `buf` is cancel-safe.
+                        std::pin::pin!(reader.read_buf(&mut *buf)).poll(cx).map(Some)
+                    });
+                    match read.await {
+                        Some(r) => r?,
+                        None => return Ok(End::Interrupted),
                     }
-                },
+                }
                 _ => reader.read_buf(&mut self.buf).await?,
             };
             if read == 0 {
@@ -552,7 +554,6 @@ pub fn server_frame(state: &SessionState, tag: u8, frame: Option<&[u8]>, stop_wh
 pub fn set_status(state: &SessionState, status: u8) {
     state.tx_status.store(status, Ordering::Release);
     if status == b'I' {
-        state.idle_count.fetch_add(1, Ordering::AcqRel);
         state.sync_pending.store(false, Ordering::Release);
     }
 }

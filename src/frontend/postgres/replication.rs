@@ -82,6 +82,9 @@ pub struct Replication {
     pub fleet: Option<Arc<Fleet>>,
     /// Upper bound on any one replica operation on a client's critical path.
     pub deadline: Duration,
+    /// The longest a sync transaction's PREPARE may take however large it is: half of
+    /// `recovery_grace`, so recovery never presumes a live commit aborted.
+    pub prepare_limit: Duration,
     /// Per replica (configuration order): whether its site takes writes too (`takes_writes`),
     /// so this site's sync commits may meet its transactions' locks (decision 0018).
     pub takes_writes: Vec<bool>,
@@ -106,6 +109,7 @@ impl Replication {
             sites,
             fleet: None,
             deadline: deadline * 5,
+            prepare_limit: config.recovery_grace / 2,
             takes_writes: config.replicas.iter().map(|r| r.takes_writes).collect(),
             gids: AtomicU64::new(0),
             refusing: Default::default(),

@@ -14,7 +14,7 @@ use super::conn::Conn;
 use super::coordinator::{Coordinator, Exit};
 use super::relay::{self, End, Flow, Pump, SessionState};
 use super::statements::Statements;
-use super::{SessionError, Shared};
+use super::{SessionError, Shared, UpstreamError};
 use crate::config::TlsMode;
 use crate::frontend::limits::{LimitCounters, LIMITS};
 use crate::frontend::listener::Refusal;
@@ -83,13 +83,7 @@ async fn run(
                     .with_detail(format!("capgate serves at most {} sessions (max_connections)", shared.config.max_connections)),
             ))
         }
-        Some(Refusal::NoDescriptors) => {
-            return Err(SessionError::Refused(
-                ErrorMessage::fatal("53300", "sorry, too many clients already")
-                    .with_detail("capgate has run out of file descriptors")
-                    .with_hint("raise capgate's open-file limit (ulimit -n, systemd LimitNOFILE) or lower max_connections"),
-            ))
-        }
+        Some(Refusal::NoDescriptors) => return Err(SessionError::Refused(no_descriptors())),
         None => {}
     }
     if shared.config.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) && !client.stream.is_tls() {
@@ -109,7 +103,7 @@ async fn run(
             auth::negotiate_protocol(client, &message).await?;
             auth::proxy(client, u).await?;
         }
-        let mut server = Conn::new(shared.primary.connect().await.map_err(SessionError::Upstream)?);
+        let mut server = Conn::new(shared.primary.connect().await.map_err(upstream_error)?);
         match proxy_user {
             Some(_) => {
                 auth::login_upstream(&mut server, &shared.primary.url, &message).await?;
@@ -134,6 +128,23 @@ async fn run(
     let result = relay(shared, client, server, &message, shutdown).await;
     drop(key);
     result
+}
+
+/// The refusal of a client capgate has no file descriptors for.
+fn no_descriptors() -> ErrorMessage {
+    ErrorMessage::fatal("53300", "sorry, too many clients already")
+        .with_detail("capgate has run out of file descriptors")
+        .with_hint("raise capgate's open-file limit (ulimit -n, systemd LimitNOFILE) or lower max_connections")
+}
+
+/// A failed connection to the primary. When capgate itself is out of descriptors (the
+/// client's socket took the last one), the client is told that, as the accept loop would
+/// have, rather than that the primary is unreachable.
+fn upstream_error(e: UpstreamError) -> SessionError {
+    match &e {
+        UpstreamError::Io(io) if crate::frontend::listener::out_of_descriptors(io) => SessionError::Refused(no_descriptors()),
+        _ => SessionError::Upstream(e),
+    }
 }
 
 /// TLS negotiation and the startup packet (or a cancel request).
@@ -243,6 +254,7 @@ async fn relay(
         let side = {
             let mut on_client_frame = |tag: u8, frame: Option<&[u8]>| {
                 if let Some(frame) = frame {
+                    statements.message(&state, tag, frame);
                     let admin = super::admin_sql::is_admin_query(tag, frame);
                     if !admin && matches!(tag, b'Q' | b'B' | b'S') {
                         held = statements.hold(&state, tag, frame);
@@ -267,17 +279,20 @@ async fn relay(
             };
             // The server pump may be stopped in its read only while the coordinator waits
             // for it and nothing is owed.
-            let keep_reading = || !state.holding.load(Ordering::Acquire) || state.owed();
+            let stop_reading = || state.holding.load(Ordering::Acquire) && !state.owed();
             let client_fut = up.run(&mut client_rd, &mut server_wr, relay::client_inspect, &mut on_client_frame, None);
             let server_fut = down.run(
                 &mut server_rd,
                 &mut client_wr,
                 relay::server_inspect,
                 |tag, frame| relay::server_frame(&state, tag, frame, &stop_when_idle),
-                Some((&state.interrupt, &keep_reading)),
+                Some(&stop_reading),
             );
             tokio::pin!(client_fut, server_fut);
+            // In this order, without drawing a random start (the pumps loop by themselves and
+            // end only when something happened, so nothing starves).
             let first = tokio::select! {
+                biased;
                 r = &mut client_fut => Side::Client(r),
                 r = &mut server_fut => Side::Server(r),
                 _ = wait_idle_shutdown(&mut shutdown, &state) => Side::Shutdown,
@@ -287,7 +302,7 @@ async fn relay(
                 Side::Client(Ok(End::Held)) => {
                     // Let the server pump deliver every reply owed, then take over.
                     state.holding.store(true, Ordering::Release);
-                    state.interrupt.notify_one();
+                    // Polled at once: it stops in its read if nothing is owed.
                     let r = server_fut.await;
                     state.holding.store(false, Ordering::Release);
                     match r {

@@ -12,13 +12,13 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
-
+use super::boundaries::{mentions_chain, Boundaries};
+use super::refusal::refusal_query_after;
+pub(crate) use super::refusal::{raise_statement, refusal_parse, refusal_query};
 use super::relay::{Flow, SessionState};
 use super::replication::{Admit, Replication};
 use crate::classify::{Classification, Kind, SearchPath, SessionChange, TxControl};
 use crate::policy::{Mode, Policy};
-use crate::protocol::postgres::message::write_frame;
 use crate::protocol::postgres::startup::StartupMessage;
 use crate::replicate::{Refusal, Router};
 
@@ -33,8 +33,8 @@ pub struct Statements {
     path: SearchPath,
     /// A `SET LOCAL search_path` in force until the transaction ends.
     local_path: Option<SearchPath>,
-    /// `SessionState::idle_count` when this transaction began: a change means it ended.
-    tx_idle_count: u64,
+    /// Where the client's transactions end (also while it pipelines).
+    bounds: Boundaries,
     /// The policy the current transaction started with.
     tx_policy: Option<Arc<Policy>>,
     /// A statement that may change a sync table was sent in the current transaction: its
@@ -103,7 +103,7 @@ impl Statements {
             path: initial_path.clone(),
             initial_path,
             local_path: None,
-            tx_idle_count: 0,
+            bounds: Boundaries::default(),
             tx_policy: None,
             tx_may_sync: false,
             group: Group::default(),
@@ -116,7 +116,6 @@ impl Statements {
     /// Sync), before it is forwarded, and why. Only the group and transaction flags are
     /// recorded here; the coordinator routes the frame again.
     pub fn hold(&mut self, state: &SessionState, tag: u8, frame: &[u8]) -> Option<Hold> {
-        self.follow_transaction(state);
         let body = &frame[5..];
         let policy = self.policy();
         if !policy.replicates_anything() {
@@ -217,17 +216,16 @@ impl Statements {
 
     /// Route a Query's text as [`Statements::on_frame`] does, returning the whole verdict
     /// (the coordinator acts on it).
-    pub fn route_query(&mut self, state: &SessionState, sql: &str) -> crate::replicate::Route {
-        self.follow_transaction(state);
+    pub fn route_query(&mut self, _state: &SessionState, sql: &str) -> crate::replicate::Route {
         let policy = self.policy();
         let route = self.router.route(sql, self.search_path(), &policy);
         self.after(&route.classification);
+        self.bounds.query(route.refusal.is_none().then_some(&route.classification), mentions_chain(sql));
         route
     }
 
     /// The policy the current transaction runs under.
-    pub fn tx_policy(&mut self, state: &SessionState) -> Arc<Policy> {
-        self.follow_transaction(state);
+    pub fn tx_policy(&mut self, _state: &SessionState) -> Arc<Policy> {
         self.policy()
     }
 
@@ -248,25 +246,35 @@ impl Statements {
 
     /// Handle one whole client frame (`Q`, `P` or `C`, header included).
     pub fn on_frame(&mut self, state: &SessionState, tag: u8, frame: &[u8]) -> Flow {
-        self.follow_transaction(state);
         let body = &frame[5..];
         match tag {
             b'Q' => {
+                // Most statements of a policy that cannot decide anything need no look at all.
+                if !crate::replicate::needs_classification_bytes(&self.policy(), body) {
+                    self.bounds.query(None, false);
+                    return Flow::Continue;
+                }
                 let refusal = match cstr(body) {
-                    Some(sql) => self.route(sql),
-                    None => self.undecidable("the query text is not valid UTF-8 (client_encoding other than UTF8)"),
+                    Some(sql) => self.route(sql).map(|(refusal, kept)| (refusal, &sql[..kept])),
+                    None => {
+                        self.bounds.query(None, false);
+                        self.undecidable("the query text is not valid UTF-8 (client_encoding other than UTF8)").map(|r| (r, ""))
+                    }
                 };
                 match refusal {
-                    Some(refusal) => Flow::Replace(refusal_query(&refusal)),
+                    Some((refusal, kept)) => Flow::Replace(refusal_query_after(kept, &refusal)),
                     None => Flow::Continue,
                 }
             }
             // A fast-path function call names its function by OID and carries no SQL: what it
             // writes cannot be told.
-            b'F' => match self.undecidable("a fast-path function call (FunctionCall message) cannot be classified") {
-                Some(refusal) => Flow::Replace(refusal_query(&refusal)),
-                None => Flow::Continue,
-            },
+            b'F' => {
+                self.bounds.query(None, false);
+                match self.undecidable("a fast-path function call (FunctionCall message) cannot be classified") {
+                    Some(refusal) => Flow::Replace(refusal_query(&refusal)),
+                    None => Flow::Continue,
+                }
+            }
             b'P' => {
                 let Some((name, rest)) = split_cstr(body) else { return Flow::Continue };
                 let Some(sql) = cstr(rest) else {
@@ -305,15 +313,27 @@ impl Statements {
         }
     }
 
-    /// A new transaction begins after every return to idle: it takes the policy in force
-    /// then, and SET LOCAL ends.
-    fn follow_transaction(&mut self, state: &SessionState) {
-        let idle = state.idle_count.load(Ordering::Acquire);
-        if idle != self.tx_idle_count {
-            self.tx_idle_count = idle;
+    /// A client message (`Q`, `P`, `B`, `C`, `S` or `F`, whole) is about to be handled; call
+    /// before anything else looks at it. When it begins a new transaction (see
+    /// [`Boundaries`]), that transaction takes the policy in force now, and SET LOCAL ends.
+    pub fn message(&mut self, state: &SessionState, tag: u8, frame: &[u8]) {
+        if self.bounds.message(state) {
             self.tx_policy = None;
             self.tx_may_sync = false;
             self.local_path = None;
+        }
+        match tag {
+            // Syncs sent during a COPY FROM STDIN are ignored by the primary.
+            b'S' if !self.group.copy_in || self.group.copy_done => self.bounds.sync(),
+            b'B' => {
+                let name = frame.get(5..).and_then(split_cstr).and_then(|(_portal, rest)| cstr(rest));
+                if let Some(p) = name.and_then(|n| self.prepared.get(n)) {
+                    if let Some(control) = single_control(&p.classification) {
+                        self.bounds.bind(&control, mentions_chain(&p.sql));
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -331,20 +351,60 @@ impl Statements {
         self.router.unknown(reason, "", &policy)
     }
 
-    /// Classify and decide a simple-protocol query; `Some` when it must be refused.
-    fn route(&mut self, sql: &str) -> Option<Refusal> {
+    /// Classify and decide a simple-protocol query; `Some` when it must be refused, with how
+    /// many bytes of its text still run before the refusal (see [`Statements::kept`]).
+    fn route(&mut self, sql: &str) -> Option<(Refusal, usize)> {
         let policy = self.policy();
         if !crate::replicate::needs_classification(&policy, sql) {
+            self.bounds.query(None, false);
             return None;
         }
         let route = self.router.route(sql, self.search_path(), &policy);
-        self.after(&route.classification);
-        if route.refusal.is_some() {
-            return route.refusal;
+        let statements = &route.classification.statements;
+        let refusal = match route.refusal {
+            Some(r) => Some((r, statements.iter().position(|s| matches!(s.kind, Kind::Unknown(_))).unwrap_or(0))),
+            None => match self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
+                Admit::Refuse(r) => Some((r, self.first_refused(&policy, &route.classification))),
+                _ => None,
+            },
+        };
+        // A refused Query runs no transaction control (what it keeps has none), and what it
+        // changes in the session is rolled back by the error.
+        self.bounds.query(refusal.is_none().then_some(&route.classification), mentions_chain(sql));
+        match refusal {
+            Some((r, refused)) => Some((r, self.kept(sql, &route.classification, refused))),
+            None => {
+                self.after(&route.classification);
+                None
+            }
         }
-        match self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
-            Admit::Refuse(r) => Some(r),
-            _ => None,
+    }
+
+    /// The first statement of a Query whose admission is refused on its own (0 when only
+    /// the whole is).
+    fn first_refused(&self, policy: &Policy, classification: &Classification) -> usize {
+        classification
+            .statements
+            .iter()
+            .position(|s| {
+                let one = Classification { statements: vec![s.clone()] };
+                matches!(self.replication.admit(&policy.decide(&one), writes_rows(&one)), Admit::Refuse(_))
+            })
+            .unwrap_or(0)
+    }
+
+    /// How much of a Query refused at its statement `refused` still runs: the statements
+    /// before it, whose results the client gets before the error, as from PostgreSQL when a
+    /// statement fails. Only when none of them is transaction control: then the error aborts
+    /// whatever they changed, and nothing of it commits without capgate's coordination.
+    fn kept(&self, sql: &str, classification: &Classification, refused: usize) -> usize {
+        let before = classification.statements.get(..refused).unwrap_or_default();
+        if before.is_empty() || before.iter().any(|s| matches!(s.kind, Kind::Transaction(_))) {
+            return 0;
+        }
+        match crate::classify::statement_ends(crate::classify::Dialect::Postgres, self.search_path(), sql) {
+            Some(ends) if ends.len() == classification.statements.len() => ends.get(refused - 1).copied().unwrap_or(0),
+            _ => 0,
         }
     }
 
@@ -493,56 +553,6 @@ pub(crate) fn split_cstr(b: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(&b[..end]).ok()?, &b[end + 1..]))
 }
 
-/// A statement that makes the primary raise `refusal` as an ERROR.
-pub(crate) fn raise_statement(refusal: &Refusal) -> String {
-    // Inside the $capgate$-quoted body only that exact tag could end it early.
-    let lit = |s: &str| format!("'{}'", s.replace('\'', "''").replace("$capgate$", "$ capgate$"));
-    format!(
-        "DO $capgate$ BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}, HINT = {}; END $capgate$",
-        lit(refusal.code),
-        lit(&refusal.message),
-        lit(&refusal.hint)
-    )
-}
-
-/// A Query frame raising the refusal.
-pub(crate) fn refusal_query(refusal: &Refusal) -> BytesMut {
-    let mut out = BytesMut::new();
-    write_frame(&mut out, b'Q', |b| {
-        b.put_slice(raise_statement(refusal).as_bytes());
-        b.put_u8(0);
-    });
-    out
-}
-
-/// What replaces a refused Parse: Parse, Bind and Execute of an unnamed statement that
-/// raises the refusal. The primary answers with the ErrorResponse where the client expects
-/// its ParseComplete, then — as after any extended-protocol error — ignores the client's
-/// following messages (its Bind, Describe, Execute of the refused statement) up to Sync. The
-/// error thus arrives in order, the named statement is not created (as when a Parse fails),
-/// and an open transaction is aborted, all exactly as PostgreSQL does for a failing Parse.
-pub(crate) fn refusal_parse(refusal: &Refusal) -> BytesMut {
-    let mut out = BytesMut::new();
-    write_frame(&mut out, b'P', |b| {
-        b.put_u8(0);
-        b.put_slice(raise_statement(refusal).as_bytes());
-        b.put_u8(0);
-        b.put_u16(0);
-    });
-    write_frame(&mut out, b'B', |b| {
-        b.put_u8(0); // unnamed portal
-        b.put_u8(0); // unnamed statement
-        b.put_u16(0); // no parameter formats
-        b.put_u16(0); // no parameters
-        b.put_u16(0); // no result formats
-    });
-    write_frame(&mut out, b'E', |b| {
-        b.put_u8(0);
-        b.put_u32(0);
-    });
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,12 +611,5 @@ mod tests {
         assert!(s.prepared("C").is_none());
         s.on_frame(&state, b'Q', &query("DEALLOCATE ALL"));
         assert!(s.prepared("b").is_none());
-    }
-
-    #[test]
-    fn refusal_statement_is_one_safe_literal() {
-        let r = Refusal { code: "0A000", message: "it's $capgate$ bad, pass $1".into(), hint: "fix".into() };
-        let s = raise_statement(&r);
-        assert!(s.contains("MESSAGE = 'it''s $ capgate$ bad, pass $1'"), "{s}");
     }
 }

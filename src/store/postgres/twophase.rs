@@ -73,6 +73,19 @@ pub fn prepare_sql(branch: Branch<'_>, changes: &str) -> String {
     )
 }
 
+/// How fast a replica is assumed to apply a sync transaction's changes at the least: a large
+/// transaction gets this much more time than the base deadline (one second per MiB of row
+/// images), so a healthy 100,000-row commit is not refused for its size. A silent cut is still
+/// answered within the health loop's detection time, whatever the deadline.
+const APPLY_BYTES_PER_SECOND: f64 = 1024.0 * 1024.0;
+
+/// The prepare deadline of a sync transaction whose row images are `changes`: the base
+/// (five times the slowest replica's partition latency or heartbeat timeout) plus the time to
+/// apply them at [`APPLY_BYTES_PER_SECOND`], at most `limit` (unless the base is longer).
+pub fn prepare_deadline(base: Duration, changes: &str, limit: Duration) -> Duration {
+    (base + Duration::from_secs_f64(changes.len() as f64 / APPLY_BYTES_PER_SECOND)).min(limit.max(base))
+}
+
 /// Apply `changes` and prepare `gid` on `site`, within `deadline` and only while the site
 /// stays available: a replica that its health loop finds partitioned meanwhile ends the wait
 /// at once (a silent cut is answered within the detection time, not the deadline).
@@ -218,6 +231,18 @@ pub async fn finish(pool: Pool<PgConnector>, gid: String, commit: bool, for_at_m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_transaction_gets_time_to_apply() {
+        let base = Duration::from_millis(2500);
+        let limit = Duration::from_secs(15);
+        assert_eq!(prepare_deadline(base, "", limit), base);
+        let ten_mib = "x".repeat(10 * 1024 * 1024);
+        assert_eq!(prepare_deadline(base, &ten_mib, limit), base + Duration::from_secs(10));
+        // Never past half the recovery grace, so recovery never rolls back a live commit.
+        assert_eq!(prepare_deadline(base, &ten_mib.repeat(2), limit), limit);
+        assert_eq!(prepare_deadline(base, &ten_mib, Duration::from_secs(1)), base);
+    }
 
     #[test]
     fn literals_cannot_be_broken_out_of() {

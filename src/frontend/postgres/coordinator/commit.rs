@@ -160,7 +160,13 @@ where
                                     _ => None,
                                 };
                                 let to = twophase::Branch { origin: &replication.site, gid: &gid, record, lock_wait };
-                                twophase::prepare(site, to, &changes, replication.deadline).await
+                                twophase::prepare(
+                                    site,
+                                    to,
+                                    &changes,
+                                    twophase::prepare_deadline(replication.deadline, &changes, replication.prepare_limit),
+                                )
+                                .await
                             }
                             None => Err(PrepareFailure::Unavailable("no such replica".into())),
                         };
