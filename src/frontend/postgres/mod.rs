@@ -22,6 +22,7 @@ pub mod coordinator;
 pub mod refusal;
 pub mod relay;
 pub mod replication;
+pub mod replies;
 pub mod session;
 pub mod statements;
 
