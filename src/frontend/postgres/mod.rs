@@ -23,6 +23,7 @@ pub mod refusal;
 pub mod relay;
 pub mod replication;
 pub mod replies;
+pub mod search_path;
 pub mod session;
 pub mod statements;
 

@@ -17,6 +17,7 @@ use super::refusal::refusal_query_after;
 pub(crate) use super::refusal::{raise_statement, refusal_parse, refusal_query};
 use super::relay::{Flow, SessionState};
 use super::replication::{Admit, Replication};
+use super::search_path::{parse_search_path, search_path_option, substitute_user};
 use crate::classify::{Classification, Kind, SearchPath, SessionChange, TxControl};
 use crate::policy::{Mode, Policy};
 use crate::protocol::postgres::startup::StartupMessage;
@@ -511,38 +512,6 @@ pub fn replicated_ddl(route: &crate::replicate::Route, sql: &str) -> bool {
         && !sql.to_ascii_uppercase().contains("CONCURRENTLY")
 }
 
-fn substitute_user(schemas: &[String], user: &str) -> SearchPath {
-    SearchPath::new(schemas.iter().map(|s| if s == "$user" { user.to_owned() } else { s.clone() }))
-}
-
-/// A search_path setting as PostgreSQL reads it: comma-separated, `"quoted"` names exact,
-/// unquoted ones folded to lower case.
-pub fn parse_search_path(value: &str, user: &str) -> SearchPath {
-    let schemas: Vec<String> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-            Some(q) => q.replace("\"\"", "\""),
-            None => s.to_lowercase(),
-        })
-        .collect();
-    substitute_user(&schemas, user)
-}
-
-/// `search_path` from a startup `options` value (`-c search_path=a,b` or `--search_path=a,b`).
-fn search_path_option(options: &str) -> Option<String> {
-    let mut words = options.split_whitespace().peekable();
-    let mut found = None;
-    while let Some(w) = words.next() {
-        let setting = if w == "-c" { words.next() } else { w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) };
-        if let Some(v) = setting.and_then(|s| s.strip_prefix("search_path=")) {
-            found = Some(v.replace("\\ ", " "));
-        }
-    }
-    found
-}
-
 /// The text of a NUL-terminated string at the front of `b`.
 pub(crate) fn cstr(b: &[u8]) -> Option<&str> {
     split_cstr(b).map(|(s, _)| s)
@@ -556,14 +525,6 @@ pub(crate) fn split_cstr(b: &[u8]) -> Option<(&str, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn search_paths_fold_and_substitute() {
-        assert_eq!(parse_search_path("\"$user\", Public, \"Mixed\"", "alice").schemas(), ["alice", "public", "Mixed"]);
-        assert_eq!(search_path_option("-c search_path=app,public -c work_mem=4MB").as_deref(), Some("app,public"));
-        assert_eq!(search_path_option("--search_path=x").as_deref(), Some("x"));
-        assert_eq!(search_path_option("-cstatement_timeout=5"), None);
-    }
 
     /// DEALLOCATE forgets the statements it deallocates (a client naming each statement
     /// anew and deallocating them would otherwise grow the map for the life of the session).
