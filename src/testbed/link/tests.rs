@@ -64,6 +64,12 @@ fn relays_both_ways_and_counts() {
     });
     s.write_all(&big).unwrap();
     check.join().unwrap();
+    // Each direction counts a chunk after writing it, so the echo can arrive before the last
+    // count: wait for the counters to settle.
+    let t = Instant::now();
+    while (link.stats().bytes_to_target, link.stats().bytes_to_client) != (300_005, 300_005) && t.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(5));
+    }
     let stats = link.stats();
     assert_eq!(stats.connections, 1);
     assert_eq!(stats.open, 1);
