@@ -9,6 +9,9 @@
 pub mod mysql;
 pub mod postgres;
 
+use std::collections::BTreeMap;
+
+use crate::classify::TableName;
 use crate::policy::{Mode, OnConflict};
 
 /// What a capture trigger records a table's changes as.
@@ -52,4 +55,19 @@ impl CaptureMode {
             _ => None,
         }
     }
+}
+
+/// What one round of reconciling capture triggers with the policy changed, and what it
+/// could not (the same for every database).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Tables whose trigger was created or changed, with the mode they now capture as.
+    pub installed: Vec<(TableName, CaptureMode)>,
+    /// Tables whose triggers were removed (their rule became local, or was removed).
+    pub removed: Vec<TableName>,
+    /// Tables that should be captured (or not) but could not be changed, with the reason a
+    /// DBA can act on.
+    pub failed: Vec<(TableName, String)>,
+    /// Every table captured after the round, with its mode.
+    pub captured: BTreeMap<TableName, CaptureMode>,
 }

@@ -1,22 +1,7 @@
 //! Protocol edge cases of the relay: what a client sees must be what PostgreSQL itself would
 //! have said.
 
-use crate::support::{Proxy, Raw};
-
-/// A StartupMessage for protocol 3.`minor` with `params`.
-fn startup_minor(minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = ((3u32 << 16) | u32::from(minor)).to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
-}
+use crate::support::{startup_minor, Proxy, Raw};
 
 /// A `[[users]]` login is authenticated by capgate, which then speaks protocol 3.0 to the
 /// primary: a client asking for 3.2 and a protocol option is told so with the same

@@ -28,7 +28,7 @@ use mysql_async::prelude::Queryable;
 use super::image::{self, quote_ident, quote_literal, Column, ImageError};
 use crate::classify::TableName;
 use crate::policy::Policy;
-use crate::store::CaptureMode;
+pub use crate::store::{CaptureMode, Reconciled};
 
 /// The three row events a table's capture triggers follow, with the trigger name's letter.
 const EVENTS: [(&str, char); 3] = [("INSERT", 'i'), ("UPDATE", 'u'), ("DELETE", 'd')];
@@ -41,19 +41,6 @@ const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema
 pub enum CaptureError {
     #[error("reading the primary's tables and capture triggers: {0}")]
     Catalog(mysql_async::Error),
-}
-
-/// What one round changed, and what it could not.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Reconciled {
-    /// Tables whose triggers were created or regenerated, with the mode they now capture as.
-    pub installed: Vec<(TableName, CaptureMode)>,
-    /// Tables whose triggers were removed.
-    pub removed: Vec<TableName>,
-    /// Tables that should be captured but could not be, with the reason a DBA can act on.
-    pub failed: Vec<(TableName, String)>,
-    /// Every table captured after the round, with its mode.
-    pub captured: BTreeMap<TableName, CaptureMode>,
 }
 
 /// One capture trigger as it should be (or is).

@@ -18,27 +18,13 @@ use crate::policy::Policy;
 /// trigger takes a SHARE ROW EXCLUSIVE lock, which waits for long-running writers.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub use crate::store::CaptureMode;
+pub use crate::store::{CaptureMode, Reconciled};
 
 /// Why a reconciliation round could not even start.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("reading the primary's tables and capture triggers: {0}")]
     Catalog(tokio_postgres::Error),
-}
-
-/// What one round changed, and what it could not.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Reconciled {
-    /// Tables whose trigger was created or changed, with the mode they now capture as.
-    pub installed: Vec<(TableName, CaptureMode)>,
-    /// Tables whose triggers were removed (their rule became local, or was removed).
-    pub removed: Vec<TableName>,
-    /// Tables that should be captured (or not) but could not be changed, with the reason a
-    /// DBA can act on.
-    pub failed: Vec<(TableName, String)>,
-    /// Every table captured after the round, with its mode.
-    pub captured: BTreeMap<TableName, CaptureMode>,
 }
 
 /// Every ordinary and partitioned table outside the system schemas that is not itself a

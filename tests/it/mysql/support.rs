@@ -145,3 +145,20 @@ pub fn error_code(e: &mysql_async::Error) -> u16 {
         other => panic!("expected a server error, got: {other}"),
     }
 }
+
+/// Runs sysbench `script` `command` at `port` on database `db` (2 tables of `rows` rows);
+/// returns (success, stdout and stderr).
+pub fn sysbench(port: u16, script: &str, db: &str, rows: u32, command: &str, extra: &[&str]) -> (bool, String) {
+    let out = Command::new("sysbench")
+        .arg(script)
+        .args(["--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-user=capgate", "--mysql-ssl=off"])
+        .arg(format!("--mysql-db={db}"))
+        .arg(format!("--mysql-port={port}"))
+        .args(["--tables=2".to_owned(), format!("--table-size={rows}")])
+        .args(extra)
+        .arg(command)
+        .output()
+        .expect("run sysbench");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}

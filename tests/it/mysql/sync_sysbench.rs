@@ -8,23 +8,16 @@ use super::capture::SERVER;
 use super::support::{primary, replica, MyProxy};
 use super::sync::settled;
 
+/// sysbench oltp_read_write `command` at `port`, required to succeed without a FATAL error
+/// (the primary's latest deadlock is printed when it does not).
 fn sysbench(port: u16, command: &str, extra: &[&str]) -> String {
-    let out = Command::new("sysbench")
-        .arg("oltp_read_write")
-        .args(["--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-user=capgate", "--mysql-db=sbsync", "--mysql-ssl=off"])
-        .arg(format!("--mysql-port={port}"))
-        .args(["--tables=2", "--table-size=1000"])
-        .args(extra)
-        .arg(command)
-        .output()
-        .expect("run sysbench");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() || text.contains("FATAL") {
+    let (ok, text) = super::support::sysbench(port, "oltp_read_write", "sbsync", 1000, command, extra);
+    if !ok || text.contains("FATAL") {
         let st = primary().sql("SHOW ENGINE INNODB STATUS").unwrap_or_default();
         let i = st.find("LATEST DETECTED DEADLOCK").unwrap_or(0);
         eprintln!("DEADLOCK {}", &st[i..(i + 5000).min(st.len())]);
     }
-    assert!(out.status.success() && !text.contains("FATAL"), "sysbench {command} failed:\n{text}");
+    assert!(ok && !text.contains("FATAL"), "sysbench {command} failed:\n{text}");
     text
 }
 

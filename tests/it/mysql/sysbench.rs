@@ -3,23 +3,11 @@
 //! with client-side emulation, and oltp_insert. sysbench retries deadlocks by itself; those
 //! happen directly too, so the runs are compared rather than required to be error-free.
 
-use std::process::Command;
-
 use super::support::{primary, MyProxy};
 
-/// Runs sysbench `script` `command` at `port`; returns (success, output).
+/// Runs sysbench `script` `command` at `port` on this test's database.
 fn sysbench(port: u16, script: &str, command: &str, extra: &[&str]) -> (bool, String) {
-    let out = Command::new("sysbench")
-        .arg(script)
-        .args(["--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-user=capgate", "--mysql-db=sbtest", "--mysql-ssl=off"])
-        .arg(format!("--mysql-port={port}"))
-        .args(["--tables=2", "--table-size=2000"])
-        .args(extra)
-        .arg(command)
-        .output()
-        .expect("run sysbench");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    super::support::sysbench(port, script, "sbtest", 2000, command, extra)
 }
 
 /// The number after `label` in sysbench's report (e.g. `transactions:`).
