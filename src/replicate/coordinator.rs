@@ -23,7 +23,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::policy::OnPartition;
+use crate::classify::TableName;
+use crate::policy::{Mode, OnPartition, Policy};
 use crate::replicate::Refusal;
 
 /// SQLSTATE of a commit refused because a replica could not take part (partitioned, too slow,
@@ -424,6 +425,25 @@ fn abbreviate(s: &str) -> String {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
     }
+}
+
+/// The strictest `on_partition` of `tables` under `policy`: `fail` if any table fails (or is
+/// no longer sync), else the shortest `block` timeout.
+pub fn strictest_on_partition(policy: &Policy, tables: &[String]) -> OnPartition {
+    let mut out: Option<OnPartition> = None;
+    for t in tables {
+        let mode = TableName::parse(t).map(|name| policy.decide_table(&name).mode);
+        let this = match mode {
+            Some(Mode::Sync { on_partition, .. }) => on_partition,
+            _ => OnPartition::Fail,
+        };
+        out = Some(match (out, this) {
+            (None, x) => x,
+            (Some(OnPartition::Fail), _) | (_, OnPartition::Fail) => OnPartition::Fail,
+            (Some(OnPartition::Block { timeout: a }), OnPartition::Block { timeout: b }) => OnPartition::Block { timeout: a.min(b) },
+        });
+    }
+    out.unwrap_or(OnPartition::Fail)
 }
 
 #[cfg(test)]

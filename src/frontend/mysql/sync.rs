@@ -16,8 +16,8 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::config::DbUrl;
-use crate::frontend::postgres::coordinator::strictest_on_partition;
 use crate::policy::Policy;
+use crate::replicate::coordinator::strictest_on_partition;
 use crate::replicate::coordinator::{Action, Event, PrepareFailure, ReplicaView, SyncCommit};
 use crate::replicate::Refusal;
 use crate::store::mysql::apply::{self, ApplyError, Change, Tables};

@@ -217,7 +217,7 @@ impl Statements {
 
     /// Route a Query's text as [`Statements::on_frame`] does, returning the whole verdict
     /// (the coordinator acts on it).
-    pub fn route_query(&mut self, _state: &SessionState, sql: &str) -> crate::replicate::Route {
+    pub fn route_query(&mut self, sql: &str) -> crate::replicate::Route {
         let policy = self.policy();
         let route = self.router.route(sql, self.search_path(), &policy);
         self.after(&route.classification);
@@ -226,7 +226,7 @@ impl Statements {
     }
 
     /// The policy the current transaction runs under.
-    pub fn tx_policy(&mut self, _state: &SessionState) -> Arc<Policy> {
+    pub fn tx_policy(&mut self) -> Arc<Policy> {
         self.policy()
     }
 

@@ -270,3 +270,14 @@ fn a_cross_site_lock_conflict_is_a_retryable_deadlock() {
     assert!(r.hint.contains("retry"));
     assert_eq!(a.last(), Some(&Action::Finish { commit: false, replicas: vec![0], gid: "g".into() }));
 }
+
+#[test]
+fn the_strictest_on_partition_wins() {
+    let text = "[[table]]\nmatch = \"public.f\"\nmode = \"sync\"\n[[table]]\nmatch = \"public.b*\"\nmode = \"sync\"\non_partition = \"block\"\npartition_timeout = \"3s\"\n[[table]]\nmatch = \"public.c*\"\nmode = \"sync\"\non_partition = \"block\"\npartition_timeout = \"9s\"\n";
+    let policy = Policy::parse(text, std::path::Path::new("p.toml")).unwrap();
+    let t = |v: &[&str]| strictest_on_partition(&policy, &v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(t(&["public.b1"]), OnPartition::Block { timeout: Duration::from_secs(3) });
+    assert_eq!(t(&["public.b1", "public.f"]), OnPartition::Fail);
+    assert_eq!(t(&["public.c1", "public.b1"]), OnPartition::Block { timeout: Duration::from_secs(3) }, "the shortest wait");
+    assert_eq!(t(&["public.local"]), OnPartition::Fail, "a table no longer sync refuses rather than waits");
+}

@@ -16,9 +16,9 @@ use super::super::statements::raise_statement;
 use super::super::{SessionError, Shared};
 use super::wire::{error_text, Rows, Wire};
 use crate::classify::TableName;
-use crate::policy::{Mode, OnPartition, Policy};
+use crate::policy::Policy;
 use crate::protocol::postgres::message::{ErrorMessage, Severity};
-use crate::replicate::coordinator::{Action, Event, PrepareFailure, ReplicaView, SyncCommit};
+use crate::replicate::coordinator::{strictest_on_partition, Action, Event, PrepareFailure, ReplicaView, SyncCommit};
 use crate::replicate::Refusal;
 use crate::store::postgres::twophase;
 
@@ -45,25 +45,6 @@ impl CommitPoint {
     fn extended(&self) -> bool {
         matches!(self, CommitPoint::Bind(_) | CommitPoint::Sync(_))
     }
-}
-
-/// The strictest `on_partition` of `tables` under `policy`: `fail` if any table fails (or is
-/// no longer sync), else the shortest `block` timeout.
-pub fn strictest_on_partition(policy: &Policy, tables: &[String]) -> OnPartition {
-    let mut out: Option<OnPartition> = None;
-    for t in tables {
-        let mode = TableName::parse(t).map(|name| policy.decide_table(&name).mode);
-        let this = match mode {
-            Some(Mode::Sync { on_partition, .. }) => on_partition,
-            _ => OnPartition::Fail,
-        };
-        out = Some(match (out, this) {
-            (None, x) => x,
-            (Some(OnPartition::Fail), _) | (_, OnPartition::Fail) => OnPartition::Fail,
-            (Some(OnPartition::Block { timeout: a }), OnPartition::Block { timeout: b }) => OnPartition::Block { timeout: a.min(b) },
-        });
-    }
-    out.unwrap_or(OnPartition::Fail)
 }
 
 /// The largest quorum among `tables` under `policy`, counted against `replicas` (a table
@@ -410,16 +391,5 @@ mod tests {
     fn text_arrays_read_back() {
         assert_eq!(parse_text_array("{public.a,\"public.\\\"B c\\\"\"}"), vec!["public.a".to_owned(), "public.\"B c\"".to_owned()]);
         assert_eq!(parse_text_array("{}"), Vec::<String>::new());
-    }
-
-    #[test]
-    fn the_strictest_on_partition_wins() {
-        let text = "[[table]]\nmatch = \"public.f\"\nmode = \"sync\"\n[[table]]\nmatch = \"public.b*\"\nmode = \"sync\"\non_partition = \"block\"\npartition_timeout = \"3s\"\n[[table]]\nmatch = \"public.c*\"\nmode = \"sync\"\non_partition = \"block\"\npartition_timeout = \"9s\"\n";
-        let policy = Policy::parse(text, std::path::Path::new("p.toml")).unwrap();
-        let t = |v: &[&str]| strictest_on_partition(&policy, &v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(t(&["public.b1"]), OnPartition::Block { timeout: Duration::from_secs(3) });
-        assert_eq!(t(&["public.b1", "public.f"]), OnPartition::Fail);
-        assert_eq!(t(&["public.c1", "public.b1"]), OnPartition::Block { timeout: Duration::from_secs(3) }, "the shortest wait");
-        assert_eq!(t(&["public.local"]), OnPartition::Fail, "a table no longer sync refuses rather than waits");
     }
 }

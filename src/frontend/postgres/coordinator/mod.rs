@@ -35,7 +35,6 @@ use crate::replicate::{Refusal, Route};
 use crate::store::postgres::capture::CaptureMode;
 use crate::store::postgres::twophase::{dollar_quote, quote};
 /// Also used by the MySQL front end's sync commit (to move to `replicate` with the next refactor).
-pub use commit::strictest_on_partition;
 use commit::CommitPoint;
 use wire::Wire;
 
@@ -107,7 +106,7 @@ where
 
     async fn query(&mut self, frame: BytesMut) -> Result<(), SessionError> {
         let Some(sql) = cstr(&frame[5..]).map(str::to_owned) else { return self.wire.forward(&frame).await };
-        let route = self.statements.route_query(self.wire.state, &sql);
+        let route = self.statements.route_query(&sql);
         if let Some(refusal) = &route.refusal {
             return self.refuse_query(refusal).await;
         }
@@ -120,7 +119,7 @@ where
             return self.refuse_query(&refusal).await;
         }
         let ddl = replicated_ddl(&route, &sql);
-        let may_sync = super::statements::may_change_sync(&route, &self.statements.tx_policy(self.wire.state));
+        let may_sync = super::statements::may_change_sync(&route, &self.statements.tx_policy());
         let wrap = self.status() == b'I'
             && (may_sync || ddl)
             && !route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(_)));
@@ -157,7 +156,7 @@ where
                     self.install_capture(&route).await?;
                 }
                 if self.sync_pending() {
-                    let policy = self.statements.tx_policy(self.wire.state);
+                    let policy = self.statements.tx_policy();
                     return commit::run(self.shared, &policy, &mut self.wire, CommitPoint::Wrapped).await;
                 }
                 if let Err(e) = self.wire.own_query("COMMIT").await? {
@@ -178,7 +177,7 @@ where
         let decisions = {
             let body = &frame[5..];
             let name = split_cstr(body).and_then(|(_, rest)| cstr(rest)).unwrap_or_default().to_owned();
-            let policy = self.statements.tx_policy(self.wire.state);
+            let policy = self.statements.tx_policy();
             self.statements.prepared(&name).map(|p| (policy.decide(&p.classification), writes_rows(&p.classification))).unwrap_or_default()
         };
         if let Some(refusal) = self.statements.replication().clone().admit_waiting(&decisions.0, decisions.1).await {
@@ -204,7 +203,7 @@ where
                 CommitPoint::Wrapped => Ok(()),
             };
         }
-        let policy = self.statements.tx_policy(self.wire.state);
+        let policy = self.statements.tx_policy();
         commit::run(self.shared, &policy, &mut self.wire, point).await
     }
 
