@@ -38,10 +38,12 @@ impl Reserve {
         Reserve(std::fs::File::open("/dev/null").ok())
     }
 
-    fn refill(&mut self) {
+    /// Take the descriptor again if it was given up; false when none is free for it.
+    fn refill(&mut self) -> bool {
         if self.0.is_none() {
             self.0 = std::fs::File::open("/dev/null").ok();
         }
+        self.0.is_some()
     }
 
     /// Give the descriptor up; false when there was none to give.
@@ -88,8 +90,14 @@ pub async fn accept_until<F, Fut>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                reserve.refill();
+                if accepted.is_err() {
+                    reserve.refill();
+                }
                 let (tcp, refusal) = match accepted {
+                    // The connection took the descriptor the reserve wants back: it is the one
+                    // in reserve now, so it is told why and closed, and the reserve refills
+                    // then. Serving it would leave the next client hanging in the queue.
+                    Ok((tcp, _)) if !reserve.refill() => (tcp, Some(Refusal::NoDescriptors)),
                     Ok((tcp, _)) => (tcp, None),
                     Err(e) if out_of_descriptors(&e) && !connection_waiting(listener) => {
                         // A session took the last descriptor and nobody waits to be told: keep

@@ -26,6 +26,11 @@ use crate::protocol::postgres::startup::{StartupMessage, StartupPacket};
 /// negotiation starts with it instead of an SSLRequest.
 const TLS_HANDSHAKE: u8 = 0x16;
 
+/// How long a refused connection may take to send its startup packet before it is closed
+/// without being told: ample for a client that is sending one, short enough that an idle
+/// connection does not keep the reserve descriptor (and every later client's refusal) waiting.
+const REFUSED_STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What the startup phase produced.
 enum Opening {
     /// A CancelRequest was handled; the connection is done.
@@ -70,8 +75,13 @@ async fn run(
     shutdown: watch::Receiver<bool>,
     slot: &mut Option<Conn>,
 ) -> Result<(), SessionError> {
-    // One deadline for everything from accept to ReadyForQuery.
-    let deadline = tokio::time::Instant::now() + shared.config.authentication_timeout;
+    // One deadline for everything from accept to ReadyForQuery. A refused connection may hold
+    // the descriptor kept in reserve: it gets only a short while to send its startup.
+    let wait = match refusal {
+        Some(_) => shared.config.authentication_timeout.min(REFUSED_STARTUP_WAIT),
+        None => shared.config.authentication_timeout,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
     let opened = tokio::time::timeout_at(deadline, open(shared, tcp, slot)).await.map_err(|_| SessionError::AuthTimeout)??;
     let Opening::Startup { conn, message, raw } = opened else { return Ok(()) };
     *slot = Some(conn);
