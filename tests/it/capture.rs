@@ -155,11 +155,7 @@ async fn sync_changes_outside_capgate_ship_async_and_inside_need_coordination() 
     let decided: bool =
         client.query_one("SELECT committed FROM capgate.decisions WHERE gid = 'capgate:test:x:1'", &[]).await.unwrap().get(0);
     assert!(decided);
-    let left: i64 = client
-        .query_one("SELECT (SELECT count(*) FROM capgate.sync_changes) + (SELECT count(*) FROM capgate.sync_txn)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left: i64 = client.query_one("SELECT count(*) FROM pg_temp.capgate_sync_changes", &[]).await.unwrap().get(0);
     assert_eq!(left, 0, "sync changes are read once and gone");
 
     // A savepoint rolled back takes its sync changes with it: nothing to prepare.
@@ -171,6 +167,36 @@ async fn sync_changes_outside_capgate_ship_async_and_inside_need_coordination() 
     let decisions: i64 =
         client.query_one("SELECT count(*) FROM capgate.decisions WHERE gid = 'capgate:test:x:2'", &[]).await.unwrap().get(0);
     assert_eq!(decisions, 0, "no decision for a transaction without sync changes");
+
+    // The changes wait in a temporary table of the session: a pool's DISCARD ALL between two
+    // transactions drops it, and the next sync change makes it again.
+    client.batch_execute("DISCARD ALL").await.unwrap();
+    client.batch_execute("SET capgate.session = 'on'").await.unwrap();
+    client.batch_execute("BEGIN; UPDATE cap.sync_acct SET note = 'after discard' WHERE id = 3").await.unwrap();
+    let after: serde_json::Value =
+        client.query_one("SELECT changes FROM capgate.sync_prepare('capgate:test:x:d', 'test', false)", &[]).await.unwrap().get(0);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(after[0]["new"]["note"], "after discard", "{after}");
+    let err = client.batch_execute("UPDATE cap.sync_acct SET note = 'uncoordinated' WHERE id = 3").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "CGS01", "still refused uncoordinated after a DISCARD: {err}");
+
+    // No autovacuum for temporary tables: the space of a large transaction's changes is given
+    // back at the next transaction's first sync change.
+    client
+        .batch_execute("BEGIN; INSERT INTO cap.sync_acct SELECT g, g, repeat('x', 100) FROM generate_series(1000, 5999) g")
+        .await
+        .unwrap();
+    client.query_one("SELECT changes FROM capgate.sync_prepare('capgate:test:x:big', 'test', false)", &[]).await.unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    let size = "SELECT pg_relation_size('pg_temp.capgate_sync_changes')";
+    let big: i64 = client.query_one(size, &[]).await.unwrap().get(0);
+    client.batch_execute("BEGIN; UPDATE cap.sync_acct SET note = 'next' WHERE id = 3").await.unwrap();
+    let next: serde_json::Value =
+        client.query_one("SELECT changes FROM capgate.sync_prepare('capgate:test:x:next', 'test', false)", &[]).await.unwrap().get(0);
+    client.batch_execute("COMMIT").await.unwrap();
+    let small: i64 = client.query_one(size, &[]).await.unwrap().get(0);
+    assert_eq!(next.as_array().map(Vec::len), Some(1), "{next}");
+    assert!(big > 262_144 && small <= 8192, "the table went from {big} to {small} bytes");
 
     // Under a quorum (stream): the same changes also go to the change stream, with the gid and
     // their capture order, in the same transaction (decision 0017).

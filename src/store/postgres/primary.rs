@@ -31,7 +31,10 @@ pub const PRIMARY_SCHEMA_VERSION: i32 = PRIMARY_MIGRATIONS.len() as i32;
 ///    for `check-config --connect` on the other sites) and
 ///    `capgate.latest` (the same table the replica side keeps): a `latest` table's local
 ///    writes record their time and site there, so changes from another site that takes writes
-///    are compared with them (decision 0019).
+///    are compared with them (decision 0019);
+/// 8. the shared `capgate.sync_changes` and `capgate.sync_txn` removed: a transaction's sync
+///    changes wait for its COMMIT in a temporary table of its own session (see
+///    [`FUNCTIONS_SQL`], `capgate.sync_buffer`), where no other transaction reads or writes.
 const PRIMARY_MIGRATIONS: &[&str] = &[
     r#"CREATE TABLE IF NOT EXISTS capgate.outbox_seq (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
@@ -130,6 +133,10 @@ CREATE TABLE IF NOT EXISTS capgate.latest (
     PRIMARY KEY (tbl, key)
 );
 "#,
+    r#"
+DROP TABLE IF EXISTS capgate.sync_changes;
+DROP TABLE IF EXISTS capgate.sync_txn;
+"#,
 ];
 
 /// The functions, replaced on every install. `@` placeholders: none; every name is
@@ -145,14 +152,63 @@ CREATE TABLE IF NOT EXISTS capgate.latest (
 ///   text of a row does not depend on the client's session. A sync table changed outside a
 ///   capgate session (`capgate.session` not `on`: a DBA's psql, a cron job) is captured as
 ///   async: it is shipped later, and counted.
-/// - `capgate.check_coordinated()`: the deferred constraint trigger on `capgate.sync_txn`.
+/// - `capgate.sync_buffer()`: creates, once per session (again after a `DISCARD`), the
+///   temporary table `pg_temp.capgate_sync_changes` (`ON COMMIT DELETE ROWS`) where a capgate
+///   session's sync changes wait for its COMMIT, with the deferred constraint trigger that
+///   fires on each transaction's first one. Temporary, so that no other transaction ever reads
+///   or writes these rows: PostgreSQL takes no predicate locks on temporary tables, and the
+///   read at COMMIT adds nothing to a SERIALIZABLE transaction's conflicts (a shared table's
+///   index pages, read at COMMIT and written by every sync writer, made unrelated writers
+///   fail with 40001). The table is owned by capgate's role (the functions that use it are
+///   `SECURITY DEFINER`), which needs `TEMPORARY` on the database. A transaction that used it
+///   cannot be `PREPARE TRANSACTION`ed on the primary: a client's own two-phase commit of sync
+///   changes is refused by PostgreSQL (0A000).
+/// - `capgate.check_coordinated()`: the deferred constraint trigger on a transaction's first
+///   sync change.
 /// - `capgate.sync_prepare(gid, origin, stream)`: the first step of a sync COMMIT: the tables
 ///   and the changes (NULL when the transaction has none left, e.g. after ROLLBACK TO
 ///   SAVEPOINT); with `stream`, the changes are also written to `capgate.changes` with the
-///   gid, keeping their capture order (`seq`), for replicas outside a quorum.
+///   gid, keeping their capture order (`seq`), for replicas outside a quorum. The rows go at
+///   COMMIT (`ON COMMIT DELETE ROWS`).
 /// - `capgate.capture_ddl(sql, mode, table, search_path)`: records a schema change in the
 ///   change stream, in the transaction that runs it, with the caller's search_path.
 const FUNCTIONS_SQL: &str = r#"
+CREATE OR REPLACE FUNCTION capgate.check_coordinated() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF pg_catalog.current_setting('capgate.commit_xid', true) IS DISTINCT FROM NEW.xid::text THEN
+        RAISE EXCEPTION 'capgate: this transaction changed table % (mode sync), but capgate was not coordinating its commit; nothing was committed', NEW.tbl
+            USING ERRCODE = 'CGS01',
+                  HINT = 'the change came from a function or trigger in an autocommit statement, from a COMMIT inside a multi-statement query string, or from SET CONSTRAINTS ALL IMMEDIATE; run the statement inside BEGIN … COMMIT, with COMMIT sent as its own statement';
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION capgate.sync_buffer() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF pg_catalog.to_regclass('pg_temp.capgate_sync_changes') IS NULL THEN
+        CREATE TEMPORARY TABLE capgate_sync_changes (
+            seq bigint NOT NULL DEFAULT pg_catalog.nextval('capgate.change_seq'),
+            xid xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+            at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+            tbl text NOT NULL,
+            op "char" NOT NULL,
+            old json,
+            new json,
+            first boolean NOT NULL
+        );
+        CREATE CONSTRAINT TRIGGER capgate_coordinated AFTER INSERT ON pg_temp.capgate_sync_changes
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.first) EXECUTE FUNCTION capgate.check_coordinated();
+    ELSIF pg_catalog.pg_relation_size('pg_temp.capgate_sync_changes') > 262144 THEN
+        -- Only dead rows are left here (each transaction deletes its own at COMMIT, or rolled
+        -- back): give the space back now and then (no autovacuum for temporary tables).
+        TRUNCATE pg_temp.capgate_sync_changes;
+    END IF;
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION capgate.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -168,6 +224,7 @@ DECLARE
     v_op "char";
     v_old json;
     v_new json;
+    v_first boolean := false;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         v_op := 'I';
@@ -195,12 +252,13 @@ BEGIN
                       HINT = 'a deferred trigger or constraint writes a sync table at COMMIT; capgate cannot replicate that change: make the trigger immediate';
         END IF;
         IF pg_catalog.current_setting('capgate.sync_xid', true) IS DISTINCT FROM v_xid THEN
-            INSERT INTO capgate.sync_txn (xid, tbl) VALUES (pg_catalog.pg_current_xact_id(), v_tbl) ON CONFLICT DO NOTHING;
+            PERFORM capgate.sync_buffer();
+            v_first := true;
             PERFORM pg_catalog.set_config('capgate.sync_xid', v_xid, true);
             -- INFO reaches the client whatever client_min_messages says; capgate hides it.
             RAISE INFO USING MESSAGE = 'capgate: sync change', ERRCODE = 'CGS00', DETAIL = v_tbl;
         END IF;
-        INSERT INTO capgate.sync_changes (tbl, op, old, new, proxied) VALUES (v_tbl, v_op, v_old, v_new, true);
+        INSERT INTO pg_temp.capgate_sync_changes (tbl, op, old, new, first) VALUES (v_tbl, v_op, v_old, v_new, v_first);
     ELSE
         INSERT INTO capgate.changes (at, tbl, op, old, new, proxied) VALUES (v_at, v_tbl, v_op, v_old, v_new, v_proxied);
     END IF;
@@ -220,43 +278,24 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION capgate.check_coordinated() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    IF pg_catalog.current_setting('capgate.commit_xid', true) IS DISTINCT FROM NEW.xid::text THEN
-        RAISE EXCEPTION 'capgate: this transaction changed table % (mode sync), but capgate was not coordinating its commit; nothing was committed', NEW.tbl
-            USING ERRCODE = 'CGS01',
-                  HINT = 'the change came from a function or trigger in an autocommit statement, from a COMMIT inside a multi-statement query string, or from SET CONSTRAINTS ALL IMMEDIATE; run the statement inside BEGIN … COMMIT, with COMMIT sent as its own statement';
-    END IF;
-    RETURN NULL;
-END
-$fn$;
-
-DO $install$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgname = 'capgate_coordinated'
-                   AND tgrelid = 'capgate.sync_txn'::pg_catalog.regclass) THEN
-        CREATE CONSTRAINT TRIGGER capgate_coordinated AFTER INSERT ON capgate.sync_txn
-            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION capgate.check_coordinated();
-    END IF;
-END
-$install$;
-
 CREATE OR REPLACE FUNCTION capgate.sync_prepare(p_gid text, p_origin text, p_stream boolean, OUT tables text[], OUT changes json)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM pg_catalog.set_config('capgate.commit_xid', pg_catalog.pg_current_xact_id()::text, true);
+    IF pg_catalog.current_setting('capgate.sync_xid', true) IS DISTINCT FROM pg_catalog.pg_current_xact_id()::text THEN
+        -- No sync change in this transaction (or none left after ROLLBACK TO SAVEPOINT).
+        RETURN;
+    END IF;
     WITH d AS (
-        DELETE FROM capgate.sync_changes WHERE xid = pg_catalog.pg_current_xact_id()
-        RETURNING seq, xid, at, tbl, op, old, new, proxied
+        DELETE FROM pg_temp.capgate_sync_changes c WHERE c.xid = pg_catalog.pg_current_xact_id()
+        RETURNING c.seq, c.xid, c.at, c.tbl, c.op, c.old, c.new
     ), s AS (
         INSERT INTO capgate.changes (seq, xid, at, tbl, op, old, new, proxied, gid)
-        SELECT seq, xid, at, tbl, op, old, new, proxied, p_gid FROM d WHERE p_stream
+        SELECT seq, xid, at, tbl, op, old, new, true, p_gid FROM d WHERE p_stream
     )
     SELECT pg_catalog.array_agg(DISTINCT tbl),
            pg_catalog.json_agg(pg_catalog.json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new) ORDER BY seq)
         INTO tables, changes FROM d;
-    DELETE FROM capgate.sync_txn WHERE xid = pg_catalog.pg_current_xact_id();
     IF changes IS NOT NULL THEN
         INSERT INTO capgate.decisions (gid, origin, committed) VALUES (p_gid, p_origin, true);
     END IF;
@@ -289,15 +328,17 @@ DECLARE
     -- The caller's search_path comes as an argument: inside, the function's own is in force.
     v_new json := pg_catalog.json_build_object('sql', p_sql, 'search_path', p_search_path);
     v_xid text := pg_catalog.pg_current_xact_id()::text;
+    v_first boolean := false;
 BEGIN
     PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
     IF p_mode = 'sync' THEN
         IF pg_catalog.current_setting('capgate.sync_xid', true) IS DISTINCT FROM v_xid THEN
-            INSERT INTO capgate.sync_txn (xid, tbl) VALUES (pg_catalog.pg_current_xact_id(), p_tbl) ON CONFLICT DO NOTHING;
+            PERFORM capgate.sync_buffer();
+            v_first := true;
             PERFORM pg_catalog.set_config('capgate.sync_xid', v_xid, true);
             RAISE INFO USING MESSAGE = 'capgate: sync change', ERRCODE = 'CGS00', DETAIL = p_tbl;
         END IF;
-        INSERT INTO capgate.sync_changes (tbl, op, new, proxied) VALUES (p_tbl, 'S', v_new, true);
+        INSERT INTO pg_temp.capgate_sync_changes (tbl, op, new, first) VALUES (p_tbl, 'S', v_new, v_first);
     ELSE
         INSERT INTO capgate.changes (tbl, op, new, proxied) VALUES (p_tbl, 'S', v_new, true);
     END IF;

@@ -115,13 +115,10 @@ async fn serializable_on_own_rows_never_fails_async_and_bounded() {
     assert!(report.iter().all(|r| r.contains(": 0 of ")), "transactions failed through capgate:\n{report:#?}");
 }
 
-/// Fails today: at COMMIT capgate reads and deletes the transaction's rows of
-/// `capgate.sync_changes` and `capgate.sync_txn` inside the client's transaction
-/// (`capgate.sync_prepare`); at SERIALIZABLE those reads take predicate locks on index pages
-/// every sync writer inserts into, so writers of unrelated rows form rw-conflicts and 1–10 %
-/// of them fail with 40001 (the same transactions directly: none).
+/// A sync transaction's changes wait for its COMMIT in a temporary table of its own session:
+/// when they were in a shared table, the read at COMMIT took predicate locks on index pages
+/// every sync writer inserted into, and 1–10 % of these transactions failed with 40001.
 #[tokio::test]
-#[ignore = "known failure, reported with issue 11: cargo test --test it serializable_on_own_rows_never_fails_sync -- --ignored"]
 async fn serializable_on_own_rows_never_fails_sync() {
     let _one = crate::replication::exclusive().await;
     let report = every_mode("ap_iso_ser_sync", &["SERIALIZABLE"], &[Mode::Sync]).await;
