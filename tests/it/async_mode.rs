@@ -462,3 +462,52 @@ async fn an_autocommit_extended_write_with_typed_parameters_is_replicated() {
     assert_eq!(replica_rows("SELECT v FROM as_typed").await, vec!["6"]);
     verify_equal_for(site, &["public.as_typed"]).await;
 }
+
+/// A new origin ships a sync table's writes made around capgate from the snapshot its capture
+/// trigger was installed in (issue 11): a change queued before — by an earlier life of the
+/// table, never shipped — is not sent to a replica whose rows never had it (it halted the
+/// table with `update_differs`), and a write made since is.
+#[tokio::test]
+async fn a_new_origin_ships_a_sync_table_from_where_its_capture_began() {
+    let _one = crate::replication::exclusive().await;
+    let schema = |v: i32| {
+        format!(
+            "DROP TABLE IF EXISTS public.born_again; CREATE TABLE public.born_again (id int PRIMARY KEY, v int NOT NULL); \
+             INSERT INTO public.born_again VALUES (1, {v})"
+        )
+    };
+    let primary = connect(&bed().a_primary_url()).await;
+    primary
+        .batch_execute("DO $$ BEGIN IF to_regclass('capgate.changes') IS NOT NULL THEN DELETE FROM capgate.changes; END IF; END $$")
+        .await
+        .unwrap();
+    on_both(&schema(0)).await;
+    let policy = "default = \"local\"\n[[table]]\nmatch = \"public.born_again\"\nmode = \"sync\"\n";
+    let captured = "SELECT count(*) FROM pg_trigger WHERE tgname = 'capgate_capture' AND tgrelid = 'public.born_again'::regclass";
+    {
+        let link = own_link();
+        let _earlier = async_proxy("born_again_earlier", policy, &link).await;
+        wait_until("the capture trigger", Duration::from_secs(30), async || primary_rows(captured).await == ["1"]).await;
+    }
+    // Around capgate, with no capgate running: queued, never shipped. Then the table starts
+    // a new life, equal on both sites.
+    primary.batch_execute("UPDATE public.born_again SET v = 1").await.unwrap();
+    assert_eq!(primary_rows("SELECT count(*) FROM capgate.changes WHERE tbl = 'public.born_again'").await, ["1"]);
+    on_both(&schema(5)).await;
+
+    let site = "born_again_new";
+    let link = own_link();
+    let _proxy = async_proxy(site, policy, &link).await;
+    wait_until("the capture trigger", Duration::from_secs(30), async || primary_rows(captured).await == ["1"]).await;
+    primary.batch_execute("UPDATE public.born_again SET v = v + 2").await.unwrap();
+    let shipped = "SELECT v FROM public.born_again";
+    wait_until("the write around capgate to reach the replica", Duration::from_secs(60), async || replica_rows(shipped).await == ["7"])
+        .await;
+    let state = replica_rows(&format!("SELECT state FROM capgate.tables WHERE origin = '{site}' AND tbl = 'public.born_again'")).await;
+    assert_eq!(state, ["copied"]);
+    let conflicts = replica_rows(&format!("SELECT kind FROM capgate.conflicts WHERE origin = '{site}'")).await;
+    assert!(conflicts.is_empty(), "the earlier life's change was shipped: {conflicts:?}");
+    verify_equal_for(site, &["public.born_again"]).await;
+    primary.execute("DELETE FROM capgate.changes WHERE tbl = 'public.born_again'", &[]).await.unwrap();
+    on_both("DROP TABLE public.born_again").await;
+}

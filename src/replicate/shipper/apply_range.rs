@@ -10,6 +10,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::range::{Page, Range};
 use super::session::{Fail, Run};
+use super::tables::Filters;
 use crate::replicate::apply::{self, explain, ApplyError, Conflict};
 
 /// The replica session's prepared statements.
@@ -26,6 +27,9 @@ pub(super) enum Ranged {
     Empty { snapshot: String },
     /// A table halted (conflict under `halt`, or its apply failed): nothing was committed.
     Halted { table: String, error: String, conflict: Box<Conflict> },
+    /// The range's snapshot shows captured tables the shipper has not listed yet: nothing was
+    /// read; list them (copy or adopt them) before the next range.
+    Unlisted { tables: Vec<String> },
 }
 
 impl Run {
@@ -44,13 +48,18 @@ impl Run {
         replica: &Client,
         stmts: &Stmts,
         from: Option<&str>,
-        skip: &[String],
-        gates: &str,
+        filters: &Filters,
+        listed: &[String],
     ) -> Result<Ranged, Fail> {
         let cfg = &self.config;
         let primary_fail = |e: String| Fail::Primary(e);
         let mut range =
-            self.timed("opening a range on the primary", Range::open(primary, from, skip, gates)).await.map_err(primary_fail)?;
+            self.timed("opening a range on the primary", Range::open(primary, from, filters, listed)).await.map_err(primary_fail)?;
+        if !range.unlisted.is_empty() {
+            let tables = std::mem::take(&mut range.unlisted);
+            self.timed("ending the range", range.close()).await.map_err(primary_fail)?;
+            return Ok(Ranged::Unlisted { tables });
+        }
         let snapshot = range.snapshot.clone();
         let (rows, bytes) = (cfg.page_rows, cfg.page_bytes);
         let Some(mut cur) = self.timed("reading changes", range.next_page(rows, bytes)).await.map_err(primary_fail)? else {

@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use tokio_postgres::{Client, IsolationLevel, Portal, Transaction};
 
+use super::tables::Filters;
+
 /// Rows fetched from the portal at a time (a page is made of such chunks).
 const CHUNK_ROWS: i32 = 500;
 
@@ -24,7 +26,7 @@ const RANGE_FROM_SQL: &str =
      ELSE json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new, 'gid', gid) END::text \
      FROM capgate.changes \
      WHERE xid >= pg_snapshot_xmin($1::text::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) \
-     AND tbl <> ALL ($2::text[]) \
+     AND tbl = ANY ($2::text[]) \
      AND NOT coalesce(pg_visible_in_snapshot(xid, ($3::text::json ->> tbl)::pg_snapshot), false) \
      ORDER BY seq";
 
@@ -33,7 +35,7 @@ const RANGE_ALL_SQL: &str =
     "SELECT tbl, CASE WHEN gid IS NULL THEN json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new) \
      ELSE json_build_object('seq', seq, 'at', at, 'tbl', tbl, 'op', op, 'old', old, 'new', new, 'gid', gid) END::text \
      FROM capgate.changes \
-     WHERE $1::text IS NULL AND tbl <> ALL ($2::text[]) \
+     WHERE $1::text IS NULL AND tbl = ANY ($2::text[]) \
      AND NOT coalesce(pg_visible_in_snapshot(xid, ($3::text::json ->> tbl)::pg_snapshot), false) \
      ORDER BY seq";
 
@@ -74,23 +76,30 @@ pub struct Range<'a> {
     /// Changes fetched but not yet put in a page: (table, change). At most one chunk.
     pending: VecDeque<(String, String)>,
     exhausted: bool,
+    /// Tables captured in `B` that the shipper had not listed: the range must not be read
+    /// (see [`Range::open`]).
+    pub unlisted: Vec<String>,
 }
 
 impl<'a> Range<'a> {
-    /// Opens the range after `from` (None: from the beginning), leaving out the changes of
-    /// `skip` and those of a gated table visible in its copy snapshot (`gates`, see
-    /// [`super::tables::filters`]).
+    /// Opens the range after `from` (None: from the beginning), with the changes of the
+    /// tables `filters` ships only, less those of a gated table visible in its copy snapshot
+    /// (see [`super::tables::filters`]). `listed`: every captured table the shipper
+    /// knows; when `B` shows a table captured that is not among them, `unlisted` names it and
+    /// the range must not be read: the table's changes in it would be left out before the
+    /// table was copied (async) or adopted at the snapshot its capture began in (sync).
     pub async fn open(
         primary: &'a mut Client,
         from: Option<&str>,
-        skip: &[String],
-        gates: &str,
+        filters: &Filters,
+        listed: &[String],
     ) -> Result<Range<'a>, tokio_postgres::Error> {
         let tx = primary.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
-        let snapshot: String = tx.query_one("SELECT pg_current_snapshot()::text", &[]).await?.try_get(0)?;
+        let row = tx.query_one(&super::tables::range_snapshot_sql(), &[&listed]).await?;
+        let (snapshot, unlisted): (String, Vec<String>) = (row.try_get(0)?, row.try_get(1)?);
         let sql = if from.is_some() { RANGE_FROM_SQL } else { RANGE_ALL_SQL };
-        let portal = tx.bind(sql, &[&from, &skip, &gates]).await?;
-        Ok(Range { tx, portal, snapshot, pending: VecDeque::new(), exhausted: false })
+        let portal = tx.bind(sql, &[&from, &filters.ship, &filters.gates]).await?;
+        Ok(Range { tx, portal, snapshot, pending: VecDeque::new(), exhausted: false, unlisted })
     }
 
     /// The next page: at most `rows` changes and about `bytes` bytes of them (always at least

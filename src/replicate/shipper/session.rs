@@ -251,6 +251,8 @@ impl Run {
         }
         self.stats.set_phase(Phase::Running);
         let mut async_tables: Vec<String> = Vec::new();
+        // Every captured table listed (async and sync): a range waits until it holds them all.
+        let mut listed_tables: Vec<String> = Vec::new();
         // Tables an operator resumed: copied again even without initial copies.
         let mut resumed: std::collections::BTreeSet<String> = Default::default();
         let mut listed = Instant::now() - REFRESH;
@@ -278,13 +280,20 @@ impl Run {
                     Ok(t) => t,
                     Err(e) => return Fail::Primary(e),
                 };
+                listed_tables = async_tables.iter().chain(&sync_tables).cloned().collect();
                 let unknown: Vec<String> = sync_tables.into_iter().filter(|t| !states.contains_key(t)).collect();
                 if !unknown.is_empty() {
-                    if let Err(e) = self.timed("recording the sync tables", tables::adopt(&replica.client, &cfg.origin, &unknown)).await {
+                    let since = match self.timed("reading when capture began", tables::capture_since(primary, &unknown)).await {
+                        Ok(s) => s,
+                        Err(e) => return Fail::Primary(e),
+                    };
+                    let adopt = tables::adopt(&replica.client, &cfg.origin, &unknown, &since);
+                    if let Err(e) = self.timed("recording the sync tables", adopt).await {
                         return Fail::Replica(e);
                     }
                     for t in unknown {
-                        states.insert(t, TableStatus { state: TableState::Copied, snapshot: None, error: None, copied_rows: None });
+                        let snapshot = since.get(&t).cloned();
+                        states.insert(t, TableStatus { state: TableState::Copied, snapshot, error: None, copied_rows: None });
                     }
                     self.publish_tables(&states);
                 }
@@ -301,8 +310,8 @@ impl Run {
                 }
                 self.stats.set_phase(Phase::Running);
             }
-            let (skip, gates) = tables::filters(&states, &async_tables, cfg.initial_copy);
-            let ranged = self.range(primary, &replica.client, &stmts, applied.as_deref(), &skip, &gates).await;
+            let filters = tables::filters(&states, &async_tables, cfg.initial_copy);
+            let ranged = self.range(primary, &replica.client, &stmts, applied.as_deref(), &filters, &listed_tables).await;
             match ranged {
                 Ok(Ranged::Applied { snapshot }) => {
                     applied = Some(snapshot.clone());
@@ -335,6 +344,11 @@ impl Run {
                         }
                     }
                     let _ = tokio::time::timeout(cfg.poll_interval, self.wake.notified()).await;
+                    continue;
+                }
+                Ok(Ranged::Unlisted { tables }) => {
+                    tracing::debug!(replica = %cfg.replica_name, ?tables, "shipper: tables captured since the last listing; listing again before shipping");
+                    listed = Instant::now() - REFRESH;
                     continue;
                 }
                 Ok(Ranged::Halted { table, error, conflict }) => {

@@ -104,29 +104,66 @@ pub async fn captured(primary: &Client) -> Result<(Vec<String>, Vec<String>), to
     Ok((async_tables, sync_tables))
 }
 
-/// Records sync tables the replica does not know yet as copied without copying them (two-phase
-/// commit keeps them equal): when one later moves to an async rule it is not copied, which
-/// could erase the rows of a sync commit still prepared on the replica.
-pub async fn adopt(replica: &Client, origin: &str, tables: &[String]) -> Result<(), tokio_postgres::Error> {
-    let sql = "INSERT INTO capgate.tables (origin, tbl, state) SELECT $1, t, 'copied' FROM unnest($2::text[]) AS t ON CONFLICT DO NOTHING";
-    replica.execute(sql, &[&origin, &tables]).await.map(|_| ())
+/// The snapshot each of `tables` began to be captured in (`capgate.capture_since`, written
+/// when the capture trigger is installed), as text; a table installed by a capgate older than
+/// that record has none.
+pub async fn capture_since(primary: &Client, tables: &[String]) -> Result<BTreeMap<String, String>, tokio_postgres::Error> {
+    let rows = primary.query("SELECT tbl, snapshot::text FROM capgate.capture_since WHERE tbl = ANY ($1)", &[&tables]).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
-/// What a range must leave out, and what it must filter, given the replica's table states
-/// and the tables captured as async: `(skip, gates)`. Skipped: halted and copying tables, and
-/// async tables not copied yet (their copy will contain these changes). Gated: copied tables
-/// whose copy snapshot still filters changes (`{"tbl": "snapshot"}`).
-pub fn filters(states: &BTreeMap<String, TableStatus>, async_tables: &[String], initial_copy: bool) -> (Vec<String>, String) {
-    let mut skip: Vec<String> = states.iter().filter(|(_, s)| s.state != TableState::Copied).map(|(t, _)| t.clone()).collect();
-    if initial_copy {
-        skip.extend(async_tables.iter().filter(|t| !states.contains_key(*t)).cloned());
+/// Records sync tables the replica does not know yet as copied without copying them (two-phase
+/// commit keeps them equal): when one later moves to an async rule it is not copied, which
+/// could erase the rows of a sync commit still prepared on the replica. Each is copied "at"
+/// the snapshot its capture began in (`since`): a change queued before — by an earlier life
+/// of the table, under another origin or rule — is never shipped; every change captured since
+/// is (writes made around capgate, a quorum commit's changes for a replica outside it).
+pub async fn adopt(
+    replica: &Client,
+    origin: &str,
+    tables: &[String],
+    since: &BTreeMap<String, String>,
+) -> Result<(), tokio_postgres::Error> {
+    let snapshots: Vec<Option<&str>> = tables.iter().map(|t| since.get(t).map(String::as_str)).collect();
+    let sql = "INSERT INTO capgate.tables (origin, tbl, state, snapshot) \
+               SELECT $1, t, 'copied', s::pg_snapshot FROM unnest($2::text[], $3::text[]) AS u(t, s) ON CONFLICT DO NOTHING";
+    replica.execute(sql, &[&origin, &tables, &snapshots]).await.map(|_| ())
+}
+
+/// `pg_current_snapshot()` and, in that same snapshot, the captured tables not in `$1` (the
+/// ones the shipper listed): a range must not start while one is missing, since every change
+/// in the range belongs to a table whose trigger is visible in the range's snapshot.
+pub fn range_snapshot_sql() -> String {
+    format!("SELECT pg_current_snapshot()::text, ARRAY(SELECT c.tbl FROM ({CAPTURED_SQL}) AS c(mode, tbl) WHERE c.tbl <> ALL ($1::text[]))")
+}
+
+/// What a range ships and filters (see [`filters`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filters {
+    /// The tables whose changes the range ships.
+    pub ship: Vec<String>,
+    /// Copy snapshots that still filter a table's changes, as JSON `{"tbl": "snapshot"}`.
+    pub gates: String,
+}
+
+/// Which tables a range ships, and what it must filter, given the replica's table states and
+/// the tables captured as async. Shipped: the tables that entered
+/// replication on this replica — copied, or adopted (sync) — and, without initial copies, the
+/// async tables not copied yet. Never the others: halted and copying tables, async tables not
+/// copied yet (their copy will contain these changes), and tables this replica never took in
+/// (changes queued by an earlier life of a table, before its capture began). Gated: copied
+/// tables whose copy snapshot still filters changes (`{"tbl": "snapshot"}`).
+pub fn filters(states: &BTreeMap<String, TableStatus>, async_tables: &[String], initial_copy: bool) -> Filters {
+    let mut ship: Vec<String> = states.iter().filter(|(_, s)| s.state == TableState::Copied).map(|(t, _)| t.clone()).collect();
+    if !initial_copy {
+        ship.extend(async_tables.iter().filter(|t| !states.contains_key(*t)).cloned());
     }
     let gates: serde_json::Map<String, serde_json::Value> = states
         .iter()
         .filter(|(_, s)| s.state == TableState::Copied)
         .filter_map(|(t, s)| s.snapshot.clone().map(|snap| (t.clone(), serde_json::Value::String(snap))))
         .collect();
-    (skip, serde_json::Value::Object(gates).to_string())
+    Filters { ship, gates: serde_json::Value::Object(gates).to_string() }
 }
 
 #[cfg(test)]
@@ -138,17 +175,20 @@ mod tests {
     }
 
     #[test]
-    fn uncopied_halted_and_copying_tables_are_left_out_and_copies_gate() {
+    fn only_tables_taken_in_ship_and_copies_gate() {
         let mut states = BTreeMap::new();
         states.insert("public.a".to_owned(), status(TableState::Copied, Some("10:12:11")));
         states.insert("public.b".to_owned(), status(TableState::Copied, None));
         states.insert("public.c".to_owned(), status(TableState::Halted, None));
         states.insert("public.d".to_owned(), status(TableState::Copying, None));
         let captured = ["public.a", "public.b", "public.c", "public.new"].map(str::to_owned);
-        let (skip, gates) = filters(&states, &captured, true);
-        assert_eq!(skip, vec!["public.c", "public.d", "public.new"]);
-        assert_eq!(gates, r#"{"public.a":"10:12:11"}"#);
-        let (skip, _) = filters(&states, &captured, false);
-        assert_eq!(skip, vec!["public.c", "public.d"], "without copies, new tables ship at once");
+        let f = filters(&states, &captured, true);
+        assert_eq!(f.ship, vec!["public.a", "public.b"], "halted, copying, not copied yet: left out");
+        assert_eq!(f.gates, r#"{"public.a":"10:12:11"}"#);
+        assert_eq!(
+            filters(&states, &captured, false).ship,
+            vec!["public.a", "public.b", "public.new"],
+            "without copies, new tables ship at once"
+        );
     }
 }

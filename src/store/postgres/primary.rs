@@ -34,7 +34,9 @@ pub const PRIMARY_SCHEMA_VERSION: i32 = PRIMARY_MIGRATIONS.len() as i32;
 ///    are compared with them (decision 0019);
 /// 8. the shared `capgate.sync_changes` and `capgate.sync_txn` removed: a transaction's sync
 ///    changes wait for its COMMIT in a temporary table of its own session (see
-///    [`FUNCTIONS_SQL`], `capgate.sync_buffer`), where no other transaction reads or writes.
+///    [`FUNCTIONS_SQL`], `capgate.sync_buffer`), where no other transaction reads or writes;
+///    `capgate.capture_since`: the snapshot each table's capture trigger was installed in
+///    (`capgate.install_capture`), where a sync table enters replication (decision 0014).
 const PRIMARY_MIGRATIONS: &[&str] = &[
     r#"CREATE TABLE IF NOT EXISTS capgate.outbox_seq (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
@@ -136,6 +138,11 @@ CREATE TABLE IF NOT EXISTS capgate.latest (
     r#"
 DROP TABLE IF EXISTS capgate.sync_changes;
 DROP TABLE IF EXISTS capgate.sync_txn;
+CREATE TABLE IF NOT EXISTS capgate.capture_since (
+    tbl text PRIMARY KEY,
+    snapshot pg_snapshot NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
 "#,
 ];
 
@@ -170,6 +177,9 @@ DROP TABLE IF EXISTS capgate.sync_txn;
 ///   SAVEPOINT); with `stream`, the changes are also written to `capgate.changes` with the
 ///   gid, keeping their capture order (`seq`), for replicas outside a quorum. The rows go at
 ///   COMMIT (`ON COMMIT DELETE ROWS`).
+/// - `capgate.install_capture(table, mode, name)` / `remove_capture(table)`: the triggers;
+///   `capgate.capture_began(name)` (`SECURITY DEFINER`: a client's CREATE TABLE installs them
+///   too) records the snapshot the trigger was installed in, in `capgate.capture_since`.
 /// - `capgate.capture_ddl(sql, mode, table, search_path)`: records a schema change in the
 ///   change stream, in the transaction that runs it, with the caller's search_path.
 const FUNCTIONS_SQL: &str = r#"
@@ -311,7 +321,17 @@ BEGIN
         'FOR EACH ROW EXECUTE FUNCTION capgate.capture(%L, %L)', p_table, p_mode, p_name);
     EXECUTE pg_catalog.format('CREATE TRIGGER capgate_truncate AFTER TRUNCATE ON %s '
         'FOR EACH STATEMENT EXECUTE FUNCTION capgate.capture(%L, %L)', p_table, p_mode, p_name);
+    -- Taken now, with the table's lock held: a transaction visible in it wrote the table
+    -- before this trigger existed; its changes, if queued, belong to an earlier life of the
+    -- table (decision 0014: where a sync table enters replication).
+    PERFORM capgate.capture_began(p_name);
 END
+$fn$;
+
+CREATE OR REPLACE FUNCTION capgate.capture_began(p_name text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    INSERT INTO capgate.capture_since AS s (tbl, snapshot) VALUES (p_name, pg_catalog.pg_current_snapshot())
+    ON CONFLICT (tbl) DO UPDATE SET snapshot = EXCLUDED.snapshot, at = pg_catalog.now();
 $fn$;
 
 CREATE OR REPLACE FUNCTION capgate.remove_capture(p_table regclass) RETURNS void

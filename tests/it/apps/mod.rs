@@ -123,10 +123,9 @@ async fn site_proxy(site: &str, policy: &str, link: &Link) -> Proxy {
 /// `schema` on both sites of the bed (dropping what a previous run left), as a new
 /// deployment of these tables: the queue of row changes on the primary is emptied too. Every
 /// run is a new origin on the same primary and replica, which no real deployment does (one
-/// primary is one site); a new origin would ship what an earlier run's origin left queued
-/// for tables it has not copied (reported with the issue: sync tables are adopted without a
-/// copy and their queued changes shipped, and changes of tables not yet listed are not left
-/// out).
+/// primary is one site); a new origin ships only tables it took in (copied, or sync from the
+/// snapshot their capture began in: decision 0014), so the emptied queue only keeps the
+/// shared primary small.
 pub(crate) async fn fresh(schema: &str) {
     connect(&bed().a_primary_url())
         .await
