@@ -57,7 +57,8 @@ async fn block_waits_for_the_partition_timeout_then_refuses_or_goes_through_once
     assert_eq!(sqlstate(&e), "55000", "{e:?}");
     assert!(waited >= Duration::from_secs(1), "refused after {waited:?}: it did not block");
     let msg = e.as_db_error().unwrap().message().to_owned();
-    assert!(msg.contains("public.sf_blk_t") && msg.contains("block"), "{msg}");
+    assert!(msg.contains("public.sf_blk_t") && msg.contains("on_partition = \"block\""), "{msg}");
+    assert!(!msg.contains("\"fail\""), "the refusal names a setting the table does not have: {msg}");
 
     // In a multi-statement Query, the statements before the blocked one keep their results,
     // as when a statement fails in PostgreSQL: the row, then the refusal, then idle.

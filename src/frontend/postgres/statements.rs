@@ -139,7 +139,7 @@ impl Statements {
                 }
                 let may = may_change_sync(&route, &policy);
                 self.tx_may_sync |= may;
-                if let Admit::Wait(_) = self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
+                if let Admit::Wait { .. } = self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
                     return Some(Hold::Admission);
                 }
                 if replicated_ddl(&route, sql) {
