@@ -20,6 +20,7 @@
 //!   it, not only the one that ships.
 
 mod apply_range;
+pub mod conflicts;
 pub mod copy;
 pub mod fleet;
 pub mod lag;
