@@ -24,6 +24,7 @@ pub mod conflicts;
 pub mod copy;
 pub mod fleet;
 pub mod lag;
+pub mod mysql;
 pub mod range;
 mod session;
 pub mod tables;
