@@ -162,6 +162,13 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
     assert_eq!(servers().1.sql("SELECT body FROM shipdb.notes WHERE id = 1").expect("row"), "edited on the replica");
     let stats = p.shared.shipping.as_ref().expect("shipping").shippers["east"].stats().clone();
     assert_eq!(stats.conflicts.load(std::sync::atomic::Ordering::Relaxed), 1, "only the edited row conflicted");
+    // The rolled-back transaction's numbers were holes; they are dropped once no older
+    // transaction is open on the primary.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stats.applied_snapshot().is_some_and(|s| s.ends_with("(0 holes)")) {
+        assert!(Instant::now() < deadline, "holes never dropped: {:?}", stats.applied_snapshot());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The number after `label` in sysbench's report.

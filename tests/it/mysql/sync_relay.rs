@@ -13,7 +13,11 @@ use super::capture::SERVER;
 
 fn proxy(name: &str) -> MyProxy {
     let dir = crate::support::scratch(name);
-    std::fs::write(dir.join("policy.toml"), "default = \"local\"\n[[table]]\nmatch = \"cgsync.acct\"\nmode = \"sync\"").expect("policy");
+    std::fs::write(
+        dir.join("policy.toml"),
+        "default = \"local\"\n[[table]]\nmatch = \"cgsync.acct\"\nmode = \"sync\"\n[[table]]\nmatch = \"cgsync.notes\"\nmode = \"async\"\n",
+    )
+    .expect("policy");
     let text = format!(
         "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
          [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable\"\n",

@@ -208,7 +208,14 @@ impl Run {
         loop {
             if !pos.holes.is_empty() && last_holes.elapsed().as_secs_f64() >= HOLE_SETTLE_SECS {
                 last_holes = Instant::now();
-                let (now, oldest) = self.timed("listing open transactions", ship::open_transactions(&mut primary)).await?;
+                // Without the PROCESS privilege holes stay (shipping goes on; they are looked up).
+                let (now, oldest) = match self.timed("listing open transactions", ship::open_transactions(&mut primary)).await {
+                    Ok(t) => t,
+                    Err(End::Failed(e) | End::Halted(e)) => {
+                        tracing::warn!(replica = %cfg.replica_name, "shipper: {e}; holes are kept (grant PROCESS to capgate's account)");
+                        (0.0, Some(0.0))
+                    }
+                };
                 let mut pruned = pos.clone();
                 if pruned.prune(now, oldest) > 0 {
                     let advance = ship::advance_sql(&cfg.origin, &pos, &pruned);
