@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 /// listing of open transactions is certain to have been taken after the hole was seen.
 pub const HOLE_SETTLE_SECS: f64 = 1.5;
 
-/// Most holes kept: past this the oldest are looked up anyway (they stay holes) but a
-/// position this large says something is wrong (an `auto_increment_increment` above 1 on the
-/// primary makes every other number a hole); see decision 0021.
+/// Past this many holes the shipper warns: a position this large says something is wrong
+/// (an `auto_increment_increment` above 1 on the primary makes every other number a hole);
+/// see decision 0021.
 pub const MAX_HOLES: usize = 100_000;
 
 /// Why a stored position cannot be read.

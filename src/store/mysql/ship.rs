@@ -98,6 +98,16 @@ pub async fn open_transactions(conn: &mut mysql_async::Conn) -> Result<(f64, Opt
     Ok(row.unwrap_or((0.0, None)))
 }
 
+/// Where a replica new to this origin starts: just below the smallest seq in
+/// `capgate.changes`, committed or not (a read-uncommitted look), so it is sent every change
+/// the table holds and the numbers pruned long ago are not holes. None: the table is empty.
+pub async fn fresh_start(conn: &mut mysql_async::Conn) -> Result<Option<Position>, ShipError> {
+    conn.query_drop("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED").await.map_err(server("reading the oldest change"))?;
+    let min: Option<Option<u64>> =
+        conn.query_first("SELECT MIN(seq) FROM capgate.changes").await.map_err(server("reading the oldest change"))?;
+    Ok(min.flatten().map(|m| Position { high: m.saturating_sub(1), holes: Default::default() }))
+}
+
 /// Records `pos` as `replica`'s position on the primary (lag and pruning read it).
 pub async fn note_shipped(conn: &mut mysql_async::Conn, replica: &str, pos: &Position) -> Result<(), ShipError> {
     let sql = format!(

@@ -30,7 +30,7 @@ use tokio::sync::{watch, Notify};
 use super::{ConflictPolicy, Lag, Phase, ShipperStats, TableLag};
 use crate::config::DbUrl;
 use crate::sites::AbortOnDrop;
-use crate::store::mysql::position::{Position, HOLE_SETTLE_SECS};
+use crate::store::mysql::position::{Position, HOLE_SETTLE_SECS, MAX_HOLES};
 use crate::store::mysql::xa::{self, ReplicaConn};
 use crate::store::mysql::{apply, primary, ship};
 
@@ -199,7 +199,14 @@ impl Run {
         let rc = replica.conn();
         self.timed("installing capgate's functions on the replica", apply::install(rc)).await?;
         let mut pos = self.timed("reading the replica's position", ship::replica_position(rc, &cfg.origin)).await?;
-        let tables = self.timed("reading the replica's tables", ship::replica_tables(rc)).await?;
+        if pos == Position::default() {
+            if let Some(start) = self.timed("finding the oldest change", ship::fresh_start(&mut primary)).await? {
+                let advance = ship::advance_sql(&cfg.origin, &pos, &start);
+                self.timed("recording where the replica starts", ship::commit_batch(replica.conn(), "", &advance)).await?;
+                pos = start;
+            }
+        }
+        let tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
         self.note(&mut primary, &pos).await?;
         self.stats.set_phase(Phase::Running);
         tracing::info!(replica = %cfg.replica_name, origin = %cfg.origin, high = pos.high, holes = pos.holes.len(), "shipper: holds the lock, shipping");
@@ -236,6 +243,9 @@ impl Run {
             }
             let seqs: Vec<u64> = read.changes.iter().map(|s| s.change.seq).collect();
             let next = pos.after(&seqs, read.seen);
+            if next.holes.len() > MAX_HOLES && pos.holes.len() <= MAX_HOLES {
+                tracing::warn!(replica = %cfg.replica_name, holes = next.holes.len(), "shipper: many numbers of capgate.changes are missing (auto_increment_increment above 1 on the primary?); each is looked up until it is dropped");
+            }
             let applied = batch::apply(replica.conn(), &cfg.origin, &read.changes, &tables, &pos, &next, &cfg.on_conflict);
             let outcome = match tokio::time::timeout(cfg.deadline, applied).await {
                 Ok(Ok(o)) => o,
