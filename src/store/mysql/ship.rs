@@ -56,6 +56,23 @@ pub struct Batch {
     pub seen: f64,
 }
 
+impl Batch {
+    /// Keeps the first changes whose images add up to about `bytes` (at least one). The
+    /// changes left out are read again by the next batch: the position never passes them.
+    pub fn truncate_to(&mut self, bytes: usize) {
+        let mut total = 0;
+        let keep = self
+            .changes
+            .iter()
+            .take_while(|s| {
+                total += s.change.old.as_ref().map_or(0, String::len) + s.change.new.as_ref().map_or(0, String::len);
+                total <= bytes
+            })
+            .count();
+        self.changes.truncate(keep.max(1));
+    }
+}
+
 /// The primary's clock as Unix seconds, in the session's time zone rules (the shipper's
 /// primary session keeps `time_zone = SYSTEM`, the zone `trx_started` is shown in).
 const NOW: &str = "UNIX_TIMESTAMP(NOW(6))";
@@ -209,4 +226,24 @@ pub async fn replica_tables(conn: &mut mysql_async::Conn) -> Result<Tables, Ship
 pub fn statements(changes: &[Shipped], tables: &Tables) -> Result<String, apply::ApplyError> {
     let plain: Vec<Change> = changes.iter().map(|s| s.change.clone()).collect();
     apply::statements(&plain, tables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_cut_to_its_byte_budget_keeping_at_least_one_change() {
+        let change = |seq: u64, n: usize| Shipped {
+            change: Change { seq, tbl: "s.t".into(), op: "I".into(), old: None, new: Some("x".repeat(n)) },
+            at: 0.0,
+        };
+        let mut batch = Batch { changes: vec![change(1, 40), change(2, 40), change(3, 40)], seen: 0.0 };
+        batch.truncate_to(100);
+        assert_eq!(batch.changes.iter().map(|s| s.change.seq).collect::<Vec<_>>(), [1, 2]);
+        batch.truncate_to(10);
+        assert_eq!(batch.changes.len(), 1);
+        // The position then moves to the last change kept: the rest are read again.
+        assert_eq!(Position::default().after(&[1], 0.0).high, 1);
+    }
 }

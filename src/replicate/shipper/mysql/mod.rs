@@ -48,6 +48,9 @@ pub struct MyShipperConfig {
     pub all_replicas: Vec<String>,
     /// Most changes in one batch (one replica transaction).
     pub batch_rows: usize,
+    /// About the most bytes of row images in one batch (at least one change is sent); the
+    /// statement text must stay under the replica's `max_allowed_packet` (16 MiB by default).
+    pub batch_bytes: usize,
     /// How often an idle shipper looks for new changes (a wake is faster).
     pub poll_interval: Duration,
     /// How often a shipper without the lock tries to take it.
@@ -64,7 +67,7 @@ pub struct MyShipperConfig {
 }
 
 impl MyShipperConfig {
-    /// Defaults: batches of up to 2,000 changes, 30 s deadline, 1 h retention, `on_conflict =
+    /// Defaults: batches of up to 2,000 changes or 4 MiB of images, 30 s deadline, 1 h retention, `on_conflict =
     /// halt` for every table.
     pub fn new(origin: &str, replica_name: &str, primary: DbUrl, replica: DbUrl) -> MyShipperConfig {
         MyShipperConfig {
@@ -74,6 +77,7 @@ impl MyShipperConfig {
             replica,
             all_replicas: vec![replica_name.to_owned()],
             batch_rows: 2000,
+            batch_bytes: 4 << 20,
             poll_interval: Duration::from_millis(100),
             lock_poll: Duration::from_secs(1),
             deadline: Duration::from_secs(30),
@@ -231,7 +235,8 @@ impl Run {
                     self.note(&mut primary, &pos).await?;
                 }
             }
-            let read = self.timed("reading changes", ship::read_batch(&mut primary, &pos, cfg.batch_rows)).await?;
+            let mut read = self.timed("reading changes", ship::read_batch(&mut primary, &pos, cfg.batch_rows)).await?;
+            read.truncate_to(cfg.batch_bytes);
             if read.changes.is_empty() {
                 self.measure(&mut primary, &pos).await?;
                 if last_prune.elapsed() >= cfg.prune_interval {
