@@ -71,7 +71,9 @@ fn setup_both(sql: &str) {
 const POLICY: &str = "default = \"local\"\n\
     [[table]]\nmatch = \"shipdb.acct\"\nmode = \"async\"\n\
     [[table]]\nmatch = \"shipdb.cart\"\nmode = \"bounded\"\nmax_lag = \"1s\"\n\
-    [[table]]\nmatch = \"shipdb.notes\"\nmode = \"async\"\non_conflict = \"skip\"\n";
+    [[table]]\nmatch = \"shipdb.notes\"\nmode = \"async\"\non_conflict = \"skip\"\n\
+    [[table]]\nmatch = \"shipdb.ow\"\nmode = \"async\"\non_conflict = \"overwrite\"\n\
+    [[table]]\nmatch = \"shipdb.strict\"\nmode = \"async\"\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wait_for_catch_up() {
@@ -80,7 +82,8 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
         "DROP DATABASE IF EXISTS shipdb; CREATE DATABASE shipdb; \
          CREATE TABLE shipdb.acct (id INT PRIMARY KEY, bal INT NOT NULL, note VARCHAR(20)); \
          CREATE TABLE shipdb.cart (id INT PRIMARY KEY AUTO_INCREMENT, item VARCHAR(20)); \
-         CREATE TABLE shipdb.notes (id INT PRIMARY KEY, body TEXT)",
+         CREATE TABLE shipdb.notes (id INT PRIMARY KEY, body TEXT); \
+         CREATE TABLE shipdb.ow (id INT PRIMARY KEY, body TEXT); CREATE TABLE shipdb.strict (id INT PRIMARY KEY, body TEXT)",
     );
     let link = link();
     let (p, conflict_log) = proxy("mysql-async-ship", POLICY, &link);
@@ -169,6 +172,30 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
         assert!(Instant::now() < deadline, "holes never dropped: {:?}", stats.applied_snapshot());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // on_conflict = "overwrite": the replica's row becomes the primary's.
+    c.query_drop("INSERT INTO ow VALUES (1, 'a'), (2, 'b')").await.expect("ow");
+    converged("SELECT id, body FROM shipdb.ow ORDER BY id").await;
+    servers().1.sql("UPDATE shipdb.ow SET body = 'replica' WHERE id = 1; DELETE FROM shipdb.ow WHERE id = 2").expect("edit");
+    c.query_drop("UPDATE ow SET body = 'primary' WHERE id IN (1, 2)").await.expect("update");
+    assert_eq!(converged("SELECT id, body FROM shipdb.ow ORDER BY id").await, "1\tprimary\n2\tprimary");
+
+    // on_conflict = "halt" (the default): shipping to the replica stops with the conflict as
+    // its error, and nothing after it is applied.
+    c.query_drop("INSERT INTO strict VALUES (1, 'a')").await.expect("strict");
+    converged("SELECT id, body FROM shipdb.strict").await;
+    servers().1.sql("DELETE FROM shipdb.strict").expect("edit");
+    c.query_drop("UPDATE strict SET body = 'b'").await.expect("update");
+    c.query_drop("INSERT INTO acct VALUES (7000, 0, 'after the halt')").await.expect("insert");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stats.last_error().is_some_and(|e| e.contains("update_missing on shipdb.strict (on_conflict = halt)")) {
+        assert!(Instant::now() < deadline, "the shipper never halted: {:?}", stats.last_error());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(servers().1.sql("SELECT COUNT(*) FROM shipdb.acct WHERE id = 7000").expect("count"), "0");
+    // Repaired on the replica, the change applies when shipping starts again (the next test's
+    // capgate, same origin).
+    servers().1.sql("INSERT INTO shipdb.strict VALUES (1, 'a')").expect("repair");
 }
 
 /// The number after `label` in sysbench's report.
