@@ -98,9 +98,7 @@ async fn refresh(primary: DbUrl, replicas: Vec<String>, interval: Duration, dead
     let mut conn: Option<mysql_async::Conn> = None;
     loop {
         if conn.is_none() {
-            if let Ok(opts) = xa::opts(&primary) {
-                conn = tokio::time::timeout(deadline, mysql_async::Conn::new(opts)).await.ok().and_then(|c| c.ok());
-            }
+            conn = tokio::time::timeout(deadline, xa::connect(&primary)).await.ok().and_then(|c| c.ok());
         }
         let measured = match conn.as_mut() {
             Some(c) => tokio::time::timeout(deadline, measure(c, &replicas)).await.ok().and_then(|r| r.ok()),

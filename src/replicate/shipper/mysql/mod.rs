@@ -183,8 +183,7 @@ impl Run {
     async fn lead_inner(&self) -> Result<std::convert::Infallible, End> {
         let cfg = &self.config;
         self.stats.set_phase(Phase::Connecting);
-        let opts = xa::opts(&cfg.primary).map_err(|e| End::Failed(format!("the primary's url: {e}")))?;
-        let mut primary = self.timed("connecting to the primary", mysql_async::Conn::new(opts)).await?;
+        let mut primary = self.timed("connecting to the primary", xa::connect(&cfg.primary)).await?;
         self.timed("installing the capgate database on the primary", primary::install(&mut primary)).await?;
         self.timed("preparing the primary session", ship::prepare_primary(&mut primary)).await?;
         let key = format!("capgate shipper {} -> {}", cfg.origin, cfg.replica_name);
