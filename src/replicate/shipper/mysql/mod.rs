@@ -215,6 +215,8 @@ impl Run {
         tracing::info!(replica = %cfg.replica_name, origin = %cfg.origin, high = pos.high, holes = pos.holes.len(), "shipper: holds the lock, shipping");
         let mut last_holes = Instant::now();
         let mut last_prune = Instant::now();
+        // The next batch, read on the primary while the replica applied the previous one.
+        let mut prefetched: Option<ship::Batch> = None;
         loop {
             if !pos.holes.is_empty() && last_holes.elapsed().as_secs_f64() >= HOLE_SETTLE_SECS {
                 last_holes = Instant::now();
@@ -234,7 +236,11 @@ impl Run {
                     self.note(&mut primary, &pos).await?;
                 }
             }
-            let mut read = self.timed("reading changes", ship::read_batch(&mut primary, &pos, cfg.batch_rows)).await?;
+            // A batch read before holes were dropped is still right: a dropped hole never shows up.
+            let mut read = match prefetched.take() {
+                Some(b) => b,
+                None => self.timed("reading changes", ship::read_batch(&mut primary, &pos, cfg.batch_rows)).await?,
+            };
             read.truncate_to(cfg.batch_bytes);
             if read.changes.is_empty() {
                 self.measure(&mut primary, &pos).await?;
@@ -251,12 +257,17 @@ impl Run {
                 tracing::warn!(replica = %cfg.replica_name, holes = next.holes.len(), "shipper: many numbers of capgate.changes are missing (auto_increment_increment above 1 on the primary?); each is looked up until it is dropped");
             }
             let applied = batch::apply(replica.conn(), &cfg.origin, &read.changes, &tables, &pos, &next, &cfg.on_conflict);
-            let outcome = match tokio::time::timeout(cfg.deadline, applied).await {
-                Ok(Ok(o)) => o,
-                // The next session reads the replica's tables again (one may have been created).
-                Ok(Err(e)) => return Err(End::Failed(e.to_string())),
+            let prefetch = ship::read_batch(&mut primary, &next, cfg.batch_rows);
+            let (outcome, fetched) = match tokio::time::timeout(cfg.deadline, async { tokio::join!(applied, prefetch) }).await {
+                Ok(both) => both,
                 Err(_) => return Err(End::Failed(format!("applying a batch did not finish within {:?}", cfg.deadline))),
             };
+            let outcome = match outcome {
+                Ok(o) => o,
+                // The next session reads the replica's tables again (one may have been created).
+                Err(e) => return Err(End::Failed(e.to_string())),
+            };
+            prefetched = Some(fetched.map_err(|e| End::Failed(format!("reading changes: {e}")))?);
             match outcome {
                 batch::Outcome::Applied(conflicts) => {
                     for c in &conflicts {
