@@ -6,11 +6,10 @@
 //!
 //! Timings are only ever asserted as lower bounds: the machine may be slow, never fast.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::replication::{bed, on_both, own_link, primary_rows, proxy, replica_rows, verify_equal, wait_until};
-use crate::support::{connect, scratch, sqlstate};
+use crate::support::{connect, scratch, sqlstate, Process};
 
 /// `sf_blk*` block for 3 s, `sf_blkl*` block for longer (the restore case must not race the
 /// timeout on a slow machine), `sf_fail*` and every other `sf_*` table fail at once.
@@ -214,48 +213,6 @@ async fn an_autocommit_copy_cut_off_before_its_commit_is_refused_not_acknowledge
     assert!(tags.ends_with('Z'), "{tags}");
     assert_eq!(primary_rows("SELECT count(*) FROM sf_copy").await, vec!["1"]);
     verify_equal(&["public.sf_copy"]).await;
-}
-
-/// The capgate binary, for the crash test.
-struct Process {
-    child: Child,
-    port: u16,
-}
-
-impl Process {
-    fn start(config: &std::path::Path, port: u16, log: &std::path::Path) -> Process {
-        let log = std::fs::File::options().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_capgate"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start capgate");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "capgate never listened on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Process { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn kill(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Prepared transactions of site `f` on the replica.

@@ -140,7 +140,8 @@ impl Replication {
         let grace = config.recovery_grace;
         let interval = RECOVERY_INTERVAL.min((grace / 2).max(Duration::from_secs(1)));
         let task = tokio::spawn(recovery_loop(Arc::downgrade(&replication), primary.clone(), grace, interval));
-        let capture = tokio::spawn(super::capture_loop::run(primary, config.site.clone(), policy, replication.capture.clone()));
+        let writing = crate::backend::postgres_checks::writing_sites(config);
+        let capture = tokio::spawn(super::capture_loop::run(primary, config.site.clone(), writing, policy, replication.capture.clone()));
         replication.recovery.lock().unwrap_or_else(|e| e.into_inner()).extend([AbortOnDrop(task), AbortOnDrop(capture)]);
         Ok(replication)
     }
