@@ -204,11 +204,13 @@ impl Replication {
                     hint: "fix what the message says, or make the table local in the policy; capgate retries the trigger every 10 s".into(),
                 });
             }
-            // A table under a quorum has its own sync changes in the stream (for the replicas
-            // that miss the quorum); there, a replica behind on the table's rows fails its
-            // prepare on the old images and catches up in order (decision 0017).
+            // When sync commits are streamed (some rule has a quorum below the replicas), every
+            // sync table has its own commits in the stream, for the replicas that miss the
+            // quorum; there, a replica behind on the table's rows fails its prepare on the old
+            // images and catches up in order (decision 0017). Not a reason to refuse.
             let quorum = d.mode.quorum_of(self.sites.len());
-            if let (Mode::Sync { .. }, true, false) = (d.mode, rows, quorum < self.sites.len()) {
+            let streamed = self.fleet.as_ref().is_some_and(|f| f.streams_sync());
+            if let (Mode::Sync { .. }, true, false) = (d.mode, rows, streamed) {
                 if let Some(n @ 1..) = self.queued(&d.table.to_string()) {
                     return Admit::Refuse(Refusal {
                         code: UNAVAILABLE,
