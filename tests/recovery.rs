@@ -204,3 +204,38 @@ async fn recovery_never_rolls_back_a_branch_whose_coordinator_may_still_commit()
     coordinator.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(keys(&replica, table).await, vec![1]);
 }
+
+/// A branch capgate gave up on is watched, and rolled back if its PREPARE lands late; the
+/// watch looks before it acts, so the replica's log gets no error for each look meanwhile.
+#[tokio::test]
+async fn a_late_branch_is_rolled_back_without_filling_the_replica_log() {
+    use capgate::backend::postgres::Upstream;
+    use capgate::config::DbUrl;
+    use capgate::sites::postgres::PgConnector;
+    use capgate::sites::{Settings, Site, Thresholds};
+    let bed = bed();
+    let replica = client(&bed.b_replica_url_direct()).await;
+    let table = "public.recovery_late";
+    replica.batch_execute(&format!("DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (k int PRIMARY KEY)")).await.expect("table");
+    let url = DbUrl::parse(&format!("{}?sslmode=disable", bed.b_replica_url_direct()), std::path::Path::new("/")).expect("url");
+    let settings = Settings {
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        thresholds: Thresholds { partition_latency: Duration::from_secs(2), partition_after: 3, heal_after: 2 },
+        pool_size: 2,
+    };
+    let site = Site::start("b", PgConnector::new(Upstream::new(url).expect("upstream")), settings);
+    let gid = "capgate:late:bbbb:1";
+    let watch =
+        tokio::spawn(capgate::store::postgres::twophase::finish(site.pool().clone(), gid.to_owned(), false, Duration::from_secs(20)));
+    // The PREPARE lands while the watch is looking.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    prepare(&replica, table, 1, gid).await;
+    tokio::time::timeout(Duration::from_secs(30), watch).await.expect("the watch ends").expect("join");
+    assert!(prepared(&replica, gid).await.is_empty(), "the late branch is still prepared");
+    assert!(keys(&replica, table).await.is_empty(), "the late branch committed");
+    let log = std::fs::read_to_string(bed.b_replica().data_dir().with_file_name("postgres.log")).expect("replica log");
+    let noise: Vec<&str> = log.lines().filter(|l| l.contains(gid) && l.contains("does not exist")).collect();
+    assert!(noise.is_empty(), "the watch filled the replica log with errors: {noise:?}");
+}

@@ -393,6 +393,49 @@ async fn replica_crashes_and_restarts_lose_and_duplicate_nothing() {
     assert!(shipper.stats().retries.load(Ordering::Relaxed) >= 1, "the crashes were noticed");
 }
 
+/// A primary whose clients commit with `synchronous_commit = off` (the WAL writer flushes only
+/// every 10 s here) is SIGKILLed right after the shipper applied a change: the change must
+/// still be on the primary after its crash recovery. Shipping it before the primary's WAL held
+/// it would leave the replica with a row the primary lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_crash_never_loses_a_change_the_replica_has() {
+    use capgate::testbed::{PgOptions, PgServer};
+    let env = env("ship_durable", KV, &[]).await;
+    let conf = [("synchronous_commit", "off"), ("wal_writer_delay", "10s"), ("wal_writer_flush_after", "0")];
+    let options = PgOptions { conf: conf.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..PgOptions::default() };
+    let server = tokio::task::spawn_blocking(move || PgServer::start(options)).await.expect("join").expect("primary server");
+    server.create_database("ship_durable").expect("primary db");
+    let url = server.url("postgres", "ship_durable");
+    let primary = client(&url).await;
+    primary.batch_execute(KV).await.expect("primary table");
+    install_primary(&primary).await.expect("install primary");
+    primary.execute("SELECT capgate.install_capture('public.t'::regclass, 'async', 'public.t')", &[]).await.expect("capture");
+    let mut config = env.config();
+    config.primary = env::upstream(&url);
+    let shipper = Shipper::start(config);
+    copied(&shipper, "public.t").await;
+    let server = Arc::new(server);
+    for key in 1..=3 {
+        let primary = client(&url).await;
+        primary.batch_execute(&format!("INSERT INTO t VALUES ({key}, 'shipped')")).await.expect("write");
+        let t = Instant::now();
+        while Env::rows(&env.replica, "t").await.len() < key as usize {
+            assert!(t.elapsed() < PATIENCE, "row {key} never reached the replica");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(primary);
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || {
+            s.kill().expect("kill");
+            s.restart().expect("restart");
+        })
+        .await
+        .expect("join");
+        let after = Env::rows(&client(&url).await, "t").await;
+        assert_eq!(after, Env::rows(&env.replica, "t").await, "after the primary's crash (round {key}): primary vs replica");
+    }
+}
+
 #[tokio::test]
 async fn a_sync_table_is_never_copied_even_when_it_becomes_async() {
     let env = env("ship_sync_async", KV, &[]).await;

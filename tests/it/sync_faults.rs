@@ -56,7 +56,19 @@ async fn block_waits_for_the_partition_timeout_then_refuses_or_goes_through_once
     assert_eq!(sqlstate(&e), "55000", "{e:?}");
     assert!(waited >= Duration::from_secs(1), "refused after {waited:?}: it did not block");
     let msg = e.as_db_error().unwrap().message().to_owned();
-    assert!(msg.contains("public.sf_blk_t") && msg.contains("block"), "{msg}");
+    assert!(msg.contains("public.sf_blk_t") && msg.contains("on_partition = \"block\""), "{msg}");
+    assert!(!msg.contains("\"fail\""), "the refusal names a setting the table does not have: {msg}");
+
+    // In a multi-statement Query, the statements before the blocked one keep their results,
+    // as when a statement fails in PostgreSQL: the row, then the refusal, then idle.
+    let mut raw = crate::support::Raw::login(p.addr, "postgres");
+    raw.send(&crate::support::query("SELECT 'kept' AS k; INSERT INTO sf_blk_t VALUES (3, 'during')"));
+    let replies = raw.until_ready();
+    let tags: Vec<u8> = replies.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"TDCEZ".to_vec(), "{replies:?}");
+    assert_eq!(replies[3].field(b'C').as_deref(), Some("55000"), "{:?}", replies[3].field(b'M'));
+    assert!(replies[1].body.ends_with(b"kept"), "{:?}", replies[1]);
+    assert_eq!(replies[4].body, b"I".to_vec());
 
     // A write blocked while the link heals goes through.
     let url = p.url("postgres", "postgres");

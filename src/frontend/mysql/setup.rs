@@ -36,8 +36,7 @@ pub async fn start(config: &Config, policy: &Policy) -> Result<Option<SyncShared
         return Ok(None);
     }
     let primary_err = |e: &dyn std::fmt::Display| SetupError::Primary(e.to_string());
-    let opts = xa::opts(&config.primary.url).map_err(|e| primary_err(&e))?;
-    let mut conn = mysql_async::Conn::new(opts).await.map_err(|e| primary_err(&e))?;
+    let mut conn = xa::connect(&config.primary.url).await.map_err(|e| primary_err(&e))?;
     primary::install(&mut conn).await.map_err(SetupError::Privileges)?;
     let tables = capture::tables(&mut conn).await.map_err(|e| primary_err(&e))?;
     let mut schemas: Vec<String> =
@@ -66,7 +65,7 @@ pub async fn start(config: &Config, policy: &Policy) -> Result<Option<SyncShared
 /// One reconciliation round of the capture triggers on the primary (after DDL, after a
 /// policy reload).
 pub async fn reconcile(config: &Config, policy: &Policy) -> Result<capture::Reconciled, String> {
-    let mut conn = mysql_async::Conn::new(xa::opts(&config.primary.url).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+    let mut conn = xa::connect(&config.primary.url).await.map_err(|e| e.to_string())?;
     let done = capture::reconcile(&mut conn, policy).await.map_err(|e| e.to_string());
     let _ = conn.disconnect().await;
     let done = done?;
@@ -104,8 +103,8 @@ pub async fn maintenance_loop(config: Arc<Config>, sync: &SyncShared, policy: Ar
 }
 
 async fn round(config: &Config, url: &crate::config::DbUrl, prefix: &str) -> Result<xa::RecoveryReport, String> {
-    let mut primary = mysql_async::Conn::new(xa::opts(&config.primary.url).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
-    let mut replica = mysql_async::Conn::new(xa::opts(url).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+    let mut primary = xa::connect(&config.primary.url).await.map_err(|e| e.to_string())?;
+    let mut replica = xa::connect(url).await.map_err(|e| e.to_string())?;
     let report = xa::recover(&mut primary, &mut replica, prefix).await.map_err(|e| e.to_string());
     let _ = tokio::join!(primary.disconnect(), replica.disconnect());
     report

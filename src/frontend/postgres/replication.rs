@@ -57,8 +57,12 @@ pub enum Admit {
     Go,
     /// Refused: the table's `on_partition` is `fail`.
     Refuse(Refusal),
-    /// Must wait (at most this long) for a replica: the table's `on_partition` is `block`.
-    Wait(Duration),
+    /// Must wait (at most `timeout`) for a replica: the table's `on_partition` is `block`;
+    /// `refusal` is the answer if the wait runs out.
+    Wait {
+        timeout: Duration,
+        refusal: Refusal,
+    },
 }
 
 fn partition_text(p: OnPartition) -> String {
@@ -191,7 +195,7 @@ impl Replication {
     /// statement writes rows (`rows`, i.e. not DDL) — the table's capture trigger in place. Refusals name the
     /// table, the replica, its state, the mode and the remedy.
     pub fn admit(&self, decisions: &[Decision], rows: bool) -> Admit {
-        let mut wait: Option<Duration> = None;
+        let mut wait: Option<(Duration, Refusal)> = None;
         for d in decisions {
             if rows && d.mode != Mode::Local && !self.sites.is_empty() && self.capture.captured(&d.table) == Some(false) {
                 let why = self.capture.failure(&d.table).unwrap_or_else(|| {
@@ -269,11 +273,14 @@ impl Replication {
             };
             match on_partition {
                 OnPartition::Fail => return Admit::Refuse(refusal),
-                OnPartition::Block { timeout } => wait = Some(wait.map_or(timeout, |w| w.min(timeout))),
+                OnPartition::Block { timeout } => match &wait {
+                    Some((shortest, _)) if *shortest <= timeout => {}
+                    _ => wait = Some((timeout, refusal)),
+                },
             }
         }
         match wait {
-            Some(t) => Admit::Wait(t),
+            Some((timeout, refusal)) => Admit::Wait { timeout, refusal },
             None => Admit::Go,
         }
     }
@@ -281,11 +288,10 @@ impl Replication {
     /// [`Replication::admit`], waiting up to the tables' `partition_timeout` where they say
     /// `block`. `None`: the write may run.
     pub async fn admit_waiting(&self, decisions: &[Decision], rows: bool) -> Option<Refusal> {
-        let Admit::Wait(timeout) = self.admit(decisions, rows) else {
-            return match self.admit(decisions, rows) {
-                Admit::Refuse(r) => Some(r),
-                _ => None,
-            };
+        let timeout = match self.admit(decisions, rows) {
+            Admit::Go => return None,
+            Admit::Refuse(r) => return Some(r),
+            Admit::Wait { timeout, .. } => timeout,
         };
         let until = tokio::time::Instant::now() + timeout;
         loop {
@@ -293,27 +299,11 @@ impl Replication {
             match self.admit(decisions, rows) {
                 Admit::Go => return None,
                 Admit::Refuse(r) => return Some(r),
-                Admit::Wait(_) if tokio::time::Instant::now() >= until => {
-                    // Still not admitted after the wait: the refusal the `fail` setting gives.
-                    return decisions.iter().find_map(|d| {
-                        let mut failing = d.clone();
-                        failing.mode = match d.mode {
-                            Mode::Sync { quorum, .. } => Mode::Sync { on_partition: OnPartition::Fail, quorum },
-                            Mode::Bounded { max_lag, on_conflict, .. } => {
-                                Mode::Bounded { max_lag, on_partition: OnPartition::Fail, on_conflict }
-                            }
-                            m => m,
-                        };
-                        match self.admit(std::slice::from_ref(&failing), rows) {
-                            Admit::Refuse(mut r) => {
-                                r.message.push_str(&format!(" (waited {timeout:?}: on_partition = \"block\")"));
-                                Some(r)
-                            }
-                            _ => None,
-                        }
-                    });
+                Admit::Wait { mut refusal, .. } if tokio::time::Instant::now() >= until => {
+                    refusal.message.push_str(&format!(" (waited {timeout:?})"));
+                    return Some(refusal);
                 }
-                Admit::Wait(_) => {}
+                Admit::Wait { .. } => {}
             }
         }
     }

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::BytesMut;
+
 use super::boundaries::{mentions_chain, Boundaries};
 use super::refusal::refusal_query_after;
 pub(crate) use super::refusal::{raise_statement, refusal_parse, refusal_query};
@@ -137,7 +139,7 @@ impl Statements {
                 }
                 let may = may_change_sync(&route, &policy);
                 self.tx_may_sync |= may;
-                if let Admit::Wait(_) = self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
+                if let Admit::Wait { .. } = self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
                     return Some(Hold::Admission);
                 }
                 if replicated_ddl(&route, sql) {
@@ -381,15 +383,30 @@ impl Statements {
         }
     }
 
-    /// The first statement of a Query whose admission is refused on its own (0 when only
-    /// the whole is).
+    /// What replaces a Query refused with `refusal` after it was routed (`route_query`):
+    /// the statements before the refused one (see [`Self::kept`]), then the refusal.
+    pub fn refused_query(&mut self, sql: &str, classification: &Classification, refusal: &Refusal) -> BytesMut {
+        let statements = &classification.statements;
+        let refused = match statements.iter().position(|s| matches!(s.kind, Kind::Unknown(_))) {
+            Some(unknown) => unknown,
+            None => {
+                let policy = self.policy();
+                self.first_refused(&policy, classification)
+            }
+        };
+        refusal_query_after(&sql[..self.kept(sql, classification, refused)], refusal)
+    }
+
+    /// The first statement of a Query that is not admitted at once on its own (refused, or
+    /// made to wait: what runs before a refusal must not have skipped a wait either); 0 when
+    /// only the whole is refused.
     fn first_refused(&self, policy: &Policy, classification: &Classification) -> usize {
         classification
             .statements
             .iter()
             .position(|s| {
                 let one = Classification { statements: vec![s.clone()] };
-                matches!(self.replication.admit(&policy.decide(&one), writes_rows(&one)), Admit::Refuse(_))
+                !matches!(self.replication.admit(&policy.decide(&one), writes_rows(&one)), Admit::Go)
             })
             .unwrap_or(0)
     }

@@ -49,15 +49,19 @@ impl Run {
     ) -> Result<Ranged, Fail> {
         let cfg = &self.config;
         let primary_fail = |e: String| Fail::Primary(e);
-        let mut range =
-            self.timed("opening a range on the primary", Range::open(primary, from, skip, gates)).await.map_err(primary_fail)?;
+        let range = self.timed("opening a range on the primary", Range::open(primary, from, skip, gates)).await.map_err(primary_fail)?;
         let snapshot = range.snapshot.clone();
+        // Taken (and ended durably) once its last page is read, before the replica commits.
+        let mut range = Some(range);
         let (rows, bytes) = (cfg.page_rows, cfg.page_bytes);
-        let Some(mut cur) = self.timed("reading changes", range.next_page(rows, bytes)).await.map_err(primary_fail)? else {
-            self.timed("ending the range", range.close()).await.map_err(primary_fail)?;
+        let Some(open) = range.as_mut() else { return Err(Fail::Primary("the range is closed".into())) };
+        let Some(mut cur) = self.timed("reading changes", open.next_page(rows, bytes)).await.map_err(primary_fail)? else {
+            if let Some(r) = range.take() {
+                self.timed("ending the range", r.close()).await.map_err(primary_fail)?;
+            }
             return Ok(Ranged::Empty { snapshot });
         };
-        let mut next = self.timed("reading changes", range.next_page(rows, bytes)).await.map_err(primary_fail)?;
+        let mut next = self.timed("reading changes", open.next_page(rows, bytes)).await.map_err(primary_fail)?;
         let mut first = true;
         let mut pages = 0u64;
         let mut changes = 0u64;
@@ -75,8 +79,13 @@ impl Run {
             };
             let apply_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&origin, &cur.json, &on_conflict];
             let advance_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&origin, &from, &snapshot];
-            let apply = replica.query_one(&stmts.apply, &apply_params);
             let last = next.is_none();
+            if last {
+                if let Some(r) = range.take() {
+                    self.timed("making the range durable on the primary", r.close_durable()).await.map_err(primary_fail)?;
+                }
+            }
+            let apply = replica.query_one(&stmts.apply, &apply_params);
             let (began, applied, fetched) = if last {
                 let advance = replica.execute(&stmts.advance, &advance_params);
                 let commit = replica.batch_execute("COMMIT");
@@ -85,7 +94,8 @@ impl Run {
                 let done = adv.and(c).map(|_| None);
                 (b, a, done)
             } else {
-                let joined = async { tokio::join!(begin, apply, range.next_page(rows, bytes)) };
+                let Some(open) = range.as_mut() else { return Err(Fail::Primary("the range is closed".into())) };
+                let joined = async { tokio::join!(begin, apply, open.next_page(rows, bytes)) };
                 let (b, a, f) = self.within("applying a page", joined).await.map_err(Fail::Replica)?;
                 (b, a, f)
             };
@@ -105,7 +115,9 @@ impl Run {
                 }
                 Err(ApplyError::Conflict { message, conflict, halted: true }) => {
                     let _ = replica.batch_execute("ROLLBACK").await;
-                    let _ = range.close().await;
+                    if let Some(r) = range.take() {
+                        let _ = r.close().await;
+                    }
                     let error = match &conflict.detail {
                         Some(d) if !message.contains(d.as_str()) => format!("{message}: {d}"),
                         _ => message,
@@ -134,7 +146,9 @@ impl Run {
                 Err(e) => return Err(Fail::Primary(format!("reading changes: {}", explain(&e)))),
             }
         }
-        self.timed("ending the range", range.close()).await.map_err(primary_fail)?;
+        if let Some(r) = range.take() {
+            self.timed("ending the range", r.close()).await.map_err(primary_fail)?;
+        }
         self.stats.ranges.fetch_add(1, Ordering::Relaxed);
         self.stats.batches.fetch_add(pages, Ordering::Relaxed);
         self.stats.changes.fetch_add(changes, Ordering::Relaxed);

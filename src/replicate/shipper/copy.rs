@@ -108,8 +108,10 @@ pub async fn copy_table(
         "UPDATE capgate.tables SET state = 'copied', snapshot = $3::text::pg_snapshot, since = now() WHERE origin = $1 AND tbl = $2";
     timed(deadline, target.execute(copied, &[&origin, &table, &snapshot]), r).await?;
     timed(deadline, target.execute("DELETE FROM capgate.latest WHERE tbl = $1", &[&table]), r).await?;
+    // What the copy read must be durable on the primary before the replica holds it.
+    timed(deadline, source.batch_execute(super::range::DURABLE_SQL), p).await?;
+    timed(deadline, source.commit(), p).await?;
     timed(deadline, target.commit(), r).await?;
-    let _ = source.commit().await;
     Ok(rows)
 }
 

@@ -37,6 +37,16 @@ const RANGE_ALL_SQL: &str =
      AND NOT coalesce(pg_visible_in_snapshot(xid, ($3::text::json ->> tbl)::pg_snapshot), false) \
      ORDER BY seq";
 
+/// Run in a snapshot's transaction before it commits, so that its COMMIT flushes the primary's
+/// WAL past every transaction the snapshot sees: a transactional message makes the commit one
+/// that wrote WAL (a transaction that only took an xid commits without a flush), and
+/// `synchronous_commit = on` makes that commit wait for the flush. Every commit visible in the
+/// snapshot was written to the WAL before the snapshot was taken, so before this record.
+/// Replicas commit what a snapshot showed only after this: a change the primary could still
+/// lose in a crash (its client committed with `synchronous_commit = off`) is never shipped.
+pub(super) const DURABLE_SQL: &str =
+    "SET LOCAL synchronous_commit = on; SELECT pg_catalog.pg_logical_emit_message(true, 'capgate', 'durable')";
+
 /// Some consecutive changes of a range: one replica round trip.
 #[derive(Debug, Default)]
 pub struct Page {
@@ -122,6 +132,13 @@ impl<'a> Range<'a> {
 
     /// Ends the primary transaction (it only read).
     pub async fn close(self) -> Result<(), tokio_postgres::Error> {
+        self.tx.commit().await
+    }
+
+    /// Ends the primary transaction once everything the range's snapshot sees is durable on
+    /// the primary ([`DURABLE_SQL`]): call it before a replica commits the range.
+    pub async fn close_durable(self) -> Result<(), tokio_postgres::Error> {
+        self.tx.batch_execute(DURABLE_SQL).await?;
         self.tx.commit().await
     }
 }

@@ -23,7 +23,7 @@ use mysql_async::prelude::Queryable;
 
 use super::image::quote_literal;
 use super::primary::APPLY_MARKER;
-use crate::config::{DbUrl, SslMode};
+use crate::config::{DbUrl, RootCert, SslMode};
 use crate::replicate::coordinator::PrepareFailure;
 pub use crate::replicate::recovery::RecoveryReport;
 
@@ -41,8 +41,6 @@ const NO_SUCH_THREAD: u16 = 1094;
 /// Why a replica connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum XaError {
-    #[error("TLS on capgate's own MySQL connections is not built yet: set sslmode=disable in the url (it says {0:?})")]
-    Tls(SslMode),
     #[error("{0}")]
     Connect(mysql_async::Error),
     #[error("{0}")]
@@ -50,13 +48,16 @@ pub enum XaError {
 }
 
 /// mysql_async options for `url`, with CLIENT_FOUND_ROWS (an UPDATE that leaves a row as it
-/// was still counts as matched; the apply checks row counts). capgate's own MySQL
-/// connections have no TLS yet: `sslmode=prefer` connects in the clear, and a mode that
-/// requires TLS is refused with a message saying so.
-pub fn opts(url: &DbUrl) -> Result<mysql_async::Opts, XaError> {
-    if url.sslmode > SslMode::Prefer {
-        return Err(XaError::Tls(url.sslmode));
-    }
+/// was still counts as matched; the apply checks row counts) and TLS as the URL's `sslmode`
+/// says, with the meanings libpq gives it: `require` encrypts without verifying,
+/// `verify-ca` checks the chain against `sslrootcert`, `verify-full` the host name too.
+/// `prefer` asks for TLS here; [`connect`] falls back to plain text when the server offers
+/// none.
+pub fn opts(url: &DbUrl) -> mysql_async::Opts {
+    tls_opts(url, url.sslmode != SslMode::Disable)
+}
+
+fn tls_opts(url: &DbUrl, tls: bool) -> mysql_async::Opts {
     let builder = mysql_async::OptsBuilder::default()
         .ip_or_hostname(url.host.clone())
         .tcp_port(url.port)
@@ -64,8 +65,45 @@ pub fn opts(url: &DbUrl) -> Result<mysql_async::Opts, XaError> {
         .pass(url.password.clone())
         .db_name(url.dbname.clone())
         .prefer_socket(false)
-        .client_found_rows(true);
-    Ok(builder.into())
+        .client_found_rows(true)
+        .ssl_opts(tls.then(|| ssl_opts(url)));
+    builder.into()
+}
+
+fn ssl_opts(url: &DbUrl) -> mysql_async::SslOpts {
+    // As libpq: `require` with a root certificate verifies the chain, as `verify-ca` does.
+    let verify =
+        matches!(url.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) || (url.sslmode == SslMode::Require && url.sslrootcert.is_some());
+    let roots = match &url.sslrootcert {
+        Some(RootCert::File(path)) => vec![path.clone().into()],
+        // The operating system's bundle, where Debian keeps it (mysql_async's default roots
+        // are a compiled-in copy of Mozilla's).
+        Some(RootCert::System) => vec![std::path::PathBuf::from(SYSTEM_ROOTS).into()],
+        None => Vec::new(),
+    };
+    let identity = match (&url.sslcert, &url.sslkey) {
+        (Some(cert), Some(key)) => Some(mysql_async::ClientIdentity::new(cert.clone().into(), key.clone().into())),
+        _ => None,
+    };
+    mysql_async::SslOpts::default()
+        .with_root_certs(if verify { roots } else { Vec::new() })
+        .with_client_identity(identity)
+        .with_danger_accept_invalid_certs(!verify)
+        .with_danger_skip_domain_validation(url.sslmode != SslMode::VerifyFull)
+}
+
+/// Where Debian keeps the system's certificate bundle (`sslrootcert=system`).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Open a connection to `url` with [`opts`]; with `sslmode=prefer`, in plain text when the
+/// server offers no TLS.
+pub async fn connect(url: &DbUrl) -> Result<mysql_async::Conn, mysql_async::Error> {
+    match mysql_async::Conn::new(opts(url)).await {
+        Err(mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)) if url.sslmode == SslMode::Prefer => {
+            mysql_async::Conn::new(tls_opts(url, false)).await
+        }
+        other => other,
+    }
 }
 
 /// capgate's connection to one replica, marked as an apply session (its writes are never
@@ -77,8 +115,7 @@ pub struct ReplicaConn {
 impl ReplicaConn {
     /// Connect within `timeout` and mark the session.
     pub async fn connect(url: &DbUrl, timeout: Duration) -> Result<ReplicaConn, XaError> {
-        let opts = opts(url)?;
-        let mut conn = match tokio::time::timeout(timeout, mysql_async::Conn::new(opts)).await {
+        let mut conn = match tokio::time::timeout(timeout, connect(url)).await {
             Ok(c) => c.map_err(XaError::Connect)?,
             Err(_) => return Err(XaError::Connect(mysql_async::Error::Other("connection timed out".into()))),
         };

@@ -182,12 +182,6 @@ BEGIN
     ELSE
         v_op := 'T';
     END IF;
-    IF pg_catalog.current_setting('capgate.changed_xid', true) IS DISTINCT FROM v_xid THEN
-        -- Once per transaction: a change must never be shipped (or 2PC-committed elsewhere)
-        -- and then lost by a primary crash, whatever the client's synchronous_commit.
-        PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
-        PERFORM pg_catalog.set_config('capgate.changed_xid', v_xid, true);
-    END IF;
     IF TG_ARGV[0] = 'sync' AND v_proxied THEN
         IF pg_catalog.current_setting('capgate.commit_xid', true) IS NOT DISTINCT FROM v_xid THEN
             RAISE EXCEPTION 'capgate: table % (mode sync) was changed after capgate prepared this transaction''s commit', v_tbl
@@ -197,6 +191,11 @@ BEGIN
         IF pg_catalog.current_setting('capgate.sync_xid', true) IS DISTINCT FROM v_xid THEN
             INSERT INTO capgate.sync_txn (xid, tbl) VALUES (pg_catalog.pg_current_xact_id(), v_tbl) ON CONFLICT DO NOTHING;
             PERFORM pg_catalog.set_config('capgate.sync_xid', v_xid, true);
+            -- Once per transaction: its changes are committed on the replicas (COMMIT
+            -- PREPARED) after the primary commits, so that commit must never be lost by a
+            -- crash, whatever the client's synchronous_commit. (Async changes need no such
+            -- thing: the shipper makes the primary's WAL durable before a replica commits.)
+            PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
             -- INFO reaches the client whatever client_min_messages says; capgate hides it.
             RAISE INFO USING MESSAGE = 'capgate: sync change', ERRCODE = 'CGS00', DETAIL = v_tbl;
         END IF;
@@ -290,11 +289,11 @@ DECLARE
     v_new json := pg_catalog.json_build_object('sql', p_sql, 'search_path', p_search_path);
     v_xid text := pg_catalog.pg_current_xact_id()::text;
 BEGIN
-    PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
     IF p_mode = 'sync' THEN
         IF pg_catalog.current_setting('capgate.sync_xid', true) IS DISTINCT FROM v_xid THEN
             INSERT INTO capgate.sync_txn (xid, tbl) VALUES (pg_catalog.pg_current_xact_id(), p_tbl) ON CONFLICT DO NOTHING;
             PERFORM pg_catalog.set_config('capgate.sync_xid', v_xid, true);
+            PERFORM pg_catalog.set_config('synchronous_commit', 'on', true);
             RAISE INFO USING MESSAGE = 'capgate: sync change', ERRCODE = 'CGS00', DETAIL = p_tbl;
         END IF;
         INSERT INTO capgate.sync_changes (tbl, op, new, proxied) VALUES (p_tbl, 'S', v_new, true);

@@ -199,20 +199,31 @@ pub fn db_error(e: &crate::sites::SiteError) -> Option<&tokio_postgres::error::D
 
 /// `COMMIT PREPARED` (or `ROLLBACK PREPARED`) `gid` on one replica, retrying for up to `for_at_most`
 /// (the replica may be briefly out of reach; a PREPARE capgate gave up on may complete late).
-/// A gid that does not exist is done with when committing (recovery got there first) and
-/// retried when rolling back. Whatever is left, recovery resolves from the decision record.
+/// A gid that does not exist is done with when committing (recovery got there first); when
+/// rolling back, it is looked for in `pg_prepared_xacts` until it appears (a late PREPARE)
+/// or the time is up, so that the watch fills no replica log with errors. Whatever is left,
+/// recovery resolves from the decision record.
 pub async fn finish(pool: Pool<PgConnector>, gid: String, commit: bool, for_at_most: Duration) {
     let verb = if commit { "COMMIT PREPARED" } else { "ROLLBACK PREPARED" };
     let sql = format!("{verb} {}", quote(&gid));
+    let look = format!("SELECT 1 FROM pg_catalog.pg_prepared_xacts WHERE gid = {}", quote(&gid));
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
         let attempt = async {
             let conn = pool.checkout(Duration::from_secs(5)).await?;
-            conn.run(verb, Duration::from_secs(10), conn.simple_query(&sql)).await
+            if !commit {
+                let found = conn.run("looking for a late branch", Duration::from_secs(10), conn.simple_query(&look)).await?;
+                if !found.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))) {
+                    return Ok(false);
+                }
+            }
+            conn.run(verb, Duration::from_secs(10), conn.simple_query(&sql)).await.map(|_| true)
         };
         match attempt.await {
-            Ok(_) => return,
+            Ok(true) => return,
+            Ok(false) if started.elapsed() < for_at_most => {}
+            Ok(false) => return,
             Err(e) if db_error(&e).is_some_and(|db| *db.code() == SqlState::UNDEFINED_OBJECT) && commit => return,
             Err(e) => {
                 if started.elapsed() >= for_at_most {

@@ -100,3 +100,52 @@ fn tls_on_both_legs() {
 fn primary_ca() -> String {
     crate::support::scratch("mysql-tls-primary").join("ca.pem").display().to_string()
 }
+
+/// capgate's own MySQL connections (capture install, XA branches, recovery, the apply) speak
+/// TLS as the URL's `sslmode` says, as the relay's connection to the primary does.
+#[tokio::test]
+async fn capgate_own_connections_use_tls_as_the_url_says() {
+    use capgate::config::DbUrl;
+    use capgate::store::mysql::xa::ReplicaConn;
+    let url = |port: u16, query: &str| {
+        DbUrl::parse(&format!("mysql://capgate@localhost:{port}/?{query}&connect_timeout=10"), std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+    };
+    let timeout = std::time::Duration::from_secs(10);
+    let tls = tls_primary().port();
+    let ca = primary_ca();
+    for query in [
+        format!("sslmode=verify-full&sslrootcert={ca}"),
+        format!("sslmode=verify-ca&sslrootcert={ca}"),
+        "sslmode=require".into(),
+        "sslmode=prefer".into(),
+    ] {
+        let mut c = match ReplicaConn::connect(&url(tls, &query), timeout).await {
+            Ok(c) => c,
+            Err(e) => panic!("{query}: {e}"),
+        };
+        let cipher: Option<(String, String)> = c.conn().query_first("SHOW STATUS LIKE 'Ssl_cipher'").await.expect("status");
+        assert!(cipher.as_ref().is_some_and(|(_, v)| !v.is_empty()), "{query}: the connection is not encrypted ({cipher:?})");
+    }
+    // A root certificate that did not sign the server's: refused, in both verifying modes.
+    let other = crate::tls::make_certs("mysql-tls-other-ca");
+    for mode in ["verify-full", "verify-ca"] {
+        let query = format!("sslmode={mode}&sslrootcert={}", other.ca().display());
+        if let Ok(mut c) = ReplicaConn::connect(&url(tls, &query), timeout).await {
+            let cipher: Option<(String, String)> = c.conn().query_first("SHOW STATUS LIKE 'Ssl_cipher'").await.expect("status");
+            panic!("{query}: connected although the certificate is not signed by that root ({cipher:?})");
+        }
+    }
+    // A server without TLS: `prefer` connects in plain text, `require` is refused.
+    let plain = primary().port();
+    let mut c = match ReplicaConn::connect(&url(plain, "sslmode=prefer"), timeout).await {
+        Ok(c) => c,
+        Err(e) => panic!("sslmode=prefer to a server without TLS: {e}"),
+    };
+    let one: Option<i64> = c.conn().query_first("SELECT 1").await.expect("select");
+    assert_eq!(one, Some(1));
+    assert!(
+        ReplicaConn::connect(&url(plain, "sslmode=require"), timeout).await.is_err(),
+        "sslmode=require connected to a server without TLS"
+    );
+}

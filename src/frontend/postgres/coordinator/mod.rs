@@ -27,11 +27,11 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::relay::SessionState;
-use super::statements::{cstr, is_commit, raise_statement, refusal_query, replicated_ddl, split_cstr, writes_rows, Hold, Statements};
+use super::statements::{cstr, is_commit, raise_statement, replicated_ddl, split_cstr, writes_rows, Hold, Statements};
 use super::{SessionError, Shared};
 use crate::classify::Kind;
 use crate::policy::Mode;
-use crate::replicate::{Refusal, Route};
+use crate::replicate::Route;
 use crate::store::postgres::capture::CaptureMode;
 use crate::store::postgres::twophase::{dollar_quote, quote};
 /// Also used by the MySQL front end's sync commit (to move to `replicate` with the next refactor).
@@ -108,7 +108,8 @@ where
         let Some(sql) = cstr(&frame[5..]).map(str::to_owned) else { return self.wire.forward(&frame).await };
         let route = self.statements.route_query(&sql);
         if let Some(refusal) = &route.refusal {
-            return self.refuse_query(refusal).await;
+            let replacement = self.statements.refused_query(&sql, &route.classification, refusal);
+            return self.refuse_query(replacement).await;
         }
         if is_commit(&route.classification) {
             return self.commit_at(CommitPoint::Query(frame)).await;
@@ -116,7 +117,8 @@ where
         if let Some(refusal) =
             self.statements.replication().clone().admit_waiting(&route.decisions, writes_rows(&route.classification)).await
         {
-            return self.refuse_query(&refusal).await;
+            let replacement = self.statements.refused_query(&sql, &route.classification, &refusal);
+            return self.refuse_query(replacement).await;
         }
         let ddl = replicated_ddl(&route, &sql);
         let may_sync = super::statements::may_change_sync(&route, &self.statements.tx_policy());
@@ -207,11 +209,12 @@ where
         commit::run(self.shared, &policy, &mut self.wire, point).await
     }
 
-    /// Answer a Query with capgate's refusal, raised by the primary in its place (so it has
+    /// Answer a Query with `replacement` ([`Statements::refused_query`]): the statements
+    /// before the refused one, then capgate's refusal raised by the primary (so it has
     /// PostgreSQL's own transaction semantics).
-    async fn refuse_query(&mut self, refusal: &Refusal) -> Result<(), SessionError> {
+    async fn refuse_query(&mut self, replacement: BytesMut) -> Result<(), SessionError> {
         super::relay::client_frame(self.wire.state, b'Q');
-        self.wire.send_server(&refusal_query(refusal)).await
+        self.wire.send_server(&replacement).await
     }
 
     /// Record a DDL statement on a replicated table in the change stream, in its transaction.
