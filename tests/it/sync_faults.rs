@@ -106,6 +106,42 @@ async fn block_waits_for_the_partition_timeout_then_refuses_or_goes_through_once
 }
 
 #[tokio::test]
+async fn an_extended_protocol_write_refused_during_a_partition_leaves_the_session_usable() {
+    let _one = crate::replication::exclusive().await;
+    on_both("DROP TABLE IF EXISTS sf_ext; CREATE TABLE sf_ext (id int PRIMARY KEY)").await;
+    let link = own_link();
+    let p = proxy("sf-extended", POLICY, &link, "").await;
+    let app = connect(&p.url("postgres", "postgres")).await;
+    app.execute("INSERT INTO sf_ext VALUES ($1)", &[&1i32]).await.unwrap();
+    link.blackhole();
+    wait_until("the partition to be seen", Duration::from_secs(30), async || {
+        app.batch_execute("INSERT INTO sf_ext VALUES (0)").await.is_err_and(|e| sqlstate(&e) == "55000")
+    })
+    .await;
+
+    // tokio-postgres prepares (Parse, Describe, Sync), then sends Bind, Execute, Sync: the
+    // write is refused at its Bind, and the Sync after it must still be answered. (It hung:
+    // the Sync waited for replies to the Bind and Execute the primary skips after an error.)
+    // The 60 s bound only turns a hang into a failure.
+    let bound = Duration::from_secs(60);
+    let err = tokio::time::timeout(bound, app.execute("INSERT INTO sf_ext VALUES ($1)", &[&2i32]))
+        .await
+        .expect("the refusal is answered")
+        .expect_err("refused while the replica is cut off");
+    assert_eq!(sqlstate(&err), "55000", "{err:?}");
+    let next = tokio::time::timeout(bound, app.query_one("SELECT count(*) FROM sf_ext", &[])).await.expect("the session answers again");
+    assert_eq!(next.unwrap().get::<_, i64>(0), 1, "only the row written before the cut");
+
+    link.restore();
+    wait_until("writes accepted again", Duration::from_secs(60), async || {
+        tokio::time::timeout(bound, app.execute("INSERT INTO sf_ext VALUES ($1)", &[&3i32])).await.expect("answered").is_ok()
+    })
+    .await;
+    verify_equal(&["public.sf_ext"]).await;
+    assert_eq!(replica_rows("SELECT id FROM sf_ext ORDER BY id").await, vec!["1", "3"]);
+}
+
+#[tokio::test]
 async fn latency_above_partition_latency_refuses_writes_until_it_drops() {
     let _one = crate::replication::exclusive().await;
     on_both("DROP TABLE IF EXISTS sf_slow; CREATE TABLE sf_slow (id int PRIMARY KEY, v text)").await;
