@@ -209,9 +209,7 @@ async fn two_writers_and_a_reader_converge_through_a_cut_with_quorum_and_every_r
         state_is(site.admin(), "gamma", "partitioned").await;
     }
     // Every replica: refused at once, naming the table; nothing written.
-    // (The simple protocol: after a refusal of an extended-protocol Parse the session hangs —
-    // reported with issue 16's note, not this test's subject.)
-    let err = a.batch_execute("UPDATE tri_all SET n = n + 1 WHERE id = 1").await.expect_err("gamma is out: tri_all needs it");
+    let err = a.execute("UPDATE tri_all SET n = n + 1 WHERE id = $1", &[&1i32]).await.expect_err("gamma is out: tri_all needs it");
     assert_eq!(sqlstate(&err), "55000", "{err:?}");
     let text = err.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
     assert!(text.contains("tri_all") && text.contains("gamma"), "{text}");
