@@ -1,21 +1,22 @@
 # benches/mylib.sh — pieces shared by the MySQL benchmark scripts (sourced, not run).
 # Expects: TMP, CAPGATE_BIN, log/die defined by the caller; benches/lib.sh sourced (free_ports).
 
-# A throwaway MariaDB in $TMP/mariadb on port $1; the remaining arguments are extra mariadbd
-# options. Creates the `capgate` user (no password, every privilege). Sets MARIADB_PID.
+# A throwaway MariaDB in $TMP/mariadb (or $MARIADB_DIR) on port $1; the remaining arguments
+# are extra mariadbd options. Creates the `capgate` user (no password, every privilege). Sets
+# MARIADB_PID.
 start_mariadb() {
     local port=$1; shift
-    local dir="$TMP/mariadb"
+    local dir="${MARIADB_DIR:-$TMP/mariadb}"
     mkdir -p "$dir" && chown mysql: "$dir" && chmod 755 "$TMP"
     mariadb-install-db --no-defaults --user=mysql --auth-root-authentication-method=normal --skip-test-db \
         --datadir="$dir/data" >"$TMP/install-db.log" 2>&1 || { cat "$TMP/install-db.log" >&2; die "mariadb-install-db failed"; }
     mariadbd --no-defaults --user=mysql --bind-address=127.0.0.1 --skip-name-resolve --port="$port" \
-        --datadir="$dir/data" --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$TMP/mariadb.log" \
-        "$@" >>"$TMP/mariadb.log" 2>&1 &
+        --datadir="$dir/data" --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$dir.log" \
+        "$@" >>"$dir.log" 2>&1 &
     MARIADB_PID=$!
     for _ in $(seq 600); do
         mariadb --no-defaults -uroot --socket="$dir/mysqld.sock" -e 'select 1' >/dev/null 2>&1 && break
-        kill -0 "$MARIADB_PID" 2>/dev/null || { tail -20 "$TMP/mariadb.log" >&2; die "mariadbd exited"; }
+        kill -0 "$MARIADB_PID" 2>/dev/null || { tail -20 "$dir.log" >&2; die "mariadbd exited"; }
         sleep 0.1
     done
     mariadb --no-defaults -uroot --socket="$dir/mysqld.sock" \

@@ -247,6 +247,14 @@ impl Policy {
         matches!(self.default, Mode::Sync { .. }) || self.rules.iter().any(|r| matches!(r.mode, Mode::Sync { .. }))
     }
 
+    /// Whether any table can be `async` or `bounded` under this policy: only then does a
+    /// MySQL front end start its shippers.
+    pub fn ships_async(&self) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.rules.iter().map(|r| &r.mode))
+            .any(|m| matches!(m, Mode::Async { .. } | Mode::Bounded { .. }))
+    }
+
     /// What the policy decides, one line per item, without its layout (comments, spacing,
     /// line numbers, key order): two sites run the same policy when these are equal. Each
     /// site records it on its primary (`capgate.local_site.policy`) and `check-config

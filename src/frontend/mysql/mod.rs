@@ -13,7 +13,8 @@
 //!
 //! Nothing here may decide replication: that belongs to the protocol-neutral layers above.
 //! Sync tables are replicated over XA at COMMIT (decisions 0015, 0016); async and bounded
-//! shipping to MySQL replicas is not built yet: those writes are captured, relayed and counted.
+//! tables are shipped by `replicate::shipper::mysql` (decision 0021), and a write to a bounded
+//! table is refused while a replica is over the table's `max_lag`.
 
 pub mod auth;
 pub mod conn;
@@ -41,6 +42,7 @@ use crate::config::Config;
 use crate::net::tls;
 use crate::policy::{Policy, PolicyHandle};
 use crate::protocol::mysql::PacketError;
+use crate::replicate::shipper::mysql::MyFleet;
 use crate::replicate::Router;
 
 /// Why a session ended early.
@@ -90,8 +92,8 @@ pub enum StartError {
 /// Counters of what the MySQL front end relayed.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Writes to tables whose policy mode is not `local`, relayed without replication
-    /// (async and bounded shipping to MySQL replicas is not built yet).
+    /// Writes to tables whose policy mode is not `local`, relayed without replication (no
+    /// replicas configured).
     pub unreplicated_writes: AtomicU64,
 }
 
@@ -150,6 +152,9 @@ pub struct Shared {
     pub counters: Counters,
     /// The replicas sync commits go to (None: no replicas configured).
     pub sync: Option<sync::SyncShared>,
+    /// The shippers of async and bounded tables and every replica's lag (None: no replicas,
+    /// or a policy at start with no async or bounded rule).
+    pub shipping: Option<MyFleet>,
 }
 
 /// A bound listener, ready to serve.
@@ -186,9 +191,11 @@ impl Server {
             None => None,
         };
         let sync = setup::start(&config, &router.policy().current()).await.map_err(StartError::Replication)?;
+        let ships = router.policy().current().ships_async();
+        let shipping = (sync.is_some() && ships).then(|| MyFleet::start(&config, router.policy().clone()));
         let sessions = Arc::new(Semaphore::new(config.max_connections));
-        let shared =
-            Arc::new(Shared { config, sessions, router, primary, tls, threads: Arc::default(), counters: Counters::default(), sync });
+        let counters = Counters::default();
+        let shared = Arc::new(Shared { config, sessions, router, primary, tls, threads: Arc::default(), counters, sync, shipping });
         Ok(Server { listener, admin, shared })
     }
 

@@ -4,8 +4,9 @@
 //! database); `KILL` may only name a connection of the same user.
 //!
 //! With MySQL replicas configured, a COMMIT is held for the sync commit (`super::hold`);
-//! async and bounded tables are captured on the primary but not shipped yet, so a write to
-//! one (and, without replicas, to any replicated table) is logged and counted. A statement the policy refuses
+//! async and bounded tables are captured on the primary and shipped later, and a write to a
+//! bounded table is refused while a replica is over the table's `max_lag` (decision 0021).
+//! Without replicas, a write to a replicated table is logged and counted. A statement the policy refuses
 //! (`unknown = "refuse"`) gets an ERR in its place, and the session goes on: MySQL keeps the
 //! transaction open after an error, and so does capgate.
 
@@ -166,7 +167,11 @@ impl Statements {
                         return Verdict::Hold(hold);
                     }
                     let policy = self.policy();
-                    self.count(&policy.decide(&c));
+                    let decisions = policy.decide(&c);
+                    if let Some(refusal) = self.admit(&decisions) {
+                        return refusal;
+                    }
+                    self.count(&decisions);
                 }
             }
             Command::Close { statement } => {
@@ -266,17 +271,47 @@ impl Statements {
             return Err(Self::refuse(errors::NOT_SUPPORTED, &format!("{} (hint: {})", r.message, r.hint)));
         }
         if run {
+            if let Some(refusal) = self.admit(&route.decisions) {
+                return Err(refusal);
+            }
             self.count(&route.decisions);
         }
         Ok(Some(route.classification))
     }
 
-    /// Count (and log, sparingly) writes to replicated tables that reach the primary only:
-    /// async and bounded shipping to MySQL replicas is not built yet (nor anything without
-    /// replicas).
+    /// Bounded admission: the refusal of a write to a bounded table while some replica's
+    /// oldest pending change of that table is older than its `max_lag` (or its lag is not
+    /// known), naming the table, the policy and the remedy.
+    fn admit(&self, decisions: &[Decision]) -> Option<Verdict> {
+        let fleet = self.shared.shipping.as_ref()?;
+        decisions.iter().find_map(|d| {
+            let Mode::Bounded { max_lag, .. } = d.mode else { return None };
+            let (replica, lag) = fleet.over_budget(&d.table.to_string(), max_lag)?;
+            let behind =
+                if lag.is_finite() { format!("is {lag:.1} s behind on it") } else { "has a lag capgate cannot measure now".into() };
+            Some(Self::refuse(
+                errors::REPLICA_BEHIND,
+                &format!(
+                    "capgate refused this write to {}: replica \"{replica}\" {behind}, over the table's budget max_lag = {max_lag:?} \
+                     (mode bounded, rule {}); retry once the replica has caught up (see capgate's /status), or raise max_lag / \
+                     make the table async in the policy",
+                    d.table, d.rule
+                ),
+            ))
+        })
+    }
+
+    /// Count (and log, sparingly) writes to replicated tables that reach the primary only
+    /// (no replicas configured, or no shipper running for async and bounded tables).
     fn count(&self, decisions: &[Decision]) {
         let sync_replicated = !self.slots.is_empty();
-        for d in decisions.iter().filter(|d| d.mode != Mode::Local && !(sync_replicated && matches!(d.mode, Mode::Sync { .. }))) {
+        let shipped = self.shared.shipping.is_some();
+        let replicated = |m: &Mode| match m {
+            Mode::Local => true,
+            Mode::Sync { .. } => sync_replicated,
+            Mode::Async { .. } | Mode::Bounded { .. } => shipped,
+        };
+        for d in decisions.iter().filter(|d| !replicated(&d.mode)) {
             let n = self.shared.counters.unreplicated_writes.fetch_add(1, Ordering::Relaxed) + 1;
             if n <= 10 || n % 1000 == 0 {
                 warn!(
@@ -284,7 +319,7 @@ impl Statements {
                     mode = d.mode.name(),
                     rule = %d.rule,
                     count = n,
-                    "write to a replicated table relayed to the primary only: MySQL async/bounded shipping is not built yet"
+                    "write to a replicated table relayed to the primary only: no replica is configured (or the policy at start had no async or bounded rule)"
                 );
             }
         }

@@ -120,6 +120,9 @@ pub mod errors {
     /// primary cannot be reached. Not 2003: clients reject server errors in their own range
     /// (libmariadb reports "malformed packet").
     pub const PRIMARY_UNREACHABLE: (u16, &str) = (1429, "HY000");
+    /// ER_SIGNAL_EXCEPTION with SQLSTATE 55000 (object not in prerequisite state, as on
+    /// PostgreSQL): a write to a bounded table refused while a replica is over its budget.
+    pub const REPLICA_BEHIND: (u16, &str) = (1644, "55000");
 }
 
 /// A length-encoded integer at the start of `buf`: the value and the bytes it took. `None`

@@ -20,9 +20,11 @@
 //!   it, not only the one that ships.
 
 mod apply_range;
+pub mod conflicts;
 pub mod copy;
 pub mod fleet;
 pub mod lag;
+pub mod mysql;
 pub mod range;
 mod session;
 pub mod tables;

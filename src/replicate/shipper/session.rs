@@ -8,7 +8,6 @@
 //! a deadline.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -425,21 +424,7 @@ impl Run {
 
     /// Counts, logs and appends one conflict record.
     pub(super) fn conflict(&self, c: &Conflict) {
-        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-        *self.stats.conflicts_by_table.lock().unwrap_or_else(|p| p.into_inner()).entry((c.tbl.clone(), c.kind.clone())).or_insert(0) += 1;
-        let mut record = serde_json::to_value(c).unwrap_or_default();
-        if let Some(obj) = record.as_object_mut() {
-            obj.insert("replica".into(), self.config.replica_name.clone().into());
-            obj.insert("replica_row".into(), c.replica.clone().unwrap_or_default());
-            obj.insert("logged_at".into(), unix_now().into());
-        }
-        tracing::warn!(replica = %self.config.replica_name, table = %c.tbl, kind = %c.kind, resolution = %c.resolution, "shipper: conflict");
-        if let Some(path) = &self.config.conflict_log {
-            let written = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| writeln!(f, "{record}"));
-            if let Err(e) = written {
-                tracing::error!("shipper: cannot append to the conflict log {}: {e}", path.display());
-            }
-        }
+        super::conflicts::record(&self.stats, &self.config.replica_name, self.config.conflict_log.as_deref(), c);
     }
 
     async fn measure_lag(&self, primary: &Client) -> Result<(), String> {
@@ -471,9 +456,4 @@ impl Run {
         }
         Ok(())
     }
-}
-
-/// Unix seconds, for the conflict log line.
-fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

@@ -94,19 +94,8 @@ pub async fn install(conn: &mut mysql_async::Conn) -> Result<(), ApplyError> {
 pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyError> {
     let mut out = String::new();
     for change in changes {
-        let table = TableName::parse(&change.tbl).ok_or_else(|| bad(change, "the table name cannot be read"))?;
-        let columns = tables.get(&table).ok_or_else(|| ApplyError::MissingTable(change.tbl.clone()))?;
-        let target = format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name));
-        let image = |text: &Option<String>, which: &str| -> Result<Vec<(&Column, Value)>, ApplyError> {
-            let text = text.as_deref().ok_or_else(|| bad(change, &format!("no {which} image")))?;
-            let map: serde_json::Map<String, Value> =
-                serde_json::from_str(text).map_err(|e| bad(change, &format!("{which} image is not a JSON object: {e}")))?;
-            if let Some(name) = map.keys().find(|n| !columns.iter().any(|c| &c.name == *n && !c.generated)) {
-                return Err(ApplyError::MissingColumn { table: change.tbl.clone(), column: name.clone() });
-            }
-            // In the table's column order (the map is sorted by name).
-            Ok(columns.iter().filter_map(|c| map.get(&c.name).map(|v| (c, v.clone()))).collect())
-        };
+        let (target, columns) = target(change, tables)?;
+        let image = |text: &Option<String>, which: &str| image_values(change, columns, text, which);
         match change.op.as_str() {
             "I" => {
                 let new = image(&change.new, "new")?;
@@ -138,7 +127,31 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
     Ok(out)
 }
 
-fn bad(change: &Change, why: &str) -> ApplyError {
+/// The replica table of `change` (quoted) and its columns.
+pub(super) fn target<'a>(change: &Change, tables: &'a Tables) -> Result<(String, &'a [Column]), ApplyError> {
+    let table = TableName::parse(&change.tbl).ok_or_else(|| bad(change, "the table name cannot be read"))?;
+    let columns = tables.get(&table).ok_or_else(|| ApplyError::MissingTable(change.tbl.clone()))?;
+    Ok((format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name)), columns))
+}
+
+/// The values of an image (`which`: "old" or "new") in the table's column order.
+pub(super) fn image_values<'a>(
+    change: &Change,
+    columns: &'a [Column],
+    text: &Option<String>,
+    which: &str,
+) -> Result<Vec<(&'a Column, Value)>, ApplyError> {
+    let text = text.as_deref().ok_or_else(|| bad(change, &format!("no {which} image")))?;
+    let map: serde_json::Map<String, Value> =
+        serde_json::from_str(text).map_err(|e| bad(change, &format!("{which} image is not a JSON object: {e}")))?;
+    if let Some(name) = map.keys().find(|n| !columns.iter().any(|c| &c.name == *n && !c.generated)) {
+        return Err(ApplyError::MissingColumn { table: change.tbl.clone(), column: name.clone() });
+    }
+    // In the table's column order (the map is sorted by name).
+    Ok(columns.iter().filter_map(|c| map.get(&c.name).map(|v| (c, v.clone()))).collect())
+}
+
+pub(super) fn bad(change: &Change, why: &str) -> ApplyError {
     ApplyError::BadChange { seq: change.seq, table: change.tbl.clone(), why: why.to_owned() }
 }
 
@@ -162,7 +175,7 @@ fn row_matches(old: &[(&Column, Value)]) -> Result<String, String> {
 }
 
 /// One image value as SQL that yields the column's value on the replica.
-fn literal(column: &Column, value: &Value) -> Result<String, String> {
+pub(super) fn literal(column: &Column, value: &Value) -> Result<String, String> {
     let encoding = Encoding::of(column).map_err(|e| e.to_string())?;
     let text = match value {
         Value::Null => return Ok("NULL".into()),

@@ -4,10 +4,14 @@
 //! - [`primary`]: the primary's `capgate` database, session markers, privileges;
 //! - [`capture`]: the capture triggers generated per table and kept in step with the policy;
 //! - [`apply`]: row images turned back into statements on a replica;
+//! - [`position`], [`ship`], [`resolve`]: async shipping to a replica, exactly once (decision 0021);
 //! - [`xa`]: the replica side of a sync commit (XA prepare, commit, recovery).
 
 pub mod apply;
 pub mod capture;
 pub mod image;
+pub mod position;
 pub mod primary;
+pub mod resolve;
+pub mod ship;
 pub mod xa;

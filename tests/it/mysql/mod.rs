@@ -3,6 +3,7 @@
 
 mod support;
 
+mod async_ship;
 mod auth;
 mod bad_input;
 mod capture;

@@ -17,10 +17,10 @@ use super::support::{connect, primary, replica, url_at, APP_PASSWORD};
 use super::sync::{rows, setup};
 
 /// The capgate binary, serving MySQL.
-struct Process(Child);
+pub(super) struct Process(Child);
 
 impl Process {
-    fn start(config: &std::path::Path, port: u16, log: &std::path::Path) -> Process {
+    pub(super) fn start(config: &std::path::Path, port: u16, log: &std::path::Path) -> Process {
         let log = std::fs::File::options().create(true).append(true).open(log).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_capgate"))
             .args(["run", "--config", config.to_str().expect("path")])
@@ -37,7 +37,7 @@ impl Process {
         Process(child)
     }
 
-    fn kill(&mut self) {
+    pub(super) fn kill(&mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
         let _ = self.0.wait();

@@ -1,0 +1,320 @@
+//! The async shipper to a MySQL / MariaDB replica (decision 0021): one tokio task per
+//! (origin, replica) that applies the primary's committed `capgate.changes` to the replica in
+//! batches, exactly once, in `seq` order.
+//!
+//! - **Batches**: one consistent read of the changes the replica's position does not cover
+//!   (`seq` above `high`, or one of the holes), applied in one replica transaction that also
+//!   moves the position, fenced on its previous value ([`batch`]);
+//! - **Holes** are looked for again in every batch, and dropped once every transaction that
+//!   could still fill them has ended (`information_schema.INNODB_TRX`);
+//! - **One shipper per pair** across capgate processes: `GET_LOCK` on the primary, held by
+//!   the connection the shipper reads with;
+//! - **Conflicts** are recorded with both images and the replica's row and resolved by the
+//!   table's `on_conflict`; `halt` stops this shipper until capgate restarts;
+//! - **Lag** ([`fleet`]) is computed from the primary alone, by every process.
+//!
+//! Shared with the PostgreSQL shipper: [`ShipperStats`], [`Phase`], [`Lag`], the conflict
+//! record and log ([`super::conflicts`]).
+
+mod batch;
+pub mod fleet;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use tokio::sync::{watch, Notify};
+
+use super::{ConflictPolicy, Lag, Phase, ShipperStats, TableLag};
+use crate::config::DbUrl;
+use crate::sites::AbortOnDrop;
+use crate::store::mysql::position::{Position, HOLE_SETTLE_SECS, MAX_HOLES};
+use crate::store::mysql::xa::{self, ReplicaConn};
+use crate::store::mysql::{apply, primary, ship};
+
+pub use fleet::{MyFleet, MyLagMonitor};
+
+/// Everything one MySQL shipper needs.
+#[derive(Clone)]
+pub struct MyShipperConfig {
+    /// This site's name: the origin recorded on the replica.
+    pub origin: String,
+    pub replica_name: String,
+    pub primary: DbUrl,
+    pub replica: DbUrl,
+    /// Every replica of this origin: changes are pruned once all have applied them.
+    pub all_replicas: Vec<String>,
+    /// Most changes in one batch (one replica transaction).
+    pub batch_rows: usize,
+    /// About the most bytes of row images in one batch (at least one change is sent); the
+    /// statement text must stay under the replica's `max_allowed_packet` (16 MiB by default).
+    pub batch_bytes: usize,
+    /// How often an idle shipper looks for new changes (a wake is faster).
+    pub poll_interval: Duration,
+    /// How often a shipper without the lock tries to take it.
+    pub lock_poll: Duration,
+    /// Upper bound on any one operation; a silent partition ends there.
+    pub deadline: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// How long applied changes stay in `capgate.changes` before deletion.
+    pub retention: Duration,
+    pub prune_interval: Duration,
+    pub conflict_log: Option<PathBuf>,
+    pub on_conflict: ConflictPolicy,
+}
+
+impl MyShipperConfig {
+    /// Defaults: batches of up to 2,000 changes or 4 MiB of images, 30 s deadline, 1 h retention, `on_conflict =
+    /// halt` for every table.
+    pub fn new(origin: &str, replica_name: &str, primary: DbUrl, replica: DbUrl) -> MyShipperConfig {
+        MyShipperConfig {
+            origin: origin.to_owned(),
+            replica_name: replica_name.to_owned(),
+            primary,
+            replica,
+            all_replicas: vec![replica_name.to_owned()],
+            batch_rows: 2000,
+            batch_bytes: 4 << 20,
+            poll_interval: Duration::from_millis(100),
+            lock_poll: Duration::from_secs(1),
+            deadline: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            retention: Duration::from_secs(3600),
+            prune_interval: Duration::from_secs(60),
+            conflict_log: None,
+            on_conflict: Arc::new(|_| crate::policy::DEFAULT_ON_CONFLICT),
+        }
+    }
+}
+
+/// A running MySQL shipper; stops (wherever it is) when dropped.
+pub struct MyShipper {
+    stats: Arc<ShipperStats>,
+    lag: watch::Receiver<Lag>,
+    wake: Arc<Notify>,
+    _task: AbortOnDrop<()>,
+}
+
+impl MyShipper {
+    /// Starts the shipper task on the current runtime.
+    pub fn start(config: MyShipperConfig) -> MyShipper {
+        let stats = Arc::new(ShipperStats::default());
+        let (lag_tx, lag) = watch::channel(Lag::default());
+        let wake = Arc::new(Notify::new());
+        let run = Run { config, stats: stats.clone(), lag: lag_tx, wake: wake.clone() };
+        MyShipper { stats, lag, wake, _task: AbortOnDrop(tokio::spawn(run.forever())) }
+    }
+
+    pub fn stats(&self) -> &Arc<ShipperStats> {
+        &self.stats
+    }
+
+    /// The lag this shipper measured last.
+    pub fn lag(&self) -> watch::Receiver<Lag> {
+        self.lag.clone()
+    }
+
+    /// Look for new changes now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Why a leadership ended.
+enum End {
+    /// Something failed: retry after a backoff.
+    Failed(String),
+    /// A conflict on a `halt` table: ship nothing more until capgate restarts.
+    Halted(String),
+}
+
+struct Run {
+    config: MyShipperConfig,
+    stats: Arc<ShipperStats>,
+    lag: watch::Sender<Lag>,
+    wake: Arc<Notify>,
+}
+
+impl Run {
+    async fn forever(self) {
+        let mut failures = 0u32;
+        loop {
+            match self.lead().await {
+                End::Failed(e) => {
+                    self.stats.leader.store(false, Ordering::Relaxed);
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(replica = %self.config.replica_name, origin = %self.config.origin, "shipper: {e}; retrying");
+                    *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    failures = failures.saturating_add(1);
+                    let factor = 1u32 << failures.min(16).saturating_sub(1);
+                    tokio::time::sleep(self.config.backoff_min.saturating_mul(factor).min(self.config.backoff_max)).await;
+                }
+                End::Halted(e) => {
+                    self.stats.leader.store(false, Ordering::Relaxed);
+                    tracing::error!(replica = %self.config.replica_name, "shipper: {e}; shipping to this replica stops until capgate restarts");
+                    *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `fut` within the deadline, its error described by `what`.
+    async fn timed<T, E: std::fmt::Display>(&self, what: &str, fut: impl std::future::Future<Output = Result<T, E>>) -> Result<T, End> {
+        match tokio::time::timeout(self.config.deadline, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(End::Failed(format!("{what}: {e}"))),
+            Err(_) => Err(End::Failed(format!("{what} did not finish within {:?}", self.config.deadline))),
+        }
+    }
+
+    async fn lead(&self) -> End {
+        match self.lead_inner().await {
+            Ok(never) => match never {},
+            Err(end) => end,
+        }
+    }
+
+    /// One leadership: the primary, the lock, then one replica session until a failure.
+    async fn lead_inner(&self) -> Result<std::convert::Infallible, End> {
+        let cfg = &self.config;
+        self.stats.set_phase(Phase::Connecting);
+        let mut primary = self.timed("connecting to the primary", xa::connect(&cfg.primary)).await?;
+        self.timed("installing the capgate database on the primary", primary::install(&mut primary)).await?;
+        self.timed("preparing the primary session", ship::prepare_primary(&mut primary)).await?;
+        let key = format!("capgate shipper {} -> {}", cfg.origin, cfg.replica_name);
+        loop {
+            let got: Option<Option<i64>> =
+                self.timed("taking the shipper lock", primary.exec_first("SELECT GET_LOCK(?, 0)", (&key,))).await?;
+            if got.flatten() == Some(1) {
+                break;
+            }
+            self.stats.set_phase(Phase::Standby);
+            tokio::time::sleep(cfg.lock_poll).await;
+        }
+        self.stats.leader.store(true, Ordering::Relaxed);
+        self.stats.set_phase(Phase::ConnectingReplica);
+        let mut replica = self.timed("connecting to the replica", ReplicaConn::connect(&cfg.replica, cfg.deadline)).await?;
+        let rc = replica.conn();
+        self.timed("installing capgate's functions on the replica", apply::install(rc)).await?;
+        let mut pos = self.timed("reading the replica's position", ship::replica_position(rc, &cfg.origin)).await?;
+        if pos == Position::default() {
+            if let Some(start) = self.timed("finding the oldest change", ship::fresh_start(&mut primary)).await? {
+                let advance = ship::advance_sql(&cfg.origin, &pos, &start);
+                self.timed("recording where the replica starts", ship::commit_batch(replica.conn(), "", &advance)).await?;
+                pos = start;
+            }
+        }
+        let tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
+        self.note(&mut primary, &pos).await?;
+        self.stats.set_phase(Phase::Running);
+        tracing::info!(replica = %cfg.replica_name, origin = %cfg.origin, high = pos.high, holes = pos.holes.len(), "shipper: holds the lock, shipping");
+        let mut last_holes = Instant::now();
+        let mut last_prune = Instant::now();
+        // The next batch, read on the primary while the replica applied the previous one.
+        let mut prefetched: Option<ship::Batch> = None;
+        loop {
+            if !pos.holes.is_empty() && last_holes.elapsed().as_secs_f64() >= HOLE_SETTLE_SECS {
+                last_holes = Instant::now();
+                // Without the PROCESS privilege holes stay (shipping goes on; they are looked up).
+                let (now, oldest) = match self.timed("listing open transactions", ship::open_transactions(&mut primary)).await {
+                    Ok(t) => t,
+                    Err(End::Failed(e) | End::Halted(e)) => {
+                        tracing::warn!(replica = %cfg.replica_name, "shipper: {e}; holes are kept (grant PROCESS to capgate's account)");
+                        (0.0, Some(0.0))
+                    }
+                };
+                let mut pruned = pos.clone();
+                if pruned.prune(now, oldest) > 0 {
+                    let advance = ship::advance_sql(&cfg.origin, &pos, &pruned);
+                    self.timed("dropping settled holes", ship::commit_batch(replica.conn(), "", &advance)).await?;
+                    pos = pruned;
+                    self.note(&mut primary, &pos).await?;
+                }
+            }
+            // A batch read before holes were dropped is still right: a dropped hole never shows up.
+            let mut read = match prefetched.take() {
+                Some(b) => b,
+                None => self.timed("reading changes", ship::read_batch(&mut primary, &pos, cfg.batch_rows)).await?,
+            };
+            read.truncate_to(cfg.batch_bytes);
+            if read.changes.is_empty() {
+                self.measure(&mut primary, &pos).await?;
+                if last_prune.elapsed() >= cfg.prune_interval {
+                    last_prune = Instant::now();
+                    self.timed("pruning", ship::prune(&mut primary, &cfg.all_replicas, cfg.retention.as_secs())).await?;
+                }
+                let _ = tokio::time::timeout(cfg.poll_interval, self.wake.notified()).await;
+                continue;
+            }
+            let seqs: Vec<u64> = read.changes.iter().map(|s| s.change.seq).collect();
+            let next = pos.after(&seqs, read.seen);
+            if next.holes.len() > MAX_HOLES && pos.holes.len() <= MAX_HOLES {
+                tracing::warn!(replica = %cfg.replica_name, holes = next.holes.len(), "shipper: many numbers of capgate.changes are missing (auto_increment_increment above 1 on the primary?); each is looked up until it is dropped");
+            }
+            let applied = batch::apply(replica.conn(), &cfg.origin, &read.changes, &tables, &pos, &next, &cfg.on_conflict);
+            let prefetch = ship::read_batch(&mut primary, &next, cfg.batch_rows);
+            let (outcome, fetched) = match tokio::time::timeout(cfg.deadline, async { tokio::join!(applied, prefetch) }).await {
+                Ok(both) => both,
+                Err(_) => return Err(End::Failed(format!("applying a batch did not finish within {:?}", cfg.deadline))),
+            };
+            let outcome = match outcome {
+                Ok(o) => o,
+                // The next session reads the replica's tables again (one may have been created).
+                Err(e) => return Err(End::Failed(e.to_string())),
+            };
+            prefetched = Some(fetched.map_err(|e| End::Failed(format!("reading changes: {e}")))?);
+            match outcome {
+                batch::Outcome::Applied(conflicts) => {
+                    for c in &conflicts {
+                        super::conflicts::record(&self.stats, &cfg.replica_name, cfg.conflict_log.as_deref(), c);
+                    }
+                }
+                batch::Outcome::Halted(c) => {
+                    super::conflicts::record(&self.stats, &cfg.replica_name, cfg.conflict_log.as_deref(), &c);
+                    let detail = c.detail.clone().unwrap_or_default();
+                    return Err(End::Halted(format!("conflict {} on {} (on_conflict = halt): {detail}", c.kind, c.tbl)));
+                }
+            }
+            self.stats.ranges.fetch_add(1, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats.changes.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+            {
+                let mut by_table = self.stats.changes_by_table.lock().unwrap_or_else(|p| p.into_inner());
+                for s in &read.changes {
+                    *by_table.entry(s.change.tbl.clone()).or_insert(0) += 1;
+                }
+            }
+            pos = next;
+            self.note(&mut primary, &pos).await?;
+        }
+    }
+
+    /// Records the position on the primary (lag and pruning read it) and in the stats.
+    async fn note(&self, primary: &mut mysql_async::Conn, pos: &Position) -> Result<(), End> {
+        self.timed("recording the shipped position", ship::note_shipped(primary, &self.config.replica_name, pos)).await?;
+        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{} ({} holes)", pos.high, pos.holes.len()));
+        Ok(())
+    }
+
+    async fn measure(&self, primary: &mut mysql_async::Conn, pos: &Position) -> Result<(), End> {
+        let rows = self.timed("measuring lag", ship::pending(primary, pos)).await?;
+        self.lag.send_replace(lag_of(pos, rows));
+        Ok(())
+    }
+}
+
+/// A replica's [`Lag`] from its position and the pending changes per table.
+pub fn lag_of(pos: &Position, pending: Vec<(String, u64, f64)>) -> Lag {
+    let mut lag = Lag { measured: true, applied_snapshot: Some(pos.high.to_string()), ..Lag::default() };
+    for (table, n, oldest) in pending {
+        lag.pending_rows += n;
+        lag.oldest_pending = Some(lag.oldest_pending.map_or(oldest, |o: f64| o.min(oldest)));
+        lag.tables.insert(table, TableLag { pending_rows: n, oldest_pending: Some(oldest) });
+    }
+    lag
+}

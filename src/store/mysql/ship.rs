@@ -1,0 +1,249 @@
+//! The SQL of async shipping to a MySQL / MariaDB replica (decision 0021): reading a batch of
+//! committed changes on the primary, applying it on the replica in one transaction that also
+//! moves the replica's [`Position`], and the figures lag and pruning need.
+//!
+//! - Primary: `capgate.shipped(replica, high, holes)` mirrors each replica's position after
+//!   it commits there (lag, pruning; never the truth: the replica's copy is);
+//! - Replica: `capgate.applied(origin, high, holes)`, updated in the batch's own transaction
+//!   and fenced on its previous value (a stale shipper's batch fails with `CGW01`).
+
+use mysql_async::prelude::Queryable;
+
+use super::apply::{self, Change, Tables};
+use super::image::quote_literal;
+use super::position::Position;
+
+/// The primary's mirror of every replica's position.
+pub const SHIPPED_TABLE: &str = "CREATE TABLE IF NOT EXISTS capgate.shipped (
+        replica VARCHAR(128) NOT NULL PRIMARY KEY,
+        high BIGINT UNSIGNED NOT NULL,
+        holes LONGTEXT NOT NULL,
+        at DATETIME(6) NOT NULL
+     ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin";
+
+/// The replica's position per origin.
+pub const APPLIED_TABLE: &str = "CREATE TABLE IF NOT EXISTS capgate.applied (
+        origin VARCHAR(128) NOT NULL PRIMARY KEY,
+        high BIGINT UNSIGNED NOT NULL,
+        holes LONGTEXT NOT NULL
+     ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin";
+
+/// What a failed ship step was doing, and the server's error.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("{what}: {source}")]
+    Server { what: &'static str, source: mysql_async::Error },
+    #[error("the replica's position for this origin cannot be read: {0}")]
+    Position(#[from] super::position::PositionError),
+}
+
+fn server(what: &'static str) -> impl FnOnce(mysql_async::Error) -> ShipError {
+    move |source| ShipError::Server { what, source }
+}
+
+/// One change read for shipping, with its capture time (Unix seconds).
+#[derive(Debug, Clone)]
+pub struct Shipped {
+    pub change: Change,
+    pub at: f64,
+}
+
+/// A batch read on the primary: its changes in `seq` order and the primary's clock right
+/// after the read (when its holes are first seen).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub changes: Vec<Shipped>,
+    pub seen: f64,
+}
+
+impl Batch {
+    /// Keeps the first changes whose images add up to about `bytes` (at least one). The
+    /// changes left out are read again by the next batch: the position never passes them.
+    pub fn truncate_to(&mut self, bytes: usize) {
+        let mut total = 0;
+        let keep = self
+            .changes
+            .iter()
+            .take_while(|s| {
+                total += s.change.old.as_ref().map_or(0, String::len) + s.change.new.as_ref().map_or(0, String::len);
+                total <= bytes
+            })
+            .count();
+        self.changes.truncate(keep.max(1));
+    }
+}
+
+/// The primary's clock as Unix seconds, in the session's time zone rules (the shipper's
+/// primary session keeps `time_zone = SYSTEM`, the zone `trx_started` is shown in).
+const NOW: &str = "UNIX_TIMESTAMP(NOW(6))";
+
+/// A UTC `DATETIME` as Unix seconds whatever the session's time zone.
+fn utc_epoch(column: &str) -> String {
+    format!("TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column}) / 1000000")
+}
+
+/// Prepares capgate's primary session for shipping: its time zone, so `NOW()` and
+/// `trx_started` are read alike.
+pub async fn prepare_primary(conn: &mut mysql_async::Conn) -> Result<(), ShipError> {
+    conn.query_drop("SET time_zone = 'SYSTEM'").await.map_err(server("setting the shipper's time zone"))?;
+    conn.query_drop(SHIPPED_TABLE).await.map_err(server("creating capgate.shipped on the primary"))
+}
+
+/// Up to `rows` changes after `from`, by one consistent read (committed changes only).
+pub async fn read_batch(conn: &mut mysql_async::Conn, from: &Position, rows: usize) -> Result<Batch, ShipError> {
+    type Row = (u64, String, String, Option<String>, Option<String>, f64);
+    let sql = format!(
+        "SELECT seq, tbl, op, old_image, new_image, {} FROM capgate.changes WHERE {} ORDER BY seq LIMIT {rows}",
+        utc_epoch("at"),
+        from.pending_sql()
+    );
+    let got: Vec<Row> = conn.query(sql).await.map_err(server("reading changes"))?;
+    let seen: Option<f64> = conn.query_first(format!("SELECT {NOW}")).await.map_err(server("reading the primary's clock"))?;
+    let changes = got.into_iter().map(|(seq, tbl, op, old, new, at)| Shipped { change: Change { seq, tbl, op, old, new }, at }).collect();
+    Ok(Batch { changes, seen: seen.unwrap_or(0.0) })
+}
+
+/// The primary's clock and the start of its oldest open transaction other than this
+/// session's (None when there is none), to prune holes ([`Position::prune`]). Needs the
+/// PROCESS privilege.
+pub async fn open_transactions(conn: &mut mysql_async::Conn) -> Result<(f64, Option<f64>), ShipError> {
+    let sql = format!(
+        "SELECT {NOW}, (SELECT UNIX_TIMESTAMP(MIN(trx_started)) FROM information_schema.INNODB_TRX \
+         WHERE trx_mysql_thread_id <> CONNECTION_ID())"
+    );
+    let row: Option<(f64, Option<f64>)> = conn.query_first(sql).await.map_err(server("listing the primary's open transactions"))?;
+    Ok(row.unwrap_or((0.0, None)))
+}
+
+/// Where a replica new to this origin starts: just below the smallest seq in
+/// `capgate.changes`, committed or not (a read-uncommitted look), so it is sent every change
+/// the table holds and the numbers pruned long ago are not holes. None: the table is empty.
+pub async fn fresh_start(conn: &mut mysql_async::Conn) -> Result<Option<Position>, ShipError> {
+    conn.query_drop("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED").await.map_err(server("reading the oldest change"))?;
+    let min: Option<Option<u64>> =
+        conn.query_first("SELECT MIN(seq) FROM capgate.changes").await.map_err(server("reading the oldest change"))?;
+    Ok(min.flatten().map(|m| Position { high: m.saturating_sub(1), holes: Default::default() }))
+}
+
+/// Records `pos` as `replica`'s position on the primary (lag and pruning read it).
+pub async fn note_shipped(conn: &mut mysql_async::Conn, replica: &str, pos: &Position) -> Result<(), ShipError> {
+    let sql = format!(
+        "INSERT INTO capgate.shipped (replica, high, holes, at) VALUES ({}, {}, {}, UTC_TIMESTAMP(6)) \
+         ON DUPLICATE KEY UPDATE high = VALUES(high), holes = VALUES(holes), at = VALUES(at)",
+        quote_literal(replica),
+        pos.high,
+        quote_literal(&pos.holes_json())
+    );
+    conn.query_drop(sql).await.map_err(server("recording the shipped position on the primary"))
+}
+
+/// Every replica's position as the primary last recorded it.
+pub async fn shipped(conn: &mut mysql_async::Conn) -> Result<Vec<(String, Position)>, ShipError> {
+    let rows: Vec<(String, u64, String)> =
+        conn.query("SELECT replica, high, holes FROM capgate.shipped").await.map_err(server("reading capgate.shipped"))?;
+    let mut out = Vec::new();
+    for (replica, high, holes) in rows {
+        out.push((replica, Position::parse(high, &holes)?));
+    }
+    Ok(out)
+}
+
+/// Per table: changes not applied at `pos` and the capture time of the oldest (Unix seconds).
+pub async fn pending(conn: &mut mysql_async::Conn, pos: &Position) -> Result<Vec<(String, u64, f64)>, ShipError> {
+    let sql = format!("SELECT tbl, COUNT(*), MIN({}) FROM capgate.changes WHERE {} GROUP BY tbl", utc_epoch("at"), pos.pending_sql());
+    conn.query(sql).await.map_err(server("measuring lag"))
+}
+
+/// Deletes changes every replica in `replicas` has applied and that are older than
+/// `retention_secs`, a chunk at a time. Returns how many were deleted.
+pub async fn prune(conn: &mut mysql_async::Conn, replicas: &[String], retention_secs: u64) -> Result<u64, ShipError> {
+    let all = shipped(conn).await?;
+    let mut floor: Option<u64> = None;
+    for r in replicas {
+        let Some((_, pos)) = all.iter().find(|(name, _)| name == r) else { return Ok(0) };
+        floor = Some(floor.map_or(pos.floor(), |f| f.min(pos.floor())));
+    }
+    let Some(floor) = floor else { return Ok(0) };
+    let sql = format!(
+        "DELETE FROM capgate.changes WHERE seq < {floor} AND at < UTC_TIMESTAMP(6) - INTERVAL {retention_secs} SECOND ORDER BY seq LIMIT 10000"
+    );
+    conn.query_drop(sql).await.map_err(server("pruning applied changes"))?;
+    Ok(conn.affected_rows())
+}
+
+/// Creates the replica's `capgate.applied` and reads the position of `origin` (a replica new
+/// to it starts at nothing applied).
+pub async fn replica_position(conn: &mut mysql_async::Conn, origin: &str) -> Result<Position, ShipError> {
+    conn.query_drop(APPLIED_TABLE).await.map_err(server("creating capgate.applied on the replica"))?;
+    let o = quote_literal(origin);
+    conn.query_drop(format!("INSERT IGNORE INTO capgate.applied (origin, high, holes) VALUES ({o}, 0, '[]')"))
+        .await
+        .map_err(server("recording the origin on the replica"))?;
+    let row: Option<(u64, String)> = conn
+        .query_first(format!("SELECT high, holes FROM capgate.applied WHERE origin = {o}"))
+        .await
+        .map_err(server("reading the replica's position"))?;
+    let (high, holes) = row.unwrap_or((0, "[]".into()));
+    Ok(Position::parse(high, &holes)?)
+}
+
+/// The statement that moves the replica's position from `from` to `to`, then checks that it
+/// moved exactly one row: another shipper that moved it first makes the batch fail.
+pub fn advance_sql(origin: &str, from: &Position, to: &Position) -> String {
+    format!(
+        "UPDATE capgate.applied SET high = {}, holes = {} WHERE origin = {} AND high = {} AND holes = {};\
+         SET @capgate_rows = capgate.expect_rows(ROW_COUNT(), 1, {});",
+        to.high,
+        quote_literal(&to.holes_json()),
+        quote_literal(origin),
+        from.high,
+        quote_literal(&from.holes_json()),
+        quote_literal(&format!("stale_shipper {origin}: another capgate process applied to this replica first"))
+    )
+}
+
+/// Applies `statements` and moves the position, as one replica transaction in one round trip.
+/// On an error the transaction is rolled back and the error returned.
+pub async fn commit_batch(conn: &mut mysql_async::Conn, statements: &str, advance: &str) -> Result<(), mysql_async::Error> {
+    let sql = format!("START TRANSACTION;{statements}{advance}COMMIT");
+    match conn.query_drop(sql).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = conn.query_drop("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// The replica's columns (for turning images into statements).
+pub async fn replica_tables(conn: &mut mysql_async::Conn) -> Result<Tables, ShipError> {
+    super::capture::tables(conn)
+        .await
+        .map_err(|super::capture::CaptureError::Catalog(e)| ShipError::Server { what: "reading the replica's tables", source: e })
+}
+
+/// The statements of `changes`, or the first change that cannot be turned into statements.
+pub fn statements(changes: &[Shipped], tables: &Tables) -> Result<String, apply::ApplyError> {
+    let plain: Vec<Change> = changes.iter().map(|s| s.change.clone()).collect();
+    apply::statements(&plain, tables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_cut_to_its_byte_budget_keeping_at_least_one_change() {
+        let change = |seq: u64, n: usize| Shipped {
+            change: Change { seq, tbl: "s.t".into(), op: "I".into(), old: None, new: Some("x".repeat(n)) },
+            at: 0.0,
+        };
+        let mut batch = Batch { changes: vec![change(1, 40), change(2, 40), change(3, 40)], seen: 0.0 };
+        batch.truncate_to(100);
+        assert_eq!(batch.changes.iter().map(|s| s.change.seq).collect::<Vec<_>>(), [1, 2]);
+        batch.truncate_to(10);
+        assert_eq!(batch.changes.len(), 1);
+        // The position then moves to the last change kept: the rest are read again.
+        assert_eq!(Position::default().after(&[1], 0.0).high, 1);
+    }
+}

@@ -1,0 +1,304 @@
+//! Async and bounded tables shipped to a MariaDB replica (decision 0021), on a primary and a
+//! replica of their own (the shipper ships every change captured on its primary): writes
+//! through capgate reach the replica exactly once, also across a cut link and a rolled-back
+//! transaction; a bounded table is refused once its budget is spent and accepted again after
+//! catch-up; a conflict is logged with both images and skipped; sysbench with every table
+//! async leaves both sites with equal checksums.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use capgate::testbed::link::Link;
+use capgate::testbed::{MariaDb, MariaDbOptions};
+use mysql_async::prelude::*;
+
+use super::support::{connect, MyProxy};
+
+/// The tests take turns: every shipper ships the one change log of the primary.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// (primary, replica) of these tests.
+fn servers() -> &'static (MariaDb, MariaDb) {
+    static SERVERS: OnceLock<(MariaDb, MariaDb)> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        let start = || MariaDb::start(MariaDbOptions::default()).unwrap_or_else(|e| panic!("cannot start MariaDB: {e}"));
+        (start(), start())
+    })
+}
+
+/// capgate in front of the primary, shipping to the replica through `link`, site `west`.
+fn proxy(name: &str, policy: &str, link: &Link) -> (MyProxy, std::path::PathBuf) {
+    let dir = crate::support::scratch(name);
+    std::fs::write(dir.join("policy.toml"), policy).expect("policy");
+    let conflicts = dir.join("conflicts.jsonl");
+    let text = format!(
+        "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\nconflict_log = \"{}\"\n\
+         [primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
+         [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@{}/?sslmode=disable\"\n",
+        conflicts.display(),
+        servers().0.port(),
+        link.addr()
+    );
+    (MyProxy::start_config(&text, &dir), conflicts)
+}
+
+fn link() -> Link {
+    Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, servers().1.port()))).expect("link")
+}
+
+/// Polls (bounded) until `query` gives the same text on both servers; returns it.
+async fn converged(query: &str) -> String {
+    let (p, r) = servers();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (a, b) = (p.sql(query).expect("primary"), r.sql(query).expect("replica"));
+        if a == b {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "the replica never caught up on {query}:\nprimary:\n{a}\nreplica:\n{b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn setup_both(sql: &str) {
+    let (p, r) = servers();
+    p.sql(sql).expect("primary");
+    r.sql(sql).expect("replica");
+}
+
+const POLICY: &str = "default = \"local\"\n\
+    [[table]]\nmatch = \"shipdb.acct\"\nmode = \"async\"\n\
+    [[table]]\nmatch = \"shipdb.cart\"\nmode = \"bounded\"\nmax_lag = \"1s\"\n\
+    [[table]]\nmatch = \"shipdb.notes\"\nmode = \"async\"\non_conflict = \"skip\"\n\
+    [[table]]\nmatch = \"shipdb.ow\"\nmode = \"async\"\non_conflict = \"overwrite\"\n\
+    [[table]]\nmatch = \"shipdb.strict\"\nmode = \"async\"\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wait_for_catch_up() {
+    let _turn = TURN.lock().await;
+    setup_both(
+        "DROP DATABASE IF EXISTS shipdb; CREATE DATABASE shipdb; \
+         CREATE TABLE shipdb.acct (id INT PRIMARY KEY, bal INT NOT NULL, note VARCHAR(20)); \
+         CREATE TABLE shipdb.cart (id INT PRIMARY KEY AUTO_INCREMENT, item VARCHAR(20)); \
+         CREATE TABLE shipdb.notes (id INT PRIMARY KEY, body TEXT); \
+         CREATE TABLE shipdb.ow (id INT PRIMARY KEY, body TEXT); CREATE TABLE shipdb.strict (id INT PRIMARY KEY, body TEXT)",
+    );
+    let link = link();
+    let (p, conflict_log) = proxy("mysql-async-ship", POLICY, &link);
+    let mut c = connect(&p.url("capgate", None, "shipdb")).await;
+
+    // Autocommit inserts, a transaction of updates and deletes, and a rolled-back one.
+    for i in 0..100 {
+        c.exec_drop("INSERT INTO acct VALUES (?, ?, ?)", (i, i * 10, format!("n{i}"))).await.expect("insert");
+    }
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = bal + 1 WHERE id < 50").await.expect("update");
+    c.query_drop("DELETE FROM acct WHERE id >= 90").await.expect("delete");
+    c.query_drop("UPDATE acct SET id = 1000 WHERE id = 0").await.expect("key change");
+    c.query_drop("COMMIT").await.expect("commit");
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("INSERT INTO acct VALUES (5000, 1, 'rolled back')").await.expect("insert");
+    c.query_drop("UPDATE acct SET bal = -1").await.expect("update");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let rows = "SELECT id, bal, IFNULL(note, 'NULL') FROM shipdb.acct ORDER BY id";
+    let got = converged(rows).await;
+    assert_eq!(got.lines().count(), 90, "{got}");
+    assert!(!got.contains("rolled back") && !got.contains("-1"), "{got}");
+
+    // The replica is cut off: async writes are accepted and wait; a bounded table is refused
+    // once its oldest pending change is older than max_lag, naming table, mode and remedy.
+    link.refuse(true);
+    link.reset();
+    for i in 100..150 {
+        c.exec_drop("INSERT INTO acct VALUES (?, ?, NULL)", (i, i)).await.expect("async insert while cut");
+    }
+    c.query_drop("INSERT INTO cart (item) VALUES ('first')").await.expect("bounded write within budget");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refusal = loop {
+        match c.query_drop("INSERT INTO cart (item) VALUES ('more')").await {
+            Err(mysql_async::Error::Server(e)) => break e,
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(()) => assert!(Instant::now() < deadline, "bounded writes were never refused while the replica was cut off"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((refusal.code, refusal.state.as_str()), (1644, "55000"), "{refusal:?}");
+    for word in ["shipdb.cart", "east", "bounded", "max_lag", "retry once the replica has caught up"] {
+        assert!(refusal.message.contains(word), "{word:?} missing from: {}", refusal.message);
+    }
+
+    // Healed: everything arrives once, and the bounded table takes writes again.
+    link.refuse(false);
+    link.restore();
+    let got = converged(rows).await;
+    assert_eq!(got.lines().count(), 140, "{got}");
+    converged("SELECT id, item FROM shipdb.cart ORDER BY id").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = c.query_drop("INSERT INTO cart (item) VALUES ('after')").await {
+        assert!(Instant::now() < deadline, "bounded writes still refused after catch-up: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    converged("SELECT id, item FROM shipdb.cart ORDER BY id").await;
+
+    // A row changed on the replica alone: the update finds a different row, which is logged
+    // with both images and skipped (on_conflict = "skip"); shipping goes on.
+    c.query_drop("INSERT INTO notes VALUES (1, 'original'), (2, 'two')").await.expect("notes");
+    converged("SELECT id, body FROM shipdb.notes ORDER BY id").await;
+    servers().1.sql("UPDATE shipdb.notes SET body = 'edited on the replica' WHERE id = 1").expect("replica edit");
+    c.query_drop("UPDATE notes SET body = 'from the primary' WHERE id = 1").await.expect("update");
+    c.query_drop("INSERT INTO notes VALUES (3, 'three')").await.expect("insert");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while servers().1.sql("SELECT COUNT(*) FROM shipdb.notes").expect("count") != "3" {
+        assert!(Instant::now() < deadline, "shipping stopped after a skipped conflict");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logged = std::fs::read_to_string(&conflict_log).expect("conflict log");
+    let line = logged.lines().find(|l| l.contains("shipdb.notes")).unwrap_or_else(|| panic!("no conflict logged: {logged}"));
+    let record: serde_json::Value = serde_json::from_str(line).expect("json line");
+    assert_eq!(record["kind"], "update_differs", "{record}");
+    assert_eq!(record["resolution"], "skipped", "{record}");
+    assert_eq!(record["old"]["body"], "original", "{record}");
+    assert_eq!(record["new"]["body"], "from the primary", "{record}");
+    assert_eq!(record["replica_row"]["body"], "edited on the replica", "{record}");
+    assert_eq!(servers().1.sql("SELECT body FROM shipdb.notes WHERE id = 1").expect("row"), "edited on the replica");
+    let stats = p.shared.shipping.as_ref().expect("shipping").shippers["east"].stats().clone();
+    assert_eq!(stats.conflicts.load(std::sync::atomic::Ordering::Relaxed), 1, "only the edited row conflicted");
+    // The rolled-back transaction's numbers were holes; they are dropped once no older
+    // transaction is open on the primary.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stats.applied_snapshot().is_some_and(|s| s.ends_with("(0 holes)")) {
+        assert!(Instant::now() < deadline, "holes never dropped: {:?}", stats.applied_snapshot());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // on_conflict = "overwrite": the replica's row becomes the primary's.
+    c.query_drop("INSERT INTO ow VALUES (1, 'a'), (2, 'b')").await.expect("ow");
+    converged("SELECT id, body FROM shipdb.ow ORDER BY id").await;
+    servers().1.sql("UPDATE shipdb.ow SET body = 'replica' WHERE id = 1; DELETE FROM shipdb.ow WHERE id = 2").expect("edit");
+    c.query_drop("UPDATE ow SET body = 'primary' WHERE id IN (1, 2)").await.expect("update");
+    assert_eq!(converged("SELECT id, body FROM shipdb.ow ORDER BY id").await, "1\tprimary\n2\tprimary");
+
+    // on_conflict = "halt" (the default): shipping to the replica stops with the conflict as
+    // its error, and nothing after it is applied.
+    c.query_drop("INSERT INTO strict VALUES (1, 'a')").await.expect("strict");
+    converged("SELECT id, body FROM shipdb.strict").await;
+    servers().1.sql("DELETE FROM shipdb.strict").expect("edit");
+    c.query_drop("UPDATE strict SET body = 'b'").await.expect("update");
+    c.query_drop("INSERT INTO acct VALUES (7000, 0, 'after the halt')").await.expect("insert");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stats.last_error().is_some_and(|e| e.contains("update_missing on shipdb.strict (on_conflict = halt)")) {
+        assert!(Instant::now() < deadline, "the shipper never halted: {:?}", stats.last_error());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(servers().1.sql("SELECT COUNT(*) FROM shipdb.acct WHERE id = 7000").expect("count"), "0");
+    // Repaired on the replica, the change applies when shipping starts again (the next test's
+    // capgate, same origin).
+    servers().1.sql("INSERT INTO shipdb.strict VALUES (1, 'a')").expect("repair");
+}
+
+/// The number after `label` in sysbench's report.
+fn figure(report: &str, label: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{label}` in:\n{report}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sysbench_with_every_table_async_leaves_equal_checksums() {
+    let _turn = TURN.lock().await;
+    let (primary, replica) = servers();
+    setup_both("DROP DATABASE IF EXISTS sbasync; CREATE DATABASE sbasync");
+    // Prepared on the primary and copied, before capgate captures anything.
+    let (ok, text) = super::support::sysbench(primary.port(), "oltp_read_write", "sbasync", 1000, "prepare", &[]);
+    assert!(ok, "sysbench prepare: {text}");
+    let mut dump = Command::new("mariadb-dump")
+        .args(["--no-defaults", "--protocol=TCP", "-h", "127.0.0.1", "-u", "capgate", "--skip-triggers"])
+        .arg(format!("--port={}", primary.port()))
+        .arg("sbasync")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mariadb-dump");
+    let load = Command::new("mariadb")
+        .args(["--no-defaults", "--protocol=TCP", "-h", "127.0.0.1", "-u", "capgate", "sbasync"])
+        .arg(format!("--port={}", replica.port()))
+        .stdin(dump.stdout.take().expect("dump output"))
+        .output()
+        .expect("mariadb load");
+    assert!(dump.wait().expect("mariadb-dump").success() && load.status.success(), "copying sbasync to the replica failed");
+    let checksums = "CHECKSUM TABLE sbasync.sbtest1, sbasync.sbtest2 EXTENDED";
+    assert_eq!(primary.sql(checksums).expect("primary"), replica.sql(checksums).expect("replica"));
+    let link = link();
+    let (p, _) = proxy("mysql-async-sysbench", "default = \"local\"\n[[table]]\nmatch = \"sbasync.*\"\nmode = \"async\"\n", &link);
+    let args = ["--threads=4", "--events=400", "--time=0", "--report-interval=0"];
+    let (ok, report) = super::support::sysbench(p.port(), "oltp_read_write", "sbasync", 1000, "run", &args);
+    assert!(ok && !report.contains("FATAL"), "sysbench run:\n{report}");
+    assert!(figure(&report, "transactions:") >= 400, "{report}");
+    converged(checksums).await;
+    let stats = p.shared.shipping.as_ref().expect("shipping").shippers["east"].stats().clone();
+    assert_eq!(stats.conflicts.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capgate_killed_while_shipping_ships_each_change_once_after_restart() {
+    let _turn = TURN.lock().await;
+    let (primary, _) = servers();
+    setup_both("DROP DATABASE IF EXISTS shipkill; CREATE DATABASE shipkill; CREATE TABLE shipkill.k (id INT PRIMARY KEY, v INT NOT NULL)");
+    let link = link();
+    // Each batch spends most of its time on the link, so the kill is likely to fall while a
+    // replica transaction is open (where it falls is not controlled: any point must do).
+    link.set_latency(Duration::from_millis(100));
+    let dir = crate::support::scratch("mysql-async-kill");
+    std::fs::write(dir.join("policy.toml"), "default = \"local\"\n[[table]]\nmatch = \"shipkill.*\"\nmode = \"async\"\n").expect("policy");
+    let port = capgate::testbed::free_port();
+    let config = dir.join("capgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "site = \"west\"\nlisten = \"127.0.0.1:{port}\"\npolicy = \"{}\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
+             [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@{}/?sslmode=disable\"\n",
+            dir.join("policy.toml").display(),
+            primary.port(),
+            link.addr()
+        ),
+    )
+    .expect("config");
+    let log = dir.join("capgate.log");
+    let mut first = super::sync_kill::Process::start(&config, port, &log);
+
+    // Writers: through capgate, and around it on the primary (captured and shipped alike);
+    // updates make a change applied twice visible (its old image no longer matches).
+    let mut through = connect(&super::support::url_at(port, "capgate", None, "shipkill")).await;
+    for i in 0..20 {
+        through.exec_drop("INSERT INTO k VALUES (?, 0)", (i,)).await.expect("insert through capgate");
+    }
+    let around_url = super::support::url_at(primary.port(), "capgate", None, "shipkill");
+    let writer = tokio::spawn(async move {
+        let mut c = connect(&around_url).await;
+        for round in 0..60 {
+            c.query_drop("BEGIN").await.expect("begin");
+            let values: Vec<String> = (0..20).map(|i| format!("({}, {round})", 1000 + round * 20 + i)).collect();
+            c.query_drop(format!("INSERT INTO k VALUES {}", values.join(","))).await.expect("insert");
+            c.query_drop("UPDATE k SET v = v + 1 WHERE id < 20").await.expect("update");
+            c.query_drop("COMMIT").await.expect("commit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while servers().1.sql("SELECT COUNT(*) FROM shipkill.k").expect("count").parse::<u32>().unwrap_or(0) < 100 {
+        assert!(Instant::now() < deadline, "nothing was shipped before the kill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill();
+    drop(through);
+    let _second = super::sync_kill::Process::start(&config, port, &log);
+    writer.await.expect("writer");
+    let rows = converged("SELECT id, v FROM shipkill.k ORDER BY id").await;
+    assert_eq!(rows.lines().count(), 20 + 60 * 20);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("conflict"), "a change was applied twice or not at all:\n{text}");
+}
