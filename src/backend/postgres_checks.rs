@@ -237,10 +237,30 @@ pub fn per_site_sequence(seq: &str, sites: usize, index: usize, above: i64) -> S
 /// values from their own copies of the sequence, and the rows collide (`insert_exists`)
 /// unless each site has its own values. Only when several sites take writes (`takes_writes`).
 async fn sequence_keys(c: &mut Checks, client: &Client, tables: &[TableName], sites: &[String], site: &str) {
-    if sites.len() < 2 {
-        return;
+    for warning in sequence_key_warnings(client, tables, sites, site).await {
+        c.add(Outcome::Warn, warning.message);
     }
-    let Some(index) = sites.iter().position(|s| s == site).map(|i| i + 1) else { return };
+}
+
+/// A column of a table written at several sites whose values come from a sequence every
+/// site steps through alike: `check-config` prints `message`, `capgate run` logs it once per
+/// table and column at start-up (and when the table starts being captured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceKeyWarning {
+    pub table: TableName,
+    pub column: String,
+    /// The warning with its remedy, the same text wherever it is shown.
+    pub message: String,
+}
+
+/// The sequence-key warnings of `tables` on the primary `client` of site `site`, one of the
+/// writing `sites` (sorted, as [`writing_sites`] gives them). None with fewer than two.
+pub async fn sequence_key_warnings(client: &Client, tables: &[TableName], sites: &[String], site: &str) -> Vec<SequenceKeyWarning> {
+    let mut out = Vec::new();
+    if sites.len() < 2 {
+        return out;
+    }
+    let Some(index) = sites.iter().position(|s| s == site).map(|i| i + 1) else { return out };
     // Sequences owned by a column (serial: 'a', identity: 'i'), their step and last value.
     let q = "SELECT a.attname::text, quote_ident(sn.nspname) || '.' || quote_ident(sc.relname), s.seqincrement, \
              greatest(coalesce(pg_sequence_last_value(s.seqrelid), s.seqstart), 0) \
@@ -257,19 +277,18 @@ async fn sequence_keys(c: &mut Checks, client: &Client, tables: &[TableName], si
             if step.unsigned_abs() >= sites.len() as u64 {
                 continue;
             }
-            c.add(
-                Outcome::Warn,
-                format!(
-                    "{t}.{column} takes its values from sequence {seq} (increment {step}), and {} sites take writes ({}): \
-                     rows inserted at two sites get the same keys and collide; give each site its own values — here (site {site}): \
-                     `{}` (on each site, with its own offset, after replication has caught up) — or use uuid keys",
-                    sites.len(),
-                    sites.join(", "),
-                    per_site_sequence(&seq, sites.len(), index, last)
-                ),
+            let message = format!(
+                "{t}.{column} takes its values from sequence {seq} (increment {step}), and {} sites take writes ({}): \
+                 rows inserted at two sites get the same keys and collide; give each site its own values — here (site {site}): \
+                 `{}` (on each site, with its own offset, after replication has caught up) — or use uuid keys",
+                sites.len(),
+                sites.join(", "),
+                per_site_sequence(&seq, sites.len(), index, last)
             );
+            out.push(SequenceKeyWarning { table: t.clone(), column, message });
         }
     }
+    out
 }
 
 /// A site that takes writes runs the policy this one does: what its capgate last recorded on

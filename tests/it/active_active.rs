@@ -356,3 +356,55 @@ async fn serial_keys_at_two_writing_sites_are_warned_and_the_offered_remedy_keep
         assert_eq!(rows(&url, "SELECT count(*) FROM capgate.conflicts").await, ["0"], "{url}");
     }
 }
+
+/// The log lines of `log` (a capgate process's stderr) that contain `text`.
+fn log_lines(log: &std::path::Path, text: &str) -> Vec<String> {
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains(text)).map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn capgate_run_warns_once_per_table_about_serial_keys_with_the_check_config_text() {
+    let _one = exclusive().await;
+    fresh("CREATE TABLE aa_orders (id serial PRIMARY KEY, item text NOT NULL)").await;
+    let (a, b) = (bed().a_primary(), bed().b_replica());
+    let check = check_config("east", a, "west", b);
+    let said = check
+        .lines()
+        .find_map(|l| l.strip_prefix("[warn] primary: ").filter(|m| m.contains("takes its values from sequence")))
+        .unwrap_or_else(|| panic!("check-config warns: {check}"))
+        .to_owned();
+
+    // Site east's capgate as a process, its peer west taking writes too.
+    let dir = scratch("active-active-startup-warning");
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    let port = capgate::testbed::free_port();
+    let config = dir.join("capgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "site = \"east\"\nlisten = \"127.0.0.1:{port}\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"{}?sslmode=disable\"\n\
+             [[replicas]]\nname = \"west\"\nurl = \"{}?sslmode=disable&connect_timeout=2\"\ntakes_writes = true\n",
+            a.url("postgres", DB),
+            b.url("postgres", DB)
+        ),
+    )
+    .unwrap();
+    let log = dir.join("capgate.log");
+    let _ = std::fs::remove_file(&log);
+    let east = crate::support::Process::start(&config, port, &log);
+    let wanted = "public.aa_orders.id takes its values from sequence";
+    wait_until("the start-up warning", Duration::from_secs(60), async || !log_lines(&log, wanted).is_empty()).await;
+    let line = log_lines(&log, wanted).remove(0);
+    assert!(line.contains("WARN") && line.contains(&said), "the log says what check-config says:\n{line}\n{said}");
+
+    // A table created later is checked when it starts being captured (here at once: a policy
+    // reload runs a capture round); the first table is not warned about again.
+    connect(&a.url("postgres", DB)).await.batch_execute("CREATE TABLE aa_more (id bigserial PRIMARY KEY)").await.unwrap();
+    std::fs::write(dir.join("policy.toml"), format!("{POLICY}# reloaded\n")).unwrap();
+    east.hangup();
+    wait_until("the new table's warning", Duration::from_secs(60), async || {
+        !log_lines(&log, "public.aa_more.id takes its values from sequence").is_empty()
+    })
+    .await;
+    assert_eq!(log_lines(&log, wanted).len(), 1, "once per table:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+}

@@ -342,6 +342,35 @@ async fn latest_keeps_the_later_origin_change_whatever_the_arrival_order() {
 }
 
 #[tokio::test]
+async fn latest_keeps_a_later_row_even_when_it_has_the_earlier_changes_old_values() {
+    // Two sites can reach the same values on their own (two counters incremented alike):
+    // a change whose old image equals the row here is still older than the row's last write
+    // when its time is earlier. Applying it moved the row's record back in time, and the two
+    // sites ended with different rows (found by the two-writer chaos suite).
+    let b = bed("latest_same", KV).await;
+    let insert = b.change_at("t", "I", None, Some(json!({"k": 1, "v": "a"})), "2026-12-01 10:00:00+00");
+    b.apply_ok(&[insert], "latest").await;
+    let on_conflict = json!({"*": "latest"}).to_string();
+    let later = b.change_at("t", "U", Some(json!({"k": 1, "v": "a"})), Some(json!({"k": 1, "v": "b"})), "2026-12-01 10:00:05+00");
+    let applied = apply::apply_changes(&b.db, "z", &list(&[later]), ApplyMode::Async, &on_conflict, Duration::from_secs(1)).await;
+    assert!(applied.expect("later").is_empty());
+    // An earlier change whose old image is the row's current values.
+    let earlier = b.change_at("t", "U", Some(json!({"k": 1, "v": "b"})), Some(json!({"k": 1, "v": "c"})), "2026-12-01 10:00:03+00");
+    let c = b.apply_ok(&[earlier], "latest").await;
+    assert_eq!((kinds(&c), c[0].resolution.as_str()), (vec!["update_differs"], "kept the replica row (later)"), "{c:?}");
+    assert_eq!(b.replica_rows("t").await, vec![r#"{"k":1,"v":"b"}"#]);
+    // The record still says 10:00:05: a change at 10:00:04 from the row's values is kept too.
+    let between = b.change_at("t", "U", Some(json!({"k": 1, "v": "b"})), Some(json!({"k": 1, "v": "d"})), "2026-12-01 10:00:04+00");
+    let c = b.apply_ok(&[between], "latest").await;
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(b.replica_rows("t").await, vec![r#"{"k":1,"v":"b"}"#]);
+    // A later one applies without a conflict.
+    let last = b.change_at("t", "U", Some(json!({"k": 1, "v": "b"})), Some(json!({"k": 1, "v": "e"})), "2026-12-01 10:00:06+00");
+    assert!(b.apply_ok(&[last], "latest").await.is_empty());
+    assert_eq!(b.replica_rows("t").await, vec![r#"{"k":1,"v":"e"}"#]);
+}
+
+#[tokio::test]
 async fn sync_refuses_every_conflict_and_halt_stops_with_the_conflict() {
     let b = bed("refuse", KV).await;
     let start = b.capture("t", "INSERT INTO t VALUES (1, 'one')").await;

@@ -32,6 +32,7 @@ mod replication;
 mod sync_faults;
 mod sync_sql;
 mod sync_values;
+mod three_sites;
 mod tls;
 mod verify;
 mod verify_cli;

@@ -17,8 +17,8 @@ use crate::support::{connect, scratch, sqlstate, Proxy};
 
 const DB: &str = "quorum";
 
-/// Replica C: one more server, started once.
-fn c_server() -> &'static PgServer {
+/// Replica C: one more server, started once (the three-site tests use it too).
+pub(crate) fn c_server() -> &'static PgServer {
     static C: OnceLock<PgServer> = OnceLock::new();
     C.get_or_init(|| PgServer::start(PgOptions::default()).unwrap_or_else(|e| panic!("replica c: {e}")))
 }
@@ -67,22 +67,22 @@ fn proxy(name: &str, policy: &str, b: &Link, c: &Link) -> Proxy {
     Proxy::start_config(&text, &dir)
 }
 
-fn link_to(server: &PgServer) -> Link {
+pub(crate) fn link_to(server: &PgServer) -> Link {
     Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()))).expect("start link")
 }
 
-async fn status(admin: SocketAddr) -> serde_json::Value {
+pub(crate) async fn status(admin: SocketAddr) -> serde_json::Value {
     let (code, body) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/status", None)).await.unwrap();
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
 
-fn replica_field(status: &serde_json::Value, name: &str, field: &str) -> serde_json::Value {
+pub(crate) fn replica_field(status: &serde_json::Value, name: &str, field: &str) -> serde_json::Value {
     status["replicas"].as_array().and_then(|rs| rs.iter().find(|r| r["name"] == name)).map(|r| r[field].clone()).unwrap_or_default()
 }
 
 /// Wait (bounded) until capgate sees replica `name` in health state `want`.
-async fn state_is(admin: SocketAddr, name: &str, want: &str) {
+pub(crate) async fn state_is(admin: SocketAddr, name: &str, want: &str) {
     wait_until(&format!("{name} {want}"), Duration::from_secs(30), async || {
         replica_field(&status(admin).await, name, "state").as_str() == Some(want)
     })

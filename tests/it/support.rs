@@ -5,8 +5,9 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use capgate::config::Config;
 use capgate::frontend::postgres::Server;
@@ -270,4 +271,53 @@ pub fn psql_at(url: &str, sql: &str) -> String {
         std::process::Command::new(pg_bin("psql")).args(["-X", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql, url]).output().expect("run psql");
     assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The capgate binary as a process a test can SIGKILL and restart, its log (stderr, at
+/// `info`) appended to a file the test reads.
+pub struct Process {
+    child: Child,
+    port: u16,
+}
+
+impl Process {
+    pub fn start(config: &std::path::Path, port: u16, log: &std::path::Path) -> Process {
+        let log = std::fs::File::options().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_capgate"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start capgate");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "capgate never listened on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Process { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// SIGHUP: reload the policy file.
+    pub fn hangup(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+
+    pub fn kill(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

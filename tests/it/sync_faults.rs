@@ -6,11 +6,10 @@
 //!
 //! Timings are only ever asserted as lower bounds: the machine may be slow, never fast.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::replication::{bed, on_both, own_link, primary_rows, proxy, replica_rows, verify_equal, wait_until};
-use crate::support::{connect, scratch, sqlstate};
+use crate::support::{connect, scratch, sqlstate, Process};
 
 /// `sf_blk*` block for 3 s, `sf_blkl*` block for longer (the restore case must not race the
 /// timeout on a slow machine), `sf_fail*` and every other `sf_*` table fail at once.
@@ -104,6 +103,42 @@ async fn block_waits_for_the_partition_timeout_then_refuses_or_goes_through_once
     // and is then recovery's to finish.
     verify_equal(&["public.sf_blk_t", "public.sf_blkl_t", "public.sf_fail_probe"]).await;
     assert_eq!(replica_rows("SELECT id, v FROM sf_blkl_t ORDER BY id").await, vec!["1|before", "2|healed", "3|healed, extended"]);
+}
+
+#[tokio::test]
+async fn an_extended_protocol_write_refused_during_a_partition_leaves_the_session_usable() {
+    let _one = crate::replication::exclusive().await;
+    on_both("DROP TABLE IF EXISTS sf_ext; CREATE TABLE sf_ext (id int PRIMARY KEY)").await;
+    let link = own_link();
+    let p = proxy("sf-extended", POLICY, &link, "").await;
+    let app = connect(&p.url("postgres", "postgres")).await;
+    app.execute("INSERT INTO sf_ext VALUES ($1)", &[&1i32]).await.unwrap();
+    link.blackhole();
+    wait_until("the partition to be seen", Duration::from_secs(30), async || {
+        app.batch_execute("INSERT INTO sf_ext VALUES (0)").await.is_err_and(|e| sqlstate(&e) == "55000")
+    })
+    .await;
+
+    // tokio-postgres prepares (Parse, Describe, Sync), then sends Bind, Execute, Sync: the
+    // write is refused at its Bind, and the Sync after it must still be answered. (It hung:
+    // the Sync waited for replies to the Bind and Execute the primary skips after an error.)
+    // The 60 s bound only turns a hang into a failure.
+    let bound = Duration::from_secs(60);
+    let err = tokio::time::timeout(bound, app.execute("INSERT INTO sf_ext VALUES ($1)", &[&2i32]))
+        .await
+        .expect("the refusal is answered")
+        .expect_err("refused while the replica is cut off");
+    assert_eq!(sqlstate(&err), "55000", "{err:?}");
+    let next = tokio::time::timeout(bound, app.query_one("SELECT count(*) FROM sf_ext", &[])).await.expect("the session answers again");
+    assert_eq!(next.unwrap().get::<_, i64>(0), 1, "only the row written before the cut");
+
+    link.restore();
+    wait_until("writes accepted again", Duration::from_secs(60), async || {
+        tokio::time::timeout(bound, app.execute("INSERT INTO sf_ext VALUES ($1)", &[&3i32])).await.expect("answered").is_ok()
+    })
+    .await;
+    verify_equal(&["public.sf_ext"]).await;
+    assert_eq!(replica_rows("SELECT id FROM sf_ext ORDER BY id").await, vec!["1", "3"]);
 }
 
 #[tokio::test]
@@ -226,48 +261,6 @@ async fn an_autocommit_copy_cut_off_before_its_commit_is_refused_not_acknowledge
     assert!(tags.ends_with('Z'), "{tags}");
     assert_eq!(primary_rows("SELECT count(*) FROM sf_copy").await, vec!["1"]);
     verify_equal(&["public.sf_copy"]).await;
-}
-
-/// The capgate binary, for the crash test.
-struct Process {
-    child: Child,
-    port: u16,
-}
-
-impl Process {
-    fn start(config: &std::path::Path, port: u16, log: &std::path::Path) -> Process {
-        let log = std::fs::File::options().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_capgate"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start capgate");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "capgate never listened on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Process { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn kill(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Prepared transactions of site `f` on the replica.

@@ -2,7 +2,10 @@
 //! runs: at start (after installing the primary's `capgate` schema), within a second of a
 //! policy reload, and every [`PERIOD`] for tables created or renamed around capgate (a CREATE
 //! TABLE relayed through capgate gets its triggers in its own transaction; decision 0009).
+//! When several sites take writes, each newly captured table's sequence-fed keys are checked
+//! once and warned about in the log, with the text `check-config` prints (issue 16).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +15,7 @@ use tracing::{info, warn};
 use crate::classify::TableName;
 
 use crate::backend::postgres::Upstream;
+use crate::backend::postgres_checks::sequence_key_warnings;
 use crate::policy::PolicyHandle;
 use crate::store::postgres::capture::{reconcile, CaptureMode, Reconciled};
 use crate::store::postgres::primary::install_primary;
@@ -73,12 +77,15 @@ impl CaptureState {
 }
 
 /// Runs until dropped (abort the task): rounds at start, on policy change and every PERIOD.
-pub async fn run(primary: Upstream, site: String, policy: Arc<PolicyHandle>, state: Arc<CaptureState>) {
+/// `writing`: the sites that take writes (this one among them), sorted.
+pub async fn run(primary: Upstream, site: String, writing: Vec<String>, policy: Arc<PolicyHandle>, state: Arc<CaptureState>) {
     let mut client: Option<(tokio_postgres::Client, crate::sites::AbortOnDrop<()>)> = None;
     let mut installed = false;
     let mut version = None;
     let mut last_round = Instant::now() - PERIOD;
     let mut reported: Vec<(String, String)> = Vec::new();
+    // Tables whose sequence-fed keys were checked (once each for the life of the process).
+    let mut keys_checked: BTreeSet<TableName> = BTreeSet::new();
     loop {
         let current = policy.current();
         let due = version != Some(current.version) || last_round.elapsed() >= PERIOD;
@@ -126,6 +133,11 @@ pub async fn run(primary: Upstream, site: String, policy: Arc<PolicyHandle>, sta
                         }
                     }
                     reported = failed;
+                    let unchecked: Vec<TableName> = done.captured.keys().filter(|t| !keys_checked.contains(*t)).cloned().collect();
+                    if let Some((c, _)) = client.as_ref().filter(|_| writing.len() > 1 && !unchecked.is_empty()) {
+                        warn_sequence_keys(c, &unchecked, &writing, &site).await;
+                    }
+                    keys_checked.extend(unchecked);
                     state.publish(done);
                 }
                 Ok(Err(e)) => {
@@ -141,5 +153,20 @@ pub async fn run(primary: Upstream, site: String, policy: Arc<PolicyHandle>, sta
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Logs, once per table and column, a key column that takes its values from a sequence every
+/// writing site steps through alike (the rows inserted at two sites would collide): the same
+/// text `capgate check-config --connect` prints, remedy included.
+async fn warn_sequence_keys(client: &tokio_postgres::Client, tables: &[TableName], writing: &[String], site: &str) {
+    let check = sequence_key_warnings(client, tables, writing, site);
+    match tokio::time::timeout(ROUND_DEADLINE, check).await {
+        Ok(warnings) => {
+            for w in warnings {
+                warn!(table = %w.table, column = %w.column, "{}", w.message);
+            }
+        }
+        Err(_) => warn!("checking the key sequences of {} table(s) did not finish within {ROUND_DEADLINE:?}", tables.len()),
     }
 }

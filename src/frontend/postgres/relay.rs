@@ -79,6 +79,13 @@ impl SessionState {
         self.hidden.lock().unwrap_or_else(|p| p.into_inner()).group_failed
     }
 
+    /// The coordinator made the primary raise an error inside the current extended-protocol
+    /// group (a refusal at a held Bind) and read it itself: the primary now skips every
+    /// message up to the Sync, so none of them is owed a reply.
+    pub fn fail_group(&self) {
+        self.hidden.lock().unwrap_or_else(|p| p.into_inner()).group_failed = true;
+    }
+
     /// Idle between transactions with nothing in flight: the session can be closed without
     /// interrupting anything.
     pub fn is_idle(&self) -> bool {

@@ -144,7 +144,8 @@ impl Replication {
         let grace = config.recovery_grace;
         let interval = RECOVERY_INTERVAL.min((grace / 2).max(Duration::from_secs(1)));
         let task = tokio::spawn(recovery_loop(Arc::downgrade(&replication), primary.clone(), grace, interval));
-        let capture = tokio::spawn(super::capture_loop::run(primary, config.site.clone(), policy, replication.capture.clone()));
+        let writing = crate::backend::postgres_checks::writing_sites(config);
+        let capture = tokio::spawn(super::capture_loop::run(primary, config.site.clone(), writing, policy, replication.capture.clone()));
         replication.recovery.lock().unwrap_or_else(|e| e.into_inner()).extend([AbortOnDrop(task), AbortOnDrop(capture)]);
         Ok(replication)
     }
@@ -207,11 +208,13 @@ impl Replication {
                     hint: "fix what the message says, or make the table local in the policy; capgate retries the trigger every 10 s".into(),
                 });
             }
-            // A table under a quorum has its own sync changes in the stream (for the replicas
-            // that miss the quorum); there, a replica behind on the table's rows fails its
-            // prepare on the old images and catches up in order (decision 0017).
+            // When sync commits are streamed (some rule has a quorum below the replicas), every
+            // sync table has its own commits in the stream, for the replicas that miss the
+            // quorum; there, a replica behind on the table's rows fails its prepare on the old
+            // images and catches up in order (decision 0017). Not a reason to refuse.
             let quorum = d.mode.quorum_of(self.sites.len());
-            if let (Mode::Sync { .. }, true, false) = (d.mode, rows, quorum < self.sites.len()) {
+            let streamed = self.fleet.as_ref().is_some_and(|f| f.streams_sync());
+            if let (Mode::Sync { .. }, true, false) = (d.mode, rows, streamed) {
                 if let Some(n @ 1..) = self.queued(&d.table.to_string()) {
                     return Admit::Refuse(Refusal {
                         code: UNAVAILABLE,

@@ -52,6 +52,8 @@ impl Hidden {
     /// Sync, so the caller's ReadyForQuery count follows.
     pub(super) fn client(&mut self, tag: u8) -> (u32, bool) {
         match tag {
+            // After an error the primary skips extended messages up to the Sync: no reply.
+            b'P' | b'B' | b'D' | b'E' | b'C' if self.group_failed => {}
             b'P' | b'B' | b'D' | b'E' | b'C' => self.units.push_back(tag),
             b'S' if !self.copying => self.units.push_back(b'S'),
             b'Q' | b'F' => self.units.push_back(b'Q'),

@@ -93,6 +93,8 @@ DECLARE
     same_keys boolean;
     bulk_items json := p_items;  -- what the fast path applies (repeated keys collapsed)
     source text;
+    -- The fast path's extra condition under `latest` (empty otherwise).
+    later text;
     q_pk_t text; q_pk_o text; q_pk_n text; q_set text; q_set_r text; q_upd text; q_upd_n text;
     key_sql text;        -- the key of change x.c, from the image it is looked up by
     key_after_sql text;  -- the key the row has after the change (for `latest`)
@@ -179,6 +181,11 @@ BEGIN
 
     -- The fast path.
     IF distinct_keys AND cardinality(missing) = 0 THEN
+        -- Under `latest` a row equal to the change's old image may still be a later write
+        -- here (this site reached the same values on its own): only a later change applies;
+        -- any other sends the run row by row, where it is kept as a conflict.
+        later := CASE WHEN p_policy = 'latest' THEN format(' AND capgate.incoming_wins(%L, %s, %L, (x.c ->> ''at'')::timestamptz)',
+                                                           p_tbl, key_sql, p_origin) ELSE '' END;
         -- The changes as a relation the planner knows the size of (json_array_elements is
         -- estimated at 100 rows whatever it holds: one change would get a hash join over a
         -- sequential scan of the whole table instead of an index lookup).
@@ -190,11 +197,11 @@ BEGIN
             WHEN 'U' THEN CASE WHEN q_upd IS NULL THEN NULL ELSE format(
                 'UPDATE %s AS t SET (%s) = ROW(%s) FROM %s, '
                 'json_populate_record(NULL::%s, x.c -> ''old'') AS o, json_populate_record(NULL::%s, x.c -> ''new'') AS n '
-                'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)',
-                rel, q_upd, q_upd_n, source, rel, rel, q_pk_t, q_pk_o) END
+                'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)%s',
+                rel, q_upd, q_upd_n, source, rel, rel, q_pk_t, q_pk_o, later) END
             WHEN 'D' THEN format(
                 'DELETE FROM %s AS t USING %s, json_populate_record(NULL::%s, x.c -> ''old'') AS o '
-                'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)', rel, source, rel, q_pk_t, q_pk_o)
+                'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)%s', rel, source, rel, q_pk_t, q_pk_o, later)
         END;
         IF sql_bulk IS NOT NULL THEN
             BEGIN
@@ -268,7 +275,10 @@ BEGIN
                 EXECUTE format('SELECT to_jsonb(o) - $2 FROM json_populate_record(NULL::%s, $1 -> ''old'') AS o', rel)
                     INTO old_cmp USING c.c, excl;
             END IF;
-            IF cur IS NOT NULL AND cur_cmp = old_cmp THEN
+            -- Under `latest` the row must also be older than the change (see the fast path):
+            -- else it is a later write with the same values, kept below as a conflict.
+            IF cur IS NOT NULL AND cur_cmp = old_cmp
+               AND (p_policy <> 'latest' OR capgate.incoming_wins(p_tbl, key, p_origin, (c.c ->> 'at')::timestamptz)) THEN
                 IF p_op = 'U' THEN
                     IF sql_update_old IS NOT NULL THEN
                         EXECUTE sql_update_old USING c.c;
@@ -309,7 +319,8 @@ BEGIN
                     conflicts := conflicts || capgate.conflict(p_origin, c.c,
                         CASE p_op WHEN 'U' THEN 'update_differs' ELSE 'delete_differs' END, cur, p_mode, p_policy,
                         CASE WHEN p_policy = 'latest' THEN 'kept the replica row (later)' ELSE 'skipped' END,
-                        'the row on this replica is not the old image');
+                        CASE WHEN cur_cmp = old_cmp THEN 'the row on this replica has the old image''s values but is a later write'
+                             ELSE 'the row on this replica is not the old image' END);
                     applied := false;
                 END IF;
             END IF;

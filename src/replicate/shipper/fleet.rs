@@ -24,6 +24,8 @@ pub struct Fleet {
     /// hold the shipping lock).
     pub lag: LagMonitor,
     replicas: Vec<String>,
+    /// The policy the shippers read; admission asks it whether sync commits are streamed.
+    policy: Arc<PolicyHandle>,
 }
 
 impl Fleet {
@@ -39,15 +41,15 @@ impl Fleet {
         let mut shippers = HashMap::new();
         for replica in &config.replicas {
             let mut c = ShipperConfig::for_replica(config, replica)?;
-            let policy = policy.clone();
-            c.on_conflict = Arc::new(move |table: &str| on_conflict(&policy, table));
+            let rules = policy.clone();
+            c.on_conflict = Arc::new(move |table: &str| on_conflict(&rules, table));
             c.health = health(&replica.name);
             shippers.insert(replica.name.clone(), Shipper::start(c));
         }
         let replicas: Vec<String> = config.replicas.iter().map(|r| r.name.clone()).collect();
         let primary = Upstream::new(config.primary.url.clone())?;
         let lag = LagMonitor::start(primary, replicas.clone(), LAG_REFRESH, deadline);
-        Ok(Fleet { shippers, lag, replicas })
+        Ok(Fleet { shippers, lag, replicas, policy })
     }
 
     /// The latest lag of `replica` (None: not known — never measured, or the primary cannot
@@ -60,6 +62,13 @@ impl Fleet {
     /// from async to sync takes sync writes only once this is `Some(0)`.
     pub fn pending(&self, table: &str) -> Option<u64> {
         self.lag.pending(table, &self.replicas)
+    }
+
+    /// Whether sync commits also go to the change stream under the current policy (some
+    /// sync rule has a quorum below the number of replicas; decision 0017): then every sync
+    /// table has its own commits queued there, not only earlier async changes.
+    pub fn streams_sync(&self) -> bool {
+        self.policy.current().streams_sync(self.replicas.len())
     }
 
     /// Tell every shipper that new changes committed.

@@ -186,6 +186,9 @@ where
             if !self.state().group_failed() {
                 if let Err(e) = self.wire.own_extended(&raise_statement(&refusal)).await? {
                     self.wire.out.extend_from_slice(&e);
+                    // The client's Bind, Execute … up to its Sync are skipped from here: the
+                    // Sync must not wait for their replies (it hung the session).
+                    self.state().fail_group();
                 }
             }
         }
