@@ -118,6 +118,13 @@ async fn one_replica_is_enough_and_the_other_catches_up_once_in_order() {
         wait_until("both replicas while both are reachable", Duration::from_secs(30), async || rows(&url, CART).await == first).await;
     }
 
+    // C's shipper has recorded where C stands (its lag is measured, not unknown): only then can
+    // /status count what C misses while cut off.
+    wait_until("C's lag measured", Duration::from_secs(30), async || {
+        replica_field(&status(admin).await, "c", "pending_rows").as_u64().is_some()
+    })
+    .await;
+
     // C cut off: commits go on with B alone. The same rows are changed again and again, so an
     // update applied twice or out of order on C would show (or conflict).
     c.blackhole();
