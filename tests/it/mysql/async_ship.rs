@@ -14,6 +14,7 @@ use capgate::testbed::link::Link;
 use capgate::testbed::{MariaDb, MariaDbOptions};
 use mysql_async::prelude::*;
 
+use super::support::sysbench_figure;
 use super::support::{connect, MyProxy};
 
 /// The tests take turns: every shipper ships the one change log of the primary.
@@ -198,16 +199,6 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
     servers().1.sql("INSERT INTO shipdb.strict VALUES (1, 'a')").expect("repair");
 }
 
-/// The number after `label` in sysbench's report.
-fn figure(report: &str, label: &str) -> u64 {
-    report
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no `{label}` in:\n{report}"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sysbench_with_every_table_async_leaves_equal_checksums() {
     let _turn = TURN.lock().await;
@@ -237,7 +228,7 @@ async fn sysbench_with_every_table_async_leaves_equal_checksums() {
     let args = ["--threads=4", "--events=400", "--time=0", "--report-interval=0"];
     let (ok, report) = super::support::sysbench(p.port(), "oltp_read_write", "sbasync", 1000, "run", &args);
     assert!(ok && !report.contains("FATAL"), "sysbench run:\n{report}");
-    assert!(figure(&report, "transactions:") >= 400, "{report}");
+    assert!(sysbench_figure(&report, "transactions:") >= 400, "{report}");
     converged(checksums).await;
     let stats = p.shared.shipping.as_ref().expect("shipping").shippers["east"].stats().clone();
     assert_eq!(stats.conflicts.load(std::sync::atomic::Ordering::Relaxed), 0);
@@ -268,7 +259,7 @@ async fn a_capgate_killed_while_shipping_ships_each_change_once_after_restart() 
     )
     .expect("config");
     let log = dir.join("capgate.log");
-    let mut first = super::sync_kill::Process::start(&config, port, &log);
+    let mut first = crate::support::Process::start(&config, port, &log);
 
     // Writers: through capgate, and around it on the primary (captured and shipped alike);
     // updates make a change applied twice visible (its old image no longer matches).
@@ -295,7 +286,7 @@ async fn a_capgate_killed_while_shipping_ships_each_change_once_after_restart() 
     }
     first.kill();
     drop(through);
-    let _second = super::sync_kill::Process::start(&config, port, &log);
+    let _second = crate::support::Process::start(&config, port, &log);
     writer.await.expect("writer");
     let rows = converged("SELECT id, v FROM shipkill.k ORDER BY id").await;
     assert_eq!(rows.lines().count(), 20 + 60 * 20);

@@ -146,6 +146,16 @@ pub fn error_code(e: &mysql_async::Error) -> u16 {
     }
 }
 
+/// The number after `label` in sysbench's report (e.g. `transactions:`).
+pub fn sysbench_figure(report: &str, label: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{label}` in:\n{report}"))
+}
+
 /// Runs sysbench `script` `command` at `port` on database `db` (2 tables of `rows` rows);
 /// returns (success, stdout and stderr).
 pub fn sysbench(port: u16, script: &str, db: &str, rows: u32, command: &str, extra: &[&str]) -> (bool, String) {

@@ -5,8 +5,7 @@
 //! whichever side of the primary COMMIT the kill fell.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capgate::store::mysql::xa;
 use capgate::testbed::link::Link;
@@ -15,41 +14,7 @@ use mysql_async::prelude::*;
 use super::capture::SERVER;
 use super::support::{connect, primary, replica, url_at, APP_PASSWORD};
 use super::sync::{rows, setup};
-
-/// The capgate binary, serving MySQL.
-pub(super) struct Process(Child);
-
-impl Process {
-    pub(super) fn start(config: &std::path::Path, port: u16, log: &std::path::Path) -> Process {
-        let log = std::fs::File::options().create(true).append(true).open(log).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_capgate"))
-            .args(["run", "--config", config.to_str().expect("path")])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start capgate");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "capgate never listened on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Process(child)
-    }
-
-    pub(super) fn kill(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::Process;
 
 /// Waits (bounded) until site `k` has no prepared branch on the replica.
 async fn resolved() {

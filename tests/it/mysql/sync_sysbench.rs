@@ -5,6 +5,7 @@
 use std::process::{Command, Stdio};
 
 use super::capture::SERVER;
+use super::support::sysbench_figure;
 use super::support::{primary, replica, MyProxy};
 use super::sync::settled;
 
@@ -19,16 +20,6 @@ fn sysbench(port: u16, command: &str, extra: &[&str]) -> String {
     }
     assert!(ok && !text.contains("FATAL"), "sysbench {command} failed:\n{text}");
     text
-}
-
-/// The number after `label` in sysbench's report.
-fn figure(report: &str, label: &str) -> u64 {
-    report
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no `{label}` in:\n{report}"))
 }
 
 /// Copy database `sbsync` from the primary to the replica (mariadb-dump, no triggers).
@@ -73,7 +64,7 @@ async fn sysbench_with_every_table_sync_leaves_both_sites_equal() {
     );
     let proxy = MyProxy::start_config(&text, &dir);
     let report = sysbench(proxy.port(), "run", &["--threads=4", "--events=400", "--time=0", "--report-interval=0"]);
-    assert!(figure(&report, "transactions:") >= 400, "{report}");
+    assert!(sysbench_figure(&report, "transactions:") >= 400, "{report}");
     // A capgate refusal (1180) is not among the errors sysbench ignores, so it would have
     // been FATAL; "ignored errors" are the primary's own deadlocks between sysbench's
     // statements (1213), which sysbench retries and which happen without capgate too.

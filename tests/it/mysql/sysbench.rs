@@ -3,21 +3,12 @@
 //! with client-side emulation, and oltp_insert. sysbench retries deadlocks by itself; those
 //! happen directly too, so the runs are compared rather than required to be error-free.
 
+use super::support::sysbench_figure;
 use super::support::{primary, MyProxy};
 
 /// Runs sysbench `script` `command` at `port` on this test's database.
 fn sysbench(port: u16, script: &str, command: &str, extra: &[&str]) -> (bool, String) {
     super::support::sysbench(port, script, "sbtest", 2000, command, extra)
-}
-
-/// The number after `label` in sysbench's report (e.g. `transactions:`).
-fn figure(report: &str, label: &str) -> u64 {
-    report
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no `{label}` in:\n{report}"))
 }
 
 #[test]
@@ -34,13 +25,13 @@ fn sysbench_runs_clean_through_capgate() {
         let (ok, through) = sysbench(proxy.port(), "oltp_read_write", "run", &args);
         assert!(direct_ok, "direct run failed:\n{direct}");
         assert!(ok && !through.contains("FATAL"), "--db-ps-mode={mode} through capgate failed:\n{through}");
-        assert!(figure(&through, "transactions:") > 0, "{through}");
+        assert!(sysbench_figure(&through, "transactions:") > 0, "{through}");
         // Errors sysbench ignores are deadlocks it retries: within reason of the direct run.
-        let (e_through, e_direct) = (figure(&through, "ignored errors:"), figure(&direct, "ignored errors:"));
+        let (e_through, e_direct) = (sysbench_figure(&through, "ignored errors:"), sysbench_figure(&direct, "ignored errors:"));
         assert!(e_through <= e_direct.max(1) * 20 + 10, "ignored errors {e_through} through capgate, {e_direct} directly");
     }
     let (ok, out) = sysbench(proxy.port(), "oltp_insert", "run", &run);
-    assert!(ok && !out.contains("FATAL") && figure(&out, "transactions:") > 0, "oltp_insert through capgate:\n{out}");
+    assert!(ok && !out.contains("FATAL") && sysbench_figure(&out, "transactions:") > 0, "oltp_insert through capgate:\n{out}");
     let (ok, out) = sysbench(proxy.port(), "oltp_read_write", "cleanup", &[]);
     assert!(ok, "cleanup:\n{out}");
 }
