@@ -251,13 +251,56 @@ pub(crate) enum Command {
     Resume { table: String, done: tokio::sync::oneshot::Sender<Result<(), String>> },
 }
 
-/// A running shipper; stops (wherever it is) when dropped.
-pub struct Shipper {
+/// What every running shipper (PostgreSQL's and MySQL's) gives its owner: its counters, the
+/// lag it measured last, a way to wake it, and its task, stopped (wherever it is) when this
+/// is dropped.
+pub struct ShipperHandle {
     stats: Arc<ShipperStats>,
     lag: watch::Receiver<Lag>,
     wake: Arc<Notify>,
-    commands: mpsc::Sender<Command>,
     _task: AbortOnDrop<()>,
+}
+
+impl ShipperHandle {
+    /// Spawns `task` on the current runtime; it reports to `stats`, publishes its lag on the
+    /// sender of `lag` and waits on `wake` between rounds.
+    pub(crate) fn spawn(
+        stats: Arc<ShipperStats>,
+        lag: watch::Receiver<Lag>,
+        wake: Arc<Notify>,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> ShipperHandle {
+        ShipperHandle { stats, lag, wake, _task: AbortOnDrop(tokio::spawn(task)) }
+    }
+
+    pub fn stats(&self) -> &Arc<ShipperStats> {
+        &self.stats
+    }
+
+    /// The latest lag this shipper measured (cheap: no query). Processes that do not ship
+    /// read lag from a lag monitor instead.
+    pub fn lag(&self) -> watch::Receiver<Lag> {
+        self.lag.clone()
+    }
+
+    /// Look for new changes now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// A running PostgreSQL shipper, which also takes operator requests; stops when dropped.
+pub struct Shipper {
+    running: ShipperHandle,
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::ops::Deref for Shipper {
+    type Target = ShipperHandle;
+
+    fn deref(&self) -> &ShipperHandle {
+        &self.running
+    }
 }
 
 impl Shipper {
@@ -269,22 +312,7 @@ impl Shipper {
         let wake = Arc::new(Notify::new());
         let (commands, rx) = mpsc::channel(16);
         let run = session::Run::new(config, stats.clone(), lag_tx, wake.clone(), rx);
-        Shipper { stats, lag, wake, commands, _task: AbortOnDrop(tokio::spawn(run.forever())) }
-    }
-
-    pub fn stats(&self) -> &Arc<ShipperStats> {
-        &self.stats
-    }
-
-    /// The latest lag this shipper measured (cheap: no query). Processes that do not ship
-    /// read lag from a [`LagMonitor`] instead.
-    pub fn lag(&self) -> watch::Receiver<Lag> {
-        self.lag.clone()
-    }
-
-    /// Look for new changes now.
-    pub fn wake(&self) {
-        self.wake.notify_one();
+        Shipper { running: ShipperHandle::spawn(stats, lag, wake, run.forever()), commands }
     }
 
     /// Resumes a halted (or refused) table: its state on the replica is forgotten, so it is

@@ -35,7 +35,7 @@ impl MyFleet {
             c.conflict_log = config.conflict_log.clone();
             let policy = policy.clone();
             c.on_conflict = Arc::new(move |table: &str| on_conflict(&policy, table));
-            shippers.insert(r.name.clone(), MyShipper::start(c));
+            shippers.insert(r.name.clone(), super::start(c));
         }
         let lag = MyLagMonitor::start(config.primary.url.clone(), replicas.clone(), LAG_REFRESH, Duration::from_secs(10));
         MyFleet { shippers, lag, replicas }

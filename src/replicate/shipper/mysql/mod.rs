@@ -29,7 +29,6 @@ use tokio::sync::{watch, Notify};
 
 use super::{ConflictPolicy, Lag, Phase, ShipperStats, TableLag};
 use crate::config::DbUrl;
-use crate::sites::AbortOnDrop;
 use crate::store::mysql::position::{Position, HOLE_SETTLE_SECS, MAX_HOLES};
 use crate::store::mysql::xa::{self, ReplicaConn};
 use crate::store::mysql::{apply, primary, ship};
@@ -92,36 +91,15 @@ impl MyShipperConfig {
 }
 
 /// A running MySQL shipper; stops (wherever it is) when dropped.
-pub struct MyShipper {
-    stats: Arc<ShipperStats>,
-    lag: watch::Receiver<Lag>,
-    wake: Arc<Notify>,
-    _task: AbortOnDrop<()>,
-}
+pub type MyShipper = super::ShipperHandle;
 
-impl MyShipper {
-    /// Starts the shipper task on the current runtime.
-    pub fn start(config: MyShipperConfig) -> MyShipper {
-        let stats = Arc::new(ShipperStats::default());
-        let (lag_tx, lag) = watch::channel(Lag::default());
-        let wake = Arc::new(Notify::new());
-        let run = Run { config, stats: stats.clone(), lag: lag_tx, wake: wake.clone() };
-        MyShipper { stats, lag, wake, _task: AbortOnDrop(tokio::spawn(run.forever())) }
-    }
-
-    pub fn stats(&self) -> &Arc<ShipperStats> {
-        &self.stats
-    }
-
-    /// The lag this shipper measured last.
-    pub fn lag(&self) -> watch::Receiver<Lag> {
-        self.lag.clone()
-    }
-
-    /// Look for new changes now.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
+/// Starts a MySQL shipper task on the current runtime.
+pub fn start(config: MyShipperConfig) -> MyShipper {
+    let stats = Arc::new(ShipperStats::default());
+    let (lag_tx, lag) = watch::channel(Lag::default());
+    let wake = Arc::new(Notify::new());
+    let run = Run { config, stats: stats.clone(), lag: lag_tx, wake: wake.clone() };
+    super::ShipperHandle::spawn(stats, lag, wake, run.forever())
 }
 
 /// Why a leadership ended.
