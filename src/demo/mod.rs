@@ -95,8 +95,8 @@ pub enum DemoError {
     )]
     MissingBinaries(String),
     #[error(
-        "capgate demo --mysql: capgate relays MySQL/MariaDB sessions, but MySQL replication is not built yet, so there \
-         are no modes to show across two MariaDB sites; capgate demo shows them on PostgreSQL meanwhile"
+        "capgate demo --mysql is not built yet: MySQL/MariaDB tables replicate (sync over XA, async and bounded), but \
+         the demo's two throwaway sites are PostgreSQL only; capgate demo shows the modes there meanwhile"
     )]
     NoMysqlFrontEnd,
     #[error("capgate demo: {0}")]

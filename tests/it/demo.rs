@@ -62,5 +62,5 @@ fn the_mysql_demo_says_what_is_missing() {
     let out = capgate(&["demo", "--mysql"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("MySQL replication is not built yet"), "{stderr}");
+    assert!(stderr.contains("capgate demo --mysql is not built yet"), "{stderr}");
 }
