@@ -17,6 +17,7 @@ use tokio_postgres::Client;
 
 use super::apply_range::{Ranged, Stmts};
 use super::copy::{self, CopyError};
+use super::range::Position;
 use super::tables::{self, TableState, TableStatus};
 use super::{lag, Command, Lag, Phase, ShipperConfig, ShipperStats};
 use crate::replicate::apply::{self, explain, Conflict};
@@ -232,9 +233,13 @@ impl Run {
             Err(e) => return Fail::Replica(e),
         };
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&cfg.origin];
-        let read = replica.client.query_opt("SELECT snapshot::text FROM capgate.applied WHERE origin = $1", &params);
-        let mut applied: Option<String> = match self.timed("reading the applied snapshot", read).await {
-            Ok(row) => row.and_then(|r| r.try_get(0).ok()),
+        let read = replica.client.query_opt("SELECT snapshot::text, target::text, seq FROM capgate.applied WHERE origin = $1", &params);
+        let mut at = match self.timed("reading the replica's position", read).await {
+            Ok(None) => Position::default(),
+            Ok(Some(r)) => match (r.try_get(0), r.try_get(1), r.try_get(2)) {
+                (Ok(snapshot), Ok(target), Ok(seq)) => Position { snapshot, target, seq },
+                _ => return Fail::Replica("reading the replica's position: an unexpected answer".into()),
+            },
             Err(e) => return Fail::Replica(e),
         };
         let mut states = match self.timed("reading the table states", tables::read(&replica.client, &cfg.origin)).await {
@@ -242,8 +247,9 @@ impl Run {
             Err(e) => return Fail::Replica(e),
         };
         self.publish_tables(&states);
-        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = applied.clone();
-        if let Some(snapshot) = &applied {
+        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = at.snapshot.clone();
+        // Only A: the changes of a range under way stay on the primary until it completes.
+        if let Some(snapshot) = &at.snapshot {
             if let Err(e) = self.note_shipped(primary, snapshot).await {
                 return Fail::Primary(e);
             }
@@ -310,12 +316,11 @@ impl Run {
                 self.stats.set_phase(Phase::Running);
             }
             let filters = tables::filters(&states, &async_tables, cfg.initial_copy);
-            let ranged = self.range(primary, &replica.client, &stmts, applied.as_deref(), &filters, &listed_tables).await;
+            let ranged = self.range(primary, &replica.client, &stmts, &mut at, &filters, &listed_tables).await;
             match ranged {
                 Ok(Ranged::Applied { snapshot }) => {
-                    applied = Some(snapshot.clone());
                     last_advance = Instant::now();
-                    *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = applied.clone();
+                    *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = at.snapshot.clone();
                     if let Err(e) = self.note_shipped(primary, &snapshot).await {
                         return Fail::Primary(e);
                     }
@@ -324,14 +329,14 @@ impl Run {
                     // Record an idle range now and then, so lag and pruning move on — at once
                     // when the replica has applied nothing yet for this origin (its lag is
                     // unknown until then, and bounded tables refuse).
-                    let due = applied.is_none() || last_advance.elapsed() >= REFRESH;
-                    if due && applied.as_deref() != Some(snapshot.as_str()) {
-                        if let Err(e) = self.advance_only(&replica.client, &stmts, applied.as_deref(), &snapshot).await {
+                    let due = at.snapshot.is_none() || last_advance.elapsed() >= REFRESH;
+                    if due && at.snapshot.as_deref() != Some(snapshot.as_str()) {
+                        if let Err(e) = self.advance_only(&replica.client, &stmts, &at, &snapshot).await {
                             return Fail::Replica(e);
                         }
                         last_advance = Instant::now();
-                        applied = Some(snapshot.clone());
-                        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = applied.clone();
+                        at = Position { snapshot: Some(snapshot.clone()), target: None, seq: None };
+                        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = at.snapshot.clone();
                         if let Err(e) = self.note_shipped(primary, &snapshot).await {
                             return Fail::Primary(e);
                         }
@@ -380,7 +385,7 @@ impl Run {
 
     async fn prepare(&self, replica: &Client) -> Result<Stmts, String> {
         let apply = "SELECT capgate.apply_changes($1, $2::text::json, 'async', $3::text::json)::text";
-        let advance = "SELECT capgate.advance($1, $2::text::pg_snapshot, $3::text::pg_snapshot)";
+        let advance = "SELECT capgate.advance($1, $2::text::pg_snapshot, $3::bigint, $4::text::pg_snapshot, $5::bigint)";
         Ok(Stmts {
             apply: self.timed("preparing the apply statement", replica.prepare(apply)).await?,
             advance: self.timed("preparing the advance statement", replica.prepare(advance)).await?,
@@ -457,7 +462,8 @@ impl Run {
 
     /// Deletes changes every configured replica has applied, once older than the retention:
     /// a change whose transaction is older than every replica's snapshot `xmin` was either
-    /// applied there or rolled back.
+    /// applied there or rolled back. A range committed in part keeps its changes: they are
+    /// not visible in its start `A`, the snapshot noted until its last part commits.
     async fn prune(&self, primary: &Client) -> Result<(), String> {
         let sql = "DELETE FROM capgate.changes WHERE xid < (SELECT min(pg_snapshot_xmin(snapshot)) FROM capgate.shipped_snapshots WHERE replica = ANY ($1)) \
                    AND (SELECT count(*) FROM capgate.shipped_snapshots WHERE replica = ANY ($1)) = cardinality($1::text[]) \
