@@ -44,6 +44,10 @@ pub struct Statements {
     /// COMMIT is held while replies are still owed (the capture trigger's notice may be in
     /// one of them).
     tx_may_sync: bool,
+    /// A statement that may change a bounded table was sent in the current transaction (see
+    /// [`may_change_bounded`]): while some bounded table's budget is spent, its COMMIT is held
+    /// and checked against the tables the transaction's captured changes touch.
+    tx_may_bounded: bool,
     /// The extended-protocol messages since the last Sync.
     group: Group,
     /// Named prepared statements that need classifying ("" is the unnamed one).
@@ -67,6 +71,8 @@ pub struct Prepared {
 pub struct Group {
     /// A Bind ran a statement that may change a sync table.
     pub may_sync: bool,
+    /// A Bind ran a statement that may change a bounded table (see [`may_change_bounded`]).
+    pub may_bounded: bool,
     /// A Bind ran BEGIN (after any COMMIT/ROLLBACK of the group): a block is open at the Sync.
     pub began: bool,
     /// A Bind ran COMMIT or ROLLBACK (after any BEGIN of the group).
@@ -109,6 +115,7 @@ impl Statements {
             bounds: Boundaries::default(),
             tx_policy: None,
             tx_may_sync: false,
+            tx_may_bounded: false,
             group: Group::default(),
             prepared: HashMap::new(),
             replication,
@@ -139,6 +146,8 @@ impl Statements {
                 }
                 let may = may_change_sync(&route, &policy);
                 self.tx_may_sync |= may;
+                let bounded = may_change_bounded(&route, &policy);
+                self.tx_may_bounded |= bounded;
                 if let Admit::Wait { .. } = self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
                     return Some(Hold::Admission);
                 }
@@ -146,7 +155,8 @@ impl Statements {
                     return Some(Hold::Ddl);
                 }
                 let in_block = state.pending.load(Ordering::Acquire) <= 0 && state.tx_status.load(Ordering::Acquire) != b'I';
-                (may && !in_block && !has_transaction_control(&route.classification)).then_some(Hold::Autocommit)
+                let check = may || (bounded && self.replication.bounded_at_risk(&policy));
+                (check && !in_block && !has_transaction_control(&route.classification)).then_some(Hold::Autocommit)
             }
             b'B' => {
                 let (_portal, rest) = split_cstr(body)?;
@@ -180,6 +190,10 @@ impl Statements {
                     self.tx_may_sync = true;
                     self.group.may_sync = true;
                 }
+                if may_change_bounded(&route, &policy) {
+                    self.tx_may_bounded = true;
+                    self.group.may_bounded = true;
+                }
                 if !matches!(self.replication.admit(&route.decisions, rows), Admit::Go) {
                     return Some(Hold::Admission);
                 }
@@ -190,7 +204,8 @@ impl Statements {
                     return None;
                 }
                 let group = std::mem::take(&mut self.group);
-                if !group.may_sync || group.began {
+                let bounded = group.may_bounded && self.replication.bounded_at_risk(&policy);
+                if !(group.may_sync || bounded) || group.began {
                     return None;
                 }
                 // Known to stay inside a transaction block after this Sync: nothing commits.
@@ -207,9 +222,19 @@ impl Statements {
     }
 
     /// A commit point is held when the transaction captured a sync change, or may have and
-    /// the reply that would say so has not arrived.
+    /// the reply that would say so has not arrived; or when it may have changed a bounded
+    /// table while some bounded table's budget is spent.
     fn commit_needs_hold(&self, state: &SessionState, policy: &Policy) -> bool {
-        policy.has_sync() && (state.sync_pending.load(Ordering::Acquire) || (self.tx_may_sync && state.owed()))
+        let sync = policy.has_sync() && (state.sync_pending.load(Ordering::Acquire) || (self.tx_may_sync && state.owed()));
+        sync || self.bounded_check_due(policy)
+    }
+
+    /// Whether the current transaction's commit must be checked for the bounded tables it
+    /// changed: it ran a statement that may change one, and some bounded table's budget is
+    /// spent (or a lag is not measured) now. The check costs a round trip to the primary, so
+    /// a transaction that cannot be refused never pays it.
+    pub fn bounded_check_due(&self, policy: &Policy) -> bool {
+        self.tx_may_bounded && self.replication.bounded_at_risk(policy)
     }
 
     /// A prepared statement by name.
@@ -323,6 +348,7 @@ impl Statements {
         if self.bounds.message(state) {
             self.tx_policy = None;
             self.tx_may_sync = false;
+            self.tx_may_bounded = false;
             self.local_path = None;
         }
         match tag {
@@ -518,6 +544,18 @@ pub fn may_change_sync(route: &crate::replicate::Route, policy: &Policy) -> bool
     }
     (writes_rows(&route.classification) && route.decisions.iter().any(|d| matches!(d.mode, Mode::Sync { .. })))
         || route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Unknown(_)))
+}
+
+/// Whether running `route`'s statement may change rows of a bounded table while the policy
+/// has bounded tables: it writes rows of any table (the table itself may be bounded, and a
+/// trigger or a foreign-key action on any table may write a bounded one), or its effect
+/// cannot be told (a volatile function, a DO block, which classify as `unknown`). A read
+/// that calls only built-in or non-volatile functions cannot, and neither can DDL,
+/// transaction control or session statements. Admission by name (at the statement) sees only
+/// the tables a statement names; this is what makes its COMMIT worth checking against the
+/// tables its captured changes touch (decision 0024).
+pub fn may_change_bounded(route: &crate::replicate::Route, policy: &Policy) -> bool {
+    policy.has_bounded() && route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Write | Kind::Unknown(_)))
 }
 
 /// DDL on a table a non-local rule matches (or creating one), that can run inside a

@@ -20,6 +20,7 @@
 //! Replies to capgate's own statements never reach the client; the relay's bookkeeping is
 //! kept exactly, so streaming resumes where the coordinator stops.
 
+mod bounded;
 mod commit;
 mod wire;
 
@@ -78,12 +79,17 @@ where
         let Some(frame) = self.wire.client_frame().await? else { return Ok(Exit::Closed) };
         match (frame[0], hold) {
             (b'Q', _) => self.query(frame).await?,
-            (b'B', Hold::Commit) => self.commit_at(CommitPoint::Bind(frame)).await?,
+            (b'B', Hold::Commit) => {
+                let bounded = self.bounded_check_due();
+                self.commit_at(CommitPoint::Bind(frame), bounded).await?
+            }
             (b'B', _) => self.bind(frame).await?,
             // The Sync commits only an implicit transaction: the group ran no transaction
             // control, and the session was idle when it began.
             (b'S', Hold::Sync(group)) if !group.began && !group.ended && self.status() == b'I' => {
-                self.commit_at(CommitPoint::Sync(frame)).await?
+                let policy = self.statements.tx_policy();
+                let bounded = group.may_bounded && self.statements.replication().bounded_at_risk(&policy);
+                self.commit_at(CommitPoint::Sync(frame), bounded).await?
             }
             _ => self.wire.forward(&frame).await?,
         }
@@ -112,7 +118,8 @@ where
             return self.refuse_query(replacement).await;
         }
         if is_commit(&route.classification) {
-            return self.commit_at(CommitPoint::Query(frame)).await;
+            let bounded = self.bounded_check_due();
+            return self.commit_at(CommitPoint::Query(frame), bounded).await;
         }
         if let Some(refusal) =
             self.statements.replication().clone().admit_waiting(&route.decisions, writes_rows(&route.classification)).await
@@ -121,9 +128,11 @@ where
             return self.refuse_query(replacement).await;
         }
         let ddl = replicated_ddl(&route, &sql);
-        let may_sync = super::statements::may_change_sync(&route, &self.statements.tx_policy());
+        let policy = self.statements.tx_policy();
+        let may_sync = super::statements::may_change_sync(&route, &policy);
+        let bounded = super::statements::may_change_bounded(&route, &policy) && self.statements.replication().bounded_at_risk(&policy);
         let wrap = self.status() == b'I'
-            && (may_sync || ddl)
+            && (may_sync || ddl || bounded)
             && !route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(_)));
         if !wrap {
             if ddl && self.status() == b'T' {
@@ -156,6 +165,11 @@ where
             b'T' if !outcome.error => {
                 if ddl {
                     self.install_capture(&route).await?;
+                }
+                if bounded {
+                    if let Some(refusal) = bounded::refusal(self.shared, &policy, &mut self.wire, false).await? {
+                        return commit::refuse(&mut self.wire, Some(CommitPoint::Wrapped), &refusal).await;
+                    }
                 }
                 if self.sync_pending() {
                     let policy = self.statements.tx_policy();
@@ -195,13 +209,28 @@ where
         self.wire.forward(&frame).await
     }
 
-    /// A commit point: two-phase when the transaction holds sync changes, else as it came.
-    async fn commit_at(&mut self, point: CommitPoint) -> Result<(), SessionError> {
+    /// Whether the current transaction's commit is checked for the bounded tables it changed
+    /// (see [`bounded`]).
+    fn bounded_check_due(&mut self) -> bool {
+        let policy = self.statements.tx_policy();
+        self.statements.bounded_check_due(&policy)
+    }
+
+    /// A commit point: refused when `bounded` (the check is due) and a bounded table the
+    /// transaction changed is over its budget; two-phase when the transaction holds sync
+    /// changes; else as it came.
+    async fn commit_at(&mut self, point: CommitPoint, bounded: bool) -> Result<(), SessionError> {
         let plain = match &point {
             CommitPoint::Query(_) | CommitPoint::Bind(_) => self.status() != b'T' || self.state().group_failed(),
             CommitPoint::Sync(_) => self.state().group_failed(),
             CommitPoint::Wrapped => false,
         };
+        if bounded && !plain {
+            let policy = self.statements.tx_policy();
+            if let Some(refusal) = bounded::refusal(self.shared, &policy, &mut self.wire, point.extended()).await? {
+                return commit::refuse(&mut self.wire, Some(point), &refusal).await;
+            }
+        }
         if plain || !self.sync_pending() {
             return match point {
                 CommitPoint::Query(f) | CommitPoint::Bind(f) | CommitPoint::Sync(f) => self.wire.forward(&f).await,
