@@ -15,13 +15,17 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::boundaries::{mentions_chain, Boundaries};
+use super::effects::{
+    has_transaction_control, is_commit, is_copy_from_stdin, may_change_bounded, may_change_sync, replicated_ddl, single_control,
+    writes_rows,
+};
 use super::refusal::refusal_query_after;
 pub(crate) use super::refusal::{raise_statement, refusal_parse, refusal_query};
 use super::relay::{Flow, SessionState};
 use super::replication::{Admit, Replication};
 use super::search_path::{parse_search_path, search_path_option, substitute_user};
 use crate::classify::{Classification, Kind, SearchPath, SessionChange, TxControl};
-use crate::policy::{Mode, Policy};
+use crate::policy::Policy;
 use crate::protocol::postgres::startup::StartupMessage;
 use crate::replicate::{Refusal, Router};
 
@@ -499,72 +503,6 @@ impl Statements {
             }
         }
     }
-}
-
-/// The statement's only statement's transaction control, if it is one.
-fn single_control(c: &Classification) -> Option<TxControl> {
-    match c.statements.as_slice() {
-        [one] => match &one.kind {
-            Kind::Transaction(t) => Some(t.clone()),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// COMMIT (END, COMMIT AND CHAIN) or PREPARE TRANSACTION alone: where a transaction commits.
-pub fn is_commit(c: &Classification) -> bool {
-    matches!(single_control(c), Some(TxControl::Commit) | Some(TxControl::PrepareTransaction(_)))
-}
-
-/// `COPY … FROM STDIN` (the only statement that makes the primary wait for client data).
-fn is_copy_from_stdin(sql: &str) -> bool {
-    let upper = sql.trim_start().to_ascii_uppercase();
-    upper.starts_with("COPY") && upper.contains("FROM STDIN")
-}
-
-/// Whether the statement changes rows (as opposed to definitions only): what needs the
-/// table's capture trigger.
-pub fn writes_rows(c: &Classification) -> bool {
-    !c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl))
-}
-
-/// Some statement of the string is transaction control (capgate does not wrap those).
-fn has_transaction_control(c: &Classification) -> bool {
-    c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(_)))
-}
-
-/// Whether running `route`'s statement may change rows of a sync table: it writes one by
-/// name, or its effect cannot be told (a function, a DO block) while the policy has sync
-/// tables. A write to a local table whose trigger changes a sync table is not foreseen: the
-/// deferred check at COMMIT refuses it rather than let it commit on one site.
-pub fn may_change_sync(route: &crate::replicate::Route, policy: &Policy) -> bool {
-    if !policy.has_sync() {
-        return false;
-    }
-    (writes_rows(&route.classification) && route.decisions.iter().any(|d| matches!(d.mode, Mode::Sync { .. })))
-        || route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Unknown(_)))
-}
-
-/// Whether running `route`'s statement may change rows of a bounded table while the policy
-/// has bounded tables: it writes rows of any table (the table itself may be bounded, and a
-/// trigger or a foreign-key action on any table may write a bounded one), or its effect
-/// cannot be told (a volatile function, a DO block, which classify as `unknown`). A read
-/// that calls only built-in or non-volatile functions cannot, and neither can DDL,
-/// transaction control or session statements. Admission by name (at the statement) sees only
-/// the tables a statement names; this is what makes its COMMIT worth checking against the
-/// tables its captured changes touch (decision 0024).
-pub fn may_change_bounded(route: &crate::replicate::Route, policy: &Policy) -> bool {
-    policy.has_bounded() && route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Write | Kind::Unknown(_)))
-}
-
-/// DDL on a table a non-local rule matches (or creating one), that can run inside a
-/// transaction (so it can be captured in one). `CREATE INDEX CONCURRENTLY` and the like run on
-/// the primary as they came: they change no rows, and each site may build its own.
-pub fn replicated_ddl(route: &crate::replicate::Route, sql: &str) -> bool {
-    route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Ddl))
-        && route.decisions.iter().any(|d| d.mode != Mode::Local)
-        && !sql.to_ascii_uppercase().contains("CONCURRENTLY")
 }
 
 /// The text of a NUL-terminated string at the front of `b`.

@@ -27,8 +27,9 @@ mod wire;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::effects::{is_commit, may_change_bounded, may_change_sync, replicated_ddl, writes_rows};
 use super::relay::SessionState;
-use super::statements::{cstr, is_commit, raise_statement, replicated_ddl, split_cstr, writes_rows, Hold, Statements};
+use super::statements::{cstr, raise_statement, split_cstr, Hold, Statements};
 use super::{SessionError, Shared};
 use crate::classify::Kind;
 use crate::policy::Mode;
@@ -129,8 +130,8 @@ where
         }
         let ddl = replicated_ddl(&route, &sql);
         let policy = self.statements.tx_policy();
-        let may_sync = super::statements::may_change_sync(&route, &policy);
-        let bounded = super::statements::may_change_bounded(&route, &policy) && self.statements.replication().bounded_at_risk(&policy);
+        let may_sync = may_change_sync(&route, &policy);
+        let bounded = may_change_bounded(&route, &policy) && self.statements.replication().bounded_at_risk(&policy);
         let wrap = self.status() == b'I'
             && (may_sync || ddl || bounded)
             && !route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(_)));
