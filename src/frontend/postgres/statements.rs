@@ -159,8 +159,12 @@ impl Statements {
                     return Some(Hold::Ddl);
                 }
                 let in_block = state.pending.load(Ordering::Acquire) <= 0 && state.tx_status.load(Ordering::Acquire) != b'I';
-                let check = may || (bounded && self.replication.bounded_at_risk(&policy));
-                (check && !in_block && !has_transaction_control(&route.classification)).then_some(Hold::Autocommit)
+                if in_block || has_transaction_control(&route.classification) {
+                    return None;
+                }
+                // The lags are looked at only for an autocommit statement that may change a
+                // bounded table.
+                (may || (bounded && self.replication.bounded_at_risk(&policy))).then_some(Hold::Autocommit)
             }
             b'B' => {
                 let (_portal, rest) = split_cstr(body)?;
