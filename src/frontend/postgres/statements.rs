@@ -475,7 +475,34 @@ impl Statements {
             // enough to follow at Parse.
             self.after(&route.classification);
         }
+        if copy_in && route.refusal.is_none() {
+            // Refused here, not at its Bind: a client that sees a COPY's Bind fail still
+            // sends CopyFail and a second Sync, whose extra ReadyForQuery tokio-postgres
+            // hands to its next request. A refused Parse ends its prepare, before any Bind.
+            if let Admit::Refuse(refusal) = self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
+                return Some(refusal);
+            }
+        }
         route.refusal
+    }
+
+    /// A Parse of `COPY … FROM STDIN` whose write must wait for a replica (`on_partition =
+    /// "block"`): the decisions to wait on, so the coordinator waits at the Parse and a
+    /// refusal after the wait is given there too (see [`Self::route_prepared`]).
+    pub fn copy_waits(&mut self, frame: &[u8]) -> Option<Vec<crate::policy::Decision>> {
+        let sql = frame.get(5..).and_then(split_cstr).and_then(|(_, rest)| cstr(rest))?;
+        let policy = self.policy();
+        if !is_copy_from_stdin(sql) || !policy.replicates_anything() || !crate::replicate::needs_classification(&policy, sql) {
+            return None;
+        }
+        let route = self.router.route(sql, self.search_path(), &policy);
+        if route.refusal.is_some() {
+            return None;
+        }
+        match self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
+            Admit::Wait { .. } => Some(route.decisions),
+            _ => None,
+        }
     }
 
     /// Follow search_path changes.

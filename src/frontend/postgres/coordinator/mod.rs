@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::effects::{is_commit, may_change_bounded, may_change_sync, replicated_ddl, writes_rows};
 use super::relay::SessionState;
-use super::statements::{cstr, raise_statement, split_cstr, Hold, Statements};
+use super::statements::{cstr, raise_statement, refusal_parse, split_cstr, Hold, Statements};
 use super::{SessionError, Shared};
 use crate::classify::Kind;
 use crate::policy::Mode;
@@ -85,6 +85,7 @@ where
                 self.commit_at(CommitPoint::Bind(frame), bounded).await?
             }
             (b'B', _) => self.bind(frame).await?,
+            (b'P', _) => self.parse(frame).await?,
             // The Sync commits only an implicit transaction: the group ran no transaction
             // control, and the session was idle when it began.
             (b'S', Hold::Sync(group)) if !group.began && !group.ended && self.status() == b'I' => {
@@ -215,6 +216,25 @@ where
     fn bounded_check_due(&mut self) -> bool {
         let policy = self.statements.tx_policy();
         self.statements.bounded_check_due(&policy)
+    }
+
+    /// A Parse of `COPY … FROM STDIN` held to wait for a replica: after the wait it is
+    /// refused in place (the refusal reaches the client as the Parse's error, before any Bind,
+    /// so its COPY never starts), or goes on as the streaming relay would send it.
+    async fn parse(&mut self, frame: BytesMut) -> Result<(), SessionError> {
+        let decisions = self.statements.copy_waits(&frame).unwrap_or_default();
+        let refusal = self.statements.replication().clone().admit_waiting(&decisions, true).await;
+        super::relay::client_frame(self.wire.state, b'P');
+        let flow = self.statements.on_frame(self.wire.state, b'P', &frame);
+        match (flow, refusal) {
+            // Refused at the Parse itself (bookkept there).
+            (super::relay::Flow::Replace(bytes), _) => self.wire.send_server(&bytes).await,
+            (_, Some(refusal)) => {
+                self.state().hidden.lock().unwrap_or_else(|p| p.into_inner()).own_parse_and_bind_replacing_parse();
+                self.wire.send_server(&refusal_parse(&refusal)).await
+            }
+            (_, None) => self.wire.send_server(&frame).await,
+        }
     }
 
     /// A commit point: refused when `bounded` (the check is due) and a bounded table the
