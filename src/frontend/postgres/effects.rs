@@ -22,10 +22,11 @@ pub fn is_commit(c: &Classification) -> bool {
     matches!(single_control(c), Some(TxControl::Commit) | Some(TxControl::PrepareTransaction(_)))
 }
 
-/// `COPY … FROM STDIN` (the only statement that makes the primary wait for client data).
+/// `COPY … FROM STDIN` (the only statement that makes the primary wait for client data). Asked
+/// of every Parse: only a text that starts with COPY is looked at further.
 pub fn is_copy_from_stdin(sql: &str) -> bool {
-    let upper = sql.trim_start().to_ascii_uppercase();
-    upper.starts_with("COPY") && upper.contains("FROM STDIN")
+    let sql = sql.trim_start();
+    sql.get(..4).is_some_and(|w| w.eq_ignore_ascii_case("copy")) && sql.to_ascii_uppercase().contains("FROM STDIN")
 }
 
 /// Whether the statement changes rows (as opposed to definitions only): what needs the
@@ -70,4 +71,47 @@ pub fn replicated_ddl(route: &Route, sql: &str) -> bool {
     route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Ddl))
         && route.decisions.iter().any(|d| d.mode != Mode::Local)
         && !sql.to_ascii_uppercase().contains("CONCURRENTLY")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Catalog, Dialect, SearchPath};
+    use crate::policy::PolicyHandle;
+    use std::sync::Arc;
+
+    fn route(policy: &str, sql: &str) -> (Route, Policy) {
+        let policy = Policy::parse(policy, std::path::Path::new("p.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let router = crate::replicate::Router::new(Dialect::Postgres, Arc::new(PolicyHandle::fixed(policy.clone())), Catalog::new());
+        (router.route(sql, &SearchPath::default(), &policy), policy)
+    }
+
+    /// What makes a commit worth checking for bounded tables written without being named.
+    #[test]
+    fn writes_and_unknown_statements_may_change_a_bounded_table() {
+        let bounded = "default = \"local\"\n[[table]]\nmatch = \"public.cart\"\nmode = \"bounded\"\n";
+        for (sql, may) in [
+            ("SELECT f()", true),
+            ("INSERT INTO local_audit VALUES (1)", true),
+            ("DELETE FROM cart WHERE id = 1", true),
+            ("DO $$ BEGIN PERFORM 1; END $$", true),
+            ("SELECT count(*) FROM cart", false),
+            ("SELECT now(), lower('A')", false),
+            ("BEGIN", false),
+            ("SET search_path = app", false),
+        ] {
+            let (r, p) = route(bounded, sql);
+            assert_eq!(may_change_bounded(&r, &p), may, "{sql}");
+        }
+        let (r, p) = route("default = \"local\"\n[[table]]\nmatch = \"public.cart\"\nmode = \"async\"\n", "SELECT f()");
+        assert!(!may_change_bounded(&r, &p), "no bounded table in the policy");
+    }
+
+    #[test]
+    fn copy_from_stdin_is_told_by_its_text() {
+        assert!(is_copy_from_stdin("  copy t (a) FROM STDIN (FORMAT csv)"));
+        assert!(!is_copy_from_stdin("COPY t TO STDOUT"));
+        assert!(!is_copy_from_stdin("SELECT 'COPY x FROM STDIN'"));
+        assert!(!is_copy_from_stdin("cop"));
+    }
 }
