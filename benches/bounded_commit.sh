@@ -63,7 +63,7 @@ for port in "$PPORT" "$RPORT"; do
 done
 printf 'default = "local"\n[[table]]\nmatch = "public.bench_bounded"\nmode = "bounded"\nmax_lag = "30s"\n' >"$TMP/policy.toml"
 
-config() { # $1 = replica port
+config() { # $1 = replica port, $2 = replica name (a new name has no lag measured yet)
     cat >"$TMP/capgate.toml" <<CONF
 site = "bench"
 listen = "127.0.0.1:$CPORT"
@@ -71,7 +71,7 @@ policy = "$TMP/policy.toml"
 [primary]
 url = "postgres://postgres@127.0.0.1:$PPORT/postgres?sslmode=disable"
 [[replicas]]
-name = "r"
+name = "$2"
 url = "postgres://postgres@127.0.0.1:$1/postgres?sslmode=disable&connect_timeout=2"
 CONF
 }
@@ -98,7 +98,7 @@ run() {
 
 declare -A RESULTS
 for scenario in within at-risk; do
-    if [[ $scenario == within ]]; then config "$RPORT"; else config "$DEAD"; fi
+    if [[ $scenario == within ]]; then config "$RPORT" r; else config "$DEAD" dead; fi
     for round in $(seq "$ROUNDS"); do
         order=(base head direct)
         (( round % 2 == 0 )) && order=(head direct base)
