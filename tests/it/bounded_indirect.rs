@@ -103,6 +103,18 @@ async fn writes_inside_functions_and_triggers_are_admitted_against_the_bounded_b
         assert_bounded_refusal(&e, "extended SELECT bi_write()");
         answers(&app, "extended SELECT bi_write()").await;
     }
+    // Pipelined: three calls sent before any answer, each refused in its place.
+    let ids = [1010i32, 1011, 1012];
+    let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> = ids.iter().map(|id| [id as _]).collect();
+    let (a, b, c) = tokio::join!(
+        app.query_one("SELECT bi_write($1, 'pipelined')", &params[0]),
+        app.query_one("SELECT bi_write($1, 'pipelined')", &params[1]),
+        app.query_one("SELECT bi_write($1, 'pipelined')", &params[2]),
+    );
+    for r in [a, b, c] {
+        assert_bounded_refusal(&r.expect_err("a pipelined call over budget"), "pipelined SELECT bi_write()");
+    }
+    answers(&app, "pipelined calls").await;
     // 3. An explicit transaction: refused at COMMIT, with the async write beside it.
     app.batch_execute("BEGIN").await.unwrap();
     app.batch_execute("INSERT INTO bi_async VALUES (1004, 'rolled back with it')").await.unwrap();
