@@ -163,3 +163,61 @@ async fn writes_inside_functions_and_triggers_are_admitted_against_the_bounded_b
     assert_eq!(replica_rows(&format!("SELECT count(*) FROM bi_bounded WHERE id IN ({after}, 3000)")).await, vec!["2"]);
     verify_equal_for(site, &["public.bi_bounded", "public.bi_async"]).await;
 }
+
+/// `on_partition = "block"`: a function's write over budget waits `partition_timeout` at its
+/// COMMIT, then is refused the same way (and the session goes on).
+#[tokio::test]
+async fn a_blocking_bounded_table_written_by_a_function_waits_then_is_refused_at_commit() {
+    let _one = crate::replication::exclusive().await;
+    let site = "bi_block_site";
+    on_both(
+        "DROP TABLE IF EXISTS bi_block CASCADE; \
+         CREATE TABLE bi_block (id int PRIMARY KEY, v text); \
+         CREATE OR REPLACE FUNCTION bi_block_write(p_id int) RETURNS int LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO bi_block VALUES (p_id, 'from a function'); RETURN p_id; END $$",
+    )
+    .await;
+    let policy = "default = \"local\"\n[[table]]\nmatch = \"public.bi_block\"\nmode = \"bounded\"\nmax_lag = \"1s\"\n\
+                  on_partition = \"block\"\npartition_timeout = \"2s\"\n";
+    let link = own_link();
+    let p = async_proxy(site, policy, &link).await;
+    let admin = p.admin.expect("admin listener");
+    shipping(admin).await;
+    let app = connect(&p.url("postgres", "postgres")).await;
+    // Within budget, once the lag is measured.
+    let mut first = 0;
+    wait_until("SELECT bi_block_write() to be accepted", Duration::from_secs(30), async || {
+        first += 1;
+        app.query_one("SELECT bi_block_write($1)", &[&first]).await.is_ok()
+    })
+    .await;
+    drained(site, admin).await;
+
+    link.blackhole();
+    let mut id = 100;
+    wait_until("a direct write to be refused after its wait", Duration::from_secs(90), async || {
+        id += 1;
+        match app.execute("INSERT INTO bi_block VALUES ($1, 'direct')", &[&id]).await {
+            Ok(_) => false,
+            Err(e) => {
+                assert_eq!(sqlstate(&e), "55000", "{e:?}");
+                true
+            }
+        }
+    })
+    .await;
+    for (what, result) in [
+        ("simple", app.batch_execute("SELECT bi_block_write(1001)").await.map(|_| ())),
+        ("extended", app.query_one("SELECT bi_block_write($1)", &[&1002i32]).await.map(|_| ())),
+    ] {
+        let e = result.expect_err("a function's write over budget");
+        assert_eq!(sqlstate(&e), "55000", "{what}: {e:?}");
+        let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+        assert!(msg.contains("public.bi_block") && msg.contains("on_partition = \"block\"") && msg.contains("waited"), "{what}: {msg}");
+        answers(&app, what).await;
+    }
+    assert_eq!(primary_rows("SELECT count(*) FROM bi_block WHERE id > 1000").await, vec!["0"]);
+    link.restore();
+    drained(site, admin).await;
+    verify_equal_for(site, &["public.bi_block"]).await;
+}
