@@ -24,8 +24,22 @@ use crate::replicate::apply::{self, explain, Conflict};
 use crate::sites::health::State;
 use crate::sites::AbortOnDrop;
 
-/// The `application_name` of the shipper's connections.
+/// The `application_name` of the shipper's connections, followed by the origin: on a
+/// replica, a session of that name that is not this shipper's is one an earlier shipper left
+/// behind ([`ORPHANS_SQL`]).
 const APPLICATION_NAME: &str = "capgate shipper";
+
+/// Ends the replica sessions an earlier shipper of this origin left behind (a capgate process
+/// killed, a connection cut or given up on): the replica runs such a session's apply to its
+/// end, holding the rows' locks and a core meanwhile, and the new session's apply waited
+/// behind it (seen in the long chaos run: up to three sessions of one origin at once, pages
+/// taking seconds). Only the holder of the shipper lock on the primary runs this, so every
+/// other session of the name is stale; it waits up to 5 s for each to exit (PostgreSQL 14+),
+/// so what it committed, or did not, is settled before the position is read. Sessions of the
+/// same role only (a role may end its own sessions); a failure is logged and shipping goes on
+/// (the position's fence keeps a stale session from applying anything twice).
+const ORPHANS_SQL: &str = "SELECT count(pg_catalog.pg_terminate_backend(pid, 5000)) FROM pg_catalog.pg_stat_activity \
+     WHERE application_name = $1 AND pid <> pg_catalog.pg_backend_pid() AND datname = pg_catalog.current_database() AND usename = current_user";
 
 /// How often the captured tables are listed again, and an idle range is recorded.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -105,8 +119,13 @@ impl Run {
         }
     }
 
+    /// This shipper's `application_name` (see [`APPLICATION_NAME`]).
+    fn application_name(&self) -> String {
+        format!("{APPLICATION_NAME} {}", self.config.origin)
+    }
+
     async fn connect(&self, upstream: &crate::backend::postgres::Upstream, what: &str) -> Result<Conn, String> {
-        match tokio::time::timeout(self.config.deadline, upstream.client_with_task(APPLICATION_NAME)).await {
+        match tokio::time::timeout(self.config.deadline, upstream.client_with_task(&self.application_name())).await {
             Ok(Ok((client, task))) => Ok(Conn { client, _task: AbortOnDrop(task) }),
             Ok(Err(e)) => Err(format!("{what}: {e}")),
             Err(_) => Err(format!("{what} did not finish within {:?}", self.config.deadline)),
@@ -232,6 +251,16 @@ impl Run {
             Ok(s) => s,
             Err(e) => return Fail::Replica(e),
         };
+        let name = self.application_name();
+        match self.timed("ending sessions an earlier shipper left on the replica", replica.client.query_one(ORPHANS_SQL, &[&name])).await {
+            Ok(row) => {
+                let ended: i64 = row.try_get(0).unwrap_or(0);
+                if ended > 0 {
+                    tracing::info!(replica = %cfg.replica_name, ended, "shipper: ended replica sessions an earlier shipper left behind");
+                }
+            }
+            Err(e) => tracing::warn!(replica = %cfg.replica_name, "shipper: {e}"),
+        }
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&cfg.origin];
         let read = replica.client.query_opt("SELECT snapshot::text, target::text, seq FROM capgate.applied WHERE origin = $1", &params);
         let mut at = match self.timed("reading the replica's position", read).await {
