@@ -10,6 +10,7 @@ mod capture;
 mod client;
 mod commands;
 mod driver;
+mod health;
 mod jdbc;
 mod lifecycle;
 mod policy;
