@@ -2,7 +2,8 @@
 //! and `/metrics` show its state, round trip and lag as for a PostgreSQL replica; once the
 //! link is cut and the replica is seen partitioned, a sync table with `on_partition = "fail"`
 //! is refused at once (1180 / 55000 naming the table, the policy and the remedy), and one with
-//! `"block"` waits, then commits on both sites when the link heals.
+//! `"block"` waits, then commits on both sites when the link heals; `capgate verify` then
+//! waits for an async write in flight and finds the sites equal.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -136,4 +137,18 @@ async fn status_shows_the_replica_and_sync_tables_refuse_or_wait_while_it_is_par
     c.query_drop("UPDATE acct SET bal = 8 WHERE id = 1").await.expect("a fail table commits once healed");
     settled().await;
     assert_eq!(replica().sql("SELECT bal FROM cgsync.acct WHERE id = 1").expect("replica"), "8");
+
+    // verify compares what is shipped: it waits for the async write just made to reach the
+    // replica, then finds every table equal.
+    c.query_drop("INSERT INTO log VALUES (2, 'in flight')").await.expect("async write");
+    let tables =
+        ["cgsync.acct", "cgsync.held", "cgsync.log"].iter().map(|t| capgate::verify::mysql::sql::parse_table_name(t).expect("name"));
+    let selection = capgate::verify::Selection::Named(tables.collect());
+    let report = capgate::verify::run(&p.shared.config, &selection, capgate::verify::Limits::default()).await.expect("verify runs");
+    assert_eq!(report.exit_code(), 0, "{}", report.render());
+    assert!(
+        report.replicas[0].consistent_point.contains("applied every change committed on the primary up to change"),
+        "{}",
+        report.render()
+    );
 }

@@ -22,3 +22,4 @@ mod sync_kill;
 mod sync_relay;
 mod sync_sysbench;
 mod sysbench;
+mod verify;
