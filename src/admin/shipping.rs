@@ -40,7 +40,7 @@ impl Shippers for Fleet {
 
 impl Shippers for MyFleet {
     fn shipper(&self, replica: &str) -> Option<&ShipperHandle> {
-        self.shippers.get(replica)
+        self.shippers.get(replica).map(|s| &**s)
     }
     fn lag(&self, replica: &str) -> Option<Lag> {
         self.lag.lag(replica)

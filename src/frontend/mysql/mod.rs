@@ -285,12 +285,16 @@ fn admin_state(shared: &Arc<Shared>) -> crate::admin::AdminState {
         .collect();
     let sessions = shared.sessions.clone();
     let max = shared.config.max_connections;
-    crate::admin::AdminState::new(
+    let state = crate::admin::AdminState::new(
         shared.config.clone(),
         shared.router.policy().clone(),
         shared.router.clone(),
         replicas,
         Some(shared.primary_health.health().clone()),
         Box::new(move || max - sessions.available_permits()),
-    )
+    );
+    match &shared.shipping {
+        Some(fleet) => state.with_resume(fleet.clone()),
+        None => state,
+    }
 }
