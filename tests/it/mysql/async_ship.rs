@@ -201,23 +201,23 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
     c.query_drop("INSERT INTO strict VALUES (2, 'held')").await.expect("insert while halted");
     c.query_drop("INSERT INTO acct VALUES (7000, 0, 'after the halt')").await.expect("insert");
     converged("SELECT id, note FROM shipdb.acct WHERE id = 7000").await;
-    let admin = p.admin.expect("admin listener");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let strict = loop {
-        let (_, body) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/status", None)).await.expect("join");
-        let doc: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
-        let tables = doc["replicas"][0]["tables"].as_array().cloned().unwrap_or_default();
-        match tables.into_iter().find(|t| t["table"] == "shipdb.strict" && t["state"] == "halted") {
-            Some(t) => break t,
-            None => assert!(Instant::now() < deadline, "shipdb.strict never shown halted: {doc:#}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let strict = halted_in_status(p.admin.expect("admin listener"), "shipdb.strict").await;
     assert!(strict["error"].as_str().is_some_and(|e| e.contains("update_missing") && e.contains("on_conflict = halt")), "{strict}");
     assert_eq!(strict["resume"], "capgate resume --replica east --table shipdb.strict", "{strict}");
     c.query_drop("INSERT INTO acct VALUES (7001, 0, 'still shipping')").await.expect("insert");
     converged("SELECT id, note FROM shipdb.acct WHERE id = 7001").await;
-    assert_eq!(servers().1.sql("SELECT COUNT(*) FROM shipdb.strict").expect("count"), "0", "held changes applied");
+    assert_eq!(servers().1.sql("SELECT COUNT(*) FROM shipdb.strict").expect("count"), "0", "a held change was applied");
+
+    // The halt is the replica's record: a restarted capgate still holds the table.
+    drop((c, p, fleet, stats));
+    let (p, _) = proxy("mysql-async-ship-restarted", POLICY, &link);
+    let mut c = connect(&p.url("capgate", None, "shipdb")).await;
+    let admin = p.admin.expect("admin listener");
+    halted_in_status(admin, "shipdb.strict").await;
+    c.query_drop("INSERT INTO strict VALUES (3, 'held too')").await.expect("insert while halted");
+    c.query_drop("INSERT INTO acct VALUES (7002, 0, 'after the restart')").await.expect("insert");
+    converged("SELECT id, note FROM shipdb.acct WHERE id = 7002").await;
+    assert_eq!(servers().1.sql("SELECT COUNT(*) FROM shipdb.strict").expect("count"), "0", "a held change was applied");
 
     // `capgate resume` before the row is repaired: refused, the table stays halted. Repaired,
     // it applies the held changes in order and the table ships again.
@@ -238,9 +238,24 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
     servers().1.sql("INSERT INTO shipdb.strict VALUES (1, 'a')").expect("repair");
     let (ok, text) = tokio::task::spawn_blocking(resume).await.expect("join");
     assert!(ok && text.contains("shipdb.strict resumed"), "{text}");
-    assert_eq!(servers().1.sql("SELECT id, body FROM shipdb.strict ORDER BY id").expect("rows"), "1\tb\n2\theld");
+    assert_eq!(servers().1.sql("SELECT id, body FROM shipdb.strict ORDER BY id").expect("rows"), "1\tb\n2\theld\n3\theld too");
     c.query_drop("UPDATE strict SET body = 'after' WHERE id = 2").await.expect("update");
-    assert_eq!(converged("SELECT id, body FROM shipdb.strict ORDER BY id").await, "1\tb\n2\tafter");
+    assert_eq!(converged("SELECT id, body FROM shipdb.strict ORDER BY id").await, "1\tb\n2\tafter\n3\theld too");
+}
+
+/// Polls `/status` (bounded) until `table` shows halted on the first replica; returns it.
+async fn halted_in_status(admin: std::net::SocketAddr, table: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/status", None)).await.expect("join");
+        let doc: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
+        let tables = doc["replicas"][0]["tables"].as_array().cloned().unwrap_or_default();
+        if let Some(t) = tables.into_iter().find(|t| t["table"] == table && t["state"] == "halted") {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{table} never shown halted: {doc:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
