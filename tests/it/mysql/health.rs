@@ -2,7 +2,8 @@
 //! and `/metrics` show its state, round trip and lag as for a PostgreSQL replica; once the
 //! link is cut and the replica is seen partitioned, a sync table with `on_partition = "fail"`
 //! is refused at once (1180 / 55000 naming the table, the policy and the remedy), and one with
-//! `"block"` waits, then commits on both sites when the link heals; `capgate verify` then
+//! `"block"` waits, then commits on both sites when the link heals (and `/history`, the
+//! dashboard's chart, has the replica healthy then partitioned); `capgate verify` then
 //! waits for an async write in flight and finds the sites equal.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -106,6 +107,20 @@ async fn status_shows_the_replica_and_sync_tables_refuse_or_wait_while_it_is_par
     let m = metrics(admin).await;
     assert_eq!(metric(&m, "capgate_replica_up{replica=\"east\"}"), Some(0.0), "{m}");
     assert_eq!(metric(&m, "capgate_replica_state{replica=\"east\",state=\"partitioned\"}"), Some(1.0), "{m}");
+    // The dashboard's chart: /history has east's samples, healthy with its lag, then partitioned.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/history", None)).await.expect("join");
+        assert_eq!(code, 200, "{body}");
+        let doc: serde_json::Value = serde_json::from_str(&body).expect("/history JSON");
+        let samples = doc["replicas"]["east"].as_array().cloned().unwrap_or_default();
+        let healthy = samples.iter().any(|s| s["state"] == "healthy" && s["lag_seconds"].is_f64() && s["rtt_ms"].is_f64());
+        if healthy && samples.iter().any(|s| s["state"] == "partitioned") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/history never showed east healthy then partitioned: {doc:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // fail: refused at once, naming the table, the policy and the remedy; nothing commits.
     let err = c.query_drop("UPDATE acct SET bal = 7 WHERE id = 1").await.expect_err("refused while partitioned");
