@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 
-use super::sql::{self, Column, Kind, Shape};
+use super::sql::{self, Column, Shape};
 use crate::classify::TableName;
 use crate::verify::{Limits, Progress, ProgressFn, RowDifference, TableResult};
 
@@ -25,7 +25,7 @@ pub async fn compare_table(
         return Ok(TableResult::MissingOnReplica);
     }
     let columns: Vec<(String, String, Option<String>)> = primary.exec(sql::COLUMNS, names).await?;
-    let columns: Vec<Column> = columns.into_iter().map(|(name, t, coll)| Column { kind: Kind::of(&t, coll.as_deref()), name }).collect();
+    let columns: Vec<Column> = columns.into_iter().map(|(name, t, coll)| Column::of(name, &t, coll.as_deref())).collect();
     let key_names: Vec<String> = primary.exec(sql::PRIMARY_KEY, names).await?;
     let key = key_names.iter().filter_map(|k| columns.iter().find(|c| &c.name == k).cloned()).collect();
     let shape = Shape { table: table.clone(), key, columns };

@@ -90,9 +90,20 @@ impl Kind {
 pub struct Column {
     pub name: String,
     pub kind: Kind,
+    /// A TEXT, BLOB or JSON column, whose values can be as large as a packet: it enters the
+    /// fingerprint as its MD5, so the row's concatenation stays far below
+    /// `max_allowed_packet` (past it, CONCAT gives NULL and the row would not count).
+    pub large: bool,
 }
 
 impl Column {
+    /// A column from `information_schema.COLUMNS`' `COLUMN_NAME`, `DATA_TYPE` and
+    /// `COLLATION_NAME`.
+    pub fn of(name: String, data_type: &str, collation: Option<&str>) -> Column {
+        let t = data_type.to_ascii_lowercase();
+        Column { name, kind: Kind::of(&t, collation), large: t.ends_with("text") || t.ends_with("blob") || t == "json" }
+    }
+
     /// The column's piece of the row fingerprint.
     fn piece(&self) -> String {
         let c = ident(&self.name);
@@ -101,6 +112,7 @@ impl Column {
             Kind::Text { pad: false } => format!("WEIGHT_STRING({c})"),
             Kind::Binary | Kind::Other => c.clone(),
         };
+        let value = if self.large { format!("MD5({value})") } else { value };
         format!("IF({c} IS NULL, 'N', CONCAT('V', LENGTH({value}), ':', {value}))")
     }
 
@@ -258,7 +270,7 @@ mod tests {
     use super::*;
 
     fn col(name: &str, kind: Kind) -> Column {
-        Column { name: name.into(), kind }
+        Column { name: name.into(), kind, large: false }
     }
 
     #[test]
@@ -279,6 +291,8 @@ mod tests {
         assert_eq!(Kind::of("varchar", Some("utf8mb4_0900_ai_ci")), Kind::Text { pad: false });
         assert_eq!(Kind::of("BLOB", None), Kind::Binary);
         assert_eq!(Kind::of("decimal", None), Kind::Other);
+        assert!(Column::of("b".into(), "MEDIUMBLOB", None).large && Column::of("t".into(), "longtext", Some("utf8mb4_bin")).large);
+        assert!(!Column::of("v".into(), "varchar", Some("utf8mb4_bin")).large);
         assert_eq!(quoted(&TableName::new("d", "we`ird")), "`d`.`we``ird`");
         assert_eq!(literal("it's \\ x"), "'it''s \\\\ x'");
         let bytes = |b: &[u8]| mysql_async::Value::Bytes(b.to_vec());

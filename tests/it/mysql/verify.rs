@@ -1,9 +1,9 @@
 //! `capgate verify` on MariaDB, as a DBA runs it: the real binary against the shared primary
 //! and replica. Equal tables exit 0; rows changed behind capgate's back on the replica are
 //! DIVERGED with their keys (exit 1); NULLs, DECIMAL, DATETIME(6), BLOB and utf8mb4 text
-//! compare exactly; text differing only in case, accents or trailing spaces under
-//! utf8mb4_general_ci is equal, as the database compares it; a table without a primary key
-//! gets a whole-table checksum, as on PostgreSQL.
+//! compare exactly (two 9 MB values in one row too); text differing only in case, accents
+//! or trailing spaces under utf8mb4_general_ci is equal, as the database compares it; a
+//! table without a primary key gets a whole-table checksum, as on PostgreSQL.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,6 +22,8 @@ const TABLES: &str = "SET NAMES utf8mb4; DROP DATABASE IF EXISTS cgverify; CREAT
     CREATE TABLE multi (a INT, b VARCHAR(10), c INT, PRIMARY KEY (a, b)); \
     INSERT INTO multi SELECT seq DIV 10, CONCAT('k', seq MOD 10), seq FROM seq_1_to_1000; \
     CREATE TABLE nokey (x INT, y VARCHAR(10)); INSERT INTO nokey VALUES (1, 'a'), (1, 'a'), (2, NULL); \
+    CREATE TABLE big (id INT PRIMARY KEY, a LONGBLOB, b LONGTEXT); \
+    INSERT INTO big VALUES (1, REPEAT('a', 9000000), REPEAT('b', 9000000)), (2, 'small', 'small'); \
     CREATE TABLE other (id INT PRIMARY KEY)";
 
 const POLICY: &str =
@@ -79,7 +81,9 @@ fn verify_finds_rows_changed_on_the_replica_and_compares_as_the_collation_does()
     let (code, json) = verify_json(&config, &[]);
     assert_eq!(code, Some(0), "{json:#}");
     let names: Vec<&str> = json["replicas"][0]["tables"].as_array().expect("tables").iter().filter_map(|t| t["table"].as_str()).collect();
-    assert_eq!(names, ["cgverify.ci", "cgverify.multi", "cgverify.nokey", "cgverify.vals"], "{json:#}");
+    assert_eq!(names, ["cgverify.big", "cgverify.ci", "cgverify.multi", "cgverify.nokey", "cgverify.vals"], "{json:#}");
+    // Two 9 MB values in one row: more than max_allowed_packet (16 MB) side by side.
+    assert_eq!((table(&json, "cgverify.big")["status"].as_str(), table(&json, "cgverify.big")["rows"].as_u64()), (Some("equal"), Some(2)));
     assert_eq!(table(&json, "cgverify.multi")["status"], "equal");
     assert_eq!(table(&json, "cgverify.multi")["rows"], 1000);
     assert_eq!(table(&json, "cgverify.multi")["chunks"], 11, "{json:#}");
@@ -108,7 +112,8 @@ fn verify_finds_rows_changed_on_the_replica_and_compares_as_the_collation_does()
         .sql(
             "UPDATE cgverify.vals SET n = 0 WHERE id = 1; UPDATE cgverify.vals SET t = NULL WHERE id = 2; \
              UPDATE cgverify.ci SET v = 'three' WHERE name = 'beta'; UPDATE cgverify.ci SET long_text = 'Some Other Text' WHERE name = 'alpha'; \
-             DELETE FROM cgverify.multi WHERE a = 42 AND b = 'k7'; DELETE FROM cgverify.nokey WHERE x = 2",
+             DELETE FROM cgverify.multi WHERE a = 42 AND b = 'k7'; DELETE FROM cgverify.nokey WHERE x = 2; \
+             UPDATE cgverify.big SET a = CONCAT('A', SUBSTRING(a, 2)) WHERE id = 1",
         )
         .expect("changes behind capgate's back");
     let (code, json) = verify_json(&config, &[]);
@@ -136,6 +141,8 @@ fn verify_finds_rows_changed_on_the_replica_and_compares_as_the_collation_does()
     assert_eq!(multi["differences"][0]["key"], serde_json::json!(["42", "k7"]), "{multi:#}");
     assert!(multi["differences"][0]["replica"].is_null(), "{multi:#}");
     assert_eq!(table(&json, "cgverify.nokey")["equal"], false);
+    let big = table(&json, "cgverify.big");
+    assert_eq!((big["rows_differing"].as_u64(), &big["differences"][0]["key"]), (Some(1), &serde_json::json!(["1"])), "{big:#}");
 
     // The exact values: DECIMAL's last digit, a microsecond, one BLOB byte, each alone.
     for (change, what) in [
