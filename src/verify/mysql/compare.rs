@@ -32,9 +32,9 @@ pub async fn compare_table(
 
     if shape.key.is_empty() {
         let q = shape.checksum_query("TRUE");
-        let (p, r) = match tokio::try_join!(checksum(primary, &q), checksum(replica, &q)) {
+        let (p, r) = match checksums(primary, replica, &q).await {
             Ok(x) => x,
-            Err(e) => return Ok(TableResult::Error { message: format!("{e} (do both sides have the same columns?)") }),
+            Err(message) => return Ok(TableResult::Error { message }),
         };
         return Ok(TableResult::NoPrimaryKey { equal: p == r, rows_primary: p.0, rows_replica: r.0 });
     }
@@ -53,9 +53,9 @@ pub async fn compare_table(
             .map(|row| row.unwrap().iter().zip(&shape.key).map(|(v, c)| sql::key_literal(c, v)).collect());
         let range = shape.range(lower.as_deref(), upper.as_deref());
         let q = shape.checksum_query(&range);
-        let (p, r) = match tokio::try_join!(checksum(primary, &q), checksum(replica, &q)) {
+        let (p, r) = match checksums(primary, replica, &q).await {
             Ok(x) => x,
-            Err(e) => return Ok(TableResult::Error { message: format!("{e} (do both sides have the same columns?)") }),
+            Err(message) => return Ok(TableResult::Error { message }),
         };
         chunks += 1;
         rows_primary += p.0;
@@ -79,9 +79,27 @@ pub async fn compare_table(
     })
 }
 
-async fn checksum(conn: &mut Conn, query: &str) -> Result<(u64, String), mysql_async::Error> {
-    let row: Option<(u64, String)> = conn.query_first(query).await?;
-    Ok(row.unwrap_or((0, "0".into())))
+/// A chunk's row count and checksum; the error text when some row could not be
+/// fingerprinted.
+async fn checksum(conn: &mut Conn, query: &str) -> Result<Result<(u64, String), String>, mysql_async::Error> {
+    let row: Option<(u64, String, u64)> = conn.query_first(query).await?;
+    Ok(match row {
+        Some((_, _, unhashed)) if unhashed > 0 => Err(format!(
+            "{unhashed} row(s) could not be fingerprinted (the server gave NULL: a row larger than max_allowed_packet?), so the table cannot be compared"
+        )),
+        Some((rows, sum, _)) => Ok((rows, sum)),
+        None => Ok((0, "0".into())),
+    })
+}
+
+/// Both sides' checksums of one chunk, or why the table cannot be compared.
+async fn checksums(primary: &mut Conn, replica: &mut Conn, query: &str) -> Result<((u64, String), (u64, String)), String> {
+    match tokio::try_join!(checksum(primary, query), checksum(replica, query)) {
+        Ok((Ok(p), Ok(r))) => Ok((p, r)),
+        Ok((Err(e), _)) => Err(format!("on the primary: {e}")),
+        Ok((_, Err(e))) => Err(format!("on the replica: {e}")),
+        Err(e) => Err(format!("{e} (do both sides have the same columns?)")),
+    }
 }
 
 /// One row of [`Shape::rows_query`]: the key's identity, the fingerprint, the row shown, the

@@ -85,6 +85,10 @@ impl Kind {
     }
 }
 
+/// Text values longer than this (in characters) are compared byte for byte, not by their
+/// collation's sort key (see [`Column::large`]).
+pub const LARGE_TEXT: u32 = 1_000_000;
+
 /// A column of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
@@ -112,7 +116,14 @@ impl Column {
             Kind::Text { pad: false } => format!("WEIGHT_STRING({c})"),
             Kind::Binary | Kind::Other => c.clone(),
         };
-        let value = if self.large { format!("MD5({value})") } else { value };
+        let value = match (self.large, self.kind) {
+            // A sort key is several bytes a character: past LARGE_TEXT characters it could
+            // outgrow max_allowed_packet (the server then gives NULL), so such a value is
+            // taken byte for byte.
+            (true, Kind::Text { .. }) => format!("MD5(IF(CHAR_LENGTH({c}) <= {LARGE_TEXT}, {value}, {c}))"),
+            (true, _) => format!("MD5({value})"),
+            (false, _) => value,
+        };
         format!("IF({c} IS NULL, 'N', CONCAT('V', LENGTH({value}), ':', {value}))")
     }
 
@@ -217,9 +228,12 @@ impl Shape {
     }
 
     /// Row count and order-independent checksum of the rows in `range`.
+    /// And how many rows have no fingerprint (the server gave NULL: a row too large for
+    /// `max_allowed_packet`), which the sum would silently leave out.
     pub fn checksum_query(&self, range: &str) -> String {
         format!(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(CAST(CONV(LEFT({}, 16), 16, 10) AS DECIMAL(20, 0))), 0) AS CHAR) FROM {} WHERE {}",
+            "SELECT COUNT(*), CAST(COALESCE(SUM(CAST(CONV(LEFT(fp, 16), 16, 10) AS DECIMAL(20, 0))), 0) AS CHAR), COUNT(*) - COUNT(fp) \
+             FROM (SELECT {} AS fp FROM {} WHERE {}) AS capgate_rows",
             self.fingerprint(),
             quoted(&self.table),
             range

@@ -1,9 +1,10 @@
 //! `capgate verify` on MariaDB, as a DBA runs it: the real binary against the shared primary
 //! and replica. Equal tables exit 0; rows changed behind capgate's back on the replica are
 //! DIVERGED with their keys (exit 1); NULLs, DECIMAL, DATETIME(6), BLOB and utf8mb4 text
-//! compare exactly (two 9 MB values in one row too); text differing only in case, accents
-//! or trailing spaces under utf8mb4_general_ci is equal, as the database compares it; a
-//! table without a primary key gets a whole-table checksum, as on PostgreSQL.
+//! compare exactly (a 9 MB BLOB and a 9 MB utf8mb4 text in one row too); text differing
+//! only in case, accents or trailing spaces under utf8mb4_general_ci is equal, as the
+//! database compares it; a table without a primary key gets a whole-table checksum, as on
+//! PostgreSQL.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,7 +23,7 @@ const TABLES: &str = "SET NAMES utf8mb4; DROP DATABASE IF EXISTS cgverify; CREAT
     CREATE TABLE multi (a INT, b VARCHAR(10), c INT, PRIMARY KEY (a, b)); \
     INSERT INTO multi SELECT seq DIV 10, CONCAT('k', seq MOD 10), seq FROM seq_1_to_1000; \
     CREATE TABLE nokey (x INT, y VARCHAR(10)); INSERT INTO nokey VALUES (1, 'a'), (1, 'a'), (2, NULL); \
-    CREATE TABLE big (id INT PRIMARY KEY, a LONGBLOB, b LONGTEXT); \
+    CREATE TABLE big (id INT PRIMARY KEY, a LONGBLOB, b LONGTEXT CHARACTER SET utf8mb4); \
     INSERT INTO big VALUES (1, REPEAT('a', 9000000), REPEAT('b', 9000000)), (2, 'small', 'small'); \
     CREATE TABLE other (id INT PRIMARY KEY)";
 
