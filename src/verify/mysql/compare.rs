@@ -82,13 +82,14 @@ pub async fn compare_table(
 /// A chunk's row count and checksum; the error text when some row could not be
 /// fingerprinted.
 async fn checksum(conn: &mut Conn, query: &str) -> Result<Result<(u64, String), String>, mysql_async::Error> {
-    let row: Option<(u64, String, u64)> = conn.query_first(query).await?;
-    Ok(match row {
-        Some((_, _, unhashed)) if unhashed > 0 => Err(format!(
-            "{unhashed} row(s) could not be fingerprinted (the server gave NULL: a row larger than max_allowed_packet?), so the table cannot be compared"
-        )),
-        Some((rows, sum, _)) => Ok((rows, sum)),
-        None => Ok((0, "0".into())),
+    let row: Option<(u64, String)> = conn.query_first(query).await?;
+    let Some((rows, sum)) = row else { return Ok(Ok((0, "0".into()))) };
+    Ok(match sum.parse::<u128>() {
+        Ok(s) if s < sql::UNHASHED => Ok((rows, sum)),
+        _ => Err(
+            "some rows could not be fingerprinted (the server gave NULL: a row larger than max_allowed_packet?), so the table cannot be compared"
+                .to_owned(),
+        ),
     })
 }
 

@@ -85,6 +85,10 @@ impl Kind {
     }
 }
 
+/// What a row without a fingerprint adds to a chunk's sum: 10^30, above any sum of 64-bit
+/// values over fewer than 10^10 rows.
+pub const UNHASHED: u128 = 1_000_000_000_000_000_000_000_000_000_000;
+
 /// Text values longer than this (in characters) are compared byte for byte, not by their
 /// collation's sort key (see [`Column::large`]).
 pub const LARGE_TEXT: u32 = 1_000_000;
@@ -228,12 +232,12 @@ impl Shape {
     }
 
     /// Row count and order-independent checksum of the rows in `range`.
-    /// And how many rows have no fingerprint (the server gave NULL: a row too large for
-    /// `max_allowed_packet`), which the sum would silently leave out.
+    /// A row without a fingerprint (the server gave NULL: a row too large for
+    /// `max_allowed_packet`) adds [`UNHASHED`] instead of being left out of the sum, so the
+    /// caller can tell (the fingerprint is computed once per row).
     pub fn checksum_query(&self, range: &str) -> String {
         format!(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(CAST(CONV(LEFT(fp, 16), 16, 10) AS DECIMAL(20, 0))), 0) AS CHAR), COUNT(*) - COUNT(fp) \
-             FROM (SELECT {} AS fp FROM {} WHERE {}) AS capgate_rows",
+            "SELECT COUNT(*), CAST(COALESCE(SUM(IFNULL(CAST(CONV(LEFT({}, 16), 16, 10) AS DECIMAL(20, 0)), {UNHASHED})), 0) AS CHAR) FROM {} WHERE {}",
             self.fingerprint(),
             quoted(&self.table),
             range
