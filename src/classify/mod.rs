@@ -59,6 +59,7 @@ mod fallback;
 mod functions;
 pub mod mysql;
 mod names;
+mod shape;
 mod split;
 mod statement;
 mod walk;
@@ -73,6 +74,7 @@ use sqlparser::parser::Parser;
 pub use catalog::{Catalog, ColumnDefault, DefaultKind, FunctionInfo, Volatility};
 pub use mysql::SqlMode;
 pub use names::{fold, parts, resolve, SearchPath, TableName};
+pub use shape::blank_numbers;
 pub use split::statement_ends;
 
 /// The SQL dialect: how text is parsed and how unquoted identifiers are folded.
@@ -261,7 +263,8 @@ pub fn classify(dialect: Dialect, sql: &str, path: &SearchPath, catalog: &Catalo
 }
 
 /// A classifier with a bounded cache, shared by every session of a front end
-/// (`Arc<Classifier>` or a `static`). Cheap on a hit: one hash of the text, one short lock.
+/// (`Arc<Classifier>` or a `static`). Cheap on a hit: one scan and one hash of the text (and a
+/// copy of it when it holds numbers), one short lock.
 pub struct Classifier {
     /// Fixed for the classifier's life: one front end speaks one dialect.
     dialect: Dialect,
@@ -279,17 +282,25 @@ impl Classifier {
         self.dialect
     }
 
-    /// Classify `sql` as run with `path` against `catalog`; repeated texts come from the
+    /// Classify `sql` as run with `path` against `catalog`; repeated texts, and texts that
+    /// differ from a cached one only in their numbers ([`blank_numbers`]), come from the
     /// cache. Statements longer than 64 KiB are classified but not cached.
     pub fn classify(&self, sql: &str, path: &SearchPath, catalog: &Catalog) -> Arc<Classification> {
-        let key = cache::KeyRef { dialect: self.dialect, generation: catalog.generation(), path, sql };
+        if sql.len() > 64 * 1024 {
+            return Arc::new(classify(self.dialect, sql, path, catalog));
+        }
+        let shape = blank_numbers(sql, "?");
+        let key = cache::KeyRef { dialect: self.dialect, generation: catalog.generation(), path, sql: &shape };
         if let Some(hit) = self.cache.get(&key) {
             return hit;
         }
         let result = Arc::new(classify(self.dialect, sql, path, catalog));
-        if sql.len() <= 64 * 1024 {
-            self.cache.insert(&key, result.clone());
-        }
+        // An `unknown` result's reason may quote this text's numbers: file it under the text.
+        let key = match result.unknown_reason() {
+            Some(_) => cache::KeyRef { sql, ..key },
+            None => key,
+        };
+        self.cache.insert(&key, result.clone());
         result
     }
 

@@ -247,6 +247,12 @@ impl Policy {
         matches!(self.default, Mode::Sync { .. }) || self.rules.iter().any(|r| matches!(r.mode, Mode::Sync { .. }))
     }
 
+    /// Whether any table can be `bounded` under this policy: only then can a commit be refused
+    /// for a lag budget.
+    pub fn has_bounded(&self) -> bool {
+        matches!(self.default, Mode::Bounded { .. }) || self.rules.iter().any(|r| matches!(r.mode, Mode::Bounded { .. }))
+    }
+
     /// Whether any table can be `async` or `bounded` under this policy: only then does a
     /// MySQL front end start its shippers.
     pub fn ships_async(&self) -> bool {

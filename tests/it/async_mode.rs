@@ -18,7 +18,7 @@ use crate::support::{connect, scratch, sqlstate, Proxy};
 
 /// A proxy for site `site` replicating to the bed's replica through `link`, with an admin
 /// listener; the capgate schema is installed on the primary first.
-async fn async_proxy(site: &str, policy: &str, link: &Link) -> Proxy {
+pub(crate) async fn async_proxy(site: &str, policy: &str, link: &Link) -> Proxy {
     let client = connect(&bed().a_primary_url()).await;
     capgate::store::postgres::primary::install_primary(&client).await.unwrap();
     let dir = scratch(site);
@@ -51,7 +51,7 @@ async fn status(admin: SocketAddr) -> serde_json::Value {
 }
 
 /// The one replica's entry of `/status`.
-async fn replica_status(admin: SocketAddr) -> serde_json::Value {
+pub(crate) async fn replica_status(admin: SocketAddr) -> serde_json::Value {
     let v = status(admin).await;
     let r = v["replicas"][0].clone();
     assert_eq!(r["name"], "b", "{v}");

@@ -12,6 +12,7 @@ mod apply_profile;
 mod apps;
 mod async_mode;
 mod bad_input;
+mod bounded_indirect;
 mod capture;
 mod classify_mysql;
 mod cli;

@@ -141,6 +141,59 @@ async fn an_extended_protocol_write_refused_during_a_partition_leaves_the_sessio
     assert_eq!(replica_rows("SELECT id FROM sf_ext ORDER BY id").await, vec!["1", "3"]);
 }
 
+/// tokio-postgres's `copy_in` of a sync table during a partition: the client gets the
+/// refusal, and its connection stays in step (the replies of the next statements are theirs).
+#[tokio::test]
+async fn a_copy_in_refused_during_a_partition_keeps_the_connection_in_step() {
+    let _one = crate::replication::exclusive().await;
+    on_both(
+        "DROP TABLE IF EXISTS sf_copy, sf_blk_copy; CREATE TABLE sf_copy (id int PRIMARY KEY); \
+         CREATE TABLE sf_blk_copy (id int PRIMARY KEY)",
+    )
+    .await;
+    let link = own_link();
+    let p = proxy("sf-copy", POLICY, &link, "").await;
+    let app = connect(&p.url("postgres", "postgres")).await;
+    app.execute("INSERT INTO sf_copy VALUES ($1)", &[&1i32]).await.unwrap();
+    link.blackhole();
+    wait_until("the partition to be seen", Duration::from_secs(30), async || {
+        app.batch_execute("INSERT INTO sf_copy VALUES (0)").await.is_err_and(|e| sqlstate(&e) == "55000")
+    })
+    .await;
+    let bound = Duration::from_secs(60);
+    for round in 0..3 {
+        let err = match tokio::time::timeout(bound, app.copy_in::<_, bytes::Bytes>("COPY sf_copy FROM STDIN")).await.expect("answered") {
+            Ok(_) => panic!("round {round}: COPY into a sync table accepted during a partition"),
+            Err(e) => e,
+        };
+        assert_eq!(sqlstate(&err), "55000", "round {round}: {err:?}");
+        assert!(err.as_db_error().is_some_and(|d| d.message().contains("public.sf_copy")), "{err:?}");
+        // The next statements get their own answers, in both protocols.
+        let n = tokio::time::timeout(bound, app.query_one("SELECT count(*) FROM sf_copy", &[])).await.expect("answered").unwrap();
+        assert_eq!(n.get::<_, i64>(0), 1, "round {round}");
+        let rows = tokio::time::timeout(bound, app.simple_query("SELECT 'in step'")).await.expect("answered").unwrap();
+        let text = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(text.as_deref(), Some("in step"), "round {round}");
+        let v = tokio::time::timeout(bound, app.query_one("SELECT $1::int + 1", &[&round])).await.expect("answered").unwrap();
+        assert_eq!(v.get::<_, i32>(0), round + 1, "round {round}");
+    }
+    // A table with on_partition = "block": the COPY waits out its partition_timeout, then is
+    // refused the same way.
+    let err = match tokio::time::timeout(bound, app.copy_in::<_, bytes::Bytes>("COPY sf_blk_copy FROM STDIN")).await.expect("answered") {
+        Ok(_) => panic!("COPY into a blocking sync table accepted during a partition"),
+        Err(e) => e,
+    };
+    assert_eq!(sqlstate(&err), "55000", "{err:?}");
+    let msg = err.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    assert!(msg.contains("public.sf_blk_copy") && msg.contains("waited"), "{msg}");
+    let n = tokio::time::timeout(bound, app.query_one("SELECT count(*) FROM sf_blk_copy", &[])).await.expect("answered").unwrap();
+    assert_eq!(n.get::<_, i64>(0), 0);
+    link.restore();
+}
+
 #[tokio::test]
 async fn latency_above_partition_latency_refuses_writes_until_it_drops() {
     let _one = crate::replication::exclusive().await;

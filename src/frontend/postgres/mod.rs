@@ -7,6 +7,8 @@
 //! - [`boundaries`]: where the client's transactions end, also while it pipelines;
 //! - [`relay`]: the two-direction frame pump;
 //! - [`refusal`]: the statements that make the primary raise a refusal in place;
+//! - [`effects`]: what a routed statement may change (a commit point, a sync or bounded table),
+//!   which decides where the [`coordinator`] takes over;
 //! - [`cancel`]: the proxy's cancel keys mapped to the primary's;
 //! - [`conn`]: a buffered connection for the message-at-a-time startup phase.
 //!
@@ -19,6 +21,7 @@ pub mod cancel;
 pub mod capture_loop;
 pub mod conn;
 pub mod coordinator;
+pub mod effects;
 pub mod refusal;
 pub mod relay;
 pub mod replication;

@@ -183,6 +183,25 @@ impl Replication {
         }
     }
 
+    /// Whether some bounded table of `policy` may be refused for its lag now: a replica's lag
+    /// is not measured (which counts as over every budget), or a bounded table with changes
+    /// pending has reached three quarters of its `max_lag` (where [`Self::over_budget`]'s
+    /// hysteresis may keep it refused). Reads the lags only: it decides whether a commit is
+    /// worth checking at all ([`super::coordinator`]'s bounded check at COMMIT), so that
+    /// while every budget holds no commit pays for the check.
+    pub fn bounded_at_risk(&self, policy: &crate::policy::Policy) -> bool {
+        if !policy.has_bounded() {
+            return false;
+        }
+        self.sites.iter().any(|site| match self.lag(site.name()) {
+            None => true,
+            Some(lag) => lag.tables.iter().any(|(table, pending)| {
+                let mode = crate::classify::TableName::parse(table).map(|t| policy.decide_table(&t).mode);
+                matches!(mode, Some(Mode::Bounded { max_lag, .. }) if pending.seconds() >= max_lag.as_secs_f64() * 0.75)
+            }),
+        })
+    }
+
     /// Changes of `table` queued for some replica (0 when none, None when not known): a
     /// table that became sync admits sync writes only once its async queue has drained, so
     /// no change of a row is ever applied out of order.

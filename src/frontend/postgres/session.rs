@@ -269,6 +269,9 @@ async fn relay(
                     if !admin && matches!(tag, b'Q' | b'B' | b'S') {
                         held = statements.hold(&state, tag, frame);
                     }
+                    if tag == b'P' {
+                        held = statements.copy_waits(frame).map(|_| super::statements::Hold::Admission);
+                    }
                     if admin || held.is_some() {
                         // Replies owed to extended messages come only after a Flush.
                         let mut extra = BytesMut::new();

@@ -15,13 +15,17 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::boundaries::{mentions_chain, Boundaries};
+use super::effects::{
+    has_transaction_control, is_commit, is_copy_from_stdin, may_change_bounded, may_change_sync, replicated_ddl, single_control,
+    writes_rows,
+};
 use super::refusal::refusal_query_after;
 pub(crate) use super::refusal::{raise_statement, refusal_parse, refusal_query};
 use super::relay::{Flow, SessionState};
 use super::replication::{Admit, Replication};
 use super::search_path::{parse_search_path, search_path_option, substitute_user};
 use crate::classify::{Classification, Kind, SearchPath, SessionChange, TxControl};
-use crate::policy::{Mode, Policy};
+use crate::policy::Policy;
 use crate::protocol::postgres::startup::StartupMessage;
 use crate::replicate::{Refusal, Router};
 
@@ -44,6 +48,10 @@ pub struct Statements {
     /// COMMIT is held while replies are still owed (the capture trigger's notice may be in
     /// one of them).
     tx_may_sync: bool,
+    /// A statement that may change a bounded table was sent in the current transaction (see
+    /// [`may_change_bounded`]): while some bounded table's budget is spent, its COMMIT is held
+    /// and checked against the tables the transaction's captured changes touch.
+    tx_may_bounded: bool,
     /// The extended-protocol messages since the last Sync.
     group: Group,
     /// Named prepared statements that need classifying ("" is the unnamed one).
@@ -67,6 +75,8 @@ pub struct Prepared {
 pub struct Group {
     /// A Bind ran a statement that may change a sync table.
     pub may_sync: bool,
+    /// A Bind ran a statement that may change a bounded table (see [`may_change_bounded`]).
+    pub may_bounded: bool,
     /// A Bind ran BEGIN (after any COMMIT/ROLLBACK of the group): a block is open at the Sync.
     pub began: bool,
     /// A Bind ran COMMIT or ROLLBACK (after any BEGIN of the group).
@@ -109,6 +119,7 @@ impl Statements {
             bounds: Boundaries::default(),
             tx_policy: None,
             tx_may_sync: false,
+            tx_may_bounded: false,
             group: Group::default(),
             prepared: HashMap::new(),
             replication,
@@ -139,6 +150,8 @@ impl Statements {
                 }
                 let may = may_change_sync(&route, &policy);
                 self.tx_may_sync |= may;
+                let bounded = may_change_bounded(&route, &policy);
+                self.tx_may_bounded |= bounded;
                 if let Admit::Wait { .. } = self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
                     return Some(Hold::Admission);
                 }
@@ -146,7 +159,12 @@ impl Statements {
                     return Some(Hold::Ddl);
                 }
                 let in_block = state.pending.load(Ordering::Acquire) <= 0 && state.tx_status.load(Ordering::Acquire) != b'I';
-                (may && !in_block && !has_transaction_control(&route.classification)).then_some(Hold::Autocommit)
+                if in_block || has_transaction_control(&route.classification) {
+                    return None;
+                }
+                // The lags are looked at only for an autocommit statement that may change a
+                // bounded table.
+                (may || (bounded && self.replication.bounded_at_risk(&policy))).then_some(Hold::Autocommit)
             }
             b'B' => {
                 let (_portal, rest) = split_cstr(body)?;
@@ -180,6 +198,10 @@ impl Statements {
                     self.tx_may_sync = true;
                     self.group.may_sync = true;
                 }
+                if may_change_bounded(&route, &policy) {
+                    self.tx_may_bounded = true;
+                    self.group.may_bounded = true;
+                }
                 if !matches!(self.replication.admit(&route.decisions, rows), Admit::Go) {
                     return Some(Hold::Admission);
                 }
@@ -190,7 +212,8 @@ impl Statements {
                     return None;
                 }
                 let group = std::mem::take(&mut self.group);
-                if !group.may_sync || group.began {
+                let bounded = group.may_bounded && self.replication.bounded_at_risk(&policy);
+                if !(group.may_sync || bounded) || group.began {
                     return None;
                 }
                 // Known to stay inside a transaction block after this Sync: nothing commits.
@@ -207,9 +230,19 @@ impl Statements {
     }
 
     /// A commit point is held when the transaction captured a sync change, or may have and
-    /// the reply that would say so has not arrived.
+    /// the reply that would say so has not arrived; or when it may have changed a bounded
+    /// table while some bounded table's budget is spent.
     fn commit_needs_hold(&self, state: &SessionState, policy: &Policy) -> bool {
-        policy.has_sync() && (state.sync_pending.load(Ordering::Acquire) || (self.tx_may_sync && state.owed()))
+        let sync = policy.has_sync() && (state.sync_pending.load(Ordering::Acquire) || (self.tx_may_sync && state.owed()));
+        sync || self.bounded_check_due(policy)
+    }
+
+    /// Whether the current transaction's commit must be checked for the bounded tables it
+    /// changed: it ran a statement that may change one, and some bounded table's budget is
+    /// spent (or a lag is not measured) now. The check costs a round trip to the primary, so
+    /// a transaction that cannot be refused never pays it.
+    pub fn bounded_check_due(&self, policy: &Policy) -> bool {
+        self.tx_may_bounded && self.replication.bounded_at_risk(policy)
     }
 
     /// A prepared statement by name.
@@ -323,6 +356,7 @@ impl Statements {
         if self.bounds.message(state) {
             self.tx_policy = None;
             self.tx_may_sync = false;
+            self.tx_may_bounded = false;
             self.local_path = None;
         }
         match tag {
@@ -441,7 +475,34 @@ impl Statements {
             // enough to follow at Parse.
             self.after(&route.classification);
         }
+        if copy_in && route.refusal.is_none() {
+            // Refused here, not at its Bind: a client that sees a COPY's Bind fail still
+            // sends CopyFail and a second Sync, whose extra ReadyForQuery tokio-postgres
+            // hands to its next request. A refused Parse ends its prepare, before any Bind.
+            if let Admit::Refuse(refusal) = self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
+                return Some(refusal);
+            }
+        }
         route.refusal
+    }
+
+    /// A Parse of `COPY … FROM STDIN` whose write must wait for a replica (`on_partition =
+    /// "block"`): the decisions to wait on, so the coordinator waits at the Parse and a
+    /// refusal after the wait is given there too (see [`Self::route_prepared`]).
+    pub fn copy_waits(&mut self, frame: &[u8]) -> Option<Vec<crate::policy::Decision>> {
+        let sql = frame.get(5..).and_then(split_cstr).and_then(|(_, rest)| cstr(rest))?;
+        let policy = self.policy();
+        if !is_copy_from_stdin(sql) || !policy.replicates_anything() || !crate::replicate::needs_classification(&policy, sql) {
+            return None;
+        }
+        let route = self.router.route(sql, self.search_path(), &policy);
+        if route.refusal.is_some() {
+            return None;
+        }
+        match self.replication.admit(&route.decisions, writes_rows(&route.classification)) {
+            Admit::Wait { .. } => Some(route.decisions),
+            _ => None,
+        }
     }
 
     /// Follow search_path changes.
@@ -473,60 +534,6 @@ impl Statements {
             }
         }
     }
-}
-
-/// The statement's only statement's transaction control, if it is one.
-fn single_control(c: &Classification) -> Option<TxControl> {
-    match c.statements.as_slice() {
-        [one] => match &one.kind {
-            Kind::Transaction(t) => Some(t.clone()),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// COMMIT (END, COMMIT AND CHAIN) or PREPARE TRANSACTION alone: where a transaction commits.
-pub fn is_commit(c: &Classification) -> bool {
-    matches!(single_control(c), Some(TxControl::Commit) | Some(TxControl::PrepareTransaction(_)))
-}
-
-/// `COPY … FROM STDIN` (the only statement that makes the primary wait for client data).
-fn is_copy_from_stdin(sql: &str) -> bool {
-    let upper = sql.trim_start().to_ascii_uppercase();
-    upper.starts_with("COPY") && upper.contains("FROM STDIN")
-}
-
-/// Whether the statement changes rows (as opposed to definitions only): what needs the
-/// table's capture trigger.
-pub fn writes_rows(c: &Classification) -> bool {
-    !c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl))
-}
-
-/// Some statement of the string is transaction control (capgate does not wrap those).
-fn has_transaction_control(c: &Classification) -> bool {
-    c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(_)))
-}
-
-/// Whether running `route`'s statement may change rows of a sync table: it writes one by
-/// name, or its effect cannot be told (a function, a DO block) while the policy has sync
-/// tables. A write to a local table whose trigger changes a sync table is not foreseen: the
-/// deferred check at COMMIT refuses it rather than let it commit on one site.
-pub fn may_change_sync(route: &crate::replicate::Route, policy: &Policy) -> bool {
-    if !policy.has_sync() {
-        return false;
-    }
-    (writes_rows(&route.classification) && route.decisions.iter().any(|d| matches!(d.mode, Mode::Sync { .. })))
-        || route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Unknown(_)))
-}
-
-/// DDL on a table a non-local rule matches (or creating one), that can run inside a
-/// transaction (so it can be captured in one). `CREATE INDEX CONCURRENTLY` and the like run on
-/// the primary as they came: they change no rows, and each site may build its own.
-pub fn replicated_ddl(route: &crate::replicate::Route, sql: &str) -> bool {
-    route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Ddl))
-        && route.decisions.iter().any(|d| d.mode != Mode::Local)
-        && !sql.to_ascii_uppercase().contains("CONCURRENTLY")
 }
 
 /// The text of a NUL-terminated string at the front of `b`.

@@ -177,6 +177,9 @@ CREATE TABLE IF NOT EXISTS capgate.capture_since (
 ///   SAVEPOINT); with `stream`, the changes are also written to `capgate.changes` with the
 ///   gid, keeping their capture order (`seq`), for replicas outside a quorum. The rows go at
 ///   COMMIT (`ON COMMIT DELETE ROWS`).
+/// - `capgate.changed_tables()`: the tables the current transaction's captured async and
+///   bounded changes touch (an index scan on `xid`), read at a held COMMIT for bounded
+///   admission (decision 0024).
 /// - `capgate.install_capture(table, mode, name)` / `remove_capture(table)`: the triggers;
 ///   `capgate.capture_began(name)` (`SECURITY DEFINER`: a client's CREATE TABLE installs them
 ///   too) records the snapshot the trigger was installed in, in `capgate.capture_since`.
@@ -309,6 +312,12 @@ BEGIN
         INSERT INTO capgate.decisions (gid, origin, committed) VALUES (p_gid, p_origin, true);
     END IF;
 END
+$fn$;
+
+CREATE OR REPLACE FUNCTION capgate.changed_tables() RETURNS text[]
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT pg_catalog.array_agg(DISTINCT c.tbl) FROM capgate.changes c
+     WHERE c.xid = pg_catalog.pg_current_xact_id_if_assigned();
 $fn$;
 
 CREATE OR REPLACE FUNCTION capgate.install_capture(p_table regclass, p_mode text, p_name text) RETURNS void

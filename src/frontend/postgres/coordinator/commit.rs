@@ -42,7 +42,7 @@ pub enum CommitPoint {
 impl CommitPoint {
     /// Whether capgate's own statements must be extended-protocol ones (inside the client's
     /// group, before its Sync).
-    fn extended(&self) -> bool {
+    pub(super) fn extended(&self) -> bool {
         matches!(self, CommitPoint::Bind(_) | CommitPoint::Sync(_))
     }
 }
@@ -234,7 +234,7 @@ fn changes_event(rows: Result<Rows, BytesMut>, policy: &Policy, shared: &Shared)
 }
 
 /// `{a,"b c"}` (a text[] in text form) as its elements.
-fn parse_text_array(text: &str) -> Vec<String> {
+pub(super) fn parse_text_array(text: &str) -> Vec<String> {
     let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -321,7 +321,7 @@ where
 
 /// Refuse the commit at `point`: nothing commits, the client gets `refusal` as an error, and
 /// its session ends up idle, as after a COMMIT that failed in PostgreSQL.
-async fn refuse<CR, CW, SR, SW>(
+pub(super) async fn refuse<CR, CW, SR, SW>(
     wire: &mut Wire<'_, CR, CW, SR, SW>,
     point: Option<CommitPoint>,
     refusal: &Refusal,
@@ -352,15 +352,11 @@ where
         Some(CommitPoint::Sync(frame)) => {
             // The primary raises the refusal inside the group: the implicit transaction
             // rolls back at the Sync, as after any error.
-            if let Err(e) = wire.own_extended(&raise_statement(refusal)).await? {
-                wire.out.extend_from_slice(&e);
-            }
+            raise_in_group(wire, refusal, &error).await?;
             wire.forward(&frame).await?;
         }
         Some(CommitPoint::Bind(frame)) => {
-            if let Err(e) = wire.own_extended(&raise_statement(refusal)).await? {
-                wire.out.extend_from_slice(&e);
-            }
+            raise_in_group(wire, refusal, &error).await?;
             // The primary now skips to the client's Sync; then the aborted block is ended,
             // so the client's session is idle as after a failed COMMIT.
             wire.forward(&frame).await?;
@@ -379,6 +375,30 @@ where
             wire.ready(b'I');
         }
         None => {}
+    }
+    Ok(())
+}
+
+/// Make the primary raise `refusal` inside the client's extended group, so the group fails as
+/// after any error; when it failed already (the primary skips to the Sync, and would never
+/// answer a statement of capgate's), the client gets `error` from capgate instead.
+async fn raise_in_group<CR, CW, SR, SW>(
+    wire: &mut Wire<'_, CR, CW, SR, SW>,
+    refusal: &Refusal,
+    error: &ErrorMessage,
+) -> Result<(), SessionError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    if wire.state.group_failed() {
+        error.encode(&mut wire.out);
+        return Ok(());
+    }
+    if let Err(e) = wire.own_extended(&raise_statement(refusal)).await? {
+        wire.out.extend_from_slice(&e);
     }
     Ok(())
 }

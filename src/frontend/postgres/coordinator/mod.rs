@@ -20,14 +20,16 @@
 //! Replies to capgate's own statements never reach the client; the relay's bookkeeping is
 //! kept exactly, so streaming resumes where the coordinator stops.
 
+mod bounded;
 mod commit;
 mod wire;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::effects::{is_commit, may_change_bounded, may_change_sync, replicated_ddl, writes_rows};
 use super::relay::SessionState;
-use super::statements::{cstr, is_commit, raise_statement, replicated_ddl, split_cstr, writes_rows, Hold, Statements};
+use super::statements::{cstr, raise_statement, refusal_parse, split_cstr, Hold, Statements};
 use super::{SessionError, Shared};
 use crate::classify::Kind;
 use crate::policy::Mode;
@@ -78,12 +80,18 @@ where
         let Some(frame) = self.wire.client_frame().await? else { return Ok(Exit::Closed) };
         match (frame[0], hold) {
             (b'Q', _) => self.query(frame).await?,
-            (b'B', Hold::Commit) => self.commit_at(CommitPoint::Bind(frame)).await?,
+            (b'B', Hold::Commit) => {
+                let bounded = self.bounded_check_due();
+                self.commit_at(CommitPoint::Bind(frame), bounded).await?
+            }
             (b'B', _) => self.bind(frame).await?,
+            (b'P', _) => self.parse(frame).await?,
             // The Sync commits only an implicit transaction: the group ran no transaction
             // control, and the session was idle when it began.
             (b'S', Hold::Sync(group)) if !group.began && !group.ended && self.status() == b'I' => {
-                self.commit_at(CommitPoint::Sync(frame)).await?
+                let policy = self.statements.tx_policy();
+                let bounded = group.may_bounded && self.statements.replication().bounded_at_risk(&policy);
+                self.commit_at(CommitPoint::Sync(frame), bounded).await?
             }
             _ => self.wire.forward(&frame).await?,
         }
@@ -112,7 +120,8 @@ where
             return self.refuse_query(replacement).await;
         }
         if is_commit(&route.classification) {
-            return self.commit_at(CommitPoint::Query(frame)).await;
+            let bounded = self.bounded_check_due();
+            return self.commit_at(CommitPoint::Query(frame), bounded).await;
         }
         if let Some(refusal) =
             self.statements.replication().clone().admit_waiting(&route.decisions, writes_rows(&route.classification)).await
@@ -121,9 +130,11 @@ where
             return self.refuse_query(replacement).await;
         }
         let ddl = replicated_ddl(&route, &sql);
-        let may_sync = super::statements::may_change_sync(&route, &self.statements.tx_policy());
+        let policy = self.statements.tx_policy();
+        let may_sync = may_change_sync(&route, &policy);
+        let bounded = may_change_bounded(&route, &policy) && self.statements.replication().bounded_at_risk(&policy);
         let wrap = self.status() == b'I'
-            && (may_sync || ddl)
+            && (may_sync || ddl || bounded)
             && !route.classification.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(_)));
         if !wrap {
             if ddl && self.status() == b'T' {
@@ -156,6 +167,11 @@ where
             b'T' if !outcome.error => {
                 if ddl {
                     self.install_capture(&route).await?;
+                }
+                if bounded {
+                    if let Some(refusal) = bounded::refusal(self.shared, &policy, &mut self.wire, false).await? {
+                        return commit::refuse(&mut self.wire, Some(CommitPoint::Wrapped), &refusal).await;
+                    }
                 }
                 if self.sync_pending() {
                     let policy = self.statements.tx_policy();
@@ -195,13 +211,47 @@ where
         self.wire.forward(&frame).await
     }
 
-    /// A commit point: two-phase when the transaction holds sync changes, else as it came.
-    async fn commit_at(&mut self, point: CommitPoint) -> Result<(), SessionError> {
+    /// Whether the current transaction's commit is checked for the bounded tables it changed
+    /// (see [`bounded`]).
+    fn bounded_check_due(&mut self) -> bool {
+        let policy = self.statements.tx_policy();
+        self.statements.bounded_check_due(&policy)
+    }
+
+    /// A Parse of `COPY … FROM STDIN` held to wait for a replica: after the wait it is
+    /// refused in place (the refusal reaches the client as the Parse's error, before any Bind,
+    /// so its COPY never starts), or goes on as the streaming relay would send it.
+    async fn parse(&mut self, frame: BytesMut) -> Result<(), SessionError> {
+        let decisions = self.statements.copy_waits(&frame).unwrap_or_default();
+        let refusal = self.statements.replication().clone().admit_waiting(&decisions, true).await;
+        super::relay::client_frame(self.wire.state, b'P');
+        let flow = self.statements.on_frame(self.wire.state, b'P', &frame);
+        match (flow, refusal) {
+            // Refused at the Parse itself (bookkept there).
+            (super::relay::Flow::Replace(bytes), _) => self.wire.send_server(&bytes).await,
+            (_, Some(refusal)) => {
+                self.state().hidden.lock().unwrap_or_else(|p| p.into_inner()).own_parse_and_bind_replacing_parse();
+                self.wire.send_server(&refusal_parse(&refusal)).await
+            }
+            (_, None) => self.wire.send_server(&frame).await,
+        }
+    }
+
+    /// A commit point: refused when `bounded` (the check is due) and a bounded table the
+    /// transaction changed is over its budget; two-phase when the transaction holds sync
+    /// changes; else as it came.
+    async fn commit_at(&mut self, point: CommitPoint, bounded: bool) -> Result<(), SessionError> {
         let plain = match &point {
             CommitPoint::Query(_) | CommitPoint::Bind(_) => self.status() != b'T' || self.state().group_failed(),
             CommitPoint::Sync(_) => self.state().group_failed(),
             CommitPoint::Wrapped => false,
         };
+        if bounded && !plain {
+            let policy = self.statements.tx_policy();
+            if let Some(refusal) = bounded::refusal(self.shared, &policy, &mut self.wire, point.extended()).await? {
+                return commit::refuse(&mut self.wire, Some(point), &refusal).await;
+            }
+        }
         if plain || !self.sync_pending() {
             return match point {
                 CommitPoint::Query(f) | CommitPoint::Bind(f) | CommitPoint::Sync(f) => self.wire.forward(&f).await,
