@@ -203,7 +203,8 @@ impl Server {
         }
         let primary_health = crate::sites::mysql::primary_health(&config);
         let ships = router.policy().current().ships_async();
-        let shipping = (sync.is_some() && ships).then(|| Arc::new(MyFleet::start(&config, router.policy().clone())));
+        let health = |name: &str| sites.get(name).map(|s| s.health().clone());
+        let shipping = (sync.is_some() && ships).then(|| Arc::new(MyFleet::start(&config, router.policy().clone(), health)));
         let sessions = Arc::new(Semaphore::new(config.max_connections));
         let counters = Counters::default();
         let threads = Arc::default();

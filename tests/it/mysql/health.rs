@@ -102,7 +102,11 @@ async fn status_shows_the_replica_and_sync_tables_refuse_or_wait_while_it_is_par
 
     // Cut: the health loop sees the partition; /status and /metrics say so.
     link.blackhole();
-    let doc = until(admin, "east partitioned", |d| d["replicas"][0]["state"] == "partitioned").await;
+    // The shipper drops the replica's connection and waits for the heal.
+    let doc = until(admin, "east partitioned, its shipper too", |d| {
+        d["replicas"][0]["state"] == "partitioned" && d["replicas"][0]["shipping"] == "partitioned"
+    })
+    .await;
     assert!(doc["replicas"][0]["last_error"].is_string(), "{doc:#}");
     let m = metrics(admin).await;
     assert_eq!(metric(&m, "capgate_replica_up{replica=\"east\"}"), Some(0.0), "{m}");
@@ -148,7 +152,8 @@ async fn status_shows_the_replica_and_sync_tables_refuse_or_wait_while_it_is_par
     let held = "SELECT id, v FROM cgsync.held ORDER BY id";
     assert_eq!(primary().sql(held).expect("primary"), "1\tbefore\n2\thealed");
     assert_eq!(replica().sql(held).expect("replica"), "1\tbefore\n2\thealed");
-    until(admin, "east healthy again", |d| d["replicas"][0]["state"] == "healthy").await;
+    until(admin, "east healthy again, shipping", |d| d["replicas"][0]["state"] == "healthy" && d["replicas"][0]["shipping"] == "running")
+        .await;
     c.query_drop("UPDATE acct SET bal = 8 WHERE id = 1").await.expect("a fail table commits once healed");
     settled().await;
     assert_eq!(replica().sql("SELECT bal FROM cgsync.acct WHERE id = 1").expect("replica"), "8");

@@ -31,6 +31,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{ConflictPolicy, Lag, Phase, ShipperStats, TableLag};
 use crate::config::DbUrl;
+use crate::sites::{HealthView, State};
 use crate::store::mysql::position::{Position, HOLE_SETTLE_SECS, MAX_HOLES};
 use crate::store::mysql::xa::{self, ReplicaConn};
 use crate::store::mysql::{apply, primary, ship};
@@ -66,6 +67,10 @@ pub struct MyShipperConfig {
     pub prune_interval: Duration,
     pub conflict_log: Option<PathBuf>,
     pub on_conflict: ConflictPolicy,
+    /// The replica's health: while it is partitioned no replica connection is held (the
+    /// shipper waits for it to leave that state instead of timing out operation after
+    /// operation). None: not watched.
+    pub health: Option<HealthView>,
 }
 
 impl MyShipperConfig {
@@ -89,6 +94,7 @@ impl MyShipperConfig {
             prune_interval: Duration::from_secs(60),
             conflict_log: None,
             on_conflict: Arc::new(|_| crate::policy::DEFAULT_ON_CONFLICT),
+            health: None,
         }
     }
 }
@@ -103,9 +109,12 @@ pub fn start(config: MyShipperConfig) -> MyShipper {
     MyShipper { running: super::ShipperHandle::spawn(stats, lag, wake, run.forever()), commands }
 }
 
-/// Why a leadership ended: something failed, retried after a backoff.
+/// Why a leadership ended.
 enum End {
+    /// Something failed: retried after a backoff.
     Failed(String),
+    /// The health loop saw the replica partitioned: wait for it to leave that state.
+    Partitioned,
 }
 
 struct Run {
@@ -121,7 +130,27 @@ impl Run {
     async fn forever(self) {
         let mut failures = 0u32;
         loop {
-            match self.lead().await {
+            if let Some(h) = self.partitioned() {
+                self.stats.set_phase(Phase::Partitioned);
+                while h.state() == State::Partitioned {
+                    let left = h
+                        .wait_for("the replica to leave the partitioned state", Duration::from_secs(60), |s| s.state != State::Partitioned);
+                    if let Err(crate::sites::SiteError::Stopped { .. }) = left.await {
+                        break;
+                    }
+                }
+                failures = 0;
+                tracing::info!(replica = %self.config.replica_name, "shipper: the replica is no longer partitioned; shipping again");
+            }
+            let end = tokio::select! {
+                end = self.lead() => end,
+                _ = until_partitioned(self.config.health.clone()) => End::Partitioned,
+            };
+            match end {
+                End::Partitioned => {
+                    self.stats.leader.store(false, Ordering::Relaxed);
+                    tracing::warn!(replica = %self.config.replica_name, "shipper: the replica is partitioned; its connection is dropped until it heals");
+                }
                 End::Failed(e) => {
                     self.stats.leader.store(false, Ordering::Relaxed);
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -129,10 +158,21 @@ impl Run {
                     *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     failures = failures.saturating_add(1);
                     let factor = 1u32 << failures.min(16).saturating_sub(1);
-                    tokio::time::sleep(self.config.backoff_min.saturating_mul(factor).min(self.config.backoff_max)).await;
+                    let backoff = self.config.backoff_min.saturating_mul(factor).min(self.config.backoff_max);
+                    // A partition seen meanwhile ends the wait: shipping resumes with the
+                    // health view, not the backoff.
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = until_partitioned(self.config.health.clone()) => {}
+                    }
                 }
             }
         }
+    }
+
+    /// The health view, when it says partitioned.
+    fn partitioned(&self) -> Option<&HealthView> {
+        self.config.health.as_ref().filter(|h| h.state() == State::Partitioned)
     }
 
     /// `fut` within the deadline, its error described by `what`.
@@ -201,6 +241,7 @@ impl Run {
                         tracing::warn!(replica = %cfg.replica_name, "shipper: {e}; holes are kept (grant PROCESS to capgate's account)");
                         (0.0, Some(0.0))
                     }
+                    Err(end @ End::Partitioned) => return Err(end),
                 };
                 let mut pruned = pos.clone();
                 if pruned.prune(now, oldest) > 0 {
@@ -285,6 +326,14 @@ impl Run {
         let rows = self.timed("measuring lag", ship::pending(primary, pos)).await?;
         self.lag.send_replace(lag_of(pos, rows));
         Ok(())
+    }
+}
+
+/// Resolves once `health` says partitioned (never without a health view).
+async fn until_partitioned(health: Option<HealthView>) {
+    match health {
+        Some(h) => h.until_partitioned().await,
+        None => std::future::pending().await,
     }
 }
 
