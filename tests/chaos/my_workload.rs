@@ -33,6 +33,8 @@ pub struct Op {
     /// Hot row incremented by one.
     pub hot: Option<i64>,
     pub rolled_back_on_purpose: bool,
+    /// Written on the primary directly, not through capgate.
+    pub direct: bool,
     /// The shape and the protocol, for the summary and counter-examples.
     pub shape: &'static str,
     pub prepared: bool,
@@ -66,11 +68,13 @@ async fn run(c: &mut mysql_async::Conn, prepared: bool, sql: &str, params: Vec<m
     }
 }
 
-/// One client through capgate at `url`: its own keys, the shared hot rows of `tables`, both
-/// protocols, every shape; reconnects after a broken connection.
+/// One client at `url` (capgate's, or the primary's when `direct`): its own keys, the shared
+/// hot rows of `tables`, both protocols, every shape; reconnects after a broken connection.
+#[allow(clippy::too_many_arguments)]
 pub async fn client(
     n: i64,
     url: String,
+    direct: bool,
     tables: Vec<&'static str>,
     seed: u64,
     stop: Arc<AtomicBool>,
@@ -101,6 +105,7 @@ pub async fn client(
             inserted: Vec::new(),
             hot: None,
             rolled_back_on_purpose: false,
+            direct,
             shape: "",
             prepared,
             outcome: Outcome::Unknown,
