@@ -1,7 +1,8 @@
 //! The chaos suite on MariaDB: a MariaDB primary and replica, the replica behind a link the
 //! nemesis controls, a capgate process (MySQL front end) in front of the primary with a `sync`
 //! table (XA), an `async`, a `bounded` and a `local` one. Four mysql_async clients write all
-//! of them (shapes in chaos/my_workload.rs) while a seeded nemesis cuts, slows and resets the
+//! of them through capgate (shapes in chaos/my_workload.rs), a fifth the non-sync ones on the
+//! primary directly, while a seeded nemesis cuts, slows and resets the
 //! link, stops and starts the replica server and SIGKILLs capgate; then everything is healed
 //! and drained and a checker holds the history the clients saw against the guarantees.
 //!
