@@ -28,7 +28,7 @@ pub(super) fn text(state: &AdminState) -> String {
             }
         }
         if let Some(view) = state.replicas.iter().find_map(|r| r.shipper.as_ref()) {
-            super::shipping::fleet_metrics(&view.fleet);
+            super::shipping::fleet_metrics(&*view.fleet);
         }
         for source in &state.replicas {
             let view = &source.health;

@@ -35,7 +35,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use crate::config::Config;
 use crate::policy::PolicyHandle;
-use crate::replicate::shipper::Fleet;
 use crate::replicate::Router;
 use crate::sites::HealthView;
 
@@ -67,9 +66,9 @@ pub struct ReplicaSource {
     pub shipper: Option<ShipperView>,
 }
 
-/// The process's row-image shippers and lag monitor.
+/// The process's row-image shippers and lag monitor (PostgreSQL's or MySQL's).
 pub struct ShipperView {
-    pub fleet: Arc<Fleet>,
+    pub fleet: Arc<dyn shipping::Shippers>,
 }
 
 impl ReplicaSource {
@@ -79,7 +78,7 @@ impl ReplicaSource {
 
     /// The replica's shipping figures (None: no replication in this process).
     pub fn shipping(&self) -> Option<shipping::ShippingDoc> {
-        self.shipper.as_ref().map(|v| shipping::shipping_doc(&v.fleet, self.health.replica()))
+        self.shipper.as_ref().map(|v| shipping::shipping_doc(&*v.fleet, self.health.replica()))
     }
 }
 
@@ -181,6 +180,10 @@ async fn check_replicas(state: Weak<AdminState>) {
     let Some(config) = state.upgrade().map(|s| s.config.clone()) else { return };
     let Some(policy) = state.upgrade().map(|s| s.policy.current()) else { return };
     for replica in &config.replicas {
+        // The checks are PostgreSQL's; a MySQL replica's problems show when it is used.
+        if replica.url.scheme == crate::config::Scheme::MySql {
+            continue;
+        }
         let problems = crate::backend::postgres_checks::replica_problems(replica, &policy).await;
         let Some(state) = state.upgrade() else { return };
         state.problems.lock().unwrap_or_else(|e| e.into_inner()).insert(replica.name.clone(), problems);

@@ -1,6 +1,7 @@
 //! `POST /tables/<table>/resume?replica=<name>`: an operator resumes a table the shipper to
 //! `<name>` halted (a `halt` conflict, a failed apply, a table the replica lacks). The table is
-//! copied again from the primary, then shipped (decision 0014). `capgate resume` calls this.
+//! copied again from the primary, then shipped (decision 0014); on MySQL its held changes are
+//! applied instead (`replicate::shipper::mysql::halt`). `capgate resume` calls this.
 //!
 //! Only the process that ships to the replica can act; another one answers 409 and says so.
 
@@ -16,6 +17,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use super::AdminState;
+use crate::replicate::shipper::mysql::MyFleet;
 use crate::replicate::shipper::{Fleet, Shipper};
 
 /// How long a resume request waits for the shipper to take it.
@@ -50,6 +52,16 @@ impl Resume for Fleet {
     }
 }
 
+/// MySQL: the table's held changes are applied (nothing is copied).
+impl Resume for MyFleet {
+    fn resume<'a>(&'a self, replica: &'a str, table: &'a str) -> BoxFuture<'a, Result<(), ResumeError>> {
+        Box::pin(async move {
+            let shipper = self.shippers.get(replica).ok_or_else(|| ResumeError::UnknownReplica(replica.to_owned()))?;
+            shipper.resume(table, RESUME_TIMEOUT).await.map_err(ResumeError::NotResumed)
+        })
+    }
+}
+
 /// The answer's body.
 #[derive(Debug, Serialize)]
 pub struct ResumeDoc {
@@ -81,7 +93,13 @@ pub(super) async fn post_resume(
     match resumer.resume(&replica, &table).await {
         Ok(()) => {
             tracing::info!(replica = %replica, table = %table, "admin: table resumed; it is copied again, then shipped");
-            answer(StatusCode::OK, &replica, true, format!("{table} is copied again to replica `{replica}`, then shipped"))
+            let message = match state.config.primary.url.scheme {
+                crate::config::Scheme::MySql => {
+                    format!("{table} resumed: its held changes were applied on replica `{replica}`, then shipped")
+                }
+                _ => format!("{table} is copied again to replica `{replica}`, then shipped"),
+            };
+            answer(StatusCode::OK, &replica, true, message)
         }
         Err(e @ ResumeError::UnknownReplica(_)) => answer(StatusCode::NOT_FOUND, &replica, false, e.to_string()),
         Err(e) => answer(StatusCode::CONFLICT, &replica, false, e.to_string()),

@@ -12,7 +12,43 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use crate::replicate::shipper::{Fleet, TableState};
+use crate::replicate::shipper::mysql::MyFleet;
+use crate::replicate::shipper::{Fleet, Lag, ShipperHandle, TableState};
+
+/// What the admin views read of a process's shippers, whichever database they ship to: the
+/// PostgreSQL [`Fleet`] and the MySQL [`MyFleet`] both answer it.
+pub trait Shippers: Send + Sync {
+    /// The shipper of `replica` running in this process, if any.
+    fn shipper(&self, replica: &str) -> Option<&ShipperHandle>;
+    /// `replica`'s lag as the lag monitor last read it (None: unknown).
+    fn lag(&self, replica: &str) -> Option<Lag>;
+    /// The replicas with a shipper in this process.
+    fn replicas(&self) -> Vec<&str>;
+}
+
+impl Shippers for Fleet {
+    fn shipper(&self, replica: &str) -> Option<&ShipperHandle> {
+        self.shippers.get(replica).map(|s| &**s)
+    }
+    fn lag(&self, replica: &str) -> Option<Lag> {
+        Fleet::lag(self, replica)
+    }
+    fn replicas(&self) -> Vec<&str> {
+        self.shippers.keys().map(String::as_str).collect()
+    }
+}
+
+impl Shippers for MyFleet {
+    fn shipper(&self, replica: &str) -> Option<&ShipperHandle> {
+        self.shippers.get(replica).map(|s| &**s)
+    }
+    fn lag(&self, replica: &str) -> Option<Lag> {
+        self.lag.lag(replica)
+    }
+    fn replicas(&self) -> Vec<&str> {
+        self.shippers.keys().map(String::as_str).collect()
+    }
+}
 
 /// One replica's shipper in `/status` (`replicas[].shipper`).
 #[derive(Debug, Clone, Serialize)]
@@ -57,9 +93,9 @@ pub struct ShippedTableDoc {
 }
 
 /// The document of `replica`'s shipper.
-pub fn shipping_doc(fleet: &Fleet, replica: &str) -> ShippingDoc {
+pub fn shipping_doc(fleet: &dyn Shippers, replica: &str) -> ShippingDoc {
     let lag = fleet.lag(replica);
-    let Some(shipper) = fleet.shippers.get(replica) else {
+    let Some(shipper) = fleet.shipper(replica) else {
         return ShippingDoc {
             phase: "not running",
             leader: false,
@@ -123,9 +159,10 @@ pub fn shipping_doc(fleet: &Fleet, replica: &str) -> ShippingDoc {
 /// `capgate_table_copied_rows{replica,table}` (while copying), and, while known,
 /// `capgate_shipper_lag_seconds` / `capgate_shipper_pending_changes` per replica and
 /// `capgate_replica_lag_seconds` / `capgate_replica_pending_rows` per replica and table.
-pub fn fleet_metrics(fleet: &Fleet) {
-    for (replica, shipper) in &fleet.shippers {
-        let r = replica.clone();
+pub fn fleet_metrics(fleet: &dyn Shippers) {
+    for replica in fleet.replicas() {
+        let Some(shipper) = fleet.shipper(replica) else { continue };
+        let r = replica.to_owned();
         let stats = shipper.stats();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         metrics::counter!("capgate_shipped_changes_total", "replica" => r.clone()).absolute(load(&stats.changes));
@@ -146,9 +183,11 @@ pub fn fleet_metrics(fleet: &Fleet) {
         if let Some(lag) = fleet.lag(replica) {
             metrics::gauge!("capgate_shipper_lag_seconds", "replica" => r.clone()).set(lag.seconds());
             metrics::gauge!("capgate_shipper_pending_changes", "replica" => r.clone()).set(lag.pending_rows as f64);
-            // Every known table, so a table that caught up goes back to 0.
+            // Every known table (with a state on the replica, pending changes, or changes
+            // shipped), so a table that caught up goes back to 0.
             let mut tables: BTreeSet<String> = stats.tables().into_keys().collect();
             tables.extend(lag.tables.keys().cloned());
+            tables.extend(stats.changes_by_table.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned());
             for table in tables {
                 let t = lag.table(&table);
                 metrics::gauge!("capgate_replica_lag_seconds", "replica" => r.clone(), "table" => table.clone()).set(t.seconds());

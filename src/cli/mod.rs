@@ -108,13 +108,16 @@ pub enum Command {
         #[arg(required_unless_present = "file")]
         sql: Vec<String>,
     },
-    /// Compare the primary with each replica, table by table; exits 0 when equal, 1 when a
-    /// table diverged, 2 on error.
+    /// Compare the primary with each replica, table by table (PostgreSQL or MySQL/MariaDB):
+    /// checksums per primary-key chunk, then the rows that differ; exits 0 when equal, 1 when
+    /// a table diverged, 2 on error. MySQL text compares as its collation does (`'a' = 'A'`
+    /// under a case-insensitive one), inside a consistent snapshot on each side.
     Verify {
         #[arg(long, short)]
         config: PathBuf,
-        /// Compare this table (`schema.table`, or `table` in `public`; quote parts with
-        /// double quotes). Repeatable. Default: every table the policy replicates.
+        /// Compare this table. PostgreSQL: `schema.table`, or `table` in `public`; quote parts
+        /// with double quotes. MySQL: `database.table`, parts in backticks or double quotes,
+        /// case kept. Repeatable. Default: every table the policy replicates.
         #[arg(long = "table", value_name = "TABLE")]
         tables: Vec<String>,
         /// Print the report as JSON.

@@ -24,13 +24,14 @@ pub(super) fn verify(config: &Path, tables: &[String], json: bool, chunk_rows: u
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
-    if config.primary.url.scheme == Scheme::MySql {
-        return fail("comparing MySQL/MariaDB tables is not built yet: capgate verify works on PostgreSQL sites".into());
-    }
     let (selection, note) = if !tables.is_empty() {
         let mut named = Vec::new();
         for t in tables {
-            match verify::parse_table_name(t) {
+            let parsed = match config.primary.url.scheme {
+                Scheme::MySql => verify::mysql::sql::parse_table_name(t),
+                _ => verify::parse_table_name(t),
+            };
+            match parsed {
                 Ok(name) => named.push(name),
                 Err(e) => return fail(format!("--table: {e}")),
             }

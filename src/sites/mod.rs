@@ -7,16 +7,18 @@
 //!   connection, each under a deadline, reconnecting with backoff;
 //! - [`view`]: the [`Status`] snapshot and the waits built on it;
 //! - [`pool`]: connections for replication, checked out under a deadline, dropped on error;
-//! - [`postgres`]: the only protocol-specific part (a [`Connector`] over tokio-postgres).
+//! - [`postgres`], [`mysql`]: the protocol-specific parts (a [`Connector`] each, over
+//!   tokio-postgres and mysql_async).
 //!
 //! Nothing here may wait on a replica without a deadline ([`with_deadline`]): a silent
 //! partition keeps a TCP connection hanging for minutes, and TCP's own timers are neither
-//! fast enough nor under capgate's control. Apart from [`postgres`], this module must stay
-//! free of PostgreSQL types so a MySQL replica plugs in with its own [`Connector`].
+//! fast enough nor under capgate's control. Apart from [`postgres`] and [`mysql`], this module
+//! stays free of database types: each kind of replica plugs in with its own [`Connector`].
 
 mod error;
 pub mod health;
 mod monitor;
+pub mod mysql;
 pub mod pool;
 pub mod postgres;
 pub mod view;

@@ -119,12 +119,16 @@ pub fn start(config: &Config) -> Result<Sites<PgConnector>, SiteError> {
 pub fn primary_health(config: &Config) -> Result<PgSite, SiteError> {
     let upstream = Upstream::new(config.primary.url.clone())
         .map_err(|e| SiteError::failed("primary", "loading the TLS settings of [primary].url", e))?;
-    let settings = Settings {
+    Ok(Site::start("primary", PgConnector::new(upstream), primary_settings(config)))
+}
+
+/// The fixed, relaxed health settings of a primary's heartbeat (any database).
+pub(super) fn primary_settings(config: &Config) -> Settings {
+    Settings {
         heartbeat_interval: std::time::Duration::from_secs(1),
         heartbeat_timeout: std::time::Duration::from_secs(3),
         connect_timeout: config.primary.url.connect_timeout,
         thresholds: super::Thresholds { partition_latency: std::time::Duration::from_secs(2), partition_after: 2, heal_after: 1 },
         pool_size: 1,
-    };
-    Ok(Site::start("primary", PgConnector::new(upstream), settings))
+    }
 }

@@ -125,6 +125,15 @@ impl HealthView {
         self.wait_for(&format!("state {state}"), timeout, |s| s.state == state).await
     }
 
+    /// Resolves once the replica is partitioned (never, if the health loop stops first): what
+    /// a shipper races its work against, to drop the replica's connection at once.
+    pub async fn until_partitioned(&self) {
+        let mut rx = self.rx.clone();
+        if rx.wait_for(|s| s.state == State::Partitioned).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Waits for the next state change (round-trip updates do not count).
     pub async fn changed(&self, timeout: Duration) -> Result<Status, SiteError> {
         let seen = self.rx.borrow().transitions;

@@ -11,8 +11,12 @@
 //! report which point it compared at.
 //!
 //! Verify only reads: its sessions are `default_transaction_read_only`.
+//!
+//! MySQL and MariaDB sites are compared by [`mysql`]: the same walk and report, MySQL's
+//! catalog, a collation-aware row fingerprint, and a consistent snapshot on each side.
 
 pub mod compare;
+pub mod mysql;
 mod report;
 pub mod sql;
 
@@ -34,6 +38,9 @@ pub enum VerifyError {
     Connect { what: String, source: UpstreamError },
     #[error("{what}: {source}")]
     Query { what: String, source: tokio_postgres::Error },
+    /// A MySQL / MariaDB server could not be reached or asked.
+    #[error("{what}: {source}")]
+    Mysql { what: String, source: mysql_async::Error },
     #[error("{0}")]
     Config(String),
     /// A table named with `--table` that the primary does not have.
@@ -101,6 +108,9 @@ pub async fn run_reporting(
     limits: Limits,
     progress: Option<ProgressFn>,
 ) -> Result<Report, VerifyError> {
+    if config.primary.url.scheme == crate::config::Scheme::MySql {
+        return mysql::run(config, selection, limits, progress).await;
+    }
     let upstream = Upstream::new(config.primary.url.clone()).map_err(|e| VerifyError::Config(format!("the primary: {e}")))?;
     let primary = session(&upstream, "the primary").await?;
     let tables = match selection {

@@ -44,6 +44,8 @@ use crate::policy::{Policy, PolicyHandle};
 use crate::protocol::mysql::PacketError;
 use crate::replicate::shipper::mysql::MyFleet;
 use crate::replicate::Router;
+use crate::sites::mysql::{MyConnector, MySite};
+use crate::sites::Sites;
 
 /// Why a session ended early.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +156,11 @@ pub struct Shared {
     pub sync: Option<sync::SyncShared>,
     /// The shippers of async and bounded tables and every replica's lag (None: no replicas,
     /// or a policy at start with no async or bounded rule).
-    pub shipping: Option<MyFleet>,
+    pub shipping: Option<Arc<MyFleet>>,
+    /// Every replica's health loop (sync admission and the admin views read it).
+    pub sites: Sites<MyConnector>,
+    /// The heartbeat on the primary, for the admin views.
+    pub primary_health: MySite,
 }
 
 /// A bound listener, ready to serve.
@@ -190,12 +196,19 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?),
             None => None,
         };
-        let sync = setup::start(&config, &router.policy().current()).await.map_err(StartError::Replication)?;
+        let mut sync = setup::start(&config, &router.policy().current()).await.map_err(StartError::Replication)?;
+        let sites = crate::sites::mysql::start(&config);
+        if let Some(sync) = &mut sync {
+            sync.watch(sites.iter().map(|s| s.health().clone()).collect());
+        }
+        let primary_health = crate::sites::mysql::primary_health(&config);
         let ships = router.policy().current().ships_async();
-        let shipping = (sync.is_some() && ships).then(|| MyFleet::start(&config, router.policy().clone()));
+        let health = |name: &str| sites.get(name).map(|s| s.health().clone());
+        let shipping = (sync.is_some() && ships).then(|| Arc::new(MyFleet::start(&config, router.policy().clone(), health)));
         let sessions = Arc::new(Semaphore::new(config.max_connections));
         let counters = Counters::default();
-        let shared = Arc::new(Shared { config, sessions, router, primary, tls, threads: Arc::default(), counters, sync, shipping });
+        let threads = Arc::default();
+        let shared = Arc::new(Shared { config, sessions, router, primary, tls, threads, counters, sync, shipping, sites, primary_health });
         Ok(Server { listener, admin, shared })
     }
 
@@ -217,21 +230,12 @@ impl Server {
     /// (a second signal) returns at once.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>, force: impl Future<Output = ()>) {
         let config = self.shared.config.clone();
-        // /status and /metrics: the policy, the router's counters and the client sessions; no
-        // replicas yet (no health loop watches MySQL replicas).
+        // /status, /metrics, the dashboard: the policy, the router's counters, the client
+        // sessions, the primary's heartbeat, each replica's health and shipping.
         let admin = self.admin.take().map(|listener| {
-            let sessions = self.shared.sessions.clone();
-            let max = config.max_connections;
-            // No heartbeat on a MySQL primary yet: /status says its state is unknown.
-            let state = crate::admin::AdminState::new(
-                config.clone(),
-                self.shared.router.policy().clone(),
-                self.shared.router.clone(),
-                Vec::new(),
-                None,
-                Box::new(move || max - sessions.available_permits()),
-            );
-            tokio::spawn(crate::admin::serve(listener, Arc::new(state)))
+            let state = Arc::new(admin_state(&self.shared));
+            let views = tokio::spawn(crate::admin::maintain(Arc::downgrade(&state)));
+            (tokio::spawn(crate::admin::serve(listener, state)), views)
         });
         let recovery = self.shared.sync.is_some().then(|| {
             let shared = self.shared.clone();
@@ -259,11 +263,39 @@ impl Server {
         crate::frontend::listener::drain(&config, &sessions, stop_tx, force).await;
         drop(workers);
         watcher.abort();
-        if let Some(a) = admin {
+        if let Some((a, views)) = admin {
             a.abort();
+            views.abort();
         }
         if let Some(r) = recovery {
             r.abort();
         }
+    }
+}
+
+/// The admin views of a listener: its replicas' health and shippers, its primary's
+/// heartbeat, its sessions.
+fn admin_state(shared: &Arc<Shared>) -> crate::admin::AdminState {
+    let replicas = shared
+        .sites
+        .iter()
+        .map(|site| {
+            let shipper = shared.shipping.clone().map(|fleet| crate::admin::ShipperView { fleet });
+            crate::admin::ReplicaSource::new(site.health().clone(), shipper)
+        })
+        .collect();
+    let sessions = shared.sessions.clone();
+    let max = shared.config.max_connections;
+    let state = crate::admin::AdminState::new(
+        shared.config.clone(),
+        shared.router.policy().clone(),
+        shared.router.clone(),
+        replicas,
+        Some(shared.primary_health.health().clone()),
+        Box::new(move || max - sessions.available_permits()),
+    );
+    match &shared.shipping {
+        Some(fleet) => state.with_resume(fleet.clone()),
+        None => state,
     }
 }

@@ -20,6 +20,7 @@ use crate::policy::Policy;
 use crate::replicate::coordinator::strictest_on_partition;
 use crate::replicate::coordinator::{Action, Event, PrepareFailure, ReplicaView, SyncCommit};
 use crate::replicate::Refusal;
+use crate::sites::HealthView;
 use crate::store::mysql::apply::{self, ApplyError, Change, Tables};
 use crate::store::mysql::capture;
 use crate::store::mysql::xa::{PreparedBranch, ReplicaConn};
@@ -40,6 +41,8 @@ pub trait PrimaryTx {
 pub struct ReplicaSlot {
     pub name: String,
     url: DbUrl,
+    /// The replica's health loop (None: not watched, every commit tries the replica).
+    health: Option<HealthView>,
     state: tokio::sync::Mutex<Slot>,
 }
 
@@ -54,7 +57,26 @@ struct Slot {
 
 impl ReplicaSlot {
     pub fn new(name: String, url: DbUrl) -> ReplicaSlot {
-        ReplicaSlot { name, url, state: tokio::sync::Mutex::new(Slot::default()) }
+        ReplicaSlot { name, url, health: None, state: tokio::sync::Mutex::new(Slot::default()) }
+    }
+
+    /// The same, admitted by the replica's health: a partitioned or healing replica is not
+    /// offered a commit; the tables' `on_partition` decides (refuse at once, or wait).
+    pub fn watched(name: String, url: DbUrl, health: HealthView) -> ReplicaSlot {
+        ReplicaSlot { health: Some(health), ..ReplicaSlot::new(name, url) }
+    }
+
+    /// Whether a commit may go to the replica now, and its state for messages.
+    fn view(&self) -> ReplicaView {
+        let Some(health) = &self.health else {
+            return ReplicaView { name: self.name.clone(), available: true, state: "not watched".into() };
+        };
+        let s = health.status();
+        let state = match &s.last_error {
+            Some(e) => format!("{} ({e})", s.state),
+            None => s.state.to_string(),
+        };
+        ReplicaView { name: self.name.clone(), available: s.state.is_available(), state }
     }
 }
 
@@ -62,6 +84,8 @@ impl ReplicaSlot {
 pub struct SyncShared {
     /// Name and URL, per replica.
     replicas: Vec<(String, DbUrl)>,
+    /// Each replica's health, in the same order (empty: not watched).
+    health: Vec<HealthView>,
     /// `capgate:<site>:<instance>:`, unique to this process.
     prefix: String,
     next: std::sync::atomic::AtomicU64,
@@ -77,6 +101,7 @@ impl SyncShared {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         SyncShared {
             replicas: replicas.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
+            health: Vec::new(),
             prefix: format!("{}{}-{started:x}:", crate::replicate::recovery::site_prefix(site), std::process::id()),
             next: std::sync::atomic::AtomicU64::new(1),
             site: site.to_owned(),
@@ -89,9 +114,23 @@ impl SyncShared {
         format!("{}{}", self.prefix, self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// Admit commits by these health views (one per replica, in configuration order).
+    pub fn watch(&mut self, health: Vec<HealthView>) {
+        self.health = health;
+    }
+
     /// One session's replica slots.
     pub fn slots(&self) -> Vec<Arc<ReplicaSlot>> {
-        self.replicas.iter().map(|(name, url)| Arc::new(ReplicaSlot::new(name.clone(), url.clone()))).collect()
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, (name, url))| {
+                Arc::new(match self.health.get(i) {
+                    Some(h) => ReplicaSlot::watched(name.clone(), url.clone(), h.clone()),
+                    None => ReplicaSlot::new(name.clone(), url.clone()),
+                })
+            })
+            .collect()
     }
 
     /// Per replica: name and URL.
@@ -151,9 +190,16 @@ pub async fn commit<P: PrimaryTx>(
                 outcome = Some(if primary.commit().await { Outcome::Committed } else { Outcome::Failed });
                 None
             }
-            // No health loop watches MySQL replicas yet: every replica is offered, and one
-            // that cannot be reached fails its prepare (a partition as far as the client goes).
-            Action::WaitAvailable { .. } => Some(Event::Availability(views(replicas))),
+            // `on_partition = "block"`: wait for every replica the health loop does not
+            // offer, all within the one timeout.
+            Action::WaitAvailable { timeout } => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                for health in replicas.iter().filter_map(|r| r.health.as_ref()) {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let _ = health.wait_available(left).await;
+                }
+                Some(Event::Availability(views(replicas)))
+            }
             Action::Prepare { replicas: which, gid, .. } => {
                 let runs = which.iter().filter_map(|&i| replicas.get(i).map(|slot| (i, slot.clone()))).map(|(i, slot)| {
                     let (gid, changes) = (gid.clone(), &changes);
@@ -194,7 +240,7 @@ pub async fn commit<P: PrimaryTx>(
 }
 
 fn views(replicas: &[Arc<ReplicaSlot>]) -> Vec<ReplicaView> {
-    replicas.iter().map(|r| ReplicaView { name: r.name.clone(), available: true, state: "connected".into() }).collect()
+    replicas.iter().map(|r| r.view()).collect()
 }
 
 /// Apply `changes` and prepare `gid` on one replica within `timeout`.

@@ -91,16 +91,19 @@ pub async fn prepare_primary(conn: &mut mysql_async::Conn) -> Result<(), ShipErr
 
 /// Up to `rows` changes after `from`, by one consistent read (committed changes only).
 pub async fn read_batch(conn: &mut mysql_async::Conn, from: &Position, rows: usize) -> Result<Batch, ShipError> {
-    type Row = (u64, String, String, Option<String>, Option<String>, f64);
-    let sql = format!(
-        "SELECT seq, tbl, op, old_image, new_image, {} FROM capgate.changes WHERE {} ORDER BY seq LIMIT {rows}",
-        utc_epoch("at"),
-        from.pending_sql()
-    );
-    let got: Vec<Row> = conn.query(sql).await.map_err(server("reading changes"))?;
+    let changes = read_where(conn, &format!("{} ORDER BY seq LIMIT {rows}", from.pending_sql())).await?;
     let seen: Option<f64> = conn.query_first(format!("SELECT {NOW}")).await.map_err(server("reading the primary's clock"))?;
-    let changes = got.into_iter().map(|(seq, tbl, op, old, new, at)| Shipped { change: Change { seq, tbl, op, old, new }, at }).collect();
     Ok(Batch { changes, seen: seen.unwrap_or(0.0) })
+}
+
+/// The changes `condition` (a WHERE clause, possibly with ORDER BY and LIMIT; `seq` order
+/// when it has none) selects.
+pub async fn read_where(conn: &mut mysql_async::Conn, condition: &str) -> Result<Vec<Shipped>, ShipError> {
+    type Row = (u64, String, String, Option<String>, Option<String>, f64);
+    let order = if condition.contains("ORDER BY") { "" } else { " ORDER BY seq" };
+    let sql = format!("SELECT seq, tbl, op, old_image, new_image, {} FROM capgate.changes WHERE {condition}{order}", utc_epoch("at"));
+    let got: Vec<Row> = conn.query(sql).await.map_err(server("reading changes"))?;
+    Ok(got.into_iter().map(|(seq, tbl, op, old, new, at)| Shipped { change: Change { seq, tbl, op, old, new }, at }).collect())
 }
 
 /// The primary's clock and the start of its oldest open transaction other than this
@@ -155,7 +158,8 @@ pub async fn pending(conn: &mut mysql_async::Conn, pos: &Position) -> Result<Vec
 }
 
 /// Deletes changes every replica in `replicas` has applied and that are older than
-/// `retention_secs`, a chunk at a time. Returns how many were deleted.
+/// `retention_secs`, a chunk at a time, keeping those held for a halted table
+/// ([`super::held`]). Returns how many were deleted.
 pub async fn prune(conn: &mut mysql_async::Conn, replicas: &[String], retention_secs: u64) -> Result<u64, ShipError> {
     let all = shipped(conn).await?;
     let mut floor: Option<u64> = None;
@@ -164,6 +168,7 @@ pub async fn prune(conn: &mut mysql_async::Conn, replicas: &[String], retention_
         floor = Some(floor.map_or(pos.floor(), |f| f.min(pos.floor())));
     }
     let Some(floor) = floor else { return Ok(0) };
+    let floor = super::held::floor(conn).await?.map_or(floor, |held| held.min(floor));
     let sql = format!(
         "DELETE FROM capgate.changes WHERE seq < {floor} AND at < UTC_TIMESTAMP(6) - INTERVAL {retention_secs} SECOND ORDER BY seq LIMIT 10000"
     );

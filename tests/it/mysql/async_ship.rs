@@ -2,8 +2,9 @@
 //! replica of their own (the shipper ships every change captured on its primary): writes
 //! through capgate reach the replica exactly once, also across a cut link and a rolled-back
 //! transaction; a bounded table is refused once its budget is spent and accepted again after
-//! catch-up; a conflict is logged with both images and skipped; sysbench with every table
-//! async leaves both sites with equal checksums.
+//! catch-up; a conflict is logged with both images and skipped; a `halt` conflict stops that
+//! table alone (shown halted in `/status`) until `capgate resume` applies its held changes;
+//! sysbench with every table async leaves both sites with equal checksums.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
@@ -36,7 +37,7 @@ fn proxy(name: &str, policy: &str, link: &Link) -> (MyProxy, std::path::PathBuf)
     let conflicts = dir.join("conflicts.jsonl");
     let text = format!(
         "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\nconflict_log = \"{}\"\n\
-         [primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
+         admin = \"127.0.0.1:0\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
          [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@{}/?sslmode=disable\"\n",
         conflicts.display(),
         servers().0.port(),
@@ -107,6 +108,16 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
     let got = converged(rows).await;
     assert_eq!(got.lines().count(), 90, "{got}");
     assert!(!got.contains("rolled back") && !got.contains("-1"), "{got}");
+
+    // Bounded admission needs the replica's lag measured (the lag monitor reads it from the
+    // primary every 250 ms, once the shipper has recorded a position): until then a bounded
+    // write is refused as over budget.
+    let fleet = p.shared.shipping.clone().expect("shipping");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet.lag.lag("east").is_none() {
+        assert!(Instant::now() < deadline, "the replica's lag was never measured");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The replica is cut off: async writes are accepted and wait; a bounded table is refused
     // once its oldest pending change is older than max_lag, naming table, mode and remedy.
@@ -181,22 +192,70 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
     c.query_drop("UPDATE ow SET body = 'primary' WHERE id IN (1, 2)").await.expect("update");
     assert_eq!(converged("SELECT id, body FROM shipdb.ow ORDER BY id").await, "1\tprimary\n2\tprimary");
 
-    // on_conflict = "halt" (the default): shipping to the replica stops with the conflict as
-    // its error, and nothing after it is applied.
+    // on_conflict = "halt" (the default): that table stops alone, its changes held; the
+    // other tables go on; /status shows it halted with the command that resumes it.
     c.query_drop("INSERT INTO strict VALUES (1, 'a')").await.expect("strict");
     converged("SELECT id, body FROM shipdb.strict").await;
     servers().1.sql("DELETE FROM shipdb.strict").expect("edit");
     c.query_drop("UPDATE strict SET body = 'b'").await.expect("update");
+    c.query_drop("INSERT INTO strict VALUES (2, 'held')").await.expect("insert while halted");
     c.query_drop("INSERT INTO acct VALUES (7000, 0, 'after the halt')").await.expect("insert");
+    converged("SELECT id, note FROM shipdb.acct WHERE id = 7000").await;
+    let strict = halted_in_status(p.admin.expect("admin listener"), "shipdb.strict").await;
+    assert!(strict["error"].as_str().is_some_and(|e| e.contains("update_missing") && e.contains("on_conflict = halt")), "{strict}");
+    assert_eq!(strict["resume"], "capgate resume --replica east --table shipdb.strict", "{strict}");
+    c.query_drop("INSERT INTO acct VALUES (7001, 0, 'still shipping')").await.expect("insert");
+    converged("SELECT id, note FROM shipdb.acct WHERE id = 7001").await;
+    assert_eq!(servers().1.sql("SELECT COUNT(*) FROM shipdb.strict").expect("count"), "0", "a held change was applied");
+
+    // The halt is the replica's record: a restarted capgate still holds the table.
+    drop((c, p, fleet, stats));
+    let (p, _) = proxy("mysql-async-ship-restarted", POLICY, &link);
+    let mut c = connect(&p.url("capgate", None, "shipdb")).await;
+    let admin = p.admin.expect("admin listener");
+    halted_in_status(admin, "shipdb.strict").await;
+    c.query_drop("INSERT INTO strict VALUES (3, 'held too')").await.expect("insert while halted");
+    c.query_drop("INSERT INTO acct VALUES (7002, 0, 'after the restart')").await.expect("insert");
+    converged("SELECT id, note FROM shipdb.acct WHERE id = 7002").await;
+    assert_eq!(servers().1.sql("SELECT COUNT(*) FROM shipdb.strict").expect("count"), "0", "a held change was applied");
+
+    // `capgate resume` before the row is repaired: refused, the table stays halted. Repaired,
+    // it applies the held changes in order and the table ships again.
+    let resume = move || {
+        let file = std::env::temp_dir().join(format!("capgate-resume-{}.toml", std::process::id()));
+        let text =
+            format!("site = \"west\"\nadmin = \"{admin}\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n", servers().0.port());
+        std::fs::write(&file, text).expect("config");
+        let out = Command::new(env!("CARGO_BIN_EXE_capgate"))
+            .args(["resume", "--replica", "east", "--table", "shipdb.strict", "--config"])
+            .arg(&file)
+            .output()
+            .expect("run capgate resume");
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (ok, text) = tokio::task::spawn_blocking(resume).await.expect("join");
+    assert!(!ok && text.contains("stays halted"), "{text}");
+    servers().1.sql("INSERT INTO shipdb.strict VALUES (1, 'a')").expect("repair");
+    let (ok, text) = tokio::task::spawn_blocking(resume).await.expect("join");
+    assert!(ok && text.contains("shipdb.strict resumed"), "{text}");
+    assert_eq!(servers().1.sql("SELECT id, body FROM shipdb.strict ORDER BY id").expect("rows"), "1\tb\n2\theld\n3\theld too");
+    c.query_drop("UPDATE strict SET body = 'after' WHERE id = 2").await.expect("update");
+    assert_eq!(converged("SELECT id, body FROM shipdb.strict ORDER BY id").await, "1\tb\n2\tafter\n3\theld too");
+}
+
+/// Polls `/status` (bounded) until `table` shows halted on the first replica; returns it.
+async fn halted_in_status(admin: std::net::SocketAddr, table: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !stats.last_error().is_some_and(|e| e.contains("update_missing on shipdb.strict (on_conflict = halt)")) {
-        assert!(Instant::now() < deadline, "the shipper never halted: {:?}", stats.last_error());
+    loop {
+        let (_, body) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/status", None)).await.expect("join");
+        let doc: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
+        let tables = doc["replicas"][0]["tables"].as_array().cloned().unwrap_or_default();
+        if let Some(t) = tables.into_iter().find(|t| t["table"] == table && t["state"] == "halted") {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{table} never shown halted: {doc:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(servers().1.sql("SELECT COUNT(*) FROM shipdb.acct WHERE id = 7000").expect("count"), "0");
-    // Repaired on the replica, the change applies when shipping starts again (the next test's
-    // capgate, same origin).
-    servers().1.sql("INSERT INTO shipdb.strict VALUES (1, 'a')").expect("repair");
 }
 
 #[tokio::test(flavor = "multi_thread")]

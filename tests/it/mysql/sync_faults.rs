@@ -1,10 +1,14 @@
 //! A MySQL replica cut off while sync commits run (decision 0016): a silent blackhole makes the
 //! COMMIT fail within the prepare deadline with 1180 / 55000 and nothing commits; a reset of
 //! the link (the connection capgate kept is dead) and refused connections are answered the
-//! same way or, once the link is back, with a new connection; after restore commits go on.
+//! same way or, once the link is back, with a new connection; after restore, once the health
+//! loop sees the replica healthy again, commits go on.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use std::time::Duration;
+
+use capgate::sites::State;
 use capgate::testbed::link::Link;
 use mysql_async::prelude::*;
 
@@ -14,6 +18,12 @@ use super::sync::{rows, settled, setup};
 
 fn refused(err: &mysql_async::Error) -> bool {
     matches!(err, mysql_async::Error::Server(e) if e.code == 1180 && e.state == "55000" && e.message.contains("replica \"east\""))
+}
+
+/// Waits (bounded) until capgate's health loop sees replica `east` healthy.
+async fn healthy(p: &MyProxy) {
+    let east = p.shared.sites.get("east").expect("replica east is watched");
+    east.health().wait_state(State::Healthy, Duration::from_secs(30)).await.expect("east healthy again");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,6 +51,8 @@ async fn a_cut_replica_refuses_the_commit_and_nothing_commits() {
     assert!(refused(&err) && err.to_string().contains("could not prepare it"), "{err}");
     link.restore();
     assert_eq!(rows(primary()), "1\t1\ta\n2\t200\tb");
+    // The health loop may have seen the cut: commits go to the replica once it is healthy.
+    healthy(&p).await;
 
     // Reset: the connection capgate kept is dead; a new one is made and the commit goes on.
     c.query_drop("UPDATE acct SET bal = 3 WHERE id = 1").await.expect("after restore");
@@ -55,6 +67,7 @@ async fn a_cut_replica_refuses_the_commit_and_nothing_commits() {
     let err = c.query_drop("UPDATE acct SET bal = 5 WHERE id = 1").await.expect_err("refused");
     assert!(refused(&err), "{err}");
     link.restore();
+    healthy(&p).await;
     c.query_drop("UPDATE acct SET bal = 6 WHERE id = 2").await.expect("after restore");
     settled().await;
     assert_eq!(rows(primary()), "1\t4\ta\n2\t6\tb");

@@ -12,7 +12,7 @@ use crate::config::{Config, DbUrl};
 use crate::policy::PolicyHandle;
 use crate::replicate::shipper::fleet::{on_conflict, LAG_REFRESH};
 use crate::replicate::shipper::Lag;
-use crate::sites::AbortOnDrop;
+use crate::sites::{AbortOnDrop, HealthView};
 use crate::store::mysql::{ship, xa};
 
 /// The shippers and the lag monitor of one process.
@@ -24,9 +24,9 @@ pub struct MyFleet {
 }
 
 impl MyFleet {
-    /// Starts one shipper per replica of `config` and the lag monitor; nothing here waits on
-    /// a database.
-    pub fn start(config: &Config, policy: Arc<PolicyHandle>) -> MyFleet {
+    /// Starts one shipper per replica of `config` (`health(name)` gives it the replica's
+    /// health view) and the lag monitor; nothing here waits on a database.
+    pub fn start(config: &Config, policy: Arc<PolicyHandle>, health: impl Fn(&str) -> Option<HealthView>) -> MyFleet {
         let replicas: Vec<String> = config.replicas.iter().map(|r| r.name.clone()).collect();
         let mut shippers = HashMap::new();
         for r in &config.replicas {
@@ -35,6 +35,7 @@ impl MyFleet {
             c.conflict_log = config.conflict_log.clone();
             let policy = policy.clone();
             c.on_conflict = Arc::new(move |table: &str| on_conflict(&policy, table));
+            c.health = health(&r.name);
             shippers.insert(r.name.clone(), super::start(c));
         }
         let lag = MyLagMonitor::start(config.primary.url.clone(), replicas.clone(), LAG_REFRESH, Duration::from_secs(10));

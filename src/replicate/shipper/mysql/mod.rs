@@ -10,7 +10,8 @@
 //! - **One shipper per pair** across capgate processes: `GET_LOCK` on the primary, held by
 //!   the connection the shipper reads with;
 //! - **Conflicts** are recorded with both images and the replica's row and resolved by the
-//!   table's `on_conflict`; `halt` stops this shipper until capgate restarts;
+//!   table's `on_conflict`; `halt` stops that table alone, its changes held until an operator
+//!   resumes it ([`halt`]);
 //! - **Lag** ([`fleet`]) is computed from the primary alone, by every process.
 //!
 //! Shared with the PostgreSQL shipper: [`ShipperStats`], [`Phase`], [`Lag`], the conflict
@@ -18,6 +19,7 @@
 
 mod batch;
 pub mod fleet;
+pub mod halt;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -29,11 +31,13 @@ use tokio::sync::{watch, Notify};
 
 use super::{ConflictPolicy, Lag, Phase, ShipperStats, TableLag};
 use crate::config::DbUrl;
+use crate::sites::{HealthView, State};
 use crate::store::mysql::position::{Position, HOLE_SETTLE_SECS, MAX_HOLES};
 use crate::store::mysql::xa::{self, ReplicaConn};
 use crate::store::mysql::{apply, primary, ship};
 
 pub use fleet::{MyFleet, MyLagMonitor};
+pub use halt::MyShipper;
 
 /// Everything one MySQL shipper needs.
 #[derive(Clone)]
@@ -63,6 +67,10 @@ pub struct MyShipperConfig {
     pub prune_interval: Duration,
     pub conflict_log: Option<PathBuf>,
     pub on_conflict: ConflictPolicy,
+    /// The replica's health: while it is partitioned no replica connection is held (the
+    /// shipper waits for it to leave that state instead of timing out operation after
+    /// operation). None: not watched.
+    pub health: Option<HealthView>,
 }
 
 impl MyShipperConfig {
@@ -86,28 +94,27 @@ impl MyShipperConfig {
             prune_interval: Duration::from_secs(60),
             conflict_log: None,
             on_conflict: Arc::new(|_| crate::policy::DEFAULT_ON_CONFLICT),
+            health: None,
         }
     }
 }
-
-/// A running MySQL shipper; stops (wherever it is) when dropped.
-pub type MyShipper = super::ShipperHandle;
 
 /// Starts a MySQL shipper task on the current runtime.
 pub fn start(config: MyShipperConfig) -> MyShipper {
     let stats = Arc::new(ShipperStats::default());
     let (lag_tx, lag) = watch::channel(Lag::default());
     let wake = Arc::new(Notify::new());
-    let run = Run { config, stats: stats.clone(), lag: lag_tx, wake: wake.clone() };
-    super::ShipperHandle::spawn(stats, lag, wake, run.forever())
+    let (commands, rx) = tokio::sync::mpsc::channel(16);
+    let run = Run { config, stats: stats.clone(), lag: lag_tx, wake: wake.clone(), commands: tokio::sync::Mutex::new(rx) };
+    MyShipper { running: super::ShipperHandle::spawn(stats, lag, wake, run.forever()), commands }
 }
 
 /// Why a leadership ended.
 enum End {
-    /// Something failed: retry after a backoff.
+    /// Something failed: retried after a backoff.
     Failed(String),
-    /// A conflict on a `halt` table: ship nothing more until capgate restarts.
-    Halted(String),
+    /// The health loop saw the replica partitioned: wait for it to leave that state.
+    Partitioned,
 }
 
 struct Run {
@@ -115,13 +122,35 @@ struct Run {
     stats: Arc<ShipperStats>,
     lag: watch::Sender<Lag>,
     wake: Arc<Notify>,
+    /// Operators' resume requests, taken between batches.
+    commands: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<halt::ResumeRequest>>,
 }
 
 impl Run {
     async fn forever(self) {
         let mut failures = 0u32;
         loop {
-            match self.lead().await {
+            if let Some(h) = self.partitioned() {
+                self.stats.set_phase(Phase::Partitioned);
+                while h.state() == State::Partitioned {
+                    let left = h
+                        .wait_for("the replica to leave the partitioned state", Duration::from_secs(60), |s| s.state != State::Partitioned);
+                    if let Err(crate::sites::SiteError::Stopped { .. }) = left.await {
+                        break;
+                    }
+                }
+                failures = 0;
+                tracing::info!(replica = %self.config.replica_name, "shipper: the replica is no longer partitioned; shipping again");
+            }
+            let end = tokio::select! {
+                end = self.lead() => end,
+                _ = until_partitioned(self.config.health.clone()) => End::Partitioned,
+            };
+            match end {
+                End::Partitioned => {
+                    self.stats.leader.store(false, Ordering::Relaxed);
+                    tracing::warn!(replica = %self.config.replica_name, "shipper: the replica is partitioned; its connection is dropped until it heals");
+                }
                 End::Failed(e) => {
                     self.stats.leader.store(false, Ordering::Relaxed);
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -129,16 +158,21 @@ impl Run {
                     *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     failures = failures.saturating_add(1);
                     let factor = 1u32 << failures.min(16).saturating_sub(1);
-                    tokio::time::sleep(self.config.backoff_min.saturating_mul(factor).min(self.config.backoff_max)).await;
-                }
-                End::Halted(e) => {
-                    self.stats.leader.store(false, Ordering::Relaxed);
-                    tracing::error!(replica = %self.config.replica_name, "shipper: {e}; shipping to this replica stops until capgate restarts");
-                    *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    return;
+                    let backoff = self.config.backoff_min.saturating_mul(factor).min(self.config.backoff_max);
+                    // A partition seen meanwhile ends the wait: shipping resumes with the
+                    // health view, not the backoff.
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = until_partitioned(self.config.health.clone()) => {}
+                    }
                 }
             }
         }
+    }
+
+    /// The health view, when it says partitioned.
+    fn partitioned(&self) -> Option<&HealthView> {
+        self.config.health.as_ref().filter(|h| h.state() == State::Partitioned)
     }
 
     /// `fut` within the deadline, its error described by `what`.
@@ -187,7 +221,8 @@ impl Run {
                 pos = start;
             }
         }
-        let tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
+        let mut tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
+        let mut halted = self.load_halted(&mut primary, &mut replica).await?;
         self.note(&mut primary, &pos).await?;
         self.stats.set_phase(Phase::Running);
         tracing::info!(replica = %cfg.replica_name, origin = %cfg.origin, high = pos.high, holes = pos.holes.len(), "shipper: holds the lock, shipping");
@@ -196,15 +231,17 @@ impl Run {
         // The next batch, read on the primary while the replica applied the previous one.
         let mut prefetched: Option<ship::Batch> = None;
         loop {
+            self.take_requests(&mut primary, &mut replica, &mut halted, &mut tables, &pos).await?;
             if !pos.holes.is_empty() && last_holes.elapsed().as_secs_f64() >= HOLE_SETTLE_SECS {
                 last_holes = Instant::now();
                 // Without the PROCESS privilege holes stay (shipping goes on; they are looked up).
                 let (now, oldest) = match self.timed("listing open transactions", ship::open_transactions(&mut primary)).await {
                     Ok(t) => t,
-                    Err(End::Failed(e) | End::Halted(e)) => {
+                    Err(End::Failed(e)) => {
                         tracing::warn!(replica = %cfg.replica_name, "shipper: {e}; holes are kept (grant PROCESS to capgate's account)");
                         (0.0, Some(0.0))
                     }
+                    Err(end @ End::Partitioned) => return Err(end),
                 };
                 let mut pruned = pos.clone();
                 if pruned.prune(now, oldest) > 0 {
@@ -234,7 +271,9 @@ impl Run {
             if next.holes.len() > MAX_HOLES && pos.holes.len() <= MAX_HOLES {
                 tracing::warn!(replica = %cfg.replica_name, holes = next.holes.len(), "shipper: many numbers of capgate.changes are missing (auto_increment_increment above 1 on the primary?); each is looked up until it is dropped");
             }
-            let applied = batch::apply(replica.conn(), &cfg.origin, &read.changes, &tables, &pos, &next, &cfg.on_conflict);
+            // A halted table's changes are held on the primary: the position passes them.
+            let kept: Vec<ship::Shipped> = read.changes.iter().filter(|s| !halted.contains_key(&s.change.tbl)).cloned().collect();
+            let applied = batch::apply(replica.conn(), &cfg.origin, &kept, &tables, &pos, &next, &cfg.on_conflict);
             let prefetch = ship::read_batch(&mut primary, &next, cfg.batch_rows);
             let (outcome, fetched) = match tokio::time::timeout(cfg.deadline, async { tokio::join!(applied, prefetch) }).await {
                 Ok(both) => both,
@@ -245,17 +284,21 @@ impl Run {
                 // The next session reads the replica's tables again (one may have been created).
                 Err(e) => return Err(End::Failed(e.to_string())),
             };
-            prefetched = Some(fetched.map_err(|e| End::Failed(format!("reading changes: {e}")))?);
+            let fetched = fetched.map_err(|e| End::Failed(format!("reading changes: {e}")))?;
             match outcome {
                 batch::Outcome::Applied(conflicts) => {
                     for c in &conflicts {
                         super::conflicts::record(&self.stats, &cfg.replica_name, cfg.conflict_log.as_deref(), c);
                     }
+                    prefetched = Some(fetched);
                 }
                 batch::Outcome::Halted(c) => {
+                    // Nothing of the batch committed: halt that table, then apply the batch
+                    // again without it.
                     super::conflicts::record(&self.stats, &cfg.replica_name, cfg.conflict_log.as_deref(), &c);
-                    let detail = c.detail.clone().unwrap_or_default();
-                    return Err(End::Halted(format!("conflict {} on {} (on_conflict = halt): {detail}", c.kind, c.tbl)));
+                    self.halt(&mut primary, &mut replica, &mut halted, &kept, &c).await?;
+                    prefetched = Some(read);
+                    continue;
                 }
             }
             self.stats.ranges.fetch_add(1, Ordering::Relaxed);
@@ -283,6 +326,14 @@ impl Run {
         let rows = self.timed("measuring lag", ship::pending(primary, pos)).await?;
         self.lag.send_replace(lag_of(pos, rows));
         Ok(())
+    }
+}
+
+/// Resolves once `health` says partitioned (never without a health view).
+async fn until_partitioned(health: Option<HealthView>) {
+    match health {
+        Some(h) => h.until_partitioned().await,
+        None => std::future::pending().await,
     }
 }
 
