@@ -101,7 +101,13 @@ const SETTINGS_TABLE: &str = "(id int PRIMARY KEY, who text, d date, t time, ttz
 
 /// `(settings, who)`: client sessions as applications configure them. The only locales on
 /// this machine are C, C.utf8 and POSIX, so lc_monetary only moves between those.
-const SESSIONS: [(&str, &str); 3] = [
+const SESSIONS: [(&str, &str); 4] = [
+    // Prints every value as the replica reads it, in its own time zone and bytea format:
+    // the trigger takes the session's text as it is (decision 0027).
+    (
+        "SET TimeZone = 'America/St_Johns'; SET DateStyle = 'ISO, DMY'; SET bytea_output = 'escape'; SET extra_float_digits = 2",
+        "iso-stjohns-escape",
+    ),
     (
         "SET DateStyle = 'German, DMY'; SET TimeZone = 'Asia/Kolkata'; SET IntervalStyle = 'sql_standard'; \
          SET bytea_output = 'escape'; SET extra_float_digits = -3; SET lc_monetary = 'C.utf8'",
@@ -191,7 +197,7 @@ async fn values_written_under_any_session_settings_reach_the_replica_exactly() {
         // Value by value, read on each site with the same (default) settings and all digits.
         let sql = format!("SET extra_float_digits = 3; SELECT * FROM {table} ORDER BY id");
         let primary = primary_rows(&sql).await;
-        assert_eq!(primary.len(), 9, "{table}: {primary:#?}");
+        assert_eq!(primary.len(), 12, "{table}: {primary:#?}");
         assert_eq!(replica_rows(&sql).await, primary, "{table}");
     }
     verify_equal_for(site, &["public.sv_settings_sync", "public.sv_settings_async"]).await;
