@@ -17,8 +17,10 @@
 #     `CHECKSUM TABLE … EXTENDED` on both servers.
 #
 # How to read the output
-#   Median TPS of each target, the ratio capgate/direct, capgate's CPU time per transaction
-#   (µs, from /proc), the lag's p50 / p99 / max over every sample, the time to drain after
+#   Median TPS of each target, the ratio capgate/direct, capgate's and the primary's CPU time
+#   per capgate transaction (µs, from /proc, during the run; the primary's also per direct
+#   transaction: the difference is what capture costs it), the replica's (from the run's
+#   start to the end of its drain: what applying costs), the lag's p50 / p99 / max over every sample, the time to drain after
 #   the load stops, and whether the checksums are equal. sysbench, capgate and both servers
 #   share the machine's cores. Every run is written as JSON to $OUT.
 #
@@ -129,25 +131,32 @@ FAILED=0
 RUNS="$TMP/runs.tsv"
 LAGS="$TMP/lag.txt"
 DRAINS="$TMP/drain.txt"
-: >"$RUNS"; : >"$LAGS"; : >"$DRAINS"
+REPLICA_CPU="$TMP/replica_cpu.txt"
+: >"$RUNS"; : >"$LAGS"; : >"$DRAINS"; : >"$REPLICA_CPU"
 run_direct() {
+    local pbefore tx
+    pbefore=$(cpu_ticks "$PRIMARY_PID")
     if sb "$PPORT" sbdirect --threads="$THREADS" --time="$DURATION" --report-interval=0 run >"$TMP/run.log" 2>&1; then
-        printf '%s\tdirect\t%s\t0\n' "$1" "$(awk '/transactions:/ { gsub(/[()]/, "", $3); print $3 }' "$TMP/run.log")" >>"$RUNS"
+        tx=$(awk '/transactions:/ { print $2 }' "$TMP/run.log")
+        printf '%s\tdirect\t%s\t0\t%s\n' "$1" "$(awk '/transactions:/ { gsub(/[()]/, "", $3); print $3 }' "$TMP/run.log")" \
+            "$(( ($(cpu_ticks "$PRIMARY_PID") - pbefore) * TICK_US / (tx > 0 ? tx : 1) ))" >>"$RUNS"
     else
         FAILED=1; tail -20 "$TMP/run.log" >&2
     fi
 }
 run_capgate() {
-    local before after tx tps sampler start
+    local before after tx tps sampler start rbefore pbefore pafter
     : "sampling the lag (async only: local tables have no shipped position)"
     ( [[ "$MODE" == async ]] || exit 0; while true; do my "$PPORT" -e "$LAG_SQL" 2>/dev/null >>"$LAGS" || true; sleep 0.2; done ) &
     sampler=$!
-    before=$(cpu_ticks "$CAPGATE_PID")
+    before=$(cpu_ticks "$CAPGATE_PID"); rbefore=$(cpu_ticks "$REPLICA_PID"); pbefore=$(cpu_ticks "$PRIMARY_PID")
+    tx=0
     if sb "$CGPORT" sbtest --threads="$THREADS" --time="$DURATION" --report-interval=0 run >"$TMP/run.log" 2>&1; then
-        after=$(cpu_ticks "$CAPGATE_PID")
+        after=$(cpu_ticks "$CAPGATE_PID"); pafter=$(cpu_ticks "$PRIMARY_PID")
         tps=$(awk '/transactions:/ { gsub(/[()]/, "", $3); print $3 }' "$TMP/run.log")
         tx=$(awk '/transactions:/ { print $2 }' "$TMP/run.log")
-        printf '%s\tcapgate\t%s\t%s\n' "$1" "$tps" "$(( (after - before) * TICK_US / (tx > 0 ? tx : 1) ))" >>"$RUNS"
+        printf '%s\tcapgate\t%s\t%s\t%s\n' "$1" "$tps" "$(( (after - before) * TICK_US / (tx > 0 ? tx : 1) ))" \
+            "$(( (pafter - pbefore) * TICK_US / (tx > 0 ? tx : 1) ))" >>"$RUNS"
     else
         FAILED=1; tail -20 "$TMP/run.log" >&2
     fi
@@ -160,6 +169,8 @@ run_capgate() {
     done
     [[ "$(my "$PPORT" -e "$PENDING_SQL")" == 0 ]] || { FAILED=1; log "the replica did not catch up within 120 s"; }
     python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$start" "$(date +%s.%N)" >>"$DRAINS"
+    : "the replica's CPU from the run's start to the end of the drain: what applying a transaction costs it"
+    echo "$(( ($(cpu_ticks "$REPLICA_PID") - rbefore) * TICK_US / (tx > 0 ? tx : 1) ))" >>"$REPLICA_CPU"
 }
 log "capgate on port $CGPORT ($CAPGATE_BIN)"
 "$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
@@ -180,12 +191,15 @@ if [[ "$MODE" == async ]]; then
 fi
 
 mkdir -p "$(dirname "$OUT")"
-python3 - "$RUNS" "$LAGS" "$DRAINS" "$SUMS_EQUAL" "$THREADS" "$DURATION" "$OUT" "$MODE" <<'PY'
+python3 - "$RUNS" "$LAGS" "$DRAINS" "$SUMS_EQUAL" "$THREADS" "$DURATION" "$OUT" "$MODE" "$REPLICA_CPU" <<'PY'
 import json, statistics, sys
-runs, lags, drains, equal, threads, duration, out, mode = sys.argv[1:]
+runs, lags, drains, equal, threads, duration, out, mode, replica_cpu = sys.argv[1:]
 rows = [l.split("\t") for l in open(runs).read().splitlines() if l]
 tps = {t: [float(r[2]) for r in rows if r[1] == t] for t in ("direct", "capgate")}
 cpu = [int(r[3]) for r in rows if r[1] == "capgate"]
+primary_cpu = [int(r[4]) for r in rows if r[1] == "capgate"]
+direct_primary_cpu = [int(r[4]) for r in rows if r[1] == "direct"]
+rcpu = [int(x) for x in open(replica_cpu).read().split()]
 lag = sorted(int(x) / 1e6 for x in open(lags).read().split() if x.strip().isdigit())
 pct = lambda p: lag[min(len(lag) - 1, int(p * len(lag)))] if lag else None
 med = {t: statistics.median(v) if v else None for t, v in tps.items()}
@@ -194,6 +208,9 @@ result = {
     "tps": tps, "median_tps": med,
     "ratio_capgate_direct": (med["capgate"] / med["direct"]) if med["direct"] and med["capgate"] else None,
     "capgate_cpu_us_per_tx": statistics.median(cpu) if cpu else None,
+    "primary_cpu_us_per_tx": statistics.median(primary_cpu) if primary_cpu else None,
+    "primary_cpu_us_per_tx_direct": statistics.median(direct_primary_cpu) if direct_primary_cpu else None,
+    "replica_cpu_us_per_tx": statistics.median(rcpu) if rcpu else None,
     "lag_s": {"samples": len(lag), "p50": pct(0.5), "p99": pct(0.99), "max": lag[-1] if lag else None},
     "drain_s": [float(x) for x in open(drains).read().split()],
     "checksums_equal": equal == "true",

@@ -106,7 +106,8 @@ async fn changes_are_row_images_recorded_in_the_writers_transaction() {
     type Change = (String, String, Option<String>, Option<String>, bool);
     let got: Vec<Change> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
     assert_eq!(got.len(), 5, "the rolled-back insert is not there: {got:#?}");
-    let insert = r#"{"id":1,"at":"2024-02-29T23:59:59.123456+00:00","d":"1 day 02:03:04","f":0.1,"b":"\\x00ff"}"#;
+    // The settings that would change a value are fixed; bytea_output changes only the text.
+    let insert = r#"{"id":1,"at":"2024-02-29T23:59:59.123456+00:00","d":"1 day 02:03:04","f":0.1,"b":"\\000\\377"}"#;
     assert_eq!(got[0], ("cap.async_views".into(), "I".into(), None, Some(insert.into()), false));
     assert_eq!(got[1].1, "U");
     assert_eq!(got[1].2.as_deref(), Some(insert));

@@ -197,11 +197,11 @@ BEGIN
             WHEN 'U' THEN CASE WHEN q_upd IS NULL THEN NULL ELSE format(
                 'UPDATE %s AS t SET (%s) = ROW(%s) FROM %s, '
                 'json_populate_record(NULL::%s, x.c -> ''old'') AS o, json_populate_record(NULL::%s, x.c -> ''new'') AS n '
-                'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)%s',
+                'WHERE (%s) = (%s) AND (to_jsonb(t.*) - $2) = (to_jsonb(o.*) - $2)%s',
                 rel, q_upd, q_upd_n, source, rel, rel, q_pk_t, q_pk_o, later) END
             WHEN 'D' THEN format(
                 'DELETE FROM %s AS t USING %s, json_populate_record(NULL::%s, x.c -> ''old'') AS o '
-                'WHERE (%s) = (%s) AND (to_jsonb(t) - $2) = (to_jsonb(o) - $2)%s', rel, source, rel, q_pk_t, q_pk_o, later)
+                'WHERE (%s) = (%s) AND (to_jsonb(t.*) - $2) = (to_jsonb(o.*) - $2)%s', rel, source, rel, q_pk_t, q_pk_o, later)
         END;
         IF sql_bulk IS NOT NULL THEN
             BEGIN
@@ -225,7 +225,7 @@ BEGIN
     END IF;
 
     -- Row by row, in order.
-    sql_find := format('SELECT to_jsonb(t) FROM %s AS t, json_populate_record(NULL::%s, $1 -> %L) AS o WHERE (%s) = (%s) FOR UPDATE OF t',
+    sql_find := format('SELECT to_jsonb(t.*) FROM %s AS t, json_populate_record(NULL::%s, $1 -> %L) AS o WHERE (%s) = (%s) FOR UPDATE OF t',
                        rel, rel, keyimg, q_pk_t, q_pk_o);
     sql_insert := format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM json_populate_record(NULL::%s, $1 -> ''new'') AS n',
                          rel, q_set, q_set_r, rel);
@@ -272,7 +272,7 @@ BEGIN
         ELSE
             IF cur IS NOT NULL THEN
                 cur_cmp := cur - excl;
-                EXECUTE format('SELECT to_jsonb(o) - $2 FROM json_populate_record(NULL::%s, $1 -> ''old'') AS o', rel)
+                EXECUTE format('SELECT to_jsonb(o.*) - $2 FROM json_populate_record(NULL::%s, $1 -> ''old'') AS o', rel)
                     INTO old_cmp USING c.c, excl;
             END IF;
             -- Under `latest` the row must also be older than the change (see the fast path):

@@ -165,7 +165,7 @@ fn expect(out: &mut String, kind: &str, change: &Change, old: &[(&Column, Value)
 }
 
 /// The WHERE clause that finds the row equal to an old image: every column NULL-safe equal.
-fn row_matches(old: &[(&Column, Value)]) -> Result<String, String> {
+pub(super) fn row_matches(old: &[(&Column, Value)]) -> Result<String, String> {
     let parts: Vec<String> =
         old.iter().map(|(c, v)| literal(c, v).map(|l| format!("{} <=> {l}", quote_ident(&c.name)))).collect::<Result<_, _>>()?;
     if parts.is_empty() {

@@ -233,6 +233,13 @@ pub fn statements(changes: &[Shipped], tables: &Tables) -> Result<String, apply:
     apply::statements(&plain, tables)
 }
 
+/// The merged statements of `changes` for the fast path ([`super::batched`]): a conflict in
+/// them only says that the batch must be applied change by change with [`statements`].
+pub fn batched_statements(changes: &[Shipped], tables: &Tables) -> Result<String, apply::ApplyError> {
+    let plain: Vec<Change> = changes.iter().map(|s| s.change.clone()).collect();
+    super::batched::statements(&plain, tables)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,8 +155,11 @@ CREATE TABLE IF NOT EXISTS capgate.capture_since (
 ///
 /// - `capgate.capture(mode, table)`: the trigger function (`'sync'` or `'async'`, and the name
 ///   of the table as capgate writes it, see [`crate::classify::TableName`]), see decision
-///   0009. Its `SET` clauses fix the settings that change how a value prints, so the JSON
-///   text of a row does not depend on the client's session. A sync table changed outside a
+///   0009. A row's JSON must read back as the same values on the replica whatever the
+///   writer's session settings: when they would print a value differently (a non-ISO
+///   DateStyle, another IntervalStyle, rounded floats, a money locale), the images come from
+///   `capgate.row_image`, whose `SET` clauses fix them; otherwise the trigger skips that cost
+///   (decision 0027). TimeZone and bytea_output change the text, never the value. A sync table changed outside a
 ///   capgate session (`capgate.session` not `on`: a DBA's psql, a cron job) is captured as
 ///   async: it is shipped later, and counted.
 /// - `capgate.sync_buffer()`: creates, once per session (again after a `DISCARD`), the
@@ -222,11 +225,18 @@ BEGIN
 END
 $fn$;
 
+-- A row as JSON printed with the settings the replica reads it with (decision 0027): what
+-- the trigger uses when the writer's session has settings that change a value's text.
+CREATE OR REPLACE FUNCTION capgate.row_image(p_row anyelement) RETURNS json
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO' SET "IntervalStyle" = 'postgres'
+SET extra_float_digits = 1 SET lc_monetary = 'C'
+AS $fn$ SELECT pg_catalog.row_to_json(p_row) $fn$;
+
 CREATE OR REPLACE FUNCTION capgate.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO' SET "IntervalStyle" = 'postgres'
-SET extra_float_digits = 1 SET bytea_output = 'hex' SET lc_monetary = 'C'
 AS $fn$
 DECLARE
     v_xid text := pg_catalog.pg_current_xact_id()::text;
@@ -238,17 +248,27 @@ DECLARE
     v_old json;
     v_new json;
     v_first boolean := false;
+    -- Whether the session's settings print every value as the replica reads it (decision
+    -- 0027): ISO dates (in ranges), postgres intervals, shortest-exact floats, C money;
+    -- under `latest` also UTC, as the key's text is compared across sites. Else the images
+    -- come from capgate.row_image, which fixes them (its SET clauses cost ~10 % of an async
+    -- transaction's primary CPU, paid only by such sessions).
+    v_plain boolean := pg_catalog.current_setting('DateStyle') LIKE 'ISO,%'
+        AND pg_catalog.current_setting('IntervalStyle') = 'postgres'
+        AND pg_catalog.current_setting('extra_float_digits')::int > 0
+        AND pg_catalog.current_setting('lc_monetary') IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
+        AND (TG_ARGV[0] <> 'latest' OR pg_catalog.current_setting('TimeZone') = 'UTC');
 BEGIN
     IF TG_OP = 'INSERT' THEN
         v_op := 'I';
-        v_new := pg_catalog.row_to_json(NEW);
+        v_new := CASE WHEN v_plain THEN pg_catalog.row_to_json(NEW) ELSE capgate.row_image(NEW) END;
     ELSIF TG_OP = 'UPDATE' THEN
         v_op := 'U';
-        v_old := pg_catalog.row_to_json(OLD);
-        v_new := pg_catalog.row_to_json(NEW);
+        v_old := CASE WHEN v_plain THEN pg_catalog.row_to_json(OLD) ELSE capgate.row_image(OLD) END;
+        v_new := CASE WHEN v_plain THEN pg_catalog.row_to_json(NEW) ELSE capgate.row_image(NEW) END;
     ELSIF TG_OP = 'DELETE' THEN
         v_op := 'D';
-        v_old := pg_catalog.row_to_json(OLD);
+        v_old := CASE WHEN v_plain THEN pg_catalog.row_to_json(OLD) ELSE capgate.row_image(OLD) END;
     ELSE
         v_op := 'T';
     END IF;

@@ -1,5 +1,5 @@
 //! One batch on a MySQL replica (decision 0021): applied with the position's move in one
-//! transaction and one round trip; when that meets a conflict, applied again change by
+//! transaction and one round trip, its statements merged ([`crate::store::mysql::batched`]); when that meets a conflict, applied again change by
 //! change in a new transaction, where each conflict is read (the replica's row), recorded and
 //! resolved by the table's `on_conflict`.
 
@@ -54,7 +54,7 @@ pub async fn apply(
     on_conflict: &ConflictPolicy,
 ) -> Result<Outcome, BatchError> {
     let advance = ship::advance_sql(origin, from, to);
-    match ship::statements(batch, tables) {
+    match ship::batched_statements(batch, tables) {
         Ok(statements) => match ship::commit_batch(conn, &statements, &advance).await {
             Ok(()) => return Ok(Outcome::Applied(Vec::new())),
             Err(e) if is_conflict(&e) => {}

@@ -1,0 +1,147 @@
+//! An async batch's statement text for the replica, merged for speed (issue 15): a run of
+//! inserts into one table becomes one multi-row INSERT, a run of deletes from one table one
+//! DELETE, and every statement's row count adds to one session counter checked once, at the
+//! end, instead of a stored-function call per row.
+//!
+//! Only the fast path uses this text: when it fails on a conflict (the count is off, or a
+//! duplicate key), the shipper rolls the batch back and applies it again change by change
+//! with [`super::apply::statements`], which names each conflict's kind, table and key. So
+//! what a conflict looks like, and exactly-once, are unchanged; only the happy path is
+//! cheaper.
+
+use std::fmt::Write;
+
+use super::apply::{bad, image_values, literal, row_matches, target, ApplyError, Change, Tables};
+use super::image::quote_ident;
+
+/// Most rows merged into one INSERT or DELETE (keeps each statement and its plan small).
+const MAX_RUN: usize = 200;
+
+/// The session counter of statements whose row count was not the one expected.
+const COUNTER: &str = "@capgate_bad";
+
+/// The statement text that applies `changes` in order, failing with SQLSTATE `CGC01` at the
+/// end when any statement matched a number of rows other than its changes' count.
+pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyError> {
+    let mut out = format!("SET {COUNTER} = 0;");
+    let mut i = 0;
+    while i < changes.len() {
+        let first = &changes[i];
+        let (table, columns) = target(first, tables)?;
+        // The run: following changes of the same kind on the same table (updates never merge).
+        let run = changes[i..].iter().take(MAX_RUN).take_while(|c| c.op == first.op && c.tbl == first.tbl && c.op != "U").count().max(1);
+        match first.op.as_str() {
+            "I" => {
+                let mut names: Option<Vec<String>> = None;
+                let mut rows = Vec::new();
+                let mut taken = 0;
+                for change in &changes[i..i + run] {
+                    let new = image_values(change, columns, &change.new, "new")?;
+                    let these: Vec<String> = new.iter().map(|(c, _)| quote_ident(&c.name)).collect();
+                    if names.as_ref().is_some_and(|n| *n != these) {
+                        break; // Another column set starts a new INSERT.
+                    }
+                    names.get_or_insert(these);
+                    let values: Vec<String> =
+                        new.iter().map(|(c, v)| literal(c, v)).collect::<Result<_, _>>().map_err(|w| bad(change, &w))?;
+                    rows.push(format!("({})", values.join(", ")));
+                    taken += 1;
+                }
+                let names = names.unwrap_or_default();
+                let _ = write!(out, "INSERT INTO {table} ({}) VALUES {};", names.join(", "), rows.join(", "));
+                i += taken;
+            }
+            "U" => {
+                let old = image_values(first, columns, &first.old, "old")?;
+                let new = image_values(first, columns, &first.new, "new")?;
+                let sets: Vec<String> = new
+                    .iter()
+                    .map(|(c, v)| literal(c, v).map(|l| format!("{} = {l}", quote_ident(&c.name))))
+                    .collect::<Result<_, _>>()
+                    .map_err(|w| bad(first, &w))?;
+                let matches = row_matches(&old).map_err(|w| bad(first, &w))?;
+                let _ = write!(out, "UPDATE {table} SET {} WHERE {matches};", sets.join(", "));
+                count(&mut out, 1);
+                i += 1;
+            }
+            "D" => {
+                let mut each = Vec::with_capacity(run);
+                for change in &changes[i..i + run] {
+                    let old = image_values(change, columns, &change.old, "old")?;
+                    each.push(format!("({})", row_matches(&old).map_err(|w| bad(change, &w))?));
+                }
+                let _ = write!(out, "DELETE FROM {table} WHERE {};", each.join(" OR "));
+                count(&mut out, run);
+                i += run;
+            }
+            other => return Err(bad(first, &format!("unknown operation {other:?}"))),
+        }
+    }
+    let _ = write!(
+        out,
+        "SET @capgate_rows = capgate.expect_rows({COUNTER}, 0, 'batch_conflict: a row is missing or differs (applied again change by change)');"
+    );
+    Ok(out)
+}
+
+/// Adds one to the counter when the last statement did not touch exactly `want` rows.
+fn count(out: &mut String, want: usize) {
+    let _ = write!(out, "SET {COUNTER} = {COUNTER} + (ROW_COUNT() <> {want});");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::classify::TableName;
+    use crate::store::mysql::image::Column;
+
+    fn tables() -> Tables {
+        let col = |name: &str, key: bool| Column { name: name.into(), data_type: "int".into(), key, generated: false };
+        BTreeMap::from([
+            (TableName::new("s", "a"), vec![col("id", true), col("v", false)]),
+            (TableName::new("s", "b"), vec![col("id", true), col("v", false)]),
+        ])
+    }
+
+    fn change(seq: u64, tbl: &str, op: &str, old: Option<&str>, new: Option<&str>) -> Change {
+        Change { seq, tbl: tbl.into(), op: op.into(), old: old.map(Into::into), new: new.map(Into::into) }
+    }
+
+    #[test]
+    fn runs_of_inserts_and_deletes_merge_in_order() {
+        let changes = [
+            change(1, "s.a", "I", None, Some(r#"{"id": 1, "v": 10}"#)),
+            change(2, "s.a", "I", None, Some(r#"{"id": 2, "v": null}"#)),
+            change(3, "s.a", "I", None, Some(r#"{"id": 3}"#)),
+            change(4, "s.b", "D", Some(r#"{"id": 4, "v": 1}"#), None),
+            change(5, "s.b", "D", Some(r#"{"id": 5, "v": 2}"#), None),
+            change(6, "s.b", "U", Some(r#"{"id": 6, "v": 3}"#), Some(r#"{"id": 6, "v": 4}"#)),
+            change(7, "s.b", "U", Some(r#"{"id": 6, "v": 4}"#), Some(r#"{"id": 6, "v": 5}"#)),
+        ];
+        let sql = statements(&changes, &tables()).expect("sql");
+        let parts: Vec<&str> = sql.split(';').filter(|s| !s.is_empty()).collect();
+        assert_eq!(
+            parts,
+            [
+                "SET @capgate_bad = 0",
+                "INSERT INTO `s`.`a` (`id`, `v`) VALUES (1, 10), (2, NULL)",
+                "INSERT INTO `s`.`a` (`id`) VALUES (3)",
+                "DELETE FROM `s`.`b` WHERE (`id` <=> 4 AND `v` <=> 1) OR (`id` <=> 5 AND `v` <=> 2)",
+                "SET @capgate_bad = @capgate_bad + (ROW_COUNT() <> 2)",
+                "UPDATE `s`.`b` SET `id` = 6, `v` = 4 WHERE `id` <=> 6 AND `v` <=> 3",
+                "SET @capgate_bad = @capgate_bad + (ROW_COUNT() <> 1)",
+                "UPDATE `s`.`b` SET `id` = 6, `v` = 5 WHERE `id` <=> 6 AND `v` <=> 4",
+                "SET @capgate_bad = @capgate_bad + (ROW_COUNT() <> 1)",
+                "SET @capgate_rows = capgate.expect_rows(@capgate_bad, 0, 'batch_conflict: a row is missing or differs (applied again change by change)')",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_tables_are_reported_as_by_the_change_by_change_text() {
+        let c = change(1, "s.gone", "I", None, Some(r#"{"id": 1}"#));
+        assert_eq!(statements(&[c], &tables()), Err(ApplyError::MissingTable("s.gone".into())));
+    }
+}
