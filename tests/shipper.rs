@@ -26,6 +26,8 @@ use tokio_postgres::{Client, NoTls};
 mod bench;
 #[path = "shipper/env.rs"]
 mod env;
+#[path = "shipper/parts.rs"]
+mod parts;
 
 use env::{bed, client, env, until, Env, PATIENCE};
 

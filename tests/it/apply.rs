@@ -519,14 +519,31 @@ async fn the_apply_role_needs_to_set_session_replication_role() {
 async fn a_stale_shipper_cannot_advance_the_applied_snapshot() {
     let b = bed("advance", KV).await;
     b.db.execute("DELETE FROM capgate.applied WHERE origin = 'advance'", &[]).await.expect("clear");
-    let advance = "SELECT capgate.advance('advance', $1::text::pg_snapshot, $2::text::pg_snapshot)";
-    let none: Option<&str> = None;
-    b.db.execute(advance, &[&none, &Some("10:10:")]).await.expect("first range");
-    b.db.execute(advance, &[&Some("10:10:"), &Some("20:25:22")]).await.expect("second range");
-    let err = b.db.execute(advance, &[&Some("10:10:"), &Some("30:30:")]).await.expect_err("stale");
-    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some(apply::STALE_SNAPSHOT));
-    let err = b.db.execute(advance, &[&none, &Some("30:30:")]).await.expect_err("stale start");
-    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some(apply::STALE_SNAPSHOT));
+    let advance = "SELECT capgate.advance('advance', $1::text::pg_snapshot, $2, $3::text::pg_snapshot, $4)";
+    let position = "SELECT snapshot::text, target::text, seq FROM capgate.applied WHERE origin = 'advance'";
+    let at = || async {
+        let r = b.db.query_one(position, &[]).await.expect("position");
+        (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1), r.get::<_, Option<i64>>(2))
+    };
+    let (none, no_seq): (Option<&str>, Option<i64>) = (None, None);
+    // The first range, committed in two parts, then whole ranges.
+    b.db.execute(advance, &[&none, &no_seq, &Some("10:10:"), &Some(5i64)]).await.expect("first part");
+    assert_eq!(at().await, (None, Some("10:10:".to_owned()), Some(5)));
+    b.db.execute(advance, &[&none, &Some(5i64), &Some("10:10:"), &Some(9i64)]).await.expect("second part");
+    b.db.execute(advance, &[&none, &Some(9i64), &Some("10:10:"), &no_seq]).await.expect("last part");
+    assert_eq!(at().await, (Some("10:10:".to_owned()), None, None));
+    b.db.execute(advance, &[&Some("10:10:"), &no_seq, &Some("20:25:22"), &no_seq]).await.expect("second range");
+    let stale = |err: tokio_postgres::Error| assert_eq!(err.as_db_error().map(|e| e.code().code()), Some(apply::STALE_SNAPSHOT));
+    stale(b.db.execute(advance, &[&Some("10:10:"), &no_seq, &Some("30:30:"), &no_seq]).await.expect_err("stale"));
+    stale(b.db.execute(advance, &[&none, &no_seq, &Some("30:30:"), &no_seq]).await.expect_err("stale start"));
+    // A range under way: only the shipper that knows its last seq (and its B) goes on.
+    b.db.execute(advance, &[&Some("20:25:22"), &no_seq, &Some("40:40:"), &Some(100i64)]).await.expect("a part");
+    stale(b.db.execute(advance, &[&Some("20:25:22"), &no_seq, &Some("40:40:"), &no_seq]).await.expect_err("restarted the range"));
+    stale(b.db.execute(advance, &[&Some("20:25:22"), &Some(90i64), &Some("40:40:"), &no_seq]).await.expect_err("an older part"));
+    stale(b.db.execute(advance, &[&Some("20:25:22"), &Some(100i64), &Some("50:50:"), &no_seq]).await.expect_err("another B"));
+    assert_eq!(at().await, (Some("20:25:22".to_owned()), Some("40:40:".to_owned()), Some(100)));
+    b.db.execute(advance, &[&Some("20:25:22"), &Some(100i64), &Some("40:40:"), &no_seq]).await.expect("the range ends");
+    assert_eq!(at().await, (Some("40:40:".to_owned()), None, None));
 }
 
 #[tokio::test]

@@ -478,21 +478,34 @@ BEGIN
 END
 $fn$;
 
--- Moves the applied snapshot of `p_origin` from `p_from` (NULL: none yet) to `p_to`, in the
--- transaction that applied the range. A stale shipper (one that read an older snapshot)
--- fails here instead of applying a range twice.
-CREATE OR REPLACE FUNCTION capgate.advance(p_origin text, p_from pg_snapshot, p_to pg_snapshot)
+-- Moves the position of `p_origin` on this replica, in the transaction that applied the
+-- changes (decision 0022): from A = `p_from` (NULL: none yet) and, in a range to `p_to` under
+-- way, `p_from_seq` (NULL: none of it applied yet); to the range's end (`p_seq` NULL: A
+-- becomes `p_to`) or to the last change of a part (`p_seq`; A stays). A stale shipper (one
+-- that read an older position) fails here instead of applying changes twice.
+CREATE OR REPLACE FUNCTION capgate.advance(p_origin text, p_from pg_snapshot, p_from_seq bigint, p_to pg_snapshot, p_seq bigint)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    IF p_from IS NULL THEN
-        INSERT INTO capgate.applied (origin, snapshot) VALUES (p_origin, p_to) ON CONFLICT DO NOTHING;
-    ELSE
-        UPDATE capgate.applied SET snapshot = p_to, applied_at = now()
-         WHERE origin = p_origin AND snapshot::text = p_from::text;
+    -- The shipper's idea of where this replica stands (A = p_from, and p_from_seq in the
+    -- range to p_to when it is under way) must be the replica's: else another shipper moved it.
+    UPDATE capgate.applied
+       SET snapshot = CASE WHEN p_seq IS NULL THEN p_to ELSE snapshot END,
+           target = CASE WHEN p_seq IS NULL THEN NULL ELSE p_to END,
+           seq = p_seq, applied_at = now()
+     WHERE origin = p_origin AND snapshot::text IS NOT DISTINCT FROM p_from::text AND seq IS NOT DISTINCT FROM p_from_seq
+       AND (p_from_seq IS NULL OR target::text = p_to::text);
+    IF NOT FOUND AND p_from IS NULL AND p_from_seq IS NULL THEN
+        INSERT INTO capgate.applied (origin, snapshot, target, seq)
+        VALUES (p_origin, CASE WHEN p_seq IS NULL THEN p_to END, CASE WHEN p_seq IS NOT NULL THEN p_to END, p_seq)
+        ON CONFLICT DO NOTHING;
     END IF;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'capgate: the applied snapshot of origin % is no longer %; another shipper applied it', p_origin, coalesce(p_from::text, 'none')
+        RAISE EXCEPTION 'capgate: the position of origin % is no longer % (seq %); another shipper applied it',
+            p_origin, coalesce(p_from::text, 'none'), coalesce(p_from_seq::text, 'none')
             USING ERRCODE = 'CGW01';
+    END IF;
+    IF p_seq IS NOT NULL THEN
+        RETURN;
     END IF;
     -- A gid is needed only while a late branch of it could still arrive (a PREPARE capgate
     -- gave up on is rolled back within a minute).

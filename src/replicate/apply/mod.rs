@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 /// The replica's tables, one step per schema version (append, never edit a released step).
-const REPLICA_MIGRATIONS: &[&str] = &[include_str!("tables.sql"), include_str!("sync_gids.sql")];
+const REPLICA_MIGRATIONS: &[&str] = &[include_str!("tables.sql"), include_str!("sync_gids.sql"), include_str!("partial_ranges.sql")];
 
 /// The functions, replaced on every install (they hold no data).
 const FUNCTIONS: &str = include_str!("functions.sql");

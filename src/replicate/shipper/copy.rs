@@ -8,9 +8,11 @@
 //! that, a change of the table applies only if its transaction is not visible in `S`: the
 //! copy holds every change that is.
 //!
-//! The copy runs between two ranges of the shipper, never during one, and `S` is taken after
-//! the replica's applied snapshot `A` was: every change visible in `A` is in `S` too, so the
-//! copy cannot lose a change that was shipped before it.
+//! The copy runs between two ranges of the shipper, or between two parts of one (decision
+//! 0022), never during a replica transaction, and `S` is taken after the replica's applied
+//! snapshot `A` and the range's end `B` were: every change visible in either is in `S` too, so
+//! the copy cannot lose a change that was shipped before it, and the rest of a range under way
+//! skips every change of the table (all are visible in `S`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -4,10 +4,12 @@
 //!
 //! - **Ranges**: a range is every change whose transaction is visible in the primary snapshot
 //!   `B` (taken now) and not in `A` (the replica's `capgate.applied` snapshot). It is read
-//!   through a cursor in pages of bounded size ([`range`]) and applied in ONE replica
-//!   transaction that also moves `A` to `B` (`capgate.advance`, fenced against a stale
-//!   shipper); the next page is read while the replica applies the current one
-//!   (`apply_range`). `session` holds the task: leadership, the replica session, its loop.
+//!   through a cursor in pages of bounded size ([`range`]) and applied in replica
+//!   transactions of about `part_changes` changes each, cut where no primary transaction
+//!   spans the cut; each commits the replica's position (`capgate.advance`, fenced against a
+//!   stale shipper): `B` and the last `seq` applied while the range is under way, then `A` =
+//!   `B` (decision 0022). After any fault shipping goes on from there. The next page is read
+//!   while the replica applies the current one (`apply_range`). `session` holds the task: leadership, the replica session, its loop.
 //! - **One shipper per pair** across capgate processes: a session-level advisory lock on the
 //!   primary, held by the connection the shipper reads with.
 //! - **Tables** ([`tables`]): an async table is shipped only once it has been copied to the
@@ -64,6 +66,10 @@ pub struct ShipperConfig {
     pub page_rows: usize,
     /// About the most bytes of row images in one round trip (at least one change is sent).
     pub page_bytes: usize,
+    /// A range is committed on the replica in parts of at least this many changes (a part
+    /// ends at the first change after which no primary transaction spans the cut), so a
+    /// fault loses at most the part under way (decision 0022).
+    pub part_changes: usize,
     /// How often an idle shipper looks for new changes (a [`Shipper::wake`] is faster).
     pub poll_interval: Duration,
     /// How often a shipper without the lock tries to take it.
@@ -89,7 +95,7 @@ pub struct ShipperConfig {
 }
 
 impl ShipperConfig {
-    /// Defaults: pages of up to 5,000 changes / 8 MiB, 30 s deadline, 1 h retention, initial
+    /// Defaults: pages of up to 5,000 changes / 8 MiB, parts of 10,000 changes, 30 s deadline, 1 h retention, initial
     /// copies on, `on_conflict = halt` for every table.
     pub fn new(origin: &str, replica_name: &str, primary: Upstream, replica: Upstream) -> ShipperConfig {
         ShipperConfig {
@@ -100,6 +106,7 @@ impl ShipperConfig {
             all_replicas: vec![replica_name.to_owned()],
             page_rows: 5000,
             page_bytes: 8 << 20,
+            part_changes: 10_000,
             poll_interval: Duration::from_millis(100),
             lock_poll: Duration::from_secs(1),
             deadline: Duration::from_secs(30),
@@ -133,8 +140,11 @@ impl ShipperConfig {
 /// What a shipper has done; read by tests, `/status` and metrics.
 #[derive(Debug, Default)]
 pub struct ShipperStats {
-    /// Ranges committed on the replica (each one replica transaction).
+    /// Ranges applied completely on the replica.
     pub ranges: AtomicU64,
+    /// Replica transactions that committed changes of a range (a range commits in one part
+    /// or more).
+    pub parts: AtomicU64,
     /// Replica round trips that carried row changes.
     pub batches: AtomicU64,
     /// Row changes applied (including resolved conflicts).

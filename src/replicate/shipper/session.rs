@@ -17,14 +17,29 @@ use tokio_postgres::Client;
 
 use super::apply_range::{Ranged, Stmts};
 use super::copy::{self, CopyError};
+use super::range::Position;
 use super::tables::{self, TableState, TableStatus};
 use super::{lag, Command, Lag, Phase, ShipperConfig, ShipperStats};
 use crate::replicate::apply::{self, explain, Conflict};
 use crate::sites::health::State;
 use crate::sites::AbortOnDrop;
 
-/// The `application_name` of the shipper's connections.
+/// The `application_name` of the shipper's connections, followed by the origin: on a
+/// replica, a session of that name that is not this shipper's is one an earlier shipper left
+/// behind ([`ORPHANS_SQL`]).
 const APPLICATION_NAME: &str = "capgate shipper";
+
+/// Ends the replica sessions an earlier shipper of this origin left behind (a capgate process
+/// killed, a connection cut or given up on): the replica runs such a session's apply to its
+/// end, holding the rows' locks and a core meanwhile, and the new session's apply waited
+/// behind it (seen in the long chaos run: up to three sessions of one origin at once, pages
+/// taking seconds). Only the holder of the shipper lock on the primary runs this, so every
+/// other session of the name is stale; it waits up to 5 s for each to exit (PostgreSQL 14+),
+/// so what it committed, or did not, is settled before the position is read. Sessions of the
+/// same role only (a role may end its own sessions); a failure is logged and shipping goes on
+/// (the position's fence keeps a stale session from applying anything twice).
+const ORPHANS_SQL: &str = "SELECT count(pg_catalog.pg_terminate_backend(pid, 5000)) FROM pg_catalog.pg_stat_activity \
+     WHERE application_name = $1 AND pid <> pg_catalog.pg_backend_pid() AND datname = pg_catalog.current_database() AND usename = current_user";
 
 /// How often the captured tables are listed again, and an idle range is recorded.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -104,8 +119,13 @@ impl Run {
         }
     }
 
+    /// This shipper's `application_name` (see [`APPLICATION_NAME`]).
+    fn application_name(&self) -> String {
+        format!("{APPLICATION_NAME} {}", self.config.origin)
+    }
+
     async fn connect(&self, upstream: &crate::backend::postgres::Upstream, what: &str) -> Result<Conn, String> {
-        match tokio::time::timeout(self.config.deadline, upstream.client_with_task(APPLICATION_NAME)).await {
+        match tokio::time::timeout(self.config.deadline, upstream.client_with_task(&self.application_name())).await {
             Ok(Ok((client, task))) => Ok(Conn { client, _task: AbortOnDrop(task) }),
             Ok(Err(e)) => Err(format!("{what}: {e}")),
             Err(_) => Err(format!("{what} did not finish within {:?}", self.config.deadline)),
@@ -231,10 +251,24 @@ impl Run {
             Ok(s) => s,
             Err(e) => return Fail::Replica(e),
         };
+        let name = self.application_name();
+        match self.timed("ending sessions an earlier shipper left on the replica", replica.client.query_one(ORPHANS_SQL, &[&name])).await {
+            Ok(row) => {
+                let ended: i64 = row.try_get(0).unwrap_or(0);
+                if ended > 0 {
+                    tracing::info!(replica = %cfg.replica_name, ended, "shipper: ended replica sessions an earlier shipper left behind");
+                }
+            }
+            Err(e) => tracing::warn!(replica = %cfg.replica_name, "shipper: {e}"),
+        }
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&cfg.origin];
-        let read = replica.client.query_opt("SELECT snapshot::text FROM capgate.applied WHERE origin = $1", &params);
-        let mut applied: Option<String> = match self.timed("reading the applied snapshot", read).await {
-            Ok(row) => row.and_then(|r| r.try_get(0).ok()),
+        let read = replica.client.query_opt("SELECT snapshot::text, target::text, seq FROM capgate.applied WHERE origin = $1", &params);
+        let mut at = match self.timed("reading the replica's position", read).await {
+            Ok(None) => Position::default(),
+            Ok(Some(r)) => match (r.try_get(0), r.try_get(1), r.try_get(2)) {
+                (Ok(snapshot), Ok(target), Ok(seq)) => Position { snapshot, target, seq },
+                _ => return Fail::Replica("reading the replica's position: an unexpected answer".into()),
+            },
             Err(e) => return Fail::Replica(e),
         };
         let mut states = match self.timed("reading the table states", tables::read(&replica.client, &cfg.origin)).await {
@@ -242,8 +276,9 @@ impl Run {
             Err(e) => return Fail::Replica(e),
         };
         self.publish_tables(&states);
-        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = applied.clone();
-        if let Some(snapshot) = &applied {
+        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = at.snapshot.clone();
+        // Only A: the changes of a range under way stay on the primary until it completes.
+        if let Some(snapshot) = &at.snapshot {
             if let Err(e) = self.note_shipped(primary, snapshot).await {
                 return Fail::Primary(e);
             }
@@ -310,12 +345,11 @@ impl Run {
                 self.stats.set_phase(Phase::Running);
             }
             let filters = tables::filters(&states, &async_tables, cfg.initial_copy);
-            let ranged = self.range(primary, &replica.client, &stmts, applied.as_deref(), &filters, &listed_tables).await;
+            let ranged = self.range(primary, &replica.client, &stmts, &mut at, &filters, &listed_tables).await;
             match ranged {
                 Ok(Ranged::Applied { snapshot }) => {
-                    applied = Some(snapshot.clone());
                     last_advance = Instant::now();
-                    *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = applied.clone();
+                    *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = at.snapshot.clone();
                     if let Err(e) = self.note_shipped(primary, &snapshot).await {
                         return Fail::Primary(e);
                     }
@@ -324,14 +358,14 @@ impl Run {
                     // Record an idle range now and then, so lag and pruning move on — at once
                     // when the replica has applied nothing yet for this origin (its lag is
                     // unknown until then, and bounded tables refuse).
-                    let due = applied.is_none() || last_advance.elapsed() >= REFRESH;
-                    if due && applied.as_deref() != Some(snapshot.as_str()) {
-                        if let Err(e) = self.advance_only(&replica.client, &stmts, applied.as_deref(), &snapshot).await {
+                    let due = at.snapshot.is_none() || last_advance.elapsed() >= REFRESH;
+                    if due && at.snapshot.as_deref() != Some(snapshot.as_str()) {
+                        if let Err(e) = self.advance_only(&replica.client, &stmts, &at, &snapshot).await {
                             return Fail::Replica(e);
                         }
                         last_advance = Instant::now();
-                        applied = Some(snapshot.clone());
-                        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = applied.clone();
+                        at = Position { snapshot: Some(snapshot.clone()), target: None, seq: None };
+                        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = at.snapshot.clone();
                         if let Err(e) = self.note_shipped(primary, &snapshot).await {
                             return Fail::Primary(e);
                         }
@@ -380,7 +414,7 @@ impl Run {
 
     async fn prepare(&self, replica: &Client) -> Result<Stmts, String> {
         let apply = "SELECT capgate.apply_changes($1, $2::text::json, 'async', $3::text::json)::text";
-        let advance = "SELECT capgate.advance($1, $2::text::pg_snapshot, $3::text::pg_snapshot)";
+        let advance = "SELECT capgate.advance($1, $2::text::pg_snapshot, $3::bigint, $4::text::pg_snapshot, $5::bigint)";
         Ok(Stmts {
             apply: self.timed("preparing the apply statement", replica.prepare(apply)).await?,
             advance: self.timed("preparing the advance statement", replica.prepare(advance)).await?,
@@ -457,7 +491,8 @@ impl Run {
 
     /// Deletes changes every configured replica has applied, once older than the retention:
     /// a change whose transaction is older than every replica's snapshot `xmin` was either
-    /// applied there or rolled back.
+    /// applied there or rolled back. A range committed in part keeps its changes: they are
+    /// not visible in its start `A`, the snapshot noted until its last part commits.
     async fn prune(&self, primary: &Client) -> Result<(), String> {
         let sql = "DELETE FROM capgate.changes WHERE xid < (SELECT min(pg_snapshot_xmin(snapshot)) FROM capgate.shipped_snapshots WHERE replica = ANY ($1)) \
                    AND (SELECT count(*) FROM capgate.shipped_snapshots WHERE replica = ANY ($1)) = cardinality($1::text[]) \

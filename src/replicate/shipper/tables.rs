@@ -130,11 +130,14 @@ pub async fn adopt(
     replica.execute(sql, &[&origin, &tables, &snapshots]).await.map(|_| ())
 }
 
-/// `pg_current_snapshot()` and, in that same snapshot, the captured tables not in `$1` (the
-/// ones the shipper listed): a range must not start while one is missing, since every change
-/// in the range belongs to a table whose trigger is visible in the range's snapshot.
-pub fn range_snapshot_sql() -> String {
-    format!("SELECT pg_current_snapshot()::text, ARRAY(SELECT c.tbl FROM ({CAPTURED_SQL}) AS c(mode, tbl) WHERE c.tbl <> ALL ($1::text[]))")
+/// `pg_current_snapshot()` and, in that same snapshot, the captured tables not in `listed`
+/// (a parameter such as `$2`, the tables the shipper listed): a range must not start while one
+/// is missing, since every change in the range belongs to a table whose trigger is visible in
+/// the range's snapshot.
+pub fn range_snapshot_sql(listed: &str) -> String {
+    format!(
+        "SELECT pg_current_snapshot()::text, ARRAY(SELECT c.tbl FROM ({CAPTURED_SQL}) AS c(mode, tbl) WHERE c.tbl <> ALL ({listed}::text[]))"
+    )
 }
 
 /// What a range ships and filters (see [`filters`]).
