@@ -103,7 +103,7 @@ const SETTINGS_TABLE: &str = "(id int PRIMARY KEY, who text, d date, t time, ttz
 /// this machine are C, C.utf8 and POSIX, so lc_monetary only moves between those.
 const SESSIONS: [(&str, &str); 4] = [
     // Prints every value as the replica reads it, in its own time zone and bytea format:
-    // the trigger takes the session's text as it is (decision 0027).
+    // the trigger takes the session's text as it is (decision 0025).
     (
         "SET TimeZone = 'America/St_Johns'; SET DateStyle = 'ISO, DMY'; SET bytea_output = 'escape'; SET extra_float_digits = 2",
         "iso-stjohns-escape",

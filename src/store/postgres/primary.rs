@@ -159,7 +159,7 @@ CREATE TABLE IF NOT EXISTS capgate.capture_since (
 ///   writer's session settings: when they would print a value differently (a non-ISO
 ///   DateStyle, another IntervalStyle, rounded floats, a money locale), the images come from
 ///   `capgate.row_image`, whose `SET` clauses fix them; otherwise the trigger skips that cost
-///   (decision 0027). TimeZone and bytea_output change the text, never the value. A sync table changed outside a
+///   (decision 0025). TimeZone and bytea_output change the text, never the value. A sync table changed outside a
 ///   capgate session (`capgate.session` not `on`: a DBA's psql, a cron job) is captured as
 ///   async: it is shipped later, and counted.
 /// - `capgate.sync_buffer()`: creates, once per session (again after a `DISCARD`), the
@@ -225,7 +225,7 @@ BEGIN
 END
 $fn$;
 
--- A row as JSON printed with the settings the replica reads it with (decision 0027): what
+-- A row as JSON printed with the settings the replica reads it with (decision 0025): what
 -- the trigger uses when the writer's session has settings that change a value's text.
 CREATE OR REPLACE FUNCTION capgate.row_image(p_row anyelement) RETURNS json
 LANGUAGE sql STABLE
@@ -249,7 +249,7 @@ DECLARE
     v_new json;
     v_first boolean := false;
     -- Whether the session's settings print every value as the replica reads it (decision
-    -- 0027): ISO dates (in ranges), postgres intervals, shortest-exact floats, C money;
+    -- 0025): ISO dates (in ranges), postgres intervals, shortest-exact floats, C money;
     -- under `latest` also UTC, as the key's text is compared across sites. Else the images
     -- come from capgate.row_image, which fixes them (its SET clauses cost ~10 % of an async
     -- transaction's primary CPU, paid only by such sessions).
