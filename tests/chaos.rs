@@ -13,10 +13,7 @@
 //! See docs/guarantees.md for the fault model and what each check means.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -28,8 +25,11 @@ use capgate::verify::{self, Limits, Selection, TableName};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+#[path = "chaos/process.rs"]
+mod process;
 #[path = "chaos/workload.rs"]
 mod workload;
+use process::Capgate;
 use workload::{client, Outcome};
 
 /// The tables, one per mode; each has two hot rows (ids 1 and 2) every client increments.
@@ -69,93 +69,24 @@ fn seconds() -> u64 {
     std::env::var("CHAOS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(45)
 }
 
-/// capgate as a process the nemesis can kill.
-struct Capgate {
-    child: Option<Child>,
-    config: PathBuf,
-    policy: PathBuf,
-    port: u16,
-    admin: u16,
-}
-
-impl Capgate {
-    fn start(dir: &std::path::Path, link: &Link) -> Capgate {
-        let port = capgate::testbed::free_port();
-        let admin = capgate::testbed::free_port();
-        let policy = dir.join("policy.toml");
-        std::fs::write(&policy, POLICY).unwrap();
-        let config = dir.join("capgate.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "site = \"a\"\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\npolicy = \"{}\"\nrecovery_grace = \"3s\"\n\n\
-                 [primary]\nurl = \"{}?sslmode=disable\"\n\n[[replicas]]\nname = \"b\"\n\
-                 url = \"postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable&connect_timeout=2\"\n\
-                 heartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\npool_size = 32\n",
-                policy.display(),
-                bed().a_primary_url(),
-                link.addr().port()
-            ),
+/// capgate in front of site A's primary, its replica B behind `link`.
+fn start_capgate(dir: &std::path::Path, link: &Link) -> Capgate {
+    Capgate::start(dir, POLICY, |port, admin, policy| {
+        format!(
+            "site = \"a\"\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\npolicy = \"{}\"\nrecovery_grace = \"3s\"\n\n\
+             [primary]\nurl = \"{}?sslmode=disable\"\n\n[[replicas]]\nname = \"b\"\n\
+             url = \"postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable&connect_timeout=2\"\n\
+             heartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\npool_size = 32\n",
+            policy.display(),
+            bed().a_primary_url(),
+            link.addr().port()
         )
-        .unwrap();
-        let mut c = Capgate { child: None, config, policy, port, admin };
-        c.spawn();
-        c
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.config.with_extension("log")).unwrap();
-        // CAPGATE_BIN: a copy of the binary, so a long run is not disturbed by rebuilds.
-        let bin = std::env::var("CAPGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_capgate").to_owned());
-        let child = Command::new(bin)
-            .args(["run", "--config", self.config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start capgate");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "capgate never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres?connect_timeout=5", self.port)
-    }
-
-    fn reload_policy(&self) {
-        let text = format!("{POLICY}# reloaded at {:?}\n", Instant::now());
-        std::fs::write(&self.policy, text).unwrap();
-        if let Some(c) = &self.child {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGHUP) };
-        }
-    }
-
-    /// `/status` as JSON, or None when capgate does not answer.
-    fn status(&self) -> Option<serde_json::Value> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()
-    }
+    })
 }
 
-impl Drop for Capgate {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Where clients reach capgate.
+fn url(capgate: &Capgate) -> String {
+    format!("postgres://postgres@127.0.0.1:{}/postgres?connect_timeout=5", capgate.port)
 }
 
 async fn connect(url: &str) -> Option<tokio_postgres::Client> {
@@ -271,8 +202,8 @@ async fn run(seed: u64, secs: u64, direct: bool) {
     exec(&b.a_primary_url(), workload::FUNCTION).await;
     let dir = std::env::temp_dir().join(format!("capgate-chaos-{}-{seed}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let capgate = Arc::new(Mutex::new(Capgate::start(&dir, &link)));
-    let url = capgate.lock().unwrap().url();
+    let capgate = Arc::new(Mutex::new(start_capgate(&dir, &link)));
+    let url = url(&capgate.lock().unwrap());
     // The schema is installed by capgate; wait for the change stream before writing.
     let primary = b.a_primary_url();
     let t = Instant::now();
@@ -290,7 +221,7 @@ async fn run(seed: u64, secs: u64, direct: bool) {
         let (stop, samples, capgate) = (stop.clone(), samples.clone(), capgate.clone());
         tokio::task::spawn_blocking(move || {
             while !stop.load(Ordering::Relaxed) {
-                let status = capgate.lock().unwrap().status_snapshot();
+                let status = capgate.lock().unwrap().status();
                 let table = status
                     .as_ref()
                     .and_then(|s| s["replicas"][0]["tables"].as_array()?.iter().find(|t| t["table"] == "public.ch_bounded").cloned());
@@ -568,12 +499,6 @@ async fn run(seed: u64, secs: u64, direct: bool) {
     assert!(checks.iter().all(|c| c.violation.is_none()), "{summary}");
     assert!(history.iter().any(|o| o.outcome == Outcome::Ok), "no operation succeeded at all");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-impl Capgate {
-    fn status_snapshot(&self) -> Option<serde_json::Value> {
-        self.status()
-    }
 }
 
 /// Whether the short runs add the client that writes on the primary directly: only with

@@ -15,8 +15,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -29,7 +29,10 @@ use rand::{RngExt, SeedableRng};
 
 #[path = "chaos/my_workload.rs"]
 mod my_workload;
+#[path = "chaos/process.rs"]
+mod process;
 use my_workload::{client, Outcome};
+use process::Capgate;
 
 /// The tables, one per mode; each has two hot rows (ids 1 and 2) every client increments.
 const TABLES: &[(&str, Kind)] =
@@ -67,77 +70,20 @@ fn url_at(port: u16, db: &str) -> String {
     format!("mysql://capgate@127.0.0.1:{port}/{db}?prefer_socket=false")
 }
 
-/// capgate as a process the nemesis can SIGKILL.
-struct Capgate {
-    child: Option<Child>,
-    config: PathBuf,
-    policy: PathBuf,
-    port: u16,
-}
-
-impl Capgate {
-    fn start(dir: &Path, link: &Link) -> Capgate {
-        let port = capgate::testbed::free_port();
-        let policy = dir.join("policy.toml");
-        std::fs::write(&policy, POLICY).unwrap();
-        let config = dir.join("capgate.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "site = \"a\"\nlisten = \"127.0.0.1:{port}\"\npolicy = \"{}\"\nconflict_log = \"{}\"\n\
-                 [primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
-                 [[replicas]]\nname = \"b\"\nurl = \"mysql://capgate@{}/?sslmode=disable&connect_timeout=2\"\n\
-                 heartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\n",
-                policy.display(),
-                dir.join("conflicts.jsonl").display(),
-                servers().0.port(),
-                link.addr()
-            ),
+/// capgate in front of the MariaDB primary, the replica behind `link`.
+fn start_capgate(dir: &Path, link: &Link) -> Capgate {
+    Capgate::start(dir, POLICY, |port, admin, policy| {
+        format!(
+            "site = \"a\"\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\npolicy = \"{}\"\nconflict_log = \"{}\"\n\
+             [primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
+             [[replicas]]\nname = \"b\"\nurl = \"mysql://capgate@{}/?sslmode=disable&connect_timeout=2\"\n\
+             heartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\n",
+            policy.display(),
+            dir.join("conflicts.jsonl").display(),
+            servers().0.port(),
+            link.addr()
         )
-        .unwrap();
-        let mut c = Capgate { child: None, config, policy, port };
-        c.spawn();
-        c
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.config.with_extension("log")).unwrap();
-        // CAPGATE_BIN: a copy of the binary, so a long run is not disturbed by rebuilds.
-        let bin = std::env::var("CAPGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_capgate").to_owned());
-        let child = Command::new(bin)
-            .args(["run", "--config", self.config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start capgate");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "capgate never listened; see {}", self.config.with_extension("log").display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn reload_policy(&self) {
-        std::fs::write(&self.policy, format!("{POLICY}# reloaded at {:?}\n", Instant::now())).unwrap();
-        if let Some(c) = &self.child {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGHUP) };
-        }
-    }
-}
-
-impl Drop for Capgate {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    })
 }
 
 /// Faults injected, by kind.
@@ -284,7 +230,7 @@ async fn run(seed: u64, secs: u64) {
     r.sql(&ddl).expect("replica tables");
     let dir = std::env::temp_dir().join(format!("capgate-chaos-mysql-{}-{seed}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let capgate = Arc::new(Mutex::new(Capgate::start(&dir, &link)));
+    let capgate = Arc::new(Mutex::new(start_capgate(&dir, &link)));
     let url = url_at(capgate.lock().unwrap().port, "chaos");
     // capgate listens before its capture triggers are in place; writes made on the primary
     // directly before then are never captured (as before capgate started): wait for them.
@@ -427,7 +373,7 @@ async fn run(seed: u64, secs: u64) {
     // `capgate verify` as a DBA runs it, with capgate's own configuration: chunked checksums of
     // every replicated table on both sites.
     let bin = std::env::var("CAPGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_capgate").to_owned());
-    let config = capgate.lock().unwrap().config.clone();
+    let config = capgate.lock().unwrap().config().to_path_buf();
     let out = Command::new(bin).args(["verify", "--config"]).arg(&config).output().expect("run capgate verify");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let unchecked: Vec<&str> =

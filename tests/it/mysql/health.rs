@@ -62,11 +62,13 @@ async fn status_shows_the_replica_and_sync_tables_refuse_or_wait_while_it_is_par
     let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, replica().port()))).expect("link");
     let dir = crate::support::scratch("mysql-health");
     std::fs::write(dir.join("policy.toml"), POLICY).expect("policy");
+    // A sync commit's prepare may take 5 × heartbeat_timeout (5 s): after the heal the first one
+    // reconnects, which on a loaded machine took longer than 1.5 s (300 ms timeouts) once.
     let text = format!(
         "site = \"west\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n\
          [primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
          [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@{}/?sslmode=disable&connect_timeout=1\"\n\
-         partition_latency = \"200ms\"\nheartbeat_timeout = \"300ms\"\n",
+         partition_latency = \"200ms\"\nheartbeat_timeout = \"1s\"\n",
         primary().port(),
         link.addr()
     );
