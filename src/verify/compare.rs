@@ -79,6 +79,51 @@ pub struct Progress<'a> {
     pub estimate: Option<u64>,
 }
 
+/// What one table's chunk walk has found so far: the PostgreSQL and the MySQL walk keep one
+/// each, so both count and report alike.
+#[derive(Default)]
+pub(crate) struct Tally {
+    chunks: u64,
+    chunks_diverged: u64,
+    rows_primary: u64,
+    rows_replica: u64,
+    pub(crate) rows_differing: u64,
+    pub(crate) differences: Vec<RowDifference>,
+}
+
+impl Tally {
+    /// Counts one chunk's (rows, checksum) on each side and reports progress; true when the
+    /// two differ (the caller then pinpoints the rows).
+    pub(crate) fn chunk(
+        &mut self,
+        p: &(u64, String),
+        r: &(u64, String),
+        table: &TableName,
+        estimate: Option<u64>,
+        progress: Option<ProgressFn>,
+    ) -> bool {
+        self.chunks += 1;
+        self.rows_primary += p.0;
+        self.rows_replica += r.0;
+        if let Some(report) = progress {
+            report(&Progress { table, rows: self.rows_primary, estimate });
+        }
+        let diverged = p != r;
+        self.chunks_diverged += u64::from(diverged);
+        diverged
+    }
+
+    /// The table's result once every chunk is counted.
+    pub(crate) fn result(self) -> TableResult {
+        let Tally { chunks, chunks_diverged, rows_primary, rows_replica, rows_differing, differences } = self;
+        if chunks_diverged == 0 {
+            TableResult::Equal { rows: rows_primary, chunks }
+        } else {
+            TableResult::Diverged { rows_primary, rows_replica, chunks, chunks_diverged, rows_differing, differences }
+        }
+    }
+}
+
 /// Compare `table` between `primary` and `replica`.
 pub async fn compare_table(
     primary: &Client,
@@ -123,8 +168,7 @@ pub async fn compare_table_reporting(
         None => None,
     };
     let mut lower: Option<Vec<String>> = None;
-    let (mut chunks, mut chunks_diverged, mut rows_primary, mut rows_replica, mut rows_differing) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut differences = Vec::new();
+    let mut tally = Tally::default();
     loop {
         let upper: Option<Vec<String>> = primary
             .query_opt(&shape.boundary_query(lower.as_deref(), limits.chunk_rows), &[])
@@ -136,26 +180,15 @@ pub async fn compare_table_reporting(
             Ok(x) => x,
             Err(e) => return Ok(TableResult::Error { message: format!("{e} (do both sides have the same columns?)") }),
         };
-        chunks += 1;
-        rows_primary += p.0;
-        rows_replica += r.0;
-        if let Some(report) = progress {
-            report(&Progress { table, rows: rows_primary, estimate });
-        }
-        if p != r {
-            chunks_diverged += 1;
-            rows_differing += pinpoint(primary, replica, &shape, &range, limits.max_differences, &mut differences).await?;
+        if tally.chunk(&p, &r, table, estimate, progress) {
+            tally.rows_differing += pinpoint(primary, replica, &shape, &range, limits.max_differences, &mut tally.differences).await?;
         }
         match upper {
             Some(u) => lower = Some(u),
             None => break,
         }
     }
-    Ok(if chunks_diverged == 0 {
-        TableResult::Equal { rows: rows_primary, chunks }
-    } else {
-        TableResult::Diverged { rows_primary, rows_replica, chunks, chunks_diverged, rows_differing, differences }
-    })
+    Ok(tally.result())
 }
 
 async fn checksum(client: &Client, query: &str) -> Result<(u64, String), tokio_postgres::Error> {

@@ -9,7 +9,8 @@ use mysql_async::{Conn, Row};
 
 use super::sql::{self, Column, Shape};
 use crate::classify::TableName;
-use crate::verify::{Limits, Progress, ProgressFn, RowDifference, TableResult};
+use crate::verify::compare::Tally;
+use crate::verify::{Limits, ProgressFn, RowDifference, TableResult};
 
 /// Compare `table` between `primary` and `replica`, calling `progress` after each chunk.
 pub async fn compare_table(
@@ -44,8 +45,7 @@ pub async fn compare_table(
         None => None,
     };
     let mut lower: Option<Vec<String>> = None;
-    let (mut chunks, mut chunks_diverged, mut rows_primary, mut rows_replica, mut rows_differing) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut differences = Vec::new();
+    let mut tally = Tally::default();
     loop {
         let upper: Option<Vec<String>> = primary
             .query_first::<Row, _>(shape.boundary_query(lower.as_deref(), limits.chunk_rows))
@@ -57,26 +57,15 @@ pub async fn compare_table(
             Ok(x) => x,
             Err(message) => return Ok(TableResult::Error { message }),
         };
-        chunks += 1;
-        rows_primary += p.0;
-        rows_replica += r.0;
-        if let Some(report) = progress {
-            report(&Progress { table, rows: rows_primary, estimate });
-        }
-        if p != r {
-            chunks_diverged += 1;
-            rows_differing += pinpoint(primary, replica, &shape, &range, limits.max_differences, &mut differences).await?;
+        if tally.chunk(&p, &r, table, estimate, progress) {
+            tally.rows_differing += pinpoint(primary, replica, &shape, &range, limits.max_differences, &mut tally.differences).await?;
         }
         match upper {
             Some(u) => lower = Some(u),
             None => break,
         }
     }
-    Ok(if chunks_diverged == 0 {
-        TableResult::Equal { rows: rows_primary, chunks }
-    } else {
-        TableResult::Diverged { rows_primary, rows_replica, chunks, chunks_diverged, rows_differing, differences }
-    })
+    Ok(tally.result())
 }
 
 /// A chunk's row count and checksum; the error text when some row could not be
