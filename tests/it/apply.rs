@@ -118,7 +118,7 @@ impl Bed {
         self.change_raw(table, op, old.map(|v| v.to_string()), new.map(|v| v.to_string()), at)
     }
 
-    fn change(&self, table: &str, op: &str, old: Option<Value>, new: Option<Value>) -> String {
+    pub(crate) fn change(&self, table: &str, op: &str, old: Option<Value>, new: Option<Value>) -> String {
         self.change_at(table, op, old, new, "2026-12-01 10:00:00.000001+00")
     }
 
@@ -138,7 +138,7 @@ impl Bed {
             .collect()
     }
 
-    async fn apply(&self, changes: &[String], mode: ApplyMode, policy: &str) -> Result<Vec<Conflict>, ApplyError> {
+    pub(crate) async fn apply(&self, changes: &[String], mode: ApplyMode, policy: &str) -> Result<Vec<Conflict>, ApplyError> {
         let on_conflict = apply::on_conflict_json([], policy);
         self.db.batch_execute("BEGIN").await.expect("begin");
         let result = apply::apply_changes(&self.db, &self.name, &list(changes), mode, &on_conflict, Duration::from_secs(5)).await;
@@ -146,12 +146,12 @@ impl Bed {
         result
     }
 
-    async fn apply_ok(&self, changes: &[String], policy: &str) -> Vec<Conflict> {
+    pub(crate) async fn apply_ok(&self, changes: &[String], policy: &str) -> Vec<Conflict> {
         self.apply(changes, ApplyMode::Async, policy).await.unwrap_or_else(|e| panic!("apply: {e}"))
     }
 
     /// Both sides' rows, as text, under the capture's settings.
-    async fn same(&self, table: &str) {
+    pub(crate) async fn same(&self, table: &str) {
         let p = self.snapshot(&format!("p_{}", self.name), table).await;
         let r = self.snapshot(&format!("r_{}", self.name), table).await;
         let p: Vec<&String> = p.iter().map(|(t, _)| t).collect();
@@ -159,11 +159,11 @@ impl Bed {
         assert_eq!(r, p, "the replica's rows are not the origin's");
     }
 
-    async fn replica_rows(&self, table: &str) -> Vec<String> {
+    pub(crate) async fn replica_rows(&self, table: &str) -> Vec<String> {
         self.snapshot(&format!("r_{}", self.name), table).await.into_iter().map(|(t, _)| t).collect()
     }
 
-    async fn recorded(&self) -> Vec<(String, String)> {
+    pub(crate) async fn recorded(&self) -> Vec<(String, String)> {
         let rows = self.db.query("SELECT kind, resolution FROM capgate.conflicts WHERE origin = $1 ORDER BY id", &[&self.name]).await;
         rows.expect("conflicts").iter().map(|r| (r.get(0), r.get(1))).collect()
     }

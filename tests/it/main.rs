@@ -8,6 +8,7 @@ mod active_active;
 mod admin;
 mod admin_sql;
 mod apply;
+mod apply_order;
 mod apply_profile;
 mod apps;
 mod async_mode;

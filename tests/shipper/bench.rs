@@ -114,3 +114,67 @@ async fn measure_drain_tpcb() {
         );
     }
 }
+
+/// The same with the chaos suite's mix (tests/chaos/workload.rs): in each of two tables,
+/// single-row inserts with the client's own keys, increments of two hot rows, and
+/// transactions that insert, increment and insert again, interleaved by 4 clients: the
+/// operations of one table alternate within every page.
+/// `cargo test --test shipper -- --ignored --nocapture measure_drain_mixed`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_drain_mixed() {
+    let ops: usize = std::env::var("CAPGATE_DRAIN_TXNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let ddl = "CREATE TABLE m1 (id bigint PRIMARY KEY, client int, v bigint NOT NULL DEFAULT 0);
+               CREATE TABLE m2 (id bigint PRIMARY KEY, client int, v bigint NOT NULL DEFAULT 0);
+               INSERT INTO m1 (id) VALUES (1), (2); INSERT INTO m2 (id) VALUES (1), (2)";
+    let tables = ["public.m1", "public.m2"];
+    let db = "mixed";
+    let env = env(db, ddl, &tables).await;
+    let shipper = Shipper::start(env.config());
+    for t in tables {
+        until("the copy", || shipper.stats().tables().get(t).is_some_and(|s| s.state == TableState::Copied)).await;
+    }
+    drop(shipper);
+    let mut tasks = Vec::new();
+    for c in 0..4usize {
+        let url = bed().a_primary().url("postgres", db);
+        tasks.push(tokio::spawn(async move {
+            let client = client(&url).await;
+            let mut next = (c as i64 + 1) * 1_000_000_000;
+            for i in (c..ops).step_by(4) {
+                let (table, hot) = (["m1", "m2"][i % 2], (i / 2) % 2 + 1);
+                next += 2;
+                let sql = match (i / 4) % 4 {
+                    0 | 1 => format!("INSERT INTO {table} (id, client) VALUES ({next}, {c})"),
+                    2 => format!("UPDATE {table} SET v = v + 1 WHERE id = {hot}"),
+                    _ => format!(
+                        "BEGIN; INSERT INTO {table} (id, client) VALUES ({next}, {c}); UPDATE {table} SET v = v + 1 WHERE id = {hot}; \
+                         INSERT INTO {table} (id, client) VALUES ({}, {c}); COMMIT",
+                        next + 1
+                    ),
+                };
+                client.batch_execute(&sql).await.expect("write");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let mut config = env.config();
+    config.deadline = Duration::from_secs(120);
+    let started = Instant::now();
+    let shipper = Shipper::start(config);
+    for t in ["m1", "m2"] {
+        env.converged(None, t, &shipper).await;
+    }
+    let elapsed = started.elapsed();
+    let stats = shipper.stats();
+    let (changes, batches) = (stats.changes.load(Ordering::Relaxed), stats.batches.load(Ordering::Relaxed));
+    println!(
+        "drain loopback (mixed, {ops} operations): {changes} row changes in {:.2} s = {:.0} changes/s; \
+         {batches} replica round trips with changes ({:.0} changes per round trip)",
+        elapsed.as_secs_f64(),
+        changes as f64 / elapsed.as_secs_f64(),
+        changes as f64 / batches.max(1) as f64
+    );
+}

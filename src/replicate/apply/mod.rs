@@ -7,9 +7,11 @@
 //! trip whatever its size:
 //!
 //! - changes are grouped per table (tables are independent on the apply session: user
-//!   triggers and foreign-key actions are off, `session_replication_role = replica`), keeping
-//!   capture order inside a table, in runs of one operation; a schema change (`S`) is a
-//!   barrier that nothing moves across;
+//!   triggers and foreign-key actions are off, `session_replication_role = replica`), in runs
+//!   of one operation that keep every row's changes in capture order: where a table's
+//!   operations alternate, its changes are grouped by generation (`order.sql`), so a page of
+//!   inserts and hot-row updates costs two runs, not one per alternation; a schema change
+//!   (`S`) is a barrier that nothing moves across;
 //! - a run is applied by one bulk statement over `json_populate_record` (inside a
 //!   subtransaction), matching rows by primary key and comparing the replica's row with the
 //!   old image as `jsonb` (equal values compare equal whatever their text); when that does not
@@ -35,8 +37,9 @@ use tokio_postgres::Client;
 /// The replica's tables, one step per schema version (append, never edit a released step).
 const REPLICA_MIGRATIONS: &[&str] = &[include_str!("tables.sql"), include_str!("sync_gids.sql"), include_str!("partial_ranges.sql")];
 
-/// The functions, replaced on every install (they hold no data).
-const FUNCTIONS: &str = include_str!("functions.sql");
+/// The functions, replaced on every install (they hold no data): applying a run of changes,
+/// and the order runs apply in with the entry point.
+const FUNCTIONS: [&str; 2] = [include_str!("functions.sql"), include_str!("order.sql")];
 
 /// The version of the replica's `capgate` schema this build installs (recorded in
 /// `capgate.replica_schema_version`, apart from the primary's version: one database can be a
@@ -121,7 +124,9 @@ fn install_sql() -> String {
              END IF;\nEND\n$migrate$;\n"
         ));
     }
-    sql.push_str(FUNCTIONS);
+    for functions in FUNCTIONS {
+        sql.push_str(functions);
+    }
     sql.push_str("\nCOMMIT;\n");
     sql
 }

@@ -1,0 +1,151 @@
+-- The order in which one call's changes apply, and the entry point (decision 0009, "Apply";
+-- decision 0026). Replaced on every install with functions.sql.
+--
+-- Tables are independent of each other on the apply session (triggers and foreign-key
+-- actions are off), so each table's changes go together. Inside a table, a change must follow
+-- every earlier change of its row (same primary key); changes of different rows commute. A
+-- run of one operation is one bulk statement (capgate.apply_run), so the fewer runs the
+-- faster: a page of a table where inserts and updates alternate (new rows and a hot counter,
+-- the usual OLTP mix) would otherwise cost one run per alternation.
+
+-- The groups `p_changes` applies in: (table, operation, changes in capture order). A schema
+-- change ('S') is a barrier nothing moves across. With `p_reorder`, a table whose changes in
+-- a segment mix operations (and hold no TRUNCATE and no update of a key) has them grouped by
+-- generation: a change's generation counts how often its row's operation changed before it,
+-- so two changes of one row in one generation have the same operation; the groups go by
+-- generation, deletes then updates then inserts in each (a unique value freed before it is
+-- taken again). Without it, or for any other table, runs are consecutive changes of one
+-- operation, in capture order.
+CREATE OR REPLACE FUNCTION capgate.apply_plan(p_changes json, p_reorder boolean)
+RETURNS TABLE (tbl text, op text, items json) LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    WITH e AS (
+        SELECT x.i, x.c ->> 'tbl' AS tbl, x.c ->> 'op' AS op, x.c
+          FROM json_array_elements(p_changes) WITH ORDINALITY AS x(c, i)),
+    s AS (SELECT e.*, count(*) FILTER (WHERE e.op = 'S') OVER (ORDER BY e.i) AS seg FROM e),
+    m AS (
+        SELECT s.*,
+               p_reorder AND min(s.op) OVER w <> max(s.op) OVER w AND bool_and(s.op IN ('I', 'U', 'D')) OVER w AS mixed,
+               min(s.i) OVER (PARTITION BY s.seg, s.op = 'S', s.tbl) AS first_i,
+               row_number() OVER (PARTITION BY s.seg, s.tbl ORDER BY s.i)
+                   - row_number() OVER (PARTITION BY s.seg, s.tbl, s.op ORDER BY s.i) AS island
+          FROM s WINDOW w AS (PARTITION BY s.seg, s.tbl)),
+    pk AS (
+        SELECT t.tbl, array_agg(a.attname::text ORDER BY k.ord) AS cols
+          FROM (SELECT DISTINCT m.tbl FROM m WHERE m.mixed) AS t
+          JOIN pg_index ix ON ix.indrelid = to_regclass(t.tbl) AND ix.indisprimary
+          CROSS JOIN LATERAL unnest(ix.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+          JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.attnum
+         GROUP BY t.tbl),
+    k AS (
+        SELECT m.*,
+               CASE WHEN pk.cols IS NOT NULL THEN (
+                   SELECT jsonb_agg(m.c -> (CASE m.op WHEN 'I' THEN 'new' ELSE 'old' END) -> u.col ORDER BY u.o)
+                     FROM unnest(pk.cols) WITH ORDINALITY AS u(col, o)) END AS key,
+               CASE WHEN pk.cols IS NOT NULL AND m.op = 'U' THEN (
+                   SELECT jsonb_agg(m.c -> 'new' -> u.col ORDER BY u.o) FROM unnest(pk.cols) WITH ORDINALITY AS u(col, o)) END AS key_after
+          FROM m LEFT JOIN pk ON pk.tbl = m.tbl AND m.mixed),
+    r AS (
+        SELECT k.*, coalesce(bool_and(k.key IS NOT NULL AND NOT k.key @> '[null]' AND (k.op <> 'U' OR k.key = k.key_after))
+                                 OVER (PARTITION BY k.seg, k.tbl), false) AS reorder
+          FROM k),
+    g AS (
+        SELECT r.*, CASE WHEN r.reorder THEN sum(r.switched) OVER (PARTITION BY r.seg, r.tbl, r.key ORDER BY r.i) ELSE r.island END AS grp
+          FROM (SELECT r.*, coalesce(r.reorder AND lag(r.op) OVER (PARTITION BY r.seg, r.tbl, r.key ORDER BY r.i) <> r.op, false)::int AS switched
+                  FROM r) AS r)
+    SELECT g.tbl, g.op, json_agg(g.c ORDER BY g.i)
+      FROM g GROUP BY g.seg, g.tbl, g.op, g.reorder, g.grp
+     ORDER BY g.seg, g.op <> 'S', min(g.first_i),
+              CASE WHEN g.reorder THEN g.grp * 3 + CASE g.op WHEN 'D' THEN 0 WHEN 'U' THEN 1 ELSE 2 END ELSE min(g.i) END
+$fn$;
+
+-- Applies the groups of capgate.apply_plan(changes, reorder), each under its table's policy.
+CREATE OR REPLACE FUNCTION capgate.apply_groups(
+    origin text, changes json, mode text, on_conflict json, prepared_wait interval, reorder boolean)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    r record;
+    policy text;
+    found jsonb := '[]';
+    e_state text;
+    e_msg text;
+BEGIN
+    FOR r IN
+        SELECT p.tbl, p.op, p.items FROM capgate.apply_plan(changes, reorder) AS p
+    LOOP
+        IF r.op IS NULL OR r.op NOT IN ('I', 'U', 'D', 'T', 'S') THEN
+            RAISE EXCEPTION 'capgate.apply_changes: unknown operation % in a change of %', coalesce(quote_literal(r.op), 'NULL'), r.tbl
+                USING ERRCODE = '22023';
+        END IF;
+        policy := CASE WHEN mode = 'sync' THEN 'halt' ELSE coalesce(on_conflict ->> r.tbl, on_conflict ->> '*', 'halt') END;
+        IF policy NOT IN ('skip', 'halt', 'overwrite', 'latest') THEN
+            RAISE EXCEPTION 'capgate.apply_changes: on_conflict of % is %, not one of skip, halt, overwrite, latest', r.tbl, quote_literal(policy)
+                USING ERRCODE = '22023';
+        END IF;
+        IF mode = 'sync' THEN
+            found := found || capgate.apply_group(origin, r.tbl, r.op, r.items, mode, policy, prepared_wait);
+        ELSE
+            -- Async: a run that fails stops its table only (the shipper halts it and ships the
+            -- rest); the error, with the table, comes back as CGH01 like a `halt` conflict.
+            BEGIN
+                found := found || capgate.apply_group(origin, r.tbl, r.op, r.items, mode, policy, prepared_wait);
+            EXCEPTION
+                WHEN SQLSTATE 'CGH01' OR SQLSTATE 'CGC01' THEN
+                    RAISE;
+                WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT;
+                    IF reorder AND e_state = '23505' THEN
+                        RAISE;  -- apply_changes applies the changes again in capture order
+                    END IF;
+                    RAISE EXCEPTION 'capgate: applying changes of % failed: % (SQLSTATE %); shipping this table stops', r.tbl, e_msg, e_state
+                        USING ERRCODE = 'CGH01',
+                              DETAIL = jsonb_build_object('origin', origin, 'seq', r.items -> 0 -> 'seq', 'at', r.items -> 0 -> 'at',
+                                  'tbl', r.tbl, 'op', r.op, 'kind', 'apply_error', 'old', r.items -> 0 -> 'old', 'new', r.items -> 0 -> 'new',
+                                  'replica', NULL, 'detail', format('%s (SQLSTATE %s)', e_msg, e_state), 'resolution', 'halted')::text,
+                              HINT = 'fix the cause on the replica, then resume the table (`capgate resume --replica <name> --table <table>`)';
+            END;
+        END IF;
+    END LOOP;
+    RETURN found;
+END
+$fn$;
+
+-- The entry point: applies `changes` (see capgate.apply_groups) and returns the conflicts it
+-- resolved. The changes go grouped by generation first; a unique violation there (a value of
+-- another unique index than the key, freed and taken again across rows in an order the
+-- grouping changed) applies them again in capture order.
+CREATE OR REPLACE FUNCTION capgate.apply_changes(
+    origin text, changes json, mode text, on_conflict json, prepared_wait interval DEFAULT interval '1 second')
+RETURNS json LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+SET bytea_output = 'hex' SET lc_monetary = 'C'
+AS $fn$
+BEGIN
+    IF mode IS NULL OR mode NOT IN ('sync', 'async') THEN
+        RAISE EXCEPTION 'capgate.apply_changes: mode must be ''sync'' or ''async'', not %', coalesce(quote_literal(mode), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF json_typeof(changes) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'capgate.apply_changes: changes must be a JSON array' USING ERRCODE = '22023';
+    END IF;
+    IF current_setting('session_replication_role') <> 'replica' THEN
+        BEGIN
+            PERFORM set_config('session_replication_role', 'replica', true);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'capgate: role % may not set session_replication_role, which applying row changes needs (user triggers and foreign-key actions must not fire twice)', current_user
+                USING ERRCODE = '42501',
+                      HINT = format('make %I a superuser, or on PostgreSQL 15 and later: GRANT SET ON PARAMETER session_replication_role TO %I', current_user, current_user);
+        END;
+    END IF;
+    -- Under a quorum the stream also carries sync commits (with their gid): skip those
+    -- whose branch committed here (decision 0017).
+    IF mode = 'async' AND strpos(changes::text, '"gid"') > 0 THEN
+        changes := capgate.skip_synced(origin, changes);
+    END IF;
+    BEGIN
+        RETURN capgate.apply_groups(origin, changes, mode, on_conflict, prepared_wait, true)::json;
+    EXCEPTION WHEN unique_violation THEN
+        RETURN capgate.apply_groups(origin, changes, mode, on_conflict, prepared_wait, false)::json;
+    END;
+END
+$fn$;
