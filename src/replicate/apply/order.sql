@@ -8,59 +8,18 @@
 -- faster: a page of a table where inserts and updates alternate (new rows and a hot counter,
 -- the usual OLTP mix) would otherwise cost one run per alternation.
 
--- The groups `p_changes` applies in: (table, operation, changes in capture order). A schema
--- change ('S') is a barrier nothing moves across. With `p_reorder`, a table whose changes in
--- a segment mix operations (and hold no TRUNCATE and no update of a key) has them grouped by
--- generation: a change's generation counts how often its row's operation changed before it,
--- so two changes of one row in one generation have the same operation; the groups go by
--- generation, deletes then updates then inserts in each (a unique value freed before it is
--- taken again). Without it, or for any other table, runs are consecutive changes of one
--- operation, in capture order.
-CREATE OR REPLACE FUNCTION capgate.apply_plan(p_changes json, p_reorder boolean)
-RETURNS TABLE (tbl text, op text, items json) LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
-    WITH e AS (
-        SELECT x.i, x.c ->> 'tbl' AS tbl, x.c ->> 'op' AS op, x.c
-          FROM json_array_elements(p_changes) WITH ORDINALITY AS x(c, i)),
-    s AS (SELECT e.*, count(*) FILTER (WHERE e.op = 'S') OVER (ORDER BY e.i) AS seg FROM e),
-    m AS (
-        SELECT s.*,
-               p_reorder AND min(s.op) OVER w <> max(s.op) OVER w AND bool_and(s.op IN ('I', 'U', 'D')) OVER w AS mixed,
-               min(s.i) OVER (PARTITION BY s.seg, s.op = 'S', s.tbl) AS first_i,
-               row_number() OVER (PARTITION BY s.seg, s.tbl ORDER BY s.i)
-                   - row_number() OVER (PARTITION BY s.seg, s.tbl, s.op ORDER BY s.i) AS island
-          FROM s WINDOW w AS (PARTITION BY s.seg, s.tbl)),
-    pk AS (
-        SELECT t.tbl, array_agg(a.attname::text ORDER BY k.ord) AS cols
-          FROM (SELECT DISTINCT m.tbl FROM m WHERE m.mixed) AS t
-          JOIN pg_index ix ON ix.indrelid = to_regclass(t.tbl) AND ix.indisprimary
-          CROSS JOIN LATERAL unnest(ix.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-          JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.attnum
-         GROUP BY t.tbl),
-    k AS (
-        SELECT m.*,
-               CASE WHEN pk.cols IS NOT NULL THEN (
-                   SELECT jsonb_agg(m.c -> (CASE m.op WHEN 'I' THEN 'new' ELSE 'old' END) -> u.col ORDER BY u.o)
-                     FROM unnest(pk.cols) WITH ORDINALITY AS u(col, o)) END AS key,
-               CASE WHEN pk.cols IS NOT NULL AND m.op = 'U' THEN (
-                   SELECT jsonb_agg(m.c -> 'new' -> u.col ORDER BY u.o) FROM unnest(pk.cols) WITH ORDINALITY AS u(col, o)) END AS key_after
-          FROM m LEFT JOIN pk ON pk.tbl = m.tbl AND m.mixed),
-    r AS (
-        SELECT k.*, coalesce(bool_and(k.key IS NOT NULL AND NOT k.key @> '[null]' AND (k.op <> 'U' OR k.key = k.key_after))
-                                 OVER (PARTITION BY k.seg, k.tbl), false) AS reorder
-          FROM k),
-    g AS (
-        SELECT r.*, CASE WHEN r.reorder THEN sum(r.switched) OVER (PARTITION BY r.seg, r.tbl, r.key ORDER BY r.i) ELSE r.island END AS grp
-          FROM (SELECT r.*, coalesce(r.reorder AND lag(r.op) OVER (PARTITION BY r.seg, r.tbl, r.key ORDER BY r.i) <> r.op, false)::int AS switched
-                  FROM r) AS r)
-    SELECT g.tbl, g.op, json_agg(g.c ORDER BY g.i)
-      FROM g GROUP BY g.seg, g.tbl, g.op, g.reorder, g.grp
-     ORDER BY g.seg, g.op <> 'S', min(g.first_i),
-              CASE WHEN g.reorder THEN g.grp * 3 + CASE g.op WHEN 'D' THEN 0 WHEN 'U' THEN 1 ELSE 2 END ELSE min(g.i) END
-$fn$;
-
--- Applies the groups of capgate.apply_plan(changes, reorder), each under its table's policy.
+-- capgate.apply_groups applies `changes` in groups (table, operation, changes in capture
+-- order), each under its table's policy. A schema change ('S') is a barrier nothing moves
+-- across. With `p_reorder`, a table whose changes in a segment mix operations (and hold no
+-- TRUNCATE and no update of a key) has them grouped by generation: a change's generation
+-- counts how often its row's operation changed before it, so two changes of one row in one
+-- generation have the same operation; the groups go by generation, deletes then updates then
+-- inserts in each (a unique value freed before it is taken again). Without it, or for any
+-- other table, runs are consecutive changes of one operation, in capture order. (The grouping
+-- query is in the function's body, where PL/pgSQL keeps its plan; a SQL function with a SET
+-- clause would be planned again at every call.)
 CREATE OR REPLACE FUNCTION capgate.apply_groups(
-    origin text, changes json, mode text, on_conflict json, prepared_wait interval, reorder boolean)
+    origin text, changes json, mode text, on_conflict json, prepared_wait interval, p_reorder boolean)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     r record;
@@ -70,7 +29,44 @@ DECLARE
     e_msg text;
 BEGIN
     FOR r IN
-        SELECT p.tbl, p.op, p.items FROM capgate.apply_plan(changes, reorder) AS p
+        WITH e AS (
+            SELECT x.i, x.c ->> 'tbl' AS tbl, x.c ->> 'op' AS op, x.c
+              FROM json_array_elements(changes) WITH ORDINALITY AS x(c, i)),
+        s AS (SELECT e.*, count(*) FILTER (WHERE e.op = 'S') OVER (ORDER BY e.i) AS seg FROM e),
+        m AS (
+            SELECT s.*,
+                   p_reorder AND min(s.op) OVER w <> max(s.op) OVER w AND bool_and(s.op IN ('I', 'U', 'D')) OVER w AS mixed,
+                   min(s.i) OVER (PARTITION BY s.seg, s.op = 'S', s.tbl) AS first_i,
+                   row_number() OVER (PARTITION BY s.seg, s.tbl ORDER BY s.i)
+                       - row_number() OVER (PARTITION BY s.seg, s.tbl, s.op ORDER BY s.i) AS island
+              FROM s WINDOW w AS (PARTITION BY s.seg, s.tbl)),
+        pk AS (
+            SELECT t.tbl, array_agg(a.attname::text ORDER BY k.ord) AS cols
+              FROM (SELECT DISTINCT m.tbl FROM m WHERE m.mixed) AS t
+              JOIN pg_index ix ON ix.indrelid = to_regclass(t.tbl) AND ix.indisprimary
+              CROSS JOIN LATERAL unnest(ix.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+              JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.attnum
+             GROUP BY t.tbl),
+        k AS (
+            SELECT m.*,
+                   CASE WHEN pk.cols IS NOT NULL THEN (
+                       SELECT jsonb_agg(m.c -> (CASE m.op WHEN 'I' THEN 'new' ELSE 'old' END) -> u.col ORDER BY u.o)
+                         FROM unnest(pk.cols) WITH ORDINALITY AS u(col, o)) END AS key,
+                   CASE WHEN pk.cols IS NOT NULL AND m.op = 'U' THEN (
+                       SELECT jsonb_agg(m.c -> 'new' -> u.col ORDER BY u.o) FROM unnest(pk.cols) WITH ORDINALITY AS u(col, o)) END AS key_after
+              FROM m LEFT JOIN pk ON pk.tbl = m.tbl AND m.mixed),
+        kr AS (
+            SELECT k.*, coalesce(bool_and(k.key IS NOT NULL AND NOT k.key @> '[null]' AND (k.op <> 'U' OR k.key = k.key_after))
+                                     OVER (PARTITION BY k.seg, k.tbl), false) AS reorder
+              FROM k),
+        g AS (
+            SELECT ks.*, CASE WHEN ks.reorder THEN sum(ks.switched) OVER (PARTITION BY ks.seg, ks.tbl, ks.key ORDER BY ks.i) ELSE ks.island END AS grp
+              FROM (SELECT kr.*, coalesce(kr.reorder AND lag(kr.op) OVER (PARTITION BY kr.seg, kr.tbl, kr.key ORDER BY kr.i) <> kr.op, false)::int AS switched
+                      FROM kr) AS ks)
+        SELECT g.tbl, g.op, json_agg(g.c ORDER BY g.i) AS items
+          FROM g GROUP BY g.seg, g.tbl, g.op, g.reorder, g.grp
+         ORDER BY g.seg, g.op <> 'S', min(g.first_i),
+                  CASE WHEN g.reorder THEN g.grp * 3 + CASE g.op WHEN 'D' THEN 0 WHEN 'U' THEN 1 ELSE 2 END ELSE min(g.i) END
     LOOP
         IF r.op IS NULL OR r.op NOT IN ('I', 'U', 'D', 'T', 'S') THEN
             RAISE EXCEPTION 'capgate.apply_changes: unknown operation % in a change of %', coalesce(quote_literal(r.op), 'NULL'), r.tbl
@@ -93,7 +89,7 @@ BEGIN
                     RAISE;
                 WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT;
-                    IF reorder AND e_state = '23505' THEN
+                    IF p_reorder AND e_state = '23505' THEN
                         RAISE;  -- apply_changes applies the changes again in capture order
                     END IF;
                     RAISE EXCEPTION 'capgate: applying changes of % failed: % (SQLSTATE %); shipping this table stops', r.tbl, e_msg, e_state
