@@ -25,6 +25,8 @@ use capgate::verify::{self, Limits, Selection, TableName};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+#[path = "chaos/pace.rs"]
+mod pace;
 #[path = "chaos/process.rs"]
 mod process;
 #[path = "chaos/workload.rs"]
@@ -187,10 +189,7 @@ struct Check {
 async fn run(seed: u64, secs: u64, direct: bool) {
     eprintln!("chaos: seed {seed}, {secs} s (replay with CHAOS_SEED={seed} CHAOS_SECONDS={secs})");
     if direct {
-        eprintln!(
-            "chaos: the direct client writes at most {} operations a second (CHAOS_DIRECT_RATE; 0: unpaced)",
-            workload::direct_rate()
-        );
+        eprintln!("chaos: the direct client writes at most {} operations a second (CHAOS_DIRECT_RATE; 0: unpaced)", pace::direct_rate());
     }
     let b = bed();
     let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, b.b_replica().port()))).unwrap();

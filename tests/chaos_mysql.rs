@@ -29,6 +29,8 @@ use rand::{RngExt, SeedableRng};
 
 #[path = "chaos/my_workload.rs"]
 mod my_workload;
+#[path = "chaos/pace.rs"]
+mod pace;
 #[path = "chaos/process.rs"]
 mod process;
 use my_workload::{client, Outcome};
@@ -217,6 +219,10 @@ fn first(slot: &mut Option<String>, found: String) {
 
 async fn run(seed: u64, secs: u64) {
     eprintln!("chaos (MariaDB): seed {seed}, {secs} s (replay with CHAOS_SEED={seed} CHAOS_SECONDS={secs})");
+    eprintln!(
+        "chaos (MariaDB): the direct client writes at most {} operations a second (CHAOS_DIRECT_RATE; 0: unpaced)",
+        pace::direct_rate()
+    );
     let (p, r) = servers();
     let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, r.port()))).expect("link");
     let mut ddl = String::from("DROP DATABASE IF EXISTS capgate; DROP DATABASE IF EXISTS chaos; CREATE DATABASE chaos;");
@@ -252,7 +258,8 @@ async fn run(seed: u64, secs: u64) {
     let mut clients: Vec<_> =
         (1..=4).map(|n| tokio::spawn(client(n, url.clone(), false, tables.clone(), seed, stop.clone(), t0, history.clone()))).collect();
     // A fifth client writes on the primary directly, around capgate (a DBA, a cron job), to
-    // every table that is not `sync`: its rows are captured there and shipped like the others.
+    // every table that is not `sync`, paced (decision 0026): its rows are captured there and
+    // shipped like the others.
     let around: Vec<&'static str> = TABLES.iter().filter(|(_, k)| *k != Kind::Sync).map(|(t, _)| *t).collect();
     clients.push(tokio::spawn(client(5, url_at(p.port(), "chaos"), true, around, seed, stop.clone(), t0, history.clone())));
     let faults = nemesis(seed, Instant::now() + Duration::from_secs(secs), &link, &capgate).await;

@@ -34,6 +34,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 // The chaos suite's clients; this checker reads only part of what they record.
+#[path = "chaos/pace.rs"]
+mod pace;
 #[path = "chaos/workload.rs"]
 #[allow(dead_code)]
 mod workload;

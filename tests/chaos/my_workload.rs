@@ -4,7 +4,8 @@
 //! hot-row UPDATE; a multi-row INSERT; a hot-row increment by `INSERT … ON DUPLICATE KEY
 //! UPDATE`; a transaction (a quarter rolled back on purpose); a read-dependent `INSERT …
 //! SELECT` (its `v` is the hot row's value as the statement read it). Each as text (COM_QUERY)
-//! or prepared (COM_STMT_EXECUTE).
+//! or prepared (COM_STMT_EXECUTE). The client that writes on the primary directly is paced
+//! (tests/chaos/pace.rs).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,7 @@ pub async fn client(
     let mut next = n * 1_000_000_000 + 100;
     let mut conn: Option<mysql_async::Conn> = None;
     let deadline = Duration::from_secs(20);
+    let mut pace = super::pace::Pace::new(direct);
     while !stop.load(Ordering::Relaxed) {
         let Some(c) = conn.as_mut() else {
             conn = match tokio::time::timeout(Duration::from_secs(5), mysql_async::Conn::from_url(url.as_str())).await {
@@ -96,6 +98,7 @@ pub async fn client(
             };
             continue;
         };
+        pace.wait().await;
         let table = tables[rng.random_range(0..tables.len())];
         let shape = rng.random_range(0..12);
         let prepared = rng.random_bool(0.5);

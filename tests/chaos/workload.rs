@@ -6,7 +6,7 @@
 //! inserts (in a transaction or in autocommit); a COPY FROM STDIN of two rows in a transaction. Each in the
 //! simple or the extended protocol. One more client writes on the primary directly, around
 //! capgate (a DBA, a cron job), to every table that is not `sync`, at most
-//! [`direct_rate`] operations a second (decision 0026).
+//! [`super::pace::direct_rate`] operations a second (decision 0026).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,7 @@ use futures_util::SinkExt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use super::pace::Pace;
 use super::{connect, Kind, TABLES};
 
 /// The function the clients call, created on the primary only: its row changes reach the
@@ -25,14 +26,6 @@ pub const FUNCTION: &str = "CREATE OR REPLACE FUNCTION ch_bump(t regclass, hot b
        EXECUTE format('UPDATE %s SET v = v + 1 WHERE id = $1 RETURNING v', t) INTO seen USING hot; \
        EXECUTE format('INSERT INTO %s (id, client, v) VALUES ($1, $2, $3)', t) USING new_id, who, seen; \
        RETURN seen; END $$";
-
-/// The direct client's pace, in operations a second (`CHAOS_DIRECT_RATE`, default 50; 0: as
-/// fast as the primary answers). Unpaced, it wrote ten times as much as the four clients
-/// through capgate together (no proxy, no admission in its path) and, on this 2-core machine,
-/// more than the shipper applies between faults: the backlog only grew (decision 0026).
-pub fn direct_rate() -> u32 {
-    std::env::var("CHAOS_DIRECT_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
-}
 
 /// What the client was told.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,12 +75,7 @@ pub async fn client(n: i64, url: String, direct: bool, seed: u64, stop: Arc<Atom
     let mut conn: Option<tokio_postgres::Client> = None;
     let deadline = Duration::from_secs(20);
     let tables: Vec<&'static str> = TABLES.iter().filter(|(_, k)| !direct || *k != Kind::Sync).map(|(t, _)| *t).collect();
-    let rate = if direct { direct_rate() } else { 0 };
-    let mut pace = (rate > 0).then(|| {
-        let mut every = tokio::time::interval(Duration::from_secs(1) / rate);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        every
-    });
+    let mut pace = Pace::new(direct);
     while !stop.load(Ordering::Relaxed) {
         let c = match &conn {
             Some(c) if !c.is_closed() => c,
@@ -99,9 +87,7 @@ pub async fn client(n: i64, url: String, direct: bool, seed: u64, stop: Arc<Atom
                 continue;
             }
         };
-        if let Some(every) = pace.as_mut() {
-            every.tick().await;
-        }
+        pace.wait().await;
         let table = tables[rng.random_range(0..tables.len())];
         let start = t0.elapsed().as_secs_f64();
         let shape = rng.random_range(0..14);
