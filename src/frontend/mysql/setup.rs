@@ -1,7 +1,8 @@
 //! Replication to MySQL replicas at start (decisions 0015, 0016): the primary's `capgate`
 //! database and capture triggers, the privileges they need, each replica's `capgate`
-//! functions; then, while serving, every few seconds: the triggers reconciled after a policy
-//! reload, and a recovery round per replica.
+//! functions; then, while serving: the triggers reconciled within a quarter second of a
+//! policy reload (and the shippers started when it brings the first async or bounded rule),
+//! and a recovery round per replica every few seconds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::sync::SyncShared;
+use super::Shared;
 use crate::config::Config;
-use crate::policy::{Policy, PolicyHandle};
+use crate::policy::Policy;
 use crate::store::mysql::xa::{self, ReplicaConn};
 use crate::store::mysql::{apply, capture, primary};
 use crate::store::CaptureMode;
@@ -78,20 +80,50 @@ pub async fn reconcile(config: &Config, policy: &Policy) -> Result<capture::Reco
     Ok(done)
 }
 
-/// Every few seconds: bring the capture triggers in step with a reloaded policy, and resolve
-/// the branches capgate's processes of this site left prepared on each replica (decision
-/// 0016).
-pub async fn maintenance_loop(config: Arc<Config>, sync: &SyncShared, policy: Arc<PolicyHandle>) {
+/// How often the loop looks for a reloaded policy: a write to a table whose capture the
+/// reload changed is refused until its triggers follow, so this bounds that window.
+const POLICY_POLL: Duration = Duration::from_millis(250);
+
+/// Time before a failed reconciliation round is tried again.
+const RECONCILE_RETRY: Duration = Duration::from_secs(2);
+
+/// Until aborted: within [`POLICY_POLL`] of a policy reload, bring the capture triggers in
+/// step with it and then start the shippers if it is the first policy with an async or
+/// bounded rule (as at start: triggers first, so the shippers' first read sees every change
+/// of the new tables); every [`RECOVERY_INTERVAL`], resolve the branches capgate's processes
+/// of this site left prepared on each replica (decision 0016).
+pub async fn maintenance_loop(shared: Arc<Shared>) {
+    let Some(sync) = shared.sync.as_ref() else { return };
+    let policy = shared.router.policy().clone();
     let prefix = crate::replicate::recovery::site_prefix(&sync.site);
-    let mut last = policy.current();
+    let mut next_recovery = tokio::time::Instant::now() + RECOVERY_INTERVAL;
+    let mut next_reconcile = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(RECOVERY_INTERVAL).await;
+        tokio::time::sleep(POLICY_POLL).await;
         let now = policy.current();
-        if !Arc::ptr_eq(&now, &last) && reconcile(&config, &now).await.is_ok() {
-            last = now;
+        let behind = shared.reconciled().is_none_or(|last| !Arc::ptr_eq(&now, &last));
+        if behind && tokio::time::Instant::now() >= next_reconcile {
+            match reconcile(&shared.config, &now).await {
+                Ok(_) => {
+                    shared.set_reconciled(now.clone());
+                    shared.ship_if_needed(&now);
+                }
+                Err(e) => {
+                    next_reconcile = tokio::time::Instant::now() + RECONCILE_RETRY;
+                    warn!(
+                        policy_version = now.version,
+                        "the capture triggers could not be brought in step with the reloaded policy: {e}; writes to the tables it \
+                         changed are refused until they are (retrying in {RECONCILE_RETRY:?})"
+                    );
+                }
+            }
         }
+        if tokio::time::Instant::now() < next_recovery {
+            continue;
+        }
+        next_recovery = tokio::time::Instant::now() + RECOVERY_INTERVAL;
         for (name, url) in sync.replicas() {
-            match round(&config, url, &prefix).await {
+            match round(&shared.config, url, &prefix).await {
                 Ok(report) if report.acted() => {
                     info!(replica = %name, committed = ?report.committed, rolled_back = ?report.rolled_back, "recovered prepared XA branches");
                 }

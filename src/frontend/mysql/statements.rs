@@ -168,7 +168,7 @@ impl Statements {
                     }
                     let policy = self.policy();
                     let decisions = policy.decide(&c);
-                    if let Some(refusal) = self.admit(&decisions) {
+                    if let Some(refusal) = self.admit(&decisions, !has_ddl(&c)) {
                         return refusal;
                     }
                     self.count(&decisions);
@@ -271,7 +271,7 @@ impl Statements {
             return Err(Self::refuse(errors::NOT_SUPPORTED, &format!("{} (hint: {})", r.message, r.hint)));
         }
         if run {
-            if let Some(refusal) = self.admit(&route.decisions) {
+            if let Some(refusal) = self.admit(&route.decisions, !has_ddl(&route.classification)) {
                 return Err(refusal);
             }
             self.count(&route.decisions);
@@ -279,11 +279,18 @@ impl Statements {
         Ok(Some(route.classification))
     }
 
-    /// Bounded admission: the refusal of a write to a bounded table while some replica's
-    /// oldest pending change of that table is older than its `max_lag` (or its lag is not
-    /// known), naming the table, the policy and the remedy.
-    fn admit(&self, decisions: &[Decision]) -> Option<Verdict> {
-        let fleet = self.shared.shipping.as_ref()?;
+    /// Whether the writes of `decisions` may run now: when they write rows (`rows`: not
+    /// DDL), the tables' capture triggers must already record as the policy says (right
+    /// after a reload they may not, and such a write would reach the primary alone); a
+    /// bounded table's oldest pending change must be within its `max_lag` on every replica
+    /// (and its lag known). The refusal names the table, the policy and the remedy.
+    fn admit(&mut self, decisions: &[Decision], rows: bool) -> Option<Verdict> {
+        if rows {
+            if let Some(refusal) = self.capture_ready(decisions) {
+                return Some(refusal);
+            }
+        }
+        let fleet = self.shared.shipping.get()?;
         decisions.iter().find_map(|d| {
             let Mode::Bounded { max_lag, .. } = d.mode else { return None };
             let (replica, lag) = fleet.over_budget(&d.table.to_string(), max_lag)?;
@@ -301,11 +308,32 @@ impl Statements {
         })
     }
 
+    /// The refusal of a write to a table whose capture triggers do not yet follow the policy
+    /// in force (a reload made it replicated, or changed it between sync and async; the
+    /// triggers follow within a fraction of a second).
+    fn capture_ready(&mut self, decisions: &[Decision]) -> Option<Verdict> {
+        let policy = self.policy();
+        decisions.iter().find_map(|d| {
+            let version = self.shared.capture_pending(&policy, d)?;
+            Some(Self::refuse(
+                errors::CAPTURE_NOT_READY,
+                &format!(
+                    "capgate refused this write to {} (mode {}, rule {}): its capture triggers on the primary still follow policy \
+                     version {version}, and a write now would not be replicated; nothing was written. capgate installs them \
+                     within a second of a policy reload: retry (if this lasts, capgate's log says why they cannot be installed)",
+                    d.table,
+                    d.mode.name(),
+                    d.rule
+                ),
+            ))
+        })
+    }
+
     /// Count (and log, sparingly) writes to replicated tables that reach the primary only
     /// (no replicas configured, or no shipper running for async and bounded tables).
     fn count(&self, decisions: &[Decision]) {
         let sync_replicated = !self.slots.is_empty();
-        let shipped = self.shared.shipping.is_some();
+        let shipped = self.shared.shipping.get().is_some();
         let replicated = |m: &Mode| match m {
             Mode::Local => true,
             Mode::Sync { .. } => sync_replicated,
@@ -319,7 +347,7 @@ impl Statements {
                     mode = d.mode.name(),
                     rule = %d.rule,
                     count = n,
-                    "write to a replicated table relayed to the primary only: no replica is configured (or the policy at start had no async or bounded rule)"
+                    "write to a replicated table relayed to the primary only: no replica is configured"
                 );
             }
         }
@@ -346,6 +374,11 @@ impl Statements {
 /// here): where a transaction's sync changes are coordinated.
 fn is_commit(c: &Classification) -> bool {
     matches!(c.statements.as_slice(), [one] if one.kind == Kind::Transaction(TxControl::Commit))
+}
+
+/// Whether a statement of `c` is DDL (it writes no rows).
+fn has_ddl(c: &Classification) -> bool {
+    c.statements.iter().any(|s| s.kind == Kind::Ddl)
 }
 
 /// Whether `sql` ends an open transaction although it is neither COMMIT, BEGIN nor DDL:
