@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::sync::SyncShared;
 use super::Shared;
@@ -45,6 +45,9 @@ pub async fn start(config: &Config, policy: &Policy) -> Result<Option<SyncShared
         tables.keys().filter(|t| CaptureMode::of(&policy.decide_table(t).mode).is_some()).map(|t| t.schema.clone()).collect();
     schemas.dedup();
     primary::check_privileges(&mut conn, &schemas).await.map_err(SetupError::Privileges)?;
+    if policy.ships_async() {
+        primary::check_shipping_privileges(&mut conn).await.map_err(SetupError::Privileges)?;
+    }
     let done = capture::reconcile(&mut conn, policy).await.map_err(|e| primary_err(&e))?;
     for (table, why) in &done.failed {
         warn!(%table, "cannot capture this table's changes: {why}");
@@ -106,6 +109,13 @@ pub async fn maintenance_loop(shared: Arc<Shared>) {
             match reconcile(&shared.config, &now).await {
                 Ok(_) => {
                     shared.set_reconciled(now.clone());
+                    if now.ships_async() && shared.shipping.get().is_none() {
+                        // At start a missing privilege refuses the start; here the policy is
+                        // in force already, so the shippers start all the same.
+                        if let Err(e) = check_shipping(&shared.config).await {
+                            error!(policy_version = now.version, "{e}; the shippers start anyway, but fix this");
+                        }
+                    }
                     shared.ship_if_needed(&now);
                 }
                 Err(e) => {
@@ -132,6 +142,14 @@ pub async fn maintenance_loop(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// [`primary::check_shipping_privileges`] on a connection of its own.
+async fn check_shipping(config: &Config) -> Result<(), String> {
+    let mut conn = xa::connect(&config.primary.url).await.map_err(|e| format!("cannot check the primary's privileges: {e}"))?;
+    let checked = primary::check_shipping_privileges(&mut conn).await.map_err(|e| e.to_string());
+    let _ = conn.disconnect().await;
+    checked
 }
 
 async fn round(config: &Config, url: &crate::config::DbUrl, prefix: &str) -> Result<xa::RecoveryReport, String> {
