@@ -7,6 +7,7 @@
 //! - [`auth`]: pass-through or proxy-side authentication;
 //! - [`relay`]: the two packet pumps and the reply queue between them;
 //! - [`hold`]: a COMMIT held for the sync commit;
+//! - [`implicit`]: statements that commit implicitly, and queries where that cannot be coordinated;
 //! - [`statements`]: what the session's statements write, decided by the policy; `KILL`;
 //! - [`sync`]: the sync commit over XA, driving `replicate::coordinator::SyncCommit`;
 //! - [`conn`]: a buffered connection for the packet-at-a-time connection phase.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod conn;
 pub mod handshake;
 pub mod hold;
+pub mod implicit;
 pub mod relay;
 pub mod session;
 pub mod setup;

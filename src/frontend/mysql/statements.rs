@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
+use super::implicit;
 use super::relay::{After, Flow, Pending, Prepared};
 use super::sync::ReplicaSlot;
 use super::Shared;
@@ -72,9 +73,12 @@ pub struct Statements {
     own_auth: bool,
     /// The policy the current transaction started with.
     tx_policy: Option<Arc<Policy>>,
-    /// The classification of the last statement sent for preparing: MariaDB's execute of
-    /// statement id 0xFFFFFFFF runs it, possibly before its PREPARE_OK has arrived.
-    last_prepare: Option<Arc<Classification>>,
+    /// The last statement sent for preparing: MariaDB's execute of statement id 0xFFFFFFFF
+    /// runs it, possibly before its PREPARE_OK has arrived.
+    last_prepare: Option<Prepared>,
+    /// The session sent `LOCK TABLES` and no `UNLOCK TABLES` since: only then does `UNLOCK
+    /// TABLES` commit an open transaction (tracked while sync tables are replicated).
+    locked_tables: bool,
     /// This session's replica connections for sync commits (empty: no MySQL replicas).
     pub(super) slots: Vec<Arc<ReplicaSlot>>,
 }
@@ -90,6 +94,7 @@ impl Statements {
             own_auth,
             tx_policy: None,
             last_prepare: None,
+            locked_tables: false,
             slots: shared.sync.as_ref().map(|s| s.slots()).unwrap_or_default(),
             shared,
         }
@@ -123,6 +128,14 @@ impl Statements {
                 match self.route(flow, sql, true) {
                     Err(refusal) => return refusal,
                     Ok(Some(c)) if !self.slots.is_empty() && self.policy().has_sync() => {
+                        let text = String::from_utf8_lossy(sql);
+                        let texts = implicit::statement_texts(&text, &SearchPath::new(flow.schema.iter().cloned()), &c);
+                        let policy = self.policy();
+                        if let Some(message) = implicit::commit_mid_query(&c, &texts, &policy, self.locked_tables) {
+                            return Self::refuse(errors::NOT_SUPPORTED, &message);
+                        }
+                        let commits = implicit::any_commits(&c, &texts, self.locked_tables);
+                        self.locked_tables = implicit::locks_tables(&texts, self.locked_tables);
                         if c.statements.len() > 1 && c.statements.iter().any(|s| s.kind == Kind::Transaction(TxControl::Commit)) {
                             return Self::refuse(
                                 errors::NOT_SUPPORTED,
@@ -140,11 +153,8 @@ impl Statements {
                                  commits them on every site with XA itself); use BEGIN ... COMMIT",
                             );
                         }
-                        if let Some(hold) = self.hold_for(&c).filter(|_| !is_load_local(sql)) {
+                        if let Some(hold) = self.hold_for(&c, commits).filter(|_| !is_load_local(sql)) {
                             return Verdict::Hold(hold);
-                        }
-                        if commits_implicitly(sql) {
-                            return Verdict::Hold(Hold::ImplicitCommit);
                         }
                     }
                     Ok(_) => {}
@@ -152,18 +162,24 @@ impl Statements {
             }
             Command::Prepare(sql) => match self.route(flow, sql, false) {
                 Ok(classification) => {
-                    self.last_prepare = classification.clone();
-                    after = After::Prepared(Prepared { classification });
+                    let implicit_commit = classification.as_ref().is_some_and(|c| {
+                        let text = String::from_utf8_lossy(sql);
+                        let texts = implicit::statement_texts(&text, &SearchPath::new(flow.schema.iter().cloned()), c);
+                        implicit::any_commits(c, &texts, false)
+                    });
+                    let prepared = Prepared { classification, implicit_commit };
+                    self.last_prepare = Some(prepared.clone());
+                    after = After::Prepared(prepared);
                 }
                 Err(refusal) => return refusal,
             },
             Command::Execute { statement } => {
-                let classification = match statement {
+                let prepared = match statement {
                     u32::MAX => self.last_prepare.clone(),
-                    id => flow.prepared.get(&id).and_then(|p| p.classification.clone()),
+                    id => flow.prepared.get(&id).cloned(),
                 };
-                if let Some(c) = classification {
-                    if let Some(hold) = self.hold_for(&c) {
+                if let Some(Prepared { classification: Some(c), implicit_commit }) = prepared {
+                    if let Some(hold) = self.hold_for(&c, implicit_commit) {
                         return Verdict::Hold(hold);
                     }
                     let policy = self.policy();
@@ -178,7 +194,10 @@ impl Statements {
                 flow.prepared.remove(&statement);
             }
             Command::InitDb(db) => after = After::Database(String::from_utf8_lossy(db).into_owned()),
-            Command::ResetConnection => after = After::Reset,
+            Command::ResetConnection => {
+                self.locked_tables = false;
+                after = After::Reset;
+            }
             Command::ChangeUser => {
                 if self.own_auth {
                     return Verdict::Fatal(packet::err(
@@ -187,6 +206,7 @@ impl Statements {
                         "capgate: COM_CHANGE_USER is not supported when capgate authenticates clients itself ([[users]]): reconnect instead",
                     ));
                 }
+                self.locked_tables = false;
                 let user = payload.get(1..).and_then(crate::protocol::mysql::nul_str).map(|(u, _)| String::from_utf8_lossy(u).into_owned());
                 after = After::User(user.unwrap_or_default());
             }
@@ -208,7 +228,8 @@ impl Statements {
     }
 
     /// Whether a statement must be held while sync tables are replicated (decision 0016).
-    fn hold_for(&mut self, c: &Classification) -> Option<Hold> {
+    /// `commits`: it commits an open transaction implicitly ([`implicit::commits_implicitly`]).
+    fn hold_for(&mut self, c: &Classification, commits: bool) -> Option<Hold> {
         if self.slots.is_empty() {
             return None;
         }
@@ -219,10 +240,11 @@ impl Statements {
         if is_commit(c) {
             return Some(Hold::Commit);
         }
-        if c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl)) {
+        // DDL (but a temporary table's) commits, and may change what is captured.
+        if commits && has_ddl(c) {
             return Some(Hold::Ddl);
         }
-        if c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(TxControl::Begin))) {
+        if commits {
             return Some(Hold::ImplicitCommit);
         }
         let may_write_sync = c.statements.iter().any(|s| matches!(s.kind, Kind::Unknown(_)))
@@ -381,19 +403,6 @@ fn has_ddl(c: &Classification) -> bool {
     c.statements.iter().any(|s| s.kind == Kind::Ddl)
 }
 
-/// Whether `sql` ends an open transaction although it is neither COMMIT, BEGIN nor DDL:
-/// `SET autocommit = 1` (or ON, TRUE) and `LOCK TABLES`.
-fn commits_implicitly(sql: &[u8]) -> bool {
-    let text: String = String::from_utf8_lossy(sql).to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
-    let text = text.trim_end_matches(';');
-    let enables = ["1", "on", "true"].iter().any(|v| {
-        ["autocommit=", "@@autocommit=", "@@session.autocommit=", "sessionautocommit="]
-            .iter()
-            .any(|k| text.strip_prefix("set").is_some_and(|rest| rest.contains(&format!("{k}{v}"))))
-    });
-    enables || text.starts_with("locktable")
-}
-
 /// Whether `sql` is a `LOAD DATA LOCAL` statement.
 fn is_load_local(sql: &[u8]) -> bool {
     let text = String::from_utf8_lossy(sql).to_ascii_uppercase();
@@ -419,17 +428,6 @@ fn use_database(sql: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::use_database;
-
-    #[test]
-    fn statements_that_commit_implicitly() {
-        use super::commits_implicitly;
-        assert!(commits_implicitly(b"SET autocommit = 1"));
-        assert!(commits_implicitly(b"set @@session.autocommit=ON;"));
-        assert!(commits_implicitly(b"SET SESSION autocommit = true"));
-        assert!(commits_implicitly(b"LOCK TABLES t WRITE"));
-        assert!(!commits_implicitly(b"SET autocommit = 0"));
-        assert!(!commits_implicitly(b"SELECT 'set autocommit=1'"));
-    }
 
     #[test]
     fn use_statements() {

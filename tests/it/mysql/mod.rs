@@ -19,6 +19,7 @@ mod python;
 mod raw;
 mod sync;
 mod sync_faults;
+mod sync_implicit;
 mod sync_kill;
 mod sync_relay;
 mod sync_sysbench;
