@@ -69,7 +69,9 @@ where
             }
             let reply = reply.unwrap_or_default();
             if error_of(&reply).is_none() {
-                let policy = statements.policy();
+                // The policy in force, not the one the ended transaction started with: an older
+                // one would take back triggers a reload has installed meanwhile.
+                let policy = statements.shared().router.policy().current();
                 if let Err(e) = super::setup::reconcile(&statements.shared().config, &policy).await {
                     tracing::warn!("after DDL, the capture triggers could not be brought in step with the policy: {e}");
                 }

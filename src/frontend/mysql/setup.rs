@@ -87,6 +87,9 @@ pub async fn reconcile(config: &Config, policy: &Policy) -> Result<capture::Reco
 /// reload changed is refused until its triggers follow, so this bounds that window.
 const POLICY_POLL: Duration = Duration::from_millis(250);
 
+/// How long one reconciliation round may take before it counts as failed.
+const ROUND_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Time before a failed reconciliation round is tried again.
 const RECONCILE_RETRY: Duration = Duration::from_secs(2);
 
@@ -96,42 +99,56 @@ const RECONCILE_RETRY: Duration = Duration::from_secs(2);
 /// of the new tables); every [`RECOVERY_INTERVAL`], resolve the branches capgate's processes
 /// of this site left prepared on each replica (decision 0016).
 pub async fn maintenance_loop(shared: Arc<Shared>) {
-    let Some(sync) = shared.sync.as_ref() else { return };
+    // Two loops in one task, polled side by side: a recovery round stuck on a partitioned
+    // replica must not delay the triggers of a reloaded policy (writes wait for them).
+    tokio::join!(capture_loop(&shared), recovery_loop(&shared));
+}
+
+/// Within [`POLICY_POLL`] of a reload: the triggers, then the shippers.
+async fn capture_loop(shared: &Shared) {
     let policy = shared.router.policy().clone();
-    let prefix = crate::replicate::recovery::site_prefix(&sync.site);
-    let mut next_recovery = tokio::time::Instant::now() + RECOVERY_INTERVAL;
     let mut next_reconcile = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(POLICY_POLL).await;
         let now = policy.current();
         let behind = shared.reconciled().is_none_or(|last| !Arc::ptr_eq(&now, &last));
-        if behind && tokio::time::Instant::now() >= next_reconcile {
-            match reconcile(&shared.config, &now).await {
-                Ok(_) => {
-                    shared.set_reconciled(now.clone());
-                    if now.ships_async() && shared.shipping.get().is_none() {
-                        // At start a missing privilege refuses the start; here the policy is
-                        // in force already, so the shippers start all the same.
-                        if let Err(e) = check_shipping(&shared.config).await {
-                            error!(policy_version = now.version, "{e}; the shippers start anyway, but fix this");
-                        }
-                    }
-                    shared.ship_if_needed(&now);
-                }
-                Err(e) => {
-                    next_reconcile = tokio::time::Instant::now() + RECONCILE_RETRY;
-                    warn!(
-                        policy_version = now.version,
-                        "the capture triggers could not be brought in step with the reloaded policy: {e}; writes to the tables it \
-                         changed are refused until they are (retrying in {RECONCILE_RETRY:?})"
-                    );
-                }
-            }
-        }
-        if tokio::time::Instant::now() < next_recovery {
+        if !behind || tokio::time::Instant::now() < next_reconcile {
             continue;
         }
-        next_recovery = tokio::time::Instant::now() + RECOVERY_INTERVAL;
+        let round = match tokio::time::timeout(ROUND_DEADLINE, reconcile(&shared.config, &now)).await {
+            Ok(done) => done.map(|_| ()),
+            Err(_) => Err(format!("the round did not finish within {ROUND_DEADLINE:?}")),
+        };
+        match round {
+            Ok(()) => {
+                shared.set_reconciled(now.clone());
+                if now.ships_async() && shared.shipping.get().is_none() {
+                    // At start a missing privilege refuses the start; here the policy is in
+                    // force already, so the shippers start all the same.
+                    if let Err(e) = check_shipping(&shared.config).await {
+                        error!(policy_version = now.version, "{e}; the shippers start anyway, but fix this");
+                    }
+                }
+                shared.ship_if_needed(&now);
+            }
+            Err(e) => {
+                next_reconcile = tokio::time::Instant::now() + RECONCILE_RETRY;
+                warn!(
+                    policy_version = now.version,
+                    "the capture triggers could not be brought in step with the reloaded policy: {e}; writes to the tables it \
+                     changed are refused until they are (retrying in {RECONCILE_RETRY:?})"
+                );
+            }
+        }
+    }
+}
+
+/// Every [`RECOVERY_INTERVAL`]: one recovery round per replica.
+async fn recovery_loop(shared: &Shared) {
+    let Some(sync) = shared.sync.as_ref() else { return };
+    let prefix = crate::replicate::recovery::site_prefix(&sync.site);
+    loop {
+        tokio::time::sleep(RECOVERY_INTERVAL).await;
         for (name, url) in sync.replicas() {
             match round(&shared.config, url, &prefix).await {
                 Ok(report) if report.acted() => {
