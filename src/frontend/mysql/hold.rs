@@ -5,7 +5,8 @@
 //! - a COMMIT of an open transaction: the sync commit runs on the session's own primary
 //!   connection, and the client's COMMIT follows only once every replica prepared;
 //! - an implicit commit of an open transaction: the sync commit runs with capgate's own
-//!   COMMIT, then the statement goes on; after DDL, the capture triggers are reconciled
+//!   COMMIT, then the statement goes on (`SET autocommit = 1` commits only when autocommit
+//!   was off); after DDL, the capture triggers are reconciled
 //!   with the policy before the client gets the reply (a new table a rule matches is
 //!   captured from its first write, a changed table's images carry its new columns);
 //! - a possible sync write outside a transaction in autocommit mode: capgate runs it inside
@@ -78,7 +79,7 @@ where
             }
             answer(state, Outcome::Committed, Some(reply));
         }
-        Hold::ImplicitCommit if in_trans => {
+        Hold::ImplicitCommit | Hold::AutocommitOn if in_trans && (hold == Hold::ImplicitCommit || flags & status::AUTOCOMMIT == 0) => {
             let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
             match outcome {
                 Outcome::Committed => return forward(state, server, statements, payload).await,

@@ -109,8 +109,9 @@ pub fn commits_implicitly(text: &str, kind: &Kind, locked: bool) -> bool {
 }
 
 /// Whether a `SET` statement turns autocommit on (`SET autocommit = 1`, `ON`, `TRUE`, with
-/// `@@`, `@@session.` or `SESSION`).
-fn enables_autocommit(text: &str) -> bool {
+/// `@@`, `@@session.` or `SESSION`). It commits only when autocommit was off: inside `BEGIN`
+/// with autocommit on it commits nothing (`super::hold` looks at the session's flags).
+pub fn enables_autocommit(text: &str) -> bool {
     let text: String = text.to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
     ["1", "on", "true"].iter().any(|v| {
         ["autocommit=", "@@autocommit=", "@@session.autocommit=", "sessionautocommit="]

@@ -50,6 +50,9 @@ pub enum Hold {
     /// A statement that commits an open transaction implicitly (BEGIN): the transaction's
     /// sync changes are coordinated first.
     ImplicitCommit,
+    /// `SET autocommit = 1`: like [`Hold::ImplicitCommit`] when autocommit is off; with it
+    /// on (a transaction opened by BEGIN) it commits nothing and goes on as it came.
+    AutocommitOn,
     /// DDL: commits implicitly too, and may change what is captured: the capture triggers are
     /// reconciled before the client gets the reply.
     Ddl,
@@ -154,6 +157,10 @@ impl Statements {
                             );
                         }
                         if let Some(hold) = self.hold_for(&c, commits).filter(|_| !is_load_local(sql)) {
+                            let alone = texts.len() == 1 && c.statements.len() == 1;
+                            if hold == Hold::ImplicitCommit && alone && implicit::enables_autocommit(texts[0]) {
+                                return Verdict::Hold(Hold::AutocommitOn);
+                            }
                             return Verdict::Hold(hold);
                         }
                     }

@@ -71,6 +71,15 @@ async fn implicit_commits_are_coordinated_or_refused_with_the_statement_named() 
     assert_eq!(on_primary, "1\t1\ta\n2\t20\tb", "LOCK TABLES");
     assert_eq!(on_replica, on_primary, "LOCK TABLES committed the sync transaction on the primary alone");
 
+    // SET autocommit = 1 inside BEGIN (autocommit already on) commits nothing either.
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 998 WHERE id = 1").await.expect("update");
+    c.query_drop("SET autocommit = 1").await.expect("autocommit on, again");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let (on_primary, on_replica) = both().await;
+    assert_eq!(on_primary, "1\t1\ta\n2\t20\tb", "SET autocommit = 1 committed a BEGIN transaction");
+    assert_eq!(on_replica, on_primary);
+
     // A temporary table commits nothing: the ROLLBACK after it rolls the write back.
     c.query_drop("BEGIN").await.expect("begin");
     c.query_drop("UPDATE acct SET bal = 999 WHERE id = 1").await.expect("update");
