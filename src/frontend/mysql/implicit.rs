@@ -13,6 +13,9 @@
 //! table, capgate cannot step in between the two: such a query is refused before any of it
 //! runs, naming both statements, the table and the remedy.
 //!
+//! `TRUNCATE` of a replicated table is refused outright: it fires no trigger, so the replica
+//! would keep the rows.
+//!
 //! Nothing here does I/O: statement text and classification in, a verdict out.
 
 use crate::classify::{statement_ends, Classification, Dialect, Kind, SearchPath, StatementClass, TxControl};
@@ -134,6 +137,29 @@ fn sync_write(statement: &StatementClass, policy: &Policy) -> Option<String> {
         .find_map(|d| matches!(d.mode, Mode::Sync { .. }).then(|| format!("sync table {} (rule {})", d.table, d.rule)))
 }
 
+/// The refusal message of a `TRUNCATE` of a table the policy replicates (None: there is
+/// none in `c`). TRUNCATE fires no trigger on MySQL, so capture never sees the rows go and
+/// the replica would keep them: capgate refuses it rather than let the sites differ.
+pub fn truncates_replicated(c: &Classification, texts: &[&str], policy: &Policy) -> Option<String> {
+    let text = |i: usize| if texts.len() == c.statements.len() { texts[i] } else { texts.first().copied().unwrap_or("") };
+    c.statements.iter().enumerate().find_map(|(i, statement)| {
+        if words(text(i), 1).first().map(String::as_str) != Some("truncate") {
+            return None;
+        }
+        let d = statement.writes.iter().map(|t| policy.decide_table(t)).find(|d| d.mode != Mode::Local)?;
+        Some(format!(
+            "capgate refused `{}`: {} is replicated (mode {}, rule {}) and TRUNCATE fires no trigger on MySQL, so the \
+             replica would keep its rows; nothing was run. Use DELETE FROM {} (captured row by row), or make the table local \
+             in the policy",
+            shown(text(i)),
+            d.table,
+            d.mode.name(),
+            d.rule,
+            d.table
+        ))
+    })
+}
+
 /// At most 60 characters of a statement, for messages.
 fn shown(text: &str) -> String {
     let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -228,5 +254,13 @@ mod tests {
         assert!(refused("INSERT INTO notes VALUES (1); CREATE TABLE x (a INT)").is_none(), "a local table");
         assert!(refused("INSERT INTO orders VALUES (1); CREATE TEMPORARY TABLE x (a INT)").is_none());
         assert!(refused("INSERT INTO orders VALUES (1); SELECT 'CREATE TABLE'").is_none());
+        let truncates = |sql: &str| {
+            let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
+            truncates_replicated(&c, &statement_texts(sql, &path, &c), &policy)
+        };
+        let message = truncates("TRUNCATE TABLE orders").expect("refused");
+        assert!(message.contains("shop.orders is replicated (mode sync") && message.contains("DELETE FROM shop.orders"), "{message}");
+        assert!(truncates("SELECT 1; truncate orders").is_some());
+        assert!(truncates("TRUNCATE notes").is_none(), "a local table");
     }
 }

@@ -130,38 +130,11 @@ impl Statements {
                 }
                 match self.route(flow, sql, true) {
                     Err(refusal) => return refusal,
-                    Ok(Some(c)) if !self.slots.is_empty() && self.policy().has_sync() => {
+                    Ok(Some(c)) if !self.slots.is_empty() => {
                         let text = String::from_utf8_lossy(sql);
                         let texts = implicit::statement_texts(&text, &SearchPath::new(flow.schema.iter().cloned()), &c);
-                        let policy = self.policy();
-                        if let Some(message) = implicit::commit_mid_query(&c, &texts, &policy, self.locked_tables) {
-                            return Self::refuse(errors::NOT_SUPPORTED, &message);
-                        }
-                        let commits = implicit::any_commits(&c, &texts, self.locked_tables);
-                        self.locked_tables = implicit::locks_tables(&texts, self.locked_tables);
-                        if c.statements.len() > 1 && c.statements.iter().any(|s| s.kind == Kind::Transaction(TxControl::Commit)) {
-                            return Self::refuse(
-                                errors::NOT_SUPPORTED,
-                                "capgate: COMMIT must be sent as a statement of its own while sync tables are replicated (capgate \
-                                 coordinates each COMMIT with the replicas); split the query",
-                            );
-                        }
-                        // LOAD DATA LOCAL needs the client's file contents mid-reply: not held
-                        // (outside a transaction the capture trigger refuses it; inside one
-                        // the COMMIT is held).
-                        if c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(TxControl::XaStart(_)))) {
-                            return Self::refuse(
-                                errors::NOT_SUPPORTED,
-                                "capgate: application XA transactions are not supported while sync tables are replicated (capgate \
-                                 commits them on every site with XA itself); use BEGIN ... COMMIT",
-                            );
-                        }
-                        if let Some(hold) = self.hold_for(&c, commits).filter(|_| !is_load_local(sql)) {
-                            let alone = texts.len() == 1 && c.statements.len() == 1;
-                            if hold == Hold::ImplicitCommit && alone && implicit::enables_autocommit(texts[0]) {
-                                return Verdict::Hold(Hold::AutocommitOn);
-                            }
-                            return Verdict::Hold(hold);
+                        if let Some(verdict) = self.replicated_query(sql, &c, &texts) {
+                            return verdict;
                         }
                     }
                     Ok(_) => {}
@@ -169,11 +142,15 @@ impl Statements {
             }
             Command::Prepare(sql) => match self.route(flow, sql, false) {
                 Ok(classification) => {
-                    let implicit_commit = classification.as_ref().is_some_and(|c| {
+                    let mut implicit_commit = false;
+                    if let Some(c) = classification.as_ref().filter(|_| !self.slots.is_empty()) {
                         let text = String::from_utf8_lossy(sql);
                         let texts = implicit::statement_texts(&text, &SearchPath::new(flow.schema.iter().cloned()), c);
-                        implicit::any_commits(c, &texts, false)
-                    });
+                        if let Some(message) = implicit::truncates_replicated(c, &texts, &self.policy()) {
+                            return Self::refuse(errors::NOT_SUPPORTED, &message);
+                        }
+                        implicit_commit = implicit::any_commits(c, &texts, false);
+                    }
                     let prepared = Prepared { classification, implicit_commit };
                     self.last_prepare = Some(prepared.clone());
                     after = After::Prepared(prepared);
@@ -232,6 +209,45 @@ impl Statements {
             flow.queue.push_back(Pending::Reply { tracker: Tracker::new(reply, self.deprecate_eof, self.session_track), after });
         }
         Verdict::Forward { quit: command == Command::Quit }
+    }
+
+    /// A query `sql` (classified as `c`, its statements' texts `texts`) while MySQL replicas
+    /// are configured: refused, held, or (None) forwarded as it came.
+    fn replicated_query(&mut self, sql: &[u8], c: &Classification, texts: &[&str]) -> Option<Verdict> {
+        let policy = self.policy();
+        if let Some(message) = implicit::truncates_replicated(c, texts, &policy) {
+            return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
+        }
+        if !policy.has_sync() {
+            return None;
+        }
+        if let Some(message) = implicit::commit_mid_query(c, texts, &policy, self.locked_tables) {
+            return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
+        }
+        if c.statements.len() > 1 && c.statements.iter().any(|s| s.kind == Kind::Transaction(TxControl::Commit)) {
+            return Some(Self::refuse(
+                errors::NOT_SUPPORTED,
+                "capgate: COMMIT must be sent as a statement of its own while sync tables are replicated (capgate \
+                 coordinates each COMMIT with the replicas); split the query",
+            ));
+        }
+        if c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(TxControl::XaStart(_)))) {
+            return Some(Self::refuse(
+                errors::NOT_SUPPORTED,
+                "capgate: application XA transactions are not supported while sync tables are replicated (capgate \
+                 commits them on every site with XA itself); use BEGIN ... COMMIT",
+            ));
+        }
+        let commits = implicit::any_commits(c, texts, self.locked_tables);
+        self.locked_tables = implicit::locks_tables(texts, self.locked_tables);
+        // LOAD DATA LOCAL needs the client's file contents mid-reply: not held (outside a
+        // transaction the capture trigger refuses it; inside one the COMMIT is held).
+        let hold = self.hold_for(c, commits).filter(|_| !is_load_local(sql))?;
+        let alone = texts.len() == 1 && c.statements.len() == 1;
+        if hold == Hold::ImplicitCommit && alone && implicit::enables_autocommit(texts[0]) {
+            return Some(Verdict::Hold(Hold::AutocommitOn));
+        }
+        Some(Verdict::Hold(hold))
     }
 
     /// Whether a statement must be held while sync tables are replicated (decision 0016).

@@ -3,7 +3,8 @@
 //! while tables are locked — the open transaction is coordinated first: its rows are on the
 //! replica. In a multi-statement query after a write to a sync table, the query is refused
 //! before any of it runs, naming the statement, the table and the remedy. A temporary table
-//! commits nothing, so a ROLLBACK after it still rolls back.
+//! commits nothing, so a ROLLBACK after it still rolls back. TRUNCATE of a replicated table
+//! (it fires no trigger) is refused.
 
 use mysql_async::prelude::*;
 
@@ -79,6 +80,18 @@ async fn implicit_commits_are_coordinated_or_refused_with_the_statement_named() 
     let (on_primary, on_replica) = both().await;
     assert_eq!(on_primary, "1\t1\ta\n2\t20\tb", "SET autocommit = 1 committed a BEGIN transaction");
     assert_eq!(on_replica, on_primary);
+
+    // TRUNCATE of a replicated table fires no trigger (the replica would keep its rows):
+    // refused, as a statement and as a prepared one, with the remedy.
+    let err = c.query_drop("TRUNCATE TABLE acct").await.expect_err("refused");
+    assert_eq!(error_code(&err), 1235, "{err}");
+    assert!(
+        err.to_string().contains("cgsync.acct is replicated (mode sync") && err.to_string().contains("DELETE FROM cgsync.acct"),
+        "{err}"
+    );
+    let err = c.prep("TRUNCATE acct").await.expect_err("refused at prepare");
+    assert_eq!(error_code(&err), 1235, "{err}");
+    assert_eq!(rows(primary()), "1\t1\ta\n2\t20\tb");
 
     // A temporary table commits nothing: the ROLLBACK after it rolls the write back.
     c.query_drop("BEGIN").await.expect("begin");
