@@ -78,7 +78,7 @@ impl ReplicaSource {
 
     /// The replica's shipping figures (None: no replication in this process).
     pub fn shipping(&self) -> Option<shipping::ShippingDoc> {
-        self.shipper.as_ref().map(|v| shipping::shipping_doc(&*v.fleet, self.health.replica()))
+        self.shipper.as_ref().filter(|v| v.fleet.running()).map(|v| shipping::shipping_doc(&*v.fleet, self.health.replica()))
     }
 }
 

@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use super::AdminState;
-use crate::replicate::shipper::mysql::MyFleet;
+use crate::replicate::shipper::mysql::{LateFleet, MyFleet};
 use crate::replicate::shipper::{Fleet, Shipper};
 
 /// How long a resume request waits for the shipper to take it.
@@ -59,6 +59,18 @@ impl Resume for MyFleet {
             let shipper = self.shippers.get(replica).ok_or_else(|| ResumeError::UnknownReplica(replica.to_owned()))?;
             shipper.resume(table, RESUME_TIMEOUT).await.map_err(ResumeError::NotResumed)
         })
+    }
+}
+
+/// A MySQL fleet that may not have started yet (no async or bounded rule so far).
+impl Resume for LateFleet {
+    fn resume<'a>(&'a self, replica: &'a str, table: &'a str) -> BoxFuture<'a, Result<(), ResumeError>> {
+        match self.get() {
+            Some(fleet) => fleet.resume(replica, table),
+            None => Box::pin(async {
+                Err(ResumeError::NotResumed("this capgate process runs no shipper: its policy has had no async or bounded rule".into()))
+            }),
+        }
     }
 }
 

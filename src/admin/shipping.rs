@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use crate::replicate::shipper::mysql::MyFleet;
+use crate::replicate::shipper::mysql::{LateFleet, MyFleet};
 use crate::replicate::shipper::{Fleet, Lag, ShipperHandle, TableState};
 
 /// What the admin views read of a process's shippers, whichever database they ship to: the
@@ -24,6 +24,11 @@ pub trait Shippers: Send + Sync {
     fn lag(&self, replica: &str) -> Option<Lag>;
     /// The replicas with a shipper in this process.
     fn replicas(&self) -> Vec<&str>;
+    /// Whether shippers run in this process at all (a MySQL fleet may start after a policy
+    /// reload; until then the views show no shipper, as without replication).
+    fn running(&self) -> bool {
+        true
+    }
 }
 
 impl Shippers for Fleet {
@@ -47,6 +52,21 @@ impl Shippers for MyFleet {
     }
     fn replicas(&self) -> Vec<&str> {
         self.shippers.keys().map(String::as_str).collect()
+    }
+}
+
+impl Shippers for LateFleet {
+    fn shipper(&self, replica: &str) -> Option<&ShipperHandle> {
+        self.get().and_then(|f| Shippers::shipper(&**f, replica))
+    }
+    fn lag(&self, replica: &str) -> Option<Lag> {
+        self.get().and_then(|f| f.lag.lag(replica))
+    }
+    fn replicas(&self) -> Vec<&str> {
+        self.get().map(|f| Shippers::replicas(&**f)).unwrap_or_default()
+    }
+    fn running(&self) -> bool {
+        self.get().is_some()
     }
 }
 

@@ -5,7 +5,8 @@
 //! - a COMMIT of an open transaction: the sync commit runs on the session's own primary
 //!   connection, and the client's COMMIT follows only once every replica prepared;
 //! - an implicit commit of an open transaction: the sync commit runs with capgate's own
-//!   COMMIT, then the statement goes on; after DDL, the capture triggers are reconciled
+//!   COMMIT, then the statement goes on (`SET autocommit = 1` commits only when autocommit
+//!   was off); after DDL, the capture triggers are reconciled
 //!   with the policy before the client gets the reply (a new table a rule matches is
 //!   captured from its first write, a changed table's images carry its new columns);
 //! - a possible sync write outside a transaction in autocommit mode: capgate runs it inside
@@ -69,14 +70,16 @@ where
             }
             let reply = reply.unwrap_or_default();
             if error_of(&reply).is_none() {
-                let policy = statements.policy();
+                // The policy in force, not the one the ended transaction started with: an older
+                // one would take back triggers a reload has installed meanwhile.
+                let policy = statements.shared().router.policy().current();
                 if let Err(e) = super::setup::reconcile(&statements.shared().config, &policy).await {
                     tracing::warn!("after DDL, the capture triggers could not be brought in step with the policy: {e}");
                 }
             }
             answer(state, Outcome::Committed, Some(reply));
         }
-        Hold::ImplicitCommit if in_trans => {
+        Hold::ImplicitCommit | Hold::AutocommitOn if in_trans && (hold == Hold::ImplicitCommit || flags & status::AUTOCOMMIT == 0) => {
             let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
             match outcome {
                 Outcome::Committed => return forward(state, server, statements, payload).await,

@@ -7,6 +7,7 @@
 //! - [`auth`]: pass-through or proxy-side authentication;
 //! - [`relay`]: the two packet pumps and the reply queue between them;
 //! - [`hold`]: a COMMIT held for the sync commit;
+//! - [`implicit`]: statements that commit implicitly, and queries where that cannot be coordinated;
 //! - [`statements`]: what the session's statements write, decided by the policy; `KILL`;
 //! - [`sync`]: the sync commit over XA, driving `replicate::coordinator::SyncCommit`;
 //! - [`conn`]: a buffered connection for the packet-at-a-time connection phase.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod conn;
 pub mod handshake;
 pub mod hold;
+pub mod implicit;
 pub mod relay;
 pub mod session;
 pub mod setup;
@@ -30,7 +32,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -42,7 +44,7 @@ use crate::config::Config;
 use crate::net::tls;
 use crate::policy::{Policy, PolicyHandle};
 use crate::protocol::mysql::PacketError;
-use crate::replicate::shipper::mysql::MyFleet;
+use crate::replicate::shipper::mysql::{LateFleet, MyFleet};
 use crate::replicate::Router;
 use crate::sites::mysql::{MyConnector, MySite};
 use crate::sites::Sites;
@@ -154,13 +156,61 @@ pub struct Shared {
     pub counters: Counters,
     /// The replicas sync commits go to (None: no replicas configured).
     pub sync: Option<sync::SyncShared>,
-    /// The shippers of async and bounded tables and every replica's lag (None: no replicas,
-    /// or a policy at start with no async or bounded rule).
-    pub shipping: Option<Arc<MyFleet>>,
+    /// The shippers of async and bounded tables and every replica's lag: started at start,
+    /// or after the policy reload that adds the first async or bounded rule (see
+    /// [`Shared::ship_if_needed`]); not started without replicas.
+    pub shipping: Arc<LateFleet>,
+    /// The policy the primary's capture triggers were last brought in step with: a write to
+    /// a table whose capture differs in the policy in force is refused until the triggers
+    /// follow (after a reload; [`Shared::capture_pending`]).
+    pub reconciled: RwLock<Option<Arc<Policy>>>,
     /// Every replica's health loop (sync admission and the admin views read it).
     pub sites: Sites<MyConnector>,
     /// The heartbeat on the primary, for the admin views.
     pub primary_health: MySite,
+}
+
+impl Shared {
+    /// Start the shippers (once) when `policy`, whose capture triggers are in place, has an
+    /// async or bounded rule and replicas are configured: at start, and after the policy
+    /// reload that adds the first such rule (no restart needed). `true` when this call
+    /// started them.
+    pub fn ship_if_needed(&self, policy: &Policy) -> bool {
+        if self.sync.is_none() || !policy.ships_async() {
+            return false;
+        }
+        let health = |name: &str| self.sites.get(name).map(|s| s.health().clone());
+        let (_, started) = self.shipping.start_with(|| MyFleet::start(&self.config, self.router.policy().clone(), health));
+        if started {
+            info!(policy_version = policy.version, "shipping async and bounded tables to every replica");
+        }
+        started
+    }
+
+    /// The policy the capture triggers were last brought in step with (None: no replicas).
+    pub fn reconciled(&self) -> Option<Arc<Policy>> {
+        self.reconciled.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Record that the capture triggers match `policy`.
+    pub fn set_reconciled(&self, policy: Arc<Policy>) {
+        *self.reconciled.write().unwrap_or_else(|p| p.into_inner()) = Some(policy);
+    }
+
+    /// When a write decided by `decision` must wait for the capture triggers: the policy
+    /// in force captures the table differently than the policy the triggers were last
+    /// brought in step with (a reload has just made it async, bounded or sync, or changed
+    /// between sync and async). The version the triggers follow, in that case.
+    /// `policy` is the one `decision` was made by (the shared one, in the common case: then
+    /// there is nothing to compare).
+    pub fn capture_pending(&self, policy: &Arc<Policy>, decision: &crate::policy::Decision) -> Option<u64> {
+        use crate::store::CaptureMode;
+        // `latest` records as async on MySQL (decision 0015's triggers).
+        let capture = |m: &crate::policy::Mode| CaptureMode::of(m).map(|c| if c == CaptureMode::Latest { CaptureMode::Async } else { c });
+        let reconciled = self.reconciled().filter(|r| !Arc::ptr_eq(r, policy))?;
+        let (table, wanted) = (&decision.table, capture(&decision.mode));
+        (wanted.is_some() && capture(&reconciled.decide_table(table).mode) != wanted).then_some(reconciled.version)
+    }
 }
 
 /// A bound listener, ready to serve.
@@ -196,19 +246,35 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?),
             None => None,
         };
-        let mut sync = setup::start(&config, &router.policy().current()).await.map_err(StartError::Replication)?;
+        let at_start = router.policy().current();
+        let mut sync = setup::start(&config, &at_start).await.map_err(StartError::Replication)?;
         let sites = crate::sites::mysql::start(&config);
         if let Some(sync) = &mut sync {
             sync.watch(sites.iter().map(|s| s.health().clone()).collect());
         }
         let primary_health = crate::sites::mysql::primary_health(&config);
-        let ships = router.policy().current().ships_async();
-        let health = |name: &str| sites.get(name).map(|s| s.health().clone());
-        let shipping = (sync.is_some() && ships).then(|| Arc::new(MyFleet::start(&config, router.policy().clone(), health)));
+        let reconciled = RwLock::new(sync.is_some().then_some(at_start));
         let sessions = Arc::new(Semaphore::new(config.max_connections));
         let counters = Counters::default();
         let threads = Arc::default();
-        let shared = Arc::new(Shared { config, sessions, router, primary, tls, threads, counters, sync, shipping, sites, primary_health });
+        let shipping = Arc::default();
+        let shared = Arc::new(Shared {
+            config,
+            sessions,
+            router,
+            primary,
+            tls,
+            threads,
+            counters,
+            sync,
+            shipping,
+            reconciled,
+            sites,
+            primary_health,
+        });
+        if let Some(policy) = shared.reconciled() {
+            shared.ship_if_needed(&policy);
+        }
         Ok(Server { listener, admin, shared })
     }
 
@@ -237,14 +303,7 @@ impl Server {
             let views = tokio::spawn(crate::admin::maintain(Arc::downgrade(&state)));
             (tokio::spawn(crate::admin::serve(listener, state)), views)
         });
-        let recovery = self.shared.sync.is_some().then(|| {
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                if let Some(sync) = &shared.sync {
-                    setup::maintenance_loop(shared.config.clone(), sync, shared.router.policy().clone()).await;
-                }
-            })
-        });
+        let recovery = self.shared.sync.is_some().then(|| tokio::spawn(setup::maintenance_loop(self.shared.clone())));
         let sessions = self.shared.sessions.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let watcher = self.shared.router.policy().spawn_reload_watcher();
@@ -280,7 +339,7 @@ fn admin_state(shared: &Arc<Shared>) -> crate::admin::AdminState {
         .sites
         .iter()
         .map(|site| {
-            let shipper = shared.shipping.clone().map(|fleet| crate::admin::ShipperView { fleet });
+            let shipper = shared.sync.is_some().then(|| crate::admin::ShipperView { fleet: shared.shipping.clone() });
             crate::admin::ReplicaSource::new(site.health().clone(), shipper)
         })
         .collect();
@@ -294,8 +353,8 @@ fn admin_state(shared: &Arc<Shared>) -> crate::admin::AdminState {
         Some(shared.primary_health.health().clone()),
         Box::new(move || max - sessions.available_permits()),
     );
-    match &shared.shipping {
-        Some(fleet) => state.with_resume(fleet.clone()),
+    match &shared.sync {
+        Some(_) => state.with_resume(shared.shipping.clone()),
         None => state,
     }
 }

@@ -65,6 +65,9 @@ impl Flow {
 pub struct Prepared {
     /// Its classification, when the policy needed one at prepare time.
     pub classification: Option<Arc<Classification>>,
+    /// It commits an open transaction implicitly (`super::implicit`): its executions are
+    /// held like the text statement would be.
+    pub implicit_commit: bool,
 }
 
 /// One reply owed to the client.

@@ -1,16 +1,18 @@
 //! Replication to MySQL replicas at start (decisions 0015, 0016): the primary's `capgate`
 //! database and capture triggers, the privileges they need, each replica's `capgate`
-//! functions; then, while serving, every few seconds: the triggers reconciled after a policy
-//! reload, and a recovery round per replica.
+//! functions; then, while serving: the triggers reconciled within a quarter second of a
+//! policy reload (and the shippers started when it brings the first async or bounded rule),
+//! and a recovery round per replica every few seconds.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::sync::SyncShared;
+use super::Shared;
 use crate::config::Config;
-use crate::policy::{Policy, PolicyHandle};
+use crate::policy::Policy;
 use crate::store::mysql::xa::{self, ReplicaConn};
 use crate::store::mysql::{apply, capture, primary};
 use crate::store::CaptureMode;
@@ -43,6 +45,9 @@ pub async fn start(config: &Config, policy: &Policy) -> Result<Option<SyncShared
         tables.keys().filter(|t| CaptureMode::of(&policy.decide_table(t).mode).is_some()).map(|t| t.schema.clone()).collect();
     schemas.dedup();
     primary::check_privileges(&mut conn, &schemas).await.map_err(SetupError::Privileges)?;
+    if policy.ships_async() {
+        primary::check_shipping_privileges(&mut conn).await.map_err(SetupError::Privileges)?;
+    }
     let done = capture::reconcile(&mut conn, policy).await.map_err(|e| primary_err(&e))?;
     for (table, why) in &done.failed {
         warn!(%table, "cannot capture this table's changes: {why}");
@@ -78,20 +83,74 @@ pub async fn reconcile(config: &Config, policy: &Policy) -> Result<capture::Reco
     Ok(done)
 }
 
-/// Every few seconds: bring the capture triggers in step with a reloaded policy, and resolve
-/// the branches capgate's processes of this site left prepared on each replica (decision
-/// 0016).
-pub async fn maintenance_loop(config: Arc<Config>, sync: &SyncShared, policy: Arc<PolicyHandle>) {
+/// How often the loop looks for a reloaded policy: a write to a table whose capture the
+/// reload changed is refused until its triggers follow, so this bounds that window.
+const POLICY_POLL: Duration = Duration::from_millis(250);
+
+/// How long one reconciliation round may take before it counts as failed.
+const ROUND_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Time before a failed reconciliation round is tried again.
+const RECONCILE_RETRY: Duration = Duration::from_secs(2);
+
+/// Until aborted: within [`POLICY_POLL`] of a policy reload, bring the capture triggers in
+/// step with it and then start the shippers if it is the first policy with an async or
+/// bounded rule (as at start: triggers first, so the shippers' first read sees every change
+/// of the new tables); every [`RECOVERY_INTERVAL`], resolve the branches capgate's processes
+/// of this site left prepared on each replica (decision 0016).
+pub async fn maintenance_loop(shared: Arc<Shared>) {
+    // Two loops in one task, polled side by side: a recovery round stuck on a partitioned
+    // replica must not delay the triggers of a reloaded policy (writes wait for them).
+    tokio::join!(capture_loop(&shared), recovery_loop(&shared));
+}
+
+/// Within [`POLICY_POLL`] of a reload: the triggers, then the shippers.
+async fn capture_loop(shared: &Shared) {
+    let policy = shared.router.policy().clone();
+    let mut next_reconcile = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(POLICY_POLL).await;
+        let now = policy.current();
+        let behind = shared.reconciled().is_none_or(|last| !Arc::ptr_eq(&now, &last));
+        if !behind || tokio::time::Instant::now() < next_reconcile {
+            continue;
+        }
+        let round = match tokio::time::timeout(ROUND_DEADLINE, reconcile(&shared.config, &now)).await {
+            Ok(done) => done.map(|_| ()),
+            Err(_) => Err(format!("the round did not finish within {ROUND_DEADLINE:?}")),
+        };
+        match round {
+            Ok(()) => {
+                shared.set_reconciled(now.clone());
+                if now.ships_async() && shared.shipping.get().is_none() {
+                    // At start a missing privilege refuses the start; here the policy is in
+                    // force already, so the shippers start all the same.
+                    if let Err(e) = check_shipping(&shared.config).await {
+                        error!(policy_version = now.version, "{e}; the shippers start anyway, but fix this");
+                    }
+                }
+                shared.ship_if_needed(&now);
+            }
+            Err(e) => {
+                next_reconcile = tokio::time::Instant::now() + RECONCILE_RETRY;
+                warn!(
+                    policy_version = now.version,
+                    "the capture triggers could not be brought in step with the reloaded policy: {e}; writes to the tables it \
+                     changed are refused until they are (retrying in {RECONCILE_RETRY:?})"
+                );
+            }
+        }
+    }
+}
+
+/// Every [`RECOVERY_INTERVAL`]: one recovery round per replica.
+async fn recovery_loop(shared: &Shared) {
+    let Some(sync) = shared.sync.as_ref() else { return };
     let prefix = crate::replicate::recovery::site_prefix(&sync.site);
-    let mut last = policy.current();
     loop {
         tokio::time::sleep(RECOVERY_INTERVAL).await;
-        let now = policy.current();
-        if !Arc::ptr_eq(&now, &last) && reconcile(&config, &now).await.is_ok() {
-            last = now;
-        }
         for (name, url) in sync.replicas() {
-            match round(&config, url, &prefix).await {
+            match round(&shared.config, url, &prefix).await {
                 Ok(report) if report.acted() => {
                     info!(replica = %name, committed = ?report.committed, rolled_back = ?report.rolled_back, "recovered prepared XA branches");
                 }
@@ -100,6 +159,14 @@ pub async fn maintenance_loop(config: Arc<Config>, sync: &SyncShared, policy: Ar
             }
         }
     }
+}
+
+/// [`primary::check_shipping_privileges`] on a connection of its own.
+async fn check_shipping(config: &Config) -> Result<(), String> {
+    let mut conn = xa::connect(&config.primary.url).await.map_err(|e| format!("cannot check the primary's privileges: {e}"))?;
+    let checked = primary::check_shipping_privileges(&mut conn).await.map_err(|e| e.to_string());
+    let _ = conn.disconnect().await;
+    checked
 }
 
 async fn round(config: &Config, url: &crate::config::DbUrl, prefix: &str) -> Result<xa::RecoveryReport, String> {

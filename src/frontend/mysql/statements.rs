@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
+use super::implicit;
 use super::relay::{After, Flow, Pending, Prepared};
 use super::sync::ReplicaSlot;
 use super::Shared;
@@ -49,6 +50,9 @@ pub enum Hold {
     /// A statement that commits an open transaction implicitly (BEGIN): the transaction's
     /// sync changes are coordinated first.
     ImplicitCommit,
+    /// `SET autocommit = 1`: like [`Hold::ImplicitCommit`] when autocommit is off; with it
+    /// on (a transaction opened by BEGIN) it commits nothing and goes on as it came.
+    AutocommitOn,
     /// DDL: commits implicitly too, and may change what is captured: the capture triggers are
     /// reconciled before the client gets the reply.
     Ddl,
@@ -72,9 +76,12 @@ pub struct Statements {
     own_auth: bool,
     /// The policy the current transaction started with.
     tx_policy: Option<Arc<Policy>>,
-    /// The classification of the last statement sent for preparing: MariaDB's execute of
-    /// statement id 0xFFFFFFFF runs it, possibly before its PREPARE_OK has arrived.
-    last_prepare: Option<Arc<Classification>>,
+    /// The last statement sent for preparing: MariaDB's execute of statement id 0xFFFFFFFF
+    /// runs it, possibly before its PREPARE_OK has arrived.
+    last_prepare: Option<Prepared>,
+    /// The session sent `LOCK TABLES` and no `UNLOCK TABLES` since: only then does `UNLOCK
+    /// TABLES` commit an open transaction (tracked while sync tables are replicated).
+    locked_tables: bool,
     /// This session's replica connections for sync commits (empty: no MySQL replicas).
     pub(super) slots: Vec<Arc<ReplicaSlot>>,
 }
@@ -90,6 +97,7 @@ impl Statements {
             own_auth,
             tx_policy: None,
             last_prepare: None,
+            locked_tables: false,
             slots: shared.sync.as_ref().map(|s| s.slots()).unwrap_or_default(),
             shared,
         }
@@ -122,29 +130,11 @@ impl Statements {
                 }
                 match self.route(flow, sql, true) {
                     Err(refusal) => return refusal,
-                    Ok(Some(c)) if !self.slots.is_empty() && self.policy().has_sync() => {
-                        if c.statements.len() > 1 && c.statements.iter().any(|s| s.kind == Kind::Transaction(TxControl::Commit)) {
-                            return Self::refuse(
-                                errors::NOT_SUPPORTED,
-                                "capgate: COMMIT must be sent as a statement of its own while sync tables are replicated (capgate \
-                                 coordinates each COMMIT with the replicas); split the query",
-                            );
-                        }
-                        // LOAD DATA LOCAL needs the client's file contents mid-reply: not held
-                        // (outside a transaction the capture trigger refuses it; inside one
-                        // the COMMIT is held).
-                        if c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(TxControl::XaStart(_)))) {
-                            return Self::refuse(
-                                errors::NOT_SUPPORTED,
-                                "capgate: application XA transactions are not supported while sync tables are replicated (capgate \
-                                 commits them on every site with XA itself); use BEGIN ... COMMIT",
-                            );
-                        }
-                        if let Some(hold) = self.hold_for(&c).filter(|_| !is_load_local(sql)) {
-                            return Verdict::Hold(hold);
-                        }
-                        if commits_implicitly(sql) {
-                            return Verdict::Hold(Hold::ImplicitCommit);
+                    Ok(Some(c)) if !self.slots.is_empty() => {
+                        let text = String::from_utf8_lossy(sql);
+                        let texts = implicit::statement_texts(&text, &SearchPath::new(flow.schema.iter().cloned()), &c);
+                        if let Some(verdict) = self.replicated_query(sql, &c, &texts) {
+                            return verdict;
                         }
                     }
                     Ok(_) => {}
@@ -152,23 +142,33 @@ impl Statements {
             }
             Command::Prepare(sql) => match self.route(flow, sql, false) {
                 Ok(classification) => {
-                    self.last_prepare = classification.clone();
-                    after = After::Prepared(Prepared { classification });
+                    let mut implicit_commit = false;
+                    if let Some(c) = classification.as_ref().filter(|_| !self.slots.is_empty()) {
+                        let text = String::from_utf8_lossy(sql);
+                        let texts = implicit::statement_texts(&text, &SearchPath::new(flow.schema.iter().cloned()), c);
+                        if let Some(message) = implicit::truncates_replicated(c, &texts, &self.policy()) {
+                            return Self::refuse(errors::NOT_SUPPORTED, &message);
+                        }
+                        implicit_commit = implicit::any_commits(c, &texts, false);
+                    }
+                    let prepared = Prepared { classification, implicit_commit };
+                    self.last_prepare = Some(prepared.clone());
+                    after = After::Prepared(prepared);
                 }
                 Err(refusal) => return refusal,
             },
             Command::Execute { statement } => {
-                let classification = match statement {
+                let prepared = match statement {
                     u32::MAX => self.last_prepare.clone(),
-                    id => flow.prepared.get(&id).and_then(|p| p.classification.clone()),
+                    id => flow.prepared.get(&id).cloned(),
                 };
-                if let Some(c) = classification {
-                    if let Some(hold) = self.hold_for(&c) {
+                if let Some(Prepared { classification: Some(c), implicit_commit }) = prepared {
+                    if let Some(hold) = self.hold_for(&c, implicit_commit) {
                         return Verdict::Hold(hold);
                     }
                     let policy = self.policy();
                     let decisions = policy.decide(&c);
-                    if let Some(refusal) = self.admit(&decisions) {
+                    if let Some(refusal) = self.admit(&decisions, !has_ddl(&c)) {
                         return refusal;
                     }
                     self.count(&decisions);
@@ -178,7 +178,10 @@ impl Statements {
                 flow.prepared.remove(&statement);
             }
             Command::InitDb(db) => after = After::Database(String::from_utf8_lossy(db).into_owned()),
-            Command::ResetConnection => after = After::Reset,
+            Command::ResetConnection => {
+                self.locked_tables = false;
+                after = After::Reset;
+            }
             Command::ChangeUser => {
                 if self.own_auth {
                     return Verdict::Fatal(packet::err(
@@ -187,6 +190,7 @@ impl Statements {
                         "capgate: COM_CHANGE_USER is not supported when capgate authenticates clients itself ([[users]]): reconnect instead",
                     ));
                 }
+                self.locked_tables = false;
                 let user = payload.get(1..).and_then(crate::protocol::mysql::nul_str).map(|(u, _)| String::from_utf8_lossy(u).into_owned());
                 after = After::User(user.unwrap_or_default());
             }
@@ -207,8 +211,48 @@ impl Statements {
         Verdict::Forward { quit: command == Command::Quit }
     }
 
+    /// A query `sql` (classified as `c`, its statements' texts `texts`) while MySQL replicas
+    /// are configured: refused, held, or (None) forwarded as it came.
+    fn replicated_query(&mut self, sql: &[u8], c: &Classification, texts: &[&str]) -> Option<Verdict> {
+        let policy = self.policy();
+        if let Some(message) = implicit::truncates_replicated(c, texts, &policy) {
+            return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
+        }
+        if !policy.has_sync() {
+            return None;
+        }
+        if let Some(message) = implicit::commit_mid_query(c, texts, &policy, self.locked_tables) {
+            return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
+        }
+        if c.statements.len() > 1 && c.statements.iter().any(|s| s.kind == Kind::Transaction(TxControl::Commit)) {
+            return Some(Self::refuse(
+                errors::NOT_SUPPORTED,
+                "capgate: COMMIT must be sent as a statement of its own while sync tables are replicated (capgate \
+                 coordinates each COMMIT with the replicas); split the query",
+            ));
+        }
+        if c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(TxControl::XaStart(_)))) {
+            return Some(Self::refuse(
+                errors::NOT_SUPPORTED,
+                "capgate: application XA transactions are not supported while sync tables are replicated (capgate \
+                 commits them on every site with XA itself); use BEGIN ... COMMIT",
+            ));
+        }
+        let commits = implicit::any_commits(c, texts, self.locked_tables);
+        self.locked_tables = implicit::locks_tables(texts, self.locked_tables);
+        // LOAD DATA LOCAL needs the client's file contents mid-reply: not held (outside a
+        // transaction the capture trigger refuses it; inside one the COMMIT is held).
+        let hold = self.hold_for(c, commits).filter(|_| !is_load_local(sql))?;
+        let alone = texts.len() == 1 && c.statements.len() == 1;
+        if hold == Hold::ImplicitCommit && alone && implicit::enables_autocommit(texts[0]) {
+            return Some(Verdict::Hold(Hold::AutocommitOn));
+        }
+        Some(Verdict::Hold(hold))
+    }
+
     /// Whether a statement must be held while sync tables are replicated (decision 0016).
-    fn hold_for(&mut self, c: &Classification) -> Option<Hold> {
+    /// `commits`: it commits an open transaction implicitly ([`implicit::commits_implicitly`]).
+    fn hold_for(&mut self, c: &Classification, commits: bool) -> Option<Hold> {
         if self.slots.is_empty() {
             return None;
         }
@@ -219,10 +263,11 @@ impl Statements {
         if is_commit(c) {
             return Some(Hold::Commit);
         }
-        if c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl)) {
+        // DDL (but a temporary table's) commits, and may change what is captured.
+        if commits && has_ddl(c) {
             return Some(Hold::Ddl);
         }
-        if c.statements.iter().any(|s| matches!(s.kind, Kind::Transaction(TxControl::Begin))) {
+        if commits {
             return Some(Hold::ImplicitCommit);
         }
         let may_write_sync = c.statements.iter().any(|s| matches!(s.kind, Kind::Unknown(_)))
@@ -271,7 +316,7 @@ impl Statements {
             return Err(Self::refuse(errors::NOT_SUPPORTED, &format!("{} (hint: {})", r.message, r.hint)));
         }
         if run {
-            if let Some(refusal) = self.admit(&route.decisions) {
+            if let Some(refusal) = self.admit(&route.decisions, !has_ddl(&route.classification)) {
                 return Err(refusal);
             }
             self.count(&route.decisions);
@@ -279,11 +324,18 @@ impl Statements {
         Ok(Some(route.classification))
     }
 
-    /// Bounded admission: the refusal of a write to a bounded table while some replica's
-    /// oldest pending change of that table is older than its `max_lag` (or its lag is not
-    /// known), naming the table, the policy and the remedy.
-    fn admit(&self, decisions: &[Decision]) -> Option<Verdict> {
-        let fleet = self.shared.shipping.as_ref()?;
+    /// Whether the writes of `decisions` may run now: when they write rows (`rows`: not
+    /// DDL), the tables' capture triggers must already record as the policy says (right
+    /// after a reload they may not, and such a write would reach the primary alone); a
+    /// bounded table's oldest pending change must be within its `max_lag` on every replica
+    /// (and its lag known). The refusal names the table, the policy and the remedy.
+    fn admit(&mut self, decisions: &[Decision], rows: bool) -> Option<Verdict> {
+        if rows {
+            if let Some(refusal) = self.capture_ready(decisions) {
+                return Some(refusal);
+            }
+        }
+        let fleet = self.shared.shipping.get()?;
         decisions.iter().find_map(|d| {
             let Mode::Bounded { max_lag, .. } = d.mode else { return None };
             let (replica, lag) = fleet.over_budget(&d.table.to_string(), max_lag)?;
@@ -301,11 +353,32 @@ impl Statements {
         })
     }
 
+    /// The refusal of a write to a table whose capture triggers do not yet follow the policy
+    /// in force (a reload made it replicated, or changed it between sync and async; the
+    /// triggers follow within a fraction of a second).
+    fn capture_ready(&mut self, decisions: &[Decision]) -> Option<Verdict> {
+        let policy = self.policy();
+        decisions.iter().find_map(|d| {
+            let version = self.shared.capture_pending(&policy, d)?;
+            Some(Self::refuse(
+                errors::CAPTURE_NOT_READY,
+                &format!(
+                    "capgate refused this write to {} (mode {}, rule {}): its capture triggers on the primary still follow policy \
+                     version {version}, and a write now would not be replicated; nothing was written. capgate installs them \
+                     within a second of a policy reload: retry (if this lasts, capgate's log says why they cannot be installed)",
+                    d.table,
+                    d.mode.name(),
+                    d.rule
+                ),
+            ))
+        })
+    }
+
     /// Count (and log, sparingly) writes to replicated tables that reach the primary only
     /// (no replicas configured, or no shipper running for async and bounded tables).
     fn count(&self, decisions: &[Decision]) {
         let sync_replicated = !self.slots.is_empty();
-        let shipped = self.shared.shipping.is_some();
+        let shipped = self.shared.shipping.get().is_some();
         let replicated = |m: &Mode| match m {
             Mode::Local => true,
             Mode::Sync { .. } => sync_replicated,
@@ -319,7 +392,7 @@ impl Statements {
                     mode = d.mode.name(),
                     rule = %d.rule,
                     count = n,
-                    "write to a replicated table relayed to the primary only: no replica is configured (or the policy at start had no async or bounded rule)"
+                    "write to a replicated table relayed to the primary only: no replica is configured"
                 );
             }
         }
@@ -348,17 +421,9 @@ fn is_commit(c: &Classification) -> bool {
     matches!(c.statements.as_slice(), [one] if one.kind == Kind::Transaction(TxControl::Commit))
 }
 
-/// Whether `sql` ends an open transaction although it is neither COMMIT, BEGIN nor DDL:
-/// `SET autocommit = 1` (or ON, TRUE) and `LOCK TABLES`.
-fn commits_implicitly(sql: &[u8]) -> bool {
-    let text: String = String::from_utf8_lossy(sql).to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
-    let text = text.trim_end_matches(';');
-    let enables = ["1", "on", "true"].iter().any(|v| {
-        ["autocommit=", "@@autocommit=", "@@session.autocommit=", "sessionautocommit="]
-            .iter()
-            .any(|k| text.strip_prefix("set").is_some_and(|rest| rest.contains(&format!("{k}{v}"))))
-    });
-    enables || text.starts_with("locktable")
+/// Whether a statement of `c` is DDL (it writes no rows).
+fn has_ddl(c: &Classification) -> bool {
+    c.statements.iter().any(|s| s.kind == Kind::Ddl)
 }
 
 /// Whether `sql` is a `LOAD DATA LOCAL` statement.
@@ -386,17 +451,6 @@ fn use_database(sql: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::use_database;
-
-    #[test]
-    fn statements_that_commit_implicitly() {
-        use super::commits_implicitly;
-        assert!(commits_implicitly(b"SET autocommit = 1"));
-        assert!(commits_implicitly(b"set @@session.autocommit=ON;"));
-        assert!(commits_implicitly(b"SET SESSION autocommit = true"));
-        assert!(commits_implicitly(b"LOCK TABLES t WRITE"));
-        assert!(!commits_implicitly(b"SET autocommit = 0"));
-        assert!(!commits_implicitly(b"SELECT 'set autocommit=1'"));
-    }
 
     #[test]
     fn use_statements() {

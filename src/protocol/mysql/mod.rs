@@ -123,6 +123,9 @@ pub mod errors {
     /// ER_SIGNAL_EXCEPTION with SQLSTATE 55000 (object not in prerequisite state, as on
     /// PostgreSQL): a write to a bounded table refused while a replica is over its budget.
     pub const REPLICA_BEHIND: (u16, &str) = (1644, "55000");
+    /// The same code and SQLSTATE: a write to a table whose capture triggers a policy reload
+    /// is still changing (a fraction of a second).
+    pub const CAPTURE_NOT_READY: (u16, &str) = (1644, "55000");
 }
 
 /// A length-encoded integer at the start of `buf`: the value and the bytes it took. `None`

@@ -80,35 +80,52 @@ pub async fn install(conn: &mut mysql_async::Conn) -> Result<(), PrimaryError> {
     Ok(())
 }
 
+/// The privileges of capgate's account on the primary, as `information_schema` lists them
+/// (global and per database); a privilege granted only through a role is not seen there, and
+/// is reported missing.
+struct Grants {
+    /// `'user'@'host'`, as GRANT statements name it.
+    grantee: String,
+    global: Vec<String>,
+    per_db: Vec<(String, String)>,
+}
+
+impl Grants {
+    async fn read(conn: &mut mysql_async::Conn) -> Result<Grants, PrimaryError> {
+        let account: String = conn.query_first("SELECT CURRENT_USER()").await.map_err(PrimaryError::Catalog)?.unwrap_or_default();
+        let grantee = match account.rsplit_once('@') {
+            Some((user, host)) => format!("'{user}'@'{host}'"),
+            None => account.clone(),
+        };
+        let global: Vec<String> = conn
+            .exec("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = ?", (grantee.clone(),))
+            .await
+            .map_err(PrimaryError::Catalog)?;
+        let per_db: Vec<(String, String)> = conn
+            .exec("SELECT TABLE_SCHEMA, PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = ?", (grantee.clone(),))
+            .await
+            .map_err(PrimaryError::Catalog)?;
+        Ok(Grants { grantee, global, per_db })
+    }
+
+    fn has(&self, privilege: &str, schema: &str) -> bool {
+        self.global.iter().any(|p| p == privilege)
+            || self.per_db.iter().any(|(s, p)| p == privilege && (s == schema || s.replace("\\_", "_") == schema))
+    }
+
+    fn missing(&self, privilege: &'static str, on: String, why: &'static str) -> PrimaryError {
+        PrimaryError::Privilege { privilege, on, account: self.grantee.clone(), why }
+    }
+}
+
 /// Check that capgate's account may install capture on `schemas` (the databases holding
 /// replicated tables): TRIGGER on each, everything on `capgate`, and the right to create
 /// triggers while the binary log is on. The first missing privilege is named.
-///
-/// Privileges are read from `information_schema` (global and per database); a privilege
-/// granted only through a role is not seen there, and is reported missing.
 pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) -> Result<(), PrimaryError> {
-    let account: String = conn.query_first("SELECT CURRENT_USER()").await.map_err(PrimaryError::Catalog)?.unwrap_or_default();
-    let grantee = match account.rsplit_once('@') {
-        Some((user, host)) => format!("'{user}'@'{host}'"),
-        None => account.clone(),
-    };
-    let global: Vec<String> = conn
-        .exec("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = ?", (grantee.clone(),))
-        .await
-        .map_err(PrimaryError::Catalog)?;
-    let per_db: Vec<(String, String)> = conn
-        .exec("SELECT TABLE_SCHEMA, PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = ?", (grantee.clone(),))
-        .await
-        .map_err(PrimaryError::Catalog)?;
-    let has = |privilege: &str, schema: &str| {
-        global.iter().any(|p| p == privilege)
-            || per_db.iter().any(|(s, p)| p == privilege && (s == schema || s.replace("\\_", "_") == schema))
-    };
-    let missing =
-        |privilege: &'static str, on: String, why: &'static str| PrimaryError::Privilege { privilege, on, account: grantee.clone(), why };
+    let grants = Grants::read(conn).await?;
     for schema in schemas {
-        if !has("TRIGGER", schema) {
-            return Err(missing(
+        if !grants.has("TRIGGER", schema) {
+            return Err(grants.missing(
                 "TRIGGER",
                 format!("`{schema}`.*"),
                 "capgate records row changes with triggers it creates on each replicated table",
@@ -116,9 +133,9 @@ pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) 
         }
     }
     for privilege in ["CREATE", "INSERT", "SELECT", "DELETE"] {
-        if !has(privilege, "capgate") {
+        if !grants.has(privilege, "capgate") {
             let privilege: &'static str = privilege;
-            return Err(missing(
+            return Err(grants.missing(
                 privilege,
                 "capgate.*".into(),
                 "capgate keeps its change log and decision records in the `capgate` database",
@@ -127,8 +144,33 @@ pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) 
     }
     let (log_bin, trust): (i64, i64) =
         conn.query_first("SELECT @@log_bin, @@log_bin_trust_function_creators").await.map_err(PrimaryError::Catalog)?.unwrap_or((0, 0));
-    if log_bin != 0 && trust == 0 && !global.iter().any(|p| p == "SUPER") {
-        return Err(PrimaryError::BinlogTriggers { account: grantee });
+    if log_bin != 0 && trust == 0 && !grants.global.iter().any(|p| p == "SUPER") {
+        return Err(PrimaryError::BinlogTriggers { account: grants.grantee });
+    }
+    Ok(())
+}
+
+/// What the shippers of async and bounded tables need besides [`check_privileges`]' (decision
+/// 0027): UPDATE on `capgate` (each replica's shipped position is upserted there) and
+/// PROCESS (`information_schema.INNODB_TRX` tells when a number missing from
+/// `capgate.changes` can no longer appear, decision 0021). The first missing one is named.
+pub async fn check_shipping_privileges(conn: &mut mysql_async::Conn) -> Result<(), PrimaryError> {
+    let grants = Grants::read(conn).await?;
+    if !grants.has("UPDATE", "capgate") {
+        return Err(grants.missing(
+            "UPDATE",
+            "capgate.*".into(),
+            "the shippers of async and bounded tables record each replica's position in `capgate.shipped`",
+        ));
+    }
+    if !grants.global.iter().any(|p| p == "PROCESS") {
+        return Err(grants.missing(
+            "PROCESS",
+            "*.*".into(),
+            "the shippers of async and bounded tables read information_schema.INNODB_TRX to tell when a number missing from \
+             capgate.changes (a rolled-back transaction's) can no longer appear; without it every such hole is kept, looked up \
+             in every batch, and capgate.changes is never pruned past the oldest one",
+        ));
     }
     Ok(())
 }

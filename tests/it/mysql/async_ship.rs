@@ -20,10 +20,10 @@ use super::support::sysbench_figure;
 use super::support::{connect, MyProxy};
 
 /// The tests take turns: every shipper ships the one change log of the primary.
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(super) static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// (primary, replica) of these tests.
-fn servers() -> &'static (MariaDb, MariaDb) {
+pub(super) fn servers() -> &'static (MariaDb, MariaDb) {
     static SERVERS: OnceLock<(MariaDb, MariaDb)> = OnceLock::new();
     SERVERS.get_or_init(|| {
         let start = || MariaDb::start(MariaDbOptions::default()).unwrap_or_else(|e| panic!("cannot start MariaDB: {e}"));
@@ -47,12 +47,12 @@ fn proxy(name: &str, policy: &str, link: &Link) -> (MyProxy, std::path::PathBuf)
     (MyProxy::start_config(&text, &dir), conflicts)
 }
 
-fn link() -> Link {
+pub(super) fn link() -> Link {
     Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, servers().1.port()))).expect("link")
 }
 
 /// Polls (bounded) until `query` gives the same text on both servers; returns it.
-async fn converged(query: &str) -> String {
+pub(super) async fn converged(query: &str) -> String {
     let (p, r) = servers();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -65,7 +65,7 @@ async fn converged(query: &str) -> String {
     }
 }
 
-fn setup_both(sql: &str) {
+pub(super) fn setup_both(sql: &str) {
     let (p, r) = servers();
     p.sql(sql).expect("primary");
     r.sql(sql).expect("replica");
@@ -113,7 +113,7 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
     // Bounded admission needs the replica's lag measured (the lag monitor reads it from the
     // primary every 250 ms, once the shipper has recorded a position): until then a bounded
     // write is refused as over budget.
-    let fleet = p.shared.shipping.clone().expect("shipping");
+    let fleet = p.shared.shipping.get().cloned().expect("shipping");
     let deadline = Instant::now() + Duration::from_secs(30);
     while fleet.lag.lag("east").is_none() {
         assert!(Instant::now() < deadline, "the replica's lag was never measured");
@@ -176,7 +176,7 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
     assert_eq!(record["new"]["body"], "from the primary", "{record}");
     assert_eq!(record["replica_row"]["body"], "edited on the replica", "{record}");
     assert_eq!(servers().1.sql("SELECT body FROM shipdb.notes WHERE id = 1").expect("row"), "edited on the replica");
-    let stats = p.shared.shipping.as_ref().expect("shipping").shippers["east"].stats().clone();
+    let stats = p.shared.shipping.get().expect("shipping").shippers["east"].stats().clone();
     assert_eq!(stats.conflicts.load(std::sync::atomic::Ordering::Relaxed), 1, "only the edited row conflicted");
     // The rolled-back transaction's numbers were holes; they are dropped once no older
     // transaction is open on the primary.
@@ -330,7 +330,7 @@ async fn sysbench_with_every_table_async_leaves_equal_checksums() {
     assert!(ok && !report.contains("FATAL"), "sysbench run:\n{report}");
     assert!(sysbench_figure(&report, "transactions:") >= 400, "{report}");
     converged(checksums).await;
-    let stats = p.shared.shipping.as_ref().expect("shipping").shippers["east"].stats().clone();
+    let stats = p.shared.shipping.get().expect("shipping").shippers["east"].stats().clone();
     assert_eq!(stats.conflicts.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod async_reload;
 mod async_ship;
 mod auth;
 mod bad_input;
@@ -18,6 +19,7 @@ mod python;
 mod raw;
 mod sync;
 mod sync_faults;
+mod sync_implicit;
 mod sync_kill;
 mod sync_relay;
 mod sync_sysbench;

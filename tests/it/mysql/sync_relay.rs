@@ -11,7 +11,7 @@ use super::sync::{rows, settled, setup};
 
 use super::capture::SERVER;
 
-fn proxy(name: &str) -> MyProxy {
+pub(super) fn proxy(name: &str) -> MyProxy {
     let dir = crate::support::scratch(name);
     std::fs::write(
         dir.join("policy.toml"),

@@ -4,7 +4,7 @@
 //! cover), so bounded admission works on processes that do not ship.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use super::{lag_of, MyShipper, MyShipperConfig};
@@ -59,6 +59,31 @@ impl MyFleet {
         for s in self.shippers.values() {
             s.wake();
         }
+    }
+}
+
+/// The fleet of a process whose policy may gain its first async or bounded rule while it
+/// runs: started at start when the policy ships, or later, after a policy reload, once the
+/// capture triggers match the new policy (never stopped: with no such rule left the shippers
+/// find nothing to ship). The front end and the admin views hold this, not the fleet, so a
+/// fleet started later is seen by every session and view at once.
+#[derive(Default)]
+pub struct LateFleet(OnceLock<Arc<MyFleet>>);
+
+impl LateFleet {
+    /// The fleet, once started.
+    pub fn get(&self) -> Option<&Arc<MyFleet>> {
+        self.0.get()
+    }
+
+    /// The fleet, started by `start` if it was not running; `true` when this call started it.
+    pub fn start_with(&self, start: impl FnOnce() -> MyFleet) -> (&Arc<MyFleet>, bool) {
+        let mut started = false;
+        let fleet = self.0.get_or_init(|| {
+            started = true;
+            Arc::new(start())
+        });
+        (fleet, started)
     }
 }
 

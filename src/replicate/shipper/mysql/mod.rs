@@ -36,7 +36,7 @@ use crate::store::mysql::position::{Position, HOLE_SETTLE_SECS, MAX_HOLES};
 use crate::store::mysql::xa::{self, ReplicaConn};
 use crate::store::mysql::{apply, primary, ship};
 
-pub use fleet::{MyFleet, MyLagMonitor};
+pub use fleet::{LateFleet, MyFleet, MyLagMonitor};
 pub use halt::MyShipper;
 
 /// Everything one MySQL shipper needs.

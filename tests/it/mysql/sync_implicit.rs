@@ -1,0 +1,111 @@
+//! Statements that commit a transaction implicitly, on a sync table (decision 0027). Sent as
+//! a query of their own — DDL, TRUNCATE (of any table), ANALYZE TABLE, FLUSH, UNLOCK TABLES
+//! while tables are locked — the open transaction is coordinated first: its rows are on the
+//! replica. In a multi-statement query after a write to a sync table, the query is refused
+//! before any of it runs, naming the statement, the table and the remedy. A temporary table
+//! commits nothing, so a ROLLBACK after it still rolls back. TRUNCATE of a replicated table
+//! (it fires no trigger) is refused.
+
+use mysql_async::prelude::*;
+
+use super::support::{connect, error_code, primary, replica, APP_PASSWORD};
+use super::sync::{rows, settled, setup};
+use super::sync_relay::proxy;
+
+use super::capture::SERVER;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn implicit_commits_are_coordinated_or_refused_with_the_statement_named() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    primary().sql("CREATE TABLE cgsync.scratch (a INT)").expect("local table");
+    let p = proxy("mysql-sync-implicit");
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+
+    // A multi-statement query whose DDL would commit a sync write of the same query: refused,
+    // nothing of it runs; the transaction open before it is still open, and commits normally.
+    c.query_drop("SET autocommit = 0").await.expect("autocommit off");
+    c.query_drop("UPDATE acct SET bal = 1 WHERE id = 1").await.expect("update");
+    let err = c.query_drop("UPDATE acct SET bal = 2 WHERE id = 2; CREATE TABLE cgsync.x (a INT)").await.expect_err("refused");
+    assert_eq!(error_code(&err), 1235, "{err}");
+    for words in [
+        "`CREATE TABLE cgsync.x (a INT)` (statement 2 of 2)",
+        "`UPDATE acct SET bal = 2 WHERE id = 2`",
+        "cgsync.acct",
+        "as a query of its own",
+    ] {
+        assert!(err.to_string().contains(words), "{words:?} missing from: {err}");
+    }
+    assert_eq!(primary().sql("SHOW TABLES FROM cgsync LIKE 'x'").expect("tables"), "", "nothing of the query ran");
+    c.query_drop("COMMIT").await.expect("commit");
+    settled().await;
+    assert_eq!(rows(primary()), "1\t1\ta\n2\t200\tb");
+    assert_eq!(rows(replica()), rows(primary()));
+    c.query_drop("SET autocommit = 1").await.expect("autocommit on");
+
+    // BEGIN … BEGIN in one query: the second BEGIN would commit the first's sync write.
+    let err = c.query_drop("BEGIN; UPDATE acct SET bal = 3 WHERE id = 1; START TRANSACTION").await.expect_err("refused");
+    assert!(err.to_string().contains("`START TRANSACTION` (statement 3 of 3)"), "{err}");
+    assert_eq!(c.query_first::<i64, _>("SELECT @@in_transaction").await.expect("read"), Some(0), "nothing ran");
+
+    // Sent alone, each commits the transaction before it: coordinated, on both sites.
+    for (n, statement) in ["ANALYZE TABLE acct", "TRUNCATE scratch", "FLUSH TABLES", "CREATE TABLE y (a INT)"].iter().enumerate() {
+        c.query_drop("BEGIN").await.expect("begin");
+        c.query_drop(format!("UPDATE acct SET bal = {} WHERE id = 2", 10 + n)).await.expect("update");
+        c.query_drop(*statement).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+        assert_eq!(c.query_first::<i64, _>("SELECT @@in_transaction").await.expect("read"), Some(0), "{statement}");
+        c.query_drop("ROLLBACK").await.expect("rollback (nothing left to roll back)");
+        let (on_primary, on_replica) = both().await;
+        assert_eq!(on_primary, format!("1\t1\ta\n2\t{}\tb", 10 + n), "{statement}");
+        assert_eq!(on_replica, on_primary, "{statement} committed the sync transaction on the primary alone");
+    }
+
+    // LOCK TABLES commits too (coordinated); UNLOCK TABLES then commits what was written
+    // under the lock (coordinated, though only local tables can be written there: the
+    // capture trigger of a locked sync table cannot write capgate's tables).
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 20 WHERE id = 2").await.expect("update");
+    c.query_drop("LOCK TABLES scratch WRITE").await.expect("lock");
+    c.query_drop("INSERT INTO scratch VALUES (1)").await.expect("insert under the lock");
+    c.query_drop("UNLOCK TABLES").await.expect("unlock");
+    let (on_primary, on_replica) = both().await;
+    assert_eq!(on_primary, "1\t1\ta\n2\t20\tb", "LOCK TABLES");
+    assert_eq!(on_replica, on_primary, "LOCK TABLES committed the sync transaction on the primary alone");
+
+    // SET autocommit = 1 inside BEGIN (autocommit already on) commits nothing either.
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 998 WHERE id = 1").await.expect("update");
+    c.query_drop("SET autocommit = 1").await.expect("autocommit on, again");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let (on_primary, on_replica) = both().await;
+    assert_eq!(on_primary, "1\t1\ta\n2\t20\tb", "SET autocommit = 1 committed a BEGIN transaction");
+    assert_eq!(on_replica, on_primary);
+
+    // TRUNCATE of a replicated table fires no trigger (the replica would keep its rows):
+    // refused, as a statement and as a prepared one, with the remedy.
+    let err = c.query_drop("TRUNCATE TABLE acct").await.expect_err("refused");
+    assert_eq!(error_code(&err), 1235, "{err}");
+    assert!(
+        err.to_string().contains("cgsync.acct is replicated (mode sync") && err.to_string().contains("DELETE FROM cgsync.acct"),
+        "{err}"
+    );
+    let err = c.prep("TRUNCATE acct").await.expect_err("refused at prepare");
+    assert_eq!(error_code(&err), 1235, "{err}");
+    assert_eq!(rows(primary()), "1\t1\ta\n2\t20\tb");
+
+    // A temporary table commits nothing: the ROLLBACK after it rolls the write back.
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 999 WHERE id = 1").await.expect("update");
+    c.query_drop("CREATE TEMPORARY TABLE tmp (a INT)").await.expect("temporary table");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let (on_primary, on_replica) = both().await;
+    assert_eq!(on_primary, "1\t1\ta\n2\t20\tb", "CREATE TEMPORARY TABLE committed the transaction");
+    assert_eq!(on_replica, on_primary);
+}
+
+/// The rows on (primary, replica), once the replica has no branch of ours left (XA COMMIT
+/// runs after the client's reply).
+async fn both() -> (String, String) {
+    settled().await;
+    (rows(primary()), rows(replica()))
+}
