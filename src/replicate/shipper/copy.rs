@@ -13,6 +13,11 @@
 //! snapshot `A` and the range's end `B` were: every change visible in either is in `S` too, so
 //! the copy cannot lose a change that was shipped before it, and the rest of a range under way
 //! skips every change of the table (all are visible in `S`).
+//!
+//! A copy never empties a table that a writing site's rows live in (decision 0028): when the
+//! replica's site takes writes of its own (`takes_writes`, or the table there carries
+//! capgate's capture trigger) and its table holds rows, the copy is refused and the table
+//! halted, to be made equal by an operator and adopted without a copy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,6 +44,27 @@ pub enum CopyError {
     Replica(String),
 }
 
+/// Where a copy goes, and what the shipper knows of the replica's site.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// This site's name, the origin recorded in the replica's `capgate.tables`.
+    pub origin: &'a str,
+    /// The replica's configured name, for messages.
+    pub replica_name: &'a str,
+    /// The configuration says the replica's site takes writes of its own (`takes_writes`):
+    /// its table's rows may be that site's writes, never to be emptied.
+    pub takes_writes: bool,
+}
+
+/// Most rows counted on a writing replica before a refused copy says "at least": the count is
+/// for the message, and it runs while the table's lock holds that site's writers.
+const COUNT_CAP: i64 = 1_000_000;
+
+/// Whether the replica's table carries capgate's capture trigger: that site's capgate
+/// replicates the table's writes there, so the site takes writes of its own.
+const CAPTURED_THERE_SQL: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = 'capgate_capture')";
+
 /// The non-generated columns of `table` on the primary, quoted, in column order. None: the
 /// table no longer exists there.
 const COLUMNS_SQL: &str = "SELECT array_agg(quote_ident(a.attname) ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
@@ -55,12 +81,12 @@ const MISSING_SQL: &str = "SELECT coalesce(array_agg(c ORDER BY c), '{}') FROM u
 pub async fn copy_table(
     primary: &mut Client,
     replica: &mut Client,
-    origin: &str,
+    to: Target<'_>,
     table: &str,
-    replica_name: &str,
     progress: &AtomicU64,
     deadline: Duration,
 ) -> Result<u64, CopyError> {
+    let (origin, replica_name) = (to.origin, to.replica_name);
     let p = |e: tokio_postgres::Error| CopyError::Primary(explain(&e));
     let r = |e: tokio_postgres::Error| CopyError::Replica(explain(&e));
     let exists: bool = cell(timed(deadline, replica.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]), r).await?)?;
@@ -90,8 +116,21 @@ pub async fn copy_table(
     timed(deadline, source.batch_execute(FIXED_SETTINGS), p).await?;
     let snapshot: String = cell(timed(deadline, source.query_one("SELECT pg_current_snapshot()::text", &[]), p).await?)?;
     let target = timed(deadline, replica.transaction(), r).await?;
-    let prepare = format!("{FIXED_SETTINGS}; SET LOCAL session_replication_role = replica; DELETE FROM {table}");
+    // The lock keeps the replica site's writers (and its capgate installing a capture
+    // trigger) out until the copy commits: what is checked below stays true.
+    let prepare = format!("{FIXED_SETTINGS}; SET LOCAL session_replication_role = replica; LOCK TABLE {table} IN EXCLUSIVE MODE");
     timed(deadline, target.batch_execute(&prepare), refused_or(table, replica_name)).await?;
+    let captured_there: bool = cell(timed(deadline, target.query_one(CAPTURED_THERE_SQL, &[&table]), r).await?)?;
+    if to.takes_writes || captured_there {
+        let count = format!("SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT {COUNT_CAP}) AS t");
+        let rows: i64 = cell(timed(deadline, target.query_one(&count, &[]), r).await?)?;
+        if rows > 0 {
+            return Err(CopyError::Refused(writing_site_refusal(to, table, rows, captured_there)));
+        }
+        // Empty: nothing of that site's to lose, and the lock keeps it so until the commit.
+    } else {
+        timed(deadline, target.batch_execute(&format!("DELETE FROM {table}")), refused_or(table, replica_name)).await?;
+    }
     let out = timed(deadline, source.copy_out(&format!("COPY (SELECT {list} FROM {table}) TO STDOUT")), p).await?;
     let sink = timed(deadline, target.copy_in(&format!("COPY {table} ({list}) FROM STDIN")), refused_or(table, replica_name)).await?;
     pin_mut!(out);
@@ -117,6 +156,26 @@ pub async fn copy_table(
     Ok(rows)
 }
 
+/// Why a table with rows on a writing replica is not copied, and what the operator does.
+pub fn writing_site_refusal(to: Target<'_>, table: &str, rows: i64, captured_there: bool) -> String {
+    let replica = to.replica_name;
+    let count = match rows {
+        COUNT_CAP.. => format!("at least {COUNT_CAP} rows"),
+        1 => "1 row".to_owned(),
+        n => format!("{n} rows"),
+    };
+    let why = if captured_there {
+        "its capgate replicates this table's writes there (the table carries capgate_capture)"
+    } else {
+        "takes_writes = true in this capgate's configuration"
+    };
+    format!(
+        "table {table} on replica `{replica}` holds {count}, and that site takes writes of its own ({why}): a copy would empty \
+         the table and lose them, so it is not copied and stays halted. Make the table equal on both sites (capgate verify \
+         --table {table} shows when it is), then adopt it without a copy: capgate resume --replica {replica} --table {table} --adopt"
+    )
+}
+
 /// The first column of `row`.
 fn cell<T: for<'a> tokio_postgres::types::FromSql<'a>>(row: tokio_postgres::Row) -> Result<T, CopyError> {
     row.try_get(0).map_err(|e| CopyError::Replica(format!("an unexpected answer: {e}")))
@@ -139,5 +198,24 @@ async fn timed<T, F: Fn(tokio_postgres::Error) -> CopyError>(
     match tokio::time::timeout(deadline, fut).await {
         Ok(r) => r.map_err(map),
         Err(_) => Err(CopyError::Replica(format!("a copy step did not finish within {deadline:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_copy_names_the_table_the_replica_the_rows_why_and_the_remedy() {
+        let to = Target { origin: "east", replica_name: "west", takes_writes: true };
+        let said = writing_site_refusal(to, "public.cart", 1, false);
+        assert!(
+            said.starts_with("table public.cart on replica `west` holds 1 row, and that site takes writes of its own (takes_writes = true")
+        );
+        assert!(said.ends_with("capgate resume --replica west --table public.cart --adopt"), "{said}");
+        assert!(said.contains("capgate verify --table public.cart"), "{said}");
+        let many = writing_site_refusal(to, "public.cart", COUNT_CAP, true);
+        assert!(many.contains("holds at least 1000000 rows") && many.contains("carries capgate_capture"), "{many}");
+        assert!(writing_site_refusal(to, "public.cart", 7, false).contains("holds 7 rows"));
     }
 }
