@@ -47,15 +47,16 @@ fn capgate(config: &Path, args: &[&str]) -> (Option<i32>, String) {
     (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
-/// The halted `public.aa_entry`'s error in `/status` of `proxy`.
-async fn halted_error(name: &str, proxy: &crate::support::Proxy) -> String {
+/// The halted `public.aa_entry`'s error and resume command in `/status` of `proxy`.
+async fn halted_error(name: &str, proxy: &crate::support::Proxy) -> (String, String) {
     wait_until(&format!("{name} halted aa_entry"), Duration::from_secs(60), async || {
         table_state(&shipper(proxy).await, "public.aa_entry").as_deref() == Some("halted")
     })
     .await;
     let s = shipper(proxy).await;
     let table = s["tables"].as_array().and_then(|t| t.iter().find(|t| t["table"] == "public.aa_entry").cloned()).unwrap_or_default();
-    table["error"].as_str().unwrap_or_default().to_owned()
+    let text = |key: &str| table[key].as_str().unwrap_or_default().to_owned();
+    (text("error"), text("resume"))
 }
 
 #[tokio::test]
@@ -82,7 +83,8 @@ async fn a_table_entering_replication_with_rows_at_both_writing_sites_loses_none
         std::fs::write(dir_of(site).join("policy.toml"), AFTER).unwrap();
     }
     let (east_error, west_error) = (halted_error("east", &east).await, halted_error("west", &west).await);
-    for (error, peer) in [(&east_error, "west"), (&west_error, "east")] {
+    for ((error, resume), peer) in [(&east_error, "west"), (&west_error, "east")] {
+        assert_eq!(resume, &format!("capgate resume --replica {peer} --table public.aa_entry --adopt"), "/status offers the adoption");
         for said in [
             "public.aa_entry".to_owned(),
             format!("replica `{peer}`"),

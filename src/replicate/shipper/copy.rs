@@ -172,8 +172,15 @@ pub fn writing_site_refusal(to: Target<'_>, table: &str, rows: i64, captured_the
     format!(
         "table {table} on replica `{replica}` holds {count}, and that site takes writes of its own ({why}): a copy would empty \
          the table and lose them, so it is not copied and stays halted. Make the table equal on both sites (capgate verify \
-         --table {table} shows when it is), then adopt it without a copy: capgate resume --replica {replica} --table {table} --adopt"
+         --table {table} shows when it is), then adopt it without a copy: {}",
+        adopt_command(replica, table)
     )
+}
+
+/// The command that adopts `table` for `replica`: the end of a [`writing_site_refusal`], and
+/// what `/status` offers as the table's resume command when its error ends with it.
+pub fn adopt_command(replica: &str, table: &str) -> String {
+    format!("capgate resume --replica {replica} --table {table} --adopt")
 }
 
 /// The first column of `row`.
