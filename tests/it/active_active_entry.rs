@@ -2,7 +2,7 @@
 //! each site's rows are its own writes, so neither shipper may empty the other site's table
 //! with a copy. The table is halted at both with a message that says what to do; once the
 //! operator has made it equal, each site adopts it without a copy and writes at both sites
-//! reach the other.
+//! reach the other. A table that holds the same rows at both sites is taken in as it is.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -62,7 +62,11 @@ async fn halted_error(name: &str, proxy: &crate::support::Proxy) -> (String, Str
 #[tokio::test]
 async fn a_table_entering_replication_with_rows_at_both_writing_sites_loses_none_and_is_adopted() {
     let _one = exclusive().await;
-    fresh("CREATE TABLE aa_entry (id int PRIMARY KEY, v text NOT NULL); CREATE TABLE aa_other (id int PRIMARY KEY, v text NOT NULL)").await;
+    fresh(
+        "CREATE TABLE aa_entry (id int PRIMARY KEY, v text NOT NULL); CREATE TABLE aa_other (id int PRIMARY KEY, v text NOT NULL); \
+         CREATE TABLE aa_same (id int PRIMARY KEY, v text NOT NULL); INSERT INTO aa_same VALUES (1, 'seeded'), (2, 'seeded')",
+    )
+    .await;
     let (a_url, b_url) = (bed().a_primary().url("postgres", DB), bed().b_replica().url("postgres", DB));
     // Each site's own writes while the table is local to it.
     connect(&a_url).await.batch_execute("INSERT INTO aa_entry VALUES (1, 'east'), (2, 'east')").await.unwrap();
@@ -71,11 +75,18 @@ async fn a_table_entering_replication_with_rows_at_both_writing_sites_loses_none
     let east = site_with("east", bed().a_primary(), "west", &to_west, BEFORE);
     let west = site_with("west", bed().b_replica(), "east", &to_east, BEFORE);
     for (name, proxy) in [("east", &east), ("west", &west)] {
-        wait_until(&format!("{name}'s shipper copied aa_other"), Duration::from_secs(60), async || {
+        wait_until(&format!("{name}'s shipper copied aa_other and took aa_same in"), Duration::from_secs(60), async || {
             let s = shipper(proxy).await;
-            s["phase"] == "running" && table_state(&s, "public.aa_other").as_deref() == Some("copied")
+            s["phase"] == "running"
+                && table_state(&s, "public.aa_other").as_deref() == Some("copied")
+                && table_state(&s, "public.aa_same").as_deref() == Some("copied")
         })
         .await;
+    }
+    // Seeded alike at both sites before they were paired: equal at the copy's snapshot,
+    // so taken in as it is, each way.
+    for url in [&a_url, &b_url] {
+        assert_eq!(rows(url, "SELECT id, v FROM aa_same ORDER BY id").await, ["1|seeded", "2|seeded"], "{url}");
     }
 
     // The table enters the async rule at both sites (a policy reload each).
@@ -142,10 +153,18 @@ async fn a_table_entering_replication_with_rows_at_both_writing_sites_loses_none
 
     // Writes at both sites now reach the other.
     e.batch_execute("INSERT INTO aa_entry VALUES (10, 'east'); UPDATE aa_entry SET v = 'east again' WHERE id = 1").await.unwrap();
-    w.batch_execute("INSERT INTO aa_entry VALUES (20, 'west'); DELETE FROM aa_entry WHERE id = 3").await.unwrap();
+    w.batch_execute(
+        "INSERT INTO aa_entry VALUES (20, 'west'); DELETE FROM aa_entry WHERE id = 3; UPDATE aa_same SET v = 'west' WHERE id = 2",
+    )
+    .await
+    .unwrap();
     let want = ["1|east again", "2|west", "10|east", "20|west"];
     for url in [&a_url, &b_url] {
         wait_until("every write at both sites", Duration::from_secs(60), async || rows(url, ENTRY_ROWS).await == want).await;
+        wait_until("aa_same's change at both sites", Duration::from_secs(60), async || {
+            rows(url, "SELECT id, v FROM aa_same ORDER BY id").await == ["1|seeded", "2|west"]
+        })
+        .await;
     }
     drained(&east, &west).await;
     for (url, proxy) in [(&a_url, &east), (&b_url, &west)] {

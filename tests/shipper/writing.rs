@@ -84,3 +84,23 @@ async fn an_empty_table_on_a_writing_replica_is_still_copied() {
     assert!(shipper.stats().halted().is_empty());
     assert!(env.conflicts().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_writing_replica_holding_the_primarys_rows_is_taken_in_as_it_is() {
+    let env = env("ship_writing_equal", KV, &[]).await;
+    let seed = "INSERT INTO t SELECT g, 'same ' || g FROM generate_series(1, 300) g";
+    env.primary.batch_execute(seed).await.expect("primary rows");
+    env.replica.batch_execute(seed).await.expect("the same rows on the replica");
+    captured_on_the_replica(&env).await;
+    env.capture("public.t").await;
+    let versions = "SELECT count(DISTINCT xmin::text)::text || ':' || min(xmin::text) FROM t";
+    let before: String = env.replica.query_one(versions, &[]).await.expect("row versions").get(0);
+    let shipper = Shipper::start(env.config());
+    copied(&shipper, "public.t").await;
+    let after: String = env.replica.query_one(versions, &[]).await.expect("row versions").get(0);
+    assert_eq!(before, after, "the replica's rows were kept, not deleted and loaded again");
+    env.primary.batch_execute("UPDATE t SET v = 'changed' WHERE k <= 3; DELETE FROM t WHERE k = 300").await.expect("writes");
+    env.converged(None, "t", &shipper).await;
+    assert!(env.conflicts().await.is_empty(), "{:?}", env.conflicts().await);
+    assert_eq!(shipper.stats().changes.load(Ordering::Relaxed), 4);
+}

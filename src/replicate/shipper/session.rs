@@ -456,8 +456,15 @@ impl Run {
         let copied = copy::copy_table(primary, replica, to, table, &progress, cfg.deadline).await;
         *self.stats.copying.lock().unwrap_or_else(|p| p.into_inner()) = None;
         match copied {
-            Ok(rows) => {
-                tracing::info!(replica = %cfg.replica_name, table = %table, rows, elapsed = ?started.elapsed(), "shipper: table copied; its changes ship from now on");
+            Ok(done) => {
+                match done {
+                    copy::Copied::Loaded(rows) => {
+                        tracing::info!(replica = %cfg.replica_name, table = %table, rows, elapsed = ?started.elapsed(), "shipper: table copied; its changes ship from now on")
+                    }
+                    copy::Copied::Equal(rows) => {
+                        tracing::info!(replica = %cfg.replica_name, table = %table, rows, elapsed = ?started.elapsed(), "shipper: the replica site, which takes writes of its own, holds exactly the primary's rows: taken in without a copy; its changes ship from now on")
+                    }
+                }
                 let fresh = self.timed("reading the table states", tables::read(replica, &cfg.origin)).await.map_err(Fail::Replica)?;
                 *states = fresh;
                 self.publish_tables(states);
