@@ -243,8 +243,9 @@ async fn run(seed: u64, secs: u64) {
     std::fs::create_dir_all(&dir).unwrap();
     let site_a = Mutex::new(Site::start(&dir, "a", a, "b", &to_b));
     let site_b = Mutex::new(Site::start(&dir, "b", b, "a", &to_a));
-    // Both shippers take the async table in before anyone writes (a copy empties the other
-    // site's table first: docs/before-you-replicate.md).
+    // Both shippers take the async table in before anyone writes: both sites hold the same two
+    // hot rows, so each copy finds the other site's table equal and keeps it (a table holding
+    // other rows at a writing site is halted until adopted: decision 0028).
     for site in [&site_a, &site_b] {
         let t = Instant::now();
         loop {

@@ -28,6 +28,8 @@ mod bench;
 mod env;
 #[path = "shipper/parts.rs"]
 mod parts;
+#[path = "shipper/writing.rs"]
+mod writing;
 
 use env::{bed, client, env, until, Env, PATIENCE};
 

@@ -1,7 +1,9 @@
 //! `POST /tables/<table>/resume?replica=<name>`: an operator resumes a table the shipper to
 //! `<name>` halted (a `halt` conflict, a failed apply, a table the replica lacks). The table is
 //! copied again from the primary, then shipped (decision 0014); on MySQL its held changes are
-//! applied instead (`replicate::shipper::mysql::halt`). `capgate resume` calls this.
+//! applied instead (`replicate::shipper::mysql::halt`). With `&adopt=true` (PostgreSQL) a
+//! halted table the operator made equal on both sites is taken back without a copy (decision
+//! 0028: a writing site's table is never emptied). `capgate resume [--adopt]` calls this.
 //!
 //! Only the process that ships to the replica can act; another one answers 409 and says so.
 
@@ -33,30 +35,41 @@ pub enum ResumeError {
 }
 
 /// Something that can resume a table for a replica: the running shippers.
+/// Something that can resume a table for a replica: the running shippers. `adopt`: take the
+/// halted table back without copying it.
 pub trait Resume: Send + Sync {
-    fn resume<'a>(&'a self, replica: &'a str, table: &'a str) -> BoxFuture<'a, Result<(), ResumeError>>;
+    fn resume<'a>(&'a self, replica: &'a str, table: &'a str, adopt: bool) -> BoxFuture<'a, Result<(), ResumeError>>;
 }
 
 impl Resume for HashMap<String, Shipper> {
-    fn resume<'a>(&'a self, replica: &'a str, table: &'a str) -> BoxFuture<'a, Result<(), ResumeError>> {
+    fn resume<'a>(&'a self, replica: &'a str, table: &'a str, adopt: bool) -> BoxFuture<'a, Result<(), ResumeError>> {
         Box::pin(async move {
             let shipper = self.get(replica).ok_or_else(|| ResumeError::UnknownReplica(replica.to_owned()))?;
-            shipper.resume(table, RESUME_TIMEOUT).await.map_err(ResumeError::NotResumed)
+            let done = match adopt {
+                true => shipper.adopt(table, RESUME_TIMEOUT).await,
+                false => shipper.resume(table, RESUME_TIMEOUT).await,
+            };
+            done.map_err(ResumeError::NotResumed)
         })
     }
 }
 
 impl Resume for Fleet {
-    fn resume<'a>(&'a self, replica: &'a str, table: &'a str) -> BoxFuture<'a, Result<(), ResumeError>> {
-        self.shippers.resume(replica, table)
+    fn resume<'a>(&'a self, replica: &'a str, table: &'a str, adopt: bool) -> BoxFuture<'a, Result<(), ResumeError>> {
+        self.shippers.resume(replica, table, adopt)
     }
 }
 
-/// MySQL: the table's held changes are applied (nothing is copied).
+/// MySQL: the table's held changes are applied (nothing is copied, so nothing is adopted).
 impl Resume for MyFleet {
-    fn resume<'a>(&'a self, replica: &'a str, table: &'a str) -> BoxFuture<'a, Result<(), ResumeError>> {
+    fn resume<'a>(&'a self, replica: &'a str, table: &'a str, adopt: bool) -> BoxFuture<'a, Result<(), ResumeError>> {
         Box::pin(async move {
             let shipper = self.shippers.get(replica).ok_or_else(|| ResumeError::UnknownReplica(replica.to_owned()))?;
+            if adopt {
+                return Err(ResumeError::NotResumed(format!(
+                    "a MySQL/MariaDB replica's tables are never copied, so there is nothing to adopt: resume {table} without adopt to apply its held changes"
+                )));
+            }
             shipper.resume(table, RESUME_TIMEOUT).await.map_err(ResumeError::NotResumed)
         })
     }
@@ -93,24 +106,35 @@ pub(super) async fn post_resume(
         return super::http::unauthorized();
     }
     let replica = query.as_deref().and_then(|q| param(q, "replica"));
+    let adopt = query.as_deref().and_then(|q| param(q, "adopt"));
     let answer = |code: StatusCode, replica: &str, resumed: bool, message: String| {
         (code, Json(ResumeDoc { replica: replica.to_owned(), table: table.clone(), resumed, message })).into_response()
     };
     let Some(replica) = replica else {
         return answer(StatusCode::BAD_REQUEST, "", false, "say which replica: POST /tables/<table>/resume?replica=<name>".into());
     };
+    let adopt = match adopt.as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return answer(StatusCode::BAD_REQUEST, &replica, false, format!("adopt={other}: say adopt=true or adopt=false"));
+        }
+    };
     let Some(resumer) = &state.resume else {
         return answer(StatusCode::CONFLICT, &replica, false, "this capgate process runs no shipper".into());
     };
-    match resumer.resume(&replica, &table).await {
+    match resumer.resume(&replica, &table, adopt).await {
         Ok(()) => {
-            tracing::info!(replica = %replica, table = %table, "admin: table resumed; it is copied again, then shipped");
             let message = match state.config.primary.url.scheme {
                 crate::config::Scheme::MySql => {
                     format!("{table} resumed: its held changes were applied on replica `{replica}`, then shipped")
                 }
+                _ if adopt => format!(
+                    "{table} adopted on replica `{replica}` without a copy: its changes committed on the primary from now on ship there"
+                ),
                 _ => format!("{table} is copied again to replica `{replica}`, then shipped"),
             };
+            tracing::info!(replica = %replica, table = %table, "admin: {message}");
             answer(StatusCode::OK, &replica, true, message)
         }
         Err(e @ ResumeError::UnknownReplica(_)) => answer(StatusCode::NOT_FOUND, &replica, false, e.to_string()),

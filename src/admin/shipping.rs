@@ -146,7 +146,14 @@ pub fn shipping_doc(fleet: &dyn Shippers, replica: &str) -> ShippingDoc {
             ShippedTableDoc {
                 state: state.map_or("unknown", |s| s.state.as_str()),
                 error: state.and_then(|s| s.error.clone()),
-                resume: halted.then(|| format!("capgate resume --replica {replica} --table {table}")),
+                resume: halted.then(|| {
+                    // A writing site's table is adopted, not copied again (decision 0028).
+                    let adopt = crate::replicate::shipper::copy::adopt_command(replica, &table);
+                    match state.and_then(|s| s.error.as_deref()).is_some_and(|e| e.ends_with(&adopt)) {
+                        true => adopt,
+                        false => format!("capgate resume --replica {replica} --table {table}"),
+                    }
+                }),
                 copied_rows: state.filter(|s| s.state == TableState::Copying).and_then(|s| s.copied_rows),
                 lag_seconds: lag.as_ref().map(|l| l.table(&table).seconds()),
                 pending_rows: lag.as_ref().map(|l| l.table(&table).pending_rows),

@@ -166,7 +166,8 @@ pub enum Command {
     },
     /// Resume a table the shipper to a replica halted (a conflict under on_conflict = "halt",
     /// a failed apply, a table missing on the replica): it is copied again from the primary,
-    /// then shipped. Asks the running capgate through its admin listener.
+    /// then shipped (or, with --adopt, taken back without a copy). Asks the running capgate
+    /// through its admin listener.
     Resume {
         #[arg(long, short)]
         config: PathBuf,
@@ -176,6 +177,11 @@ pub enum Command {
         /// The table, as `/status` shows it (`schema.table`).
         #[arg(long)]
         table: String,
+        /// Take the halted table back without copying it (PostgreSQL): for a table whose
+        /// replica site takes writes of its own, once it is equal on both sites (`capgate
+        /// verify` shows it). Changes committed on the primary from now on ship; none before.
+        #[arg(long)]
+        adopt: bool,
     },
 }
 
@@ -193,7 +199,7 @@ pub fn main(cli: Cli) -> ExitCode {
             conflicts::conflicts(config.as_deref(), replica.as_deref(), limit, unresolved, json, action)
         }
         Command::Demo { story, mysql, listen, admin } => demo::demo(story, mysql, listen, admin),
-        Command::Resume { config, replica, table } => resume::resume(&config, &replica, &table),
+        Command::Resume { config, replica, table, adopt } => resume::resume(&config, &replica, &table, adopt),
         Command::Run { config } => {
             let config = match Config::load(&config) {
                 Ok(c) => Arc::new(c),

@@ -1,5 +1,6 @@
 //! `capgate resume --replica R --table T`: asks a running capgate (its admin listener, from
-//! the configuration) to resume a halted table: it is copied again, then shipped.
+//! the configuration) to resume a halted table: it is copied again, then shipped; with
+//! `--adopt`, taken back without a copy once it is equal on both sites (decision 0028).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -9,8 +10,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 
-pub fn resume(config: &Path, replica: &str, table: &str) -> ExitCode {
-    match run(config, replica, table) {
+pub fn resume(config: &Path, replica: &str, table: &str, adopt: bool) -> ExitCode {
+    match run(config, replica, table, adopt) {
         Ok(message) => {
             println!("{message}");
             ExitCode::SUCCESS
@@ -22,7 +23,7 @@ pub fn resume(config: &Path, replica: &str, table: &str) -> ExitCode {
     }
 }
 
-fn run(file: &Path, replica: &str, table: &str) -> Result<String, String> {
+fn run(file: &Path, replica: &str, table: &str, adopt: bool) -> Result<String, String> {
     let config = Config::load(file).map_err(|e| e.to_string())?;
     let mut addr: SocketAddr =
         config.admin.ok_or_else(|| format!("{} has no admin listener (admin = \"127.0.0.1:9930\"): resume needs it", file.display()))?;
@@ -30,7 +31,10 @@ fn run(file: &Path, replica: &str, table: &str) -> Result<String, String> {
         addr.set_ip(Ipv4Addr::LOCALHOST.into());
     }
     let token = config.admin_token.or_else(|| std::env::var("CAPGATE_ADMIN_TOKEN").ok());
-    let path = format!("/tables/{}/resume?replica={}", encode(table), encode(replica));
+    let mut path = format!("/tables/{}/resume?replica={}", encode(table), encode(replica));
+    if adopt {
+        path.push_str("&adopt=true");
+    }
     let (code, body) = http_post(addr, &path, token.as_deref())?;
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let message = doc["message"].as_str().map_or_else(|| body.trim().to_owned(), str::to_owned);

@@ -19,7 +19,7 @@ const POLICY: &str = "default = \"local\"\n\
     [[table]]\nmatch = \"public.aa_*\"\nmode = \"async\"\n";
 
 /// Database `aa` created afresh on both servers, with `ddl` and capgate's primary schema.
-async fn fresh(ddl: &str) {
+pub(crate) async fn fresh(ddl: &str) {
     for server in [bed().a_primary(), bed().b_replica()] {
         let admin = connect(&server.superuser_url()).await;
         admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await.unwrap();
@@ -30,7 +30,7 @@ async fn fresh(ddl: &str) {
     }
 }
 
-fn link_to(server: &PgServer) -> Link {
+pub(crate) fn link_to(server: &PgServer) -> Link {
     Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()))).expect("start link")
 }
 
@@ -39,8 +39,9 @@ fn site(site: &str, primary: &PgServer, peer: &str, link: &Link) -> Proxy {
     site_with(site, primary, peer, link, POLICY)
 }
 
-/// The same with `policy`.
-fn site_with(site: &str, primary: &PgServer, peer: &str, link: &Link, policy: &str) -> Proxy {
+/// The same with `policy` (also written, with the configuration, to the site's directory
+/// for the CLI: `capgate verify`, `capgate resume`).
+pub(crate) fn site_with(site: &str, primary: &PgServer, peer: &str, link: &Link, policy: &str) -> Proxy {
     let dir = scratch(&format!("active-active-{site}"));
     std::fs::write(dir.join("policy.toml"), policy).unwrap();
     let text = format!(
@@ -52,11 +53,12 @@ fn site_with(site: &str, primary: &PgServer, peer: &str, link: &Link, policy: &s
         primary.url("postgres", DB),
         link.addr().port()
     );
+    std::fs::write(dir.join("capgate.toml"), &text).unwrap();
     Proxy::start_config(&text, &dir)
 }
 
 /// `/status`'s document of the (only) peer's shipper.
-async fn shipper(proxy: &Proxy) -> serde_json::Value {
+pub(crate) async fn shipper(proxy: &Proxy) -> serde_json::Value {
     let admin = proxy.admin.expect("admin");
     let (code, body) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/status", None)).await.unwrap();
     assert_eq!(code, 200, "{body}");
@@ -64,7 +66,7 @@ async fn shipper(proxy: &Proxy) -> serde_json::Value {
     status["replicas"][0]["shipper"].clone()
 }
 
-fn table_state(shipper: &serde_json::Value, table: &str) -> Option<String> {
+pub(crate) fn table_state(shipper: &serde_json::Value, table: &str) -> Option<String> {
     shipper["tables"].as_array()?.iter().find(|t| t["table"] == table).and_then(|t| t["state"].as_str().map(str::to_owned))
 }
 
@@ -196,7 +198,7 @@ async fn two_sites(policy: &str, tables: &[&str]) -> (Link, Link, Proxy, Proxy) 
 }
 
 /// Both shippers have shipped everything.
-async fn drained(east: &Proxy, west: &Proxy) {
+pub(crate) async fn drained(east: &Proxy, west: &Proxy) {
     wait_until("both shippers idle", Duration::from_secs(60), async || {
         shipper(east).await["pending_rows"] == 0 && shipper(west).await["pending_rows"] == 0
     })

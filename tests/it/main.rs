@@ -5,6 +5,7 @@
 mod support;
 
 mod active_active;
+mod active_active_entry;
 mod admin;
 mod admin_sql;
 mod apply;

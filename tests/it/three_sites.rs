@@ -169,7 +169,8 @@ async fn two_writers_and_a_reader_converge_through_a_cut_with_quorum_and_every_r
     fresh().await;
     let [alpha, beta, gamma] = ["alpha", "beta", "gamma"].map(Site::start);
     // Every site's shippers (gamma's too) take the tables in before anything is written: a
-    // table entering replication is copied over the other site's rows (decision 0014).
+    // table entering replication with other rows at a writing site is halted there until
+    // adopted (decision 0028), not copied over them.
     for site in [&alpha, &beta, &gamma] {
         shipping(site).await;
     }

@@ -237,7 +237,7 @@ impl Server {
 fn admin_state(
     config: &Arc<Config>,
     router: &Arc<Router>,
-    replication: &replication::Replication,
+    replication: &Arc<replication::Replication>,
     sessions: &Arc<Semaphore>,
     primary: crate::sites::HealthView,
 ) -> crate::admin::AdminState {
@@ -251,14 +251,19 @@ fn admin_state(
         .collect();
     let sem = sessions.clone();
     let max = config.max_connections;
-    crate::admin::AdminState::new(
+    let state = crate::admin::AdminState::new(
         config.clone(),
         router.policy().clone(),
         router.clone(),
         views,
         Some(primary),
         Box::new(move || max - sem.available_permits()),
-    )
+    );
+    // `POST /tables/<t>/resume` (and `capgate resume`) reach this process's shippers.
+    match replication.fleet {
+        Some(_) => state.with_resume(replication.clone()),
+        None => state,
+    }
 }
 
 /// Aborts a background task when the server stops.

@@ -37,9 +37,10 @@ impl crate::admin::resume::Resume for Replication {
         &'a self,
         replica: &'a str,
         table: &'a str,
+        adopt: bool,
     ) -> futures_util::future::BoxFuture<'a, Result<(), crate::admin::resume::ResumeError>> {
         match &self.fleet {
-            Some(fleet) => fleet.resume(replica, table),
+            Some(fleet) => fleet.resume(replica, table, adopt),
             None => Box::pin(async move { Err(crate::admin::resume::ResumeError::UnknownReplica(replica.to_owned())) }),
         }
     }

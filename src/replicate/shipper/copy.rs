@@ -13,6 +13,13 @@
 //! snapshot `A` and the range's end `B` were: every change visible in either is in `S` too, so
 //! the copy cannot lose a change that was shipped before it, and the rest of a range under way
 //! skips every change of the table (all are visible in `S`).
+//!
+//! A copy never empties a table that a writing site's rows live in (decision 0028): when the
+//! replica's site takes writes of its own (`takes_writes`, or the table there carries
+//! capgate's capture trigger) and its table holds rows, they are compared with the primary's
+//! at the copy's snapshot: equal, the table is taken in as it is (nothing to load); not
+//! equal, the copy is refused and the table halted, to be made equal by an operator and
+//! adopted without a copy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,6 +46,51 @@ pub enum CopyError {
     Replica(String),
 }
 
+/// Where a copy goes, and what the shipper knows of the replica's site.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// This site's name, the origin recorded in the replica's `capgate.tables`.
+    pub origin: &'a str,
+    /// The replica's configured name, for messages.
+    pub replica_name: &'a str,
+    /// The configuration says the replica's site takes writes of its own (`takes_writes`):
+    /// its table's rows may be that site's writes, never to be emptied.
+    pub takes_writes: bool,
+}
+
+/// Most rows a writing replica's table may hold for a copy to compare it with the primary's
+/// (it runs while the table's lock holds that site's writers, within one copy step's
+/// deadline); a larger one is refused and adopted by the operator.
+const COUNT_CAP: i64 = 1_000_000;
+
+/// What a copy did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copied {
+    /// The replica's table was emptied (or was empty) and loaded with these rows.
+    Loaded(u64),
+    /// The table of a writing replica held exactly the primary's rows at the copy's snapshot
+    /// (this many): taken in as it is, nothing removed or loaded.
+    Equal(u64),
+}
+
+/// A table's rows as a value both sides compute alike (under the same settings, over the
+/// primary's column list `{list}`): the row count and two sums of 64-bit halves of each row's
+/// md5, independent of row order. Equal sums on two sites mean equal rows but for a chance
+/// too small to matter — and a false "equal" would remove nothing: it would leave a
+/// difference `capgate verify` shows.
+fn checksum_sql(list: &str, table: &str) -> String {
+    format!(
+        "SELECT count(*)::text || ':' || coalesce(sum(('x' || left(h, 16))::bit(64)::bigint::numeric), 0)::text || ':' || \
+         coalesce(sum(('x' || right(h, 16))::bit(64)::bigint::numeric), 0)::text \
+         FROM (SELECT md5(row_to_json(s)::text) AS h FROM (SELECT {list} FROM {table}) AS s) AS x"
+    )
+}
+
+/// Whether the replica's table carries capgate's capture trigger: that site's capgate
+/// replicates the table's writes there, so the site takes writes of its own.
+const CAPTURED_THERE_SQL: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = 'capgate_capture')";
+
 /// The non-generated columns of `table` on the primary, quoted, in column order. None: the
 /// table no longer exists there.
 const COLUMNS_SQL: &str = "SELECT array_agg(quote_ident(a.attname) ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
@@ -49,18 +101,18 @@ const MISSING_SQL: &str = "SELECT coalesce(array_agg(c ORDER BY c), '{}') FROM u
      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = to_regclass($1) AND quote_ident(a.attname) = c \
      AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')";
 
-/// Copies `table` (the name the capture records) and records it as copied; returns the rows
-/// copied. `progress` counts rows as they go, for `/status`. Every step is bounded by
-/// `deadline` (a stalled stream ends the copy), not the whole copy.
+/// Copies `table` (the name the capture records) and records it as copied; says what it did.
+/// `progress` counts rows as they go, for `/status`. Every step is bounded by `deadline` (a
+/// stalled stream ends the copy), not the whole copy.
 pub async fn copy_table(
     primary: &mut Client,
     replica: &mut Client,
-    origin: &str,
+    to: Target<'_>,
     table: &str,
-    replica_name: &str,
     progress: &AtomicU64,
     deadline: Duration,
-) -> Result<u64, CopyError> {
+) -> Result<Copied, CopyError> {
+    let (origin, replica_name) = (to.origin, to.replica_name);
     let p = |e: tokio_postgres::Error| CopyError::Primary(explain(&e));
     let r = |e: tokio_postgres::Error| CopyError::Replica(explain(&e));
     let exists: bool = cell(timed(deadline, replica.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]), r).await?)?;
@@ -90,8 +142,63 @@ pub async fn copy_table(
     timed(deadline, source.batch_execute(FIXED_SETTINGS), p).await?;
     let snapshot: String = cell(timed(deadline, source.query_one("SELECT pg_current_snapshot()::text", &[]), p).await?)?;
     let target = timed(deadline, replica.transaction(), r).await?;
-    let prepare = format!("{FIXED_SETTINGS}; SET LOCAL session_replication_role = replica; DELETE FROM {table}");
+    // The lock keeps the replica site's writers (and its capgate installing a capture
+    // trigger) out until the copy commits: what is checked below stays true.
+    let prepare = format!("{FIXED_SETTINGS}; SET LOCAL session_replication_role = replica; LOCK TABLE {table} IN EXCLUSIVE MODE");
     timed(deadline, target.batch_execute(&prepare), refused_or(table, replica_name)).await?;
+    let captured_there: bool = cell(timed(deadline, target.query_one(CAPTURED_THERE_SQL, &[&table]), r).await?)?;
+    let mut equal = None;
+    if to.takes_writes || captured_there {
+        let count = format!("SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT {COUNT_CAP}) AS t");
+        let rows: i64 = cell(timed(deadline, target.query_one(&count, &[]), r).await?)?;
+        if rows >= COUNT_CAP {
+            return Err(CopyError::Refused(writing_site_refusal(to, table, rows, captured_there)));
+        }
+        if rows > 0 {
+            // That site's rows are never removed; if they are the primary's rows at the
+            // copy's snapshot, the copy has nothing to do.
+            let sum = checksum_sql(&list, table);
+            let here: String = cell(timed(deadline, target.query_one(&sum, &[]), r).await?)?;
+            let there: String = cell(timed(deadline, source.query_one(&sum, &[]), p).await?)?;
+            if here != there {
+                return Err(CopyError::Refused(writing_site_refusal(to, table, rows, captured_there)));
+            }
+            equal = Some(rows as u64);
+        }
+        // Empty: nothing of that site's to lose, and the lock keeps it so until the commit.
+    } else {
+        timed(deadline, target.batch_execute(&format!("DELETE FROM {table}")), refused_or(table, replica_name)).await?;
+    }
+    let done = match equal {
+        Some(rows) => Copied::Equal(rows),
+        None => Copied::Loaded(load(&source, &target, table, &list, replica_name, progress, deadline).await?),
+    };
+    let copied =
+        "UPDATE capgate.tables SET state = 'copied', snapshot = $3::text::pg_snapshot, since = now() WHERE origin = $1 AND tbl = $2";
+    timed(deadline, target.execute(copied, &[&origin, &table, &snapshot]), r).await?;
+    if let Copied::Loaded(_) = done {
+        // The rows were replaced: their `latest` records describe rows that are gone. (A
+        // table taken in as it is keeps them: they are its rows' real write times.)
+        timed(deadline, target.execute("DELETE FROM capgate.latest WHERE tbl = $1", &[&table]), r).await?;
+    }
+    // What the copy read must be durable on the primary before the replica holds it.
+    timed(deadline, source.batch_execute(super::range::DURABLE_SQL), p).await?;
+    timed(deadline, source.commit(), p).await?;
+    timed(deadline, target.commit(), r).await?;
+    Ok(done)
+}
+
+/// Streams the primary's rows of `table` (columns `list`) into the replica's.
+async fn load(
+    source: &tokio_postgres::Transaction<'_>,
+    target: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    list: &str,
+    replica_name: &str,
+    progress: &AtomicU64,
+    deadline: Duration,
+) -> Result<u64, CopyError> {
+    let p = |e: tokio_postgres::Error| CopyError::Primary(explain(&e));
     let out = timed(deadline, source.copy_out(&format!("COPY (SELECT {list} FROM {table}) TO STDOUT")), p).await?;
     let sink = timed(deadline, target.copy_in(&format!("COPY {table} ({list}) FROM STDIN")), refused_or(table, replica_name)).await?;
     pin_mut!(out);
@@ -105,16 +212,34 @@ pub async fn copy_table(
         progress.fetch_add(chunk.iter().filter(|b| **b == b'\n').count() as u64, Ordering::Relaxed);
         timed(deadline, sink.send(chunk), refused_or(table, replica_name)).await?;
     }
-    let rows = timed(deadline, sink.as_mut().finish(), refused_or(table, replica_name)).await?;
-    let copied =
-        "UPDATE capgate.tables SET state = 'copied', snapshot = $3::text::pg_snapshot, since = now() WHERE origin = $1 AND tbl = $2";
-    timed(deadline, target.execute(copied, &[&origin, &table, &snapshot]), r).await?;
-    timed(deadline, target.execute("DELETE FROM capgate.latest WHERE tbl = $1", &[&table]), r).await?;
-    // What the copy read must be durable on the primary before the replica holds it.
-    timed(deadline, source.batch_execute(super::range::DURABLE_SQL), p).await?;
-    timed(deadline, source.commit(), p).await?;
-    timed(deadline, target.commit(), r).await?;
-    Ok(rows)
+    timed(deadline, sink.as_mut().finish(), refused_or(table, replica_name)).await
+}
+
+/// Why a table with rows on a writing replica is not copied, and what the operator does.
+pub fn writing_site_refusal(to: Target<'_>, table: &str, rows: i64, captured_there: bool) -> String {
+    let replica = to.replica_name;
+    let count = match rows {
+        COUNT_CAP.. => format!("at least {COUNT_CAP} rows (too many to compare with the primary's during a copy)"),
+        1 => "1 row that is not the primary's".to_owned(),
+        n => format!("{n} rows that are not the primary's"),
+    };
+    let why = if captured_there {
+        "its capgate replicates this table's writes there (the table carries capgate_capture)"
+    } else {
+        "takes_writes = true in this capgate's configuration"
+    };
+    format!(
+        "table {table} on replica `{replica}` holds {count}, and that site takes writes of its own ({why}): a copy would empty \
+         the table and lose them, so it is not copied and stays halted. Make the table equal on both sites (capgate verify \
+         --table {table} shows when it is), then adopt it without a copy: {}",
+        adopt_command(replica, table)
+    )
+}
+
+/// The command that adopts `table` for `replica`: the end of a [`writing_site_refusal`], and
+/// what `/status` offers as the table's resume command when its error ends with it.
+pub fn adopt_command(replica: &str, table: &str) -> String {
+    format!("capgate resume --replica {replica} --table {table} --adopt")
 }
 
 /// The first column of `row`.
@@ -139,5 +264,24 @@ async fn timed<T, F: Fn(tokio_postgres::Error) -> CopyError>(
     match tokio::time::timeout(deadline, fut).await {
         Ok(r) => r.map_err(map),
         Err(_) => Err(CopyError::Replica(format!("a copy step did not finish within {deadline:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_copy_names_the_table_the_replica_the_rows_why_and_the_remedy() {
+        let to = Target { origin: "east", replica_name: "west", takes_writes: true };
+        let said = writing_site_refusal(to, "public.cart", 1, false);
+        assert!(
+            said.starts_with("table public.cart on replica `west` holds 1 row that is not the primary's, and that site takes writes of its own (takes_writes = true")
+        );
+        assert!(said.ends_with("capgate resume --replica west --table public.cart --adopt"), "{said}");
+        assert!(said.contains("capgate verify --table public.cart"), "{said}");
+        let many = writing_site_refusal(to, "public.cart", COUNT_CAP, true);
+        assert!(many.contains("holds at least 1000000 rows") && many.contains("carries capgate_capture"), "{many}");
+        assert!(writing_site_refusal(to, "public.cart", 7, false).contains("holds 7 rows that are not the primary's"));
     }
 }

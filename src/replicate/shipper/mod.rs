@@ -86,6 +86,10 @@ pub struct ShipperConfig {
     /// Copy async tables to the replica before shipping their changes (tables not yet known
     /// to the replica's `capgate.tables`). Off only in tests that set up both sides alike.
     pub initial_copy: bool,
+    /// The replica's site takes writes of its own (`takes_writes`): a table there that holds
+    /// rows is never emptied by a copy (decision 0028), whether or not it carries capgate's
+    /// capture trigger yet.
+    pub replica_takes_writes: bool,
     /// A JSON-lines file each conflict is appended to.
     pub conflict_log: Option<PathBuf>,
     pub on_conflict: ConflictPolicy,
@@ -115,6 +119,7 @@ impl ShipperConfig {
             retention: Duration::from_secs(3600),
             prune_interval: Duration::from_secs(60),
             initial_copy: true,
+            replica_takes_writes: false,
             conflict_log: None,
             on_conflict: Arc::new(|_| crate::policy::DEFAULT_ON_CONFLICT),
             health: None,
@@ -133,6 +138,7 @@ impl ShipperConfig {
         let mut c = ShipperConfig::new(&config.site, &replica.name, primary, upstream);
         c.all_replicas = config.replicas.iter().map(|r| r.name.clone()).collect();
         c.conflict_log = config.conflict_log.clone();
+        c.replica_takes_writes = replica.takes_writes;
         Ok(c)
     }
 }
@@ -257,8 +263,10 @@ impl ShipperStats {
 /// An operator's request to a running shipper.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Forget the table's state on the replica so it is copied again and shipped.
-    Resume { table: String, done: tokio::sync::oneshot::Sender<Result<(), String>> },
+    /// Forget the table's state on the replica so it is copied again and shipped; or, with
+    /// `adopt`, record the halted table as in replication at a primary snapshot taken now,
+    /// without a copy (decision 0028).
+    Resume { table: String, adopt: bool, done: tokio::sync::oneshot::Sender<Result<(), String>> },
 }
 
 /// What every running shipper (PostgreSQL's and MySQL's) gives its owner: its counters, the
@@ -330,8 +338,21 @@ impl Shipper {
     /// forgotten it (the copy follows), or with why not (this process does not ship to the
     /// replica, the replica cannot be reached).
     pub async fn resume(&self, table: &str, timeout: Duration) -> Result<(), String> {
+        self.request(table, false, timeout).await
+    }
+
+    /// Adopts a halted table without copying it (decision 0028): the operator has made it
+    /// equal on both sites; the replica records it as in replication at a primary snapshot
+    /// taken now, so every change committed on the primary after that snapshot ships, once,
+    /// and none before it. Refused for a table that is not halted (or not known yet) or not
+    /// captured as async on the primary.
+    pub async fn adopt(&self, table: &str, timeout: Duration) -> Result<(), String> {
+        self.request(table, true, timeout).await
+    }
+
+    async fn request(&self, table: &str, adopt: bool, timeout: Duration) -> Result<(), String> {
         let (done, rx) = tokio::sync::oneshot::channel();
-        let sent = self.commands.send(Command::Resume { table: table.to_owned(), done });
+        let sent = self.commands.send(Command::Resume { table: table.to_owned(), adopt, done });
         match tokio::time::timeout(timeout, async {
             sent.await.map_err(|_| "the shipper has stopped".to_owned())?;
             rx.await.map_err(|_| "the shipper has stopped".to_owned())?

@@ -295,7 +295,21 @@ impl Run {
         let mut last_prune = Instant::now();
         loop {
             while let Ok(command) = self.commands.try_recv() {
-                let Command::Resume { table, done } = command;
+                let Command::Resume { table, adopt, done } = command;
+                if adopt {
+                    match self.adopt(primary, &replica.client, &table, &mut states).await {
+                        Ok(()) => {
+                            let _ = done.send(Ok(()));
+                        }
+                        Err((answer, fail)) => {
+                            let _ = done.send(Err(answer));
+                            if let Some(fail) = fail {
+                                return fail;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 let forgot = self.timed("resuming a table", tables::forget(&replica.client, &cfg.origin, &table)).await;
                 states.remove(&table);
                 resumed.insert(table.clone());
@@ -438,11 +452,19 @@ impl Run {
         self.publish_tables(states);
         tracing::info!(replica = %cfg.replica_name, table = %table, "shipper: copying the table to the replica before shipping its changes");
         let started = Instant::now();
-        let copied = copy::copy_table(primary, replica, &cfg.origin, table, &cfg.replica_name, &progress, cfg.deadline).await;
+        let to = copy::Target { origin: &cfg.origin, replica_name: &cfg.replica_name, takes_writes: cfg.replica_takes_writes };
+        let copied = copy::copy_table(primary, replica, to, table, &progress, cfg.deadline).await;
         *self.stats.copying.lock().unwrap_or_else(|p| p.into_inner()) = None;
         match copied {
-            Ok(rows) => {
-                tracing::info!(replica = %cfg.replica_name, table = %table, rows, elapsed = ?started.elapsed(), "shipper: table copied; its changes ship from now on");
+            Ok(done) => {
+                match done {
+                    copy::Copied::Loaded(rows) => {
+                        tracing::info!(replica = %cfg.replica_name, table = %table, rows, elapsed = ?started.elapsed(), "shipper: table copied; its changes ship from now on")
+                    }
+                    copy::Copied::Equal(rows) => {
+                        tracing::info!(replica = %cfg.replica_name, table = %table, rows, elapsed = ?started.elapsed(), "shipper: the replica site, which takes writes of its own, holds exactly the primary's rows: taken in without a copy; its changes ship from now on")
+                    }
+                }
                 let fresh = self.timed("reading the table states", tables::read(replica, &cfg.origin)).await.map_err(Fail::Replica)?;
                 *states = fresh;
                 self.publish_tables(states);
@@ -464,6 +486,42 @@ impl Run {
             Err(CopyError::Primary(e)) => Err(Fail::Primary(format!("copying {table}: {e}"))),
             Err(CopyError::Replica(e)) => Err(Fail::Replica(format!("copying {table}: {e}"))),
         }
+    }
+
+    /// An operator adopts a halted table without a copy ([`tables::adopt_halted`]). Err:
+    /// the answer for the operator, and how the session ends when the failure was not a
+    /// refusal.
+    async fn adopt(
+        &self,
+        primary: &mut Client,
+        replica: &Client,
+        table: &str,
+        states: &mut BTreeMap<String, TableStatus>,
+    ) -> Result<(), (String, Option<Fail>)> {
+        let cfg = &self.config;
+        let state = states.get(table).map(|s| s.state);
+        let adopting = tables::adopt_halted(primary, replica, &cfg.origin, &cfg.replica_name, table, state);
+        let snapshot = match tokio::time::timeout(cfg.deadline, adopting).await {
+            Ok(Ok(snapshot)) => snapshot,
+            Ok(Err(tables::AdoptError::Refused(why))) => return Err((why, None)),
+            Ok(Err(e @ tables::AdoptError::Primary(_))) => {
+                let _ = primary.batch_execute("ROLLBACK").await;
+                return Err((format!("adopting {table}: {e}"), Some(Fail::Primary(format!("adopting {table}: {e}")))));
+            }
+            Ok(Err(e @ tables::AdoptError::Replica(_))) => {
+                return Err((format!("adopting {table}: {e}"), Some(Fail::Replica(format!("adopting {table}: {e}")))))
+            }
+            Err(_) => {
+                // Which side hung is not known: start over on both.
+                let e = format!("adopting {table} did not finish within {:?}", cfg.deadline);
+                return Err((e.clone(), Some(Fail::Primary(e))));
+            }
+        };
+        tracing::info!(replica = %cfg.replica_name, table = %table, %snapshot, "shipper: table adopted by an operator without a copy; its changes committed on the primary after this snapshot ship");
+        states
+            .insert(table.to_owned(), TableStatus { state: TableState::Copied, snapshot: Some(snapshot), error: None, copied_rows: None });
+        self.publish_tables(states);
+        Ok(())
     }
 
     fn publish_tables(&self, states: &BTreeMap<String, TableStatus>) {

@@ -130,6 +130,63 @@ pub async fn adopt(
     replica.execute(sql, &[&origin, &tables, &snapshots]).await.map(|_| ())
 }
 
+/// Why an operator's adoption did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// The table cannot be adopted as it is (not halted, not replicated as async): answered
+    /// to the operator, shipping goes on.
+    #[error("{0}")]
+    Refused(String),
+    #[error("on the primary: {0}")]
+    Primary(String),
+    #[error("on the replica: {0}")]
+    Replica(String),
+}
+
+/// Adopts the halted `table` on the replica without copying it (decision 0028): records it as
+/// copied at a primary snapshot `S` taken now, made durable first (as a copy's). A change of
+/// the table then applies only if its transaction is not visible in `S`: every change
+/// committed on the primary before the adoption is taken to be on the replica already (the
+/// operator made the table equal), every one committed after ships, once. `S` is taken after
+/// the replica's applied snapshot and after the end of any range under way (the shipper is
+/// between ranges, or parts, when it adopts), so no change after `S` was skipped while the
+/// table was halted. `state` is the table's state the shipper knows. Returns `S`.
+pub async fn adopt_halted(
+    primary: &mut Client,
+    replica: &Client,
+    origin: &str,
+    replica_name: &str,
+    table: &str,
+    state: Option<TableState>,
+) -> Result<String, AdoptError> {
+    let p = |e: tokio_postgres::Error| AdoptError::Primary(crate::replicate::apply::explain(&e));
+    let r = |e: tokio_postgres::Error| AdoptError::Replica(crate::replicate::apply::explain(&e));
+    if let Some(s @ (TableState::Copied | TableState::Copying)) = state {
+        return Err(AdoptError::Refused(format!(
+            "{table} is {} on replica `{replica_name}`, not halted: only a halted table is adopted (a copied one already ships)",
+            s.as_str()
+        )));
+    }
+    let (async_tables, _) = captured(primary).await.map_err(p)?;
+    if !async_tables.iter().any(|t| t == table) {
+        return Err(AdoptError::Refused(format!(
+            "{table} is not captured as async or bounded on this site's primary (no such table, or no async rule matches it): nothing to adopt"
+        )));
+    }
+    let tx = primary.transaction().await.map_err(p)?;
+    let snapshot: String = tx.query_one("SELECT pg_current_snapshot()::text", &[]).await.map_err(p)?.try_get(0).map_err(p)?;
+    // What the replica will never be sent must be durable on the primary first.
+    tx.batch_execute(super::range::DURABLE_SQL).await.map_err(p)?;
+    tx.commit().await.map_err(p)?;
+    let sql = "INSERT INTO capgate.tables (origin, tbl, state, snapshot) VALUES ($1, $2, 'copied', $3::text::pg_snapshot) \
+               ON CONFLICT (origin, tbl) DO UPDATE SET state = 'copied', snapshot = EXCLUDED.snapshot, error = NULL, since = now() \
+               WHERE capgate.tables.state = 'halted'";
+    match replica.execute(sql, &[&origin, &table, &snapshot]).await.map_err(r)? {
+        1 => Ok(snapshot),
+        _ => Err(AdoptError::Refused(format!("{table} is no longer halted on replica `{replica_name}`: not adopted"))),
+    }
+}
+
 /// `pg_current_snapshot()` and, in that same snapshot, the captured tables not in `listed`
 /// (a parameter such as `$2`, the tables the shipper listed): a range must not start while one
 /// is missing, since every change in the range belongs to a table whose trigger is visible in
