@@ -34,7 +34,6 @@ pub enum ResumeError {
     NotResumed(String),
 }
 
-/// Something that can resume a table for a replica: the running shippers.
 /// Something that can resume a table for a replica: the running shippers. `adopt`: take the
 /// halted table back without copying it.
 pub trait Resume: Send + Sync {
@@ -77,9 +76,9 @@ impl Resume for MyFleet {
 
 /// A MySQL fleet that may not have started yet (no async or bounded rule so far).
 impl Resume for LateFleet {
-    fn resume<'a>(&'a self, replica: &'a str, table: &'a str) -> BoxFuture<'a, Result<(), ResumeError>> {
+    fn resume<'a>(&'a self, replica: &'a str, table: &'a str, adopt: bool) -> BoxFuture<'a, Result<(), ResumeError>> {
         match self.get() {
-            Some(fleet) => fleet.resume(replica, table),
+            Some(fleet) => fleet.resume(replica, table, adopt),
             None => Box::pin(async {
                 Err(ResumeError::NotResumed("this capgate process runs no shipper: its policy has had no async or bounded rule".into()))
             }),
