@@ -1,8 +1,9 @@
 //! The order `capgate.apply_changes` applies a page in (`src/replicate/apply/order.sql`,
 //! decision 0026): where a table's operations alternate, its changes go in few runs grouped
 //! by generation, and every row still sees its own changes in capture order; a unique value
-//! freed and taken again across rows, which that grouping would apply in the wrong order,
-//! applies in capture order instead; a table whose keys change keeps capture order.
+//! or an excluded range freed and taken again across rows, which that grouping would apply in
+//! the wrong order, applies in capture order instead; a table whose keys change, or whose key
+//! prints differently with the writer's settings, keeps capture order.
 
 use std::time::Duration;
 
@@ -65,22 +66,50 @@ async fn alternating_inserts_and_hot_updates_apply_in_two_runs_in_each_rows_orde
 }
 
 #[tokio::test]
-async fn a_unique_value_freed_and_taken_again_across_rows_applies_in_capture_order() {
-    let ddl = "CREATE TABLE t (k int PRIMARY KEY, email text UNIQUE, v int NOT NULL DEFAULT 0)";
-    for (mode, name) in [(ApplyMode::Async, "order_uq_a"), (ApplyMode::Sync, "order_uq_s")] {
-        let b = bed(name, ddl).await;
-        b.apply_ok(&b.capture("t", "INSERT INTO t VALUES (1, 'w')").await, "halt").await;
-        // Row 2 takes 'x' and gives it up; row 1 then takes it. Grouped by generation, row
-        // 1's update (its first change) would go before row 2's insert (its first) and take
-        // 'x' first: the insert would fail on the unique index.
-        let mut changes = b.capture("t", "INSERT INTO t VALUES (2, 'x')").await;
-        changes.extend(b.capture("t", "UPDATE t SET email = 'v' WHERE k = 2").await);
-        changes.extend(b.capture("t", "UPDATE t SET email = 'x' WHERE k = 1").await);
-        changes.extend(b.capture("t", "UPDATE t SET v = 7 WHERE k = 2").await);
-        runs(&b, name, &changes, mode).await;
-        b.same("t").await;
-        assert!(b.recorded().await.is_empty(), "{name}: no conflict");
+async fn a_unique_value_or_a_range_freed_and_taken_again_across_rows_applies_in_capture_order() {
+    // Row 2 takes a value and gives it up; row 1 then takes it. Grouped by generation, row 1's
+    // update (its first change) would go before row 2's insert (its first) and take the value
+    // first: the insert would fail on the unique index, or the exclusion constraint.
+    let cases = [
+        ("CREATE TABLE t (k int PRIMARY KEY, u text UNIQUE, v int NOT NULL DEFAULT 0)", ["'w'", "'x'", "'v'"]),
+        (
+            "CREATE TABLE t (k int PRIMARY KEY, u int4range, v int NOT NULL DEFAULT 0, EXCLUDE USING gist (u WITH &&))",
+            ["'[20,25)'", "'[1,5)'", "'[10,15)'"],
+        ),
+    ];
+    for (i, (ddl, [first, taken, other])) in cases.into_iter().enumerate() {
+        for (mode, side) in [(ApplyMode::Async, "a"), (ApplyMode::Sync, "s")] {
+            let name = format!("order_uq{i}_{side}");
+            let b = bed(&name, ddl).await;
+            b.apply_ok(&b.capture("t", &format!("INSERT INTO t VALUES (1, {first})")).await, "halt").await;
+            let mut changes = b.capture("t", &format!("INSERT INTO t VALUES (2, {taken})")).await;
+            changes.extend(b.capture("t", &format!("UPDATE t SET u = {other} WHERE k = 2")).await);
+            changes.extend(b.capture("t", &format!("UPDATE t SET u = {taken} WHERE k = 1")).await);
+            changes.extend(b.capture("t", "UPDATE t SET v = 7 WHERE k = 2").await);
+            runs(&b, &name, &changes, mode).await;
+            b.same("t").await;
+            assert!(b.recorded().await.is_empty(), "{name}: no conflict");
+        }
     }
+}
+
+#[tokio::test]
+async fn a_key_whose_text_depends_on_the_writers_settings_keeps_capture_order() {
+    // A timestamptz prints in the writing session's TimeZone: the same row's key as two
+    // texts. Grouped by text, the update (another "row") would go first and find nothing.
+    let b = bed("order_tz", "CREATE TABLE t (k int, ts timestamptz, v int NOT NULL DEFAULT 0, PRIMARY KEY (k, ts))").await;
+    b.db.batch_execute("INSERT INTO p_order_tz.t VALUES (1, '2026-12-04 11:00:00+00', 0), (2, '2026-12-04 11:00:00+00', 0)")
+        .await
+        .expect("origin rows");
+    b.db.batch_execute("UPDATE p_order_tz.t SET v = 1 WHERE k = 1").await.expect("origin update");
+    let paris = json!({"k": 1, "ts": "2026-12-04 12:00:00+01", "v": 0});
+    let utc = |v: i32| json!({"k": 1, "ts": "2026-12-04 11:00:00+00", "v": v});
+    let other = json!({"k": 2, "ts": "2026-12-04 11:00:00+00", "v": 0});
+    let changes =
+        vec![b.change("t", "I", None, Some(paris)), b.change("t", "I", None, Some(other)), b.change("t", "U", Some(utc(0)), Some(utc(1)))];
+    assert_eq!(runs(&b, "order_tz", &changes, ApplyMode::Async).await, 2, "capture order: the inserts, then the update");
+    b.same("t").await;
+    assert!(b.recorded().await.is_empty(), "no conflict");
 }
 
 #[tokio::test]

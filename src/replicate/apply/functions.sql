@@ -218,7 +218,7 @@ BEGIN
                         USING bulk_items;
                 END IF;
                 RETURN conflicts;
-            EXCEPTION WHEN SQLSTATE 'CGF00' OR unique_violation OR cardinality_violation THEN
+            EXCEPTION WHEN SQLSTATE 'CGF00' OR unique_violation OR exclusion_violation OR cardinality_violation THEN
                 NULL;  -- undone with the subtransaction: go row by row
             END;
         END IF;

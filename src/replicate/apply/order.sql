@@ -11,13 +11,13 @@
 -- capgate.apply_groups applies `changes` in groups (table, operation, changes in capture
 -- order), each under its table's policy. A schema change ('S') is a barrier nothing moves
 -- across. With `p_reorder`, a table whose changes in a segment mix operations (and hold no
--- TRUNCATE and no update of a key) has them grouped by generation: a change's generation
--- counts how often its row's operation changed before it, so two changes of one row in one
--- generation have the same operation; the groups go by generation, deletes then updates then
--- inserts in each (a unique value freed before it is taken again). Without it, or for any
--- other table, runs are consecutive changes of one operation, in capture order. (The grouping
--- query is in the function's body, where PL/pgSQL keeps its plan; a SQL function with a SET
--- clause would be planned again at every call.)
+-- TRUNCATE and no update of a key, and whose key's text is one per value) has them grouped
+-- by generation: a change's generation counts how often its row's operation changed before
+-- it, so two changes of one row in one generation have the same operation; the groups go by
+-- generation, deletes then updates then inserts in each (a unique value freed before it is
+-- taken again). Without it, or for any other table, runs are consecutive changes of one
+-- operation, in capture order. (The grouping query is in the function's body, where PL/pgSQL
+-- keeps its plan; a SQL function with a SET clause would be planned again at every call.)
 CREATE OR REPLACE FUNCTION capgate.apply_groups(
     origin text, changes json, mode text, on_conflict json, prepared_wait interval, p_reorder boolean)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
@@ -40,13 +40,20 @@ BEGIN
                    row_number() OVER (PARTITION BY s.seg, s.tbl ORDER BY s.i)
                        - row_number() OVER (PARTITION BY s.seg, s.tbl, s.op ORDER BY s.i) AS island
               FROM s WINDOW w AS (PARTITION BY s.seg, s.tbl)),
+        -- Only keys whose text is one per value: the grouping compares the images' text,
+        -- the replica matches rows by value (a timestamptz prints in the writer's TimeZone,
+        -- bytea in its bytea_output, numeric keeps its scale, a nondeterministic collation
+        -- equates different texts).
         pk AS (
             SELECT t.tbl, array_agg(a.attname::text ORDER BY k.ord) AS cols
               FROM (SELECT DISTINCT m.tbl FROM m WHERE m.mixed) AS t
               JOIN pg_index ix ON ix.indrelid = to_regclass(t.tbl) AND ix.indisprimary
               CROSS JOIN LATERAL unnest(ix.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
               JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.attnum
-             GROUP BY t.tbl),
+              LEFT JOIN pg_collation co ON co.oid = a.attcollation
+             GROUP BY t.tbl
+            HAVING bool_and(a.atttypid = ANY ('{int2,int4,int8,bool,uuid,date,timestamp,text,varchar}'::regtype[]::oid[])
+                            AND coalesce(co.collisdeterministic, true))),
         k AS (
             SELECT m.*,
                    CASE WHEN pk.cols IS NOT NULL THEN (
@@ -89,7 +96,7 @@ BEGIN
                     RAISE;
                 WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT;
-                    IF p_reorder AND e_state = '23505' THEN
+                    IF p_reorder AND e_state IN ('23505', '23P01') THEN
                         RAISE;  -- apply_changes applies the changes again in capture order
                     END IF;
                     RAISE EXCEPTION 'capgate: applying changes of % failed: % (SQLSTATE %); shipping this table stops', r.tbl, e_msg, e_state
@@ -106,9 +113,10 @@ END
 $fn$;
 
 -- The entry point: applies `changes` (see capgate.apply_groups) and returns the conflicts it
--- resolved. The changes go grouped by generation first; a unique violation there (a value of
--- another unique index than the key, freed and taken again across rows in an order the
--- grouping changed) applies them again in capture order.
+-- resolved. The changes go grouped by generation first; a unique or exclusion violation there
+-- (a value of another unique index than the key, or a range of an exclusion constraint, freed
+-- and taken again across rows in an order the grouping changed) applies them again in
+-- capture order.
 CREATE OR REPLACE FUNCTION capgate.apply_changes(
     origin text, changes json, mode text, on_conflict json, prepared_wait interval DEFAULT interval '1 second')
 RETURNS json LANGUAGE plpgsql
@@ -140,7 +148,7 @@ BEGIN
     END IF;
     BEGIN
         RETURN capgate.apply_groups(origin, changes, mode, on_conflict, prepared_wait, true)::json;
-    EXCEPTION WHEN unique_violation THEN
+    EXCEPTION WHEN unique_violation OR exclusion_violation THEN
         RETURN capgate.apply_groups(origin, changes, mode, on_conflict, prepared_wait, false)::json;
     END;
 END
