@@ -58,6 +58,9 @@ pub struct Target<'a> {
     pub takes_writes: bool,
 }
 
+/// How long a copy waits for the replica table's lock before trying again later.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Most rows a writing replica's table may hold for a copy to compare it with the primary's
 /// (it runs while the table's lock holds that site's writers, within one copy step's
 /// deadline); a larger one is refused and adopted by the operator.
@@ -144,7 +147,12 @@ pub async fn copy_table(
     let target = timed(deadline, replica.transaction(), r).await?;
     // The lock keeps the replica site's writers (and its capgate installing a capture
     // trigger) out until the copy commits: what is checked below stays true.
-    let prepare = format!("{FIXED_SETTINGS}; SET LOCAL session_replication_role = replica; LOCK TABLE {table} IN EXCLUSIVE MODE");
+    // Bounded: a long transaction of that site's would otherwise hold the copy, and every
+    // writer queued behind its lock request, for the whole step deadline (tried again later).
+    let prepare = format!(
+        "{FIXED_SETTINGS}; SET LOCAL session_replication_role = replica; SET LOCAL lock_timeout = '{}ms'; LOCK TABLE {table} IN EXCLUSIVE MODE",
+        LOCK_TIMEOUT.as_millis()
+    );
     timed(deadline, target.batch_execute(&prepare), refused_or(table, replica_name)).await?;
     let captured_there: bool = cell(timed(deadline, target.query_one(CAPTURED_THERE_SQL, &[&table]), r).await?)?;
     let mut equal = None;
@@ -250,6 +258,8 @@ fn cell<T: for<'a> tokio_postgres::types::FromSql<'a>>(row: tokio_postgres::Row)
 /// A replica error while loading rows: the replica cannot take this table as it is.
 fn refused_or<'a>(table: &'a str, replica_name: &'a str) -> impl Fn(tokio_postgres::Error) -> CopyError + 'a {
     move |e| match e.as_db_error() {
+        // A lock not granted in time, a deadlock, a serialization failure: tried again later.
+        Some(db) if ["55P03", "40P01", "40001"].contains(&db.code().code()) => CopyError::Replica(explain(&e)),
         Some(_) => CopyError::Refused(format!("copying {table} to replica `{replica_name}` failed: {}", explain(&e))),
         None => CopyError::Replica(explain(&e)),
     }

@@ -344,8 +344,8 @@ impl Shipper {
     /// Adopts a halted table without copying it (decision 0028): the operator has made it
     /// equal on both sites; the replica records it as in replication at a primary snapshot
     /// taken now, so every change committed on the primary after that snapshot ships, once,
-    /// and none before it. Refused for a table that is not halted (or not known yet) or not
-    /// captured as async on the primary.
+    /// and none before it. Refused for a table being copied or already copied, or not
+    /// captured as async on the primary; a table the replica does not know yet is adopted.
     pub async fn adopt(&self, table: &str, timeout: Duration) -> Result<(), String> {
         self.request(table, true, timeout).await
     }
