@@ -6,9 +6,10 @@
 //! runs DDL (but not `CREATE` / `DROP TEMPORARY TABLE`), `BEGIN` / `START TRANSACTION`,
 //! `TRUNCATE`, `LOCK TABLES`, `UNLOCK TABLES` while tables are locked, `ANALYZE`, `CHECK`,
 //! `OPTIMIZE` and `REPAIR TABLE`, `FLUSH`, `RESET`, `SET PASSWORD`, and `SET autocommit = 1`
+//! in any spelling (`:=`, `'ON'`, `DEFAULT`, `@@session.` …) when autocommit was off
 //! (verified on MariaDB 10.11: `@@in_transaction` and the row after a later ROLLBACK; `CACHE
-//! INDEX`, `LOAD INDEX INTO CACHE`, `CHECKSUM TABLE`, `SAVEPOINT` and `SET GLOBAL` do not). Sent
-//! as a query of its own, such a statement is held and the open transaction coordinated first
+//! INDEX`, `LOAD INDEX INTO CACHE`, `CHECKSUM TABLE`, `SAVEPOINT` and `SET GLOBAL` do not).
+//! Sent as a query of its own, such a statement is held and the open transaction coordinated first
 //! (`super::hold`). Inside a multi-statement query, after a statement that may write a sync
 //! table, capgate cannot step in between the two: such a query is refused before any of it
 //! runs, naming both statements, the table and the remedy.
@@ -16,9 +17,15 @@
 //! `TRUNCATE` of a replicated table is refused outright: it fires no trigger, so the replica
 //! would keep the rows.
 //!
+//! Statements are judged by their text where it can be lined up with the classification's
+//! statements. Where it cannot (a stored program's body holds semicolons: the tokenizer and
+//! the parser count differently), a multi-statement query is judged by the statements'
+//! kinds, conservatively: refused when a statement whose kind may commit follows one that
+//! may write a sync table, or when a piece of the text is a TRUNCATE of a replicated table.
+//!
 //! Nothing here does I/O: statement text and classification in, a verdict out.
 
-use crate::classify::{statement_ends, Classification, Dialect, Kind, SearchPath, StatementClass, TxControl};
+use crate::classify::{classify, statement_ends, Catalog, Classification, Dialect, Kind, SearchPath, StatementClass, TxControl};
 use crate::policy::{Mode, Policy};
 
 /// The text of each statement of `sql`, aligned with `c.statements` (one element holding the
@@ -43,10 +50,36 @@ pub fn statement_texts<'a>(sql: &'a str, path: &SearchPath, c: &Classification) 
 }
 
 /// Whether any statement of `c` commits implicitly; `texts` as [`statement_texts`] gives
-/// them (when they could not be aligned, each statement is judged with the whole text).
+/// them. When they could not be aligned, a statement commits when its kind may
+/// ([`may_commit_by_kind`] without `Utility` and session changes, which most often commit
+/// nothing) or when a piece of the text, cut at each `;`, says it does.
 pub fn any_commits(c: &Classification, texts: &[&str], locked: bool) -> bool {
-    let text = |i: usize| if texts.len() == c.statements.len() { texts[i] } else { texts.first().copied().unwrap_or("") };
-    c.statements.iter().enumerate().any(|(i, s)| commits_implicitly(text(i), &s.kind, locked))
+    if aligned(c, texts) {
+        return c.statements.iter().zip(texts).any(|(s, text)| commits_implicitly(text, &s.kind, locked));
+    }
+    let whole = texts.first().copied().unwrap_or("");
+    c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl | Kind::Transaction(TxControl::Begin)))
+        || rough_pieces(whole).any(|piece| commits_implicitly(piece, &Kind::Utility, locked))
+}
+
+/// Whether `texts` holds one text per statement of `c` ([`statement_texts`] could align them).
+fn aligned(c: &Classification, texts: &[&str]) -> bool {
+    texts.len() == c.statements.len()
+}
+
+/// The pieces of `sql` between semicolons, quotes and comments not considered: only for
+/// conservative checks when the tokenizer's statements could not be aligned with the
+/// parser's (a piece may then start inside a string or a stored program's body).
+fn rough_pieces(sql: &str) -> impl Iterator<Item = &str> {
+    sql.split(';').map(str::trim).filter(|p| !p.is_empty())
+}
+
+/// Whether a statement of this kind may commit an open transaction implicitly, judged
+/// without its text: DDL (a temporary table's does not, but the kind does not say), BEGIN,
+/// the utility statements (ANALYZE, LOCK, FLUSH …), session statements (`SET autocommit`,
+/// `SET PASSWORD`), a write (it may be a TRUNCATE) and a statement capgate cannot classify.
+fn may_commit_by_kind(kind: &Kind) -> bool {
+    matches!(kind, Kind::Ddl | Kind::Transaction(TxControl::Begin) | Kind::Utility | Kind::Session(_) | Kind::Write | Kind::Unknown(_))
 }
 
 /// Whether the session holds `LOCK TABLES` locks after `texts` ran, given `locked` before.
@@ -111,16 +144,60 @@ pub fn commits_implicitly(text: &str, kind: &Kind, locked: bool) -> bool {
     }
 }
 
-/// Whether a `SET` statement turns autocommit on (`SET autocommit = 1`, `ON`, `TRUE`, with
-/// `@@`, `@@session.` or `SESSION`). It commits only when autocommit was off: inside `BEGIN`
+/// Whether a `SET` statement turns autocommit on. Every assignment of the statement is
+/// looked at: the name with `@@`, `@@session.`, `@@local.`, `SESSION` or `LOCAL` (not
+/// `GLOBAL`: that one commits nothing), `=` or `:=`, and any value but a clear `0`, `off` or
+/// `false` (quoted or not, any case) counts as on — `DEFAULT` is on, and an expression
+/// capgate does not evaluate may be. It commits only when autocommit was off: inside `BEGIN`
 /// with autocommit on it commits nothing (`super::hold` looks at the session's flags).
 pub fn enables_autocommit(text: &str) -> bool {
-    let text: String = text.to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
-    ["1", "on", "true"].iter().any(|v| {
-        ["autocommit=", "@@autocommit=", "@@session.autocommit=", "sessionautocommit="]
-            .iter()
-            .any(|k| text.strip_prefix("set").is_some_and(|rest| rest.contains(&format!("{k}{v}"))))
+    let mut text = text.trim().trim_end_matches(';');
+    while let Some(after) = text.strip_prefix("/*") {
+        text = after.split_once("*/").map_or("", |(_, rest)| rest).trim_start();
+    }
+    let Some(rest) = text.get(..3).filter(|w| w.eq_ignore_ascii_case("set")).map(|_| &text[3..]) else { return false };
+    if !rest.starts_with(|c: char| c.is_whitespace() || c == '@' || c == '/') {
+        return false;
+    }
+    assignments(rest).into_iter().any(|a| {
+        let Some((name, value)) = a.split_once('=') else { return false };
+        let name = name.trim_end().trim_end_matches(':').to_ascii_lowercase();
+        let mut words = name.split_whitespace();
+        let Some(variable) = words.next_back() else { return false };
+        if words.any(|w| w == "global") {
+            return false;
+        }
+        let variable = variable.strip_prefix("@@").unwrap_or(variable);
+        let variable = variable.strip_prefix("session.").or_else(|| variable.strip_prefix("local.")).unwrap_or(variable);
+        if variable.trim_matches('`') != "autocommit" {
+            return false;
+        }
+        let value = value.trim().to_ascii_lowercase();
+        let unquoted = ['\'', '"'].iter().find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q))).unwrap_or(&value);
+        !matches!(unquoted.trim(), "0" | "off" | "false")
     })
+}
+
+/// The assignments of a `SET` statement's text after `SET`: cut at the commas outside
+/// parentheses and quotes.
+fn assignments(rest: &str) -> Vec<&str> {
+    let (mut out, mut start, mut depth, mut quote) = (Vec::new(), 0, 0usize, None);
+    for (i, ch) in rest.char_indices() {
+        match (quote, ch) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '`') => quote = Some(ch),
+            (None, '(') => depth += 1,
+            (None, ')') => depth = depth.saturating_sub(1),
+            (None, ',') if depth == 0 => {
+                out.push(&rest[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&rest[start..]);
+    out
 }
 
 /// The sync table `statement` may write under `policy` (`None`: it writes none that the
@@ -140,8 +217,11 @@ fn sync_write(statement: &StatementClass, policy: &Policy) -> Option<String> {
 /// The refusal message of a `TRUNCATE` of a table the policy replicates (None: there is
 /// none in `c`). TRUNCATE fires no trigger on MySQL, so capture never sees the rows go and
 /// the replica would keep them: capgate refuses it rather than let the sites differ.
-pub fn truncates_replicated(c: &Classification, texts: &[&str], policy: &Policy) -> Option<String> {
-    let text = |i: usize| if texts.len() == c.statements.len() { texts[i] } else { texts.first().copied().unwrap_or("") };
+pub fn truncates_replicated(c: &Classification, texts: &[&str], path: &SearchPath, policy: &Policy) -> Option<String> {
+    if !aligned(c, texts) {
+        return truncates_unaligned(texts.first().copied().unwrap_or(""), path, policy);
+    }
+    let text = |i: usize| texts[i];
     c.statements.iter().enumerate().find_map(|(i, statement)| {
         if words(text(i), 1).first().map(String::as_str) != Some("truncate") {
             return None;
@@ -152,6 +232,29 @@ pub fn truncates_replicated(c: &Classification, texts: &[&str], policy: &Policy)
              replica would keep its rows; nothing was run. Use DELETE FROM {} (captured row by row), or make the table local \
              in the policy",
             shown(text(i)),
+            d.table,
+            d.mode.name(),
+            d.rule,
+            d.table
+        ))
+    })
+}
+
+/// [`truncates_replicated`] when the statements' texts could not be aligned with `c`: each
+/// piece of `sql` (cut at each `;`) that starts with `TRUNCATE` is classified alone (tables
+/// resolve against `path`), as `c` may not hold it at all (a stored program's definition
+/// runs to the end of the text for the parser, while MySQL runs what follows its `END`).
+fn truncates_unaligned(sql: &str, path: &SearchPath, policy: &Policy) -> Option<String> {
+    let catalog = Catalog::new();
+    rough_pieces(sql).filter(|p| words(p, 1).first().map(String::as_str) == Some("truncate")).find_map(|piece| {
+        let c = classify(Dialect::MySql, piece, path, &catalog);
+        let d = c.writes().into_iter().map(|t| policy.decide_table(t)).find(|d| d.mode != Mode::Local)?;
+        Some(format!(
+            "capgate refused this query: it holds `{}`, and {} is replicated (mode {}, rule {}); TRUNCATE fires no trigger \
+             on MySQL, so the replica would keep its rows (capgate could not tell the query's statements apart: its \
+             tokenizer and parser count them differently); nothing was run. Use DELETE FROM {} (captured row by row), or \
+             make the table local in the policy",
+            shown(piece),
             d.table,
             d.mode.name(),
             d.rule,
@@ -173,8 +276,11 @@ fn shown(text: &str) -> String {
 /// implicitly follows one that may write a sync table (None: capgate can coordinate every
 /// commit of the query). `texts` as [`statement_texts`] gives them.
 pub fn commit_mid_query(c: &Classification, texts: &[&str], policy: &Policy, locked: bool) -> Option<String> {
-    if c.statements.len() < 2 || texts.len() != c.statements.len() {
+    if c.statements.len() < 2 {
         return None;
+    }
+    if !aligned(c, texts) {
+        return commit_mid_unaligned(c, policy);
     }
     let mut writer: Option<(usize, String)> = None;
     for (i, (statement, text)) in c.statements.iter().zip(texts).enumerate() {
@@ -199,6 +305,30 @@ pub fn commit_mid_query(c: &Classification, texts: &[&str], policy: &Policy, loc
         }
     }
     None
+}
+
+/// [`commit_mid_query`] when the statements' texts could not be aligned with `c` (the
+/// tokenizer and the parser count them differently, as around a stored program's body):
+/// without the texts, a statement after one that may write a sync table is taken to commit
+/// whenever its kind may ([`may_commit_by_kind`]).
+fn commit_mid_unaligned(c: &Classification, policy: &Policy) -> Option<String> {
+    let n = c.statements.len();
+    let (j, table) = c.statements.iter().enumerate().find_map(|(j, s)| sync_write(s, policy).map(|t| (j, t)))?;
+    // The statement most likely to commit is named: DDL or BEGIN before any other kind.
+    let after = || c.statements.iter().enumerate().skip(j + 1);
+    let (i, committer) = after()
+        .find(|(_, s)| matches!(s.kind, Kind::Ddl | Kind::Transaction(TxControl::Begin)))
+        .or_else(|| after().find(|(_, s)| may_commit_by_kind(&s.kind)))?;
+    Some(format!(
+        "capgate refused this query: statement {} of {n} (a {} statement) may commit the open transaction implicitly, after \
+         statement {} wrote {table}, and capgate must coordinate that commit with the replicas but cannot in the middle of a \
+         query; capgate could not tell the query's statements apart (its tokenizer and parser count them differently), so \
+         it could not rule the commit out; nothing was run. Send the statements as queries of their own (COMMIT first, if \
+         the transaction should end there)",
+        i + 1,
+        committer.kind.name(),
+        j + 1,
+    ))
 }
 
 #[cfg(test)]
@@ -231,6 +361,90 @@ mod tests {
     }
 
     #[test]
+    fn every_spelling_of_autocommit_on() {
+        // Each turns autocommit on on MariaDB 10.11 (and commits an open transaction when it
+        // was off).
+        for on in [
+            "SET autocommit = 1",
+            "SET autocommit := 1",
+            "SET autocommit = 'ON'",
+            "set autocommit=\"on\"",
+            "SET autocommit = DEFAULT",
+            "SET autocommit = TRUE",
+            "SET @@autocommit=1",
+            "SET @@autocommit:=1",
+            "SET SESSION autocommit=1",
+            "SET LOCAL autocommit = 1",
+            "SET @@session.autocommit = 1",
+            "SET @@LOCAL.AUTOCOMMIT = on",
+            "SET @a = 1, autocommit = 1",
+            "SET @a = concat('x', ',y'), @@session.autocommit := 'On';",
+            "SET autocommit = 0, autocommit = 1",
+            "/* why */ SET autocommit = 1",
+            "SET autocommit = 2 - 1",
+            "SET autocommit = @saved",
+        ] {
+            assert!(enables_autocommit(on), "{on}");
+            let set = Kind::Session(crate::classify::SessionChange::Other);
+            assert!(commits_implicitly(on, &set, false), "{on}");
+        }
+        for off in [
+            "SET autocommit = 0",
+            "SET autocommit := 0",
+            "SET autocommit = 'OFF'",
+            "set @@session.autocommit = false",
+            "SET SESSION autocommit = \"0\"",
+            "SET @a = 1, autocommit = off",
+            "SET GLOBAL autocommit = 1",
+            "SET @@global.autocommit = 1",
+            "SET @autocommit = 1",
+            "SET @x = 'autocommit=1'",
+            "SET NAMES utf8mb4",
+            "SELECT 'SET autocommit = 1'",
+            "SETTINGS autocommit = 1",
+        ] {
+            assert!(!enables_autocommit(off), "{off}");
+        }
+    }
+
+    #[test]
+    fn statements_that_cannot_be_aligned_are_judged_by_kind() {
+        let policy = Policy::parse(
+            "default = \"local\"\n[[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\n",
+            std::path::Path::new("policy.toml"),
+        )
+        .expect("policy");
+        let path = SearchPath::new(["shop".to_owned()]);
+        let catalog = crate::classify::Catalog::new();
+        let judged = |sql: &str| {
+            let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
+            let texts = statement_texts(sql, &path, &c);
+            assert_ne!(texts.len(), c.statements.len(), "{sql}: the texts were aligned");
+            (commit_mid_query(&c, &texts, &policy, false), truncates_replicated(&c, &texts, &path, &policy), any_commits(&c, &texts, false))
+        };
+        // A stored program's body holds semicolons: the tokenizer counts more statements
+        // than the parser.
+        let body = "CREATE PROCEDURE p() BEGIN SELECT 1; SELECT 2; END";
+        let (refused, _, commits) = judged(&format!("UPDATE orders SET a = 1; {body}"));
+        let message = refused.expect("the definition commits the sync update mid-query");
+        for words in ["statement 2 of 2 (a ddl statement)", "after statement 1 wrote sync table shop.orders", "could not tell"] {
+            assert!(message.contains(words), "{words:?} missing from {message}");
+        }
+        assert!(commits);
+        // The parser takes the definition to run to the end of the text (MySQL runs what
+        // follows its END): refused for the definition all the same.
+        let (refused, _, _) = judged(&format!("UPDATE orders SET a = 1; UPDATE orders SET a = 2; {body}; TRUNCATE notes"));
+        assert!(refused.expect("refused").contains("statement 3 of 3 (a ddl statement)"), "the definition is named");
+        let (_, truncate, _) = judged(&format!("INSERT INTO notes VALUES (1); {body}; TRUNCATE orders"));
+        let message = truncate.expect("a TRUNCATE of a sync table");
+        assert!(message.contains("`TRUNCATE orders`") && message.contains("shop.orders is replicated (mode sync"), "{message}");
+        let (refused, truncate, _) = judged(&format!("SELECT 1; {body}"));
+        assert!(refused.is_none() && truncate.is_none(), "no sync write");
+        let (refused, truncate, _) = judged(&format!("INSERT INTO notes VALUES (1); {body}; TRUNCATE notes"));
+        assert!(refused.is_none() && truncate.is_none(), "local tables only");
+    }
+
+    #[test]
     fn texts_and_messages() {
         let policy = Policy::parse(
             "default = \"local\"\n[[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\n",
@@ -256,7 +470,7 @@ mod tests {
         assert!(refused("INSERT INTO orders VALUES (1); SELECT 'CREATE TABLE'").is_none());
         let truncates = |sql: &str| {
             let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
-            truncates_replicated(&c, &statement_texts(sql, &path, &c), &policy)
+            truncates_replicated(&c, &statement_texts(sql, &path, &c), &path, &policy)
         };
         let message = truncates("TRUNCATE TABLE orders").expect("refused");
         assert!(message.contains("shop.orders is replicated (mode sync") && message.contains("DELETE FROM shop.orders"), "{message}");

@@ -68,6 +68,11 @@ pub struct Prepared {
     /// It commits an open transaction implicitly (`super::implicit`): its executions are
     /// held like the text statement would be.
     pub implicit_commit: bool,
+    /// It is a `SET autocommit = 1` (any spelling, `implicit::enables_autocommit`): its
+    /// executions commit only when autocommit was off, so they are held as
+    /// `Hold::AutocommitOn`, as the text statement is (inside `BEGIN` with autocommit on it
+    /// commits nothing, and a later ROLLBACK must still roll back).
+    pub autocommit_on: bool,
 }
 
 /// One reply owed to the client.

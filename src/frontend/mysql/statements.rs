@@ -132,8 +132,9 @@ impl Statements {
                     Err(refusal) => return refusal,
                     Ok(Some(c)) if !self.slots.is_empty() => {
                         let text = String::from_utf8_lossy(sql);
-                        let texts = implicit::statement_texts(&text, &SearchPath::new(flow.schema.iter().cloned()), &c);
-                        if let Some(verdict) = self.replicated_query(sql, &c, &texts) {
+                        let path = SearchPath::new(flow.schema.iter().cloned());
+                        let texts = implicit::statement_texts(&text, &path, &c);
+                        if let Some(verdict) = self.replicated_query(sql, &c, &texts, &path) {
                             return verdict;
                         }
                     }
@@ -142,16 +143,18 @@ impl Statements {
             }
             Command::Prepare(sql) => match self.route(flow, sql, false) {
                 Ok(classification) => {
-                    let mut implicit_commit = false;
+                    let (mut implicit_commit, mut autocommit_on) = (false, false);
                     if let Some(c) = classification.as_ref().filter(|_| !self.slots.is_empty()) {
                         let text = String::from_utf8_lossy(sql);
-                        let texts = implicit::statement_texts(&text, &SearchPath::new(flow.schema.iter().cloned()), c);
-                        if let Some(message) = implicit::truncates_replicated(c, &texts, &self.policy()) {
+                        let path = SearchPath::new(flow.schema.iter().cloned());
+                        let texts = implicit::statement_texts(&text, &path, c);
+                        if let Some(message) = implicit::truncates_replicated(c, &texts, &path, &self.policy()) {
                             return Self::refuse(errors::NOT_SUPPORTED, &message);
                         }
                         implicit_commit = implicit::any_commits(c, &texts, false);
+                        autocommit_on = sets_autocommit_alone(c, &texts);
                     }
-                    let prepared = Prepared { classification, implicit_commit };
+                    let prepared = Prepared { classification, implicit_commit, autocommit_on };
                     self.last_prepare = Some(prepared.clone());
                     after = After::Prepared(prepared);
                 }
@@ -162,9 +165,9 @@ impl Statements {
                     u32::MAX => self.last_prepare.clone(),
                     id => flow.prepared.get(&id).cloned(),
                 };
-                if let Some(Prepared { classification: Some(c), implicit_commit }) = prepared {
+                if let Some(Prepared { classification: Some(c), implicit_commit, autocommit_on }) = prepared {
                     if let Some(hold) = self.hold_for(&c, implicit_commit) {
-                        return Verdict::Hold(hold);
+                        return Verdict::Hold(autocommit_hold(hold, autocommit_on));
                     }
                     let policy = self.policy();
                     let decisions = policy.decide(&c);
@@ -211,11 +214,11 @@ impl Statements {
         Verdict::Forward { quit: command == Command::Quit }
     }
 
-    /// A query `sql` (classified as `c`, its statements' texts `texts`) while MySQL replicas
+    /// A query `sql` (classified as `c`, its statements' texts `texts`, tables resolving against `path`) while MySQL replicas
     /// are configured: refused, held, or (None) forwarded as it came.
-    fn replicated_query(&mut self, sql: &[u8], c: &Classification, texts: &[&str]) -> Option<Verdict> {
+    fn replicated_query(&mut self, sql: &[u8], c: &Classification, texts: &[&str], path: &SearchPath) -> Option<Verdict> {
         let policy = self.policy();
-        if let Some(message) = implicit::truncates_replicated(c, texts, &policy) {
+        if let Some(message) = implicit::truncates_replicated(c, texts, path, &policy) {
             return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
         }
         if !policy.has_sync() {
@@ -243,11 +246,7 @@ impl Statements {
         // LOAD DATA LOCAL needs the client's file contents mid-reply: not held (outside a
         // transaction the capture trigger refuses it; inside one the COMMIT is held).
         let hold = self.hold_for(c, commits).filter(|_| !is_load_local(sql))?;
-        let alone = texts.len() == 1 && c.statements.len() == 1;
-        if hold == Hold::ImplicitCommit && alone && implicit::enables_autocommit(texts[0]) {
-            return Some(Verdict::Hold(Hold::AutocommitOn));
-        }
-        Some(Verdict::Hold(hold))
+        Some(Verdict::Hold(autocommit_hold(hold, sets_autocommit_alone(c, texts))))
     }
 
     /// Whether a statement must be held while sync tables are replicated (decision 0016).
@@ -419,6 +418,24 @@ impl Statements {
 /// here): where a transaction's sync changes are coordinated.
 fn is_commit(c: &Classification) -> bool {
     matches!(c.statements.as_slice(), [one] if one.kind == Kind::Transaction(TxControl::Commit))
+}
+
+/// Whether `c` is one statement, `texts[0]`, that turns autocommit on: it commits an open
+/// transaction only when autocommit was off, which the status flags tell once it is held.
+/// In a multi-statement query the flags of the moment are unknown.
+fn sets_autocommit_alone(c: &Classification, texts: &[&str]) -> bool {
+    matches!((c.statements.as_slice(), texts), ([_], [text]) if implicit::enables_autocommit(text))
+}
+
+/// The hold of a statement held as `hold`: [`Hold::AutocommitOn`] instead of
+/// [`Hold::ImplicitCommit`] when it is a `SET autocommit = 1` alone (`autocommit_on`), for
+/// a query and for an execution of a prepared statement alike.
+fn autocommit_hold(hold: Hold, autocommit_on: bool) -> Hold {
+    if hold == Hold::ImplicitCommit && autocommit_on {
+        Hold::AutocommitOn
+    } else {
+        hold
+    }
 }
 
 /// Whether a statement of `c` is DDL (it writes no rows).

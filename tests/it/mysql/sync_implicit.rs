@@ -4,7 +4,11 @@
 //! replica. In a multi-statement query after a write to a sync table, the query is refused
 //! before any of it runs, naming the statement, the table and the remedy. A temporary table
 //! commits nothing, so a ROLLBACK after it still rolls back. TRUNCATE of a replicated table
-//! (it fires no trigger) is refused.
+//! (it fires no trigger) is refused. Every spelling of `SET autocommit = 1` (`:=`, `'ON'`,
+//! `DEFAULT`, `@@session.` …) commits when autocommit was off, coordinated; a prepared one
+//! inside `BEGIN` with autocommit on commits nothing, as the text one. A query whose
+//! statements capgate cannot line up with their texts (a stored program's body) is judged by
+//! the statements' kinds.
 
 use mysql_async::prelude::*;
 
@@ -100,6 +104,78 @@ async fn implicit_commits_are_coordinated_or_refused_with_the_statement_named() 
     c.query_drop("ROLLBACK").await.expect("rollback");
     let (on_primary, on_replica) = both().await;
     assert_eq!(on_primary, "1\t1\ta\n2\t20\tb", "CREATE TEMPORARY TABLE committed the transaction");
+    assert_eq!(on_replica, on_primary);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_spelling_of_autocommit_on_prepared_or_not_and_queries_capgate_cannot_cut() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    primary().sql("CREATE TABLE cgsync.scratch (a INT)").expect("local table");
+    let p = proxy("mysql-sync-implicit-spellings");
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+
+    // With autocommit off, each spelling turns it on and commits the open transaction
+    // (MariaDB 10.11): coordinated, on both sites.
+    let spellings = [
+        "SET autocommit := 1",
+        "SET autocommit = 'ON'",
+        "SET autocommit = DEFAULT",
+        "SET @@autocommit=1",
+        "SET SESSION autocommit=1",
+        "SET @@session.autocommit = 1",
+        "SET @x = 1, autocommit = true",
+    ];
+    for (n, statement) in spellings.iter().enumerate() {
+        c.query_drop("SET autocommit = 0").await.expect("autocommit off");
+        c.query_drop(format!("UPDATE acct SET bal = {} WHERE id = 1", 30 + n)).await.expect("update");
+        c.query_drop(*statement).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+        assert_eq!(c.query_first::<i64, _>("SELECT @@in_transaction").await.expect("read"), Some(0), "{statement}");
+        c.query_drop("ROLLBACK").await.expect("rollback (nothing left to roll back)");
+        let (on_primary, on_replica) = both().await;
+        assert_eq!(on_primary, format!("1\t{}\ta\n2\t200\tb", 30 + n), "{statement}");
+        assert_eq!(on_replica, on_primary, "{statement} committed the sync transaction on the primary alone");
+    }
+
+    // A prepared SET autocommit = 1 is held like the text one: inside BEGIN with autocommit
+    // on it commits nothing, and the ROLLBACK after it rolls the update back ...
+    let on = c.prep("SET autocommit = 1").await.expect("prepare");
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 997 WHERE id = 1").await.expect("update");
+    c.exec_drop(&on, ()).await.expect("autocommit on, again (prepared)");
+    assert_eq!(c.query_first::<i64, _>("SELECT @@in_transaction").await.expect("read"), Some(1), "still open");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let (on_primary, on_replica) = both().await;
+    let last = format!("1\t{}\ta\n2\t200\tb", 30 + spellings.len() - 1);
+    assert_eq!(on_primary, last, "a prepared SET autocommit = 1 committed a BEGIN transaction");
+    assert_eq!(on_replica, on_primary);
+    // ... and with autocommit off it commits, coordinated.
+    c.query_drop("SET autocommit = 0").await.expect("autocommit off");
+    c.query_drop("UPDATE acct SET bal = 40 WHERE id = 1").await.expect("update");
+    c.exec_drop(&on, ()).await.expect("autocommit on (prepared)");
+    c.query_drop("ROLLBACK").await.expect("rollback (nothing left to roll back)");
+    let (on_primary, on_replica) = both().await;
+    assert_eq!(on_primary, "1\t40\ta\n2\t200\tb");
+    assert_eq!(on_replica, on_primary, "a prepared SET autocommit = 1 committed on the primary alone");
+
+    // A stored program's body holds semicolons, so capgate cannot line the statements' texts
+    // up with the parser's: judged by their kinds, a definition (it commits) after a sync
+    // write is refused, and so is a TRUNCATE of a replicated table; nothing runs.
+    let body = "CREATE PROCEDURE cgsync.p() BEGIN SELECT 1; SELECT 2; END";
+    c.query_drop("SET autocommit = 0").await.expect("autocommit off");
+    let err = c.query_drop(format!("UPDATE acct SET bal = 41 WHERE id = 1; {body}")).await.expect_err("refused");
+    assert_eq!(error_code(&err), 1235, "{err}");
+    assert!(err.to_string().contains("statement 2 of 2") && err.to_string().contains("cgsync.acct"), "{err}");
+    let err = c.query_drop(format!("INSERT INTO scratch VALUES (1); {body}; TRUNCATE acct")).await.expect_err("refused");
+    assert_eq!(error_code(&err), 1235, "{err}");
+    assert!(err.to_string().contains("`TRUNCATE acct`") && err.to_string().contains("DELETE FROM cgsync.acct"), "{err}");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    c.query_drop("SET autocommit = 1").await.expect("autocommit on");
+    let routines = "SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = 'cgsync'";
+    assert_eq!(primary().sql(routines).expect("routines"), "0", "nothing of the queries ran");
+    assert_eq!(primary().sql("SELECT COUNT(*) FROM cgsync.scratch").expect("scratch"), "0");
+    let (on_primary, on_replica) = both().await;
+    assert_eq!(on_primary, "1\t40\ta\n2\t200\tb");
     assert_eq!(on_replica, on_primary);
 }
 
