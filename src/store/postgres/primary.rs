@@ -238,27 +238,61 @@ CREATE OR REPLACE FUNCTION capgate.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+-- Written for the cost of a call (docs/performance.md, "Fewer expressions in the capture
+-- trigger"): PL/pgSQL evaluates every DECLARE default on every call, and sets up each simple
+-- expression (an IF condition, an assignment) again in each transaction for each table's copy
+-- of the function, which is nearly every call in a short transaction. So the variables have no
+-- defaults, and the common path (an async change, or a sync table's change made outside a
+-- capgate session) evaluates two conditions and runs one INSERT.
 DECLARE
-    v_xid text := pg_catalog.pg_current_xact_id()::text;
-    v_at timestamptz := pg_catalog.clock_timestamp();
-    v_proxied boolean := pg_catalog.current_setting('capgate.session', true) IS NOT DISTINCT FROM 'on';
-    -- The name the policy matched (capgate passes it; for a partition, its root's name).
-    v_tbl text := coalesce(TG_ARGV[1], pg_catalog.quote_ident(TG_TABLE_SCHEMA) || '.' || pg_catalog.quote_ident(TG_TABLE_NAME));
+    v_xid text;
+    v_at timestamptz;
+    v_proxied boolean;
+    v_tbl text;
     v_op "char";
     v_old json;
     v_new json;
-    v_first boolean := false;
-    -- Whether the session's settings print every value as the replica reads it (decision
-    -- 0025): ISO dates (in ranges), postgres intervals, shortest-exact floats, C money;
-    -- under `latest` also UTC, as the key's text is compared across sites. Else the images
-    -- come from capgate.row_image, which fixes them (its SET clauses cost ~10 % of an async
-    -- transaction's primary CPU, paid only by such sessions).
-    v_plain boolean := pg_catalog.current_setting('DateStyle') LIKE 'ISO,%'
+    v_first boolean;
+    v_plain boolean;
+BEGIN
+    IF TG_ARGV[0] = 'async' OR (TG_ARGV[0] = 'sync' AND pg_catalog.current_setting('capgate.session', true) IS DISTINCT FROM 'on') THEN
+        -- Whether the session's settings print every value as the replica reads it (decision
+        -- 0025): ISO dates (in ranges), postgres intervals, shortest-exact floats, C money.
+        -- Else the images come from capgate.row_image, which fixes them (its SET clauses cost
+        -- ~10 % of an async transaction's primary CPU, paid only by such sessions). OLD and
+        -- NEW are NULL where the operation has none (row_to_json of NULL is NULL).
+        IF pg_catalog.current_setting('DateStyle') LIKE 'ISO,%'
+            AND pg_catalog.current_setting('IntervalStyle') = 'postgres'
+            AND pg_catalog.current_setting('extra_float_digits')::int > 0
+            AND pg_catalog.current_setting('lc_monetary') IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8') THEN
+            INSERT INTO capgate.changes (tbl, op, old, new, proxied) VALUES (
+                -- The name the policy matched (capgate passes it; for a partition, its root's).
+                coalesce(TG_ARGV[1], pg_catalog.quote_ident(TG_TABLE_SCHEMA) || '.' || pg_catalog.quote_ident(TG_TABLE_NAME)),
+                CASE TG_OP WHEN 'INSERT' THEN 'I' WHEN 'UPDATE' THEN 'U' WHEN 'DELETE' THEN 'D' ELSE 'T' END,
+                pg_catalog.row_to_json(OLD), pg_catalog.row_to_json(NEW),
+                pg_catalog.current_setting('capgate.session', true) IS NOT DISTINCT FROM 'on');
+        ELSE
+            INSERT INTO capgate.changes (tbl, op, old, new, proxied) VALUES (
+                coalesce(TG_ARGV[1], pg_catalog.quote_ident(TG_TABLE_SCHEMA) || '.' || pg_catalog.quote_ident(TG_TABLE_NAME)),
+                CASE TG_OP WHEN 'INSERT' THEN 'I' WHEN 'UPDATE' THEN 'U' WHEN 'DELETE' THEN 'D' ELSE 'T' END,
+                CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN capgate.row_image(OLD) END,
+                CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN capgate.row_image(NEW) END,
+                pg_catalog.current_setting('capgate.session', true) IS NOT DISTINCT FROM 'on');
+        END IF;
+        RETURN NULL;
+    END IF;
+    -- A sync table's change in a capgate session, or a `latest` table's change.
+    v_xid := pg_catalog.pg_current_xact_id()::text;
+    v_at := pg_catalog.clock_timestamp();
+    v_proxied := pg_catalog.current_setting('capgate.session', true) IS NOT DISTINCT FROM 'on';
+    v_tbl := coalesce(TG_ARGV[1], pg_catalog.quote_ident(TG_TABLE_SCHEMA) || '.' || pg_catalog.quote_ident(TG_TABLE_NAME));
+    v_first := false;
+    -- As above; under `latest` also UTC, as the key's text is compared across sites.
+    v_plain := pg_catalog.current_setting('DateStyle') LIKE 'ISO,%'
         AND pg_catalog.current_setting('IntervalStyle') = 'postgres'
         AND pg_catalog.current_setting('extra_float_digits')::int > 0
         AND pg_catalog.current_setting('lc_monetary') IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
         AND (TG_ARGV[0] <> 'latest' OR pg_catalog.current_setting('TimeZone') = 'UTC');
-BEGIN
     IF TG_OP = 'INSERT' THEN
         v_op := 'I';
         v_new := CASE WHEN v_plain THEN pg_catalog.row_to_json(NEW) ELSE capgate.row_image(NEW) END;
