@@ -36,6 +36,7 @@ impl MyFleet {
             let policy = policy.clone();
             c.on_conflict = Arc::new(move |table: &str| on_conflict(&policy, table));
             c.health = health(&r.name);
+            c.replica_takes_writes = r.takes_writes;
             shippers.insert(r.name.clone(), super::start(c));
         }
         let lag = MyLagMonitor::start(config.primary.url.clone(), replicas.clone(), LAG_REFRESH, Duration::from_secs(10));
