@@ -258,3 +258,33 @@ async fn a_writing_sites_table_with_rows_is_never_emptied_by_a_copy() {
     fleet.shippers["east"].resume("copyaa.t", Duration::from_secs(60)).await.expect("resume copies the emptied table");
     assert_eq!(converged("SELECT id, v FROM copyaa.t ORDER BY id").await, "1\t1\n2\t2");
 }
+
+/// A replica shipped to by a capgate from before initial copies (a position, no
+/// `capgate.entered`) keeps its tables as they are: nothing is copied over them.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_already_in_replication_before_copies_existed_are_not_copied() {
+    let _turn = TURN.lock().await;
+    let (primary, replica) = servers();
+    setup_both("DROP DATABASE IF EXISTS copyold; CREATE DATABASE copyold; CREATE TABLE copyold.t (id INT PRIMARY KEY, v INT)");
+    let link = link();
+    let policy = "default = \"local\"\n[[table]]\nmatch = \"copyold.t\"\nmode = \"async\"\n";
+    let (p, _) = proxy("mysql-async-copy-old", policy, &link);
+    copied(&p, "copyold.t").await;
+    let mut c = connect(&p.url("capgate", None, "copyold")).await;
+    c.query_drop("INSERT INTO t VALUES (1, 1)").await.expect("insert");
+    converged("SELECT id, v FROM copyold.t").await;
+    drop((c, p));
+
+    // As an older capgate left it: no record of entered tables, a row only the replica has.
+    replica.sql("DROP TABLE capgate.entered; INSERT INTO copyold.t VALUES (50, 50)").expect("older replica");
+    let (p, _) = proxy("mysql-async-copy-old-again", policy, &link);
+    copied(&p, "copyold.t").await;
+    let mut c = connect(&p.url("capgate", None, "copyold")).await;
+    c.query_drop("INSERT INTO t VALUES (2, 2)").await.expect("insert");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replica.sql("SELECT id, v FROM copyold.t ORDER BY id").expect("rows") != "1\t1\n2\t2\n50\t50" {
+        assert!(Instant::now() < deadline, "{}", replica.sql("SELECT id, v FROM copyold.t ORDER BY id").expect("rows"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(primary.sql("SELECT COUNT(*) FROM copyold.t").expect("primary"), "2");
+}

@@ -289,12 +289,21 @@ async fn a_conflict_inside_a_merged_insert_or_delete_is_logged_per_change() {
         assert!(Instant::now() < deadline, "the deletes around the conflict never arrived: {}", replica.sql(rows).expect("rows"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let logged = std::fs::read_to_string(&conflict_log).expect("conflict log");
-    let records: Vec<serde_json::Value> = logged
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .filter(|r: &serde_json::Value| r["tbl"] == "mergedb.m")
-        .collect();
+    // The shipper logs a batch's conflicts once its replica transaction has committed: the
+    // rows can be seen a moment before the log line is written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (logged, records) = loop {
+        let logged = std::fs::read_to_string(&conflict_log).expect("conflict log");
+        let records: Vec<serde_json::Value> = logged
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .filter(|r: &serde_json::Value| r["tbl"] == "mergedb.m")
+            .collect();
+        if records.len() >= 2 || Instant::now() > deadline {
+            break (logged, records);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let seen: Vec<(String, String)> =
         records.iter().map(|r| (r["kind"].to_string(), r["old"]["id"].to_string() + &r["new"]["id"].to_string())).collect();
     assert_eq!(seen, [("\"insert_exists\"".into(), "null2".into()), ("\"delete_missing\"".into(), "3null".into())], "{logged}");
