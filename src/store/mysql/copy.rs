@@ -96,21 +96,41 @@ pub fn forget_sql(origin: &str, tbl: &str) -> String {
     format!("DELETE FROM capgate.entered WHERE origin = {} AND tbl = {};", quote_literal(origin), quote_literal(tbl))
 }
 
-/// The tables the primary captures, by how (from their capture triggers' bodies): what the
-/// shipper copies (async, bounded) or takes in without a copy (sync).
-pub async fn captured(primary: &mut mysql_async::Conn) -> Result<BTreeMap<String, CaptureMode>, CopyError> {
-    let rows: Vec<(String, String, String)> = primary
+/// How the primary captures one table, from its capture triggers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Captured {
+    /// What the insert trigger records as: async (and bounded) tables are copied, sync ones
+    /// taken in without a copy.
+    pub mode: CaptureMode,
+    /// All three triggers (insert, update, delete) are in place. A reconciliation round
+    /// creates them one by one: until the last one exists some writes are not captured, so
+    /// a copy taken then could miss them.
+    pub complete: bool,
+}
+
+/// The tables the primary captures (a `capgate_*` trigger on them), and how.
+pub async fn captured(primary: &mut mysql_async::Conn) -> Result<BTreeMap<String, Captured>, CopyError> {
+    let rows: Vec<(String, String, String, String)> = primary
         .query(
-            "SELECT EVENT_OBJECT_SCHEMA, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM information_schema.TRIGGERS \
-             WHERE TRIGGER_NAME LIKE 'capgate\\_i\\_%' AND EVENT_MANIPULATION = 'INSERT'",
+            "SELECT EVENT_OBJECT_SCHEMA, EVENT_OBJECT_TABLE, EVENT_MANIPULATION, ACTION_STATEMENT FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_NAME LIKE 'capgate\\_%'",
         )
         .await
         .map_err(server("listing the primary's capture triggers"))?;
-    Ok(rows
+    let mut events: BTreeMap<String, (Vec<String>, CaptureMode)> = BTreeMap::new();
+    for (schema, table, event, body) in rows {
+        let mode = if body.contains("capgate.sync_changes") { CaptureMode::Sync } else { CaptureMode::Async };
+        let e = events.entry(TableName::new(schema, table).to_string()).or_insert((Vec::new(), mode));
+        if event == "INSERT" {
+            e.1 = mode;
+        }
+        e.0.push(event);
+    }
+    Ok(events
         .into_iter()
-        .map(|(schema, table, body)| {
-            let mode = if body.contains("capgate.sync_changes") { CaptureMode::Sync } else { CaptureMode::Async };
-            (TableName::new(schema, table).to_string(), mode)
+        .map(|(t, (ev, mode))| {
+            let complete = ["INSERT", "UPDATE", "DELETE"].iter().all(|want| ev.iter().any(|e| e == want));
+            (t, Captured { mode, complete })
         })
         .collect())
 }

@@ -36,7 +36,7 @@ pub struct Entry {
     /// The replica's record: table → its copy's gate (None: every change applies).
     pub entered: BTreeMap<String, Option<Position>>,
     /// The primary's capture triggers at the last listing: table → how it is captured.
-    pub captured: BTreeMap<String, CaptureMode>,
+    pub captured: BTreeMap<String, copy::Captured>,
     /// Tables with changes but no capture trigger at the last listing (they left the
     /// policy), with the largest seq of the batch that listed them: a later change of such a
     /// table makes the shipper list again (its trigger is back).
@@ -64,7 +64,7 @@ impl Entry {
     }
 
     fn awaits_copy(&self, tbl: &str) -> bool {
-        matches!(self.captured.get(tbl), Some(CaptureMode::Async | CaptureMode::Latest))
+        self.captured.get(tbl).is_some_and(|c| matches!(c.mode, CaptureMode::Async | CaptureMode::Latest))
     }
 
     /// Whether `changes` hold a table this session cannot place yet: the capture triggers
@@ -78,18 +78,23 @@ impl Entry {
         })
     }
 
-    /// Tables captured as async or bounded that the replica has not taken in.
+    /// Tables captured as async or bounded that the replica has not taken in, once all their
+    /// triggers are in place (until then their changes wait, left out, for the copy).
     fn to_copy(&self) -> Vec<String> {
         self.captured
-            .keys()
-            .filter(|t| self.awaits_copy(t) && !self.entered.contains_key(*t) && !self.refused.contains_key(*t))
-            .cloned()
+            .iter()
+            .filter(|(t, c)| c.complete && self.awaits_copy(t) && !self.entered.contains_key(*t) && !self.refused.contains_key(*t))
+            .map(|(t, _)| t.clone())
             .collect()
     }
 
     /// Sync tables the replica has not recorded: taken in without a copy.
     fn to_enter(&self) -> Vec<String> {
-        self.captured.iter().filter(|(t, m)| **m == CaptureMode::Sync && !self.entered.contains_key(*t)).map(|(t, _)| t.clone()).collect()
+        self.captured
+            .iter()
+            .filter(|(t, c)| c.mode == CaptureMode::Sync && !self.entered.contains_key(*t))
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     /// Forgets (in memory) the gates the position has passed: they filter nothing any more.
@@ -352,5 +357,42 @@ impl Run {
             shown.insert(t, s);
         }
         *self.stats.copying.lock().unwrap_or_else(|p| p.into_inner()) = Some((tbl.to_owned(), rows.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mysql::copy::Captured;
+
+    fn change(tbl: &str, seq: u64) -> Shipped {
+        Shipped { change: Change { seq, tbl: tbl.into(), op: "U".into(), old: None, new: None }, at: 0.0 }
+    }
+
+    #[test]
+    fn a_table_is_copied_only_once_all_its_triggers_are_in_place_and_waits_meanwhile() {
+        let mut e = Entry::default();
+        e.captured.insert("s.half".into(), Captured { mode: CaptureMode::Async, complete: false });
+        e.captured.insert("s.sync".into(), Captured { mode: CaptureMode::Sync, complete: true });
+        assert!(e.to_copy().is_empty(), "an update trigger still missing: a copy then could miss updates");
+        assert!(!e.ships(&change("s.half", 5)), "its changes wait for the copy");
+        assert!(e.ships(&change("s.sync", 5)) && e.to_enter() == ["s.sync"]);
+        e.captured.insert("s.half".into(), Captured { mode: CaptureMode::Async, complete: true });
+        assert_eq!(e.to_copy(), ["s.half"]);
+    }
+
+    #[test]
+    fn after_its_copy_a_table_takes_only_what_the_gate_did_not_see() {
+        let mut e = Entry::default();
+        let gate = Position::default().after(&[1, 2, 4], 0.0); // 3 was open at the snapshot
+        e.entered.insert("s.t".into(), Some(gate));
+        assert!(!e.ships(&change("s.t", 4)) && e.ships(&change("s.t", 3)) && e.ships(&change("s.t", 5)));
+        assert!(e.needs_listing(&[change("s.new", 9)]), "a table never listed is listed before it ships");
+        e.uncaptured.insert("s.new".into(), 9);
+        assert!(!e.needs_listing(&[change("s.new", 9)]) && e.needs_listing(&[change("s.new", 10)]));
+        e.drop_passed(&Position::default().after(&[1, 2], 0.0));
+        assert!(e.entered["s.t"].is_some(), "4, which the copy holds, is still to come");
+        e.drop_passed(&Position::default().after(&[1, 2, 4], 0.0));
+        assert!(e.entered["s.t"].is_none(), "only 3 is left, which the gate lets through anyway");
     }
 }
