@@ -55,11 +55,17 @@ impl Entry {
     /// Whether `s` is applied on the replica: a table that entered by a copy takes the
     /// changes its copy did not see; one waiting for its copy (or refused) takes none (the
     /// copy will hold them); any other table (sync, or no longer captured) takes all.
-    pub fn ships(&self, s: &Shipped) -> bool {
-        match self.entered.get(&s.change.tbl) {
+    /// `copies` says whether the policy in force makes a table async or bounded: a table
+    /// not listed yet is judged by it (a listing of `information_schema.TRIGGERS` can miss a
+    /// table whose triggers are being created, and a change shipped before its table's copy
+    /// meets a replica without the table's rows).
+    pub fn ships(&self, s: &Shipped, copies: &dyn Fn(&str) -> bool) -> bool {
+        let t = &s.change.tbl;
+        match self.entered.get(t) {
             Some(Some(gate)) => !gate.applied(s.change.seq),
             Some(None) => true,
-            None => !self.awaits_copy(&s.change.tbl),
+            None if self.captured.contains_key(t) => !self.awaits_copy(t),
+            None => !copies(t),
         }
     }
 
@@ -152,15 +158,24 @@ impl Run {
     }
 
     /// Lists the primary's capture triggers. A table that entered and is no longer captured
-    /// (it left the policy, or was dropped) is forgotten, so entering again copies it — once
-    /// its gate filters nothing (its queued changes then ship as they are).
+    /// nor async or bounded in the policy (it left the policy, or was dropped) is forgotten,
+    /// so entering again copies it — once its gate filters nothing (its queued changes then
+    /// ship as they are).
     pub(super) async fn list(&self, primary: &mut mysql_async::Conn, replica: &mut ReplicaConn, entry: &mut Entry) -> Result<(), End> {
         entry.captured = self.timed("listing the primary's capture triggers", copy::captured(primary)).await?;
         entry.listed_at = Some(Instant::now());
         entry.uncaptured.retain(|t, _| !entry.captured.contains_key(t));
         entry.refused.retain(|t, _| entry.captured.contains_key(t));
-        let gone: Vec<String> =
-            entry.entered.iter().filter(|(t, gate)| gate.is_none() && !entry.captured.contains_key(*t)).map(|(t, _)| t.clone()).collect();
+        // Judged with the policy too: a listing skips a table whose triggers a concurrent
+        // DDL statement is changing (MariaDB warns "was skipped since its definition is being
+        // modified"); one the policy still makes async or bounded is kept.
+        let copies = &self.config.copies;
+        let gone: Vec<String> = entry
+            .entered
+            .iter()
+            .filter(|(t, gate)| gate.is_none() && !entry.captured.contains_key(*t) && !copies(t))
+            .map(|(t, _)| t.clone())
+            .collect();
         if !gone.is_empty() {
             let sql: String = gone.iter().map(|t| copy::forget_sql(&self.config.origin, t)).collect();
             self.timed("forgetting tables no longer captured", ship::commit_batch(replica.conn(), &sql, "")).await?;
@@ -375,8 +390,11 @@ mod tests {
         e.captured.insert("s.half".into(), Captured { mode: CaptureMode::Async, complete: false });
         e.captured.insert("s.sync".into(), Captured { mode: CaptureMode::Sync, complete: true });
         assert!(e.to_copy().is_empty(), "an update trigger still missing: a copy then could miss updates");
-        assert!(!e.ships(&change("s.half", 5)), "its changes wait for the copy");
-        assert!(e.ships(&change("s.sync", 5)) && e.to_enter() == ["s.sync"]);
+        let none = |_: &str| false;
+        assert!(!e.ships(&change("s.half", 5), &none), "its changes wait for the copy");
+        assert!(e.ships(&change("s.sync", 5), &none) && e.to_enter() == ["s.sync"]);
+        assert!(e.ships(&change("s.gone", 5), &none), "no longer captured nor replicated: its queued changes ship");
+        assert!(!e.ships(&change("s.gone", 5), &|t: &str| t == "s.gone"), "async in the policy, not listed yet: it waits");
         e.captured.insert("s.half".into(), Captured { mode: CaptureMode::Async, complete: true });
         assert_eq!(e.to_copy(), ["s.half"]);
     }
@@ -386,7 +404,8 @@ mod tests {
         let mut e = Entry::default();
         let gate = Position::default().after(&[1, 2, 4], 0.0); // 3 was open at the snapshot
         e.entered.insert("s.t".into(), Some(gate));
-        assert!(!e.ships(&change("s.t", 4)) && e.ships(&change("s.t", 3)) && e.ships(&change("s.t", 5)));
+        let all = |_: &str| true;
+        assert!(!e.ships(&change("s.t", 4), &all) && e.ships(&change("s.t", 3), &all) && e.ships(&change("s.t", 5), &all));
         assert!(e.needs_listing(&[change("s.new", 9)]), "a table never listed is listed before it ships");
         e.uncaptured.insert("s.new".into(), 9);
         assert!(!e.needs_listing(&[change("s.new", 9)]) && e.needs_listing(&[change("s.new", 10)]));

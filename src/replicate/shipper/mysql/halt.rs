@@ -158,7 +158,7 @@ impl Run {
         *tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
         let mut backlog = self.timed("reading the held changes", held::backlog(primary, tbl, h.from_seq, pos)).await?;
         // Changes the table's copy already holds stay out.
-        backlog.retain(|s| entry.ships(s));
+        backlog.retain(|s| entry.ships(s, &*cfg.copies));
         let statements = match ship::statements(&backlog, tables) {
             Ok(s) => s,
             Err(e) => return Ok(Err(format!("{tbl} stays halted: {e}"))),

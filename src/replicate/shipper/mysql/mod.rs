@@ -73,6 +73,10 @@ pub struct MyShipperConfig {
     pub prune_interval: Duration,
     pub conflict_log: Option<PathBuf>,
     pub on_conflict: ConflictPolicy,
+    /// Whether the policy in force makes a table (`schema.table`) async or bounded: a change
+    /// of such a table that the replica has not taken in waits for the table's copy, even
+    /// when the capture triggers were not listed yet (decision 0030).
+    pub copies: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     /// The replica's health: while it is partitioned no replica connection is held (the
     /// shipper waits for it to leave that state instead of timing out operation after
     /// operation). None: not watched.
@@ -101,6 +105,7 @@ impl MyShipperConfig {
             prune_interval: Duration::from_secs(60),
             conflict_log: None,
             on_conflict: Arc::new(|_| crate::policy::DEFAULT_ON_CONFLICT),
+            copies: Arc::new(|_| false),
             health: None,
         }
     }
@@ -295,7 +300,7 @@ impl Run {
             // does it those of a table waiting for its copy (the copy will hold them), and those
             // a table's copy already held.
             let kept: Vec<ship::Shipped> =
-                read.changes.iter().filter(|s| !halted.contains_key(&s.change.tbl) && entry.ships(s)).cloned().collect();
+                read.changes.iter().filter(|s| !halted.contains_key(&s.change.tbl) && entry.ships(s, &*cfg.copies)).cloned().collect();
             let applied = batch::apply(replica.conn(), &cfg.origin, &kept, &tables, &pos, &next, &cfg.on_conflict);
             let prefetch = ship::read_batch(&mut primary, &next, cfg.batch_rows);
             let (outcome, fetched) = match tokio::time::timeout(cfg.deadline, async { tokio::join!(applied, prefetch) }).await {
