@@ -6,12 +6,14 @@
 //! - [`apply`]: row images turned back into statements on a replica;
 //! - [`batched`]: an async batch's statements merged (multi-row INSERT and DELETE, one row-count check);
 //! - [`position`], [`ship`], [`resolve`]: async shipping to a replica, exactly once (decision 0021);
+//! - [`copy`]: the initial copy of a table entering async replication, and its gate;
 //! - [`held`]: a table halted alone on a replica, its changes held until it is resumed;
 //! - [`xa`]: the replica side of a sync commit (XA prepare, commit, recovery).
 
 pub mod apply;
 pub mod batched;
 pub mod capture;
+pub mod copy;
 pub mod held;
 pub mod image;
 pub mod position;

@@ -4,8 +4,8 @@
 //! clear error rather than committed on the primary alone; every write after it (through
 //! capgate, and around it) reaches the replica, and `capgate verify` finds the tables equal.
 //!
-//! MySQL tables are not copied when they enter the policy (decision 0021, "Not yet"): the
-//! rows a table held before the reload must already be on the replica, as here.
+//! The tables here hold the same rows on both sites before the reload; entering the policy,
+//! they are copied to the (one-way) replica all the same (decision 0030).
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -32,7 +32,7 @@ pub(super) fn servers() -> &'static (MariaDb, MariaDb) {
 }
 
 /// capgate in front of the primary, shipping to the replica through `link`, site `west`.
-fn proxy(name: &str, policy: &str, link: &Link) -> (MyProxy, std::path::PathBuf) {
+pub(super) fn proxy(name: &str, policy: &str, link: &Link) -> (MyProxy, std::path::PathBuf) {
     let dir = crate::support::scratch(name);
     std::fs::write(dir.join("policy.toml"), policy).expect("policy");
     let conflicts = dir.join("conflicts.jsonl");
@@ -245,7 +245,7 @@ async fn async_writes_reach_the_replica_once_through_cuts_and_bounded_writes_wai
 }
 
 /// Polls `/status` (bounded) until `table` shows halted on the first replica; returns it.
-async fn halted_in_status(admin: std::net::SocketAddr, table: &str) -> serde_json::Value {
+pub(super) async fn halted_in_status(admin: std::net::SocketAddr, table: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, body) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/status", None)).await.expect("join");
@@ -269,6 +269,9 @@ async fn a_conflict_inside_a_merged_insert_or_delete_is_logged_per_change() {
     let link = link();
     let policy = "default = \"local\"\n[[table]]\nmatch = \"mergedb.m\"\nmode = \"async\"\non_conflict = \"skip\"\n";
     let (p, conflict_log) = proxy("mysql-async-merged", policy, &link);
+    // The table's initial copy (of an empty table) comes first: the replica's own row below
+    // must be written after it, or the copy would replace it (decision 0030).
+    super::async_copy::copied(&p, "mergedb.m").await;
     let mut c = connect(&p.url("capgate", None, "mergedb")).await;
     let replica = &servers().1;
     replica.sql("INSERT INTO mergedb.m VALUES (2, 'replica only')").expect("replica row");
@@ -286,12 +289,21 @@ async fn a_conflict_inside_a_merged_insert_or_delete_is_logged_per_change() {
         assert!(Instant::now() < deadline, "the deletes around the conflict never arrived: {}", replica.sql(rows).expect("rows"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let logged = std::fs::read_to_string(&conflict_log).expect("conflict log");
-    let records: Vec<serde_json::Value> = logged
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .filter(|r: &serde_json::Value| r["tbl"] == "mergedb.m")
-        .collect();
+    // The shipper logs a batch's conflicts once its replica transaction has committed: the
+    // rows can be seen a moment before the log line is written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (logged, records) = loop {
+        let logged = std::fs::read_to_string(&conflict_log).expect("conflict log");
+        let records: Vec<serde_json::Value> = logged
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .filter(|r: &serde_json::Value| r["tbl"] == "mergedb.m")
+            .collect();
+        if records.len() >= 2 || Instant::now() > deadline {
+            break (logged, records);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let seen: Vec<(String, String)> =
         records.iter().map(|r| (r["kind"].to_string(), r["old"]["id"].to_string() + &r["new"]["id"].to_string())).collect();
     assert_eq!(seen, [("\"insert_exists\"".into(), "null2".into()), ("\"delete_missing\"".into(), "3null".into())], "{logged}");

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod async_copy;
 mod async_reload;
 mod async_ship;
 mod auth;

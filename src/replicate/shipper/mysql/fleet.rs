@@ -34,8 +34,14 @@ impl MyFleet {
             c.all_replicas = replicas.clone();
             c.conflict_log = config.conflict_log.clone();
             let policy = policy.clone();
+            let copies = policy.clone();
             c.on_conflict = Arc::new(move |table: &str| on_conflict(&policy, table));
+            c.copies = Arc::new(move |table: &str| {
+                let mode = crate::classify::TableName::parse(table).map(|t| copies.current().decide_table(&t).mode);
+                matches!(mode, Some(crate::policy::Mode::Async { .. } | crate::policy::Mode::Bounded { .. }))
+            });
             c.health = health(&r.name);
+            c.replica_takes_writes = r.takes_writes;
             shippers.insert(r.name.clone(), super::start(c));
         }
         let lag = MyLagMonitor::start(config.primary.url.clone(), replicas.clone(), LAG_REFRESH, Duration::from_secs(10));

@@ -6,13 +6,15 @@
 //! repairs the replica's rows and resumes the table (`capgate resume`, `POST
 //! /tables/<table>/resume`): its held changes are applied in `seq` order in one replica
 //! transaction that also ends the halt. A held change that still does not fit leaves the
-//! table halted, with that error. Nothing is copied (MySQL tables are not copied yet).
+//! table halted, with that error. A table halted because its initial copy was refused is
+//! copied again instead (decision 0030).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::copy::Entry;
 use super::{End, Run};
 use crate::replicate::apply::Conflict;
 use crate::replicate::shipper::{TableState, TableStatus};
@@ -67,13 +69,18 @@ pub type Halted = BTreeMap<String, Halt>;
 impl Run {
     /// At the start of a session: the replica's halted tables, mirrored on the primary (a
     /// halt recorded just before a crash may lack its mirror) and shown in the stats.
-    pub(super) async fn load_halted(&self, primary: &mut mysql_async::Conn, replica: &mut ReplicaConn) -> Result<Halted, End> {
+    pub(super) async fn load_halted(
+        &self,
+        primary: &mut mysql_async::Conn,
+        replica: &mut ReplicaConn,
+        entry: &Entry,
+    ) -> Result<Halted, End> {
         let cfg = &self.config;
         let halted = self.timed("reading the halted tables", held::halted(replica.conn(), &cfg.origin)).await?;
         for (tbl, h) in &halted {
             self.timed("holding a halted table's changes", held::hold(primary, &cfg.replica_name, tbl, h.from_seq)).await?;
         }
-        self.show(&halted);
+        self.show(&halted, entry);
         Ok(halted)
     }
 
@@ -84,6 +91,7 @@ impl Run {
         primary: &mut mysql_async::Conn,
         replica: &mut ReplicaConn,
         halted: &mut Halted,
+        entry: &Entry,
         batch: &[Shipped],
         conflict: &Conflict,
     ) -> Result<(), End> {
@@ -97,7 +105,7 @@ impl Run {
         self.timed("recording a halted table", held::halt(replica.conn(), &cfg.origin, &tbl, &h)).await?;
         tracing::error!(replica = %cfg.replica_name, table = %tbl, from_seq, "shipper: {}; this table stops until resumed (`capgate resume --replica {} --table {tbl}`), the others go on", h.error, cfg.replica_name);
         halted.insert(tbl, h);
-        self.show(halted);
+        self.show(halted, entry);
         Ok(())
     }
 
@@ -108,33 +116,49 @@ impl Run {
         replica: &mut ReplicaConn,
         halted: &mut Halted,
         tables: &mut Tables,
+        entry: &mut Entry,
         pos: &Position,
     ) -> Result<(), End> {
         loop {
             let Ok(request) = self.commands.lock().await.try_recv() else { return Ok(()) };
-            let answer = self.resume(primary, replica, halted, tables, pos, &request.table).await?;
+            let answer = self.resume(primary, replica, halted, tables, entry, pos, &request.table).await?;
             let _ = request.done.send(answer);
         }
     }
 
-    /// Applies `tbl`'s held changes and ends its halt, in one replica transaction. The
-    /// outer error ends the session (the link failed); the inner one is the operator's answer.
+    /// Applies `tbl`'s held changes and ends its halt, in one replica transaction; a table
+    /// whose copy was refused is copied instead. The outer error ends the session (the link
+    /// failed); the inner one is the operator's answer.
+    #[allow(clippy::too_many_arguments)]
     async fn resume(
         &self,
         primary: &mut mysql_async::Conn,
         replica: &mut ReplicaConn,
         halted: &mut Halted,
         tables: &mut Tables,
+        entry: &mut Entry,
         pos: &Position,
         tbl: &str,
     ) -> Result<Result<(), String>, End> {
         let cfg = &self.config;
         let Some(h) = halted.get(tbl).cloned() else {
+            if entry.refused.contains_key(tbl) {
+                // Its copy was refused: the operator has fixed the replica; copy again.
+                let copied = self.copy_table(primary, replica, entry, tbl, pos).await?;
+                if let Err(why) = &copied {
+                    entry.refused.insert(tbl.to_owned(), why.clone());
+                }
+                *tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
+                self.show(halted, entry);
+                return Ok(copied.map_err(|why| format!("{tbl} stays halted: {why}")));
+            }
             return Ok(Err(format!("{tbl} is not halted on replica `{}`", cfg.replica_name)));
         };
         // The operator may have created a table or column since.
         *tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
-        let backlog = self.timed("reading the held changes", held::backlog(primary, tbl, h.from_seq, pos)).await?;
+        let mut backlog = self.timed("reading the held changes", held::backlog(primary, tbl, h.from_seq, pos)).await?;
+        // Changes the table's copy already holds stay out.
+        backlog.retain(|s| entry.ships(s, &*cfg.copies));
         let statements = match ship::statements(&backlog, tables) {
             Ok(s) => s,
             Err(e) => return Ok(Err(format!("{tbl} stays halted: {e}"))),
@@ -149,20 +173,22 @@ impl Run {
             Err(_) => return Err(End::Failed(format!("resuming {tbl} did not finish within {:?}", cfg.deadline))),
         }
         halted.remove(tbl);
-        self.show(halted);
+        self.show(halted, entry);
         self.timed("releasing the held changes", held::release(primary, &cfg.replica_name, tbl)).await?;
         tracing::info!(replica = %cfg.replica_name, table = %tbl, changes = backlog.len(), "shipper: table resumed, its held changes applied");
         Ok(Ok(()))
     }
 
-    /// Publishes the halted tables (with their errors) in the stats.
-    fn show(&self, halted: &Halted) {
-        let states = halted
-            .iter()
-            .map(|(t, h)| {
-                (t.clone(), TableStatus { state: TableState::Halted, snapshot: None, error: Some(h.error.clone()), copied_rows: None })
-            })
-            .collect();
+    /// Publishes the tables the replica has taken in, those whose copy was refused, and the
+    /// halted ones (with their errors) in the stats.
+    pub(super) fn show(&self, halted: &Halted, entry: &Entry) {
+        let mut states = entry.statuses();
+        for (t, h) in halted {
+            states.insert(
+                t.clone(),
+                TableStatus { state: TableState::Halted, snapshot: None, error: Some(h.error.clone()), copied_rows: None },
+            );
+        }
         *self.stats.tables.lock().unwrap_or_else(|p| p.into_inner()) = states;
     }
 }

@@ -12,12 +12,15 @@
 //! - **Conflicts** are recorded with both images and the replica's row and resolved by the
 //!   table's `on_conflict`; `halt` stops that table alone, its changes held until an operator
 //!   resumes it ([`halt`]);
+//! - **Tables entering** an async or bounded rule are copied at a consistent snapshot, then
+//!   get only the changes the copy did not see ([`copy`], decision 0030);
 //! - **Lag** ([`fleet`]) is computed from the primary alone, by every process.
 //!
 //! Shared with the PostgreSQL shipper: [`ShipperStats`], [`Phase`], [`Lag`], the conflict
 //! record and log ([`super::conflicts`]).
 
 mod batch;
+mod copy;
 pub mod fleet;
 pub mod halt;
 
@@ -58,6 +61,9 @@ pub struct MyShipperConfig {
     pub poll_interval: Duration,
     /// How often a shipper without the lock tries to take it.
     pub lock_poll: Duration,
+    /// The replica's site takes writes of its own (`takes_writes`): a copy never empties its
+    /// table (decision 0030; the replica's own capture triggers say so too).
+    pub replica_takes_writes: bool,
     /// Upper bound on any one operation; a silent partition ends there.
     pub deadline: Duration,
     pub backoff_min: Duration,
@@ -67,6 +73,10 @@ pub struct MyShipperConfig {
     pub prune_interval: Duration,
     pub conflict_log: Option<PathBuf>,
     pub on_conflict: ConflictPolicy,
+    /// Whether the policy in force makes a table (`schema.table`) async or bounded: a change
+    /// of such a table that the replica has not taken in waits for the table's copy, even
+    /// when the capture triggers were not listed yet (decision 0030).
+    pub copies: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     /// The replica's health: while it is partitioned no replica connection is held (the
     /// shipper waits for it to leave that state instead of timing out operation after
     /// operation). None: not watched.
@@ -87,6 +97,7 @@ impl MyShipperConfig {
             batch_bytes: 4 << 20,
             poll_interval: Duration::from_millis(100),
             lock_poll: Duration::from_secs(1),
+            replica_takes_writes: false,
             deadline: Duration::from_secs(30),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -94,6 +105,7 @@ impl MyShipperConfig {
             prune_interval: Duration::from_secs(60),
             conflict_log: None,
             on_conflict: Arc::new(|_| crate::policy::DEFAULT_ON_CONFLICT),
+            copies: Arc::new(|_| false),
             health: None,
         }
     }
@@ -214,6 +226,7 @@ impl Run {
         let rc = replica.conn();
         self.timed("installing capgate's functions on the replica", apply::install(rc)).await?;
         let mut pos = self.timed("reading the replica's position", ship::replica_position(rc, &cfg.origin)).await?;
+        let mut entry = self.load_entry(&mut primary, &mut replica, &pos).await?;
         if pos == Position::default() {
             if let Some(start) = self.timed("finding the oldest change", ship::fresh_start(&mut primary)).await? {
                 let advance = ship::advance_sql(&cfg.origin, &pos, &start);
@@ -222,7 +235,7 @@ impl Run {
             }
         }
         let mut tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
-        let mut halted = self.load_halted(&mut primary, &mut replica).await?;
+        let mut halted = self.load_halted(&mut primary, &mut replica, &entry).await?;
         self.note(&mut primary, &pos).await?;
         self.stats.set_phase(Phase::Running);
         tracing::info!(replica = %cfg.replica_name, origin = %cfg.origin, high = pos.high, holes = pos.holes.len(), "shipper: holds the lock, shipping");
@@ -231,7 +244,16 @@ impl Run {
         // The next batch, read on the primary while the replica applied the previous one.
         let mut prefetched: Option<ship::Batch> = None;
         loop {
-            self.take_requests(&mut primary, &mut replica, &mut halted, &mut tables, &pos).await?;
+            self.take_requests(&mut primary, &mut replica, &mut halted, &mut tables, &mut entry, &pos).await?;
+            // Tables entering replication are copied between two batches.
+            let known = (entry.entered.len(), entry.refused.len());
+            self.list_if_due(&mut primary, &mut replica, &mut entry).await?;
+            if self.enter_tables(&mut primary, &mut replica, &mut entry, &pos).await? {
+                tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
+                self.show(&halted, &entry);
+            } else if known != (entry.entered.len(), entry.refused.len()) {
+                self.show(&halted, &entry);
+            }
             if !pos.holes.is_empty() && last_holes.elapsed().as_secs_f64() >= HOLE_SETTLE_SECS {
                 last_holes = Instant::now();
                 // Without the PROCESS privilege holes stay (shipping goes on; they are looked up).
@@ -271,8 +293,14 @@ impl Run {
             if next.holes.len() > MAX_HOLES && pos.holes.len() <= MAX_HOLES {
                 tracing::warn!(replica = %cfg.replica_name, holes = next.holes.len(), "shipper: many numbers of capgate.changes are missing (auto_increment_increment above 1 on the primary?); each is looked up until it is dropped");
             }
-            // A halted table's changes are held on the primary: the position passes them.
-            let kept: Vec<ship::Shipped> = read.changes.iter().filter(|s| !halted.contains_key(&s.change.tbl)).cloned().collect();
+            if entry.needs_listing(&read.changes) {
+                self.list_for(&mut primary, &mut replica, &mut entry, &read.changes).await?;
+            }
+            // A halted table's changes are held on the primary: the position passes them; so
+            // does it those of a table waiting for its copy (the copy will hold them), and those
+            // a table's copy already held.
+            let kept: Vec<ship::Shipped> =
+                read.changes.iter().filter(|s| !halted.contains_key(&s.change.tbl) && entry.ships(s, &*cfg.copies)).cloned().collect();
             let applied = batch::apply(replica.conn(), &cfg.origin, &kept, &tables, &pos, &next, &cfg.on_conflict);
             let prefetch = ship::read_batch(&mut primary, &next, cfg.batch_rows);
             let (outcome, fetched) = match tokio::time::timeout(cfg.deadline, async { tokio::join!(applied, prefetch) }).await {
@@ -296,7 +324,7 @@ impl Run {
                     // Nothing of the batch committed: halt that table, then apply the batch
                     // again without it.
                     super::conflicts::record(&self.stats, &cfg.replica_name, cfg.conflict_log.as_deref(), &c);
-                    self.halt(&mut primary, &mut replica, &mut halted, &kept, &c).await?;
+                    self.halt(&mut primary, &mut replica, &mut halted, &entry, &kept, &c).await?;
                     prefetched = Some(read);
                     continue;
                 }
@@ -311,6 +339,7 @@ impl Run {
                 }
             }
             pos = next;
+            entry.drop_passed(&pos);
             self.note(&mut primary, &pos).await?;
         }
     }
