@@ -5,6 +5,7 @@
 use crate::async_mode::{async_proxy, drained, shipping};
 use crate::replication::{on_both, own_link, primary_rows, proxy, replica_rows, verify_equal, verify_equal_for};
 use crate::support::connect;
+use std::time::Duration;
 
 const POLICY: &str = "default = \"local\"\n[[table]]\nmatch = \"public.sv_*\"\nmode = \"sync\"\n";
 
@@ -46,7 +47,12 @@ async fn generated_keys_and_time_reach_the_replica_with_the_primary_values() {
         t.await.unwrap();
     }
     assert_eq!(primary_rows("SELECT count(*), count(DISTINCT id) FROM sv_orders").await, vec!["40|40"]);
-    assert_eq!(replica_rows("SELECT count(*) FROM sv_events").await, vec!["12"]);
+    // A sync commit answers once the primary has committed; the replica's COMMIT PREPARED
+    // follows off the client's path.
+    crate::replication::wait_until("the replica's 12 events", Duration::from_secs(10), async || {
+        replica_rows("SELECT count(*) FROM sv_events").await == vec!["12"]
+    })
+    .await;
     verify_equal(&["public.sv_orders", "public.sv_events"]).await;
 }
 
