@@ -61,6 +61,20 @@ fn slot(port: u16) -> Arc<ReplicaSlot> {
 
 /// Fresh `cgsync.acct` on both servers with the same rows, capture installed.
 pub(super) async fn setup() -> (Policy, mysql_async::Conn) {
+    // A refused commit's branch stays prepared until capgate's recovery resolves it; a test
+    // that ended first (its capgate gone) leaves it holding its locks, and the DROP below
+    // would wait on them (ERROR 1205) in every later test. Every caller holds SERVER.
+    for db in [primary(), replica()] {
+        for line in db.sql("XA RECOVER").expect("xa recover").lines() {
+            if let [format, gtrid, bqual, data] = line.split('\t').collect::<Vec<_>>()[..] {
+                let (g, b): (usize, usize) = (gtrid.parse().expect("gtrid length"), bqual.parse().expect("bqual length"));
+                let hex = |bytes: &[u8]| bytes.iter().map(|x| format!("{x:02x}")).collect::<String>();
+                let data = data.as_bytes();
+                let xid = format!("X'{}', X'{}', {format}", hex(&data[..g]), hex(&data[g..g + b]));
+                db.sql(&format!("XA ROLLBACK {xid}")).expect("roll back a leftover branch");
+            }
+        }
+    }
     let ddl = "DROP DATABASE IF EXISTS cgsync; CREATE DATABASE cgsync; \
                CREATE TABLE cgsync.acct (id INT PRIMARY KEY, bal INT NOT NULL, note VARCHAR(20)); \
                INSERT INTO cgsync.acct VALUES (1, 100, 'a'), (2, 200, 'b')";

@@ -36,10 +36,12 @@ async fn a_cut_replica_refuses_the_commit_and_nothing_commits() {
     let text = format!(
         "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
          [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable&connect_timeout=1\"\n\
-         partition_latency = \"100ms\"\nheartbeat_timeout = \"200ms\"\n",
+         partition_latency = \"100ms\"\nheartbeat_timeout = \"400ms\"\n",
         primary().port(),
         link.addr().port()
     );
+    // The prepare deadline is five times the larger of the two (2 s): a new replica
+    // connection and its XA round trips must fit in it on a loaded machine.
     let p = MyProxy::start_config(&text, &dir);
     let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
     c.query_drop("UPDATE acct SET bal = 1 WHERE id = 1").await.expect("through the link");
