@@ -407,15 +407,16 @@ mod tests {
         }
     }
 
+    /// A policy with `shop.orders` sync, the search path `shop`, an empty catalog.
+    fn shop() -> (Policy, SearchPath, crate::classify::Catalog) {
+        let text = "default = \"local\"\n[[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\n";
+        let policy = Policy::parse(text, std::path::Path::new("policy.toml")).expect("policy");
+        (policy, SearchPath::new(["shop".to_owned()]), crate::classify::Catalog::new())
+    }
+
     #[test]
     fn statements_that_cannot_be_aligned_are_judged_by_kind() {
-        let policy = Policy::parse(
-            "default = \"local\"\n[[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\n",
-            std::path::Path::new("policy.toml"),
-        )
-        .expect("policy");
-        let path = SearchPath::new(["shop".to_owned()]);
-        let catalog = crate::classify::Catalog::new();
+        let (policy, path, catalog) = shop();
         let judged = |sql: &str| {
             let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
             let texts = statement_texts(sql, &path, &c);
@@ -446,13 +447,7 @@ mod tests {
 
     #[test]
     fn texts_and_messages() {
-        let policy = Policy::parse(
-            "default = \"local\"\n[[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\n",
-            std::path::Path::new("policy.toml"),
-        )
-        .expect("policy");
-        let path = SearchPath::new(["shop".to_owned()]);
-        let catalog = crate::classify::Catalog::new();
+        let (policy, path, catalog) = shop();
         let refused = |sql: &str| {
             let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
             let texts = statement_texts(sql, &path, &c);
