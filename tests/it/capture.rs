@@ -106,8 +106,8 @@ async fn changes_are_row_images_recorded_in_the_writers_transaction() {
     type Change = (String, String, Option<String>, Option<String>, bool);
     let got: Vec<Change> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
     assert_eq!(got.len(), 5, "the rolled-back insert is not there: {got:#?}");
-    // The settings that would change a value are fixed; bytea_output changes only the text.
-    let insert = r#"{"id":1,"at":"2024-02-29T23:59:59.123456+00:00","d":"1 day 02:03:04","f":0.1,"b":"\\000\\377"}"#;
+    // The settings that would change a value (or its text) are fixed.
+    let insert = r#"{"id":1,"at":"2024-02-29T23:59:59.123456+00:00","d":"1 day 02:03:04","f":0.1,"b":"\\x00ff"}"#;
     assert_eq!(got[0], ("cap.async_views".into(), "I".into(), None, Some(insert.into()), false));
     assert_eq!(got[1].1, "U");
     assert_eq!(got[1].2.as_deref(), Some(insert));
@@ -118,6 +118,37 @@ async fn changes_are_row_images_recorded_in_the_writers_transaction() {
     // The client's own settings are untouched after the trigger ran.
     let tz: String = client.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
     assert_eq!(tz, "Pacific/Kiritimati");
+}
+
+#[tokio::test]
+async fn a_latest_tables_row_has_one_record_whatever_the_writers_settings() {
+    // `capgate.latest` is keyed by the key's JSON text, which another site's changes are
+    // compared with: a bytea or timestamptz key must print the same from every session.
+    let client = setup("capture_latest_keys").await;
+    client
+        .batch_execute(
+            "CREATE TABLE cap.likes (k bytea, at timestamptz, n int NOT NULL DEFAULT 0, PRIMARY KEY (k, at));
+             INSERT INTO cap.likes VALUES ('\\x00ff', '2026-12-04 11:00:00+00');",
+        )
+        .await
+        .unwrap();
+    let policy = Policy::parse(
+        "default = \"local\"\n[[table]]\nmatch = \"cap.likes\"\nmode = \"async\"\non_conflict = \"latest\"\n",
+        std::path::Path::new("p.toml"),
+    )
+    .unwrap();
+    reconcile(&client, &policy).await.expect("reconcile");
+    for settings in [
+        "SET TimeZone = 'UTC'; SET bytea_output = 'hex'",
+        "SET TimeZone = 'UTC'; SET bytea_output = 'escape'",
+        "SET TimeZone = 'Asia/Kolkata'; SET bytea_output = 'escape'",
+        "SET TimeZone = 'America/New_York'; SET bytea_output = 'hex'; SET DateStyle = 'SQL, DMY'",
+    ] {
+        client.batch_execute(&format!("{settings}; UPDATE cap.likes SET n = n + 1; RESET ALL")).await.unwrap();
+    }
+    let keys: Vec<String> =
+        client.query("SELECT key::text FROM capgate.latest WHERE tbl = 'cap.likes'", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(keys, vec![r#"["\\x00ff", "2026-12-04T11:00:00+00:00"]"#.to_owned()], "one record for the one row");
 }
 
 #[tokio::test]

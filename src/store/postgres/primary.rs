@@ -159,8 +159,9 @@ CREATE TABLE IF NOT EXISTS capgate.capture_since (
 ///   writer's session settings: when they would print a value differently (a non-ISO
 ///   DateStyle, another IntervalStyle, rounded floats, a money locale), the images come from
 ///   `capgate.row_image`, whose `SET` clauses fix them; otherwise the trigger skips that cost
-///   (decision 0025). TimeZone and bytea_output change the text, never the value. A sync table changed outside a
-///   capgate session (`capgate.session` not `on`: a DBA's psql, a cron job) is captured as
+///   (decision 0025). TimeZone and bytea_output change the text, never the value (a `latest`
+///   table's key text is compared across sites, so there they are fixed too). A sync table
+///   changed outside a capgate session (`capgate.session` not `on`: a DBA's psql, a cron job) is captured as
 ///   async: it is shipped later, and counted.
 /// - `capgate.sync_buffer()`: creates, once per session (again after a `DISCARD`), the
 ///   temporary table `pg_temp.capgate_sync_changes` (`ON COMMIT DELETE ROWS`) where a capgate
@@ -231,7 +232,7 @@ CREATE OR REPLACE FUNCTION capgate.row_image(p_row anyelement) RETURNS json
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO' SET "IntervalStyle" = 'postgres'
-SET extra_float_digits = 1 SET lc_monetary = 'C'
+SET extra_float_digits = 1 SET lc_monetary = 'C' SET bytea_output = 'hex'
 AS $fn$ SELECT pg_catalog.row_to_json(p_row) $fn$;
 
 CREATE OR REPLACE FUNCTION capgate.capture() RETURNS trigger
@@ -287,12 +288,14 @@ BEGIN
     v_proxied := pg_catalog.current_setting('capgate.session', true) IS NOT DISTINCT FROM 'on';
     v_tbl := coalesce(TG_ARGV[1], pg_catalog.quote_ident(TG_TABLE_SCHEMA) || '.' || pg_catalog.quote_ident(TG_TABLE_NAME));
     v_first := false;
-    -- As above; under `latest` also UTC, as the key's text is compared across sites.
+    -- As above; under `latest` also UTC and hex bytea, as the key's text is compared across
+    -- sites (`capgate.latest` is keyed by it).
     v_plain := pg_catalog.current_setting('DateStyle') LIKE 'ISO,%'
         AND pg_catalog.current_setting('IntervalStyle') = 'postgres'
         AND pg_catalog.current_setting('extra_float_digits')::int > 0
         AND pg_catalog.current_setting('lc_monetary') IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
-        AND (TG_ARGV[0] <> 'latest' OR pg_catalog.current_setting('TimeZone') = 'UTC');
+        AND (TG_ARGV[0] <> 'latest' OR (pg_catalog.current_setting('TimeZone') = 'UTC'
+                                        AND pg_catalog.current_setting('bytea_output') = 'hex'));
     IF TG_OP = 'INSERT' THEN
         v_op := 'I';
         v_new := CASE WHEN v_plain THEN pg_catalog.row_to_json(NEW) ELSE capgate.row_image(NEW) END;
