@@ -113,6 +113,13 @@ async fn a_write_reaches_the_other_site_once_and_never_comes_back() {
     })
     .await;
 
+    // A sync commit's COMMIT PREPARED follows the client's answer: read its rows on the peer
+    // once it has landed.
+    let prepared = "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()";
+    wait_until("the sync commits' prepared branches resolved", Duration::from_secs(60), async || {
+        rows(&a_url, prepared).await == ["0"] && rows(&b_url, prepared).await == ["0"]
+    })
+    .await;
     // No echo: each site shipped its own 11 async changes and nothing it applied from the
     // other (applied rows are not captured: the apply session runs with
     // session_replication_role = replica); sync rows were prepared on the peer, not captured.
