@@ -57,6 +57,14 @@ pub(crate) fn site_with(site: &str, primary: &PgServer, peer: &str, link: &Link,
     Proxy::start_config(&text, &dir)
 }
 
+/// Wait until each site sees the other healthy: until a capgate's first connection to its
+/// peer is up, a sync write there is refused as if the peer were cut off (under load that
+/// connection took longer than the 500 ms `partition_latency`).
+async fn paired(east: &Proxy, west: &Proxy) {
+    crate::quorum::state_is(east.admin.expect("admin"), "west", "healthy").await;
+    crate::quorum::state_is(west.admin.expect("admin"), "east", "healthy").await;
+}
+
 /// `/status`'s document of the (only) peer's shipper.
 pub(crate) async fn shipper(proxy: &Proxy) -> serde_json::Value {
     let admin = proxy.admin.expect("admin");
@@ -90,6 +98,7 @@ async fn a_write_reaches_the_other_site_once_and_never_comes_back() {
         .await;
     }
 
+    paired(&east, &west).await;
     let (e, w) = (connect(&east.url("postgres", DB)).await, connect(&west.url("postgres", DB)).await);
     for i in 1..=10 {
         e.execute("INSERT INTO aa_async VALUES ($1, 'east')", &[&i]).await.unwrap();
@@ -146,6 +155,7 @@ async fn a_cross_site_deadlock_on_a_sync_row_ends_with_one_retryable_error() {
     let (to_west, to_east) = (link_to(bed().b_replica()), link_to(bed().a_primary()));
     let east = site("east", bed().a_primary(), "west", &to_west);
     let west = site("west", bed().b_replica(), "east", &to_east);
+    paired(&east, &west).await;
     let (e, w) = (connect(&east.url("postgres", DB)).await, connect(&west.url("postgres", DB)).await);
     // A first sync commit each way (each capgate has reached the other site).
     e.batch_execute("INSERT INTO aa_sync VALUES (1, 'start')").await.unwrap();
