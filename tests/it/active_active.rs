@@ -57,6 +57,14 @@ pub(crate) fn site_with(site: &str, primary: &PgServer, peer: &str, link: &Link,
     Proxy::start_config(&text, &dir)
 }
 
+/// Wait until each site sees the other healthy: until a capgate's first connection to its
+/// peer is up, a sync write there is refused as if the peer were cut off (under load that
+/// connection took longer than the 500 ms `partition_latency`).
+async fn paired(east: &Proxy, west: &Proxy) {
+    crate::quorum::state_is(east.admin.expect("admin"), "west", "healthy").await;
+    crate::quorum::state_is(west.admin.expect("admin"), "east", "healthy").await;
+}
+
 /// `/status`'s document of the (only) peer's shipper.
 pub(crate) async fn shipper(proxy: &Proxy) -> serde_json::Value {
     let admin = proxy.admin.expect("admin");
@@ -90,6 +98,7 @@ async fn a_write_reaches_the_other_site_once_and_never_comes_back() {
         .await;
     }
 
+    paired(&east, &west).await;
     let (e, w) = (connect(&east.url("postgres", DB)).await, connect(&west.url("postgres", DB)).await);
     for i in 1..=10 {
         e.execute("INSERT INTO aa_async VALUES ($1, 'east')", &[&i]).await.unwrap();
@@ -113,6 +122,13 @@ async fn a_write_reaches_the_other_site_once_and_never_comes_back() {
     })
     .await;
 
+    // A sync commit's COMMIT PREPARED follows the client's answer: read its rows on the peer
+    // once it has landed.
+    let prepared = "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()";
+    wait_until("the sync commits' prepared branches resolved", Duration::from_secs(60), async || {
+        rows(&a_url, prepared).await == ["0"] && rows(&b_url, prepared).await == ["0"]
+    })
+    .await;
     // No echo: each site shipped its own 11 async changes and nothing it applied from the
     // other (applied rows are not captured: the apply session runs with
     // session_replication_role = replica); sync rows were prepared on the peer, not captured.
@@ -139,6 +155,7 @@ async fn a_cross_site_deadlock_on_a_sync_row_ends_with_one_retryable_error() {
     let (to_west, to_east) = (link_to(bed().b_replica()), link_to(bed().a_primary()));
     let east = site("east", bed().a_primary(), "west", &to_west);
     let west = site("west", bed().b_replica(), "east", &to_east);
+    paired(&east, &west).await;
     let (e, w) = (connect(&east.url("postgres", DB)).await, connect(&west.url("postgres", DB)).await);
     // A first sync commit each way (each capgate has reached the other site).
     e.batch_execute("INSERT INTO aa_sync VALUES (1, 'start')").await.unwrap();

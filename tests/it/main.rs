@@ -34,6 +34,7 @@ mod quorum;
 mod replication;
 mod sync_faults;
 mod sync_sql;
+mod sync_stress;
 mod sync_values;
 mod three_sites;
 mod tls;

@@ -42,7 +42,10 @@ pub(crate) fn own_link() -> Link {
 }
 
 /// A proxy for site A with `policy` (TOML), replicating to site B through `link`; the
-/// capgate schema is installed on the primary first.
+/// capgate schema is installed on the primary first. Returns once capgate has seen the replica
+/// healthy: until its first connection through the link is up, a sync write is refused as if
+/// the replica were cut off (under load that first connection took longer than the 500 ms
+/// `partition_latency`, and the first write was refused with 55000).
 pub(crate) async fn proxy(name: &str, policy: &str, link: &Link, replica_extra: &str) -> Proxy {
     let client = connect(&bed().a_primary_url()).await;
     capgate::store::postgres::primary::install_primary(&client).await.unwrap();
@@ -51,12 +54,14 @@ pub(crate) async fn proxy(name: &str, policy: &str, link: &Link, replica_extra: 
     let b = bed();
     let replica_url = format!("postgres://postgres@127.0.0.1:{}/postgres", link.addr().port());
     let text = format!(
-        "site = \"a\"\nlisten = \"127.0.0.1:0\"\npolicy = \"{}\"\nrecovery_grace = \"5s\"\n\n[primary]\nurl = \"{}?sslmode=disable\"\n\n[[replicas]]\nname = \"b\"\nurl = \"{}?sslmode=disable&connect_timeout=2\"\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\n{replica_extra}\n",
+        "site = \"a\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\npolicy = \"{}\"\nrecovery_grace = \"5s\"\n\n[primary]\nurl = \"{}?sslmode=disable\"\n\n[[replicas]]\nname = \"b\"\nurl = \"{}?sslmode=disable&connect_timeout=2\"\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\n{replica_extra}\n",
         dir.join("policy.toml").display(),
         b.a_primary_url(),
         replica_url
     );
-    Proxy::start_config(&text, &dir)
+    let p = Proxy::start_config(&text, &dir);
+    crate::quorum::state_is(p.admin.expect("the admin listener is configured"), "b", "healthy").await;
+    p
 }
 
 /// Rows of `sql` as text, on one site.
@@ -94,15 +99,7 @@ pub(crate) async fn verify_equal(tables: &[&str]) {
 /// [`verify_equal`] as site `site` sees it (its replica's applied position is the consistent
 /// point).
 pub(crate) async fn verify_equal_for(site: &str, tables: &[&str]) {
-    let start = Instant::now();
-    loop {
-        let left = replica_rows("SELECT gid || ' prepared ' || prepared FROM pg_prepared_xacts").await;
-        if left.is_empty() {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "prepared transactions still unresolved on the replica: {left:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    replica_settled().await;
     let b = bed();
     let text = format!(
         "site = \"{site}\"\n[primary]\nurl = \"{}?sslmode=disable\"\n[[replicas]]\nname = \"b\"\nurl = \"{}?sslmode=disable\"\n",
@@ -116,7 +113,24 @@ pub(crate) async fn verify_equal_for(site: &str, tables: &[&str]) {
     assert_eq!(report.exit_code(), 0, "{}", report.render());
 }
 
-/// Wait (bounded) until the replica's health, as capgate sees it, is `state`.
+/// Wait (bounded) until the replica holds no prepared transaction in this database (the other
+/// modules' databases have their own): every sync commit the client saw succeed is then
+/// committed there too. A sync commit answers the client once the primary committed; the
+/// replica's COMMIT PREPARED follows off the client's path, so a replica read right after the
+/// client's last commit may not see it yet.
+pub(crate) async fn replica_settled() {
+    let start = Instant::now();
+    loop {
+        let left = replica_rows("SELECT gid || ' prepared ' || prepared FROM pg_prepared_xacts WHERE database = current_database()").await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "prepared transactions still unresolved on the replica: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait (bounded, `timeout`) until `check` holds; `what` names it when it never does.
 pub(crate) async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !check().await {
@@ -170,8 +184,11 @@ async fn sync_writes_commit_on_both_sites_or_nowhere() {
     app.batch_execute("COMMIT").await.unwrap();
 
     let want = vec!["1|70|one".to_owned(), "2|230|two".to_owned(), "3|1|many, updated".to_owned()];
-    assert_eq!(primary_rows("SELECT id, balance, note FROM sy_acct ORDER BY id").await, want);
-    assert_eq!(replica_rows("SELECT id, balance, note FROM sy_acct ORDER BY id").await, want);
+    assert_eq!(primary_rows("SELECT id, balance, note FROM sy_acct ORDER BY id").await, want, "on the primary");
+    // The last commit's COMMIT PREPARED may still be on its way (it follows the client's
+    // answer): read the replica once it has landed.
+    replica_settled().await;
+    assert_eq!(replica_rows("SELECT id, balance, note FROM sy_acct ORDER BY id").await, want, "on the replica");
     assert_eq!(replica_rows("SELECT count(*) FROM lo_sync_log").await, vec!["0"], "local tables stay local");
     assert_eq!(primary_rows("SELECT count(*) FROM lo_sync_log").await, vec!["1"]);
     verify_equal(&["public.sy_acct"]).await;
