@@ -256,6 +256,7 @@ pub fn mysql(data: &[u8]) {
         assert_eq!(round.as_deref(), Some(&payload[..]), "a payload did not frame back to itself");
         let _ = Command::parse(&payload).reply();
         let _ = parse_kill(&payload);
+        let _ = capgate::frontend::mysql::admin_sql::find(&payload, u16::from(*mode) << 8);
         let _ = Greeting::parse(&payload).map(|g| g.with_caps(u64::MAX));
         let _ = (is_ssl_request(&payload), client_caps(&payload));
         if let Ok(r) = Response::parse(&payload) {

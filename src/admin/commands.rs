@@ -15,7 +15,8 @@
 //!
 //! Protocol-neutral: [`parse`] reads the text, [`run`] checks the user against
 //! `admin_users` and answers with a [`ResultTable`]; each front end encodes it (and an
-//! [`AdminError`] as its permission or syntax error).
+//! [`AdminError`] as its permission or syntax error). The one thing that differs between the
+//! ports is how `CAPGATE VERIFY` reads a table name ([`Names`]).
 
 use super::table::{ColumnType as T, ResultTable, Value};
 use super::{conflicts, status, AdminError, AdminState};
@@ -50,6 +51,16 @@ pub enum Command {
     Help,
 }
 
+/// How `CAPGATE VERIFY` reads its table name: as the port's database does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Names<'a> {
+    /// PostgreSQL: unquoted names fold to lower case, `public` when unqualified.
+    Postgres,
+    /// MySQL / MariaDB: backticks or double quotes, no case folding, the session's current
+    /// database (`USE`) when unqualified.
+    MySql { database: Option<&'a str> },
+}
+
 /// Whether `sql` is meant for capgate (`SHOW CAPGATE …` or `CAPGATE …`).
 pub fn is_admin_command(sql: &str) -> bool {
     is_admin_text(sql.as_bytes())
@@ -75,8 +86,14 @@ fn usage() -> String {
     format!("capgate admin commands: {}", list.join("; "))
 }
 
-/// Parse an admin command (one for which [`is_admin_command`] holds).
+/// Parse an admin command (one for which [`is_admin_command`] holds), names as PostgreSQL
+/// reads them.
 pub fn parse(sql: &str) -> Result<Command, AdminError> {
+    parse_with(sql, Names::Postgres)
+}
+
+/// [`parse`], reading a table name as `names` says.
+pub fn parse_with(sql: &str, names: Names<'_>) -> Result<Command, AdminError> {
     let text = sql.trim().trim_end_matches(';').trim();
     let words: Vec<&str> = text.split_ascii_whitespace().collect();
     let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
@@ -94,25 +111,42 @@ pub fn parse(sql: &str) -> Result<Command, AdminError> {
             _ => Err(AdminError::Syntax(format!("SHOW CAPGATE CONFLICTS LIMIT takes a number from 1 to 10000, found `{n}`"))),
         },
         ["CAPGATE", "RELOAD"] => Ok(Command::Reload),
-        ["CAPGATE", "VERIFY"] => Err(AdminError::Syntax("CAPGATE VERIFY needs a table: CAPGATE VERIFY public.accounts".into())),
+        ["CAPGATE", "VERIFY"] => {
+            let example = if names == Names::Postgres { "public.accounts" } else { "shop.accounts" };
+            Err(AdminError::Syntax(format!("CAPGATE VERIFY needs a table: CAPGATE VERIFY {example}")))
+        }
         ["CAPGATE", "VERIFY", ..] => {
             // The table name keeps its case and quotes: take it from the original text.
             let rest = text[text.to_ascii_uppercase().find("VERIFY").map_or(0, |i| i + "VERIFY".len())..].trim();
-            verify::parse_table_name(rest).map(Command::Verify).map_err(|e| AdminError::Syntax(format!("CAPGATE VERIFY: {e}")))
+            table_name(rest, names).map(Command::Verify).map_err(|e| AdminError::Syntax(format!("CAPGATE VERIFY: {e}")))
         }
         _ => Err(bad()),
     }
 }
 
-/// Run `sql` for `user`: refused unless the user is in `admin_users`.
+/// A table name as `names` reads it.
+fn table_name(text: &str, names: Names<'_>) -> Result<TableName, String> {
+    match names {
+        Names::Postgres => verify::parse_table_name(text),
+        Names::MySql { database } => verify::mysql::sql::parse_table_name_in(text, database),
+    }
+}
+
+/// Run `sql` for `user`: refused unless the user is in `admin_users`. Names as PostgreSQL
+/// reads them.
 pub async fn run(state: &AdminState, user: &str, sql: &str) -> Result<ResultTable, AdminError> {
+    run_with(state, user, sql, Names::Postgres).await
+}
+
+/// [`run`], reading a table name as `names` says.
+pub async fn run_with(state: &AdminState, user: &str, sql: &str, names: Names<'_>) -> Result<ResultTable, AdminError> {
     if !state.config.admin_users.iter().any(|u| u == user) {
         return Err(AdminError::Permission(format!(
             "user \"{user}\" may not run capgate admin commands: only the users in admin_users of {} may",
             state.config.file.display()
         )));
     }
-    match parse(sql)? {
+    match parse_with(sql, names)? {
         Command::Status => Ok(status_table(state)),
         Command::Replicas => Ok(replicas(state)),
         Command::Lag => Ok(lag(state)),
@@ -271,6 +305,9 @@ fn policy(p: &Policy, state: &AdminState) -> ResultTable {
 }
 
 async fn conflicts_table(state: &AdminState, limit: i64) -> Result<ResultTable, AdminError> {
+    if state.config.primary.url.scheme == crate::config::Scheme::MySql && state.config.conflict_log.is_none() {
+        return Err(AdminError::Failed(conflicts::no_log(&state.config)));
+    }
     let listing = conflicts::list(&state.config, None, limit, false).await;
     let mut t = ResultTable::new(
         "SHOW",
@@ -399,6 +436,17 @@ mod tests {
         let err = parse("SHOW CAPGATE EVERYTHING").unwrap_err().to_string();
         assert!(err.contains("unknown capgate command") && err.contains("SHOW CAPGATE REPLICAS"), "{err}");
         assert!(parse("CAPGATE VERIFY").unwrap_err().to_string().contains("needs a table"));
+    }
+
+    #[test]
+    fn mysql_names_keep_their_case_and_take_the_current_database() {
+        let shop = Names::MySql { database: Some("Shop") };
+        assert_eq!(parse_with("CAPGATE VERIFY Orders", shop).unwrap(), Command::Verify(TableName::new("Shop", "Orders")));
+        assert_eq!(parse_with("capgate verify `My db`.t;", shop).unwrap(), Command::Verify(TableName::new("My db", "t")));
+        let none = Names::MySql { database: None };
+        let err = parse_with("CAPGATE VERIFY orders", none).unwrap_err().to_string();
+        assert!(err.contains("database.table"), "{err}");
+        assert!(parse_with("CAPGATE VERIFY", shop).unwrap_err().to_string().contains("shop.accounts"));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! resolved adds three columns when missing (`resolved_at`, `resolved_by`, `resolved_note`).
 //!
 //! Every replica is asked under a deadline: a partitioned replica is reported as such, it
-//! does not hang the listing.
+//! does not hang the listing. MySQL and MariaDB replicas keep no such table: their
+//! conflicts are listed from `conflict_log` ([`super::conflict_log`]).
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use serde_json::{Map, Value};
 
 use super::AdminError;
 use crate::backend::postgres::Upstream;
-use crate::config::{Config, Replica};
+use crate::config::{Config, Replica, Scheme};
 
 /// How long asking one replica may take, on top of its URL's connect_timeout.
 const QUERY_DEADLINE: Duration = Duration::from_secs(5);
@@ -141,7 +142,19 @@ fn conflict(replica: &str, record: Map<String, Value>) -> Conflict {
 
 /// The newest `limit` conflicts of each replica (of `only`, when given); `unresolved` leaves
 /// out those marked resolved.
+/// MySQL / MariaDB replicas have no such table: their conflicts are read from `conflict_log`
+/// ([`super::conflict_log`]; none are ever resolved).
 pub async fn list(config: &Config, only: Option<&str>, limit: i64, unresolved: bool) -> Listing {
+    if config.primary.url.scheme == Scheme::MySql {
+        let replicas: Vec<String> = config.replicas.iter().map(|r| r.name.clone()).collect();
+        return match &config.conflict_log {
+            Some(path) => super::conflict_log::list(path, &replicas, only, limit).await,
+            None => Listing {
+                conflicts: Vec::new(),
+                errors: replicas.into_iter().filter(|r| only.is_none_or(|o| o == r)).map(|r| (r, no_log(config))).collect(),
+            },
+        };
+    }
     let mut listing = Listing::default();
     let query = if unresolved {
         "SELECT to_jsonb(c)::text FROM capgate.conflicts c WHERE to_jsonb(c)->>'resolved_at' IS NULL ORDER BY id DESC LIMIT $1"
@@ -157,7 +170,24 @@ pub async fn list(config: &Config, only: Option<&str>, limit: i64, unresolved: b
     listing
 }
 
+/// Why the conflicts of MySQL replicas cannot be listed without `conflict_log`.
+pub fn no_log(config: &Config) -> String {
+    format!(
+        "MySQL and MariaDB replicas keep no capgate.conflicts table: capgate records their conflicts only in conflict_log, \
+         which {} does not set (set conflict_log = \"conflicts.jsonl\" to keep them; the count since start is in the \
+         replicas' conflicts figure)",
+        config.file.display()
+    )
+}
+
 fn replica<'c>(config: &'c Config, name: &str) -> Result<&'c Replica, AdminError> {
+    if config.primary.url.scheme == Scheme::MySql {
+        let log = config.conflict_log.as_ref().map_or_else(|| "conflict_log (not set)".to_owned(), |p| p.display().to_string());
+        return Err(AdminError::Failed(format!(
+            "MySQL and MariaDB replicas keep their conflicts in {log}, one JSON line each, not in a table: a conflict there \
+             cannot be shown by id or marked resolved; `capgate conflicts list` lists them"
+        )));
+    }
     config.replicas.iter().find(|r| r.name == name).ok_or_else(|| {
         let names: Vec<&str> = config.replicas.iter().map(|r| r.name.as_str()).collect();
         AdminError::Syntax(format!("no replica `{name}` in {} (replicas: {})", config.file.display(), names.join(", ")))

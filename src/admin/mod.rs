@@ -8,7 +8,8 @@
 //!   dashboard's chart, the drain rate);
 //! - [`commands`]: the admin SQL commands, protocol-neutral: parse, check the user, answer
 //!   with a [`table::ResultTable`] each front end encodes in its own protocol;
-//! - [`conflicts`]: the conflict records the replicas keep, listed and marked resolved;
+//! - [`conflicts`]: the conflict records the replicas keep, listed and marked resolved
+//!   ([`conflict_log`]: those of MySQL replicas, read back from `conflict_log`);
 //! - `http` and `dashboard`: the listener and its embedded page.
 //!
 //! It only reads, except `CAPGATE RELOAD` (the policy) and marking a conflict resolved.
@@ -18,6 +19,7 @@
 //! no data and asks for the token).
 
 pub mod commands;
+pub mod conflict_log;
 pub mod conflicts;
 mod dashboard;
 pub mod history;

@@ -84,7 +84,10 @@ pub async fn passthrough(client: &mut Conn, o: &mut Opened, seq: &mut u8) -> Res
         client.send_packet(s.client, &p.payload).await?;
         s.client = s.client.wrapping_add(1);
         match p.payload.first() {
-            Some(0x00) => return Ok(()),
+            Some(0x00) => {
+                o.status = login_status(&p.payload);
+                return Ok(());
+            }
             Some(0xff) => return Err(SessionError::Forwarded),
             // caching_sha2_password's fast-auth success: the OK follows.
             Some(0x01) if p.payload == [0x01, 0x03] => {}
@@ -142,6 +145,7 @@ pub async fn proxy(client: &mut Conn, o: &mut Opened, user: &User, url: &DbUrl, 
         server_seq = p.seq.wrapping_add(1);
         match p.payload.first() {
             Some(0x00) => {
+                o.status = login_status(&p.payload);
                 client.send_packet(next, &p.payload).await?;
                 return Ok(());
             }
@@ -160,4 +164,9 @@ pub async fn proxy(client: &mut Conn, o: &mut Opened, user: &User, url: &DbUrl, 
             }
         }
     }
+}
+
+/// The status flags of the OK that ends a login (0 if it cannot be read).
+fn login_status(ok: &[u8]) -> u16 {
+    crate::protocol::mysql::response::parse_ok(ok, false).map_or(0, |ok| ok.status)
 }

@@ -34,6 +34,9 @@ pub struct Opened {
     pub server_seq: u8,
     pub client_tls: bool,
     pub server_tls: bool,
+    /// The status flags of the primary's OK that ended the login (autocommit, as the
+    /// server's default has it): the session's flags until its first reply.
+    pub status: u16,
 }
 
 /// Greet the client and read its response; connect to the primary (TLS as configured).
@@ -110,5 +113,6 @@ pub async fn open(shared: &Shared, client: &mut Option<Conn>, seq: &mut u8) -> R
         server_seq,
         client_tls,
         server_tls,
+        status: 0,
     })
 }

@@ -9,6 +9,7 @@
 //! - [`hold`]: a COMMIT held for the sync commit;
 //! - [`implicit`]: statements that commit implicitly, and queries where that cannot be coordinated;
 //! - [`statements`]: what the session's statements write, decided by the policy; `KILL`;
+//! - [`admin_sql`]: the admin commands (`SHOW CAPGATE …`) answered on this port;
 //! - [`sync`]: the sync commit over XA, driving `replicate::coordinator::SyncCommit`;
 //! - [`conn`]: a buffered connection for the packet-at-a-time connection phase.
 //!
@@ -17,6 +18,7 @@
 //! tables are shipped by `replicate::shipper::mysql` (decision 0021), and a write to a bounded
 //! table is refused while a replica is over the table's `max_lag`.
 
+pub mod admin_sql;
 pub mod auth;
 pub mod conn;
 pub mod handshake;
@@ -168,6 +170,8 @@ pub struct Shared {
     pub sites: Sites<MyConnector>,
     /// The heartbeat on the primary, for the admin views.
     pub primary_health: MySite,
+    /// What the admin endpoints and the admin SQL commands read.
+    pub admin: Arc<crate::admin::AdminState>,
 }
 
 impl Shared {
@@ -257,7 +261,8 @@ impl Server {
         let sessions = Arc::new(Semaphore::new(config.max_connections));
         let counters = Counters::default();
         let threads = Arc::default();
-        let shipping = Arc::default();
+        let shipping: Arc<LateFleet> = Arc::default();
+        let admin_state = Arc::new(admin_state(&config, &router, &sites, &shipping, sync.is_some(), &sessions, &primary_health));
         let shared = Arc::new(Shared {
             config,
             sessions,
@@ -271,6 +276,7 @@ impl Server {
             reconciled,
             sites,
             primary_health,
+            admin: admin_state,
         });
         if let Some(policy) = shared.reconciled() {
             shared.ship_if_needed(&policy);
@@ -298,11 +304,8 @@ impl Server {
         let config = self.shared.config.clone();
         // /status, /metrics, the dashboard: the policy, the router's counters, the client
         // sessions, the primary's heartbeat, each replica's health and shipping.
-        let admin = self.admin.take().map(|listener| {
-            let state = Arc::new(admin_state(&self.shared));
-            let views = tokio::spawn(crate::admin::maintain(Arc::downgrade(&state)));
-            (tokio::spawn(crate::admin::serve(listener, state)), views)
-        });
+        let views = tokio::spawn(crate::admin::maintain(Arc::downgrade(&self.shared.admin)));
+        let admin = self.admin.take().map(|listener| tokio::spawn(crate::admin::serve(listener, self.shared.admin.clone())));
         let recovery = self.shared.sync.is_some().then(|| tokio::spawn(setup::maintenance_loop(self.shared.clone())));
         let sessions = self.shared.sessions.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -322,39 +325,47 @@ impl Server {
         crate::frontend::listener::drain(&config, &sessions, stop_tx, force).await;
         drop(workers);
         watcher.abort();
-        if let Some((a, views)) = admin {
+        if let Some(a) = admin {
             a.abort();
-            views.abort();
         }
+        views.abort();
         if let Some(r) = recovery {
             r.abort();
         }
     }
 }
 
-/// The admin views of a listener: its replicas' health and shippers, its primary's
+/// The admin views of a listener (the HTTP endpoints and the admin SQL commands): its
+/// replicas' health and shippers (`replicated`: replicas are configured), its primary's
 /// heartbeat, its sessions.
-fn admin_state(shared: &Arc<Shared>) -> crate::admin::AdminState {
-    let replicas = shared
-        .sites
+fn admin_state(
+    config: &Arc<Config>,
+    router: &Arc<Router>,
+    sites: &Sites<MyConnector>,
+    shipping: &Arc<LateFleet>,
+    replicated: bool,
+    sessions: &Arc<Semaphore>,
+    primary_health: &MySite,
+) -> crate::admin::AdminState {
+    let replicas = sites
         .iter()
         .map(|site| {
-            let shipper = shared.sync.is_some().then(|| crate::admin::ShipperView { fleet: shared.shipping.clone() });
+            let shipper = replicated.then(|| crate::admin::ShipperView { fleet: shipping.clone() });
             crate::admin::ReplicaSource::new(site.health().clone(), shipper)
         })
         .collect();
-    let sessions = shared.sessions.clone();
-    let max = shared.config.max_connections;
+    let sessions = sessions.clone();
+    let max = config.max_connections;
     let state = crate::admin::AdminState::new(
-        shared.config.clone(),
-        shared.router.policy().clone(),
-        shared.router.clone(),
+        config.clone(),
+        router.policy().clone(),
+        router.clone(),
         replicas,
-        Some(shared.primary_health.health().clone()),
+        Some(primary_health.health().clone()),
         Box::new(move || max - sessions.available_permits()),
     );
-    match &shared.sync {
-        Some(_) => state.with_resume(shared.shipping.clone()),
-        None => state,
+    match replicated {
+        true => state.with_resume(shipping.clone()),
+        false => state,
     }
 }

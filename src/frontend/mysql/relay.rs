@@ -219,6 +219,12 @@ where
                     start = at;
                     super::hold::held(state, server, statements, &payload, hold).await?;
                 }
+                Verdict::Admin(sql) => {
+                    write_flush(server, &buf[start..at]).await?;
+                    at += l.bytes;
+                    start = at;
+                    super::admin_sql::answer(state, statements, &sql).await;
+                }
                 Verdict::Fatal(err) => {
                     write_flush(server, &buf[start..at]).await?;
                     buf.advance(at + l.bytes);

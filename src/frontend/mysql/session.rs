@@ -102,6 +102,9 @@ async fn run(
     if let Some(db) = &opened.response.database {
         state.lock().schema = Some(db.clone());
     }
+    // Until the first reply, the session's flags are the login's (capgate answers an admin
+    // command with them).
+    state.lock().status = opened.status;
     let mut server = opened.server;
     if shared.sync.is_some() {
         // Mark the primary connection as a capgate client session: its sync changes are kept

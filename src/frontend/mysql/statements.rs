@@ -8,17 +8,18 @@
 //! bounded table is refused while a replica is over the table's `max_lag` (decision 0021).
 //! Without replicas, a write to a replicated table is logged and counted. A statement the policy refuses
 //! (`unknown = "refuse"`) gets an ERR in its place, and the session goes on: MySQL keeps the
-//! transaction open after an error, and so does capgate.
+//! transaction open after an error, and so does capgate. An admin command (`SHOW CAPGATE …`)
+//! is not forwarded at all: capgate answers it (`super::admin_sql`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tracing::warn;
 
-use super::implicit;
 use super::relay::{After, Flow, Pending, Prepared};
 use super::sync::ReplicaSlot;
 use super::Shared;
+use super::{admin_sql, implicit};
 use crate::classify::{Classification, Kind, SearchPath, TxControl};
 use crate::policy::{Decision, Mode, Policy};
 use crate::protocol::mysql::command::{parse_kill, Command, Kill};
@@ -36,6 +37,9 @@ pub enum Verdict {
     Refuse(Vec<u8>),
     /// Not forwarded; the session ends with this ERR.
     Fatal(Vec<u8>),
+    /// An admin command (`SHOW CAPGATE …`): not forwarded; capgate answers it once every
+    /// earlier reply is in (`super::admin_sql`).
+    Admin(String),
     /// A commit point capgate may have to coordinate while sync tables are replicated: not
     /// forwarded as it is; the client pump decides once every earlier reply is in
     /// (`super::hold`).
@@ -71,6 +75,8 @@ pub struct Statements {
     /// Negotiated on both legs; the reply trackers need them.
     deprecate_eof: bool,
     session_track: bool,
+    /// MariaDB's extended column metadata: capgate's own result sets must carry it too.
+    extended_metadata: bool,
     /// capgate authenticated the client itself (or greeted with its own nonce): a
     /// COM_CHANGE_USER cannot be relayed.
     own_auth: bool,
@@ -94,6 +100,7 @@ impl Statements {
             thread,
             deprecate_eof: caps & c::DEPRECATE_EOF != 0,
             session_track: caps & c::SESSION_TRACK != 0,
+            extended_metadata: caps & c::MARIADB_EXTENDED_METADATA != 0,
             own_auth,
             tx_policy: None,
             last_prepare: None,
@@ -120,6 +127,11 @@ impl Statements {
         let mut after = After::Nothing;
         match command {
             Command::Query(sql) => {
+                match admin_sql::find(sql, flow.status) {
+                    Some(admin_sql::Found::Alone(text)) => return Verdict::Admin(text),
+                    Some(admin_sql::Found::Mixed) => return Verdict::Refuse(admin_sql::mixed_refusal()),
+                    None => {}
+                }
                 if let Some(kill) = parse_kill(sql) {
                     if let Some(refusal) = self.kill(kill) {
                         return refusal;
@@ -141,6 +153,7 @@ impl Statements {
                     Ok(_) => {}
                 }
             }
+            Command::Prepare(sql) if admin_sql::find(sql, flow.status).is_some() => return Verdict::Refuse(admin_sql::prepare_refusal()),
             Command::Prepare(sql) => match self.route(flow, sql, false) {
                 Ok(classification) => {
                     let (mut implicit_commit, mut autocommit_on) = (false, false);
@@ -281,6 +294,16 @@ impl Statements {
 
     pub(super) fn deprecate_eof(&self) -> bool {
         self.deprecate_eof
+    }
+
+    /// How a result set capgate writes itself is framed on this session.
+    pub(super) fn framing(&self) -> crate::protocol::mysql::result_set::Framing {
+        crate::protocol::mysql::result_set::Framing { deprecate_eof: self.deprecate_eof, extended_metadata: self.extended_metadata }
+    }
+
+    /// The user the session belongs to now.
+    pub(super) fn user(&self) -> &str {
+        &self.user
     }
 
     pub(super) fn shared(&self) -> &Arc<Shared> {

@@ -129,7 +129,7 @@ pub fn parse_kill(sql: &[u8]) -> Option<Kill> {
 }
 
 /// `text` after leading whitespace and comments (`/* … */`, `-- …`, `# …`).
-fn skip_comments(text: &str) -> &str {
+pub fn skip_comments(text: &str) -> &str {
     let mut t = text.trim_start();
     loop {
         if let Some(rest) = t.strip_prefix("/*") {

@@ -1,19 +1,22 @@
 //! The MySQL / MariaDB client-server protocol, without I/O: packet framing (16 MiB
 //! continuation packets included), the handshake (v10 greeting, SSLRequest,
-//! HandshakeResponse41), OK/ERR/EOF views, command views and the response tracker that tells
-//! a relay where each reply ends. Everything works on byte slices; the front end owns the
-//! sockets and forwards the original bytes, so these views decode only what routing needs.
+//! HandshakeResponse41), OK/ERR/EOF views, command views, the response tracker that tells a
+//! relay where each reply ends, and the result sets capgate answers with itself. Everything
+//! works on byte slices; the front end owns the sockets and forwards the original bytes, so
+//! these views decode only what routing needs.
 //!
-//! Why not `mysql_common`'s types: its `PacketCodec` checks sequence ids (a relay must pass a
-//! client's wrong id to the server, which answers it), and its handshake types re-encode
-//! what they parse; a relay changes a few capability bits in place and forwards the rest
-//! untouched.
+//! Why not `mysql_common`'s types for the relay: its `PacketCodec` checks sequence ids (a
+//! relay must pass a client's wrong id to the server, which answers it), and its handshake
+//! types re-encode what they parse; a relay changes a few capability bits in place and
+//! forwards the rest untouched. Where capgate writes a reply of its own, its column
+//! definitions are `mysql_common`'s ([`result_set`]).
 
 pub mod auth;
 pub mod command;
 pub mod handshake;
 pub mod packet;
 pub mod response;
+pub mod result_set;
 pub mod rows;
 
 pub use packet::{PacketError, MAX_PAYLOAD};
@@ -126,6 +129,9 @@ pub mod errors {
     /// The same code and SQLSTATE: a write to a table whose capture triggers a policy reload
     /// is still changing (a fraction of a second).
     pub const CAPTURE_NOT_READY: (u16, &str) = (1644, "55000");
+    /// The same code and SQLSTATE: an admin command that ran and failed (`CAPGATE RELOAD` of
+    /// a bad policy file, a `CAPGATE VERIFY` that could not run).
+    pub const ADMIN_FAILED: (u16, &str) = (1644, "55000");
 }
 
 /// A length-encoded integer at the start of `buf`: the value and the bytes it took. `None`

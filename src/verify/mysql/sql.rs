@@ -34,6 +34,12 @@ pub fn literal(s: &str) -> String {
 /// Parse a table name as typed on the command line: `db.table`, either part in backticks or
 /// double quotes (a doubled quote inside stands for one). MySQL names are not case-folded.
 pub fn parse_table_name(s: &str) -> Result<TableName, String> {
+    parse_table_name_in(s, None)
+}
+
+/// [`parse_table_name`], where a name without a database is in `database` (a session's
+/// current one), when given.
+pub fn parse_table_name_in(s: &str, database: Option<&str>) -> Result<TableName, String> {
     let mut parts = Vec::new();
     let mut cur = String::new();
     let mut quote: Option<char> = None;
@@ -54,8 +60,10 @@ pub fn parse_table_name(s: &str) -> Result<TableName, String> {
         return Err(format!("unterminated quote in table name `{s}`"));
     }
     parts.push(cur);
-    match parts.as_slice() {
-        [db, t] if !db.is_empty() && !t.is_empty() => Ok(TableName::new(db.clone(), t.clone())),
+    match (parts.as_slice(), database) {
+        ([db, t], _) if !db.is_empty() && !t.is_empty() => Ok(TableName::new(db.clone(), t.clone())),
+        ([t], Some(db)) if !t.is_empty() => Ok(TableName::new(db, t.clone())),
+        ([t], None) if !t.is_empty() => Err(format!("`{s}` names no database (and none is selected): write the table as database.table")),
         _ => Err(format!("expected a MySQL table name as database.table, found `{s}`")),
     }
 }
@@ -299,6 +307,11 @@ mod tests {
         for bad in ["orders", "a.b.c", "`open.t", "", ".t"] {
             assert!(parse_table_name(bad).is_err(), "{bad}");
         }
+        // A session's current database completes a bare name, never a qualified one.
+        assert_eq!(parse_table_name_in("Orders", Some("shop")).unwrap(), TableName::new("shop", "Orders"));
+        assert_eq!(parse_table_name_in("`a.b`", Some("shop")).unwrap(), TableName::new("shop", "a.b"));
+        assert_eq!(parse_table_name_in("other.t", Some("shop")).unwrap(), TableName::new("other", "t"));
+        assert!(parse_table_name_in("orders", None).unwrap_err().contains("database.table"));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The MySQL / MariaDB front end against a real MariaDB server: the mariadb client, sysbench,
-//! mysql_async, PyMySQL, MariaDB Connector/J, authentication, the policy, bad input.
+//! mysql_async, PyMySQL, MariaDB Connector/J, authentication, the policy, the admin SQL
+//! commands, bad input.
 
 mod support;
 
+mod admin_sql;
 mod async_copy;
 mod async_reload;
 mod async_ship;
