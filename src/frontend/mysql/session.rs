@@ -15,6 +15,7 @@ use super::statements::Statements;
 use super::{auth, handshake, SessionError, Shared};
 use crate::frontend::listener::Refusal;
 use crate::net::Stream;
+use crate::protocol::mysql::response::parse_ok;
 use crate::protocol::mysql::{com, errors, packet};
 
 /// Serve one accepted connection until it ends. A refused session (over `max_connections`,
@@ -109,11 +110,14 @@ async fn run(
     if shared.sync.is_some() {
         // Mark the primary connection as a capgate client session: its sync changes are kept
         // for the coordinator at COMMIT (decision 0015). One packet; an OK (or, for a primary
-        // without @-variables, an error that only means sync writes will be refused).
+        // without @-variables, an error that only means sync writes will be refused). The
+        // OK's status flags are the session's until the client's first reply: whether
+        // autocommit is on decides how a first statement that writes a sync table is held.
         server.send_packet(0, &super::hold::session_marker()).await?;
         let reply = server.read(shared.config.max_message_size as usize).await?;
-        if reply.payload.first() != Some(&0x00) {
-            warn!("cannot mark the session on the primary; its writes to sync tables will be refused");
+        match parse_ok(&reply.payload, false) {
+            Some(ok) if reply.payload.first() == Some(&0x00) => state.lock().status = ok.status,
+            _ => warn!("cannot mark the session on the primary; its writes to sync tables will be refused"),
         }
     }
     let conn = client.take().ok_or(SessionError::Closed)?;

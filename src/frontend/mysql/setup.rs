@@ -147,10 +147,12 @@ async fn capture_loop(shared: &Shared) {
 async fn recovery_loop(shared: &Shared) {
     let Some(sync) = shared.sync.as_ref() else { return };
     let prefix = crate::replicate::recovery::site_prefix(&sync.site);
+    // Per replica: the branches the last round left to connections that were alive.
+    let mut held: Vec<xa::Held> = sync.replicas().iter().map(|_| xa::Held::default()).collect();
     loop {
         tokio::time::sleep(RECOVERY_INTERVAL).await;
-        for (name, url) in sync.replicas() {
-            match round(&shared.config, url, &prefix).await {
+        for ((name, url), held) in sync.replicas().iter().zip(held.iter_mut()) {
+            match round(&shared.config, url, &prefix, held).await {
                 Ok(report) if report.acted() => {
                     info!(replica = %name, committed = ?report.committed, rolled_back = ?report.rolled_back, "recovered prepared XA branches");
                 }
@@ -169,10 +171,10 @@ async fn check_shipping(config: &Config) -> Result<(), String> {
     checked
 }
 
-async fn round(config: &Config, url: &crate::config::DbUrl, prefix: &str) -> Result<xa::RecoveryReport, String> {
+async fn round(config: &Config, url: &crate::config::DbUrl, prefix: &str, held: &mut xa::Held) -> Result<xa::RecoveryReport, String> {
     let mut primary = xa::connect(&config.primary.url).await.map_err(|e| e.to_string())?;
     let mut replica = xa::connect(url).await.map_err(|e| e.to_string())?;
-    let report = xa::recover(&mut primary, &mut replica, prefix).await.map_err(|e| e.to_string());
+    let report = xa::recover(&mut primary, &mut replica, prefix, held).await.map_err(|e| e.to_string());
     let _ = tokio::join!(primary.disconnect(), replica.disconnect());
     report
 }

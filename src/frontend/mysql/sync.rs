@@ -4,10 +4,11 @@
 //!
 //! The primary side is a small trait ([`PrimaryTx`]): the relay implements it on the client's
 //! own connection at a held COMMIT, and tests implement it on a driver connection. The replica
-//! side is one [`ReplicaSlot`] per replica and session: capgate's own connection, marked as an
-//! apply session, which holds the session's prepared branch between PREPARE and the
-//! `XA COMMIT` sent off the client's critical path. The next commit of the same session waits
-//! for that to finish (it locks the slot).
+//! side is one [`ReplicaSlot`] per replica and session: capgate's own connections, marked as
+//! apply sessions. A commit takes one, prepares its branch on it, and the [`PreparedBranch`]
+//! goes to the task that sends `XA COMMIT` off the client's critical path, which gives the
+//! connection back. The session's next commit does not wait for that round trip: it prepares
+//! on another connection of the slot (a second one is opened the first time it is needed).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,12 +49,18 @@ pub struct ReplicaSlot {
 
 #[derive(Default)]
 struct Slot {
-    conn: Option<ReplicaConn>,
-    branch: Option<PreparedBranch>,
+    /// Connections that hold no branch. A commit takes one (or opens one when every
+    /// connection is still busy with an earlier commit's `XA COMMIT`); its `XA COMMIT`
+    /// gives it back. At most [`IDLE_CONNECTIONS`] are kept.
+    idle: Vec<ReplicaConn>,
     /// The replica's tables, read when first needed and again when a change names a table
     /// or column not in them.
     tables: Option<Tables>,
 }
+
+/// How many branch-free connections a slot keeps: one session commits one transaction at a
+/// time, so one connection prepares while at most one other finishes the previous commit.
+const IDLE_CONNECTIONS: usize = 2;
 
 impl ReplicaSlot {
     pub fn new(name: String, url: DbUrl) -> ReplicaSlot {
@@ -165,6 +172,8 @@ pub async fn commit<P: PrimaryTx>(
     let (mut machine, first) = SyncCommit::start(gid, false);
     let mut pending = vec![first];
     let mut changes: Vec<Change> = Vec::new();
+    // Each replica's prepared branch, until `Action::Finish` hands it to its XA COMMIT.
+    let mut branches: Vec<(usize, PreparedBranch)> = Vec::new();
     let mut outcome = None;
     while !pending.is_empty() {
         let action = pending.remove(0);
@@ -207,6 +216,7 @@ pub async fn commit<P: PrimaryTx>(
                 });
                 let results = futures_util::future::join_all(runs).await;
                 for (replica, result) in results {
+                    let result = result.map(|branch| branches.push((replica, branch)));
                     pending.extend(machine.on(Event::Prepared { replica, result }));
                 }
                 None
@@ -222,9 +232,14 @@ pub async fn commit<P: PrimaryTx>(
                 None
             }
             Action::Finish { commit, replicas: which, gid } => {
-                for slot in which.iter().filter_map(|&i| replicas.get(i).cloned()) {
-                    let gid = gid.clone();
-                    tokio::spawn(async move { finish(&slot, &gid, commit).await });
+                for &i in &which {
+                    // A replica without a branch did not prepare (its failed or timed-out
+                    // attempt rolled back, or left the branch to recovery).
+                    let Some(at) = branches.iter().position(|(r, _)| *r == i) else { continue };
+                    let (_, branch) = branches.swap_remove(at);
+                    let Some(slot) = replicas.get(i).cloned() else { continue };
+                    debug_assert_eq!(branch.gid(), gid);
+                    tokio::spawn(async move { finish(&slot, branch, commit).await });
                 }
                 if outcome.is_none() {
                     outcome = Some(if commit { Outcome::Committed } else { Outcome::Failed });
@@ -236,6 +251,10 @@ pub async fn commit<P: PrimaryTx>(
             pending.extend(machine.on(event));
         }
     }
+    for (i, branch) in branches {
+        // Dropped, its connection closes and the branch waits for recovery.
+        warn!(replica = i, gid = branch.gid(), "sync commit ended with a branch it did not finish; recovery will resolve it");
+    }
     outcome.unwrap_or(Outcome::Failed)
 }
 
@@ -243,13 +262,14 @@ fn views(replicas: &[Arc<ReplicaSlot>]) -> Vec<ReplicaView> {
     replicas.iter().map(|r| r.view()).collect()
 }
 
-/// Apply `changes` and prepare `gid` on one replica within `timeout`.
-async fn prepare(slot: &ReplicaSlot, gid: &str, changes: &[Change], timeout: Duration) -> Result<(), PrepareFailure> {
+/// Apply `changes` and prepare `gid` on one replica within `timeout`: the branch, on a
+/// connection of `slot` that held no other.
+async fn prepare(slot: &ReplicaSlot, gid: &str, changes: &[Change], timeout: Duration) -> Result<PreparedBranch, PrepareFailure> {
     let attempt = async {
-        // Waits for this session's previous XA COMMIT on the replica.
         let mut s = slot.state.lock().await;
-        let reused = s.conn.is_some();
-        let mut conn = match s.conn.take() {
+        let idle = s.idle.pop();
+        let reused = idle.is_some();
+        let mut conn = match idle {
             Some(c) => c,
             None => ReplicaConn::connect(&slot.url, timeout).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?,
         };
@@ -264,12 +284,12 @@ async fn prepare(slot: &ReplicaSlot, gid: &str, changes: &[Change], timeout: Dur
                     break;
                 }
                 Err(e @ (ApplyError::MissingTable(_) | ApplyError::MissingColumn { .. })) if fresh => {
-                    s.conn = Some(conn);
+                    s.idle.push(conn);
                     return Err(PrepareFailure::Conflict(e.to_string()));
                 }
                 Err(ApplyError::MissingTable(_) | ApplyError::MissingColumn { .. }) => continue,
                 Err(e) => {
-                    s.conn = Some(conn);
+                    s.idle.push(conn);
                     return Err(PrepareFailure::Conflict(e.to_string()));
                 }
             }
@@ -285,12 +305,9 @@ async fn prepare(slot: &ReplicaSlot, gid: &str, changes: &[Change], timeout: Dur
             }
         }
         match result {
-            Ok(branch) => {
-                s.branch = Some(branch);
-                Ok(())
-            }
+            Ok(branch) => Ok(branch),
             Err((back, failure)) => {
-                s.conn = back;
+                s.idle.extend(back);
                 Err(failure)
             }
         }
@@ -303,19 +320,18 @@ async fn prepare(slot: &ReplicaSlot, gid: &str, changes: &[Change], timeout: Dur
     }
 }
 
-/// Commit or roll back `gid` on one replica, on the connection that prepared it.
-async fn finish(slot: &ReplicaSlot, gid: &str, commit: bool) {
-    let mut s = slot.state.lock().await;
-    let Some(branch) = s.branch.take() else { return };
-    if branch.gid() != gid {
-        // A branch of another commit (cannot happen: the slot is locked from prepare to
-        // finish of one session's commits); leave it to recovery rather than guess.
-        warn!(replica = %slot.name, gid, held = branch.gid(), "sync commit: the replica holds another branch; leaving both to recovery");
-        return;
-    }
+/// Commit or roll back `branch` on the connection that prepared it (the slot is not locked
+/// meanwhile: the session's next commit may be preparing on another connection), then give
+/// the connection back to `slot`.
+async fn finish(slot: &ReplicaSlot, branch: PreparedBranch, commit: bool) {
     let result = if commit { branch.commit().await } else { branch.rollback().await };
     match result {
-        Ok(conn) => s.conn = Some(conn),
+        Ok(conn) => {
+            let mut s = slot.state.lock().await;
+            if s.idle.len() < IDLE_CONNECTIONS {
+                s.idle.push(conn);
+            }
+        }
         Err((gid, e)) => {
             warn!(replica = %slot.name, %gid, commit, "XA {} failed ({e}); recovery will resolve the branch", if commit { "COMMIT" } else { "ROLLBACK" });
         }

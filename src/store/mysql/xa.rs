@@ -15,7 +15,10 @@
 //! An XA id is `'<gid>','<thread>'`: the global transaction id, and as branch qualifier the
 //! server thread id of the connection that prepared it. While that connection lives the
 //! server refuses a commit from any other session (`XAER_NOTA`), so recovery, whichever
-//! process runs it, knows which connection to KILL first.
+//! process runs it, knows which connection to KILL first — but only a connection that still
+//! held the branch a round earlier ([`Held`]): under load, a round finds branches whose own
+//! `XA COMMIT` is on its way, and killing their connections would leave them (and their row
+//! locks) to the next round.
 
 use std::time::Duration;
 
@@ -220,7 +223,7 @@ fn xid(gid: &str, bqual: &str) -> String {
 }
 
 /// One prepared branch as `XA RECOVER` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Branch {
     pub gid: String,
     /// The thread id of the connection that prepared it.
@@ -242,21 +245,32 @@ pub async fn prepared(replica: &mut mysql_async::Conn, prefix: &str) -> Result<V
         .collect())
 }
 
+/// The branches a recovery round could not resolve because the connection that prepared
+/// them was alive (the server answered `XAER_NOTA`). Kept from one round of one replica to
+/// the next: a branch still held by the same connection a round later is stuck (its
+/// coordinator died, or lost the connection to a half-open link), and its connection is
+/// killed; one seen for the first time is usually a commit whose own `XA COMMIT` is on its way.
+#[derive(Debug, Default)]
+pub struct Held(std::collections::HashSet<Branch>);
+
 /// Resolve every prepared branch of `prefix` on `replica` by the decision records on
-/// `primary`.
+/// `primary`; `held` is what the previous round of this replica left (see [`Held`]).
 ///
 /// For a branch without a committed decision, recovery records the abort first (committed =
 /// false): that insert waits for a coordinator whose primary transaction holds the same gid
 /// uncommitted, so a late primary COMMIT and this rollback can never both happen. A wait
 /// longer than a second leaves the branch for a later round. A branch whose owning connection
-/// is still alive (the server answers `XAER_NOTA`) is resolved after killing that connection,
+/// is still alive (the server answers `XAER_NOTA`) is left for the next round the first time;
+/// when the same connection still holds it then, it is resolved after killing that connection,
 /// when it belongs to the same account as recovery's own (so a thread id reused after a
 /// replica restart never kills someone else's connection).
 pub async fn recover(
     primary: &mut mysql_async::Conn,
     replica: &mut mysql_async::Conn,
     prefix: &str,
+    held: &mut Held,
 ) -> Result<RecoveryReport, mysql_async::Error> {
+    let mut still_held = Held::default();
     primary.query_drop("SET SESSION innodb_lock_wait_timeout = 1").await?;
     let me: Option<String> = replica.query_first("SELECT SUBSTRING_INDEX(USER(), '@', 1)").await?;
     let mut report = RecoveryReport::default();
@@ -283,10 +297,16 @@ pub async fn recover(
         let verb = if commit { "COMMIT" } else { "ROLLBACK" };
         let resolve = format!("XA {verb} {}", xid(&branch.gid, &branch.owner));
         let mut result = replica.query_drop(&resolve).await;
-        if matches!(&result, Err(mysql_async::Error::Server(s)) if s.code == XAER_NOTA)
-            && kill_owner(replica, &branch, me.as_deref()).await?
-        {
-            result = replica.query_drop(&resolve).await;
+        if matches!(&result, Err(mysql_async::Error::Server(s)) if s.code == XAER_NOTA) {
+            if !held.0.contains(&branch) {
+                if owner_alive(replica, &branch).await? {
+                    still_held.0.insert(branch);
+                    report.left.push(gid);
+                    continue;
+                }
+            } else if kill_owner(replica, &branch, me.as_deref()).await? {
+                result = replica.query_drop(&resolve).await;
+            }
         }
         match result {
             Ok(()) if commit => report.committed.push(gid),
@@ -296,7 +316,15 @@ pub async fn recover(
             Err(e) => return Err(e),
         }
     }
+    *held = still_held;
     Ok(report)
+}
+
+/// Whether the connection that prepared `branch` is alive.
+async fn owner_alive(replica: &mut mysql_async::Conn, branch: &Branch) -> Result<bool, mysql_async::Error> {
+    let Ok(id) = branch.owner.parse::<u64>() else { return Ok(false) };
+    let alive: Option<u64> = replica.exec_first("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = ?", (id,)).await?;
+    Ok(alive.is_some())
 }
 
 /// KILL the connection that prepared `branch`, if it is alive and is `user`'s: whether it was.

@@ -2,8 +2,11 @@
 //! `replicate::coordinator::SyncCommit` through `frontend::mysql::sync::commit`: committed on
 //! both or on neither; a replica whose rows differ refuses with CGC01 and nothing commits; an
 //! unreachable replica refuses; recovery resolves branches left between XA PREPARE and the
-//! primary COMMIT (rolled back) and between the primary COMMIT and XA COMMIT (committed).
+//! primary COMMIT (rolled back) and between the primary COMMIT and XA COMMIT (committed), and
+//! leaves a live connection's branch to it for a round; a session's next commit does not wait
+//! for the previous one's XA COMMIT.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use capgate::frontend::mysql::sync::{self, Outcome, PrimaryTx, ReplicaSlot};
 use capgate::policy::Policy;
 use capgate::store::mysql::apply::{self, Change};
 use capgate::store::mysql::{capture, primary as store, xa};
+use capgate::testbed::link::Link;
 use mysql_async::prelude::*;
 
 use super::support::{connect, primary, replica, url_at, APP_PASSWORD};
@@ -218,7 +222,8 @@ async fn recovery_resolves_branches_left_by_a_coordinator_that_died() {
 
     // (2) Died between the primary COMMIT and XA COMMIT: the decision is committed, so
     // recovery commits the branch — here with the owning connection still alive (the server
-    // refuses a commit from another session then), so recovery kills it first.
+    // refuses a commit from another session then), so recovery kills it first, in the round
+    // after the one that found it held.
     let mut s = session().await;
     s.0.query_drop("UPDATE acct SET bal = 2 WHERE id = 2").await.expect("update");
     let kept = gid();
@@ -235,8 +240,9 @@ async fn recovery_resolves_branches_left_by_a_coordinator_that_died() {
 
     let mut r = connect(&url_at(replica().port(), "capgate", None, "")).await;
     let mut report = capgate::replicate::recovery::RecoveryReport::default();
+    let mut held = xa::Held::default();
     for _ in 0..100 {
-        let round = xa::recover(&mut admin, &mut r, "capgate:test:").await.expect("recover");
+        let round = xa::recover(&mut admin, &mut r, "capgate:test:", &mut held).await.expect("recover");
         report.committed.extend(round.committed);
         report.rolled_back.extend(round.rolled_back);
         if xa::prepared(&mut r, "capgate:").await.expect("list").is_empty() {
@@ -254,4 +260,68 @@ async fn recovery_resolves_branches_left_by_a_coordinator_that_died() {
     assert_eq!(rows(replica()), rows(primary()));
     let fence: Option<bool> = admin.exec_first("SELECT committed FROM capgate.decisions WHERE gid = ?", (lost,)).await.expect("fence");
     assert_eq!(fence, Some(false), "recovery recorded the abort before rolling back");
+}
+
+/// A recovery round that finds a decided branch held by a live connection leaves it for one
+/// round: that is usually a commit whose own XA COMMIT is on its way. The connection is not
+/// killed, and commits the branch itself (a branch still held a round later is resolved by
+/// killing its connection: the test above).
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_leaves_a_decided_branch_to_its_live_connection_for_a_round() {
+    let _turn = SERVER.lock().await;
+    let (_policy, mut admin) = setup().await;
+    let tables = {
+        let mut r = connect(&url_at(replica().port(), "capgate", None, "")).await;
+        capture::tables(&mut r).await.expect("tables")
+    };
+    let mut s = session().await;
+    s.0.query_drop("UPDATE acct SET bal = 3 WHERE id = 1").await.expect("update");
+    let g = gid();
+    let changes = store::read_sync_changes(&mut s.0, &g, "test").await.expect("read");
+    let branch = xa::ReplicaConn::connect(&replica_url(replica().port()), TIMEOUT)
+        .await
+        .expect("connect")
+        .prepare(&g, &apply::statements(&changes, &tables).expect("sql"))
+        .await
+        .map_err(|(_, f)| f)
+        .expect("prepare");
+    s.0.query_drop("COMMIT").await.expect("primary commit");
+
+    let mut r = connect(&url_at(replica().port(), "capgate", None, "")).await;
+    let mut held = xa::Held::default();
+    let round = xa::recover(&mut admin, &mut r, "capgate:test:", &mut held).await.expect("recover");
+    assert_eq!((round.left, round.committed), (vec![g.clone()], vec![]), "the branch was left to its connection");
+    branch.commit().await.map_err(|(_, e)| e).expect("the owning connection commits its branch");
+    let round = xa::recover(&mut admin, &mut r, "capgate:test:", &mut held).await.expect("recover");
+    assert_eq!(round, capgate::replicate::recovery::RecoveryReport::default());
+    assert_eq!(rows(replica()), "1\t3\ta\n2\t200\tb");
+    assert_eq!(rows(replica()), rows(primary()));
+}
+
+/// A session's commits follow one another while the replica's XA COMMIT of the previous one
+/// is still on its way (the replica is behind a link with 20 ms each way): the next commit
+/// prepares on another connection of the session's slot, waiting on the replica only for the
+/// row the previous branch still locks. Every commit reaches the replica, and the slot opens
+/// no more than two connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sessions_commits_follow_each_other_while_the_previous_xa_commit_travels() {
+    let _turn = SERVER.lock().await;
+    let (policy, _admin) = setup().await;
+    let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, replica().port()))).expect("link");
+    link.set_latency(Duration::from_millis(20));
+    let replicas = vec![slot(link.addr().port())];
+    let mut s = session().await;
+    for n in 1..=10 {
+        if n > 1 {
+            s.0.query_drop("BEGIN").await.expect("begin");
+        }
+        s.0.query_drop(format!("UPDATE acct SET bal = {n} WHERE id = 1")).await.expect("update");
+        s.0.query_drop(format!("INSERT INTO acct VALUES ({}, {n}, 'n')", 100 + n)).await.expect("insert");
+        assert_eq!(sync::commit(&mut s, &replicas, &policy, gid(), "test", TIMEOUT).await, Outcome::Committed);
+    }
+    settled().await;
+    assert_eq!(rows(replica()), rows(primary()));
+    assert!(rows(primary()).starts_with("1\t10\ta\n2\t200\tb\n101\t1\tn\n"), "{}", rows(primary()));
+    let opened = link.stats().connections;
+    assert!((1..=2).contains(&opened), "the session's slot opened {opened} replica connections");
 }

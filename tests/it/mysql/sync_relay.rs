@@ -6,7 +6,7 @@
 
 use mysql_async::prelude::*;
 
-use super::support::{connect, error_code, primary, replica, MyProxy, APP_PASSWORD};
+use super::support::{connect, error_code, mariadb, primary, replica, MyProxy, APP_PASSWORD};
 use super::sync::{rows, settled, setup};
 
 use super::capture::SERVER;
@@ -89,6 +89,25 @@ async fn commits_through_capgate_reach_the_replica() {
     // The application's own XA transactions cannot be coordinated: refused.
     let err = c.query_drop("XA START 'app-1'").await.expect_err("refused");
     assert!(err.to_string().contains("application XA transactions are not supported"), "{err}");
+}
+
+/// The mariadb command-line client in batch mode sends nothing before its first statement:
+/// an autocommit write to a sync table as a connection's very first command is coordinated
+/// (capgate knows autocommit is on from the session's start), not refused by the capture
+/// trigger as a write outside a coordinated transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_autocommit_sync_write_as_a_connections_first_command_reaches_the_replica() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    let p = proxy("mysql-sync-relay-first");
+    let password = format!("--password={APP_PASSWORD}");
+    let out = mariadb(p.port(), &["-u", "app", &password, "cgsync"], "INSERT INTO acct VALUES (5, 500, 'e');\n");
+    assert!(out.status.success(), "the insert failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = mariadb(p.port(), &["-u", "app", &password], "UPDATE cgsync.acct SET bal = 501 WHERE id = 5;\n");
+    assert!(out.status.success(), "the update failed: {}", String::from_utf8_lossy(&out.stderr));
+    settled().await;
+    assert_eq!(rows(primary()), "1\t100\ta\n2\t200\tb\n5\t501\te");
+    assert_eq!(rows(replica()), rows(primary()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
