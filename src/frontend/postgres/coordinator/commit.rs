@@ -160,12 +160,28 @@ where
                 drop(tx);
                 // Answers as they come, until the machine decides (the quorum prepared, or
                 // can no longer): the slower branches go on, and their Finish waits for them.
+                let mut unanswered = replicas.clone();
+                let mut decided = false;
                 while let Some((replica, result)) = rx.recv().await {
+                    unanswered.retain(|&i| i != replica);
                     let next = commit.on(Event::Prepared { replica, result });
                     if !next.is_empty() {
                         actions.extend(next);
+                        decided = true;
                         break;
                     }
+                }
+                // Every sender gone without a decision: a PREPARE task ended without an
+                // answer (it panicked). It counts as unavailable, so the commit is still
+                // decided and the client answered, never left waiting inside capgate's BEGIN.
+                for replica in unanswered {
+                    if decided {
+                        break;
+                    }
+                    let failed = Err(PrepareFailure::Unavailable("capgate's PREPARE task ended without an answer".into()));
+                    let next = commit.on(Event::Prepared { replica, result: failed });
+                    decided = !next.is_empty();
+                    actions.extend(next);
                 }
                 None
             }
