@@ -4,8 +4,8 @@
 //! the TRUNCATE waits behind a cut link, also across a capgate restart (a replica-only row
 //! written after the TRUNCATE was applied survives: it is not applied twice), also while
 //! other sessions insert rows as it runs; the client sees TRUNCATE's answer (OK, 0 rows) and
-//! the AUTO_INCREMENT counter starts again; prepared as well as sent as text. What capgate
-//! cannot carry is refused as the server would (1701: another table's foreign key) or with
+//! the AUTO_INCREMENT counter starts again; prepared as well as sent as text; a halted table
+//! holds its TRUNCATE with its other changes until resumed. What capgate cannot carry is refused as the server would (1701: another table's foreign key) or with
 //! its reason (a DELETE trigger of the table's own, a multi-statement query, LOCK TABLES).
 
 use std::process::Command;
@@ -245,4 +245,35 @@ async fn a_truncate_capgate_cannot_carry_is_refused_and_nothing_is_deleted() {
     assert_eq!(converged(T_ROWS).await, "");
     assert_eq!(converged("SELECT id FROM truncdb.audited").await, "1");
     assert_eq!(converged("SELECT id, IFNULL(parent, 'NULL') FROM truncdb.tree").await, "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncate_of_a_halted_table_is_held_with_its_changes_and_replayed_on_resume() {
+    let _turn = TURN.lock().await;
+    setup_both(TABLES);
+    let (_, replica) = servers();
+    let link = link();
+    let (p, _) = proxy("mysql-truncate-halted", POLICY, &link);
+    copied(&p, "truncdb.t").await;
+    let mut c = connect(&p.url("capgate", None, "truncdb")).await;
+    c.query_drop("INSERT INTO t VALUES (1, 'one'), (2, 'two')").await.expect("insert");
+    converged(T_ROWS).await;
+
+    // A row gone on the replica: the update halts the table (on_conflict = halt); the
+    // TRUNCATE and the rows after it are held with it on the primary.
+    replica.sql("DELETE FROM truncdb.t WHERE id = 1").expect("replica edit");
+    c.query_drop("UPDATE t SET v = 'uno' WHERE id = 1").await.expect("update");
+    super::async_ship::halted_in_status(p.admin.expect("admin listener"), "truncdb.t").await;
+    c.query_drop("TRUNCATE t").await.expect("TRUNCATE of a halted table");
+    c.query_drop("INSERT INTO t VALUES (3, 'three')").await.expect("insert");
+    c.query_drop("INSERT INTO b VALUES (1, 1)").await.expect("another table ships");
+    converged(B_ROWS).await;
+    assert_eq!(replica.sql(T_ROWS).expect("replica"), "2\ttwo", "held changes were applied");
+
+    // Repaired and resumed: the update, the TRUNCATE and the insert, in order.
+    replica.sql("INSERT INTO truncdb.t VALUES (1, 'one')").expect("repair");
+    let fleet = p.shared.shipping.get().cloned().expect("shipping");
+    fleet.shippers["east"].resume("truncdb.t", Duration::from_secs(30)).await.expect("resume");
+    assert_eq!(replica.sql(T_ROWS).expect("replica"), "3\tthree");
+    assert_eq!(converged(T_ROWS).await, "3\tthree");
 }
