@@ -95,12 +95,19 @@ where
     }
 }
 
+/// How long reading the table's catalog may take.
+const CATALOG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The table's catalog, on capgate's own connection to the primary.
 async fn read_catalog(statements: &Statements, table: &TableName) -> Result<Catalog, String> {
-    let mut conn = xa::connect(&statements.shared().config.primary.url).await.map_err(|e| e.to_string())?;
-    let got = truncate::catalog(&mut conn, table).await.map_err(|e| e.to_string());
-    let _ = conn.disconnect().await;
-    got
+    let url = &statements.shared().config.primary.url;
+    let read = async {
+        let mut conn = xa::connect(url).await.map_err(|e| e.to_string())?;
+        let got = truncate::catalog(&mut conn, table).await.map_err(|e| e.to_string());
+        let _ = conn.disconnect().await;
+        got
+    };
+    tokio::time::timeout(CATALOG_DEADLINE, read).await.unwrap_or_else(|_| Err(format!("no answer within {CATALOG_DEADLINE:?}")))
 }
 
 /// Steps 1 to 4 of `store::mysql::truncate`: on success the transaction is open with the
