@@ -12,6 +12,8 @@
 //! - a possible sync write outside a transaction in autocommit mode: capgate runs it inside
 //!   a `BEGIN` of its own and coordinates that transaction; the client sees the statement's
 //!   reply (outside a transaction), or the refusal;
+//! - a TRUNCATE of a replicated table: the open transaction is committed (coordinated) as
+//!   the TRUNCATE would, then capgate carries it (`super::truncate`, decision 0029);
 //! - anything else goes on as it came.
 //!
 //! capgate's commands go to the primary as [`Pending::Capgate`]: the server pump hands their
@@ -107,6 +109,16 @@ where
                 answer(state, outcome, commit_reply);
             }
         }
+        Hold::Truncate(target) => {
+            if in_trans {
+                let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
+                if outcome != Outcome::Committed {
+                    answer(state, outcome, reply);
+                    return Ok(());
+                }
+            }
+            return super::truncate::carry(state, server, statements, &target).await;
+        }
         _ => return forward(state, server, statements, payload).await,
     }
     Ok(())
@@ -123,7 +135,7 @@ where
 }
 
 /// Run the sync commit; the outcome and the reply of the COMMIT that went to the primary.
-async fn coordinate<W>(
+pub(super) async fn coordinate<W>(
     state: &SessionState,
     server: &mut W,
     statements: &mut Statements,
@@ -145,7 +157,7 @@ where
 }
 
 /// Queue the client's answer: `reply` (the primary's) unless the commit was refused.
-fn answer(state: &SessionState, outcome: Outcome, reply: Option<Vec<u8>>) {
+pub(super) fn answer(state: &SessionState, outcome: Outcome, reply: Option<Vec<u8>>) {
     let bytes = match outcome {
         Outcome::Refused(r) => packet::err(1, (COMMIT_REFUSED, r.code), &format!("{} (hint: {})", r.message, r.hint)),
         _ => reply.unwrap_or_else(|| packet::err(1, (COMMIT_REFUSED, "08S01"), "capgate: the primary did not answer the COMMIT")),
@@ -167,7 +179,7 @@ async fn send<W: AsyncWrite + Unpin + ?Sized>(server: &mut W, payloads: &[&[u8]]
 
 /// Which COMMIT ends the transaction.
 #[derive(Clone, Copy)]
-enum Commit<'a> {
+pub(super) enum Commit<'a> {
     /// The client's own (its reply goes to the client).
     Client(&'a [u8]),
     /// capgate's, for a transaction it opened or must end before a statement that commits
@@ -176,7 +188,7 @@ enum Commit<'a> {
 }
 
 /// The client's primary transaction, reached through the relay.
-struct RelayPrimary<'a, W: ?Sized> {
+pub(super) struct RelayPrimary<'a, W: ?Sized> {
     state: &'a SessionState,
     server: &'a mut W,
     statements: &'a Statements,
@@ -184,17 +196,17 @@ struct RelayPrimary<'a, W: ?Sized> {
     /// The primary's reply to the COMMIT, once sent.
     commit_reply: Option<Vec<u8>>,
     /// The primary connection failed: the session ends with this.
-    failed: Option<PumpError>,
+    pub(super) failed: Option<PumpError>,
 }
 
 impl<'a, W: AsyncWrite + Unpin + Send + ?Sized> RelayPrimary<'a, W> {
-    fn new(state: &'a SessionState, server: &'a mut W, statements: &'a Statements, commit: Commit<'a>) -> Self {
+    pub(super) fn new(state: &'a SessionState, server: &'a mut W, statements: &'a Statements, commit: Commit<'a>) -> Self {
         RelayPrimary { state, server, statements, commit, commit_reply: None, failed: None }
     }
 
     /// Send commands of capgate's own; their replies, whole, in order (None: the connection
     /// failed).
-    async fn own(&mut self, payloads: &[&[u8]]) -> Option<Vec<Vec<u8>>> {
+    pub(super) async fn own(&mut self, payloads: &[&[u8]]) -> Option<Vec<Vec<u8>>> {
         let mut waits = Vec::new();
         {
             let mut flow = self.state.lock();
@@ -222,14 +234,14 @@ impl<'a, W: AsyncWrite + Unpin + Send + ?Sized> RelayPrimary<'a, W> {
     }
 }
 
-fn query(sql: &str) -> Vec<u8> {
+pub(super) fn query(sql: &str) -> Vec<u8> {
     let mut p = vec![com::QUERY];
     p.extend_from_slice(sql.as_bytes());
     p
 }
 
 /// The ERR message of a reply, if it is one.
-fn error_of(reply: &[u8]) -> Option<String> {
+pub(super) fn error_of(reply: &[u8]) -> Option<String> {
     reply.get(4..).and_then(parse_err).map(|e| format!("{} ({})", e.message, e.code))
 }
 

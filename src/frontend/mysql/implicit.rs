@@ -14,8 +14,9 @@
 //! table, capgate cannot step in between the two: such a query is refused before any of it
 //! runs, naming both statements, the table and the remedy.
 //!
-//! `TRUNCATE` of a replicated table is refused outright: it fires no trigger, so the replica
-//! would keep the rows.
+//! `TRUNCATE` of a replicated table fires no trigger, so capture would not see the rows go:
+//! sent as a query of its own (or prepared alone), capgate carries it ([`truncate_alone`],
+//! `super::truncate`, decision 0029); inside a multi-statement query it is refused.
 //!
 //! Statements are judged by their text where it can be lined up with the classification's
 //! statements. Where it cannot (a stored program's body holds semicolons: the tokenizer and
@@ -25,7 +26,7 @@
 //!
 //! Nothing here does I/O: statement text and classification in, a verdict out.
 
-use crate::classify::{classify, statement_ends, Catalog, Classification, Dialect, Kind, SearchPath, StatementClass, TxControl};
+use crate::classify::{classify, statement_ends, Catalog, Classification, Dialect, Kind, SearchPath, StatementClass, TableName, TxControl};
 use crate::policy::{Mode, Policy};
 
 /// The text of each statement of `sql`, aligned with `c.statements` (one element holding the
@@ -214,12 +215,26 @@ fn sync_write(statement: &StatementClass, policy: &Policy) -> Option<String> {
         .find_map(|d| matches!(d.mode, Mode::Sync { .. }).then(|| format!("sync table {} (rule {})", d.table, d.rule)))
 }
 
-/// The refusal message of a `TRUNCATE` of a table the policy replicates (None: there is
-/// none in `c`). TRUNCATE fires no trigger on MySQL, so capture never sees the rows go and
-/// the replica would keep them: capgate refuses it rather than let the sites differ.
+/// The table of `c` when it is one `TRUNCATE [TABLE] t` statement alone (`texts` as
+/// [`statement_texts`] gives them): capgate can carry it (decision 0029) whatever the table.
+pub fn truncate_alone<'c>(c: &'c Classification, texts: &[&str]) -> Option<&'c TableName> {
+    match (c.statements.as_slice(), texts) {
+        ([one], [text]) if words(text, 1).first().map(String::as_str) == Some("truncate") && one.writes.len() == 1 => one.writes.first(),
+        _ => None,
+    }
+}
+
+/// The refusal message of a `TRUNCATE` of a table the policy replicates that capgate cannot
+/// carry (None: there is none in `c`, or it is a statement alone, which
+/// [`truncate_alone`] gives the caller to carry). TRUNCATE fires no trigger on MySQL, so
+/// capture never sees the rows go; capgate carries it only when it runs alone, as a query of
+/// its own, not in the middle of a multi-statement query.
 pub fn truncates_replicated(c: &Classification, texts: &[&str], path: &SearchPath, policy: &Policy) -> Option<String> {
     if !aligned(c, texts) {
         return truncates_unaligned(texts.first().copied().unwrap_or(""), path, policy);
+    }
+    if truncate_alone(c, texts).is_some() {
+        return None;
     }
     let text = |i: usize| texts[i];
     c.statements.iter().enumerate().find_map(|(i, statement)| {
@@ -228,10 +243,12 @@ pub fn truncates_replicated(c: &Classification, texts: &[&str], path: &SearchPat
         }
         let d = statement.writes.iter().map(|t| policy.decide_table(t)).find(|d| d.mode != Mode::Local)?;
         Some(format!(
-            "capgate refused `{}`: {} is replicated (mode {}, rule {}) and TRUNCATE fires no trigger on MySQL, so the \
-             replica would keep its rows; nothing was run. Use DELETE FROM {} (captured row by row), or make the table local \
-             in the policy",
+            "capgate refused this query: it holds `{}` (statement {} of {}), and {} is replicated (mode {}, rule {}); \
+             TRUNCATE fires no trigger on MySQL, and capgate carries it to the replicas only when it is sent as a query of \
+             its own; nothing was run. Send the TRUNCATE as a query of its own (or use DELETE FROM {})",
             shown(text(i)),
+            i + 1,
+            c.statements.len(),
             d.table,
             d.mode.name(),
             d.rule,
@@ -251,9 +268,9 @@ fn truncates_unaligned(sql: &str, path: &SearchPath, policy: &Policy) -> Option<
         let d = c.writes().into_iter().map(|t| policy.decide_table(t)).find(|d| d.mode != Mode::Local)?;
         Some(format!(
             "capgate refused this query: it holds `{}`, and {} is replicated (mode {}, rule {}); TRUNCATE fires no trigger \
-             on MySQL, so the replica would keep its rows (capgate could not tell the query's statements apart: its \
-             tokenizer and parser count them differently); nothing was run. Use DELETE FROM {} (captured row by row), or \
-             make the table local in the policy",
+             on MySQL, and capgate carries it to the replicas only when it is sent as a query of its own (capgate could not \
+             tell this query's statements apart: its tokenizer and parser count them differently); nothing was run. Send the \
+             TRUNCATE as a query of its own (or use DELETE FROM {})",
             shown(piece),
             d.table,
             d.mode.name(),
@@ -467,9 +484,19 @@ mod tests {
             let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
             truncates_replicated(&c, &statement_texts(sql, &path, &c), &path, &policy)
         };
-        let message = truncates("TRUNCATE TABLE orders").expect("refused");
-        assert!(message.contains("shop.orders is replicated (mode sync") && message.contains("DELETE FROM shop.orders"), "{message}");
-        assert!(truncates("SELECT 1; truncate orders").is_some());
-        assert!(truncates("TRUNCATE notes").is_none(), "a local table");
+        assert!(truncates("TRUNCATE TABLE orders").is_none(), "alone, it is carried");
+        let message = truncates("SELECT 1; truncate orders").expect("refused");
+        for words in ["`truncate orders` (statement 2 of 2)", "shop.orders is replicated (mode sync", "as a query of its own"] {
+            assert!(message.contains(words), "{words:?} missing from {message}");
+        }
+        assert!(truncates("TRUNCATE notes; SELECT 1").is_none(), "a local table");
+        let alone = |sql: &str| {
+            let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
+            truncate_alone(&c, &statement_texts(sql, &path, &c)).map(ToString::to_string)
+        };
+        assert_eq!(alone("/* why */ TRUNCATE TABLE orders").as_deref(), Some("shop.orders"));
+        assert_eq!(alone("truncate other.notes;").as_deref(), Some("other.notes"));
+        assert_eq!(alone("TRUNCATE orders; SELECT 1"), None);
+        assert_eq!(alone("DELETE FROM orders"), None);
     }
 }

@@ -11,6 +11,7 @@
 //! - [`statements`]: what the session's statements write, decided by the policy; `KILL`;
 //! - [`admin_sql`]: the admin commands (`SHOW CAPGATE …`) answered on this port;
 //! - [`sync`]: the sync commit over XA, driving `replicate::coordinator::SyncCommit`;
+//! - [`truncate`]: a TRUNCATE of a replicated table carried as one captured change (decision 0029);
 //! - [`conn`]: a buffered connection for the packet-at-a-time connection phase.
 //!
 //! Nothing here may decide replication: that belongs to the protocol-neutral layers above.
@@ -29,6 +30,7 @@ pub mod session;
 pub mod setup;
 pub mod statements;
 pub mod sync;
+pub mod truncate;
 
 use std::collections::HashMap;
 use std::future::Future;

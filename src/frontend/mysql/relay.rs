@@ -73,6 +73,9 @@ pub struct Prepared {
     /// `Hold::AutocommitOn`, as the text statement is (inside `BEGIN` with autocommit on it
     /// commits nothing, and a later ROLLBACK must still roll back).
     pub autocommit_on: bool,
+    /// It is a `TRUNCATE` alone, of this table: when the policy replicates the table, its
+    /// executions are carried as the text statement would be (decision 0029).
+    pub truncate: Option<crate::classify::TableName>,
 }
 
 /// One reply owed to the client.

@@ -18,6 +18,7 @@ use tracing::warn;
 
 use super::relay::{After, Flow, Pending, Prepared};
 use super::sync::ReplicaSlot;
+use super::truncate::Target;
 use super::Shared;
 use super::{admin_sql, implicit};
 use crate::classify::{Classification, Kind, SearchPath, TxControl};
@@ -47,7 +48,7 @@ pub enum Verdict {
 }
 
 /// Why a command is held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hold {
     /// A COMMIT.
     Commit,
@@ -63,6 +64,9 @@ pub enum Hold {
     /// A statement that may write a sync table: outside a transaction in autocommit mode,
     /// capgate runs it in a transaction of its own and coordinates that.
     Autocommit,
+    /// A TRUNCATE of a replicated table: commits the open transaction (coordinated), then
+    /// capgate carries it in place of the statement (`super::truncate`, decision 0029).
+    Truncate(Target),
 }
 
 /// A session's command tracking, owned by the client pump.
@@ -156,7 +160,7 @@ impl Statements {
             Command::Prepare(sql) if admin_sql::find(sql, flow.status).is_some() => return Verdict::Refuse(admin_sql::prepare_refusal()),
             Command::Prepare(sql) => match self.route(flow, sql, false) {
                 Ok(classification) => {
-                    let (mut implicit_commit, mut autocommit_on) = (false, false);
+                    let (mut implicit_commit, mut autocommit_on, mut truncate) = (false, false, None);
                     if let Some(c) = classification.as_ref().filter(|_| !self.slots.is_empty()) {
                         let text = String::from_utf8_lossy(sql);
                         let path = SearchPath::new(flow.schema.iter().cloned());
@@ -166,8 +170,9 @@ impl Statements {
                         }
                         implicit_commit = implicit::any_commits(c, &texts, false);
                         autocommit_on = sets_autocommit_alone(c, &texts);
+                        truncate = implicit::truncate_alone(c, &texts).cloned();
                     }
-                    let prepared = Prepared { classification, implicit_commit, autocommit_on };
+                    let prepared = Prepared { classification, implicit_commit, autocommit_on, truncate };
                     self.last_prepare = Some(prepared.clone());
                     after = After::Prepared(prepared);
                 }
@@ -178,7 +183,18 @@ impl Statements {
                     u32::MAX => self.last_prepare.clone(),
                     id => flow.prepared.get(&id).cloned(),
                 };
-                if let Some(Prepared { classification: Some(c), implicit_commit, autocommit_on }) = prepared {
+                if let Some(Prepared { classification: Some(c), implicit_commit, autocommit_on, truncate }) = prepared {
+                    // A prepared TRUNCATE alone is carried like the text one, by the policy of
+                    // this execution.
+                    if let Some(table) = truncate.filter(|_| !self.slots.is_empty()) {
+                        let d = self.policy().decide_table(&table);
+                        if d.mode != Mode::Local {
+                            if let Some(refusal) = self.admit(std::slice::from_ref(&d), true) {
+                                return refusal;
+                            }
+                            return self.carry_truncate(&d, "the prepared TRUNCATE");
+                        }
+                    }
                     if let Some(hold) = self.hold_for(&c, implicit_commit) {
                         return Verdict::Hold(autocommit_hold(hold, autocommit_on));
                     }
@@ -231,13 +247,21 @@ impl Statements {
     /// are configured: refused, held, or (None) forwarded as it came.
     fn replicated_query(&mut self, sql: &[u8], c: &Classification, texts: &[&str], path: &SearchPath) -> Option<Verdict> {
         let policy = self.policy();
+        // A TRUNCATE of a replicated table alone is carried (decision 0029); anywhere else in
+        // a query it is refused.
+        if let Some(d) = implicit::truncate_alone(c, texts).map(|t| policy.decide_table(t)).filter(|d| d.mode != Mode::Local) {
+            return Some(self.carry_truncate(&d, &format!("`{}`", texts[0])));
+        }
         if let Some(message) = implicit::truncates_replicated(c, texts, path, &policy) {
             return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
         }
+        let locked = self.locked_tables;
         if !policy.has_sync() {
+            // Followed all the same: a TRUNCATE under LOCK TABLES cannot be carried.
+            self.locked_tables = implicit::locks_tables(texts, locked);
             return None;
         }
-        if let Some(message) = implicit::commit_mid_query(c, texts, &policy, self.locked_tables) {
+        if let Some(message) = implicit::commit_mid_query(c, texts, &policy, locked) {
             return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
         }
         if c.statements.len() > 1 && c.statements.iter().any(|s| s.kind == Kind::Transaction(TxControl::Commit)) {
@@ -254,12 +278,31 @@ impl Statements {
                  commits them on every site with XA itself); use BEGIN ... COMMIT",
             ));
         }
-        let commits = implicit::any_commits(c, texts, self.locked_tables);
-        self.locked_tables = implicit::locks_tables(texts, self.locked_tables);
+        let commits = implicit::any_commits(c, texts, locked);
+        self.locked_tables = implicit::locks_tables(texts, locked);
         // LOAD DATA LOCAL needs the client's file contents mid-reply: not held (outside a
         // transaction the capture trigger refuses it; inside one the COMMIT is held).
         let hold = self.hold_for(c, commits).filter(|_| !is_load_local(sql))?;
         Some(Verdict::Hold(autocommit_hold(hold, sets_autocommit_alone(c, texts))))
+    }
+
+    /// The hold that carries a TRUNCATE of `d`'s table (decision 0029), or its refusal under
+    /// `LOCK TABLES` (capgate's transaction would release the session's locks, and its
+    /// change log is not among the locked tables). `what` names the statement.
+    fn carry_truncate(&mut self, d: &Decision, what: &str) -> Verdict {
+        if self.locked_tables {
+            return Self::refuse(
+                errors::NOT_SUPPORTED,
+                &format!(
+                    "capgate refused {what}: {} is replicated (mode {}, rule {}) and capgate carries a TRUNCATE in a transaction \
+                     of its own, which cannot run while this session holds LOCK TABLES; nothing was run. UNLOCK TABLES first",
+                    d.table,
+                    d.mode.name(),
+                    d.rule
+                ),
+            );
+        }
+        Verdict::Hold(Hold::Truncate(Target { table: d.table.clone(), mode: d.mode.name(), rule: d.rule.to_string() }))
     }
 
     /// Whether a statement must be held while sync tables are replicated (decision 0016).

@@ -33,7 +33,7 @@ pub struct Change {
     pub seq: u64,
     /// The table as [`TableName`] displays it.
     pub tbl: String,
-    /// `I`, `U` or `D`.
+    /// `I`, `U`, `D`, or `T` (a TRUNCATE of the table, without images: decision 0029).
     pub op: String,
     pub old: Option<String>,
     pub new: Option<String>,
@@ -121,10 +121,23 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
                 let _ = write!(out, "DELETE FROM {target} WHERE {matches};");
                 expect(&mut out, "delete_missing_or_differs", change, &old);
             }
+            "T" => out.push_str(&truncate_sql(&target)),
             other => return Err(bad(change, &format!("unknown operation {other:?}"))),
         }
     }
     Ok(out)
+}
+
+/// The statements that carry a TRUNCATE of `target` (change `T`, decision 0029): every row
+/// deleted in the batch's own transaction (a real TRUNCATE would commit it implicitly, and
+/// the position must move with it), foreign keys not checked — the primary's TRUNCATE either
+/// was refused (another table references this one) or ran with the checks off, and a table
+/// referencing itself is emptied whatever the order of its rows.
+pub(super) fn truncate_sql(target: &str) -> String {
+    format!(
+        "SET @capgate_fk = @@foreign_key_checks, foreign_key_checks = 0;DELETE FROM {target};\
+         SET foreign_key_checks = @capgate_fk, @capgate_fk = NULL;"
+    )
 }
 
 /// The replica table of `change` (quoted) and its columns.
@@ -229,6 +242,16 @@ mod tests {
         assert!(
             sql.ends_with(r#"SET @capgate_rows = capgate.expect_rows(ROW_COUNT(), 1, 'delete_missing_or_differs shop.t {"id":7}');"#),
             "{sql}"
+        );
+    }
+
+    #[test]
+    fn a_truncate_empties_the_table_in_the_same_transaction() {
+        let sql = statements(&[change("T", None, None)], &tables()).expect("sql");
+        assert_eq!(
+            sql,
+            "SET @capgate_fk = @@foreign_key_checks, foreign_key_checks = 0;DELETE FROM `shop`.`t`;\
+             SET foreign_key_checks = @capgate_fk, @capgate_fk = NULL;"
         );
     }
 

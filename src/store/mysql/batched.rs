@@ -28,8 +28,13 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
     while i < changes.len() {
         let first = &changes[i];
         let (table, columns) = target(first, tables)?;
-        // The run: following changes of the same kind on the same table (updates never merge).
-        let run = changes[i..].iter().take(MAX_RUN).take_while(|c| c.op == first.op && c.tbl == first.tbl && c.op != "U").count().max(1);
+        // The run: following changes of the same kind on the same table (updates and truncates never merge).
+        let run = changes[i..]
+            .iter()
+            .take(MAX_RUN)
+            .take_while(|c| c.op == first.op && c.tbl == first.tbl && matches!(c.op.as_str(), "I" | "D"))
+            .count()
+            .max(1);
         match first.op.as_str() {
             "I" => {
                 let mut names: Option<Vec<String>> = None;
@@ -73,6 +78,11 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
                 let _ = write!(out, "DELETE FROM {table} WHERE {};", each.join(" OR "));
                 count(&mut out, run);
                 i += run;
+            }
+            "T" => {
+                // A TRUNCATE (decision 0029): every row goes, whatever the count.
+                out.push_str(&super::apply::truncate_sql(&table));
+                i += 1;
             }
             other => return Err(bad(first, &format!("unknown operation {other:?}"))),
         }
@@ -135,6 +145,27 @@ mod tests {
                 "UPDATE `s`.`b` SET `id` = 6, `v` = 5 WHERE `id` <=> 6 AND `v` <=> 4",
                 "SET @capgate_bad = @capgate_bad + (ROW_COUNT() <> 1)",
                 "SET @capgate_rows = capgate.expect_rows(@capgate_bad, 0, 'batch_conflict: a row is missing or differs (applied again change by change)')",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_truncate_between_inserts_keeps_its_place() {
+        let changes = [
+            change(1, "s.a", "I", None, Some(r#"{"id": 1, "v": 1}"#)),
+            change(2, "s.a", "T", None, None),
+            change(3, "s.a", "I", None, Some(r#"{"id": 1, "v": 2}"#)),
+        ];
+        let sql = statements(&changes, &tables()).expect("sql");
+        let parts: Vec<&str> = sql.split(';').filter(|s| !s.is_empty()).collect();
+        assert_eq!(
+            &parts[1..6],
+            [
+                "INSERT INTO `s`.`a` (`id`, `v`) VALUES (1, 1)",
+                "SET @capgate_fk = @@foreign_key_checks, foreign_key_checks = 0",
+                "DELETE FROM `s`.`a`",
+                "SET foreign_key_checks = @capgate_fk, @capgate_fk = NULL",
+                "INSERT INTO `s`.`a` (`id`, `v`) VALUES (1, 2)",
             ]
         );
     }

@@ -65,7 +65,20 @@ pub fn trigger_name(table: &str, event: char) -> String {
     format!("capgate_{event}_{head}_{hash:016x}")
 }
 
+/// The marker of `table` in `@capgate_truncate` while capgate carries a TRUNCATE of it
+/// (decision 0029): a number (a hash of the name, 63 bits), so the trigger compares it
+/// whatever the session's character set.
+pub fn truncate_mark(table: &TableName) -> u64 {
+    let name = table.to_string();
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)) >> 1
+}
+
 /// The three capture triggers of `table` with `columns`, recording as `mode`.
+///
+/// The delete trigger also carries a TRUNCATE (decision 0029): while the session's
+/// `@capgate_truncate` holds this table's [`truncate_mark`], the first row deleted records
+/// one change `T` (no images) in place of its own, the others nothing, and
+/// `@capgate_truncated` is set so capgate can check that the record was written.
 pub fn triggers(table: &TableName, columns: &[Column], mode: CaptureMode) -> Result<Vec<Trigger>, ImageError> {
     if !columns.iter().any(|c| c.key) {
         return Err(ImageError::NoPrimaryKey);
@@ -73,33 +86,42 @@ pub fn triggers(table: &TableName, columns: &[Column], mode: CaptureMode) -> Res
     let new = image::json_object("NEW", columns)?;
     let old = image::json_object("OLD", columns)?;
     let tbl = quote_literal(&table.to_string());
+    // What the trigger records for a change `op` with these images.
+    let record = |op: &str, old_image: &str, new_image: &str| {
+        let values = format!("(CONNECTION_ID(), UTC_TIMESTAMP(6), {tbl}, '{op}', {old_image}, {new_image}");
+        let later = |proxied: &str| {
+            format!("INSERT INTO capgate.changes (conn, at, tbl, op, old_image, new_image, proxied) VALUES {values}, {proxied});")
+        };
+        match mode {
+            // `latest` across writing sites is PostgreSQL-only so far: here it records as async.
+            CaptureMode::Async | CaptureMode::Latest => later("@capgate_session IS NOT NULL"),
+            CaptureMode::Sync => format!(
+                "IF @capgate_session IS NULL THEN {} ELSE IF @@in_transaction = 0 THEN SIGNAL SQLSTATE 'HY000' SET \
+                 MYSQL_ERRNO = 1644, MESSAGE_TEXT = {}; END IF; INSERT INTO capgate.sync_changes (conn, at, tbl, op, \
+                 old_image, new_image) VALUES {values}); SET @capgate_sync = 1; END IF;",
+                later("FALSE"),
+                quote_literal(&autocommit_message(table)),
+            ),
+        }
+    };
     Ok(EVENTS
         .iter()
         .map(|&(event, letter)| {
-            let (op, old_image, new_image) = match event {
-                "INSERT" => ("I", "NULL", new.as_str()),
-                "UPDATE" => ("U", old.as_str(), new.as_str()),
-                _ => ("D", old.as_str(), "NULL"),
-            };
-            let values = format!("(CONNECTION_ID(), UTC_TIMESTAMP(6), {tbl}, '{op}', {old_image}, {new_image}");
-            let later = |proxied: &str| {
-                format!("INSERT INTO capgate.changes (conn, at, tbl, op, old_image, new_image, proxied) VALUES {values}, {proxied});")
-            };
-            let record = match mode {
-                // `latest` across writing sites is PostgreSQL-only so far: here it records as async.
-                CaptureMode::Async | CaptureMode::Latest => later("@capgate_session IS NOT NULL"),
-                CaptureMode::Sync => format!(
-                    "IF @capgate_session IS NULL THEN {} ELSE IF @@in_transaction = 0 THEN SIGNAL SQLSTATE 'HY000' SET \
-                     MYSQL_ERRNO = 1644, MESSAGE_TEXT = {}; END IF; INSERT INTO capgate.sync_changes (conn, at, tbl, op, \
-                     old_image, new_image) VALUES {values}); SET @capgate_sync = 1; END IF;",
-                    later("FALSE"),
-                    quote_literal(&autocommit_message(table)),
+            let body = match event {
+                "INSERT" => record("I", "NULL", &new),
+                "UPDATE" => record("U", &old, &new),
+                _ => format!(
+                    "IF @capgate_truncate <=> {} THEN IF @capgate_truncated IS NULL THEN {} SET @capgate_truncated = 1; END IF; \
+                     ELSE {} END IF;",
+                    truncate_mark(table),
+                    record("T", "NULL", "NULL"),
+                    record("D", &old, "NULL")
                 ),
             };
             Trigger {
                 name: trigger_name(&table.name, letter),
                 event,
-                body: format!("BEGIN IF @capgate_apply IS NULL THEN {record} END IF; END"),
+                body: format!("BEGIN IF @capgate_apply IS NULL THEN {body} END IF; END"),
             }
         })
         .collect())
@@ -240,6 +262,20 @@ mod tests {
         let (na, nb) = (trigger_name(&long_a, 'u'), trigger_name(&long_b, 'u'));
         assert!(na.chars().count() <= 64 && nb.chars().count() <= 64);
         assert_ne!(na, nb);
+    }
+
+    #[test]
+    fn the_delete_trigger_records_one_truncate_while_the_table_is_marked() {
+        let t = TableName::new("shop", "orders");
+        for mode in [CaptureMode::Async, CaptureMode::Sync] {
+            let got = triggers(&t, &[col("id", "int", true)], mode).expect("triggers");
+            let delete = &got[2].body;
+            let marked = format!("IF @capgate_truncate <=> {} THEN IF @capgate_truncated IS NULL THEN ", truncate_mark(&t));
+            assert!(delete.contains(&marked), "{delete}");
+            assert!(delete.contains("'shop.orders', 'T', NULL, NULL") && delete.contains("SET @capgate_truncated = 1;"), "{delete}");
+            assert!(delete.contains("ELSE ") && delete.contains("'shop.orders', 'D', JSON_OBJECT('id', OLD.`id`), NULL"), "{delete}");
+            assert!(!got[0].body.contains("capgate_truncate") && !got[1].body.contains("capgate_truncate"));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`position`], [`ship`], [`resolve`]: async shipping to a replica, exactly once (decision 0021);
 //! - [`copy`]: the initial copy of a table entering async replication, and its gate;
 //! - [`held`]: a table halted alone on a replica, its changes held until it is resumed;
+//! - [`truncate`]: a TRUNCATE of a replicated table, carried as one change in capture order;
 //! - [`xa`]: the replica side of a sync commit (XA prepare, commit, recovery).
 
 pub mod apply;
@@ -20,4 +21,5 @@ pub mod position;
 pub mod primary;
 pub mod resolve;
 pub mod ship;
+pub mod truncate;
 pub mod xa;

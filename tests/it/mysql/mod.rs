@@ -8,6 +8,7 @@ mod admin_sql;
 mod async_copy;
 mod async_reload;
 mod async_ship;
+mod async_truncate;
 mod auth;
 mod bad_input;
 mod capture;

@@ -1,8 +1,9 @@
 //! A MySQL replica cut off while sync commits run (decision 0016): a silent blackhole makes the
 //! COMMIT fail within the prepare deadline with 1180 / 55000 and nothing commits; a reset of
 //! the link (the connection capgate kept is dead) and refused connections are answered the
-//! same way or, once the link is back, with a new connection; after restore, once the health
-//! loop sees the replica healthy again, commits go on.
+//! same way or, once the link is back, with a new connection (a TRUNCATE of the sync table
+//! too, nothing deleted); after restore, once the health loop sees the replica healthy again,
+//! commits go on.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -68,6 +69,11 @@ async fn a_cut_replica_refuses_the_commit_and_nothing_commits() {
     link.reset();
     let err = c.query_drop("UPDATE acct SET bal = 5 WHERE id = 1").await.expect_err("refused");
     assert!(refused(&err), "{err}");
+    // A TRUNCATE of the sync table (carried in a coordinated commit, decision 0029) is
+    // refused the same way, and nothing is deleted.
+    let err = c.query_drop("TRUNCATE acct").await.expect_err("refused");
+    assert!(refused(&err), "{err}");
+    assert_eq!(rows(primary()), "1\t4\ta\n2\t200\tb", "the refused TRUNCATE deleted rows");
     link.restore();
     healthy(&p).await;
     c.query_drop("UPDATE acct SET bal = 6 WHERE id = 2").await.expect("after restore");

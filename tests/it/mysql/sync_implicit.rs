@@ -3,8 +3,8 @@
 //! while tables are locked — the open transaction is coordinated first: its rows are on the
 //! replica. In a multi-statement query after a write to a sync table, the query is refused
 //! before any of it runs, naming the statement, the table and the remedy. A temporary table
-//! commits nothing, so a ROLLBACK after it still rolls back. TRUNCATE of a replicated table
-//! (it fires no trigger) is refused. Every spelling of `SET autocommit = 1` (`:=`, `'ON'`,
+//! commits nothing, so a ROLLBACK after it still rolls back. TRUNCATE of a sync table (it
+//! fires no trigger) is carried in a coordinated commit (decision 0029). Every spelling of `SET autocommit = 1` (`:=`, `'ON'`,
 //! `DEFAULT`, `@@session.` …) commits when autocommit was off, coordinated; a prepared one
 //! inside `BEGIN` with autocommit on commits nothing, as the text one. A query whose
 //! statements capgate cannot line up with their texts (a stored program's body) is judged by
@@ -85,17 +85,24 @@ async fn implicit_commits_are_coordinated_or_refused_with_the_statement_named() 
     assert_eq!(on_primary, "1\t1\ta\n2\t20\tb", "SET autocommit = 1 committed a BEGIN transaction");
     assert_eq!(on_replica, on_primary);
 
-    // TRUNCATE of a replicated table fires no trigger (the replica would keep its rows):
-    // refused, as a statement and as a prepared one, with the remedy.
-    let err = c.query_drop("TRUNCATE TABLE acct").await.expect_err("refused");
-    assert_eq!(error_code(&err), 1235, "{err}");
-    assert!(
-        err.to_string().contains("cgsync.acct is replicated (mode sync") && err.to_string().contains("DELETE FROM cgsync.acct"),
-        "{err}"
-    );
-    let err = c.prep("TRUNCATE acct").await.expect_err("refused at prepare");
-    assert_eq!(error_code(&err), 1235, "{err}");
-    assert_eq!(rows(primary()), "1\t1\ta\n2\t20\tb");
+    // TRUNCATE of a sync table fires no trigger: capgate carries it (decision 0029). The
+    // open transaction commits first, coordinated; then the rows go on both sites in one
+    // coordinated commit. Prepared, the same. The rows are put back for what follows.
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 21 WHERE id = 2").await.expect("update");
+    c.query_drop("TRUNCATE TABLE acct").await.expect("TRUNCATE of a sync table");
+    assert_eq!(c.query_first::<i64, _>("SELECT @@in_transaction").await.expect("read"), Some(0));
+    let (on_primary, on_replica) = both().await;
+    assert_eq!((on_primary.as_str(), on_replica.as_str()), ("", ""), "TRUNCATE of a sync table");
+    c.query_drop("INSERT INTO acct VALUES (1, 1, 'a')").await.expect("insert");
+    let truncate = c.prep("TRUNCATE acct").await.expect("prepare TRUNCATE");
+    c.exec_drop(&truncate, ()).await.expect("execute TRUNCATE");
+    let (on_primary, on_replica) = both().await;
+    assert_eq!((on_primary.as_str(), on_replica.as_str()), ("", ""), "a prepared TRUNCATE of a sync table");
+    c.query_drop("INSERT INTO acct VALUES (1, 1, 'a'), (2, 20, 'b')").await.expect("insert");
+    let (on_primary, on_replica) = both().await;
+    assert_eq!(on_primary, "1\t1\ta\n2\t20\tb");
+    assert_eq!(on_replica, on_primary);
 
     // A temporary table commits nothing: the ROLLBACK after it rolls the write back.
     c.query_drop("BEGIN").await.expect("begin");
@@ -160,7 +167,8 @@ async fn every_spelling_of_autocommit_on_prepared_or_not_and_queries_capgate_can
 
     // A stored program's body holds semicolons, so capgate cannot line the statements' texts
     // up with the parser's: judged by their kinds, a definition (it commits) after a sync
-    // write is refused, and so is a TRUNCATE of a replicated table; nothing runs.
+    // write is refused, and so is a TRUNCATE of a replicated table (carried only as a query
+    // of its own); nothing runs.
     let body = "CREATE PROCEDURE cgsync.p() BEGIN SELECT 1; SELECT 2; END";
     c.query_drop("SET autocommit = 0").await.expect("autocommit off");
     let err = c.query_drop(format!("UPDATE acct SET bal = 41 WHERE id = 1; {body}")).await.expect_err("refused");
