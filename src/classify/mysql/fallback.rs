@@ -83,25 +83,10 @@ pub(in crate::classify) fn misparsed(stmt: &Statement) -> bool {
     }
 }
 
-/// Whether `CREATE … {PROCEDURE|FUNCTION|TRIGGER|EVENT} … BEGIN` (or MariaDB's
-/// `BEGIN NOT ATOMIC`) starts here: a compound statement with semicolons of its own.
-pub(in crate::classify) fn is_compound_definition(tokens: &[Token]) -> bool {
-    // MariaDB's anonymous block: BEGIN NOT ATOMIC … END.
-    if is_word(tokens.first(), "BEGIN") && is_word(tokens.get(1), "NOT") && is_word(tokens.get(2), "ATOMIC") {
-        return true;
-    }
-    if !is_word(tokens.first(), "CREATE") {
-        return false;
-    }
-    let at = object_position(tokens);
-    word(tokens.get(at)).is_some_and(|w| matches!(w.as_str(), "PROCEDURE" | "FUNCTION" | "TRIGGER" | "EVENT"))
-        && tokens[at..].iter().any(|t| is_word(Some(t), "BEGIN"))
-}
-
 /// In `CREATE`/`ALTER`/`DROP …`, the index of the word naming the kind of object (TABLE,
 /// TRIGGER, PROCEDURE …), past `OR REPLACE`, `DEFINER = user`, `ALGORITHM = …`, `SQL SECURITY
 /// …` and modifiers such as TEMPORARY, ONLINE, UNIQUE, AGGREGATE.
-fn object_position(tokens: &[Token]) -> usize {
+pub(super) fn object_position(tokens: &[Token]) -> usize {
     let mut i = 1;
     loop {
         match word(tokens.get(i)).as_deref() {

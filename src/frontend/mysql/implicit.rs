@@ -18,9 +18,10 @@
 //! would keep the rows.
 //!
 //! Statements are judged by their text where it can be lined up with the classification's
-//! statements. Where it cannot (a stored program's body holds semicolons: the tokenizer and
-//! the parser count differently), a multi-statement query is judged by the statements'
-//! kinds, conservatively: refused when a statement whose kind may commit follows one that
+//! statements (the tokenizer cuts a stored program's definition where MariaDB does, at the
+//! `END` of its body: `crate::classify::statement_ends`). Where it cannot (the parser, reading
+//! the whole text, counted its statements otherwise), a multi-statement query is judged by the
+//! statements' kinds, conservatively: refused when a statement whose kind may commit follows one that
 //! may write a sync table, or when a piece of the text is a TRUNCATE of a replicated table.
 //!
 //! Nothing here does I/O: statement text and classification in, a verdict out.
@@ -69,7 +70,8 @@ fn aligned(c: &Classification, texts: &[&str]) -> bool {
 
 /// The pieces of `sql` between semicolons, quotes and comments not considered: only for
 /// conservative checks when the tokenizer's statements could not be aligned with the
-/// parser's (a piece may then start inside a string or a stored program's body).
+/// parser's (a piece may then start inside a string or a stored program's body, and a
+/// statement after a definition may be in none of the classification's statements).
 fn rough_pieces(sql: &str) -> impl Iterator<Item = &str> {
     sql.split(';').map(str::trim).filter(|p| !p.is_empty())
 }
@@ -242,8 +244,7 @@ pub fn truncates_replicated(c: &Classification, texts: &[&str], path: &SearchPat
 
 /// [`truncates_replicated`] when the statements' texts could not be aligned with `c`: each
 /// piece of `sql` (cut at each `;`) that starts with `TRUNCATE` is classified alone (tables
-/// resolve against `path`), as `c` may not hold it at all (a stored program's definition
-/// runs to the end of the text for the parser, while MySQL runs what follows its `END`).
+/// resolve against `path`), as `c` may not hold it at all.
 fn truncates_unaligned(sql: &str, path: &SearchPath, policy: &Policy) -> Option<String> {
     let catalog = Catalog::new();
     rough_pieces(sql).filter(|p| words(p, 1).first().map(String::as_str) == Some("truncate")).find_map(|piece| {
@@ -308,7 +309,7 @@ pub fn commit_mid_query(c: &Classification, texts: &[&str], policy: &Policy, loc
 }
 
 /// [`commit_mid_query`] when the statements' texts could not be aligned with `c` (the
-/// tokenizer and the parser count them differently, as around a stored program's body):
+/// tokenizer and the parser count them differently):
 /// without the texts, a statement after one that may write a sync table is taken to commit
 /// whenever its kind may ([`may_commit_by_kind`]).
 fn commit_mid_unaligned(c: &Classification, policy: &Policy) -> Option<String> {
@@ -417,14 +418,14 @@ mod tests {
     #[test]
     fn statements_that_cannot_be_aligned_are_judged_by_kind() {
         let (policy, path, catalog) = shop();
+        // Texts that could not be lined up with the classification's statements: the whole
+        // text in one piece, as `statement_texts` gives it then.
         let judged = |sql: &str| {
             let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
-            let texts = statement_texts(sql, &path, &c);
-            assert_ne!(texts.len(), c.statements.len(), "{sql}: the texts were aligned");
+            let texts = vec![sql];
+            assert_ne!(texts.len(), c.statements.len(), "{sql}: one statement");
             (commit_mid_query(&c, &texts, &policy, false), truncates_replicated(&c, &texts, &path, &policy), any_commits(&c, &texts, false))
         };
-        // A stored program's body holds semicolons: the tokenizer counts more statements
-        // than the parser.
         let body = "CREATE PROCEDURE p() BEGIN SELECT 1; SELECT 2; END";
         let (refused, _, commits) = judged(&format!("UPDATE orders SET a = 1; {body}"));
         let message = refused.expect("the definition commits the sync update mid-query");
@@ -432,10 +433,8 @@ mod tests {
             assert!(message.contains(words), "{words:?} missing from {message}");
         }
         assert!(commits);
-        // The parser takes the definition to run to the end of the text (MySQL runs what
-        // follows its END): refused for the definition all the same.
         let (refused, _, _) = judged(&format!("UPDATE orders SET a = 1; UPDATE orders SET a = 2; {body}; TRUNCATE notes"));
-        assert!(refused.expect("refused").contains("statement 3 of 3 (a ddl statement)"), "the definition is named");
+        assert!(refused.expect("refused").contains("statement 3 of 4 (a ddl statement)"), "the definition is named");
         let (_, truncate, _) = judged(&format!("INSERT INTO notes VALUES (1); {body}; TRUNCATE orders"));
         let message = truncate.expect("a TRUNCATE of a sync table");
         assert!(message.contains("`TRUNCATE orders`") && message.contains("shop.orders is replicated (mode sync"), "{message}");
@@ -443,6 +442,35 @@ mod tests {
         assert!(refused.is_none() && truncate.is_none(), "no sync write");
         let (refused, truncate, _) = judged(&format!("INSERT INTO notes VALUES (1); {body}; TRUNCATE notes"));
         assert!(refused.is_none() && truncate.is_none(), "local tables only");
+    }
+
+    /// A stored program's definition ends with its body, as on the server: the statements
+    /// around it line up with their texts and are judged by them, a write after its `END`
+    /// included (issue 15).
+    #[test]
+    fn statements_around_a_stored_program_are_aligned() {
+        let (policy, path, catalog) = shop();
+        let body = "CREATE PROCEDURE p() BEGIN SELECT 1; IF 1 THEN SELECT 2; END IF; END";
+        let lined_up = |sql: &str| {
+            let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
+            let texts: Vec<String> = statement_texts(sql, &path, &c).into_iter().map(str::to_owned).collect();
+            assert_eq!(texts.len(), c.statements.len(), "{sql}: {texts:?}");
+            (c, texts)
+        };
+        let (c, texts) = lined_up(&format!("{body}; UPDATE orders SET a = 1"));
+        assert_eq!(texts, [body, "UPDATE orders SET a = 1"]);
+        assert_eq!(c.statements[1].writes, [crate::classify::TableName::new("shop", "orders")]);
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        assert!(commit_mid_query(&c, &refs, &policy, false).is_none(), "the commit comes before the write");
+        let sql = format!("UPDATE orders SET a = 1; {body}");
+        let (c, texts) = lined_up(&sql);
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let message = commit_mid_query(&c, &refs, &policy, false).expect("refused");
+        assert!(message.contains("`CREATE PROCEDURE p() BEGIN SELECT 1; IF 1 THEN SELECT 2; END…` (statement 2 of 2)"), "{message}");
+        let sql = format!("{body}; TRUNCATE orders");
+        let (c, texts) = lined_up(&sql);
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        assert!(truncates_replicated(&c, &refs, &path, &policy).expect("refused").contains("`TRUNCATE orders`"));
     }
 
     #[test]
