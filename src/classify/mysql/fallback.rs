@@ -43,11 +43,7 @@ pub(in crate::classify) fn by_keywords(ctx: &Ctx, tokens: &[Token], err: &str) -
         ("OPTIMIZE" | "CHECK" | "REPAIR" | "CHECKSUM" | "ANALYZE", _) => table_maintenance(ctx, &tokens[1..]),
         ("HANDLER", _) => names_after(ctx, &tokens[1..], false),
         // LOCK TABLES db.t WRITE (sqlparser takes only unqualified names).
-        ("LOCK", "TABLE" | "TABLES") => {
-            let mut class = table_maintenance(ctx, &tokens[1..]);
-            class.locks = class.reads.clone();
-            class
-        }
+        ("LOCK", "TABLE" | "TABLES") => lock_tables(ctx, &tokens[2..]),
         ("CREATE" | "ALTER" | "DROP" | "RENAME" | "GRANT" | "REVOKE", _) => ddl(ctx, tokens),
         ("SET", _) => StatementClass::of_kind(Kind::Session(SessionChange::Other)),
         (
@@ -254,6 +250,25 @@ fn load_data(ctx: &Ctx, tokens: &[Token], err: &str) -> StatementClass {
         None if is_word(tokens.get(1), "INDEX") => StatementClass::of_kind(Kind::Utility),
         None => unknown(format!("cannot parse: {err}")),
     }
+}
+
+/// `LOCK TABLE[S] name [[AS] alias] lock_type, … [WAIT n | NOWAIT]`: every item's table is
+/// read and locked.
+fn lock_tables(ctx: &Ctx, items: &[Token]) -> StatementClass {
+    let mut class = StatementClass::of_kind(Kind::Utility);
+    for item in items.split(|t| *t == Token::Comma) {
+        let one = names_after(ctx, item, false);
+        if matches!(one.kind, Kind::Unknown(_)) {
+            return one;
+        }
+        for t in one.reads {
+            if !class.reads.contains(&t) {
+                class.reads.push(t);
+            }
+        }
+    }
+    class.locks = class.reads.clone();
+    class
 }
 
 /// `OPTIMIZE [NO_WRITE_TO_BINLOG | LOCAL] TABLE a, b …` and friends: rebuilt or checked,
