@@ -212,12 +212,12 @@ where
                     state.lock().queue.push_back(Pending::Own(err));
                     state.wake.notify_one();
                 }
-                Verdict::Hold(hold) => {
+                Verdict::Hold(held) => {
                     write_flush(server, &buf[start..at]).await?;
-                    let payload = l.payload(&buf[at..at + l.bytes]).into_owned();
+                    let payload = held.payload.unwrap_or_else(|| l.payload(&buf[at..at + l.bytes]).into_owned());
                     at += l.bytes;
                     start = at;
-                    super::hold::held(state, server, statements, &payload, hold).await?;
+                    super::hold::held(state, server, statements, &payload, held.hold).await?;
                 }
                 Verdict::Fatal(err) => {
                     write_flush(server, &buf[start..at]).await?;

@@ -97,7 +97,8 @@ async fn run(
     info!(%user, %peer, thread, database = opened.response.database.as_deref().unwrap_or(""), tls = opened.client_tls, "session started");
     let _registered = shared.threads.register(thread, &user);
     let own_auth = !shared.config.users.is_empty();
-    let mut statements = Statements::new(shared.clone(), user, thread, opened.server_caps, own_auth);
+    let mariadb = opened.greeting.server_version.contains("MariaDB");
+    let mut statements = Statements::new(shared.clone(), user, thread, opened.server_caps, own_auth, mariadb);
     let state = SessionState::default();
     if let Some(db) = &opened.response.database {
         state.lock().schema = Some(db.clone());
@@ -109,8 +110,10 @@ async fn run(
         // without @-variables, an error that only means sync writes will be refused).
         server.send_packet(0, &super::hold::session_marker()).await?;
         let reply = server.read(shared.config.max_message_size as usize).await?;
-        if reply.payload.first() != Some(&0x00) {
-            warn!("cannot mark the session on the primary; its writes to sync tables will be refused");
+        match crate::protocol::mysql::response::parse_ok(&reply.payload, false) {
+            // The session's first status flags (autocommit): a held first command reads them.
+            Some(ok) if reply.payload.first() == Some(&0x00) => state.lock().status = ok.status,
+            _ => warn!("cannot mark the session on the primary; its writes to sync tables will be refused"),
         }
     }
     let conn = client.take().ok_or(SessionError::Closed)?;

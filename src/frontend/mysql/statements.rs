@@ -39,7 +39,21 @@ pub enum Verdict {
     /// A commit point capgate may have to coordinate while sync tables are replicated: not
     /// forwarded as it is; the client pump decides once every earlier reply is in
     /// (`super::hold`).
-    Hold(Hold),
+    Hold(Held),
+}
+
+/// A held command, and the payload capgate sends in its place when it changed the text
+/// (`super::locks`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Held {
+    pub hold: Hold,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl From<Hold> for Held {
+    fn from(hold: Hold) -> Held {
+        Held { hold, payload: None }
+    }
 }
 
 /// Why a command is held.
@@ -59,6 +73,12 @@ pub enum Hold {
     /// A statement that may write a sync table: outside a transaction in autocommit mode,
     /// capgate runs it in a transaction of its own and coordinates that.
     Autocommit,
+    /// A multi-statement query in which a statement that may write a sync table follows one
+    /// that commits implicitly (DDL when `ddl`): in autocommit mode the query runs in two
+    /// parts, cut at byte `at` of its text (`implicit::cut_before_sync_write`), the first as
+    /// [`Hold::Ddl`] or [`Hold::ImplicitCommit`] would run it, the rest as [`Hold::Autocommit`];
+    /// with autocommit off it runs whole, as the first part's hold.
+    Split { at: usize, ddl: bool },
 }
 
 /// A session's command tracking, owned by the client pump.
@@ -80,14 +100,20 @@ pub struct Statements {
     /// runs it, possibly before its PREPARE_OK has arrived.
     last_prepare: Option<Prepared>,
     /// The session sent `LOCK TABLES` and no `UNLOCK TABLES` since: only then does `UNLOCK
-    /// TABLES` commit an open transaction (tracked while sync tables are replicated).
+    /// TABLES` commit an open transaction, and capgate must not open a transaction of its own
+    /// with `BEGIN`, which would release the locks (tracked while sync tables are replicated).
     locked_tables: bool,
+    /// The session may send several statements in one query (CLIENT_MULTI_STATEMENTS, or
+    /// COM_SET_OPTION): only then may capgate run a query in two parts.
+    multi_statements: bool,
+    /// The primary is MariaDB (its greeting says so): `LOCK TABLES … WRITE CONCURRENT` exists.
+    mariadb: bool,
     /// This session's replica connections for sync commits (empty: no MySQL replicas).
     pub(super) slots: Vec<Arc<ReplicaSlot>>,
 }
 
 impl Statements {
-    pub fn new(shared: Arc<Shared>, user: String, thread: u32, caps: u64, own_auth: bool) -> Statements {
+    pub fn new(shared: Arc<Shared>, user: String, thread: u32, caps: u64, own_auth: bool, mariadb: bool) -> Statements {
         use crate::protocol::mysql::caps as c;
         Statements {
             user,
@@ -98,6 +124,8 @@ impl Statements {
             tx_policy: None,
             last_prepare: None,
             locked_tables: false,
+            multi_statements: caps & c::MULTI_STATEMENTS != 0,
+            mariadb,
             slots: shared.sync.as_ref().map(|s| s.slots()).unwrap_or_default(),
             shared,
         }
@@ -134,7 +162,9 @@ impl Statements {
                         let text = String::from_utf8_lossy(sql);
                         let path = SearchPath::new(flow.schema.iter().cloned());
                         let texts = implicit::statement_texts(&text, &path, &c);
-                        if let Some(verdict) = self.replicated_query(sql, &c, &texts, &path) {
+                        // Only a text capgate read as it is may be changed or cut.
+                        let exact = matches!(text, std::borrow::Cow::Borrowed(_)).then_some(text.as_ref());
+                        if let Some(verdict) = self.replicated_query(sql, exact, &c, &texts, &path) {
                             return verdict;
                         }
                     }
@@ -167,7 +197,7 @@ impl Statements {
                 };
                 if let Some(Prepared { classification: Some(c), implicit_commit, autocommit_on }) = prepared {
                     if let Some(hold) = self.hold_for(&c, implicit_commit) {
-                        return Verdict::Hold(autocommit_hold(hold, autocommit_on));
+                        return Verdict::Hold(autocommit_hold(hold, autocommit_on).into());
                     }
                     let policy = self.policy();
                     let decisions = policy.decide(&c);
@@ -179,6 +209,12 @@ impl Statements {
             }
             Command::Close { statement } => {
                 flow.prepared.remove(&statement);
+            }
+            // COM_SET_OPTION: MYSQL_OPTION_MULTI_STATEMENTS_ON (0) or _OFF (1).
+            Command::SetOption => {
+                if let Some(&[a, b]) = payload.get(1..3) {
+                    self.multi_statements = u16::from_le_bytes([a, b]) == 0;
+                }
             }
             Command::InitDb(db) => after = After::Database(String::from_utf8_lossy(db).into_owned()),
             Command::ResetConnection => {
@@ -214,9 +250,17 @@ impl Statements {
         Verdict::Forward { quit: command == Command::Quit }
     }
 
-    /// A query `sql` (classified as `c`, its statements' texts `texts`, tables resolving against `path`) while MySQL replicas
-    /// are configured: refused, held, or (None) forwarded as it came.
-    fn replicated_query(&mut self, sql: &[u8], c: &Classification, texts: &[&str], path: &SearchPath) -> Option<Verdict> {
+    /// A query `sql` (classified as `c`, its statements' texts `texts`, tables resolving
+    /// against `path`; `text`: its text, when it is valid UTF-8) while MySQL replicas are
+    /// configured: refused, held, or (None) forwarded as it came.
+    fn replicated_query(
+        &mut self,
+        sql: &[u8],
+        text: Option<&str>,
+        c: &Classification,
+        texts: &[&str],
+        path: &SearchPath,
+    ) -> Option<Verdict> {
         let policy = self.policy();
         if let Some(message) = implicit::truncates_replicated(c, texts, path, &policy) {
             return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
@@ -242,11 +286,29 @@ impl Statements {
             ));
         }
         let commits = implicit::any_commits(c, texts, self.locked_tables);
+        let locked = self.locked_tables;
         self.locked_tables = implicit::locks_tables(texts, self.locked_tables);
         // LOAD DATA LOCAL needs the client's file contents mid-reply: not held (outside a
         // transaction the capture trigger refuses it; inside one the COMMIT is held).
         let hold = self.hold_for(c, commits).filter(|_| !is_load_local(sql))?;
-        Some(Verdict::Hold(autocommit_hold(hold, sets_autocommit_alone(c, texts))))
+        let hold = autocommit_hold(hold, sets_autocommit_alone(c, texts));
+        // LOCK TABLES of a sync table also locks what capgate's commits write (decision 0031).
+        let rewritten = text.filter(|_| self.mariadb).and_then(|t| super::locks::with_capgate_tables(t, c, texts, &policy));
+        let hold = match hold {
+            Hold::Ddl | Hold::ImplicitCommit if self.multi_statements => rewritten
+                .as_deref()
+                .or(text)
+                .and_then(|t| implicit::cut_before_sync_write(t, path, c, texts, &policy, locked))
+                .map_or(hold, |at| Hold::Split { at, ddl: hold == Hold::Ddl }),
+            hold => hold,
+        };
+        let payload = rewritten.map(|t| [&[crate::protocol::mysql::com::QUERY][..], t.as_bytes()].concat());
+        Some(Verdict::Hold(Held { hold, payload }))
+    }
+
+    /// Whether the session holds `LOCK TABLES` locks (as far as its text queries tell).
+    pub(super) fn locked_tables(&self) -> bool {
+        self.locked_tables
     }
 
     /// Whether a statement must be held while sync tables are replicated (decision 0016).
