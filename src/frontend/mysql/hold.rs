@@ -153,8 +153,7 @@ where
     } else {
         autocommit_write(state, server, statements, &rest).await?
     };
-    let joined = join(first_reply, &rest_reply, statements.deprecate_eof());
-    queue(state, joined.unwrap_or(rest_reply));
+    queue(state, join(first_reply, &rest_reply, statements.deprecate_eof()));
     Ok(())
 }
 

@@ -85,16 +85,23 @@ fn may_commit_by_kind(kind: &Kind) -> bool {
 }
 
 /// Whether the session holds `LOCK TABLES` locks after `texts` ran, given `locked` before.
-pub fn locks_tables(texts: &[&str], mut locked: bool) -> bool {
+pub fn locks_tables(texts: &[&str], locked: bool) -> bool {
+    lock_change(texts).unwrap_or(locked)
+}
+
+/// What `texts` leave of the session's table locks: held after a last `LOCK TABLES`
+/// (`Some(true)`), none after a last `UNLOCK TABLES` (`Some(false)`), unchanged without either.
+pub fn lock_change(texts: &[&str]) -> Option<bool> {
+    let mut change = None;
     for text in texts {
         let w = words(text, 2);
         match (w.first().map(String::as_str), w.get(1).map(String::as_str)) {
-            (Some("lock"), Some("table" | "tables")) => locked = true,
-            (Some("unlock"), Some("table" | "tables")) => locked = false,
+            (Some("lock"), Some("table" | "tables")) => change = Some(true),
+            (Some("unlock"), Some("table" | "tables")) => change = Some(false),
             _ => {}
         }
     }
-    locked
+    change
 }
 
 /// The statement's words, lower case, comments and extra spaces left out, at most `n`.

@@ -73,6 +73,11 @@ pub struct Prepared {
     /// `Hold::AutocommitOn`, as the text statement is (inside `BEGIN` with autocommit on it
     /// commits nothing, and a later ROLLBACK must still roll back).
     pub autocommit_on: bool,
+    /// It is `LOCK TABLES` (`Some(true)`) or `UNLOCK TABLES` (`Some(false)`): its executions
+    /// change whether the session holds table locks, as the text statement does (`UNLOCK
+    /// TABLES` then commits, and capgate must not open a transaction of its own with `BEGIN`
+    /// under the locks).
+    pub locks: Option<bool>,
 }
 
 /// One reply owed to the client.
@@ -204,6 +209,14 @@ where
                 Verdict::Forward { quit: q } => {
                     at += l.bytes;
                     quit = q;
+                }
+                Verdict::Rewritten(payload) => {
+                    write_flush(server, &buf[start..at]).await?;
+                    let mut out = Vec::new();
+                    packet::write(&mut out, l.seq, &payload);
+                    write_flush(server, &out).await?;
+                    at += l.bytes;
+                    start = at;
                 }
                 Verdict::Refuse(err) => {
                     write_flush(server, &buf[start..at]).await?;

@@ -32,6 +32,9 @@ pub enum Verdict {
     Data,
     /// A command, queued with its reply: forward. `quit`: it was COM_QUIT.
     Forward { quit: bool },
+    /// A command, queued with its reply: forward this payload in its place (capgate changed
+    /// its text: `super::locks`).
+    Rewritten(Vec<u8>),
     /// Not forwarded; this ERR is the reply, in its turn.
     Refuse(Vec<u8>),
     /// Not forwarded; the session ends with this ERR.
@@ -146,6 +149,7 @@ impl Statements {
         }
         let command = Command::parse(payload);
         let mut after = After::Nothing;
+        let mut rewritten = None;
         match command {
             Command::Query(sql) => {
                 if let Some(kill) = parse_kill(sql) {
@@ -173,7 +177,7 @@ impl Statements {
             }
             Command::Prepare(sql) => match self.route(flow, sql, false) {
                 Ok(classification) => {
-                    let (mut implicit_commit, mut autocommit_on) = (false, false);
+                    let (mut implicit_commit, mut autocommit_on, mut locks) = (false, false, None);
                     if let Some(c) = classification.as_ref().filter(|_| !self.slots.is_empty()) {
                         let text = String::from_utf8_lossy(sql);
                         let path = SearchPath::new(flow.schema.iter().cloned());
@@ -183,8 +187,16 @@ impl Statements {
                         }
                         implicit_commit = implicit::any_commits(c, &texts, false);
                         autocommit_on = sets_autocommit_alone(c, &texts);
+                        locks = implicit::lock_change(&texts);
+                        // A prepared LOCK TABLES of a sync table is changed as the text one.
+                        let exact = matches!(text, std::borrow::Cow::Borrowed(_)).then_some(text.as_ref());
+                        let policy = self.policy();
+                        rewritten = exact
+                            .filter(|_| self.mariadb && policy.has_sync())
+                            .and_then(|t| super::locks::with_capgate_tables(t, c, &texts, &policy))
+                            .map(|t| [&[crate::protocol::mysql::com::STMT_PREPARE][..], t.as_bytes()].concat());
                     }
-                    let prepared = Prepared { classification, implicit_commit, autocommit_on };
+                    let prepared = Prepared { classification, implicit_commit, autocommit_on, locks };
                     self.last_prepare = Some(prepared.clone());
                     after = After::Prepared(prepared);
                 }
@@ -195,7 +207,12 @@ impl Statements {
                     u32::MAX => self.last_prepare.clone(),
                     id => flow.prepared.get(&id).cloned(),
                 };
-                if let Some(Prepared { classification: Some(c), implicit_commit, autocommit_on }) = prepared {
+                if let Some(Prepared { classification: Some(c), implicit_commit, autocommit_on, locks }) = prepared {
+                    // UNLOCK TABLES commits only while tables are locked.
+                    let implicit_commit = implicit_commit || (locks == Some(false) && self.locked_tables);
+                    if let Some(locked) = locks.filter(|_| !self.slots.is_empty()) {
+                        self.locked_tables = locked;
+                    }
                     if let Some(hold) = self.hold_for(&c, implicit_commit) {
                         return Verdict::Hold(autocommit_hold(hold, autocommit_on).into());
                     }
@@ -247,7 +264,10 @@ impl Statements {
         if reply != Reply::Nothing {
             flow.queue.push_back(Pending::Reply { tracker: Tracker::new(reply, self.deprecate_eof, self.session_track), after });
         }
-        Verdict::Forward { quit: command == Command::Quit }
+        match rewritten {
+            Some(payload) => Verdict::Rewritten(payload),
+            None => Verdict::Forward { quit: command == Command::Quit },
+        }
     }
 
     /// A query `sql` (classified as `c`, its statements' texts `texts`, tables resolving

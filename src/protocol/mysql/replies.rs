@@ -59,12 +59,14 @@ pub fn set_final_status(reply: &mut [u8], deprecate_eof: bool, set: u16, clear: 
 
 /// The reply of a query run as two (`first`, then `second`), as one multi-result reply: the
 /// final packet of `first` says more results follow, and `second`'s sequence ids go on from
-/// `first`'s. `None` when `first` does not end with an OK or EOF packet (an ERR ends the
-/// query there: `second` must not have run).
-pub fn join(mut first: Vec<u8>, second: &[u8], deprecate_eof: bool) -> Option<Vec<u8>> {
-    final_status_at(&first, deprecate_eof)?;
+/// `first`'s. `first` alone when it does not end with an OK or EOF packet ([`ends_well`]): an
+/// ERR ends the query there, and `second` must not have run.
+pub fn join(mut first: Vec<u8>, second: &[u8], deprecate_eof: bool) -> Vec<u8> {
+    if !ends_well(&first, deprecate_eof) {
+        return first;
+    }
     set_final_status(&mut first, deprecate_eof, status::MORE_RESULTS_EXISTS, 0);
-    let (last, _) = last_packet(&first)?;
+    let Some((last, _)) = last_packet(&first) else { return first };
     let mut seq = first[last - 1].wrapping_add(1);
     let at = first.len();
     first.extend_from_slice(second);
@@ -75,7 +77,7 @@ pub fn join(mut first: Vec<u8>, second: &[u8], deprecate_eof: bool) -> Option<Ve
         seq = seq.wrapping_add(1);
         k += 4 + len;
     }
-    Some(first)
+    first
 }
 
 #[cfg(test)]
@@ -112,17 +114,18 @@ mod tests {
         // `CREATE …` (OK, seq 1), then `UPDATE …` run apart (OK, seq 1 again), or refused.
         let first = reply(1, &[b"\x00\x00\x00\x02\x00\x00\x00"]);
         let second = reply(1, &[b"\x00\x01\x00\x02\x00\x00\x00"]);
-        let joined = join(first.clone(), &second, true).expect("joined");
+        let joined = join(first.clone(), &second, true);
         assert_eq!(joined, reply(1, &[b"\x00\x00\x00\x0a\x00\x00\x00", b"\x00\x01\x00\x02\x00\x00\x00"]));
         let refused = packet::err(1, (1180, "55000"), "refused");
-        let joined = join(first, &refused, true).expect("joined");
+        let joined = join(first, &refused, true);
         assert_eq!(joined[joined.len() - refused.len() + 3], 2, "the ERR takes the next sequence id");
         // A first part that failed ends the query.
-        assert_eq!(join(packet::err(1, (1064, "42000"), "syntax"), &second, true), None);
+        let failed = packet::err(1, (1064, "42000"), "syntax");
+        assert_eq!(join(failed.clone(), &second, true), failed);
         // A result set first, several packets second.
         let first = reply(1, &[b"\x01", b"\x03def", b"\x011", b"\xfe\x00\x00\x02\x00\x00\x00"]);
         let second = reply(1, &[b"\x01", b"\x03def", b"\x012", b"\xfe\x00\x00\x02\x00\x00\x00"]);
-        let joined = join(first, &second, true).expect("joined");
+        let joined = join(first, &second, true);
         let mut packets = Vec::new();
         let mut at = 0;
         while at < joined.len() {
