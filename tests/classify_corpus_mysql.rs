@@ -228,6 +228,21 @@ fn several_statements_and_compound_bodies() {
         &catalog(),
     );
     assert_eq!(c.statements.len(), 1, "{c:?}");
+    // What follows a stored program's END runs as statements of their own on the server:
+    // classified as such, whatever the body's shape (issue 15).
+    for definition in [
+        "CREATE PROCEDURE p() BEGIN DELETE FROM a; IF x THEN DELETE FROM b; END IF; END",
+        "CREATE PROCEDURE p() lbl: WHILE 1 DO DELETE FROM a; END WHILE lbl",
+        "CREATE TRIGGER audit AFTER UPDATE ON accounts FOR EACH ROW BEGIN INSERT INTO audit VALUES (OLD.id); END",
+        "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DO BEGIN DELETE FROM sessions; END",
+        "CREATE FUNCTION f() RETURNS INT RETURN 1",
+        "BEGIN NOT ATOMIC DELETE FROM a; END",
+    ] {
+        let c = classify(Dialect::MySql, &format!("{definition}; UPDATE accounts SET x = 1"), &shop(), &catalog());
+        let got: Vec<(&str, Vec<String>)> = c.statements.iter().map(|s| (s.kind.name(), names(&s.writes))).collect();
+        assert_eq!(got.len(), 2, "{definition}: {got:?}");
+        assert_eq!(got[1], ("write", vec!["shop.accounts".to_owned()]), "{definition}");
+    }
 }
 
 /// What an unknown CALL or function says, so a DBA knows what to put in the policy.

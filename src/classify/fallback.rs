@@ -1,5 +1,5 @@
 //! Query strings sqlparser cannot parse whole: split them into statements with the dialect's
-//! tokenizer (which knows quotes, dollar quotes and comments), parse each alone, and give the
+//! tokenizer (which knows quotes, dollar quotes and comments; `super::split`), parse each alone, and give the
 //! ones that still fail a kind from their leading keywords — or `unknown` with the parser's
 //! reason. Never a silent "read".
 
@@ -8,7 +8,7 @@ use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::walk::{Ctx, Walker};
-use super::{mysql, statement};
+use super::{mysql, split, statement};
 use super::{Dialect, Kind, StatementClass, TxControl};
 
 /// Classify `sql` statement by statement after the whole-string parse failed with `err`.
@@ -19,18 +19,10 @@ pub(super) fn classify_pieces(ctx: &Ctx, sql: &str, err: &str) -> Vec<StatementC
         Err(e) => return vec![unknown(format!("cannot tokenize: {e}"))],
     };
     let mut out = Vec::new();
-    let mut rest: &[Token] = &tokens;
-    while !rest.is_empty() {
-        let end = rest.iter().position(|t| *t == Token::SemiColon).unwrap_or(rest.len());
-        let (mut piece, mut next) = (&rest[..end], rest.get(end + 1..).unwrap_or(&[]));
-        let mut meaningful = meaningful(piece);
-        if ctx.dialect == Dialect::MySql && mysql::is_compound_definition(&meaningful) {
-            // A stored program's BEGIN … END body holds semicolons of its own: the
-            // definition runs to the end of the text.
-            (piece, next) = (rest, &[]);
-            meaningful = self::meaningful(piece);
-        }
-        rest = next;
+    // Cut where the server cuts (in MySQL a stored program's definition ends with its body).
+    for range in split::statements(ctx.dialect, &tokens) {
+        let piece = &tokens[range];
+        let meaningful = meaningful(piece);
         if meaningful.is_empty() {
             continue;
         }

@@ -43,11 +43,7 @@ pub(in crate::classify) fn by_keywords(ctx: &Ctx, tokens: &[Token], err: &str) -
         ("OPTIMIZE" | "CHECK" | "REPAIR" | "CHECKSUM" | "ANALYZE", _) => table_maintenance(ctx, &tokens[1..]),
         ("HANDLER", _) => names_after(ctx, &tokens[1..], false),
         // LOCK TABLES db.t WRITE (sqlparser takes only unqualified names).
-        ("LOCK", "TABLE" | "TABLES") => {
-            let mut class = table_maintenance(ctx, &tokens[1..]);
-            class.locks = class.reads.clone();
-            class
-        }
+        ("LOCK", "TABLE" | "TABLES") => lock_tables(ctx, &tokens[2..]),
         ("CREATE" | "ALTER" | "DROP" | "RENAME" | "GRANT" | "REVOKE", _) => ddl(ctx, tokens),
         ("SET", _) => StatementClass::of_kind(Kind::Session(SessionChange::Other)),
         (
@@ -83,25 +79,10 @@ pub(in crate::classify) fn misparsed(stmt: &Statement) -> bool {
     }
 }
 
-/// Whether `CREATE … {PROCEDURE|FUNCTION|TRIGGER|EVENT} … BEGIN` (or MariaDB's
-/// `BEGIN NOT ATOMIC`) starts here: a compound statement with semicolons of its own.
-pub(in crate::classify) fn is_compound_definition(tokens: &[Token]) -> bool {
-    // MariaDB's anonymous block: BEGIN NOT ATOMIC … END.
-    if is_word(tokens.first(), "BEGIN") && is_word(tokens.get(1), "NOT") && is_word(tokens.get(2), "ATOMIC") {
-        return true;
-    }
-    if !is_word(tokens.first(), "CREATE") {
-        return false;
-    }
-    let at = object_position(tokens);
-    word(tokens.get(at)).is_some_and(|w| matches!(w.as_str(), "PROCEDURE" | "FUNCTION" | "TRIGGER" | "EVENT"))
-        && tokens[at..].iter().any(|t| is_word(Some(t), "BEGIN"))
-}
-
 /// In `CREATE`/`ALTER`/`DROP …`, the index of the word naming the kind of object (TABLE,
 /// TRIGGER, PROCEDURE …), past `OR REPLACE`, `DEFINER = user`, `ALGORITHM = …`, `SQL SECURITY
 /// …` and modifiers such as TEMPORARY, ONLINE, UNIQUE, AGGREGATE.
-fn object_position(tokens: &[Token]) -> usize {
+pub(super) fn object_position(tokens: &[Token]) -> usize {
     let mut i = 1;
     loop {
         match word(tokens.get(i)).as_deref() {
@@ -269,6 +250,25 @@ fn load_data(ctx: &Ctx, tokens: &[Token], err: &str) -> StatementClass {
         None if is_word(tokens.get(1), "INDEX") => StatementClass::of_kind(Kind::Utility),
         None => unknown(format!("cannot parse: {err}")),
     }
+}
+
+/// `LOCK TABLE[S] name [[AS] alias] lock_type, … [WAIT n | NOWAIT]`: every item's table is
+/// read and locked.
+fn lock_tables(ctx: &Ctx, items: &[Token]) -> StatementClass {
+    let mut class = StatementClass::of_kind(Kind::Utility);
+    for item in items.split(|t| *t == Token::Comma) {
+        let one = names_after(ctx, item, false);
+        if matches!(one.kind, Kind::Unknown(_)) {
+            return one;
+        }
+        for t in one.reads {
+            if !class.reads.contains(&t) {
+                class.reads.push(t);
+            }
+        }
+    }
+    class.locks = class.reads.clone();
+    class
 }
 
 /// `OPTIMIZE [NO_WRITE_TO_BINLOG | LOCAL] TABLE a, b …` and friends: rebuilt or checked,

@@ -6,6 +6,7 @@
 mod builtins;
 mod dialect;
 mod fallback;
+mod program;
 mod routines;
 mod targets;
 
@@ -14,5 +15,6 @@ pub use routines::{add_routines, Routine, ROUTINES_QUERY};
 
 pub(super) use builtins::builtin;
 pub(super) use dialect::parser_dialect;
-pub(super) use fallback::{by_keywords, is_compound_definition, misparsed};
+pub(super) use fallback::{by_keywords, misparsed};
+pub(super) use program::definition_end;
 pub(super) use targets::{delete as delete_targets, update as update_targets};

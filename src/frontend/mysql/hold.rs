@@ -10,8 +10,14 @@
 //!   with the policy before the client gets the reply (a new table a rule matches is
 //!   captured from its first write, a changed table's images carry its new columns);
 //! - a possible sync write outside a transaction in autocommit mode: capgate runs it inside
-//!   a `BEGIN` of its own and coordinates that transaction; the client sees the statement's
-//!   reply (outside a transaction), or the refusal;
+//!   a transaction of its own (`BEGIN`; under `LOCK TABLES`, which `BEGIN` would release,
+//!   `SET autocommit = 0` and back to 1 after) and coordinates that transaction; the client
+//!   sees the statement's reply (outside a transaction), or the refusal;
+//! - a query whose possible sync write follows a statement that commits implicitly (a stored
+//!   program's definition, DDL, `LOCK TABLES` …), in autocommit mode: MariaDB would run that
+//!   write on its own after the commit, so capgate runs the query in two parts, the first as
+//!   above for what commits, the rest as an autocommit write, and gives the client the two
+//!   replies as one (issue 15);
 //! - a TRUNCATE of a replicated table: the open transaction is committed (coordinated) as
 //!   the TRUNCATE would, then capgate carries it (`super::truncate`, decision 0029);
 //! - anything else goes on as it came.
@@ -27,8 +33,9 @@ use super::relay::{After, Pending, PumpError, SessionState};
 use super::statements::{Hold, Statements};
 use super::sync::{self, Outcome, PrimaryTx};
 use crate::protocol::mysql::command::Command;
+use crate::protocol::mysql::replies::{ends_well, join, set_final_status};
 use crate::protocol::mysql::response::parse_err;
-use crate::protocol::mysql::rows::{clear_in_trans, text_rows};
+use crate::protocol::mysql::rows::text_rows;
 use crate::protocol::mysql::{com, packet, status};
 use crate::store::mysql::apply::Change;
 use crate::store::mysql::primary::{sync_decide, sync_delete, SYNC_READ};
@@ -52,6 +59,18 @@ where
     }
     let flags = state.lock().status;
     let in_trans = flags & status::IN_TRANS != 0;
+    let hold = match hold {
+        // With autocommit off the write after the commit opens a transaction of its own, which
+        // the client's COMMIT coordinates: the query runs whole.
+        Hold::Split { ddl, .. } if flags & status::AUTOCOMMIT == 0 => {
+            if ddl {
+                Hold::Ddl
+            } else {
+                Hold::ImplicitCommit
+            }
+        }
+        hold => hold,
+    };
     match hold {
         Hold::Commit if in_trans => {
             let (outcome, reply) = coordinate(state, server, statements, Commit::Client(payload)).await?;
@@ -72,15 +91,11 @@ where
             }
             let reply = reply.unwrap_or_default();
             if error_of(&reply).is_none() {
-                // The policy in force, not the one the ended transaction started with: an older
-                // one would take back triggers a reload has installed meanwhile.
-                let policy = statements.shared().router.policy().current();
-                if let Err(e) = super::setup::reconcile(&statements.shared().config, &policy).await {
-                    tracing::warn!("after DDL, the capture triggers could not be brought in step with the policy: {e}");
-                }
+                reconcile(statements).await;
             }
             answer(state, Outcome::Committed, Some(reply));
         }
+        Hold::Split { at, ddl } => split(state, server, statements, payload, at, ddl, in_trans).await?,
         Hold::ImplicitCommit | Hold::AutocommitOn if in_trans && (hold == Hold::ImplicitCommit || flags & status::AUTOCOMMIT == 0) => {
             let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
             match outcome {
@@ -89,25 +104,8 @@ where
             }
         }
         Hold::Autocommit if !in_trans && flags & status::AUTOCOMMIT != 0 => {
-            let mut relay = RelayPrimary::new(state, server, statements, Commit::Own);
-            let replies = relay.own(&[&query("BEGIN"), payload]).await;
-            let failed = relay.failed.take();
-            let (Some(replies), None) = (replies, failed.as_ref()) else {
-                return Err(failed.unwrap_or_else(|| PumpError::Io(std::io::Error::other("the primary closed the connection"))));
-            };
-            let mut reply = replies.into_iter().nth(1).unwrap_or_default();
-            if error_of(&reply).is_some() {
-                let _ = relay.own(&[&query("ROLLBACK")]).await;
-                answer(state, Outcome::Failed, Some(reply));
-                return relay.failed.map_or(Ok(()), Err);
-            }
-            let (outcome, commit_reply) = coordinate(state, server, statements, Commit::Own).await?;
-            if outcome == Outcome::Committed {
-                clear_in_trans(&mut reply, statements.deprecate_eof());
-                answer(state, outcome, Some(reply));
-            } else {
-                answer(state, outcome, commit_reply);
-            }
+            let reply = autocommit_write(state, server, statements, payload).await?;
+            queue(state, reply);
         }
         Hold::Truncate(target) => {
             if in_trans {
@@ -122,6 +120,121 @@ where
         _ => return forward(state, server, statements, payload).await,
     }
     Ok(())
+}
+
+/// A query cut in two at byte `at` of its text (`Hold::Split`), in autocommit mode: the open
+/// transaction is coordinated first (as before any statement that commits implicitly), the
+/// first part is relayed as capgate's own command (the capture triggers reconciled after it
+/// when it holds DDL, so a table it created is captured before the rest writes it), and the
+/// rest runs as an autocommit write ([`autocommit_write`]) — or as it came, if the first part
+/// opened a transaction or turned autocommit off. The client gets the two replies as one;
+/// a first part that fails ends the query there, as on the server.
+async fn split<W>(
+    state: &SessionState,
+    server: &mut W,
+    statements: &mut Statements,
+    payload: &[u8],
+    at: usize,
+    ddl: bool,
+    in_trans: bool,
+) -> Result<(), PumpError>
+where
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
+    if in_trans {
+        let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
+        if outcome != Outcome::Committed {
+            answer(state, outcome, reply);
+            return Ok(());
+        }
+    }
+    let sql = payload.get(1..).unwrap_or_default();
+    let (first, rest) = sql.split_at(at.min(sql.len()));
+    let first_reply = own_one(state, server, statements, &[&[com::QUERY][..], first].concat()).await?;
+    if !ends_well(&first_reply, statements.deprecate_eof()) {
+        queue(state, first_reply);
+        return Ok(());
+    }
+    if ddl {
+        reconcile(statements).await;
+    }
+    let rest = [&[com::QUERY][..], rest].concat();
+    let flags = state.lock().status;
+    let rest_reply = if flags & status::IN_TRANS != 0 || flags & status::AUTOCOMMIT == 0 {
+        own_one(state, server, statements, &rest).await?
+    } else {
+        autocommit_write(state, server, statements, &rest).await?
+    };
+    queue(state, join(first_reply, &rest_reply, statements.deprecate_eof()));
+    Ok(())
+}
+
+/// Run `payload`, a query that may write a sync table, sent outside a transaction in
+/// autocommit mode, in a transaction of capgate's own, and coordinate its commit: the
+/// client's reply (the query's, its status outside a transaction, or the refusal). Under
+/// `LOCK TABLES` the transaction is opened with `SET autocommit = 0` — `BEGIN` would release
+/// the session's table locks — and autocommit is turned back on after it.
+async fn autocommit_write<W>(
+    state: &SessionState,
+    server: &mut W,
+    statements: &mut Statements,
+    payload: &[u8],
+) -> Result<Vec<u8>, PumpError>
+where
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
+    let locked = statements.locked_tables();
+    let open = if locked { "SET autocommit = 0" } else { "BEGIN" };
+    let mut relay = RelayPrimary::new(state, server, statements, Commit::Own);
+    let replies = relay.own(&[&query(open), payload]).await;
+    let failed = relay.failed.take();
+    let (Some(replies), None) = (replies, failed.as_ref()) else {
+        return Err(failed.unwrap_or_else(|| PumpError::Io(std::io::Error::other("the primary closed the connection"))));
+    };
+    let mut reply = replies.into_iter().nth(1).unwrap_or_default();
+    let client = if error_of(&reply).is_some() {
+        let _ = relay.own(&[&query("ROLLBACK")]).await;
+        if let Some(e) = relay.failed.take() {
+            return Err(e);
+        }
+        client_reply(Outcome::Failed, Some(reply))
+    } else {
+        let (outcome, commit_reply) = coordinate(state, server, statements, Commit::Own).await?;
+        if outcome == Outcome::Committed {
+            let autocommit = if locked { status::AUTOCOMMIT } else { 0 };
+            set_final_status(&mut reply, statements.deprecate_eof(), autocommit, status::IN_TRANS);
+            client_reply(outcome, Some(reply))
+        } else {
+            client_reply(outcome, commit_reply)
+        }
+    };
+    if locked {
+        own_one(state, server, statements, &query("SET autocommit = 1")).await?;
+    }
+    Ok(client)
+}
+
+/// Relay one command of capgate's own; its reply, whole.
+async fn own_one<W>(state: &SessionState, server: &mut W, statements: &Statements, payload: &[u8]) -> Result<Vec<u8>, PumpError>
+where
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
+    let mut relay = RelayPrimary::new(state, server, statements, Commit::Own);
+    let reply = relay.own(&[payload]).await.and_then(|mut r| r.pop());
+    match relay.failed.take() {
+        Some(e) => Err(e),
+        None => Ok(reply.unwrap_or_default()),
+    }
+}
+
+/// After DDL: the capture triggers brought in step with the policy in force (not the one the
+/// ended transaction started with: an older one would take back triggers a reload has
+/// installed meanwhile).
+async fn reconcile(statements: &Statements) {
+    let policy = statements.shared().router.policy().current();
+    if let Err(e) = super::setup::reconcile(&statements.shared().config, &policy).await {
+        tracing::warn!("after DDL, the capture triggers could not be brought in step with the policy: {e}");
+    }
 }
 
 /// Let a held command go on as it came.
@@ -158,10 +271,19 @@ where
 
 /// Queue the client's answer: `reply` (the primary's) unless the commit was refused.
 pub(super) fn answer(state: &SessionState, outcome: Outcome, reply: Option<Vec<u8>>) {
-    let bytes = match outcome {
+    queue(state, client_reply(outcome, reply));
+}
+
+/// The client's answer: `reply` (the primary's) unless the commit was refused.
+fn client_reply(outcome: Outcome, reply: Option<Vec<u8>>) -> Vec<u8> {
+    match outcome {
         Outcome::Refused(r) => packet::err(1, (COMMIT_REFUSED, r.code), &format!("{} (hint: {})", r.message, r.hint)),
         _ => reply.unwrap_or_else(|| packet::err(1, (COMMIT_REFUSED, "08S01"), "capgate: the primary did not answer the COMMIT")),
-    };
+    }
+}
+
+/// Queue `bytes` as the client's reply, in its turn.
+fn queue(state: &SessionState, bytes: Vec<u8>) {
     state.lock().queue.push_back(Pending::Own(bytes));
     state.wake.notify_one();
 }

@@ -19,9 +19,10 @@
 //! `super::truncate`, decision 0029); inside a multi-statement query it is refused.
 //!
 //! Statements are judged by their text where it can be lined up with the classification's
-//! statements. Where it cannot (a stored program's body holds semicolons: the tokenizer and
-//! the parser count differently), a multi-statement query is judged by the statements'
-//! kinds, conservatively: refused when a statement whose kind may commit follows one that
+//! statements (the tokenizer cuts a stored program's definition where MariaDB does, at the
+//! `END` of its body: `crate::classify::statement_ends`). Where it cannot (the parser, reading
+//! the whole text, counted its statements otherwise), a multi-statement query is judged by the
+//! statements' kinds, conservatively: refused when a statement whose kind may commit follows one that
 //! may write a sync table, or when a piece of the text is a TRUNCATE of a replicated table.
 //!
 //! Nothing here does I/O: statement text and classification in, a verdict out.
@@ -70,7 +71,8 @@ fn aligned(c: &Classification, texts: &[&str]) -> bool {
 
 /// The pieces of `sql` between semicolons, quotes and comments not considered: only for
 /// conservative checks when the tokenizer's statements could not be aligned with the
-/// parser's (a piece may then start inside a string or a stored program's body).
+/// parser's (a piece may then start inside a string or a stored program's body, and a
+/// statement after a definition may be in none of the classification's statements).
 fn rough_pieces(sql: &str) -> impl Iterator<Item = &str> {
     sql.split(';').map(str::trim).filter(|p| !p.is_empty())
 }
@@ -84,20 +86,32 @@ fn may_commit_by_kind(kind: &Kind) -> bool {
 }
 
 /// Whether the session holds `LOCK TABLES` locks after `texts` ran, given `locked` before.
-pub fn locks_tables(texts: &[&str], mut locked: bool) -> bool {
+pub fn locks_tables(texts: &[&str], locked: bool) -> bool {
+    lock_change(texts).unwrap_or(locked)
+}
+
+/// What `texts` leave of the session's table locks: held after a last `LOCK TABLES`
+/// (`Some(true)`), none after a last `UNLOCK TABLES` (`Some(false)`), unchanged without either.
+pub fn lock_change(texts: &[&str]) -> Option<bool> {
+    let mut change = None;
     for text in texts {
         let w = words(text, 2);
         match (w.first().map(String::as_str), w.get(1).map(String::as_str)) {
-            (Some("lock"), Some("table" | "tables")) => locked = true,
-            (Some("unlock"), Some("table" | "tables")) => locked = false,
+            (Some("lock"), Some("table" | "tables")) => change = Some(true),
+            (Some("unlock"), Some("table" | "tables")) => change = Some(false),
             _ => {}
         }
     }
-    locked
+    change
 }
 
 /// The statement's words, lower case, comments and extra spaces left out, at most `n`.
 fn words(text: &str, n: usize) -> Vec<String> {
+    words_at(text, n).into_iter().map(|(w, _)| w).collect()
+}
+
+/// [`words`], each with the byte offset in `text` just past it.
+pub(super) fn words_at(text: &str, n: usize) -> Vec<(String, usize)> {
     let mut out = Vec::new();
     let mut rest = text;
     while out.len() < n {
@@ -120,7 +134,8 @@ fn words(text: &str, n: usize) -> Vec<String> {
         if end == 0 {
             break;
         }
-        out.push(rest[..end].to_ascii_lowercase());
+        let offset = text.len() - rest.len() + end;
+        out.push((rest[..end].to_ascii_lowercase(), offset));
         rest = &rest[end..];
     }
     out
@@ -259,8 +274,7 @@ pub fn truncates_replicated(c: &Classification, texts: &[&str], path: &SearchPat
 
 /// [`truncates_replicated`] when the statements' texts could not be aligned with `c`: each
 /// piece of `sql` (cut at each `;`) that starts with `TRUNCATE` is classified alone (tables
-/// resolve against `path`), as `c` may not hold it at all (a stored program's definition
-/// runs to the end of the text for the parser, while MySQL runs what follows its `END`).
+/// resolve against `path`), as `c` may not hold it at all.
 fn truncates_unaligned(sql: &str, path: &SearchPath, policy: &Policy) -> Option<String> {
     let catalog = Catalog::new();
     rough_pieces(sql).filter(|p| words(p, 1).first().map(String::as_str) == Some("truncate")).find_map(|piece| {
@@ -287,6 +301,37 @@ fn shown(text: &str) -> String {
         Some((i, _)) => format!("{}…", &one_line[..i]),
         None => one_line,
     }
+}
+
+/// Where to cut a multi-statement query in two so that its statements from the first one that
+/// may write a sync table on run apart from the statements before them that commit
+/// implicitly (DDL — a stored program's definition among them —, `TRUNCATE`, `LOCK TABLES` …).
+/// In autocommit mode MariaDB runs such a write on its own after the commit, uncoordinated,
+/// where capgate must run it in a transaction of its own and coordinate that (`super::hold`):
+/// capgate then sends the part before the cut, and the rest as a held autocommit write. The
+/// byte offset in `sql` just past the `;` of the last statement that commits before that write;
+/// `None` when no write to a sync table follows an implicit commit, when the texts could not be
+/// lined up, or when that statement is `BEGIN` (the write is then in the client's own
+/// transaction). `sql` is the text the offset is for (`texts` may come from an earlier
+/// spelling of it with the same statements: see `super::locks`).
+pub fn cut_before_sync_write(
+    sql: &str,
+    path: &SearchPath,
+    c: &Classification,
+    texts: &[&str],
+    policy: &Policy,
+    locked: bool,
+) -> Option<usize> {
+    if c.statements.len() < 2 || !aligned(c, texts) {
+        return None;
+    }
+    let first_write = c.statements.iter().position(|s| sync_write(s, policy).is_some())?;
+    let last_commit = (0..first_write).rev().find(|&i| commits_implicitly(texts[i], &c.statements[i].kind, locked))?;
+    if c.statements[last_commit].kind == Kind::Transaction(TxControl::Begin) {
+        return None;
+    }
+    let ends = statement_ends(Dialect::MySql, path, sql)?;
+    (ends.len() == c.statements.len()).then(|| ends[last_commit])
 }
 
 /// The refusal message of a multi-statement query in which a statement that commits
@@ -325,7 +370,7 @@ pub fn commit_mid_query(c: &Classification, texts: &[&str], policy: &Policy, loc
 }
 
 /// [`commit_mid_query`] when the statements' texts could not be aligned with `c` (the
-/// tokenizer and the parser count them differently, as around a stored program's body):
+/// tokenizer and the parser count them differently):
 /// without the texts, a statement after one that may write a sync table is taken to commit
 /// whenever its kind may ([`may_commit_by_kind`]).
 fn commit_mid_unaligned(c: &Classification, policy: &Policy) -> Option<String> {
@@ -349,154 +394,5 @@ fn commit_mid_unaligned(c: &Classification, policy: &Policy) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_that_commit_implicitly() {
-        let other = Kind::Utility;
-        let set = Kind::Session(crate::classify::SessionChange::Other);
-        assert!(commits_implicitly("SET autocommit = 1", &set, false));
-        assert!(commits_implicitly("set @@session.autocommit=ON", &set, false));
-        assert!(commits_implicitly("SET SESSION autocommit = true", &set, false));
-        assert!(!commits_implicitly("SET autocommit = 0", &set, false));
-        assert!(commits_implicitly("SET PASSWORD = PASSWORD('x')", &set, false));
-        assert!(commits_implicitly("LOCK TABLES t WRITE", &other, false));
-        assert!(!commits_implicitly("UNLOCK TABLES", &other, false));
-        assert!(commits_implicitly("UNLOCK TABLES", &other, true));
-        assert!(commits_implicitly("/* why */ TRUNCATE TABLE t", &Kind::Write, false));
-        assert!(commits_implicitly("ANALYZE TABLE t", &other, false));
-        assert!(commits_implicitly("check table t", &other, false));
-        assert!(!commits_implicitly("CHECKSUM TABLE t", &other, false));
-        assert!(!commits_implicitly("CACHE INDEX t IN c", &other, false));
-        assert!(commits_implicitly("CREATE TABLE t (a INT)", &Kind::Ddl, false));
-        assert!(!commits_implicitly("CREATE TEMPORARY TABLE t (a INT)", &Kind::Ddl, false));
-        assert!(!commits_implicitly("drop  temporary table t", &Kind::Ddl, false));
-        assert!(commits_implicitly("START TRANSACTION", &Kind::Transaction(TxControl::Begin), false));
-        assert!(!commits_implicitly("SELECT 'set autocommit=1'", &Kind::Read, false));
-        assert!(commits_implicitly("/*!40101 FLUSH TABLES */", &other, false));
-    }
-
-    #[test]
-    fn every_spelling_of_autocommit_on() {
-        // Each turns autocommit on on MariaDB 10.11 (and commits an open transaction when it
-        // was off).
-        for on in [
-            "SET autocommit = 1",
-            "SET autocommit := 1",
-            "SET autocommit = 'ON'",
-            "set autocommit=\"on\"",
-            "SET autocommit = DEFAULT",
-            "SET autocommit = TRUE",
-            "SET @@autocommit=1",
-            "SET @@autocommit:=1",
-            "SET SESSION autocommit=1",
-            "SET LOCAL autocommit = 1",
-            "SET @@session.autocommit = 1",
-            "SET @@LOCAL.AUTOCOMMIT = on",
-            "SET @a = 1, autocommit = 1",
-            "SET @a = concat('x', ',y'), @@session.autocommit := 'On';",
-            "SET autocommit = 0, autocommit = 1",
-            "/* why */ SET autocommit = 1",
-            "SET autocommit = 2 - 1",
-            "SET autocommit = @saved",
-        ] {
-            assert!(enables_autocommit(on), "{on}");
-            let set = Kind::Session(crate::classify::SessionChange::Other);
-            assert!(commits_implicitly(on, &set, false), "{on}");
-        }
-        for off in [
-            "SET autocommit = 0",
-            "SET autocommit := 0",
-            "SET autocommit = 'OFF'",
-            "set @@session.autocommit = false",
-            "SET SESSION autocommit = \"0\"",
-            "SET @a = 1, autocommit = off",
-            "SET GLOBAL autocommit = 1",
-            "SET @@global.autocommit = 1",
-            "SET @autocommit = 1",
-            "SET @x = 'autocommit=1'",
-            "SET NAMES utf8mb4",
-            "SELECT 'SET autocommit = 1'",
-            "SETTINGS autocommit = 1",
-        ] {
-            assert!(!enables_autocommit(off), "{off}");
-        }
-    }
-
-    /// A policy with `shop.orders` sync, the search path `shop`, an empty catalog.
-    fn shop() -> (Policy, SearchPath, crate::classify::Catalog) {
-        let text = "default = \"local\"\n[[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\n";
-        let policy = Policy::parse(text, std::path::Path::new("policy.toml")).expect("policy");
-        (policy, SearchPath::new(["shop".to_owned()]), crate::classify::Catalog::new())
-    }
-
-    #[test]
-    fn statements_that_cannot_be_aligned_are_judged_by_kind() {
-        let (policy, path, catalog) = shop();
-        let judged = |sql: &str| {
-            let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
-            let texts = statement_texts(sql, &path, &c);
-            assert_ne!(texts.len(), c.statements.len(), "{sql}: the texts were aligned");
-            (commit_mid_query(&c, &texts, &policy, false), truncates_replicated(&c, &texts, &path, &policy), any_commits(&c, &texts, false))
-        };
-        // A stored program's body holds semicolons: the tokenizer counts more statements
-        // than the parser.
-        let body = "CREATE PROCEDURE p() BEGIN SELECT 1; SELECT 2; END";
-        let (refused, _, commits) = judged(&format!("UPDATE orders SET a = 1; {body}"));
-        let message = refused.expect("the definition commits the sync update mid-query");
-        for words in ["statement 2 of 2 (a ddl statement)", "after statement 1 wrote sync table shop.orders", "could not tell"] {
-            assert!(message.contains(words), "{words:?} missing from {message}");
-        }
-        assert!(commits);
-        // The parser takes the definition to run to the end of the text (MySQL runs what
-        // follows its END): refused for the definition all the same.
-        let (refused, _, _) = judged(&format!("UPDATE orders SET a = 1; UPDATE orders SET a = 2; {body}; TRUNCATE notes"));
-        assert!(refused.expect("refused").contains("statement 3 of 3 (a ddl statement)"), "the definition is named");
-        let (_, truncate, _) = judged(&format!("INSERT INTO notes VALUES (1); {body}; TRUNCATE orders"));
-        let message = truncate.expect("a TRUNCATE of a sync table");
-        assert!(message.contains("`TRUNCATE orders`") && message.contains("shop.orders is replicated (mode sync"), "{message}");
-        let (refused, truncate, _) = judged(&format!("SELECT 1; {body}"));
-        assert!(refused.is_none() && truncate.is_none(), "no sync write");
-        let (refused, truncate, _) = judged(&format!("INSERT INTO notes VALUES (1); {body}; TRUNCATE notes"));
-        assert!(refused.is_none() && truncate.is_none(), "local tables only");
-    }
-
-    #[test]
-    fn texts_and_messages() {
-        let (policy, path, catalog) = shop();
-        let refused = |sql: &str| {
-            let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
-            let texts = statement_texts(sql, &path, &c);
-            commit_mid_query(&c, &texts, &policy, false)
-        };
-        let message = refused("INSERT INTO orders VALUES (1); CREATE TABLE x (a INT)").expect("refused");
-        for words in ["`CREATE TABLE x (a INT)` (statement 2 of 2)", "`INSERT INTO orders VALUES (1)` (statement 1)", "shop.orders"] {
-            assert!(message.contains(words), "{words:?} missing from {message}");
-        }
-        assert!(refused("BEGIN; UPDATE orders SET a = 1; START TRANSACTION").is_some());
-        assert!(refused("UPDATE orders SET a = 1; TRUNCATE notes").is_some());
-        assert!(refused("CREATE TABLE x (a INT); INSERT INTO orders VALUES (1)").is_none(), "the commit comes first");
-        assert!(refused("INSERT INTO notes VALUES (1); CREATE TABLE x (a INT)").is_none(), "a local table");
-        assert!(refused("INSERT INTO orders VALUES (1); CREATE TEMPORARY TABLE x (a INT)").is_none());
-        assert!(refused("INSERT INTO orders VALUES (1); SELECT 'CREATE TABLE'").is_none());
-        let truncates = |sql: &str| {
-            let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
-            truncates_replicated(&c, &statement_texts(sql, &path, &c), &path, &policy)
-        };
-        assert!(truncates("TRUNCATE TABLE orders").is_none(), "alone, it is carried");
-        let message = truncates("SELECT 1; truncate orders").expect("refused");
-        for words in ["`truncate orders` (statement 2 of 2)", "shop.orders is replicated (mode sync", "as a query of its own"] {
-            assert!(message.contains(words), "{words:?} missing from {message}");
-        }
-        assert!(truncates("TRUNCATE notes; SELECT 1").is_none(), "a local table");
-        let alone = |sql: &str| {
-            let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
-            truncate_alone(&c, &statement_texts(sql, &path, &c)).map(ToString::to_string)
-        };
-        assert_eq!(alone("/* why */ TRUNCATE TABLE orders").as_deref(), Some("shop.orders"));
-        assert_eq!(alone("truncate other.notes;").as_deref(), Some("other.notes"));
-        assert_eq!(alone("TRUNCATE orders; SELECT 1"), None);
-        assert_eq!(alone("DELETE FROM orders"), None);
-    }
-}
+#[path = "implicit_tests.rs"]
+mod tests;

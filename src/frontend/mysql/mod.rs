@@ -25,6 +25,7 @@ pub mod conn;
 pub mod handshake;
 pub mod hold;
 pub mod implicit;
+pub mod locks;
 pub mod relay;
 pub mod session;
 pub mod setup;

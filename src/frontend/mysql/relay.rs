@@ -76,6 +76,11 @@ pub struct Prepared {
     /// It is a `TRUNCATE` alone, of this table: when the policy replicates the table, its
     /// executions are carried as the text statement would be (decision 0029).
     pub truncate: Option<crate::classify::TableName>,
+    /// It is `LOCK TABLES` (`Some(true)`) or `UNLOCK TABLES` (`Some(false)`): its executions
+    /// change whether the session holds table locks, as the text statement does (`UNLOCK
+    /// TABLES` then commits, and capgate must not open a transaction of its own with `BEGIN`
+    /// under the locks).
+    pub locks: Option<bool>,
 }
 
 /// One reply owed to the client.
@@ -208,6 +213,14 @@ where
                     at += l.bytes;
                     quit = q;
                 }
+                Verdict::Rewritten(payload) => {
+                    write_flush(server, &buf[start..at]).await?;
+                    let mut out = Vec::new();
+                    packet::write(&mut out, l.seq, &payload);
+                    write_flush(server, &out).await?;
+                    at += l.bytes;
+                    start = at;
+                }
                 Verdict::Refuse(err) => {
                     write_flush(server, &buf[start..at]).await?;
                     at += l.bytes;
@@ -215,12 +228,12 @@ where
                     state.lock().queue.push_back(Pending::Own(err));
                     state.wake.notify_one();
                 }
-                Verdict::Hold(hold) => {
+                Verdict::Hold(held) => {
                     write_flush(server, &buf[start..at]).await?;
-                    let payload = l.payload(&buf[at..at + l.bytes]).into_owned();
+                    let payload = held.payload.unwrap_or_else(|| l.payload(&buf[at..at + l.bytes]).into_owned());
                     at += l.bytes;
                     start = at;
-                    super::hold::held(state, server, statements, &payload, hold).await?;
+                    super::hold::held(state, server, statements, &payload, held.hold).await?;
                 }
                 Verdict::Admin(sql) => {
                     write_flush(server, &buf[start..at]).await?;

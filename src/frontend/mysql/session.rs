@@ -98,7 +98,8 @@ async fn run(
     info!(%user, %peer, thread, database = opened.response.database.as_deref().unwrap_or(""), tls = opened.client_tls, "session started");
     let _registered = shared.threads.register(thread, &user);
     let own_auth = !shared.config.users.is_empty();
-    let mut statements = Statements::new(shared.clone(), user, thread, opened.server_caps, own_auth);
+    let mariadb = opened.greeting.server_version.contains("MariaDB");
+    let mut statements = Statements::new(shared.clone(), user, thread, opened.server_caps, own_auth, mariadb);
     let state = SessionState::default();
     if let Some(db) = &opened.response.database {
         state.lock().schema = Some(db.clone());

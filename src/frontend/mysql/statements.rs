@@ -34,6 +34,9 @@ pub enum Verdict {
     Data,
     /// A command, queued with its reply: forward. `quit`: it was COM_QUIT.
     Forward { quit: bool },
+    /// A command, queued with its reply: forward this payload in its place (capgate changed
+    /// its text: `super::locks`).
+    Rewritten(Vec<u8>),
     /// Not forwarded; this ERR is the reply, in its turn.
     Refuse(Vec<u8>),
     /// Not forwarded; the session ends with this ERR.
@@ -44,7 +47,21 @@ pub enum Verdict {
     /// A commit point capgate may have to coordinate while sync tables are replicated: not
     /// forwarded as it is; the client pump decides once every earlier reply is in
     /// (`super::hold`).
-    Hold(Hold),
+    Hold(Held),
+}
+
+/// A held command, and the payload capgate sends in its place when it changed the text
+/// (`super::locks`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Held {
+    pub hold: Hold,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl From<Hold> for Held {
+    fn from(hold: Hold) -> Held {
+        Held { hold, payload: None }
+    }
 }
 
 /// Why a command is held.
@@ -67,6 +84,12 @@ pub enum Hold {
     /// A TRUNCATE of a replicated table: commits the open transaction (coordinated), then
     /// capgate carries it in place of the statement (`super::truncate`, decision 0029).
     Truncate(Target),
+    /// A multi-statement query in which a statement that may write a sync table follows one
+    /// that commits implicitly (DDL when `ddl`): in autocommit mode the query runs in two
+    /// parts, cut at byte `at` of its text (`implicit::cut_before_sync_write`), the first as
+    /// [`Hold::Ddl`] or [`Hold::ImplicitCommit`] would run it, the rest as [`Hold::Autocommit`];
+    /// with autocommit off it runs whole, as the first part's hold.
+    Split { at: usize, ddl: bool },
 }
 
 /// A session's command tracking, owned by the client pump.
@@ -90,14 +113,20 @@ pub struct Statements {
     /// runs it, possibly before its PREPARE_OK has arrived.
     last_prepare: Option<Prepared>,
     /// The session sent `LOCK TABLES` and no `UNLOCK TABLES` since: only then does `UNLOCK
-    /// TABLES` commit an open transaction (tracked while sync tables are replicated).
+    /// TABLES` commit an open transaction, and capgate must not open a transaction of its own
+    /// with `BEGIN`, which would release the locks (tracked while sync tables are replicated).
     locked_tables: bool,
+    /// The session may send several statements in one query (CLIENT_MULTI_STATEMENTS, or
+    /// COM_SET_OPTION): only then may capgate run a query in two parts.
+    multi_statements: bool,
+    /// The primary is MariaDB (its greeting says so): `LOCK TABLES … WRITE CONCURRENT` exists.
+    mariadb: bool,
     /// This session's replica connections for sync commits (empty: no MySQL replicas).
     pub(super) slots: Vec<Arc<ReplicaSlot>>,
 }
 
 impl Statements {
-    pub fn new(shared: Arc<Shared>, user: String, thread: u32, caps: u64, own_auth: bool) -> Statements {
+    pub fn new(shared: Arc<Shared>, user: String, thread: u32, caps: u64, own_auth: bool, mariadb: bool) -> Statements {
         use crate::protocol::mysql::caps as c;
         Statements {
             user,
@@ -109,6 +138,8 @@ impl Statements {
             tx_policy: None,
             last_prepare: None,
             locked_tables: false,
+            multi_statements: caps & c::MULTI_STATEMENTS != 0,
+            mariadb,
             slots: shared.sync.as_ref().map(|s| s.slots()).unwrap_or_default(),
             shared,
         }
@@ -129,6 +160,7 @@ impl Statements {
         }
         let command = Command::parse(payload);
         let mut after = After::Nothing;
+        let mut rewritten = None;
         match command {
             Command::Query(sql) => {
                 match admin_sql::find(sql, flow.status) {
@@ -150,7 +182,9 @@ impl Statements {
                         let text = String::from_utf8_lossy(sql);
                         let path = SearchPath::new(flow.schema.iter().cloned());
                         let texts = implicit::statement_texts(&text, &path, &c);
-                        if let Some(verdict) = self.replicated_query(sql, &c, &texts, &path) {
+                        // Only a text capgate read as it is may be changed or cut.
+                        let exact = matches!(text, std::borrow::Cow::Borrowed(_)).then_some(text.as_ref());
+                        if let Some(verdict) = self.replicated_query(sql, exact, &c, &texts, &path) {
                             return verdict;
                         }
                     }
@@ -160,7 +194,7 @@ impl Statements {
             Command::Prepare(sql) if admin_sql::find(sql, flow.status).is_some() => return Verdict::Refuse(admin_sql::prepare_refusal()),
             Command::Prepare(sql) => match self.route(flow, sql, false) {
                 Ok(classification) => {
-                    let (mut implicit_commit, mut autocommit_on, mut truncate) = (false, false, None);
+                    let (mut implicit_commit, mut autocommit_on, mut truncate, mut locks) = (false, false, None, None);
                     if let Some(c) = classification.as_ref().filter(|_| !self.slots.is_empty()) {
                         let text = String::from_utf8_lossy(sql);
                         let path = SearchPath::new(flow.schema.iter().cloned());
@@ -171,8 +205,16 @@ impl Statements {
                         implicit_commit = implicit::any_commits(c, &texts, false);
                         autocommit_on = sets_autocommit_alone(c, &texts);
                         truncate = implicit::truncate_alone(c, &texts).cloned();
+                        locks = implicit::lock_change(&texts);
+                        // A prepared LOCK TABLES of a sync table is changed as the text one.
+                        let exact = matches!(text, std::borrow::Cow::Borrowed(_)).then_some(text.as_ref());
+                        let policy = self.policy();
+                        rewritten = exact
+                            .filter(|_| self.mariadb && policy.has_sync())
+                            .and_then(|t| super::locks::with_capgate_tables(t, c, &texts, &policy))
+                            .map(|t| [&[crate::protocol::mysql::com::STMT_PREPARE][..], t.as_bytes()].concat());
                     }
-                    let prepared = Prepared { classification, implicit_commit, autocommit_on, truncate };
+                    let prepared = Prepared { classification, implicit_commit, autocommit_on, truncate, locks };
                     self.last_prepare = Some(prepared.clone());
                     after = After::Prepared(prepared);
                 }
@@ -183,7 +225,7 @@ impl Statements {
                     u32::MAX => self.last_prepare.clone(),
                     id => flow.prepared.get(&id).cloned(),
                 };
-                if let Some(Prepared { classification: Some(c), implicit_commit, autocommit_on, truncate }) = prepared {
+                if let Some(Prepared { classification: Some(c), implicit_commit, autocommit_on, truncate, locks }) = prepared {
                     // A prepared TRUNCATE alone is carried like the text one, by the policy of
                     // this execution.
                     if let Some(table) = truncate.filter(|_| !self.slots.is_empty()) {
@@ -195,8 +237,13 @@ impl Statements {
                             return self.carry_truncate(&d, "the prepared TRUNCATE");
                         }
                     }
+                    // UNLOCK TABLES commits only while tables are locked.
+                    let implicit_commit = implicit_commit || (locks == Some(false) && self.locked_tables);
+                    if let Some(locked) = locks.filter(|_| !self.slots.is_empty()) {
+                        self.locked_tables = locked;
+                    }
                     if let Some(hold) = self.hold_for(&c, implicit_commit) {
-                        return Verdict::Hold(autocommit_hold(hold, autocommit_on));
+                        return Verdict::Hold(autocommit_hold(hold, autocommit_on).into());
                     }
                     let policy = self.policy();
                     let decisions = policy.decide(&c);
@@ -208,6 +255,12 @@ impl Statements {
             }
             Command::Close { statement } => {
                 flow.prepared.remove(&statement);
+            }
+            // COM_SET_OPTION: MYSQL_OPTION_MULTI_STATEMENTS_ON (0) or _OFF (1).
+            Command::SetOption => {
+                if let Some(&[a, b]) = payload.get(1..3) {
+                    self.multi_statements = u16::from_le_bytes([a, b]) == 0;
+                }
             }
             Command::InitDb(db) => after = After::Database(String::from_utf8_lossy(db).into_owned()),
             Command::ResetConnection => {
@@ -240,12 +293,23 @@ impl Statements {
         if reply != Reply::Nothing {
             flow.queue.push_back(Pending::Reply { tracker: Tracker::new(reply, self.deprecate_eof, self.session_track), after });
         }
-        Verdict::Forward { quit: command == Command::Quit }
+        match rewritten {
+            Some(payload) => Verdict::Rewritten(payload),
+            None => Verdict::Forward { quit: command == Command::Quit },
+        }
     }
 
-    /// A query `sql` (classified as `c`, its statements' texts `texts`, tables resolving against `path`) while MySQL replicas
-    /// are configured: refused, held, or (None) forwarded as it came.
-    fn replicated_query(&mut self, sql: &[u8], c: &Classification, texts: &[&str], path: &SearchPath) -> Option<Verdict> {
+    /// A query `sql` (classified as `c`, its statements' texts `texts`, tables resolving
+    /// against `path`; `text`: its text, when it is valid UTF-8) while MySQL replicas are
+    /// configured: refused, held, or (None) forwarded as it came.
+    fn replicated_query(
+        &mut self,
+        sql: &[u8],
+        text: Option<&str>,
+        c: &Classification,
+        texts: &[&str],
+        path: &SearchPath,
+    ) -> Option<Verdict> {
         let policy = self.policy();
         // A TRUNCATE of a replicated table alone is carried (decision 0029); anywhere else in
         // a query it is refused.
@@ -283,7 +347,24 @@ impl Statements {
         // LOAD DATA LOCAL needs the client's file contents mid-reply: not held (outside a
         // transaction the capture trigger refuses it; inside one the COMMIT is held).
         let hold = self.hold_for(c, commits).filter(|_| !is_load_local(sql))?;
-        Some(Verdict::Hold(autocommit_hold(hold, sets_autocommit_alone(c, texts))))
+        let hold = autocommit_hold(hold, sets_autocommit_alone(c, texts));
+        // LOCK TABLES of a sync table also locks what capgate's commits write (decision 0031).
+        let rewritten = text.filter(|_| self.mariadb).and_then(|t| super::locks::with_capgate_tables(t, c, texts, &policy));
+        let hold = match hold {
+            Hold::Ddl | Hold::ImplicitCommit if self.multi_statements => rewritten
+                .as_deref()
+                .or(text)
+                .and_then(|t| implicit::cut_before_sync_write(t, path, c, texts, &policy, locked))
+                .map_or(hold.clone(), |at| Hold::Split { at, ddl: hold == Hold::Ddl }),
+            hold => hold,
+        };
+        let payload = rewritten.map(|t| [&[crate::protocol::mysql::com::QUERY][..], t.as_bytes()].concat());
+        Some(Verdict::Hold(Held { hold, payload }))
+    }
+
+    /// Whether the session holds `LOCK TABLES` locks (as far as its text queries tell).
+    pub(super) fn locked_tables(&self) -> bool {
+        self.locked_tables
     }
 
     /// The hold that carries a TRUNCATE of `d`'s table (decision 0029), or its refusal under
@@ -302,7 +383,7 @@ impl Statements {
                 ),
             );
         }
-        Verdict::Hold(Hold::Truncate(Target { table: d.table.clone(), mode: d.mode.name(), rule: d.rule.to_string() }))
+        Verdict::Hold(Hold::Truncate(Target { table: d.table.clone(), mode: d.mode.name(), rule: d.rule.to_string() }).into())
     }
 
     /// Whether a statement must be held while sync tables are replicated (decision 0016).

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod command;
 pub mod handshake;
 pub mod packet;
+pub mod replies;
 pub mod response;
 pub mod result_set;
 pub mod rows;

@@ -77,43 +77,6 @@ pub fn text_rows(reply: &[u8], deprecate_eof: bool) -> Result<Vec<Row>, RowsErro
     Err(RowsError::Malformed("the result set has no terminator"))
 }
 
-/// Clear `SERVER_STATUS_IN_TRANS` in the final OK or EOF packet of `reply` (packets with
-/// headers): the reply of a statement capgate ran inside a transaction of its own (an
-/// autocommit write it wrapped), so that the client sees the session outside a transaction,
-/// as it will be once capgate's COMMIT is done. Nothing changes if the last packet is
-/// neither.
-pub fn clear_in_trans(reply: &mut [u8], deprecate_eof: bool) {
-    let mut at = 0;
-    let mut last = None;
-    while let Some(header) = reply.get(at..at + 4) {
-        let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
-        if reply.len() < at + 4 + len {
-            return;
-        }
-        last = Some((at + 4, len));
-        at += 4 + len;
-    }
-    let Some((start, len)) = last else { return };
-    let payload = &reply[start..start + len];
-    let status_at = match payload.first() {
-        Some(0x00) => ok_status_offset(payload),
-        Some(0xfe) if deprecate_eof => ok_status_offset(payload),
-        Some(0xfe) if len < 9 => Some(3),
-        _ => None,
-    };
-    if let Some(off) = status_at.filter(|o| o + 2 <= len) {
-        let status = u16::from_le_bytes([reply[start + off], reply[start + off + 1]]) & !super::status::IN_TRANS;
-        reply[start + off..start + off + 2].copy_from_slice(&status.to_le_bytes());
-    }
-}
-
-/// Where an OK packet's status flags are: after the header byte and two length-encoded ints.
-fn ok_status_offset(payload: &[u8]) -> Option<usize> {
-    let (_, a) = lenenc_int(payload.get(1..)?)?;
-    let (_, b) = lenenc_int(payload.get(1 + a..)?)?;
-    Some(1 + a + b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,20 +100,6 @@ mod tests {
         assert_eq!(text_rows(&classic, false), Ok(want.clone()));
         let ok_end: &[u8] = b"\xfe\x00\x00\x02\x00\x00\x00";
         assert_eq!(text_rows(&reply(&[b"\x03", def, def, def, row, ok_end]), true), Ok(want));
-    }
-
-    #[test]
-    fn the_final_status_leaves_the_transaction() {
-        let mut ok = reply(&[b"\x00\x01\x00\x03\x00\x00\x00"]);
-        clear_in_trans(&mut ok, false);
-        assert_eq!(&ok[4..], b"\x00\x01\x00\x02\x00\x00\x00");
-        let mut rows = reply(&[b"\x01", b"\x03def", b"\xfe\x00\x00\x23\x00", b"\x011", b"\xfe\x00\x00\x21\x00"]);
-        clear_in_trans(&mut rows, false);
-        assert_eq!(&rows[rows.len() - 5..], b"\xfe\x00\x00\x20\x00");
-        let mut err = packet::err(1, (1062, "23000"), "Duplicate entry");
-        let before = err.clone();
-        clear_in_trans(&mut err, true);
-        assert_eq!(err, before);
     }
 
     #[test]

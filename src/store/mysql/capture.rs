@@ -11,7 +11,9 @@
 //! the table leaves. Run at start, on every policy reload, and after DDL on a replicated
 //! table.
 //!
-//! What a trigger records, inside the writer's transaction:
+//! What a trigger records, inside the writer's transaction, through the routine it calls with
+//! the row's images (`capgate.capture` or `capgate.capture_sync`, one statement per row
+//! event whatever the table: see `super::primary::ROUTINES` for why a routine):
 //! - nothing when the session is capgate's own apply session (`@capgate_apply`);
 //! - a sync table written by a capgate client session (`@capgate_session`): a row in
 //!   `capgate.sync_changes` for the coordinator to read at COMMIT, and `@capgate_sync = 1`;
@@ -86,36 +88,25 @@ pub fn triggers(table: &TableName, columns: &[Column], mode: CaptureMode) -> Res
     let new = image::json_object("NEW", columns)?;
     let old = image::json_object("OLD", columns)?;
     let tbl = quote_literal(&table.to_string());
-    // What the trigger records for a change `op` with these images.
-    let record = |op: &str, old_image: &str, new_image: &str| {
-        let values = format!("(CONNECTION_ID(), UTC_TIMESTAMP(6), {tbl}, '{op}', {old_image}, {new_image}");
-        let later = |proxied: &str| {
-            format!("INSERT INTO capgate.changes (conn, at, tbl, op, old_image, new_image, proxied) VALUES {values}, {proxied});")
-        };
-        match mode {
-            // `latest` across writing sites is PostgreSQL-only so far: here it records as async.
-            CaptureMode::Async | CaptureMode::Latest => later("@capgate_session IS NOT NULL"),
-            CaptureMode::Sync => format!(
-                "IF @capgate_session IS NULL THEN {} ELSE IF @@in_transaction = 0 THEN SIGNAL SQLSTATE 'HY000' SET \
-                 MYSQL_ERRNO = 1644, MESSAGE_TEXT = {}; END IF; INSERT INTO capgate.sync_changes (conn, at, tbl, op, \
-                 old_image, new_image) VALUES {values}); SET @capgate_sync = 1; END IF;",
-                later("FALSE"),
-                quote_literal(&autocommit_message(table)),
-            ),
-        }
+    let routine = match mode {
+        // `latest` across writing sites is PostgreSQL-only so far: here it records as async.
+        CaptureMode::Async | CaptureMode::Latest => "capture",
+        CaptureMode::Sync => "capture_sync",
     };
+    // What the trigger records for a change `op` with these images.
+    let call = |op: &str, old_image: &str, new_image: &str| format!("CALL capgate.{routine}({tbl}, '{op}', {old_image}, {new_image});");
     Ok(EVENTS
         .iter()
         .map(|&(event, letter)| {
             let body = match event {
-                "INSERT" => record("I", "NULL", &new),
-                "UPDATE" => record("U", &old, &new),
+                "INSERT" => call("I", "NULL", &new),
+                "UPDATE" => call("U", &old, &new),
                 _ => format!(
                     "IF @capgate_truncate <=> {} THEN IF @capgate_truncated IS NULL THEN {} SET @capgate_truncated = 1; END IF; \
                      ELSE {} END IF;",
                     truncate_mark(table),
-                    record("T", "NULL", "NULL"),
-                    record("D", &old, "NULL")
+                    call("T", "NULL", "NULL"),
+                    call("D", &old, "NULL")
                 ),
             };
             Trigger {
@@ -125,13 +116,6 @@ pub fn triggers(table: &TableName, columns: &[Column], mode: CaptureMode) -> Res
             }
         })
         .collect())
-}
-
-/// The error an uncoordinated autocommit write to a sync table gets (SIGNAL allows 128
-/// characters).
-fn autocommit_message(table: &TableName) -> String {
-    let text = format!("capgate: sync table {table} written outside a transaction capgate coordinates; use BEGIN ... COMMIT");
-    text.chars().take(128).collect()
 }
 
 /// The statement that creates (or replaces) `trigger` on `table`.
@@ -285,14 +269,19 @@ mod tests {
     }
 
     #[test]
-    fn sync_triggers_record_for_the_coordinator_and_refuse_autocommit() {
+    fn triggers_hand_their_images_to_the_capture_routines() {
         let t = TableName::new("shop", "orders");
         let got = triggers(&t, &[col("id", "int", true), col("note", "text", false)], CaptureMode::Sync).expect("triggers");
         assert_eq!(got.iter().map(|t| t.event).collect::<Vec<_>>(), ["INSERT", "UPDATE", "DELETE"]);
         let update = &got[1].body;
-        assert!(update.contains("capgate.sync_changes"), "{update}");
-        assert!(update.contains("JSON_OBJECT('id', OLD.`id`, 'note', OLD.`note`), JSON_OBJECT('id', NEW.`id`"), "{update}");
-        assert!(update.contains("@@in_transaction = 0 THEN SIGNAL"), "{update}");
-        assert!(autocommit_message(&TableName::new("s", "x".repeat(200))).chars().count() <= 128);
+        assert_eq!(
+            update,
+            "BEGIN IF @capgate_apply IS NULL THEN CALL capgate.capture_sync('shop.orders', 'U', JSON_OBJECT('id', OLD.`id`, \
+             'note', OLD.`note`), JSON_OBJECT('id', NEW.`id`, 'note', NEW.`note`)); END IF; END"
+        );
+        let insert = &triggers(&t, &[col("id", "int", true)], CaptureMode::Async).expect("triggers")[0].body;
+        assert!(insert.contains("CALL capgate.capture('shop.orders', 'I', NULL, JSON_OBJECT('id', NEW.`id`));"), "{insert}");
+        let sync = super::super::primary::ROUTINES[1].1;
+        assert!(sync.contains("@@in_transaction = 0 THEN") && sync.contains("INSERT INTO capgate.sync_changes"), "{sync}");
     }
 }

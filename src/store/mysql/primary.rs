@@ -54,6 +54,41 @@ const SCHEMA: &[&str] = &[
      ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
 ];
 
+/// The routines every capture trigger calls with the row images it built (decision 0031):
+/// `capgate.capture` for async and bounded tables, `capgate.capture_sync` for sync tables (see
+/// `super::capture` for what each records). Why routines: under `LOCK TABLES t WRITE`,
+/// MariaDB 10.11 locks the tables `t`'s triggers write along with `t`, but where its three
+/// triggers each name `capgate.changes` a write to `t` failed with error 1442 ("Can't update
+/// table 'changes' in stored function/trigger because it is already used by statement which
+/// invoked this stored function/trigger"); a routine's tables are locked once however many
+/// triggers call it, and the write goes through — through capgate or around it (a
+/// `mariadb-dump` restore wraps each table's INSERTs in `LOCK TABLES … WRITE`).
+pub const ROUTINES: [(&str, &str); 2] = [("capture", CAPTURE), ("capture_sync", CAPTURE_SYNC)];
+
+/// The parameters of both routines: table, operation (`I`, `U`, `D`), old and new image.
+const PARAMETERS: &str = "IN p_tbl VARCHAR(400) CHARACTER SET utf8mb4, IN p_op CHAR(1) CHARACTER SET utf8mb4, \
+    IN p_old LONGTEXT CHARACTER SET utf8mb4, IN p_new LONGTEXT CHARACTER SET utf8mb4";
+
+/// `capgate.capture`'s body: a row in `capgate.changes`, shipped later.
+const CAPTURE: &str = "INSERT INTO capgate.changes (conn, at, tbl, op, old_image, new_image, proxied) \
+    VALUES (CONNECTION_ID(), UTC_TIMESTAMP(6), p_tbl, p_op, p_old, p_new, @capgate_session IS NOT NULL)";
+
+/// `capgate.capture_sync`'s body: written around capgate, a row in `capgate.changes`;
+/// written by a capgate client session, a row in `capgate.sync_changes` for the coordinator
+/// and `@capgate_sync = 1` — or, outside a transaction (an autocommit statement capgate did
+/// not wrap), error 1644 instead, since that change would commit on the primary alone (SIGNAL
+/// takes at most 128 characters).
+const CAPTURE_SYNC: &str = "BEGIN DECLARE message VARCHAR(128) CHARACTER SET utf8mb4; \
+    IF @capgate_session IS NULL THEN \
+    INSERT INTO capgate.changes (conn, at, tbl, op, old_image, new_image, proxied) \
+    VALUES (CONNECTION_ID(), UTC_TIMESTAMP(6), p_tbl, p_op, p_old, p_new, FALSE); \
+    ELSE IF @@in_transaction = 0 THEN \
+    SET message = LEFT(CONCAT('capgate: sync table ', p_tbl, ' written outside a transaction capgate coordinates; use BEGIN ... COMMIT'), 128); \
+    SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1644, MESSAGE_TEXT = message; END IF; \
+    INSERT INTO capgate.sync_changes (conn, at, tbl, op, old_image, new_image) \
+    VALUES (CONNECTION_ID(), UTC_TIMESTAMP(6), p_tbl, p_op, p_old, p_new); \
+    SET @capgate_sync = 1; END IF; END";
+
 /// Why the primary cannot capture.
 #[derive(Debug, thiserror::Error)]
 pub enum PrimaryError {
@@ -72,12 +107,29 @@ pub enum PrimaryError {
     Catalog(mysql_async::Error),
 }
 
-/// Create the `capgate` database and its tables if missing.
+/// Create the `capgate` database and its tables if missing, and the capture routines
+/// ([`ROUTINES`]) if missing or different (an older capgate's): replaced only then, as a
+/// replacement waits for every statement running them.
 pub async fn install(conn: &mut mysql_async::Conn) -> Result<(), PrimaryError> {
     for sql in SCHEMA {
         conn.query_drop(*sql).await.map_err(PrimaryError::Schema)?;
     }
+    let have: Vec<(String, Option<String>)> = conn
+        .query("SELECT ROUTINE_NAME, ROUTINE_DEFINITION FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = 'capgate' AND ROUTINE_TYPE = 'PROCEDURE'")
+        .await
+        .map_err(PrimaryError::Schema)?;
+    for (name, body) in ROUTINES {
+        if have.iter().any(|(n, b)| n == name && b.as_deref() == Some(body)) {
+            continue;
+        }
+        conn.query_drop(routine_sql(name, body)).await.map_err(PrimaryError::Schema)?;
+    }
     Ok(())
+}
+
+/// The statement that creates (or replaces) capture routine `name` with `body`.
+fn routine_sql(name: &str, body: &str) -> String {
+    format!("CREATE OR REPLACE DEFINER = CURRENT_USER PROCEDURE capgate.{name}({PARAMETERS}) MODIFIES SQL DATA SQL SECURITY DEFINER {body}")
 }
 
 /// The privileges of capgate's account on the primary, as `information_schema` lists them
@@ -119,7 +171,7 @@ impl Grants {
 }
 
 /// Check that capgate's account may install capture on `schemas` (the databases holding
-/// replicated tables): TRIGGER on each, everything on `capgate`, and the right to create
+/// replicated tables): TRIGGER on each, everything on `capgate` (its tables and routines), and the right to create
 /// triggers while the binary log is on. The first missing privilege is named.
 pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) -> Result<(), PrimaryError> {
     let grants = Grants::read(conn).await?;
@@ -132,13 +184,14 @@ pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) 
             ));
         }
     }
-    for privilege in ["CREATE", "INSERT", "SELECT", "DELETE"] {
+    for privilege in ["CREATE", "INSERT", "SELECT", "DELETE", "CREATE ROUTINE", "ALTER ROUTINE", "EXECUTE"] {
         if !grants.has(privilege, "capgate") {
             let privilege: &'static str = privilege;
             return Err(grants.missing(
                 privilege,
                 "capgate.*".into(),
-                "capgate keeps its change log and decision records in the `capgate` database",
+                "capgate keeps its change log and decision records in the `capgate` database, and the routines its capture \
+                 triggers call",
             ));
         }
     }

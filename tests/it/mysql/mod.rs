@@ -18,6 +18,7 @@ mod driver;
 mod health;
 mod jdbc;
 mod lifecycle;
+mod lock_tables;
 mod policy;
 mod python;
 mod raw;

@@ -6,9 +6,9 @@
 //! commits nothing, so a ROLLBACK after it still rolls back. TRUNCATE of a sync table (it
 //! fires no trigger) is carried in a coordinated commit (decision 0029). Every spelling of `SET autocommit = 1` (`:=`, `'ON'`,
 //! `DEFAULT`, `@@session.` …) commits when autocommit was off, coordinated; a prepared one
-//! inside `BEGIN` with autocommit on commits nothing, as the text one. A query whose
-//! statements capgate cannot line up with their texts (a stored program's body) is judged by
-//! the statements' kinds.
+//! inside `BEGIN` with autocommit on commits nothing, as the text one. Around a stored
+//! program's definition (it ends at its body's `END`, decision 0031) each statement is judged
+//! by its own text.
 
 use mysql_async::prelude::*;
 
@@ -165,10 +165,9 @@ async fn every_spelling_of_autocommit_on_prepared_or_not_and_queries_capgate_can
     assert_eq!(on_primary, "1\t40\ta\n2\t200\tb");
     assert_eq!(on_replica, on_primary, "a prepared SET autocommit = 1 committed on the primary alone");
 
-    // A stored program's body holds semicolons, so capgate cannot line the statements' texts
-    // up with the parser's: judged by their kinds, a definition (it commits) after a sync
-    // write is refused, and so is a TRUNCATE of a replicated table (carried only as a query
-    // of its own); nothing runs.
+    // A stored program's body holds semicolons of its own; its definition ends at its `END`:
+    // a definition (it commits) after a sync write is refused, and so is a TRUNCATE of a
+    // replicated table after one (carried only as a query of its own); nothing runs.
     let body = "CREATE PROCEDURE cgsync.p() BEGIN SELECT 1; SELECT 2; END";
     c.query_drop("SET autocommit = 0").await.expect("autocommit off");
     let err = c.query_drop(format!("UPDATE acct SET bal = 41 WHERE id = 1; {body}")).await.expect_err("refused");
