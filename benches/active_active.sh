@@ -30,9 +30,15 @@
 # share it, so on a 2-core machine the per-site ratio is bounded by CPU, not by capgate —
 # capgate's CPU per transaction (utime + stime from /proc) is printed to separate the two.
 #
+# PIN=1 (the default on a machine with two or more CPUs) gives each site a CPU of its own —
+# its server (and every backend), its capgate and its pgbench on CPU 0 (east) or CPU 1
+# (west) — as two data centres would have their own machines: a site alone then has one
+# CPU, not the whole machine, and the `both` figures show what replicating the other site's
+# writes costs a site. PIN=0 lets every process run anywhere.
+#
 # Usage: benches/active_active.sh   (environment: ROUNDS=3 DURATION=15 CLIENTS=4 JOBS=2
-#        SCALE=2 LAG_INTERVAL=0.2, CAPGATE_BIN (default: the release build, built first),
-#        KEEP_TMP=1 keeps the logs)
+#        SCALE=2 LAG_INTERVAL=0.2 PIN, CAPGATE_BIN (default: the release build, built
+#        first), KEEP_TMP=1 keeps the logs)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -42,6 +48,7 @@ CLIENTS="${CLIENTS:-4}"
 JOBS="${JOBS:-2}"
 SCALE="${SCALE:-2}"
 LAG_INTERVAL="${LAG_INTERVAL:-0.2}"
+PIN="${PIN:-$([[ $(nproc) -ge 2 ]] && echo 1 || echo 0)}"
 CAPGATE_DEFAULT_BIN=0
 if [[ -z "${CAPGATE_BIN:-}" ]]; then CAPGATE_DEFAULT_BIN=1; CAPGATE_BIN="$REPO_ROOT/target/release/capgate"; fi
 PGBIN="${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
@@ -71,11 +78,16 @@ trap 'exit 130' INT
 build_capgate_release
 read -r PG_east PG_west CG_east CG_west AD_east AD_west < <(free_ports 6)
 declare -A PG=([east]=$PG_east [west]=$PG_west) CG=([east]=$CG_east [west]=$CG_west) AD=([east]=$AD_east [west]=$AD_west)
-declare -A PEER=([east]=west [west]=east)
+declare -A PEER=([east]=west [west]=east) CPU=([east]=0 [west]=1)
+# Runs the rest of the command line on the site's CPU (PIN=1), or anywhere.
+on_site() { local site=$1; shift; if [[ "$PIN" == 1 ]]; then taskset -c "${CPU[$site]}" "$@"; else "$@"; fi; }
+# What this shell starts next (servers, capgate) runs on the site's CPU (PIN=1).
+pin_shell() { [[ "$PIN" != 1 ]] || taskset -cp "${CPU[$1]}" $$ >/dev/null; }
 q() { psql -XAtq -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" -U postgres -d postgres -c "$2"; }
 
 TABLES=(pgbench_accounts pgbench_branches pgbench_tellers pgbench_history)
 for site in east west; do
+    pin_shell "$site"
     start_postgres_named "$site" "${PG[$site]}" "max_connections = 200" "shared_buffers = 256MB" \
         "synchronous_commit = off" "max_prepared_transactions = 100"
     pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "${PG[$site]}" -U postgres postgres >"$TMP/init-$site.log" 2>&1 \
@@ -105,9 +117,11 @@ name = "$peer"
 url = "postgres://postgres@127.0.0.1:${PG[$peer]}/postgres?sslmode=disable"
 takes_writes = true
 CONF
+    pin_shell "$site"
     start_capgate_config "$TMP/$site.toml" "${CG[$site]}" "$TMP/capgate-$site.log"
     CG_PID[$site]=$CAPGATE_PID
 done
+[[ "$PIN" != 1 ]] || taskset -cp "0-$(($(nproc) - 1))" $$ >/dev/null
 
 # /status of each site's only replica: halted tables, sampling, waiting for an empty queue.
 cat >"$TMP/status.py" <<'PY'
@@ -183,7 +197,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 start_pgbench() { # site label
-    pgbench -n -f "$TMP/tpcb-site.sql" -D lo="${LO[$1]}" -D hi="${HI[$1]}" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
+    on_site "$1" pgbench -n -f "$TMP/tpcb-site.sql" -D lo="${LO[$1]}" -D hi="${HI[$1]}" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
         -h 127.0.0.1 -p "${CG[$1]}" -U postgres postgres >"$TMP/pgbench-$2-$1.log" 2>&1
 }
 tps_of() { sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$1" | head -1; }
@@ -231,9 +245,10 @@ EQUAL=no
 [[ "$(digest "${PG[east]}")" == "$(digest "${PG[west]}")" ]] && EQUAL=yes
 CONFLICTS="$(q "${PG[east]}" "select count(*) from capgate.conflicts")/$(q "${PG[west]}" "select count(*) from capgate.conflicts")"
 
-python3 - "$RESULTS" "$TMP" "$EQUAL" "$CONFLICTS" <<'PY'
+python3 - "$RESULTS" "$TMP" "$EQUAL" "$CONFLICTS" "$PIN" <<'PY'
 import glob, statistics, sys
-results, tmp, equal, conflicts = sys.argv[1:5]
+results, tmp, equal, conflicts, pin = sys.argv[1:6]
+pin = "yes" if pin == "1" else "no"
 rows = [l.split() for l in open(results)]
 def med(target, site, col):
     v = [float(r[col]) for r in rows if r[0] == target and r[1] == site]
@@ -257,6 +272,6 @@ for s in ("east", "west"):
         q = lambda x: lags[min(len(lags) - 1, int(x * len(lags)))]
         print(f"lag of {s}'s changes at the other site during `both` ({len(lags)} samples): "
               f"p50 {q(0.5):.2f} s, p99 {q(0.99):.2f} s, max {lags[-1]:.2f} s")
-print(f"sites equal after the run: {equal}; conflicts logged east/west: {conflicts}")
+print(f"sites equal after the run: {equal}; conflicts logged east/west: {conflicts}; each site on a CPU of its own: {pin}")
 PY
 [[ "$EQUAL" == yes ]] || { log "the sites differ"; exit 1; }
