@@ -13,33 +13,22 @@
 //! replica; so does a `mariadb-dump` restore piped through capgate by an account with the
 //! documented grants, and one written straight into the primary.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use capgate::sites::State;
-use capgate::testbed::link::Link;
 use mysql_async::prelude::*;
 
 use super::async_ship::{converged, servers, setup_both, TURN};
 use super::capture::SERVER;
 use super::support::{connect, error_code, mariadb, primary, replica, url_at, MyProxy, APP_PASSWORD};
 use super::sync::{rows, settled, setup};
+use super::sync_faults::sync_proxy_behind_link;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_write_after_a_stored_programs_end_is_coordinated() {
     let _turn = SERVER.lock().await;
     let _ = setup().await;
-    let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, replica().port()))).expect("link");
-    let dir = crate::support::scratch("mysql-after-end");
-    std::fs::write(dir.join("policy.toml"), "default = \"local\"\n[[table]]\nmatch = \"cgsync.acct\"\nmode = \"sync\"\n").expect("policy");
-    let text = format!(
-        "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
-         [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable&connect_timeout=1\"\n\
-         partition_latency = \"100ms\"\nheartbeat_timeout = \"400ms\"\n",
-        primary().port(),
-        link.addr().port()
-    );
-    let p = MyProxy::start_config(&text, &dir);
+    let (link, p) = sync_proxy_behind_link("mysql-after-end");
     let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
     let routines = |name: &str| {
         primary()

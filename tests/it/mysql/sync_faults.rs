@@ -27,12 +27,11 @@ async fn healthy(p: &MyProxy) {
     east.health().wait_state(State::Healthy, Duration::from_secs(30)).await.expect("east healthy again");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cut_replica_refuses_the_commit_and_nothing_commits() {
-    let _turn = SERVER.lock().await;
-    let _ = setup().await;
+/// capgate (site west) in front of the primary with `cgsync.acct` sync and replica east
+/// reached through a link of its own, detecting a partition within a few hundred ms.
+pub(super) fn sync_proxy_behind_link(name: &str) -> (Link, MyProxy) {
     let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, replica().port()))).expect("link");
-    let dir = crate::support::scratch("mysql-sync-faults");
+    let dir = crate::support::scratch(name);
     std::fs::write(dir.join("policy.toml"), "default = \"local\"\n[[table]]\nmatch = \"cgsync.acct\"\nmode = \"sync\"\n").expect("policy");
     let text = format!(
         "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
@@ -41,9 +40,16 @@ async fn a_cut_replica_refuses_the_commit_and_nothing_commits() {
         primary().port(),
         link.addr().port()
     );
+    (link, MyProxy::start_config(&text, &dir))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_replica_refuses_the_commit_and_nothing_commits() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    let (link, p) = sync_proxy_behind_link("mysql-sync-faults");
     // The prepare deadline is five times the larger of the two (2 s): a new replica
     // connection and its XA round trips must fit in it on a loaded machine.
-    let p = MyProxy::start_config(&text, &dir);
     let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
     c.query_drop("UPDATE acct SET bal = 1 WHERE id = 1").await.expect("through the link");
     settled().await;
