@@ -398,17 +398,18 @@ impl<W: AsyncWrite + Unpin + Send + ?Sized> PrimaryTx for RelayPrimary<'_, W> {
         }
     }
 
-    async fn commit(&mut self) -> bool {
+    async fn commit(&mut self) -> Option<bool> {
         let own = query("COMMIT");
         let payload = match self.commit {
             Commit::Client(p) => p,
             Commit::Own => own.as_slice(),
         };
-        let Some(mut replies) = self.own(&[payload]).await else { return false };
+        // No reply: the connection failed with the COMMIT on its way (the outcome unknown).
+        let mut replies = self.own(&[payload]).await?;
         let reply = replies.pop().unwrap_or_default();
         let committed = error_of(&reply).is_none();
         self.commit_reply = Some(reply);
-        committed
+        Some(committed)
     }
 
     async fn rollback(&mut self) {

@@ -32,8 +32,10 @@ pub trait PrimaryTx {
     /// the transaction when there are any (`store::mysql::primary::SYNC_READ` and the two
     /// statements after it). The error text, when the primary could not.
     fn read_changes(&mut self, gid: &str, origin: &str) -> impl Future<Output = Result<Vec<Change>, String>> + Send;
-    /// Let the client's COMMIT reach the primary: whether the transaction committed.
-    fn commit(&mut self) -> impl Future<Output = bool> + Send;
+    /// Let the client's COMMIT reach the primary: whether the transaction committed, or
+    /// None when nobody can tell (the connection failed after the COMMIT was sent: the
+    /// primary may have committed, decision record and all).
+    fn commit(&mut self) -> impl Future<Output = Option<bool>> + Send;
     /// Roll the transaction back: the commit was refused.
     fn rollback(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -196,7 +198,7 @@ pub async fn commit<P: PrimaryTx>(
                 None
             }
             Action::CommitPlain => {
-                outcome = Some(if primary.commit().await { Outcome::Committed } else { Outcome::Failed });
+                outcome = Some(if primary.commit().await == Some(true) { Outcome::Committed } else { Outcome::Failed });
                 None
             }
             // `on_partition = "block"`: wait for every replica the health loop does not
@@ -221,7 +223,16 @@ pub async fn commit<P: PrimaryTx>(
                 }
                 None
             }
-            Action::CommitPrimary => Some(Event::PrimaryDone { committed: primary.commit().await }),
+            Action::CommitPrimary => match primary.commit().await {
+                Some(committed) => Some(Event::PrimaryDone { committed }),
+                // Unknown: neither XA COMMIT nor XA ROLLBACK may be guessed. The prepared
+                // branches are dropped below (their connections close) and recovery resolves
+                // them by the decision record, which committed exactly if the primary did.
+                None => {
+                    outcome = Some(Outcome::Failed);
+                    break;
+                }
+            },
             Action::Refuse(refusal) => {
                 primary.rollback().await;
                 outcome = Some(Outcome::Refused(refusal));

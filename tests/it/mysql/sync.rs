@@ -40,8 +40,12 @@ impl PrimaryTx for Session {
     async fn read_changes(&mut self, gid: &str, origin: &str) -> Result<Vec<Change>, String> {
         store::read_sync_changes(&mut self.0, gid, origin).await.map_err(|e| e.to_string())
     }
-    async fn commit(&mut self) -> bool {
-        self.0.query_drop("COMMIT").await.is_ok()
+    async fn commit(&mut self) -> Option<bool> {
+        match self.0.query_drop("COMMIT").await {
+            Ok(()) => Some(true),
+            Err(mysql_async::Error::Server(_)) => Some(false),
+            Err(_) => None,
+        }
     }
     async fn rollback(&mut self) {
         let _ = self.0.query_drop("ROLLBACK").await;
@@ -260,6 +264,46 @@ async fn recovery_resolves_branches_left_by_a_coordinator_that_died() {
     assert_eq!(rows(replica()), rows(primary()));
     let fence: Option<bool> = admin.exec_first("SELECT committed FROM capgate.decisions WHERE gid = ?", (lost,)).await.expect("fence");
     assert_eq!(fence, Some(false), "recovery recorded the abort before rolling back");
+}
+
+/// A session whose COMMIT reached the primary but whose reply was lost (its connection failed).
+struct LostReply(Session);
+
+impl PrimaryTx for LostReply {
+    async fn read_changes(&mut self, gid: &str, origin: &str) -> Result<Vec<Change>, String> {
+        self.0.read_changes(gid, origin).await
+    }
+    async fn commit(&mut self) -> Option<bool> {
+        self.0.commit().await.expect("the primary commits");
+        None
+    }
+    async fn rollback(&mut self) {
+        self.0.rollback().await;
+    }
+}
+
+/// When the primary's answer to COMMIT is lost, nobody knows whether it committed: the
+/// branches are left prepared for recovery, which follows the decision record (committed
+/// here). Rolling them back, as a failed COMMIT does, left the replica without the rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_whose_outcome_is_unknown_leaves_the_branches_to_recovery() {
+    let _turn = SERVER.lock().await;
+    let (policy, mut admin) = setup().await;
+    let replicas = vec![slot(replica().port())];
+    let mut s = LostReply(session().await);
+    s.0 .0.query_drop("UPDATE acct SET bal = 7 WHERE id = 1").await.expect("update");
+    let g = gid();
+    assert_eq!(sync::commit(&mut s, &replicas, &policy, g.clone(), "test", TIMEOUT).await, Outcome::Failed);
+    assert_eq!(rows(primary()), "1\t7\ta\n2\t200\tb", "the primary committed");
+    let mut r = connect(&url_at(replica().port(), "capgate", None, "")).await;
+    let left: Vec<String> = xa::prepared(&mut r, "capgate:test:").await.expect("xa recover").into_iter().map(|b| b.gid).collect();
+    assert_eq!(left, vec![g.clone()], "left prepared, not rolled back");
+    let mut held = xa::Held::default();
+    for _ in 0..2 {
+        xa::recover(&mut admin, &mut r, "capgate:test:", &mut held).await.expect("recover");
+    }
+    settled().await;
+    assert_eq!(rows(replica()), rows(primary()), "recovery committed the branch, as the decision record says");
 }
 
 /// A recovery round that finds a decided branch held by a live connection leaves it for one
