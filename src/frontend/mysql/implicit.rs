@@ -57,11 +57,17 @@ pub fn statement_texts<'a>(sql: &'a str, path: &SearchPath, c: &Classification) 
 /// nothing) or when a piece of the text, cut at each `;`, says it does.
 pub fn any_commits(c: &Classification, texts: &[&str], locked: bool) -> bool {
     if aligned(c, texts) {
-        return c.statements.iter().zip(texts).any(|(s, text)| commits_implicitly(text, &s.kind, locked));
+        return c
+            .statements
+            .iter()
+            .zip(texts)
+            .enumerate()
+            .any(|(i, (s, text))| commits_implicitly(text, &s.kind, locked_at(texts, i, locked)));
     }
+    // Unaligned: an UNLOCK TABLES anywhere is taken to commit (the query may lock first).
     let whole = texts.first().copied().unwrap_or("");
     c.statements.iter().any(|s| matches!(s.kind, Kind::Ddl | Kind::Transaction(TxControl::Begin)))
-        || rough_pieces(whole).any(|piece| commits_implicitly(piece, &Kind::Utility, locked))
+        || rough_pieces(whole).any(|piece| commits_implicitly(piece, &Kind::Utility, true))
 }
 
 /// Whether `texts` holds one text per statement of `c` ([`statement_texts`] could align them).
@@ -88,6 +94,12 @@ fn may_commit_by_kind(kind: &Kind) -> bool {
 /// Whether the session holds `LOCK TABLES` locks after `texts` ran, given `locked` before.
 pub fn locks_tables(texts: &[&str], locked: bool) -> bool {
     lock_change(texts).unwrap_or(locked)
+}
+
+/// Whether tables are locked when statement `i` of `texts` runs, given `locked` before the
+/// query: a `LOCK TABLES` earlier in the same query makes its `UNLOCK TABLES` a commit.
+fn locked_at(texts: &[&str], i: usize, locked: bool) -> bool {
+    locks_tables(&texts[..i.min(texts.len())], locked)
 }
 
 /// What `texts` leave of the session's table locks: held after a last `LOCK TABLES`
@@ -326,7 +338,7 @@ pub fn cut_before_sync_write(
         return None;
     }
     let first_write = c.statements.iter().position(|s| sync_write(s, policy).is_some())?;
-    let last_commit = (0..first_write).rev().find(|&i| commits_implicitly(texts[i], &c.statements[i].kind, locked))?;
+    let last_commit = (0..first_write).rev().find(|&i| commits_implicitly(texts[i], &c.statements[i].kind, locked_at(texts, i, locked)))?;
     if c.statements[last_commit].kind == Kind::Transaction(TxControl::Begin) {
         return None;
     }
@@ -347,7 +359,7 @@ pub fn commit_mid_query(c: &Classification, texts: &[&str], policy: &Policy, loc
     let mut writer: Option<(usize, String)> = None;
     for (i, (statement, text)) in c.statements.iter().zip(texts).enumerate() {
         if let Some((j, table)) = &writer {
-            if commits_implicitly(text, &statement.kind, locked) {
+            if commits_implicitly(text, &statement.kind, locked_at(texts, i, locked)) {
                 return Some(format!(
                     "capgate refused this query: `{}` (statement {} of {}) commits the open transaction implicitly, after `{}` \
                      (statement {}) wrote {table}, and capgate must coordinate that commit with the replicas but cannot in the \

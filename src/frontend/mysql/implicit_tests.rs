@@ -153,6 +153,10 @@ fn texts_and_messages() {
     }
     assert!(refused("BEGIN; UPDATE orders SET a = 1; START TRANSACTION").is_some());
     assert!(refused("UPDATE orders SET a = 1; TRUNCATE notes").is_some());
+    // UNLOCK TABLES commits only with tables locked: by the session, or earlier in the query.
+    assert!(refused("UPDATE orders SET a = 1; UNLOCK TABLES").is_none(), "nothing locked: it commits nothing");
+    let message = refused("LOCK TABLES orders WRITE; UPDATE orders SET a = 1; UNLOCK TABLES").expect("refused");
+    assert!(message.contains("`UNLOCK TABLES` (statement 3 of 3)"), "{message}");
     assert!(refused("CREATE TABLE x (a INT); INSERT INTO orders VALUES (1)").is_none(), "the commit comes first");
     assert!(refused("INSERT INTO notes VALUES (1); CREATE TABLE x (a INT)").is_none(), "a local table");
     assert!(refused("INSERT INTO orders VALUES (1); CREATE TEMPORARY TABLE x (a INT)").is_none());
