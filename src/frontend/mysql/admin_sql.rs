@@ -31,7 +31,7 @@ use crate::protocol::mysql::result_set::{self, Framing, Kind};
 use crate::protocol::mysql::{errors, packet, status};
 
 /// ER_SPECIFIC_ACCESS_DENIED_ERROR: the user is not in `admin_users`.
-const ACCESS_DENIED: (u16, &str) = (1227, "42000");
+const ACCESS_DENIED: (u16, &str) = errors::SPECIFIC_ACCESS_DENIED;
 /// ER_PARSE_ERROR: not a command capgate knows.
 const SYNTAX: (u16, &str) = (1064, "42000");
 /// ER_UNSUPPORTED_PS: an admin command sent to be prepared.

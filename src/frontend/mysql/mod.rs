@@ -27,6 +27,7 @@ pub mod hold;
 pub mod implicit;
 pub mod locks;
 pub mod relay;
+pub mod reserved;
 pub mod session;
 pub mod setup;
 pub mod statements;

@@ -162,6 +162,13 @@ impl Statements {
         let mut after = After::Nothing;
         let mut rewritten = None;
         match command {
+            Command::Query(sql) | Command::Prepare(sql) if super::reserved::names_capgate_variable(sql) => {
+                return Self::refuse(
+                    errors::SPECIFIC_ACCESS_DENIED,
+                    "capgate: user variables named @capgate_… are capgate's own (its capture triggers read them to tell \
+                     capgate's sessions apart); a client may not set or read them. Rename the variable",
+                );
+            }
             Command::Query(sql) => {
                 match admin_sql::find(sql, flow.status) {
                     Some(admin_sql::Found::Alone(text)) => return Verdict::Admin(text),

@@ -116,6 +116,9 @@ pub mod errors {
     pub const READ_TIMEOUT: (u16, &str) = (1159, "08S01");
     /// ER_SERVER_SHUTDOWN
     pub const SHUTDOWN: (u16, &str) = (1053, "08S01");
+    /// ER_SPECIFIC_ACCESS_DENIED_ERROR ("you need the … privilege"): a user outside
+    /// `admin_users` running an admin command; a client naming capgate's own user variables.
+    pub const SPECIFIC_ACCESS_DENIED: (u16, &str) = (1227, "42000");
     /// ER_NOT_SUPPORTED_YET: a statement the policy refuses.
     pub const NOT_SUPPORTED: (u16, &str) = (1235, "42000");
     /// ER_SECURE_TRANSPORT_REQUIRED (MySQL 5.7+): `[tls] mode = "require"`.
