@@ -77,7 +77,7 @@ where
             answer(state, outcome, reply);
         }
         Hold::Ddl => {
-            if in_trans {
+            if in_trans && statements.policy().has_sync() {
                 let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
                 if outcome != Outcome::Committed {
                     answer(state, outcome, reply);
@@ -229,11 +229,21 @@ where
 
 /// After DDL: the capture triggers brought in step with the policy in force (not the one the
 /// ended transaction started with: an older one would take back triggers a reload has
-/// installed meanwhile).
+/// installed meanwhile). Under the session's own `LOCK TABLES`, or when the round fails (another
+/// session holds a table it must change), it is left to the maintenance loop, which runs
+/// rounds until one succeeds.
 async fn reconcile(statements: &Statements) {
-    let policy = statements.shared().router.policy().current();
-    if let Err(e) = super::setup::reconcile(&statements.shared().config, &policy).await {
-        tracing::warn!("after DDL, the capture triggers could not be brought in step with the policy: {e}");
+    let shared = statements.shared();
+    if statements.locked_tables() {
+        // The round would wait for the locks this session holds until it gives up: the
+        // maintenance loop runs it instead, once they are released.
+        shared.reconcile_again();
+        return;
+    }
+    let policy = shared.router.policy().current();
+    if let Err(e) = super::setup::reconcile(&shared.config, &policy).await {
+        shared.reconcile_again();
+        tracing::warn!("after DDL, the capture triggers could not be brought in step with the policy: {e}; retrying in the background");
     }
 }
 

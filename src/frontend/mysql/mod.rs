@@ -195,7 +195,8 @@ impl Shared {
         started
     }
 
-    /// The policy the capture triggers were last brought in step with (None: no replicas).
+    /// The policy the capture triggers were last brought in step with (None: no replicas, or
+    /// a round after DDL failed and the maintenance loop must run one again).
     pub fn reconciled(&self) -> Option<Arc<Policy>> {
         self.reconciled.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -203,6 +204,12 @@ impl Shared {
     /// Record that the capture triggers match `policy`.
     pub fn set_reconciled(&self, policy: Arc<Policy>) {
         *self.reconciled.write().unwrap_or_else(|p| p.into_inner()) = Some(policy);
+    }
+
+    /// The capture triggers may no longer match the policy (a round after DDL failed): the
+    /// maintenance loop runs rounds until one succeeds.
+    pub fn reconcile_again(&self) {
+        *self.reconciled.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// When a write decided by `decision` must wait for the capture triggers: the policy

@@ -330,7 +330,9 @@ impl Statements {
         if !policy.has_sync() {
             // Followed all the same: a TRUNCATE under LOCK TABLES cannot be carried.
             self.locked_tables = implicit::locks_tables(texts, locked);
-            return None;
+            // Nothing to coordinate; DDL is still held, for the capture triggers (`hold_for`).
+            let commits = implicit::any_commits(c, texts, locked);
+            return self.hold_for(c, commits).map(|hold| Verdict::Hold(hold.into()));
         }
         if let Some(message) = implicit::commit_mid_query(c, texts, &policy, locked) {
             return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
@@ -393,7 +395,9 @@ impl Statements {
         Verdict::Hold(Hold::Truncate(Target { table: d.table.clone(), mode: d.mode.name(), rule: d.rule.to_string() }).into())
     }
 
-    /// Whether a statement must be held while sync tables are replicated (decision 0016).
+    /// Whether a statement must be held while tables are replicated: with sync tables a
+    /// COMMIT, an implicit commit or a possible sync write (decision 0016); with async and
+    /// bounded tables only, DDL (its capture triggers reconciled after it, decision 0031).
     /// `commits`: it commits an open transaction implicitly ([`implicit::commits_implicitly`]).
     fn hold_for(&mut self, c: &Classification, commits: bool) -> Option<Hold> {
         if self.slots.is_empty() {
@@ -401,7 +405,10 @@ impl Statements {
         }
         let policy = self.policy();
         if !policy.has_sync() {
-            return None;
+            // DDL may drop or replace a replicated table's capture triggers (a dump's `DROP
+            // TABLE` and `CREATE TABLE`): they are reconciled before the client gets the reply,
+            // or the writes after it would go uncaptured.
+            return (commits && has_ddl(c) && policy.ships_async()).then_some(Hold::Ddl);
         }
         if is_commit(c) {
             return Some(Hold::Commit);

@@ -43,6 +43,18 @@ const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema
 pub enum CaptureError {
     #[error("reading the primary's tables and capture triggers: {0}")]
     Catalog(mysql_async::Error),
+    /// Another session holds the table's metadata lock (a long transaction, `LOCK TABLES`)
+    /// longer than [`LOCK_WAIT_SECONDS`]: the round stops, to be run again.
+    #[error(
+        "the capture triggers of {table} could not be changed: another session holds the table locked ({source}); capgate tries \
+         again shortly (a long transaction or LOCK TABLES on it delays this)"
+    )]
+    Busy { table: TableName, source: mysql_async::Error },
+}
+
+/// Whether `e` is the server giving up a lock wait (1205).
+fn lock_wait(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if s.code == 1205)
 }
 
 /// One capture trigger as it should be (or is).
@@ -163,11 +175,16 @@ async fn installed(conn: &mut mysql_async::Conn) -> Result<BTreeMap<TableName, B
     Ok(out)
 }
 
+/// How long replacing one table's triggers may wait for the table's metadata lock: a session
+/// holding it (a long transaction, `LOCK TABLES`) fails the round instead of stalling it; the
+/// round is run again.
+const LOCK_WAIT_SECONDS: u32 = 10;
+
 /// Install, regenerate or remove capture triggers on the primary so they match `policy`
 /// and each table's current columns. The connection's character set must be utf8mb4 (a
 /// trigger keeps the one it was created with).
 pub async fn reconcile(conn: &mut mysql_async::Conn, policy: &Policy) -> Result<Reconciled, CaptureError> {
-    conn.query_drop("SET NAMES utf8mb4").await.map_err(CaptureError::Catalog)?;
+    conn.query_drop(format!("SET NAMES utf8mb4, SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}")).await.map_err(CaptureError::Catalog)?;
     let tables = tables(conn).await?;
     let mut current = installed(conn).await?;
     let mut out = Reconciled::default();
@@ -177,6 +194,7 @@ pub async fn reconcile(conn: &mut mysql_async::Conn, policy: &Policy) -> Result<
             if !have.is_empty() {
                 match drop_all(conn, table, have.keys()).await {
                     Ok(()) => out.removed.push(table.clone()),
+                    Err(e) if lock_wait(&e) => return Err(CaptureError::Busy { table: table.clone(), source: e }),
                     Err(e) => out.failed.push((table.clone(), format!("removing its capture triggers: {e}"))),
                 }
             }
@@ -212,6 +230,7 @@ pub async fn reconcile(conn: &mut mysql_async::Conn, policy: &Policy) -> Result<
                 out.installed.push((table.clone(), mode));
                 out.captured.insert(table.clone(), mode);
             }
+            Err(e) if lock_wait(&e) => return Err(CaptureError::Busy { table: table.clone(), source: e }),
             Err(e) => out.failed.push((table.clone(), format!("installing its capture triggers: {e}"))),
         }
     }

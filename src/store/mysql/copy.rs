@@ -210,9 +210,10 @@ pub fn rows_sql(table: &TableName, columns: &[super::image::Column]) -> Result<S
 
 /// The primary's columns of `tbl` (None: it does not exist there).
 pub async fn primary_columns(primary: &mut mysql_async::Conn, table: &TableName) -> Result<Option<Vec<super::image::Column>>, CopyError> {
-    let mut all = capture::tables(primary)
-        .await
-        .map_err(|capture::CaptureError::Catalog(e)| CopyError::Server { what: "reading the primary's columns", source: e })?;
+    let mut all =
+        capture::tables(primary).await.map_err(|(capture::CaptureError::Catalog(e) | capture::CaptureError::Busy { source: e, .. })| {
+            CopyError::Server { what: "reading the primary's columns", source: e }
+        })?;
     Ok(all.remove(table))
 }
 

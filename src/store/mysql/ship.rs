@@ -222,9 +222,12 @@ pub async fn commit_batch(conn: &mut mysql_async::Conn, statements: &str, advanc
 
 /// The replica's columns (for turning images into statements).
 pub async fn replica_tables(conn: &mut mysql_async::Conn) -> Result<Tables, ShipError> {
-    super::capture::tables(conn)
-        .await
-        .map_err(|super::capture::CaptureError::Catalog(e)| ShipError::Server { what: "reading the replica's tables", source: e })
+    super::capture::tables(conn).await.map_err(
+        |(super::capture::CaptureError::Catalog(e) | super::capture::CaptureError::Busy { source: e, .. })| ShipError::Server {
+            what: "reading the replica's tables",
+            source: e,
+        },
+    )
 }
 
 /// The statements of `changes`, or the first change that cannot be turned into statements.

@@ -84,6 +84,7 @@ async fn a_sync_write_after_a_stored_programs_end_is_coordinated() {
 
 const POLICY: &str = "default = \"local\"\n\
     [[table]]\nmatch = \"lockdb.views\"\nmode = \"async\"\n\
+    [[table]]\nmatch = \"lockdb.spare\"\nmode = \"async\"\n\
     [[table]]\nmatch = \"lockdb.acct\"\nmode = \"sync\"\n";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -92,7 +93,7 @@ async fn writes_under_lock_tables_and_a_dump_restore_reach_the_replica() {
     let (primary, replica) = servers();
     setup_both(
         "DROP DATABASE IF EXISTS lockdb; CREATE DATABASE lockdb; \
-         CREATE TABLE lockdb.views (id INT PRIMARY KEY, path VARCHAR(40)); \
+         CREATE TABLE lockdb.views (id INT PRIMARY KEY, path VARCHAR(40)); CREATE TABLE lockdb.spare (id INT PRIMARY KEY); \
          CREATE TABLE lockdb.acct (id INT PRIMARY KEY, bal INT NOT NULL); INSERT INTO lockdb.acct VALUES (1, 100)",
     );
     // An application account with the grants CONFIG.md names for writing sync tables and
@@ -193,6 +194,60 @@ async fn writes_under_lock_tables_and_a_dump_restore_reach_the_replica() {
     assert!(out.status.success(), "restore into the primary: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(converged("SELECT COUNT(*) FROM lockdb.views").await, "2003");
     reader.query_drop("COMMIT").await.expect("commit");
+
+    // DDL that changes a captured table under the session's own LOCK TABLES: its triggers
+    // cannot be replaced while the session holds the table (capgate used to wait for that
+    // lock, and the client for capgate); they follow once the lock is gone.
+    c.query_drop("LOCK TABLES spare WRITE").await.expect("lock");
+    c.query_drop("ALTER TABLE spare ADD COLUMN extra INT NULL").await.expect("alter under the lock");
+    c.query_drop("UNLOCK TABLES").await.expect("unlock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let trigger = "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS WHERE TRIGGER_NAME = 'capgate_i_spare'";
+    while !primary.sql(trigger).expect("trigger").contains("NEW.`extra`") {
+        assert!(std::time::Instant::now() < deadline, "the triggers never followed the ALTER");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A whole dump (each table dropped, created and filled) restored through capgate into an
+/// async table, with a policy that has no sync table: the capture triggers the `DROP TABLE`
+/// took away are put back after the `CREATE TABLE`, before the rows come (DDL was not held
+/// without a sync rule, and the restored rows were never captured).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_dump_restored_through_capgate_is_captured_without_sync_rules() {
+    let _turn = TURN.lock().await;
+    let (primary, _) = servers();
+    setup_both(
+        "DROP DATABASE IF EXISTS lockdb2; CREATE DATABASE lockdb2; CREATE TABLE lockdb2.pages (id INT PRIMARY KEY, path VARCHAR(40))",
+    );
+    primary
+        .sql(
+            "DROP DATABASE IF EXISTS dumpsrc2; CREATE DATABASE dumpsrc2; USE dumpsrc2; \
+             CREATE TABLE pages (id INT PRIMARY KEY, path VARCHAR(40)); INSERT INTO pages SELECT seq, CONCAT('/', seq) FROM seq_1_to_500",
+        )
+        .expect("source table");
+    let dir = crate::support::scratch("mysql-whole-dump");
+    std::fs::write(dir.join("policy.toml"), "default = \"local\"\n[[table]]\nmatch = \"lockdb2.pages\"\nmode = \"async\"\n")
+        .expect("policy");
+    let text = format!(
+        "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
+         [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable\"\n",
+        primary.port(),
+        servers().1.port()
+    );
+    let p = MyProxy::start_config(&text, &dir);
+    // The table has entered replication (its copy at start is done) before it is replaced.
+    super::async_copy::copied(&p, "lockdb2.pages").await;
+    let out = std::process::Command::new("mariadb-dump")
+        .args(["--no-defaults", "--protocol=TCP", "-h", "127.0.0.1", "-u", "capgate", "dumpsrc2", "pages"])
+        .arg(format!("--port={}", primary.port()))
+        .output()
+        .expect("run mariadb-dump");
+    let whole = String::from_utf8(out.stdout).expect("utf-8 dump");
+    assert!(whole.contains("DROP TABLE IF EXISTS `pages`;") && whole.contains("CREATE TABLE `pages`"), "{whole:.600}");
+    let out = mariadb(p.port(), &["-u", "capgate", "lockdb2"], &whole);
+    assert!(out.status.success(), "restore through capgate: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(converged("SELECT COUNT(*), SUM(id) FROM lockdb2.pages").await, "500\t125250");
 }
 
 /// `mariadb-dump --no-create-info` of `args` (a database, then tables) from the server on `port`.
