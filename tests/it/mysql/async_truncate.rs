@@ -86,8 +86,8 @@ async fn a_truncate_reaches_the_replica_once_in_capture_order() {
     c.query_drop("COMMIT").await.expect("commit");
     c.query_drop("SET autocommit = 1").await.expect("autocommit on");
     assert_eq!(converged(T_ROWS).await, "7\tkept");
-    let markers = "SELECT CONCAT_WS(',', @capgate_truncate, @capgate_truncated, @capgate_fk, @capgate_safe), @@foreign_key_checks";
-    assert_eq!(c.query_first::<(String, i64), _>(markers).await.expect("read"), Some((String::new(), 1)), "session as it was");
+    // The session as it was (capgate's own @capgate_… variables are not readable through it).
+    assert_eq!(c.query_first::<i64, _>("SELECT @@foreign_key_checks").await.expect("read"), Some(1), "session as it was");
 
     // Prepared, on the bounded table: admitted like its other writes (once the replica's lag
     // is measured), carried the same way.
