@@ -193,7 +193,6 @@ END;
 SQL
 declare -A LO=([east]=1 [west]=$((SCALE / 2 + 1))) HI=([east]=$((SCALE / 2)) [west]=$SCALE)
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 start_pgbench() { # site label

@@ -82,7 +82,6 @@ checks() {
         -c "SELECT coalesce((SELECT calls FROM pg_stat_user_functions WHERE schemaname = 'capgate' AND funcname = 'changed_tables'), 0)" | tail -1
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # One pgbench run against port $1; prints "tps cpu_us_per_tx" (cpu 0 without a capgate pid $2).
 run() {

@@ -177,3 +177,8 @@ stop_link() {
     fi
     LINK_PID=""
 }
+
+# CPU time (user + system) of process $1 in clock ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}

@@ -57,8 +57,3 @@ stop_capgate_and_mariadb() {
         wait "$pid" 2>/dev/null
     done
 }
-
-# CPU time (user + system) of process $1 in clock ticks.
-cpu_ticks() {
-    awk '{ print $14 + $15 }' "/proc/$1/stat"
-}
