@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use crate::backend::postgres::Upstream;
 use crate::policy::OnConflict;
@@ -269,12 +269,11 @@ pub(crate) enum Command {
     Resume { table: String, adopt: bool, done: tokio::sync::oneshot::Sender<Result<(), String>> },
 }
 
-/// What every running shipper (PostgreSQL's and MySQL's) gives its owner: its counters, the
-/// lag it measured last, a way to wake it, and its task, stopped (wherever it is) when this
-/// is dropped.
+/// What every running shipper (PostgreSQL's and MySQL's) gives its owner: its counters, a
+/// way to wake it, and its task, stopped (wherever it is) when this is dropped. (Lag is not
+/// here: a lag monitor measures it for every process in front of the primary.)
 pub struct ShipperHandle {
     stats: Arc<ShipperStats>,
-    lag: watch::Receiver<Lag>,
     wake: Arc<Notify>,
     _task: AbortOnDrop<()>,
 }
@@ -284,21 +283,14 @@ impl ShipperHandle {
     /// sender of `lag` and waits on `wake` between rounds.
     pub(crate) fn spawn(
         stats: Arc<ShipperStats>,
-        lag: watch::Receiver<Lag>,
         wake: Arc<Notify>,
         task: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> ShipperHandle {
-        ShipperHandle { stats, lag, wake, _task: AbortOnDrop(tokio::spawn(task)) }
+        ShipperHandle { stats, wake, _task: AbortOnDrop(tokio::spawn(task)) }
     }
 
     pub fn stats(&self) -> &Arc<ShipperStats> {
         &self.stats
-    }
-
-    /// The latest lag this shipper measured (cheap: no query). Processes that do not ship
-    /// read lag from a lag monitor instead.
-    pub fn lag(&self) -> watch::Receiver<Lag> {
-        self.lag.clone()
     }
 
     /// Look for new changes now.
@@ -326,11 +318,10 @@ impl Shipper {
     /// sides, waits for the lock and ships.
     pub fn start(config: ShipperConfig) -> Shipper {
         let stats = Arc::new(ShipperStats::default());
-        let (lag_tx, lag) = watch::channel(Lag::default());
         let wake = Arc::new(Notify::new());
         let (commands, rx) = mpsc::channel(16);
-        let run = session::Run::new(config, stats.clone(), lag_tx, wake.clone(), rx);
-        Shipper { running: ShipperHandle::spawn(stats, lag, wake, run.forever()), commands }
+        let run = session::Run::new(config, stats.clone(), wake.clone(), rx);
+        Shipper { running: ShipperHandle::spawn(stats, wake, run.forever()), commands }
     }
 
     /// Resumes a halted (or refused) table: its state on the replica is forgotten, so it is

@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_postgres::Client;
 
 use super::apply_range::{Ranged, Stmts};
 use super::copy::{self, CopyError};
 use super::range::Position;
 use super::tables::{self, TableState, TableStatus};
-use super::{lag, Command, Lag, Phase, ShipperConfig, ShipperStats};
+use super::{Command, Phase, ShipperConfig, ShipperStats};
 use crate::replicate::apply::{self, explain, Conflict};
 use crate::sites::health::State;
 use crate::sites::AbortOnDrop;
@@ -44,8 +44,8 @@ const ORPHANS_SQL: &str = "SELECT count(pg_catalog.pg_terminate_backend(pid, 500
 /// How often the captured tables are listed again, and an idle range is recorded.
 const REFRESH: Duration = Duration::from_secs(1);
 
-/// Least time between two lag measurements of this shipper.
-const LAG_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the primary session is checked while the replica is partitioned.
+const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 
 /// Why a session ended.
 pub(super) enum Fail {
@@ -61,7 +61,6 @@ pub(super) enum Fail {
 pub(super) struct Run {
     pub(super) config: ShipperConfig,
     pub(super) stats: Arc<ShipperStats>,
-    lag: watch::Sender<Lag>,
     wake: Arc<Notify>,
     commands: mpsc::Receiver<Command>,
 }
@@ -73,14 +72,8 @@ struct Conn {
 }
 
 impl Run {
-    pub(super) fn new(
-        config: ShipperConfig,
-        stats: Arc<ShipperStats>,
-        lag: watch::Sender<Lag>,
-        wake: Arc<Notify>,
-        commands: mpsc::Receiver<Command>,
-    ) -> Run {
-        Run { config, stats, lag, wake, commands }
+    pub(super) fn new(config: ShipperConfig, stats: Arc<ShipperStats>, wake: Arc<Notify>, commands: mpsc::Receiver<Command>) -> Run {
+        Run { config, stats, wake, commands }
     }
 
     pub(super) async fn forever(mut self) {
@@ -179,13 +172,13 @@ impl Run {
             if self.partitioned() {
                 self.stats.set_phase(Phase::Partitioned);
                 if let Some(h) = &self.config.health {
-                    // Lag keeps being measured from the primary meanwhile.
+                    // The primary session (and the lock it holds) is checked meanwhile.
                     while h.state() == State::Partitioned {
-                        if let Err(e) = self.measure_lag(&primary.client).await {
+                        if let Err(e) = self.check_primary(&primary.client).await {
                             return Fail::Primary(e);
                         }
                         let _ = h
-                            .wait_for("the replica to leave the partitioned state", LAG_INTERVAL * 4, |s| s.state != State::Partitioned)
+                            .wait_for("the replica to leave the partitioned state", PRIMARY_CHECK, |s| s.state != State::Partitioned)
                             .await;
                     }
                 }
@@ -210,7 +203,7 @@ impl Run {
                 Fail::Replica(e) => {
                     self.failed(&e);
                     failures = failures.saturating_add(1);
-                    if let Err(e) = self.measure_lag(&primary.client).await {
+                    if let Err(e) = self.check_primary(&primary.client).await {
                         return Fail::Primary(e);
                     }
                     // Back off, but wake at once when the replica is seen partitioned (then
@@ -291,7 +284,6 @@ impl Run {
         let mut resumed: std::collections::BTreeSet<String> = Default::default();
         let mut listed = Instant::now() - REFRESH;
         let mut last_advance = Instant::now();
-        let mut last_lag = Instant::now() - LAG_INTERVAL;
         let mut last_prune = Instant::now();
         loop {
             while let Ok(command) = self.commands.try_recv() {
@@ -384,12 +376,6 @@ impl Run {
                             return Fail::Primary(e);
                         }
                     }
-                    if last_lag.elapsed() >= LAG_INTERVAL {
-                        last_lag = Instant::now();
-                        if let Err(e) = self.measure_lag(primary).await {
-                            return Fail::Primary(e);
-                        }
-                    }
                     let _ = tokio::time::timeout(cfg.poll_interval, self.wake.notified()).await;
                     continue;
                 }
@@ -410,12 +396,6 @@ impl Run {
                     continue;
                 }
                 Err(fail) => return fail,
-            }
-            if last_lag.elapsed() >= LAG_INTERVAL {
-                last_lag = Instant::now();
-                if let Err(e) = self.measure_lag(primary).await {
-                    return Fail::Primary(e);
-                }
             }
             if last_prune.elapsed() >= cfg.prune_interval {
                 last_prune = Instant::now();
@@ -533,11 +513,9 @@ impl Run {
         super::conflicts::record(&self.stats, &self.config.replica_name, self.config.conflict_log.as_deref(), c);
     }
 
-    async fn measure_lag(&self, primary: &Client) -> Result<(), String> {
-        let replicas = [self.config.replica_name.clone()];
-        let mut m = self.timed("measuring lag", lag::measure(primary, &replicas)).await?;
-        self.lag.send_replace(m.remove(&self.config.replica_name).unwrap_or_default());
-        Ok(())
+    /// A round trip on the primary session: it (and the lock it holds) is still there.
+    async fn check_primary(&self, primary: &Client) -> Result<(), String> {
+        self.timed("checking the primary session", primary.batch_execute("")).await
     }
 
     /// Records on the primary which snapshot this replica has applied (pruning and lag).

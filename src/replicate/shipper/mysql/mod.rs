@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use super::{ConflictPolicy, Lag, Phase, ShipperStats, TableLag};
 use crate::config::DbUrl;
@@ -114,11 +114,10 @@ impl MyShipperConfig {
 /// Starts a MySQL shipper task on the current runtime.
 pub fn start(config: MyShipperConfig) -> MyShipper {
     let stats = Arc::new(ShipperStats::default());
-    let (lag_tx, lag) = watch::channel(Lag::default());
     let wake = Arc::new(Notify::new());
     let (commands, rx) = tokio::sync::mpsc::channel(16);
-    let run = Run { config, stats: stats.clone(), lag: lag_tx, wake: wake.clone(), commands: tokio::sync::Mutex::new(rx) };
-    MyShipper { running: super::ShipperHandle::spawn(stats, lag, wake, run.forever()), commands }
+    let run = Run { config, stats: stats.clone(), wake: wake.clone(), commands: tokio::sync::Mutex::new(rx) };
+    MyShipper { running: super::ShipperHandle::spawn(stats, wake, run.forever()), commands }
 }
 
 /// Why a leadership ended.
@@ -132,7 +131,6 @@ enum End {
 struct Run {
     config: MyShipperConfig,
     stats: Arc<ShipperStats>,
-    lag: watch::Sender<Lag>,
     wake: Arc<Notify>,
     /// Operators' resume requests, taken between batches.
     commands: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<halt::ResumeRequest>>,
@@ -280,7 +278,6 @@ impl Run {
             };
             read.truncate_to(cfg.batch_bytes);
             if read.changes.is_empty() {
-                self.measure(&mut primary, &pos).await?;
                 if last_prune.elapsed() >= cfg.prune_interval {
                     last_prune = Instant::now();
                     self.timed("pruning", ship::prune(&mut primary, &cfg.all_replicas, cfg.retention.as_secs())).await?;
@@ -348,12 +345,6 @@ impl Run {
     async fn note(&self, primary: &mut mysql_async::Conn, pos: &Position) -> Result<(), End> {
         self.timed("recording the shipped position", ship::note_shipped(primary, &self.config.replica_name, pos)).await?;
         *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{} ({} holes)", pos.high, pos.holes.len()));
-        Ok(())
-    }
-
-    async fn measure(&self, primary: &mut mysql_async::Conn, pos: &Position) -> Result<(), End> {
-        let rows = self.timed("measuring lag", ship::pending(primary, pos)).await?;
-        self.lag.send_replace(lag_of(pos, rows));
         Ok(())
     }
 }
