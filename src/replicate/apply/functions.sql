@@ -3,19 +3,65 @@
 -- capgate.apply_changes(origin, changes, mode, on_conflict[, prepared_wait]) applies a JSON
 -- array of captured row changes, each {"seq", "at", "tbl", "op", "old", "new"}, and returns
 -- the conflicts it resolved as a JSON array. See src/replicate/apply/mod.rs for the rules.
+--
+-- The page is parsed once, into jsonb: every later look at a change (its table, key, images)
+-- is then a binary lookup, where the `json` text would be lexed again each time (measured:
+-- 6 µs a change for each pass over a page of TPC-B changes). jsonb keeps every value a row
+-- image can hold but two: the text of a `json` column (key order, spaces, duplicate keys) and
+-- a float's negative zero (a jsonb number is a numeric, which has none). A table with a column
+-- that can hold either gets each image's original text as well ("old_t", "new_t"), and its
+-- rows are read from that text.
+
+-- The functions before the page was parsed once took `json` runs (a replica upgraded in
+-- place keeps no stale overload).
+DROP FUNCTION IF EXISTS capgate.apply_run(text, text, text, json, text, text, interval);
+DROP FUNCTION IF EXISTS capgate.apply_group(text, text, text, json, text, text, interval);
+DROP FUNCTION IF EXISTS capgate.apply_groups(text, json, text, json, interval, boolean);
+DROP FUNCTION IF EXISTS capgate.conflict(text, json, text, jsonb, text, text, text, text);
+
+-- Whether a value of `p_type` can hold what jsonb would not keep — a `json` value's text, a
+-- float's negative zero — as itself, in an array or a domain of one, or in a composite's field.
+CREATE OR REPLACE FUNCTION capgate.needs_text(p_type oid)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    WITH RECURSIVE t(oid) AS (
+        SELECT p_type
+        UNION
+        SELECT u.oid FROM t JOIN pg_type ty ON ty.oid = t.oid
+          CROSS JOIN LATERAL (SELECT ty.typelem WHERE ty.typelem <> 0
+                              UNION ALL SELECT ty.typbasetype WHERE ty.typbasetype <> 0
+                              UNION ALL SELECT a.atttypid FROM pg_attribute a
+                                         WHERE ty.typrelid <> 0 AND a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS u(oid))
+    SELECT EXISTS (SELECT 1 FROM t WHERE t.oid IN ('json'::regtype, 'float4'::regtype, 'float8'::regtype))
+$fn$;
+
+-- Whether table `p_tbl` has a column of such a type (see above).
+CREATE OR REPLACE FUNCTION capgate.table_needs_text(p_tbl text)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT coalesce(bool_or(capgate.needs_text(a.atttypid)), false)
+      FROM pg_attribute a WHERE a.attrelid = to_regclass(p_tbl) AND a.attnum > 0 AND NOT a.attisdropped
+$fn$;
+
+-- The SQL of the row `p_img` ('old' or 'new') of the change `p_item` (an expression) as a
+-- record of `p_rel`: from the jsonb image, or, with `p_text`, from the image's original text.
+CREATE OR REPLACE FUNCTION capgate.image_sql(p_rel regclass, p_item text, p_img text, p_text boolean)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT CASE WHEN p_text THEN format('json_populate_record(NULL::%s, (%s ->> %L)::json)', p_rel, p_item, p_img || '_t')
+                ELSE format('jsonb_populate_record(NULL::%s, %s -> %L)', p_rel, p_item, p_img) END
+$fn$;
 
 -- Records (or refuses) one conflict. `resolution` says what the caller is about to do.
 -- mode 'sync': raises CGC01 (the sites already differ: the commit is refused).
 -- policy 'halt': raises CGH01 (the table stops until an operator resumes it).
 -- Otherwise the conflict goes to capgate.conflicts and comes back as JSON.
 CREATE OR REPLACE FUNCTION capgate.conflict(
-    p_origin text, p_change json, p_kind text, p_replica_row jsonb,
+    p_origin text, p_change jsonb, p_kind text, p_replica_row jsonb,
     p_mode text, p_policy text, p_resolution text, p_detail text)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     rec jsonb := jsonb_build_object(
         'origin', p_origin, 'seq', p_change -> 'seq', 'at', p_change -> 'at', 'tbl', p_change ->> 'tbl',
-        'op', p_change ->> 'op', 'kind', p_kind, 'old', p_change -> 'old', 'new', p_change -> 'new',
+        'op', p_change ->> 'op', 'kind', p_kind, 'old', coalesce((p_change ->> 'old_t')::jsonb, p_change -> 'old'),
+        'new', coalesce((p_change ->> 'new_t')::jsonb, p_change -> 'new'),
         'replica', p_replica_row, 'detail', p_detail);
 BEGIN
     IF p_mode = 'sync' THEN
@@ -32,7 +78,8 @@ BEGIN
     END IF;
     INSERT INTO capgate.conflicts (origin, seq, origin_at, tbl, op, kind, old, new, replica_row, resolution, detail)
         VALUES (p_origin, (p_change ->> 'seq')::bigint, (p_change ->> 'at')::timestamptz, p_change ->> 'tbl',
-                p_change ->> 'op', p_kind, p_change -> 'old', p_change -> 'new', p_replica_row, p_resolution, p_detail);
+                p_change ->> 'op', p_kind, coalesce((p_change ->> 'old_t')::json, (p_change -> 'old')::json),
+                coalesce((p_change ->> 'new_t')::json, (p_change -> 'new')::json), p_replica_row, p_resolution, p_detail);
     RETURN rec || jsonb_build_object('resolution', p_resolution);
 END
 $fn$;
@@ -71,9 +118,10 @@ $fn$;
 
 -- Applies one run: changes of one table and one operation ('I', 'U' or 'D'), in order.
 -- A bulk statement first (inside a subtransaction); when it does not account for every change
--- (a conflict) or the run repeats a key, the run is applied again row by row.
+-- (a conflict) or the run repeats a key, the run is applied again row by row. `p_text`: the
+-- changes carry their images' original text too, which the rows are read from (see the top).
 CREATE OR REPLACE FUNCTION capgate.apply_run(
-    p_origin text, p_tbl text, p_op text, p_items json, p_mode text, p_policy text, p_wait interval)
+    p_origin text, p_tbl text, p_op text, p_items jsonb, p_mode text, p_policy text, p_wait interval, p_text boolean)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     rel regclass := to_regclass(p_tbl);
@@ -87,11 +135,11 @@ DECLARE
     setcols text[];
     updcols text[];
     excl text[];
-    n_items bigint := json_array_length(p_items);
+    n_items bigint := jsonb_array_length(p_items);
     n bigint;
     distinct_keys boolean;
     same_keys boolean;
-    bulk_items json := p_items;  -- what the fast path applies (repeated keys collapsed)
+    bulk_items jsonb := p_items;  -- what the fast path applies (repeated keys collapsed)
     source text;
     -- The fast path's extra condition under `latest` (empty otherwise).
     later text;
@@ -110,7 +158,7 @@ DECLARE
     applied boolean;
 BEGIN
     IF rel IS NULL THEN
-        FOR c IN SELECT x FROM json_array_elements(p_items) AS x LOOP
+        FOR c IN SELECT x FROM jsonb_array_elements(p_items) AS x LOOP
             conflicts := conflicts || capgate.conflict(p_origin, c.x, 'missing_table', NULL, p_mode, schema_policy, 'skipped',
                 format('table %s does not exist on this replica', p_tbl));
         END LOOP;
@@ -119,7 +167,7 @@ BEGIN
 
     -- What the run needs to know of the table, in few statements (each costs an executor
     -- start in PL/pgSQL, which is most of a small sync apply's time).
-    SELECT array_agg(DISTINCT k) INTO image_keys FROM json_array_elements(p_items) AS x(c), json_object_keys(x.c -> img) AS k;
+    SELECT array_agg(DISTINCT k) INTO image_keys FROM jsonb_array_elements(p_items) AS x(c), jsonb_object_keys(x.c -> img) AS k;
     image_keys := coalesce(image_keys, '{}');
     WITH a AS (
         SELECT attname::text AS name, attnum, attgenerated = '' AND attname::text = ANY (image_keys) AS settable, attidentity = 'a' AS always
@@ -157,26 +205,25 @@ BEGIN
     IF n_items = 1 THEN
         distinct_keys := true;
     ELSE
-        EXECUTE format('SELECT count(DISTINCT %s) = count(*) FROM json_array_elements($1) AS x(c)', key_sql)
-            INTO distinct_keys USING p_items;
+        EXECUTE format('SELECT count(DISTINCT %s) = count(*), bool_and(%s = %s) FROM jsonb_array_elements($1) AS x(c)',
+                       key_sql, key_sql, key_after_sql)
+            INTO distinct_keys, same_keys USING p_items;
     END IF;
 
     -- Updates that repeat a key without changing it (a hot row: a counter, a branch
     -- balance) collapse to one change per key: the first old image, the last new one. The
     -- fast path then checks the replica's row against the first old image; if anything
     -- differs, the run goes row by row from its original changes, conflicts and all.
-    IF p_op = 'U' AND NOT distinct_keys THEN
-        EXECUTE format('SELECT bool_and(%s = %s) FROM json_array_elements($1) AS x(c)', key_sql, key_after_sql) INTO same_keys USING p_items;
-        IF same_keys THEN
-            EXECUTE format(
-                'WITH x AS (SELECT x.c, x.i, %s AS k FROM json_array_elements($1) WITH ORDINALITY AS x(c, i)), '
-                'f AS (SELECT DISTINCT ON (k) k, c FROM x ORDER BY k, i), '
-                'l AS (SELECT DISTINCT ON (k) k, c FROM x ORDER BY k, i DESC) '
-                'SELECT json_agg(json_build_object(''seq'', l.c -> ''seq'', ''at'', l.c -> ''at'', ''tbl'', l.c -> ''tbl'', '
-                '''op'', ''U'', ''old'', f.c -> ''old'', ''new'', l.c -> ''new'')) FROM f JOIN l USING (k)', key_sql)
-                INTO bulk_items USING p_items;
-            distinct_keys := true;
-        END IF;
+    IF p_op = 'U' AND NOT distinct_keys AND same_keys THEN
+        -- Each key's first and last change by position (a jsonb array element is found by
+        -- its index without a scan).
+        EXECUTE format(
+            'WITH fl AS (SELECT min(x.i)::int - 1 AS f, max(x.i)::int - 1 AS l '
+            'FROM jsonb_array_elements($1) WITH ORDINALITY AS x(c, i) GROUP BY %s) '
+            'SELECT jsonb_agg(($1 -> fl.l) || jsonb_build_object(''old'', $1 -> fl.f -> ''old''%s)) FROM fl',
+            key_sql, CASE WHEN p_text THEN ', ''old_t'', $1 -> fl.f -> ''old_t''' ELSE '' END)
+            INTO bulk_items USING p_items;
+        distinct_keys := true;
     END IF;
 
     -- The fast path.
@@ -186,33 +233,33 @@ BEGIN
         -- any other sends the run row by row, where it is kept as a conflict.
         later := CASE WHEN p_policy = 'latest' THEN format(' AND capgate.incoming_wins(%L, %s, %L, (x.c ->> ''at'')::timestamptz)',
                                                            p_tbl, key_sql, p_origin) ELSE '' END;
-        -- The changes as a relation the planner knows the size of (json_array_elements is
+        -- The changes as a relation the planner knows the size of (jsonb_array_elements is
         -- estimated at 100 rows whatever it holds: one change would get a hash join over a
         -- sequential scan of the whole table instead of an index lookup).
-        source := format('(SELECT e.c FROM json_array_elements($1) AS e(c) LIMIT %s) AS x', json_array_length(bulk_items));
+        source := format('(SELECT e.c FROM jsonb_array_elements($1) AS e(c) LIMIT %s) AS x', jsonb_array_length(bulk_items));
         sql_bulk := CASE p_op
             WHEN 'I' THEN format(
-                'INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM json_array_elements($1) AS x(c), '
-                'json_populate_record(NULL::%s, x.c -> ''new'') AS n', rel, q_set, q_set_r, rel)
+                'INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM jsonb_array_elements($1) AS x(c), %s AS n',
+                rel, q_set, q_set_r, capgate.image_sql(rel, 'x.c', 'new', p_text))
             WHEN 'U' THEN CASE WHEN q_upd IS NULL THEN NULL ELSE format(
-                'UPDATE %s AS t SET (%s) = ROW(%s) FROM %s, '
-                'json_populate_record(NULL::%s, x.c -> ''old'') AS o, json_populate_record(NULL::%s, x.c -> ''new'') AS n '
+                'UPDATE %s AS t SET (%s) = ROW(%s) FROM %s, %s AS o, %s AS n '
                 'WHERE (%s) = (%s) AND (to_jsonb(t.*) - $2) = (to_jsonb(o.*) - $2)%s',
-                rel, q_upd, q_upd_n, source, rel, rel, q_pk_t, q_pk_o, later) END
+                rel, q_upd, q_upd_n, source, capgate.image_sql(rel, 'x.c', 'old', p_text), capgate.image_sql(rel, 'x.c', 'new', p_text),
+                q_pk_t, q_pk_o, later) END
             WHEN 'D' THEN format(
-                'DELETE FROM %s AS t USING %s, json_populate_record(NULL::%s, x.c -> ''old'') AS o '
-                'WHERE (%s) = (%s) AND (to_jsonb(t.*) - $2) = (to_jsonb(o.*) - $2)%s', rel, source, rel, q_pk_t, q_pk_o, later)
+                'DELETE FROM %s AS t USING %s, %s AS o WHERE (%s) = (%s) AND (to_jsonb(t.*) - $2) = (to_jsonb(o.*) - $2)%s',
+                rel, source, capgate.image_sql(rel, 'x.c', 'old', p_text), q_pk_t, q_pk_o, later)
         END;
         IF sql_bulk IS NOT NULL THEN
             BEGIN
                 EXECUTE sql_bulk USING bulk_items, excl;
                 GET DIAGNOSTICS n = ROW_COUNT;
-                IF n <> json_array_length(bulk_items) THEN
+                IF n <> jsonb_array_length(bulk_items) THEN
                     RAISE EXCEPTION 'not every change applied' USING ERRCODE = 'CGF00';
                 END IF;
                 IF p_policy = 'latest' AND p_mode = 'async' THEN
                     EXECUTE format('INSERT INTO capgate.latest AS l (tbl, key, origin, at, deleted) '
-                                   'SELECT %L, %s, %L, (x.c ->> ''at'')::timestamptz, %L FROM json_array_elements($1) AS x(c) '
+                                   'SELECT %L, %s, %L, (x.c ->> ''at'')::timestamptz, %L FROM jsonb_array_elements($1) AS x(c) '
                                    'ON CONFLICT (tbl, key) DO UPDATE SET origin = EXCLUDED.origin, at = EXCLUDED.at, deleted = EXCLUDED.deleted',
                                    p_tbl, key_after_sql, p_origin, p_op = 'D')
                         USING bulk_items;
@@ -225,22 +272,22 @@ BEGIN
     END IF;
 
     -- Row by row, in order.
-    sql_find := format('SELECT to_jsonb(t.*) FROM %s AS t, json_populate_record(NULL::%s, $1 -> %L) AS o WHERE (%s) = (%s) FOR UPDATE OF t',
-                       rel, rel, keyimg, q_pk_t, q_pk_o);
-    sql_insert := format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM json_populate_record(NULL::%s, $1 -> ''new'') AS n',
-                         rel, q_set, q_set_r, rel);
+    sql_find := format('SELECT to_jsonb(t.*) FROM %s AS t, %s AS o WHERE (%s) = (%s) FOR UPDATE OF t',
+                       rel, capgate.image_sql(rel, '$1', keyimg, p_text), q_pk_t, q_pk_o);
+    sql_insert := format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s AS n',
+                         rel, q_set, q_set_r, capgate.image_sql(rel, '$1', 'new', p_text));
     -- Update the row found by the old (or new) image's key to the new image.
     sql_update_old := CASE WHEN q_upd IS NULL THEN NULL ELSE format(
-        'UPDATE %s AS t SET (%s) = ROW(%s) FROM json_populate_record(NULL::%s, $1 -> ''old'') AS o, '
-        'json_populate_record(NULL::%s, $1 -> ''new'') AS n WHERE (%s) = (%s)', rel, q_upd, q_upd_n, rel, rel, q_pk_t, q_pk_o) END;
+        'UPDATE %s AS t SET (%s) = ROW(%s) FROM %s AS o, %s AS n WHERE (%s) = (%s)', rel, q_upd, q_upd_n,
+        capgate.image_sql(rel, '$1', 'old', p_text), capgate.image_sql(rel, '$1', 'new', p_text), q_pk_t, q_pk_o) END;
     sql_update_new := CASE WHEN q_upd IS NULL THEN NULL ELSE format(
-        'UPDATE %s AS t SET (%s) = ROW(%s) FROM json_populate_record(NULL::%s, $1 -> ''new'') AS n WHERE (%s) = (%s)',
-        rel, q_upd, q_upd_n, rel, q_pk_t, q_pk_n) END;
-    sql_delete := format('DELETE FROM %s AS t USING json_populate_record(NULL::%s, $1 -> ''old'') AS o WHERE (%s) = (%s)',
-                         rel, rel, q_pk_t, q_pk_o);
+        'UPDATE %s AS t SET (%s) = ROW(%s) FROM %s AS n WHERE (%s) = (%s)',
+        rel, q_upd, q_upd_n, capgate.image_sql(rel, '$1', 'new', p_text), q_pk_t, q_pk_n) END;
+    sql_delete := format('DELETE FROM %s AS t USING %s AS o WHERE (%s) = (%s)',
+                         rel, capgate.image_sql(rel, '$1', 'old', p_text), q_pk_t, q_pk_o);
 
-    FOR c IN SELECT x.c FROM json_array_elements(p_items) WITH ORDINALITY AS x(c, i) ORDER BY x.i LOOP
-        miss := ARRAY(SELECT k FROM json_object_keys(c.c -> img) AS k WHERE k <> ALL (allcols) ORDER BY k);
+    FOR c IN SELECT x.c FROM jsonb_array_elements(p_items) WITH ORDINALITY AS x(c, i) ORDER BY x.i LOOP
+        miss := ARRAY(SELECT k FROM jsonb_object_keys(c.c -> img) AS k WHERE k <> ALL (allcols) ORDER BY k);
         IF cardinality(miss) > 0 THEN
             conflicts := conflicts || capgate.conflict(p_origin, c.c, 'missing_column', NULL, p_mode, schema_policy, 'skipped',
                 format('column(s) %s of %s do not exist on this replica', array_to_string(miss, ', '), p_tbl));
@@ -272,7 +319,7 @@ BEGIN
         ELSE
             IF cur IS NOT NULL THEN
                 cur_cmp := cur - excl;
-                EXECUTE format('SELECT to_jsonb(o.*) - $2 FROM json_populate_record(NULL::%s, $1 -> ''old'') AS o', rel)
+                EXECUTE format('SELECT to_jsonb(o.*) - $2 FROM %s AS o', capgate.image_sql(rel, '$1', 'old', p_text))
                     INTO old_cmp USING c.c, excl;
             END IF;
             -- Under `latest` the row must also be older than the change (see the fast path):
@@ -334,15 +381,16 @@ BEGIN
 END
 $fn$;
 
--- One group of changes: a schema change, a truncate, or a run of one table and operation.
--- The SET clause puts the search_path back after a schema change ran with its own.
+-- One group of changes: a schema change, a truncate, or a run of one table and operation
+-- (`p_text`: see capgate.apply_run). The SET clause puts the search_path back after a schema
+-- change ran with its own.
 CREATE OR REPLACE FUNCTION capgate.apply_group(
-    origin text, p_tbl text, p_op text, p_items json, mode text, policy text, prepared_wait interval)
+    origin text, p_tbl text, p_op text, p_items jsonb, mode text, policy text, prepared_wait interval, p_text boolean)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     found jsonb := '[]';
     rel regclass;
-    ddl json;
+    ddl jsonb;
 BEGIN
     IF p_op = 'S' THEN
         ddl := p_items -> 0 -> 'new';
@@ -358,7 +406,7 @@ BEGIN
             DELETE FROM capgate.latest WHERE tbl = p_tbl;
         END IF;
     ELSE
-        found := found || capgate.apply_run(origin, p_tbl, p_op, p_items, mode, policy, prepared_wait);
+        found := found || capgate.apply_run(origin, p_tbl, p_op, p_items, mode, policy, prepared_wait, p_text);
     END IF;
     RETURN found;
 END

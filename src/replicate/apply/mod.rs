@@ -12,7 +12,10 @@
 //!   operations alternate, its changes are grouped by generation (`order.sql`), so a page of
 //!   inserts and hot-row updates costs two runs, not one per alternation; a schema change
 //!   (`S`) is a barrier that nothing moves across;
-//! - a run is applied by one bulk statement over `json_populate_record` (inside a
+//! - the page is parsed once, into jsonb (decision 0034): a table with a `json` or float
+//!   column (jsonb keeps neither a json value's text nor a float's -0) also keeps its images'
+//!   original text, which its rows are read from;
+//! - a run is applied by one bulk statement over `jsonb_populate_record` (inside a
 //!   subtransaction), matching rows by primary key and comparing the replica's row with the
 //!   old image as `jsonb` (equal values compare equal whatever their text); when that does not
 //!   account for every change, or the run repeats a key, it is applied again row by row, which

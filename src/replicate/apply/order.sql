@@ -18,20 +18,34 @@
 -- taken again). Without it, or for any other table, runs are consecutive changes of one
 -- operation, in capture order. (The grouping query is in the function's body, where PL/pgSQL
 -- keeps its plan; a SQL function with a SET clause would be planned again at every call.)
+-- The usual page needs none of it: when each table's changes are of one operation (and no
+-- schema change or truncate), each table is one run in capture order, taken without the
+-- grouping's sorts (which cost more than applying such a page).
 CREATE OR REPLACE FUNCTION capgate.apply_groups(
-    origin text, changes json, mode text, on_conflict json, prepared_wait interval, p_reorder boolean)
+    origin text, changes jsonb, mode text, on_conflict json, prepared_wait interval, p_reorder boolean, text_tables text[])
 RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     r record;
-    policy text;
     found jsonb := '[]';
-    e_state text;
-    e_msg text;
+    simple boolean;
 BEGIN
+    SELECT coalesce(bool_and(t.ops = 1 AND t.op IN ('I', 'U', 'D')), true) INTO simple
+      FROM (SELECT count(DISTINCT x.c ->> 'op') AS ops, min(x.c ->> 'op') AS op
+              FROM jsonb_array_elements(changes) AS x(c) GROUP BY x.c ->> 'tbl') AS t;
+    IF simple THEN
+        FOR r IN
+            SELECT x.c ->> 'tbl' AS tbl, min(x.c ->> 'op') AS op, jsonb_agg(x.c ORDER BY x.i) AS items
+              FROM jsonb_array_elements(changes) WITH ORDINALITY AS x(c, i) GROUP BY x.c ->> 'tbl' ORDER BY min(x.i)
+        LOOP
+            found := found || capgate.apply_one(origin, r.tbl, r.op, r.items, mode, on_conflict, prepared_wait, p_reorder,
+                                                r.tbl = ANY (text_tables));
+        END LOOP;
+        RETURN found;
+    END IF;
     FOR r IN
         WITH e AS (
             SELECT x.i, x.c ->> 'tbl' AS tbl, x.c ->> 'op' AS op, x.c
-              FROM json_array_elements(changes) WITH ORDINALITY AS x(c, i)),
+              FROM jsonb_array_elements(changes) WITH ORDINALITY AS x(c, i)),
         s AS (SELECT e.*, count(*) FILTER (WHERE e.op = 'S') OVER (ORDER BY e.i) AS seg FROM e),
         m AS (
             SELECT s.*,
@@ -70,53 +84,69 @@ BEGIN
             SELECT ks.*, CASE WHEN ks.reorder THEN sum(ks.switched) OVER (PARTITION BY ks.seg, ks.tbl, ks.key ORDER BY ks.i) ELSE ks.island END AS grp
               FROM (SELECT kr.*, coalesce(kr.reorder AND lag(kr.op) OVER (PARTITION BY kr.seg, kr.tbl, kr.key ORDER BY kr.i) <> kr.op, false)::int AS switched
                       FROM kr) AS ks)
-        SELECT g.tbl, g.op, json_agg(g.c ORDER BY g.i) AS items
+        SELECT g.tbl, g.op, jsonb_agg(g.c ORDER BY g.i) AS items
           FROM g GROUP BY g.seg, g.tbl, g.op, g.reorder, g.grp
          ORDER BY g.seg, g.op <> 'S', min(g.first_i),
                   CASE WHEN g.reorder THEN g.grp * 3 + CASE g.op WHEN 'D' THEN 0 WHEN 'U' THEN 1 ELSE 2 END ELSE min(g.i) END
     LOOP
-        IF r.op IS NULL OR r.op NOT IN ('I', 'U', 'D', 'T', 'S') THEN
-            RAISE EXCEPTION 'capgate.apply_changes: unknown operation % in a change of %', coalesce(quote_literal(r.op), 'NULL'), r.tbl
-                USING ERRCODE = '22023';
-        END IF;
-        policy := CASE WHEN mode = 'sync' THEN 'halt' ELSE coalesce(on_conflict ->> r.tbl, on_conflict ->> '*', 'halt') END;
-        IF policy NOT IN ('skip', 'halt', 'overwrite', 'latest') THEN
-            RAISE EXCEPTION 'capgate.apply_changes: on_conflict of % is %, not one of skip, halt, overwrite, latest', r.tbl, quote_literal(policy)
-                USING ERRCODE = '22023';
-        END IF;
-        IF mode = 'sync' THEN
-            found := found || capgate.apply_group(origin, r.tbl, r.op, r.items, mode, policy, prepared_wait);
-        ELSE
-            -- Async: a run that fails stops its table only (the shipper halts it and ships the
-            -- rest); the error, with the table, comes back as CGH01 like a `halt` conflict.
-            BEGIN
-                found := found || capgate.apply_group(origin, r.tbl, r.op, r.items, mode, policy, prepared_wait);
-            EXCEPTION
-                WHEN SQLSTATE 'CGH01' OR SQLSTATE 'CGC01' THEN
-                    RAISE;
-                WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT;
-                    IF p_reorder AND e_state IN ('23505', '23P01') THEN
-                        RAISE;  -- apply_changes applies the changes again in capture order
-                    END IF;
-                    RAISE EXCEPTION 'capgate: applying changes of % failed: % (SQLSTATE %); shipping this table stops', r.tbl, e_msg, e_state
-                        USING ERRCODE = 'CGH01',
-                              DETAIL = jsonb_build_object('origin', origin, 'seq', r.items -> 0 -> 'seq', 'at', r.items -> 0 -> 'at',
-                                  'tbl', r.tbl, 'op', r.op, 'kind', 'apply_error', 'old', r.items -> 0 -> 'old', 'new', r.items -> 0 -> 'new',
-                                  'replica', NULL, 'detail', format('%s (SQLSTATE %s)', e_msg, e_state), 'resolution', 'halted')::text,
-                              HINT = 'fix the cause on the replica, then resume the table (`capgate resume --replica <name> --table <table>`)';
-            END;
-        END IF;
+        found := found || capgate.apply_one(origin, r.tbl, r.op, r.items, mode, on_conflict, prepared_wait, p_reorder,
+                                            r.tbl = ANY (text_tables));
     END LOOP;
     RETURN found;
 END
 $fn$;
 
+-- One group of apply_groups under its table's policy (`p_text`: see capgate.apply_run).
+CREATE OR REPLACE FUNCTION capgate.apply_one(
+    origin text, p_tbl text, p_op text, p_items jsonb, mode text, on_conflict json, prepared_wait interval, p_reorder boolean,
+    p_text boolean)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    policy text;
+    e_state text;
+    e_msg text;
+BEGIN
+    IF p_op IS NULL OR p_op NOT IN ('I', 'U', 'D', 'T', 'S') THEN
+        RAISE EXCEPTION 'capgate.apply_changes: unknown operation % in a change of %', coalesce(quote_literal(p_op), 'NULL'), p_tbl
+            USING ERRCODE = '22023';
+    END IF;
+    policy := CASE WHEN mode = 'sync' THEN 'halt' ELSE coalesce(on_conflict ->> p_tbl, on_conflict ->> '*', 'halt') END;
+    IF policy NOT IN ('skip', 'halt', 'overwrite', 'latest') THEN
+        RAISE EXCEPTION 'capgate.apply_changes: on_conflict of % is %, not one of skip, halt, overwrite, latest', p_tbl, quote_literal(policy)
+            USING ERRCODE = '22023';
+    END IF;
+    IF mode = 'sync' THEN
+        RETURN capgate.apply_group(origin, p_tbl, p_op, p_items, mode, policy, prepared_wait, p_text);
+    END IF;
+    -- Async: a run that fails stops its table only (the shipper halts it and ships the rest);
+    -- the error, with the table, comes back as CGH01 like a `halt` conflict.
+    BEGIN
+        RETURN capgate.apply_group(origin, p_tbl, p_op, p_items, mode, policy, prepared_wait, p_text);
+    EXCEPTION
+        WHEN SQLSTATE 'CGH01' OR SQLSTATE 'CGC01' THEN
+            RAISE;
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_msg = MESSAGE_TEXT;
+            IF p_reorder AND e_state IN ('23505', '23P01') THEN
+                RAISE;  -- apply_changes applies the changes again in capture order
+            END IF;
+            RAISE EXCEPTION 'capgate: applying changes of % failed: % (SQLSTATE %); shipping this table stops', p_tbl, e_msg, e_state
+                USING ERRCODE = 'CGH01',
+                      DETAIL = jsonb_build_object('origin', origin, 'seq', p_items -> 0 -> 'seq', 'at', p_items -> 0 -> 'at',
+                          'tbl', p_tbl, 'op', p_op, 'kind', 'apply_error', 'old', p_items -> 0 -> 'old', 'new', p_items -> 0 -> 'new',
+                          'replica', NULL, 'detail', format('%s (SQLSTATE %s)', e_msg, e_state), 'resolution', 'halted')::text,
+                      HINT = 'fix the cause on the replica, then resume the table (`capgate resume --replica <name> --table <table>`)';
+    END;
+END
+$fn$;
+
+
 -- The entry point: applies `changes` (see capgate.apply_groups) and returns the conflicts it
 -- resolved. The changes go grouped by generation first; a unique or exclusion violation there
 -- (a value of another unique index than the key, or a range of an exclusion constraint, freed
 -- and taken again across rows in an order the grouping changed) applies them again in
--- capture order.
+-- capture order. The page is parsed once, into jsonb (see functions.sql); the changes of a
+-- table with a `json` or float column keep their images' text beside it.
 CREATE OR REPLACE FUNCTION capgate.apply_changes(
     origin text, changes json, mode text, on_conflict json, prepared_wait interval DEFAULT interval '1 second')
 RETURNS json LANGUAGE plpgsql
@@ -124,6 +154,9 @@ SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC' SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 SET bytea_output = 'hex' SET lc_monetary = 'C'
 AS $fn$
+DECLARE
+    parsed jsonb;
+    text_tables text[];
 BEGIN
     IF mode IS NULL OR mode NOT IN ('sync', 'async') THEN
         RAISE EXCEPTION 'capgate.apply_changes: mode must be ''sync'' or ''async'', not %', coalesce(quote_literal(mode), 'NULL')
@@ -146,10 +179,19 @@ BEGIN
     IF mode = 'async' AND strpos(changes::text, '"gid"') > 0 THEN
         changes := capgate.skip_synced(origin, changes);
     END IF;
+    parsed := changes::jsonb;
+    text_tables := ARRAY(SELECT DISTINCT x.c ->> 'tbl' FROM jsonb_array_elements(parsed) AS x(c));
+    text_tables := ARRAY(SELECT t FROM unnest(text_tables) AS t WHERE capgate.table_needs_text(t));
+    IF cardinality(text_tables) > 0 THEN
+        parsed := (SELECT jsonb_agg(CASE WHEN x.c ->> 'tbl' = ANY (text_tables)
+                                         THEN x.c::jsonb || jsonb_build_object('old_t', (x.c -> 'old')::text, 'new_t', (x.c -> 'new')::text)
+                                         ELSE x.c::jsonb END ORDER BY x.i)
+                     FROM json_array_elements(changes) WITH ORDINALITY AS x(c, i));
+    END IF;
     BEGIN
-        RETURN capgate.apply_groups(origin, changes, mode, on_conflict, prepared_wait, true)::json;
+        RETURN capgate.apply_groups(origin, parsed, mode, on_conflict, prepared_wait, true, text_tables)::json;
     EXCEPTION WHEN unique_violation OR exclusion_violation THEN
-        RETURN capgate.apply_groups(origin, changes, mode, on_conflict, prepared_wait, false)::json;
+        RETURN capgate.apply_groups(origin, parsed, mode, on_conflict, prepared_wait, false, text_tables)::json;
     END;
 END
 $fn$;
