@@ -177,6 +177,7 @@ impl Statements {
                 match admin_sql::find(sql, flow.status) {
                     Some(admin_sql::Found::Alone(text)) => return Verdict::Admin(text),
                     Some(admin_sql::Found::Mixed) => return Verdict::Refuse(admin_sql::mixed_refusal()),
+                    Some(admin_sql::Found::Prepared) => return Verdict::Refuse(admin_sql::sql_prepare_refusal()),
                     None => {}
                 }
                 if let Some(kill) = parse_kill(sql) {
