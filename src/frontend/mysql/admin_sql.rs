@@ -73,7 +73,8 @@ pub fn find(sql: &[u8], flags: u16) -> Option<Found> {
     let first = skip_comments(&text);
     let starts = commands::is_admin_text(first.as_bytes()) || first.get(..7).is_some_and(|w| w.eq_ignore_ascii_case("prepare"));
     // Every admin command holds the word `capgate`.
-    if !starts && !(several && sql.windows(7).any(|w| w.eq_ignore_ascii_case(b"capgate"))) {
+    let names_capgate = || sql.windows(7).any(|w| w.eq_ignore_ascii_case(b"capgate"));
+    if !(starts || several && names_capgate()) {
         return None;
     }
     let mode = SqlMode { ansi_quotes: flags & status::ANSI_QUOTES != 0, no_backslash_escapes: flags & status::NO_BACKSLASH_ESCAPES != 0 };
@@ -112,9 +113,8 @@ fn without_trailing_comments(text: &str, mode: SqlMode) -> &str {
                 let quote = bytes[i];
                 let mut k = i + 1;
                 while k < bytes.len() {
-                    if bytes[k] == b'\\' && quote != b'`' && !mode.no_backslash_escapes {
-                        k += 2;
-                    } else if bytes[k] == quote && bytes.get(k + 1) == Some(&quote) {
+                    let escaped = bytes[k] == b'\\' && quote != b'`' && !mode.no_backslash_escapes;
+                    if escaped || (bytes[k] == quote && bytes.get(k + 1) == Some(&quote)) {
                         k += 2;
                     } else if bytes[k] == quote {
                         break;

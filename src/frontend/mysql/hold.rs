@@ -83,6 +83,11 @@ where
             }
             answer(state, Outcome::Committed, Some(reply));
         }
+        // Only `SET autocommit = 1` commits before the write, and autocommit is already on:
+        // nothing commits, the write joins the client's transaction.
+        Hold::Split(parts) if in_trans && flags & status::AUTOCOMMIT != 0 && parts.iter().any(|p| p.after_autocommit_on) => {
+            return forward(state, server, statements, payload).await
+        }
         Hold::Split(parts) => split(state, server, statements, payload, &parts, in_trans).await?,
         Hold::ImplicitCommit | Hold::AutocommitOn if in_trans && (hold == Hold::ImplicitCommit || flags & status::AUTOCOMMIT == 0) => {
             let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;

@@ -17,7 +17,7 @@
 //!
 //! Nothing here does I/O: statement texts and classification in, the parts' ends out.
 
-use super::implicit::{aligned, commits_implicitly, locked_at, sync_write};
+use super::implicit::{aligned, commits_implicitly, enables_autocommit, locked_at, sync_write};
 use crate::classify::{statement_ends, Classification, Dialect, Kind, SearchPath, TxControl};
 use crate::policy::{Mode, Policy};
 
@@ -31,6 +31,10 @@ pub struct Part {
     /// The part starts with a write to a sync table after an implicit commit: in autocommit
     /// mode, outside a transaction, capgate runs it in a transaction of its own.
     pub sync_write: bool,
+    /// Every statement before that write that may commit is `SET autocommit = 1`, which
+    /// commits only when autocommit was off: inside `BEGIN` with autocommit on nothing
+    /// commits, and the write belongs to the client's transaction (the query runs whole).
+    pub after_autocommit_on: bool,
 }
 
 /// The parts of the query `sql` (classified as `c`, its statements' texts `texts`, tables
@@ -46,11 +50,13 @@ pub fn parts(sql: &str, path: &SearchPath, c: &Classification, texts: &[&str], p
     let is_ddl = |i: usize| c.statements[i].kind == Kind::Ddl && commits_implicitly(texts[i], &c.statements[i].kind, false);
     // Cut after statement i: (i, a sync write starts the next part).
     let mut cuts: Vec<(usize, bool)> = Vec::new();
+    let commits = |i: usize| commits_implicitly(texts[i], &c.statements[i].kind, locked_at(texts, i, locked));
+    let mut after_autocommit_on = false;
     if let Some(first_write) = c.statements.iter().position(|s| sync_write(s, policy).is_some()) {
-        let last_commit =
-            (0..first_write).rev().find(|&i| commits_implicitly(texts[i], &c.statements[i].kind, locked_at(texts, i, locked)));
+        let last_commit = (0..first_write).rev().find(|&i| commits(i));
         if let Some(i) = last_commit.filter(|&i| c.statements[i].kind != Kind::Transaction(TxControl::Begin)) {
             cuts.push((i, true));
+            after_autocommit_on = (0..first_write).filter(|&k| commits(k)).all(|k| enables_autocommit(texts[k]));
         }
     }
     for i in (0..n - 1).filter(|&i| is_ddl(i)) {
@@ -74,7 +80,12 @@ pub fn parts(sql: &str, path: &SearchPath, c: &Classification, texts: &[&str], p
     let mut parts = Vec::with_capacity(cuts.len() + 1);
     let (mut from, mut starts_sync) = (0, false);
     for (i, sync_next) in cuts.into_iter().chain(std::iter::once((n - 1, false))) {
-        parts.push(Part { end: ends[i], ddl: (from..=i).any(is_ddl), sync_write: starts_sync });
+        parts.push(Part {
+            end: ends[i],
+            ddl: (from..=i).any(is_ddl),
+            sync_write: starts_sync,
+            after_autocommit_on: starts_sync && after_autocommit_on,
+        });
         from = i + 1;
         starts_sync = sync_next;
     }
@@ -99,7 +110,8 @@ mod tests {
     use crate::classify::{classify, Catalog};
     use crate::frontend::mysql::implicit::statement_texts;
 
-    /// The parts' texts, each marked `+` when it holds DDL and `*` when it is a sync write.
+    /// The parts' texts, each marked `+` when it holds DDL, `*` when it is a sync write, `?`
+    /// when only a `SET autocommit = 1` commits before it.
     fn cut(sql: &str) -> Option<Vec<String>> {
         let text = "default = \"local\"\n[[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\n\
                     [[table]]\nmatch = \"shop.views\"\nmode = \"async\"\n[[table]]\nmatch = \"shop.new_*\"\nmode = \"bounded\"\nmax_lag = \"5s\"\n";
@@ -113,8 +125,9 @@ mod tests {
             parts
                 .iter()
                 .map(|p| {
-                    let text =
-                        format!("{}{}{}", if p.ddl { "+" } else { "" }, if p.sync_write { "*" } else { "" }, sql[from..p.end].trim());
+                    let marks = [(p.ddl, "+"), (p.sync_write, "*"), (p.after_autocommit_on, "?")];
+                    let marks: String = marks.iter().filter(|(on, _)| *on).map(|(_, m)| *m).collect();
+                    let text = format!("{marks}{}", sql[from..p.end].trim());
                     from = p.end;
                     text
                 })
@@ -142,7 +155,11 @@ mod tests {
         );
         assert_eq!(
             cut("SET autocommit = 1; UPDATE orders SET a = 1"),
-            Some(vec!["SET autocommit = 1;".to_owned(), "*UPDATE orders SET a = 1".to_owned()])
+            Some(vec!["SET autocommit = 1;".to_owned(), "*?UPDATE orders SET a = 1".to_owned()])
+        );
+        assert_eq!(
+            cut("SET autocommit = 1; LOCK TABLES orders WRITE; UPDATE orders SET a = 1"),
+            Some(vec!["SET autocommit = 1; LOCK TABLES orders WRITE;".to_owned(), "*UPDATE orders SET a = 1".to_owned()])
         );
         assert_eq!(cut(&format!("{body}; UPDATE notes SET a = 1")), None, "a local table");
         assert_eq!(cut("UPDATE orders SET a = 1"), None, "one statement");

@@ -1,6 +1,7 @@
 //! Multi-statement queries capgate runs in parts, and the session's table locks, on sync
 //! tables (issue 15): with autocommit off, `SET autocommit = 1; UPDATE <sync table> …`
-//! commits the open transaction and the UPDATE, each coordinated; `CREATE TABLE t …; INSERT
+//! commits the open transaction and the UPDATE, each coordinated (inside `BEGIN` with
+//! autocommit on, nothing commits and a ROLLBACK undoes both); `CREATE TABLE t …; INSERT
 //! INTO t …` into a new sync table with autocommit off is captured (the INSERT runs once the
 //! table has its triggers) and committed on both sites by the next COMMIT; `BEGIN` releases
 //! the session's `LOCK TABLES`, so a TRUNCATE after it is carried rather than refused;
@@ -51,6 +52,17 @@ async fn autocommit_on_then_a_sync_write_in_one_query_with_autocommit_off() {
     let (on_primary, on_replica) = both().await;
     assert_eq!(on_primary, "1\t101\ta\n2\t201\tb");
     assert_eq!(on_replica, on_primary, "both writes on both sites");
+
+    // Inside BEGIN with autocommit on, the same query commits nothing (as on the server): the
+    // UPDATE joins the open transaction, and ROLLBACK undoes both writes.
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("UPDATE acct SET bal = 102 WHERE id = 1").await.expect("update");
+    c.query_drop("SET autocommit = 1; UPDATE acct SET bal = 202 WHERE id = 2").await.expect("the same query inside BEGIN");
+    assert_eq!(c.query_first::<i64, _>("SELECT @@in_transaction").await.expect("read"), Some(1), "still in the transaction");
+    c.query_drop("ROLLBACK").await.expect("rollback");
+    let (on_primary, on_replica) = both().await;
+    assert_eq!(on_primary, "1\t101\ta\n2\t201\tb", "SET autocommit = 1 inside BEGIN committed the transaction");
+    assert_eq!(on_replica, on_primary);
 }
 
 #[tokio::test(flavor = "multi_thread")]
