@@ -13,7 +13,9 @@
 //! PARTITION`, `REMOVE PARTITIONING`, `PARTITION BY`) go on as DDL does.
 //!
 //! Also looked at: the text of an SQL-level `PREPARE s FROM '<text>'` (its EXECUTE names no
-//! table); a text built at run time (`PREPARE s FROM @v`) is not seen. Nothing here does I/O.
+//! table), where a `TRUNCATE` of a replicated table is refused too (capgate carries a
+//! TRUNCATE only when it sees it: decision 0029); a text built at run time (`PREPARE s FROM
+//! @v`) is not seen. Nothing here does I/O.
 
 use sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
 use sqlparser::dialect::MySqlDialect;
@@ -62,7 +64,9 @@ fn refusal_of(text: &str, path: &SearchPath, policy: &Policy, follow_prepare: bo
     }
     if follow_prepare {
         if let Some(inner) = super::sql_prepare::prepared_text(text) {
-            return refusal_of(&inner, path, policy, false).map(|m| format!("{m} (the statement is the text of an SQL PREPARE)"));
+            return refusal_of(&inner, path, policy, false)
+                .or_else(|| prepared_truncate(&inner, path, policy))
+                .map(|m| format!("{m} (the statement is the text of an SQL PREPARE)"));
         }
     }
     let tokens = tokens(text)?;
@@ -93,6 +97,27 @@ fn refusal_of(text: &str, path: &SearchPath, policy: &Policy, follow_prepare: bo
         d.rule,
         change.op
     ))
+}
+
+/// The refusal of `TRUNCATE t` of a replicated table as the text of an SQL `PREPARE`: its
+/// `EXECUTE` names no table, so capgate could not carry it (decision 0029), and it would
+/// empty the primary's table alone.
+fn prepared_truncate(text: &str, path: &SearchPath, policy: &Policy) -> Option<String> {
+    let c = crate::classify::classify(Dialect::MySql, text, path, &Catalog::new());
+    let table = super::implicit::truncate_alone(&c, &[text.trim()])?;
+    let d = policy.decide_table(table);
+    (d.mode != Mode::Local).then(|| {
+        format!(
+            "capgate refused `{}`: {} is replicated (mode {}, rule {}), and TRUNCATE fires no trigger; capgate carries a \
+             TRUNCATE sent as a query of its own (or prepared with the binary protocol), but cannot see one run by EXECUTE; \
+             nothing was run. Send the TRUNCATE as a query of its own (or use DELETE FROM {})",
+            text.trim(),
+            d.table,
+            d.mode.name(),
+            d.rule,
+            d.table
+        )
+    })
 }
 
 /// `text`'s tokens without white space and comments (None: it cannot be tokenized).
@@ -248,6 +273,7 @@ mod tests {
             "ALTER TABLE acct ADD COLUMN c INT, TRUNCATE PARTITION p2",
             "PREPARE s FROM 'ALTER TABLE orders TRUNCATE PARTITION p0'",
             "prepare s from \"alter table acct drop partition p0\"",
+            "PREPARE s FROM 'TRUNCATE TABLE orders'",
         ] {
             let message = refused(sql).unwrap_or_else(|| panic!("not refused: {sql}"));
             assert!(message.contains("is replicated (mode "), "{message}");
@@ -277,6 +303,7 @@ mod tests {
             "DELETE FROM orders PARTITION (p0)",
             "SELECT 'ALTER TABLE orders TRUNCATE PARTITION p0'",
             "PREPARE s FROM @text",
+            "PREPARE s FROM 'TRUNCATE scratch'",
         ] {
             assert_eq!(refused(sql), None, "{sql}");
         }

@@ -4,10 +4,11 @@
 //! `ALTER TABLE t TRUNCATE PARTITION p` (and DROP, EXCHANGE, CONVERT PARTITION) changes rows
 //! without firing a trigger: through capgate it is refused with 1235 naming the table, its
 //! policy and the remedy — as text, prepared with COM_STMT_PREPARE and inside an SQL `PREPARE
-//! … FROM '…'` — and the primary keeps its rows; the remedy, `DELETE FROM t PARTITION (p)`,
+//! … FROM '…'`, where a plain TRUNCATE is refused too — and the primary keeps its rows; the remedy, `DELETE FROM t PARTITION (p)`,
 //! reaches the replica; a `REORGANIZE PARTITION` keeps the rows and goes through. In one query,
 //! `ALTER TABLE t ADD COLUMN c …; UPDATE t SET c = …` carries the new column: the UPDATE runs
-//! once the capture triggers follow the ALTER.
+//! once the capture triggers follow the ALTER, and the shipper, which read the replica's
+//! columns before the operator added `c` there, reads them again instead of halting the table.
 
 use mysql_async::prelude::*;
 
@@ -53,6 +54,10 @@ async fn partition_maintenance_that_changes_rows_is_refused_and_its_remedy_is_ca
             assert!(err.to_string().contains(words), "{sql}: {words:?} missing from: {err}");
         }
     }
+    // A TRUNCATE its EXECUTE would run unseen: refused too (one sent alone is carried).
+    let err = c.query_drop("PREPARE s FROM 'TRUNCATE TABLE t'").await.expect_err("SQL PREPARE of a TRUNCATE");
+    assert_eq!(error_code(&err), 1235, "{err}");
+    assert!(err.to_string().contains("cannot see one run by EXECUTE"), "{err}");
     let err = c.prep("ALTER TABLE t TRUNCATE PARTITION p0").await.expect_err("a prepared TRUNCATE PARTITION");
     assert_eq!(error_code(&err), 1235, "{err}");
     assert_eq!(primary.sql(ROWS).expect("primary"), all, "the primary kept its rows");
@@ -82,17 +87,18 @@ async fn writes_after_an_alter_table_in_the_same_query_carry_the_new_column() {
         "DROP DATABASE IF EXISTS partdb; CREATE DATABASE partdb; \
          CREATE TABLE partdb.t (id INT PRIMARY KEY, v INT NOT NULL); INSERT INTO partdb.t VALUES (1, 1), (2, 2)",
     );
-    // DDL is not carried to MySQL replicas: the replica gets the column first, as an
-    // operator would add it (before capgate starts: a running shipper knows the replica's
-    // columns from its start, and halts the table on a change naming a column it has not seen,
-    // until `capgate resume`).
-    servers().1.sql("ALTER TABLE partdb.t ADD COLUMN c INT NOT NULL DEFAULT 0").expect("replica column");
     let link = link();
     let (p, _) = proxy("mysql-alter-then-write", POLICY, &link);
     copied(&p, "partdb.t").await;
     let mut c = connect(&p.url("capgate", None, "partdb")).await;
+    c.query_drop("UPDATE t SET v = 10 WHERE id = 1").await.expect("update");
+    converged("SELECT id, v FROM partdb.t ORDER BY id").await;
+    // DDL is not carried to MySQL replicas: the operator adds the column on the replica
+    // first, while capgate ships (the shipper reads the replica's columns again when a
+    // change names one it has not seen, rather than halting the table).
+    servers().1.sql("ALTER TABLE partdb.t ADD COLUMN c INT NOT NULL DEFAULT 0").expect("replica column");
     c.query_drop("ALTER TABLE t ADD COLUMN c INT NOT NULL DEFAULT 0; UPDATE t SET c = id * 10; INSERT INTO t VALUES (3, 3, 30)")
         .await
         .expect("ALTER, UPDATE and INSERT in one query");
-    assert_eq!(converged("SELECT id, v, c FROM partdb.t ORDER BY id").await, "1\t1\t10\n2\t2\t20\n3\t3\t30");
+    assert_eq!(converged("SELECT id, v, c FROM partdb.t ORDER BY id").await, "1\t10\t10\n2\t2\t20\n3\t3\t30");
 }
