@@ -13,11 +13,11 @@
 //!   a transaction of its own (`BEGIN`; under `LOCK TABLES`, which `BEGIN` would release,
 //!   `SET autocommit = 0` and back to 1 after) and coordinates that transaction; the client
 //!   sees the statement's reply (outside a transaction), or the refusal;
-//! - a query whose possible sync write follows a statement that commits implicitly (a stored
-//!   program's definition, DDL, `LOCK TABLES` …), in autocommit mode: MariaDB would run that
-//!   write on its own after the commit, so capgate runs the query in two parts, the first as
-//!   above for what commits, the rest as an autocommit write, and gives the client the two
-//!   replies as one (issue 15);
+//! - a multi-statement query run in parts (`super::parts`): after DDL the capture triggers
+//!   are reconciled before the writes that follow it in the query run; a possible sync write
+//!   after a statement that commits implicitly (a stored program's definition, DDL, `LOCK
+//!   TABLES`, `SET autocommit = 1` …) runs, in autocommit mode, as above; the client gets the
+//!   parts' replies as one (issue 15);
 //! - a TRUNCATE of a replicated table: the open transaction is committed (coordinated) as
 //!   the TRUNCATE would, then capgate carries it (`super::truncate`, decision 0029);
 //! - anything else goes on as it came.
@@ -59,18 +59,6 @@ where
     }
     let flags = state.lock().status;
     let in_trans = flags & status::IN_TRANS != 0;
-    let hold = match hold {
-        // With autocommit off the write after the commit opens a transaction of its own, which
-        // the client's COMMIT coordinates: the query runs whole.
-        Hold::Split { ddl, .. } if flags & status::AUTOCOMMIT == 0 => {
-            if ddl {
-                Hold::Ddl
-            } else {
-                Hold::ImplicitCommit
-            }
-        }
-        hold => hold,
-    };
     match hold {
         Hold::Commit if in_trans => {
             let (outcome, reply) = coordinate(state, server, statements, Commit::Client(payload)).await?;
@@ -95,7 +83,12 @@ where
             }
             answer(state, Outcome::Committed, Some(reply));
         }
-        Hold::Split { at, ddl } => split(state, server, statements, payload, at, ddl, in_trans).await?,
+        // Only `SET autocommit = 1` commits before the write, and autocommit is already on:
+        // nothing commits, the write joins the client's transaction.
+        Hold::Split(parts) if in_trans && flags & status::AUTOCOMMIT != 0 && parts.iter().any(|p| p.after_autocommit_on) => {
+            return forward(state, server, statements, payload).await
+        }
+        Hold::Split(parts) => split(state, server, statements, payload, &parts, in_trans).await?,
         Hold::ImplicitCommit | Hold::AutocommitOn if in_trans && (hold == Hold::ImplicitCommit || flags & status::AUTOCOMMIT == 0) => {
             let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
             match outcome {
@@ -122,26 +115,28 @@ where
     Ok(())
 }
 
-/// A query cut in two at byte `at` of its text (`Hold::Split`), in autocommit mode: the open
-/// transaction is coordinated first (as before any statement that commits implicitly), the
-/// first part is relayed as capgate's own command (the capture triggers reconciled after it
-/// when it holds DDL, so a table it created is captured before the rest writes it), and the
-/// rest runs as an autocommit write ([`autocommit_write`]) — or as it came, if the first part
-/// opened a transaction or turned autocommit off. The client gets the two replies as one;
-/// a first part that fails ends the query there, as on the server.
+/// A query run in `parts` (`Hold::Split`, `super::parts`): the open transaction is
+/// coordinated first (as before any statement that commits implicitly), then each part is
+/// relayed as capgate's own command — the capture triggers reconciled after a part that holds
+/// DDL, so a table it created or changed is captured as it now is before the next part writes
+/// it — and the part that starts with a sync write runs, in autocommit mode outside a
+/// transaction, as an autocommit write ([`autocommit_write`]); after a part that opened a
+/// transaction or turned autocommit off, as it came. The client gets the replies as one; a
+/// part that fails ends the query there, as on the server. The status flags are read again
+/// before each part: `SET autocommit = 1; UPDATE <sync table> …` with autocommit off commits
+/// the open transaction and then runs the UPDATE as an autocommit write.
 async fn split<W>(
     state: &SessionState,
     server: &mut W,
     statements: &mut Statements,
     payload: &[u8],
-    at: usize,
-    ddl: bool,
+    parts: &[super::parts::Part],
     in_trans: bool,
 ) -> Result<(), PumpError>
 where
     W: AsyncWrite + Unpin + Send + ?Sized,
 {
-    if in_trans {
+    if in_trans && statements.policy().has_sync() {
         let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
         if outcome != Outcome::Committed {
             answer(state, outcome, reply);
@@ -149,23 +144,32 @@ where
         }
     }
     let sql = payload.get(1..).unwrap_or_default();
-    let (first, rest) = sql.split_at(at.min(sql.len()));
-    let first_reply = own_one(state, server, statements, &[&[com::QUERY][..], first].concat()).await?;
-    if !ends_well(&first_reply, statements.deprecate_eof()) {
-        queue(state, first_reply);
-        return Ok(());
+    let deprecate_eof = statements.deprecate_eof();
+    let mut joined: Option<Vec<u8>> = None;
+    let mut from = 0;
+    for part in parts {
+        let end = part.end.clamp(from, sql.len());
+        let command = [&[com::QUERY][..], &sql[from..end]].concat();
+        from = end;
+        let flags = state.lock().status;
+        let reply = if part.sync_write && flags & status::IN_TRANS == 0 && flags & status::AUTOCOMMIT != 0 {
+            autocommit_write(state, server, statements, &command).await?
+        } else {
+            own_one(state, server, statements, &command).await?
+        };
+        let went_well = ends_well(&reply, deprecate_eof);
+        joined = Some(match joined {
+            None => reply,
+            Some(before) => join(before, &reply, deprecate_eof),
+        });
+        if !went_well {
+            break;
+        }
+        if part.ddl {
+            reconcile(statements).await;
+        }
     }
-    if ddl {
-        reconcile(statements).await;
-    }
-    let rest = [&[com::QUERY][..], rest].concat();
-    let flags = state.lock().status;
-    let rest_reply = if flags & status::IN_TRANS != 0 || flags & status::AUTOCOMMIT == 0 {
-        own_one(state, server, statements, &rest).await?
-    } else {
-        autocommit_write(state, server, statements, &rest).await?
-    };
-    queue(state, join(first_reply, &rest_reply, statements.deprecate_eof()));
+    queue(state, joined.unwrap_or_default());
     Ok(())
 }
 

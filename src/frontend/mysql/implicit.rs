@@ -71,7 +71,7 @@ pub fn any_commits(c: &Classification, texts: &[&str], locked: bool) -> bool {
 }
 
 /// Whether `texts` holds one text per statement of `c` ([`statement_texts`] could align them).
-fn aligned(c: &Classification, texts: &[&str]) -> bool {
+pub(super) fn aligned(c: &Classification, texts: &[&str]) -> bool {
     texts.len() == c.statements.len()
 }
 
@@ -98,12 +98,13 @@ pub fn locks_tables(texts: &[&str], locked: bool) -> bool {
 
 /// Whether tables are locked when statement `i` of `texts` runs, given `locked` before the
 /// query: a `LOCK TABLES` earlier in the same query makes its `UNLOCK TABLES` a commit.
-fn locked_at(texts: &[&str], i: usize, locked: bool) -> bool {
+pub(super) fn locked_at(texts: &[&str], i: usize, locked: bool) -> bool {
     locks_tables(&texts[..i.min(texts.len())], locked)
 }
 
 /// What `texts` leave of the session's table locks: held after a last `LOCK TABLES`
-/// (`Some(true)`), none after a last `UNLOCK TABLES` (`Some(false)`), unchanged without either.
+/// (`Some(true)`), none after a last `UNLOCK TABLES`, `BEGIN` or `START TRANSACTION` (which
+/// release them, as MariaDB's implicit `UNLOCK TABLES`: `Some(false)`), unchanged without any.
 pub fn lock_change(texts: &[&str]) -> Option<bool> {
     let mut change = None;
     for text in texts {
@@ -111,6 +112,8 @@ pub fn lock_change(texts: &[&str]) -> Option<bool> {
         match (w.first().map(String::as_str), w.get(1).map(String::as_str)) {
             (Some("lock"), Some("table" | "tables")) => change = Some(true),
             (Some("unlock"), Some("table" | "tables")) => change = Some(false),
+            // Not `BEGIN NOT ATOMIC … END`, a compound statement (and `BEGIN WORK` is BEGIN).
+            (Some("begin"), None | Some("work")) | (Some("start"), Some("transaction")) => change = Some(false),
             _ => {}
         }
     }
@@ -231,7 +234,7 @@ fn assignments(rest: &str) -> Vec<&str> {
 /// The sync table `statement` may write under `policy` (`None`: it writes none that the
 /// policy replicates synchronously); an `unknown` statement may write any, so it answers
 /// with its reason.
-fn sync_write(statement: &StatementClass, policy: &Policy) -> Option<String> {
+pub(super) fn sync_write(statement: &StatementClass, policy: &Policy) -> Option<String> {
     if let Kind::Unknown(why) = &statement.kind {
         return Some(format!("a sync table (capgate cannot tell which tables it writes: {why})"));
     }
@@ -313,37 +316,6 @@ fn shown(text: &str) -> String {
         Some((i, _)) => format!("{}…", &one_line[..i]),
         None => one_line,
     }
-}
-
-/// Where to cut a multi-statement query in two so that its statements from the first one that
-/// may write a sync table on run apart from the statements before them that commit
-/// implicitly (DDL — a stored program's definition among them —, `TRUNCATE`, `LOCK TABLES` …).
-/// In autocommit mode MariaDB runs such a write on its own after the commit, uncoordinated,
-/// where capgate must run it in a transaction of its own and coordinate that (`super::hold`):
-/// capgate then sends the part before the cut, and the rest as a held autocommit write. The
-/// byte offset in `sql` just past the `;` of the last statement that commits before that write;
-/// `None` when no write to a sync table follows an implicit commit, when the texts could not be
-/// lined up, or when that statement is `BEGIN` (the write is then in the client's own
-/// transaction). `sql` is the text the offset is for (`texts` may come from an earlier
-/// spelling of it with the same statements: see `super::locks`).
-pub fn cut_before_sync_write(
-    sql: &str,
-    path: &SearchPath,
-    c: &Classification,
-    texts: &[&str],
-    policy: &Policy,
-    locked: bool,
-) -> Option<usize> {
-    if c.statements.len() < 2 || !aligned(c, texts) {
-        return None;
-    }
-    let first_write = c.statements.iter().position(|s| sync_write(s, policy).is_some())?;
-    let last_commit = (0..first_write).rev().find(|&i| commits_implicitly(texts[i], &c.statements[i].kind, locked_at(texts, i, locked)))?;
-    if c.statements[last_commit].kind == Kind::Transaction(TxControl::Begin) {
-        return None;
-    }
-    let ends = statement_ends(Dialect::MySql, path, sql)?;
-    (ends.len() == c.statements.len()).then(|| ends[last_commit])
 }
 
 /// The refusal message of a multi-statement query in which a statement that commits

@@ -181,27 +181,18 @@ fn texts_and_messages() {
     assert_eq!(alone("DELETE FROM orders"), None);
 }
 
-/// In autocommit mode a write to a sync table after an implicit commit of the same query is
-/// cut apart from what comes before it (issue 15).
+/// `BEGIN` and `START TRANSACTION` release the session's table locks (MariaDB's implicit
+/// `UNLOCK TABLES`); `BEGIN NOT ATOMIC` is a compound statement and does not.
 #[test]
-fn a_sync_write_after_an_implicit_commit_is_cut_apart() {
-    let (policy, path, catalog) = shop();
-    let cut = |sql: &str| {
-        let c = crate::classify::classify(Dialect::MySql, sql, &path, &catalog);
-        let texts = statement_texts(sql, &path, &c);
-        cut_before_sync_write(sql, &path, &c, &texts, &policy, false).map(|at| (sql[..at].to_owned(), sql[at..].to_owned()))
-    };
-    let body = "CREATE PROCEDURE p() BEGIN SELECT 1; END";
-    assert_eq!(
-        cut(&format!("SELECT 1; {body}; UPDATE orders SET a = 1; SELECT 2")),
-        Some((format!("SELECT 1; {body};"), " UPDATE orders SET a = 1; SELECT 2".to_owned()))
-    );
-    assert_eq!(
-        cut("CREATE TABLE x (a INT); TRUNCATE notes; INSERT INTO notes VALUES (1); DELETE FROM orders"),
-        Some(("CREATE TABLE x (a INT); TRUNCATE notes;".to_owned(), " INSERT INTO notes VALUES (1); DELETE FROM orders".to_owned()))
-    );
-    assert_eq!(cut(&format!("{body}; UPDATE notes SET a = 1")), None, "a local table");
-    assert_eq!(cut("UPDATE orders SET a = 1"), None, "one statement");
-    assert_eq!(cut("BEGIN; UPDATE orders SET a = 1"), None, "the write is in the client's transaction");
-    assert_eq!(cut("CREATE TEMPORARY TABLE x (a INT); UPDATE orders SET a = 1"), None, "nothing commits");
+fn the_lock_state_follows_lock_unlock_and_begin() {
+    assert_eq!(lock_change(&["LOCK TABLES t WRITE"]), Some(true));
+    assert_eq!(lock_change(&["LOCK TABLES t WRITE", "SELECT 1"]), Some(true));
+    assert_eq!(lock_change(&["LOCK TABLES t WRITE", "UNLOCK TABLES"]), Some(false));
+    for begin in ["BEGIN", "begin work", "START TRANSACTION", "/* x */ start transaction read only"] {
+        assert_eq!(lock_change(&["LOCK TABLES t WRITE", begin]), Some(false), "{begin}");
+        assert!(!locks_tables(&[begin], true), "{begin}");
+    }
+    assert_eq!(lock_change(&["BEGIN NOT ATOMIC SELECT 1; END"]), None);
+    assert_eq!(lock_change(&["SELECT 1"]), None);
+    assert!(locks_tables(&["SELECT 1"], true));
 }

@@ -89,12 +89,11 @@ pub enum Hold {
     /// A TRUNCATE of a replicated table: commits the open transaction (coordinated), then
     /// capgate carries it in place of the statement (`super::truncate`, decision 0029).
     Truncate(Target),
-    /// A multi-statement query in which a statement that may write a sync table follows one
-    /// that commits implicitly (DDL when `ddl`): in autocommit mode the query runs in two
-    /// parts, cut at byte `at` of its text (`implicit::cut_before_sync_write`), the first as
-    /// [`Hold::Ddl`] or [`Hold::ImplicitCommit`] would run it, the rest as [`Hold::Autocommit`];
-    /// with autocommit off it runs whole, as the first part's hold.
-    Split { at: usize, ddl: bool },
+    /// A multi-statement query capgate runs in parts (`super::parts`): a write to a replicated
+    /// table after DDL runs once the capture triggers follow the DDL, and a write to a sync
+    /// table after a statement that commits implicitly runs, in autocommit mode, as
+    /// [`Hold::Autocommit`] would run it. The client gets the parts' replies as one.
+    Split(Vec<super::parts::Part>),
 }
 
 /// A session's command tracking, owned by the client pump.
@@ -178,6 +177,7 @@ impl Statements {
                 match admin_sql::find(sql, flow.status) {
                     Some(admin_sql::Found::Alone(text)) => return Verdict::Admin(text),
                     Some(admin_sql::Found::Mixed) => return Verdict::Refuse(admin_sql::mixed_refusal()),
+                    Some(admin_sql::Found::Prepared) => return Verdict::Refuse(admin_sql::sql_prepare_refusal()),
                     None => {}
                 }
                 if let Some(kill) = parse_kill(sql) {
@@ -212,6 +212,9 @@ impl Statements {
                         let path = SearchPath::new(flow.schema.iter().cloned());
                         let texts = implicit::statement_texts(&text, &path, c);
                         if let Some(message) = implicit::truncates_replicated(c, &texts, &path, &self.policy()) {
+                            return Self::refuse(errors::NOT_SUPPORTED, &message);
+                        }
+                        if let Some(message) = super::partitions::refusal(&texts, &path, &self.policy()) {
                             return Self::refuse(errors::NOT_SUPPORTED, &message);
                         }
                         implicit_commit = implicit::any_commits(c, &texts, false);

@@ -18,6 +18,10 @@ impl Statements {
         path: &SearchPath,
     ) -> Option<Verdict> {
         let policy = self.policy();
+        // Partition maintenance that changes a replicated table's rows fires no trigger.
+        if let Some(message) = crate::frontend::mysql::partitions::refusal(texts, path, &policy) {
+            return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
+        }
         // A TRUNCATE of a replicated table alone is carried (decision 0029); anywhere else in
         // a query it is refused.
         if let Some(d) = implicit::truncate_alone(c, texts).map(|t| policy.decide_table(t)).filter(|d| d.mode != Mode::Local) {
@@ -30,9 +34,11 @@ impl Statements {
         if !policy.has_sync() {
             // Followed all the same: a TRUNCATE under LOCK TABLES cannot be carried.
             self.locked_tables = implicit::locks_tables(texts, locked);
-            // Nothing to coordinate; DDL is still held, for the capture triggers (`hold_for`).
+            // Nothing to coordinate; DDL is still held, for the capture triggers (`hold_for`),
+            // and the writes after it in the same query wait for them.
             let commits = implicit::any_commits(c, texts, locked);
-            return self.hold_for(c, commits).map(|hold| Verdict::Hold(hold.into()));
+            let hold = self.hold_for(c, commits)?;
+            return Some(Verdict::Hold(self.split(hold, text, c, texts, path, &policy, locked).into()));
         }
         if let Some(message) = implicit::commit_mid_query(c, texts, &policy, locked) {
             return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
@@ -60,16 +66,30 @@ impl Statements {
         // LOCK TABLES of a sync table also locks what capgate's commits write (decision 0031).
         let rewritten =
             text.filter(|_| self.mariadb).and_then(|t| crate::frontend::mysql::locks::with_capgate_tables(t, c, texts, &policy));
-        let hold = match hold {
-            Hold::Ddl | Hold::ImplicitCommit if self.multi_statements => rewritten
-                .as_deref()
-                .or(text)
-                .and_then(|t| implicit::cut_before_sync_write(t, path, c, texts, &policy, locked))
-                .map_or(hold.clone(), |at| Hold::Split { at, ddl: hold == Hold::Ddl }),
-            hold => hold,
-        };
+        let hold = self.split(hold, rewritten.as_deref().or(text), c, texts, path, &policy, locked);
         let payload = rewritten.map(|t| [&[crate::protocol::mysql::com::QUERY][..], t.as_bytes()].concat());
         Some(Verdict::Hold(Held { hold, payload }))
+    }
+
+    /// `hold`, or [`Hold::Split`] when the query `text` (a statement that commits implicitly
+    /// among others) must run in parts (`super::parts`).
+    #[allow(clippy::too_many_arguments)]
+    fn split(
+        &self,
+        hold: Hold,
+        text: Option<&str>,
+        c: &Classification,
+        texts: &[&str],
+        path: &SearchPath,
+        policy: &Policy,
+        locked: bool,
+    ) -> Hold {
+        match hold {
+            Hold::Ddl | Hold::ImplicitCommit if self.multi_statements => {
+                text.and_then(|t| crate::frontend::mysql::parts::parts(t, path, c, texts, policy, locked)).map_or(hold, Hold::Split)
+            }
+            hold => hold,
+        }
     }
 
     /// Whether the session holds `LOCK TABLES` locks (as far as its text queries tell).

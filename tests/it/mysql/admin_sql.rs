@@ -2,7 +2,8 @@
 //! client and as a program reads them with mysql_async: answered by capgate (never by
 //! MariaDB) with result sets naming the replica and the policy's tables; inside an open
 //! transaction the transaction stays open (a later ROLLBACK undoes the write before it);
-//! a user not in `admin_users` gets ERR 1227; the prepared form is refused with 1295, a
+//! a user not in `admin_users` gets ERR 1227; the prepared form (COM_STMT_PREPARE or SQL
+//! `PREPARE … FROM '…'`) is refused with 1295, a comment after a command is a comment, a
 //! multi-statement query holding one with 1235 before any of it runs; the session goes on
 //! after each.
 
@@ -243,6 +244,19 @@ async fn admin_commands_are_refused_clearly_and_the_session_goes_on() {
     }
     let e = c.exec_drop("SHOW CAPGATE LAG", ()).await.expect_err("exec refused");
     assert_eq!(error_code(&e), 1295, "{e}");
+    // SQL PREPARE of a command (MariaDB would be asked to prepare what it does not know):
+    // refused with 1295 too, alone or after another statement, nothing of the query ran.
+    for sql in ["PREPARE s FROM 'SHOW CAPGATE STATUS'", "INSERT INTO t VALUES (1); prepare s from \"capgate reload\""] {
+        let e = c.query_drop(sql).await.expect_err(sql);
+        assert_eq!(error_code(&e), 1295, "{sql}: {e}");
+        assert!(e.to_string().contains("cannot be prepared with SQL PREPARE"), "{e}");
+        assert_eq!(c.query_first::<u32, _>("SELECT COUNT(*) FROM t").await.expect("count"), Some(0), "{sql} ran in part");
+    }
+    // A comment after a command without `;` is a comment, as on the server.
+    for sql in ["SHOW CAPGATE HELP -- what can I ask?", "SHOW CAPGATE HELP /* runbook step 3 */", "show capgate help # why"] {
+        let rows: Vec<Row> = c.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(rows.len() > 3, "{sql}: {rows:?}");
+    }
 
     // In a multi-statement query, before or after other statements: refused whole (1235),
     // nothing of it ran.

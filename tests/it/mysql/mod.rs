@@ -6,6 +6,7 @@ mod support;
 
 mod admin_sql;
 mod async_copy;
+mod async_partitions;
 mod async_reload;
 mod async_ship;
 mod async_truncate;
@@ -26,6 +27,7 @@ mod sync;
 mod sync_faults;
 mod sync_implicit;
 mod sync_kill;
+mod sync_parts;
 mod sync_relay;
 mod sync_sysbench;
 mod sysbench;

@@ -36,6 +36,8 @@ pub enum BatchError {
     Replica(mysql_async::Error),
     #[error("a change cannot be applied: {0}")]
     Change(ApplyError),
+    #[error("{0}")]
+    Tables(ship::ShipError),
 }
 
 /// Whether a replica error is a row conflict (then the batch is applied change by change).
@@ -43,25 +45,34 @@ fn is_conflict(e: &mysql_async::Error) -> bool {
     matches!(e, mysql_async::Error::Server(s) if s.state == CONFLICT_STATE || s.code == DUP_ENTRY)
 }
 
-/// Applies `batch` and moves the replica's position from `from` to `to`.
+/// Applies `batch` and moves the replica's position from `from` to `to`. `tables`: the
+/// replica's tables as last read; read again (once) when a change names a table or column
+/// not in them — DDL is not carried to MySQL replicas, so an operator adds a column on the
+/// replica, then on the primary, while the shipper runs — before that counts as a conflict.
 pub async fn apply(
     conn: &mut mysql_async::Conn,
     origin: &str,
     batch: &[Shipped],
-    tables: &Tables,
+    tables: &mut Tables,
     from: &Position,
     to: &Position,
     on_conflict: &ConflictPolicy,
 ) -> Result<Outcome, BatchError> {
     let advance = ship::advance_sql(origin, from, to);
-    match ship::batched_statements(batch, tables) {
-        Ok(statements) => match ship::commit_batch(conn, &statements, &advance).await {
-            Ok(()) => return Ok(Outcome::Applied(Vec::new())),
-            Err(e) if is_conflict(&e) => {}
-            Err(e) => return Err(BatchError::Replica(e)),
-        },
-        Err(ApplyError::MissingTable(_) | ApplyError::MissingColumn { .. }) => {}
-        Err(e) => return Err(BatchError::Change(e)),
+    for fresh in [false, true] {
+        match ship::batched_statements(batch, tables) {
+            Ok(statements) => match ship::commit_batch(conn, &statements, &advance).await {
+                Ok(()) => return Ok(Outcome::Applied(Vec::new())),
+                Err(e) if is_conflict(&e) => break,
+                Err(e) => return Err(BatchError::Replica(e)),
+            },
+            Err(ApplyError::MissingTable(_) | ApplyError::MissingColumn { .. }) if !fresh => match ship::replica_tables(conn).await {
+                Ok(read) => *tables = read,
+                Err(e) => return Err(BatchError::Tables(e)),
+            },
+            Err(ApplyError::MissingTable(_) | ApplyError::MissingColumn { .. }) => break,
+            Err(e) => return Err(BatchError::Change(e)),
+        }
     }
     one_by_one(conn, origin, batch, tables, &advance, on_conflict).await
 }

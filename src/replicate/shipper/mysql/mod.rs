@@ -298,7 +298,7 @@ impl Run {
             // a table's copy already held.
             let kept: Vec<ship::Shipped> =
                 read.changes.iter().filter(|s| !halted.contains_key(&s.change.tbl) && entry.ships(s, &*cfg.copies)).cloned().collect();
-            let applied = batch::apply(replica.conn(), &cfg.origin, &kept, &tables, &pos, &next, &cfg.on_conflict);
+            let applied = batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &pos, &next, &cfg.on_conflict);
             let prefetch = ship::read_batch(&mut primary, &next, cfg.batch_rows);
             let (outcome, fetched) = match tokio::time::timeout(cfg.deadline, async { tokio::join!(applied, prefetch) }).await {
                 Ok(both) => both,
