@@ -566,3 +566,20 @@ async fn a_hot_row_collapses_only_while_the_replica_agrees() {
     assert!(b.apply_ok(&changes, "halt").await.is_empty());
     b.same("t").await;
 }
+
+/// A schema change that gives a table a `json` or float column, and that column's values
+/// later in the same page: the rows must be read from their images' text (decision 0034),
+/// though the table had no such column when the page began.
+#[tokio::test]
+async fn a_json_column_added_in_the_page_keeps_its_text() {
+    let b = bed("ddltext", "CREATE TABLE t (k int PRIMARY KEY, v text)").await;
+    let inserts = b.capture("t", "INSERT INTO t VALUES (1, 'a')").await;
+    assert!(b.apply_ok(&inserts, "halt").await.is_empty());
+    let ddl = json!({"seq": 100, "at": "2026-12-01 10:00:00+00", "tbl": "r_ddltext.t", "op": "S",
+                     "new": {"sql": "ALTER TABLE t ADD COLUMN j json, ADD COLUMN f float8", "search_path": "r_ddltext"}})
+    .to_string();
+    b.db.batch_execute("ALTER TABLE p_ddltext.t ADD COLUMN j json, ADD COLUMN f float8").await.expect("origin ddl");
+    let updates = b.capture("t", r#"UPDATE t SET j = '{"b": 1,  "a": 2}', f = '-0' WHERE k = 1"#).await;
+    assert!(b.apply_ok(&[vec![ddl], updates].concat(), "halt").await.is_empty());
+    b.same("t").await;
+}

@@ -181,7 +181,11 @@ BEGIN
     END IF;
     parsed := changes::jsonb;
     text_tables := ARRAY(SELECT DISTINCT x.c ->> 'tbl' FROM jsonb_array_elements(parsed) AS x(c));
-    text_tables := ARRAY(SELECT t FROM unnest(text_tables) AS t WHERE capgate.table_needs_text(t));
+    -- A schema change in the page may create or alter a table (a `json` or float column added,
+    -- a table created): what the replica holds now does not tell, so every table keeps its text.
+    IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(parsed) AS x(c) WHERE x.c ->> 'op' = 'S') THEN
+        text_tables := ARRAY(SELECT t FROM unnest(text_tables) AS t WHERE capgate.table_needs_text(t));
+    END IF;
     IF cardinality(text_tables) > 0 THEN
         parsed := (SELECT jsonb_agg(CASE WHEN x.c ->> 'tbl' = ANY (text_tables)
                                          THEN x.c::jsonb || jsonb_build_object('old_t', (x.c -> 'old')::text, 'new_t', (x.c -> 'new')::text)
