@@ -31,6 +31,8 @@
 #     its cost from capture's and shipping's; the checksums are then not compared)
 #     CAPGATE_BIN=target/release/capgate (built with cargo build --release if missing)
 #     OUT=target/bench/mysql_async.json KEEP_TMP=1 (keep logs)
+#     PERF=dir: `perf record -g` capgate and both mariadbds during each capgate run,
+#     written to dir/capgate-<round>.data, dir/primary-<round>.data, dir/replica-<round>.data
 # Exit status: 0 when every run succeeded and the checksums are equal, 1 otherwise, 2 on
 # setup errors.
 set -euo pipefail
@@ -50,6 +52,7 @@ MODE="${MODE:-async}"
 [[ "$MODE" == async || "$MODE" == local ]] || die "MODE must be async or local"
 OUT="${OUT:-$REPO_ROOT/target/bench/mysql_async.json}"
 KEEP_TMP="${KEEP_TMP:-0}"
+PERF="${PERF:-}"
 if [[ -z "${CAPGATE_BIN:-}" ]]; then
     CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
     CAPGATE_DEFAULT_BIN=1
@@ -151,6 +154,13 @@ run_capgate() {
     sampler=$!
     before=$(cpu_ticks "$CAPGATE_PID"); rbefore=$(cpu_ticks "$REPLICA_PID"); pbefore=$(cpu_ticks "$PRIMARY_PID")
     tx=0
+    local perfs=()
+    if [[ -n "$PERF" ]]; then
+        mkdir -p "$PERF"
+        perf record --call-graph dwarf,16384 -F 499 -q -o "$PERF/capgate-$1.data" -p "$CAPGATE_PID" -- sleep "$DURATION" >/dev/null 2>&1 & perfs+=($!)
+        perf record -g -q -o "$PERF/primary-$1.data" -p "$PRIMARY_PID" -- sleep "$DURATION" >/dev/null 2>&1 & perfs+=($!)
+        perf record -g -q -o "$PERF/replica-$1.data" -p "$REPLICA_PID" -- sleep "$DURATION" >/dev/null 2>&1 & perfs+=($!)
+    fi
     if sb "$CGPORT" sbtest --threads="$THREADS" --time="$DURATION" --report-interval=0 run >"$TMP/run.log" 2>&1; then
         after=$(cpu_ticks "$CAPGATE_PID"); pafter=$(cpu_ticks "$PRIMARY_PID")
         tps=$(awk '/transactions:/ { gsub(/[()]/, "", $3); print $3 }' "$TMP/run.log")
@@ -160,7 +170,8 @@ run_capgate() {
     else
         FAILED=1; tail -20 "$TMP/run.log" >&2
     fi
-    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+    kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+    [[ ${#perfs[@]} -eq 0 ]] || wait "${perfs[@]}" 2>/dev/null || true
     [[ "$MODE" == async ]] || return 0
     start=$(date +%s.%N)
     for _ in $(seq 1200); do

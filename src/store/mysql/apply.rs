@@ -112,7 +112,7 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
                     .collect::<Result<_, _>>()
                     .map_err(|w| bad(change, &w))?;
                 let matches = row_matches(&old).map_err(|w| bad(change, &w))?;
-                let _ = write!(out, "UPDATE {target} SET {} WHERE {matches};", sets.join(", "));
+                let _ = write!(out, "UPDATE {target}{} SET {} WHERE {matches};", by_primary_key(columns, &old), sets.join(", "));
                 expect(&mut out, "update_missing_or_differs", change, &old);
             }
             "D" => {
@@ -175,6 +175,21 @@ fn expect(out: &mut String, kind: &str, change: &Change, old: &[(&Column, Value)
     let key: serde_json::Map<String, Value> = old.iter().filter(|(c, _)| c.key).map(|(c, v)| (c.name.clone(), v.clone())).collect();
     let conflict = format!("{kind} {} {}", change.tbl, Value::Object(key));
     let _ = write!(out, "SET @capgate_rows = capgate.expect_rows(ROW_COUNT(), 1, {});", quote_literal(&conflict));
+}
+
+/// ` USE INDEX (PRIMARY)` for an UPDATE whose old image names every column of the replica
+/// table's primary key (empty otherwise: a replica table without one, or keyed on a column the
+/// image lacks). The WHERE clause ([`row_matches`]) names every column, so MariaDB's range
+/// optimizer would otherwise estimate each secondary index it could use (index dives) for a
+/// one-row update found by its key: about a tenth of the replica's apply CPU under sysbench
+/// (docs/performance.md). Not for DELETE: MySQL refuses index hints in a single-table DELETE.
+pub(super) fn by_primary_key(columns: &[Column], old: &[(&Column, Value)]) -> &'static str {
+    let mut keys = columns.iter().filter(|c| c.key).peekable();
+    if keys.peek().is_some() && keys.all(|k| old.iter().any(|(c, _)| c.name == k.name)) {
+        " USE INDEX (PRIMARY)"
+    } else {
+        ""
+    }
 }
 
 /// The WHERE clause that finds the row equal to an old image: every column NULL-safe equal.

@@ -11,7 +11,7 @@
 
 use std::fmt::Write;
 
-use super::apply::{bad, image_values, literal, row_matches, target, ApplyError, Change, Tables};
+use super::apply::{bad, by_primary_key, image_values, literal, row_matches, target, ApplyError, Change, Tables};
 use super::image::quote_ident;
 
 /// Most rows merged into one INSERT or DELETE (keeps each statement and its plan small).
@@ -65,7 +65,7 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
                     .collect::<Result<_, _>>()
                     .map_err(|w| bad(first, &w))?;
                 let matches = row_matches(&old).map_err(|w| bad(first, &w))?;
-                let _ = write!(out, "UPDATE {table} SET {} WHERE {matches};", sets.join(", "));
+                let _ = write!(out, "UPDATE {table}{} SET {} WHERE {matches};", by_primary_key(columns, &old), sets.join(", "));
                 count(&mut out, 1);
                 i += 1;
             }
@@ -140,13 +140,33 @@ mod tests {
                 "INSERT INTO `s`.`a` (`id`) VALUES (3)",
                 "DELETE FROM `s`.`b` WHERE (`id` <=> 4 AND `v` <=> 1) OR (`id` <=> 5 AND `v` <=> 2)",
                 "SET @capgate_bad = @capgate_bad + (ROW_COUNT() <> 2)",
-                "UPDATE `s`.`b` SET `id` = 6, `v` = 4 WHERE `id` <=> 6 AND `v` <=> 3",
+                "UPDATE `s`.`b` USE INDEX (PRIMARY) SET `id` = 6, `v` = 4 WHERE `id` <=> 6 AND `v` <=> 3",
                 "SET @capgate_bad = @capgate_bad + (ROW_COUNT() <> 1)",
-                "UPDATE `s`.`b` SET `id` = 6, `v` = 5 WHERE `id` <=> 6 AND `v` <=> 4",
+                "UPDATE `s`.`b` USE INDEX (PRIMARY) SET `id` = 6, `v` = 5 WHERE `id` <=> 6 AND `v` <=> 4",
                 "SET @capgate_bad = @capgate_bad + (ROW_COUNT() <> 1)",
                 "SET @capgate_rows = capgate.expect_rows(@capgate_bad, 0, 'batch_conflict: a row is missing or differs (applied again change by change)')",
             ]
         );
+    }
+
+    #[test]
+    fn an_update_names_the_primary_key_only_when_the_replica_table_has_one_the_image_covers() {
+        let col = |name: &str, key: bool| Column { name: name.into(), data_type: "int".into(), key, generated: false };
+        let tables: Tables = BTreeMap::from([
+            // No primary key on the replica: a hint naming one would fail the batch.
+            (TableName::new("s", "nokey"), vec![col("id", false), col("v", false)]),
+            // Keyed on a column the primary's image lacks: the optimizer picks.
+            (TableName::new("s", "other"), vec![col("id", false), col("v", false), col("r", true)]),
+        ]);
+        let update = |tbl: &str| change(1, tbl, "U", Some(r#"{"id": 1, "v": 1}"#), Some(r#"{"id": 1, "v": 2}"#));
+        for tbl in ["s.nokey", "s.other"] {
+            let sql = statements(&[update(tbl)], &tables).expect("sql");
+            assert!(!sql.contains("USE INDEX") && sql.contains(" SET `id` = 1, `v` = 2 WHERE "), "{sql}");
+        }
+        let sql = statements(&[update("s.a")], &super::tests::tables()).expect("sql");
+        assert!(sql.contains("UPDATE `s`.`a` USE INDEX (PRIMARY) SET "), "{sql}");
+        let one = super::super::apply::statements(&[update("s.a")], &super::tests::tables()).expect("sql");
+        assert!(one.starts_with("UPDATE `s`.`a` USE INDEX (PRIMARY) SET "), "{one}");
     }
 
     #[test]

@@ -89,21 +89,51 @@ pub async fn prepare_primary(conn: &mut mysql_async::Conn) -> Result<(), ShipErr
     conn.query_drop(SHIPPED_TABLE).await.map_err(server("creating capgate.shipped on the primary"))
 }
 
-/// Up to `rows` changes after `from`, by one consistent read (committed changes only).
-pub async fn read_batch(conn: &mut mysql_async::Conn, from: &Position, rows: usize) -> Result<Batch, ShipError> {
-    let changes = read_where(conn, &format!("{} ORDER BY seq LIMIT {rows}", from.pending_sql())).await?;
-    let seen: Option<f64> = conn.query_first(format!("SELECT {NOW}")).await.map_err(server("reading the primary's clock"))?;
-    Ok(Batch { changes, seen: seen.unwrap_or(0.0) })
+/// A change as [`select_sql`] reads it.
+type ChangeRow = (u64, String, String, Option<String>, Option<String>, f64);
+
+fn shipped_of(rows: Vec<ChangeRow>) -> Vec<Shipped> {
+    rows.into_iter().map(|(seq, tbl, op, old, new, at)| Shipped { change: Change { seq, tbl, op, old, new }, at }).collect()
 }
 
-/// The changes `condition` (a WHERE clause, possibly with ORDER BY and LIMIT; `seq` order
-/// when it has none) selects.
-pub async fn read_where(conn: &mut mysql_async::Conn, condition: &str) -> Result<Vec<Shipped>, ShipError> {
-    type Row = (u64, String, String, Option<String>, Option<String>, f64);
+/// Up to `rows` changes after `from`, by one consistent read (committed changes only), and the
+/// primary's clock right after it. With `note` (a replica and its position), that position is
+/// first recorded as [`note_shipped`] does. One round trip whatever is asked: the shipper reads
+/// the next batch while the replica applies the current one, and records the position the
+/// previous batch reached with that read instead of in a round trip of its own.
+pub async fn read_batch(
+    conn: &mut mysql_async::Conn,
+    note: Option<(&str, &Position)>,
+    from: &Position,
+    rows: usize,
+) -> Result<Batch, ShipError> {
+    let read = select_sql(&format!("{} ORDER BY seq LIMIT {rows}", from.pending_sql()));
+    let sql = match note {
+        Some((replica, pos)) => format!("{};{read};SELECT {NOW}", note_sql(replica, pos)),
+        None => format!("{read};SELECT {NOW}"),
+    };
+    let what = if note.is_some() { "recording the shipped position and reading changes" } else { "reading changes" };
+    let mut result = conn.query_iter(sql).await.map_err(server(what))?;
+    if note.is_some() {
+        result.collect::<mysql_async::Row>().await.map_err(server(what))?;
+    }
+    let changes: Vec<ChangeRow> = result.collect().await.map_err(server(what))?;
+    let seen: Vec<f64> = result.collect().await.map_err(server("reading the primary's clock"))?;
+    result.drop_result().await.map_err(server(what))?;
+    Ok(Batch { changes: shipped_of(changes), seen: seen.first().copied().unwrap_or(0.0) })
+}
+
+/// The SELECT of the changes `condition` (a WHERE clause, possibly with ORDER BY and LIMIT;
+/// `seq` order when it has none) selects, as [`ChangeRow`]s.
+fn select_sql(condition: &str) -> String {
     let order = if condition.contains("ORDER BY") { "" } else { " ORDER BY seq" };
-    let sql = format!("SELECT seq, tbl, op, old_image, new_image, {} FROM capgate.changes WHERE {condition}{order}", utc_epoch("at"));
-    let got: Vec<Row> = conn.query(sql).await.map_err(server("reading changes"))?;
-    Ok(got.into_iter().map(|(seq, tbl, op, old, new, at)| Shipped { change: Change { seq, tbl, op, old, new }, at }).collect())
+    format!("SELECT seq, tbl, op, old_image, new_image, {} FROM capgate.changes WHERE {condition}{order}", utc_epoch("at"))
+}
+
+/// The changes `condition` (as [`select_sql`] takes it) selects.
+pub async fn read_where(conn: &mut mysql_async::Conn, condition: &str) -> Result<Vec<Shipped>, ShipError> {
+    let got: Vec<ChangeRow> = conn.query(select_sql(condition)).await.map_err(server("reading changes"))?;
+    Ok(shipped_of(got))
 }
 
 /// The primary's clock and the start of its oldest open transaction other than this
@@ -130,14 +160,18 @@ pub async fn fresh_start(conn: &mut mysql_async::Conn) -> Result<Option<Position
 
 /// Records `pos` as `replica`'s position on the primary (lag and pruning read it).
 pub async fn note_shipped(conn: &mut mysql_async::Conn, replica: &str, pos: &Position) -> Result<(), ShipError> {
-    let sql = format!(
+    conn.query_drop(note_sql(replica, pos)).await.map_err(server("recording the shipped position on the primary"))
+}
+
+/// The statement of [`note_shipped`].
+fn note_sql(replica: &str, pos: &Position) -> String {
+    format!(
         "INSERT INTO capgate.shipped (replica, high, holes, at) VALUES ({}, {}, {}, UTC_TIMESTAMP(6)) \
          ON DUPLICATE KEY UPDATE high = VALUES(high), holes = VALUES(holes), at = VALUES(at)",
         quote_literal(replica),
         pos.high,
         quote_literal(&pos.holes_json())
-    );
-    conn.query_drop(sql).await.map_err(server("recording the shipped position on the primary"))
+    )
 }
 
 /// Every replica's position as the primary last recorded it.

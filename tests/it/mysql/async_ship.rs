@@ -311,6 +311,42 @@ async fn a_conflict_inside_a_merged_insert_or_delete_is_logged_per_change() {
     assert!(records.iter().all(|r| r["resolution"] == "skipped"), "{logged}");
 }
 
+/// The replica applies an UPDATE by the primary key (`USE INDEX (PRIMARY)`) only where its
+/// table has one the image covers: a replica table without a primary key, or keyed on a
+/// column the primary does not have, still gets every update.
+#[tokio::test(flavor = "multi_thread")]
+async fn updates_reach_replica_tables_without_the_primarys_key() {
+    let _turn = TURN.lock().await;
+    let (primary, replica) = servers();
+    let tables = "DROP DATABASE IF EXISTS keydb; CREATE DATABASE keydb; ";
+    primary
+        .sql(&format!(
+            "{tables} CREATE TABLE keydb.nokey (id INT PRIMARY KEY, v INT, KEY (v)); CREATE TABLE keydb.other (id INT PRIMARY KEY, v INT)"
+        ))
+        .expect("primary");
+    replica
+        .sql(&format!(
+            "{tables} CREATE TABLE keydb.nokey (id INT, v INT, KEY (v)); \
+             CREATE TABLE keydb.other (id INT, v INT, r INT NOT NULL AUTO_INCREMENT PRIMARY KEY)"
+        ))
+        .expect("replica");
+    let link = link();
+    let policy = "default = \"local\"\n[[table]]\nmatch = \"keydb.*\"\nmode = \"async\"\n";
+    let (p, _) = proxy("mysql-async-keys", policy, &link);
+    super::async_copy::copied(&p, "keydb.nokey").await;
+    super::async_copy::copied(&p, "keydb.other").await;
+    let mut c = connect(&p.url("capgate", None, "keydb")).await;
+    for t in ["nokey", "other"] {
+        c.query_drop(format!("INSERT INTO {t} (id, v) VALUES (1, 10), (2, 20), (3, 30)")).await.expect("insert");
+        c.query_drop(format!("UPDATE {t} SET v = v + 1 WHERE id <> 2")).await.expect("update");
+        c.query_drop(format!("UPDATE {t} SET v = 0 WHERE id = 2")).await.expect("update");
+    }
+    for t in ["nokey", "other"] {
+        let rows = converged(&format!("SELECT id, v FROM keydb.{t} ORDER BY id")).await;
+        assert_eq!(rows, "1\t11\n2\t0\n3\t31", "keydb.{t}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sysbench_with_every_table_async_leaves_equal_checksums() {
     let _turn = TURN.lock().await;

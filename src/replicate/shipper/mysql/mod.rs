@@ -235,6 +235,9 @@ impl Run {
         let mut tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
         let mut halted = self.load_halted(&mut primary, &mut replica, &entry).await?;
         self.note(&mut primary, &pos).await?;
+        // The position last recorded on the primary: the one a batch reaches is recorded with
+        // the next read ([`ship::read_batch`]), or at once when there is nothing left to read.
+        let mut noted = pos.clone();
         self.stats.set_phase(Phase::Running);
         tracing::info!(replica = %cfg.replica_name, origin = %cfg.origin, high = pos.high, holes = pos.holes.len(), "shipper: holds the lock, shipping");
         let mut last_holes = Instant::now();
@@ -269,15 +272,25 @@ impl Run {
                     self.timed("dropping settled holes", ship::commit_batch(replica.conn(), "", &advance)).await?;
                     pos = pruned;
                     self.note(&mut primary, &pos).await?;
+                    noted = pos.clone();
                 }
             }
             // A batch read before holes were dropped is still right: a dropped hole never shows up.
             let mut read = match prefetched.take() {
                 Some(b) => b,
-                None => self.timed("reading changes", ship::read_batch(&mut primary, &pos, cfg.batch_rows)).await?,
+                None => {
+                    let note = (noted != pos).then_some((cfg.replica_name.as_str(), &pos));
+                    let b = self.timed("reading changes", ship::read_batch(&mut primary, note, &pos, cfg.batch_rows)).await?;
+                    noted = pos.clone();
+                    b
+                }
             };
             read.truncate_to(cfg.batch_bytes);
             if read.changes.is_empty() {
+                if noted != pos {
+                    self.note(&mut primary, &pos).await?;
+                    noted = pos.clone();
+                }
                 if last_prune.elapsed() >= cfg.prune_interval {
                     last_prune = Instant::now();
                     self.timed("pruning", ship::prune(&mut primary, &cfg.all_replicas, cfg.retention.as_secs())).await?;
@@ -299,7 +312,8 @@ impl Run {
             let kept: Vec<ship::Shipped> =
                 read.changes.iter().filter(|s| !halted.contains_key(&s.change.tbl) && entry.ships(s, &*cfg.copies)).cloned().collect();
             let applied = batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &pos, &next, &cfg.on_conflict);
-            let prefetch = ship::read_batch(&mut primary, &next, cfg.batch_rows);
+            let note = (noted != pos).then_some((cfg.replica_name.as_str(), &pos));
+            let prefetch = ship::read_batch(&mut primary, note, &next, cfg.batch_rows);
             let (outcome, fetched) = match tokio::time::timeout(cfg.deadline, async { tokio::join!(applied, prefetch) }).await {
                 Ok(both) => both,
                 Err(_) => return Err(End::Failed(format!("applying a batch did not finish within {:?}", cfg.deadline))),
@@ -309,7 +323,8 @@ impl Run {
                 // The next session reads the replica's tables again (one may have been created).
                 Err(e) => return Err(End::Failed(e.to_string())),
             };
-            let fetched = fetched.map_err(|e| End::Failed(format!("reading changes: {e}")))?;
+            let fetched = fetched.map_err(|e| End::Failed(e.to_string()))?;
+            noted = pos.clone();
             match outcome {
                 batch::Outcome::Applied(conflicts) => {
                     for c in &conflicts {
@@ -337,15 +352,20 @@ impl Run {
             }
             pos = next;
             entry.drop_passed(&pos);
-            self.note(&mut primary, &pos).await?;
+            self.show_position(&pos);
         }
     }
 
     /// Records the position on the primary (lag and pruning read it) and in the stats.
     async fn note(&self, primary: &mut mysql_async::Conn, pos: &Position) -> Result<(), End> {
         self.timed("recording the shipped position", ship::note_shipped(primary, &self.config.replica_name, pos)).await?;
-        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{} ({} holes)", pos.high, pos.holes.len()));
+        self.show_position(pos);
         Ok(())
+    }
+
+    /// The position in the stats.
+    fn show_position(&self, pos: &Position) {
+        *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{} ({} holes)", pos.high, pos.holes.len()));
     }
 }
 
