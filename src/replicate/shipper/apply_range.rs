@@ -68,12 +68,14 @@ impl Run {
     ) -> Result<Ranged, Fail> {
         let cfg = &self.config;
         let primary_fail = |e: String| Fail::Primary(e);
+        let started = std::time::Instant::now();
         let open = Range::open(primary, at, filters, listed, cfg.part_changes);
         let mut range = match self.timed("opening a range on the primary", open).await.map_err(primary_fail)? {
             Opened::Range(r) => r,
             Opened::Empty { snapshot } => return Ok(Ranged::Empty { snapshot }),
             Opened::Unlisted(tables) => return Ok(Ranged::Unlisted { tables }),
         };
+        let opened = started.elapsed();
         let snapshot = range.snapshot.clone();
         let (rows, bytes) = (cfg.page_rows, cfg.page_bytes);
         let Some(mut cur) = self.timed("reading changes", range.next_page(rows, bytes)).await.map_err(primary_fail)? else {
@@ -84,6 +86,8 @@ impl Run {
             return Ok(Ranged::Applied { snapshot });
         };
         let mut next = self.timed("reading changes", range.next_page(rows, bytes)).await.map_err(primary_fail)?;
+        let first_pages = started.elapsed();
+        let (mut pages, mut changes) = (0usize, 0usize);
         let mut part = Part::default();
         let origin = cfg.origin.as_str();
         loop {
@@ -108,6 +112,8 @@ impl Run {
             let (began, applied, advanced, ended, fetched) = self.within("applying a page", joined).await.map_err(Fail::Replica)?;
             part.pages += 1;
             part.changes += cur.changes as u64;
+            pages += 1;
+            changes += cur.changes;
             for (t, n) in &cur.by_table {
                 *part.by_table.entry(t.clone()).or_insert(0) += n;
             }
@@ -156,6 +162,9 @@ impl Run {
         }
         self.timed("ending the range", range.close()).await.map_err(primary_fail)?;
         self.stats.ranges.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(replica = %cfg.replica_name, changes, pages, opened_ms = opened.as_millis() as u64,
+            first_pages_ms = first_pages.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64, "shipper: range applied");
         Ok(Ranged::Applied { snapshot })
     }
 

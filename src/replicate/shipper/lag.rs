@@ -12,8 +12,9 @@
 //! 250 ms against a large backlog it would take a good part of a backend just when the
 //! primary is busiest, and slow the very shipping that would shrink the backlog; so the
 //! monitor waits [`BUSY_FACTOR`] times as long as its last query took before the next, up to
-//! [`MAX_PAUSE`]. A figure read late errs on the safe side: the oldest pending change only
-//! gets older until the next refresh.
+//! [`MAX_PAUSE`] — except after a refresh that found nothing pending (a figure of 0 would not
+//! grow while a new backlog does). A figure read late with something pending only overstates
+//! the lag: the oldest pending change keeps ageing until the next refresh.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -153,6 +154,8 @@ async fn refresh(
 ) {
     let mut conn: Option<(Client, AbortOnDrop<()>)> = None;
     let mut failing = false;
+    // Whether the last refresh found nothing pending anywhere.
+    let mut idle = true;
     loop {
         if conn.as_ref().is_some_and(|(c, _)| c.is_closed()) {
             conn = None;
@@ -170,6 +173,7 @@ async fn refresh(
         let took = started.elapsed();
         match measured {
             Some(m) => {
+                idle = m.values().all(|l| l.pending_rows == 0);
                 if failing {
                     tracing::info!("lag: measuring from the primary again");
                     failing = false;
@@ -185,7 +189,18 @@ async fn refresh(
                 lags.write().unwrap_or_else(|p| p.into_inner()).clear();
             }
         }
-        tokio::time::sleep(interval.max((took * BUSY_FACTOR).min(MAX_PAUSE))).await;
+        tokio::time::sleep(pause(interval, took, idle)).await;
+    }
+}
+
+/// The pause after a refresh that took `took`: `interval`, or longer after an expensive query
+/// — but never after one that found nothing pending, since a figure of 0 would not grow while
+/// a new backlog does.
+fn pause(interval: Duration, took: Duration, idle: bool) -> Duration {
+    if idle {
+        interval
+    } else {
+        interval.max((took * BUSY_FACTOR).min(MAX_PAUSE))
     }
 }
 
@@ -200,5 +215,14 @@ mod tests {
         let lag = Lag { pending_rows: 1, oldest_pending: Some(now - 10.0), ..Lag::default() };
         assert!(lag.seconds() >= 10.0 && lag.seconds() < 60.0);
         assert_eq!(lag.table("public.t"), TableLag::default());
+    }
+
+    #[test]
+    fn an_expensive_refresh_waits_longer_unless_nothing_was_pending() {
+        let (interval, ms) = (Duration::from_millis(250), Duration::from_millis);
+        assert_eq!(pause(interval, ms(10), false), interval);
+        assert_eq!(pause(interval, ms(200), false), ms(600));
+        assert_eq!(pause(interval, ms(5000), false), MAX_PAUSE);
+        assert_eq!(pause(interval, ms(5000), true), interval);
     }
 }
