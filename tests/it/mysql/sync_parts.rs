@@ -15,19 +15,10 @@ use super::sync::{rows, settled, setup};
 use super::capture::SERVER;
 
 fn proxy(name: &str) -> MyProxy {
-    let dir = crate::support::scratch(name);
-    std::fs::write(
-        dir.join("policy.toml"),
+    super::sync_relay::proxy_with_policy(
+        name,
         "default = \"local\"\n[[table]]\nmatch = \"cgsync.acct\"\nmode = \"sync\"\n[[table]]\nmatch = \"cgsync.fresh\"\nmode = \"sync\"\n",
     )
-    .expect("policy");
-    let text = format!(
-        "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
-         [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable\"\n",
-        primary().port(),
-        replica().port()
-    );
-    MyProxy::start_config(&text, &dir)
 }
 
 async fn both() -> (String, String) {

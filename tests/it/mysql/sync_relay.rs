@@ -12,12 +12,16 @@ use super::sync::{rows, settled, setup};
 use super::capture::SERVER;
 
 pub(super) fn proxy(name: &str) -> MyProxy {
-    let dir = crate::support::scratch(name);
-    std::fs::write(
-        dir.join("policy.toml"),
+    proxy_with_policy(
+        name,
         "default = \"local\"\n[[table]]\nmatch = \"cgsync.acct\"\nmode = \"sync\"\n[[table]]\nmatch = \"cgsync.notes\"\nmode = \"async\"\n",
     )
-    .expect("policy");
+}
+
+/// A capgate in front of the test primary, replicating to the test replica under `policy`.
+pub(super) fn proxy_with_policy(name: &str, policy: &str) -> MyProxy {
+    let dir = crate::support::scratch(name);
+    std::fs::write(dir.join("policy.toml"), policy).expect("policy");
     let text = format!(
         "site = \"west\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n\
          [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable\"\n",
