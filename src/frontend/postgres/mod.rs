@@ -148,15 +148,7 @@ impl Server {
         // The first statements must already resolve names as the primary does: an unknown
         // table would fall to the wrong schema, and a replicated write could pass as local.
         // A primary that cannot be read in time is retried in the background (run).
-        let first_load = async {
-            let client = primary.client("capgate catalog").await.map_err(|e| e.to_string())?;
-            crate::backend::postgres_catalog::load(&client).await.map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(std::time::Duration::from_secs(10), first_load).await {
-            Ok(Ok(catalog)) => router.set_catalog(catalog),
-            Ok(Err(e)) => warn!("cannot read the primary's catalog yet ({e}); retrying in the background"),
-            Err(_) => warn!("reading the primary's catalog took more than 10 s; retrying in the background"),
-        }
+        let mut catalog_read = first_catalog(&primary, &router, true).await;
         let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let admin = match config.admin {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?),
@@ -171,6 +163,14 @@ impl Server {
         // there: wait (bounded) for the first round so a normal start refuses nothing.
         if !config.replicas.is_empty() && !replication.capture.wait_first(std::time::Duration::from_secs(10)).await {
             warn!("the capture triggers could not be checked on the primary yet; writes to replicated tables are refused until they are");
+        }
+        // A primary still starting when capgate did may answer now (the capture check above
+        // waited for it): the first sessions must not come before the catalog.
+        if !catalog_read {
+            catalog_read = first_catalog(&primary, &router, false).await;
+        }
+        if !catalog_read {
+            warn!("the primary's catalog could not be read yet; retrying in the background");
         }
         let primary_health = crate::sites::postgres::primary_health(&config).map_err(StartError::Replica)?;
         let admin_state = Arc::new(admin_state(&config, &router, &replication, &sessions, primary_health.health().clone()));
@@ -272,6 +272,33 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Reads the primary's catalog into `router` before capgate accepts sessions, within 10 s;
+/// whether it could (`first`: whether to say why not).
+async fn first_catalog(primary: &Upstream, router: &Router, first: bool) -> bool {
+    let load = async {
+        let client = primary.client("capgate catalog").await.map_err(|e| e.to_string())?;
+        crate::backend::postgres_catalog::load(&client).await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), load).await {
+        Ok(Ok(catalog)) => {
+            router.set_catalog(catalog);
+            true
+        }
+        Ok(Err(e)) => {
+            if first {
+                warn!("cannot read the primary's catalog yet ({e}); trying again before accepting sessions");
+            }
+            false
+        }
+        Err(_) => {
+            if first {
+                warn!("reading the primary's catalog took more than 10 s; trying again before accepting sessions");
+            }
+            false
+        }
     }
 }
 
