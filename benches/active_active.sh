@@ -49,15 +49,13 @@ JOBS="${JOBS:-2}"
 SCALE="${SCALE:-2}"
 LAG_INTERVAL="${LAG_INTERVAL:-0.2}"
 PIN="${PIN:-$([[ $(nproc) -ge 2 ]] && echo 1 || echo 0)}"
-CAPGATE_DEFAULT_BIN=0
-if [[ -z "${CAPGATE_BIN:-}" ]]; then CAPGATE_DEFAULT_BIN=1; CAPGATE_BIN="$REPO_ROOT/target/release/capgate"; fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 PGBIN="${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
 unset PGHOST PGPORT PGDATABASE PGUSER PGPASSWORD PGOPTIONS || true
 export PGSSLMODE=disable PGCONNECT_TIMEOUT=10
 log() { printf '[active_active %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-source "$REPO_ROOT/benches/lib.sh"
 [[ "$SCALE" -ge 2 ]] || die "SCALE must be at least 2 (each site writes its own branches)"
 
 TMP="$(mktemp -d /tmp/capgate-active-active.XXXXXX)"

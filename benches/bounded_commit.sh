@@ -29,8 +29,6 @@ log() { echo "[bounded_commit] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 TMP="$(mktemp -d /tmp/capgate-bounded-commit-XXXXXX)"
 chmod 777 "$TMP"
-CAPGATE_BIN=""
-CAPGATE_DEFAULT_BIN=0
 # shellcheck source=benches/lib.sh
 source "$REPO_ROOT/benches/lib.sh"
 cleanup() {

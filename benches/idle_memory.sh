@@ -54,20 +54,14 @@ SETTLE="${SETTLE:-2}"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
 OUT="${OUT:-$REPO_ROOT/target/bench/idle_memory.json}"
 KEEP_TMP="${KEEP_TMP:-0}"
-if [[ -z "${CAPGATE_BIN:-}" ]]; then
-    CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
-    CAPGATE_DEFAULT_BIN=1
-else
-    CAPGATE_DEFAULT_BIN=0
-fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 PG_MAX_CONN=$(( N + 100 > 1100 ? N + 100 : 1100 ))
 unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGSERVICE PGOPTIONS PGAPPNAME PGSSLMODE PGGSSENCMODE || true
 export PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10
 
 log() { printf '[idle_memory.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-. "$REPO_ROOT/benches/lib.sh"
 
 for tool in "$PGBIN/initdb" "$PGBIN/pg_ctl" psql python3 runuser; do
     command -v "$tool" >/dev/null || die "missing $tool"

@@ -23,16 +23,11 @@ CLIENTS="${CLIENTS:-8}"
 TX="${TX:-2000}"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
 KEEP_TMP="${KEEP_TMP:-0}"
-CAPGATE_DEFAULT_BIN=0
-if [[ -z "${CAPGATE_BIN:-}" ]]; then
-    CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
-    CAPGATE_DEFAULT_BIN=1
-fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { log "error: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-source "$REPO_ROOT/benches/lib.sh"
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || die "valgrind (callgrind) is needed"
 ensure_capgate_bin
 

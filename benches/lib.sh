@@ -1,6 +1,15 @@
 # benches/lib.sh — pieces shared by the benchmark scripts (sourced, not run).
-# Expects: PGBIN, TMP (set before start_postgres), CAPGATE_BIN, CAPGATE_DEFAULT_BIN, REPO_ROOT,
-# and log/die defined by the caller.
+# Expects: REPO_ROOT when sourced; PGBIN, TMP (set before start_postgres) and log/die defined by
+# the caller before calling its functions.
+
+# The binary to measure: CAPGATE_BIN, or the release build (CAPGATE_DEFAULT_BIN=1: built by
+# build_capgate_release / ensure_capgate_bin).
+if [[ -z "${CAPGATE_BIN:-}" ]]; then
+    CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
+    CAPGATE_DEFAULT_BIN=1
+else
+    CAPGATE_DEFAULT_BIN=0
+fi
 
 # Build the release binary when the default one is missing.
 ensure_capgate_bin() {

@@ -53,17 +53,11 @@ MODE="${MODE:-async}"
 OUT="${OUT:-$REPO_ROOT/target/bench/mysql_async.json}"
 KEEP_TMP="${KEEP_TMP:-0}"
 PERF="${PERF:-}"
-if [[ -z "${CAPGATE_BIN:-}" ]]; then
-    CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
-    CAPGATE_DEFAULT_BIN=1
-else
-    CAPGATE_DEFAULT_BIN=0
-fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 
 log() { printf '[mysql_async.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-. "$REPO_ROOT/benches/lib.sh"
 # shellcheck source=benches/mylib.sh
 . "$REPO_ROOT/benches/mylib.sh"
 for tool in sysbench mariadbd mariadb-install-db mariadb mariadb-dump python3; do

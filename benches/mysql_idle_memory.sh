@@ -27,17 +27,11 @@ N="${N:-1000}"
 SETTLE="${SETTLE:-2}"
 OUT="${OUT:-$REPO_ROOT/target/bench/mysql_idle_memory.json}"
 KEEP_TMP="${KEEP_TMP:-0}"
-if [[ -z "${CAPGATE_BIN:-}" ]]; then
-    CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
-    CAPGATE_DEFAULT_BIN=1
-else
-    CAPGATE_DEFAULT_BIN=0
-fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 
 log() { printf '[mysql_idle_memory.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-. "$REPO_ROOT/benches/lib.sh"
 # shellcheck source=benches/mylib.sh
 . "$REPO_ROOT/benches/mylib.sh"
 python3 -c 'import pymysql' 2>/dev/null || die "PyMySQL is missing (pip install PyMySQL)"

@@ -37,17 +37,11 @@ TABLE_SIZE="${TABLE_SIZE:-100000}"
 CHUNK_ROWS="${CHUNK_ROWS:-1000}"
 OUT="${OUT:-$REPO_ROOT/target/bench/mysql_verify.json}"
 KEEP_TMP="${KEEP_TMP:-0}"
-if [[ -z "${CAPGATE_BIN:-}" ]]; then
-    CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
-    CAPGATE_DEFAULT_BIN=1
-else
-    CAPGATE_DEFAULT_BIN=0
-fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 
 log() { printf '[mysql_verify.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-. "$REPO_ROOT/benches/lib.sh"
 # shellcheck source=benches/mylib.sh
 . "$REPO_ROOT/benches/mylib.sh"
 for tool in sysbench mariadbd mariadb-install-db mariadb mariadb-dump python3; do

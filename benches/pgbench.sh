@@ -90,12 +90,8 @@ WARMUP="${WARMUP:-3}"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
 OUT="${OUT:-$REPO_ROOT/target/bench/pgbench.json}"
 KEEP_TMP="${KEEP_TMP:-0}"
-if [[ -z "${CAPGATE_BIN:-}" ]]; then
-    CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
-    CAPGATE_DEFAULT_BIN=1
-else
-    CAPGATE_DEFAULT_BIN=0
-fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 # Everything talks to explicit hosts/ports; do not let the caller's libpq
 # environment leak in. SSL/GSS negotiation off for every target alike.
 unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGSERVICE PGOPTIONS PGAPPNAME PGSSLMODE PGGSSENCMODE || true
@@ -103,8 +99,6 @@ export PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10
 
 log() { printf '[pgbench.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-. "$REPO_ROOT/benches/lib.sh"
 
 for tool in "$PGBIN/initdb" "$PGBIN/pg_ctl" pgbench psql python3 runuser; do
     command -v "$tool" >/dev/null || die "missing $tool"

@@ -33,8 +33,8 @@ REPO_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 NEAR_MS="${NEAR_MS:-25}"
 FAR_MS="${FAR_MS:-100}"
 DURATION="${DURATION:-10}"
-CAPGATE_DEFAULT_BIN=0
-if [[ -z "${CAPGATE_BIN:-}" ]]; then CAPGATE_DEFAULT_BIN=1; CAPGATE_BIN="$REPO_ROOT/target/release/capgate"; fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 LINK_BIN="${LINK_BIN:-$(dirname "$CAPGATE_BIN")/capgate-link}"
 PGBIN="${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
 TMP="$(mktemp -d /tmp/capgate-quorum.XXXXXX)"
@@ -42,8 +42,6 @@ chmod 755 "$TMP"
 chown postgres: "$TMP"
 log() { echo "[quorum] $*" >&2; }
 die() { log "error: $*"; exit 1; }
-# shellcheck source=benches/lib.sh
-source "$REPO_ROOT/benches/lib.sh"
 
 LINKS=()
 cleanup() {

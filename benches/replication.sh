@@ -107,20 +107,14 @@ INSTALL="${INSTALL:-0}"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
 OUT="${OUT:-$REPO_ROOT/target/bench/replication.json}"
 KEEP_TMP="${KEEP_TMP:-0}"
-if [[ -z "${CAPGATE_BIN:-}" ]]; then
-    CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
-    CAPGATE_DEFAULT_BIN=1
-else
-    CAPGATE_DEFAULT_BIN=0
-fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 LINK_BIN="$(dirname "$CAPGATE_BIN")/capgate-link"
 unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGSERVICE PGOPTIONS PGAPPNAME PGSSLMODE PGGSSENCMODE || true
 export PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10
 
 log() { printf '[replication.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-. "$REPO_ROOT/benches/lib.sh"
 
 for tool in "$PGBIN/initdb" "$PGBIN/pg_ctl" pgbench psql python3 runuser; do
     command -v "$tool" >/dev/null || die "missing $tool"

@@ -72,18 +72,12 @@ REPORT_INTERVAL="${REPORT_INTERVAL:-0}"
 read -r -a SB_EXTRA <<<"${SB_EXTRA:-}"
 OUT="${OUT:-$REPO_ROOT/target/bench/semisync.json}"
 KEEP_TMP="${KEEP_TMP:-0}"
-if [[ -z "${CAPGATE_BIN:-}" ]]; then
-    CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
-    CAPGATE_DEFAULT_BIN=1
-else
-    CAPGATE_DEFAULT_BIN=0
-fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 LINK_BIN="${LINK_BIN:-$(dirname "$CAPGATE_BIN")/capgate-link}"
 
 log() { printf '[semisync.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-. "$REPO_ROOT/benches/lib.sh"
 # shellcheck source=benches/mylib.sh
 . "$REPO_ROOT/benches/mylib.sh"
 for tool in sysbench mariadbd mariadb-install-db mariadb mariadb-dump python3 curl; do

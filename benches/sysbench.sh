@@ -43,17 +43,11 @@ WORKLOADS="${WORKLOADS:-oltp_point_select oltp_read_write}"
 PS_MODE="${PS_MODE:-auto}"
 OUT="${OUT:-$REPO_ROOT/target/bench/sysbench.json}"
 KEEP_TMP="${KEEP_TMP:-0}"
-if [[ -z "${CAPGATE_BIN:-}" ]]; then
-    CAPGATE_BIN="$REPO_ROOT/target/release/capgate"
-    CAPGATE_DEFAULT_BIN=1
-else
-    CAPGATE_DEFAULT_BIN=0
-fi
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 
 log() { printf '[sysbench.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 2; }
-# shellcheck source=benches/lib.sh
-. "$REPO_ROOT/benches/lib.sh"
 # shellcheck source=benches/mylib.sh
 . "$REPO_ROOT/benches/mylib.sh"
 for tool in sysbench mariadbd mariadb-install-db mariadb python3; do
