@@ -87,6 +87,21 @@ pub fn truncate_mark(table: &TableName) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)) >> 1
 }
 
+/// The routine a sync table's triggers call (`capgate.capture_sync`).
+const SYNC_ROUTINE: &str = "capture_sync";
+
+/// How a capture trigger with `body` (as `information_schema.TRIGGERS` shows it) records:
+/// sync when it calls [`SYNC_ROUTINE`] or, as triggers from before decision 0031 did until
+/// the next reconciliation replaces them, inserts into `capgate.sync_changes` itself; async
+/// otherwise. The shipper decides by it which tables are copied (never a sync one).
+pub fn mode_of_body(body: &str) -> CaptureMode {
+    if body.contains(&format!("CALL capgate.{SYNC_ROUTINE}(")) || body.contains("INSERT INTO capgate.sync_changes (") {
+        CaptureMode::Sync
+    } else {
+        CaptureMode::Async
+    }
+}
+
 /// The three capture triggers of `table` with `columns`, recording as `mode`.
 ///
 /// The delete trigger also carries a TRUNCATE (decision 0029): while the session's
@@ -103,7 +118,7 @@ pub fn triggers(table: &TableName, columns: &[Column], mode: CaptureMode) -> Res
     let routine = match mode {
         // `latest` across writing sites is PostgreSQL-only so far: here it records as async.
         CaptureMode::Async | CaptureMode::Latest => "capture",
-        CaptureMode::Sync => "capture_sync",
+        CaptureMode::Sync => SYNC_ROUTINE,
     };
     // What the trigger records for a change `op` with these images.
     let call = |op: &str, old_image: &str, new_image: &str| format!("CALL capgate.{routine}({tbl}, '{op}', {old_image}, {new_image});");
@@ -281,6 +296,22 @@ mod tests {
         }
     }
 
+    /// The shipper reads a table's mode back from its triggers' bodies: a sync table read as
+    /// async was copied over at a replica's first start (its replica rows replaced).
+    #[test]
+    fn each_triggers_mode_is_read_back_from_its_body() {
+        let t = TableName::new("shop", "orders");
+        for (mode, read) in
+            [(CaptureMode::Sync, CaptureMode::Sync), (CaptureMode::Async, CaptureMode::Async), (CaptureMode::Latest, CaptureMode::Async)]
+        {
+            for trigger in triggers(&t, &[col("id", "int", true), col("sync_changes", "int", false)], mode).expect("triggers") {
+                assert_eq!(mode_of_body(&trigger.body), read, "{}", trigger.body);
+            }
+        }
+        let before_0031 = "BEGIN IF @capgate_apply IS NULL THEN INSERT INTO capgate.sync_changes (conn, at, tbl, op, old_image, new_image) VALUES (1); END IF; END";
+        assert_eq!(mode_of_body(before_0031), CaptureMode::Sync);
+    }
+
     #[test]
     fn a_table_without_primary_key_is_refused() {
         let t = TableName::new("shop", "log");
@@ -301,6 +332,7 @@ mod tests {
         let insert = &triggers(&t, &[col("id", "int", true)], CaptureMode::Async).expect("triggers")[0].body;
         assert!(insert.contains("CALL capgate.capture('shop.orders', 'I', NULL, JSON_OBJECT('id', NEW.`id`));"), "{insert}");
         let sync = super::super::primary::ROUTINES[1].1;
+        assert_eq!(super::super::primary::ROUTINES[1].0, SYNC_ROUTINE);
         assert!(sync.contains("@@in_transaction = 0 THEN") && sync.contains("INSERT INTO capgate.sync_changes"), "{sync}");
     }
 }

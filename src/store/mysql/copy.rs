@@ -119,7 +119,7 @@ pub async fn captured(primary: &mut mysql_async::Conn) -> Result<BTreeMap<String
         .map_err(server("listing the primary's capture triggers"))?;
     let mut events: BTreeMap<String, (Vec<String>, CaptureMode)> = BTreeMap::new();
     for (schema, table, event, body) in rows {
-        let mode = if body.contains("capgate.sync_changes") { CaptureMode::Sync } else { CaptureMode::Async };
+        let mode = capture::mode_of_body(&body);
         let e = events.entry(TableName::new(schema, table).to_string()).or_insert((Vec::new(), mode));
         if event == "INSERT" {
             e.1 = mode;

@@ -4,7 +4,8 @@
 //! changes the copy did not see (no row missing, none twice, no conflict, `capgate verify`
 //! equal); a transaction open across the copy's snapshot arrives once it commits; a table
 //! missing on the replica halts alone with a clear message, the others ship, and `capgate
-//! resume` copies it once it exists.
+//! resume` copies it once it exists; a sync table is never copied, not even when shipping
+//! to a replica begins.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -289,4 +290,45 @@ async fn tables_already_in_replication_before_copies_existed_are_not_copied() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(primary.sql("SELECT COUNT(*) FROM copyold.t").expect("primary"), "2");
+}
+
+/// A sync table is taken in without a copy (decision 0030), also when capgate first ships to
+/// a replica: the replica's rows of it stay as they are. A row that differs there is still
+/// refused at the next sync commit that touches it (the sites differ, the operator is told),
+/// not silently replaced by the primary's; the async table beside it is copied, and the sync
+/// table's writes made around capgate ship.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_tables_replica_rows_are_not_copied_over_when_shipping_begins() {
+    let _turn = TURN.lock().await;
+    let (primary, replica) = servers();
+    setup_both(
+        "DROP DATABASE IF EXISTS copysync; CREATE DATABASE copysync; CREATE TABLE copysync.acct (id INT PRIMARY KEY, v INT); \
+         INSERT INTO copysync.acct VALUES (1, 1), (2, 2); CREATE TABLE copysync.notes (id INT PRIMARY KEY, v INT)",
+    );
+    replica.sql("UPDATE copysync.acct SET v = 20 WHERE id = 2; INSERT INTO copysync.acct VALUES (9, 9)").expect("diverge");
+    primary.sql("INSERT INTO copysync.notes VALUES (1, 1)").expect("async row");
+    let link = link();
+    let policy = "default = \"local\"\n[[table]]\nmatch = \"copysync.acct\"\nmode = \"sync\"\n\
+                  [[table]]\nmatch = \"copysync.notes\"\nmode = \"async\"\n";
+    let (p, _) = proxy("mysql-async-copy-sync", policy, &link);
+    copied(&p, "copysync.notes").await;
+    copied(&p, "copysync.acct").await;
+    assert_eq!(replica.sql("SELECT id, v FROM copysync.notes").expect("rows"), "1\t1", "the async table was copied");
+
+    // Written around capgate, the sync table's change ships; the replica's own rows stay.
+    primary.sql("INSERT INTO copysync.acct VALUES (3, 3)").expect("insert around capgate");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replica.sql("SELECT COUNT(*) FROM copysync.acct WHERE id = 3").expect("rows") != "1" {
+        assert!(Instant::now() < deadline, "the write around capgate never reached the replica");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(replica.sql("SELECT id, v FROM copysync.acct ORDER BY id").expect("rows"), "1\t1\n2\t20\n3\t3\n9\t9");
+
+    // Through capgate, a sync commit on the row that differs is refused: nothing commits.
+    let mut c = connect(&p.url("capgate", None, "copysync")).await;
+    let err = c.query_drop("UPDATE acct SET v = 5 WHERE id = 2").await.expect_err("refused");
+    let mysql_async::Error::Server(e) = &err else { panic!("{err}") };
+    assert_eq!((e.code, e.state.as_str()), (1180, "CGC01"), "{err}");
+    assert_eq!(primary.sql("SELECT v FROM copysync.acct WHERE id = 2").expect("row"), "2");
+    assert_eq!(replica.sql("SELECT v FROM copysync.acct WHERE id = 2").expect("row"), "20");
 }
