@@ -38,7 +38,7 @@ pub async fn start(config: &Config, policy: &Policy) -> Result<Option<SyncShared
         return Ok(None);
     }
     let primary_err = |e: &dyn std::fmt::Display| SetupError::Primary(e.to_string());
-    let mut conn = xa::connect(&config.primary.url).await.map_err(|e| primary_err(&e))?;
+    let mut conn = wait_for_primary(&config.primary.url).await?;
     primary::install(&mut conn).await.map_err(SetupError::Privileges)?;
     let tables = capture::tables(&mut conn).await.map_err(|e| primary_err(&e))?;
     let mut schemas: Vec<String> =
@@ -65,6 +65,46 @@ pub async fn start(config: &Config, policy: &Policy) -> Result<Option<SyncShared
         apply::install(c.conn()).await.map_err(|e| fail(e.to_string()))?;
     }
     Ok(Some(SyncShared::new(&config.site, &config.replicas)))
+}
+
+/// How long a start waits for a primary that does not answer yet (a MariaDB started after
+/// capgate, or still recovering) before giving up (decision 0036).
+pub const PRIMARY_WAIT: Duration = Duration::from_secs(60);
+
+/// Time between two connection attempts while the primary does not answer at start.
+const PRIMARY_RETRY: Duration = Duration::from_millis(250);
+
+/// capgate's first connection to the primary at start, waiting up to [`PRIMARY_WAIT`] while
+/// it cannot be reached (nothing is served meanwhile: capture must be in place before the
+/// first session, or a write to a replicated table would commit unreplicated). A primary
+/// that answers with an error (credentials, privileges) fails at once.
+async fn wait_for_primary(url: &crate::config::DbUrl) -> Result<mysql_async::Conn, SetupError> {
+    let deadline = tokio::time::Instant::now() + PRIMARY_WAIT;
+    let mut waiting = false;
+    loop {
+        let why = match tokio::time::timeout(url.connect_timeout, xa::connect(url)).await {
+            Ok(Ok(conn)) => {
+                if waiting {
+                    info!("the primary answers; installing capture before accepting sessions");
+                }
+                return Ok(conn);
+            }
+            Ok(Err(mysql_async::Error::Io(mysql_async::IoError::Io(e)))) => e.to_string(),
+            Ok(Err(e)) => return Err(SetupError::Primary(e.to_string())),
+            Err(_) => format!("no answer within {:?}", url.connect_timeout),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SetupError::Primary(format!(
+                "the primary could not be reached for {PRIMARY_WAIT:?} ({why}); capgate installs capture there before it \
+                 accepts sessions: start the primary (or fix the URL), then capgate"
+            )));
+        }
+        if !waiting {
+            warn!("the primary cannot be reached yet ({why}); waiting up to {PRIMARY_WAIT:?} for it before accepting sessions");
+            waiting = true;
+        }
+        tokio::time::sleep(PRIMARY_RETRY).await;
+    }
 }
 
 /// One reconciliation round of the capture triggers on the primary (after DDL, after a
