@@ -266,7 +266,7 @@ impl Server {
         };
         let at_start = router.policy().current();
         let mut sync = setup::start(&config, &at_start).await.map_err(StartError::Replication)?;
-        let sites = crate::sites::mysql::start(&config);
+        let sites = crate::sites::mysql::start(&config, sync.as_ref().map(|s| s.setups()).unwrap_or_default());
         if let Some(sync) = &mut sync {
             sync.watch(sites.iter().map(|s| s.health().clone()).collect());
         }

@@ -1,6 +1,7 @@
 //! Replication to MySQL replicas at start (decisions 0015, 0016): the primary's `capgate`
 //! database and capture triggers, the privileges they need, each replica's `capgate`
-//! functions; then, while serving: the triggers reconciled within a quarter second of a
+//! functions (a replica that does not answer then is set up when it does: decision 0038;
+//! one that refuses capgate's account fails the start); then, while serving: the triggers reconciled within a quarter second of a
 //! policy reload (and the shippers started when it brings the first async or bounded rule),
 //! and a recovery round per replica every few seconds.
 
@@ -13,8 +14,8 @@ use super::sync::SyncShared;
 use super::Shared;
 use crate::config::Config;
 use crate::policy::Policy;
-use crate::store::mysql::xa::{self, ReplicaConn};
-use crate::store::mysql::{apply, capture, primary};
+use crate::store::mysql::xa;
+use crate::store::mysql::{capture, primary};
 use crate::store::CaptureMode;
 
 /// Time between two recovery rounds on each replica.
@@ -59,12 +60,29 @@ pub async fn start(config: &Config, policy: &Policy) -> Result<Option<SyncShared
         "capture triggers match the policy"
     );
     let _ = conn.disconnect().await;
-    for r in &config.replicas {
-        let fail = |why: String| SetupError::Replica { name: r.name.clone(), why };
-        let mut c = ReplicaConn::connect(&r.url, r.url.connect_timeout).await.map_err(|e| fail(e.to_string()))?;
-        apply::install(c.conn()).await.map_err(|e| fail(e.to_string()))?;
+    let sync = SyncShared::new(&config.site, &config.replicas);
+    for (r, setup) in config.replicas.iter().zip(sync.setups()) {
+        match setup.at_start(&r.url).await {
+            Ok(()) => {}
+            // A partition while capgate (re)starts must not take the site down (decision 0038).
+            Err(e) if e.retry_helps() => warn!(
+                replica = %r.name,
+                "the replica cannot be set up now ({e}); capgate starts with it partitioned: writes to sync tables are refused \
+                 (or wait, per their on_partition) and async and bounded changes queue until it answers; capgate then installs \
+                 its functions there before any commit or shipment uses it"
+            ),
+            Err(e) => {
+                return Err(SetupError::Replica {
+                    name: r.name.clone(),
+                    why: format!(
+                        "{e}; the replica answers but refuses capgate's account: fix the user or password in its url, or grant \
+                         what CONFIG.md lists for replicas, then start capgate"
+                    ),
+                })
+            }
+        }
     }
-    Ok(Some(SyncShared::new(&config.site, &config.replicas)))
+    Ok(Some(sync))
 }
 
 /// How long a start waits for a primary that does not answer yet (a MariaDB started after
@@ -190,7 +208,12 @@ async fn recovery_loop(shared: &Shared) {
     // Per replica: the branches the last round left to connections that were alive.
     let mut held: Vec<xa::Held> = sync.replicas().iter().map(|_| xa::Held::default()).collect();
     loop {
-        tokio::time::sleep(RECOVERY_INTERVAL).await;
+        // A replica set up late (it did not answer at start) gets its round at once: branches
+        // an earlier process left prepared there hold row locks its first commits would wait on.
+        tokio::select! {
+            _ = tokio::time::sleep(RECOVERY_INTERVAL) => {}
+            _ = sync.set_up_late.notified() => {}
+        }
         for ((name, url), held) in sync.replicas().iter().zip(held.iter_mut()) {
             match round(&shared.config, url, &prefix, held).await {
                 Ok(report) if report.acted() => {

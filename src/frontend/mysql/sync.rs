@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::config::DbUrl;
@@ -24,6 +25,7 @@ use crate::replicate::Refusal;
 use crate::sites::HealthView;
 use crate::store::mysql::apply::{self, ApplyError, Change, Tables};
 use crate::store::mysql::capture;
+use crate::store::mysql::replica_setup::ReplicaSetup;
 use crate::store::mysql::xa::{PreparedBranch, ReplicaConn};
 
 /// The primary transaction a sync commit decides, as the coordinator needs it.
@@ -46,6 +48,10 @@ pub struct ReplicaSlot {
     url: DbUrl,
     /// The replica's health loop (None: not watched, every commit tries the replica).
     health: Option<HealthView>,
+    /// Whether capgate's functions are on the replica (decision 0038). A watched replica
+    /// that is not set up is not offered a commit (its health loop sets it up); an unwatched
+    /// one is set up by the commit's new connection. None: assumed set up.
+    setup: Option<Arc<ReplicaSetup>>,
     state: tokio::sync::Mutex<Slot>,
 }
 
@@ -66,13 +72,18 @@ const IDLE_CONNECTIONS: usize = 2;
 
 impl ReplicaSlot {
     pub fn new(name: String, url: DbUrl) -> ReplicaSlot {
-        ReplicaSlot { name, url, health: None, state: tokio::sync::Mutex::new(Slot::default()) }
+        ReplicaSlot { name, url, health: None, setup: None, state: tokio::sync::Mutex::new(Slot::default()) }
     }
 
     /// The same, admitted by the replica's health: a partitioned or healing replica is not
     /// offered a commit; the tables' `on_partition` decides (refuse at once, or wait).
     pub fn watched(name: String, url: DbUrl, health: HealthView) -> ReplicaSlot {
         ReplicaSlot { health: Some(health), ..ReplicaSlot::new(name, url) }
+    }
+
+    /// The same, set up by `setup` (from its health loop's connection, or the start).
+    pub fn with_setup(self, setup: Arc<ReplicaSetup>) -> ReplicaSlot {
+        ReplicaSlot { setup: Some(setup), ..self }
     }
 
     /// Whether a commit may go to the replica now, and its state for messages.
@@ -85,7 +96,14 @@ impl ReplicaSlot {
             Some(e) => format!("{} ({e})", s.state),
             None => s.state.to_string(),
         };
-        ReplicaView { name: self.name.clone(), available: s.state.is_available(), state }
+        match &self.setup {
+            // Between the start and the health loop's first connection: the replica did not
+            // answer at start, and nothing has installed capgate's functions there since.
+            Some(setup) if s.state.is_available() && !setup.installed() => {
+                ReplicaView { name: self.name.clone(), available: false, state: format!("not set up ({})", setup.why_not()) }
+            }
+            _ => ReplicaView { name: self.name.clone(), available: s.state.is_available(), state },
+        }
     }
 }
 
@@ -95,6 +113,10 @@ pub struct SyncShared {
     replicas: Vec<(String, DbUrl)>,
     /// Each replica's health, in the same order (empty: not watched).
     health: Vec<HealthView>,
+    /// Each replica's setup, in the same order (decision 0038).
+    setups: Vec<Arc<ReplicaSetup>>,
+    /// Woken when a replica that could not be set up at start is set up.
+    pub set_up_late: Arc<Notify>,
     /// `capgate:<site>:<instance>:`, unique to this process.
     prefix: String,
     next: std::sync::atomic::AtomicU64,
@@ -108,9 +130,12 @@ pub struct SyncShared {
 impl SyncShared {
     pub fn new(site: &str, replicas: &[crate::config::Replica]) -> SyncShared {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let set_up_late = Arc::new(Notify::new());
         SyncShared {
             replicas: replicas.iter().map(|r| (r.name.clone(), r.url.clone())).collect(),
             health: Vec::new(),
+            setups: replicas.iter().map(|r| ReplicaSetup::new(&r.name, set_up_late.clone())).collect(),
+            set_up_late,
             prefix: format!("{}{}-{started:x}:", crate::replicate::recovery::site_prefix(site), std::process::id()),
             next: std::sync::atomic::AtomicU64::new(1),
             site: site.to_owned(),
@@ -134,12 +159,21 @@ impl SyncShared {
             .iter()
             .enumerate()
             .map(|(i, (name, url))| {
-                Arc::new(match self.health.get(i) {
+                let slot = match self.health.get(i) {
                     Some(h) => ReplicaSlot::watched(name.clone(), url.clone(), h.clone()),
                     None => ReplicaSlot::new(name.clone(), url.clone()),
+                };
+                Arc::new(match self.setups.get(i) {
+                    Some(setup) => slot.with_setup(setup.clone()),
+                    None => slot,
                 })
             })
             .collect()
+    }
+
+    /// Each replica's setup, in configuration order.
+    pub fn setups(&self) -> &[Arc<ReplicaSetup>] {
+        &self.setups
     }
 
     /// Per replica: name and URL.
@@ -205,9 +239,14 @@ pub async fn commit<P: PrimaryTx>(
             // offer, all within the one timeout.
             Action::WaitAvailable { timeout } => {
                 let deadline = tokio::time::Instant::now() + timeout;
-                for health in replicas.iter().filter_map(|r| r.health.as_ref()) {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let _ = health.wait_available(left).await;
+                for slot in replicas.iter().filter(|r| r.health.is_some()) {
+                    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if let Some(health) = &slot.health {
+                        let _ = health.wait_available(left()).await;
+                    }
+                    if let Some(setup) = &slot.setup {
+                        setup.wait_installed(left()).await;
+                    }
                 }
                 Some(Event::Availability(views(replicas)))
             }
@@ -282,7 +321,13 @@ async fn prepare(slot: &ReplicaSlot, gid: &str, changes: &[Change], timeout: Dur
         let reused = idle.is_some();
         let mut conn = match idle {
             Some(c) => c,
-            None => ReplicaConn::connect(&slot.url, timeout).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?,
+            None => {
+                let mut c = ReplicaConn::connect(&slot.url, timeout).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?;
+                if let Some(setup) = &slot.setup {
+                    setup.ensure(c.conn()).await.map_err(|e| PrepareFailure::Unavailable(e.to_string()))?;
+                }
+                c
+            }
         };
         let mut sql = None;
         for fresh in [false, true] {

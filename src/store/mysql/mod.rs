@@ -4,6 +4,7 @@
 //! - [`primary`]: the primary's `capgate` database, session markers, privileges;
 //! - [`capture`]: the capture triggers generated per table and kept in step with the policy;
 //! - [`apply`]: row images turned back into statements on a replica;
+//! - [`replica_setup`]: whether a replica has capgate's functions yet (one unreachable at start is set up later);
 //! - [`batched`]: an async batch's statements merged (multi-row INSERT and DELETE, one row-count check);
 //! - [`position`], [`ship`], [`resolve`]: async shipping to a replica, exactly once (decision 0021);
 //! - [`copy`]: the initial copy of a table entering async replication, and its gate;
@@ -19,6 +20,7 @@ pub mod held;
 pub mod image;
 pub mod position;
 pub mod primary;
+pub mod replica_setup;
 pub mod resolve;
 pub mod ship;
 pub mod truncate;

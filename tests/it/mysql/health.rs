@@ -22,7 +22,7 @@ const POLICY: &str = "default = \"local\"\n\
     [[table]]\nmatch = \"cgsync.log\"\nmode = \"async\"\n";
 
 /// `/status` over HTTP, as JSON.
-async fn status(admin: SocketAddr) -> serde_json::Value {
+pub(super) async fn status(admin: SocketAddr) -> serde_json::Value {
     let (code, body) = tokio::task::spawn_blocking(move || crate::admin::get(admin, "/status", None)).await.expect("join");
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
@@ -35,7 +35,7 @@ async fn metrics(admin: SocketAddr) -> String {
 }
 
 /// Polls `/status` (bounded) until `check` holds for it; returns that document.
-async fn until(admin: SocketAddr, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+pub(super) async fn until(admin: SocketAddr, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let doc = status(admin).await;
