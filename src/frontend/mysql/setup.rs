@@ -61,8 +61,11 @@ pub async fn start(config: &Config, policy: &Policy) -> Result<Option<SyncShared
     );
     let _ = conn.disconnect().await;
     let sync = SyncShared::new(&config.site, &config.replicas);
-    for (r, setup) in config.replicas.iter().zip(sync.setups()) {
-        match setup.at_start(&r.url).await {
+    // Side by side: a silent partition costs the start one deadline, not one per replica.
+    let attempts = config.replicas.iter().zip(sync.setups()).map(|(r, setup)| setup.at_start(&r.url));
+    let results = futures_util::future::join_all(attempts).await;
+    for (r, result) in config.replicas.iter().zip(results) {
+        match result {
             Ok(()) => {}
             // A partition while capgate (re)starts must not take the site down (decision 0038).
             Err(e) if e.retry_helps() => warn!(
