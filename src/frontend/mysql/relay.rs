@@ -233,13 +233,15 @@ where
                     let payload = held.payload.unwrap_or_else(|| l.payload(&buf[at..at + l.bytes]).into_owned());
                     at += l.bytes;
                     start = at;
-                    super::hold::held(state, server, statements, &payload, held.hold).await?;
+                    // Boxed, as is the admin answer below: their futures are several KiB, and
+                    // held inline they would size every idle session's task.
+                    Box::pin(super::hold::held(state, server, statements, &payload, held.hold)).await?;
                 }
                 Verdict::Admin(sql) => {
                     write_flush(server, &buf[start..at]).await?;
                     at += l.bytes;
                     start = at;
-                    super::admin_sql::answer(state, statements, &sql).await;
+                    Box::pin(super::admin_sql::answer(state, statements, &sql)).await;
                 }
                 Verdict::Fatal(err) => {
                     write_flush(server, &buf[start..at]).await?;

@@ -92,7 +92,9 @@ async fn run(
         }
         Ok::<_, SessionError>(opened)
     };
-    let opened = tokio::time::timeout_at(deadline, login).await.map_err(|_| SessionError::AuthTimeout)??;
+    // Boxed: the login's future is larger than the relay's, and held inline it would size the
+    // session's task for as long as the session lives.
+    let opened = tokio::time::timeout_at(deadline, Box::pin(login)).await.map_err(|_| SessionError::AuthTimeout)??;
     let user = opened.response.user.clone();
     let thread = opened.greeting.connection_id;
     info!(%user, %peer, thread, database = opened.response.database.as_deref().unwrap_or(""), tls = opened.client_tls, "session started");
