@@ -15,19 +15,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::statements::{Statements, Verdict};
 use crate::classify::Classification;
+use crate::net::buffers::{self, ReadReady};
 use crate::protocol::mysql::packet::{self, Header, HEADER_LEN, MAX_PAYLOAD};
 use crate::protocol::mysql::response::{Event, Outcome, Tracker};
 use crate::protocol::mysql::{status, PacketError};
 
-/// Receive buffer size for each direction; an idle session's memory is mostly these two.
-const READ_CHUNK: usize = 8 * 1024;
-
-/// A buffer that grew past this for one large packet is given back once it is drained.
-const SHRINK_ABOVE: usize = 256 * 1024;
+/// Receive buffer size for each direction; a pump holds its buffer only while bytes are in
+/// it (`net::buffers`).
+const READ_CHUNK: usize = crate::net::buffers::READ_CHUNK;
 
 /// What the two pumps share about the session.
 #[derive(Debug, Default)]
@@ -151,12 +150,6 @@ pub enum PumpError {
     Stalled(Duration),
 }
 
-fn shrink(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
-        *buf = BytesMut::with_capacity(READ_CHUNK);
-    }
-}
-
 async fn write_flush<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     if !bytes.is_empty() {
         w.write_all(bytes).await?;
@@ -178,10 +171,9 @@ pub async fn client_pump<R, W>(
     stall: Duration,
 ) -> Result<End, PumpError>
 where
-    R: AsyncRead + Unpin + ?Sized,
+    R: ReadReady + ?Sized,
     W: AsyncWrite + Unpin + Send + ?Sized,
 {
-    buf.reserve(READ_CHUNK);
     loop {
         let (mut start, mut at) = (0, 0);
         let mut quit = false;
@@ -255,14 +247,14 @@ where
         if quit {
             return Ok(End::Quit);
         }
-        shrink(buf);
         if let Some(h) = Header::parse(buf) {
             buf.reserve((HEADER_LEN + h.len).saturating_sub(buf.len()).min(1 << 20));
-        } else if buf.capacity() - buf.len() < 512 {
+        } else if !buf.is_empty() && buf.capacity() - buf.len() < 512 {
             buf.reserve(READ_CHUNK);
         }
         let n = if buf.is_empty() {
-            rd.read_buf(buf).await?
+            // Waits without a buffer (given back to the pool) until the client sends.
+            buffers::read_buf(rd, buf).await?
         } else {
             tokio::time::timeout(stall, rd.read_buf(buf)).await.map_err(|_| PumpError::Stalled(stall))??
         };
@@ -276,12 +268,11 @@ where
 /// batches; capgate's own replies are written when their turn comes.
 pub async fn server_pump<R, W>(rd: &mut R, client: &mut W, buf: &mut BytesMut, state: &SessionState) -> Result<End, PumpError>
 where
-    R: AsyncRead + Unpin + ?Sized,
+    R: ReadReady + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
     // The previous physical packet was full: this one continues its payload.
     let mut continuing = false;
-    buf.reserve(READ_CHUNK);
     loop {
         let (mut start, mut at) = (0, 0);
         loop {
@@ -336,14 +327,13 @@ where
         }
         write_marked(state, client, &buf[start..at]).await?;
         buf.advance(at);
-        shrink(buf);
         if let Some(h) = Header::parse(buf) {
             buf.reserve((HEADER_LEN + h.len).saturating_sub(buf.len()).min(1 << 20));
-        } else if buf.capacity() - buf.len() < 512 {
+        } else if !buf.is_empty() && buf.capacity() - buf.len() < 512 {
             buf.reserve(READ_CHUNK);
         }
         tokio::select! {
-            n = rd.read_buf(buf) => {
+            n = buffers::read_buf(rd, buf) => {
                 if n? == 0 {
                     return Ok(End::Eof);
                 }
