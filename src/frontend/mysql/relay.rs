@@ -11,7 +11,9 @@
 //! contents rather than commands.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -109,15 +111,22 @@ pub enum After {
     User(String),
 }
 
-/// The shared state and the signal that capgate's own reply is waiting.
+/// The shared state and the signals between the two pumps. Both pumps are polled by the
+/// session's one task, the server pump right after the client pump (`session.rs`, a biased
+/// `select!`), so what the client pump queues is seen without a wake-up: the server pump
+/// checks `own_queued` each time it is polled while it waits to read, instead of registering
+/// with a `Notify` at every read (two lock round trips per read; the PostgreSQL relay dropped
+/// the same pattern, docs/performance.md).
 #[derive(Debug, Default)]
 pub struct SessionState {
     flow: Mutex<Flow>,
-    /// Wakes the server pump when the client pump queued an own reply.
-    pub wake: tokio::sync::Notify,
-    /// Wakes the client pump when the server pump emptied the reply queue (a held COMMIT
-    /// waits for every earlier reply).
-    pub drained: tokio::sync::Notify,
+    /// The client pump queued an own reply since the server pump last walked the queue.
+    own_queued: AtomicBool,
+    /// A held command or an admin answer waits for the reply queue to empty (`drained`).
+    drain_waiting: AtomicBool,
+    /// Wakes the client pump when the server pump emptied the reply queue while
+    /// `drain_waiting` (a held COMMIT waits for every earlier reply).
+    drained: tokio::sync::Notify,
     /// The server pump is writing to the client: if it is stopped now, the client may hold
     /// part of a packet, and capgate must not add one of its own.
     pub writing: std::sync::atomic::AtomicBool,
@@ -126,6 +135,23 @@ pub struct SessionState {
 impl SessionState {
     pub fn lock(&self) -> MutexGuard<'_, Flow> {
         self.flow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue capgate's own reply, sent when its turn comes. Called from the client pump: the
+    /// server pump, polled next by the same task, sees it.
+    pub fn push_own(&self, bytes: Vec<u8>) {
+        let mut flow = self.lock();
+        flow.queue.push_back(Pending::Own(bytes));
+        self.own_queued.store(true, Ordering::Release);
+    }
+
+    /// Wait until every reply queued so far has reached the client.
+    pub async fn wait_drained(&self) {
+        self.drain_waiting.store(true, Ordering::Release);
+        while !self.lock().queue.is_empty() {
+            self.drained.notified().await;
+        }
+        self.drain_waiting.store(false, Ordering::Release);
     }
 }
 
@@ -217,8 +243,7 @@ where
                     write_flush(server, &buf[start..at]).await?;
                     at += l.bytes;
                     start = at;
-                    state.lock().queue.push_back(Pending::Own(err));
-                    state.wake.notify_one();
+                    state.push_own(err);
                 }
                 Verdict::Hold(held) => {
                     write_flush(server, &buf[start..at]).await?;
@@ -282,6 +307,7 @@ where
             let mut flush = false;
             {
                 let mut flow = state.lock();
+                state.own_queued.store(false, Ordering::Relaxed);
                 loop {
                     if matches!(flow.queue.front(), Some(Pending::Own(_))) {
                         if let Some(Pending::Own(bytes)) = flow.queue.pop_front() {
@@ -312,7 +338,7 @@ where
                         start = at;
                     }
                 }
-                if flow.queue.is_empty() {
+                if flow.queue.is_empty() && state.drain_waiting.load(Ordering::Acquire) {
                     state.drained.notify_one();
                 }
             }
@@ -332,19 +358,22 @@ where
         } else if !buf.is_empty() && buf.capacity() - buf.len() < 512 {
             buf.reserve(READ_CHUNK);
         }
-        tokio::select! {
-            n = buffers::read_buf(rd, buf) => {
-                if n? == 0 {
-                    return Ok(End::Eof);
-                }
+        // An own reply queued while this pump waits ends the wait (see `SessionState`).
+        let read = std::future::poll_fn(|cx| {
+            if state.own_queued.load(Ordering::Acquire) {
+                return Poll::Ready(None);
             }
-            _ = state.wake.notified() => {}
+            buffers::poll_read_buf(rd, buf, cx).map(Some)
+        });
+        if let Some(n) = read.await {
+            if n? == 0 {
+                return Ok(End::Eof);
+            }
         }
     }
 }
 
 async fn write_marked<W: AsyncWrite + Unpin + ?Sized>(state: &SessionState, w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    use std::sync::atomic::Ordering;
     state.writing.store(true, Ordering::Release);
     write_flush(w, bytes).await?;
     state.writing.store(false, Ordering::Release);
