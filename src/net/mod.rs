@@ -1,5 +1,6 @@
 //! Sockets and TLS shared by the front ends and by links to other databases.
 
+pub mod buffers;
 pub mod tls;
 
 use std::io;
@@ -17,8 +18,8 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
-/// The reading half of a split [`Stream`].
-pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The reading half of a split [`Stream`]; it can wait for readiness without a buffer.
+pub type ReadHalf = Box<dyn buffers::ReadReady + Send>;
 /// The writing half of a split [`Stream`].
 pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 

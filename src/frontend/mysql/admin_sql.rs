@@ -28,7 +28,7 @@
 
 use std::sync::Arc;
 
-use super::relay::{Pending, SessionState};
+use super::relay::SessionState;
 use super::statements::Statements;
 use crate::admin::commands::{self, Names};
 use crate::admin::table::{ColumnType, ResultTable};
@@ -177,12 +177,7 @@ pub fn prepare_refusal() -> Vec<u8> {
 /// Answer the admin command `sql` once every earlier reply has reached the client: queue
 /// capgate's own reply in its turn.
 pub async fn answer(state: &SessionState, statements: &Statements, sql: &str) {
-    loop {
-        if state.lock().queue.is_empty() {
-            break;
-        }
-        state.drained.notified().await;
-    }
+    state.wait_drained().await;
     let (flags, database) = {
         let flow = state.lock();
         (flow.status, flow.schema.clone())
@@ -197,8 +192,7 @@ pub async fn answer(state: &SessionState, statements: &Statements, sql: &str) {
             error(&e)
         }
     };
-    state.lock().queue.push_back(Pending::Own(reply));
-    state.wake.notify_one();
+    state.push_own(reply);
 }
 
 /// An [`AdminError`] as an ERR packet with MySQL's code for it.

@@ -51,12 +51,7 @@ where
 {
     // Every reply before it reaches the client first; then the status flags say whether a
     // transaction is open.
-    loop {
-        if state.lock().queue.is_empty() {
-            break;
-        }
-        state.drained.notified().await;
-    }
+    state.wait_drained().await;
     let flags = state.lock().status;
     let in_trans = flags & status::IN_TRANS != 0;
     match hold {
@@ -298,8 +293,7 @@ fn client_reply(outcome: Outcome, reply: Option<Vec<u8>>) -> Vec<u8> {
 
 /// Queue `bytes` as the client's reply, in its turn.
 fn queue(state: &SessionState, bytes: Vec<u8>) {
-    state.lock().queue.push_back(Pending::Own(bytes));
-    state.wake.notify_one();
+    state.push_own(bytes);
 }
 
 /// Write whole commands (each payload as one packet with sequence id 0).

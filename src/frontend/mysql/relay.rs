@@ -11,23 +11,24 @@
 //! contents rather than commands.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::statements::{Statements, Verdict};
 use crate::classify::Classification;
+use crate::net::buffers::{self, ReadReady};
 use crate::protocol::mysql::packet::{self, Header, HEADER_LEN, MAX_PAYLOAD};
 use crate::protocol::mysql::response::{Event, Outcome, Tracker};
 use crate::protocol::mysql::{status, PacketError};
 
-/// Receive buffer size for each direction; an idle session's memory is mostly these two.
-const READ_CHUNK: usize = 8 * 1024;
-
-/// A buffer that grew past this for one large packet is given back once it is drained.
-const SHRINK_ABOVE: usize = 256 * 1024;
+/// Receive buffer size for each direction; a pump holds its buffer only while bytes are in
+/// it (`net::buffers`).
+const READ_CHUNK: usize = crate::net::buffers::READ_CHUNK;
 
 /// What the two pumps share about the session.
 #[derive(Debug, Default)]
@@ -110,15 +111,22 @@ pub enum After {
     User(String),
 }
 
-/// The shared state and the signal that capgate's own reply is waiting.
+/// The shared state and the signals between the two pumps. Both pumps are polled by the
+/// session's one task, the server pump right after the client pump (`session.rs`, a biased
+/// `select!`), so what the client pump queues is seen without a wake-up: the server pump
+/// checks `own_queued` each time it is polled while it waits to read, instead of registering
+/// with a `Notify` at every read (two lock round trips per read; the PostgreSQL relay dropped
+/// the same pattern, docs/performance.md).
 #[derive(Debug, Default)]
 pub struct SessionState {
     flow: Mutex<Flow>,
-    /// Wakes the server pump when the client pump queued an own reply.
-    pub wake: tokio::sync::Notify,
-    /// Wakes the client pump when the server pump emptied the reply queue (a held COMMIT
-    /// waits for every earlier reply).
-    pub drained: tokio::sync::Notify,
+    /// The client pump queued an own reply since the server pump last walked the queue.
+    own_queued: AtomicBool,
+    /// A held command or an admin answer waits for the reply queue to empty (`drained`).
+    drain_waiting: AtomicBool,
+    /// Wakes the client pump when the server pump emptied the reply queue while
+    /// `drain_waiting` (a held COMMIT waits for every earlier reply).
+    drained: tokio::sync::Notify,
     /// The server pump is writing to the client: if it is stopped now, the client may hold
     /// part of a packet, and capgate must not add one of its own.
     pub writing: std::sync::atomic::AtomicBool,
@@ -127,6 +135,23 @@ pub struct SessionState {
 impl SessionState {
     pub fn lock(&self) -> MutexGuard<'_, Flow> {
         self.flow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue capgate's own reply, sent when its turn comes. Called from the client pump: the
+    /// server pump, polled next by the same task, sees it.
+    pub fn push_own(&self, bytes: Vec<u8>) {
+        let mut flow = self.lock();
+        flow.queue.push_back(Pending::Own(bytes));
+        self.own_queued.store(true, Ordering::Release);
+    }
+
+    /// Wait until every reply queued so far has reached the client.
+    pub async fn wait_drained(&self) {
+        self.drain_waiting.store(true, Ordering::Release);
+        while !self.lock().queue.is_empty() {
+            self.drained.notified().await;
+        }
+        self.drain_waiting.store(false, Ordering::Release);
     }
 }
 
@@ -151,12 +176,6 @@ pub enum PumpError {
     Stalled(Duration),
 }
 
-fn shrink(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
-        *buf = BytesMut::with_capacity(READ_CHUNK);
-    }
-}
-
 async fn write_flush<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     if !bytes.is_empty() {
         w.write_all(bytes).await?;
@@ -178,10 +197,9 @@ pub async fn client_pump<R, W>(
     stall: Duration,
 ) -> Result<End, PumpError>
 where
-    R: AsyncRead + Unpin + ?Sized,
+    R: ReadReady + ?Sized,
     W: AsyncWrite + Unpin + Send + ?Sized,
 {
-    buf.reserve(READ_CHUNK);
     loop {
         let (mut start, mut at) = (0, 0);
         let mut quit = false;
@@ -225,21 +243,22 @@ where
                     write_flush(server, &buf[start..at]).await?;
                     at += l.bytes;
                     start = at;
-                    state.lock().queue.push_back(Pending::Own(err));
-                    state.wake.notify_one();
+                    state.push_own(err);
                 }
                 Verdict::Hold(held) => {
                     write_flush(server, &buf[start..at]).await?;
                     let payload = held.payload.unwrap_or_else(|| l.payload(&buf[at..at + l.bytes]).into_owned());
                     at += l.bytes;
                     start = at;
-                    super::hold::held(state, server, statements, &payload, held.hold).await?;
+                    // Boxed, as is the admin answer below: their futures are several KiB, and
+                    // held inline they would size every idle session's task.
+                    Box::pin(super::hold::held(state, server, statements, &payload, held.hold)).await?;
                 }
                 Verdict::Admin(sql) => {
                     write_flush(server, &buf[start..at]).await?;
                     at += l.bytes;
                     start = at;
-                    super::admin_sql::answer(state, statements, &sql).await;
+                    Box::pin(super::admin_sql::answer(state, statements, &sql)).await;
                 }
                 Verdict::Fatal(err) => {
                     write_flush(server, &buf[start..at]).await?;
@@ -253,14 +272,14 @@ where
         if quit {
             return Ok(End::Quit);
         }
-        shrink(buf);
         if let Some(h) = Header::parse(buf) {
             buf.reserve((HEADER_LEN + h.len).saturating_sub(buf.len()).min(1 << 20));
-        } else if buf.capacity() - buf.len() < 512 {
+        } else if !buf.is_empty() && buf.capacity() - buf.len() < 512 {
             buf.reserve(READ_CHUNK);
         }
         let n = if buf.is_empty() {
-            rd.read_buf(buf).await?
+            // Waits without a buffer (given back to the pool) until the client sends.
+            buffers::read_buf(rd, buf).await?
         } else {
             tokio::time::timeout(stall, rd.read_buf(buf)).await.map_err(|_| PumpError::Stalled(stall))??
         };
@@ -274,12 +293,11 @@ where
 /// batches; capgate's own replies are written when their turn comes.
 pub async fn server_pump<R, W>(rd: &mut R, client: &mut W, buf: &mut BytesMut, state: &SessionState) -> Result<End, PumpError>
 where
-    R: AsyncRead + Unpin + ?Sized,
+    R: ReadReady + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
     // The previous physical packet was full: this one continues its payload.
     let mut continuing = false;
-    buf.reserve(READ_CHUNK);
     loop {
         let (mut start, mut at) = (0, 0);
         loop {
@@ -289,6 +307,7 @@ where
             let mut flush = false;
             {
                 let mut flow = state.lock();
+                state.own_queued.store(false, Ordering::Relaxed);
                 loop {
                     if matches!(flow.queue.front(), Some(Pending::Own(_))) {
                         if let Some(Pending::Own(bytes)) = flow.queue.pop_front() {
@@ -319,7 +338,7 @@ where
                         start = at;
                     }
                 }
-                if flow.queue.is_empty() {
+                if flow.queue.is_empty() && state.drain_waiting.load(Ordering::Acquire) {
                     state.drained.notify_one();
                 }
             }
@@ -334,25 +353,27 @@ where
         }
         write_marked(state, client, &buf[start..at]).await?;
         buf.advance(at);
-        shrink(buf);
         if let Some(h) = Header::parse(buf) {
             buf.reserve((HEADER_LEN + h.len).saturating_sub(buf.len()).min(1 << 20));
-        } else if buf.capacity() - buf.len() < 512 {
+        } else if !buf.is_empty() && buf.capacity() - buf.len() < 512 {
             buf.reserve(READ_CHUNK);
         }
-        tokio::select! {
-            n = rd.read_buf(buf) => {
-                if n? == 0 {
-                    return Ok(End::Eof);
-                }
+        // An own reply queued while this pump waits ends the wait (see `SessionState`).
+        let read = std::future::poll_fn(|cx| {
+            if state.own_queued.load(Ordering::Acquire) {
+                return Poll::Ready(None);
             }
-            _ = state.wake.notified() => {}
+            buffers::poll_read_buf(rd, buf, cx).map(Some)
+        });
+        if let Some(n) = read.await {
+            if n? == 0 {
+                return Ok(End::Eof);
+            }
         }
     }
 }
 
 async fn write_marked<W: AsyncWrite + Unpin + ?Sized>(state: &SessionState, w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    use std::sync::atomic::Ordering;
     state.writing.store(true, Ordering::Release);
     write_flush(w, bytes).await?;
     state.writing.store(false, Ordering::Release);

@@ -92,7 +92,9 @@ async fn run(
         }
         Ok::<_, SessionError>(opened)
     };
-    let opened = tokio::time::timeout_at(deadline, login).await.map_err(|_| SessionError::AuthTimeout)??;
+    // Boxed: the login's future is larger than the relay's, and held inline it would size the
+    // session's task for as long as the session lives.
+    let opened = tokio::time::timeout_at(deadline, Box::pin(login)).await.map_err(|_| SessionError::AuthTimeout)??;
     let user = opened.response.user.clone();
     let thread = opened.greeting.connection_id;
     info!(%user, %peer, thread, database = opened.response.database.as_deref().unwrap_or(""), tls = opened.client_tls, "session started");
@@ -144,7 +146,11 @@ async fn relay_until_end(
     let outcome = {
         let up = relay::client_pump(&mut client_rd, &mut server_wr, &mut client_buf, state, statements, max, stall);
         let down = relay::server_pump(&mut server_rd, &mut client_wr, &mut server_buf, state);
+        // Biased, in this order: the server pump must be polled after the client pump, so
+        // that it sees the own replies the client pump queued without a wake-up
+        // (`relay::SessionState`); no random start is drawn per poll either.
         tokio::select! {
+            biased;
             r = up => Side::Client(r),
             r = down => Side::Server(r),
             _ = wait_idle_shutdown(&mut shutdown, state) => Side::Shutdown,

@@ -10,16 +10,16 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
-use std::future::Future;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 pub use super::replies::Hidden;
+use crate::net::buffers::{self, ReadReady};
 use crate::protocol::postgres::frame::{FrameCursor, FrameError, Step};
 
-/// Receive buffer size for each direction. Large enough that a pgbench round trip is one
-/// read; an idle session's memory is dominated by these two buffers.
-const READ_CHUNK: usize = 8 * 1024;
+/// Receive buffer size for each direction: large enough that a pgbench round trip is one
+/// read. A pump holds its buffer only while bytes are in it (`net::buffers`).
+const READ_CHUNK: usize = crate::net::buffers::READ_CHUNK;
 
 /// The most a pump reserves at once while a frame it must see whole arrives.
 const MAX_RESERVE: usize = 1 << 20;
@@ -143,9 +143,7 @@ pub struct Pump {
 impl Pump {
     /// A pump that starts with bytes already received (`leftover` from the startup phase).
     pub fn new(leftover: BytesMut, max_frame: u32) -> Pump {
-        let mut buf = leftover;
-        buf.reserve(READ_CHUNK);
-        Pump { buf, cursor: FrameCursor::new(max_frame), mid_write: false }
+        Pump { buf: leftover, cursor: FrameCursor::new(max_frame), mid_write: false }
     }
 
     /// Bytes received and not yet forwarded; after [`End::Held`] or [`End::Interrupted`] they
@@ -186,7 +184,7 @@ impl Pump {
         stop_reading: Option<&(dyn Fn() -> bool + Sync)>,
     ) -> Result<End, PumpError>
     where
-        R: AsyncRead + Unpin + ?Sized,
+        R: ReadReady + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
     {
         loop {
@@ -253,7 +251,8 @@ impl Pump {
             if stop {
                 return Ok(End::Stopped);
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
+            // An empty buffer is given back while the pump waits (`buffers::read_buf`).
+            if !self.buf.is_empty() && self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(READ_CHUNK);
             }
             // Everything stepped is written: the only safe place to be stopped from outside.
@@ -264,15 +263,15 @@ impl Pump {
                         if stop() {
                             return std::task::Poll::Ready(None);
                         }
-                        // A fresh read future per poll: reading into `buf` is cancel-safe.
-                        std::pin::pin!(reader.read_buf(&mut *buf)).poll(cx).map(Some)
+                        // Reading into `buf` is cancel-safe.
+                        buffers::poll_read_buf(reader, buf, cx).map(Some)
                     });
                     match read.await {
                         Some(r) => r?,
                         None => return Ok(End::Interrupted),
                     }
                 }
-                _ => reader.read_buf(&mut self.buf).await?,
+                _ => buffers::read_buf(reader, &mut self.buf).await?,
             };
             if read == 0 {
                 return Ok(End::Eof);

@@ -329,7 +329,9 @@ async fn relay(
         if let Side::Client(Ok(End::Held)) = side {
             if let Some(sql) = super::admin_sql::take_held(up.buffer()) {
                 let status = state.tx_status.load(Ordering::Acquire);
-                super::admin_sql::answer(shared, user, &sql, status, &mut client_wr).await.map_err(SessionError::Io)?;
+                // Boxed, as is the coordinator below: their futures are several KiB, and held
+                // inline they would size every idle session's task (docs/performance.md).
+                Box::pin(super::admin_sql::answer(shared, user, &sql, status, &mut client_wr)).await.map_err(SessionError::Io)?;
                 continue;
             }
             let coordinator = Coordinator::new(
@@ -340,7 +342,7 @@ async fn relay(
                 (&mut server_rd, &mut server_wr, down.buffer()),
             );
             let hold = held.take().unwrap_or(super::statements::Hold::Commit);
-            match coordinator.run(hold).await {
+            match Box::pin(coordinator.run(hold)).await {
                 Ok(Exit::Resume) => continue,
                 Ok(Exit::Closed) => return Ok(()),
                 Err(e) => {
