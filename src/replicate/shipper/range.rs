@@ -72,6 +72,11 @@ fn range_sql(from_start: bool) -> String {
 /// the WAL before B was taken, so before this record. This runs before the replica commits
 /// any part of the range, so a change the primary could still lose in a crash (its client
 /// committed with `synchronous_commit = off`) is never on a replica.
+///
+/// The test is bounded by B's `xmax` as well as A's `xmin`, so it is an index range scan over
+/// the changes after A: with A alone, a generic plan cannot tell how many rows lie above A
+/// and scans `capgate.changes` whole, every shipped change kept for the retention included
+/// (5 ms a range at 56,000 rows; decision 0037).
 fn snapshot_sql(from_start: bool) -> String {
     let after_a = if from_start {
         "$1::text IS NULL"
@@ -79,7 +84,8 @@ fn snapshot_sql(from_start: bool) -> String {
         "xid >= pg_snapshot_xmin($1::text::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot)"
     };
     format!(
-        "SELECT s.snapshot, s.unlisted, CASE WHEN EXISTS (SELECT 1 FROM capgate.changes WHERE {after_a} AND tbl = ANY ($3::text[])) \
+        "SELECT s.snapshot, s.unlisted, CASE WHEN EXISTS (SELECT 1 FROM capgate.changes WHERE {after_a} \
+         AND xid < pg_snapshot_xmax(s.snapshot::pg_snapshot) AND tbl = ANY ($3::text[])) \
          THEN pg_catalog.pg_logical_emit_message(true, 'capgate', 'durable') IS NOT NULL ELSE false END \
          FROM ({}) AS s(snapshot, unlisted)",
         super::tables::range_snapshot_sql("$2")
