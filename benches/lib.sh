@@ -75,7 +75,8 @@ ${CAPGATE_WORKERS:+workers = $CAPGATE_WORKERS}
 url = "postgres://postgres@$host:$pgport/postgres?sslmode=disable"
 CONF
     log "capgate on port $port ($CAPGATE_BIN)"
-    "$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
+    # In a session of its own: see start_capgate_config.
+    setsid "$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
     CAPGATE_PID=$!
     wait_accepting capgate "$port" "$CAPGATE_PID" || { tail -30 "$TMP/capgate.log" >&2; die "capgate does not accept connections"; }
 }
@@ -135,9 +136,16 @@ stop_postgres_named() {
 
 # capgate with the config file $1, listening on port $2 (as the config says), output appended
 # to $3; sets CAPGATE_PID. Dies if it does not accept connections.
+#
+# capgate runs in a session of its own (setsid), as a service manager starts a daemon and as
+# pg_ctl starts PostgreSQL and `pgbouncer -d` PgBouncer: the kernel's autogroup scheduler
+# shares a busy CPU between sessions first, so a capgate left in this script's session, with
+# pgbench and the other site's capgate, starved the PostgreSQL backends of its own site's
+# shipper and walwriter (100–400 ms in the run queue per wake-up, measured from
+# /proc/PID/schedstat) and replication waited until the load stopped (decision 0037).
 start_capgate_config() {
     local config=$1 port=$2 logf=$3
-    "$CAPGATE_BIN" run --config "$config" >>"$logf" 2>&1 &
+    setsid "$CAPGATE_BIN" run --config "$config" >>"$logf" 2>&1 &
     CAPGATE_PID=$!
     wait_accepting capgate "$port" "$CAPGATE_PID" || { tail -30 "$logf" >&2; die "capgate does not accept connections"; }
 }

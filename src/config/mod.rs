@@ -89,6 +89,10 @@ pub struct Replica {
     /// take writes): its own transactions may hold rows a sync commit needs, so a cross-site
     /// lock conflict is possible and one side must yield (decision 0018).
     pub takes_writes: bool,
+    /// Least time from the start of one async range to the start of the next while changes
+    /// keep coming (PostgreSQL replicas; decision 0037): fewer, larger ranges cost less CPU
+    /// per change on both sites, at up to this much more lag.
+    pub ship_interval: Duration,
 }
 
 /// TLS towards applications.
@@ -270,21 +274,30 @@ mod tests {
         assert_eq!(r.heartbeat_timeout, Duration::from_secs(2), "twice partition_latency");
         assert_eq!((r.partition_after, r.heal_after, r.pool_size), (3, 4, 16));
         assert!(!r.takes_writes, "one-way unless said otherwise");
+        assert_eq!(r.ship_interval, Duration::from_millis(200));
         assert_eq!(r.url.sslmode, crate::config::SslMode::VerifyFull, "TLS verified between sites unless the URL says otherwise");
         let set = "partition_latency = \"300ms\"\nheartbeat_interval = \"50ms\"\nheartbeat_timeout = \"1s\"\n\
-                   partition_after = 5\nheal_after = 2\npool_size = 4\ntakes_writes = true\n";
+                   partition_after = 5\nheal_after = 2\npool_size = 4\ntakes_writes = true\nship_interval = \"0s\"\n";
         let c = Config::parse(&format!("{MINIMAL}{replica}{set}"), Path::new("c.toml")).unwrap();
         let r = &c.replicas[0];
         assert!(r.takes_writes);
         assert_eq!(r.heartbeat_timeout, Duration::from_secs(1));
         assert_eq!((r.partition_after, r.heal_after, r.pool_size), (5, 2, 4));
+        assert_eq!(r.ship_interval, Duration::ZERO);
         let bad = "partition_latency = \"0ms\"\nheartbeat_interval = \"1ms\"\nheartbeat_timeout = \"0s\"\n\
-                   partition_after = 0\nheal_after = -1\npool_size = 0\ntakes_writes = \"yes\"\n";
+                   partition_after = 0\nheal_after = -1\npool_size = 0\ntakes_writes = \"yes\"\nship_interval = \"2m\"\n";
         let err = Config::parse(&format!("{MINIMAL}{replica}{bad}"), Path::new("c.toml")).unwrap_err();
         let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
-        for k in
-            ["partition_latency", "heartbeat_interval", "heartbeat_timeout", "partition_after", "heal_after", "pool_size", "takes_writes"]
-        {
+        for k in [
+            "partition_latency",
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "partition_after",
+            "heal_after",
+            "pool_size",
+            "takes_writes",
+            "ship_interval",
+        ] {
             assert!(keys.contains(&format!("replicas[0].{k}").as_str()), "{k} missing from {keys:?}");
         }
     }

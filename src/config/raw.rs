@@ -51,6 +51,7 @@ pub(super) struct RawReplica {
     pub heal_after: i64,
     pub pool_size: i64,
     pub takes_writes: bool,
+    pub ship_interval: String,
 }
 
 pub(super) struct RawTls {
@@ -96,6 +97,7 @@ const REPLICA_KEYS: &[&str] = &[
     "heal_after",
     "pool_size",
     "takes_writes",
+    "ship_interval",
 ];
 const TLS_KEYS: &[&str] = &["cert", "key", "mode"];
 const USER_KEYS: &[&str] = &["name", "password", "scram_verifier"];
@@ -298,6 +300,7 @@ impl Reader<'_> {
             heal_after: self.integer(t, "heal_after", &format!("{p}.heal_after"), 4),
             pool_size: self.integer(t, "pool_size", &format!("{p}.pool_size"), 16),
             takes_writes: self.boolean(t, "takes_writes", &format!("{p}.takes_writes"), false),
+            ship_interval: self.string(t, "ship_interval", &format!("{p}.ship_interval")).unwrap_or_else(|| "200ms".into()),
         }
     }
 

@@ -106,6 +106,10 @@ impl Validator<'_> {
             if heartbeat_timeout.is_zero() {
                 self.problem(format!("{key}.heartbeat_timeout"), "expected a duration above 0");
             }
+            let ship_interval = self.duration(&format!("{key}.ship_interval"), &r.ship_interval);
+            if ship_interval > Duration::from_secs(60) {
+                self.problem(format!("{key}.ship_interval"), "expected a duration from 0s to 1m");
+            }
             let url = self.replica_url(&format!("{key}.url"), r.url.as_deref());
             // (A missing URL was reported already; its placeholder has no scheme to compare.)
             if r.url.is_some() && raw.primary_url.is_some() && url.scheme != primary.url.scheme {
@@ -127,6 +131,7 @@ impl Validator<'_> {
                 heal_after: self.count(&format!("{key}.heal_after"), r.heal_after, 1000) as u32,
                 pool_size: self.count(&format!("{key}.pool_size"), r.pool_size, 10_000) as usize,
                 takes_writes: r.takes_writes,
+                ship_interval,
                 name,
             });
         }

@@ -19,13 +19,18 @@ use crate::support::{connect, scratch, sqlstate, Proxy};
 /// A proxy for site `site` replicating to the bed's replica through `link`, with an admin
 /// listener; the capgate schema is installed on the primary first.
 pub(crate) async fn async_proxy(site: &str, policy: &str, link: &Link) -> Proxy {
+    async_proxy_with(site, policy, link, "").await
+}
+
+/// [`async_proxy`] with more keys (`replica_keys`, TOML lines) in the replica's section.
+async fn async_proxy_with(site: &str, policy: &str, link: &Link, replica_keys: &str) -> Proxy {
     let client = connect(&bed().a_primary_url()).await;
     capgate::store::postgres::primary::install_primary(&client).await.unwrap();
     let dir = scratch(site);
     std::fs::write(dir.join("policy.toml"), policy).unwrap();
     let replica_url = format!("postgres://postgres@127.0.0.1:{}/postgres", link.addr().port());
     let text = format!(
-        "site = \"{site}\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\npolicy = \"{}\"\n\n[primary]\nurl = \"{}?sslmode=disable\"\n\n[[replicas]]\nname = \"b\"\nurl = \"{replica_url}?sslmode=disable&connect_timeout=2\"\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\n",
+        "site = \"{site}\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\npolicy = \"{}\"\n\n[primary]\nurl = \"{}?sslmode=disable\"\n\n[[replicas]]\nname = \"b\"\nurl = \"{replica_url}?sslmode=disable&connect_timeout=2\"\nheartbeat_interval = \"100ms\"\nheartbeat_timeout = \"500ms\"\npartition_latency = \"500ms\"\n{replica_keys}",
         dir.join("policy.toml").display(),
         bed().a_primary_url(),
     );
@@ -153,6 +158,37 @@ async fn async_writes_of_every_kind_reach_the_replica_and_rolled_back_ones_never
     assert_eq!(primary_rows("SELECT id, qty, note FROM as_item ORDER BY id").await, want_items);
     assert_eq!(replica_rows("SELECT id, qty, note FROM as_item ORDER BY id").await, want_items);
     verify_equal_for(site, &["public.as_item"]).await;
+}
+
+/// `ship_interval` batches by time (decision 0037): while changes keep coming, a range starts
+/// at most once per interval, so writes spread over a few seconds arrive in a few ranges
+/// (back to back, each write would be a range of its own), and every one of them arrives.
+#[tokio::test]
+async fn writes_arriving_steadily_ship_in_one_range_per_ship_interval() {
+    let _one = crate::replication::exclusive().await;
+    let site = "as_interval_site";
+    on_both("DROP TABLE IF EXISTS as_tick; CREATE TABLE as_tick (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())").await;
+    let policy = "default = \"local\"\n[[table]]\nmatch = \"public.as_tick\"\nmode = \"async\"\n";
+    let link = own_link();
+    let p = async_proxy_with(site, policy, &link, "ship_interval = \"1s\"\n").await;
+    let admin = p.admin.expect("admin listener");
+    shipping(admin).await;
+    drained(site, admin).await;
+    let ranges = || async { replica_status(admin).await["shipper"]["ranges"].as_u64().expect("ranges in /status") };
+    let before = ranges().await;
+    let app = connect(&p.url("postgres", "postgres")).await;
+    let began = std::time::Instant::now();
+    for id in 0..40 {
+        app.execute("INSERT INTO as_tick (id) VALUES ($1)", &[&id]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drained(site, admin).await;
+    let (shipped_in, elapsed) = (ranges().await - before, began.elapsed().as_secs_f64());
+    // Ranges start at least 1 s apart: over `elapsed` seconds, at most one per second and
+    // one more (the first starts at once).
+    assert!(shipped_in >= 1 && shipped_in as f64 <= elapsed.floor() + 1.0, "{shipped_in} ranges in {elapsed:.1} s");
+    assert_eq!(replica_rows("SELECT count(*) FROM as_tick").await, vec!["40".to_owned()]);
+    verify_equal_for(site, &["public.as_tick"]).await;
 }
 
 #[tokio::test]

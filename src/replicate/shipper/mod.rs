@@ -72,6 +72,10 @@ pub struct ShipperConfig {
     pub part_changes: usize,
     /// How often an idle shipper looks for new changes (a [`Shipper::wake`] is faster).
     pub poll_interval: Duration,
+    /// Least time from the start of one range to the start of the next (`ship_interval`,
+    /// decision 0037): under a steady load each range then carries what came in meanwhile,
+    /// and its fixed costs (snapshot, WAL flushes, statements) are paid once for all of it.
+    pub ship_interval: Duration,
     /// How often a shipper without the lock tries to take it.
     pub lock_poll: Duration,
     /// Upper bound on any one operation (connect, a page, a copy step); a silent partition
@@ -112,6 +116,7 @@ impl ShipperConfig {
             page_bytes: 8 << 20,
             part_changes: 10_000,
             poll_interval: Duration::from_millis(100),
+            ship_interval: Duration::ZERO,
             lock_poll: Duration::from_secs(1),
             deadline: Duration::from_secs(30),
             backoff_min: Duration::from_millis(100),
@@ -139,6 +144,7 @@ impl ShipperConfig {
         c.all_replicas = config.replicas.iter().map(|r| r.name.clone()).collect();
         c.conflict_log = config.conflict_log.clone();
         c.replica_takes_writes = replica.takes_writes;
+        c.ship_interval = replica.ship_interval;
         Ok(c)
     }
 }

@@ -351,6 +351,7 @@ impl Run {
                 self.stats.set_phase(Phase::Running);
             }
             let filters = tables::filters(&states, &async_tables, cfg.initial_copy);
+            let range_began = Instant::now();
             let ranged = self.range(primary, &replica.client, &stmts, &mut at, &filters, &listed_tables).await;
             match ranged {
                 Ok(Ranged::Applied { snapshot }) => {
@@ -358,6 +359,10 @@ impl Run {
                     *self.stats.applied_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = at.snapshot.clone();
                     if let Err(e) = self.note_shipped(primary, &snapshot).await {
                         return Fail::Primary(e);
+                    }
+                    // Batching by time (decision 0037): what commits meanwhile goes in the next range.
+                    if let Some(rest) = cfg.ship_interval.checked_sub(range_began.elapsed()) {
+                        tokio::time::sleep(rest).await;
                     }
                 }
                 Ok(Ranged::Empty { snapshot }) => {
