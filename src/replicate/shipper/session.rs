@@ -534,13 +534,25 @@ impl Run {
     /// a change whose transaction is older than every replica's snapshot `xmin` was either
     /// applied there or rolled back. A range committed in part keeps its changes: they are
     /// not visible in its start `A`, the snapshot noted until its last part commits.
+    ///
+    /// Only the changes before the first one inside the retention are looked at (`seq` below
+    /// `$3`, found by walking the primary key from its start): every other condition holds
+    /// for nearly every row kept, so without that bound each prune read the whole retention
+    /// (an hour of changes by default) to delete a minute of them — 1.7 s against 0.02 s at
+    /// 2 million rows kept and 32,000 due (decision 0037).
     async fn prune(&self, primary: &Client) -> Result<(), String> {
-        let sql = "DELETE FROM capgate.changes WHERE xid < (SELECT min(pg_snapshot_xmin(snapshot)) FROM capgate.shipped_snapshots WHERE replica = ANY ($1)) \
+        let first_kept = "SELECT coalesce((SELECT seq FROM capgate.changes WHERE at >= now() - make_interval(secs => $1) ORDER BY seq LIMIT 1), \
+                          9223372036854775807)";
+        let sql = "DELETE FROM capgate.changes WHERE seq < $3 \
+                   AND xid < (SELECT min(pg_snapshot_xmin(snapshot)) FROM capgate.shipped_snapshots WHERE replica = ANY ($1)) \
                    AND (SELECT count(*) FROM capgate.shipped_snapshots WHERE replica = ANY ($1)) = cardinality($1::text[]) \
                    AND at < now() - make_interval(secs => $2)";
         let cfg = &self.config;
         let secs = cfg.retention.as_secs_f64();
-        let n = self.timed("pruning shipped changes", primary.execute(sql, &[&cfg.all_replicas, &secs])).await?;
+        let row = self.timed("finding the changes due for pruning", primary.query_one(first_kept, &[&secs])).await?;
+        let before: i64 = row.try_get(0).map_err(|e| e.to_string())?;
+        // A statement of its own each time, so it is planned with `$3` known: an index range.
+        let n = self.timed("pruning shipped changes", primary.execute(sql, &[&cfg.all_replicas, &secs, &before])).await?;
         if n > 0 {
             tracing::debug!(origin = %cfg.origin, "shipper: pruned {n} shipped changes");
         }
