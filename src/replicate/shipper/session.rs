@@ -538,10 +538,11 @@ impl Run {
     /// Only the changes before the first one inside the retention are looked at (`seq` below
     /// `$3`, found by walking the primary key from its start): every other condition holds
     /// for nearly every row kept, so without that bound each prune read the whole retention
-    /// (an hour of changes by default) to delete a minute of them — 1.7 s against 0.02 s at
+    /// (an hour of changes by default) to delete a minute of them — 836 ms against 23 ms at
     /// 2 million rows kept and 32,000 due (decision 0037).
     async fn prune(&self, primary: &Client) -> Result<(), String> {
-        let first_kept = "SELECT coalesce((SELECT seq FROM capgate.changes WHERE at >= now() - make_interval(secs => $1) ORDER BY seq LIMIT 1), \
+        let first_kept =
+            "SELECT coalesce((SELECT seq FROM capgate.changes WHERE at >= now() - make_interval(secs => $1) ORDER BY seq LIMIT 1), \
                           9223372036854775807)";
         let sql = "DELETE FROM capgate.changes WHERE seq < $3 \
                    AND xid < (SELECT min(pg_snapshot_xmin(snapshot)) FROM capgate.shipped_snapshots WHERE replica = ANY ($1)) \
