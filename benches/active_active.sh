@@ -29,6 +29,10 @@
 # pgbench) shares this machine's cores: a site alone has the whole machine, two sites at once
 # share it, so on a 2-core machine the per-site ratio is bounded by CPU, not by capgate —
 # capgate's CPU per transaction (utime + stime from /proc) is printed to separate the two.
+# So is each site's whole CPU per transaction (its server with every backend, its capgate, its
+# pgbench): other work on the machine (builds, tests) takes CPU time from the runs unevenly —
+# a site alone leaves the other CPU idle for it, `both` does not — so on a shared machine the
+# ratio of these (alone ÷ both) is the steadier estimate of both ÷ alone.
 #
 # PIN=1 (the default on a machine with two or more CPUs) gives each site a CPU of its own —
 # its server (and every backend), its capgate and its pgbench on CPU 0 (east) or CPU 1
@@ -193,21 +197,47 @@ declare -A LO=([east]=1 [west]=$((SCALE / 2 + 1))) HI=([east]=$((SCALE / 2)) [we
 
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
+# pgbench at site $1 for run $2; its CPU (user + system, seconds) goes to pgbench-$2-$1.cpu.
 start_pgbench() { # site label
     on_site "$1" pgbench -n -f "$TMP/tpcb-site.sql" -D lo="${LO[$1]}" -D hi="${HI[$1]}" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
         -h 127.0.0.1 -p "${CG[$1]}" -U postgres postgres >"$TMP/pgbench-$2-$1.log" 2>&1
+    local rc=$?
+    times | awk 'NR == 2 { gsub(/[ms]/, " "); print $1 * 60 + $2 + $3 * 60 + $4 }' >"$TMP/pgbench-$2-$1.cpu"
+    return $rc
+}
+# CPU ticks of a site's server: the postmaster, every backend that has exited (its children's
+# times) and every process it runs now (shipper, lag and apply backends, walwriter, ...).
+server_ticks() {
+    local pm c sum
+    pm="$(head -1 "$TMP/$1/postmaster.pid")"
+    sum=$(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat")
+    for c in $(cat /proc/"$pm"/task/*/children); do
+        sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$sum"
 }
 tps_of() { sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$1" | head -1; }
 txs_of() { sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$1"; }
 
-RESULTS="$TMP/results.txt"   # lines: target site tps cpu_us_per_tx
+# The backend at site $1 that applies the other site's changes (its shipper's session).
+apply_pid() { q "${PG[$1]}" "select pid from pg_stat_activity where application_name = 'capgate shipper ${PEER[$1]}' limit 1"; }
+pid_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# lines: target site tps capgate_cpu_us_per_tx txs site_cpu_us apply_cpu_us peer_txs
+RESULTS="$TMP/results.txt"
 : >"$RESULTS"
 run() { # target (east | west | both) round
     local target=$1 round=$2 sites pid s t0 label sampler
     if [[ "$target" == both ]]; then sites=(east west); else sites=("$target"); fi
     label="$target-$round"
     declare -A before=() pids=()
-    for s in east west; do before[$s]=$(cpu_ticks "${CG_PID[$s]}"); done
+    declare -A server_before=() applier=() apply_before=()
+    for s in east west; do
+        before[$s]=$(cpu_ticks "${CG_PID[$s]}")
+        server_before[$s]=$(server_ticks "$s")
+        applier[$s]="$(apply_pid "$s")"
+        apply_before[$s]=$(pid_ticks "${applier[$s]:-0}")
+    done
     python3 "$TMP/status.py" sample "$ADMINS" east,west "$LAG_INTERVAL" "$TMP/lag-$label.txt" &
     sampler=$!
     SAMPLERS+=("$sampler")
@@ -218,7 +248,14 @@ run() { # target (east | west | both) round
         local txs cpu
         txs="$(txs_of "$TMP/pgbench-$label-$s.log")"
         cpu=$(( ( $(cpu_ticks "${CG_PID[$s]}") - before[$s] ) * TICK_US / (txs > 0 ? txs : 1) ))
-        echo "$target $s $(tps_of "$TMP/pgbench-$label-$s.log") $cpu" >>"$RESULTS"
+        # The whole site's CPU (its server with every backend, its capgate, its pgbench) and,
+        # of it, the backend applying the other site's changes: see the summary.
+        local site_cpu apply_cpu peer_txs=0
+        site_cpu=$(( ( $(server_ticks "$s") - server_before[$s] + $(cpu_ticks "${CG_PID[$s]}") - before[$s] ) * TICK_US ))
+        site_cpu=$(( site_cpu + $(awk '{ printf "%d", $1 * 1000000 }' "$TMP/pgbench-$label-$s.cpu") ))
+        apply_cpu=$(( ( $(pid_ticks "${applier[$s]:-0}") - apply_before[$s] ) * TICK_US ))
+        [[ "$target" != both ]] || peer_txs="$(txs_of "$TMP/pgbench-$label-${PEER[$s]}.log")"
+        echo "$target $s $(tps_of "$TMP/pgbench-$label-$s.log") $cpu $txs $site_cpu $apply_cpu $peer_txs" >>"$RESULTS"
         log "$label: $s $(tps_of "$TMP/pgbench-$label-$s.log") TPS, capgate $cpu µs CPU/tx"
     done
     local idle
@@ -254,6 +291,22 @@ print(f"{'site':6} {'alone TPS':>10} {'both TPS':>10} {'both/alone':>10} {'CPU/t
 for s in ("east", "west"):
     a, b = med(s, s, 2), med("both", s, 2)
     print(f"{s:6} {a:10.1f} {b:10.1f} {b / a:10.3f} {med(s, s, 3):11.0f}µs {med('both', s, 3):10.0f}µs")
+# The same ratio from CPU time, which other work on a shared machine does not skew (a site
+# alone leaves the other CPU to it, `both` does not): on a CPU of its own a site runs
+# 1 / (CPU per transaction) transactions a second. Alone that is its own transactions' cost;
+# in `both`, its own transactions' cost plus applying one of the other site's (at equal rates).
+def per(rows, col, by):
+    return statistics.median([float(r[col]) / max(float(r[by]), 1) for r in rows])
+for s in ("east", "west"):
+    alone_rows = [r for r in rows if r[0] == s and r[1] == s]
+    both_rows = [r for r in rows if r[0] == "both" and r[1] == s]
+    if not alone_rows or not both_rows:
+        continue
+    alone_cost = per(alone_rows, 5, 4)
+    own = statistics.median([(float(r[5]) - float(r[6])) / max(float(r[4]), 1) for r in both_rows])
+    apply = per(both_rows, 6, 7)
+    print(f"{s}: CPU per transaction alone {alone_cost:.0f} µs; in `both` {own:.0f} µs of its own + {apply:.0f} µs "
+          f"applying one of the other site's: both ÷ alone by CPU {alone_cost / (own + apply):.3f}")
 alone = med("east", "east", 2) + med("west", "west", 2)
 both = med("both", "east", 2) + med("both", "west", 2)
 print(f"both sites together: {both:.1f} TPS = {both / (alone / 2):.3f} × one site alone")
