@@ -200,10 +200,8 @@ TICK_US=$((1000000 / $(getconf CLK_TCK)))
 # pgbench at site $1 for run $2; its CPU (user + system, seconds) goes to pgbench-$2-$1.cpu.
 start_pgbench() { # site label
     on_site "$1" pgbench -n -f "$TMP/tpcb-site.sql" -D lo="${LO[$1]}" -D hi="${HI[$1]}" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" \
-        -h 127.0.0.1 -p "${CG[$1]}" -U postgres postgres >"$TMP/pgbench-$2-$1.log" 2>&1
-    local rc=$?
+        -h 127.0.0.1 -p "${CG[$1]}" -U postgres postgres >"$TMP/pgbench-$2-$1.log" 2>&1 || return
     times | awk 'NR == 2 { gsub(/[ms]/, " "); print $1 * 60 + $2 + $3 * 60 + $4 }' >"$TMP/pgbench-$2-$1.cpu"
-    return $rc
 }
 # CPU ticks of a site's server: the postmaster, every backend that has exited (its children's
 # times) and every process it runs now (shipper, lag and apply backends, walwriter, ...).
@@ -305,6 +303,8 @@ for s in ("east", "west"):
     alone_cost = per(alone_rows, 5, 4)
     own = statistics.median([(float(r[5]) - float(r[6])) / max(float(r[4]), 1) for r in both_rows])
     apply = per(both_rows, 6, 7)
+    if apply <= 0:  # the applying backend reconnected during a run: no figure
+        continue
     print(f"{s}: CPU per transaction alone {alone_cost:.0f} µs; in `both` {own:.0f} µs of its own + {apply:.0f} µs "
           f"applying one of the other site's: both ÷ alone by CPU {alone_cost / (own + apply):.3f}")
 alone = med("east", "east", 2) + med("west", "west", 2)

@@ -285,7 +285,7 @@ mod tests {
         assert_eq!((r.partition_after, r.heal_after, r.pool_size), (5, 2, 4));
         assert_eq!(r.ship_interval, Duration::ZERO);
         let bad = "partition_latency = \"0ms\"\nheartbeat_interval = \"1ms\"\nheartbeat_timeout = \"0s\"\n\
-                   partition_after = 0\nheal_after = -1\npool_size = 0\ntakes_writes = \"yes\"\nship_interval = \"2m\"\n";
+                   partition_after = 0\nheal_after = -1\npool_size = 0\ntakes_writes = \"yes\"\nship_interval = \"6s\"\n";
         let err = Config::parse(&format!("{MINIMAL}{replica}{bad}"), Path::new("c.toml")).unwrap_err();
         let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
         for k in [

@@ -107,8 +107,9 @@ impl Validator<'_> {
                 self.problem(format!("{key}.heartbeat_timeout"), "expected a duration above 0");
             }
             let ship_interval = self.duration(&format!("{key}.ship_interval"), &r.ship_interval);
-            if ship_interval > Duration::from_secs(60) {
-                self.problem(format!("{key}.ship_interval"), "expected a duration from 0s to 1m");
+            // Kept well under the 10 s an operator's `resume` waits for the shipper to take it.
+            if ship_interval > Duration::from_secs(5) {
+                self.problem(format!("{key}.ship_interval"), "expected a duration from 0s to 5s");
             }
             let url = self.replica_url(&format!("{key}.url"), r.url.as_deref());
             // (A missing URL was reported already; its placeholder has no scheme to compare.)
