@@ -338,8 +338,14 @@ impl Run {
                     self.publish_tables(&states);
                 }
             }
-            let uncopied: Vec<String> =
-                async_tables.iter().filter(|t| !states.contains_key(*t) && (cfg.initial_copy || resumed.contains(*t))).cloned().collect();
+            // Not known to the replica, or `copying` there: a copy an earlier session began
+            // and never committed (cut off by a partition or a kill; the mark commits before
+            // the copy's own transaction). Left as it was, such a table was in no range again.
+            let uncopied: Vec<String> = async_tables
+                .iter()
+                .filter(|t| states.get(*t).is_none_or(|s| s.state == TableState::Copying) && (cfg.initial_copy || resumed.contains(*t)))
+                .cloned()
+                .collect();
             if !uncopied.is_empty() {
                 for table in uncopied {
                     resumed.remove(&table);
