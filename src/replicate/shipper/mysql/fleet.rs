@@ -42,6 +42,7 @@ impl MyFleet {
             });
             c.health = health(&r.name);
             c.replica_takes_writes = r.takes_writes;
+            c.ship_interval = r.ship_interval;
             shippers.insert(r.name.clone(), super::start(c));
         }
         let lag = MyLagMonitor::start(config.primary.url.clone(), replicas.clone(), LAG_REFRESH, Duration::from_secs(10));

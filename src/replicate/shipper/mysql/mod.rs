@@ -59,6 +59,11 @@ pub struct MyShipperConfig {
     pub batch_bytes: usize,
     /// How often an idle shipper looks for new changes (a wake is faster).
     pub poll_interval: Duration,
+    /// Least time from the read of one batch to the read of the next while the queue is
+    /// drained (`ship_interval`, decision 0037): under a steady load each batch then carries
+    /// what committed meanwhile and its fixed costs (a replica commit, the statements on both
+    /// sides) are paid once for all of it. A full batch (a backlog) is followed at once.
+    pub ship_interval: Duration,
     /// How often a shipper without the lock tries to take it.
     pub lock_poll: Duration,
     /// The replica's site takes writes of its own (`takes_writes`): a copy never empties its
@@ -96,6 +101,7 @@ impl MyShipperConfig {
             batch_rows: 2000,
             batch_bytes: 4 << 20,
             poll_interval: Duration::from_millis(100),
+            ship_interval: Duration::ZERO,
             lock_poll: Duration::from_secs(1),
             replica_takes_writes: false,
             deadline: Duration::from_secs(30),
@@ -242,8 +248,9 @@ impl Run {
         tracing::info!(replica = %cfg.replica_name, origin = %cfg.origin, high = pos.high, holes = pos.holes.len(), "shipper: holds the lock, shipping");
         let mut last_holes = Instant::now();
         let mut last_prune = Instant::now();
-        // The next batch, read on the primary while the replica applied the previous one.
-        let mut prefetched: Option<ship::Batch> = None;
+        // The next batch, read on the primary while the replica applied the previous one, and
+        // when its read began.
+        let mut prefetched: Option<(ship::Batch, Instant)> = None;
         loop {
             self.take_requests(&mut primary, &mut replica, &mut halted, &mut tables, &mut entry, &pos).await?;
             // Tables entering replication are copied between two batches.
@@ -276,16 +283,23 @@ impl Run {
                 }
             }
             // A batch read before holes were dropped is still right: a dropped hole never shows up.
-            let mut read = match prefetched.take() {
+            let (mut read, read_began) = match prefetched.take() {
                 Some(b) => b,
                 None => {
+                    let began = Instant::now();
                     let note = (noted != pos).then_some((cfg.replica_name.as_str(), &pos));
                     let b = self.timed("reading changes", ship::read_batch(&mut primary, note, &pos, cfg.batch_rows)).await?;
                     noted = pos.clone();
-                    b
+                    (b, began)
                 }
             };
+            // A full batch means a backlog: the next one is read at once. Otherwise the queue
+            // was drained, and the next read waits out the rest of `ship_interval` from this
+            // one's (decision 0037), so it carries what commits meanwhile.
+            let read_rows = read.changes.len();
             read.truncate_to(cfg.batch_bytes);
+            let full = read_rows >= cfg.batch_rows || read.changes.len() < read_rows;
+            let pause = if full { Duration::ZERO } else { cfg.ship_interval.saturating_sub(read_began.elapsed()) };
             if read.changes.is_empty() {
                 if noted != pos {
                     self.note(&mut primary, &pos).await?;
@@ -312,9 +326,14 @@ impl Run {
             let kept: Vec<ship::Shipped> =
                 read.changes.iter().filter(|s| !halted.contains_key(&s.change.tbl) && entry.ships(s, &*cfg.copies)).cloned().collect();
             let applied = batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &pos, &next, &cfg.on_conflict);
+            // The next read overlaps this apply when the pause ends before the apply does.
             let note = (noted != pos).then_some((cfg.replica_name.as_str(), &pos));
-            let prefetch = ship::read_batch(&mut primary, note, &next, cfg.batch_rows);
-            let (outcome, fetched) = match tokio::time::timeout(cfg.deadline, async { tokio::join!(applied, prefetch) }).await {
+            let prefetch = async {
+                tokio::time::sleep(pause).await;
+                let began = Instant::now();
+                ship::read_batch(&mut primary, note, &next, cfg.batch_rows).await.map(|b| (b, began))
+            };
+            let (outcome, fetched) = match tokio::time::timeout(cfg.deadline + pause, async { tokio::join!(applied, prefetch) }).await {
                 Ok(both) => both,
                 Err(_) => return Err(End::Failed(format!("applying a batch did not finish within {:?}", cfg.deadline))),
             };
@@ -337,7 +356,7 @@ impl Run {
                     // again without it.
                     super::conflicts::record(&self.stats, &cfg.replica_name, cfg.conflict_log.as_deref(), &c);
                     self.halt(&mut primary, &mut replica, &mut halted, &entry, &kept, &c).await?;
-                    prefetched = Some(read);
+                    prefetched = Some((read, read_began));
                     continue;
                 }
             }
