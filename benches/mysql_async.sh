@@ -21,7 +21,9 @@
 #   per capgate transaction (µs, from /proc, during the run; the primary's also per direct
 #   transaction: the difference is what capture costs it), the replica's (from the run's
 #   start to the end of its drain: what applying costs), the lag's p50 / p99 / max over every sample, the time to drain after
-#   the load stops, and whether the checksums are equal. sysbench, capgate and both servers
+#   the load stops, the replica's COMMITs per second and the changes each carried (the
+#   shipper's batches, from the run's start to the end of the drain), and whether the checksums
+#   are equal (the drain waits for the position's holes too). sysbench, capgate and both servers
 #   share the machine's cores. Every run is written as JSON to $OUT.
 #
 # Usage
@@ -29,6 +31,9 @@
 #   Environment: ROUNDS=3 DURATION=10 THREADS=16 TABLES=4 TABLE_SIZE=10000
 #     MODE=async (MODE=local: the same runs with sbtest local, i.e. the relay alone, to tell
 #     its cost from capture's and shipping's; the checksums are then not compared)
+#     RATE=0 (sysbench --rate: that many transactions a second at most, for both targets; 0:
+#     as fast as they go — with a rate the ratio says nothing, the CPU per transaction does)
+#     SHIP_INTERVAL=200ms (the replica's ship_interval; unset: capgate's default)
 #     CAPGATE_BIN=target/release/capgate (built with cargo build --release if missing)
 #     OUT=target/bench/mysql_async.json KEEP_TMP=1 (keep logs)
 #     PERF=dir: `perf record -g` capgate and both mariadbds during each capgate run,
@@ -49,6 +54,7 @@ THREADS="${THREADS:-16}"
 TABLES="${TABLES:-4}"
 TABLE_SIZE="${TABLE_SIZE:-10000}"
 MODE="${MODE:-async}"
+RATE="${RATE:-0}"
 [[ "$MODE" == async || "$MODE" == local ]] || die "MODE must be async or local"
 OUT="${OUT:-$REPO_ROOT/target/bench/mysql_async.json}"
 KEEP_TMP="${KEEP_TMP:-0}"
@@ -96,7 +102,7 @@ my() { local port=$1; shift; mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P
 sb() {
     local port=$1 db=$2; shift 2
     sysbench oltp_write_only --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$port" --mysql-user=capgate \
-        --mysql-db="$db" --mysql-ssl=off --tables="$TABLES" --table-size="$TABLE_SIZE" "$@"
+        --mysql-db="$db" --mysql-ssl=off --tables="$TABLES" --table-size="$TABLE_SIZE" --rate="$RATE" "$@"
 }
 log "sysbench prepare ($TABLES tables x $TABLE_SIZE rows) in sbtest (copied to the replica) and sbdirect"
 my "$PPORT" -e "CREATE DATABASE sbdirect"
@@ -118,18 +124,27 @@ url = "mysql://capgate@127.0.0.1:$PPORT/?sslmode=disable"
 name = "east"
 url = "mysql://capgate@127.0.0.1:$RPORT/?sslmode=disable"
 CONF
+[[ -z "${SHIP_INTERVAL:-}" ]] || printf 'ship_interval = "%s"\n' "$SHIP_INTERVAL" >>"$TMP/capgate.toml"
 
 # Lag samples (µs) on the primary: the oldest change past the replica's shipped position.
 LAG_SQL="SELECT COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(c.at), UTC_TIMESTAMP(6)), 0) FROM capgate.changes c \
 JOIN capgate.shipped s ON s.replica = 'east' AND c.seq > s.high"
-PENDING_SQL="SELECT COUNT(*) FROM capgate.changes c JOIN capgate.shipped s ON s.replica = 'east' AND c.seq > s.high"
+# Pending: past the shipped position, or one of its holes (a number a transaction held while
+# the shipper read past it, committed since).
+PENDING_SQL="SELECT COUNT(*) FROM capgate.changes c JOIN capgate.shipped s ON s.replica = 'east' AND (c.seq > s.high \
+OR c.seq IN (SELECT h.seq FROM JSON_TABLE(s.holes, '\$[*]' COLUMNS (seq BIGINT UNSIGNED PATH '\$[0]')) h))"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 FAILED=0
 RUNS="$TMP/runs.tsv"
 LAGS="$TMP/lag.txt"
 DRAINS="$TMP/drain.txt"
 REPLICA_CPU="$TMP/replica_cpu.txt"
-: >"$RUNS"; : >"$LAGS"; : >"$DRAINS"; : >"$REPLICA_CPU"
+BATCHES="$TMP/batches.txt"
+: >"$RUNS"; : >"$LAGS"; : >"$DRAINS"; : >"$REPLICA_CPU"; : >"$BATCHES"
+# The replica's COMMITs (the shipper's batches: nothing else writes there) and the primary's
+# last change number.
+COMMITS_SQL="SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'COM_COMMIT'"
+SEQ_SQL="SELECT COALESCE(MAX(seq), 0) FROM capgate.changes"
 run_direct() {
     local pbefore tx
     pbefore=$(cpu_ticks "$PRIMARY_PID")
@@ -142,10 +157,12 @@ run_direct() {
     fi
 }
 run_capgate() {
-    local before after tx tps sampler start rbefore pbefore pafter
+    local before after tx tps sampler start rbefore pbefore pafter cbefore sbefore began
     : "sampling the lag (async only: local tables have no shipped position)"
     ( [[ "$MODE" == async ]] || exit 0; while true; do my "$PPORT" -e "$LAG_SQL" 2>/dev/null >>"$LAGS" || true; sleep 0.2; done ) &
     sampler=$!
+    if [[ "$MODE" == async ]]; then cbefore=$(my "$RPORT" -e "$COMMITS_SQL"); sbefore=$(my "$PPORT" -e "$SEQ_SQL"); fi
+    began=$(date +%s.%N)
     before=$(cpu_ticks "$CAPGATE_PID"); rbefore=$(cpu_ticks "$REPLICA_PID"); pbefore=$(cpu_ticks "$PRIMARY_PID")
     tx=0
     local perfs=()
@@ -176,6 +193,8 @@ run_capgate() {
     python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$start" "$(date +%s.%N)" >>"$DRAINS"
     : "the replica's CPU from the run's start to the end of the drain: what applying a transaction costs it"
     echo "$(( ($(cpu_ticks "$REPLICA_PID") - rbefore) * TICK_US / (tx > 0 ? tx : 1) ))" >>"$REPLICA_CPU"
+    : "the replica's commits (batches) and the changes they carried, from the run's start to the end of the drain"
+    echo "$(( $(my "$RPORT" -e "$COMMITS_SQL") - cbefore )) $(( $(my "$PPORT" -e "$SEQ_SQL") - sbefore )) $began $(date +%s.%N)" >>"$BATCHES"
 }
 log "capgate on port $CGPORT ($CAPGATE_BIN)"
 "$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
@@ -193,12 +212,21 @@ SUMS_EQUAL=false
 CHECKSUM="CHECKSUM TABLE $(seq -s, -f 'sbtest.sbtest%g' "$TABLES") EXTENDED"
 if [[ "$MODE" == async ]]; then
     [[ "$(my "$PPORT" -e "$CHECKSUM")" == "$(my "$RPORT" -e "$CHECKSUM")" ]] && SUMS_EQUAL=true || FAILED=1
+    if [[ "$SUMS_EQUAL" == false ]]; then
+        : "diagnostic only (the run has failed): whether the replica converges later"
+        for i in $(seq 50); do
+            sleep 0.2
+            [[ "$(my "$PPORT" -e "$CHECKSUM")" == "$(my "$RPORT" -e "$CHECKSUM")" ]] && { log "checksums differed after the drain, equal $((i * 200)) ms later"; break; }
+        done
+    fi
 fi
 
 mkdir -p "$(dirname "$OUT")"
-python3 - "$RUNS" "$LAGS" "$DRAINS" "$SUMS_EQUAL" "$THREADS" "$DURATION" "$OUT" "$MODE" "$REPLICA_CPU" <<'PY'
+python3 - "$RUNS" "$LAGS" "$DRAINS" "$SUMS_EQUAL" "$THREADS" "$DURATION" "$OUT" "$MODE" "$REPLICA_CPU" "$BATCHES" <<'PY'
 import json, statistics, sys
-runs, lags, drains, equal, threads, duration, out, mode, replica_cpu = sys.argv[1:]
+runs, lags, drains, equal, threads, duration, out, mode, replica_cpu, batches = sys.argv[1:]
+rounds = [l.split() for l in open(batches).read().splitlines() if l]
+commits = [(int(c), int(n), float(e) - float(b)) for c, n, b, e in rounds]
 rows = [l.split("\t") for l in open(runs).read().splitlines() if l]
 tps = {t: [float(r[2]) for r in rows if r[1] == t] for t in ("direct", "capgate")}
 cpu = [int(r[3]) for r in rows if r[1] == "capgate"]
@@ -216,6 +244,8 @@ result = {
     "primary_cpu_us_per_tx": statistics.median(primary_cpu) if primary_cpu else None,
     "primary_cpu_us_per_tx_direct": statistics.median(direct_primary_cpu) if direct_primary_cpu else None,
     "replica_cpu_us_per_tx": statistics.median(rcpu) if rcpu else None,
+    "replica_commits_per_s": statistics.median(c / s for c, _, s in commits) if commits else None,
+    "changes_per_commit": statistics.median(n / max(c, 1) for c, n, _ in commits) if commits else None,
     "lag_s": {"samples": len(lag), "p50": pct(0.5), "p99": pct(0.99), "max": lag[-1] if lag else None},
     "drain_s": [float(x) for x in open(drains).read().split()],
     "checksums_equal": equal == "true",
