@@ -34,6 +34,7 @@ use tokio::sync::Notify;
 
 use super::{ConflictPolicy, Lag, Phase, ShipperStats, TableLag};
 use crate::config::DbUrl;
+use crate::replicate::apply::Conflict;
 use crate::sites::{HealthView, State};
 use crate::store::mysql::position::{Position, HOLE_SETTLE_SECS, MAX_HOLES};
 use crate::store::mysql::xa::{self, ReplicaConn};
@@ -325,13 +326,27 @@ impl Run {
             // a table's copy already held.
             let kept: Vec<ship::Shipped> =
                 read.changes.iter().filter(|s| !halted.contains_key(&s.change.tbl) && entry.ships(s, &*cfg.copies)).cloned().collect();
-            let applied = batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &pos, &next, &cfg.on_conflict);
+            // Whether the batch has committed on the replica: a read after that records the
+            // position it reached rather than the one before it (the primary's copy never runs
+            // ahead of the replica's).
+            let committed = std::sync::atomic::AtomicBool::new(false);
+            // A committed batch is counted and its conflicts recorded at once, not after the
+            // next read (which may wait for the interval).
+            let applied = async {
+                let outcome = batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &pos, &next, &cfg.on_conflict).await;
+                if let Ok(batch::Outcome::Applied(conflicts)) = &outcome {
+                    committed.store(true, Ordering::Relaxed);
+                    self.applied(&read, conflicts);
+                }
+                outcome
+            };
             // The next read overlaps this apply when the pause ends before the apply does.
-            let note = (noted != pos).then_some((cfg.replica_name.as_str(), &pos));
             let prefetch = async {
                 tokio::time::sleep(pause).await;
+                let at = if committed.load(Ordering::Relaxed) { &next } else { &pos };
+                let note = (noted != *at).then_some((cfg.replica_name.as_str(), at));
                 let began = Instant::now();
-                ship::read_batch(&mut primary, note, &next, cfg.batch_rows).await.map(|b| (b, began))
+                ship::read_batch(&mut primary, note, &next, cfg.batch_rows).await.map(|b| (b, began, at.clone()))
             };
             let (outcome, fetched) = match tokio::time::timeout(cfg.deadline + pause, async { tokio::join!(applied, prefetch) }).await {
                 Ok(both) => both,
@@ -342,15 +357,11 @@ impl Run {
                 // The next session reads the replica's tables again (one may have been created).
                 Err(e) => return Err(End::Failed(e.to_string())),
             };
-            let fetched = fetched.map_err(|e| End::Failed(e.to_string()))?;
-            noted = pos.clone();
+            let (batch, began, recorded) = fetched.map_err(|e| End::Failed(e.to_string()))?;
+            let fetched = (batch, began);
+            noted = recorded;
             match outcome {
-                batch::Outcome::Applied(conflicts) => {
-                    for c in &conflicts {
-                        super::conflicts::record(&self.stats, &cfg.replica_name, cfg.conflict_log.as_deref(), c);
-                    }
-                    prefetched = Some(fetched);
-                }
+                batch::Outcome::Applied(_) => prefetched = Some(fetched),
                 batch::Outcome::Halted(c) => {
                     // Nothing of the batch committed: halt that table, then apply the batch
                     // again without it.
@@ -360,18 +371,23 @@ impl Run {
                     continue;
                 }
             }
-            self.stats.ranges.fetch_add(1, Ordering::Relaxed);
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            self.stats.changes.fetch_add(seqs.len() as u64, Ordering::Relaxed);
-            {
-                let mut by_table = self.stats.changes_by_table.lock().unwrap_or_else(|p| p.into_inner());
-                for s in &read.changes {
-                    *by_table.entry(s.change.tbl.clone()).or_insert(0) += 1;
-                }
-            }
             pos = next;
             entry.drop_passed(&pos);
             self.show_position(&pos);
+        }
+    }
+
+    /// A batch committed on the replica: its conflicts and counts in the stats.
+    fn applied(&self, read: &ship::Batch, conflicts: &[Conflict]) {
+        for c in conflicts {
+            super::conflicts::record(&self.stats, &self.config.replica_name, self.config.conflict_log.as_deref(), c);
+        }
+        self.stats.ranges.fetch_add(1, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.changes.fetch_add(read.changes.len() as u64, Ordering::Relaxed);
+        let mut by_table = self.stats.changes_by_table.lock().unwrap_or_else(|p| p.into_inner());
+        for s in &read.changes {
+            *by_table.entry(s.change.tbl.clone()).or_insert(0) += 1;
         }
     }
 
