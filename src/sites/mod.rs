@@ -104,14 +104,10 @@ impl<C: Connector> Site<C> {
         let name: Arc<str> = name.into();
         let connector = Arc::new(connector);
         let (tx, rx) = watch::channel(Status::initial(std::time::Instant::now()));
-        let monitor = tokio::spawn(monitor::run(name.clone(), connector.clone(), settings, tx));
-        Site {
-            health: HealthView::new(name.clone(), rx),
-            pool: Pool::new(name.clone(), connector, settings.pool_size, settings.connect_timeout),
-            name,
-            settings,
-            _monitor: AbortOnDrop(monitor),
-        }
+        let pool = Pool::new(name.clone(), connector.clone(), settings.pool_size, settings.connect_timeout);
+        let idle = pool.clone();
+        let monitor = tokio::spawn(monitor::run(name.clone(), connector, settings, tx, move || idle.clear_idle()));
+        Site { health: HealthView::new(name.clone(), rx), pool, name, settings, _monitor: AbortOnDrop(monitor) }
     }
 
     pub fn name(&self) -> &str {

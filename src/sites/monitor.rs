@@ -60,7 +60,16 @@ impl Backoff {
 }
 
 /// Runs the health loop of `replica` until the views are gone (or the task is aborted).
-pub(super) async fn run<C: Connector>(replica: Arc<str>, connector: Arc<C>, settings: Settings, tx: watch::Sender<Status>) {
+/// `partitioned` runs when the replica enters or leaves `partitioned`: the pool's idle
+/// connections were opened before the cut and may be dead without knowing it (a blackholed
+/// TCP flow), and the first commit after the heal must not find out by its deadline.
+pub(super) async fn run<C: Connector>(
+    replica: Arc<str>,
+    connector: Arc<C>,
+    settings: Settings,
+    tx: watch::Sender<Status>,
+    partitioned: impl Fn() + Send + 'static,
+) {
     let mut tracker = Tracker::new(settings.thresholds);
     let mut backoff = Backoff::new(settings.heartbeat_interval);
     let mut link = open(&replica, &connector, &settings);
@@ -79,6 +88,9 @@ pub(super) async fn run<C: Connector>(replica: Arc<str>, connector: Arc<C>, sett
         let transition = tracker.observe(observation);
         if let Some(t) = &transition {
             log_transition(&replica, t, error.as_deref());
+            if t.to == State::Partitioned || t.from == State::Partitioned {
+                partitioned();
+            }
         }
         let now = Instant::now();
         tx.send_modify(|s| {
