@@ -84,15 +84,26 @@ impl Position {
         next
     }
 
-    /// Drops the holes that can no longer be filled: seen at least [`HOLE_SETTLE_SECS`]
-    /// before `now`, and older than every transaction still open on the primary (`oldest`:
-    /// the earliest `trx_started` among them, None when none is open). The transaction that
-    /// took a hole's number was open before the hole was seen; if it has ended without the
-    /// row showing up, the row never will. Returns how many were dropped.
-    pub fn prune(&mut self, now: f64, oldest: Option<f64>) -> usize {
-        let before = self.holes.len();
-        self.holes.retain(|_, seen| *seen + HOLE_SETTLE_SECS > now || oldest.is_some_and(|o| o <= *seen));
-        before - self.holes.len()
+    /// The holes that may have been given up by every transaction that could fill them: seen
+    /// at least [`HOLE_SETTLE_SECS`] before `now`, and older than every transaction still open
+    /// on the primary (`oldest`: the earliest `trx_started` among them, None when none is
+    /// open). The transaction that took a hole's number was open before the hole was seen; if
+    /// it is not open any more, it has committed or rolled back — so a candidate is settled
+    /// only once a read *after* that listing still does not find its row
+    /// ([`super::ship::settled_holes`]): the transaction may have committed after the batch
+    /// that last missed it was read.
+    pub fn settle_candidates(&self, now: f64, oldest: Option<f64>) -> Vec<u64> {
+        self.holes
+            .iter()
+            .filter(|(_, seen)| *seen + HOLE_SETTLE_SECS <= now && oldest.is_none_or(|o| o > **seen))
+            .map(|(seq, _)| *seq)
+            .collect()
+    }
+
+    /// Drops `seqs` from the holes (numbers proven never to show up). Returns how many were
+    /// holes.
+    pub fn drop_holes(&mut self, seqs: &[u64]) -> usize {
+        seqs.iter().filter(|s| self.holes.remove(s).is_some()).count()
     }
 
     /// The lowest seq not applied: changes below it can be deleted on the primary.
@@ -123,11 +134,12 @@ mod tests {
     }
 
     #[test]
-    fn holes_are_pruned_only_once_every_older_transaction_has_ended() {
+    fn holes_are_candidates_only_once_every_older_transaction_has_ended() {
         let mut p = Position::default().after(&[1, 3], 100.0);
-        assert_eq!(p.prune(100.5, None), 0, "too recent: the listing of open transactions may predate it");
-        assert_eq!(p.prune(102.0, Some(99.0)), 0, "a transaction open since before the hole may still fill it");
-        assert_eq!(p.prune(102.0, Some(100.5)), 1, "every open transaction started after the hole was seen");
+        assert!(p.settle_candidates(100.5, None).is_empty(), "too recent: the listing of open transactions may predate it");
+        assert!(p.settle_candidates(102.0, Some(99.0)).is_empty(), "a transaction open since before the hole may still fill it");
+        assert_eq!(p.settle_candidates(102.0, Some(100.5)), [2], "every open transaction started after the hole was seen");
+        assert_eq!(p.drop_holes(&[2, 9]), 1);
         assert_eq!(p.floor(), 4);
     }
 

@@ -136,16 +136,31 @@ pub async fn read_where(conn: &mut mysql_async::Conn, condition: &str) -> Result
     Ok(shipped_of(got))
 }
 
-/// The primary's clock and the start of its oldest open transaction other than this
-/// session's (None when there is none), to prune holes ([`Position::prune`]). Needs the
-/// PROCESS privilege.
-pub async fn open_transactions(conn: &mut mysql_async::Conn) -> Result<(f64, Option<f64>), ShipError> {
+/// Which of `pos`'s holes will never be filled (decision 0021), to drop from the position.
+/// Two reads, in this order: the primary's clock and the start of its oldest open transaction
+/// other than this session's ([`Position::settle_candidates`]); then, for the candidates, a
+/// look for their rows. A candidate's transaction is not open at the listing, so it ended
+/// before it: if it committed, the look (a fresh read after the listing) finds the row, and
+/// the hole stays to be read by the next batch. Without the look, a transaction that
+/// committed between the last batch read and the listing had its row dropped unshipped.
+/// Needs the PROCESS privilege.
+pub async fn settled_holes(conn: &mut mysql_async::Conn, pos: &Position) -> Result<Vec<u64>, ShipError> {
     let sql = format!(
         "SELECT {NOW}, (SELECT UNIX_TIMESTAMP(MIN(trx_started)) FROM information_schema.INNODB_TRX \
          WHERE trx_mysql_thread_id <> CONNECTION_ID())"
     );
     let row: Option<(f64, Option<f64>)> = conn.query_first(sql).await.map_err(server("listing the primary's open transactions"))?;
-    Ok(row.unwrap_or((0.0, None)))
+    let (now, oldest) = row.unwrap_or((0.0, Some(0.0)));
+    let mut candidates = pos.settle_candidates(now, oldest);
+    for chunk in candidates.clone().chunks(10_000) {
+        let list: Vec<String> = chunk.iter().map(u64::to_string).collect();
+        let found: Vec<u64> = conn
+            .query(format!("SELECT seq FROM capgate.changes WHERE seq IN ({})", list.join(",")))
+            .await
+            .map_err(server("looking for the rows of settled holes"))?;
+        candidates.retain(|s| !found.contains(s));
+    }
+    Ok(candidates)
 }
 
 /// Where a replica new to this origin starts: just below the smallest seq in

@@ -6,6 +6,7 @@ mod support;
 
 mod admin_sql;
 mod async_copy;
+mod async_holes;
 mod async_interval;
 mod async_partitions;
 mod async_reload;

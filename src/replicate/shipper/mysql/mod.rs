@@ -266,16 +266,16 @@ impl Run {
             if !pos.holes.is_empty() && last_holes.elapsed().as_secs_f64() >= HOLE_SETTLE_SECS {
                 last_holes = Instant::now();
                 // Without the PROCESS privilege holes stay (shipping goes on; they are looked up).
-                let (now, oldest) = match self.timed("listing open transactions", ship::open_transactions(&mut primary)).await {
-                    Ok(t) => t,
+                let settled = match self.timed("finding settled holes", ship::settled_holes(&mut primary, &pos)).await {
+                    Ok(s) => s,
                     Err(End::Failed(e)) => {
                         tracing::warn!(replica = %cfg.replica_name, "shipper: {e}; holes are kept (grant PROCESS to capgate's account)");
-                        (0.0, Some(0.0))
+                        Vec::new()
                     }
                     Err(end @ End::Partitioned) => return Err(end),
                 };
                 let mut pruned = pos.clone();
-                if pruned.prune(now, oldest) > 0 {
+                if pruned.drop_holes(&settled) > 0 {
                     let advance = ship::advance_sql(&cfg.origin, &pos, &pruned);
                     self.timed("dropping settled holes", ship::commit_batch(replica.conn(), "", &advance)).await?;
                     pos = pruned;
