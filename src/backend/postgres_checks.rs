@@ -9,63 +9,14 @@
 //! PREPARE is misconfigured, not partitioned, and retrying will not help.
 //! docs/before-you-replicate.md explains each check and its remedy.
 
-use std::fmt;
-
 use tokio_postgres::Client;
 
+use super::checks::{dangling_rules, uses_sync, Check, Checks, Outcome};
 use super::postgres::Upstream;
 use crate::classify::TableName;
 use crate::config::{Config, DbUrl, Replica, SslMode};
 use crate::policy::{Mode, Policy};
 use crate::verify::sql::{quoted, USER_TABLES};
-
-/// How one check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    /// Works, but something will bite later (a table without a primary key …).
-    Warn,
-    /// Replication through this server will fail until fixed.
-    Fail,
-}
-
-/// One check of one server: `[ok] replica b: max_prepared_transactions = 100`.
-#[derive(Debug, Clone)]
-pub struct Check {
-    /// `primary` or `replica NAME`.
-    pub server: String,
-    pub outcome: Outcome,
-    pub message: String,
-}
-
-impl fmt::Display for Check {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tag = match self.outcome {
-            Outcome::Ok => "ok",
-            Outcome::Warn => "warn",
-            Outcome::Fail => "FAIL",
-        };
-        write!(f, "[{tag}] {}: {}", self.server, self.message)
-    }
-}
-
-/// Collects the checks of one server.
-struct Checks {
-    server: String,
-    out: Vec<Check>,
-}
-
-impl Checks {
-    fn add(&mut self, outcome: Outcome, message: impl Into<String>) {
-        self.out.push(Check { server: self.server.clone(), outcome, message: message.into() });
-    }
-}
-
-/// Whether any rule (or the default) makes tables `sync`: only then do replicas need
-/// `max_prepared_transactions`.
-fn uses_sync(policy: &Policy) -> bool {
-    matches!(policy.default, Mode::Sync { .. }) || policy.rules.iter().any(|r| matches!(r.mode, Mode::Sync { .. }))
-}
 
 /// Connect with the URL's settings and say how: TLS or not, the server's version, the user.
 async fn connect(c: &mut Checks, url: &DbUrl) -> Option<Client> {
@@ -155,22 +106,6 @@ async fn replicated_tables(client: &Client, policy: &Policy) -> Result<Vec<Table
         .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
         .filter(|t| policy.decide_table(t).mode != Mode::Local)
         .collect())
-}
-
-/// Rules that name one table exactly, for a table the primary does not have: a typo, or a
-/// table still to be created.
-fn dangling_rules(c: &mut Checks, policy: &Policy, tables: &[TableName]) {
-    for rule in &policy.rules {
-        if let (Some(schema), Some(name)) = (rule.pattern.schema.literal(), rule.pattern.table.literal()) {
-            let t = TableName::new(schema, name);
-            if rule.mode != Mode::Local && !tables.contains(&t) {
-                c.add(
-                    Outcome::Warn,
-                    format!("policy rule \"{}\" (line {}) names {t}, which does not exist here yet", rule.pattern_text, rule.line),
-                );
-            }
-        }
-    }
 }
 
 /// Each replicated table on the replica: present, writable by the URL's user, with a primary
@@ -318,8 +253,8 @@ async fn same_policy(c: &mut Checks, client: &Client, policy: &Policy, peer: &st
     );
 }
 
-/// Every check on the primary and each replica of `config`, in order, one per line.
-pub async fn check_all(config: &Config, policy: &Policy) -> Vec<Check> {
+/// Every check on the PostgreSQL primary and each replica of `config`, in order, one per line.
+pub(super) async fn check_all(config: &Config, policy: &Policy) -> Vec<Check> {
     let mut c = Checks { server: "primary".into(), out: Vec::new() };
     let mut tables = Vec::new();
     let mut no_key = Vec::new();

@@ -1,10 +1,10 @@
 //! `capgate check-config`: the configuration and the policy file it names, every problem at
-//! once; with `--connect`, the servers they name too (see `backend::postgres_checks`).
+//! once; with `--connect`, the servers they name too (see `backend::checks`).
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::backend::postgres_checks::{check_all, Outcome};
+use crate::backend::checks::{check_all, Outcome};
 use crate::config::Config;
 use crate::policy::{Policy, UnknownAction};
 

@@ -132,18 +132,18 @@ fn routine_sql(name: &str, body: &str) -> String {
     format!("CREATE OR REPLACE DEFINER = CURRENT_USER PROCEDURE capgate.{name}({PARAMETERS}) MODIFIES SQL DATA SQL SECURITY DEFINER {body}")
 }
 
-/// The privileges of capgate's account on the primary, as `information_schema` lists them
-/// (global and per database); a privilege granted only through a role is not seen there, and
-/// is reported missing.
-struct Grants {
+/// The privileges of capgate's account on a server (the primary, or a replica for
+/// `check-config`), as `information_schema` lists them (global and per database); a
+/// privilege granted only through a role is not seen there, and is reported missing.
+pub struct Grants {
     /// `'user'@'host'`, as GRANT statements name it.
-    grantee: String,
+    pub grantee: String,
     global: Vec<String>,
     per_db: Vec<(String, String)>,
 }
 
 impl Grants {
-    async fn read(conn: &mut mysql_async::Conn) -> Result<Grants, PrimaryError> {
+    pub async fn read(conn: &mut mysql_async::Conn) -> Result<Grants, PrimaryError> {
         let account: String = conn.query_first("SELECT CURRENT_USER()").await.map_err(PrimaryError::Catalog)?.unwrap_or_default();
         let grantee = match account.rsplit_once('@') {
             Some((user, host)) => format!("'{user}'@'{host}'"),
@@ -160,9 +160,15 @@ impl Grants {
         Ok(Grants { grantee, global, per_db })
     }
 
-    fn has(&self, privilege: &str, schema: &str) -> bool {
+    /// Whether the account holds `privilege` globally or on database `schema`.
+    pub fn has(&self, privilege: &str, schema: &str) -> bool {
         self.global.iter().any(|p| p == privilege)
             || self.per_db.iter().any(|(s, p)| p == privilege && (s == schema || s.replace("\\_", "_") == schema))
+    }
+
+    /// Whether the account holds `privilege` globally (`ON *.*`).
+    pub fn has_global(&self, privilege: &str) -> bool {
+        self.global.iter().any(|p| p == privilege)
     }
 
     fn missing(&self, privilege: &'static str, on: String, why: &'static str) -> PrimaryError {
@@ -197,7 +203,7 @@ pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) 
     }
     let (log_bin, trust): (i64, i64) =
         conn.query_first("SELECT @@log_bin, @@log_bin_trust_function_creators").await.map_err(PrimaryError::Catalog)?.unwrap_or((0, 0));
-    if log_bin != 0 && trust == 0 && !grants.global.iter().any(|p| p == "SUPER") {
+    if log_bin != 0 && trust == 0 && !grants.has_global("SUPER") {
         return Err(PrimaryError::BinlogTriggers { account: grants.grantee });
     }
     Ok(())
@@ -216,7 +222,7 @@ pub async fn check_shipping_privileges(conn: &mut mysql_async::Conn) -> Result<(
             "the shippers of async and bounded tables record each replica's position in `capgate.shipped`",
         ));
     }
-    if !grants.global.iter().any(|p| p == "PROCESS") {
+    if !grants.has_global("PROCESS") {
         return Err(grants.missing(
             "PROCESS",
             "*.*".into(),

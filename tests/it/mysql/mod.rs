@@ -15,6 +15,7 @@ mod async_truncate;
 mod auth;
 mod bad_input;
 mod capture;
+mod check_config;
 mod client;
 mod commands;
 mod driver;
