@@ -182,11 +182,10 @@ async fn check_replicas(state: Weak<AdminState>) {
     let Some(config) = state.upgrade().map(|s| s.config.clone()) else { return };
     let Some(policy) = state.upgrade().map(|s| s.policy.current()) else { return };
     for replica in &config.replicas {
-        // The checks are PostgreSQL's; a MySQL replica's problems show when it is used.
-        if replica.url.scheme == crate::config::Scheme::MySql {
-            continue;
-        }
-        let problems = crate::backend::postgres_checks::replica_problems(replica, &policy).await;
+        let problems = match replica.url.scheme {
+            crate::config::Scheme::MySql => crate::backend::mysql_checks::replica_problems(&config.primary.url, replica, &policy).await,
+            crate::config::Scheme::Postgres => crate::backend::postgres_checks::replica_problems(replica, &policy).await,
+        };
         let Some(state) = state.upgrade() else { return };
         state.problems.lock().unwrap_or_else(|e| e.into_inner()).insert(replica.name.clone(), problems);
     }

@@ -14,7 +14,7 @@ use mysql_async::prelude::Queryable;
 
 use super::checks::{dangling_rules, uses_sync, Check, Checks, Outcome};
 use crate::classify::TableName;
-use crate::config::{Config, DbUrl};
+use crate::config::{Config, DbUrl, Replica};
 use crate::policy::Policy;
 use crate::store::mysql::capture;
 use crate::store::mysql::image::Column;
@@ -49,6 +49,25 @@ pub(super) async fn check_all(config: &Config, policy: &Policy) -> Vec<Check> {
         c.out.extend(r.out);
     }
     c.out
+}
+
+/// A MySQL replica's configuration problems (not its reachability: a partition is the health
+/// loop's business), for `/status`: the failed checks of [`on_replica`], its tables compared
+/// with the primary's. Empty when either server cannot be reached.
+pub async fn replica_problems(primary: &DbUrl, replica: &Replica, policy: &Policy) -> Vec<String> {
+    let mut quiet = Checks { server: "primary".into(), out: Vec::new() };
+    let mut tables = Replicated::new();
+    let Some(mut conn) = connect(&mut quiet, primary).await else { return Vec::new() };
+    let listed = tokio::time::timeout(CHECKS_TIMEOUT, on_primary(&mut quiet, &mut conn, policy, &mut tables)).await;
+    let _ = conn.disconnect().await;
+    let mut c = Checks { server: replica.name.clone(), out: Vec::new() };
+    let Some(mut conn) = connect(&mut c, &replica.url).await else { return Vec::new() };
+    let checked = tokio::time::timeout(CHECKS_TIMEOUT, on_replica(&mut c, &mut conn, policy, &tables)).await;
+    let _ = conn.disconnect().await;
+    if listed.is_err() || checked.is_err() {
+        return Vec::new();
+    }
+    c.out.into_iter().filter(|x| x.outcome == Outcome::Fail).map(|x| x.message).collect()
 }
 
 /// Connect with the URL's settings and say how: TLS or not, the server's version, the account.
@@ -154,8 +173,11 @@ const REPLICA_CAPGATE: [&str; 7] = ["CREATE", "CREATE ROUTINE", "ALTER ROUTINE",
 const REPLICA_TABLES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
 
 async fn on_replica(c: &mut Checks, conn: &mut mysql_async::Conn, policy: &Policy, tables: &Replicated) {
+    // Whether the account may write while the server is read-only (None: unknown).
+    let mut bypass = None;
     match Grants::read(conn).await {
         Ok(grants) => {
+            bypass = Some(grants.has_global("READ_ONLY ADMIN"));
             let mut schemas: Vec<&str> = tables.keys().map(|t| t.schema.as_str()).collect();
             schemas.dedup();
             let wants = REPLICA_CAPGATE
@@ -185,11 +207,19 @@ async fn on_replica(c: &mut Checks, conn: &mut mysql_async::Conn, policy: &Polic
     }
     let read_only: Result<Option<i64>, _> = conn.query_first("SELECT @@read_only").await;
     if let Ok(Some(1)) = read_only {
-        c.add(
-            Outcome::Fail,
-            "read_only = ON: capgate's apply is refused here (unless its account may bypass it); the replica must be an \
-             ordinary writable server of the other site, not a binlog replica — SET GLOBAL read_only = OFF",
-        );
+        match bypass {
+            Some(true) => c.add(
+                Outcome::Warn,
+                "read_only = ON, and capgate's account may write anyway (READ_ONLY ADMIN): a replica must be an ordinary \
+                 writable server of the other site — if this one is a binlog replica, capgate's writes make it diverge from \
+                 its source",
+            ),
+            _ => c.add(
+                Outcome::Fail,
+                "read_only = ON: capgate's apply is refused here (its account has no READ_ONLY ADMIN); the replica must be an \
+                 ordinary writable server of the other site, not a binlog replica — SET GLOBAL read_only = OFF",
+            ),
+        }
     }
     if uses_sync(policy) {
         match conn.query::<mysql_async::Row, _>("XA RECOVER").await {

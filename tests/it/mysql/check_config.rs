@@ -1,8 +1,9 @@
 //! `capgate check-config --connect` with a MySQL / MariaDB site: one line per check, against
 //! real servers — what `capgate run` would refuse to start without (a missing privilege named
 //! with its GRANT), tables it cannot capture (no primary key, a non-transactional engine), a
-//! replica that is read-only, lacks a table, has it with other columns, or lets capgate's
-//! account change nothing or may not create capgate's function with the binary log on; and exit 0 when all is well.
+//! replica that is read-only, lacks a table, has it with other columns, lets capgate's
+//! account change nothing, or may not create capgate's function with the binary log on; exit
+//! 0 when all is well; and a running capgate shows a replica's failures in `/status`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,8 +84,9 @@ fn check_config_connect_checks_a_mysql_site() {
         "[FAIL] replica good: replicated table checkdb.b differs from the primary's: column `n` is bigint here, int on the primary",
         "[ok] replica good: 1 of 2 replicated table(s) present with the primary's columns",
         "[FAIL] replica narrow: the URL's account lacks privileges capgate's apply needs: `GRANT CREATE ON `capgate`.* TO 'chk_narrow'@'%'`",
-        "[FAIL] replica stock: read_only = ON",
+        "[warn] replica stock: read_only = ON, and capgate's account may write anyway (READ_ONLY ADMIN)",
         "[FAIL] replica stock: replicated table checkdb.a is missing",
+        "[FAIL] replica binlog: read_only = ON: capgate's apply is refused here",
         "[FAIL] replica binlog: binary logging is on (log_bin = ON) and 'chk_narrow'@'%' has no SUPER privilege",
         "[FAIL] replica gone: cannot connect to 127.0.0.1:",
     ] {
@@ -107,4 +109,31 @@ fn check_config_connect_checks_a_mysql_site() {
     assert_eq!(code, Some(0), "{all}");
     has(&all, "[ok] replica good: 1 of 1 replicated table(s) present with the primary's columns");
     assert!(!all.contains("[FAIL]") && !all.contains("[warn]"), "{all}");
+
+    // A running capgate shows the same failures as the replica's `problems` in `/status`
+    // (checked at start, then every minute), while the replica is healthy.
+    let running = format!(
+        "site = \"west\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n\
+         [primary]\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable\"\n\
+         [[replicas]]\nname = \"stock\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable\"\n",
+        p.port(),
+        stock.port()
+    );
+    let proxy = super::support::MyProxy::start_config(&running, &dir);
+    let admin = proxy.admin.expect("admin listener");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, body) = crate::admin::get(admin, "/status", None);
+        assert_eq!(code, 200, "{body}");
+        let doc: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
+        let problems = doc["replicas"][0]["problems"].as_array().cloned().unwrap_or_default();
+        if !problems.is_empty() {
+            let text = format!("{problems:?}");
+            assert!(text.contains("replicated table checkdb.a is missing"), "{text}");
+            assert!(!text.contains("read_only"), "only failures are problems, not warnings: {text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no problems in /status: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
