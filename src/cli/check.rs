@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use crate::backend::checks::{check_all, Outcome};
 use crate::config::Config;
-use crate::policy::{Policy, UnknownAction};
+use crate::policy::{Mode, Policy, UnknownAction};
 
 pub(super) fn check_config(file: &Path, connect: bool) -> ExitCode {
     let config = match Config::load(file) {
@@ -47,6 +47,9 @@ pub(super) fn check_config(file: &Path, connect: bool) -> ExitCode {
                 for w in &p.warnings {
                     println!("{}:{}: {}: warning: {}", path.display(), w.line.unwrap_or(0), w.key, w.message);
                 }
+                for (line, message) in lag_budget_warnings(&config, &p) {
+                    println!("{}:{line}: max_lag: warning: {message}", path.display());
+                }
                 p
             }
             Err(e) => {
@@ -77,4 +80,29 @@ pub(super) fn check_config(file: &Path, connect: bool) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Bounded rules whose `max_lag` a healthy replica's lag reaches under a steady load: it is up
+/// to the replica's `ship_interval` plus a range's time plus the lag monitor's refresh (250 ms),
+/// so below twice the interval plus half a second writes would be refused with no fault at
+/// all. (line of the rule, 0 for the default; the message.)
+fn lag_budget_warnings(config: &crate::config::Config, policy: &Policy) -> Vec<(usize, String)> {
+    let Some(slowest) = config.replicas.iter().max_by_key(|r| r.ship_interval) else { return Vec::new() };
+    let floor = slowest.ship_interval * 2 + std::time::Duration::from_millis(500);
+    let modes =
+        std::iter::once((0, "default", &policy.default)).chain(policy.rules.iter().map(|r| (r.line, r.pattern_text.as_str(), &r.mode)));
+    modes
+        .filter_map(|(line, what, mode)| match mode {
+            Mode::Bounded { max_lag, .. } if *max_lag < floor => Some((
+                line,
+                format!(
+                    "{what}: max_lag {max_lag:?} is below twice replica {}'s ship_interval ({:?}) plus 0.5 s: a healthy \
+                     replica's lag reaches that under a steady load, and the table's writes would be refused with no fault; \
+                     raise max_lag or lower ship_interval",
+                    slowest.name, slowest.ship_interval
+                ),
+            )),
+            _ => None,
+        })
+        .collect()
 }

@@ -57,6 +57,26 @@ fn check_config_accepts_a_good_file_and_lists_every_problem_of_a_bad_one() {
         assert!(err.contains(&format!("{}:{line}: {key}: ", bad.display())), "no line for {key} in:\n{err}");
     }
 
+    // A bounded budget a healthy replica's lag reaches under load is warned about.
+    let tight = dir.join("tight.toml");
+    std::fs::write(dir.join("tight-policy.toml"), "[[table]]\nmatch = \"public.cart\"\nmode = \"bounded\"\nmax_lag = \"1s\"\n").unwrap();
+    std::fs::write(
+        &tight,
+        "site = \"seattle\"\npolicy = \"tight-policy.toml\"\n[primary]\nurl = \"postgres://h/db\"\n\
+         [[replicas]]\nname = \"east\"\nurl = \"postgres://e/db\"\nship_interval = \"500ms\"\n",
+    )
+    .unwrap();
+    let out = capgate(&["check-config", "--config", tight.to_str().unwrap()]);
+    assert!(out.status.success(), "a warning, not a failure: {}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("tight-policy.toml:1: max_lag: warning: public.cart: max_lag 1s is below twice replica east's ship_interval (500ms)"),
+        "{said}"
+    );
+    std::fs::write(&tight, std::fs::read_to_string(&tight).unwrap().replace("500ms", "200ms")).unwrap();
+    let said = String::from_utf8_lossy(&capgate(&["check-config", "--config", tight.to_str().unwrap()]).stdout).into_owned();
+    assert!(!said.contains("warning"), "1 s is above 2 × 200 ms + 0.5 s: {said}");
+
     let typo = dir.join("typo.toml");
     std::fs::write(&typo, "site = \"seattle\"\n[primary]\nurl = \"postgres://h/db\"\nsslmode = \"require\"\n").unwrap();
     let out = capgate(&["check-config", "--config", typo.to_str().unwrap()]);
