@@ -34,7 +34,7 @@ pub(super) fn check_config(file: &Path, connect: bool) -> ExitCode {
             println!("no policy file: every table is local, nothing is replicated");
             Policy::default()
         }
-        Some(path) => match Policy::load(path) {
+        Some(path) => match Policy::load(path).and_then(|p| site_problems(&config, path, p)) {
             Ok(p) => {
                 println!(
                     "{}: ok (default {}, unknown {}, {} rule(s), {} function(s))",
@@ -105,4 +105,18 @@ fn lag_budget_warnings(config: &crate::config::Config, policy: &Policy) -> Vec<(
             _ => None,
         })
         .collect()
+}
+
+/// `policy`, or what the site refuses in it (a MySQL/MariaDB site: keys built for PostgreSQL
+/// only), as `capgate run` and every reload would.
+fn site_problems(config: &crate::config::Config, path: &Path, policy: Policy) -> Result<Policy, crate::policy::PolicyError> {
+    let problems = match config.primary.url.scheme {
+        crate::config::Scheme::MySql => crate::frontend::mysql::policy_limits::problems(&policy, config),
+        crate::config::Scheme::Postgres => Vec::new(),
+    };
+    if problems.is_empty() {
+        Ok(policy)
+    } else {
+        Err(crate::policy::PolicyError { file: path.to_owned(), problems })
+    }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::classify::{Catalog, Classification, Dialect, FunctionInfo, StatementClass, TableName, Volatility};
 pub use glob::Pattern;
 pub use load::{PolicyError, PolicyProblem};
-pub use reload::PolicyHandle;
+pub use reload::{PolicyHandle, SiteCheck};
 
 /// How a table's writes reach the other sites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use super::{Policy, PolicyError};
+use super::{Policy, PolicyError, PolicyProblem};
 
 /// What identifies a version of the file on disk, cheaply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +23,31 @@ fn stamp(path: &Path) -> Option<Stamp> {
     Some(Stamp { modified: meta.modified().ok(), len: meta.len() })
 }
 
+/// What a site can do beyond what the policy file's own rules allow: a MySQL/MariaDB site
+/// refuses a policy that asks for something built for PostgreSQL only (a `quorum`, …), at
+/// start and at every reload, as it refuses a malformed file.
+pub struct SiteCheck(pub Box<SiteCheckFn>);
+
+/// The function of a [`SiteCheck`]: the problems it finds in a policy.
+pub type SiteCheckFn = dyn Fn(&Policy) -> Vec<PolicyProblem> + Send + Sync;
+
+impl std::fmt::Debug for SiteCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SiteCheck")
+    }
+}
+
+/// The policy in `path`, refused when the file's rules or `check` find a problem.
+fn load_and_check(path: &Path, check: Option<&SiteCheck>) -> Result<Policy, PolicyError> {
+    let policy = Policy::load(path)?;
+    let problems = check.map(|c| (c.0)(&policy)).unwrap_or_default();
+    if problems.is_empty() {
+        Ok(policy)
+    } else {
+        Err(PolicyError { file: path.to_owned(), problems })
+    }
+}
+
 /// The current policy of a process, shared by every session.
 #[derive(Debug)]
 pub struct PolicyHandle {
@@ -33,21 +58,30 @@ pub struct PolicyHandle {
     /// The file's stamp when it was last read, good or bad (so a bad file is reported once,
     /// not every second).
     seen: Mutex<Option<Stamp>>,
+    /// Problems the site finds in a policy the file's rules accept (none: every policy the
+    /// file's rules accept is taken).
+    check: Option<SiteCheck>,
 }
 
 impl PolicyHandle {
     /// Load `path` as version 1.
     pub fn load(path: &Path) -> Result<PolicyHandle, PolicyError> {
+        PolicyHandle::load_checked(path, None)
+    }
+
+    /// Load `path` as version 1, refused when `check` finds a problem in it; every reload
+    /// is checked the same way.
+    pub fn load_checked(path: &Path, check: Option<SiteCheck>) -> Result<PolicyHandle, PolicyError> {
         let seen = stamp(path);
-        let mut policy = Policy::load(path)?;
+        let mut policy = load_and_check(path, check.as_ref())?;
         policy.version = 1;
         policy.log_warnings(&path.display().to_string());
-        Ok(PolicyHandle { path: Some(path.to_owned()), current: RwLock::new(Arc::new(policy)), seen: Mutex::new(seen) })
+        Ok(PolicyHandle { path: Some(path.to_owned()), current: RwLock::new(Arc::new(policy)), seen: Mutex::new(seen), check })
     }
 
     /// A handle that always serves `policy` (no file, reloads do nothing).
     pub fn fixed(policy: Policy) -> PolicyHandle {
-        PolicyHandle { path: None, current: RwLock::new(Arc::new(policy)), seen: Mutex::new(None) }
+        PolicyHandle { path: None, current: RwLock::new(Arc::new(policy)), seen: Mutex::new(None), check: None }
     }
 
     /// The policy in force now.
@@ -62,7 +96,7 @@ impl PolicyHandle {
             return Ok(self.current().version);
         };
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(path);
-        let mut policy = Policy::load(path)?;
+        let mut policy = load_and_check(path, self.check.as_ref())?;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         policy.version = current.version + 1;
         let version = policy.version;

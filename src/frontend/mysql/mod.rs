@@ -28,6 +28,7 @@ pub mod implicit;
 pub mod locks;
 pub mod partitions;
 pub mod parts;
+pub mod policy_limits;
 pub mod relay;
 pub mod reserved;
 pub mod session;
@@ -255,7 +256,7 @@ impl Server {
         };
         let primary = Upstream::new(config.primary.url.clone()).map_err(StartError::PrimaryTls)?;
         let policy = match &config.policy {
-            Some(path) => PolicyHandle::load(path).map_err(StartError::Policy)?,
+            Some(path) => PolicyHandle::load_checked(path, Some(policy_limits::site_check(&config))).map_err(StartError::Policy)?,
             None => PolicyHandle::fixed(Policy::default()),
         };
         let router = Arc::new(Router::new(Dialect::MySql, Arc::new(policy), Catalog::new()));

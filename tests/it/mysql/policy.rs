@@ -127,3 +127,35 @@ async fn refusals_are_errors_in_their_place_and_the_session_goes_on() {
     assert!(third.iter().any(|p| p.text().contains("three")), "{third:?}");
     assert_eq!(raw.value("SELECT 40 + 2"), "42");
 }
+
+/// Keys built for PostgreSQL only are refused on a MySQL site, at start and at a reload (the
+/// old policy stays), rather than silently not doing what they say.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quorum_is_refused_at_start_and_at_a_reload() {
+    let dir = crate::support::scratch("mysql-policy-quorum");
+    let quorum = "default = \"local\"\n[[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\nquorum = 1\n";
+    std::fs::write(dir.join("policy.toml"), quorum).unwrap();
+    let text = format!(
+        "site = \"test\"\nlisten = \"127.0.0.1:0\"\npolicy = \"policy.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:{}/\"\n",
+        primary().port()
+    );
+    let config = capgate::config::Config::parse(&text, &dir.join("capgate.toml")).expect("config");
+    let refused = match capgate::frontend::mysql::Server::bind(std::sync::Arc::new(config)).await {
+        Ok(_) => panic!("capgate started with a quorum on a MySQL site"),
+        Err(e) => e.to_string(),
+    };
+    for words in ["policy.toml:2: table[1].quorum: quorum = 1 for \"shop.orders\"", "PostgreSQL-only", "remove quorum"] {
+        assert!(refused.contains(words), "{words:?} missing from: {refused}");
+    }
+
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    let proxy = tokio::task::spawn_blocking(move || MyProxy::start_config(&text, &dir)).await.unwrap();
+    let handle = proxy.shared.router.policy();
+    assert_eq!(handle.current().version, 1);
+    let file = crate::support::scratch("mysql-policy-quorum").join("policy.toml");
+    std::fs::write(&file, quorum).unwrap();
+    let err = handle.reload().expect_err("the reload is refused");
+    assert!(err.to_string().contains("table[1].quorum"), "{err}");
+    assert_eq!(handle.current().version, 1, "the policy in force stays");
+    assert!(handle.current().rules.iter().all(|r| !matches!(r.mode, capgate::policy::Mode::Sync { quorum: Some(_), .. })));
+}
