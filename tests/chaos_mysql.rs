@@ -3,7 +3,8 @@
 //! table (XA), an `async`, a `bounded` and a `local` one. Four mysql_async clients write all
 //! of them through capgate (shapes in chaos/my_workload.rs), a fifth the non-sync ones on the
 //! primary directly, while a seeded nemesis cuts, slows and resets the
-//! link, stops and starts the replica server and SIGKILLs capgate; then everything is healed
+//! link, stops and starts the replica server and SIGKILLs capgate (also while the link is cut
+//! or the replica is down, so it restarts without its replica); then everything is healed
 //! and drained and a checker holds the history the clients saw against the guarantees.
 //!
 //! - `short_run_random_seed` runs in CI (`CHAOS_SECONDS`, default 30); the seed is printed,
@@ -97,7 +98,7 @@ async fn nemesis(seed: u64, until: Instant, link: &Link, capgate: &Mutex<Capgate
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
         let hold = Duration::from_millis(rng.random_range(500..3000));
-        let kind = match rng.random_range(0..9) {
+        let kind = match rng.random_range(0..11) {
             0 => {
                 link.set_latency(Duration::from_millis(400));
                 tokio::time::sleep(hold).await;
@@ -141,6 +142,27 @@ async fn nemesis(seed: u64, until: Instant, link: &Link, capgate: &Mutex<Capgate
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
                 "capgate killed (SIGKILL) and restarted"
+            }
+            // The faults together: capgate (re)starting while its replica cannot be reached
+            // starts it partitioned (decision 0038) and must then resolve, on the heal, the
+            // XA branches its killed predecessor left prepared there.
+            9 => {
+                link.blackhole();
+                capgate.lock().unwrap().kill();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
+                tokio::time::sleep(hold).await;
+                link.restore();
+                "capgate killed and restarted during a silent partition"
+            }
+            10 => {
+                let _ = tokio::task::spawn_blocking(|| servers().1.stop()).await;
+                capgate.lock().unwrap().kill();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
+                tokio::time::sleep(hold).await;
+                let _ = tokio::task::spawn_blocking(|| servers().1.restart()).await;
+                "capgate killed and restarted while the replica server is down"
             }
             _ => {
                 capgate.lock().unwrap().reload_policy();
