@@ -114,7 +114,7 @@ async fn nemesis(seed: u64, until: Instant, link: &Link, capgate: &Mutex<Capgate
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
         let hold = Duration::from_millis(rng.random_range(500..3000));
-        let kind = match rng.random_range(0..8) {
+        let kind = match rng.random_range(0..10) {
             0 => {
                 link.set_latency(Duration::from_millis(400));
                 tokio::time::sleep(hold).await;
@@ -147,10 +147,22 @@ async fn nemesis(seed: u64, until: Instant, link: &Link, capgate: &Mutex<Capgate
                 "replica server stopped and started"
             }
             6 => {
-                capgate.lock().unwrap().kill();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
+                process::kill_and_restart(capgate, Duration::ZERO).await;
                 "capgate killed (SIGKILL) and restarted"
+            }
+            // The faults together: capgate (re)starting while its replica cannot be reached,
+            // with its predecessor's prepared transactions there to resolve on the heal.
+            7 => {
+                link.blackhole();
+                process::kill_and_restart(capgate, hold).await;
+                link.restore();
+                "capgate killed and restarted during a silent partition"
+            }
+            8 => {
+                let _ = tokio::task::spawn_blocking(|| bed().b_replica().stop()).await;
+                process::kill_and_restart(capgate, hold).await;
+                let _ = tokio::task::spawn_blocking(|| bed().b_replica().restart()).await;
+                "capgate killed and restarted while the replica server is down"
             }
             _ => {
                 capgate.lock().unwrap().reload_policy();
@@ -218,6 +230,11 @@ async fn run(seed: u64, secs: u64, direct: bool) {
     }
 
     let t0 = Instant::now();
+    // Times in the report are seconds from here; capgate's log has wall-clock times.
+    eprintln!(
+        "chaos: time 0 is {:.3} (Unix seconds)",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(Mutex::new(Vec::new()));
     // Lag samples of the bounded table (its own lag, what admission uses), from /status.
@@ -414,10 +431,12 @@ async fn run(seed: u64, secs: u64, direct: bool) {
                 first(
                     &mut bounded,
                     Some(format!(
-                        "accepted at {:.1}s while the lag was at least {min:.2}s (budget {MAX_LAG}s + {LAG_TOLERANCE}s): {}{}",
+                        "accepted at {:.1}s (answered at {:.1}s) while the lag was at least {min:.2}s (budget {MAX_LAG}s + {LAG_TOLERANCE}s): {}{}; samples then: {:?}",
                         op.start,
+                        op.end,
                         op.shape,
-                        if op.extended { ", extended protocol" } else { ", simple protocol" }
+                        if op.extended { ", extended protocol" } else { ", simple protocol" },
+                        samples.iter().filter(|(t, _)| *t >= op.start - 2.0 && *t <= op.end + 2.0).collect::<Vec<_>>()
                     )),
                 );
             }

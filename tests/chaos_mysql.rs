@@ -138,9 +138,7 @@ async fn nemesis(seed: u64, until: Instant, link: &Link, capgate: &Mutex<Capgate
                 "replica server stopped and started"
             }
             7 => {
-                capgate.lock().unwrap().kill();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
+                process::kill_and_restart(capgate, Duration::ZERO).await;
                 "capgate killed (SIGKILL) and restarted"
             }
             // The faults together: capgate (re)starting while its replica cannot be reached
@@ -148,19 +146,13 @@ async fn nemesis(seed: u64, until: Instant, link: &Link, capgate: &Mutex<Capgate
             // XA branches its killed predecessor left prepared there.
             9 => {
                 link.blackhole();
-                capgate.lock().unwrap().kill();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
-                tokio::time::sleep(hold).await;
+                process::kill_and_restart(capgate, hold).await;
                 link.restore();
                 "capgate killed and restarted during a silent partition"
             }
             10 => {
                 let _ = tokio::task::spawn_blocking(|| servers().1.stop()).await;
-                capgate.lock().unwrap().kill();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
-                tokio::time::sleep(hold).await;
+                process::kill_and_restart(capgate, hold).await;
                 let _ = tokio::task::spawn_blocking(|| servers().1.restart()).await;
                 "capgate killed and restarted while the replica server is down"
             }

@@ -93,6 +93,16 @@ impl Capgate {
     }
 }
 
+/// SIGKILL `capgate`, start it again, then wait `hold`: the nemesis's restart, alone or in the
+/// middle of a fault the caller holds (a cut link, a stopped replica: it then starts without
+/// its replica).
+pub async fn kill_and_restart(capgate: &std::sync::Mutex<Capgate>, hold: Duration) {
+    capgate.lock().unwrap().kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::block_in_place(|| capgate.lock().unwrap().spawn());
+    tokio::time::sleep(hold).await;
+}
+
 impl Drop for Capgate {
     fn drop(&mut self) {
         self.kill();
