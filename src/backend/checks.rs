@@ -60,7 +60,7 @@ impl Checks {
 }
 
 /// Whether any rule (or the default) makes tables `sync`: only then do replicas need
-/// `max_prepared_transactions`.
+/// two-phase commit (`max_prepared_transactions` on PostgreSQL, `XA RECOVER` on MySQL).
 pub(super) fn uses_sync(policy: &Policy) -> bool {
     matches!(policy.default, Mode::Sync { .. }) || policy.rules.iter().any(|r| matches!(r.mode, Mode::Sync { .. }))
 }
