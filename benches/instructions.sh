@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # benches/instructions.sh — user-space instructions per transaction of capgate and of
-# PgBouncer (session mode), counted by valgrind (callgrind) over the same fixed pgbench run.
+# PgBouncer (session mode), counted by valgrind (callgrind) over the same fixed pgbench run;
+# with DB=mysql, of capgate's MySQL front end and of MariaDB itself over a fixed sysbench run.
 #
 # Why: on a shared 2-core machine TPS and even CPU time per transaction move with the other
 # work on it; the instructions a proxy executes per transaction do not. They leave out the
@@ -13,12 +14,25 @@
 # dump's total instructions (Ir) divided by the transactions. Also the instructions per
 # transaction of capgate's hottest functions (callgrind_annotate), to show where they go.
 #
+# DB=mysql: a throwaway MariaDB (4 tables x 10,000 rows, `sysbench oltp_read_write prepare`)
+# started under callgrind itself (as the mysql user, instrumentation off); capgate under
+# callgrind in front of it. Counted: `sysbench $WORKLOAD --threads=$CLIENTS
+# --events=$CLIENTS*$TX` through capgate (capgate's instructions), then the same run direct
+# (MariaDB's instructions: what the database spends per transaction, the yardstick the
+# proxy's cost is read against; there is no PgBouncer for MySQL here). A transaction is
+# sysbench's: one statement for oltp_point_select, BEGIN + 14 statements + COMMIT for
+# oltp_read_only. PS_MODE=auto: server-side prepared statements (sysbench's default);
+# PS_MODE=disable: text queries (COM_QUERY), which capgate classifies.
+#
 # Usage: benches/instructions.sh   (environment: MODE=prepared CLIENTS=8 TX=2000 (per client)
-#        CAPGATE_BIN=target/release/capgate CAPGATE_WORKERS= KEEP_TMP=0)
+#        CAPGATE_BIN=target/release/capgate CAPGATE_WORKERS= KEEP_TMP=0
+#        DB=postgres|mysql; mysql: WORKLOAD=oltp_point_select|oltp_read_only PS_MODE=auto|disable)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DB="${DB:-postgres}"
 MODE="${MODE:-prepared}"
+WORKLOAD="${WORKLOAD:-oltp_point_select}"
 CLIENTS="${CLIENTS:-8}"
 TX="${TX:-2000}"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
@@ -29,7 +43,31 @@ KEEP_TMP="${KEEP_TMP:-0}"
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { log "error: $*"; exit 2; }
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || die "valgrind (callgrind) is needed"
+[[ "$DB" == postgres || "$DB" == mysql ]] || die "DB is postgres or mysql, not $DB"
 ensure_capgate_bin
+
+# capgate's hottest functions in callgrind dump $1 over $2 transactions.
+hottest() {
+    echo "capgate's hottest functions (own instructions per transaction, share of the total):"
+    callgrind_annotate "$1" 2>/dev/null | awk -v n="$2" '/^-+$/ { s++ } s >= 3 && $1 ~ /^[0-9,]+$/ { v = $1; gsub(",", "", v); $1 = ""; $2 = ""; printf "  %8.0f %s\n", v / n, substr($0, 1, 160); if (++k == 25) exit }' || true
+}
+
+# The newest callgrind dump with prefix $1, its total instructions divided by $2
+# transactions, printed for name $3.
+per_transaction() {
+    local prefix=$1 txs=$2 name=$3 dump ir
+    dump="$(ls -t "$prefix".* 2>/dev/null | head -1)"
+    [[ -n "$dump" ]] || die "no callgrind dump for $name"
+    ir="$(sed -nE 's/^totals: ([0-9]+).*/\1/p' "$dump")"
+    awk -v ir="$ir" -v n="$txs" -v name="$name" 'BEGIN { printf "%-10s %10.0f instructions per transaction (%d transactions)\n", name, ir / n, n }'
+    [[ "$name" != capgate ]] || hottest "$dump" "$txs"
+}
+
+if [[ "$DB" == mysql ]]; then
+    # shellcheck source=benches/instructions_mysql.sh
+    . "$REPO_ROOT/benches/instructions_mysql.sh"
+    exit 0
+fi
 
 TMP="$(mktemp -d /tmp/capgate-instr.XXXXXX)"
 chmod 755 "$TMP"
@@ -56,16 +94,9 @@ count() {
     "${CTL[@]}" -d "$pid" >/dev/null 2>&1
     "${CTL[@]}" -i off "$pid" >/dev/null 2>&1
     sleep 1
-    local dump txs ir
-    dump="$(ls -t "$out".* 2>/dev/null | head -1)"
-    [[ -n "$dump" ]] || die "no callgrind dump for $name"
+    local txs
     txs="$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$TMP/$name.pgbench")"
-    ir="$(sed -nE 's/^totals: ([0-9]+).*/\1/p' "$dump")"
-    awk -v ir="$ir" -v n="$txs" -v name="$name" 'BEGIN { printf "%-10s %10.0f instructions per transaction (%d transactions)\n", name, ir / n, n }'
-    if [[ "$name" == capgate ]]; then
-        echo "capgate's hottest functions (own instructions per transaction, share of the total):"
-        callgrind_annotate "$dump" 2>/dev/null | awk -v n="$txs" '/^-+$/ { s++ } s >= 3 && $1 ~ /^[0-9,]+$/ { v = $1; gsub(",", "", v); $1 = ""; $2 = ""; printf "  %8.0f %s\n", v / n, substr($0, 1, 160); if (++k == 25) exit }' || true
-    fi
+    per_transaction "$out" "$txs" "$name"
 }
 
 cat >"$TMP/capgate.toml" <<CONF

@@ -9,6 +9,14 @@ pub(super) fn text(state: &AdminState) -> String {
     metrics::with_local_recorder(&state.recorder, || {
         metrics::gauge!("capgate_client_connections").set((state.connections)() as f64);
         metrics::gauge!("capgate_policy_version").set(state.policy.current().version as f64);
+        // Live tokio tasks: the main runtime's (accept loop, admin, health, shippers; this
+        // handler runs on it) and the session workers' (one per session, plus what it spawns).
+        if let Ok(main) = tokio::runtime::Handle::try_current() {
+            metrics::gauge!("capgate_tasks", "runtime" => "main").set(main.metrics().num_alive_tasks() as f64);
+        }
+        let sessions: usize =
+            state.session_runtimes.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|h| h.metrics().num_alive_tasks()).sum();
+        metrics::gauge!("capgate_tasks", "runtime" => "sessions").set(sessions as f64);
         let c = &state.router.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         metrics::counter!("capgate_unknown_statements_total", "action" => "relay").absolute(load(&c.unknown_relayed));

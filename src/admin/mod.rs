@@ -107,6 +107,9 @@ pub struct AdminState {
     handle: PrometheusHandle,
     /// What resumes a halted table (`POST /tables/<table>/resume`); None: no shipper here.
     pub resume: Option<Arc<dyn resume::Resume>>,
+    /// The session workers' runtimes (set once the listener runs): `/metrics` counts their
+    /// live tasks, so a soak can tell tasks that outlive their sessions.
+    pub session_runtimes: Mutex<Vec<tokio::runtime::Handle>>,
 }
 
 impl AdminState {
@@ -132,6 +135,7 @@ impl AdminState {
             recorder,
             handle,
             resume: None,
+            session_runtimes: Mutex::default(),
         }
     }
 

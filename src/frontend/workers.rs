@@ -53,6 +53,11 @@ impl Workers {
         Ok(Workers { workers })
     }
 
+    /// Each worker's runtime handle (for its task count in `/metrics`).
+    pub fn handles(&self) -> Vec<Handle> {
+        self.workers.iter().map(|w| w.handle.clone()).collect()
+    }
+
     /// How many worker threads there are.
     pub fn len(&self) -> usize {
         self.workers.len()

@@ -165,3 +165,44 @@ async fn the_shipper_runs_inside_the_server_and_status_shows_its_tables() {
     assert!(metrics.lines().any(|l| l == line), "missing `{line}` in:\n{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("capgate_shipped_changes_total{replica=\"virginia\"} ")), "{metrics}");
 }
+
+/// The value of the Prometheus line starting with `prefix` (followed by a space), if any.
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `/metrics` counts live tokio tasks on the main runtime and on the session workers, so a
+/// soak can tell tasks that outlive their sessions: each session is a task while it lasts,
+/// and with no replica (no pooled connection driven from a session worker) the session
+/// workers run nothing once the sessions have closed.
+#[tokio::test]
+async fn metrics_count_tasks_and_session_tasks_end_with_their_sessions() {
+    let proxy = Proxy::start("admin = \"127.0.0.1:0\"");
+    let admin = proxy.admin.expect("admin listener");
+    let read = |admin| async move {
+        let (code, text) = tokio::task::spawn_blocking(move || get(admin, "/metrics", None)).await.unwrap();
+        assert_eq!(code, 200, "{text}");
+        let sessions = metric(&text, "capgate_tasks{runtime=\"sessions\"}").unwrap_or_else(|| panic!("no session task count in:\n{text}"));
+        let main = metric(&text, "capgate_tasks{runtime=\"main\"}").unwrap_or_else(|| panic!("no main task count in:\n{text}"));
+        (sessions, main)
+    };
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = connect(&proxy.url("postgres", "postgres")).await;
+        c.simple_query("SELECT 1").await.expect("query through capgate");
+        clients.push(c);
+    }
+    let (sessions, main) = read(admin).await;
+    assert!(sessions >= 3.0, "3 sessions open, {sessions} tasks on the session workers");
+    assert!(main >= 1.0, "the accept loop and the admin listener run on the main runtime: {main} tasks");
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (sessions, _) = read(admin).await;
+        if sessions == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{sessions} tasks left on the session workers after every session closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -335,6 +335,7 @@ impl Server {
                 return;
             }
         };
+        *self.shared.admin.session_runtimes.lock().unwrap_or_else(|e| e.into_inner()) = workers.handles();
         crate::frontend::listener::accept_until(&self.listener, &workers, &sessions, shutdown, &stop_rx, serve).await;
         drop(self.listener);
         crate::frontend::listener::drain(&config, &sessions, stop_tx, force).await;
