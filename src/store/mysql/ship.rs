@@ -147,10 +147,18 @@ pub async fn read_where(conn: &mut mysql_async::Conn, condition: &str) -> Result
 pub async fn settled_holes(conn: &mut mysql_async::Conn, pos: &Position) -> Result<Vec<u64>, ShipError> {
     let sql = format!(
         "SELECT {NOW}, (SELECT UNIX_TIMESTAMP(MIN(trx_started)) FROM information_schema.INNODB_TRX \
-         WHERE trx_mysql_thread_id <> CONNECTION_ID())"
+         WHERE trx_mysql_thread_id <> CONNECTION_ID()), \
+         (SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = 0)"
     );
-    let row: Option<(f64, Option<f64>)> = conn.query_first(sql).await.map_err(server("listing the primary's open transactions"))?;
-    let (now, oldest) = row.unwrap_or((0.0, Some(0.0)));
+    let row: Option<(f64, Option<f64>, u64)> = conn.query_first(sql).await.map_err(server("listing the primary's open transactions"))?;
+    let (now, oldest, detached) = row.unwrap_or((0.0, Some(0.0), 0));
+    // A transaction of no session — an XA branch prepared and left by its client, or one the
+    // server recovered at start — may carry a `trx_started` later than the number it holds:
+    // InnoDB stamps a recovered transaction with the restart's time. No hole is dropped
+    // while one exists (its XA COMMIT may still bring the row).
+    if detached > 0 {
+        return Ok(Vec::new());
+    }
     let mut candidates = pos.settle_candidates(now, oldest);
     for chunk in candidates.clone().chunks(10_000) {
         let list: Vec<String> = chunk.iter().map(u64::to_string).collect();
@@ -158,6 +166,7 @@ pub async fn settled_holes(conn: &mut mysql_async::Conn, pos: &Position) -> Resu
             .query(format!("SELECT seq FROM capgate.changes WHERE seq IN ({})", list.join(",")))
             .await
             .map_err(server("looking for the rows of settled holes"))?;
+        let found: std::collections::HashSet<u64> = found.into_iter().collect();
         candidates.retain(|s| !found.contains(s));
     }
     Ok(candidates)

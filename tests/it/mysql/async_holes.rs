@@ -2,8 +2,10 @@
 //! that is still open when a batch is read is looked for again until its row shows up, and is
 //! dropped only once it never can. The race this guards: the transaction commits *after* the
 //! batch that missed its row was read but *before* the shipper lists the open transactions —
-//! the listing no longer shows it, yet its row is there to ship. Driven step by step on the
-//! shipper's own reads, against a MariaDB of its own (nothing else writes its change log).
+//! the listing no longer shows it, yet its row is there to ship; and an XA branch prepared on
+//! the primary and left there across a restart, which InnoDB stamps with the restart's time.
+//! Driven step by step on the shipper's own reads, against a MariaDB of its own (nothing else
+//! writes its change log).
 
 use std::time::Duration;
 
@@ -34,7 +36,7 @@ async fn hole_behind_a_batch(url: &str, shipper: &mut mysql_async::Conn, from: &
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_hole_committed_after_the_batch_that_missed_it_is_kept_and_a_rolled_back_one_is_dropped() {
+async fn a_hole_is_dropped_only_once_no_transaction_can_still_fill_it() {
     let db = MariaDb::start(MariaDbOptions::default()).expect("MariaDB");
     let url = format!("mysql://capgate@127.0.0.1:{}/", db.port());
     let mut shipper = mysql_async::Conn::from_url(url.as_str()).await.expect("connect");
@@ -65,4 +67,43 @@ async fn a_hole_committed_after_the_batch_that_missed_it_is_kept_and_a_rolled_ba
     drop(open);
     tokio::time::sleep(settle).await;
     assert_eq!(ship::settled_holes(&mut shipper, &pos).await.expect("settle"), [hole], "a rolled-back number is settled");
+
+    // An XA branch prepared on the primary by some other transaction manager, left by its
+    // session, across a restart of the primary: InnoDB stamps the recovered transaction with
+    // the restart's time, later than the hole — the listing alone would call it settled.
+    let mut xa = mysql_async::Conn::from_url(url.as_str()).await.expect("connect");
+    xa.query_drop("XA START 'holes-tm'").await.expect("xa start");
+    xa.query_drop(CHANGE).await.expect("insert in the branch");
+    let hole: u64 = xa.query_first("SELECT LAST_INSERT_ID()").await.expect("id").expect("row");
+    xa.query_drop("XA END 'holes-tm'").await.expect("xa end");
+    xa.query_drop("XA PREPARE 'holes-tm'").await.expect("xa prepare");
+    drop(xa);
+    let mut quick = mysql_async::Conn::from_url(url.as_str()).await.expect("connect");
+    quick.query_drop(CHANGE).await.expect("autocommit insert");
+    drop(quick);
+    let read = ship::read_batch(&mut shipper, None, &pos, 100).await.expect("read");
+    let seqs: Vec<u64> = read.changes.iter().map(|s| s.change.seq).collect();
+    assert_eq!(seqs, [hole + 1]);
+    let pos = pos.after(&seqs, read.seen);
+    drop(shipper);
+    let db = tokio::task::spawn_blocking(move || {
+        db.stop().expect("stop the primary");
+        std::thread::sleep(Duration::from_millis(1200));
+        db.restart().expect("restart the primary");
+        db
+    })
+    .await
+    .expect("join");
+    let mut shipper = mysql_async::Conn::from_url(url.as_str()).await.expect("reconnect");
+    ship::prepare_primary(&mut shipper).await.expect("prepare");
+    tokio::time::sleep(settle).await;
+    assert_eq!(
+        ship::settled_holes(&mut shipper, &pos).await.expect("settle"),
+        Vec::<u64>::new(),
+        "seq {hole} belongs to a prepared XA branch the restart left: it may still commit"
+    );
+    shipper.query_drop("XA COMMIT 'holes-tm'").await.expect("the transaction manager commits");
+    let next = ship::read_batch(&mut shipper, None, &pos, 100).await.expect("read");
+    assert_eq!(next.changes.iter().map(|s| s.change.seq).collect::<Vec<_>>(), [hole], "and its row ships");
+    drop(db);
 }
