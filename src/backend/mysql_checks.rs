@@ -162,14 +162,22 @@ async fn on_primary(c: &mut Checks, conn: &mut mysql_async::Conn, policy: &Polic
             out.insert(table, (columns, mode));
         }
     }
-    // (`out` keeps the tables fit to replicate: the replicas are checked for those.)
+    // (`out` keeps the tables fit to replicate: the replicas are checked for those, by the
+    // columns' full types.)
+    if let Ok(mut full) = column_types(conn).await {
+        for (table, (columns, _)) in out.iter_mut() {
+            if let Some(typed) = full.remove(table) {
+                *columns = typed;
+            }
+        }
+    }
     let list = if fine.is_empty() { "none".to_owned() } else { fine.join(", ") };
     c.add(Outcome::Ok, format!("{} table(s) the policy replicates: {list}", fine.len()));
 }
 
 /// What a replica's account needs: capgate's database (its positions, functions) and
 /// changing the replicated tables.
-const REPLICA_CAPGATE: [&str; 7] = ["CREATE", "CREATE ROUTINE", "ALTER ROUTINE", "EXECUTE", "INSERT", "UPDATE", "SELECT"];
+const REPLICA_CAPGATE: [&str; 8] = ["CREATE", "CREATE ROUTINE", "ALTER ROUTINE", "EXECUTE", "INSERT", "UPDATE", "DELETE", "SELECT"];
 const REPLICA_TABLES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
 
 async fn on_replica(c: &mut Checks, conn: &mut mysql_async::Conn, policy: &Policy, tables: &Replicated) {
@@ -178,14 +186,21 @@ async fn on_replica(c: &mut Checks, conn: &mut mysql_async::Conn, policy: &Polic
     match Grants::read(conn).await {
         Ok(grants) => {
             bypass = Some(grants.has_global("READ_ONLY ADMIN"));
-            let mut schemas: Vec<&str> = tables.keys().map(|t| t.schema.as_str()).collect();
-            schemas.dedup();
-            let wants = REPLICA_CAPGATE
+            let mut lacking: Vec<String> = REPLICA_CAPGATE
                 .iter()
-                .map(|p| (*p, "capgate"))
-                .chain(schemas.iter().flat_map(|s| REPLICA_TABLES.iter().map(move |p| (*p, *s))));
-            let lacking: Vec<String> =
-                wants.filter(|(p, s)| !grants.has(p, s)).map(|(p, s)| format!("`GRANT {p} ON `{s}`.* TO {}`", grants.grantee)).collect();
+                .filter(|p| !grants.has(p, "capgate"))
+                .map(|p| format!("`GRANT {p} ON `capgate`.* TO {}`", grants.grantee))
+                .collect();
+            // On the replicated tables the grant may be per table: what is missing is named per
+            // database (or per table when the database has the others).
+            for t in tables.keys() {
+                for p in REPLICA_TABLES.iter().filter(|p| !grants.has_on_table(p, &t.schema, &t.name)) {
+                    let grant = format!("`GRANT {p} ON `{}`.* TO {}`", t.schema, grants.grantee);
+                    if !lacking.contains(&grant) {
+                        lacking.push(grant);
+                    }
+                }
+            }
             let binlog: Result<Option<(i64, i64)>, _> = conn.query_first("SELECT @@log_bin, @@log_bin_trust_function_creators").await;
             if matches!(binlog, Ok(Some((1, 0)))) && !grants.has_global("SUPER") {
                 c.add(
@@ -229,7 +244,7 @@ async fn on_replica(c: &mut Checks, conn: &mut mysql_async::Conn, policy: &Polic
             Err(e) => c.add(Outcome::Fail, format!("XA RECOVER fails ({e}): capgate cannot recover its sync branches here")),
         }
     }
-    let theirs = match capture::tables(conn).await {
+    let theirs = match column_types(conn).await {
         Ok(t) => t,
         Err(e) => return c.add(Outcome::Warn, format!("cannot list the tables: {e}")),
     };
@@ -252,6 +267,28 @@ async fn on_replica(c: &mut Checks, conn: &mut mysql_async::Conn, policy: &Polic
     if !tables.is_empty() {
         c.add(Outcome::Ok, format!("{fine} of {} replicated table(s) present with the primary's columns", tables.len()));
     }
+}
+
+/// Every column of every base table outside the system databases, in order, with its full
+/// type as the server prints it (`varchar(255)`, `int(10) unsigned`, `decimal(12,2)`,
+/// `enum('a','b')`): a replica's `varchar(10)` for the primary's `varchar(255)` fails the
+/// apply of a longer value, so the base type alone would not do.
+async fn column_types(conn: &mut mysql_async::Conn) -> Result<BTreeMap<TableName, Vec<Column>>, mysql_async::Error> {
+    let rows: Vec<(String, String, String, String, bool)> = conn
+        .query(
+            "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_TYPE, c.COLUMN_KEY = 'PRI' \
+             FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
+             ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+             WHERE t.TABLE_TYPE = 'BASE TABLE' \
+             AND c.TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION",
+        )
+        .await?;
+    let mut out: BTreeMap<TableName, Vec<Column>> = BTreeMap::new();
+    for (schema, table, name, data_type, key) in rows {
+        out.entry(TableName::new(schema, table)).or_default().push(Column { name, data_type, key, generated: false });
+    }
+    Ok(out)
 }
 
 /// How a replica's columns differ from the primary's (names, order, types, primary key), or

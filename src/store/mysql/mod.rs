@@ -16,6 +16,7 @@ pub mod apply;
 pub mod batched;
 pub mod capture;
 pub mod copy;
+pub mod grants;
 pub mod held;
 pub mod image;
 pub mod position;

@@ -15,6 +15,8 @@
 
 use mysql_async::prelude::Queryable;
 
+pub use super::grants::Grants;
+
 /// The marker capgate sets on a client session's primary connection.
 pub const SESSION_MARKER: &str = "SET @capgate_session = 1";
 
@@ -132,58 +134,15 @@ fn routine_sql(name: &str, body: &str) -> String {
     format!("CREATE OR REPLACE DEFINER = CURRENT_USER PROCEDURE capgate.{name}({PARAMETERS}) MODIFIES SQL DATA SQL SECURITY DEFINER {body}")
 }
 
-/// The privileges of capgate's account on a server (the primary, or a replica for
-/// `check-config`), as `information_schema` lists them (global and per database); a
-/// privilege granted only through a role is not seen there, and is reported missing.
-pub struct Grants {
-    /// `'user'@'host'`, as GRANT statements name it.
-    pub grantee: String,
-    global: Vec<String>,
-    per_db: Vec<(String, String)>,
-}
-
-impl Grants {
-    pub async fn read(conn: &mut mysql_async::Conn) -> Result<Grants, PrimaryError> {
-        let account: String = conn.query_first("SELECT CURRENT_USER()").await.map_err(PrimaryError::Catalog)?.unwrap_or_default();
-        let grantee = match account.rsplit_once('@') {
-            Some((user, host)) => format!("'{user}'@'{host}'"),
-            None => account.clone(),
-        };
-        let global: Vec<String> = conn
-            .exec("SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = ?", (grantee.clone(),))
-            .await
-            .map_err(PrimaryError::Catalog)?;
-        let per_db: Vec<(String, String)> = conn
-            .exec("SELECT TABLE_SCHEMA, PRIVILEGE_TYPE FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = ?", (grantee.clone(),))
-            .await
-            .map_err(PrimaryError::Catalog)?;
-        Ok(Grants { grantee, global, per_db })
-    }
-
-    /// Whether the account holds `privilege` globally or on database `schema`.
-    pub fn has(&self, privilege: &str, schema: &str) -> bool {
-        self.global.iter().any(|p| p == privilege)
-            || self.per_db.iter().any(|(s, p)| p == privilege && (s == schema || s.replace("\\_", "_") == schema))
-    }
-
-    /// Whether the account holds `privilege` globally (`ON *.*`).
-    pub fn has_global(&self, privilege: &str) -> bool {
-        self.global.iter().any(|p| p == privilege)
-    }
-
-    fn missing(&self, privilege: &'static str, on: String, why: &'static str) -> PrimaryError {
-        PrimaryError::Privilege { privilege, on, account: self.grantee.clone(), why }
-    }
-}
-
 /// Check that capgate's account may install capture on `schemas` (the databases holding
 /// replicated tables): TRIGGER on each, everything on `capgate` (its tables and routines), and the right to create
 /// triggers while the binary log is on. The first missing privilege is named.
 pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) -> Result<(), PrimaryError> {
-    let grants = Grants::read(conn).await?;
+    let grants = Grants::read(conn).await.map_err(PrimaryError::Catalog)?;
     for schema in schemas {
         if !grants.has("TRIGGER", schema) {
-            return Err(grants.missing(
+            return Err(missing(
+                &grants,
                 "TRIGGER",
                 format!("`{schema}`.*"),
                 "capgate records row changes with triggers it creates on each replicated table",
@@ -193,7 +152,8 @@ pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) 
     for privilege in ["CREATE", "INSERT", "SELECT", "DELETE", "CREATE ROUTINE", "ALTER ROUTINE", "EXECUTE"] {
         if !grants.has(privilege, "capgate") {
             let privilege: &'static str = privilege;
-            return Err(grants.missing(
+            return Err(missing(
+                &grants,
                 privilege,
                 "capgate.*".into(),
                 "capgate keeps its change log and decision records in the `capgate` database, and the routines its capture \
@@ -214,16 +174,18 @@ pub async fn check_privileges(conn: &mut mysql_async::Conn, schemas: &[String]) 
 /// PROCESS (`information_schema.INNODB_TRX` tells when a number missing from
 /// `capgate.changes` can no longer appear, decision 0021). The first missing one is named.
 pub async fn check_shipping_privileges(conn: &mut mysql_async::Conn) -> Result<(), PrimaryError> {
-    let grants = Grants::read(conn).await?;
+    let grants = Grants::read(conn).await.map_err(PrimaryError::Catalog)?;
     if !grants.has("UPDATE", "capgate") {
-        return Err(grants.missing(
+        return Err(missing(
+            &grants,
             "UPDATE",
             "capgate.*".into(),
             "the shippers of async and bounded tables record each replica's position in `capgate.shipped`",
         ));
     }
     if !grants.has_global("PROCESS") {
-        return Err(grants.missing(
+        return Err(missing(
+            &grants,
             "PROCESS",
             "*.*".into(),
             "the shippers of async and bounded tables read information_schema.INNODB_TRX to tell when a number missing from \
@@ -276,4 +238,8 @@ pub async fn read_sync_changes(
         conn.query_drop(sync_decide(gid, origin)).await?;
     }
     Ok(changes)
+}
+
+fn missing(grants: &Grants, privilege: &'static str, on: String, why: &'static str) -> PrimaryError {
+    PrimaryError::Privilege { privilege, on, account: grants.grantee.clone(), why }
 }

@@ -41,8 +41,11 @@ fn check_config_connect_checks_a_mysql_site() {
     .expect("primary");
     r.sql(
         "DROP DATABASE IF EXISTS checkdb; CREATE DATABASE checkdb; \
-         CREATE TABLE checkdb.a (id INT PRIMARY KEY, v VARCHAR(10)); CREATE TABLE checkdb.b (id INT PRIMARY KEY, n BIGINT); \
-         DROP USER IF EXISTS 'chk_narrow'@'%'; CREATE USER 'chk_narrow'@'%'; GRANT SELECT ON checkdb.* TO 'chk_narrow'@'%'",
+         CREATE TABLE checkdb.a (id INT PRIMARY KEY, v VARCHAR(10)); CREATE TABLE checkdb.b (id INT PRIMARY KEY, n INT UNSIGNED); \
+         DROP USER IF EXISTS 'chk_narrow'@'%'; CREATE USER 'chk_narrow'@'%'; GRANT SELECT ON checkdb.* TO 'chk_narrow'@'%'; \
+         DROP USER IF EXISTS 'chk_tbl'@'%'; CREATE USER 'chk_tbl'@'%'; GRANT ALL ON capgate.* TO 'chk_tbl'@'%'; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON checkdb.a TO 'chk_tbl'@'%'; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON checkdb.b TO 'chk_tbl'@'%'",
     )
     .expect("replica");
     let conf = vec![("read_only".into(), "ON".into()), ("log-bin".into(), "stock-bin".into())];
@@ -59,10 +62,12 @@ fn check_config_connect_checks_a_mysql_site() {
          [primary]\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable\"\n\
          [[replicas]]\nname = \"good\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable\"\n\
          [[replicas]]\nname = \"narrow\"\nurl = \"mysql://chk_narrow@127.0.0.1:{}/?sslmode=disable\"\n\
+         [[replicas]]\nname = \"tablegrants\"\nurl = \"mysql://chk_tbl@127.0.0.1:{}/?sslmode=disable\"\n\
          [[replicas]]\nname = \"stock\"\nurl = \"mysql://capgate@127.0.0.1:{}/?sslmode=disable\"\n\
          [[replicas]]\nname = \"binlog\"\nurl = \"mysql://chk_narrow@127.0.0.1:{}/?sslmode=disable\"\n\
          [[replicas]]\nname = \"gone\"\nurl = \"mysql://capgate@127.0.0.1:{dead}/?sslmode=disable&connect_timeout=1\"\n",
         p.port(),
+        r.port(),
         r.port(),
         r.port(),
         stock.port(),
@@ -81,7 +86,7 @@ fn check_config_connect_checks_a_mysql_site() {
         "[ok] replica good: connected to 127.0.0.1:",
         "[ok] replica good: may keep capgate's positions",
         "[ok] replica good: XA RECOVER answers",
-        "[FAIL] replica good: replicated table checkdb.b differs from the primary's: column `n` is bigint here, int on the primary",
+        "[FAIL] replica good: replicated table checkdb.b differs from the primary's: column `n` is int(10) unsigned here, int(11) on the primary",
         "[ok] replica good: 1 of 2 replicated table(s) present with the primary's columns",
         "[FAIL] replica narrow: the URL's account lacks privileges capgate's apply needs: `GRANT CREATE ON `capgate`.* TO 'chk_narrow'@'%'`",
         "[warn] replica stock: read_only = ON, and capgate's account may write anyway (READ_ONLY ADMIN)",
@@ -93,6 +98,8 @@ fn check_config_connect_checks_a_mysql_site() {
         has(&all, line);
     }
     assert!(all.contains("`GRANT INSERT ON `checkdb`.* TO 'chk_narrow'@'%'`"), "{all}");
+    assert!(all.contains("`GRANT DELETE ON `capgate`.* TO 'chk_narrow'@'%'`"), "{all}");
+    has(&all, "[ok] replica tablegrants: may keep capgate's positions and functions in `capgate` and change the replicated tables");
     assert!(all.contains("MariaDB 10."), "{all}");
 
     // The account capgate runs with lacks PROCESS: named with its GRANT, as `capgate run` would.
