@@ -18,6 +18,8 @@
 //!   after a statement that commits implicitly (a stored program's definition, DDL, `LOCK
 //!   TABLES`, `SET autocommit = 1` …) runs, in autocommit mode, as above; the client gets the
 //!   parts' replies as one (issue 15);
+//! - DDL of an async or bounded table: the open transaction is committed (coordinated) as
+//!   the DDL would, then capgate carries it (`super::ddl`, decision 0040);
 //! - a TRUNCATE of a replicated table: the open transaction is committed (coordinated) as
 //!   the TRUNCATE would, then capgate carries it (`super::truncate`, decision 0029);
 //! - anything else goes on as it came.
@@ -95,6 +97,16 @@ where
             let reply = autocommit_write(state, server, statements, payload).await?;
             queue(state, reply);
         }
+        Hold::CarryDdl(target) => {
+            if in_trans && statements.policy().has_sync() {
+                let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
+                if outcome != Outcome::Committed {
+                    answer(state, outcome, reply);
+                    return Ok(());
+                }
+            }
+            return super::ddl::carry(state, server, statements, payload, &target).await;
+        }
         Hold::Truncate(target) => {
             if in_trans {
                 let (outcome, reply) = coordinate(state, server, statements, Commit::Own).await?;
@@ -147,7 +159,9 @@ where
         let command = [&[com::QUERY][..], &sql[from..end]].concat();
         from = end;
         let flags = state.lock().status;
-        let reply = if part.sync_write && flags & status::IN_TRANS == 0 && flags & status::AUTOCOMMIT != 0 {
+        let reply = if let Some(target) = &part.carry {
+            super::ddl::carried(state, server, statements, &command, target).await?
+        } else if part.sync_write && flags & status::IN_TRANS == 0 && flags & status::AUTOCOMMIT != 0 {
             autocommit_write(state, server, statements, &command).await?
         } else {
             own_one(state, server, statements, &command).await?
@@ -231,7 +245,7 @@ where
 /// installed meanwhile). Under the session's own `LOCK TABLES`, or when the round fails (another
 /// session holds a table it must change), it is left to the maintenance loop, which runs
 /// rounds until one succeeds.
-async fn reconcile(statements: &Statements) {
+pub(super) async fn reconcile(statements: &Statements) {
     let shared = statements.shared();
     if statements.locked_tables() {
         // The round would wait for the locks this session holds until it gives up: the

@@ -22,6 +22,7 @@
 pub mod admin_sql;
 pub mod auth;
 pub mod conn;
+pub mod ddl;
 pub mod handshake;
 pub mod hold;
 pub mod implicit;

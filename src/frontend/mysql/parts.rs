@@ -35,6 +35,8 @@ pub struct Part {
     /// commits only when autocommit was off: inside `BEGIN` with autocommit on nothing
     /// commits, and the write belongs to the client's transaction (the query runs whole).
     pub after_autocommit_on: bool,
+    /// The part is one DDL statement capgate carries to the replicas (decision 0040).
+    pub carry: Option<super::ddl::Target>,
 }
 
 /// The parts of the query `sql` (classified as `c`, its statements' texts `texts`, tables
@@ -52,7 +54,8 @@ pub fn parts(sql: &str, path: &SearchPath, c: &Classification, texts: &[&str], p
     let mut cuts: Vec<(usize, bool)> = Vec::new();
     let commits = |i: usize| commits_implicitly(texts[i], &c.statements[i].kind, locked_at(texts, i, locked));
     let mut after_autocommit_on = false;
-    if let Some(first_write) = c.statements.iter().position(|s| sync_write(s, policy).is_some()) {
+    // DDL of a sync table is no row write (it is cut apart below when capgate carries it).
+    if let Some(first_write) = c.statements.iter().position(|s| s.kind != Kind::Ddl && sync_write(s, policy).is_some()) {
         let last_commit = (0..first_write).rev().find(|&i| commits(i));
         if let Some(i) = last_commit.filter(|&i| c.statements[i].kind != Kind::Transaction(TxControl::Begin)) {
             cuts.push((i, true));
@@ -67,6 +70,15 @@ pub fn parts(sql: &str, path: &SearchPath, c: &Classification, texts: &[&str], p
         let needs_triggers = written_after.iter().any(|t| t.is_none() || changed.is_empty() || t.is_some_and(|t| changed.contains(t)));
         if needs_triggers && !cuts.iter().any(|&(k, _)| k == i) {
             cuts.push((i, false));
+        }
+    }
+    // Carried DDL runs as a part of its own (decision 0040).
+    let carried = super::ddl::carried_at(c, texts, policy);
+    for (i, _) in &carried {
+        for cut in [i.checked_sub(1), Some(*i).filter(|&i| i < n - 1)].into_iter().flatten() {
+            if !cuts.iter().any(|&(k, _)| k == cut) {
+                cuts.push((cut, false));
+            }
         }
     }
     if cuts.is_empty() {
@@ -85,6 +97,7 @@ pub fn parts(sql: &str, path: &SearchPath, c: &Classification, texts: &[&str], p
             ddl: (from..=i).any(is_ddl),
             sync_write: starts_sync,
             after_autocommit_on: starts_sync && after_autocommit_on,
+            carry: carried.iter().find(|(k, _)| *k == i && from == i).map(|(_, t)| t.clone()),
         });
         from = i + 1;
         starts_sync = sync_next;
@@ -111,7 +124,7 @@ mod tests {
     use crate::frontend::mysql::implicit::statement_texts;
 
     /// The parts' texts, each marked `+` when it holds DDL, `*` when it is a sync write, `?`
-    /// when only a `SET autocommit = 1` commits before it.
+    /// when only a `SET autocommit = 1` commits before it, `!` when it is DDL capgate carries.
     fn cut(sql: &str) -> Option<Vec<String>> {
         let text = "default = \"local\"\n[[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\n\
                     [[table]]\nmatch = \"shop.views\"\nmode = \"async\"\n[[table]]\nmatch = \"shop.new_*\"\nmode = \"bounded\"\nmax_lag = \"5s\"\n";
@@ -125,7 +138,7 @@ mod tests {
             parts
                 .iter()
                 .map(|p| {
-                    let marks = [(p.ddl, "+"), (p.sync_write, "*"), (p.after_autocommit_on, "?")];
+                    let marks = [(p.ddl, "+"), (p.sync_write, "*"), (p.after_autocommit_on, "?"), (p.carry.is_some(), "!")];
                     let marks: String = marks.iter().filter(|(on, _)| *on).map(|(_, m)| *m).collect();
                     let text = format!("{marks}{}", sql[from..p.end].trim());
                     from = p.end;
@@ -176,7 +189,7 @@ mod tests {
         assert_eq!(
             cut("ALTER TABLE views ADD COLUMN c INT; UPDATE views SET c = 1; SELECT 1; DROP TABLE IF EXISTS new_a; CREATE TABLE new_a (id INT PRIMARY KEY); INSERT INTO new_a VALUES (1), (2)"),
             Some(vec![
-                "+ALTER TABLE views ADD COLUMN c INT;".to_owned(),
+                "+!ALTER TABLE views ADD COLUMN c INT;".to_owned(),
                 "+UPDATE views SET c = 1; SELECT 1; DROP TABLE IF EXISTS new_a; CREATE TABLE new_a (id INT PRIMARY KEY);".to_owned(),
                 "INSERT INTO new_a VALUES (1), (2)".to_owned(),
             ])
@@ -190,6 +203,15 @@ mod tests {
             ])
         );
         assert_eq!(cut("CREATE TABLE x (a INT); INSERT INTO x VALUES (1)"), None, "a local table");
+        // DDL capgate carries (decision 0040) runs as a part of its own, wherever it is.
+        assert_eq!(
+            cut("UPDATE views SET a = 1; ALTER TABLE views ADD c INT; SELECT 1"),
+            Some(vec!["UPDATE views SET a = 1;".to_owned(), "+!ALTER TABLE views ADD c INT;".to_owned(), "SELECT 1".to_owned()])
+        );
+        assert_eq!(
+            cut("CREATE INDEX i ON orders (a); UPDATE orders SET a = 1"),
+            Some(vec!["+!CREATE INDEX i ON orders (a);".to_owned(), "*UPDATE orders SET a = 1".to_owned()])
+        );
         assert_eq!(cut("CREATE TABLE x (a INT); INSERT INTO views VALUES (1)"), None, "DDL of another table");
         assert_eq!(cut("INSERT INTO views VALUES (1); CREATE TABLE x (a INT)"), None, "no write after the DDL");
         assert_eq!(

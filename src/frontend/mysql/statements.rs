@@ -86,6 +86,10 @@ pub enum Hold {
     /// A statement that may write a sync table: outside a transaction in autocommit mode,
     /// capgate runs it in a transaction of its own and coordinates that.
     Autocommit,
+    /// DDL of an async or bounded table capgate carries to the replicas in capture order
+    /// (`super::ddl`, decision 0040): the open transaction is committed (coordinated when
+    /// sync tables are replicated) as the DDL would, then the DDL runs and is recorded.
+    CarryDdl(super::ddl::Target),
     /// A TRUNCATE of a replicated table: commits the open transaction (coordinated), then
     /// capgate carries it in place of the statement (`super::truncate`, decision 0029).
     Truncate(Target),
@@ -215,6 +219,9 @@ impl Statements {
                             return Self::refuse(errors::NOT_SUPPORTED, &message);
                         }
                         if let Some(message) = super::partitions::refusal(&texts, &path, &self.policy()) {
+                            return Self::refuse(errors::NOT_SUPPORTED, &message);
+                        }
+                        if let Some(super::ddl::Judged::Refuse(message)) = super::ddl::judge(c, &texts, &self.policy(), false, true) {
                             return Self::refuse(errors::NOT_SUPPORTED, &message);
                         }
                         implicit_commit = implicit::any_commits(c, &texts, false);

@@ -4,6 +4,7 @@
 //! 0029) — and how the session's `LOCK TABLES` state follows the queries.
 
 use super::*;
+use crate::frontend::mysql::ddl::Judged;
 
 impl Statements {
     /// A query `sql` (classified as `c`, its statements' texts `texts`, tables resolving
@@ -22,6 +23,20 @@ impl Statements {
         if let Some(message) = crate::frontend::mysql::partitions::refusal(texts, path, &policy) {
             return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
         }
+        // DDL of a replicated table is carried to the replicas (decision 0040), or refused;
+        // inside a multi-statement query it must run as a part of its own.
+        let mut in_parts = None;
+        match crate::frontend::mysql::ddl::judge(c, texts, &policy, self.locked_tables, false) {
+            Some(Judged::Carry(target)) => return Some(Verdict::Hold(Hold::CarryDdl(target).into())),
+            Some(Judged::Refuse(message)) => return Some(Self::refuse(errors::NOT_SUPPORTED, &message)),
+            Some(Judged::InParts(message)) => in_parts = Some(message),
+            None => {}
+        }
+        let cut = |hold: Hold| match (&in_parts, &hold) {
+            (Some(message), Hold::Split(parts)) if !parts.iter().any(|p| p.carry.is_some()) => Self::refuse(errors::NOT_SUPPORTED, message),
+            (Some(message), hold) if !matches!(hold, Hold::Split(_)) => Self::refuse(errors::NOT_SUPPORTED, message),
+            _ => Verdict::Hold(hold.into()),
+        };
         // A TRUNCATE of a replicated table alone is carried (decision 0029); anywhere else in
         // a query it is refused.
         if let Some(d) = implicit::truncate_alone(c, texts).map(|t| policy.decide_table(t)).filter(|d| d.mode != Mode::Local) {
@@ -38,7 +53,7 @@ impl Statements {
             // and the writes after it in the same query wait for them.
             let commits = implicit::any_commits(c, texts, locked);
             let hold = self.hold_for(c, commits)?;
-            return Some(Verdict::Hold(self.split(hold, text, c, texts, path, &policy, locked).into()));
+            return Some(cut(self.split(hold, text, c, texts, path, &policy, locked)));
         }
         if let Some(message) = implicit::commit_mid_query(c, texts, &policy, locked) {
             return Some(Self::refuse(errors::NOT_SUPPORTED, &message));
@@ -68,7 +83,10 @@ impl Statements {
             text.filter(|_| self.mariadb).and_then(|t| crate::frontend::mysql::locks::with_capgate_tables(t, c, texts, &policy));
         let hold = self.split(hold, rewritten.as_deref().or(text), c, texts, path, &policy, locked);
         let payload = rewritten.map(|t| [&[crate::protocol::mysql::com::QUERY][..], t.as_bytes()].concat());
-        Some(Verdict::Hold(Held { hold, payload }))
+        match cut(hold) {
+            Verdict::Hold(held) => Some(Verdict::Hold(Held { hold: held.hold, payload })),
+            refused => Some(refused),
+        }
     }
 
     /// `hold`, or [`Hold::Split`] when the query `text` (a statement that commits implicitly
@@ -90,6 +108,11 @@ impl Statements {
             }
             hold => hold,
         }
+    }
+
+    /// The primary is MariaDB (its greeting says so).
+    pub(in crate::frontend::mysql) fn mariadb(&self) -> bool {
+        self.mariadb
     }
 
     /// Whether the session holds `LOCK TABLES` locks (as far as its text queries tell).

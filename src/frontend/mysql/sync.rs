@@ -87,6 +87,17 @@ impl ReplicaSlot {
     }
 
     /// Whether a commit may go to the replica now, and its state for messages.
+    pub fn availability(&self) -> (bool, String) {
+        let v = self.view();
+        (v.available, v.state)
+    }
+
+    /// The replica's URL.
+    pub fn url(&self) -> &DbUrl {
+        &self.url
+    }
+
+    /// Whether a commit may go to the replica now, and its state for messages.
     fn view(&self) -> ReplicaView {
         let Some(health) = &self.health else {
             return ReplicaView { name: self.name.clone(), available: true, state: "not watched".into() };

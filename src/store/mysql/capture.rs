@@ -176,6 +176,18 @@ pub async fn tables(conn: &mut mysql_async::Conn) -> Result<BTreeMap<TableName, 
     Ok(out)
 }
 
+/// The columns of one table in order (empty when it does not exist).
+pub async fn columns(conn: &mut mysql_async::Conn, table: &TableName) -> Result<Vec<Column>, mysql_async::Error> {
+    let rows: Vec<(String, String, bool, bool)> = conn
+        .exec(
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_KEY = 'PRI', COALESCE(GENERATION_EXPRESSION, '') <> '' \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (&table.schema, &table.name),
+        )
+        .await?;
+    Ok(rows.into_iter().map(|(name, data_type, key, generated)| Column { name, data_type, key, generated }).collect())
+}
+
 /// Every capgate trigger on the primary: (schema, table) → (name → body).
 async fn installed(conn: &mut mysql_async::Conn) -> Result<BTreeMap<TableName, BTreeMap<String, String>>, CaptureError> {
     let sql = format!(

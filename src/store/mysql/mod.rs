@@ -9,6 +9,7 @@
 //! - [`position`], [`ship`], [`resolve`]: async shipping to a replica, exactly once (decision 0021);
 //! - [`copy`]: the initial copy of a table entering async replication, and its gate;
 //! - [`held`]: a table halted alone on a replica, its changes held until it is resumed;
+//! - [`ddl`]: DDL on a replicated table, carried as one change in capture order (decision 0040);
 //! - [`truncate`]: a TRUNCATE of a replicated table, carried as one change in capture order;
 //! - [`xa`]: the replica side of a sync commit (XA prepare, commit, recovery).
 
@@ -16,6 +17,7 @@ pub mod apply;
 pub mod batched;
 pub mod capture;
 pub mod copy;
+pub mod ddl;
 pub mod grants;
 pub mod held;
 pub mod image;

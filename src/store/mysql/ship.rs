@@ -71,6 +71,17 @@ impl Batch {
             .count();
         self.changes.truncate(keep.max(1));
     }
+
+    /// Keeps the changes before the first carried DDL statement (change `S`), or that one
+    /// alone when it comes first: a replica applies it between two batches (decision 0040).
+    /// The changes left out are read again by the next batch.
+    pub fn cut_at_ddl(&mut self) {
+        match self.changes.iter().position(|s| s.change.op == super::ddl::OP) {
+            Some(0) => self.changes.truncate(1),
+            Some(i) => self.changes.truncate(i),
+            None => {}
+        }
+    }
 }
 
 /// The primary's clock as Unix seconds, in the session's time zone rules (the shipper's

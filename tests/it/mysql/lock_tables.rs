@@ -197,10 +197,16 @@ async fn writes_under_lock_tables_and_a_dump_restore_reach_the_replica() {
 
     // DDL that changes a captured table under the session's own LOCK TABLES: its triggers
     // cannot be replaced while the session holds the table (capgate used to wait for that
-    // lock, and the client for capgate); they follow once the lock is gone.
+    // lock, and the client for capgate), nor can capgate lock it to carry the statement to
+    // the replicas (decision 0040): refused, nothing run; after UNLOCK TABLES it is carried
+    // and the triggers follow.
     c.query_drop("LOCK TABLES spare WRITE").await.expect("lock");
-    c.query_drop("ALTER TABLE spare ADD COLUMN extra INT NULL").await.expect("alter under the lock");
+    let err = c.query_drop("ALTER TABLE spare ADD COLUMN extra INT NULL").await.expect_err("alter under the lock");
+    assert!(err.to_string().contains("UNLOCK TABLES first") && err.to_string().contains("lockdb.spare"), "{err}");
     c.query_drop("UNLOCK TABLES").await.expect("unlock");
+    c.query_drop("ALTER TABLE spare ADD COLUMN extra INT NULL").await.expect("alter");
+    c.query_drop("INSERT INTO spare VALUES (1, 1)").await.expect("insert");
+    assert_eq!(converged("SELECT id, extra FROM lockdb.spare").await, "1\t1");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let trigger = "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS WHERE TRIGGER_NAME = 'capgate_i_spare'";
     while !primary.sql(trigger).expect("trigger").contains("NEW.`extra`") {

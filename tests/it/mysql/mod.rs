@@ -6,6 +6,7 @@ mod support;
 
 mod admin_sql;
 mod async_copy;
+mod async_ddl;
 mod async_holes;
 mod async_interval;
 mod async_partitions;
@@ -27,6 +28,7 @@ mod policy;
 mod python;
 mod raw;
 mod sync;
+mod sync_ddl;
 mod sync_faults;
 mod sync_implicit;
 mod sync_kill;

@@ -144,7 +144,7 @@ fn json(text: &Option<String>) -> Option<Value> {
     text.as_deref().map(|t| serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.to_owned())))
 }
 
-fn conflict(origin: &str, s: &Shipped, kind: &str, replica: Option<String>, resolution: &str, detail: String) -> Conflict {
+pub(super) fn conflict(origin: &str, s: &Shipped, kind: &str, replica: Option<String>, resolution: &str, detail: String) -> Conflict {
     Conflict {
         origin: origin.to_owned(),
         seq: i64::try_from(s.change.seq).ok(),

@@ -21,6 +21,7 @@
 
 mod batch;
 mod copy;
+mod ddl;
 pub mod fleet;
 pub mod halt;
 
@@ -299,6 +300,9 @@ impl Run {
             // one's (decision 0037), so it carries what commits meanwhile.
             let read_rows = read.changes.len();
             read.truncate_to(cfg.batch_bytes);
+            // A carried DDL statement is applied alone (decision 0040): the changes after it
+            // are read again, at once.
+            read.cut_at_ddl();
             let full = read_rows >= cfg.batch_rows || read.changes.len() < read_rows;
             let pause = if full { Duration::ZERO } else { cfg.ship_interval.saturating_sub(read_began.elapsed()) };
             if read.changes.is_empty() {
@@ -333,7 +337,12 @@ impl Run {
             // A committed batch is counted and its conflicts recorded at once, not after the
             // next read (which may wait for the interval).
             let applied = async {
-                let outcome = batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &pos, &next, &cfg.on_conflict).await;
+                let outcome = match &kept[..] {
+                    [s] if s.change.op == crate::store::mysql::ddl::OP => {
+                        ddl::apply(replica.conn(), &cfg.origin, s, &mut tables, &pos, &next, &cfg.on_conflict).await
+                    }
+                    _ => batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &pos, &next, &cfg.on_conflict).await,
+                };
                 if let Ok(batch::Outcome::Applied(conflicts)) = &outcome {
                     committed.store(true, Ordering::Relaxed);
                     self.applied(&read, conflicts);

@@ -1,0 +1,251 @@
+//! DDL on a replicated table carried to MySQL / MariaDB replicas (decision 0040): the SQL.
+//!
+//! DDL fires no trigger and commits implicitly, so it cannot share a transaction with a
+//! record of it, and a replica cannot run it inside the batch transaction that moves its
+//! position. So:
+//!
+//! - **On the primary** the client's statement runs on its own connection; then capgate, on
+//!   a connection of its own, takes `LOCK TABLES t WRITE` (and the change log, which a plain
+//!   INSERT would take anyway), writes one change `S` into `capgate.changes` carrying the
+//!   statement, the database it ran in and the table's [`shape`] before and after, and
+//!   replaces the table's capture triggers for its new columns before `UNLOCK TABLES`. The
+//!   lock waits for every transaction that wrote the table (with the old triggers) to end,
+//!   and no write of it runs until the new triggers are in place: every change captured in
+//!   the old shape has a smaller `seq` than `S`, every change in the new shape a larger one.
+//!   A per-table `GET_LOCK` serializes capgate's carried DDL of one table, so two of them
+//!   are recorded in the order they ran.
+//! - **On a replica** `S` is applied alone, between two batches: the replica's shape is
+//!   recorded in `capgate.ddl_steps` (committed), the statement runs, then the position
+//!   moves past `S` with the step's record deleted, in one transaction. A replayed `S`
+//!   (capgate killed or the link cut between the statement and the position's move) is
+//!   recognised as done when the replica's shape is no longer the one recorded before it
+//!   ran, or is already the primary's shape after it.
+
+use mysql_async::prelude::Queryable;
+use serde_json::Value;
+
+use super::image::{quote_ident, quote_literal};
+use crate::classify::TableName;
+
+/// The operation letter of a carried DDL statement in `capgate.changes`.
+pub const OP: &str = "S";
+
+/// The replica's record of a DDL step begun: its shape before the statement ran.
+pub const STEPS_TABLE: &str = "CREATE TABLE IF NOT EXISTS capgate.ddl_steps (
+        origin VARCHAR(128) NOT NULL,
+        seq BIGINT UNSIGNED NOT NULL,
+        shape VARCHAR(64) NOT NULL,
+        PRIMARY KEY (origin, seq)
+     ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin";
+
+/// A DDL statement carried to the replicas (the new image of change `S`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    /// The statement as the client sent it.
+    pub ddl: String,
+    /// The session's current database when it ran (unqualified names resolve there).
+    pub db: Option<String>,
+    /// The table's [`shape`] on the primary before and after it ran.
+    pub before: String,
+    pub after: String,
+}
+
+impl Carried {
+    pub fn to_json(&self) -> String {
+        serde_json::json!({"ddl": self.ddl, "db": self.db, "before": self.before, "after": self.after}).to_string()
+    }
+
+    pub fn from_json(text: &str) -> Result<Carried, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("a carried DDL is not a JSON object: {e}"))?;
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok(Carried {
+            ddl: s("ddl").ok_or("a carried DDL has no statement")?,
+            db: s("db"),
+            before: s("before").unwrap_or_default(),
+            after: s("after").unwrap_or_default(),
+        })
+    }
+
+    /// Whether the statement changed the table's shape on the primary (only then can a
+    /// replica's shape tell that it ran).
+    pub fn changes_shape(&self) -> bool {
+        self.before != self.after
+    }
+}
+
+/// `db`.`table`, quoted.
+fn target(table: &TableName) -> String {
+    format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.name))
+}
+
+/// The table's shape: a SHA-256 of its columns (name, type, nullability, default, extra,
+/// generation, character set, collation, in order) and its indexes (name, uniqueness,
+/// columns and prefixes in order); `-` when the table does not exist. What a carried
+/// ADD / DROP / MODIFY / CHANGE COLUMN or ADD / DROP INDEX changes; not comments, table
+/// options or the AUTO_INCREMENT counter.
+pub async fn shape(conn: &mut mysql_async::Conn, table: &TableName) -> Result<String, mysql_async::Error> {
+    let got: Option<Option<String>> = conn
+        .exec_first(
+            "SELECT IF(c.cols IS NULL, '-', SHA2(CONCAT(c.cols, '|', COALESCE(i.idx, '')), 256)) FROM \
+             (SELECT GROUP_CONCAT(CONCAT_WS(',', COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COALESCE(COLUMN_DEFAULT, '~'), EXTRA, \
+               COALESCE(GENERATION_EXPRESSION, ''), COALESCE(CHARACTER_SET_NAME, ''), COALESCE(COLLATION_NAME, '')) \
+               ORDER BY ORDINAL_POSITION SEPARATOR ';') AS cols \
+              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?) c, \
+             (SELECT GROUP_CONCAT(CONCAT_WS(',', INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME, COALESCE(SUB_PART, '')) \
+               ORDER BY INDEX_NAME, SEQ_IN_INDEX SEPARATOR ';') AS idx \
+              FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?) i",
+            (&table.schema, &table.name, &table.schema, &table.name),
+        )
+        .await?;
+    Ok(got.flatten().unwrap_or_else(|| "-".into()))
+}
+
+/// The named lock that serializes capgate's carried DDL of `table` on the primary (at most
+/// 64 characters: a hash of the name).
+pub fn serial_lock(table: &TableName) -> String {
+    format!("capgate ddl {:016x}", super::capture::truncate_mark(table))
+}
+
+/// `SELECT GET_LOCK(…)` for [`serial_lock`], waiting at most `seconds`.
+pub fn take_serial_lock(table: &TableName, seconds: u32) -> String {
+    format!("SELECT GET_LOCK({}, {seconds})", quote_literal(&serial_lock(table)))
+}
+
+pub fn release_serial_lock(table: &TableName) -> String {
+    format!("DO RELEASE_LOCK({})", quote_literal(&serial_lock(table)))
+}
+
+/// The table and the change log locked while `S` is written and the triggers replaced: no
+/// other session writes the table meanwhile. On MariaDB the change log is taken `WRITE
+/// CONCURRENT` (what a plain INSERT takes: other tables' writers do not wait); MySQL has no
+/// such lock, and its writers wait the few milliseconds it is held.
+pub fn lock_sql(table: &TableName, mariadb: bool) -> String {
+    let changes = if mariadb { "capgate.changes WRITE CONCURRENT" } else { "capgate.changes WRITE" };
+    format!("LOCK TABLES {} WRITE, {changes}", target(table))
+}
+
+/// The statement that records `carried` for `table` as change `S`.
+pub fn record_sql(table: &TableName, carried: &Carried) -> String {
+    format!(
+        "INSERT INTO capgate.changes (conn, at, tbl, op, old_image, new_image, proxied) \
+         VALUES (CONNECTION_ID(), UTC_TIMESTAMP(6), {}, '{OP}', NULL, {}, TRUE)",
+        quote_literal(&table.to_string()),
+        quote_literal(&carried.to_json())
+    )
+}
+
+/// Replica: the shape recorded before `seq` of `origin` ran, if its step was begun.
+pub async fn step_begun(conn: &mut mysql_async::Conn, origin: &str, seq: u64) -> Result<Option<String>, mysql_async::Error> {
+    conn.query_drop(STEPS_TABLE).await?;
+    conn.exec_first("SELECT shape FROM capgate.ddl_steps WHERE origin = ? AND seq = ?", (origin, seq)).await
+}
+
+/// Replica: records the shape before `seq` runs (committed before the statement runs).
+pub async fn begin_step(conn: &mut mysql_async::Conn, origin: &str, seq: u64, shape: &str) -> Result<(), mysql_async::Error> {
+    conn.exec_drop(
+        "INSERT INTO capgate.ddl_steps (origin, seq, shape) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE shape = VALUES(shape)",
+        (origin, seq, shape),
+    )
+    .await
+}
+
+/// Replica: the statement that forgets the step (in the transaction that moves the position).
+pub fn end_step_sql(origin: &str, seq: u64) -> String {
+    format!("DELETE FROM capgate.ddl_steps WHERE origin = {} AND seq = {seq};", quote_literal(origin))
+}
+
+/// Replica: whether `carried` (change `seq`) already ran there, by the replica table's shape
+/// `now` and the shape recorded when its step began (`begun`).
+pub fn already_done(carried: &Carried, now: &str, begun: Option<&str>) -> bool {
+    (carried.changes_shape() && now == carried.after) || begun.is_some_and(|b| b != now)
+}
+
+/// How a step ended on a replica ([`run_step`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// It had run there already (a replay, or an operator ran it first): not run again.
+    AlreadyDone,
+    /// It ran now.
+    Ran,
+    /// The replica refused the statement (its error); nothing changed there.
+    Failed(String),
+}
+
+/// Replica: runs `carried` (change `seq` of `origin`, on `table`) unless it ran there
+/// already, its step recorded first. The step's record stays until the position moves past
+/// `seq` ([`end_step_sql`]). Only a broken connection is an error.
+pub async fn run_step(
+    conn: &mut mysql_async::Conn,
+    origin: &str,
+    seq: u64,
+    table: &TableName,
+    carried: &Carried,
+) -> Result<Step, mysql_async::Error> {
+    let now = shape(conn, table).await?;
+    let begun = step_begun(conn, origin, seq).await?;
+    if already_done(carried, &now, begun.as_deref()) {
+        return Ok(Step::AlreadyDone);
+    }
+    begin_step(conn, origin, seq, &now).await?;
+    for sql in run_sql(carried) {
+        match conn.query_drop(sql).await {
+            Ok(()) => {}
+            Err(e @ mysql_async::Error::Server(_)) => return Ok(Step::Failed(e.to_string())),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Step::Ran)
+}
+
+/// Replica: the statements that run `carried` in its database.
+pub fn run_sql(carried: &Carried) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(db) = carried.db.as_deref().filter(|d| !d.is_empty()) {
+        out.push(format!("USE {}", quote_ident(db)));
+    }
+    out.push(carried.ddl.clone());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn carried(before: &str, after: &str) -> Carried {
+        Carried { ddl: "ALTER TABLE t ADD c INT".into(), db: Some("shop".into()), before: before.into(), after: after.into() }
+    }
+
+    #[test]
+    fn a_carried_statement_travels_as_json() {
+        let c = carried("a", "b");
+        assert_eq!(Carried::from_json(&c.to_json()), Ok(c));
+        let no_db = Carried { db: None, ..carried("a", "a") };
+        assert_eq!(Carried::from_json(&no_db.to_json()), Ok(no_db.clone()));
+        assert_eq!(run_sql(&no_db), ["ALTER TABLE t ADD c INT"]);
+        assert_eq!(run_sql(&carried("a", "b")), ["USE `shop`", "ALTER TABLE t ADD c INT"]);
+    }
+
+    #[test]
+    fn a_replayed_statement_is_recognised_by_the_replicas_shape() {
+        let c = carried("old", "new");
+        // Never begun: runs unless the replica already has the primary's new shape.
+        assert!(!already_done(&c, "old", None));
+        assert!(already_done(&c, "new", None), "run by hand before: not again");
+        assert!(!already_done(&c, "replica's own", None));
+        // Begun: done once the replica's shape moved from the one recorded.
+        assert!(already_done(&c, "replica's own + c", Some("replica's own")));
+        assert!(!already_done(&c, "replica's own", Some("replica's own")));
+        // A statement that changes no shape (a comment) runs again: it is idempotent.
+        assert!(!already_done(&carried("same", "same"), "same", Some("same")));
+    }
+
+    #[test]
+    fn the_statements_name_the_table_quoted() {
+        let t = TableName::new("shop", "or`ders");
+        assert_eq!(lock_sql(&t, true), "LOCK TABLES `shop`.`or``ders` WRITE, capgate.changes WRITE CONCURRENT");
+        assert_eq!(lock_sql(&t, false), "LOCK TABLES `shop`.`or``ders` WRITE, capgate.changes WRITE");
+        assert!(record_sql(&t, &carried("a", "b")).contains("'shop.\"or`ders\"', 'S', NULL, '{"), "{}", record_sql(&t, &carried("a", "b")));
+        assert!(serial_lock(&t).len() <= 64);
+        assert_ne!(serial_lock(&t), serial_lock(&TableName::new("shop", "orders")));
+    }
+}

@@ -1,0 +1,101 @@
+//! DDL of a sync table through capgate (decision 0040): every replica has run it when the
+//! client gets the reply, so sync commits that write the new column go through at once and
+//! both sites stay equal (before, every commit of the table was refused with CGC01
+//! `missing_column` until an operator altered the replica by hand); the change log's copy of
+//! the statement reaches the replica too and is recognised as done there; during a partition
+//! the statement is refused, naming the replica, and nothing runs.
+
+use std::time::{Duration, Instant};
+
+use capgate::sites::State;
+use mysql_async::prelude::*;
+
+use super::capture::SERVER;
+use super::support::{connect, error_code, primary, replica, APP_PASSWORD};
+use super::sync::{settled, setup};
+use super::sync_faults::sync_proxy_behind_link;
+use super::sync_relay::proxy;
+
+const ROWS: &str = "SELECT id, bal, IFNULL(note, 'NULL'), IFNULL(c, 'NULL') FROM cgsync.acct ORDER BY id";
+const DEFINITION: &str = "SELECT GROUP_CONCAT(CONCAT_WS(' ', COLUMN_NAME, COLUMN_TYPE, IFNULL(COLUMN_DEFAULT, '-')) ORDER BY ORDINAL_POSITION \
+    SEPARATOR ', '), (SELECT IFNULL(GROUP_CONCAT(DISTINCT INDEX_NAME ORDER BY INDEX_NAME), '') FROM information_schema.STATISTICS \
+    WHERE TABLE_SCHEMA = 'cgsync' AND TABLE_NAME = 'acct') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'cgsync' AND TABLE_NAME = 'acct'";
+
+/// The replica's step records of earlier tests' statements (a capgate whose policy has no
+/// async rule runs no shipper, which would move past them; and the shared primary's change
+/// log numbers may start again): gone.
+fn forget_steps() {
+    replica().sql(&format!("{}; DELETE FROM capgate.ddl_steps", capgate::store::mysql::ddl::STEPS_TABLE)).expect("forget steps");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_of_a_sync_table_runs_on_every_replica_before_the_reply() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    forget_steps();
+    let p = proxy("mysql-sync-ddl");
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+    c.query_drop("ALTER TABLE acct ADD COLUMN c INT DEFAULT 7").await.expect("ALTER TABLE of a sync table");
+    assert_eq!(replica().sql(DEFINITION).expect("replica"), primary().sql(DEFINITION).expect("primary"), "on the replica at the reply");
+    c.query_drop("INSERT INTO acct VALUES (3, 300, 'c', 30)").await.expect("insert with c");
+    c.query_drop("UPDATE acct SET c = 10 WHERE id = 1").await.expect("update c");
+    c.query_drop("BEGIN").await.expect("begin");
+    c.query_drop("INSERT INTO acct (id, bal) VALUES (4, 400)").await.expect("insert without c");
+    // The open transaction commits (coordinated) before the DDL, as the server would.
+    c.query_drop("CREATE INDEX by_c ON acct (c)").await.expect("CREATE INDEX");
+    c.query_drop("ALTER TABLE acct MODIFY note VARCHAR(40)").await.expect("modify");
+    c.query_drop("UPDATE acct SET note = 'a note longer than twenty' WHERE id = 2").await.expect("long note");
+    c.query_drop("DROP INDEX by_c ON acct").await.expect("DROP INDEX");
+    settled().await;
+    let rows = primary().sql(ROWS).expect("primary");
+    assert_eq!(rows, "1\t100\ta\t10\n2\t200\ta note longer than twenty\t7\n3\t300\tc\t30\n4\t400\tNULL\t7");
+    assert_eq!(replica().sql(ROWS).expect("replica"), rows);
+    assert_eq!(replica().sql(DEFINITION).expect("replica"), primary().sql(DEFINITION).expect("primary"));
+
+    // The change log's copy of each statement reaches the replica in order and is found done
+    // there: the shipper moves past it (its step record goes) without running it again.
+    let fleet = p.shared.shipping.get().cloned().expect("shipping");
+    let stats = fleet.shippers["east"].stats().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let steps = "SELECT COUNT(*) FROM capgate.ddl_steps";
+    while replica().sql(steps).expect("steps") != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the shipper never moved past the statements: {:?} {:?} {:?} {}",
+            stats.last_error.lock().unwrap(),
+            stats.tables(),
+            stats.applied_snapshot.lock().unwrap(),
+            primary().sql("SELECT seq, tbl, op FROM capgate.changes").unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats.conflicts.load(std::sync::atomic::Ordering::Relaxed), 0, "{:?}", stats.tables());
+    assert_eq!(replica().sql(DEFINITION).expect("replica"), primary().sql(DEFINITION).expect("primary"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_of_a_sync_table_is_refused_while_a_replica_is_cut_off() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    forget_steps();
+    let (link, p) = sync_proxy_behind_link("mysql-sync-ddl-cut");
+    let east = p.shared.sites.get("east").expect("replica east is watched");
+    east.health().wait_state(State::Healthy, Duration::from_secs(30)).await.expect("east healthy");
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+    let before = primary().sql(DEFINITION).expect("primary");
+    link.refuse(true);
+    link.reset();
+    east.health().wait_state(State::Partitioned, Duration::from_secs(30)).await.expect("east partitioned");
+    let err = c.query_drop("ALTER TABLE acct ADD COLUMN c INT DEFAULT 7").await.expect_err("refused during the partition");
+    assert_eq!(error_code(&err), 1644, "{err}");
+    for words in ["cgsync.acct", "sync", "replica \"east\"", "nothing was run", "Retry once the replica is healthy"] {
+        assert!(err.to_string().contains(words), "{words:?} missing from: {err}");
+    }
+    assert_eq!(primary().sql(DEFINITION).expect("primary"), before, "nothing ran on the primary");
+    link.refuse(false);
+    east.health().wait_state(State::Healthy, Duration::from_secs(30)).await.expect("east healthy again");
+    c.query_drop("ALTER TABLE acct ADD COLUMN c INT DEFAULT 7").await.expect("after the heal");
+    c.query_drop("UPDATE acct SET c = 1 WHERE id = 1").await.expect("write the new column");
+    settled().await;
+    assert_eq!(replica().sql(ROWS).expect("replica"), primary().sql(ROWS).expect("primary"));
+}
