@@ -106,6 +106,19 @@ pub async fn backlog(primary: &mut mysql_async::Conn, tbl: &str, from_seq: u64, 
     read_where(primary, &condition).await
 }
 
+/// The statement that moves the start of `tbl`'s held changes to `from_seq` on the replica
+/// (a resume that applied the ones before it, up to a carried DDL statement, decision 0040),
+/// checked to change exactly one row.
+pub fn advance_halt_sql(origin: &str, tbl: &str, from_seq: u64) -> String {
+    format!(
+        "UPDATE capgate.halted SET from_seq = {from_seq} WHERE origin = {} AND tbl = {};\
+         SET @capgate_rows = capgate.expect_rows(ROW_COUNT(), 1, {});",
+        quote_literal(origin),
+        quote_literal(tbl),
+        quote_literal(&format!("the halt of {tbl}"))
+    )
+}
+
 /// The statement that ends the halt of `tbl` on the replica, checked to remove exactly one
 /// row (another shipper that resumed it first makes the resume fail).
 pub fn resume_sql(origin: &str, tbl: &str) -> String {

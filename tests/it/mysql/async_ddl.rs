@@ -223,3 +223,35 @@ async fn ddl_capgate_does_not_carry_is_refused_and_nothing_runs() {
         .expect("a query in parts");
     assert_eq!(converged("SELECT * FROM ddldb.t ORDER BY id").await, "8\teight\t7\n9\tnine\t9");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_of_a_halted_table_is_held_with_its_changes_and_run_in_order_on_resume() {
+    let _turn = TURN.lock().await;
+    setup_both(TABLES);
+    let (_, replica) = servers();
+    let link = link();
+    let (p, _) = proxy("mysql-ddl-halted", POLICY, &link);
+    copied(&p, "ddldb.t").await;
+    let mut c = connect(&p.url("capgate", None, "ddldb")).await;
+    c.query_drop("INSERT INTO t VALUES (1, 'one'), (2, 'two')").await.expect("insert");
+    converged("SELECT * FROM ddldb.t ORDER BY id").await;
+
+    // A row gone on the replica: the update halts the table; the ALTER and the rows in the
+    // new shape after it are held with it on the primary.
+    replica.sql("DELETE FROM ddldb.t WHERE id = 1").expect("replica edit");
+    c.query_drop("UPDATE t SET v = 'uno' WHERE id = 1").await.expect("update");
+    super::async_ship::halted_in_status(p.admin.expect("admin listener"), "ddldb.t").await;
+    c.query_drop("INSERT INTO t VALUES (3, 'three')").await.expect("insert before");
+    c.query_drop("ALTER TABLE t ADD COLUMN c INT NOT NULL DEFAULT 7").await.expect("ALTER of a halted table");
+    c.query_drop("INSERT INTO t VALUES (4, 'four', 40)").await.expect("insert after");
+    c.query_drop("ALTER TABLE t DROP COLUMN v").await.expect("second ALTER");
+    c.query_drop("UPDATE t SET c = 20 WHERE id = 2").await.expect("update after");
+    assert_eq!(replica.sql("SELECT * FROM ddldb.t ORDER BY id").expect("replica"), "2\ttwo", "held");
+
+    // Repaired and resumed: the rows, each statement and the rows after it, in order.
+    replica.sql("INSERT INTO ddldb.t VALUES (1, 'one')").expect("repair");
+    let fleet = p.shared.shipping.get().cloned().expect("shipping");
+    fleet.shippers["east"].resume("ddldb.t", Duration::from_secs(30)).await.expect("resume");
+    assert_eq!(converged("SELECT * FROM ddldb.t ORDER BY id").await, "1\t7\n2\t20\n3\t7\n4\t40");
+    assert_eq!(conflicts_and_halt(&p).1, false, "resumed");
+}

@@ -159,6 +159,16 @@ impl Run {
         let mut backlog = self.timed("reading the held changes", held::backlog(primary, tbl, h.from_seq, pos)).await?;
         // Changes the table's copy already holds stay out.
         backlog.retain(|s| entry.ships(s, &*cfg.copies));
+        // A carried DDL statement among them (decision 0040) runs apart: the changes before it
+        // are applied with the halt's start moved to it, then the statement, with the start
+        // moved past it; a resume cut short goes on from there next time.
+        while let Some(k) = backlog.iter().position(|s| s.change.op == crate::store::mysql::ddl::OP) {
+            let rest = backlog.split_off(k);
+            if let Err(why) = self.resume_part(replica, tables, tbl, &backlog, &rest[0]).await? {
+                return Ok(Err(format!("{tbl} stays halted: {why}")));
+            }
+            backlog = rest[1..].to_vec();
+        }
         let statements = match ship::statements(&backlog, tables) {
             Ok(s) => s,
             Err(e) => return Ok(Err(format!("{tbl} stays halted: {e}"))),
@@ -176,6 +186,47 @@ impl Run {
         self.show(halted, entry);
         self.timed("releasing the held changes", held::release(primary, &cfg.replica_name, tbl)).await?;
         tracing::info!(replica = %cfg.replica_name, table = %tbl, changes = backlog.len(), "shipper: table resumed, its held changes applied");
+        Ok(Ok(()))
+    }
+
+    /// Part of a resume: `before` (held changes of `tbl`) applied with the halt's start moved
+    /// to the carried DDL statement `ddl`, then `ddl` run as the shipper runs it, with the start
+    /// moved past it. The inner error is why the table stays halted.
+    async fn resume_part(
+        &self,
+        replica: &mut ReplicaConn,
+        tables: &mut Tables,
+        tbl: &str,
+        before: &[Shipped],
+        ddl: &Shipped,
+    ) -> Result<Result<(), String>, End> {
+        use crate::store::mysql::ddl::{self, Carried, Step};
+        let cfg = &self.config;
+        let seq = ddl.change.seq;
+        let statements = match ship::statements(before, tables) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let advance = held::advance_halt_sql(&cfg.origin, tbl, seq);
+        let applied = ship::commit_batch(replica.conn(), &statements, &advance);
+        match tokio::time::timeout(cfg.deadline, applied).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e @ mysql_async::Error::Server(_))) => return Ok(Err(format!("a held change still does not apply: {e}"))),
+            Ok(Err(e)) => return Err(End::Failed(format!("resuming {tbl}: {e}"))),
+            Err(_) => return Err(End::Failed(format!("resuming {tbl} did not finish within {:?}", cfg.deadline))),
+        }
+        let (Ok(carried), Some(table)) =
+            (Carried::from_json(ddl.change.new.as_deref().unwrap_or_default()), crate::classify::TableName::parse(tbl))
+        else {
+            return Ok(Err(format!("the carried DDL statement at change {seq} cannot be read")));
+        };
+        match self.timed("running a held DDL statement", ddl::run_step(replica.conn(), &cfg.origin, seq, &table, &carried)).await? {
+            Step::Failed(e) => return Ok(Err(format!("the carried statement `{}` still fails on the replica: {e}", carried.ddl))),
+            Step::Ran | Step::AlreadyDone => {}
+        }
+        let moved = format!("{}{}", ddl::end_step_sql(&cfg.origin, seq), held::advance_halt_sql(&cfg.origin, tbl, seq + 1));
+        self.timed("resuming", ship::commit_batch(replica.conn(), &moved, "")).await?;
+        *tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
         Ok(Ok(()))
     }
 
