@@ -253,5 +253,5 @@ async fn ddl_of_a_halted_table_is_held_with_its_changes_and_run_in_order_on_resu
     let fleet = p.shared.shipping.get().cloned().expect("shipping");
     fleet.shippers["east"].resume("ddldb.t", Duration::from_secs(30)).await.expect("resume");
     assert_eq!(converged("SELECT * FROM ddldb.t ORDER BY id").await, "1\t7\n2\t20\n3\t7\n4\t40");
-    assert_eq!(conflicts_and_halt(&p).1, false, "resumed");
+    assert!(!conflicts_and_halt(&p).1, "resumed");
 }
