@@ -230,14 +230,21 @@ where
         );
         return Ok(packet::err(1, errors::CAPTURE_NOT_READY, &message));
     }
-    let mut own = match open(&statements.shared().config.primary.url, table).await {
+    let mut own = match open(&statements.shared().config.primary.url, table, statements.mariadb()).await {
         Ok(own) => own,
         Err(e) => {
             let message = format!("capgate could not carry `{}` of {what} to the replicas: {e}; nothing was run, retry", shown(&text));
             return Ok(packet::err(1, errors::CAPTURE_NOT_READY, &message));
         }
     };
-    let before = ddl::shape(&mut own, table).await;
+    let before = match ddl::shape(&mut own, table).await {
+        Ok(before) => before,
+        Err(e) => {
+            close(own, table).await;
+            let message = format!("capgate could not carry `{}` of {what} to the replicas: {e}; nothing was run, retry", shown(&text));
+            return Ok(packet::err(1, errors::CAPTURE_NOT_READY, &message));
+        }
+    };
     let mut relay = RelayPrimary::new(state, server, statements, super::hold::Commit::Own);
     let reply = relay.own(&[payload]).await.and_then(|mut r| r.pop());
     let failed = relay.failed.take();
@@ -257,13 +264,8 @@ where
     let mode = CaptureMode::of(&policy.decide_table(table).mode).unwrap_or(CaptureMode::Async);
     let replicas: Vec<(String, DbUrl)> = slots.iter().map(|s| (s.name.clone(), s.url().clone())).collect();
     let origin = statements.shared().config.site.clone();
-    let recorded = match before {
-        Ok(before) => {
-            let carried = Carried { ddl: text.clone(), db, before, after: String::new() };
-            record(&mut own, table, carried, mode, statements.mariadb(), &origin, &replicas).await
-        }
-        Err(e) => Err(e),
-    };
+    let carried = Carried { ddl: text.clone(), db, before, after: String::new() };
+    let recorded = record(&mut own, table, carried, mode, statements.mariadb(), &origin, &replicas).await;
     close(own, table).await;
     super::hold::reconcile(statements).await;
     let missed: Vec<String> = match &recorded {
@@ -294,8 +296,10 @@ where
     })
 }
 
-/// capgate's own connection to the primary at `url`, holding the table's serializing lock.
-async fn open(url: &DbUrl, table: &TableName) -> Result<mysql_async::Conn, String> {
+/// capgate's own connection to the primary at `url`, holding the table's serializing lock;
+/// the table lock of [`record`] is tried once, so a privilege it lacks (LOCK TABLES) is found
+/// before the statement runs.
+async fn open(url: &DbUrl, table: &TableName, mariadb: bool) -> Result<mysql_async::Conn, String> {
     let deadline = std::time::Duration::from_secs(u64::from(LOCK_WAIT_SECONDS) + 10);
     let opened = async {
         let mut conn = xa::connect(url).await.map_err(|e| e.to_string())?;
@@ -305,6 +309,16 @@ async fn open(url: &DbUrl, table: &TableName) -> Result<mysql_async::Conn, Strin
         if got.flatten() != Some(1) {
             let _ = conn.disconnect().await;
             return Err(format!("another DDL statement of the table did not finish within {LOCK_WAIT_SECONDS} s"));
+        }
+        let tried = conn.query_drop(ddl::lock_sql(table, mariadb)).await;
+        let _ = conn.query_drop("UNLOCK TABLES").await;
+        if let Err(e) = tried {
+            let _ = conn.query_drop(ddl::release_serial_lock(table)).await;
+            let _ = conn.disconnect().await;
+            return Err(format!(
+                "capgate's account could not lock the table ({e}); it needs LOCK TABLES and SELECT on the table's database and \
+                 on `capgate`"
+            ));
         }
         Ok(conn)
     };
