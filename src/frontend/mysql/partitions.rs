@@ -66,6 +66,7 @@ fn refusal_of(text: &str, path: &SearchPath, policy: &Policy, follow_prepare: bo
         if let Some(inner) = super::sql_prepare::prepared_text(text) {
             return refusal_of(&inner, path, policy, false)
                 .or_else(|| prepared_truncate(&inner, path, policy))
+                .or_else(|| prepared_ddl(&inner, path, policy))
                 .map(|m| format!("{m} (the statement is the text of an SQL PREPARE)"));
         }
     }
@@ -78,7 +79,8 @@ fn refusal_of(text: &str, path: &SearchPath, policy: &Policy, follow_prepare: bo
         }
         "DROP PARTITION" => format!(
             "empty the partition first with DELETE FROM {} PARTITION ({}) through capgate (the capture triggers carry it), \
-             then drop it on the primary directly (capgate does not carry DDL to MySQL replicas)",
+             then drop it on the primary directly (capgate does not carry partition maintenance to MySQL \
+             replicas)",
             change.table, change.partitions
         ),
         _ => format!(
@@ -118,6 +120,16 @@ fn prepared_truncate(text: &str, path: &SearchPath, policy: &Policy) -> Option<S
             d.table
         )
     })
+}
+
+/// DDL capgate carries (decision 0040), as the text of an SQL PREPARE: its EXECUTE names no
+/// table, so capgate could not carry it.
+fn prepared_ddl(text: &str, path: &SearchPath, policy: &Policy) -> Option<String> {
+    let c = crate::classify::classify(Dialect::MySql, text, path, &Catalog::new());
+    match super::ddl::judge(&c, &[text.trim()], policy, false, true)? {
+        super::ddl::Judged::Refuse(message) => Some(message),
+        _ => None,
+    }
 }
 
 /// `text`'s tokens without white space and comments (None: it cannot be tokenized).
@@ -282,6 +294,12 @@ mod tests {
         let m = refused("ALTER TABLE orders TRUNCATE PARTITION p0, p1").expect("refused");
         assert!(m.contains("shop.orders is replicated (mode async, rule shop.orders)"), "{m}");
         assert!(m.contains("use DELETE FROM shop.orders PARTITION (p0, p1)"), "{m}");
+        // DDL capgate carries (decision 0040) cannot be carried from an EXECUTE.
+        for sql in ["PREPARE s FROM 'ALTER TABLE orders ADD COLUMN c INT'", "prepare s from \"CREATE INDEX i ON acct (a)\""] {
+            let m = refused(sql).unwrap_or_else(|| panic!("not refused: {sql}"));
+            assert!(m.contains("is replicated") && m.contains("(not prepared)"), "{m}");
+        }
+        assert_eq!(refused("PREPARE s FROM 'ALTER TABLE scratch ADD COLUMN c INT'"), None, "a local table");
         let m = refused("SELECT 1; ALTER TABLE acct DROP PARTITION p3").expect("refused in a multi-statement query");
         assert!(m.contains("(mode sync, rule shop.acct)") && m.contains("DELETE FROM shop.acct PARTITION (p3)"), "{m}");
     }

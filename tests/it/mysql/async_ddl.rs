@@ -209,6 +209,8 @@ async fn ddl_capgate_does_not_carry_is_refused_and_nothing_runs() {
     }
     let err = c.prep("ALTER TABLE t ADD COLUMN c INT").await.expect_err("prepared");
     assert!(err.to_string().contains("not prepared"), "{err}");
+    let err = c.query_drop("PREPARE s FROM 'ALTER TABLE t ADD COLUMN c INT'").await.expect_err("SQL PREPARE");
+    assert!(err.to_string().contains("not prepared") && err.to_string().contains("SQL PREPARE"), "{err}");
     c.query_drop("LOCK TABLES t WRITE").await.expect("lock");
     let err = c.query_drop("ALTER TABLE t ADD COLUMN c INT").await.expect_err("under LOCK TABLES");
     assert!(err.to_string().contains("UNLOCK TABLES first"), "{err}");
