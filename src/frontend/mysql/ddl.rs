@@ -66,8 +66,20 @@ enum Form {
     Carried,
     /// A table renamed: refused.
     Rename,
-    /// Anything else (`CREATE` / `DROP TABLE`, triggers, views …): as before.
+    /// Anything else (`CREATE` / `DROP TABLE`, triggers, views, partition maintenance — the
+    /// replicas' tables need not be partitioned alike —): as before.
     Other,
+}
+
+/// Whether `text` names partitions (`ADD PARTITION`, `PARTITION BY`, `REMOVE PARTITIONING`
+/// …): an unquoted word, so a column named `` `partition` `` does not count.
+fn names_partitions(text: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&sqlparser::dialect::MySqlDialect {}, text).tokenize() else { return true };
+    tokens.iter().any(|t| {
+        matches!(t, Token::Word(w) if w.quote_style.is_none()
+            && ["partition", "partitions", "partitioning"].iter().any(|p| w.value.eq_ignore_ascii_case(p)))
+    })
 }
 
 /// The first words of `text`, lower case (a statement that starts with a comment is judged
@@ -85,7 +97,9 @@ fn form(text: &str, writes: usize) -> Form {
         "rename" => Form::Rename,
         // `ALTER [ONLINE] [IGNORE] TABLE t … RENAME TO u` names both tables.
         "alter" if w.iter().take(4).any(|x| x == "table") => {
-            if writes > 1 {
+            if names_partitions(text) {
+                Form::Other
+            } else if writes > 1 {
                 Form::Rename
             } else {
                 Form::Carried
@@ -410,6 +424,10 @@ mod tests {
         assert_eq!(form("create index i using btree on t(a)", 1), Form::Carried);
         assert_eq!(form("DROP INDEX i ON t", 1), Form::Carried);
         assert_eq!(form("DROP TABLE t", 1), Form::Other);
+        assert_eq!(form("ALTER TABLE t ADD PARTITION (PARTITION p9 VALUES LESS THAN MAXVALUE)", 1), Form::Other);
+        assert_eq!(form("alter table t remove partitioning", 1), Form::Other);
+        assert_eq!(form("ALTER TABLE t PARTITION BY HASH (id) PARTITIONS 4", 1), Form::Other);
+        assert_eq!(form("ALTER TABLE t DROP COLUMN `partition`", 1), Form::Carried);
         assert_eq!(form("CREATE TABLE t (a INT, INDEX i (a))", 1), Form::Other);
         assert_eq!(form("CREATE TRIGGER x AFTER INSERT ON t FOR EACH ROW SET @a = 1", 1), Form::Other);
     }
