@@ -197,8 +197,10 @@ run_capgate() {
     echo "$(( $(my "$RPORT" -e "$COMMITS_SQL") - cbefore )) $(( $(my "$PPORT" -e "$SEQ_SQL") - sbefore )) $began $(date +%s.%N)" >>"$BATCHES"
 }
 log "capgate on port $CGPORT ($CAPGATE_BIN)"
-"$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
+# In a session of its own, as both servers (benches/mylib.sh start_mariadb).
+setsid "$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
 CAPGATE_PID=$!
+own_session "$CAPGATE_PID" capgate
 for _ in $(seq 300); do
     my "$CGPORT" -e 'select 1' >/dev/null 2>&1 && break
     kill -0 "$CAPGATE_PID" 2>/dev/null || { tail -30 "$TMP/capgate.log" >&2; die "capgate exited"; }
