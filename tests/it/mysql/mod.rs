@@ -7,6 +7,7 @@ mod support;
 mod admin_sql;
 mod async_copy;
 mod async_interval;
+mod async_order;
 mod async_partitions;
 mod async_reload;
 mod async_ship;
