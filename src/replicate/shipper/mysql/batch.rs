@@ -1,7 +1,10 @@
 //! One batch on a MySQL replica (decision 0021): applied with the position's move in one
-//! transaction and one round trip, its statements merged ([`crate::store::mysql::batched`]); when that meets a conflict, applied again change by
-//! change in a new transaction, where each conflict is read (the replica's row), recorded and
-//! resolved by the table's `on_conflict`.
+//! transaction — the statements and the move in one round trip, the COMMIT in a second once
+//! every statement's row count checked out (decision 0039) —, its changes regrouped by key
+//! ([`crate::store::mysql::order`]) and merged ([`crate::store::mysql::batched`]); when that
+//! meets a conflict, applied again change by change in capture order in a new transaction,
+//! where each conflict is read (the replica's row), recorded and resolved by the table's
+//! `on_conflict`.
 
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
