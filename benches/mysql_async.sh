@@ -9,6 +9,9 @@
 #     primary: database `sbtest` (async in the policy, copied to the replica with
 #     mariadb-dump) and `sbdirect` (local: no capture trigger, the direct baseline);
 #   * starts capgate (it installs the capture triggers on sbtest and ships to the replica);
+#     capgate and both servers each run in a session of their own (setsid), as a service
+#     manager starts them: the kernel's autogroup scheduler shares a busy CPU between sessions
+#     first (decision 0037), and in this script's session they competed with sysbench as one;
 #   * each round: the run on sbdirect straight to the primary and the same run on sbtest
 #     through capgate, alternating which goes first;
 #   * during each capgate run samples the replica's lag every 0.2 s on the primary: the age

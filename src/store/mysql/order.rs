@@ -32,17 +32,24 @@ pub struct Free(pub BTreeSet<TableName>);
 const INTEGERS: [&str; 5] = ["tinyint", "smallint", "mediumint", "int", "bigint"];
 
 /// Tables that must keep capture order whatever their key: another unique key, a foreign key
-/// either way, or (then every table) a trigger that is not capgate's.
-const BOUND_SQL: &str = "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.STATISTICS \
-     WHERE NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' \
-     UNION SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE REFERENCED_TABLE_NAME IS NOT NULL \
-     UNION SELECT REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME FROM information_schema.KEY_COLUMN_USAGE \
-     WHERE REFERENCED_TABLE_NAME IS NOT NULL \
-     UNION SELECT '*', '*' FROM information_schema.TRIGGERS WHERE TRIGGER_NAME NOT LIKE 'capgate\\_%'";
+/// either way, or (then every table) a trigger that is not capgate's outside the system
+/// databases (MySQL's `sys` has its own).
+fn bound_sql() -> String {
+    format!(
+        "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.STATISTICS \
+         WHERE NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' \
+         UNION SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE REFERENCED_TABLE_NAME IS NOT NULL \
+         UNION SELECT REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME FROM information_schema.KEY_COLUMN_USAGE \
+         WHERE REFERENCED_TABLE_NAME IS NOT NULL \
+         UNION SELECT '*', '*' FROM information_schema.TRIGGERS \
+         WHERE TRIGGER_NAME NOT LIKE 'capgate\\_%' AND TRIGGER_SCHEMA NOT IN ({})",
+        super::capture::SYSTEM_SCHEMAS
+    )
+}
 
 /// Reads which of `tables` (the replica's, as last read) are free.
 pub async fn free(conn: &mut mysql_async::Conn, tables: &Tables) -> Result<Free, mysql_async::Error> {
-    let bound: Vec<(String, String)> = conn.query(BOUND_SQL).await?;
+    let bound: Vec<(String, String)> = conn.query(bound_sql()).await?;
     Ok(free_of(tables, &bound))
 }
 
