@@ -9,6 +9,9 @@
 #     primary: database `sbtest` (async in the policy, copied to the replica with
 #     mariadb-dump) and `sbdirect` (local: no capture trigger, the direct baseline);
 #   * starts capgate (it installs the capture triggers on sbtest and ships to the replica);
+#     capgate and both servers each run in a session of their own (setsid), as a service
+#     manager starts them: the kernel's autogroup scheduler shares a busy CPU between sessions
+#     first (decision 0037), and in this script's session they competed with sysbench as one;
 #   * each round: the run on sbdirect straight to the primary and the same run on sbtest
 #     through capgate, alternating which goes first;
 #   * during each capgate run samples the replica's lag every 0.2 s on the primary: the age
@@ -197,8 +200,10 @@ run_capgate() {
     echo "$(( $(my "$RPORT" -e "$COMMITS_SQL") - cbefore )) $(( $(my "$PPORT" -e "$SEQ_SQL") - sbefore )) $began $(date +%s.%N)" >>"$BATCHES"
 }
 log "capgate on port $CGPORT ($CAPGATE_BIN)"
-"$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
+# In a session of its own, as both servers (benches/mylib.sh start_mariadb).
+setsid "$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
 CAPGATE_PID=$!
+own_session "$CAPGATE_PID" capgate
 for _ in $(seq 300); do
     my "$CGPORT" -e 'select 1' >/dev/null 2>&1 && break
     kill -0 "$CAPGATE_PID" 2>/dev/null || { tail -30 "$TMP/capgate.log" >&2; die "capgate exited"; }

@@ -177,8 +177,10 @@ name = "east"
 url = "mysql://capgate@$CG_LINK/?sslmode=disable"
 CONF
 log "capgate on port $CGPORT ($CAPGATE_BIN), its replica through the link ($CG_LINK)"
-"$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
+# In a session of its own, as the servers (benches/mylib.sh start_mariadb).
+setsid "$CAPGATE_BIN" run --config "$TMP/capgate.toml" >"$TMP/capgate.log" 2>&1 &
 CAPGATE_PID=$!
+own_session "$CAPGATE_PID" capgate
 replica_state() {
     curl -fsS "http://127.0.0.1:$ADMIN/status" 2>/dev/null \
         | python3 -c "import json,sys; print(next(r['state'] for r in json.load(sys.stdin)['replicas'] if r['name'] == 'east'))" 2>/dev/null

@@ -140,10 +140,16 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
 /// was refused (another table references this one) or ran with the checks off, and a table
 /// referencing itself is emptied whatever the order of its rows.
 pub(super) fn truncate_sql(target: &str) -> String {
-    format!(
-        "SET @capgate_fk = @@foreign_key_checks, foreign_key_checks = 0;DELETE FROM {target};\
-         SET foreign_key_checks = @capgate_fk, @capgate_fk = NULL;"
-    )
+    truncate_statements(target).iter().map(|s| format!("{s};")).collect()
+}
+
+/// The statements of [`truncate_sql`], without their `;`.
+pub(super) fn truncate_statements(target: &str) -> [String; 3] {
+    [
+        "SET @capgate_fk = @@foreign_key_checks, foreign_key_checks = 0".to_owned(),
+        format!("DELETE FROM {target}"),
+        "SET foreign_key_checks = @capgate_fk, @capgate_fk = NULL".to_owned(),
+    ]
 }
 
 /// The replica table of `change` (quoted) and its columns.

@@ -1,15 +1,14 @@
 //! An async batch's statement text for the replica, merged for speed (issue 15): a run of
 //! inserts into one table becomes one multi-row INSERT, a run of deletes from one table one
-//! DELETE, and every statement's row count adds to one session counter checked once, at the
-//! end, instead of a stored-function call per row.
+//! DELETE, and the number of rows each statement must match travels with the text
+//! ([`Text::counts`]): the shipper compares it with the row count in the statement's own OK
+//! reply ([`super::ship::apply_counted`]) instead of asking the server to (a `SET` of a
+//! session counter per statement, once half of the statements and of the replies).
 //!
-//! Only the fast path uses this text: when it fails on a conflict (the count is off, or a
-//! duplicate key), the shipper rolls the batch back and applies it again change by change
-//! with [`super::apply::statements`], which names each conflict's kind, table and key. So
-//! what a conflict looks like, and exactly-once, are unchanged; only the happy path is
-//! cheaper.
-
-use std::fmt::Write;
+//! Only the fast path uses this text: when a count is off, or a duplicate key fails it, the
+//! shipper rolls the batch back and applies it again change by change with
+//! [`super::apply::statements`], which names each conflict's kind, table and key. So what a
+//! conflict looks like, and exactly-once, are unchanged; only the happy path is cheaper.
 
 use super::apply::{bad, by_primary_key, image_values, literal, row_matches, target, ApplyError, Change, Tables};
 use super::image::quote_ident;
@@ -17,13 +16,25 @@ use super::image::quote_ident;
 /// Most rows merged into one INSERT or DELETE (keeps each statement and its plan small).
 const MAX_RUN: usize = 200;
 
-/// The session counter of statements whose row count was not the one expected.
-const COUNTER: &str = "@capgate_bad";
+/// Statements (each ending in `;`) and, per statement in order, the rows it must match (None:
+/// any number, e.g. the `SET`s around a TRUNCATE's DELETE).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Text {
+    pub sql: String,
+    pub counts: Vec<Option<u64>>,
+}
 
-/// The statement text that applies `changes` in order, failing with SQLSTATE `CGC01` at the
-/// end when any statement matched a number of rows other than its changes' count.
-pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyError> {
-    let mut out = format!("SET {COUNTER} = 0;");
+impl Text {
+    fn push(&mut self, statement: &str, want: Option<usize>) {
+        self.sql.push_str(statement);
+        self.sql.push(';');
+        self.counts.push(want.map(|n| n as u64));
+    }
+}
+
+/// The statements that apply `changes` in order, with the row count each must match.
+pub fn statements(changes: &[Change], tables: &Tables) -> Result<Text, ApplyError> {
+    let mut out = Text::default();
     let mut i = 0;
     while i < changes.len() {
         let first = &changes[i];
@@ -39,7 +50,6 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
             "I" => {
                 let mut names: Option<Vec<String>> = None;
                 let mut rows = Vec::new();
-                let mut taken = 0;
                 for change in &changes[i..i + run] {
                     let new = image_values(change, columns, &change.new, "new")?;
                     let these: Vec<String> = new.iter().map(|(c, _)| quote_ident(&c.name)).collect();
@@ -50,11 +60,10 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
                     let values: Vec<String> =
                         new.iter().map(|(c, v)| literal(c, v)).collect::<Result<_, _>>().map_err(|w| bad(change, &w))?;
                     rows.push(format!("({})", values.join(", ")));
-                    taken += 1;
                 }
                 let names = names.unwrap_or_default();
-                let _ = write!(out, "INSERT INTO {table} ({}) VALUES {};", names.join(", "), rows.join(", "));
-                i += taken;
+                out.push(&format!("INSERT INTO {table} ({}) VALUES {}", names.join(", "), rows.join(", ")), Some(rows.len()));
+                i += rows.len();
             }
             "U" => {
                 let old = image_values(first, columns, &first.old, "old")?;
@@ -65,8 +74,7 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
                     .collect::<Result<_, _>>()
                     .map_err(|w| bad(first, &w))?;
                 let matches = row_matches(&old).map_err(|w| bad(first, &w))?;
-                let _ = write!(out, "UPDATE {table}{} SET {} WHERE {matches};", by_primary_key(columns, &old), sets.join(", "));
-                count(&mut out, 1);
+                out.push(&format!("UPDATE {table}{} SET {} WHERE {matches}", by_primary_key(columns, &old), sets.join(", ")), Some(1));
                 i += 1;
             }
             "D" => {
@@ -75,28 +83,20 @@ pub fn statements(changes: &[Change], tables: &Tables) -> Result<String, ApplyEr
                     let old = image_values(change, columns, &change.old, "old")?;
                     each.push(format!("({})", row_matches(&old).map_err(|w| bad(change, &w))?));
                 }
-                let _ = write!(out, "DELETE FROM {table} WHERE {};", each.join(" OR "));
-                count(&mut out, run);
+                out.push(&format!("DELETE FROM {table} WHERE {}", each.join(" OR ")), Some(run));
                 i += run;
             }
             "T" => {
                 // A TRUNCATE (decision 0029): every row goes, whatever the count.
-                out.push_str(&super::apply::truncate_sql(&table));
+                for statement in super::apply::truncate_statements(&table) {
+                    out.push(&statement, None);
+                }
                 i += 1;
             }
             other => return Err(bad(first, &format!("unknown operation {other:?}"))),
         }
     }
-    let _ = write!(
-        out,
-        "SET @capgate_rows = capgate.expect_rows({COUNTER}, 0, 'batch_conflict: a row is missing or differs (applied again change by change)');"
-    );
     Ok(out)
-}
-
-/// Adds one to the counter when the last statement did not touch exactly `want` rows.
-fn count(out: &mut String, want: usize) {
-    let _ = write!(out, "SET {COUNTER} = {COUNTER} + (ROW_COUNT() <> {want});");
 }
 
 #[cfg(test)]
@@ -130,23 +130,20 @@ mod tests {
             change(6, "s.b", "U", Some(r#"{"id": 6, "v": 3}"#), Some(r#"{"id": 6, "v": 4}"#)),
             change(7, "s.b", "U", Some(r#"{"id": 6, "v": 4}"#), Some(r#"{"id": 6, "v": 5}"#)),
         ];
-        let sql = statements(&changes, &tables()).expect("sql");
-        let parts: Vec<&str> = sql.split(';').filter(|s| !s.is_empty()).collect();
+        let text = statements(&changes, &tables()).expect("sql");
+        let parts: Vec<&str> = text.sql.split(';').filter(|s| !s.is_empty()).collect();
         assert_eq!(
             parts,
             [
-                "SET @capgate_bad = 0",
                 "INSERT INTO `s`.`a` (`id`, `v`) VALUES (1, 10), (2, NULL)",
                 "INSERT INTO `s`.`a` (`id`) VALUES (3)",
                 "DELETE FROM `s`.`b` WHERE (`id` <=> 4 AND `v` <=> 1) OR (`id` <=> 5 AND `v` <=> 2)",
-                "SET @capgate_bad = @capgate_bad + (ROW_COUNT() <> 2)",
                 "UPDATE `s`.`b` USE INDEX (PRIMARY) SET `id` = 6, `v` = 4 WHERE `id` <=> 6 AND `v` <=> 3",
-                "SET @capgate_bad = @capgate_bad + (ROW_COUNT() <> 1)",
                 "UPDATE `s`.`b` USE INDEX (PRIMARY) SET `id` = 6, `v` = 5 WHERE `id` <=> 6 AND `v` <=> 4",
-                "SET @capgate_bad = @capgate_bad + (ROW_COUNT() <> 1)",
-                "SET @capgate_rows = capgate.expect_rows(@capgate_bad, 0, 'batch_conflict: a row is missing or differs (applied again change by change)')",
             ]
         );
+        // The rows each statement must match, compared with its OK reply's count.
+        assert_eq!(text.counts, [Some(2), Some(1), Some(2), Some(1), Some(1)]);
     }
 
     #[test]
@@ -160,10 +157,10 @@ mod tests {
         ]);
         let update = |tbl: &str| change(1, tbl, "U", Some(r#"{"id": 1, "v": 1}"#), Some(r#"{"id": 1, "v": 2}"#));
         for tbl in ["s.nokey", "s.other"] {
-            let sql = statements(&[update(tbl)], &tables).expect("sql");
+            let sql = statements(&[update(tbl)], &tables).expect("sql").sql;
             assert!(!sql.contains("USE INDEX") && sql.contains(" SET `id` = 1, `v` = 2 WHERE "), "{sql}");
         }
-        let sql = statements(&[update("s.a")], &super::tests::tables()).expect("sql");
+        let sql = statements(&[update("s.a")], &super::tests::tables()).expect("sql").sql;
         assert!(sql.contains("UPDATE `s`.`a` USE INDEX (PRIMARY) SET "), "{sql}");
         let one = super::super::apply::statements(&[update("s.a")], &super::tests::tables()).expect("sql");
         assert!(one.starts_with("UPDATE `s`.`a` USE INDEX (PRIMARY) SET "), "{one}");
@@ -176,10 +173,11 @@ mod tests {
             change(2, "s.a", "T", None, None),
             change(3, "s.a", "I", None, Some(r#"{"id": 1, "v": 2}"#)),
         ];
-        let sql = statements(&changes, &tables()).expect("sql");
-        let parts: Vec<&str> = sql.split(';').filter(|s| !s.is_empty()).collect();
+        let text = statements(&changes, &tables()).expect("sql");
+        let parts: Vec<&str> = text.sql.split(';').filter(|s| !s.is_empty()).collect();
+        assert_eq!(text.counts, [Some(1), None, None, None, Some(1)]);
         assert_eq!(
-            &parts[1..6],
+            &parts[..5],
             [
                 "INSERT INTO `s`.`a` (`id`, `v`) VALUES (1, 1)",
                 "SET @capgate_fk = @@foreign_key_checks, foreign_key_checks = 0",

@@ -36,7 +36,7 @@ pub use crate::store::{CaptureMode, Reconciled};
 const EVENTS: [(&str, char); 3] = [("INSERT", 'i'), ("UPDATE", 'u'), ("DELETE", 'd')];
 
 /// Databases that are never captured.
-const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema', 'sys', 'capgate'";
+pub(super) const SYSTEM_SCHEMAS: &str = "'mysql', 'information_schema', 'performance_schema', 'sys', 'capgate'";
 
 /// Why a reconciliation round could not even start.
 #[derive(Debug, thiserror::Error)]

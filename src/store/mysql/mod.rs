@@ -5,7 +5,8 @@
 //! - [`capture`]: the capture triggers generated per table and kept in step with the policy;
 //! - [`apply`]: row images turned back into statements on a replica;
 //! - [`replica_setup`]: whether a replica has capgate's functions yet (one unreachable at start is set up later);
-//! - [`batched`]: an async batch's statements merged (multi-row INSERT and DELETE, one row-count check);
+//! - [`batched`]: an async batch's statements merged (multi-row INSERT and DELETE, row counts checked from the replies);
+//! - [`order`]: an async batch regrouped by key, so that more of it merges;
 //! - [`position`], [`ship`], [`resolve`]: async shipping to a replica, exactly once (decision 0021);
 //! - [`copy`]: the initial copy of a table entering async replication, and its gate;
 //! - [`held`]: a table halted alone on a replica, its changes held until it is resumed;
@@ -21,6 +22,7 @@ pub mod ddl;
 pub mod grants;
 pub mod held;
 pub mod image;
+pub mod order;
 pub mod position;
 pub mod primary;
 pub mod replica_setup;

@@ -11,6 +11,7 @@ use mysql_async::prelude::Queryable;
 
 use super::apply::{self, Change, Tables};
 use super::image::quote_literal;
+use super::order::Free;
 use super::position::Position;
 
 /// The primary's mirror of every replica's position.
@@ -289,6 +290,62 @@ pub async fn commit_batch(conn: &mut mysql_async::Conn, statements: &str, advanc
     }
 }
 
+/// How [`apply_counted`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Every statement matched its rows; committed.
+    Committed,
+    /// A statement matched another number of rows than its changes (a row missing or
+    /// different on the replica): rolled back.
+    CountDiffers,
+}
+
+/// Applies `text` and moves the position (`advance`) in one replica transaction: one round
+/// trip for the statements, in which each statement's OK reply carries the rows it matched
+/// (CLIENT_FOUND_ROWS: an UPDATE's matched rows), compared with [`super::batched::Text::counts`]
+/// here; a second for the COMMIT, or the ROLLBACK when a count differs. On a server error the
+/// transaction is rolled back and the error returned.
+pub async fn apply_counted(
+    conn: &mut mysql_async::Conn,
+    text: &super::batched::Text,
+    advance: &str,
+) -> Result<Counted, mysql_async::Error> {
+    let sql = format!("START TRANSACTION;{}{advance}", text.sql);
+    let counts = match counts_of(conn, sql).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            let _ = conn.query_drop("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+    // The first reply is START TRANSACTION's, the last ones the advance's (checked there).
+    let differs = text.counts.iter().enumerate().any(|(i, want)| want.is_some_and(|w| counts.get(i + 1) != Some(&w)));
+    if differs {
+        conn.query_drop("ROLLBACK").await?;
+        return Ok(Counted::CountDiffers);
+    }
+    match conn.query_drop("COMMIT").await {
+        Ok(()) => Ok(Counted::Committed),
+        Err(e) => {
+            let _ = conn.query_drop("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs a multi-statement text and returns the row count of each statement's reply, in order.
+async fn counts_of(conn: &mut mysql_async::Conn, sql: String) -> Result<Vec<u64>, mysql_async::Error> {
+    let mut result = conn.query_iter(sql).await?;
+    let mut counts = vec![result.affected_rows()];
+    // Each collect ends the current reply and reads the next one's OK packet.
+    while !result.is_empty() {
+        result.collect::<mysql_async::Row>().await?;
+        counts.push(result.affected_rows());
+    }
+    result.drop_result().await?;
+    Ok(counts)
+}
+
 /// The replica's columns (for turning images into statements).
 pub async fn replica_tables(conn: &mut mysql_async::Conn) -> Result<Tables, ShipError> {
     super::capture::tables(conn).await.map_err(
@@ -305,11 +362,20 @@ pub fn statements(changes: &[Shipped], tables: &Tables) -> Result<String, apply:
     apply::statements(&plain, tables)
 }
 
-/// The merged statements of `changes` for the fast path ([`super::batched`]): a conflict in
-/// them only says that the batch must be applied change by change with [`statements`].
-pub fn batched_statements(changes: &[Shipped], tables: &Tables) -> Result<String, apply::ApplyError> {
+/// The merged statements of `changes` for the fast path, regrouped by key on the `free`
+/// tables ([`super::order`], [`super::batched`]): a conflict in them only says that the batch
+/// must be applied change by change, in capture order, with [`statements`].
+pub fn batched_statements(changes: &[Shipped], tables: &Tables, free: &Free) -> Result<super::batched::Text, apply::ApplyError> {
     let plain: Vec<Change> = changes.iter().map(|s| s.change.clone()).collect();
-    super::batched::statements(&plain, tables)
+    super::batched::statements(&super::order::regroup(&plain, tables, free), tables)
+}
+
+/// The replica's tables and which of them are free to regroup ([`super::order`]), read
+/// together.
+pub async fn replica_catalog(conn: &mut mysql_async::Conn) -> Result<(Tables, Free), ShipError> {
+    let tables = replica_tables(conn).await?;
+    let free = super::order::free(conn, &tables).await.map_err(server("reading the replica's keys and triggers"))?;
+    Ok((tables, free))
 }
 
 #[cfg(test)]

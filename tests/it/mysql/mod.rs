@@ -9,6 +9,7 @@ mod async_copy;
 mod async_ddl;
 mod async_holes;
 mod async_interval;
+mod async_order;
 mod async_partitions;
 mod async_reload;
 mod async_ship;

@@ -1,7 +1,10 @@
 //! One batch on a MySQL replica (decision 0021): applied with the position's move in one
-//! transaction and one round trip, its statements merged ([`crate::store::mysql::batched`]); when that meets a conflict, applied again change by
-//! change in a new transaction, where each conflict is read (the replica's row), recorded and
-//! resolved by the table's `on_conflict`.
+//! transaction — the statements and the move in one round trip, the COMMIT in a second once
+//! every statement's row count checked out (decision 0039) —, its changes regrouped by key
+//! ([`crate::store::mysql::order`]) and merged ([`crate::store::mysql::batched`]); when that
+//! meets a conflict, applied again change by change in capture order in a new transaction,
+//! where each conflict is read (the replica's row), recorded and resolved by the table's
+//! `on_conflict`.
 
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
@@ -9,6 +12,7 @@ use serde_json::Value;
 use crate::policy::OnConflict;
 use crate::replicate::apply::Conflict;
 use crate::store::mysql::apply::{self, ApplyError, Tables};
+use crate::store::mysql::order::Free;
 use crate::store::mysql::position::Position;
 use crate::store::mysql::resolve;
 use crate::store::mysql::ship::{self, Shipped};
@@ -45,33 +49,43 @@ fn is_conflict(e: &mysql_async::Error) -> bool {
     matches!(e, mysql_async::Error::Server(s) if s.state == CONFLICT_STATE || s.code == DUP_ENTRY)
 }
 
-/// Applies `batch` and moves the replica's position from `from` to `to`. `tables`: the
-/// replica's tables as last read; read again (once) when a change names a table or column
-/// not in them — DDL is not carried to MySQL replicas, so an operator adds a column on the
-/// replica, then on the primary, while the shipper runs — before that counts as a conflict.
+/// Applies `batch` and moves the replica's position from `from` to `to`. `tables` and `free`:
+/// the replica's tables and those whose changes are regrouped by key
+/// ([`crate::store::mysql::order`]), as last read; read again (once) when a change names a
+/// table or column not in them — DDL is not carried to MySQL replicas, so an operator adds a
+/// column on the replica, then on the primary, while the shipper runs — before that counts as
+/// a conflict, and when the regrouped batch fails with a server error that is not a conflict
+/// (a foreign key added on the replica since the read binds the order of its rows).
+#[allow(clippy::too_many_arguments)]
 pub async fn apply(
     conn: &mut mysql_async::Conn,
     origin: &str,
     batch: &[Shipped],
     tables: &mut Tables,
+    free: &mut Free,
     from: &Position,
     to: &Position,
     on_conflict: &ConflictPolicy,
 ) -> Result<Outcome, BatchError> {
     let advance = ship::advance_sql(origin, from, to);
     for fresh in [false, true] {
-        match ship::batched_statements(batch, tables) {
-            Ok(statements) => match ship::commit_batch(conn, &statements, &advance).await {
-                Ok(()) => return Ok(Outcome::Applied(Vec::new())),
+        let stale = match ship::batched_statements(batch, tables, free) {
+            Ok(text) => match ship::apply_counted(conn, &text, &advance).await {
+                Ok(ship::Counted::Committed) => return Ok(Outcome::Applied(Vec::new())),
+                Ok(ship::Counted::CountDiffers) => break,
                 Err(e) if is_conflict(&e) => break,
+                Err(e @ mysql_async::Error::Server(_)) if !fresh && !free.0.is_empty() => {
+                    tracing::info!(error = %e, "shipper: a regrouped batch failed; reading the replica's keys again");
+                    true
+                }
                 Err(e) => return Err(BatchError::Replica(e)),
             },
-            Err(ApplyError::MissingTable(_) | ApplyError::MissingColumn { .. }) if !fresh => match ship::replica_tables(conn).await {
-                Ok(read) => *tables = read,
-                Err(e) => return Err(BatchError::Tables(e)),
-            },
+            Err(ApplyError::MissingTable(_) | ApplyError::MissingColumn { .. }) if !fresh => true,
             Err(ApplyError::MissingTable(_) | ApplyError::MissingColumn { .. }) => break,
             Err(e) => return Err(BatchError::Change(e)),
+        };
+        if stale {
+            (*tables, *free) = ship::replica_catalog(conn).await.map_err(BatchError::Tables)?;
         }
     }
     one_by_one(conn, origin, batch, tables, &advance, on_conflict).await

@@ -352,7 +352,7 @@ impl Run {
             if !chunk.is_empty() && (done || chunk.len() >= cfg.batch_rows || bytes >= cfg.batch_bytes) {
                 let sql =
                     crate::store::mysql::batched::statements(&chunk, tables).map_err(|e| End::Failed(format!("copying {tbl}: {e}")))?;
-                self.timed("loading copied rows into the replica", replica.query_drop(sql)).await?;
+                self.timed("loading copied rows into the replica", replica.query_drop(sql.sql)).await?;
                 total += chunk.len() as u64;
                 counter.store(total, Ordering::Relaxed);
                 chunk.clear();

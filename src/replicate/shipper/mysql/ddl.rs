@@ -16,18 +16,22 @@ use crate::classify::TableName;
 use crate::policy::OnConflict;
 use crate::store::mysql::apply::{ApplyError, Tables};
 use crate::store::mysql::ddl::{self, Carried, Step};
+use crate::store::mysql::order::Free;
 use crate::store::mysql::position::Position;
 use crate::store::mysql::ship::{self, Shipped};
 
 use super::super::ConflictPolicy;
 
 /// Applies `s` (a change `S`) and moves the replica's position from `from` to `to`; the
-/// replica's tables are read again after it.
+/// replica's tables, and which of them a batch may regroup by key (decision 0039: the
+/// statement may have added a unique key or a foreign key), are read again after it.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply(
     conn: &mut mysql_async::Conn,
     origin: &str,
     s: &Shipped,
     tables: &mut Tables,
+    free: &mut Free,
     from: &Position,
     to: &Position,
     on_conflict: &ConflictPolicy,
@@ -54,6 +58,6 @@ pub async fn apply(
     }
     let advance = ship::advance_sql(origin, from, to);
     ship::commit_batch(conn, &ddl::end_step_sql(origin, change.seq), &advance).await.map_err(BatchError::Replica)?;
-    *tables = ship::replica_tables(conn).await.map_err(BatchError::Tables)?;
+    (*tables, *free) = ship::replica_catalog(conn).await.map_err(BatchError::Tables)?;
     Ok(Outcome::Applied(conflicts))
 }

@@ -240,7 +240,7 @@ impl Run {
                 pos = start;
             }
         }
-        let mut tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
+        let (mut tables, mut free) = self.timed("reading the replica's tables", ship::replica_catalog(replica.conn())).await?;
         let mut halted = self.load_halted(&mut primary, &mut replica, &entry).await?;
         self.note(&mut primary, &pos).await?;
         // The position last recorded on the primary: the one a batch reaches is recorded with
@@ -259,7 +259,7 @@ impl Run {
             let known = (entry.entered.len(), entry.refused.len());
             self.list_if_due(&mut primary, &mut replica, &mut entry).await?;
             if self.enter_tables(&mut primary, &mut replica, &mut entry, &pos).await? {
-                tables = self.timed("reading the replica's tables", ship::replica_tables(replica.conn())).await?;
+                (tables, free) = self.timed("reading the replica's tables", ship::replica_catalog(replica.conn())).await?;
                 self.show(&halted, &entry);
             } else if known != (entry.entered.len(), entry.refused.len()) {
                 self.show(&halted, &entry);
@@ -339,9 +339,9 @@ impl Run {
             let applied = async {
                 let outcome = match &kept[..] {
                     [s] if s.change.op == crate::store::mysql::ddl::OP => {
-                        ddl::apply(replica.conn(), &cfg.origin, s, &mut tables, &pos, &next, &cfg.on_conflict).await
+                        ddl::apply(replica.conn(), &cfg.origin, s, &mut tables, &mut free, &pos, &next, &cfg.on_conflict).await
                     }
-                    _ => batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &pos, &next, &cfg.on_conflict).await,
+                    _ => batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &mut free, &pos, &next, &cfg.on_conflict).await,
                 };
                 if let Ok(batch::Outcome::Applied(conflicts)) = &outcome {
                     committed.store(true, Ordering::Relaxed);
