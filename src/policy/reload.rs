@@ -37,9 +37,25 @@ impl std::fmt::Debug for SiteCheck {
     }
 }
 
-/// The policy in `path`, refused when the file's rules or `check` find a problem.
-fn load_and_check(path: &Path, check: Option<&SiteCheck>) -> Result<Policy, PolicyError> {
-    let policy = Policy::load(path)?;
+/// The policy in `path`, refused when the file's rules or `check` find a problem. A reload
+/// (`reloading`) also refuses a file that is empty: an editor or `echo … >` truncates the
+/// file before writing it, and a watcher that read it in between would otherwise publish an
+/// empty policy — every table `local`, the capture triggers removed — until its next read.
+fn load_and_check(path: &Path, check: Option<&SiteCheck>, reloading: bool) -> Result<Policy, PolicyError> {
+    let problem = |key: &str, message: String| PolicyError {
+        file: path.to_owned(),
+        problems: vec![PolicyProblem { line: None, key: key.into(), message }],
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| problem("(file)", format!("cannot read: {e}")))?;
+    if reloading && text.trim().is_empty() {
+        return Err(problem(
+            "(file)",
+            "the file is empty (still being written?): the current policy stays; to make every table local, write \
+             `default = \"local\"`"
+                .into(),
+        ));
+    }
+    let policy = Policy::parse(&text, path)?;
     let problems = check.map(|c| (c.0)(&policy)).unwrap_or_default();
     if problems.is_empty() {
         Ok(policy)
@@ -73,7 +89,7 @@ impl PolicyHandle {
     /// is checked the same way.
     pub fn load_checked(path: &Path, check: Option<SiteCheck>) -> Result<PolicyHandle, PolicyError> {
         let seen = stamp(path);
-        let mut policy = load_and_check(path, check.as_ref())?;
+        let mut policy = load_and_check(path, check.as_ref(), false)?;
         policy.version = 1;
         policy.log_warnings(&path.display().to_string());
         Ok(PolicyHandle { path: Some(path.to_owned()), current: RwLock::new(Arc::new(policy)), seen: Mutex::new(seen), check })
@@ -96,7 +112,7 @@ impl PolicyHandle {
             return Ok(self.current().version);
         };
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(path);
-        let mut policy = load_and_check(path, self.check.as_ref())?;
+        let mut policy = load_and_check(path, self.check.as_ref(), true)?;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         policy.version = current.version + 1;
         let version = policy.version;

@@ -199,6 +199,12 @@ fn reload_keeps_the_old_policy_on_a_bad_file() {
     assert_eq!(handle.current().default.name(), "sync");
     // A holder of the first snapshot still sees it (a running transaction keeps its policy).
     assert_eq!(first.default.name(), "async");
+
+    // A file caught empty (truncated before being written) is not an all-local policy.
+    std::fs::write(&file, "  \n").unwrap_or_else(|e| panic!("{e}"));
+    let err = handle.reload().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("the file is empty (still being written?): the current policy stays"), "{err}");
+    assert_eq!((handle.current().version, handle.current().default.name()), (2, "sync"));
 }
 
 #[tokio::test]
