@@ -288,16 +288,8 @@ mod tests {
                    partition_after = 0\nheal_after = -1\npool_size = 0\ntakes_writes = \"yes\"\nship_interval = \"6s\"\n";
         let err = Config::parse(&format!("{MINIMAL}{replica}{bad}"), Path::new("c.toml")).unwrap_err();
         let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
-        for k in [
-            "partition_latency",
-            "heartbeat_interval",
-            "heartbeat_timeout",
-            "partition_after",
-            "heal_after",
-            "pool_size",
-            "takes_writes",
-            "ship_interval",
-        ] {
+        // Every replica key but the two that identify it has a bad value above.
+        for k in raw::REPLICA_KEYS.iter().filter(|k| !["name", "url"].contains(k)) {
             assert!(keys.contains(&format!("replicas[0].{k}").as_str()), "{k} missing from {keys:?}");
         }
     }

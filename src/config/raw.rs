@@ -87,7 +87,7 @@ const TOP_KEYS: &[&str] = &[
     "users",
 ];
 const PRIMARY_KEYS: &[&str] = &["url"];
-const REPLICA_KEYS: &[&str] = &[
+pub(super) const REPLICA_KEYS: &[&str] = &[
     "name",
     "url",
     "partition_latency",

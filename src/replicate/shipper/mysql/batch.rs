@@ -49,12 +49,12 @@ fn is_conflict(e: &mysql_async::Error) -> bool {
     matches!(e, mysql_async::Error::Server(s) if s.state == CONFLICT_STATE || s.code == DUP_ENTRY)
 }
 
-/// Applies `batch` and moves the replica's position from `from` to `to`. `tables` and `free`:
-/// the replica's tables and those whose changes are regrouped by key
-/// ([`crate::store::mysql::order`]), as last read; read again (once) when a change names a
-/// table or column not in them — DDL is not carried to MySQL replicas, so an operator adds a
-/// column on the replica, then on the primary, while the shipper runs — before that counts as
-/// a conflict, and when the regrouped batch fails with a server error that is not a conflict
+/// Applies `batch` (or the one carried DDL statement it holds, [`super::ddl::apply`]) and moves
+/// the replica's position from `from` to `to`. `tables` and `free`: the replica's tables and
+/// those whose changes are regrouped by key ([`crate::store::mysql::order`]), as last read;
+/// read again (once) when a change names a table or column not in them — DDL run around
+/// capgate (an operator adds a column on the replica, then on the primary, while the shipper
+/// runs) — before that counts as a conflict, and when the regrouped batch fails with a server error that is not a conflict
 /// (a foreign key added on the replica since the read binds the order of its rows).
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
@@ -67,6 +67,12 @@ pub async fn apply(
     to: &Position,
     on_conflict: &ConflictPolicy,
 ) -> Result<Outcome, BatchError> {
+    // A carried DDL statement is read as a batch of its own (decision 0040).
+    if let [s] = batch {
+        if s.change.op == crate::store::mysql::ddl::OP {
+            return super::ddl::apply(conn, origin, s, tables, free, from, to, on_conflict).await;
+        }
+    }
     let advance = ship::advance_sql(origin, from, to);
     for fresh in [false, true] {
         let stale = match ship::batched_statements(batch, tables, free) {

@@ -337,12 +337,7 @@ impl Run {
             // A committed batch is counted and its conflicts recorded at once, not after the
             // next read (which may wait for the interval).
             let applied = async {
-                let outcome = match &kept[..] {
-                    [s] if s.change.op == crate::store::mysql::ddl::OP => {
-                        ddl::apply(replica.conn(), &cfg.origin, s, &mut tables, &mut free, &pos, &next, &cfg.on_conflict).await
-                    }
-                    _ => batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &mut free, &pos, &next, &cfg.on_conflict).await,
-                };
+                let outcome = batch::apply(replica.conn(), &cfg.origin, &kept, &mut tables, &mut free, &pos, &next, &cfg.on_conflict).await;
                 if let Ok(batch::Outcome::Applied(conflicts)) = &outcome {
                     committed.store(true, Ordering::Relaxed);
                     self.applied(&read, conflicts);
