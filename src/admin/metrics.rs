@@ -27,6 +27,7 @@ pub(super) fn text(state: &AdminState) -> String {
         metrics::counter!("capgate_sessions_refused_total", "reason" => "max_connections").absolute(load(&limits.over_limit));
         metrics::counter!("capgate_sessions_refused_total", "reason" => "file_descriptors").absolute(load(&limits.no_descriptors));
         metrics::counter!("capgate_accept_errors_total").absolute(load(&limits.accept_errors));
+        metrics::counter!("capgate_memory_returned_bytes_total").absolute(load(&crate::frontend::memory::RETURNED_BYTES));
         if let Some(primary) = &state.primary {
             let s = primary.status();
             let up = s.last_heartbeat.is_some() && s.state.is_available();

@@ -229,6 +229,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn run(config: Arc<Config>) -> ExitCode {
     let (first, second) = signals();
+    tokio::spawn(crate::frontend::memory::trim_periodically());
     // The primary URL's scheme picks the protocol spoken to applications.
     type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
     let started: Result<Serving, String> = match config.primary.url.scheme {

@@ -4,6 +4,7 @@
 
 pub mod limits;
 pub mod listener;
+pub mod memory;
 pub mod mysql;
 pub mod postgres;
 pub mod workers;
