@@ -73,6 +73,17 @@ pub(super) fn explain(
         },
         None => Policy::default(),
     };
+    // What `capgate run` would refuse in this policy at this site (a MySQL site: keys built
+    // for PostgreSQL only) is refused here too, rather than explained as if it were in force.
+    if let (Some(config), Some(file)) = (&config, &policy_file) {
+        if config.primary.url.scheme == Scheme::MySql {
+            let problems = crate::frontend::mysql::policy_limits::problems(&policy, config);
+            if !problems.is_empty() {
+                eprintln!("{}", crate::policy::PolicyError { file: file.clone(), problems });
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let from_url = match config.as_ref().map(|c| c.primary.url.scheme) {
         Some(Scheme::MySql) => Dialect::MySql,
         _ => Dialect::Postgres,

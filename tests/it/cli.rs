@@ -216,6 +216,22 @@ fn explain_in_the_mysql_dialect() {
     assert_eq!(out.status.code(), Some(2));
     let out = capgate(&["explain", "--dialect", "oracle", "DELETE FROM t"]);
     assert_eq!(out.status.code(), Some(2));
+
+    // With a MySQL site's configuration, a policy `capgate run` would refuse there (a quorum:
+    // PostgreSQL-only) is refused, naming the line and the remedy, not explained as if in force.
+    let quorum = dir.join("quorum.toml");
+    std::fs::write(&quorum, "[[table]]\nmatch = \"shop.orders\"\nmode = \"sync\"\nquorum = 1\n").unwrap();
+    let config = dir.join("capgate.toml");
+    std::fs::write(
+        &config,
+        "site = \"west\"\npolicy = \"quorum.toml\"\n[primary]\nurl = \"mysql://capgate@127.0.0.1:3306/\"\n\
+         [[replicas]]\nname = \"east\"\nurl = \"mysql://capgate@127.0.0.1:3307/\"\n",
+    )
+    .unwrap();
+    let out = capgate(&["explain", "--config", config.to_str().unwrap(), "--database", "shop", "DELETE FROM orders"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("quorum.toml:1: table[1].quorum") && err.contains("remove quorum"), "{err}");
 }
 
 /// Every statement of the MySQL corpus (tests/sql/classify_mysql.txt) explained by the
