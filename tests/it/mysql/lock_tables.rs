@@ -21,7 +21,7 @@ use mysql_async::prelude::*;
 use super::async_ship::{converged, servers, setup_both, TURN};
 use super::capture::SERVER;
 use super::support::{connect, error_code, mariadb, primary, replica, url_at, MyProxy, APP_PASSWORD};
-use super::sync::{rows, settled, setup};
+use super::sync::{rows, settled, settled_at, setup};
 use super::sync_faults::sync_proxy_behind_link;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,6 +138,9 @@ async fn writes_under_lock_tables_and_a_dump_restore_reach_the_replica() {
     other.query_drop("SET SESSION lock_wait_timeout = 1").await.expect("timeout");
     let err = other.query_drop("SELECT * FROM acct").await.expect_err("the client's lock is held");
     assert_eq!(error_code(&err), 1205, "{err}");
+    // Committed on the replica while the lock is still held (its XA COMMIT follows the
+    // client's answer: wait for it, as `settled` does, before reading).
+    settled_at(replica).await;
     assert_eq!(replica.sql("SELECT id, bal FROM lockdb.acct ORDER BY id").expect("replica"), "1\t101\n2\t200", "coordinated");
     c.query_drop("UNLOCK TABLES").await.expect("unlock");
     // The same with LOCK TABLES and UNLOCK TABLES prepared (COM_STMT_PREPARE).
