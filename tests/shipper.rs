@@ -395,6 +395,10 @@ async fn replica_crashes_and_restarts_lose_and_duplicate_nothing() {
     copied(&shipper, "public.t").await;
     let server = Arc::new(server);
     for round in 0..3 {
+        // Counted before the round's writes: read after them, the shipper may already have
+        // applied every one of them (it keeps up with a writer), and no further range would
+        // ever come — the wait below then timed out under load.
+        let before = shipper.stats().ranges.load(Ordering::Relaxed);
         for k in 0..300 {
             let key = round * 1000 + k;
             env.primary
@@ -402,7 +406,6 @@ async fn replica_crashes_and_restarts_lose_and_duplicate_nothing() {
                 .await
                 .expect("write");
         }
-        let before = shipper.stats().ranges.load(Ordering::Relaxed);
         until("shipping under way", || shipper.stats().ranges.load(Ordering::Relaxed) > before).await;
         // A crash (no checkpoint: crash recovery on restart) while ranges are being applied.
         let s = server.clone();

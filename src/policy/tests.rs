@@ -195,6 +195,7 @@ fn reload_keeps_the_old_policy_on_a_bad_file() {
     assert_eq!(handle.current().default.name(), "async");
 
     std::fs::write(&file, "default = \"sync\"\n# now good, and longer\n").unwrap_or_else(|e| panic!("{e}"));
+    assert!(handle.reload_if_changed().is_none(), "a change is taken once it holds still for a poll");
     assert!(matches!(handle.reload_if_changed(), Some(Ok(2))));
     assert_eq!(handle.current().default.name(), "sync");
     // A holder of the first snapshot still sees it (a running transaction keeps its policy).
@@ -205,6 +206,45 @@ fn reload_keeps_the_old_policy_on_a_bad_file() {
     let err = handle.reload().err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("the file is empty (still being written?): the current policy stays"), "{err}");
     assert_eq!((handle.current().version, handle.current().default.name()), (2, "sync"));
+}
+
+/// The watcher's polls of a file written in two parts: the first part parses (the first rule
+/// only), but is never taken; the whole file is, once it has held still for a poll. SIGHUP (an
+/// explicit reload) reads at once.
+#[test]
+fn a_file_caught_half_written_is_never_taken_by_the_watcher() {
+    let file = scratch("halves");
+    let whole =
+        "default = \"local\"\n[[table]]\nmatch = \"public.a\"\nmode = \"sync\"\n[[table]]\nmatch = \"public.b\"\nmode = \"async\"\n";
+    std::fs::write(&file, "default = \"local\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let handle = PolicyHandle::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let cut = whole.find("[[table]]\nmatch = \"public.b\"").unwrap_or_default();
+    let b = crate::classify::TableName::new("public", "b");
+    for _ in 0..3 {
+        std::fs::write(&file, &whole[..cut]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(handle.reload_if_changed().is_none(), "the first part, seen once");
+        std::fs::write(&file, whole).unwrap_or_else(|e| panic!("{e}"));
+        assert!(handle.reload_if_changed().is_none(), "the whole file, seen once");
+        assert!(matches!(handle.reload_if_changed(), Some(Ok(_))), "the whole file, held still for a poll");
+        assert_eq!(handle.current().decide_table(&b).mode.name(), "async");
+        assert!(handle.reload_if_changed().is_none(), "taken: nothing more to do");
+        std::fs::write(&file, "default = \"local\"\n# again\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(handle.reload_if_changed().is_none());
+        assert!(handle.reload_if_changed().is_some());
+    }
+    // A file that changes at every poll is never taken.
+    for i in 0..5 {
+        std::fs::write(&file, format!("default = \"async\"\n# {}\n", "x".repeat(i))).unwrap_or_else(|e| panic!("{e}"));
+        assert!(handle.reload_if_changed().is_none(), "still changing");
+    }
+    assert_eq!(handle.current().default.name(), "local");
+    // An explicit reload is an operator's act: it reads at once, and the watcher then has
+    // nothing left to take.
+    std::fs::write(&file, &whole[..cut]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(handle.reload().is_ok());
+    assert_eq!(handle.current().decide_table(&b).mode.name(), "local");
+    assert!(handle.reload_if_changed().is_none());
+    assert!(handle.reload_if_changed().is_none());
 }
 
 #[tokio::test]

@@ -11,6 +11,16 @@
 //! (`MDL_SHARED_WRITE`), which no other session waits for (with autocommit off, InnoDB adds a
 //! table lock on it, as it does on capgate's change tables that the triggers use).
 //!
+//! `capgate.changes WRITE CONCURRENT` is added too. With `capgate.decisions` first in the
+//! list, a write to a locked *async* table next to the sync one (its trigger calls
+//! `capgate.capture`, the sync table's calls `capgate.capture_sync`, both insert into
+//! `capgate.changes`) failed with error 1442 ("Can't update table 'changes' in stored
+//! function/trigger because it is already used by statement…") once any other session had
+//! opened `capgate.changes` — a shipper always has. Measured on MariaDB 10.11.19: the failure
+//! depends on the order of the list (gone with `capgate.decisions` last, back with other
+//! orders); with `capgate.changes` locked explicitly every order and statement went through,
+//! and other sessions' reads and inserts of `capgate.changes` did not wait (autocommit on).
+//!
 //! `WRITE CONCURRENT` is MariaDB's: in front of MySQL the statement goes as it came, and a
 //! sync commit under such a lock is refused with the server's error, nothing committed. The
 //! client's account needs `LOCK TABLES` on `capgate` (it already writes `capgate.decisions`
@@ -20,7 +30,7 @@ use crate::classify::Classification;
 use crate::policy::{Mode, Policy};
 
 /// What capgate adds to the list of a `LOCK TABLES` that write-locks a sync table.
-pub const ADDED: &str = "capgate.decisions WRITE CONCURRENT,";
+pub const ADDED: &str = "capgate.decisions WRITE CONCURRENT, capgate.changes WRITE CONCURRENT,";
 
 /// `sql` with [`ADDED`] put first in the list of each `LOCK TABLE[S]` statement that
 /// write-locks a sync table under `policy`; `None` when there is none. `texts`, as
@@ -84,20 +94,20 @@ mod tests {
     }
 
     #[test]
-    fn a_write_lock_on_a_sync_table_also_locks_capgates_decisions() {
+    fn a_write_lock_on_a_sync_table_also_locks_capgates_decisions_and_changes() {
         assert_eq!(
             rewritten("LOCK TABLES `orders` WRITE").as_deref(),
-            Some("LOCK TABLES capgate.decisions WRITE CONCURRENT, `orders` WRITE")
+            Some("LOCK TABLES capgate.decisions WRITE CONCURRENT, capgate.changes WRITE CONCURRENT, `orders` WRITE")
         );
         assert_eq!(
             rewritten("/* why */ lock table views READ, shop.orders AS o LOW_PRIORITY WRITE WAIT 5; SELECT 1").as_deref(),
             Some(
-                "/* why */ lock table capgate.decisions WRITE CONCURRENT, views READ, shop.orders AS o LOW_PRIORITY WRITE WAIT 5; SELECT 1"
+                "/* why */ lock table capgate.decisions WRITE CONCURRENT, capgate.changes WRITE CONCURRENT, views READ, shop.orders AS o LOW_PRIORITY WRITE WAIT 5; SELECT 1"
             )
         );
         assert_eq!(
             rewritten("LOCK TABLES orders WRITE; UPDATE orders SET a = 1").as_deref(),
-            Some("LOCK TABLES capgate.decisions WRITE CONCURRENT, orders WRITE; UPDATE orders SET a = 1")
+            Some("LOCK TABLES capgate.decisions WRITE CONCURRENT, capgate.changes WRITE CONCURRENT, orders WRITE; UPDATE orders SET a = 1")
         );
         assert_eq!(rewritten("LOCK TABLES orders READ"), None, "nothing is written under a read lock");
         assert_eq!(rewritten("LOCK TABLES views WRITE, notes WRITE"), None, "no sync table");

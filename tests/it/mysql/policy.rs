@@ -161,3 +161,61 @@ async fn a_quorum_is_refused_at_start_and_at_a_reload() {
     assert_eq!(patterns, ["shop.orders", "shop.cart_*"], "the policy in force stays");
     assert!(kept.rules.iter().all(|r| !matches!(r.mode, capgate::policy::Mode::Sync { quorum: Some(_), .. })));
 }
+
+/// A policy file written in two parts with a pause between them (a slow editor, a script
+/// writing rule by rule) is never the policy in force, although its first part parses (the
+/// rules before the cut only): the file watcher takes a changed file once it has held still
+/// for a whole poll. Had it taken the first part, `shop.cart_*` would have been `local` — on a
+/// MySQL site with replicas its capture triggers removed at once — until the next poll.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_file_caught_half_written_never_becomes_the_policy_in_force() {
+    use std::io::Write;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let proxy = proxy_with_policy("mysql-policy-halves");
+    let file = crate::support::scratch("mysql-policy-halves").join("policy.toml");
+    let cart = capgate::classify::TableName::new("shop", "cart_items");
+    // What a user would check, sampled all along: the mode the router gives shop.cart_items.
+    let shared = proxy.shared.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, cart) = (stop.clone(), cart.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let policy = shared.router.policy().current();
+                let mode = policy.decide_table(&cart).mode.name().to_owned();
+                if seen.last() != Some(&(policy.version, mode.clone())) {
+                    seen.push((policy.version, mode));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        })
+    };
+    let cut = POLICY.find("[[table]]\nmatch = \"shop.cart_*\"").expect("the cart rule");
+    let rounds = 6;
+    for round in 1..=rounds {
+        let mut f = std::fs::File::create(&file).expect("open the policy file");
+        f.write_all(&POLICY.as_bytes()[..cut]).expect("first part");
+        f.flush().expect("flush");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        f.write_all(format!("{}# round {round}\n", &POLICY[cut..]).as_bytes()).expect("second part");
+        drop(f);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while shared_version(&proxy) < 1 + round {
+            assert!(Instant::now() < deadline, "round {round}: the whole file was never taken");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = sampler.join().expect("sampler");
+    assert!(seen.iter().all(|(_, mode)| mode == "async"), "shop.cart_items was not async in some policy in force: {seen:?}");
+    assert_eq!(shared_version(&proxy), 1 + rounds, "one reload per whole file, none for a first part: {seen:?}");
+}
+
+fn shared_version(proxy: &MyProxy) -> u64 {
+    proxy.shared.router.policy().current().version
+}

@@ -109,7 +109,12 @@ pub(super) fn rows(server: &capgate::testbed::MariaDb) -> String {
 /// Waits (bounded) until the replica has no branch of ours left: XA COMMIT runs off the
 /// client's critical path.
 pub(super) async fn settled() {
-    let mut r = connect(&url_at(replica().port(), "capgate", None, "")).await;
+    settled_at(replica()).await
+}
+
+/// [`settled`] for the replica `server`.
+pub(super) async fn settled_at(server: &capgate::testbed::MariaDb) {
+    let mut r = connect(&url_at(server.port(), "capgate", None, "")).await;
     for _ in 0..200 {
         if xa::prepared(&mut r, "capgate:").await.expect("xa recover").is_empty() {
             return;
