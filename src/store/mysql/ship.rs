@@ -227,9 +227,13 @@ pub async fn pending(conn: &mut mysql_async::Conn, pos: &Position) -> Result<Vec
     conn.query(sql).await.map_err(server("measuring lag"))
 }
 
-/// Deletes changes every replica in `replicas` has applied and that are older than
-/// `retention_secs`, a chunk at a time, keeping those held for a halted table
-/// ([`super::held`]). Returns how many were deleted.
+/// The most changes one [`prune`] deletes: one short statement, so the shipper's loop (and
+/// the writers the delete's locks would queue) wait for a chunk at a time.
+pub const PRUNE_CHUNK: u64 = 10_000;
+
+/// Deletes up to [`PRUNE_CHUNK`] changes every replica in `replicas` has applied and that are
+/// older than `retention_secs`, oldest first, keeping those held for a halted table
+/// ([`super::held`]). Returns how many were deleted: [`PRUNE_CHUNK`] says more may be due.
 pub async fn prune(conn: &mut mysql_async::Conn, replicas: &[String], retention_secs: u64) -> Result<u64, ShipError> {
     let all = shipped(conn).await?;
     let mut floor: Option<u64> = None;
@@ -240,7 +244,7 @@ pub async fn prune(conn: &mut mysql_async::Conn, replicas: &[String], retention_
     let Some(floor) = floor else { return Ok(0) };
     let floor = super::held::floor(conn).await?.map_or(floor, |held| held.min(floor));
     let sql = format!(
-        "DELETE FROM capgate.changes WHERE seq < {floor} AND at < UTC_TIMESTAMP(6) - INTERVAL {retention_secs} SECOND ORDER BY seq LIMIT 10000"
+        "DELETE FROM capgate.changes WHERE seq < {floor} AND at < UTC_TIMESTAMP(6) - INTERVAL {retention_secs} SECOND ORDER BY seq LIMIT {PRUNE_CHUNK}"
     );
     conn.query_drop(sql).await.map_err(server("pruning applied changes"))?;
     Ok(conn.affected_rows())
