@@ -290,11 +290,10 @@ impl Run {
             // between two batches while more are due — whether or not the queue is drained: a
             // shipper that pruned only when a read came back empty never pruned under a steady
             // load, and one chunk a minute fell behind any load above 167 changes a second,
-            // so `capgate.changes` grew without bound.
+            // so `capgate.changes` grew without bound ([`ship::prune`] bounds what each chunk reads).
             if prune_more || last_prune.elapsed() >= cfg.prune_interval {
                 last_prune = Instant::now();
-                let pruned = self.timed("pruning", ship::prune(&mut primary, &cfg.all_replicas, cfg.retention.as_secs())).await?;
-                prune_more = pruned >= ship::PRUNE_CHUNK;
+                (_, prune_more) = self.timed("pruning", ship::prune(&mut primary, &cfg.all_replicas, cfg.retention.as_secs())).await?;
             }
             // A batch read before holes were dropped is still right: a dropped hole never shows up.
             let (mut read, read_began) = match prefetched.take() {
