@@ -23,7 +23,8 @@ const ROWS_PER_INSERT: u64 = 50;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn applied_changes_are_pruned_while_writes_never_pause() {
-    let (origin, replica) = (MariaDb::start(MariaDbOptions::default()).expect("MariaDB"), MariaDb::start(MariaDbOptions::default()).expect("MariaDB"));
+    let (origin, replica) =
+        (MariaDb::start(MariaDbOptions::default()).expect("MariaDB"), MariaDb::start(MariaDbOptions::default()).expect("MariaDB"));
     for db in [&origin, &replica] {
         db.sql("CREATE DATABASE prunedb; CREATE TABLE prunedb.t (id BIGINT PRIMARY KEY)").expect("table");
     }
@@ -43,12 +44,9 @@ async fn applied_changes_are_pruned_while_writes_never_pause() {
                 let values: Vec<String> = (first..first + ROWS_PER_INSERT)
                     .map(|id| format!("(CONNECTION_ID(), UTC_TIMESTAMP(6), 'prunedb.t', 'I', '{{\"id\": {id}}}', 0)"))
                     .collect();
-                w.query_drop(format!(
-                    "INSERT INTO capgate.changes (conn, at, tbl, op, new_image, proxied) VALUES {}",
-                    values.join(", ")
-                ))
-                .await
-                .expect("insert changes");
+                w.query_drop(format!("INSERT INTO capgate.changes (conn, at, tbl, op, new_image, proxied) VALUES {}", values.join(", ")))
+                    .await
+                    .expect("insert changes");
                 written.fetch_add(ROWS_PER_INSERT, Ordering::Relaxed);
             }
         })
