@@ -14,6 +14,7 @@ VARIANTS = {
     "none": "no capture triggers",
     "main": "each trigger calls capgate.capture(tbl, op, old, new), which inserts the row",
     "empty": "the routine emptied (BEGIN END), same arguments: trigger, images and call only",
+    "noimg": "the routine emptied and NULL for both images: the trigger and the call alone",
     "inline": "each trigger inserts into capgate.changes itself (before decision 0031; error 1442 under LOCK TABLES)",
     "narrow": "capgate.changes without conn and proxied, tbl a SMALLINT id",
     "bare": "INSERT/UPDATE triggers a bare CALL, the @capgate_apply test moved into the routine",
@@ -33,7 +34,9 @@ INSERT_NARROW = "INSERT INTO capgate.changes (at, tbl, op, old_image, new_image)
 COLUMNS = ["id", "k", "c", "pad"]
 
 
-def image(row):
+def image(row, variant):
+    if variant == "noimg":
+        return "NULL"
     return "JSON_OBJECT(" + ", ".join(f"'{c}', {row}.`{c}`" for c in COLUMNS) + ")"
 
 
@@ -49,7 +52,7 @@ def sql(variant, tables):
     tbl_type = "SMALLINT UNSIGNED" if narrow else "VARCHAR(400) CHARACTER SET utf8mb4"
     params = (f"IN p_tbl {tbl_type}, IN p_op CHAR(1) CHARACTER SET utf8mb4, IN p_old LONGTEXT CHARACTER SET utf8mb4, "
               "IN p_new LONGTEXT CHARACTER SET utf8mb4")
-    body = {"empty": "BEGIN END", "bare": f"BEGIN IF @capgate_apply IS NULL THEN {routine_insert}; END IF; END"}.get(variant, routine_insert)
+    body = {"empty": "BEGIN END", "noimg": "BEGIN END", "bare": f"BEGIN IF @capgate_apply IS NULL THEN {routine_insert}; END IF; END"}.get(variant, routine_insert)
     out += ["DROP TABLE IF EXISTS capgate.changes;", NARROW if narrow else WIDE,
             "DROP PROCEDURE IF EXISTS capgate.capture;", "DROP FUNCTION IF EXISTS capgate.capture_f;", "DELIMITER ;;",
             f"CREATE DEFINER = CURRENT_USER PROCEDURE capgate.capture({params}) MODIFIES SQL DATA SQL SECURITY DEFINER {body};;"]
@@ -69,10 +72,10 @@ def sql(variant, tables):
 
         # The delete trigger carries a TRUNCATE as capgate's does (decision 0029).
         bodies = {
-            "INSERT": record("I", "NULL", image("NEW")),
-            "UPDATE": record("U", image("OLD"), image("NEW")),
+            "INSERT": record("I", "NULL", image("NEW", variant)),
+            "UPDATE": record("U", image("OLD", variant), image("NEW", variant)),
             "DELETE": (f"IF @capgate_truncate <=> 12345 THEN IF @capgate_truncated IS NULL THEN {record('T', 'NULL', 'NULL')} "
-                       f"SET @capgate_truncated = 1; END IF; ELSE {record('D', image('OLD'), 'NULL')} END IF;"),
+                       f"SET @capgate_truncated = 1; END IF; ELSE {record('D', image('OLD', variant), 'NULL')} END IF;"),
         }
         for event, letter in (("INSERT", "i"), ("UPDATE", "u"), ("DELETE", "d")):
             if variant == "bare" and event != "DELETE":
