@@ -227,23 +227,42 @@ pub async fn pending(conn: &mut mysql_async::Conn, pos: &Position) -> Result<Vec
     conn.query(sql).await.map_err(server("measuring lag"))
 }
 
-/// Deletes changes every replica in `replicas` has applied and that are older than
-/// `retention_secs`, a chunk at a time, keeping those held for a halted table
-/// ([`super::held`]). Returns how many were deleted.
-pub async fn prune(conn: &mut mysql_async::Conn, replicas: &[String], retention_secs: u64) -> Result<u64, ShipError> {
+/// The most change numbers one [`prune`] looks at: one short statement, so the shipper's loop
+/// (and the writers the delete's locks would queue) wait for a chunk at a time.
+pub const PRUNE_CHUNK: u64 = 10_000;
+
+/// Deletes the changes every replica in `replicas` has applied and that are older than
+/// `retention_secs` among the [`PRUNE_CHUNK`] numbers from the oldest kept, keeping those held
+/// for a halted table ([`super::held`]). Returns how many were deleted and whether more may be
+/// due (the chunk was whole and something in it went).
+///
+/// Why a window of numbers rather than `ORDER BY seq LIMIT`: every change kept for the
+/// retention (an hour of them by default) is below the replica's floor and fails only the age
+/// test, so a `LIMIT` that was not reached walked the whole table on every prune — millions of
+/// rows a minute under load. `at` grows with `seq` (both are taken by the same insert), so
+/// the oldest change kept bounds where due changes can be.
+pub async fn prune(conn: &mut mysql_async::Conn, replicas: &[String], retention_secs: u64) -> Result<(u64, bool), ShipError> {
     let all = shipped(conn).await?;
     let mut floor: Option<u64> = None;
     for r in replicas {
-        let Some((_, pos)) = all.iter().find(|(name, _)| name == r) else { return Ok(0) };
+        let Some((_, pos)) = all.iter().find(|(name, _)| name == r) else { return Ok((0, false)) };
         floor = Some(floor.map_or(pos.floor(), |f| f.min(pos.floor())));
     }
-    let Some(floor) = floor else { return Ok(0) };
+    let Some(floor) = floor else { return Ok((0, false)) };
     let floor = super::held::floor(conn).await?.map_or(floor, |held| held.min(floor));
+    let oldest: Option<Option<u64>> =
+        conn.query_first("SELECT MIN(seq) FROM capgate.changes").await.map_err(server("reading the oldest change"))?;
+    let Some(oldest) = oldest.flatten() else { return Ok((0, false)) };
+    let end = floor.min(oldest.saturating_add(PRUNE_CHUNK));
+    if end <= oldest {
+        return Ok((0, false));
+    }
     let sql = format!(
-        "DELETE FROM capgate.changes WHERE seq < {floor} AND at < UTC_TIMESTAMP(6) - INTERVAL {retention_secs} SECOND ORDER BY seq LIMIT 10000"
+        "DELETE FROM capgate.changes WHERE seq >= {oldest} AND seq < {end} AND at < UTC_TIMESTAMP(6) - INTERVAL {retention_secs} SECOND"
     );
     conn.query_drop(sql).await.map_err(server("pruning applied changes"))?;
-    Ok(conn.affected_rows())
+    let deleted = conn.affected_rows();
+    Ok((deleted, deleted > 0 && end == oldest + PRUNE_CHUNK))
 }
 
 /// Creates the replica's `capgate.applied` and reads the position of `origin` (a replica new

@@ -11,6 +11,7 @@ mod async_holes;
 mod async_interval;
 mod async_order;
 mod async_partitions;
+mod async_prune;
 mod async_reload;
 mod async_ship;
 mod async_truncate;

@@ -250,6 +250,8 @@ impl Run {
         tracing::info!(replica = %cfg.replica_name, origin = %cfg.origin, high = pos.high, holes = pos.holes.len(), "shipper: holds the lock, shipping");
         let mut last_holes = Instant::now();
         let mut last_prune = Instant::now();
+        // The last prune deleted a whole chunk: more are due at once.
+        let mut prune_more = false;
         // The next batch, read on the primary while the replica applied the previous one, and
         // when its read began.
         let mut prefetched: Option<(ship::Batch, Instant)> = None;
@@ -284,6 +286,15 @@ impl Run {
                     noted = pos.clone();
                 }
             }
+            // Applied changes past the retention are deleted every `prune_interval`, a chunk
+            // between two batches while more are due — whether or not the queue is drained: a
+            // shipper that pruned only when a read came back empty never pruned under a steady
+            // load, and one chunk a minute fell behind any load above 167 changes a second,
+            // so `capgate.changes` grew without bound ([`ship::prune`] bounds what each chunk reads).
+            if prune_more || last_prune.elapsed() >= cfg.prune_interval {
+                last_prune = Instant::now();
+                (_, prune_more) = self.timed("pruning", ship::prune(&mut primary, &cfg.all_replicas, cfg.retention.as_secs())).await?;
+            }
             // A batch read before holes were dropped is still right: a dropped hole never shows up.
             let (mut read, read_began) = match prefetched.take() {
                 Some(b) => b,
@@ -309,10 +320,6 @@ impl Run {
                 if noted != pos {
                     self.note(&mut primary, &pos).await?;
                     noted = pos.clone();
-                }
-                if last_prune.elapsed() >= cfg.prune_interval {
-                    last_prune = Instant::now();
-                    self.timed("pruning", ship::prune(&mut primary, &cfg.all_replicas, cfg.retention.as_secs())).await?;
                 }
                 let _ = tokio::time::timeout(cfg.poll_interval, self.wake.notified()).await;
                 continue;
