@@ -192,6 +192,9 @@ pub fn already_done(carried: &Carried, now: &str, begun: Option<&str>) -> bool {
     (carried.changes_shape() && now == carried.after) || begun.is_some_and(|b| b != now)
 }
 
+/// ER_BAD_DB_ERROR: `USE` of a database the server does not have.
+const BAD_DB: u16 = 1049;
+
 /// How a step ended on a replica ([`run_step`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -231,8 +234,16 @@ pub async fn run_step(
     }
     let mut step = Ok(Step::Ran);
     for sql in run_sql(carried) {
-        match conn.query_drop(sql).await {
+        match conn.query_drop(&sql).await {
             Ok(()) => {}
+            // The session's database is the primary's own (a DBA's scratch database, the
+            // table named in full): the statement runs in `information_schema`, where a name
+            // it leaves unqualified fails rather than resolve in an earlier statement's
+            // database.
+            Err(mysql_async::Error::Server(e)) if e.code == BAD_DB && sql.starts_with("USE ") => {
+                tracing::info!(database = ?carried.db, "a carried DDL statement's database is not on the replica; run without it");
+                conn.query_drop("USE information_schema").await?;
+            }
             Err(e @ mysql_async::Error::Server(_)) => {
                 step = Ok(Step::Failed(e.to_string()));
                 break;

@@ -70,3 +70,50 @@ async fn ddl_parsed_in_the_sessions_sql_mode_means_the_same_on_both_sites() {
     converged("SELECT id, v FROM formdb.t ORDER BY id").await;
     assert_eq!(converged("SELECT * FROM formdb.t ORDER BY id").await, "1\tone\tone!\n2\ttwo\ttwo!");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renamed_reordered_and_converted_columns_keep_the_rows_equal() {
+    let _turn = TURN.lock().await;
+    setup_both(TABLES);
+    let (primary, _) = servers();
+    let link = link();
+    let (p, _) = proxy("mysql-ddl-rename-column", POLICY, &link);
+    copied(&p, "formdb.t").await;
+    let mut c = connect(&p.url("capgate", None, "formdb")).await;
+    // Each row is captured under the column names of its moment and applied on the same
+    // side of each statement.
+    for sql in [
+        "INSERT INTO t VALUES (1, 'one')",
+        "ALTER TABLE t RENAME COLUMN v TO w",
+        "INSERT INTO t (id, w) VALUES (2, 'two')",
+        "UPDATE t SET w = 'uno' WHERE id = 1",
+        "ALTER TABLE t CHANGE w v2 VARCHAR(30) NOT NULL",
+        "INSERT INTO t (id, v2) VALUES (3, 'three')",
+        "ALTER TABLE t ADD COLUMN f INT NOT NULL DEFAULT 5 FIRST",
+        "INSERT INTO t (f, id, v2) VALUES (9, 4, 'four')",
+        "ALTER TABLE t CONVERT TO CHARACTER SET latin1",
+        "UPDATE t SET v2 = 'café' WHERE id = 4",
+    ] {
+        c.query_drop(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert_eq!(converged("SELECT * FROM formdb.t ORDER BY id").await, "5\t1\tuno\n5\t2\ttwo\n5\t3\tthree\n9\t4\tcafé");
+    assert_eq!(converged(DEFINITION).await, primary.sql(DEFINITION).expect("primary"));
+    let charset = "SELECT CHARACTER_SET_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'formdb' AND COLUMN_NAME = 'v2'";
+    assert_eq!(converged(charset).await, "latin1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_sent_from_a_database_only_the_primary_has_is_carried() {
+    let _turn = TURN.lock().await;
+    setup_both(TABLES);
+    let (primary, _) = servers();
+    primary.sql("DROP DATABASE IF EXISTS formscratch; CREATE DATABASE formscratch").expect("the primary's own database");
+    let link = link();
+    let (p, _) = proxy("mysql-ddl-other-database", POLICY, &link);
+    copied(&p, "formdb.t").await;
+    // A DBA's session sits in a database of the primary's own and names the table in full.
+    let mut c = connect(&p.url("capgate", None, "formscratch")).await;
+    c.query_drop("ALTER TABLE formdb.t ADD COLUMN c INT DEFAULT 7").await.expect("ALTER");
+    c.query_drop("INSERT INTO formdb.t VALUES (1, 'one', 1)").await.expect("insert");
+    assert_eq!(converged("SELECT * FROM formdb.t ORDER BY id").await, "1\tone\t1");
+}
