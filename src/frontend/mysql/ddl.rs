@@ -24,7 +24,7 @@
 use mysql_async::prelude::Queryable;
 use tokio::io::AsyncWrite;
 
-use super::hold::{answer, error_of, RelayPrimary};
+use super::hold::{answer, error_of, query, RelayPrimary};
 use super::relay::{PumpError, SessionState};
 use super::statements::Statements;
 use super::sync::Outcome;
@@ -82,10 +82,32 @@ fn names_partitions(text: &str) -> bool {
     })
 }
 
-/// The first words of `text`, lower case (a statement that starts with a comment is judged
-/// [`Form::Other`]).
+/// The first unquoted words of `text`, lower case, comments skipped: a migration tool's
+/// `/* tag */ ALTER TABLE …` is the statement it holds. A statement that starts with an
+/// executable comment (`/*!40000 ALTER TABLE t DISABLE KEYS */`, as a dump restore sends it,
+/// before the replicas have the table) gives none: judged [`Form::Other`], as before.
 fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| c.is_whitespace() || c == '(' || c == '`').filter(|w| !w.is_empty()).take(8).map(str::to_ascii_lowercase).collect()
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let t = text.trim_start();
+    if t.starts_with("/*!") || t.starts_with("/*M!") {
+        return Vec::new();
+    }
+    match Tokenizer::new(&sqlparser::dialect::MySqlDialect {}, text).tokenize() {
+        Ok(tokens) => tokens
+            .iter()
+            .filter_map(|t| match t {
+                Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_lowercase()),
+                _ => None,
+            })
+            .take(8)
+            .collect(),
+        Err(_) => text
+            .split(|c: char| c.is_whitespace() || c == '(' || c == '`')
+            .filter(|w| !w.is_empty())
+            .take(8)
+            .map(str::to_ascii_lowercase)
+            .collect(),
+    }
 }
 
 /// The form of DDL statement `text`, which names `writes` tables.
@@ -259,15 +281,17 @@ where
             return Ok(packet::err(1, errors::CAPTURE_NOT_READY, &message));
         }
     };
+    // The session's settings, read right before its statement, in the same round trip.
     let mut relay = RelayPrimary::new(state, server, statements, super::hold::Commit::Own);
-    let reply = relay.own(&[payload]).await.and_then(|mut r| r.pop());
+    let replies = relay.own(&[&query(ddl::SETTINGS_SQL), payload]).await.unwrap_or_default();
     let failed = relay.failed.take();
     drop(relay);
     if let Some(e) = failed {
         close(own, table).await;
         return Err(e);
     }
-    let reply = reply.unwrap_or_default();
+    let settings = replies.first().and_then(|r| settings_of(r, statements.deprecate_eof()));
+    let reply = replies.get(1).cloned().unwrap_or_default();
     if error_of(&reply).is_some() {
         // Nothing ran: nothing to carry.
         close(own, table).await;
@@ -278,7 +302,7 @@ where
     let mode = CaptureMode::of(&policy.decide_table(table).mode).unwrap_or(CaptureMode::Async);
     let replicas: Vec<(String, DbUrl)> = slots.iter().map(|s| (s.name.clone(), s.url().clone())).collect();
     let origin = statements.shared().config.site.clone();
-    let carried = Carried { ddl: text.clone(), db, before, after: String::new() };
+    let carried = Carried { ddl: text.clone(), db, settings, before, after: String::new() };
     let recorded = record(&mut own, table, carried, mode, statements.mariadb(), &origin, &replicas).await;
     close(own, table).await;
     super::hold::reconcile(statements).await;
@@ -308,6 +332,15 @@ where
             packet::err(1, errors::CAPTURE_NOT_READY, &message)
         }
     })
+}
+
+/// The session's [`ddl::Settings`] from the reply to [`ddl::SETTINGS_SQL`] (None: not read,
+/// the replica's own apply).
+fn settings_of(reply: &[u8], deprecate_eof: bool) -> Option<ddl::Settings> {
+    let rows = crate::protocol::mysql::rows::text_rows(reply, deprecate_eof).ok()?;
+    let row = rows.first()?;
+    let text = |i: usize| row.get(i)?.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+    Some(ddl::Settings { time_zone: text(0)?, sql_mode: text(1)? })
 }
 
 /// capgate's own connection to the primary at `url`, holding the table's serializing lock;
@@ -430,5 +463,10 @@ mod tests {
         assert_eq!(form("ALTER TABLE t DROP COLUMN `partition`", 1), Form::Carried);
         assert_eq!(form("CREATE TABLE t (a INT, INDEX i (a))", 1), Form::Other);
         assert_eq!(form("CREATE TRIGGER x AFTER INSERT ON t FOR EACH ROW SET @a = 1", 1), Form::Other);
+        assert_eq!(form("/* migration 42 */ ALTER TABLE t ADD COLUMN c INT", 1), Form::Carried);
+        assert_eq!(form("ALTER /* hint */ TABLE t ADD COLUMN c INT", 1), Form::Carried);
+        assert_eq!(form("-- tagged\nCREATE INDEX i ON t (a)", 1), Form::Carried);
+        assert_eq!(form("# tagged\nDROP INDEX i ON t", 1), Form::Carried);
+        assert_eq!(form("/*!40000 ALTER TABLE t DISABLE KEYS */", 1), Form::Other);
     }
 }

@@ -45,14 +45,38 @@ pub struct Carried {
     pub ddl: String,
     /// The session's current database when it ran (unqualified names resolve there).
     pub db: Option<String>,
+    /// The session's settings that give the statement its meaning ([`SETTINGS_SQL`]), set
+    /// on the replica around it (None: recorded before they were carried).
+    pub settings: Option<Settings>,
     /// The table's [`shape`] on the primary before and after it ran.
     pub before: String,
     pub after: String,
 }
 
+/// The client session's time zone and `sql_mode` when its statement ran: a TIMESTAMP
+/// literal (a default every existing row takes) is read in the time zone, and the mode
+/// decides how the text parses (`ANSI_QUOTES`, `PIPES_AS_CONCAT` in a generated column or a
+/// CHECK) and what it accepts. The replica's apply session has its own (UTC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// A named zone or an offset (`SYSTEM` is read as the primary's offset at the time).
+    pub time_zone: String,
+    pub sql_mode: String,
+}
+
+/// Read on the client's connection right before its statement: [`Settings`], one row.
+pub const SETTINGS_SQL: &str = "SELECT IF(@@session.time_zone = 'SYSTEM', \
+     CONCAT(IF(NOW() >= UTC_TIMESTAMP(), '+', ''), TIME_FORMAT(TIMEDIFF(NOW(), UTC_TIMESTAMP()), '%H:%i')), @@session.time_zone), \
+     @@session.sql_mode";
+
 impl Carried {
     pub fn to_json(&self) -> String {
-        serde_json::json!({"ddl": self.ddl, "db": self.db, "before": self.before, "after": self.after}).to_string()
+        let mut v = serde_json::json!({"ddl": self.ddl, "db": self.db, "before": self.before, "after": self.after});
+        if let Some(s) = &self.settings {
+            v["time_zone"] = s.time_zone.clone().into();
+            v["sql_mode"] = s.sql_mode.clone().into();
+        }
+        v.to_string()
     }
 
     pub fn from_json(text: &str) -> Result<Carried, String> {
@@ -61,6 +85,7 @@ impl Carried {
         Ok(Carried {
             ddl: s("ddl").ok_or("a carried DDL has no statement")?,
             db: s("db"),
+            settings: s("time_zone").zip(s("sql_mode")).map(|(time_zone, sql_mode)| Settings { time_zone, sql_mode }),
             before: s("before").unwrap_or_default(),
             after: s("after").unwrap_or_default(),
         })
@@ -79,22 +104,29 @@ fn target(table: &TableName) -> String {
 }
 
 /// The table's shape: a SHA-256 of its columns (name, type, nullability, default, extra,
-/// generation, character set, collation, in order) and its indexes (name, uniqueness,
-/// columns and prefixes in order); `-` when the table does not exist. What a carried
-/// ADD / DROP / MODIFY / CHANGE COLUMN or ADD / DROP INDEX changes; not comments, table
-/// options or the AUTO_INCREMENT counter.
+/// generation, character set, collation, in order), its indexes (name, uniqueness,
+/// columns and prefixes in order) and its foreign keys and CHECK constraints (name, kind);
+/// `-` when the table does not exist. What a carried ADD / DROP / MODIFY / CHANGE COLUMN,
+/// ADD / DROP INDEX and ADD / DROP CONSTRAINT or FOREIGN KEY changes (a statement that
+/// changes no shape runs again when replayed: adding a constraint twice fails); not
+/// comments, table options or the AUTO_INCREMENT counter. A table without foreign keys or
+/// CHECK constraints keeps the shape it had before they counted.
 pub async fn shape(conn: &mut mysql_async::Conn, table: &TableName) -> Result<String, mysql_async::Error> {
     let got: Option<Option<String>> = conn
         .exec_first(
-            "SELECT IF(c.cols IS NULL, '-', SHA2(CONCAT(c.cols, '|', COALESCE(i.idx, '')), 256)) FROM \
+            "SELECT IF(c.cols IS NULL, '-', SHA2(CONCAT(c.cols, '|', COALESCE(i.idx, ''), COALESCE(CONCAT('|', k.cons), '')), 256)) FROM \
              (SELECT GROUP_CONCAT(CONCAT_WS(',', COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COALESCE(COLUMN_DEFAULT, '~'), EXTRA, \
                COALESCE(GENERATION_EXPRESSION, ''), COALESCE(CHARACTER_SET_NAME, ''), COALESCE(COLLATION_NAME, '')) \
                ORDER BY ORDINAL_POSITION SEPARATOR ';') AS cols \
               FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?) c, \
              (SELECT GROUP_CONCAT(CONCAT_WS(',', INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME, COALESCE(SUB_PART, '')) \
                ORDER BY INDEX_NAME, SEQ_IN_INDEX SEPARATOR ';') AS idx \
-              FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?) i",
-            (&table.schema, &table.name, &table.schema, &table.name),
+              FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?) i, \
+             (SELECT GROUP_CONCAT(CONCAT_WS(',', CONSTRAINT_NAME, CONSTRAINT_TYPE) ORDER BY CONSTRAINT_NAME, CONSTRAINT_TYPE \
+               SEPARATOR ';') AS cons \
+              FROM information_schema.TABLE_CONSTRAINTS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+               AND CONSTRAINT_TYPE IN ('FOREIGN KEY', 'CHECK')) k",
+            (&table.schema, &table.name, &table.schema, &table.name, &table.schema, &table.name),
         )
         .await?;
     Ok(got.flatten().unwrap_or_else(|| "-".into()))
@@ -160,6 +192,9 @@ pub fn already_done(carried: &Carried, now: &str, begun: Option<&str>) -> bool {
     (carried.changes_shape() && now == carried.after) || begun.is_some_and(|b| b != now)
 }
 
+/// ER_BAD_DB_ERROR: `USE` of a database the server does not have.
+const BAD_DB: u16 = 1049;
+
 /// How a step ended on a replica ([`run_step`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -187,14 +222,52 @@ pub async fn run_step(
         return Ok(Step::AlreadyDone);
     }
     begin_step(conn, origin, seq, &now).await?;
+    // The apply session's own settings are put back whatever the statement did.
+    let settings = carried.settings.as_ref().map(settings_sql);
+    if let Some((set, _)) = &settings {
+        if let Err(e) = conn.query_drop(set).await {
+            return match e {
+                mysql_async::Error::Server(_) => Ok(Step::Failed(format!("setting the session's time zone and sql_mode: {e}"))),
+                e => Err(e),
+            };
+        }
+    }
+    let mut step = Ok(Step::Ran);
     for sql in run_sql(carried) {
-        match conn.query_drop(sql).await {
+        match conn.query_drop(&sql).await {
             Ok(()) => {}
-            Err(e @ mysql_async::Error::Server(_)) => return Ok(Step::Failed(e.to_string())),
+            // The session's database is the primary's own (a DBA's scratch database, the
+            // table named in full): the statement runs in `information_schema`, where a name
+            // it leaves unqualified fails rather than resolve in an earlier statement's
+            // database.
+            Err(mysql_async::Error::Server(e)) if e.code == BAD_DB && sql.starts_with("USE ") => {
+                tracing::info!(database = ?carried.db, "a carried DDL statement's database is not on the replica; run without it");
+                conn.query_drop("USE information_schema").await?;
+            }
+            Err(e @ mysql_async::Error::Server(_)) => {
+                step = Ok(Step::Failed(e.to_string()));
+                break;
+            }
             Err(e) => return Err(e),
         }
     }
-    Ok(Step::Ran)
+    if let Some((_, restore)) = &settings {
+        conn.query_drop(restore).await?;
+    }
+    step
+}
+
+/// The statements that set `s` on a replica's session, and that put its own back.
+fn settings_sql(s: &Settings) -> (String, String) {
+    (
+        format!(
+            "SET @capgate_ddl_tz = @@session.time_zone, @capgate_ddl_mode = @@session.sql_mode, SESSION time_zone = {}, \
+             SESSION sql_mode = {}",
+            quote_literal(&s.time_zone),
+            quote_literal(&s.sql_mode)
+        ),
+        "SET SESSION time_zone = @capgate_ddl_tz, SESSION sql_mode = @capgate_ddl_mode".to_owned(),
+    )
 }
 
 /// Replica: the statements that run `carried` in its database.
@@ -212,14 +285,20 @@ mod tests {
     use super::*;
 
     fn carried(before: &str, after: &str) -> Carried {
-        Carried { ddl: "ALTER TABLE t ADD c INT".into(), db: Some("shop".into()), before: before.into(), after: after.into() }
+        Carried {
+            ddl: "ALTER TABLE t ADD c INT".into(),
+            db: Some("shop".into()),
+            settings: Some(Settings { time_zone: "+05:00".into(), sql_mode: "ANSI_QUOTES".into() }),
+            before: before.into(),
+            after: after.into(),
+        }
     }
 
     #[test]
     fn a_carried_statement_travels_as_json() {
         let c = carried("a", "b");
         assert_eq!(Carried::from_json(&c.to_json()), Ok(c));
-        let no_db = Carried { db: None, ..carried("a", "a") };
+        let no_db = Carried { db: None, settings: None, ..carried("a", "a") };
         assert_eq!(Carried::from_json(&no_db.to_json()), Ok(no_db.clone()));
         assert_eq!(run_sql(&no_db), ["ALTER TABLE t ADD c INT"]);
         assert_eq!(run_sql(&carried("a", "b")), ["USE `shop`", "ALTER TABLE t ADD c INT"]);

@@ -7,6 +7,7 @@ mod support;
 mod admin_sql;
 mod async_copy;
 mod async_ddl;
+mod async_ddl_forms;
 mod async_holes;
 mod async_interval;
 mod async_order;

@@ -99,3 +99,39 @@ async fn ddl_of_a_sync_table_is_refused_while_a_replica_is_cut_off() {
     settled().await;
     assert_eq!(replica().sql(ROWS).expect("replica"), primary().sql(ROWS).expect("primary"));
 }
+
+/// Waits (bounded) until the shipper has moved past every carried statement (the replica's
+/// step records gone); panics with the shipper's state if it never does.
+async fn steps_passed(p: &super::support::MyProxy) {
+    let fleet = p.shared.shipping.get().cloned().expect("shipping");
+    let stats = fleet.shippers["east"].stats().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replica().sql("SELECT COUNT(*) FROM capgate.ddl_steps").expect("steps") != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the shipper never moved past the statements: {:?} {:?}",
+            stats.last_error.lock().unwrap(),
+            stats.tables()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats.conflicts.load(std::sync::atomic::Ordering::Relaxed), 0, "{:?}", stats.tables());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_tables_constraint_runs_once_on_the_replica() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    forget_steps();
+    let p = proxy("mysql-sync-ddl-check");
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+    // A CHECK constraint changes no column or index: the replica's shape cannot tell that
+    // the statement ran there before the reply.
+    c.query_drop("ALTER TABLE acct ADD CONSTRAINT bal_positive CHECK (bal >= 0)").await.expect("ADD CONSTRAINT");
+    steps_passed(&p).await;
+    c.query_drop("UPDATE acct SET bal = 5 WHERE id = 1").await.expect("a sync write after");
+    settled().await;
+    assert_eq!(replica().sql(ROWS_BEFORE).expect("replica"), primary().sql(ROWS_BEFORE).expect("primary"));
+}
+
+const ROWS_BEFORE: &str = "SELECT id, bal, IFNULL(note, 'NULL') FROM cgsync.acct ORDER BY id";
