@@ -3,7 +3,10 @@
 //! both sites stay equal (before, every commit of the table was refused with CGC01
 //! `missing_column` until an operator altered the replica by hand); the change log's copy of
 //! the statement reaches the replica too and is recognised as done there; during a partition
-//! the statement is refused, naming the replica, and nothing runs.
+//! the statement is refused, naming the replica, and nothing runs. A statement a replica
+//! missed (a report there held the table past the wait) reaches it once the report ends —
+//! also with sync rules only, where no shipper runs — and before any later statement of the
+//! table, which neither skips it nor overtakes it there.
 
 use std::time::{Duration, Instant};
 
