@@ -34,6 +34,7 @@ use crate::policy::{Mode, Policy};
 use crate::protocol::mysql::{errors, packet};
 use crate::store::mysql::capture;
 use crate::store::mysql::ddl::{self, Carried, Step};
+use crate::store::mysql::ddl_catchup::{self, Pending};
 use crate::store::mysql::xa::{self, ReplicaConn};
 use crate::store::CaptureMode;
 
@@ -388,6 +389,16 @@ async fn record(
     replicas: &[(String, DbUrl)],
 ) -> Result<Steps, mysql_async::Error> {
     carried.after = ddl::shape(conn, table).await?;
+    // The table's earlier statements a replica may not have settled (read before the lock:
+    // only capgate's carried DDL of the table writes them, serialized by the lock this
+    // connection holds).
+    let earlier = if replicas.is_empty() {
+        Vec::new()
+    } else {
+        let names: Vec<String> = replicas.iter().map(|(n, _)| n.clone()).collect();
+        let from = ddl_catchup::floor(conn, &names).await;
+        ddl_catchup::listed(conn, Some(table), None, from).await?
+    };
     conn.query_drop(ddl::lock_sql(table, mariadb)).await?;
     let done = async {
         let columns = capture::columns(conn, table).await?;
@@ -405,8 +416,9 @@ async fn record(
         conn.query_drop(ddl::record_sql(table, &carried)).await?;
         let seq = conn.last_insert_id().unwrap_or(0);
         // No write of the table runs on the primary until every replica has the statement.
-        let carried = &carried;
-        let steps = replicas.iter().map(|(name, url)| async move { (name.clone(), replica_step(url, origin, seq, table, carried).await) });
+        let (carried, earlier) = (&carried, &earlier);
+        let steps =
+            replicas.iter().map(|(name, url)| async move { (name.clone(), replica_step(url, origin, seq, table, carried, earlier).await) });
         let steps = futures_util::future::join_all(steps).await;
         conn.query_drop("COMMIT").await?;
         Ok::<Steps, mysql_async::Error>(steps)
@@ -421,16 +433,38 @@ async fn record(
 }
 
 /// A sync table's statement on one replica, as the shipper would apply it (its step's
-/// record left for the shipper, which moves the position past it and finds it done).
-async fn replica_step(url: &DbUrl, origin: &str, seq: u64, table: &TableName, carried: &Carried) -> Result<Step, String> {
+/// record left for the shipper, which moves the position past it and finds it done) —
+/// after the table's `earlier` statements the replica has not settled (one it missed runs
+/// first; if it fails again, this one is not run there either: it follows in order).
+async fn replica_step(
+    url: &DbUrl,
+    origin: &str,
+    seq: u64,
+    table: &TableName,
+    carried: &Carried,
+    earlier: &[Pending],
+) -> Result<Step, String> {
     let deadline = std::time::Duration::from_secs(u64::from(LOCK_WAIT_SECONDS) * 2);
     let run = async {
         let mut rc = ReplicaConn::connect(url, deadline).await.map_err(|e| e.to_string())?;
         let conn = rc.conn();
         conn.query_drop(format!("SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}")).await.map_err(|e| e.to_string())?;
-        let step = ddl::run_step(conn, origin, seq, table, carried).await.map_err(|e| e.to_string())?;
+        let caught = ddl_catchup::catch_up(conn, origin, earlier, LOCK_WAIT_SECONDS).await.map_err(|e| e.to_string())?;
+        for (k, _, step) in &caught {
+            match step {
+                Step::Failed(e) | Step::Busy(e) => {
+                    return Err(format!(
+                        "an earlier statement of the table (change {k}) has not run there yet and could not run now ({e}), and \
+                         this one follows it"
+                    ))
+                }
+                Step::Ran => tracing::info!(%table, seq = k, "a carried DDL statement this replica had missed ran before the next one"),
+                Step::AlreadyDone => {}
+            }
+        }
+        let step = ddl::run_step(conn, origin, seq, table, carried, LOCK_WAIT_SECONDS).await.map_err(|e| e.to_string())?;
         match step {
-            Step::Failed(e) => Err(e),
+            Step::Failed(e) | Step::Busy(e) => Err(e),
             step => Ok(step),
         }
     };

@@ -23,6 +23,7 @@ pub mod admin_sql;
 pub mod auth;
 pub mod conn;
 pub mod ddl;
+pub mod ddl_missed;
 pub mod handshake;
 pub mod hold;
 pub mod implicit;

@@ -158,7 +158,8 @@ const RECONCILE_RETRY: Duration = Duration::from_secs(2);
 /// step with it and then start the shippers if it is the first policy with an async or
 /// bounded rule (as at start: triggers first, so the shippers' first read sees every change
 /// of the new tables); every [`RECOVERY_INTERVAL`], resolve the branches capgate's processes
-/// of this site left prepared on each replica (decision 0016).
+/// of this site left prepared on each replica (decision 0016) and, while no shipper runs,
+/// bring each replica the carried DDL statements it missed (decision 0040).
 pub async fn maintenance_loop(shared: Arc<Shared>) {
     // Two loops in one task, polled side by side: a recovery round stuck on a partitioned
     // replica must not delay the triggers of a reloaded policy (writes wait for them).
@@ -224,6 +225,13 @@ async fn recovery_loop(shared: &Shared) {
                 }
                 Ok(_) => {}
                 Err(e) => warn!(replica = %name, "XA recovery round failed: {e}"),
+            }
+        }
+        // Without shippers (sync rules only), the carried DDL statements a replica missed
+        // reach it from here (with them, the shippers carry them in order).
+        if shared.shipping.get().is_none() {
+            if let Err(e) = super::ddl_missed::round(&shared.config.primary.url, &sync.site, sync.replicas()).await {
+                warn!("looking for carried DDL statements a replica missed: {e}");
             }
         }
     }

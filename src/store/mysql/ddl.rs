@@ -18,19 +18,22 @@
 //!   recorded in `capgate.ddl_steps` (committed), the statement runs, then the position
 //!   moves past `S` with the step's record deleted, in one transaction. A replayed `S`
 //!   (capgate killed or the link cut between the statement and the position's move) is
-//!   recognised as done when the replica's shape is no longer the one recorded before it
-//!   ran, or is already the primary's shape after it.
+//!   recognised as done when the step's record says `done` (it ran), or the replica's shape
+//!   is no longer the one recorded before it ran, or is already the primary's shape after
+//!   it. One step of a table runs at a time on a replica (a named lock there); a statement
+//!   the replica refuses leaves no record (`super::ddl_catchup` brings missed ones, in order).
 
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
 
+use super::ddl_catchup::Settled;
 use super::image::{quote_ident, quote_literal};
 use crate::classify::TableName;
 
 /// The operation letter of a carried DDL statement in `capgate.changes`.
 pub const OP: &str = "S";
 
-/// The replica's record of a DDL step begun: its shape before the statement ran.
+/// The replica's record of a DDL step: its shape before the statement ran, or [`DONE`].
 pub const STEPS_TABLE: &str = "CREATE TABLE IF NOT EXISTS capgate.ddl_steps (
         origin VARCHAR(128) NOT NULL,
         seq BIGINT UNSIGNED NOT NULL,
@@ -166,10 +169,15 @@ pub fn record_sql(table: &TableName, carried: &Carried) -> String {
     )
 }
 
-/// Replica: the shape recorded before `seq` of `origin` ran, if its step was begun.
-pub async fn step_begun(conn: &mut mysql_async::Conn, origin: &str, seq: u64) -> Result<Option<String>, mysql_async::Error> {
-    conn.query_drop(STEPS_TABLE).await?;
-    conn.exec_first("SELECT shape FROM capgate.ddl_steps WHERE origin = ? AND seq = ?", (origin, seq)).await
+/// The step record of a statement that ran on the replica, or was found run there: a later
+/// statement of the table may run after it. A record holding a shape is a step begun whose
+/// end is not known (the statement may have run or not: the shape tells, [`already_done`]).
+pub const DONE: &str = "done";
+
+/// The replica's named lock that lets one step of `table` run at a time there (at most 64
+/// characters: a hash of the name).
+fn step_lock(table: &TableName) -> String {
+    format!("capgate step {:016x}", super::capture::truncate_mark(table))
 }
 
 /// Replica: records the shape before `seq` runs (committed before the statement runs).
@@ -198,30 +206,80 @@ const BAD_DB: u16 = 1049;
 /// How a step ended on a replica ([`run_step`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// It had run there already (a replay, or an operator ran it first): not run again.
+    /// It had run there already (a replay, a step that ran before, or an operator ran it
+    /// first): not run again.
     AlreadyDone,
     /// It ran now.
     Ran,
-    /// The replica refused the statement (its error); nothing changed there.
+    /// The replica refused the statement (its error); nothing changed there, and no record
+    /// of the step is left.
     Failed(String),
+    /// Another step of the table held the replica's step lock past the wait: nothing done.
+    Busy(String),
 }
 
 /// Replica: runs `carried` (change `seq` of `origin`, on `table`) unless it ran there
-/// already, its step recorded first. The step's record stays until the position moves past
-/// `seq` ([`end_step_sql`]). Only a broken connection is an error.
+/// already, one step of the table at a time (a named lock on the replica, waited for at most
+/// `wait_secs`: the sync step, the shipper and the catch-up of missed steps each find the one
+/// before them finished). The step is recorded first (the shape before it), and marked
+/// [`DONE`] once it ran; a statement the replica refuses leaves no record. The record stays
+/// until the shipper moves the position past `seq` ([`end_step_sql`]). Only a broken
+/// connection is an error.
 pub async fn run_step(
     conn: &mut mysql_async::Conn,
     origin: &str,
     seq: u64,
     table: &TableName,
     carried: &Carried,
+    wait_secs: u32,
 ) -> Result<Step, mysql_async::Error> {
+    let lock = quote_literal(&step_lock(table));
+    let got: Option<Option<i64>> = conn.query_first(format!("SELECT GET_LOCK({lock}, {wait_secs})")).await?;
+    if got.flatten() != Some(1) {
+        return Ok(Step::Busy(format!("another step of {table} held the replica's step lock for more than {wait_secs} s")));
+    }
+    let step = locked_step(conn, origin, seq, table, carried).await?;
+    conn.query_drop(format!("DO RELEASE_LOCK({lock})")).await?;
+    Ok(step)
+}
+
+/// [`run_step`] under the replica's step lock.
+async fn locked_step(
+    conn: &mut mysql_async::Conn,
+    origin: &str,
+    seq: u64,
+    table: &TableName,
+    carried: &Carried,
+) -> Result<Step, mysql_async::Error> {
+    let settled = Settled::read(conn, origin).await?;
+    if settled.has(seq, &table.to_string()) {
+        return Ok(Step::AlreadyDone);
+    }
     let now = shape(conn, table).await?;
-    let begun = step_begun(conn, origin, seq).await?;
-    if already_done(carried, &now, begun.as_deref()) {
+    let begun = settled.begun.get(&seq).map(String::as_str);
+    if already_done(carried, &now, begun) {
+        mark_done(conn, origin, seq).await?;
         return Ok(Step::AlreadyDone);
     }
     begin_step(conn, origin, seq, &now).await?;
+    let step = run_statement(conn, carried).await?;
+    match step {
+        Step::Ran => mark_done(conn, origin, seq).await?,
+        // Refused: nothing ran, and a record left would read as "begun" (a later shape
+        // change would make it look done).
+        _ => conn.query_drop(end_step_sql(origin, seq)).await?,
+    }
+    Ok(step)
+}
+
+/// Replica: marks step `seq` of `origin` [`DONE`].
+async fn mark_done(conn: &mut mysql_async::Conn, origin: &str, seq: u64) -> Result<(), mysql_async::Error> {
+    begin_step(conn, origin, seq, DONE).await
+}
+
+/// The statement of `carried`, in its database and with its session's settings (the apply
+/// session's own put back after).
+async fn run_statement(conn: &mut mysql_async::Conn, carried: &Carried) -> Result<Step, mysql_async::Error> {
     // The apply session's own settings are put back whatever the statement did.
     let settings = carried.settings.as_ref().map(settings_sql);
     if let Some((set, _)) = &settings {

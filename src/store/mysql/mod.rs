@@ -19,6 +19,7 @@ pub mod batched;
 pub mod capture;
 pub mod copy;
 pub mod ddl;
+pub mod ddl_catchup;
 pub mod grants;
 pub mod held;
 pub mod image;

@@ -3,7 +3,10 @@
 //! both sites stay equal (before, every commit of the table was refused with CGC01
 //! `missing_column` until an operator altered the replica by hand); the change log's copy of
 //! the statement reaches the replica too and is recognised as done there; during a partition
-//! the statement is refused, naming the replica, and nothing runs.
+//! the statement is refused, naming the replica, and nothing runs. A statement a replica
+//! missed (a report there held the table past the wait) reaches it once the report ends —
+//! also with sync rules only, where no shipper runs — and before any later statement of the
+//! table, which neither skips it nor overtakes it there.
 
 use std::time::{Duration, Instant};
 
@@ -135,3 +138,93 @@ async fn a_sync_tables_constraint_runs_once_on_the_replica() {
 }
 
 const ROWS_BEFORE: &str = "SELECT id, bal, IFNULL(note, 'NULL') FROM cgsync.acct ORDER BY id";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_a_replica_missed_is_not_skipped_when_a_later_one_reaches_it() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    forget_steps();
+    for site in [primary(), replica()] {
+        site.sql("CREATE TABLE cgsync.notes (id INT PRIMARY KEY, body TEXT)").expect("notes");
+    }
+    let p = proxy("mysql-sync-ddl-missed");
+    super::async_copy::copied(&p, "cgsync.notes").await;
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+    // On the replica a report reads the sync table in a long transaction (its metadata lock
+    // held), and another one holds a row of the async table, so the shipper waits behind it.
+    let mut report = connect(&super::support::url_at(replica().port(), "capgate", None, "cgsync")).await;
+    report.query_drop("BEGIN").await.expect("begin");
+    report.query_drop("SELECT * FROM acct").await.expect("read");
+    let mut holder = connect(&super::support::url_at(replica().port(), "capgate", None, "cgsync")).await;
+    holder.query_drop("BEGIN").await.expect("begin");
+    holder.query_drop("INSERT INTO notes VALUES (1, 'replica')").await.expect("hold a row");
+    c.query_drop("INSERT INTO notes VALUES (1, 'primary')").await.expect("an async write");
+    // The replica cannot take the statement (its lock wait times out): the client is told
+    // it follows from the change log.
+    let err = c.query_drop("ALTER TABLE acct ADD COLUMN c INT DEFAULT 7").await.expect_err("the replica missed it");
+    assert!(err.to_string().contains("from the change log"), "{err}");
+    report.query_drop("COMMIT").await.expect("the report ends");
+    // A later statement reaches the replica before the shipper has carried the first.
+    c.query_drop("CREATE INDEX by_bal ON acct (bal)").await.expect("CREATE INDEX");
+    holder.query_drop("ROLLBACK").await.expect("the holder ends");
+    steps_passed(&p).await;
+    assert_eq!(replica().sql(DEFINITION).expect("replica"), primary().sql(DEFINITION).expect("primary"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_statement_runs_on_the_replica_after_the_one_it_missed() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    forget_steps();
+    for site in [primary(), replica()] {
+        site.sql("CREATE TABLE cgsync.notes (id INT PRIMARY KEY, body TEXT)").expect("notes");
+    }
+    let p = proxy("mysql-sync-ddl-missed-order");
+    super::async_copy::copied(&p, "cgsync.notes").await;
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+    // On the replica a report reads the sync table in a long transaction (its metadata lock
+    // held), and another one holds a row of the async table, so the shipper waits behind it.
+    let mut report = connect(&super::support::url_at(replica().port(), "capgate", None, "cgsync")).await;
+    report.query_drop("BEGIN").await.expect("begin");
+    report.query_drop("SELECT * FROM acct").await.expect("read");
+    let mut holder = connect(&super::support::url_at(replica().port(), "capgate", None, "cgsync")).await;
+    holder.query_drop("BEGIN").await.expect("begin");
+    holder.query_drop("INSERT INTO notes VALUES (1, 'replica')").await.expect("hold a row");
+    c.query_drop("INSERT INTO notes VALUES (1, 'primary')").await.expect("an async write");
+    // The replica cannot take the statement (its lock wait times out): the client is told
+    // it follows from the change log.
+    let err = c.query_drop("ALTER TABLE acct ADD COLUMN c INT DEFAULT 7").await.expect_err("the replica missed it");
+    assert!(err.to_string().contains("from the change log"), "{err}");
+    report.query_drop("COMMIT").await.expect("the report ends");
+    // A later statement of the table, while the shipper has not carried the first: it runs
+    // on the replica after the first (run in the other order, the columns' order differs).
+    c.query_drop("ALTER TABLE acct ADD COLUMN d INT DEFAULT 8").await.expect("the later ALTER");
+    holder.query_drop("ROLLBACK").await.expect("the holder ends");
+    assert_eq!(replica().sql(DEFINITION).expect("replica"), primary().sql(DEFINITION).expect("primary"), "at the reply");
+    steps_passed(&p).await;
+    assert_eq!(replica().sql(DEFINITION).expect("replica"), primary().sql(DEFINITION).expect("primary"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_a_replica_missed_reaches_it_without_an_async_rule() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    forget_steps();
+    let p = super::sync_relay::proxy_with_policy(
+        "mysql-sync-ddl-missed-sync-only",
+        "default = \"local\"\n[[table]]\nmatch = \"cgsync.acct\"\nmode = \"sync\"\n",
+    );
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+    let mut report = connect(&super::support::url_at(replica().port(), "capgate", None, "cgsync")).await;
+    report.query_drop("BEGIN").await.expect("begin");
+    report.query_drop("SELECT * FROM acct").await.expect("read");
+    let err = c.query_drop("ALTER TABLE acct ADD COLUMN c INT DEFAULT 7").await.expect_err("the replica missed it");
+    assert!(err.to_string().contains("from the change log"), "{err}");
+    report.query_drop("COMMIT").await.expect("the report ends");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replica().sql(DEFINITION).expect("replica") != primary().sql(DEFINITION).expect("primary") {
+        assert!(Instant::now() < deadline, "the statement never reached the replica: {}", replica().sql(DEFINITION).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.query_drop("UPDATE acct SET bal = 1 WHERE id = 1").await.expect("a sync write after");
+}

@@ -42,6 +42,9 @@ pub enum BatchError {
     Change(ApplyError),
     #[error("{0}")]
     Tables(ship::ShipError),
+    /// Another step of a carried statement's table runs on the replica (nothing done).
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// Whether a replica error is a row conflict (then the batch is applied change by change).

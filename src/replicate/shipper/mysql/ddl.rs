@@ -22,6 +22,10 @@ use crate::store::mysql::ship::{self, Shipped};
 
 use super::super::ConflictPolicy;
 
+/// How long the shipper waits for another step of the table on the replica (a sync table's
+/// statement running there) before it tries again after a backoff.
+pub const STEP_WAIT_SECS: u32 = 10;
+
 /// Applies `s` (a change `S`) and moves the replica's position from `from` to `to`; the
 /// replica's tables, and which of them a batch may regroup by key (decision 0039: the
 /// statement may have added a unique key or a foreign key), are read again after it.
@@ -41,11 +45,13 @@ pub async fn apply(
     let carried = Carried::from_json(change.new.as_deref().unwrap_or_default()).map_err(bad)?;
     let table = TableName::parse(&change.tbl).ok_or_else(|| bad("the table name cannot be read".into()))?;
     let mut conflicts = Vec::new();
-    match ddl::run_step(conn, origin, change.seq, &table, &carried).await.map_err(BatchError::Replica)? {
+    match ddl::run_step(conn, origin, change.seq, &table, &carried, STEP_WAIT_SECS).await.map_err(BatchError::Replica)? {
         Step::AlreadyDone => {
             tracing::info!(table = %change.tbl, seq = change.seq, "shipper: a carried DDL statement had run on the replica already; not run again")
         }
         Step::Ran => {}
+        // A sync step or the catch-up of a missed one runs on the replica: tried again.
+        Step::Busy(why) => return Err(BatchError::Busy(why)),
         Step::Failed(detail) => {
             let resolution = if on_conflict(&change.tbl) == OnConflict::Skip { "skipped" } else { "halted" };
             let detail = format!("the carried statement `{}` failed on the replica: {detail}", carried.ddl);

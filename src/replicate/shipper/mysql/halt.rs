@@ -220,8 +220,15 @@ impl Run {
         else {
             return Ok(Err(format!("the carried DDL statement at change {seq} cannot be read")));
         };
-        match self.timed("running a held DDL statement", ddl::run_step(replica.conn(), &cfg.origin, seq, &table, &carried)).await? {
+        match self
+            .timed(
+                "running a held DDL statement",
+                ddl::run_step(replica.conn(), &cfg.origin, seq, &table, &carried, super::ddl::STEP_WAIT_SECS),
+            )
+            .await?
+        {
             Step::Failed(e) => return Ok(Err(format!("the carried statement `{}` still fails on the replica: {e}", carried.ddl))),
+            Step::Busy(e) => return Ok(Err(format!("the carried statement `{}` waits on the replica: {e}; resume again", carried.ddl))),
             Step::Ran | Step::AlreadyDone => {}
         }
         let moved = format!("{}{}", ddl::end_step_sql(&cfg.origin, seq), held::advance_halt_sql(&cfg.origin, tbl, seq + 1));
