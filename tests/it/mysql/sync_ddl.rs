@@ -139,15 +139,17 @@ async fn a_sync_tables_constraint_runs_once_on_the_replica() {
 
 const ROWS_BEFORE: &str = "SELECT id, bal, IFNULL(note, 'NULL') FROM cgsync.acct ORDER BY id";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_statement_a_replica_missed_is_not_skipped_when_a_later_one_reaches_it() {
-    let _turn = SERVER.lock().await;
+/// A sync table's `ALTER TABLE acct ADD COLUMN c` the replica missed: a report on the replica
+/// held the table's metadata lock until the step timed out (the report has ended since), and
+/// the shipper waits behind `holder`'s row of the async table `notes` (open until the caller
+/// rolls it back). Returns capgate, the client's session and the holder.
+async fn missed_step(name: &str) -> (super::support::MyProxy, mysql_async::Conn, mysql_async::Conn) {
     let _ = setup().await;
     forget_steps();
     for site in [primary(), replica()] {
         site.sql("CREATE TABLE cgsync.notes (id INT PRIMARY KEY, body TEXT)").expect("notes");
     }
-    let p = proxy("mysql-sync-ddl-missed");
+    let p = proxy(name);
     super::async_copy::copied(&p, "cgsync.notes").await;
     let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
     // On the replica a report reads the sync table in a long transaction (its metadata lock
@@ -164,6 +166,13 @@ async fn a_statement_a_replica_missed_is_not_skipped_when_a_later_one_reaches_it
     let err = c.query_drop("ALTER TABLE acct ADD COLUMN c INT DEFAULT 7").await.expect_err("the replica missed it");
     assert!(err.to_string().contains("from the change log"), "{err}");
     report.query_drop("COMMIT").await.expect("the report ends");
+    (p, c, holder)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_a_replica_missed_is_not_skipped_when_a_later_one_reaches_it() {
+    let _turn = SERVER.lock().await;
+    let (p, mut c, mut holder) = missed_step("mysql-sync-ddl-missed").await;
     // A later statement reaches the replica before the shipper has carried the first.
     c.query_drop("CREATE INDEX by_bal ON acct (bal)").await.expect("CREATE INDEX");
     holder.query_drop("ROLLBACK").await.expect("the holder ends");
@@ -174,28 +183,7 @@ async fn a_statement_a_replica_missed_is_not_skipped_when_a_later_one_reaches_it
 #[tokio::test(flavor = "multi_thread")]
 async fn a_later_statement_runs_on_the_replica_after_the_one_it_missed() {
     let _turn = SERVER.lock().await;
-    let _ = setup().await;
-    forget_steps();
-    for site in [primary(), replica()] {
-        site.sql("CREATE TABLE cgsync.notes (id INT PRIMARY KEY, body TEXT)").expect("notes");
-    }
-    let p = proxy("mysql-sync-ddl-missed-order");
-    super::async_copy::copied(&p, "cgsync.notes").await;
-    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
-    // On the replica a report reads the sync table in a long transaction (its metadata lock
-    // held), and another one holds a row of the async table, so the shipper waits behind it.
-    let mut report = connect(&super::support::url_at(replica().port(), "capgate", None, "cgsync")).await;
-    report.query_drop("BEGIN").await.expect("begin");
-    report.query_drop("SELECT * FROM acct").await.expect("read");
-    let mut holder = connect(&super::support::url_at(replica().port(), "capgate", None, "cgsync")).await;
-    holder.query_drop("BEGIN").await.expect("begin");
-    holder.query_drop("INSERT INTO notes VALUES (1, 'replica')").await.expect("hold a row");
-    c.query_drop("INSERT INTO notes VALUES (1, 'primary')").await.expect("an async write");
-    // The replica cannot take the statement (its lock wait times out): the client is told
-    // it follows from the change log.
-    let err = c.query_drop("ALTER TABLE acct ADD COLUMN c INT DEFAULT 7").await.expect_err("the replica missed it");
-    assert!(err.to_string().contains("from the change log"), "{err}");
-    report.query_drop("COMMIT").await.expect("the report ends");
+    let (p, mut c, mut holder) = missed_step("mysql-sync-ddl-missed-order").await;
     // A later statement of the table, while the shipper has not carried the first: it runs
     // on the replica after the first (run in the other order, the columns' order differs).
     c.query_drop("ALTER TABLE acct ADD COLUMN d INT DEFAULT 8").await.expect("the later ALTER");
