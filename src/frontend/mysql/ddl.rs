@@ -341,7 +341,7 @@ fn settings_of(reply: &[u8], deprecate_eof: bool) -> Option<ddl::Settings> {
     let rows = crate::protocol::mysql::rows::text_rows(reply, deprecate_eof).ok()?;
     let row = rows.first()?;
     let text = |i: usize| row.get(i)?.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-    Some(ddl::Settings { time_zone: text(0)?, sql_mode: text(1)? })
+    Some(ddl::Settings { time_zone: text(0)?, sql_mode: text(1)?, offset: text(2) })
 }
 
 /// capgate's own connection to the primary at `url`, holding the table's serializing lock;

@@ -65,12 +65,15 @@ pub struct Settings {
     /// A named zone or an offset (`SYSTEM` is read as the primary's offset at the time).
     pub time_zone: String,
     pub sql_mode: String,
+    /// The zone's offset at the time: what the replica uses when it has not loaded the named
+    /// zone (None: recorded before it was carried).
+    pub offset: Option<String>,
 }
 
 /// Read on the client's connection right before its statement: [`Settings`], one row.
 pub const SETTINGS_SQL: &str = "SELECT IF(@@session.time_zone = 'SYSTEM', \
      CONCAT(IF(NOW() >= UTC_TIMESTAMP(), '+', ''), TIME_FORMAT(TIMEDIFF(NOW(), UTC_TIMESTAMP()), '%H:%i')), @@session.time_zone), \
-     @@session.sql_mode";
+     @@session.sql_mode, CONCAT(IF(NOW() >= UTC_TIMESTAMP(), '+', ''), TIME_FORMAT(TIMEDIFF(NOW(), UTC_TIMESTAMP()), '%H:%i'))";
 
 impl Carried {
     pub fn to_json(&self) -> String {
@@ -78,6 +81,9 @@ impl Carried {
         if let Some(s) = &self.settings {
             v["time_zone"] = s.time_zone.clone().into();
             v["sql_mode"] = s.sql_mode.clone().into();
+            if let Some(o) = &s.offset {
+                v["time_zone_offset"] = o.clone().into();
+            }
         }
         v.to_string()
     }
@@ -88,7 +94,11 @@ impl Carried {
         Ok(Carried {
             ddl: s("ddl").ok_or("a carried DDL has no statement")?,
             db: s("db"),
-            settings: s("time_zone").zip(s("sql_mode")).map(|(time_zone, sql_mode)| Settings { time_zone, sql_mode }),
+            settings: s("time_zone").zip(s("sql_mode")).map(|(time_zone, sql_mode)| Settings {
+                time_zone,
+                sql_mode,
+                offset: s("time_zone_offset"),
+            }),
             before: s("before").unwrap_or_default(),
             after: s("after").unwrap_or_default(),
         })
@@ -203,6 +213,9 @@ pub fn already_done(carried: &Carried, now: &str, begun: Option<&str>) -> bool {
 /// ER_BAD_DB_ERROR: `USE` of a database the server does not have.
 const BAD_DB: u16 = 1049;
 
+/// ER_UNKNOWN_TIME_ZONE: a named zone the server's time zone tables do not hold.
+const UNKNOWN_TIME_ZONE: u16 = 1298;
+
 /// How a step ended on a replica ([`run_step`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -283,7 +296,16 @@ async fn run_statement(conn: &mut mysql_async::Conn, carried: &Carried) -> Resul
     // The apply session's own settings are put back whatever the statement did.
     let settings = carried.settings.as_ref().map(settings_sql);
     if let Some((set, _)) = &settings {
-        if let Err(e) = conn.query_drop(set).await {
+        let mut set = conn.query_drop(set).await;
+        // A named zone the replica has not loaded (its time zone tables are its own): the
+        // zone's offset when the statement ran on the primary.
+        if let (Err(mysql_async::Error::Server(e)), Some(s)) = (&set, &carried.settings) {
+            if let (UNKNOWN_TIME_ZONE, Some(offset)) = (e.code, &s.offset) {
+                tracing::info!(zone = %s.time_zone, %offset, "a carried DDL statement's time zone is not loaded on the replica; run at its offset");
+                set = conn.query_drop(settings_sql(&Settings { time_zone: offset.clone(), ..s.clone() }).0).await;
+            }
+        }
+        if let Err(e) = set {
             return match e {
                 mysql_async::Error::Server(_) => Ok(Step::Failed(format!("setting the session's time zone and sql_mode: {e}"))),
                 e => Err(e),
@@ -346,7 +368,7 @@ mod tests {
         Carried {
             ddl: "ALTER TABLE t ADD c INT".into(),
             db: Some("shop".into()),
-            settings: Some(Settings { time_zone: "+05:00".into(), sql_mode: "ANSI_QUOTES".into() }),
+            settings: Some(Settings { time_zone: "Asia/Karachi".into(), sql_mode: "ANSI_QUOTES".into(), offset: Some("+05:00".into()) }),
             before: before.into(),
             after: after.into(),
         }
@@ -355,7 +377,9 @@ mod tests {
     #[test]
     fn a_carried_statement_travels_as_json() {
         let c = carried("a", "b");
-        assert_eq!(Carried::from_json(&c.to_json()), Ok(c));
+        assert_eq!(Carried::from_json(&c.to_json()), Ok(c.clone()));
+        let no_offset = Carried { settings: c.settings.clone().map(|s| Settings { offset: None, ..s }), ..c };
+        assert_eq!(Carried::from_json(&no_offset.to_json()), Ok(no_offset));
         let no_db = Carried { db: None, settings: None, ..carried("a", "a") };
         assert_eq!(Carried::from_json(&no_db.to_json()), Ok(no_db.clone()));
         assert_eq!(run_sql(&no_db), ["ALTER TABLE t ADD c INT"]);

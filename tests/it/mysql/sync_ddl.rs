@@ -6,7 +6,8 @@
 //! the statement is refused, naming the replica, and nothing runs. A statement a replica
 //! missed (a report there held the table past the wait) reaches it once the report ends —
 //! also with sync rules only, where no shipper runs — and before any later statement of the
-//! table, which neither skips it nor overtakes it there.
+//! table, which neither skips it nor overtakes it there. A session in a named time zone the
+//! replica has not loaded gets its statement run there at the zone's offset.
 
 use std::time::{Duration, Instant};
 
@@ -214,5 +215,38 @@ async fn a_statement_a_replica_missed_reaches_it_without_an_async_rule() {
         assert!(Instant::now() < deadline, "the statement never reached the replica: {}", replica().sql(DEFINITION).unwrap_or_default());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    c.query_drop("UPDATE acct SET bal = 1 WHERE id = 1").await.expect("a sync write after");
+}
+
+const SYNC_ONLY: &str = "default = \"local\"\n[[table]]\nmatch = \"cgsync.acct\"\nmode = \"sync\"\n";
+
+/// A client session in a named time zone the replica has not loaded (its `mysql.time_zone*`
+/// tables hold only what the operator loaded there): the statement still runs on the replica,
+/// at the zone's offset, and the values it fills in are the primary's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_from_a_session_in_a_zone_the_replica_lacks_runs_there() {
+    let _turn = SERVER.lock().await;
+    let _ = setup().await;
+    forget_steps();
+    // A zone on the primary only: five hours east, no transitions.
+    primary()
+        .sql(
+            "DELETE FROM mysql.time_zone_name WHERE Name = 'Capgate/East'; DELETE FROM mysql.time_zone WHERE Time_zone_id = 9001; \
+             DELETE FROM mysql.time_zone_transition_type WHERE Time_zone_id = 9001; \
+             INSERT INTO mysql.time_zone (Time_zone_id, Use_leap_seconds) VALUES (9001, 'N'); \
+             INSERT INTO mysql.time_zone_name (Name, Time_zone_id) VALUES ('Capgate/East', 9001); \
+             INSERT INTO mysql.time_zone_transition_type (Time_zone_id, Transition_type_id, `Offset`, Is_DST, Abbreviation) \
+             VALUES (9001, 0, 18000, 0, 'CGE')",
+        )
+        .expect("a named zone on the primary");
+    let p = super::sync_relay::proxy_with_policy("mysql-sync-ddl-named-zone", SYNC_ONLY);
+    let mut c = connect(&p.url("app", Some(APP_PASSWORD), "cgsync")).await;
+    c.query_drop("SET time_zone = 'Capgate/East'").await.expect("the session's zone");
+    let now: Option<String> = c.query_first("SELECT TIMEDIFF(NOW(), UTC_TIMESTAMP())").await.expect("offset");
+    assert_eq!(now.as_deref(), Some("05:00:00"), "the zone loaded on the primary");
+    c.query_drop("ALTER TABLE acct ADD COLUMN at TIMESTAMP NOT NULL DEFAULT '2026-01-01 00:00:00'").await.expect("ALTER TABLE");
+    assert_eq!(replica().sql(DEFINITION).expect("replica"), primary().sql(DEFINITION).expect("primary"), "at the reply");
+    let stamps = "SELECT id, UNIX_TIMESTAMP(at) FROM cgsync.acct ORDER BY id";
+    assert_eq!(replica().sql(stamps).expect("replica"), primary().sql(stamps).expect("primary"), "the filled-in values");
     c.query_drop("UPDATE acct SET bal = 1 WHERE id = 1").await.expect("a sync write after");
 }
