@@ -26,7 +26,9 @@ const LOCK_WAIT_SECONDS: u32 = 5;
 const REPLICA_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One round: the statements in `primary`'s change log that each of `replicas` has not
-/// settled run there (`origin`: this site). Nothing to do costs one query on the primary.
+/// settled run there (`origin`: this site). Nothing to do costs one query on the primary
+/// while the change log holds no carried statement; once it holds some (with sync rules only
+/// nothing prunes them), a connection to each replica and three reads there, no write.
 pub async fn round(primary: &DbUrl, origin: &str, replicas: &[(String, DbUrl)]) -> Result<(), String> {
     let mut conn = xa::connect(primary).await.map_err(|e| e.to_string())?;
     let pending = ddl_catchup::listed(&mut conn, None, None, 0).await.map_err(|e| e.to_string());

@@ -264,6 +264,7 @@ async fn locked_step(
     table: &TableName,
     carried: &Carried,
 ) -> Result<Step, mysql_async::Error> {
+    conn.query_drop(STEPS_TABLE).await?;
     let settled = Settled::read(conn, origin).await?;
     if settled.has(seq, &table.to_string()) {
         return Ok(Step::AlreadyDone);

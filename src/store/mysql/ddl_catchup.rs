@@ -38,14 +38,16 @@ pub struct Settled {
 impl Settled {
     /// Reads the replica's records of `origin` (the step records before the position: the
     /// shipper deletes a step's record and moves the position in one transaction).
+    /// A table not there yet reads as empty: this runs every few seconds on every replica
+    /// (the maintenance loop's round), where creating them would log a `CREATE TABLE` in the
+    /// replica's binary log each time; the step creates its own before it writes.
     pub async fn read(conn: &mut mysql_async::Conn, origin: &str) -> Result<Settled, mysql_async::Error> {
-        conn.query_drop(ddl::STEPS_TABLE).await?;
-        conn.query_drop(ship::APPLIED_TABLE).await?;
-        conn.query_drop(held::HALTED_TABLE).await?;
-        let steps: Vec<(u64, String)> = conn.exec("SELECT seq, shape FROM capgate.ddl_steps WHERE origin = ?", (origin,)).await?;
+        let steps: Vec<(u64, String)> =
+            missing_is_empty(conn.exec("SELECT seq, shape FROM capgate.ddl_steps WHERE origin = ?", (origin,)).await)?;
         let position: Option<(u64, String)> =
-            conn.exec_first("SELECT high, holes FROM capgate.applied WHERE origin = ?", (origin,)).await?;
-        let halted: Vec<(String, u64)> = conn.exec("SELECT tbl, from_seq FROM capgate.halted WHERE origin = ?", (origin,)).await?;
+            missing_is_empty(conn.exec_first("SELECT high, holes FROM capgate.applied WHERE origin = ?", (origin,)).await)?;
+        let halted: Vec<(String, u64)> =
+            missing_is_empty(conn.exec("SELECT tbl, from_seq FROM capgate.halted WHERE origin = ?", (origin,)).await)?;
         let mut out = Settled { position: position.and_then(|(h, j)| Position::parse(h, &j).ok()), ..Settled::default() };
         for (seq, shape) in steps {
             if shape == DONE {
@@ -62,6 +64,17 @@ impl Settled {
     pub fn has(&self, seq: u64, tbl: &str) -> bool {
         self.done.contains(&seq)
             || (self.position.as_ref().is_some_and(|p| p.applied(seq)) && self.halted.get(tbl).is_none_or(|&from| seq < from))
+    }
+}
+
+/// ER_NO_SUCH_TABLE: a table of capgate's not created on this replica yet.
+const NO_SUCH_TABLE: u16 = 1146;
+
+/// A read of a table that does not exist yet, as nothing read.
+fn missing_is_empty<T: Default>(read: Result<T, mysql_async::Error>) -> Result<T, mysql_async::Error> {
+    match read {
+        Err(mysql_async::Error::Server(e)) if e.code == NO_SUCH_TABLE => Ok(T::default()),
+        other => other,
     }
 }
 
