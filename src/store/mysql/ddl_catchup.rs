@@ -17,6 +17,7 @@ use mysql_async::prelude::Queryable;
 use super::ddl::{self, Carried, Step, DONE};
 use super::held;
 use super::image::quote_literal;
+use super::missing_is_empty;
 use super::position::Position;
 use super::ship;
 use crate::classify::TableName;
@@ -64,17 +65,6 @@ impl Settled {
     pub fn has(&self, seq: u64, tbl: &str) -> bool {
         self.done.contains(&seq)
             || (self.position.as_ref().is_some_and(|p| p.applied(seq)) && self.halted.get(tbl).is_none_or(|&from| seq < from))
-    }
-}
-
-/// ER_NO_SUCH_TABLE: a table of capgate's not created on this replica yet.
-const NO_SUCH_TABLE: u16 = 1146;
-
-/// A read of a table that does not exist yet, as nothing read.
-fn missing_is_empty<T: Default>(read: Result<T, mysql_async::Error>) -> Result<T, mysql_async::Error> {
-    match read {
-        Err(mysql_async::Error::Server(e)) if e.code == NO_SUCH_TABLE => Ok(T::default()),
-        other => other,
     }
 }
 

@@ -85,17 +85,17 @@ pub async fn hold(primary: &mut mysql_async::Conn, replica: &str, tbl: &str, fro
 
 /// Stops holding `tbl`'s changes for `replica` (after it was resumed).
 pub async fn release(primary: &mut mysql_async::Conn, replica: &str, tbl: &str) -> Result<(), ShipError> {
-    primary
-        .exec_drop("DELETE FROM capgate.held WHERE replica = ? AND tbl = ?", (replica, tbl))
-        .await
+    // No table: nothing was ever held here.
+    super::missing_is_empty(primary.exec_drop("DELETE FROM capgate.held WHERE replica = ? AND tbl = ?", (replica, tbl)).await)
         .map_err(server("releasing a resumed table's changes on the primary"))
 }
 
-/// The lowest `seq` some halted table still holds (pruning stays below it).
+/// The lowest `seq` some halted table still holds (pruning stays below it). No table yet
+/// (nothing was ever held) is nothing held: it runs at every prune and every sync DDL
+/// statement's catch-up, and [`hold`] creates the table.
 pub async fn floor(primary: &mut mysql_async::Conn) -> Result<Option<u64>, ShipError> {
-    primary.query_drop(HELD_TABLE).await.map_err(server("creating capgate.held on the primary"))?;
-    let min: Option<Option<u64>> =
-        primary.query_first("SELECT MIN(from_seq) FROM capgate.held").await.map_err(server("reading held changes"))?;
+    let min: Option<Option<u64>> = super::missing_is_empty(primary.query_first("SELECT MIN(from_seq) FROM capgate.held").await)
+        .map_err(server("reading held changes"))?;
     Ok(min.flatten())
 }
 

@@ -11,6 +11,7 @@
 //! - [`copy`]: the initial copy of a table entering async replication, and its gate;
 //! - [`held`]: a table halted alone on a replica, its changes held until it is resumed;
 //! - [`ddl`]: DDL on a replicated table, carried as one change in capture order (decision 0040);
+//! - [`ddl_catchup`]: carried statements a replica missed, run there in order;
 //! - [`truncate`]: a TRUNCATE of a replicated table, carried as one change in capture order;
 //! - [`xa`]: the replica side of a sync commit (XA prepare, commit, recovery).
 
@@ -31,3 +32,17 @@ pub mod resolve;
 pub mod ship;
 pub mod truncate;
 pub mod xa;
+
+/// ER_NO_SUCH_TABLE: one of capgate's own tables not created on that server yet.
+const NO_SUCH_TABLE: u16 = 1146;
+
+/// A read of one of capgate's own tables that may not exist yet, as nothing read. Why: reads
+/// that run often (the maintenance loop's round, every prune) must not create the table each
+/// time — every `CREATE TABLE IF NOT EXISTS` is a statement in the server's binary log; the
+/// code that first writes a table creates it.
+pub(crate) fn missing_is_empty<T: Default>(read: Result<T, mysql_async::Error>) -> Result<T, mysql_async::Error> {
+    match read {
+        Err(mysql_async::Error::Server(e)) if e.code == NO_SUCH_TABLE => Ok(T::default()),
+        other => other,
+    }
+}
